@@ -1,0 +1,106 @@
+"""Engine vs the loop reference on the same frames of a real Pong rollout, and the bare-forward floor.
+
+    python benchmarks/bench_perturbation.py [--frames 8] [--reference-frames 2] [--density 5] [--radius 5]
+
+Prints seconds per frame for the loop reference, the batched engine and a bare forward pass of the agent
+over the same number of inputs (N * (G*G + 1): every perturbed copy plus the unperturbed frame), and their
+ratios, all measured in this one run. Timings are the best of ``--repeats`` runs (the machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from engine.perturbation import perturbation_saliency
+from engine.policy import load_agent
+from engine.preprocessing import preprocess_frames
+from engine.reference import score_frame_np
+from engine.rollout import rollout
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--env", default="Pong-v4")
+    parser.add_argument("--frames", type=int, default=8, help="frames scored by the engine (one batch)")
+    parser.add_argument("--reference-frames", type=int, default=2, help="frames scored by the slow loop")
+    parser.add_argument("--density", type=int, default=5)
+    parser.add_argument("--radius", type=float, default=5)
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "perturbation.json"))
+    args = parser.parse_args()
+
+    agent = load_agent(args.checkpoint, device="cpu")
+    played = rollout(agent, args.env, 40 + args.frames, seed=0, progress=False)[40:]
+    frames, states = played.frames, played.states
+    masks = len(range(0, 80, args.density)) ** 2
+
+    def engine():
+        perturbation_saliency(agent, frames, states, radius=args.radius, density=args.density, chunk_size=args.chunk_size)
+
+    engine()  # warm-up: mask cache, allocator, oneDNN primitives
+    engine_s = best_of(args.repeats, engine) / args.frames
+
+    # the floor: the agent alone over the same number of inputs, no masks, blur, gathers or scores
+    inputs = preprocess_frames(frames).repeat_interleave(masks + 1, dim=0)
+    input_states = tuple(s.repeat_interleave(masks + 1, dim=0) for s in states)
+
+    def bare():
+        with torch.inference_mode():
+            agent(inputs, input_states)
+
+    bare()
+    bare_s = best_of(args.repeats, bare) / args.frames
+
+    def reference():
+        for t in range(args.reference_frames):
+            score_frame_np(agent, frames[t].numpy(), tuple(s[t : t + 1] for s in states), args.radius, args.density)
+
+    reference_s = best_of(1, reference) / args.reference_frames
+
+    result = dict(
+        machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        torch=torch.__version__,
+        checkpoint=str(args.checkpoint),
+        env=args.env,
+        density=args.density,
+        radius=args.radius,
+        masks_per_frame=masks,
+        frames=args.frames,
+        reference_frames=args.reference_frames,
+        reference_s_per_frame=reference_s,
+        engine_s_per_frame=engine_s,
+        bare_forward_s_per_frame=bare_s,
+        speedup_vs_reference=reference_s / engine_s,
+        engine_over_bare_forward=engine_s / bare_s,
+    )
+    print(f"loop reference : {reference_s:8.4f} s/frame  ({masks + 1} forward passes of one input each)")
+    print(f"engine         : {engine_s:8.4f} s/frame  ({args.frames} frames x {masks} perturbations, batched)")
+    print(f"bare forward   : {bare_s:8.4f} s/frame  (same number of inputs, agent only)")
+    print(f"speed-up vs reference: {result['speedup_vs_reference']:.1f}x;  engine / bare forward: {result['engine_over_bare_forward']:.3f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

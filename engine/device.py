@@ -1,0 +1,38 @@
+"""Device and dtype resolution: ``auto`` picks CUDA when present, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import EngineError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` -> ``cuda`` when available, else ``cpu``; anything else is checked and returned."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EngineError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} was asked for but CUDA is not available here: use device=auto or cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch floating dtype from its name (``"float32"``) or itself."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise EngineError(f"dtype {dtype} is not a floating-point type: use one of {sorted(_DTYPES)}")
+        return dtype
+    if dtype not in _DTYPES:
+        raise EngineError(f"unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]

@@ -1,0 +1,19 @@
+"""Exceptions the engine raises for bad input.
+
+Every message names what was wrong and how to fix it. They subclass ``ValueError`` so callers that
+only care about "bad input" can catch that.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(ValueError):
+    """Base class: bad input to an engine function."""
+
+
+class CheckpointError(EngineError):
+    """A file that is not a loadable agent checkpoint of a supported architecture."""
+
+
+class UnknownEnvironmentError(EngineError):
+    """An environment id that gymnasium / ale-py does not know."""

@@ -1,0 +1,183 @@
+"""Playing an agent in gymnasium + ale-py and recording what saliency needs.
+
+Per step ``t`` a :class:`Rollout` holds the raw frame the agent saw, the recurrent state it used on that
+frame (the state the previous frame produced, or zeros at an episode start), the logits and value it
+computed, the action taken, the reward received and whether the episode ended with that step. So
+``agent(preprocess(frames[t]), states[t])`` reproduces ``logits[t]`` and ``values[t]`` bit for bit on the
+same device, and ``rollout[a:b]`` can be scored without replaying anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UnknownEnvironmentError
+from .policy import ActorCritic, State, index_state, stack_states, state_to
+from .preprocessing import FRAME_SHAPE, preprocess_frames
+
+_PER_STEP = ("frames", "logits", "values", "actions", "rewards", "dones")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A recorded rollout of T steps (all tensors on the CPU, indexed by step).
+
+    Attributes:
+        frames: raw RGB frames (T, 210, 160, 3) uint8.
+        states: the recurrent state used on each frame: tuple of (T, hidden) (``(hx, cx)`` or ``(hx,)``).
+        logits: (T, actions); values: (T,); actions: (T,) int64; rewards: (T,) float32;
+        dones: (T,) bool, True where the episode ended with that step (the next step starts from zeros).
+        env_id, seed, greedy: how it was played.
+    """
+
+    frames: torch.Tensor
+    states: State
+    logits: torch.Tensor
+    values: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    env_id: str = ""
+    seed: int | None = None
+    greedy: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __getitem__(self, index) -> "Rollout":
+        """Slice (or index with an int, list or index tensor) by step; always returns a Rollout."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return replace(
+            self,
+            states=index_state(self.states, index),
+            **{name: getattr(self, name)[index] for name in _PER_STEP},
+        )
+
+    def episode_returns(self) -> list[float]:
+        """Total reward of every episode that ended inside the rollout."""
+        ends = torch.nonzero(self.dones).flatten().tolist()
+        cumulative = torch.cumsum(self.rewards.double(), 0)
+        returns, previous = [], 0.0
+        for end in ends:
+            returns.append(float(cumulative[end]) - previous)
+            previous = float(cumulative[end])
+        return returns
+
+
+def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    """A gymnasium ALE environment by id (``Pong-v4``, ``ALE/Breakout-v5``, ...); unknown ids are a clear error."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    try:
+        env = gym.make(env_id)
+    except (gym.error.Error, ValueError, TypeError) as exc:
+        known = sorted(k for k in gym.registry if "Pong" in k)[:6]
+        raise UnknownEnvironmentError(
+            f"unknown environment id {env_id!r} ({type(exc).__name__}: {exc}). Use a gymnasium ALE id such as "
+            f"'Pong-v4', 'Breakout-v4', 'ALE/SpaceInvaders-v5' (e.g. {known})"
+        ) from exc
+    if env.observation_space.shape != FRAME_SHAPE:
+        env.close()
+        raise UnknownEnvironmentError(
+            f"{env_id!r} gives observations of shape {env.observation_space.shape}, not RGB frames {FRAME_SHAPE}: "
+            "use an ALE id with the default obs_type='rgb'"
+        )
+    if seed is not None:
+        env.action_space.seed(seed)
+    return env
+
+
+def rollout(
+    agent: ActorCritic,
+    env_id: str,
+    num_steps: int,
+    seed: int = 0,
+    greedy: bool = False,
+    max_episodes: int | None = None,
+    progress: bool = True,
+) -> Rollout:
+    """Play ``agent`` for ``num_steps`` steps (or until ``max_episodes`` episodes end) and record them.
+
+    Args:
+        agent: the policy (its device/dtype are used; it is not modified).
+        env_id: a gymnasium ALE id, e.g. ``"Pong-v4"`` (the baby-a3c agents were trained on ``-v4``).
+        num_steps: most steps to record (>= 1).
+        seed: seeds the environment (its reset and its random frameskip) and the action sampler.
+        greedy: take the argmax action instead of sampling from softmax(logits).
+        max_episodes: stop after this many episodes end (``None``: only ``num_steps`` limits).
+        progress: show a progress bar with the step rate.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if max_episodes is not None and max_episodes < 1:
+        raise ValueError(f"max_episodes must be >= 1 or None, got {max_episodes!r}")
+    env = make_env(env_id, seed)
+    if env.action_space.n != agent.num_actions:
+        env.close()
+        raise ValueError(
+            f"{env_id!r} has {env.action_space.n} actions but the agent has {agent.num_actions}: "
+            "use the game (and action set) the agent was trained on"
+        )
+    device = agent.actor_linear.weight.device
+    sampler = torch.Generator().manual_seed(seed)  # CPU generator: same actions on every device
+
+    frames, states, logits, values, actions, rewards, dones = [], [], [], [], [], [], []
+    obs, _ = env.reset(seed=seed)
+    state = agent.initial_state(1)
+    episodes, episode_return = 0, 0.0
+    bar = tqdm(total=num_steps, desc=f"rollout {env_id}", unit="step", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for _ in range(num_steps):
+                out = agent(preprocess_frames(obs[None], device=device, dtype=state[0].dtype), state)
+                step_logits = out.logits[0].cpu()
+                if greedy:
+                    action = int(step_logits.argmax())
+                else:
+                    probs = torch.softmax(step_logits.double(), dim=-1)
+                    action = int(torch.multinomial(probs, 1, generator=sampler))
+                frames.append(obs)
+                states.append(state)
+                logits.append(step_logits)
+                values.append(out.value[0].cpu())
+                obs, reward, terminated, truncated, _ = env.step(action)
+                done = bool(terminated or truncated)
+                actions.append(action)
+                rewards.append(float(reward))
+                dones.append(done)
+                episode_return += float(reward)
+                bar.update(1)
+                if done:
+                    episodes += 1
+                    bar.set_postfix(episodes=episodes, last_return=episode_return)
+                    episode_return = 0.0
+                    if max_episodes is not None and episodes >= max_episodes:
+                        break
+                    obs, _ = env.reset()
+                    state = agent.initial_state(1)
+                else:
+                    state = out.state
+    finally:
+        bar.close()
+        env.close()
+    return Rollout(
+        frames=torch.from_numpy(np.stack(frames)),
+        states=state_to(stack_states(states), device="cpu"),
+        logits=torch.stack(logits),
+        values=torch.stack(values),
+        actions=torch.tensor(actions, dtype=torch.int64),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        dones=torch.tensor(dones, dtype=torch.bool),
+        env_id=env_id,
+        seed=seed,
+        greedy=greedy,
+    )
+
