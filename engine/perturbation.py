@@ -14,17 +14,22 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blur import gaussian_blur
 from .batching import chunk_bounds, pad_rows
 from .inputs import agent_device_dtype, prepare_inputs
+from .incremental import INPUT_PAD, WindowPlan, frame_activations, perturbed_outputs, window_plan, worthwhile
 from .masks import INTERPS, center_coords, perturb, perturbation_masks, validate_radius_density
 from .policy import ActorCritic, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
 
 COMPATS = ("exact", "paper")
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
+# On the CPU, chunks whose activations stay in cache and in the allocator's reused heap are fastest:
+# 64 perturbations per pass measured best here (2-core EPYC: 30 ms/frame incremental vs 57 ms at 512).
+DEFAULT_CPU_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ def bytes_per_input(agent: ActorCritic, dtype: torch.dtype) -> int:
 
 
 def resolve_chunk_size(agent, dtype, total: int, chunk_size: int | None, memory_budget_mb: float | None) -> int:
-    """``chunk_size`` if given, else as many inputs as fit the memory budget (at least 1, at most ``total``)."""
+    """``chunk_size`` if given, else as many inputs as fit the memory budget (at least 1, at most ``total``),
+    and on the CPU at most ``DEFAULT_CPU_CHUNK`` unless a budget was given."""
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None (use the memory budget), got {chunk_size!r}")
@@ -77,7 +83,10 @@ def resolve_chunk_size(agent, dtype, total: int, chunk_size: int | None, memory_
     budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
     if not budget > 0:
         raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
-    return max(1, min(total, int(budget * 2**20) // bytes_per_input(agent, dtype)))
+    fits = int(budget * 2**20) // bytes_per_input(agent, dtype)
+    if memory_budget_mb is None and agent.actor_linear.weight.device.type == "cpu":
+        fits = min(fits, DEFAULT_CPU_CHUNK)
+    return max(1, min(total, fits))
 
 
 def perturbation_scores(
@@ -88,6 +97,7 @@ def perturbation_scores(
     interp: str,
     blur_sigma: float,
     chunk_size: int,
+    plan: WindowPlan | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actor and critic scores (N, M) of every mask on every frame.
@@ -96,18 +106,36 @@ def perturbation_scores(
         x: preprocessed frames (N, 1, 80, 80) on the agent's device/dtype.
         state: tuple of (N, hidden): the state restored for each frame.
         masks: (M, 80, 80).
+        plan: windows for exact incremental inference (``engine.incremental``), or None for plain passes.
     """
     n, m = x.shape[0], masks.shape[0]
     base = agent(x, state)  # the unperturbed outputs, once per frame
-    images, blurred = x[:, 0], gaussian_blur(x, blur_sigma)[:, 0]
+    blurred = gaussian_blur(x, blur_sigma)  # once per frame
+    if plan is None:
+        images, blurred = x[:, 0], blurred[:, 0]
+
+        def evaluate(frame, mask):
+            perturbed = perturb(images[frame], blurred[frame], masks[mask], interp)
+            return agent(perturbed[:, None], index_state(state, frame))
+
+    else:
+        # Outside its mask's box a perturbed copy is the frame itself (occlude) or its blur (searchlight):
+        # their layer-2 activations, once per frame, are shared by all of the frame's masks.
+        outside = x if interp == "occlude" else blurred
+        layer2 = frame_activations(agent, pad_rows(outside))[:n]
+        pad = (INPUT_PAD, 0, INPUT_PAD, 0)
+        images, blurred = F.pad(x[:, 0], pad), F.pad(blurred[:, 0], pad)
+
+        def evaluate(frame, mask):
+            return perturbed_outputs(agent, plan, images, blurred, layer2, state, frame, mask, interp)
+
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
     bounds = chunk_bounds(n * m, chunk_size)
     for start, stop in tqdm(bounds, desc="perturbations", unit="chunk", disable=not progress or len(bounds) < 2):
         flat = torch.arange(start, stop, device=x.device)
         frame, mask = flat // m, flat % m
-        perturbed = perturb(images[frame], blurred[frame], masks[mask], interp)
-        out = agent(perturbed[:, None], index_state(state, frame))
+        out = evaluate(frame, mask)
         actor[start:stop] = 0.5 * (base.logits[frame] - out.logits).pow(2).sum(dim=-1)
         critic[start:stop] = 0.5 * (base.value[frame] - out.value).pow(2)
     return actor.view(n, m), critic.view(n, m)
@@ -169,6 +197,7 @@ def perturbation_saliency(
     compat: str = "exact",
     chunk_size: int | None = None,
     memory_budget_mb: float | None = None,
+    incremental: bool | str = "auto",
     progress: bool = False,
 ) -> PerturbationSaliency:
     """Perturbation saliency of the 2017 paper for many frames at once.
@@ -184,18 +213,25 @@ def perturbation_saliency(
             ``"paper"`` (the original byte-scaled upsampling with its zero row/column).
         chunk_size: most perturbed inputs per forward pass; ``None`` derives it from ``memory_budget_mb``
             (default 1024 MB). Results do not depend on it.
+        incremental: compute the first two convolutions only inside each mask's window and reuse the
+            frame's own activations elsewhere (``engine.incremental``; equal to the plain pass up to float
+            rounding). ``"auto"`` uses it where the windows are small enough to pay (radius up to ~6).
         progress: show a progress bar over chunks.
 
     Returns:
         :class:`PerturbationSaliency` with maps (N, 80, 80) and score grids (N, G, G).
     """
     validate_settings(radius, density, interp, blur_sigma, compat)
+    if incremental not in (True, False, "auto"):
+        raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
     x, state = prepare_inputs(agent, frames, states)
     device, dtype = agent_device_dtype(agent)
     masks = perturbation_masks(radius, density, device, dtype)
     chunk = resolve_chunk_size(agent, dtype, x.shape[0] * masks.shape[0], chunk_size, memory_budget_mb)
+    use_windows = worthwhile(radius, density) if incremental == "auto" else incremental
+    plan = window_plan(float(radius), density, masks) if use_windows else None
     with torch.inference_mode():
-        actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, progress)
+        actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, plan, progress)
         g = len(range(0, SIZE, density))
         actor, critic = actor.view(-1, g, g), critic.view(-1, g, g)
         upsample = upsample_paper if compat == "paper" else upsample_exact
