@@ -1,0 +1,193 @@
+"""The main job as plain functions: checkpoint -> rollout -> saliency -> arrays, overlays, movie, figures.
+
+``validate_job`` checks everything cheap first (settings, environment id, checkpoint, agent/game match) so a
+bad override fails in a second with a clear message, before any rollout or scoring starts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import JobConfig
+from .device import resolve_device, resolve_dtype
+from .errors import CheckpointError, EngineError
+from .perturbation import perturbation_saliency, validate_settings
+from .policy import ActorCritic, index_state, load_agent
+from .registry import resolve_checkpoint
+from .rollout import Rollout, make_env, rollout
+from .storage import save_arrays
+
+METHODS = ("perturbation", "jacobian", "both")
+ALIGNMENTS = ("exact", "paper")
+STYLES = ("paper", "clean")
+
+
+@dataclass
+class PreparedJob:
+    config: JobConfig
+    checkpoint: Path
+    agent: ActorCritic
+
+
+def paper_aligned_states(r: Rollout) -> tuple[torch.Tensor, ...]:
+    """The original code's off-by-one (spec, section 7): frame t gets the state the agent had one step
+    earlier than the one it used (``states[t-1]``); the first frame gets the zero state of an episode start."""
+    return tuple(torch.cat([torch.zeros_like(s[:1]), s[:-1]]) for s in r.states)
+
+
+def validate_job(config: JobConfig) -> PreparedJob:
+    """Check settings, the environment id and the checkpoint, and load the agent; no rollout yet."""
+    s = config.saliency
+    if s.method not in METHODS:
+        raise EngineError(f"saliency.method must be one of {METHODS}, got {s.method!r}")
+    if s.state_alignment not in ALIGNMENTS:
+        raise EngineError(f"saliency.state_alignment must be one of {ALIGNMENTS}, got {s.state_alignment!r}")
+    if s.method != "jacobian":
+        validate_settings(s.radius, s.density, s.interp, s.blur_sigma, s.compat)
+    if s.frames_per_batch < 1:
+        raise EngineError(f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch}")
+    if config.rollout.steps < 1:
+        raise EngineError(f"rollout.steps must be >= 1, got {config.rollout.steps}")
+    if config.render.style not in STYLES:
+        raise EngineError(f"render.style must be one of {STYLES}, got {config.render.style!r}")
+    if config.output.fps < 1 or config.output.scale < 1:
+        raise EngineError("output.fps and output.scale must be >= 1")
+    if config.agent.preprocessing != "greydanus2017":
+        raise EngineError(f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017")
+    if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
+        from .rendering import paper_gains
+
+        paper_gains(config.env.id)  # raises for a game without published gains: set render.*_gain
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    env = make_env(config.env.id)  # an unknown id fails here
+    actions = env.action_space.n
+    env.close()
+    path = resolve_checkpoint(
+        config.agent.checkpoint, config.agent.checkpoint_dirs, config.agent.cache_dir, config.agent.allow_download
+    )
+    agent = load_agent(path, device=device, dtype=dtype)
+    if config.agent.core not in ("auto", agent.core):
+        raise CheckpointError(f"agent.core is {config.agent.core!r} but {path} holds a {agent.core.upper()} agent")
+    if agent.num_actions != actions:
+        raise EngineError(
+            f"{config.env.id} has {actions} actions but the agent from {path} has {agent.num_actions}: "
+            "pair the checkpoint with the game it was trained on (e.g. env=breakout agent=baby_a3c_breakout)"
+        )
+    for index in config.output.stills:
+        if not 0 <= index < config.rollout.steps:
+            raise EngineError(f"output.stills: frame {index} is outside the rollout's 0..{config.rollout.steps - 1}")
+    return PreparedJob(config, path, agent)
+
+
+def compute_saliency(agent: ActorCritic, frames, states, config: JobConfig) -> dict[str, torch.Tensor]:
+    """Maps (and score grids) of every frame, scored ``frames_per_batch`` frames at a time with progress."""
+    s = config.saliency
+    n = frames.shape[0]
+    batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
+    parts: dict[str, list[torch.Tensor]] = {}
+    bar = tqdm(total=n, desc="saliency", unit="frame", disable=not config.progress)
+    for a, b in batches:
+        state = index_state(states, slice(a, b))
+        if s.method in ("perturbation", "both"):
+            result = perturbation_saliency(
+                agent, frames[a:b], state, radius=s.radius, density=s.density, interp=s.interp,
+                blur_sigma=s.blur_sigma, compat=s.compat, chunk_size=s.chunk_size,
+                memory_budget_mb=s.memory_budget_mb, incremental=s.incremental,
+            )
+            for key in ("actor", "critic", "actor_scores", "critic_scores"):
+                parts.setdefault(key, []).append(getattr(result, key).cpu())
+        if s.method in ("jacobian", "both"):
+            from .jacobian import jacobian_saliency
+
+            jac = jacobian_saliency(agent, frames[a:b], state, chunk_size=s.chunk_size)
+            prefix = "" if s.method == "jacobian" else "jacobian_"
+            parts.setdefault(prefix + "actor", []).append(jac.actor.detach().cpu())
+            parts.setdefault(prefix + "critic", []).append(jac.critic.detach().cpu())
+        bar.update(b - a)
+    bar.close()
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states) -> dict[str, Path]:
+    """Overlays for every frame -> movie, stills, and the Jacobian-vs-perturbation figure."""
+    from . import rendering
+
+    r, written = config.render, {}
+    actor, critic = maps["actor"], maps["critic"]
+    if r.style == "paper":
+        default_actor, default_critic = (None, None)
+        if r.actor_gain is None or r.critic_gain is None:
+            default_actor, default_critic = rendering.paper_gains(config.env.id)
+        overlays = rendering.paper_overlay_pair(
+            frames, actor, critic,
+            r.actor_gain if r.actor_gain is not None else default_actor,
+            r.critic_gain if r.critic_gain is not None else default_critic,
+            blur_sigma=r.blur_sigma,
+        )
+    else:
+        actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
+        critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
+        overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
+    o = config.output
+    if o.movie:
+        labels = [f"{config.env.id}  frame {t}" for t in range(frames.shape[0])]
+        written["movie"] = rendering.write_movie(
+            out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
+        )
+    for t in o.stills:
+        written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
+    if config.saliency.method != "jacobian":
+        t = o.comparison_frame if o.comparison_frame is not None else frames.shape[0] // 2
+        if not 0 <= t < frames.shape[0]:
+            raise EngineError(f"output.comparison_frame {t} is outside the rollout's 0..{frames.shape[0] - 1}")
+        from .jacobian import jacobian_saliency
+
+        jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
+        if jac[0] is None:
+            one = jacobian_saliency(agent, frames[t : t + 1], index_state(states, slice(t, t + 1)))
+            jac = (one.actor[0].detach().cpu(), one.critic[0].detach().cpu())
+        else:
+            jac = (jac[0][t], jac[1][t])
+        written["comparison"] = rendering.comparison_figure(
+            out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frames[t], jac[0], jac[1], actor[t], critic[t],
+            title=f"{config.env.id}, frame {t}: Jacobian vs perturbation saliency",
+        )
+    return {k: Path(v) for k, v in written.items()}
+
+
+def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
+    """Run the main job into ``config.output.dir``; returns the paths written (and prints nothing)."""
+    prepared = prepared or validate_job(config)
+    agent, out_dir = prepared.agent, Path(config.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    played = rollout(
+        agent, config.env.id, config.rollout.steps, seed=config.rollout.seed, greedy=config.rollout.greedy,
+        max_episodes=config.rollout.max_episodes, progress=config.progress,
+    )
+    states = played.states if config.saliency.state_alignment == "exact" else paper_aligned_states(played)
+    rollout_s = time.perf_counter() - started
+    maps = compute_saliency(agent, played.frames, states, config)
+    saliency_s = time.perf_counter() - started - rollout_s
+    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
+                    rollout_seconds=rollout_s, saliency_seconds=saliency_s, episode_returns=played.episode_returns())
+    written: dict[str, Path] = {}
+    if config.output.arrays:
+        written["rollout"] = save_arrays(
+            out_dir / "rollout.npz",
+            dict(frames=played.frames, logits=played.logits, values=played.values, actions=played.actions,
+                 rewards=played.rewards, dones=played.dones,
+                 **{f"state_{i}": s for i, s in enumerate(played.states)}),
+            settings,
+        )
+        written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
+    written.update(render_outputs(played.frames, maps, config, out_dir, agent, states))
+    (out_dir / "summary.json").write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
+    written["summary"] = out_dir / "summary.json"
+    return written

@@ -1,0 +1,137 @@
+"""Checkpoints by path or by short name (``baby-a3c/pong``), resolved locally, from a cache, or downloaded.
+
+Resolution order for a short name: each local directory (config ``agent.checkpoint_dirs`` and the
+``ATARI_SALIENCY_CHECKPOINTS`` environment variable, a ``:``-separated list), then the download cache, then a
+download from the public address, whose sha256 is checked before the file is used or cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+
+ENV_VAR = "ATARI_SALIENCY_CHECKPOINTS"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency" / "checkpoints"
+_BABY_A3C_URL = "https://github.com/greydanus/baby-a3c/raw/7f9734b96f5f89c27ddf87a642886d9a90883a35/{game}-v4/model.{frames}.tar"
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    name: str
+    relative_path: str  # inside a checkpoint directory
+    url: str
+    sha256: str
+    env_id: str
+
+
+def _baby(game: str, frames: int, sha256: str, env_id: str) -> KnownCheckpoint:
+    return KnownCheckpoint(
+        name=f"baby-a3c/{game}@{frames}",
+        relative_path=f"baby-a3c/{game}-v4/model.{frames}.tar",
+        url=_BABY_A3C_URL.format(game=game, frames=frames),
+        sha256=sha256,
+        env_id=env_id,
+    )
+
+
+KNOWN = {
+    c.name: c
+    for c in (
+        _baby("pong", 40, "7d9f2bfece0c1a16734bb42f920db65a09362cb53403985f927a9b1b2096a495", "Pong-v4"),
+        _baby("pong", 80, "070942837671289755da61918afa47eef4cc24c60bc18e6cf03cfc07e4255bbd", "Pong-v4"),
+        _baby("breakout", 40, "e82d5bc0d87d8e0da3772549b75efa6d486e7b47b8f7a914f0eabfb9441159b0", "Breakout-v4"),
+        _baby("breakout", 80, "af6c793df878de5021e95af93028e11107b9840b7c92d81f770574af32f4df77", "Breakout-v4"),
+        _baby("spaceinvaders", 40, "01bd5946f34f51a9c8e285f89262c7d5cb53c29c373afec1fc4645750a3f7ea8", "SpaceInvaders-v4"),
+        _baby("spaceinvaders", 80, "72ec71ee5aaf555ee5ed25ec54e2d3778393a47e7164d3211fee55dd4a7de33b", "SpaceInvaders-v4"),
+    )
+}
+# short names without "@frames" mean the published 40M-frame agent (Pong's best: 18.2 mean reward)
+ALIASES = {name.split("@")[0]: name for name in KNOWN if name.endswith("@40")}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def known_checkpoint(name: str) -> KnownCheckpoint | None:
+    """The registry entry of a short name (``baby-a3c/pong``, ``baby-a3c/pong@80``), or None."""
+    return KNOWN.get(ALIASES.get(name, name))
+
+
+def checkpoint_dirs(configured: list[str] | tuple[str, ...] | None = None) -> list[Path]:
+    """Local checkpoint directories: the configured ones, then those of ``$ATARI_SALIENCY_CHECKPOINTS``."""
+    dirs = [Path(d).expanduser() for d in (configured or []) if d]
+    dirs += [Path(d).expanduser() for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
+    return dirs
+
+
+def download(url: str, target: Path, sha256: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` (atomically) and check its sha256; a mismatch deletes it and raises."""
+    from torch.hub import download_url_to_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".partial")
+    os.close(fd)
+    try:
+        download_url_to_file(url, partial, hash_prefix=None, progress=progress)
+        actual = sha256_of(partial)
+        if actual != sha256:
+            raise CheckpointError(f"download of {url} has sha256 {actual}, expected {sha256}: refusing to use it")
+        os.replace(partial, target)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # network errors come in many types (URLError, HTTPError, OSError, ...)
+        raise CheckpointError(f"could not download {url} ({type(exc).__name__}: {exc})") from exc
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def resolve_checkpoint(
+    name_or_path: str,
+    dirs: list[str] | tuple[str, ...] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+) -> Path:
+    """A checkpoint file from a path or a registry name; raises :class:`CheckpointError` saying what to do."""
+    if not name_or_path:
+        raise CheckpointError("no checkpoint given: set agent.checkpoint to a file path or a name such as baby-a3c/pong")
+    path = Path(str(name_or_path)).expanduser()
+    entry = known_checkpoint(str(name_or_path))
+    if entry is None:
+        if path.is_file():
+            return path
+        known = ", ".join(sorted(ALIASES) + sorted(KNOWN))
+        raise CheckpointError(f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known})")
+    searched = checkpoint_dirs(dirs)
+    for directory in searched:
+        candidate = directory / entry.relative_path
+        if candidate.is_file():
+            return candidate
+    cache = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
+    cached = cache / entry.relative_path
+    if cached.is_file() and sha256_of(cached) == entry.sha256:
+        return cached
+    if allow_download:
+        try:
+            return download(entry.url, cached, entry.sha256)
+        except CheckpointError as exc:
+            reason = str(exc)
+    else:
+        reason = "downloads are disabled"
+    where = ", ".join(str(d) for d in searched) or "none configured"
+    raise CheckpointError(
+        f"checkpoint {entry.name} was not found in the local directories ({where}) nor in the cache {cache}, "
+        f"and {reason}. Fix: put {entry.relative_path} under a directory named in agent.checkpoint_dirs or "
+        f"${ENV_VAR} (e.g. export {ENV_VAR}=../shared/checkpoints), or download {entry.url} to {cached}"
+    )
