@@ -30,6 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 
 
+def machine() -> str:
+    """CPU model and thread count (and the GPU, if one is used), for the record."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
 def best_of(repeats: int, fn) -> float:
     times = []
     for _ in range(repeats):
@@ -87,7 +100,7 @@ def main() -> dict:
     reference_s = best_of(1, reference) / args.reference_frames
 
     result = dict(
-        machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        machine=machine(),
         torch=torch.__version__,
         checkpoint=str(args.checkpoint),
         env=args.env,

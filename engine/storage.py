@@ -13,11 +13,15 @@ import torch
 
 
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Path:
-    """A fresh temporary path in ``target``'s directory (same file system, so ``os.replace`` is atomic)."""
+    """A fresh temporary path in ``target``'s directory (same file system, so ``os.replace`` is atomic),
+    with the permissions a plain ``open`` would give (mkstemp's are owner-only)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix + ".partial")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 
