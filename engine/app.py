@@ -13,7 +13,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import JobConfig
-from .errors import EngineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -35,7 +34,7 @@ def main(cfg: DictConfig) -> None:
     try:
         config = job_config(cfg)
         prepared = validate_job(config)
-    except EngineError as exc:
+    except ValueError as exc:  # EngineError and the engine's argument checks
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     written = run_job(config, prepared)

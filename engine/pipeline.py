@@ -60,14 +60,17 @@ def validate_job(config: JobConfig) -> PreparedJob:
         raise EngineError("output.fps and output.scale must be >= 1")
     if config.agent.preprocessing != "greydanus2017":
         raise EngineError(f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017")
-    if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
-        from .rendering import paper_gains
-
-        paper_gains(config.env.id)  # raises for a game without published gains: set render.*_gain
     device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
     env = make_env(config.env.id)  # an unknown id fails here
     actions = env.action_space.n
     env.close()
+    if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
+        from .rendering import paper_gains
+
+        try:
+            paper_gains(config.env.id)
+        except ValueError as exc:  # a game without published gains
+            raise EngineError(str(exc)) from None
     path = resolve_checkpoint(
         config.agent.checkpoint, config.agent.checkpoint_dirs, config.agent.cache_dir, config.agent.allow_download
     )

@@ -62,7 +62,7 @@ def test_paper_preset_sets_the_2017_quirks():
     ],
 )
 def test_bad_overrides_fail_clearly(overrides, match):
-    with pytest.raises(EngineError, match=match):
+    with pytest.raises(ValueError, match=match):  # EngineError or an engine argument check
         validate_job(composed(*overrides))
 
 
