@@ -71,3 +71,12 @@ def test_unknown_keys_and_types_are_rejected():
         JobConfig.from_dict({"saliency": {"radus": 3}})
     with pytest.raises(EngineError, match="saliency.density must be int"):
         JobConfig.from_dict({"saliency": {"density": "five"}})
+
+
+def test_paper_state_alignment_is_the_original_off_by_one(pong_agent, pong_rollout):
+    import torch
+
+    from engine.pipeline import paper_aligned_states
+
+    shifted = paper_aligned_states(pong_rollout)
+    assert torch.equal(shifted[0][1:], pong_rollout.states[0][:-1]) and torch.all(shifted[0][0] == 0)
