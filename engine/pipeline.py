@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import JobConfig
+from .config import JobConfig, SaliencyConfig
 from .device import resolve_device, resolve_dtype
 from .errors import CheckpointError, EngineError
 from .perturbation import perturbation_saliency, validate_settings
@@ -35,10 +35,18 @@ class PreparedJob:
     agent: ActorCritic
 
 
-def paper_aligned_states(r: Rollout) -> tuple[torch.Tensor, ...]:
+def paper_shift(states: tuple, previous: tuple | None = None) -> tuple[torch.Tensor, ...]:
     """The original code's off-by-one (spec, section 7): frame t gets the state the agent had one step
-    earlier than the one it used (``states[t-1]``); the first frame gets the zero state of an episode start."""
-    return tuple(torch.cat([torch.zeros_like(s[:1]), s[:-1]]) for s in r.states)
+    earlier than the one it used (``states[t-1]``). ``previous`` is the state before the first frame (a
+    chunk's predecessor); without one, the first frame gets the zero state of an episode start."""
+    if previous is None:
+        previous = tuple(torch.zeros_like(s[:1]) for s in states)
+    return tuple(torch.cat([p.to(s.device, s.dtype), s[:-1]]) for p, s in zip(previous, states))
+
+
+def paper_aligned_states(r: Rollout) -> tuple[torch.Tensor, ...]:
+    """:func:`paper_shift` of a whole rollout's states."""
+    return paper_shift(r.states)
 
 
 def validate_job(config: JobConfig) -> PreparedJob:
@@ -88,13 +96,12 @@ def validate_job(config: JobConfig) -> PreparedJob:
     return PreparedJob(config, path, agent)
 
 
-def compute_saliency(agent: ActorCritic, frames, states, config: JobConfig) -> dict[str, torch.Tensor]:
-    """Maps (and score grids) of every frame, scored ``frames_per_batch`` frames at a time with progress."""
-    s = config.saliency
+def compute_saliency(agent: ActorCritic, frames, states, s: SaliencyConfig, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors)."""
     n = frames.shape[0]
     batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
     parts: dict[str, list[torch.Tensor]] = {}
-    bar = tqdm(total=n, desc="saliency", unit="frame", disable=not config.progress)
+    bar = tqdm(total=n, desc="saliency", unit="frame", disable=not progress)
     for a, b in batches:
         state = index_state(states, slice(a, b))
         if s.method in ("perturbation", "both"):
@@ -176,7 +183,7 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     )
     states = played.states if config.saliency.state_alignment == "exact" else paper_aligned_states(played)
     rollout_s = time.perf_counter() - started
-    maps = compute_saliency(agent, played.frames, states, config)
+    maps = compute_saliency(agent, played.frames, states, config.saliency, config.progress)
     saliency_s = time.perf_counter() - started - rollout_s
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
                     rollout_seconds=rollout_s, saliency_seconds=saliency_s, episode_returns=played.episode_returns())

@@ -95,6 +95,76 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     return env
 
 
+@dataclass
+class Step:
+    """One recorded step: the frame seen, the state used on it, the outputs, the action and its result."""
+
+    frame: np.ndarray
+    state: State
+    logits: torch.Tensor
+    value: torch.Tensor
+    action: int
+    reward: float
+    done: bool
+
+
+class Player:
+    """An agent playing one environment: current observation, recurrent state and action sampler.
+
+    Seeding lives here: the environment's reset (and its random frameskip) and the CPU action sampler are both
+    seeded with ``seed``, so the same seed gives the same game on every device.
+    """
+
+    def __init__(self, agent: ActorCritic, env_id: str, seed: int = 0, greedy: bool = False):
+        self.agent, self.env_id, self.greedy = agent, env_id, greedy
+        self.env = make_env(env_id, seed)
+        if self.env.action_space.n != agent.num_actions:
+            self.env.close()
+            raise ValueError(
+                f"{env_id!r} has {self.env.action_space.n} actions but the agent has {agent.num_actions}: "
+                "use the game (and action set) the agent was trained on"
+            )
+        self.device = agent.actor_linear.weight.device
+        self.sampler = torch.Generator().manual_seed(seed)  # CPU generator: same actions on every device
+        self.obs, _ = self.env.reset(seed=seed)
+        self.state = agent.initial_state(1)
+
+    def step(self) -> Step:
+        """Act on the current frame, advance the environment (resetting it after an episode ends)."""
+        with torch.inference_mode():
+            frame, state = self.obs, self.state
+            out = self.agent(preprocess_frames(frame[None], device=self.device, dtype=state[0].dtype), state)
+            logits = out.logits[0].cpu()
+            if self.greedy:
+                action = int(logits.argmax())
+            else:
+                action = int(torch.multinomial(torch.softmax(logits.double(), dim=-1), 1, generator=self.sampler))
+            obs, reward, terminated, truncated, _ = self.env.step(action)
+            done = bool(terminated or truncated)
+            if done:
+                self.obs, _ = self.env.reset()
+                self.state = self.agent.initial_state(1)
+            else:
+                self.obs, self.state = obs, out.state
+        return Step(frame, state, logits, out.value[0].cpu(), action, float(reward), done)
+
+    def replay(self, actions, dones, frames=None) -> None:
+        """Bring the environment to where a recording of these steps left it, without the agent: step with
+        the recorded actions (resetting after recorded episode ends). ``frames`` (the recorded frames of the
+        last steps, aligned to the end) are compared with what the environment shows, to catch divergence."""
+        first_checked = len(actions) - (0 if frames is None else len(frames))
+        for t, (action, done) in enumerate(zip(actions, dones)):
+            if t >= first_checked and not np.array_equal(self.obs, frames[t - first_checked]):
+                raise RuntimeError(f"replaying {self.env_id} diverged from the recording at step {t}")
+            obs, _, terminated, truncated, _ = self.env.step(int(action))
+            if bool(terminated or truncated) != bool(done):
+                raise RuntimeError(f"replaying {self.env_id} diverged from the recording at step {t} (episode end)")
+            self.obs = self.env.reset()[0] if done else obs
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def rollout(
     agent: ActorCritic,
     env_id: str,
@@ -119,65 +189,37 @@ def rollout(
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes must be >= 1 or None, got {max_episodes!r}")
-    env = make_env(env_id, seed)
-    if env.action_space.n != agent.num_actions:
-        env.close()
-        raise ValueError(
-            f"{env_id!r} has {env.action_space.n} actions but the agent has {agent.num_actions}: "
-            "use the game (and action set) the agent was trained on"
-        )
-    device = agent.actor_linear.weight.device
-    sampler = torch.Generator().manual_seed(seed)  # CPU generator: same actions on every device
-
-    frames, states, logits, values, actions, rewards, dones = [], [], [], [], [], [], []
-    obs, _ = env.reset(seed=seed)
-    state = agent.initial_state(1)
+    player = Player(agent, env_id, seed, greedy)
+    steps: list[Step] = []
     episodes, episode_return = 0, 0.0
     bar = tqdm(total=num_steps, desc=f"rollout {env_id}", unit="step", disable=not progress)
     try:
-        with torch.inference_mode():
-            for _ in range(num_steps):
-                out = agent(preprocess_frames(obs[None], device=device, dtype=state[0].dtype), state)
-                step_logits = out.logits[0].cpu()
-                if greedy:
-                    action = int(step_logits.argmax())
-                else:
-                    probs = torch.softmax(step_logits.double(), dim=-1)
-                    action = int(torch.multinomial(probs, 1, generator=sampler))
-                frames.append(obs)
-                states.append(state)
-                logits.append(step_logits)
-                values.append(out.value[0].cpu())
-                obs, reward, terminated, truncated, _ = env.step(action)
-                done = bool(terminated or truncated)
-                actions.append(action)
-                rewards.append(float(reward))
-                dones.append(done)
-                episode_return += float(reward)
-                bar.update(1)
-                if done:
-                    episodes += 1
-                    bar.set_postfix(episodes=episodes, last_return=episode_return)
-                    episode_return = 0.0
-                    if max_episodes is not None and episodes >= max_episodes:
-                        break
-                    obs, _ = env.reset()
-                    state = agent.initial_state(1)
-                else:
-                    state = out.state
+        for _ in range(num_steps):
+            step = player.step()
+            steps.append(step)
+            episode_return += step.reward
+            bar.update(1)
+            if step.done:
+                episodes += 1
+                bar.set_postfix(episodes=episodes, last_return=episode_return)
+                episode_return = 0.0
+                if max_episodes is not None and episodes >= max_episodes:
+                    break
     finally:
         bar.close()
-        env.close()
-    return Rollout(
-        frames=torch.from_numpy(np.stack(frames)),
-        states=state_to(stack_states(states), device="cpu"),
-        logits=torch.stack(logits),
-        values=torch.stack(values),
-        actions=torch.tensor(actions, dtype=torch.int64),
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-        dones=torch.tensor(dones, dtype=torch.bool),
-        env_id=env_id,
-        seed=seed,
-        greedy=greedy,
-    )
+        player.close()
+    return rollout_from_steps(steps, env_id=env_id, seed=seed, greedy=greedy)
 
+
+def rollout_from_steps(steps: list[Step], **meta) -> Rollout:
+    """Stack recorded steps into a :class:`Rollout` (tensors on the CPU)."""
+    return Rollout(
+        frames=torch.from_numpy(np.stack([s.frame for s in steps])),
+        states=state_to(stack_states([s.state for s in steps]), device="cpu"),
+        logits=torch.stack([s.logits for s in steps]),
+        values=torch.stack([s.value for s in steps]),
+        actions=torch.tensor([s.action for s in steps], dtype=torch.int64),
+        rewards=torch.tensor([s.reward for s in steps], dtype=torch.float32),
+        dones=torch.tensor([s.done for s in steps], dtype=torch.bool),
+        **meta,
+    )
