@@ -74,6 +74,20 @@ class OutputConfig:
 
 
 @dataclass
+class StoreConfig:
+    """Streaming mode for long rollouts and sweeps (engine.store); off while ``rollout`` is None."""
+
+    rollout: str | None = None  # rollout store directory: recorded (resumed) there if incomplete, replayed if complete
+    saliency: str | None = None  # saliency store directory (default: <output.dir>/saliency_store)
+    player: str | None = None  # checkpoint that plays the recorded game (default: the job's agent); set it in
+    # checkpoint sweeps so that parallel jobs agree on who records
+    chunk_steps: int = 256  # steps per rollout chunk
+    frames_per_chunk: int = 64  # frames per saliency chunk (the memory bound and the unit of resume)
+    shard: int = 0
+    num_shards: int = 1
+
+
+@dataclass
 class JobConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -81,6 +95,7 @@ class JobConfig:
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     device: str = "auto"
     dtype: str = "float32"
     progress: bool = True

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -62,6 +63,13 @@ def validate_job(config: JobConfig) -> PreparedJob:
         raise EngineError(f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch}")
     if config.rollout.steps < 1:
         raise EngineError(f"rollout.steps must be >= 1, got {config.rollout.steps}")
+    st = config.store
+    if not 0 <= st.shard < st.num_shards:
+        raise EngineError(f"store.shard must be in 0..store.num_shards-1, got shard={st.shard} num_shards={st.num_shards}")
+    if st.chunk_steps < 1 or st.frames_per_chunk < 1:
+        raise EngineError("store.chunk_steps and store.frames_per_chunk must be >= 1")
+    if st.rollout and config.rollout.max_episodes is not None:
+        raise EngineError("rollout.max_episodes does not apply to a rollout store (it records rollout.steps steps): unset it")
     if config.render.style not in STYLES:
         raise EngineError(f"render.style must be one of {STYLES}, got {config.render.style!r}")
     if config.output.fps < 1 or config.output.scale < 1:
@@ -124,8 +132,18 @@ def compute_saliency(agent: ActorCritic, frames, states, s: SaliencyConfig, prog
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def map_statistics(maps: dict) -> dict[str, float]:
+    """Mean and max of each kind of map, for the sweep summary."""
+    stats = {}
+    for key in ("actor", "critic", "jacobian_actor", "jacobian_critic"):
+        if key in maps:
+            values = torch.as_tensor(maps[key]).double()
+            stats[f"{key}_mean"], stats[f"{key}_max"] = float(values.mean()), float(values.max())
+    return stats
+
+
 def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states) -> dict[str, Path]:
-    """Overlays for every frame -> movie, stills, and the Jacobian-vs-perturbation figure."""
+    """Overlays for every frame -> movie, stills, and (given ``states``) the Jacobian-vs-perturbation figure."""
     from . import rendering
 
     r, written = config.render, {}
@@ -152,7 +170,7 @@ def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir:
         )
     for t in o.stills:
         written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
-    if config.saliency.method != "jacobian":
+    if config.saliency.method != "jacobian" and states is not None:
         t = o.comparison_frame if o.comparison_frame is not None else frames.shape[0] // 2
         if not 0 <= t < frames.shape[0]:
             raise EngineError(f"output.comparison_frame {t} is outside the rollout's 0..{frames.shape[0] - 1}")
@@ -174,6 +192,8 @@ def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir:
 def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
     """Run the main job into ``config.output.dir``; returns the paths written (and prints nothing)."""
     prepared = prepared or validate_job(config)
+    if config.store.rollout:
+        return run_store_job(config, prepared)
     agent, out_dir = prepared.agent, Path(config.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -186,7 +206,9 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     maps = compute_saliency(agent, played.frames, states, config.saliency, config.progress)
     saliency_s = time.perf_counter() - started - rollout_s
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
-                    rollout_seconds=rollout_s, saliency_seconds=saliency_s, episode_returns=played.episode_returns())
+                    frames_scored=len(played), rollout_seconds=rollout_s, saliency_seconds=saliency_s,
+                    seconds_per_frame=saliency_s / len(played), episode_returns=played.episode_returns(),
+                    **map_statistics(maps))
     written: dict[str, Path] = {}
     if config.output.arrays:
         written["rollout"] = save_arrays(
@@ -198,6 +220,59 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         )
         written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
     written.update(render_outputs(played.frames, maps, config, out_dir, agent, states))
-    (out_dir / "summary.json").write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
-    written["summary"] = out_dir / "summary.json"
-    return written
+    return _write_summary(out_dir, settings, written)
+
+
+def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Path]:
+    summary = out_dir / "summary.json"
+    summary.write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
+    return {**written, "summary": summary}
+
+
+def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
+    """Streaming mode: record (or resume, or reuse) the rollout store, score this shard's chunks into the
+    saliency store, and render once every chunk is there. Memory stays bounded by the chunk sizes, except
+    for rendering the movie of a complete store (set output.movie=false for very long rollouts)."""
+    from .registry import sha256_of
+    from .store import RolloutStore, SaliencyStore, record_rollout, score_store
+
+    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sha = sha256_of(prepared.checkpoint)
+    rollout_root = Path(st.rollout)
+    started = time.perf_counter()
+    if (rollout_root / "manifest.json").is_file() and RolloutStore.open(rollout_root).complete:
+        rstore = RolloutStore.open(rollout_root)  # replay one recorded game, whoever played it
+    else:
+        player, player_path = agent, prepared.checkpoint
+        if st.player:
+            a = config.agent
+            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+            player = load_agent(player_path, device=resolve_device(config.device), dtype=resolve_dtype(config.dtype))
+        rstore = record_rollout(
+            player, config.env.id, config.rollout.steps, rollout_root, seed=config.rollout.seed,
+            greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=sha256_of(player_path),
+            extra={"checkpoint": str(player_path)}, progress=config.progress,
+        )
+    if rstore.identity["env_id"] != config.env.id:
+        raise EngineError(f"the rollout store {rollout_root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    rollout_s = time.perf_counter() - started
+    saliency_root = Path(st.saliency) if st.saliency else out_dir / "saliency_store"
+    before = set(SaliencyStore.open(saliency_root).missing()) if (saliency_root / "manifest.json").is_file() else None
+    sstore = score_store(agent, rollout_root, saliency_root, config.saliency, sha, st.frames_per_chunk,
+                         st.shard, st.num_shards, config.progress)
+    saliency_s = time.perf_counter() - started - rollout_s
+    bounds = sstore.bounds
+    scored = sum(b - a for k, (a, b) in enumerate(bounds) if k % st.num_shards == st.shard and (before is None or k in before))
+    present = [k for k in range(len(bounds)) if sstore.store.has(k)]
+    stats = map_statistics({key: np.concatenate([sstore.store.read(k, (key,))[key] for k in present])
+                            for key in ("actor", "critic") if config.saliency.method != "jacobian"}) if present else {}
+    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha,
+                    rollout_store=str(rollout_root), saliency_store=str(saliency_root), frames=rstore.num_steps,
+                    frames_scored=scored, complete=sstore.complete, rollout_seconds=rollout_s,
+                    saliency_seconds=saliency_s, seconds_per_frame=saliency_s / scored if scored else None, **stats)
+    written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root}
+    if sstore.complete and (config.output.movie or config.output.stills):
+        maps = {k: torch.from_numpy(v) for k, v in sstore.read().items()}
+        written.update(render_outputs(rstore.read().frames, maps, config, out_dir, agent, None))
+    return _write_summary(out_dir, settings, written)

@@ -110,14 +110,14 @@ def resolve_checkpoint(
     entry = known_checkpoint(str(name_or_path))
     if entry is None:
         if path.is_file():
-            return path
+            return path.resolve()
         known = ", ".join(sorted(ALIASES) + sorted(KNOWN))
         raise CheckpointError(f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known})")
     searched = checkpoint_dirs(dirs)
     for directory in searched:
         candidate = directory / entry.relative_path
         if candidate.is_file():
-            return candidate
+            return candidate.resolve()
     cache = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
     cached = cache / entry.relative_path
     if cached.is_file() and sha256_of(cached) == entry.sha256:

@@ -77,3 +77,29 @@ def test_bad_overrides_fail_before_heavy_work(tmp_path, override, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "saliency.npz").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_subprocess"])
+def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher):
+    """2 checkpoints x 2 radii replay one recorded game; the sweep ends with a 4-row summary.csv."""
+    import csv
+
+    sweep, store = tmp_path / "sweep", tmp_path / "rollout_store"
+    flags = ["-m"] + ([] if launcher == "basic" else [f"hydra/launcher={launcher}"])
+    result = run_app(
+        *flags, "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80", "saliency.radius=3,5", "saliency.density=20",
+        "rollout.steps=10", f"store.rollout={store}", "store.player=baby-a3c/pong@40", "store.frames_per_chunk=4",
+        "output.movie=false",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["checkpoint"].rsplit("/", 1)[-1], float(r["radius"])) for r in rows} == {
+        ("model.40.tar", 3.0), ("model.40.tar", 5.0), ("model.80.tar", 3.0), ("model.80.tar", 5.0)}
+    assert all(r["frames"] == "10" and r["complete"] == "True" and float(r["actor_max"]) > 0 for r in rows)
+    # one recorded game for all: a single rollout store, each job its own saliency store
+    assert (store / "manifest.json").exists() and len(list((store / "chunks").glob("*.npz"))) == 1
+    maps_40 = [load_arrays(p)[0] for p in sorted((sweep / "0" / "saliency_store" / "chunks").glob("*.npz"))]
+    assert sum(m["actor"].shape[0] for m in maps_40) == 10
