@@ -252,7 +252,7 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
         rstore = record_rollout(
             player, config.env.id, config.rollout.steps, rollout_root, seed=config.rollout.seed,
             greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=sha256_of(player_path),
-            extra={"checkpoint": str(player_path)}, progress=config.progress,
+            extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
         )
     if rstore.identity["env_id"] != config.env.id:
         raise EngineError(f"the rollout store {rollout_root} holds {rstore.identity['env_id']}, not {config.env.id}")
