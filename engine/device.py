@@ -36,3 +36,14 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in _DTYPES:
         raise EngineError(f"unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """Move a tensor to ``device``; host -> CUDA copies go through pinned memory without blocking the host
+    (one copy per call, made before the work that needs it, never inside a loop)."""
+    if device is None:
+        return t
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

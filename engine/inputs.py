@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .batching import chunk_bounds  # noqa: F401  (re-exported for saliency modules)
+from .device import to_device
 from .policy import ActorCritic, State
 from .preprocessing import SIZE, preprocess_frames
 
@@ -37,7 +38,7 @@ def prepare_inputs(agent: ActorCritic, frames, states) -> tuple[torch.Tensor, St
                 f"preprocessed frames must have shape (N, {agent.channels}, 80, 80), got {tuple(frames.shape)}; "
                 "or pass raw uint8 frames (N, 210, 160, 3)"
             )
-        x = frames.to(device=device, dtype=dtype)
+        x = to_device(frames, device).to(dtype)
     else:
         x = preprocess_frames(frames, device=device, dtype=dtype)
     n = x.shape[0]
@@ -63,6 +64,6 @@ def prepare_inputs(agent: ActorCritic, frames, states) -> tuple[torch.Tensor, St
                 f"state/frame count mismatch: {n} frames but state tensor {i} has {s.shape[0]} rows; "
                 "pass the state the agent used on each frame (e.g. rollout.states for rollout.frames)"
             )
-        checked.append(s.to(device=device, dtype=dtype))
+        checked.append(to_device(s, device).to(dtype))
     return x, tuple(checked)
 

@@ -110,7 +110,7 @@ def perturbation_scores(
     """
     n, m = x.shape[0], masks.shape[0]
     base = agent(x, state)  # the unperturbed outputs, once per frame
-    blurred = gaussian_blur(x, blur_sigma)  # once per frame
+    blurred = gaussian_blur(x, blur_sigma).to(x.dtype)  # once per frame (autocast may lower the conv)
     if plan is None:
         images, blurred = x[:, 0], blurred[:, 0]
 

@@ -13,6 +13,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from .device import to_device
+
 FRAME_SHAPE = (210, 160, 3)
 CROP_ROWS = (35, 195)
 SIZE = 80
@@ -32,7 +34,7 @@ def as_frames_tensor(frames, device=None) -> torch.Tensor:
         raise ValueError(f"frames must have shape (N, 210, 160, 3) (raw ALE RGB frames), got {tuple(frames.shape)}")
     if frames.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 raw pixels, got dtype {frames.dtype}")
-    return frames.to(device) if device is not None else frames
+    return to_device(frames, device)
 
 
 def byte_scale(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,203 @@
+"""``python -m engine.train``: advantage actor-critic (A2C) training of the spec's agent on any ALE game.
+
+Synchronous A2C over vectorised environments with the 2017 preprocessing, an LSTM (default) or GRU core,
+n-step returns with GAE, entropy regularisation, gradient-norm clipping (the baby-a3c hyper-parameters:
+Adam 1e-4, gamma 0.99, 20-step rollouts, rewards clipped to [-1, 1]). Every ``checkpoint_every`` frames it
+writes ``<run>/checkpoints/step_<frames>.pt`` (a plain state dict that ``engine.load_agent`` reads) with a
+``.json`` beside it (game, frames, mean episode reward), and ``<run>/resume.pt`` (optimizer, counters, RNG):
+started again on the same run directory it continues from there. Seeding happens in one place, ``seed_all``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .device import resolve_device
+from .errors import EngineError
+from .policy import ActorCritic
+from .preprocessing import preprocess_frames
+from .rollout import make_env
+from .storage import atomic_path
+
+
+@dataclass
+class TrainConfig:
+    env_id: str = "Pong-v4"
+    core: str = "lstm"
+    hidden_size: int = 256
+    num_envs: int = 16
+    vector: str = "sync"  # sync | async (gymnasium vector env; measure which is faster on your machine)
+    rollout_steps: int = 20
+    total_frames: int = 5_000_000  # agent steps summed over environments (as baby-a3c counts them)
+    lr: float = 1e-4
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    max_grad_norm: float = 40.0
+    checkpoint_every: int = 250_000
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "runs/train"
+    progress: bool = True
+
+
+def seed_all(seed: int) -> None:
+    """The one place where randomness is seeded (python, numpy, torch); environments get ``seed + i``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_vector_env(config: TrainConfig):
+    import gymnasium as gym
+
+    make_env(config.env_id).close()  # a clear error for an unknown id, before any worker starts
+    fns = [lambda i=i: make_env(config.env_id) for i in range(config.num_envs)]
+    return gym.vector.AsyncVectorEnv(fns) if config.vector == "async" else gym.vector.SyncVectorEnv(fns)
+
+
+def _save_torch(obj, path: Path) -> None:
+    tmp = atomic_path(path, ".pt")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _latest_resume(run_dir: Path):
+    path = run_dir / "resume.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) into ``config.run_dir``; returns the path of the last checkpoint written."""
+    if config.core not in ("lstm", "gru"):
+        raise EngineError(f"core must be lstm or gru, got {config.core!r}")
+    if config.num_envs < 1 or config.rollout_steps < 1 or config.total_frames < 1 or config.checkpoint_every < 1:
+        raise EngineError("num_envs, rollout_steps, total_frames and checkpoint_every must be >= 1")
+    run_dir = Path(config.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_all(config.seed)
+    envs = make_vector_env(config)
+    agent = ActorCritic(envs.single_action_space.n, core=config.core, hidden_size=config.hidden_size).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr)
+    frames, next_checkpoint, returns = 0, config.checkpoint_every, deque(maxlen=100)
+    resume = _latest_resume(run_dir)
+    if resume is not None:
+        if resume["config"]["env_id"] != config.env_id or resume["config"]["core"] != config.core:
+            raise EngineError(f"{run_dir} holds a {resume['config']['core']} run on {resume['config']['env_id']}: use another run_dir")
+        agent.load_state_dict(resume["agent"])
+        optimizer.load_state_dict(resume["optimizer"])
+        frames, next_checkpoint, returns = resume["frames"], resume["next_checkpoint"], deque(resume["returns"], maxlen=100)
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        random.setstate(resume["python_rng"])
+    obs, _ = envs.reset(seed=[config.seed + 1000 * (frames // config.checkpoint_every) + i for i in range(config.num_envs)])
+    state = agent.initial_state(config.num_envs)
+    episode_return = np.zeros(config.num_envs)
+    last_path = run_dir / "checkpoints" / f"step_{frames}.pt"
+    bar = tqdm(total=config.total_frames, initial=frames, desc=f"train {config.env_id}", unit="frame", disable=not config.progress)
+    started = time.perf_counter()
+    try:
+        while frames < config.total_frames:
+            state = tuple(s.detach() for s in state)
+            log_probs, values, entropies, rewards, masks = [], [], [], [], []
+            for _ in range(config.rollout_steps):
+                out = agent(preprocess_frames(obs, device=device), state)
+                dist = torch.distributions.Categorical(logits=out.logits)
+                action = dist.sample()
+                obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+                done = np.logical_or(terminated, truncated)
+                episode_return += reward
+                for r in episode_return[done]:
+                    returns.append(float(r))
+                episode_return[done] = 0
+                keep = torch.as_tensor(~done, dtype=torch.float32, device=device)[:, None]
+                state = tuple(s * keep for s in out.state)  # zero state after an episode ends
+                log_probs.append(dist.log_prob(action))
+                entropies.append(dist.entropy())
+                values.append(out.value)
+                rewards.append(torch.as_tensor(np.clip(reward, -1, 1), dtype=torch.float32, device=device))
+                masks.append(keep[:, 0])
+            with torch.no_grad():
+                next_value = agent(preprocess_frames(obs, device=device), state).value
+            advantages, gae = [], torch.zeros_like(next_value)
+            for t in reversed(range(config.rollout_steps)):
+                following = next_value if t == config.rollout_steps - 1 else values[t + 1].detach()
+                delta = rewards[t] + config.gamma * following * masks[t] - values[t].detach()
+                gae = delta + config.gamma * config.gae_lambda * masks[t] * gae
+                advantages.insert(0, gae)
+            advantages = torch.stack(advantages)
+            value_targets = advantages + torch.stack(values).detach()
+            policy_loss = -(torch.stack(log_probs) * advantages).mean()
+            value_loss = F.mse_loss(torch.stack(values), value_targets)
+            loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * torch.stack(entropies).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+            optimizer.step()
+            frames += config.rollout_steps * config.num_envs
+            bar.update(config.rollout_steps * config.num_envs)
+            if returns:
+                bar.set_postfix(reward=f"{np.mean(returns):.2f}", fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}")
+            if frames >= next_checkpoint or frames >= config.total_frames:
+                last_path = save_checkpoint(run_dir, agent, optimizer, config, frames, returns)
+                next_checkpoint = (frames // config.checkpoint_every + 1) * config.checkpoint_every
+                _save_torch(dict(agent=agent.state_dict(), optimizer=optimizer.state_dict(), frames=frames,
+                                 next_checkpoint=next_checkpoint, returns=list(returns), config=asdict(config),
+                                 torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                                 python_rng=random.getstate()), run_dir / "resume.pt")
+    finally:
+        bar.close()
+        envs.close()
+    return last_path
+
+
+def save_checkpoint(run_dir: Path, agent, optimizer, config: TrainConfig, frames: int, returns) -> Path:
+    path = run_dir / "checkpoints" / f"step_{frames}.pt"
+    _save_torch(agent.state_dict(), path)
+    meta = dict(game=config.env_id, frames=frames, core=config.core,
+                mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Hydra entry point (``configs/train.yaml``)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from .app import CONFIG_DIR
+    from .config import _build
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+    def run(cfg) -> None:
+        data = OmegaConf.to_container(cfg, resolve=True)
+        data.pop("hydra", None)
+        try:
+            config = _build(TrainConfig, data, "")
+            path = train(config)
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        print(f"last checkpoint: {path}")
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    run()
+
+
+if __name__ == "__main__":
+    main()
