@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -27,29 +26,13 @@ from engine.reference import score_frame_np
 from engine.rollout import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
+from benchmarks.common import best_of, machine  # noqa: E402
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 
 
-def machine() -> str:
-    """CPU model and thread count (and the GPU, if one is used), for the record."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> dict:
@@ -97,7 +80,7 @@ def main() -> dict:
         for t in range(args.reference_frames):
             score_frame_np(agent, frames[t].numpy(), tuple(s[t : t + 1] for s in states), args.radius, args.density)
 
-    reference_s = best_of(1, reference) / args.reference_frames
+    reference_s = best_of(1, reference, warmup=False) / args.reference_frames
 
     result = dict(
         machine=machine(),

@@ -11,9 +11,7 @@ frame (best of ``repeats``); ratios are against the loop reference and the engin
 from __future__ import annotations
 
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -22,29 +20,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks.peers when run as a script
+sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
+from benchmarks.common import best_of, machine  # noqa: E402
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 # fp32 peaks for derived floors (dense, no tensor cores): what a GPU user can compare against
 GPU_FP32_TFLOPS = {"A100": 19.5, "H100 SXM": 67.0, "RTX 4090": 82.6}
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
-def best_of(repeats: int, fn) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,16 +78,16 @@ def main(cfg: DictConfig) -> None:
         seconds["bare_forward"] = best_of(cfg.repeats, bare) / n
     one = lambda t: tuple(s[t : t + 1] for s in states)  # noqa: E731
     if "reference" in methods:
-        seconds["reference"] = best_of(1, lambda: [score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp) for t in range(k)]) / k
+        seconds["reference"] = best_of(1, warmup=False, fn=lambda: [score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp) for t in range(k)]) / k
     if "xaitk" in methods:
         from benchmarks.peers import xaitk_saliency_map
 
         images = [x[t, 0].float().numpy() for t in range(k)]
-        seconds["xaitk"] = best_of(1, lambda: [xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)]) / k
+        seconds["xaitk"] = best_of(1, warmup=False, fn=lambda: [xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)]) / k
     if "captum" in methods:
         from benchmarks.peers import captum_saliency_map
 
-        seconds["captum"] = best_of(1, lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
+        seconds["captum"] = best_of(1, warmup=False, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
     if "jacobian" in methods:
         seconds["jacobian"] = best_of(cfg.repeats, lambda: jacobian_saliency(agent, frames, states)) / n
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .batching import chunk_bounds, pad_rows
 from .errors import EngineError
 from .policy import ActorCritic, State, state_to
 from .preprocessing import preprocess_frames
@@ -77,6 +78,14 @@ class ChunkStore:
             leftover.unlink(missing_ok=True)
         return cls(root)
 
+    @classmethod
+    def open_kind(cls, root, kind: str) -> "ChunkStore":
+        """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
+        store = cls(root)
+        if store.identity.get("kind") != kind:
+            raise EngineError(f"{root} is a {store.identity.get('kind')} store, not a {kind} store")
+        return store
+
     @property
     def identity(self) -> dict:
         return self.manifest["identity"]
@@ -97,10 +106,6 @@ class ChunkStore:
             return {k: data[k] for k in keys}
 
 
-def _chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + size, total)) for a in range(0, total, size)]
-
-
 @dataclass
 class RolloutStore:
     """A recorded rollout on disk; :meth:`read` gives the same :class:`Rollout` an in-memory rollout gives."""
@@ -109,10 +114,7 @@ class RolloutStore:
 
     @classmethod
     def open(cls, root) -> "RolloutStore":
-        store = ChunkStore(root)
-        if store.identity.get("kind") != "rollout":
-            raise EngineError(f"{root} is a {store.identity.get('kind')} store, not a rollout store")
-        return cls(store)
+        return cls(ChunkStore.open_kind(root, "rollout"))
 
     @property
     def identity(self) -> dict:
@@ -124,7 +126,7 @@ class RolloutStore:
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        return _chunk_bounds(self.num_steps, self.identity["chunk_steps"])
+        return chunk_bounds(self.num_steps, self.identity["chunk_steps"])
 
     def completed_chunks(self) -> int:
         """How many leading chunks are finished."""
@@ -233,8 +235,6 @@ def replay_states(agent: ActorCritic, frames, dones, state: State) -> tuple[Stat
     a recorded episode end), and the state after the last frame. The convolutions run batched; the recurrent
     core is inherently sequential, one cheap cell step per frame. Bit-identical to playing (batch-invariant
     kernels), so replaying the recording agent reproduces its recorded states."""
-    from .batching import pad_rows
-
     device, dtype = agent.actor_linear.weight.device, agent.actor_linear.weight.dtype
     with torch.inference_mode():
         x = preprocess_frames(frames, device=device, dtype=dtype)
@@ -261,14 +261,11 @@ class SaliencyStore:
 
     @classmethod
     def open(cls, root) -> "SaliencyStore":
-        store = ChunkStore(root)
-        if store.identity.get("kind") != "saliency":
-            raise EngineError(f"{root} is a {store.identity.get('kind')} store, not a saliency store")
-        return cls(store)
+        return cls(ChunkStore.open_kind(root, "saliency"))
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        return _chunk_bounds(self.store.identity["rollout"]["num_steps"], self.store.identity["frames_per_chunk"])
+        return chunk_bounds(self.store.identity["rollout"]["num_steps"], self.store.identity["frames_per_chunk"])
 
     def missing(self) -> list[int]:
         return [k for k in range(len(self.bounds)) if not self.store.has(k)]

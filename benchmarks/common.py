@@ -1,0 +1,32 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """CPU model and torch thread count, for the record."""
+    model = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def best_of(repeats: int, fn, warmup: bool = True) -> float:
+    """Shortest of ``repeats`` timings of ``fn()`` in seconds (after one untimed warm-up call)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
