@@ -27,15 +27,15 @@ def load(path: Path) -> list[dict]:
 
 
 def table(runs: list[dict]) -> str:
-    head = "| density | radius | chunk | dtype | threads | " + " | ".join(METHODS) + " | engine vs reference | incremental vs plain |"
+    head = "| density | radius | frames | chunk | dtype | threads | " + " | ".join(METHODS) + " | engine vs reference | incremental vs plain |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in sorted(runs, key=lambda r: (r["dtype"], r["threads"], r["chunk_size"], r["radius"], r["density"])):
+    for r in sorted(runs, key=lambda r: (r["dtype"], -r["threads"], r["chunk_size"], r["frames"], r["radius"], r["density"])):
         s = r["seconds_per_frame"]
         cells = [f"{s[m]:.4f}" if m in s else "" for m in METHODS]
         speed = r.get("speedup_vs_reference", {}).get("engine")
         inc = r.get("incremental_speedup_over_plain")
         rows.append(
-            f"| {r['density']} | {r['radius']:g} | {r['chunk_size']} | {r['dtype']} | {r['threads']} | " + " | ".join(cells)
+            f"| {r['density']} | {r['radius']:g} | {r['frames']} | {r['chunk_size']} | {r['dtype']} | {r['threads']} | " + " | ".join(cells)
             + f" | {f'{speed:.1f}x' if speed else ''} | {f'{inc:.2f}x' if inc else ''} |"
         )
     return "\n".join(rows)

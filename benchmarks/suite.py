@@ -83,11 +83,11 @@ def main(cfg: DictConfig) -> None:
         from benchmarks.peers import xaitk_saliency_map
 
         images = [x[t, 0].float().numpy() for t in range(k)]
-        seconds["xaitk"] = best_of(1, warmup=False, fn=lambda: [xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)]) / k
+        seconds["xaitk"] = best_of(1, fn=lambda: [xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)]) / k
     if "captum" in methods:
         from benchmarks.peers import captum_saliency_map
 
-        seconds["captum"] = best_of(1, warmup=False, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
+        seconds["captum"] = best_of(1, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
     if "jacobian" in methods:
         seconds["jacobian"] = best_of(cfg.repeats, lambda: jacobian_saliency(agent, frames, states)) / n
 

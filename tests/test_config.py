@@ -12,7 +12,11 @@ from engine.errors import EngineError
 from engine.pipeline import validate_job
 from tests.conftest import CHECKPOINTS
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONFIG_DIR.iterdir() if g.is_dir()}
+# Our config groups; configs/hydra/ holds options for Hydra's own groups (launchers), composed separately below.
+GROUPS = {
+    g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name != "hydra"
+}
+LAUNCHERS = sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
 
 
 def composed(*overrides: str) -> JobConfig:
@@ -31,6 +35,15 @@ def test_groups_are_the_documented_ones():
 def test_every_group_option_composes(group, option):
     config = composed(f"{group}={option}")
     assert isinstance(config, JobConfig)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_config_composes(launcher):
+    """Each shipped launcher resolves to its plugin's config (the plugins come with the test extras)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="main", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target.startswith("hydra_plugins.") and "Launcher" in target, target
 
 
 def test_defaults_are_the_main_job():
