@@ -1,6 +1,11 @@
-"""Checkpoints by path or by short name (``baby-a3c/pong``), resolved locally, from a cache, or downloaded.
+"""Checkpoints by path or by short name (``baby-a3c/pong``, ``builtin/pong``), resolved locally, from a cache,
+or downloaded.
 
-Resolution order for a short name: each local directory (config ``agent.checkpoint_dirs`` and the
+``builtin/<game>`` names the project's own LSTM agents, shipped inside the package (``engine/agents/<game>/``,
+written by ``python -m engine.train`` and copied there): ``builtin/pong`` is the most trained one,
+``builtin/pong@<frames>`` an earlier checkpoint of the same run, for sweeps over training. They never download.
+
+Resolution order for a baby-a3c name: each local directory (config ``agent.checkpoint_dirs`` and the
 ``ATARI_SALIENCY_CHECKPOINTS`` environment variable, a ``:``-separated list), then the download cache, then a
 download from the public address, whose sha256 is checked before the file is used or cached.
 """
@@ -52,6 +57,48 @@ KNOWN = {
 }
 # short names without "@frames" mean the published 40M-frame agent (Pong's best: 18.2 mean reward)
 ALIASES = {name.split("@")[0]: name for name in KNOWN if name.endswith("@40")}
+
+
+BUILTIN_PREFIX = "builtin/"
+BUILTIN_DIR = Path(__file__).resolve().parent / "agents"
+
+
+def builtin_checkpoints(game: str, root: Path | None = None) -> dict[int, Path]:
+    """``{frames: path}`` of the packaged checkpoints of ``game`` (``engine/agents/<game>/step_<frames>.pt``)."""
+    folder = (root or BUILTIN_DIR) / game
+    found = {}
+    for path in folder.glob("step_*.pt"):
+        frames = path.stem.removeprefix("step_")
+        if frames.isdigit():
+            found[int(frames)] = path
+    return dict(sorted(found.items()))
+
+
+def builtin_names(root: Path | None = None) -> list[str]:
+    """Every ``builtin/...`` name that resolves: per game, the latest and each ``@frames``."""
+    root = root or BUILTIN_DIR
+    names = []
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+        series = builtin_checkpoints(folder.name, root)
+        if series:
+            names += [f"{BUILTIN_PREFIX}{folder.name}"] + [f"{BUILTIN_PREFIX}{folder.name}@{f}" for f in series]
+    return names
+
+
+def resolve_builtin(name: str, root: Path | None = None) -> Path:
+    """The packaged file of ``builtin/<game>`` (the most trained) or ``builtin/<game>@<frames>``."""
+    game, _, frames = name.removeprefix(BUILTIN_PREFIX).partition("@")
+    series = builtin_checkpoints(game, root)
+    if not series:
+        raise CheckpointError(f"no built-in agent for {game!r}: the package ships {', '.join(builtin_names(root)) or 'none'}")
+    if not frames:
+        return series[max(series)]
+    if not frames.isdigit() or int(frames) not in series:
+        raise CheckpointError(
+            f"{name!r}: the built-in {game} agent has checkpoints at {', '.join(map(str, series))} frames; "
+            f"use builtin/{game}@<one of those> or builtin/{game} for the most trained"
+        )
+    return series[int(frames)]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -106,12 +153,14 @@ def resolve_checkpoint(
     """A checkpoint file from a path or a registry name; raises :class:`CheckpointError` saying what to do."""
     if not name_or_path:
         raise CheckpointError("no checkpoint given: set agent.checkpoint to a file path or a name such as baby-a3c/pong")
+    if str(name_or_path).startswith(BUILTIN_PREFIX):
+        return resolve_builtin(str(name_or_path))
     path = Path(str(name_or_path)).expanduser()
     entry = known_checkpoint(str(name_or_path))
     if entry is None:
         if path.is_file():
             return path.resolve()
-        known = ", ".join(sorted(ALIASES) + sorted(KNOWN))
+        known = ", ".join(sorted(ALIASES) + sorted(KNOWN) + builtin_names())
         raise CheckpointError(f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known})")
     searched = checkpoint_dirs(dirs)
     for directory in searched:

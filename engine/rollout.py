@@ -211,6 +211,34 @@ def rollout(
     return rollout_from_steps(steps, env_id=env_id, seed=seed, greedy=greedy)
 
 
+def play_episodes(
+    agent: ActorCritic, env_id: str, episodes: int, seed: int = 0, greedy: bool = False, max_steps: int = 10**6,
+    progress: bool = True,
+) -> list[float]:
+    """Returns of ``episodes`` full episodes played from one seeded environment (actions sampled unless
+    ``greedy``), keeping nothing else, so memory does not grow with episode length."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    player = Player(agent, env_id, seed, greedy)
+    returns, current = [], 0.0
+    bar = tqdm(total=episodes, desc=f"episodes {env_id}", unit="episode", disable=not progress)
+    try:
+        for _ in range(max_steps):
+            step = player.step()
+            current += step.reward
+            if step.done:
+                returns.append(current)
+                current = 0.0
+                bar.update(1)
+                bar.set_postfix(mean=f"{np.mean(returns):.2f}")
+                if len(returns) == episodes:
+                    return returns
+    finally:
+        bar.close()
+        player.close()
+    raise RuntimeError(f"only {len(returns)} of {episodes} episodes of {env_id} ended within {max_steps} steps")
+
+
 def rollout_from_steps(steps: list[Step], **meta) -> Rollout:
     """Stack recorded steps into a :class:`Rollout` (tensors on the CPU)."""
     return Rollout(

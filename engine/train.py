@@ -126,6 +126,7 @@ def train(config: TrainConfig) -> Path:
     agent = ActorCritic(envs.single_action_space.n, core=config.core, hidden_size=config.hidden_size).to(device)
     optimizer = make_optimizer(agent, config)
     frames, next_checkpoint, returns = 0, config.checkpoint_every, deque(maxlen=100)
+    earlier_seconds = 0.0  # wall time of the sessions before a resume, so checkpoints report the total
     resume = _latest_resume(run_dir)
     if resume is not None:
         if resume["config"]["env_id"] != config.env_id or resume["config"]["core"] != config.core:
@@ -133,6 +134,7 @@ def train(config: TrainConfig) -> Path:
         agent.load_state_dict(resume["agent"])
         optimizer.load_state_dict(resume["optimizer"])
         frames, next_checkpoint, returns = resume["frames"], resume["next_checkpoint"], deque(resume["returns"], maxlen=100)
+        earlier_seconds = resume.get("wall_seconds", 0.0)
         torch.set_rng_state(resume["torch_rng"])
         np.random.set_state(resume["numpy_rng"])
         random.setstate(resume["python_rng"])
@@ -185,10 +187,12 @@ def train(config: TrainConfig) -> Path:
             if returns:
                 bar.set_postfix(reward=f"{np.mean(returns):.2f}", fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}")
             if frames >= next_checkpoint or frames >= config.total_frames:
-                last_path = save_checkpoint(run_dir, agent, optimizer, config, frames, returns)
+                wall_seconds = earlier_seconds + time.perf_counter() - started
+                last_path = save_checkpoint(run_dir, agent, config, frames, returns, wall_seconds)
                 next_checkpoint = (frames // config.checkpoint_every + 1) * config.checkpoint_every
                 _save_torch(dict(agent=agent.state_dict(), optimizer=optimizer.state_dict(), frames=frames,
                                  next_checkpoint=next_checkpoint, returns=list(returns), config=asdict(config),
+                                 wall_seconds=wall_seconds,
                                  torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
                                  python_rng=random.getstate()), run_dir / "resume.pt")
     finally:
@@ -197,11 +201,13 @@ def train(config: TrainConfig) -> Path:
     return last_path
 
 
-def save_checkpoint(run_dir: Path, agent, optimizer, config: TrainConfig, frames: int, returns) -> Path:
+def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, returns, wall_seconds: float) -> Path:
+    """``<run>/checkpoints/step_<frames>.pt`` (the agent's state dict) and its ``.json`` metadata."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
     _save_torch(agent.state_dict(), path)
     meta = dict(game=config.env_id, frames=frames, core=config.core,
-                mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns))
+                mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns),
+                wall_seconds=round(wall_seconds, 1))
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return path
 

@@ -92,3 +92,20 @@ def test_unreachable_download_says_what_to_do(tmp_path, monkeypatch):
     _point_registry_at(monkeypatch, "http://127.0.0.1:9", registry.KNOWN["baby-a3c/pong@40"].sha256)
     with pytest.raises(CheckpointError, match=r"could not download .*Fix: put baby-a3c/pong-v4/model.40.tar"):
         resolve_checkpoint("baby-a3c/pong", [], cache_dir=tmp_path / "cache")
+
+
+def test_builtin_names_resolve_inside_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path)
+    (tmp_path / "pong").mkdir()
+    for frames in (250000, 1000000, 3500000):
+        (tmp_path / "pong" / f"step_{frames}.pt").write_bytes(b"x")
+    (tmp_path / "pong" / "step_1000000.json").write_text("{}")  # metadata files are not checkpoints
+    assert resolve_checkpoint("builtin/pong", allow_download=False) == tmp_path / "pong" / "step_3500000.pt"
+    assert resolve_checkpoint("builtin/pong@250000") == tmp_path / "pong" / "step_250000.pt"
+    assert registry.builtin_names() == [
+        "builtin/pong", "builtin/pong@250000", "builtin/pong@1000000", "builtin/pong@3500000"
+    ]
+    with pytest.raises(CheckpointError, match=r"checkpoints at 250000, 1000000, 3500000 frames"):
+        resolve_checkpoint("builtin/pong@2000000")
+    with pytest.raises(CheckpointError, match=r"no built-in agent for 'breakout': the package ships builtin/pong"):
+        resolve_checkpoint("builtin/breakout")

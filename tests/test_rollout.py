@@ -4,7 +4,7 @@ import torch
 from engine import UnknownEnvironmentError
 from engine.policy import ActorCritic
 from engine.preprocessing import preprocess_frames
-from engine.rollout import rollout
+from engine.rollout import play_episodes, rollout
 
 
 def test_recorded_states_reproduce_recorded_outputs_bit_for_bit(pong_agent, pong_rollout):
@@ -54,6 +54,18 @@ def test_lstm_state_resets_at_episode_boundary():
     assert torch.equal(out.logits, r.logits)
     for k in range(2):
         assert torch.equal(out.state[k][start - 2], r.states[k][start - 1])
+
+
+def test_play_episodes_returns_the_rollouts_episode_returns():
+    """The same seeded game as a recorded rollout, keeping only the returns."""
+    torch.manual_seed(0)
+    agent = ActorCritic(num_actions=4, core="lstm").eval()
+    r = rollout(agent, "ALE/Breakout-v5", 1500, seed=1, max_episodes=2, progress=False)
+    assert play_episodes(agent, "ALE/Breakout-v5", 2, seed=1, progress=False) == r.episode_returns()
+    with pytest.raises(RuntimeError, match="only 0 of 1 episodes"):
+        play_episodes(agent, "ALE/Breakout-v5", 1, seed=1, max_steps=10, progress=False)
+    with pytest.raises(ValueError, match="episodes must be a positive integer"):
+        play_episodes(agent, "ALE/Breakout-v5", 0)
 
 
 def test_bad_environment_and_arguments(pong_agent):

@@ -1,0 +1,81 @@
+"""Score and attention of Pong agents: the built-in LSTM agent and baby-a3c's GRU agent, same code for both.
+
+For each agent: the mean score of ``--episodes`` sampled episodes of Pong-v4, and, on a ``--steps``-step rollout,
+the share of actor (and critic) perturbation saliency within ``--distance`` frame pixels of the ball, the agent's
+paddle and the opponent's paddle, against the share of the screen those regions cover (``engine.regions``).
+
+    python benchmarks/agent_report.py                   # writes benchmarks/results/agents.json, prints a table
+    python benchmarks/agent_report.py --agents builtin/pong@1000000 builtin/pong
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import load_agent  # noqa: E402
+from engine.perturbation import perturbation_saliency  # noqa: E402
+from engine.regions import object_shares  # noqa: E402
+from engine.registry import resolve_checkpoint  # noqa: E402
+from engine.rollout import play_episodes, rollout  # noqa: E402
+
+CHECKPOINT_DIRS = [str(ROOT.parent / "shared" / "checkpoints")]
+
+
+def report(name: str, episodes: int, steps: int, distance: float, seed: int) -> dict:
+    path = resolve_checkpoint(name, CHECKPOINT_DIRS, allow_download=False)
+    agent = load_agent(path, device="cpu")
+    started = time.perf_counter()
+    returns = play_episodes(agent, "Pong-v4", episodes, seed=seed)
+    played = rollout(agent, "Pong-v4", steps, seed=seed)
+    maps = perturbation_saliency(agent, played.frames, played.states, radius=5, density=5, progress=True)
+    shares = {kind: object_shares(played.frames, getattr(maps, kind), distance=distance) for kind in ("actor", "critic")}
+    meta_path = Path(path).with_suffix(".json")
+    return dict(
+        agent=name,
+        checkpoint=str(path),
+        core=agent.core,
+        training=json.loads(meta_path.read_text()) if meta_path.is_file() else None,
+        episodes=returns,
+        mean_score=sum(returns) / len(returns),
+        rollout_steps=steps,
+        distance_px=distance,
+        shares={kind: {obj: vars(s) | {"ratio": s.ratio} for obj, s in per.items()} for kind, per in shares.items()},
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", nargs="+", default=["builtin/pong", "baby-a3c/pong"])
+    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--distance", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "agents.json")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    rows = [report(name, args.episodes, args.steps, args.distance, args.seed) for name in args.agents]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print(f"| agent | mean score ({args.episodes} episodes) | actor share near ball / area | near paddle / area |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        a = row["shares"]["actor"]
+        print(
+            f"| {row['agent']} ({row['core'].upper()}) | {row['mean_score']:+.1f} | "
+            f"{a['ball']['saliency']:.1%} / {a['ball']['area']:.1%} | {a['paddle']['saliency']:.1%} / {a['paddle']['area']:.1%} |"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
