@@ -38,7 +38,7 @@ class TrainConfig:
     core: str = "lstm"
     hidden_size: int = 256
     num_envs: int = 16
-    vector: str = "sync"  # sync | async (gymnasium vector env; measure which is faster on your machine)
+    vector: str = "async"  # async (env workers in processes) | sync; async measured faster on 2 cores (issue 6)
     rollout_steps: int = 20
     total_frames: int = 5_000_000  # agent steps summed over environments (as baby-a3c counts them)
     optimizer: str = "rmsprop"  # rmsprop (the A2C baselines' choice) | adam (baby-a3c's)

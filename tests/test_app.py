@@ -64,6 +64,23 @@ def test_tiny_multirun_sweeps_radius(tmp_path):
     assert radii == [3, 5]
 
 
+def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
+    """agent=builtin_pong needs no checkpoint directory and no download: the agent ships in the package."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "ATARI_SALIENCY_CHECKPOINTS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "agent=builtin_pong", "rollout.steps=3", "saliency.density=20",
+         "output.movie=false", "progress=false", f"hydra.run.dir={out}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    arrays, settings = load_arrays(out / "saliency.npz")
+    assert "engine/agents/pong/step_" in settings["checkpoint"].replace(os.sep, "/")
+    assert arrays["actor"].shape == (3, 80, 80)
+    rollout_arrays, _ = load_arrays(out / "rollout.npz")
+    assert rollout_arrays["state_1"].shape == (3, 256)  # the LSTM's cx
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
