@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from engine import load_agent  # noqa: E402
 from engine.perturbation import perturbation_saliency  # noqa: E402
 from engine.regions import object_shares  # noqa: E402
-from engine.registry import resolve_checkpoint  # noqa: E402
+from engine.registry import ALIASES, resolve_checkpoint  # noqa: E402
 from engine.rollout import play_episodes, rollout  # noqa: E402
 
 CHECKPOINT_DIRS = [str(ROOT.parent / "shared" / "checkpoints")]
@@ -53,6 +53,27 @@ def report(name: str, episodes: int, steps: int, distance: float, seed: int) -> 
     )
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The README's agent table: score of each episode, and actor/critic saliency near ball and paddle vs area."""
+    lines = [
+        "| agent | training frames | mean score (5 sampled episodes) | actor saliency near ball / area "
+        "| near own paddle / area | critic near ball / area |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        a, c = row["shares"]["actor"], row["shares"]["critic"]
+        # built-in checkpoints carry a .json; baby-a3c's names count millions of frames (baby-a3c/pong@40)
+        known = ALIASES.get(row["agent"], row["agent"]).partition("@")[2]
+        frames = f"{row['training']['frames']:,}" if row["training"] else (f"{known}M" if known else "?")
+        scores = ", ".join(f"{x:+.0f}" for x in row["episodes"])
+        lines.append(
+            f"| `{row['agent']}` ({row['core'].upper()}) | {frames} | {row['mean_score']:+.1f} ({scores}) | "
+            f"{a['ball']['saliency']:.1%} / {a['ball']['area']:.1%} | {a['paddle']['saliency']:.1%} / "
+            f"{a['paddle']['area']:.1%} | {c['ball']['saliency']:.1%} / {c['ball']['area']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", nargs="+", default=["builtin/pong", "baby-a3c/pong"])
@@ -66,14 +87,7 @@ def main() -> None:
     rows = [report(name, args.episodes, args.steps, args.distance, args.seed) for name in args.agents]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
-    print(f"| agent | mean score ({args.episodes} episodes) | actor share near ball / area | near paddle / area |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        a = row["shares"]["actor"]
-        print(
-            f"| {row['agent']} ({row['core'].upper()}) | {row['mean_score']:+.1f} | "
-            f"{a['ball']['saliency']:.1%} / {a['ball']['area']:.1%} | {a['paddle']['saliency']:.1%} / {a['paddle']['area']:.1%} |"
-        )
+    print(markdown_table(rows))
     print(f"wrote {args.out}")
 
 

@@ -76,9 +76,18 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     assert result.returncode == 0, result.stderr
     arrays, settings = load_arrays(out / "saliency.npz")
     assert "engine/agents/pong/step_" in settings["checkpoint"].replace(os.sep, "/")
-    assert arrays["actor"].shape == (3, 80, 80)
     rollout_arrays, _ = load_arrays(out / "rollout.npz")
     assert rollout_arrays["state_1"].shape == (3, 256)  # the LSTM's cx
+    # the saved maps are the engine's on the saved frames with both saved state tensors
+    import torch
+
+    from engine import load_agent
+    from engine.perturbation import perturbation_saliency
+
+    agent = load_agent(settings["checkpoint"], device="cpu")
+    states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
+    again = perturbation_saliency(agent, rollout_arrays["frames"], states, density=20)
+    assert np.array_equal(again.actor.numpy(), arrays["actor"]) and np.array_equal(again.critic.numpy(), arrays["critic"])
 
 
 @pytest.mark.parametrize(
