@@ -5,8 +5,10 @@ there ``lerp(I, B, 0) == I`` exactly: a perturbed copy equals its frame outside 
 ``lerp(B, I, 0) == B``: it equals the blurred frame). So its first
 convolution layers differ from the frame's own activations only inside a window that grows by the kernel
 and shrinks by the stride, layer by layer. For every mask we compute conv1 and conv2 only on a window of
-fixed size placed at its center (clamped inside the map), paste the layer-2 window into the frame's own
-layer-2 activations (computed once per frame; the blurred frame's, for searchlight), and run conv3, conv4, the core and the heads as usual.
+fixed size placed at its center (clamped inside the map) and paste the layer-2 window into the frame's own
+layer-2 activations (computed once per frame; the blurred frame's, for searchlight); conv3 likewise runs only
+on its own, smaller window of that pasted map, pasted into the frame's layer-3 activations; conv4, the core
+and the heads run as usual.
 Results equal the plain batched pass up to float rounding (convolutions of a patch may round differently
 from the same convolution of the whole map).
 
@@ -14,12 +16,15 @@ Geometry along one axis (the agent's convs are 3x3, stride 2, padding 1): input 
 layer-1 rows ``[floor(y0/2), floor((y1+1)/2)]`` and so on. A layer-2 window of side ``s2`` at origin ``o2``
 needs layer-1 rows ``2*o2-1 .. 2*o2+2*s2-1`` (side ``2*s2+1``; row -1 is conv2's zero padding) and input
 rows ``4*o2-3 .. 4*o2+4*s2-1`` (side ``4*s2+3``), i.e. ``4*o2 + k`` in an input padded by 3 at the top/left.
+A layer-3 window of side ``s3`` at ``o3`` reads layer-2 rows ``2*o3-1 .. 2*o3+2*s3-1``, i.e. ``2*o3 + k`` in
+the layer-2 map padded by 1 at the top/left.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +32,10 @@ import torch.nn.functional as F
 from .batching import padded_row_count
 from .blur import kernel_radius
 from .masks import center_coords, perturb
-from .policy import ActorCritic, PolicyOutput, State, elu, index_state
+from .policy import ActorCritic, PolicyOutput, State, elu
 from .preprocessing import SIZE
 
-LAYER1, LAYER2 = SIZE // 2, SIZE // 4  # 40, 20
+LAYER1, LAYER2, LAYER3 = SIZE // 2, SIZE // 4, SIZE // 8  # 40, 20, 10
 INPUT_PAD = 3
 # Past this window side (on the 20x20 layer-2 grid) the windows cost about as much as the plain pass.
 MAX_USEFUL_WINDOW = 15
@@ -41,31 +46,51 @@ class WindowPlan:
     """Where each mask's windows sit. ``G`` centers per axis, ``M = G*G`` masks (row-major by center).
 
     Attributes:
-        side: layer-2 window side ``s2``.
-        input_rows, input_cols: (M, 4*s2+3) indices into the frame padded by 3 at the top/left.
+        side: layer-2 window side ``s2``; side3: layer-3 window side ``s3``.
+        origin_rows, origin_cols: (M,) layer-2 window origin ``o2`` of each mask; its input patch is rows
+            ``4*o2 .. 4*o2+4*s2+2`` of the frame padded by 3 at the top/left.
         mask_patches: (M, 4*s2+3, 4*s2+3) each mask on its input patch.
         layer1_valid: (M, 1, 2*s2+1, 2*s2+1) 0 where the layer-1 window lies on conv2's zero padding.
-        layer2_index: (M, s2*s2) flat positions of the layer-2 window in the 20x20 map.
+        layer2_index: (M, s2*s2) flat positions of the layer-2 window in the 21x21 layer-2 map padded by 1
+            at the top/left (conv3's zero padding; its bottom/right padding is never read).
+        region_rows, region_cols: (M, 2*s3+1) rows/columns of that padded map that conv3 reads for the
+            layer-3 window.
+        layer3_index: (M, s3*s3) flat positions of the layer-3 window in the 10x10 layer-3 map.
     """
 
     side: int
-    input_rows: torch.Tensor
-    input_cols: torch.Tensor
+    side3: int
+    origin_rows: torch.Tensor
+    origin_cols: torch.Tensor
     mask_patches: torch.Tensor
     layer1_valid: torch.Tensor
     layer2_index: torch.Tensor
+    region_rows: torch.Tensor
+    region_cols: torch.Tensor
+    layer3_index: torch.Tensor
 
 
-def _changed_layer2_range(center: int, radius: float) -> tuple[int, int]:
+def _next_layer(a: int, b: int, size: int) -> tuple[int, int]:
+    """Rows ``[a, b]`` of a map change rows ``[floor(a/2), floor((b+1)/2)]`` of a 3x3 stride-2 pad-1 conv."""
+    return a // 2, min((b + 1) // 2, size - 1)
+
+
+def _changed_range(center: int, radius: float, layer: int) -> tuple[int, int]:
+    """Rows of layer ``layer`` (2 or 3) that a mask centered at ``center`` changes."""
     reach = kernel_radius(radius) + 1  # the 5-pixel plus reaches 1 pixel, the truncated blur r pixels more
-    y0, y1 = max(center - reach, 0), min(center + reach, SIZE - 1)
-    a1, b1 = y0 // 2, min((y1 + 1) // 2, LAYER1 - 1)
-    return a1 // 2, min((b1 + 1) // 2, LAYER2 - 1)
+    a, b = max(center - reach, 0), min(center + reach, SIZE - 1)
+    for size in (LAYER1, LAYER2, LAYER3)[:layer]:
+        a, b = _next_layer(a, b, size)
+    return a, b
+
+
+def _side(radius: float, density: int, layer: int) -> int:
+    return max(b - a + 1 for a, b in (_changed_range(c, radius, layer) for c in range(0, SIZE, density)))
 
 
 def window_side(radius: float, density: int) -> int:
     """Side of the layer-2 window that holds every changed position of every mask."""
-    return max(b - a + 1 for a, b in (_changed_layer2_range(c, radius) for c in range(0, SIZE, density)))
+    return _side(radius, density, 2)
 
 
 def worthwhile(radius: float, density: int) -> bool:
@@ -73,34 +98,73 @@ def worthwhile(radius: float, density: int) -> bool:
     return window_side(radius, density) <= MAX_USEFUL_WINDOW
 
 
+def _origins(centers: list[int], radius: float, layer: int, side: int, size: int) -> torch.Tensor:
+    """Per center, the first row of a window of ``side`` rows that holds its changed rows, kept in the map."""
+    return torch.tensor([min(max(_changed_range(c, radius, layer)[0], 0), size - side) for c in centers])
+
+
+def _per_mask(axis: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, S) per-axis indices -> the row and column indices (M, S) of each mask (row-major by center)."""
+    a = torch.arange(g * g, device=axis.device) // g
+    b = torch.arange(g * g, device=axis.device) % g
+    return axis[a], axis[b]
+
+
 @lru_cache(maxsize=16)
 def window_plan(radius: float, density: int, masks: torch.Tensor) -> WindowPlan:
     """Build (once per mask set) the window indices and mask patches; ``masks`` is (M, 80, 80)."""
-    s2 = window_side(radius, density)
+    s2, s3 = _side(radius, density, 2), _side(radius, density, 3)
     centers = center_coords(density).tolist()
     g = len(centers)
-    origins = torch.tensor([min(max(_changed_layer2_range(c, radius)[0], 0), LAYER2 - s2) for c in centers])
     device = masks.device
-    axis_input = (4 * origins[:, None] + torch.arange(4 * s2 + 3)).to(device)  # (G, 4*s2+3)
-    axis_valid = (2 * origins[:, None] - 1 + torch.arange(2 * s2 + 1) >= 0).to(device, masks.dtype)  # (G, 2*s2+1)
-    axis_layer2 = (origins[:, None] + torch.arange(s2)).to(device)  # (G, s2)
-    a = torch.arange(g * g, device=device) // g  # row-center number of each mask
-    b = torch.arange(g * g, device=device) % g
-    rows, cols = axis_input[a], axis_input[b]
+    o2 = _origins(centers, radius, 2, s2, LAYER2)
+    o3 = _origins(centers, radius, 3, s3, LAYER3)
+    origin_rows, origin_cols = _per_mask(o2[:, None].to(device), g)  # (M, 1)
+    rows, cols = 4 * origin_rows + torch.arange(4 * s2 + 3, device=device), 4 * origin_cols + torch.arange(4 * s2 + 3, device=device)
     padded = F.pad(masks, (INPUT_PAD, 0, INPUT_PAD, 0))
     patches = padded[torch.arange(g * g, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    valid = (axis_valid[a][:, :, None] * axis_valid[b][:, None, :])[:, None]
-    layer2 = (axis_layer2[a][:, :, None] * LAYER2 + axis_layer2[b][:, None, :]).flatten(1)
+    valid_r, valid_c = _per_mask((2 * o2[:, None] - 1 + torch.arange(2 * s2 + 1) >= 0).to(device, masks.dtype), g)
+    win2_r, win2_c = _per_mask((o2[:, None] + 1 + torch.arange(s2)).to(device), g)  # +1: the padded map
+    region_r, region_c = _per_mask((2 * o3[:, None] + torch.arange(2 * s3 + 1)).to(device), g)
+    win3_r, win3_c = _per_mask((o3[:, None] + torch.arange(s3)).to(device), g)
     # every non-zero of every mask must lie in its patch, else the windows would miss a change
     if not torch.equal((patches != 0).flatten(1).sum(1), (masks != 0).flatten(1).sum(1)):
         raise RuntimeError("incremental window plan does not cover a mask's support (a bug): use incremental=False")
-    return WindowPlan(s2, rows, cols, patches, valid, layer2)
+    return WindowPlan(
+        side=s2,
+        side3=s3,
+        origin_rows=origin_rows[:, 0],
+        origin_cols=origin_cols[:, 0],
+        mask_patches=patches,
+        layer1_valid=(valid_r[:, :, None] * valid_c[:, None, :])[:, None],
+        layer2_index=(win2_r[:, :, None] * (LAYER2 + 1) + win2_c[:, None, :]).flatten(1),
+        region_rows=region_r,
+        region_cols=region_c,
+        layer3_index=(win3_r[:, :, None] * LAYER3 + win3_c[:, None, :]).flatten(1),
+    )
 
 
-def frame_activations(agent: ActorCritic, x: torch.Tensor) -> torch.Tensor:
-    """Layer-2 activations (N, 32, 20, 20) of what a perturbed copy equals outside its mask's box (the frame
-    for occlude, its blur for searchlight), computed once per frame and shared by all its masks."""
-    return agent.conv_activations(x, 0, 2)
+class FrameActivations(NamedTuple):
+    """What every perturbed copy of a frame shares: layer-2 activations padded by one zero row/column at the
+    top/left (N, 32, 21, 21) and layer-3 activations (N, 32, 10, 10)."""
+
+    layer2: torch.Tensor
+    layer3: torch.Tensor
+
+
+def frame_activations(agent: ActorCritic, x: torch.Tensor) -> FrameActivations:
+    """Activations of what a perturbed copy equals outside its mask's box (the frame for occlude, its blur
+    for searchlight), computed once per frame and shared by all its masks."""
+    layer2 = agent.conv_activations(x, 0, 2)
+    layer3 = agent.conv_activations(layer2, 2, 3)
+    return FrameActivations(F.pad(layer2, (1, 0, 1, 0)), layer3)
+
+
+def _paste(base: torch.Tensor, index: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """``base`` (K, C, H, W), a fresh tensor, with ``window`` (K, C, h, w) written at flat positions ``index`` (K, h*w)."""
+    out = base.flatten(2)
+    out.scatter_(2, index[:, None, :].expand(-1, out.shape[1], -1), window.flatten(2))
+    return out.view_as(base)
 
 
 def perturbed_outputs(
@@ -108,17 +172,17 @@ def perturbed_outputs(
     plan: WindowPlan,
     images: torch.Tensor,
     blurred: torch.Tensor,
-    layer2: torch.Tensor,
+    shared: FrameActivations,
     state: State,
     frame: torch.Tensor,
     mask: torch.Tensor,
     interp: str,
 ) -> PolicyOutput:
-    """Outputs of the perturbed copies ``(frame[k], mask[k])``, computing conv1/conv2 on windows only.
+    """Outputs of the perturbed copies ``(frame[k], mask[k])``, computing conv1..conv3 on windows only.
 
     Args:
         images, blurred: frames and their blur (N, 80, 80) padded by 3 at the top/left -> (N, 83, 83).
-        layer2: :func:`frame_activations` of the frames, (N, 32, 20, 20).
+        shared: :func:`frame_activations` of the frames.
         state: tuple of (N, hidden). frame, mask: (K,) index tensors.
     """
     k = frame.shape[0]
@@ -126,12 +190,21 @@ def perturbed_outputs(
     if rows_needed != k:
         fill = frame.new_zeros(rows_needed - k)
         frame, mask = torch.cat([frame, fill]), torch.cat([mask, fill])
-    f, r, c = frame[:, None, None], plan.input_rows[mask][:, :, None], plan.input_cols[mask][:, None, :]
-    patch = perturb(images[f, r, c], blurred[f, r, c], plan.mask_patches[mask], interp)[:, None]
-    conv1, conv2 = agent.conv1, agent.conv2
-    window1 = elu(F.conv2d(patch, conv1.weight, conv1.bias, stride=2)) * plan.layer1_valid[mask]
+    # index_select, and one advanced index into a view of all windows, gather several times faster than
+    # advanced indexing with broadcast index tensors on the CPU
+    mask_rows, mask_cols = plan.origin_rows.index_select(0, mask), plan.origin_cols.index_select(0, mask)
+    side = plan.mask_patches.shape[-1]
+    image_patch, blurred_patch = (t.unfold(1, side, 4).unfold(2, side, 4)[frame, mask_rows, mask_cols] for t in (images, blurred))
+    patch = perturb(image_patch, blurred_patch, plan.mask_patches.index_select(0, mask), interp)[:, None]
+    conv1, conv2, conv3 = agent.conv1, agent.conv2, agent.conv3
+    window1 = elu(F.conv2d(patch, conv1.weight, conv1.bias, stride=2)) * plan.layer1_valid.index_select(0, mask)
     window2 = elu(F.conv2d(window1, conv2.weight, conv2.bias, stride=2))
-    act = layer2[frame].flatten(2)  # a copy: (K, 32, 400)
-    act.scatter_(2, plan.layer2_index[mask][:, None, :].expand(-1, act.shape[1], -1), window2.flatten(2))
-    features = agent.conv_activations(act.view(-1, act.shape[1], LAYER2, LAYER2), 2, 4).flatten(1)
-    return agent.from_features(features, index_state(state, frame), k)
+    layer2 = _paste(shared.layer2.index_select(0, frame), plan.layer2_index.index_select(0, mask), window2)
+    # indices split by a slice put the gathered dims first: (K, 2*s3+1, 2*s3+1, C) -> NCHW view, channels-last
+    region_rows, region_cols = plan.region_rows.index_select(0, mask), plan.region_cols.index_select(0, mask)
+    every = torch.arange(layer2.shape[0], device=frame.device)[:, None, None]
+    region = layer2[every, :, region_rows[:, :, None], region_cols[:, None, :]].permute(0, 3, 1, 2)
+    window3 = elu(F.conv2d(region, conv3.weight, conv3.bias, stride=2))
+    layer3 = _paste(shared.layer3.index_select(0, frame), plan.layer3_index.index_select(0, mask), window3)
+    features = agent.conv_activations(layer3, 3, 4).flatten(1)
+    return agent.from_features(features, tuple(t.index_select(0, frame) for t in state), k)

@@ -1,4 +1,4 @@
-"""Exact incremental inference: windows on conv1/conv2 give the plain batched pass's scores."""
+"""Exact incremental inference: windows on conv1..conv3 give the plain batched pass's scores."""
 
 import pytest
 import torch
@@ -39,9 +39,21 @@ def test_windows_cover_every_mask(radius, density):
     plan = window_plan(float(radius), density, masks)
     # every non-zero of every mask lies in its input patch (the plan checks this too) ...
     assert torch.equal((plan.mask_patches != 0).sum((1, 2)), (masks != 0).sum((1, 2)))
-    # ... and every layer-2 window lies inside the 20x20 map
-    assert int(plan.layer2_index.min()) >= 0 and int(plan.layer2_index.max()) < 400
+    # ... every layer-2 window lies inside the 20x20 map (stored in the 21x21 map padded at the top/left) ...
+    rows2, cols2 = plan.layer2_index // 21, plan.layer2_index % 21
+    assert int(rows2.min()) >= 1 and int(cols2.min()) >= 1 and int(plan.layer2_index.max()) < 441
     assert plan.side == window_side(radius, density)
+    # ... and each layer-3 window holds every layer-3 position its mask changes, and reads what conv3 reads
+    support = masks != 0
+    for m in range(masks.shape[0]):
+        for axis, window in ((1, plan.layer3_index[m] // 10), (0, plan.layer3_index[m] % 10)):
+            hit = support[m].any(dim=axis).nonzero()[:, 0]
+            lo, hi = int(hit.min()), int(hit.max())  # the input rows this mask changes
+            for size in (40, 20, 10):
+                lo, hi = lo // 2, min((hi + 1) // 2, size - 1)
+            assert int(window.min()) <= lo and hi <= int(window.max()), (m, axis)
+        assert torch.equal(plan.region_rows[m], 2 * (plan.layer3_index[m][0] // 10) + torch.arange(2 * plan.side3 + 1))
+        assert torch.equal(plan.region_cols[m], 2 * (plan.layer3_index[m][0] % 10) + torch.arange(2 * plan.side3 + 1))
 
 
 def test_auto_uses_windows_only_where_they_pay():
