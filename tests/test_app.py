@@ -33,7 +33,9 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     assert len(frames) == 6 and (frames[0].height, frames[0].width) == (420, 320)
     arrays, settings = load_arrays(out / "saliency.npz")
     assert arrays["actor"].shape == (6, 80, 80) and arrays["actor_scores"].shape == (6, 8, 8)
-    assert settings["config"]["saliency"]["density"] == 10 and settings["checkpoint"].endswith("model.40.tar")
+    # the default agent is the built-in LSTM agent (engine/agents/pong), state (hx, cx)
+    assert settings["config"]["saliency"]["density"] == 10
+    assert "engine/agents/pong/step_" in settings["checkpoint"].replace(os.sep, "/")
     rollout_arrays, _ = load_arrays(out / "rollout.npz")
     assert rollout_arrays["frames"].shape == (6, 210, 160, 3) and rollout_arrays["state_0"].shape == (6, 256)
     assert (out / "frame_00002.png").exists() and (out / "jacobian_vs_perturbation_00003.png").exists()
@@ -45,7 +47,8 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     from engine.perturbation import perturbation_saliency
 
     agent = load_agent(settings["checkpoint"], device="cpu")
-    again = perturbation_saliency(agent, rollout_arrays["frames"], (torch.from_numpy(rollout_arrays["state_0"]),), density=10)
+    states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
+    again = perturbation_saliency(agent, rollout_arrays["frames"], states, density=10)
     assert np.array_equal(again.actor.numpy(), arrays["actor"])
 
 
@@ -65,11 +68,12 @@ def test_tiny_multirun_sweeps_radius(tmp_path):
 
 
 def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
-    """agent=builtin_pong needs no checkpoint directory and no download: the agent ships in the package."""
+    """The default main job (agent=builtin_pong) needs no checkpoint directory and no download: the agent ships
+    in the package."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "ATARI_SALIENCY_CHECKPOINTS"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "agent=builtin_pong", "rollout.steps=3", "saliency.density=20",
+        [sys.executable, "-m", "engine", "rollout.steps=3", "saliency.density=20",
          "output.movie=false", "progress=false", f"hydra.run.dir={out}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -113,7 +117,7 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
     sweep, store = tmp_path / "sweep", tmp_path / "rollout_store"
     flags = ["-m"] + ([] if launcher == "basic" else [f"hydra/launcher={launcher}"])
     result = run_app(
-        *flags, "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80", "saliency.radius=3,5", "saliency.density=20",
+        *flags, "agent=baby_a3c_pong", "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80", "saliency.radius=3,5", "saliency.density=20",
         "rollout.steps=10", f"store.rollout={store}", "store.player=baby-a3c/pong@40", "store.frames_per_chunk=4",
         "output.movie=false",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,

@@ -48,10 +48,13 @@ def test_every_launcher_config_composes(launcher):
 
 def test_defaults_are_the_main_job():
     config = composed()
-    assert config.env.id == "Pong-v4" and config.agent.checkpoint == "baby-a3c/pong"
+    # the built-in LSTM agent shipped in the package: no checkpoint directory, no download
+    assert config.env.id == "Pong-v4" and config.agent.checkpoint == "builtin/pong" and config.agent.core == "lstm"
+    assert not config.agent.checkpoint_dirs and not config.agent.allow_download
     assert config.saliency.method == "perturbation" and config.saliency.density == 5 and config.saliency.radius == 5
     assert config.render.style == "paper" and config.output.movie and config.output.fps == 8
-    assert Path(config.agent.checkpoint_dirs[0]).resolve() == CHECKPOINTS.resolve()
+    baby = composed("agent=baby_a3c_pong")
+    assert baby.agent.checkpoint == "baby-a3c/pong" and Path(baby.agent.checkpoint_dirs[0]).resolve() == CHECKPOINTS.resolve()
 
 
 def test_paper_preset_sets_the_2017_quirks():
