@@ -51,10 +51,10 @@ class WindowPlan:
             ``4*o2 .. 4*o2+4*s2+2`` of the frame padded by 3 at the top/left.
         mask_patches: (M, 4*s2+3, 4*s2+3) each mask on its input patch.
         layer1_valid: (M, 1, 2*s2+1, 2*s2+1) 0 where the layer-1 window lies on conv2's zero padding.
-        layer2_index: (M, s2*s2) flat positions of the layer-2 window in the 21x21 layer-2 map padded by 1
-            at the top/left (conv3's zero padding; its bottom/right padding is never read).
-        region_rows, region_cols: (M, 2*s3+1) rows/columns of that padded map that conv3 reads for the
-            layer-3 window.
+        region_rows, region_cols: (M,) layer-3 window origin ``o3`` of each mask; conv3 reads the region
+            ``2*o3 .. 2*o3+2*s3`` of the layer-2 map padded by 1 at the top/left (conv3's zero padding; its
+            bottom/right padding is never read), which holds the layer-2 window.
+        window2_index: (M, s2*s2) flat positions of the layer-2 window in that (2*s3+1)^2 region.
         layer3_index: (M, s3*s3) flat positions of the layer-3 window in the 10x10 layer-3 map.
     """
 
@@ -64,9 +64,9 @@ class WindowPlan:
     origin_cols: torch.Tensor
     mask_patches: torch.Tensor
     layer1_valid: torch.Tensor
-    layer2_index: torch.Tensor
     region_rows: torch.Tensor
     region_cols: torch.Tensor
+    window2_index: torch.Tensor
     layer3_index: torch.Tensor
 
 
@@ -103,6 +103,24 @@ def _origins(centers: list[int], radius: float, layer: int, side: int, size: int
     return torch.tensor([min(max(_changed_range(c, radius, layer)[0], 0), size - side) for c in centers])
 
 
+def _layer3_windows(centers: list[int], radius: float, density: int, o2: torch.Tensor, s2: int) -> tuple[int, torch.Tensor]:
+    """The smallest layer-3 window side ``s3`` and, per center, an origin ``o3`` such that the window holds every
+    layer-3 row the mask changes and conv3's input rows ``2*o3-1 .. 2*o3+2*s3-1`` hold the layer-2 window (so
+    the region is the frame's activations with the layer-2 window pasted in). ``s3 = 10`` always works."""
+    for s3 in range(_side(radius, density, 3), LAYER3 + 1):
+        origins = []
+        for c, a2 in zip(centers, o2.tolist()):
+            lo3, hi3 = _changed_range(c, radius, 3)
+            low = max(hi3 - s3 + 1, -((2 * s3 - a2 - s2) // 2), 0)  # the last: ceil((a2 + s2 - 2*s3) / 2)
+            high = min(lo3, (a2 + 1) // 2, LAYER3 - s3)
+            if low > high:
+                break
+            origins.append(low)
+        else:
+            return s3, torch.tensor(origins)
+    raise RuntimeError("no layer-3 window fits (a bug): use incremental=False")
+
+
 def _per_mask(axis: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, S) per-axis indices -> the row and column indices (M, S) of each mask (row-major by center)."""
     a = torch.arange(g * g, device=axis.device) // g
@@ -113,19 +131,21 @@ def _per_mask(axis: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
 @lru_cache(maxsize=16)
 def window_plan(radius: float, density: int, masks: torch.Tensor) -> WindowPlan:
     """Build (once per mask set) the window indices and mask patches; ``masks`` is (M, 80, 80)."""
-    s2, s3 = _side(radius, density, 2), _side(radius, density, 3)
+    s2 = _side(radius, density, 2)
     centers = center_coords(density).tolist()
     g = len(centers)
     device = masks.device
     o2 = _origins(centers, radius, 2, s2, LAYER2)
-    o3 = _origins(centers, radius, 3, s3, LAYER3)
+    s3, o3 = _layer3_windows(centers, radius, density, o2, s2)
     origin_rows, origin_cols = _per_mask(o2[:, None].to(device), g)  # (M, 1)
-    rows, cols = 4 * origin_rows + torch.arange(4 * s2 + 3, device=device), 4 * origin_cols + torch.arange(4 * s2 + 3, device=device)
+    span = torch.arange(4 * s2 + 3, device=device)
+    rows, cols = 4 * origin_rows + span, 4 * origin_cols + span  # (M, 4*s2+3)
     padded = F.pad(masks, (INPUT_PAD, 0, INPUT_PAD, 0))
     patches = padded[torch.arange(g * g, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     valid_r, valid_c = _per_mask((2 * o2[:, None] - 1 + torch.arange(2 * s2 + 1) >= 0).to(device, masks.dtype), g)
-    win2_r, win2_c = _per_mask((o2[:, None] + 1 + torch.arange(s2)).to(device), g)  # +1: the padded map
-    region_r, region_c = _per_mask((2 * o3[:, None] + torch.arange(2 * s3 + 1)).to(device), g)
+    # the layer-2 window inside conv3's region: real row o2 is row o2 + 1 of the padded map, 2*o3 its first
+    win2_r, win2_c = _per_mask((o2[:, None] + 1 - 2 * o3[:, None] + torch.arange(s2)).to(device), g)
+    region_rows, region_cols = _per_mask(o3[:, None].to(device), g)
     win3_r, win3_c = _per_mask((o3[:, None] + torch.arange(s3)).to(device), g)
     # every non-zero of every mask must lie in its patch, else the windows would miss a change
     if not torch.equal((patches != 0).flatten(1).sum(1), (masks != 0).flatten(1).sum(1)):
@@ -137,9 +157,9 @@ def window_plan(radius: float, density: int, masks: torch.Tensor) -> WindowPlan:
         origin_cols=origin_cols[:, 0],
         mask_patches=patches,
         layer1_valid=(valid_r[:, :, None] * valid_c[:, None, :])[:, None],
-        layer2_index=(win2_r[:, :, None] * (LAYER2 + 1) + win2_c[:, None, :]).flatten(1),
-        region_rows=region_r,
-        region_cols=region_c,
+        region_rows=region_rows[:, 0],
+        region_cols=region_cols[:, 0],
+        window2_index=(win2_r[:, :, None] * (2 * s3 + 1) + win2_c[:, None, :]).flatten(1),
         layer3_index=(win3_r[:, :, None] * LAYER3 + win3_c[:, None, :]).flatten(1),
     )
 
@@ -199,11 +219,11 @@ def perturbed_outputs(
     conv1, conv2, conv3 = agent.conv1, agent.conv2, agent.conv3
     window1 = elu(F.conv2d(patch, conv1.weight, conv1.bias, stride=2)) * plan.layer1_valid.index_select(0, mask)
     window2 = elu(F.conv2d(window1, conv2.weight, conv2.bias, stride=2))
-    layer2 = _paste(shared.layer2.index_select(0, frame), plan.layer2_index.index_select(0, mask), window2)
-    # indices split by a slice put the gathered dims first: (K, 2*s3+1, 2*s3+1, C) -> NCHW view, channels-last
+    # conv3's input region: the frame's layer-2 activations there, with the layer-2 window pasted in
+    region_side = 2 * plan.side3 + 1
     region_rows, region_cols = plan.region_rows.index_select(0, mask), plan.region_cols.index_select(0, mask)
-    every = torch.arange(layer2.shape[0], device=frame.device)[:, None, None]
-    region = layer2[every, :, region_rows[:, :, None], region_cols[:, None, :]].permute(0, 3, 1, 2)
+    region = shared.layer2.unfold(2, region_side, 2).unfold(3, region_side, 2)[frame, :, region_rows, region_cols]
+    region = _paste(region, plan.window2_index.index_select(0, mask), window2)
     window3 = elu(F.conv2d(region, conv3.weight, conv3.bias, stride=2))
     layer3 = _paste(shared.layer3.index_select(0, frame), plan.layer3_index.index_select(0, mask), window3)
     features = agent.conv_activations(layer3, 3, 4).flatten(1)

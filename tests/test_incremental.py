@@ -33,27 +33,34 @@ def test_incremental_chunking_is_bit_identical(pong_agent, pong_rollout):
         assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
 
 
-@pytest.mark.parametrize("radius,density", [(1, 5), (3, 5), (5, 5), (5, 7), (6, 3)])
+@pytest.mark.parametrize("radius,density", [(1, 5), (2.5, 4), (3, 5), (4, 9), (5, 5), (5, 7), (6, 3)])
 def test_windows_cover_every_mask(radius, density):
     masks = perturbation_masks(radius, density)
     plan = window_plan(float(radius), density, masks)
     # every non-zero of every mask lies in its input patch (the plan checks this too) ...
     assert torch.equal((plan.mask_patches != 0).sum((1, 2)), (masks != 0).sum((1, 2)))
-    # ... every layer-2 window lies inside the 20x20 map (stored in the 21x21 map padded at the top/left) ...
-    rows2, cols2 = plan.layer2_index // 21, plan.layer2_index % 21
-    assert int(rows2.min()) >= 1 and int(cols2.min()) >= 1 and int(plan.layer2_index.max()) < 441
     assert plan.side == window_side(radius, density)
-    # ... and each layer-3 window holds every layer-3 position its mask changes, and reads what conv3 reads
+    # ... and the windows of each layer hold every position the mask changes there: layer 2 (inside conv3's
+    # input region, which lies in the map) and layer 3
+    side = 2 * plan.side3 + 1
     support = masks != 0
     for m in range(masks.shape[0]):
-        for axis, window in ((1, plan.layer3_index[m] // 10), (0, plan.layer3_index[m] % 10)):
-            hit = support[m].any(dim=axis).nonzero()[:, 0]
-            lo, hi = int(hit.min()), int(hit.max())  # the input rows this mask changes
+        o3 = {0: int(plan.region_rows[m]), 1: int(plan.region_cols[m])}
+        assert 0 <= min(o3.values()) and max(o3.values()) + plan.side3 <= 10
+        window2 = {0: plan.window2_index[m] // side, 1: plan.window2_index[m] % side}  # in the region
+        window3 = {0: plan.layer3_index[m] // 10, 1: plan.layer3_index[m] % 10}
+        for axis in (0, 1):
+            hit = support[m].any(dim=1 - axis).nonzero()[:, 0]
+            lo, hi = int(hit.min()), int(hit.max())  # the input rows (axis 0) or columns this mask changes
+            changed = []
             for size in (40, 20, 10):
                 lo, hi = lo // 2, min((hi + 1) // 2, size - 1)
-            assert int(window.min()) <= lo and hi <= int(window.max()), (m, axis)
-        assert torch.equal(plan.region_rows[m], 2 * (plan.layer3_index[m][0] // 10) + torch.arange(2 * plan.side3 + 1))
-        assert torch.equal(plan.region_cols[m], 2 * (plan.layer3_index[m][0] % 10) + torch.arange(2 * plan.side3 + 1))
+                changed.append((lo, hi))
+            rows2 = 2 * o3[axis] - 1 + window2[axis]  # layer-2 rows of the window (-1 = padding)
+            assert int(window2[axis].min()) >= 0 and int(window2[axis].max()) < side and int(rows2.min()) >= 0
+            assert int(rows2.min()) <= changed[1][0] and changed[1][1] <= int(rows2.max()), (m, axis)
+            assert int(window3[axis].min()) == o3[axis] and o3[axis] <= changed[2][0], (m, axis)
+            assert changed[2][1] <= int(window3[axis].max()), (m, axis)
 
 
 def test_auto_uses_windows_only_where_they_pay():
