@@ -5,10 +5,10 @@ there ``lerp(I, B, 0) == I`` exactly: a perturbed copy equals its frame outside 
 ``lerp(B, I, 0) == B``: it equals the blurred frame). So its first
 convolution layers differ from the frame's own activations only inside a window that grows by the kernel
 and shrinks by the stride, layer by layer. For every mask we compute conv1 and conv2 only on a window of
-fixed size placed at its center (clamped inside the map) and paste the layer-2 window into the frame's own
-layer-2 activations (computed once per frame; the blurred frame's, for searchlight); conv3 likewise runs only
-on its own, smaller window of that pasted map, pasted into the frame's layer-3 activations; conv4, the core
-and the heads run as usual.
+fixed size placed at its center (clamped inside the map); conv3 runs only on a smaller layer-3 window,
+reading a region of the frame's own layer-2 activations (computed once per frame; the blurred frame's, for
+searchlight) with the layer-2 window pasted in (windows are placed so that the region holds it); the layer-3
+window is pasted into the frame's layer-3 activations, and conv4, the core and the heads run as usual.
 Results equal the plain batched pass up to float rounding (convolutions of a patch may round differently
 from the same convolution of the whole map).
 
