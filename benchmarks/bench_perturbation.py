@@ -6,7 +6,7 @@ Prints seconds per frame for the loop reference, the batched engine (default: ex
 the engine with plain batched passes (``incremental=False``), and the floor of the plain engine: a bare
 forward pass of the agent over the same number of inputs (N * (G*G + 1): every perturbed copy plus the
 unperturbed frame) in chunks of the same size. Ratios are all measured in this one run; timings are the
-best of ``--repeats`` runs (the machine is noisy).
+best of ``--repeats`` runs taken in interleaved rounds of engine, plain and bare (the machine is noisy).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from engine.rollout import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import best_of, machine  # noqa: E402
+from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 
 
@@ -44,7 +44,7 @@ def main() -> dict:
     parser.add_argument("--density", type=int, default=5)
     parser.add_argument("--radius", type=float, default=5)
     parser.add_argument("--chunk-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "perturbation.json"))
     args = parser.parse_args()
 
@@ -57,11 +57,6 @@ def main() -> dict:
         options = dict(radius=args.radius, density=args.density, chunk_size=args.chunk_size)
         return lambda: perturbation_saliency(agent, frames, states, incremental=incremental, **options)
 
-    timings = {}
-    for name, incremental in (("engine", "auto"), ("engine_plain", False)):
-        engine(incremental)()  # warm-up: mask cache, allocator, oneDNN primitives
-        timings[name] = best_of(args.repeats, engine(incremental)) / args.frames
-    engine_s, plain_s = timings["engine"], timings["engine_plain"]
     chunk = resolve_chunk_size(agent, torch.float32, args.frames * masks, args.chunk_size, None)
 
     # the floor: the agent alone over the same number of inputs, no masks, blur, gathers or scores
@@ -73,8 +68,9 @@ def main() -> dict:
             for start, stop in chunk_bounds(inputs.shape[0], chunk):
                 agent(inputs[start:stop], tuple(s[start:stop] for s in input_states))
 
-    bare()
-    bare_s = best_of(args.repeats, bare) / args.frames
+    # interleaved rounds (warm-up included: mask cache, allocator, oneDNN primitives)
+    timings = best_of_interleaved(args.repeats, {"engine": engine("auto"), "engine_plain": engine(False), "bare": bare})
+    engine_s, plain_s, bare_s = (timings[name] / args.frames for name in ("engine", "engine_plain", "bare"))
 
     def reference():
         for t in range(args.reference_frames):

@@ -30,3 +30,19 @@ def best_of(repeats: int, fn, warmup: bool = True) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def best_of_interleaved(repeats: int, fns: dict) -> dict:
+    """Shortest of ``repeats`` timings of each ``fns[name]()`` in seconds, taken in rounds (one call of each
+    function per round, after one untimed warm-up round), so that slow phases of a noisy shared machine hit
+    every method alike and their ratios stay meaningful."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+

@@ -5,7 +5,8 @@
     python benchmarks/report.py                        # table and plot from results/suite.jsonl
 
 All timings of one run are measured in that run, on the same real frames, states and agent, as seconds per
-frame (best of ``repeats``); ratios are against the loop reference and the engine of the same run.
+frame (best of ``repeats``; engine, plain, bare forward and Jacobian in interleaved rounds, so that a slow
+phase of this shared machine hits them alike); ratios are against the loop reference and the engine of the same run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import best_of, machine  # noqa: E402
+from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 # fp32 peaks for derived floors (dense, no tensor cores): what a GPU user can compare against
 GPU_FP32_TFLOPS = {"A100": 19.5, "H100 SXM": 67.0, "RTX 4090": 82.6}
@@ -61,10 +62,6 @@ def main(cfg: DictConfig) -> None:
     n, k = cfg.frames, cfg.reference_frames
     seconds: dict[str, float] = {}
 
-    if "engine" in methods:
-        seconds["engine"] = best_of(cfg.repeats, lambda: perturbation_saliency(agent, frames, states, **options)) / n
-    if "plain" in methods:
-        seconds["plain"] = best_of(cfg.repeats, lambda: perturbation_saliency(agent, frames, states, incremental=False, **options)) / n
     x = preprocess_frames(frames, dtype=dtype)
     inputs = x.repeat_interleave(masks + 1, dim=0)
     input_states = tuple(s.repeat_interleave(masks + 1, dim=0) for s in states)
@@ -74,8 +71,15 @@ def main(cfg: DictConfig) -> None:
             for a, b in chunk_bounds(inputs.shape[0], chunk):
                 agent(inputs[a:b], tuple(s[a:b] for s in input_states))
 
-    if "bare" in methods:
-        seconds["bare_forward"] = best_of(cfg.repeats, bare) / n
+    # the fast methods are timed in interleaved rounds: their ratios are what the suite reports
+    fast = {
+        "engine": lambda: perturbation_saliency(agent, frames, states, **options),
+        "plain": lambda: perturbation_saliency(agent, frames, states, incremental=False, **options),
+        "bare_forward": bare,
+        "jacobian": lambda: jacobian_saliency(agent, frames, states),
+    }
+    chosen = {name: fn for name, fn in fast.items() if name.removesuffix("_forward") in methods}
+    seconds.update({name: t / n for name, t in best_of_interleaved(cfg.repeats, chosen).items()})
     one = lambda t: tuple(s[t : t + 1] for s in states)  # noqa: E731
     if "reference" in methods:
         seconds["reference"] = best_of(1, warmup=False, fn=lambda: [score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp) for t in range(k)]) / k
@@ -88,8 +92,6 @@ def main(cfg: DictConfig) -> None:
         from benchmarks.peers import captum_saliency_map
 
         seconds["captum"] = best_of(1, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
-    if "jacobian" in methods:
-        seconds["jacobian"] = best_of(cfg.repeats, lambda: jacobian_saliency(agent, frames, states)) / n
 
     result = dict(
         machine=machine(), torch=torch.__version__, density=cfg.density, radius=cfg.radius, interp=cfg.interp,
