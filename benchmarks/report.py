@@ -47,7 +47,8 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default = [r for r in runs if r["dtype"] == "float32" and r["frames"] == 8]
+    threads = max(r["threads"] for r in runs)  # the default (all cores); single-thread runs are in the table only
+    default = [r for r in runs if r["dtype"] == "float32" and r["frames"] == 8 and r["threads"] == threads]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, axis, fixed in ((axes[0], "density", ("radius", 5)), (axes[1], "radius", ("density", 5))):
         chosen = sorted((r for r in default if r[fixed[0]] == fixed[1] and r["chunk_size"] == 64), key=lambda r: r[axis])
