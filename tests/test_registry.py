@@ -25,11 +25,13 @@ def test_known_names_and_real_hashes():
 
 def test_resolves_path_local_dir_and_env_var(tmp_path, monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    real = CHECKPOINTS / "baby-a3c/pong-v4/model.40.tar"
-    assert resolve_checkpoint(str(real)) == real
-    assert resolve_checkpoint("baby-a3c/pong", [str(CHECKPOINTS)], allow_download=False) == real
+    given = CHECKPOINTS / "baby-a3c/pong-v4/model.40.tar"
+    real = given.resolve()  # ../shared may be a symlink
+    assert resolve_checkpoint(str(given)).resolve() == real
+    assert resolve_checkpoint("baby-a3c/pong", [str(CHECKPOINTS)], allow_download=False).resolve() == real
     monkeypatch.setenv(registry.ENV_VAR, str(CHECKPOINTS))
-    assert resolve_checkpoint("baby-a3c/pong@80", allow_download=False) == CHECKPOINTS / "baby-a3c/pong-v4/model.80.tar"
+    found = resolve_checkpoint("baby-a3c/pong@80", allow_download=False)
+    assert found.resolve() == (CHECKPOINTS / "baby-a3c/pong-v4/model.80.tar").resolve()
 
 
 def test_unresolvable_names_say_what_to_do(tmp_path, monkeypatch):
