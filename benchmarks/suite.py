@@ -75,11 +75,11 @@ def main(cfg: DictConfig) -> None:
     fast = {
         "engine": lambda: perturbation_saliency(agent, frames, states, **options),
         "plain": lambda: perturbation_saliency(agent, frames, states, incremental=False, **options),
-        "bare_forward": bare,
+        "bare": bare,
         "jacobian": lambda: jacobian_saliency(agent, frames, states),
     }
-    chosen = {name: fn for name, fn in fast.items() if name.removesuffix("_forward") in methods}
-    seconds.update({name: t / n for name, t in best_of_interleaved(cfg.repeats, chosen).items()})
+    timed = best_of_interleaved(cfg.repeats, {m: fn for m, fn in fast.items() if m in methods})
+    seconds.update({("bare_forward" if m == "bare" else m): t / n for m, t in timed.items()})
     one = lambda t: tuple(s[t : t + 1] for s in states)  # noqa: E731
     if "reference" in methods:
         seconds["reference"] = best_of(1, warmup=False, fn=lambda: [score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp) for t in range(k)]) / k
