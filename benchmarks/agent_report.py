@@ -2,7 +2,7 @@
 
 For each agent: the mean score of ``--episodes`` sampled episodes of Pong-v4, and, on a ``--steps``-step rollout,
 the share of actor (and critic) perturbation saliency within ``--distance`` frame pixels of the ball, the agent's
-paddle and the opponent's paddle, against the share of the screen those regions cover (``engine.regions``).
+paddle and the opponent's paddle, against the share of the screen those regions cover (``engine.core.regions``).
 
     python benchmarks/agent_report.py                   # writes benchmarks/results/agents.json, prints a table
     python benchmarks/agent_report.py --agents builtin/pong@1000000 builtin/pong
@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import load_agent  # noqa: E402
-from engine.perturbation import perturbation_saliency  # noqa: E402
-from engine.regions import object_shares  # noqa: E402
-from engine.registry import ALIASES, resolve_checkpoint  # noqa: E402
-from engine.rollout import play_episodes, rollout  # noqa: E402
+from engine.core.perturbation import perturbation_saliency  # noqa: E402
+from engine.core.regions import object_shares  # noqa: E402
+from engine.io.registry import ALIASES, resolve_checkpoint  # noqa: E402
+from engine.env.rollout import play_episodes, rollout  # noqa: E402
 
 CHECKPOINT_DIRS = [str(ROOT.parent / "shared" / "checkpoints")]
 
@@ -34,8 +34,8 @@ def report(name: str, episodes: int, steps: int, distance: float, seed: int) -> 
     path = resolve_checkpoint(name, CHECKPOINT_DIRS, allow_download=False)
     agent = load_agent(path, device="cpu")
     started = time.perf_counter()
-    returns = play_episodes(agent, "Pong-v4", episodes, seed=seed)
-    played = rollout(agent, "Pong-v4", steps, seed=seed)
+    returns = play_episodes(agent, "Pong-v4", episodes, seed=seed, progress=True)
+    played = rollout(agent, "Pong-v4", steps, seed=seed, progress=True)
     maps = perturbation_saliency(agent, played.frames, played.states, radius=5, density=5, progress=True)
     shares = {kind: object_shares(played.frames, getattr(maps, kind), distance=distance) for kind in ("actor", "critic")}
     meta_path = Path(path).with_suffix(".json")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from engine.batching import chunk_bounds
-from engine.perturbation import perturbation_saliency, resolve_chunk_size
-from engine.policy import load_agent
-from engine.preprocessing import preprocess_frames
-from engine.reference import score_frame_np
-from engine.rollout import rollout
+from engine.core.batching import chunk_bounds
+from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval
+from engine.core.policy import load_agent
+from engine.core.preprocessing import preprocess_frames
+from engine.core.reference import score_frame_np
+from engine.env.rollout import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
@@ -43,7 +43,7 @@ def main() -> dict:
     parser.add_argument("--reference-frames", type=int, default=2, help="frames scored by the slow loop")
     parser.add_argument("--density", type=int, default=5)
     parser.add_argument("--radius", type=float, default=5)
-    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--perturbations-per-eval", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "perturbation.json"))
     args = parser.parse_args()
@@ -54,10 +54,10 @@ def main() -> dict:
     masks = len(range(0, 80, args.density)) ** 2
 
     def engine(incremental):
-        options = dict(radius=args.radius, density=args.density, chunk_size=args.chunk_size)
+        options = dict(radius=args.radius, density=args.density, perturbations_per_eval=args.perturbations_per_eval)
         return lambda: perturbation_saliency(agent, frames, states, incremental=incremental, **options)
 
-    chunk = resolve_chunk_size(agent, torch.float32, args.frames * masks, args.chunk_size, None)
+    chunk = resolve_perturbations_per_eval(agent, torch.float32, args.frames * masks, args.perturbations_per_eval, None)
 
     # the floor: the agent alone over the same number of inputs, no masks, blur, gathers or scores
     inputs = preprocess_frames(frames).repeat_interleave(masks + 1, dim=0)
@@ -89,7 +89,7 @@ def main() -> dict:
         frames=args.frames,
         reference_frames=args.reference_frames,
         reference_s_per_frame=reference_s,
-        chunk_size=chunk,
+        perturbations_per_eval=chunk,
         engine_s_per_frame=engine_s,
         engine_plain_s_per_frame=plain_s,
         bare_forward_s_per_frame=bare_s,

@@ -44,7 +44,7 @@ def captum_saliency_map(agent, image: torch.Tensor, state: tuple, density: int, 
     """One frame with captum's Occlusion. image: (1, 1, 80, 80); state: tuple of (1, hidden)."""
     from captum.attr import Occlusion
 
-    from engine.blur import gaussian_blur
+    from engine.core.blur import gaussian_blur
 
     with torch.inference_mode():
         reference = agent(image, state).logits

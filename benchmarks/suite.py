@@ -41,13 +41,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="suite")
 def main(cfg: DictConfig) -> None:
-    from engine.batching import chunk_bounds
-    from engine.jacobian import jacobian_saliency
-    from engine.perturbation import perturbation_saliency, resolve_chunk_size
-    from engine.policy import load_agent
-    from engine.preprocessing import preprocess_frames
-    from engine.reference import score_frame_np
-    from engine.rollout import rollout
+    from engine.core.batching import chunk_bounds
+    from engine.core.jacobian import jacobian_saliency
+    from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval
+    from engine.core.policy import load_agent
+    from engine.core.preprocessing import preprocess_frames
+    from engine.core.reference import score_frame_np
+    from engine.env.rollout import rollout
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -56,8 +56,8 @@ def main(cfg: DictConfig) -> None:
     played = rollout(agent, cfg.env, cfg.warmup_steps + cfg.frames, seed=cfg.seed, progress=False)[cfg.warmup_steps:]
     frames, states = played.frames, tuple(s.to(dtype) for s in played.states)
     masks = len(range(0, 80, cfg.density)) ** 2
-    chunk = resolve_chunk_size(agent, dtype, cfg.frames * masks, cfg.chunk_size, None)
-    options = dict(radius=cfg.radius, density=cfg.density, interp=cfg.interp, chunk_size=cfg.chunk_size)
+    chunk = resolve_perturbations_per_eval(agent, dtype, cfg.frames * masks, cfg.perturbations_per_eval, None)
+    options = dict(radius=cfg.radius, density=cfg.density, interp=cfg.interp, perturbations_per_eval=cfg.perturbations_per_eval)
     methods = set(cfg.methods)
     n, k = cfg.frames, cfg.reference_frames
     seconds: dict[str, float] = {}

@@ -2,22 +2,34 @@
 
 import os
 
-# Intel MKL picks GEMM kernels by row count, so a row's result changes with the batch it is in (seen on
-# AVX-512 Xeons). Its strict reproducibility mode makes every row independent of the batch at no measured cost
-# (6.2 ms either way for a 2048x800x768 GEMM). MKL reads this on its first call, so it must be set before any
-# matrix product runs; a value the user set is kept. See engine.batching.
+# Intel MKL picks GEMM kernels by row count, so a row's result would change with the batch it is in. Its
+# strict reproducibility mode makes every row independent of the batch (its cost is in the README's fast-path
+# table). MKL reads this on its first call, so it must be set before any matrix product runs; a value the user
+# set is kept. See engine.core.batching.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .errors import CheckpointError, EngineError, UnknownEnvironmentError
-from .policy import ActorCritic, PolicyOutput, load_agent
-from .preprocessing import preprocess_frames
+from .core.errors import CheckpointError, EngineError, UnknownEnvironmentError
+from .core.settings import SaliencyConfig
 
-__all__ = [
-    "ActorCritic",
-    "CheckpointError",
-    "EngineError",
-    "PolicyOutput",
-    "UnknownEnvironmentError",
-    "load_agent",
-    "preprocess_frames",
-]
+# The rest is imported on first use: importing torch takes seconds, and the app checks its settings before that.
+_LAZY = {
+    "ActorCritic": ".core.policy",
+    "PolicyOutput": ".core.policy",
+    "load_agent": ".core.policy",
+    "preprocess_frames": ".core.preprocessing",
+    "perturbation_saliency": ".core.perturbation",
+    "jacobian_saliency": ".core.jacobian",
+    "compute_saliency": ".core.saliency",
+    "rollout": ".env.rollout",  # needs gymnasium and ale-py, which the core does not
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+__all__ = sorted(["CheckpointError", "EngineError", "SaliencyConfig", "UnknownEnvironmentError", *_LAZY])

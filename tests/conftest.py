@@ -1,30 +1,190 @@
-"""Shared fixtures: the real baby-a3c agents from ../shared, short real rollouts, device/dtype parameters."""
+"""Shared fixtures: the real baby-a3c agents, short real rollouts, device/dtype parameters.
+
+The real agents are found the way users find them, through the registry (``engine.io.registry``): the
+directories of ``$ATARI_SALIENCY_CHECKPOINTS`` (a ``:``-separated list of folders holding
+``baby-a3c/<game>-v4/model.<N>.tar``, e.g. ``../shared/checkpoints``), then the download cache, then a
+sha256-checked download. Before downloading, one quick probe per session (at most about 10 s) checks that the
+download address answers. Where nothing can serve, the tests that need a real agent skip with one reason that
+says what to do; ``ATARI_SALIENCY_REQUIRE_CHECKPOINTS=1`` (set by ``.ci/run``) turns that skip into a failure.
+Tests of the built-in agent (shipped in ``engine/agents``) and of random agents need none of this.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from engine.policy import ActorCritic, load_agent
-from engine.rollout import rollout
+from engine.core.errors import CheckpointError
+from engine.core.policy import ActorCritic, load_agent
+from engine.env.rollout import rollout
+from engine.io import registry
+
+# pytest imports this file as ``conftest``; test modules import its helpers as ``tests.conftest``: one module,
+# so that the download probe and the resolved checkpoints are shared by both
+if __name__ == "conftest":
+    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ROOT.parent / "shared" / "checkpoints"
+REQUIRE_VAR = "ATARI_SALIENCY_REQUIRE_CHECKPOINTS"
+PROBE_SECONDS = 5.0  # per network operation; the whole probe gives up after twice that
+
+
+def _configured_root() -> Path:
+    for directory in registry.checkpoint_dirs():
+        if (directory / "baby-a3c").is_dir():
+            return directory
+    return registry.DEFAULT_CACHE
+
+
+# A folder laid out like ../shared/checkpoints: the first of $ATARI_SALIENCY_CHECKPOINTS that has baby-a3c/, else
+# the download cache. Kept for tests that build paths by hand; its files exist only when checkpoint() succeeds, so
+# prefer checkpoint(), the fixtures below and checkpoints_env().
+CHECKPOINTS = _configured_root()
 BABY_A3C = CHECKPOINTS / "baby-a3c"
 
 
+def checkpoints_required() -> bool:
+    return os.environ.get(REQUIRE_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+_probe_result: list[str | None] = []  # [None] = the download address answered, [reason] = it did not
+_resolved: dict[str, Path] = {}
+
+
+def download_probe() -> str | None:
+    """None if the registry's download address answers a HEAD request, else why not. Once per session, and
+    at most about 2 * PROBE_SECONDS (DNS included: the request runs in a thread that is not waited for longer)."""
+    if not _probe_result:
+        url = registry.KNOWN["baby-a3c/pong@40"].url
+        answer: list[str | None] = []
+
+        def probe():
+            try:
+                urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_SECONDS).close()
+                answer.append(None)
+            except Exception as exc:  # URLError, HTTPError, OSError, timeouts, ...
+                answer.append(f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=probe, name="checkpoint-download-probe", daemon=True)
+        thread.start()
+        thread.join(2 * PROBE_SECONDS)
+        host = url.split("/")[2]
+        _probe_result.append(answer[0] if answer else f"no answer from {host} within {2 * PROBE_SECONDS:g} s")
+    return _probe_result[0]
+
+
+SKIP_REASON = f"needs the real baby-a3c checkpoints: set {registry.ENV_VAR}=/path/to/shared/checkpoints or go online"
+HOW_TO = (
+    f"Set {registry.ENV_VAR}=/path/to/shared/checkpoints (a folder holding baby-a3c/<game>-v4/model.<N>.tar) or go "
+    f"online so that the registry downloads them into its cache; {REQUIRE_VAR}=1 turns these skips into failures."
+)
+_why_unavailable: list[str] = []  # the details, printed once at the end of the run (pytest_terminal_summary)
+
+
+def _unavailable(detail: str):
+    if checkpoints_required():
+        pytest.fail(f"{REQUIRE_VAR}=1 but the real baby-a3c checkpoints are unavailable ({detail}). {HOW_TO}", pytrace=False)
+    _why_unavailable[:] = [detail]
+    pytest.skip(SKIP_REASON)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _why_unavailable:
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if SKIP_REASON in str(r.longrepr)]
+        terminalreporter.write_sep("=", "real baby-a3c checkpoints unavailable", yellow=True)
+        terminalreporter.write_line(f"{len(skipped)} tests skipped: {_why_unavailable[0]}.")
+        terminalreporter.write_line(HOW_TO)
+
+
 def checkpoint(game: str, frames: int = 40) -> Path:
-    path = BABY_A3C / f"{game}-v4" / f"model.{frames}.tar"
-    if not path.exists():
-        pytest.fail(f"real checkpoint {path} is missing: the tests expect ../shared beside the repository")
-    return path
+    """The file of ``baby-a3c/<game>@<frames>`` through the registry: local directories, cache, download.
+    Skips the calling test (fails it under ATARI_SALIENCY_REQUIRE_CHECKPOINTS=1) when none can serve."""
+    name = f"baby-a3c/{game}@{frames}"
+    if name in _resolved:
+        return _resolved[name]
+    entry = registry.known_checkpoint(name)
+    if entry is None:
+        raise ValueError(f"{name} is not in the registry: known are {', '.join(sorted(registry.KNOWN))}")
+    try:
+        _resolved[name] = registry.resolve_checkpoint(name, allow_download=False)
+        return _resolved[name]
+    except CheckpointError as exc:
+        if any((d / entry.relative_path).is_file() for d in registry.checkpoint_dirs()):
+            # a local file is there but the registry refused it (e.g. its sha256): a real problem, not a skip
+            raise CheckpointError(f"{name} exists locally but the registry refused it: {exc}") from exc
+    configured = f"={os.environ[registry.ENV_VAR]}" if os.environ.get(registry.ENV_VAR) else " (unset)"
+    where = f"not under ${registry.ENV_VAR}{configured}, not in the cache {registry.DEFAULT_CACHE}"
+    offline = download_probe()
+    if offline is not None:
+        _unavailable(f"{where}, download address unreachable: {offline}")
+    try:
+        _resolved[name] = registry.resolve_checkpoint(name)  # downloads into the cache, sha256-checked
+    except CheckpointError as exc:
+        _probe_result[:] = [f"download failed: {exc}"]  # do not try again for every test
+        _unavailable(f"{where}, {_probe_result[0]}")
+    return _resolved[name]
+
+
+def checkpoint_root(game: str, frames: int = 40) -> Path:
+    """The folder that serves ``baby-a3c/<game>@<frames>`` as ``baby-a3c/<game>-v4/model.<frames>.tar``."""
+    path = checkpoint(game, frames)
+    return path.parents[len(Path(registry.known_checkpoint(f"baby-a3c/{game}@{frames}").relative_path).parts) - 1]
+
+
+def checkpoints_env(*names: tuple[str, int], base: dict | None = None) -> dict:
+    """``os.environ`` (or ``base``) with ``$ATARI_SALIENCY_CHECKPOINTS`` naming folders that serve each
+    ``(game, frames)`` of ``names`` (default: every baby-a3c checkpoint), for ``python -m engine`` subprocesses.
+    Skips like :func:`checkpoint` when they cannot be had."""
+    if not names:  # registry names are "baby-a3c/<game>@<frames>"
+        names = tuple((game, int(frames)) for game, frames in (n.removeprefix("baby-a3c/").split("@") for n in registry.KNOWN))
+    roots = list(dict.fromkeys(str(checkpoint_root(game, frames)) for game, frames in names))
+    env = dict(os.environ if base is None else base)
+    env[registry.ENV_VAR] = os.pathsep.join(roots + [d for d in env.get(registry.ENV_VAR, "").split(os.pathsep) if d and d not in roots])
+    return env
+
+
+class LazyCheckpoint(os.PathLike):
+    """A baby-a3c checkpoint path that is resolved (and may skip) on first use, not at import time; for module
+    constants such as ``CHECKPOINT = LazyCheckpoint("pong")``."""
+
+    def __init__(self, game: str, frames: int = 40):
+        self.game, self.frames = game, frames
+
+    @property
+    def path(self) -> Path:
+        return checkpoint(self.game, self.frames)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    __str__ = __fspath__
+
+    def __repr__(self) -> str:
+        return f"LazyCheckpoint('baby-a3c/{self.game}@{self.frames}')"
+
+
+def lazy_checkpoint(game: str, frames: int = 40) -> LazyCheckpoint:
+    return LazyCheckpoint(game, frames)
 
 
 @pytest.fixture(scope="session")
 def pong_checkpoint() -> Path:
     return checkpoint("pong")
+
+
+@pytest.fixture(scope="session")
+def baby_a3c_env() -> dict:
+    """The environment for subprocesses that load baby-a3c agents by name (``python -m engine ...``)."""
+    return checkpoints_env()
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +194,7 @@ def pong_agent(pong_checkpoint) -> ActorCritic:
 
 def lstm_agent_from(gru_agent: ActorCritic, seed: int = 0) -> ActorCritic:
     """An LSTM agent of the paper's architecture: the real agent's trained convolutions and heads, a seeded
-    random LSTM core (no trained LSTM agent exists yet), so its activations look like a real agent's."""
+    random LSTM core, so its activations look like a real agent's."""
     torch.manual_seed(seed)
     agent = ActorCritic(num_actions=gru_agent.num_actions, core="lstm")
     own = agent.state_dict()
@@ -57,7 +217,7 @@ def pong_rollout(pong_agent):
 @pytest.fixture(scope="session")
 def lstm_states(pong_lstm_agent, pong_rollout):
     """The states the LSTM agent would have used on the rollout's frames (run through them in order)."""
-    from engine.preprocessing import preprocess_frames
+    from engine.core.preprocessing import preprocess_frames
 
     x = preprocess_frames(pong_rollout.frames)
     state, states = pong_lstm_agent.initial_state(1), []

@@ -9,24 +9,30 @@ import av
 import numpy as np
 import pytest
 
-from engine.storage import load_arrays
-from tests.conftest import CHECKPOINTS, ROOT
+from engine.io.arrays import load_arrays
+from tests.conftest import checkpoints_env
 
 
-def run_app(*overrides: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATARI_SALIENCY_CHECKPOINTS": str(CHECKPOINTS), "HYDRA_FULL_ERROR": "0"}
+def run_app(*overrides: str, cwd, progress: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m engine`` as a user runs it; baby-a3c agents only where ``env`` names their folders."""
+    env = {**(os.environ if env is None else env), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, "-m", "engine", *[o for o in overrides if o.startswith("-")], "agent.allow_download=false",
-         "progress=false", *[o for o in overrides if not o.startswith("-")]],
+         *([] if progress else ["progress=false"]), *[o for o in overrides if not o.startswith("-")]],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
 
 
 def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     out = tmp_path / "run"
-    result = run_app("rollout.steps=6", "saliency.density=10", "output.stills=[2]", f"hydra.run.dir={out}", cwd=tmp_path)
+    # progress bars on (the default), but the output is not a terminal: tqdm leaves them out of the logs
+    result = run_app("rollout.steps=6", "saliency.density=10", "output.stills=[2]", f"hydra.run.dir={out}", cwd=tmp_path,
+                     progress=True)
     assert result.returncode == 0, result.stderr
     assert f"written to {out}" in result.stdout
+    assert "\r" not in result.stderr and "frame/s" not in result.stderr and "A.L.E" not in result.stderr
+    log = (out / "engine.log").read_text()  # logging, not print: the run directory keeps what the console showed
+    assert f"written to {out}" in log and "played 6 steps of Pong-v4" in log
     with av.open(str(out / "saliency.mp4")) as container:
         frames = list(container.decode(video=0))
         assert container.streams.video[0].average_rate == 8
@@ -44,7 +50,7 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     import torch
 
     from engine import load_agent
-    from engine.perturbation import perturbation_saliency
+    from engine.core.perturbation import perturbation_saliency
 
     agent = load_agent(settings["checkpoint"], device="cpu")
     states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
@@ -86,7 +92,7 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     import torch
 
     from engine import load_agent
-    from engine.perturbation import perturbation_saliency
+    from engine.core.perturbation import perturbation_saliency
 
     agent = load_agent(settings["checkpoint"], device="cpu")
     states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
@@ -100,13 +106,39 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
         ("env.id=Pongg-v4", "unknown environment id 'Pongg-v4'"),
         ("agent.checkpoint=/missing/model.tar", "neither an existing file nor a known name"),
         ("saliency.density=0", "density must be in 1..80"),
+        ("saliency.chunk_size=0", "saliency.chunk_size was renamed: use saliency.perturbations_per_eval"),
+        ("saliency.memory_budget_mb=nan", "saliency.memory_budget_mb must be a finite number"),
+        ("saliency.incremental=maybe", "expected one of [auto, true, false]"),
+        ("saliency.radus=3", "Key 'radus' not in 'SaliencyConfig'"),  # Hydra's errors too
+        ("env=nope", "Could not find 'env/nope'"),
     ],
 )
 def test_bad_overrides_fail_before_heavy_work(tmp_path, override, message):
+    """One line on stderr, exit code 2, and no run directory (nor Hydra's default outputs/) left behind."""
     result = run_app(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "saliency.npz").exists()
+    assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_bad_multirun_fails_before_any_job(tmp_path):
+    result = run_app("-m", "saliency.radius=3,5", "rollout.steps=2", "rollout.seed=0,-1", cwd=tmp_path)
+    assert result.returncode == 2 and "rollout.seed must be in" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_job_refused_inside_hydra_leaves_no_run_directory(tmp_path):
+    """With --config-dir the command line is checked by the job itself, after Hydra made its run directory:
+    that directory (holding only .hydra/) is removed again."""
+    extra = tmp_path / "extra_configs"
+    extra.mkdir()
+    result = run_app(f"--config-dir={extra}", "saliency.memory_budget_mb=-5", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "memory_budget_mb must be a finite number" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "run").exists()
+    # Hydra's default run directory (outputs/<date>/<time>) goes too
+    result = run_app(f"--config-dir={extra}", "saliency.memory_budget_mb=-5", cwd=tmp_path)
+    assert result.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["extra_configs"]
 
 
 @pytest.mark.parametrize("launcher", ["basic", "submitit_subprocess"])
@@ -120,7 +152,7 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
         *flags, "agent=baby_a3c_pong", "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80", "saliency.radius=3,5", "saliency.density=20",
         "rollout.steps=10", f"store.rollout={store}", "store.player=baby-a3c/pong@40", "store.frames_per_chunk=4",
         "output.movie=false",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=checkpoints_env(("pong", 40), ("pong", 80)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(sweep / "summary.csv") as f:
@@ -133,3 +165,62 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
     assert (store / "manifest.json").exists() and len(list((store / "chunks").glob("*.npz"))) == 1
     maps_40 = [load_arrays(p)[0] for p in sorted((sweep / "0" / "saliency_store" / "chunks").glob("*.npz"))]
     assert sum(m["actor"].shape[0] for m in maps_40) == 10
+
+
+def tiny_job(out_dir, **sections) -> "JobConfig":
+    from engine.app.config import JobConfig
+
+    data = {"rollout": {"steps": 4}, "saliency": {"density": 20}, "output": {"dir": str(out_dir)}, "progress": False}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return JobConfig.from_dict(data)
+
+
+def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):
+    """The second job writes no movie and no stills: the first job's must not stay beside its arrays."""
+    from engine.app.pipeline import run_job
+
+    first = run_job(tiny_job(tmp_path, output={"stills": [1, 2]}))
+    assert {"movie", "still_1", "still_2", "comparison"} <= set(first)
+    (tmp_path / "notes.txt").write_text("not the job's")
+    second = run_job(tiny_job(tmp_path, output={"movie": False, "comparison_frame": 3}))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["jacobian_vs_perturbation_00003.png", "notes.txt", "rollout.npz", "saliency.npz", "summary.json"]
+    assert set(second) == {"rollout", "saliency", "comparison", "summary"}
+    assert json.loads((tmp_path / "summary.json").read_text())["written"].keys() == {"rollout", "saliency", "comparison"}
+
+
+def test_statistics_are_streamed_chunk_by_chunk():
+    """MapStatistics over chunks equals the statistics of all maps at once."""
+    import torch
+
+    from engine.app.pipeline import MapStatistics, map_statistics
+
+    generator = torch.Generator().manual_seed(0)
+    maps = {k: torch.rand(23, 80, 80, generator=generator, dtype=torch.float32) ** 3 for k in ("actor", "critic")}
+    streamed = MapStatistics()
+    for a, b in ((0, 5), (5, 6), (6, 23)):
+        streamed.update({k: v[a:b].numpy() for k, v in maps.items()})
+    full = {f"{k}_{s}": float(getattr(v.double(), s)()) for k, v in maps.items() for s in ("mean", "max")}
+    got = streamed.result()
+    assert got.keys() == full.keys() == map_statistics(maps).keys()
+    assert all(got[k] == pytest.approx(full[k], rel=1e-12, abs=0) for k in full), (got, full)
+
+
+def test_store_job_statistics_equal_the_full_computation(tmp_path, monkeypatch):
+    """A store job reads its maps one chunk at a time for the summary; the result equals all maps at once."""
+    from engine.app import pipeline
+    from engine.io.store import SaliencyStore
+
+    reads = []
+    original = pipeline.MapStatistics.update
+    monkeypatch.setattr(pipeline.MapStatistics, "update", lambda self, maps: (reads.append(len(maps["actor"])), original(self, maps)))
+    config = tiny_job(tmp_path / "run", rollout={"steps": 10}, output={"movie": False},
+                      store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4})
+    pipeline.run_job(config)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    maps = SaliencyStore.open(tmp_path / "run" / "saliency_store").read()
+    assert reads == [4, 4, 2]  # one chunk at a time
+    for key in ("actor", "critic"):
+        assert summary[f"{key}_mean"] == pytest.approx(float(maps[key].astype(np.float64).mean()), rel=1e-12)
+        assert summary[f"{key}_max"] == float(maps[key].max())

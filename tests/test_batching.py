@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine.batching import chunk_bounds, pad_rows, padded_row_count
-from engine.blur import gaussian_blur
-from engine.policy import ActorCritic
+from engine.core.batching import chunk_bounds, pad_rows, padded_row_count
+from engine.core.blur import gaussian_blur
+from engine.core.policy import ActorCritic
 
 
 def test_padded_row_count():
@@ -31,11 +31,12 @@ def test_forward_is_batch_invariant(core, dtype):
     with torch.inference_mode():
         full = agent(x, state)
         for size in (1, 3, 7, 13, 64, 199):
-            parts = [agent(x[i : i + size], tuple(s[i : i + size] for s in state)) for i in range(0, n, size)]
-            assert torch.equal(torch.cat([p.logits for p in parts]), full.logits), size
-            assert torch.equal(torch.cat([p.value for p in parts]), full.value), size
+            rows = 24 if size == 1 else n  # one row per batch (padded to 16 rows each): the first 24 rows suffice
+            parts = [agent(x[i : i + size], tuple(s[i : i + size] for s in state)) for i in range(0, rows, size)]
+            assert torch.equal(torch.cat([p.logits for p in parts]), full.logits[:rows]), size
+            assert torch.equal(torch.cat([p.value for p in parts]), full.value[:rows]), size
             for k in range(agent.state_size):
-                assert torch.equal(torch.cat([p.state[k] for p in parts]), full.state[k]), size
+                assert torch.equal(torch.cat([p.state[k] for p in parts]), full.state[k][:rows]), size
 
 
 def test_blur_is_batch_invariant(dtype):

@@ -1,31 +1,82 @@
-"""The benchmark scripts stay runnable: interleaved timing, and a tiny suite run into a temporary results file."""
+"""The benchmark scripts stay runnable: interleaved timing (on a fake clock, so no test depends on the speed of
+the machine), and a tiny suite run into a temporary results file."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import best_of_interleaved
+import pytest
+
+from benchmarks import common
+from benchmarks.common import best_of, best_of_interleaved
+from engine.core.batching import padded_row_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_best_of_interleaved_times_every_method_in_rounds():
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """time.perf_counter as the benchmark helpers see it, advanced only by the functions they time."""
+    now = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+
+    def taking(calls: list, name: str, durations: list[float]):
+        left = iter(durations)
+
+        def fn():
+            calls.append(name)
+            now[0] += next(left)
+
+        return fn
+
+    return taking
+
+
+def test_best_of_interleaved_keeps_each_methods_shortest_timed_round(fake_clock):
     calls = []
-    best = best_of_interleaved(3, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")})
+    # the first duration of each is the untimed warm-up round: b's (0.1) must not count
+    a = fake_clock(calls, "a", [9.0, 3.0, 5.0, 2.0])
+    b = fake_clock(calls, "b", [0.1, 4.0, 0.5, 6.0])
+    best = best_of_interleaved(3, {"a": a, "b": b})
     assert calls == ["a", "b"] * 4  # one warm-up round, then 3 rounds, alternating
-    assert set(best) == {"a", "b"} and all(0 <= t < 1 for t in best.values())
+    assert best == {"a": 2.0, "b": 0.5}
 
 
-def test_tiny_suite_run_appends_a_result(tmp_path):
+def test_best_of_skips_the_warmup_unless_told(fake_clock):
+    calls = []
+    assert best_of(3, fake_clock(calls, "f", [0.25, 4.0, 1.5, 2.0])) == 1.5
+    assert best_of(2, fake_clock(calls, "g", [0.25, 4.0]), warmup=False) == 0.25
+    assert calls == ["f"] * 4 + ["g"] * 2
+
+
+def baby_a3c_forward_flops(inputs: int, actions: int = 6) -> int:
+    """FLOPs (2 per multiply-add) of baby-a3c's GRU agent on ``inputs`` 80x80 inputs: 4 convolutions 3x3,
+    stride 2, 32 channels (80 -> 40 -> 20 -> 10 -> 5), a GRU cell 800 -> 256, actor and critic heads."""
+    convs = sum(side * side * 32 * cin * 9 for side, cin in ((40, 1), (20, 32), (10, 32), (5, 32)))
+    gru = 3 * 256 * (32 * 5 * 5) + 3 * 256 * 256
+    heads = 256 * (actions + 1)
+    return 2 * inputs * (convs + gru + heads)
+
+
+def test_tiny_suite_run_appends_a_result(tmp_path, pong_checkpoint):
     results = tmp_path / "suite.jsonl"
     command = [
-        sys.executable, "benchmarks/suite.py", "density=20", "frames=2", "warmup_steps=2", "repeats=1",
-        "methods=[engine,plain,bare,reference]", f"results_file={results}", f"hydra.run.dir={tmp_path / 'run'}",
+        sys.executable, "benchmarks/suite.py", f"checkpoint='{pong_checkpoint}'", "density=20", "frames=2",
+        "warmup_steps=2", "repeats=1", "methods=[engine,plain,bare,reference]", f"results_file={results}",
+        f"hydra.run.dir={tmp_path / 'run'}",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert (run["density"], run["radius"], run["frames"], run["dtype"]) == (20, 5, 2, "float32")
     assert set(run["seconds_per_frame"]) == {"engine", "plain", "bare_forward", "reference"}
-    assert run["masks_per_frame"] == 16 and run["forward_flops_per_frame"] > 0
-    assert run["speedup_vs_reference"]["reference"] == 1.0 and run["incremental_speedup_over_plain"] > 0
+    assert all(run["frames_per_second"][m] == pytest.approx(1 / s) for m, s in run["seconds_per_frame"].items())
+    assert run["masks_per_frame"] == 16  # centres 0, 20, 40, 60 on each axis
+    # one frame's forward pass: the unperturbed input and its 16 perturbed copies, in a batch the agent pads to
+    # 24 rows (a frame's outputs must not depend on its batch: tests/test_batching.py)
+    assert padded_row_count(16 + 1) == 24 and run["forward_flops_per_frame"] == baby_a3c_forward_flops(24)
+    assert run["speedup_vs_reference"]["reference"] == 1.0
+    ratio = run["seconds_per_frame"]["plain"] / run["seconds_per_frame"]["engine"]
+    assert run["incremental_speedup_over_plain"] == pytest.approx(ratio)
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == run

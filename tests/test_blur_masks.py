@@ -3,9 +3,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from engine.blur import gaussian_blur, symmetric_pad
-from engine.masks import center_coords, perturb, perturbation_masks
-from engine.reference import mask_np, perturb_np
+from engine.core.blur import gaussian_blur, symmetric_pad
+from engine.core.masks import center_coords, perturb, perturbation_masks
+from engine.core.reference import mask_np, perturb_np
 
 
 @pytest.mark.parametrize("sigma", [0.7, 1, 3, 5, 8, 25])
@@ -38,7 +38,11 @@ def test_masks_equal_reference(radius, density):
 
 def test_masks_are_cached_per_device_and_dtype():
     assert perturbation_masks(5, 5) is perturbation_masks(5, 5)
-    assert perturbation_masks(5, 5, dtype=torch.float64).dtype == torch.float64
+    double = perturbation_masks(5, 5, dtype=torch.float64)
+    assert double.dtype == torch.float64 and double is not perturbation_masks(5, 5)
+    # the cached masks of each dtype are the same masks (mask 37: centre (10, 25): row 2, column 5 of the 16 x 16 grid)
+    np.testing.assert_allclose(double[37].numpy(), mask_np((10, 25), 5), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(perturbation_masks(5, 5)[37].numpy(), mask_np((10, 25), 5), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("interp", ["occlude", "searchlight"])

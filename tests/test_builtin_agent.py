@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from engine import load_agent
-from engine.perturbation import perturbation_saliency
-from engine.preprocessing import preprocess_frames
-from engine.reference import score_frame_np
-from engine.registry import builtin_checkpoints, builtin_names, resolve_checkpoint
-from engine.rollout import rollout
+from engine.core.perturbation import perturbation_saliency
+from engine.core.preprocessing import preprocess_frames
+from engine.core.reference import score_frame_np
+from engine.io.registry import builtin_checkpoints, builtin_names, resolve_checkpoint
+from engine.env.rollout import rollout
 
 
 def test_the_package_ships_a_pong_series_with_metadata():

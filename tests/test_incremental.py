@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine.incremental import window_plan, window_side, worthwhile
-from engine.masks import perturbation_masks
-from engine.perturbation import perturbation_saliency
+from engine.core.incremental import window_plan, window_side, worthwhile
+from engine.core.masks import perturbation_masks
+from engine.core.perturbation import perturbation_saliency
 
 
 @pytest.mark.parametrize(
@@ -27,9 +27,9 @@ def test_incremental_equals_plain_pass(core, interp, radius, density, pong_agent
 
 def test_incremental_chunking_is_bit_identical(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[40:42], tuple(s[40:42] for s in pong_rollout.states)
-    full = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, chunk_size=10**6)
+    full = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, perturbations_per_eval=10**6)
     for chunk in (1, 7):
-        part = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, chunk_size=chunk)
+        part = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, perturbations_per_eval=chunk)
         assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
 
 

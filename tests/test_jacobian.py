@@ -1,4 +1,4 @@
-"""Jacobian saliency (engine.jacobian) against plain per-frame torch.autograd.grad loops, in float64.
+"""Jacobian saliency (engine.core.jacobian) against plain per-frame torch.autograd.grad loops, in float64.
 
 Agents: the real baby-a3c Pong checkpoint (GRU) and a seeded random LSTM agent of the paper's architecture.
 Frames: real Pong frames from ALE (seeded reset, seeded random actions). States: non-zero, obtained by running
@@ -8,18 +8,17 @@ each agent over the frames in order. Fixtures live here (tests/conftest.py belon
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from engine.errors import EngineError
-from engine.jacobian import JacobianResult, action_jacobian, jacobian_saliency, logprob_gradient
-from engine.policy import ActorCritic, load_agent
-from engine.preprocessing import preprocess_frames
+from engine.core.errors import EngineError
+from engine.core.jacobian import BACKENDS, JacobianResult, action_jacobian, jacobian_saliency, logprob_gradient
+from engine.core.policy import ActorCritic, load_agent
+from engine.core.preprocessing import preprocess_frames
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
+CHECKPOINT = __import__("tests.conftest", fromlist=["lazy_checkpoint"]).lazy_checkpoint("pong", 40)  # via the registry; skips offline
 STEPS = 24  # real Pong steps played (random actions)
 PICK = slice(16, 22)  # the frames scored: late enough that the states are far from zero
 TOL = 1e-10  # float64, relative to the max abs of the reference
@@ -114,9 +113,10 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
 # --- exactness against the loop ---------------------------------------------------------------------------------
 
 
-def test_maps_equal_autograd_loop(case):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maps_equal_autograd_loop(case, backend):
     _, agent, frames, _, states = case
-    got = jacobian_saliency(agent, frames, states)
+    got = jacobian_saliency(agent, frames, states, backend=backend)
     assert isinstance(got, JacobianResult) and len(got) == len(frames)
     actor = _loop_grads(agent, frames, states, lambda logits, value, t: (logits * logits.detach()).sum())
     critic = _loop_grads(agent, frames, states, lambda logits, value, t: value)
@@ -128,9 +128,10 @@ def test_maps_equal_autograd_loop(case):
     assert got.actor.dtype == torch.float64 and got.actor.device == agent.actor_linear.weight.device
 
 
-def test_action_jacobian_rows_equal_autograd_loop(case):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_action_jacobian_rows_equal_autograd_loop(case, backend):
     _, agent, frames, _, states = case
-    jac = action_jacobian(agent, frames, states)
+    jac = action_jacobian(agent, frames, states, backend=backend)
     assert jac.shape == (len(frames), agent.num_actions, 80, 80)
     for k in range(agent.num_actions):
         row = _loop_grads(agent, frames, states, lambda logits, value, t: logits[k])
@@ -169,11 +170,11 @@ def test_chunk_sizes_and_frames_together_are_identical(case):
     full_jac = action_jacobian(agent, frames, states)
     full_lp = logprob_gradient(agent, frames, states, actions)
     for chunk in (1, 2, n, 1000):
-        part = jacobian_saliency(agent, frames, states, chunk_size=chunk)
+        part = jacobian_saliency(agent, frames, states, frames_per_eval=chunk)
         for field in ("actor", "critic", "actor_grad", "critic_grad"):
             assert torch.equal(getattr(part, field), getattr(full, field)), (chunk, field)
-        assert torch.equal(action_jacobian(agent, frames, states, chunk_size=chunk), full_jac), chunk
-        assert torch.equal(logprob_gradient(agent, frames, states, actions, chunk_size=chunk), full_lp), chunk
+        assert torch.equal(action_jacobian(agent, frames, states, frames_per_eval=chunk), full_jac), chunk
+        assert torch.equal(logprob_gradient(agent, frames, states, actions, frames_per_eval=chunk), full_lp), chunk
     # one frame per call equals all frames at once
     one = [jacobian_saliency(agent, frames[t : t + 1], tuple(s[t : t + 1] for s in states)) for t in range(n)]
     assert torch.equal(torch.cat([r.actor_grad for r in one]), full.actor_grad)
@@ -242,10 +243,11 @@ def test_bad_inputs_raise_clear_errors(jac_gru_agent, jac_pong_frames):
         (lambda: logprob_gradient(agent, frames, states, torch.tensor([0.0, 1.0, 2.0])), EngineError, r"integer action indices"),
         (lambda: logprob_gradient(agent, frames, states, np.array([True, False, True])), EngineError, r"integer action indices"),
         (lambda: logprob_gradient(agent, frames, states, "left"), TypeError, r"actions must be a tensor"),
-        (lambda: jacobian_saliency(agent, frames, states, chunk_size=0), EngineError, r"chunk_size must be a positive integer.*got 0"),
-        (lambda: action_jacobian(agent, frames, states, chunk_size=-2), EngineError, r"chunk_size must be a positive integer"),
-        (lambda: jacobian_saliency(agent, frames, states, chunk_size=1.5), EngineError, r"chunk_size must be a positive integer"),
-        (lambda: jacobian_saliency(agent, frames, states, chunk_size=True), EngineError, r"chunk_size must be a positive integer"),
+        (lambda: jacobian_saliency(agent, frames, states, backend="jax"), EngineError, r"backend must be one of \('autograd', 'func'\), got 'jax'"),
+        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=0), EngineError, r"frames_per_eval must be a positive integer.*got 0"),
+        (lambda: action_jacobian(agent, frames, states, frames_per_eval=-2), EngineError, r"frames_per_eval must be a positive integer"),
+        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=1.5), EngineError, r"frames_per_eval must be a positive integer"),
+        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=True), EngineError, r"frames_per_eval must be a positive integer"),
         (lambda: jacobian_saliency(agent, frames, (torch.zeros(2, 256),)), ValueError, r"state/frame count mismatch"),
         (lambda: jacobian_saliency(agent, frames, (torch.zeros(3, 256), torch.zeros(3, 256))), ValueError, r"needs a state of 1 tensor"),
         (lambda: jacobian_saliency(agent, frames[0], (torch.zeros(1, 256),)), ValueError, r"use frames\[None\]"),
@@ -256,4 +258,4 @@ def test_bad_inputs_raise_clear_errors(jac_gru_agent, jac_pong_frames):
         with pytest.raises(exc, match=message):
             call()
     # a valid numpy integer chunk size is accepted
-    assert jacobian_saliency(agent, frames, states, chunk_size=np.int64(2)).actor.shape == (3, 80, 80)
+    assert jacobian_saliency(agent, frames, states, frames_per_eval=np.int64(2)).actor.shape == (3, 80, 80)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.perturbation import perturbation_saliency, upsample_exact
-from engine.preprocessing import preprocess_frames
-from engine.reference import saliency_np, upsample_exact_np
+from engine.core.perturbation import perturbation_saliency, upsample_exact
+from engine.core.policy import ActorCritic
+from engine.core.preprocessing import preprocess_frames
+from engine.core.reference import saliency_np, upsample_exact_np
 
 FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
 
@@ -69,8 +70,13 @@ def test_paper_maps_agree_with_reference_up_to_byte_rounding(density, pong_agent
         pmax = ref[key].max()
         assert diff.max() <= pmax / 255 * 1.01, key  # at most one byte level, where rounding of a .5 flips
         assert (diff <= 1e-5 * pmax).mean() >= 0.99, key
-    if density == 5:  # the zero row/column of the original: the bottom-right pixel is dark
-        assert got.actor[0, 79, 79] < got.actor[0, 75, 75] or got.actor[0, 75, 75] == 0
+    if density == 5:  # the original's zero row/column past the last node (75): the bottom and right edges are dark
+        actor = got.actor[0]
+        assert float(actor.max()) > 0.1 and float(actor[75, 75]) > 0.005  # the corner node carries its score ...
+        assert float(got.actor_scores[0, -1, -1]) > 0.01 * float(got.actor_scores[0].max())
+        assert torch.all(actor[78:] == 0) and torch.all(actor[:, 78:] == 0)  # ... and fades to exactly 0 after it
+        exact = perturbation_saliency(pong_agent, frames, states, density=density).actor[0]
+        assert float(exact[78:].min()) > 0 and float(exact[78:, 70:].mean()) > 0.005  # the exact map does not
 
 
 def test_exact_upsampling_hits_nodes_and_matches_scipy():
@@ -83,8 +89,9 @@ def test_exact_upsampling_hits_nodes_and_matches_scipy():
 
 def test_chunk_size_never_changes_results(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[40:43], tuple(s[40:43] for s in pong_rollout.states)
-    everything = perturbation_saliency(pong_agent, frames, states, density=8, chunk_size=10**9)
-    for options in (dict(chunk_size=1), dict(chunk_size=7), dict(memory_budget_mb=5)):
+    everything = perturbation_saliency(pong_agent, frames, states, density=8, perturbations_per_eval=10**9)
+    assert float(everything.actor_scores.amax((1, 2)).min()) > 0 and float(everything.critic_scores.amax((1, 2)).min()) > 0
+    for options in (dict(perturbations_per_eval=1), dict(perturbations_per_eval=7), dict(memory_budget_mb=5)):
         chunked = perturbation_saliency(pong_agent, frames, states, density=8, **options)
         for key in ("actor", "critic", "actor_scores", "critic_scores"):
             assert torch.equal(getattr(chunked, key), getattr(everything, key)), (options, key)
@@ -93,6 +100,7 @@ def test_chunk_size_never_changes_results(pong_agent, pong_rollout):
 def test_many_frames_equal_one_at_a_time(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[30:36], tuple(s[30:36] for s in pong_rollout.states)
     together = perturbation_saliency(pong_agent, frames, states, density=10)
+    assert float(together.actor.amax((1, 2)).min()) > 0  # every frame has a map to compare
     for i in range(6):
         alone = perturbation_saliency(pong_agent, frames[i : i + 1], tuple(s[i : i + 1] for s in states), density=10)
         assert torch.equal(alone.actor[0], together.actor[i]) and torch.equal(alone.critic[0], together.critic[i])
@@ -107,6 +115,19 @@ def test_accepts_preprocessed_frames_and_numpy(pong_agent, pong_rollout):
     assert a.centers.tolist() == list(range(0, 80, 10))
 
 
+@pytest.fixture(scope="module")
+def random_agents():
+    """A seeded random GRU and LSTM agent with Pong's 6 actions."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ActorCritic(6, "gru").eval(), ActorCritic(6, "lstm").eval()
+
+
+@pytest.fixture(scope="module")
+def random_frames():
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 210, 160, 3), dtype=np.uint8))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -119,17 +140,19 @@ def test_accepts_preprocessed_frames_and_numpy(pong_agent, pong_rollout):
         (dict(interp="blur"), "interp must be one of"),
         (dict(compat="2017"), "compat must be one of"),
         (dict(blur_sigma=0), "blur_sigma"),
-        (dict(chunk_size=0), "chunk_size must be a positive integer"),
+        (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
         (dict(memory_budget_mb=0), "memory_budget_mb must be > 0"),
     ],
 )
-def test_bad_settings_fail_clearly(kwargs, match, pong_agent, pong_rollout):
+def test_bad_settings_fail_clearly(kwargs, match, random_agents, random_frames):
+    gru, _ = random_agents
     with pytest.raises(ValueError, match=match):
-        perturbation_saliency(pong_agent, pong_rollout.frames[:1], tuple(s[:1] for s in pong_rollout.states), **kwargs)
+        perturbation_saliency(gru, random_frames[:1], (torch.randn(1, 256),), **kwargs)
 
 
-def test_bad_inputs_fail_clearly(pong_agent, pong_lstm_agent, pong_rollout):
-    frames, states = pong_rollout.frames[:3], tuple(s[:3] for s in pong_rollout.states)
+def test_bad_inputs_fail_clearly(random_agents, random_frames):
+    pong_agent, pong_lstm_agent = random_agents  # argument checks need no trained agent and no real game
+    frames, states = random_frames, (torch.randn(3, 256),)
     with pytest.raises(ValueError, match=r"state/frame count mismatch: 3 frames but state tensor 0 has 2 rows"):
         perturbation_saliency(pong_agent, frames, tuple(s[:2] for s in states))
     with pytest.raises(ValueError, match=r"\(N, 210, 160, 3\)"):

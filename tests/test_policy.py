@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import CheckpointError, load_agent
-from engine.policy import ActorCritic
+from engine.core.policy import ActorCritic
 from tests.conftest import checkpoint
 
 
@@ -75,7 +75,7 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
 
 def test_device_validation():
     from engine import EngineError
-    from engine.device import resolve_device
+    from engine.core.device import resolve_device
 
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(EngineError, match="unknown device"):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.preprocessing import byte_scale, preprocess_bytes, preprocess_frames, resize_uint8
-from engine.reference import byte_scale_np, pil_resize, preprocess_np
+from engine.core.preprocessing import byte_scale, preprocess_bytes, preprocess_frames, resize_uint8
+from engine.core.reference import byte_scale_np, pil_resize, preprocess_np
 
 
 def test_byte_identical_to_pillow_pipeline_on_real_frames(pong_rollout):
@@ -40,9 +40,13 @@ def test_byte_scale_matches_spec_formula():
 
 
 def test_preprocess_dtype_and_device(dtype, device):
-    frames = np.zeros((2, 210, 160, 3), dtype=np.uint8)
+    frames = np.random.default_rng(3).integers(0, 256, (2, 210, 160, 3), dtype=np.uint8)
     out = preprocess_frames(frames, device=device, dtype=dtype)
     assert out.shape == (2, 1, 80, 80) and out.dtype == dtype and out.device.type == device.type
+    # the reference's bytes, divided by 255 in the asked precision: not just the right type, the right values
+    expected = np.stack([pil_resize(byte_scale_np(f[35:195].mean(2)), 80, 80) for f in frames])
+    assert torch.equal(out[:, 0].cpu(), torch.from_numpy(expected).to(dtype) / 255)
+    assert 0 <= float(out.min()) < float(out.max()) <= 1
 
 
 @pytest.mark.parametrize(

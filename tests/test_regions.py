@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.regions import PONG_OBJECTS, near_cells, object_pixels, object_shares, region_share
+from engine.core.regions import PONG_OBJECTS, near_cells, object_pixels, object_shares, region_share
 
 
 def blank_pong_frame() -> np.ndarray:

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from engine import rendering
-from engine.rendering import (
+from engine.io import rendering
+from engine.io.rendering import (
     clean_overlay, comparison_figure, movie_scales, paper_gains, paper_overlay, paper_overlay_pair, save_png,
     write_movie,
 )

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from engine import UnknownEnvironmentError
-from engine.policy import ActorCritic
-from engine.preprocessing import preprocess_frames
-from engine.rollout import play_episodes, rollout
+from engine.core.policy import ActorCritic
+from engine.core.preprocessing import preprocess_frames
+from engine.env.rollout import play_episodes, rollout
 
 
 def test_recorded_states_reproduce_recorded_outputs_bit_for_bit(pong_agent, pong_rollout):
@@ -39,11 +39,17 @@ def test_seeded_rollouts_repeat(pong_agent, pong_rollout):
     assert torch.equal(greedy.actions, greedy.logits.argmax(-1))
 
 
-def test_lstm_state_resets_at_episode_boundary():
-    """A random LSTM agent loses Breakout's 5 lives fast: the state after a finished episode is zeros again."""
+@pytest.fixture(scope="module")
+def breakout_episodes():
+    """A seeded random LSTM agent and its rollout of two whole Breakout episodes (it loses its 5 lives fast)."""
     torch.manual_seed(0)
     agent = ActorCritic(num_actions=4, core="lstm").eval()
-    r = rollout(agent, "ALE/Breakout-v5", 1500, seed=1, max_episodes=2, progress=False)
+    return agent, rollout(agent, "ALE/Breakout-v5", 1500, seed=1, max_episodes=2, progress=False)
+
+
+def test_lstm_state_resets_at_episode_boundary(breakout_episodes):
+    """The state after a finished episode is zeros again."""
+    agent, r = breakout_episodes
     ends = torch.nonzero(r.dones).flatten().tolist()
     assert len(ends) == 2 and ends[-1] == len(r) - 1 and len(r.episode_returns()) == 2
     start = ends[0] + 1
@@ -56,11 +62,9 @@ def test_lstm_state_resets_at_episode_boundary():
         assert torch.equal(out.state[k][start - 2], r.states[k][start - 1])
 
 
-def test_play_episodes_returns_the_rollouts_episode_returns():
+def test_play_episodes_returns_the_rollouts_episode_returns(breakout_episodes):
     """The same seeded game as a recorded rollout, keeping only the returns."""
-    torch.manual_seed(0)
-    agent = ActorCritic(num_actions=4, core="lstm").eval()
-    r = rollout(agent, "ALE/Breakout-v5", 1500, seed=1, max_episodes=2, progress=False)
+    agent, r = breakout_episodes
     assert play_episodes(agent, "ALE/Breakout-v5", 2, seed=1, progress=False) == r.episode_returns()
     with pytest.raises(RuntimeError, match="only 0 of 1 episodes"):
         play_episodes(agent, "ALE/Breakout-v5", 1, seed=1, max_steps=10, progress=False)
@@ -68,7 +72,9 @@ def test_play_episodes_returns_the_rollouts_episode_returns():
         play_episodes(agent, "ALE/Breakout-v5", 0)
 
 
-def test_bad_environment_and_arguments(pong_agent):
+def test_bad_environment_and_arguments():
+    torch.manual_seed(0)
+    pong_agent = ActorCritic(num_actions=6, core="gru").eval()  # checks of the arguments need no trained agent
     with pytest.raises(UnknownEnvironmentError, match="unknown environment id 'Pongg-v4'"):
         rollout(pong_agent, "Pongg-v4", 5, progress=False)
     with pytest.raises(ValueError, match="4 actions but the agent has 6"):

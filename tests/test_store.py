@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import SaliencyConfig
-from engine.pipeline import compute_saliency, paper_aligned_states, paper_shift
-from engine.policy import load_agent
-from engine.registry import sha256_of
-from engine.rollout import rollout
-from engine.store import RolloutStore, SaliencyStore, StoreMismatchError, record_rollout, replay_states, score_store
+from engine.core.settings import SaliencyConfig
+from engine.core.saliency import compute_saliency, paper_shift
+from engine.core.policy import load_agent
+from engine.io.registry import sha256_of
+from engine.env.rollout import rollout
+from engine.io.store import RolloutStore, SaliencyStore, StoreMismatchError, record_rollout, replay_states, score_store
 from tests.conftest import ROOT, checkpoint
 
 STEPS, CHUNK = 70, 32
@@ -23,9 +23,9 @@ SETTINGS = SaliencyConfig(density=10)
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory, pong_agent):
+def recorded(tmp_path_factory, pong_agent, pong_checkpoint):
     root = tmp_path_factory.mktemp("rollout")
-    sha = sha256_of(checkpoint("pong"))
+    sha = sha256_of(pong_checkpoint)
     return record_rollout(pong_agent, "Pong-v4", STEPS, root, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False), sha
 
 
@@ -91,7 +91,7 @@ def test_paper_alignment_across_chunks(recorded, pong_agent, tmp_path):
     r = store.read()
     settings = SaliencyConfig(density=10, state_alignment="paper")
     got = score_store(pong_agent, store.store.root, tmp_path / "p", settings, sha, frames_per_chunk=16, progress=False).read()
-    assert np.array_equal(got["actor"], compute_saliency(pong_agent, r.frames, paper_aligned_states(r), settings)["actor"].numpy())
+    assert np.array_equal(got["actor"], compute_saliency(pong_agent, r.frames, paper_shift(r.states), settings)["actor"].numpy())
 
 
 def test_mismatched_stores_are_refused(recorded, pong_agent, tmp_path):
@@ -108,29 +108,69 @@ def test_mismatched_stores_are_refused(recorded, pong_agent, tmp_path):
 
 
 KILLED_JOB = """
-import sys
-from engine.config import SaliencyConfig
-from engine.policy import load_agent
-from engine.store import score_store
-agent = load_agent(sys.argv[1], device="cpu")
-score_store(agent, sys.argv[2], sys.argv[3], SaliencyConfig(density=5), sys.argv[4], frames_per_chunk=4, progress=False)
+import io, sys, time
+
+import numpy as np
+
+from engine.core.policy import load_agent
+from engine.core.settings import SaliencyConfig
+from engine.io import arrays
+from engine.io.store import score_store
+
+checkpoint, rollout_root, target, sha, stop_after, ready = sys.argv[1:]
+real_savez, finished = np.savez, []
+
+
+def savez(file, *args, **kwds):  # save_arrays' write of one chunk into its temporary file
+    if len(finished) == int(stop_after):  # the next chunk: write half of it, say so, and wait for the kill
+        buffer = io.BytesIO()
+        real_savez(buffer, *args, **kwds)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        file.flush()
+        open(ready, "w").close()
+        time.sleep(3600)
+    real_savez(file, *args, **kwds)
+    finished.append(file.name)
+
+
+arrays.np.savez = savez
+agent = load_agent(checkpoint, device="cpu")
+score_store(agent, rollout_root, target, SaliencyConfig(density=10), sha, frames_per_chunk=4, progress=False)
 """
 
 
-def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, tmp_path):
+def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, pong_checkpoint, tmp_path):
+    """SIGKILL in the middle of writing the 4th chunk (the job stops there by itself, so nothing depends on
+    timing): 3 finished chunks and a half-written temporary remain; started again, the job ends with exactly
+    the arrays of an uninterrupted run."""
     store, sha = recorded
-    target = tmp_path / "killed"
-    job = subprocess.Popen([sys.executable, "-c", KILLED_JOB, str(checkpoint("pong")), str(store.store.root), str(target), sha],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((target / "chunks").glob("*.npz"))) < 3:
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)  # mid-chunk, most likely while a chunk is being computed or written
-    job.wait()
-    finished = len(list((target / "chunks").glob("*.npz")))
-    assert 3 <= finished < 18, finished
-    resumed = score_store(pong_agent, store.store.root, target, SaliencyConfig(density=5), sha, frames_per_chunk=4, progress=False)
-    fresh = score_store(pong_agent, store.store.root, tmp_path / "fresh", SaliencyConfig(density=5), sha, frames_per_chunk=4, progress=False)
+    target, ready, log = tmp_path / "killed", tmp_path / "ready", tmp_path / "job.log"
+    with open(log, "wb") as output:
+        job = subprocess.Popen(
+            [sys.executable, "-c", KILLED_JOB, str(pong_checkpoint), str(store.store.root), str(target), sha, "3", str(ready)],
+            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+        )
+    try:
+        hang_guard = time.monotonic() + 600  # only against a hung job; how fast it gets there does not matter
+        while not ready.exists():
+            if job.poll() is not None:
+                pytest.fail(f"the job exited ({job.returncode}) before its 4th chunk:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > hang_guard:
+                pytest.fail(f"the job hung before its 4th chunk:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert job.returncode == -signal.SIGKILL
+    chunks = target / "chunks"
+    assert sorted(p.name for p in chunks.glob("*.npz")) == ["000000.npz", "000001.npz", "000002.npz"]
+    (partial,) = chunks.glob(".*.partial")
+    assert partial.name.startswith(".000003.npz.") and partial.stat().st_size > 0  # killed mid-write
+    assert SaliencyStore.open(target).missing() == list(range(3, 18))
+    settings = SaliencyConfig(density=10)
+    resumed = score_store(pong_agent, store.store.root, target, settings, sha, frames_per_chunk=4, progress=False)
+    fresh = score_store(pong_agent, store.store.root, tmp_path / "fresh", settings, sha, frames_per_chunk=4, progress=False)
     a, b = resumed.read(), fresh.read()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert not list((target / "chunks").glob("*.partial"))
+    assert a["actor"].shape == (STEPS, 80, 80) and a["actor"].max() > 0
+    assert not list(chunks.glob("*.partial")) and resumed.complete

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU check, end to end, in one call (it also runs on a CPU-only machine, with smaller sizes):
+#
+#   python benchmarks/gpu/prepare.py .gpu_carry          # here: rollouts, checkpoint, wheels (git-ignored)
+#   benchmarks/gpu/check.sh OUT_DIR [.gpu_carry]         # there: results into OUT_DIR
+#
+# The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
+# this tree (PYTHONPATH) with the carried kornia wheels, on pre-recorded rollouts. Writes OUT_DIR/check.json,
+# check.md, check.log and nvidia-smi.txt.
+set -euo pipefail
+out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [DATA_DIR]}
+data=${2:-.gpu_carry}
+cd "$(dirname "$0")/../.."
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+if ! python3 -c "import kornia" 2>/dev/null; then
+  ls "$data"/wheels/*.whl >/dev/null 2>&1 || { echo "error: no kornia here and no wheels in $data/wheels: run benchmarks/gpu/prepare.py" >&2; exit 2; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu-check-site "$data"/wheels/*.whl
+  export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+(nvidia-smi || echo "no nvidia-smi: CPU only") > "$out/nvidia-smi.txt" 2>&1
+python3 benchmarks/gpu/check.py --out "$out" --data "$data" 2>&1 | tee "$out/check.log"

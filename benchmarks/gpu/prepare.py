@@ -1,0 +1,63 @@
+"""Prepare what the GPU check needs on a machine that has no network, gymnasium, ale-py or kornia.
+
+Run here (where the project is installed): ``python benchmarks/gpu/prepare.py [DIR]`` (default ``.gpu_carry``,
+git-ignored through ``.git/info/exclude``). It writes into DIR:
+
+- ``pong_gru.npz``: 1000 real Pong-v4 steps played by baby-a3c's Pong agent (raw frames, the GRU state used on
+  each frame, the logits and values recorded on this CPU), compressed (~3 MB);
+- ``pong_lstm.npz``: 200 steps played by the built-in LSTM agent (``builtin/pong``: states ``(hx, cx)``);
+- ``baby-a3c-pong.tar``: the baby-a3c checkpoint, resolved through the registry (``ATARI_SALIENCY_CHECKPOINTS``,
+  the cache or the sha256-checked download);
+- ``wheels/``: kornia and kornia-rs wheels for the GPU machine's Python (3.12), downloaded with pip.
+
+Then carry DIR along: ``benchmarks/gpu/check.sh $OUT DIR`` on the GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engine.core.policy import load_agent
+from engine.env.rollout import rollout
+from engine.io.registry import resolve_checkpoint
+
+WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+
+
+def record(checkpoint, steps: int, path: Path) -> None:
+    agent = load_agent(checkpoint, device="cpu")
+    played = rollout(agent, "Pong-v4", steps, seed=0, progress=True)
+    arrays = dict(frames=played.frames.numpy(), logits=played.logits.numpy(), values=played.values.numpy(),
+                  actions=played.actions.numpy())
+    arrays.update({f"state_{i}": s.numpy() for i, s in enumerate(played.states)})
+    np.savez_compressed(path, **arrays)
+    print(f"{path}: {steps} steps, {path.stat().st_size / 1e6:.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", nargs="?", default=".gpu_carry")
+    parser.add_argument("--steps", type=int, default=1000)
+    args = parser.parse_args()
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    baby = resolve_checkpoint("baby-a3c/pong@40")
+    shutil.copyfile(baby, out / "baby-a3c-pong.tar")
+    record(baby, args.steps, out / "pong_gru.npz")
+    record(resolve_checkpoint("builtin/pong"), 200, out / "pong_lstm.npz")
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", *platforms,
+                    "-d", str(out / "wheels"), *WHEELS], check=True)
+    print(f"ready: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

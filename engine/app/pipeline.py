@@ -1,0 +1,282 @@
+"""The main job as plain functions: checkpoint -> rollout -> saliency -> arrays, overlays, movie, figures.
+
+``validate_job`` checks everything cheap first (settings, environment id, checkpoint, agent/game match) so a
+bad override fails in a second with a clear message, before any rollout or scoring starts. Progress and results
+are logged (``logging``); the end-of-run statistics are accumulated chunk by chunk (:class:`MapStatistics`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .config import JobConfig, check_config, engine_saliency
+from ..core.device import resolve_device, resolve_dtype
+from ..core.errors import CheckpointError, EngineError
+from ..core.saliency import compute_saliency, paper_shift
+from ..core.policy import ActorCritic, index_state, load_agent
+from ..io.registry import resolve_checkpoint
+from ..env.rollout import make_env, rollout
+from ..io.arrays import save_arrays
+
+log = logging.getLogger(__name__)
+
+# the files a job writes into its output directory (a saliency store there is resumable and checks its settings)
+OWNED_FILES = ("saliency.mp4", "saliency.npz", "rollout.npz", "summary.json")
+OWNED_PATTERNS = ("frame_[0-9][0-9][0-9][0-9][0-9].png", "jacobian_vs_perturbation_[0-9][0-9][0-9][0-9][0-9].png")
+
+
+@dataclass
+class PreparedJob:
+    config: JobConfig
+    checkpoint: Path
+    agent: ActorCritic
+
+
+def validate_job(config: JobConfig) -> PreparedJob:
+    """Check the settings (:func:`engine.app.config.check_config`), the environment id and the checkpoints, and
+    load the agent; no rollout yet."""
+    check_config(config)
+    quiet_emulator()
+    device, dtype = resolve_device(str(config.device)), resolve_dtype(str(config.dtype))
+    env = make_env(config.env.id)  # an unknown id fails here
+    actions = env.action_space.n
+    env.close()
+    if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
+        from ..io.rendering import paper_gains
+
+        try:
+            paper_gains(config.env.id)
+        except ValueError as exc:  # a game without published gains
+            raise EngineError(str(exc)) from None
+    a = config.agent
+    path = resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+    if config.store.player:
+        resolve_checkpoint(config.store.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+    agent = load_agent(path, device=device, dtype=dtype)
+    if a.core not in ("auto", agent.core):
+        raise CheckpointError(f"agent.core is {str(a.core)!r} but {path} holds a {agent.core.upper()} agent")
+    if agent.num_actions != actions:
+        raise EngineError(
+            f"{config.env.id} has {actions} actions but the agent from {path} has {agent.num_actions}: "
+            "pair the checkpoint with the game it was trained on (e.g. env=breakout agent=baby_a3c_breakout)"
+        )
+    return PreparedJob(config, path, agent)
+
+
+def quiet_emulator() -> None:
+    """Keep the Arcade Learning Environment's banner off stderr (its warnings and errors still show)."""
+    try:
+        import ale_py
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    except (ImportError, AttributeError):
+        pass
+
+
+class MapStatistics:
+    """Mean and max of each kind of map, accumulated chunk by chunk (a running float64 sum, count and max), so a
+    long store job never holds all its maps at once."""
+
+    KEYS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.maxima: dict[str, float] = {}
+
+    def update(self, maps: dict) -> None:
+        for key in self.KEYS:
+            if key not in maps:
+                continue
+            values = torch.as_tensor(maps[key]).double()
+            if values.numel() == 0:
+                continue
+            self.sums[key] = self.sums.get(key, 0.0) + float(values.sum())
+            self.counts[key] = self.counts.get(key, 0) + values.numel()
+            self.maxima[key] = max(self.maxima.get(key, -math.inf), float(values.max()))
+
+    def result(self) -> dict[str, float]:
+        stats = {}
+        for key in self.KEYS:
+            if self.counts.get(key):
+                stats[f"{key}_mean"] = self.sums[key] / self.counts[key]
+                stats[f"{key}_max"] = self.maxima[key]
+        return stats
+
+
+def map_statistics(maps: dict) -> dict[str, float]:
+    """Mean and max of each kind of map, for the sweep summary."""
+    stats = MapStatistics()
+    stats.update(maps)
+    return stats.result()
+
+
+def clear_owned_outputs(out_dir: Path) -> list[Path]:
+    """Remove what an earlier job wrote into ``out_dir`` (the files a job owns, nothing else), so that a rerun
+    never leaves a mix of two runs' results; returns the paths removed."""
+    found = [out_dir / name for name in OWNED_FILES if (out_dir / name).is_file()]
+    for pattern in OWNED_PATTERNS:
+        found += sorted(p for p in out_dir.glob(pattern) if p.is_file())
+    for path in found:
+        path.unlink()
+    if found:
+        log.warning("removed %d files of an earlier run from %s (%s)", len(found), out_dir,
+                    ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else ""))
+    return found
+
+
+def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states) -> dict[str, Path]:
+    """Overlays for every frame -> movie, stills, and (given ``states``) the Jacobian-vs-perturbation figure."""
+    from ..io import rendering
+
+    r, written = config.render, {}
+    actor, critic = maps["actor"], maps["critic"]
+    if r.style == "paper":
+        default_actor, default_critic = (None, None)
+        if r.actor_gain is None or r.critic_gain is None:
+            default_actor, default_critic = rendering.paper_gains(config.env.id)
+        overlays = rendering.paper_overlay_pair(
+            frames, actor, critic,
+            r.actor_gain if r.actor_gain is not None else default_actor,
+            r.critic_gain if r.critic_gain is not None else default_critic,
+            blur_sigma=r.blur_sigma,
+        )
+    else:
+        actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
+        critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
+        overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
+    o = config.output
+    if o.movie:
+        labels = [f"{config.env.id}  frame {t}" for t in range(frames.shape[0])]
+        written["movie"] = rendering.write_movie(
+            out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
+        )
+    n = frames.shape[0]
+    for t in o.stills:
+        if t >= n:  # the rollout ended early (rollout.max_episodes)
+            log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
+            continue
+        written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
+    t = o.comparison_frame if o.comparison_frame is not None else n // 2
+    if t >= n:
+        log.warning("output.comparison_frame: frame %d was not played (the rollout ended after %d frames)", t, n)
+    elif config.saliency.method != "jacobian" and states is not None:
+        from ..core.jacobian import jacobian_saliency
+
+        jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
+        if jac[0] is None:
+            one = jacobian_saliency(agent, frames[t : t + 1], index_state(states, slice(t, t + 1)))
+            jac = (one.actor[0].detach().cpu(), one.critic[0].detach().cpu())
+        else:
+            jac = (jac[0][t], jac[1][t])
+        written["comparison"] = rendering.comparison_figure(
+            out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frames[t], jac[0], jac[1], actor[t], critic[t],
+            title=f"{config.env.id}, frame {t}: Jacobian vs perturbation saliency",
+        )
+    return {k: Path(v) for k, v in written.items()}
+
+
+def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
+    """Run the main job into ``config.output.dir``; returns the paths written (and prints nothing).
+
+    Files that an earlier job wrote there are removed first (:func:`clear_owned_outputs`)."""
+    prepared = prepared or validate_job(config)
+    out_dir = Path(config.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_owned_outputs(out_dir)
+    if config.store.rollout:
+        return run_store_job(config, prepared)
+    agent = prepared.agent
+    started = time.perf_counter()
+    played = rollout(
+        agent, config.env.id, config.rollout.steps, seed=config.rollout.seed, greedy=config.rollout.greedy,
+        max_episodes=config.rollout.max_episodes, progress=config.progress,
+    )
+    states = played.states if config.saliency.state_alignment == "exact" else paper_shift(played.states)
+    rollout_s = time.perf_counter() - started
+    log.info("played %d steps of %s in %.1f s", len(played), config.env.id, rollout_s)
+    maps = compute_saliency(agent, played.frames, states, engine_saliency(config.saliency), config.progress)
+    saliency_s = time.perf_counter() - started - rollout_s
+    log.info("saliency of %d frames in %.1f s (%.3f s per frame)", len(played), saliency_s, saliency_s / len(played))
+    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
+                    frames_scored=len(played), rollout_seconds=rollout_s, saliency_seconds=saliency_s,
+                    seconds_per_frame=saliency_s / len(played), episode_returns=played.episode_returns(),
+                    **map_statistics(maps))
+    written: dict[str, Path] = {}
+    if config.output.arrays:
+        written["rollout"] = save_arrays(
+            out_dir / "rollout.npz",
+            dict(frames=played.frames, logits=played.logits, values=played.values, actions=played.actions,
+                 rewards=played.rewards, dones=played.dones,
+                 **{f"state_{i}": s for i, s in enumerate(played.states)}),
+            settings,
+        )
+        written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
+    written.update(render_outputs(played.frames, maps, config, out_dir, agent, states))
+    return _write_summary(out_dir, settings, written)
+
+
+def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Path]:
+    summary = out_dir / "summary.json"
+    summary.write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
+    return {**written, "summary": summary}
+
+
+def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
+    """Streaming mode: record (or resume, or reuse) the rollout store, score this shard's chunks into the
+    saliency store, and render once every chunk is there. Memory stays bounded by the chunk sizes, except
+    for rendering the movie of a complete store (set output.movie=false for very long rollouts)."""
+    from ..io.registry import sha256_of
+    from ..io.store import RolloutStore, SaliencyStore, record_rollout, score_store
+
+    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sha = sha256_of(prepared.checkpoint)
+    rollout_root = Path(st.rollout)
+    started = time.perf_counter()
+    if (rollout_root / "manifest.json").is_file() and RolloutStore.open(rollout_root).complete:
+        rstore = RolloutStore.open(rollout_root)  # replay one recorded game, whoever played it
+    else:
+        player, player_path = agent, prepared.checkpoint
+        if st.player:
+            a = config.agent
+            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+            player = load_agent(player_path, device=resolve_device(str(config.device)), dtype=resolve_dtype(str(config.dtype)))
+        rstore = record_rollout(
+            player, config.env.id, config.rollout.steps, rollout_root, seed=config.rollout.seed,
+            greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=sha256_of(player_path),
+            extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
+        )
+    if rstore.identity["env_id"] != config.env.id:
+        raise EngineError(f"the rollout store {rollout_root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    rollout_s = time.perf_counter() - started
+    saliency_root = Path(st.saliency) if st.saliency else out_dir / "saliency_store"
+    before = set(SaliencyStore.open(saliency_root).missing()) if (saliency_root / "manifest.json").is_file() else None
+    sstore = score_store(agent, rollout_root, saliency_root, engine_saliency(config.saliency), sha, st.frames_per_chunk,
+                         st.shard, st.num_shards, config.progress)
+    saliency_s = time.perf_counter() - started - rollout_s
+    bounds = sstore.bounds
+    scored = sum(b - a for k, (a, b) in enumerate(bounds) if k % st.num_shards == st.shard and (before is None or k in before))
+    log.info("scored %d frames into %s in %.1f s", scored, saliency_root, saliency_s)
+    streamed = MapStatistics()  # chunk by chunk: memory stays bounded by one chunk
+    if config.saliency.method != "jacobian":
+        for k in range(len(bounds)):
+            if sstore.store.has(k):
+                streamed.update(sstore.store.read(k, ("actor", "critic")))
+    stats = streamed.result()
+    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha,
+                    rollout_store=str(rollout_root), saliency_store=str(saliency_root), frames=rstore.num_steps,
+                    frames_scored=scored, complete=sstore.complete, rollout_seconds=rollout_s,
+                    saliency_seconds=saliency_s, seconds_per_frame=saliency_s / scored if scored else None, **stats)
+    written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root}
+    if sstore.complete and (config.output.movie or config.output.stills):
+        maps = {k: torch.from_numpy(v) for k, v in sstore.read().items()}
+        written.update(render_outputs(rstore.read().frames, maps, config, out_dir, agent, None))
+    return _write_summary(out_dir, settings, written)

@@ -1,0 +1,275 @@
+"""Jacobian saliency (spec, section 8): input gradients of the actor and critic, batched over frames.
+
+Every frame's outputs depend only on its own 80x80 input and its own restored recurrent state, so the
+gradient of a *sum over frames* w.r.t. the batched input holds each frame's own gradient in its row: one
+batched forward pass and one batched backward pass per cotangent give every frame's map at once. No Python
+loop runs over frames; frames are processed ``frames_per_eval`` at a time (a memory bound only), and because the
+forward pass is batch-invariant (``ActorCritic.forward`` pads rows, see ``engine.batching``; the backward pass
+runs on the same padded row count) a chunk boundary never changes a result, bit for bit.
+
+Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only: nothing accumulates in the agent's
+parameters' ``.grad`` and its train/eval mode is never touched. The computation runs with autograd switched
+on even when the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()``.
+
+Two backends compute the same gradients. ``"autograd"`` (the default): one forward pass, then one
+``torch.autograd.grad`` call per cotangent (both maps: 2; the action Jacobian: one per action), reusing the
+graph. ``"func"``: one ``torch.func.vjp`` and ``torch.func.vmap`` of its pullback over the stacked cotangents,
+which batches the backward passes into one. ``benchmarks/gpu/check.py`` times both (results and the choice
+of default in the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batching import chunk_bounds
+from .device import float32_matmul_precision
+from .errors import EngineError
+from .inputs import prepare_inputs
+from .policy import ActorCritic, PolicyOutput, State
+
+DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None
+BACKENDS = ("autograd", "func")
+
+
+@dataclass(frozen=True)
+class JacobianResult:
+    """Jacobian maps of N frames, on the agent's device and dtype, all of shape (N, 80, 80).
+
+    ``actor``/``critic`` are the squared gradients (the paper's display); ``actor_grad``/``critic_grad`` the
+    raw gradients w.r.t. the preprocessed 80x80 input.
+    """
+
+    actor: torch.Tensor
+    critic: torch.Tensor
+    actor_grad: torch.Tensor
+    critic_grad: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.actor.shape[0]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _check_agent(agent) -> None:
+    if not isinstance(agent, ActorCritic):
+        raise TypeError(
+            f"agent must be an engine.policy.ActorCritic, got {type(agent).__name__}: "
+            "load one with engine.load_agent(path) or build ActorCritic(num_actions, core)"
+        )
+
+
+def _chunks(n: int, frames_per_eval) -> list[tuple[int, int]]:
+    """Chunk bounds over n frames; ``frames_per_eval`` must be None or an integer >= 1."""
+    if frames_per_eval is None:
+        return chunk_bounds(n, DEFAULT_FRAMES_PER_EVAL)
+    try:
+        if isinstance(frames_per_eval, (bool, np.bool_)):
+            raise TypeError
+        size = operator.index(frames_per_eval)
+    except TypeError:
+        raise EngineError(
+            f"frames_per_eval must be a positive integer (frames per pass) or None (default {DEFAULT_FRAMES_PER_EVAL}), "
+            f"got {frames_per_eval!r} of type {type(frames_per_eval).__name__}"
+        ) from None
+    if size < 1:
+        raise EngineError(
+            f"frames_per_eval must be a positive integer (frames per pass) or None (default {DEFAULT_FRAMES_PER_EVAL}), "
+            f"got {size}"
+        )
+    return chunk_bounds(n, size)
+
+
+@contextlib.contextmanager
+def _autograd_on():
+    """Autograd on, whatever the caller's grad mode (also inside ``torch.inference_mode()``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _forward(agent: ActorCritic, x: torch.Tensor, state: State) -> tuple[torch.Tensor, PolicyOutput]:
+    """One batched (batch-invariant) forward pass with the graph recorded w.r.t. a fresh leaf copy of ``x``.
+
+    The copies make normal tensors of inputs created under ``inference_mode`` (which autograd could not save)
+    and keep the caller's tensors out of the graph. Call inside :func:`_autograd_on`.
+    """
+    leaf = x.clone().requires_grad_(True)
+    return leaf, agent(leaf, tuple(s.clone() for s in state))
+
+
+def _input_grad(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tensor, retain: bool) -> torch.Tensor:
+    """``sum(cotangent * output)`` differentiated w.r.t. ``leaf`` (N, 1, 80, 80) -> (N, 80, 80)."""
+    (grad,) = torch.autograd.grad(output, leaf, cotangent, retain_graph=retain)
+    return grad[:, 0]
+
+
+def _check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _input_grads(agent: ActorCritic, x: torch.Tensor, state: State, cotangents, backend: str) -> torch.Tensor:
+    """Gradients w.r.t. the input ``x`` (N, 1, 80, 80) of ``sum(c_logits * logits) + sum(c_value * value)``
+    for K cotangent pairs -> (K, N, 80, 80). ``cotangents(logits, value)`` gives the K pairs from the detached
+    outputs; ``None`` in a pair stands for zeros (that head is not differentiated on the autograd path).
+    Call inside :func:`_autograd_on`."""
+    if backend == "func":
+        from torch.func import vjp, vmap
+
+        state = tuple(s.clone() for s in state)
+
+        def heads(inp):
+            out = agent(inp, state)
+            return out.logits, out.value
+
+        outputs, pullback = vjp(heads, x.clone())
+        pairs = cotangents(*(o.detach() for o in outputs))
+        stacked = tuple(
+            torch.stack([c if c is not None else torch.zeros_like(o) for c in column])
+            for o, column in zip(outputs, zip(*pairs))
+        )
+        (grads,) = vmap(pullback)(stacked)
+        return grads[:, :, 0].detach()
+    leaf, out = _forward(agent, x, state)
+    pairs = cotangents(out.logits.detach(), out.value.detach())
+    grads = []
+    for k, pair in enumerate(pairs):
+        used = [(o, c) for o, c in zip((out.logits, out.value), pair) if c is not None]
+        (grad,) = torch.autograd.grad([o for o, _ in used], leaf, [c for _, c in used], retain_graph=k < len(pairs) - 1)
+        grads.append(grad[:, 0])
+    return torch.stack(grads)
+
+
+def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
+    """Validate per-frame action indices -> an int64 tensor (n,) on ``device``."""
+    if isinstance(actions, (list, tuple)):
+        actions = np.asarray(actions)
+    if isinstance(actions, np.ndarray):
+        if not (np.issubdtype(actions.dtype, np.integer) and actions.dtype != np.bool_):
+            raise EngineError(
+                f"actions must be integer action indices, got a numpy array of dtype {actions.dtype}: "
+                "pass e.g. rollout.actions or np.asarray(actions, dtype=np.int64)"
+            )
+        actions = torch.from_numpy(np.ascontiguousarray(actions))
+    if not isinstance(actions, torch.Tensor):
+        raise TypeError(f"actions must be a tensor, numpy array or list of ints, got {type(actions).__name__}")
+    if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
+        raise EngineError(
+            f"actions must be integer action indices, got dtype {actions.dtype}: pass e.g. actions.long()"
+        )
+    if actions.ndim != 1:
+        raise EngineError(
+            f"actions must be a 1-D tensor of shape ({n},) (one action per frame), got shape {tuple(actions.shape)}"
+        )
+    if actions.shape[0] != n:
+        raise EngineError(
+            f"action/frame count mismatch: {n} frames but {actions.shape[0]} actions; "
+            f"pass one action per frame, shape ({n},)"
+        )
+    low, high = int(actions.min()), int(actions.max())
+    if low < 0 or high >= num_actions:
+        raise EngineError(
+            f"actions must lie in 0..{num_actions - 1} (the agent has {num_actions} actions), "
+            f"got values in {low}..{high}"
+        )
+    return actions.to(device=device, dtype=torch.long)
+
+
+# --- the saliency methods --------------------------------------------------------------------------------------
+
+
+def jacobian_saliency(
+    agent: ActorCritic, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+) -> JacobianResult:
+    """The paper's Jacobian maps of each frame at its restored state.
+
+    Actor: the gradient w.r.t. the 80x80 input of ``sum_k c_k * logit_k`` with ``c`` the frame's own logits held
+    constant; critic: the gradient of the value. One forward pass per chunk serves both heads.
+
+    Args:
+        agent: the policy (any device/dtype; the results are on the same).
+        frames: raw uint8 ``(N, 210, 160, 3)`` or preprocessed floating ``(N, 1, 80, 80)`` (numpy or torch).
+        states: the state the agent used on each frame, a tuple of ``(N, hidden)`` tensors (``(hx, cx)`` for
+            LSTM agents, ``(hx,)`` for GRU agents).
+        frames_per_eval: frames per forward/backward pass (default 64); it never changes a result.
+        backend: ``"autograd"`` (one ``autograd.grad`` per head) or ``"func"`` (``torch.func.vjp``, its pullback
+            vmapped over both heads' cotangents); the same gradients to float rounding.
+        tf32: allow TF32 on CUDA (see :func:`engine.core.perturbation.perturbation_saliency`).
+
+    Returns:
+        :class:`JacobianResult` with ``actor``, ``critic`` (squared gradients) and ``actor_grad``,
+        ``critic_grad`` (raw gradients), each ``(N, 80, 80)``.
+    """
+    _check_agent(agent)
+    _check_backend(backend)
+    x, state = prepare_inputs(agent, frames, states)
+    bounds = _chunks(x.shape[0], frames_per_eval)
+
+    def both_heads(logits, value):
+        return [(logits, None), (None, torch.ones_like(value))]
+
+    with _autograd_on(), float32_matmul_precision(x.device, tf32):
+        grads = x.new_empty(2, x.shape[0], *x.shape[2:])
+        for a, b in bounds:
+            grads[:, a:b] = _input_grads(agent, x[a:b], tuple(s[a:b] for s in state), both_heads, backend)
+    actor_grad, critic_grad = grads[0], grads[1]
+    return JacobianResult(actor_grad.square(), critic_grad.square(), actor_grad, critic_grad)
+
+
+def action_jacobian(
+    agent: ActorCritic, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+) -> torch.Tensor:
+    """The full Jacobian of the logits w.r.t. the 80x80 input, for each frame at its restored state.
+
+    Args:
+        agent, frames, states, frames_per_eval, backend, tf32: as for :func:`jacobian_saliency`.
+
+    Returns:
+        ``(N, A, 80, 80)`` on the agent's device and dtype: ``[t, k]`` is d logit_k / d input of frame ``t``.
+    """
+    _check_agent(agent)
+    _check_backend(backend)
+    x, state = prepare_inputs(agent, frames, states)
+    bounds = _chunks(x.shape[0], frames_per_eval)
+    num_actions = agent.num_actions
+
+    def one_hot_actions(logits, value):
+        eye = torch.eye(num_actions, device=logits.device, dtype=logits.dtype)
+        return [(eye[k].expand_as(logits), None) for k in range(num_actions)]
+
+    with _autograd_on(), float32_matmul_precision(x.device, tf32):
+        jac = x.new_empty(x.shape[0], num_actions, *x.shape[2:])
+        for a, b in bounds:
+            grads = _input_grads(agent, x[a:b], tuple(s[a:b] for s in state), one_hot_actions, backend)
+            jac[a:b] = grads.transpose(0, 1)
+    return jac
+
+
+def logprob_gradient(agent: ActorCritic, frames, states, actions, frames_per_eval: int | None = None) -> torch.Tensor:
+    """The gradient w.r.t. the 80x80 input of ``log softmax(logits)[action]``, each frame with its own action.
+
+    Args:
+        agent, frames, states, frames_per_eval: as for :func:`jacobian_saliency`.
+        actions: ``(N,)`` integer action indices in ``0..A-1`` (torch, numpy or a list), one per frame.
+
+    Returns:
+        ``(N, 80, 80)`` on the agent's device and dtype.
+    """
+    _check_agent(agent)
+    x, state = prepare_inputs(agent, frames, states)
+    actions = _check_actions(actions, x.shape[0], agent.num_actions, x.device)
+    bounds = _chunks(x.shape[0], frames_per_eval)
+    with _autograd_on():
+        grad = x.new_empty(x.shape[0], *x.shape[2:])
+        for a, b in bounds:
+            leaf, out = _forward(agent, x[a:b], tuple(s[a:b] for s in state))
+            log_probs = torch.log_softmax(out.logits, dim=-1)
+            onehot = torch.nn.functional.one_hot(actions[a:b], agent.num_actions).to(log_probs.dtype)
+            grad[a:b] = _input_grad(log_probs, leaf, onehot, retain=False)
+    return grad

@@ -1,0 +1,57 @@
+"""Saliency of many frames with one set of settings: the engine's own entry point over perturbation and
+Jacobian saliency, used by the app, the stores and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .jacobian import jacobian_saliency
+from .perturbation import perturbation_saliency
+from .policy import ActorCritic, index_state
+from .settings import Incremental, SaliencyConfig
+
+__all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
+
+
+def paper_shift(states: tuple, previous: tuple | None = None) -> tuple[torch.Tensor, ...]:
+    """The original code's off-by-one (spec, section 7): frame t gets the state the agent had one step
+    earlier than the one it used (``states[t-1]``). ``previous`` is the state before the first frame (a
+    chunk's predecessor); without one, the first frame gets the zero state of an episode start."""
+    if previous is None:
+        previous = tuple(torch.zeros_like(s[:1]) for s in states)
+    return tuple(torch.cat([p.to(s.device, s.dtype), s[:-1]]) for p, s in zip(previous, states))
+
+
+def compute_saliency(agent: ActorCritic, frames, states, s: SaliencyConfig, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors)."""
+    n = frames.shape[0]
+    rows = sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
+    if rows != [n]:
+        raise ValueError(
+            f"state/frame count mismatch: {n} frames but state rows {rows}; pass the state the agent used on each "
+            "frame (e.g. rollout.states for rollout.frames)"
+        )
+    incremental = s.incremental.setting if isinstance(s.incremental, Incremental) else s.incremental
+    batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
+    parts: dict[str, list[torch.Tensor]] = {}
+    bar = tqdm(total=n, desc="saliency", unit="frame", disable=None if progress else True)
+    for a, b in batches:
+        state = index_state(states, slice(a, b))
+        if s.method in ("perturbation", "both"):
+            result = perturbation_saliency(
+                agent, frames[a:b], state, radius=s.radius, density=s.density, interp=s.interp,
+                blur_sigma=s.blur_sigma, compat=s.compat, perturbations_per_eval=s.perturbations_per_eval,
+                memory_budget_mb=s.memory_budget_mb, incremental=incremental, tf32=s.tf32,
+            )
+            for key in ("actor", "critic", "actor_scores", "critic_scores"):
+                parts.setdefault(key, []).append(getattr(result, key).cpu())
+        if s.method in ("jacobian", "both"):
+            jac = jacobian_saliency(agent, frames[a:b], state, backend=s.jacobian_backend, tf32=s.tf32)
+            prefix = "" if s.method == "jacobian" else "jacobian_"
+            parts.setdefault(prefix + "actor", []).append(jac.actor.detach().cpu())
+            parts.setdefault(prefix + "critic", []).append(jac.critic.detach().cpu())
+        bar.update(b - a)
+    bar.close()
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -1,0 +1,246 @@
+"""Checkpoints by path or by short name (``baby-a3c/pong``, ``builtin/pong``), resolved locally, from a cache,
+or downloaded.
+
+``builtin/<game>`` names the project's own LSTM agents, shipped inside the package (``engine/agents/<game>/``,
+written by ``python -m engine.training`` and copied there): ``builtin/pong`` is the most trained one,
+``builtin/pong@<frames>`` an earlier checkpoint of the same run, for sweeps over training. They never download.
+
+A built-in name is ``builtin/<game>`` or ``builtin/<game>@<frames>`` with ``<game>`` of ``[a-z0-9_]`` and
+``<frames>`` of digits, nothing else; the file it names must resolve (symbolic links followed) to a
+``step_<frames>.pt`` directly inside ``engine/agents/<game>/``, so no name reaches outside the package.
+
+Resolution order for a baby-a3c name: each local directory (config ``agent.checkpoint_dirs`` and the
+``ATARI_SALIENCY_CHECKPOINTS`` environment variable, a ``:``-separated list), then the download cache, then a
+download from the public address. Wherever the file comes from, its sha256 must be the registry's: a local or
+cached file that differs is reported (file, expected and found hash) and never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "ATARI_SALIENCY_CHECKPOINTS"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency" / "checkpoints"
+_BABY_A3C_URL = "https://github.com/greydanus/baby-a3c/raw/7f9734b96f5f89c27ddf87a642886d9a90883a35/{game}-v4/model.{frames}.tar"
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    name: str
+    relative_path: str  # inside a checkpoint directory
+    url: str
+    sha256: str
+    env_id: str
+
+
+def _baby(game: str, frames: int, sha256: str, env_id: str) -> KnownCheckpoint:
+    return KnownCheckpoint(
+        name=f"baby-a3c/{game}@{frames}",
+        relative_path=f"baby-a3c/{game}-v4/model.{frames}.tar",
+        url=_BABY_A3C_URL.format(game=game, frames=frames),
+        sha256=sha256,
+        env_id=env_id,
+    )
+
+
+KNOWN = {
+    c.name: c
+    for c in (
+        _baby("pong", 40, "7d9f2bfece0c1a16734bb42f920db65a09362cb53403985f927a9b1b2096a495", "Pong-v4"),
+        _baby("pong", 80, "070942837671289755da61918afa47eef4cc24c60bc18e6cf03cfc07e4255bbd", "Pong-v4"),
+        _baby("breakout", 40, "e82d5bc0d87d8e0da3772549b75efa6d486e7b47b8f7a914f0eabfb9441159b0", "Breakout-v4"),
+        _baby("breakout", 80, "af6c793df878de5021e95af93028e11107b9840b7c92d81f770574af32f4df77", "Breakout-v4"),
+        _baby("spaceinvaders", 40, "01bd5946f34f51a9c8e285f89262c7d5cb53c29c373afec1fc4645750a3f7ea8", "SpaceInvaders-v4"),
+        _baby("spaceinvaders", 80, "72ec71ee5aaf555ee5ed25ec54e2d3778393a47e7164d3211fee55dd4a7de33b", "SpaceInvaders-v4"),
+    )
+}
+# short names without "@frames" mean the published 40M-frame agent (Pong's best: 18.2 mean reward)
+ALIASES = {name.split("@")[0]: name for name in KNOWN if name.endswith("@40")}
+
+
+BUILTIN_PREFIX = "builtin/"
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "agents"
+
+
+_GAME = re.compile(r"[a-z0-9_]+")
+_BUILTIN_NAME = re.compile(r"(?P<game>[a-z0-9_]+)(?:@(?P<frames>[0-9]+))?")
+_STEP_FILE = re.compile(r"step_(?P<frames>[0-9]+)\.pt")
+
+
+def _game_folder(game: str, root: Path | None = None) -> Path:
+    """``<root>/<game>``, resolved; ``game`` must be ``[a-z0-9_]+`` and the folder must lie directly in root."""
+    base = (root or BUILTIN_DIR).resolve()
+    if not _GAME.fullmatch(game):
+        raise CheckpointError(f"{game!r} is not a built-in game name: use lowercase letters, digits and _ only")
+    folder = (base / game).resolve()
+    if folder.parent != base:
+        raise CheckpointError(f"built-in game {game!r} resolves to {folder}, outside the package's {base}: refusing it")
+    return folder
+
+
+def builtin_checkpoints(game: str, root: Path | None = None) -> dict[int, Path]:
+    """``{frames: path}`` of the packaged checkpoints of ``game`` (``engine/agents/<game>/step_<frames>.pt``).
+
+    Only files that resolve (links followed) to a regular file directly inside that folder count."""
+    folder = _game_folder(game, root)
+    found = {}
+    for path in folder.glob("step_*.pt"):
+        match = _STEP_FILE.fullmatch(path.name)
+        if match and path.resolve().parent == folder and path.resolve().is_file():
+            found[int(match["frames"])] = folder / path.name
+    return dict(sorted(found.items()))
+
+
+def builtin_names(root: Path | None = None) -> list[str]:
+    """Every ``builtin/...`` name that resolves: per game, the latest and each ``@frames``."""
+    root = (root or BUILTIN_DIR).resolve()
+    names = []
+    for folder in sorted(p for p in root.glob("*") if p.is_dir() and _GAME.fullmatch(p.name)):
+        if folder.resolve().parent != root:
+            continue
+        series = builtin_checkpoints(folder.name, root)
+        if series:
+            names += [f"{BUILTIN_PREFIX}{folder.name}"] + [f"{BUILTIN_PREFIX}{folder.name}@{f}" for f in series]
+    return names
+
+
+def resolve_builtin(name: str, root: Path | None = None) -> Path:
+    """The packaged file of ``builtin/<game>`` (the most trained) or ``builtin/<game>@<frames>``."""
+    match = _BUILTIN_NAME.fullmatch(name.removeprefix(BUILTIN_PREFIX))
+    if match is None:
+        raise CheckpointError(
+            f"{name!r} is not a built-in agent name: use builtin/<game> or builtin/<game>@<frames> (game: lowercase "
+            f"letters, digits and _; frames: digits); the package ships {', '.join(builtin_names(root)) or 'none'}"
+        )
+    game, frames = match["game"], match["frames"]
+    series = builtin_checkpoints(game, root)
+    if not series:
+        raise CheckpointError(f"no built-in agent for {game!r}: the package ships {', '.join(builtin_names(root)) or 'none'}")
+    if frames is None:
+        return series[max(series)]
+    if int(frames) not in series:
+        raise CheckpointError(
+            f"{name!r}: the built-in {game} agent has checkpoints at {', '.join(map(str, series))} frames; "
+            f"use builtin/{game}@<one of those> or builtin/{game} for the most trained"
+        )
+    return series[int(frames)]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def known_checkpoint(name: str) -> KnownCheckpoint | None:
+    """The registry entry of a short name (``baby-a3c/pong``, ``baby-a3c/pong@80``), or None."""
+    return KNOWN.get(ALIASES.get(name, name))
+
+
+def checkpoint_dirs(configured: list[str] | tuple[str, ...] | None = None) -> list[Path]:
+    """Local checkpoint directories: the configured ones, then those of ``$ATARI_SALIENCY_CHECKPOINTS``."""
+    dirs = [Path(d).expanduser() for d in (configured or []) if d]
+    dirs += [Path(d).expanduser() for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
+    return dirs
+
+
+def download(url: str, target: Path, sha256: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` (atomically) and check its sha256; a mismatch deletes it and raises."""
+    from torch.hub import download_url_to_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".partial")
+    os.close(fd)
+    try:
+        download_url_to_file(url, partial, hash_prefix=None, progress=progress)
+        actual = sha256_of(partial)
+        if actual != sha256:
+            raise CheckpointError(f"download of {url} has sha256 {actual}, expected {sha256}: refusing to use it")
+        os.replace(partial, target)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # network errors come in many types (URLError, HTTPError, OSError, ...)
+        raise CheckpointError(f"could not download {url} ({type(exc).__name__}: {exc})") from exc
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def resolve_checkpoint(
+    name_or_path: str,
+    dirs: list[str] | tuple[str, ...] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+) -> Path:
+    """A checkpoint file from a path or a registry name; raises :class:`CheckpointError` saying what to do."""
+    if not name_or_path:
+        raise CheckpointError("no checkpoint given: set agent.checkpoint to a file path or a name such as baby-a3c/pong")
+    if str(name_or_path).startswith(BUILTIN_PREFIX):
+        return resolve_builtin(str(name_or_path))
+    path = Path(str(name_or_path)).expanduser()
+    entry = known_checkpoint(str(name_or_path))
+    if entry is None:
+        if path.is_file():
+            return path.resolve()
+        known = ", ".join(sorted(ALIASES) + sorted(KNOWN) + builtin_names())
+        raise CheckpointError(f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known})")
+    searched = checkpoint_dirs(dirs)
+    for directory in searched:
+        candidate = directory / entry.relative_path
+        if candidate.is_file():
+            found = _sha256_or_error(candidate)
+            if found != entry.sha256:
+                raise CheckpointError(
+                    f"{candidate} (the local copy of {entry.name}) has sha256 {found}, expected {entry.sha256}: it is "
+                    f"damaged or another file. Replace it with {entry.url}, or give its path as the checkpoint to "
+                    "load it anyway"
+                )
+            return candidate.resolve()
+    cache = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
+    cached = cache / entry.relative_path
+    stale = None
+    if cached.is_file():
+        found = _sha256_or_error(cached)
+        if found == entry.sha256:
+            return cached
+        stale = (
+            f"the cached copy {cached} has sha256 {found}, expected {entry.sha256} (damaged or another file), "
+            "so it was not used"
+        )
+    if allow_download:
+        if stale:
+            log.warning("%s; downloading %s again", stale, entry.name)
+        try:
+            return download(entry.url, cached, entry.sha256)  # replaces a stale cached copy only once it checks
+        except CheckpointError as exc:
+            reason = str(exc)
+    else:
+        reason = "downloads are disabled"
+    where = ", ".join(str(d) for d in searched) or "none configured"
+    cache_part = f"{stale}: delete it" if stale else f"it is not in the cache {cache}"
+    raise CheckpointError(
+        f"checkpoint {entry.name} was not found in the local directories ({where}); {cache_part}; "
+        f"and {reason}. Fix: put {entry.relative_path} under a directory named in agent.checkpoint_dirs or "
+        f"${ENV_VAR} (e.g. export {ENV_VAR}=../shared/checkpoints), or download {entry.url} to {cached}"
+    )
+
+
+def _sha256_or_error(path: Path) -> str:
+    try:
+        return sha256_of(path)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from exc

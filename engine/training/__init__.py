@@ -1,0 +1,1 @@
+"""Training agents the engine ships (``python -m engine.training``)."""

@@ -1,0 +1,3 @@
+from .a2c import main
+
+main()

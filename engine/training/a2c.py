@@ -1,0 +1,423 @@
+"""``python -m engine.training``: advantage actor-critic (A2C) training of the spec's agent on any ALE game.
+
+Synchronous A2C over vectorised environments with the 2017 preprocessing, an LSTM (default) or GRU core,
+n-step returns with GAE, entropy regularisation, gradient-norm clipping (the baby-a3c hyper-parameters:
+Adam 1e-4, gamma 0.99, 20-step rollouts, rewards clipped to [-1, 1]). Every ``checkpoint_every`` frames it
+writes ``<run>/checkpoints/step_<frames>.pt`` (a plain state dict that ``engine.load_agent`` reads) with a
+``.json`` beside it (game, frames, mean episode reward), and ``<run>/resume.pt`` (agent, optimizer, counters,
+RNG states): started again on the same run directory it continues from there. ``resume.pt`` holds tensors and
+plain Python types only and is read with ``torch.load(weights_only=True)``, so it cannot run code; a file that
+holds anything else is refused. Seeding happens in one place, ``seed_all``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..core.device import resolve_device
+from ..core.errors import EngineError
+from ..core.policy import ActorCritic
+from ..core.preprocessing import SIZE, preprocess_bytes
+from ..env.rollout import make_env
+from ..io.arrays import atomic_path
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`; also the schema of ``configs/train.yaml`` (registered as ``train_schema``), so
+    the YAML holds only Hydra's settings. The choices stay plain strings: the resume state stores this config
+    and is read with ``weights_only=True``."""
+
+    env_id: str = "Pong-v4"
+    core: str = "lstm"  # lstm (the paper's agents) | gru (baby-a3c's)
+    hidden_size: int = 256
+    num_envs: int = 16
+    vector: str = "async"  # async (env workers in processes) | sync; async measured faster on 2 cores
+    rollout_steps: int = 20
+    total_frames: int = 5_000_000  # agent steps summed over environments (as baby-a3c counts them)
+    optimizer: str = "rmsprop"  # rmsprop (the A2C baselines' choice) | adam (baby-a3c's)
+    lr: float = 7e-4
+    rmsprop_alpha: float = 0.99
+    optimizer_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    checkpoint_every: int = 250_000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_dir: str = "runs/train_${env_id}_${core}"  # resolved by Hydra, or by __post_init__ from Python
+    progress: bool = True  # a progress bar where stderr is a terminal
+
+    CHOICES = {"core": ("lstm", "gru"), "vector": ("async", "sync"), "optimizer": ("rmsprop", "adam")}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.run_dir, str):
+            self.run_dir = self.run_dir.replace("${env_id}", str(self.env_id)).replace("${core}", str(self.core))
+
+    def check(self) -> None:
+        """Raise :class:`EngineError` (one line, naming the option) at the first setting out of range."""
+        import math
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name, options in self.CHOICES.items():
+            if getattr(self, name) not in options:
+                raise EngineError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+        for name in ("hidden_size", "num_envs", "rollout_steps", "total_frames", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EngineError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise EngineError(f"seed must be in 0..2**32-1, got {self.seed!r}")
+        for name in ("lr", "optimizer_eps", "max_grad_norm"):
+            if not (number(getattr(self, name)) and getattr(self, name) > 0):
+                raise EngineError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda", "rmsprop_alpha"):
+            if not (number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise EngineError(f"{name} must be in 0..1, got {getattr(self, name)!r}")
+        for name in ("entropy_coef", "value_coef"):
+            if not (number(getattr(self, name)) and getattr(self, name) >= 0):
+                raise EngineError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not self.run_dir:
+            raise EngineError("run_dir must name a directory")
+        resolve_device(self.device)  # an unknown device, or cuda without CUDA, fails here
+
+
+def seed_all(seed: int) -> None:
+    """The one place where randomness is seeded (python, numpy, torch); environments get ``seed + i``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_preprocessed_env(env_id: str):
+    """An ALE env whose observations are the spec's 80x80 uint8 images (``preprocess_bytes``, the same code the
+    engine uses), so preprocessing runs in the env workers, in parallel, and only 6.4 KB a frame crosses to
+    the learner."""
+    import gymnasium as gym
+
+    torch.set_num_threads(1)  # one worker per env process; the learner keeps the cores' threads
+    env = make_env(env_id)
+    space = gym.spaces.Box(0, 255, (SIZE, SIZE), np.uint8)
+    return gym.wrappers.TransformObservation(env, lambda frame: preprocess_bytes(frame[None])[0].numpy(), space)
+
+
+def make_vector_env(config: TrainConfig):
+    import gymnasium as gym
+
+    make_env(config.env_id).close()  # a clear error for an unknown id, before any worker starts
+    fns = [lambda: make_preprocessed_env(config.env_id) for _ in range(config.num_envs)]
+    return gym.vector.AsyncVectorEnv(fns) if config.vector == "async" else gym.vector.SyncVectorEnv(fns)
+
+
+def as_inputs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Vector-env observations uint8 (N, 80, 80) -> agent inputs (N, 1, 80, 80) float32, as ``preprocess_frames``."""
+    return (torch.from_numpy(obs).to(device).to(torch.float32) / 255)[:, None]
+
+
+def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(agent.parameters(), lr=config.lr, alpha=config.rmsprop_alpha, eps=config.optimizer_eps)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(agent.parameters(), lr=config.lr, eps=config.optimizer_eps)
+    raise EngineError(f"optimizer must be rmsprop or adam, got {config.optimizer!r}")
+
+
+def _save_torch(obj, path: Path) -> None:
+    tmp = atomic_path(path, ".pt")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --- resume state -------------------------------------------------------------------------------------------
+#
+# ``<run>/resume.pt`` is read back with ``torch.load(weights_only=True)``: tensors, dicts, lists, str, int, float,
+# bool and None only. So the RNG states are stored as such (numpy's MT19937 key as an int64 tensor, python's
+# state as nested lists of ints), not as the numpy arrays and tuples the RNG APIs hand out.
+
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT = 2  # 1: the pickled (weights_only=False) format of earlier versions, no longer read
+_RESUME_FIELDS = {
+    "format": int, "agent": dict, "optimizer": dict, "frames": int, "next_checkpoint": int, "returns": list,
+    "config": dict, "wall_seconds": float, "rng": dict,
+}
+
+
+def rng_state() -> dict:
+    """The python, numpy and torch (CPU, and CUDA once used) RNG states, as tensors and plain types."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python": [int(version), [int(x) for x in internal], gauss_next],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned, exactly."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), None if gauss_next is None else float(gauss_next)))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), int(numpy["pos"]),
+                         int(numpy["has_gauss"]), float(numpy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_resume(path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer, config: TrainConfig, frames: int,
+                next_checkpoint: int, returns, wall_seconds: float) -> None:
+    """Write everything a resumed run needs (atomically), in a form ``torch.load(weights_only=True)`` reads."""
+    _save_torch(dict(format=RESUME_FORMAT, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
+                     frames=int(frames), next_checkpoint=int(next_checkpoint), returns=[float(r) for r in returns],
+                     config=asdict(config), wall_seconds=float(wall_seconds), rng=rng_state()), path)
+
+
+def load_resume(path: Path) -> dict | None:
+    """The resume state in ``path`` (None if there is none), read with ``weights_only=True`` and checked."""
+    if not path.is_file():
+        return None
+    try:
+        resume = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"a pickled {found[1]}" if found else "pickled data that is not tensors and plain types"
+        raise EngineError(
+            f"{path} holds {what}: refusing to load it, because unpickling arbitrary objects can run code. "
+            "A resume file holds only tensors and plain types (resume files of engine versions before this "
+            "format cannot be read); delete or move it to start the run afresh from its checkpoints"
+        ) from exc
+    except Exception as exc:  # truncated, damaged, not a torch file
+        raise EngineError(f"{path} cannot be read as a resume file ({type(exc).__name__}); delete or move it") from exc
+    if not isinstance(resume, dict):
+        raise EngineError(f"{path} holds a {type(resume).__name__}, not a resume state: delete or move it")
+    wrong = [
+        name for name, kind in _RESUME_FIELDS.items()
+        if not isinstance(resume.get(name), kind) or isinstance(resume.get(name), bool)
+    ]
+    if wrong or resume["format"] != RESUME_FORMAT:
+        raise EngineError(
+            f"{path} is not a resume state of this version (format {RESUME_FORMAT}; missing or malformed: "
+            f"{', '.join(wrong) or 'format'}): delete or move it"
+        )
+    return resume
+
+
+def restore_resume(resume: dict, agent: ActorCritic, optimizer: torch.optim.Optimizer):
+    """Load agent, optimizer and RNG states; returns ``(frames, next_checkpoint, returns, wall_seconds)``."""
+    try:
+        agent.load_state_dict(resume["agent"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise EngineError(f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})") from exc
+    return resume["frames"], resume["next_checkpoint"], deque(resume["returns"], maxlen=100), resume["wall_seconds"]
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) into ``config.run_dir``; returns the path of the last checkpoint written."""
+    if config.core not in ("lstm", "gru"):
+        raise EngineError(f"core must be lstm or gru, got {config.core!r}")
+    if config.vector not in ("sync", "async"):
+        raise EngineError(f"vector must be sync or async, got {config.vector!r}")
+    if config.optimizer not in ("rmsprop", "adam"):
+        raise EngineError(f"optimizer must be rmsprop or adam, got {config.optimizer!r}")
+    if config.num_envs < 1 or config.rollout_steps < 1 or config.total_frames < 1 or config.checkpoint_every < 1:
+        raise EngineError("num_envs, rollout_steps, total_frames and checkpoint_every must be >= 1")
+    run_dir = Path(config.run_dir)
+    resume = load_resume(run_dir / RESUME_FILE)  # checked before any environment worker starts
+    if resume is not None:
+        held = {k: resume["config"].get(k) for k in ("env_id", "core")}
+        if held != {"env_id": config.env_id, "core": config.core}:
+            raise EngineError(f"{run_dir} holds a {held['core']} run on {held['env_id']}: use another run_dir")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_all(config.seed)
+    envs = make_vector_env(config)
+    agent = ActorCritic(envs.single_action_space.n, core=config.core, hidden_size=config.hidden_size).to(device)
+    optimizer = make_optimizer(agent, config)
+    frames, next_checkpoint, returns = 0, config.checkpoint_every, deque(maxlen=100)
+    earlier_seconds = 0.0  # wall time of the sessions before a resume, so checkpoints report the total
+    if resume is not None:
+        try:
+            frames, next_checkpoint, returns, earlier_seconds = restore_resume(resume, agent, optimizer)
+        except BaseException:
+            envs.close()
+            raise
+    obs, _ = envs.reset(seed=[config.seed + 1000 * (frames // config.checkpoint_every) + i for i in range(config.num_envs)])
+    state = agent.initial_state(config.num_envs)
+    episode_return = np.zeros(config.num_envs)
+    last_path = run_dir / "checkpoints" / f"step_{frames}.pt"
+    bar = tqdm(total=config.total_frames, initial=frames, desc=f"train {config.env_id}", unit="frame", disable=not config.progress)
+    started = time.perf_counter()
+    try:
+        while frames < config.total_frames:
+            state = tuple(s.detach() for s in state)
+            log_probs, values, entropies, rewards, masks = [], [], [], [], []
+            for _ in range(config.rollout_steps):
+                out = agent(as_inputs(obs, device), state)
+                dist = torch.distributions.Categorical(logits=out.logits)
+                action = dist.sample()
+                obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+                done = np.logical_or(terminated, truncated)
+                episode_return += reward
+                for r in episode_return[done]:
+                    returns.append(float(r))
+                episode_return[done] = 0
+                keep = torch.as_tensor(~done, dtype=torch.float32, device=device)[:, None]
+                state = tuple(s * keep for s in out.state)  # zero state after an episode ends
+                log_probs.append(dist.log_prob(action))
+                entropies.append(dist.entropy())
+                values.append(out.value)
+                rewards.append(torch.as_tensor(np.clip(reward, -1, 1), dtype=torch.float32, device=device))
+                masks.append(keep[:, 0])
+            with torch.no_grad():
+                next_value = agent(as_inputs(obs, device), state).value
+            advantages, gae = [], torch.zeros_like(next_value)
+            for t in reversed(range(config.rollout_steps)):
+                following = next_value if t == config.rollout_steps - 1 else values[t + 1].detach()
+                delta = rewards[t] + config.gamma * following * masks[t] - values[t].detach()
+                gae = delta + config.gamma * config.gae_lambda * masks[t] * gae
+                advantages.insert(0, gae)
+            advantages = torch.stack(advantages)
+            value_targets = advantages + torch.stack(values).detach()
+            policy_loss = -(torch.stack(log_probs) * advantages).mean()
+            value_loss = F.mse_loss(torch.stack(values), value_targets)
+            loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * torch.stack(entropies).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+            optimizer.step()
+            frames += config.rollout_steps * config.num_envs
+            bar.update(config.rollout_steps * config.num_envs)
+            if returns:
+                bar.set_postfix(reward=f"{np.mean(returns):.2f}", fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}")
+            if frames >= next_checkpoint or frames >= config.total_frames:
+                wall_seconds = earlier_seconds + time.perf_counter() - started
+                last_path = save_checkpoint(run_dir, agent, config, frames, returns, wall_seconds)
+                next_checkpoint = (frames // config.checkpoint_every + 1) * config.checkpoint_every
+                save_resume(run_dir / RESUME_FILE, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds)
+    finally:
+        bar.close()
+        envs.close()
+    return last_path
+
+
+def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, returns, wall_seconds: float) -> Path:
+    """``<run>/checkpoints/step_<frames>.pt`` (the agent's state dict) and its ``.json`` metadata."""
+    path = run_dir / "checkpoints" / f"step_{frames}.pt"
+    _save_torch(agent.state_dict(), path)
+    meta = dict(game=config.env_id, frames=frames, core=config.core,
+                mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns),
+                wall_seconds=round(wall_seconds, 1))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Hydra entry point (``configs/train.yaml``, schema :class:`TrainConfig`). The command line is composed and
+    checked (ranges, the environment id) before Hydra creates ``<run_dir>/hydra``: a bad one prints one line on
+    stderr and exits with code 2. Progress and the result are logged."""
+    import logging
+    import shutil
+
+    import hydra
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    log = logging.getLogger(__name__)
+    package = Path(__file__).resolve().parents[1]
+    config_dir = package / "configs"  # an installed wheel ships them in the package
+    if not (config_dir / "train.yaml").is_file():
+        config_dir = package.parent / "configs"  # a checkout (editable install)
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+    def one_line(exc: BaseException) -> str:
+        while not isinstance(exc, (EngineError, OmegaConfBaseException)) and exc.__cause__ is not None:
+            exc = exc.__cause__  # Hydra's wrappers of OmegaConf's errors
+        text = str(getattr(exc, "msg", None) or exc)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        key = getattr(exc, "full_key", None)
+        return f"{key}: {first}" if key and key not in first else first
+
+    def fail(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    def typed(cfg) -> TrainConfig:
+        data = OmegaConf.to_container(cfg, resolve=True)
+        data.pop("hydra", None)
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), data))
+        config.check()
+        return config
+
+    try:  # keep the emulator's banner off stderr (its warnings and errors still show)
+        import ale_py
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    except (ImportError, AttributeError):
+        pass
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    existed: set[Path] | None = None  # run folders there before this command (None: not known; nothing is removed)
+    skip = args.help or args.hydra_help or args.info or args.shell_completion or args.multirun or args.config_dir \
+        or args.config_path or getattr(args, "experimental_rerun", None)  # Hydra's own modes: the job checks itself
+    if not skip:
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="train"):
+                config = typed(compose(config_name=args.config_name or "train", overrides=args.overrides))
+            if not args.cfg:
+                make_env(config.env_id).close()  # an unknown id fails here
+        except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours
+            fail(one_line(exc))
+        run_dir = Path(config.run_dir)
+        existed = {p for p in (run_dir, run_dir / "hydra") if p.exists()}
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir), config_name="train")
+    def run(cfg) -> None:
+        try:
+            config = typed(cfg)
+            path = train(config)
+        except (EngineError, OmegaConfBaseException) as exc:
+            run_dir = Path(OmegaConf.select(cfg, "run_dir", default="") or ".")
+            for folder in (run_dir / "hydra", run_dir / "checkpoints", run_dir):
+                if existed is None or existed or not folder.is_dir():
+                    continue  # only a run folder this command created, and left without results
+                if not [p for p in folder.rglob("*") if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"]:
+                    shutil.rmtree(folder, ignore_errors=True)
+            fail(one_line(exc))
+        log.info("last checkpoint: %s", path)
+
+    sys.argv = [sys.argv[0], *argv]
+    run()
+
+
+if __name__ == "__main__":
+    main()
