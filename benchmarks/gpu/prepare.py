@@ -44,14 +44,20 @@ def record(checkpoint, steps: int, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", nargs="?", default=".gpu_carry")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000, help="steps of the baby-a3c rollout (at least 210)")
+    parser.add_argument("--no-wheels", action="store_true", help="skip the wheels (a machine that has kornia)")
     args = parser.parse_args()
+    if args.steps < 210:
+        parser.error("--steps must be at least 210: the check scores frames up to 204")
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     baby = resolve_checkpoint("baby-a3c/pong@40")
     shutil.copyfile(baby, out / "baby-a3c-pong.tar")
     record(baby, args.steps, out / "pong_gru.npz")
     record(resolve_checkpoint("builtin/pong"), 200, out / "pong_lstm.npz")
+    if args.no_wheels:
+        print(f"ready: {out} (no wheels)")
+        return
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", *platforms,
