@@ -1,4 +1,4 @@
-"""The package's layers import only downward: app -> training -> io -> env -> core.
+"""The package's layers import only downward: app -> training -> io -> env -> policies -> core.
 
 A newcomer reads the architecture from the tree; this test keeps the tree honest. Every ``import`` and
 ``from ... import`` in engine/ (at any depth of the file, lazy imports included) is checked.
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
-LAYERS = ["core", "env", "io", "training", "app"]  # bottom to top
+LAYERS = ["core", "policies", "env", "io", "training", "app"]  # bottom to top
 
 
 def layer_of(module: str) -> str | None:

@@ -1,8 +1,9 @@
-"""The actor-critic agents of the 2017 paper (LSTM core) and of baby-a3c (GRU core), and their loading.
+"""The policy interface every part of the engine uses, and its first implementation: the actor-critic agents of
+the 2017 paper (LSTM core) and of baby-a3c (GRU core), with their loading.
 
 The recurrent state is always a tuple of batch-first tensors: ``(hx, cx)`` for the LSTM core, ``(hx,)`` for
-the GRU core. Other modules treat it as an opaque tuple (index it, repeat it, move it) and never ask which
-core produced it.
+the GRU core, ``()`` for a feed-forward agent, four tensors for an agent with separate actor and critic LSTMs.
+Other modules treat it as an opaque tuple (index it, repeat it, move it) and never ask what produced it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +45,71 @@ def elu(x: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyOutput(NamedTuple):
-    """One forward pass: ``value`` (N,), ``logits`` (N, actions), ``state`` (the next recurrent state)."""
+    """One forward pass: ``value`` (N,), ``logits`` (N, actions), ``state`` (the next recurrent state).
+
+    ``logits`` is the action-preference vector the actor map scores: a policy's logits, or a value-based agent's
+    Q-values; ``value`` is the critic's state value (``max_a Q`` for a Q-network).
+    """
 
     value: torch.Tensor
     logits: torch.Tensor
     state: State
+
+
+# Environment pipelines an agent can declare (``Policy.pipeline``); engine.env builds each one exactly as its
+# library does, since the observation bytes differ between them.
+PIPELINES = ("greydanus2017", "sb3_atari", "cleanrl_atari", "gymnasium_atari")
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the engine needs of an agent, whatever library trained it.
+
+    Observations at this interface are floating tensors ``(N, C, H, W)`` in [0, 1] (the observation bytes / 255)
+    on the policy's ``device`` and ``dtype``; a network that divides bytes by 255 itself gets that division
+    skipped by its adapter, so outputs equal the library's own. Perturbations act on these observations: the
+    same mask on every channel (all frames of a stack).
+
+    Attributes:
+        observation_shape: ``(C, H, W)`` of one observation (``(1, 80, 80)`` for the 2017 agents, ``(4, 84, 84)``
+            for stacked-frame agents).
+        num_actions: size of the action-preference vector.
+        device, dtype: where and in what the policy computes.
+        pipeline: the environment pipeline the agent was trained with (one of :data:`PIPELINES`).
+        frame_stack: observations frames stacked along C by the pipeline (1: none).
+    """
+
+    observation_shape: tuple[int, int, int]
+    num_actions: int
+    pipeline: str
+    frame_stack: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def __call__(self, obs: torch.Tensor, state: State) -> PolicyOutput:
+        """One step of N observations, each with its own recurrent state (the state *before* the observation)."""
+        ...
+
+    def initial_state(self, batch: int = 1) -> State:
+        """The state of an episode start for ``batch`` rows (zeros; ``()`` for a feed-forward agent)."""
+        ...
+
+    def reset_state(self, state: State, done: torch.Tensor) -> State:
+        """``state`` with the rows where ``done`` (N,) is true set to the episode-start state."""
+        ...
+
+
+def reset_rows(state: State, done: torch.Tensor) -> State:
+    """Zero the rows of every state tensor where ``done`` (N,) is true: the episode-start state of every agent
+    whose initial state is zeros (all the libraries' recurrent agents)."""
+    if not state:
+        return state
+    keep = (~done.to(device=state[0].device, dtype=torch.bool)).to(state[0].dtype)
+    return tuple(s * keep.view(-1, *([1] * (s.ndim - 1))) for s in state)
 
 
 class ActorCritic(nn.Module):
@@ -62,6 +123,9 @@ class ActorCritic(nn.Module):
 
     The parameter names match the published state dicts (conv1..conv4, lstm|gru, critic_linear, actor_linear).
     """
+
+    pipeline = "greydanus2017"
+    frame_stack = 1
 
     def __init__(self, num_actions: int, core: str = "gru", hidden_size: int = 256, channels: int = 1):
         super().__init__()
@@ -81,6 +145,21 @@ class ActorCritic(nn.Module):
         # Channels-last convolution weights make oneDNN run conv1 (one input channel) about 10x faster on
         # the CPU; loading a state dict keeps this layout, and it is native on CUDA too.
         self.to(memory_format=torch.channels_last)
+
+    @property
+    def observation_shape(self) -> tuple[int, int, int]:
+        return (self.channels, 80, 80)
+
+    @property
+    def device(self) -> torch.device:
+        return self.actor_linear.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.actor_linear.weight.dtype
+
+    def reset_state(self, state: State, done: torch.Tensor) -> State:
+        return reset_rows(state, done)
 
     @property
     def state_size(self) -> int:
