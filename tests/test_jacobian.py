@@ -100,7 +100,7 @@ def _loop_grads(agent, frames, states, scalar) -> torch.Tensor:
         xt = x[t : t + 1].clone().requires_grad_(True)
         out = agent(xt, tuple(s[t : t + 1] for s in states), batch_invariant=False)
         (g,) = torch.autograd.grad(scalar(out.logits[0], out.value[0], t), xt)
-        grads.append(g[0, 0])
+        grads.append(g[0])  # (C, H, W)
     return torch.stack(grads)
 
 
@@ -122,7 +122,8 @@ def test_maps_equal_autograd_loop(case, backend):
     critic = _loop_grads(agent, frames, states, lambda logits, value, t: value)
     assert _rel(got.actor_grad, actor) <= TOL
     assert _rel(got.critic_grad, critic) <= TOL
-    assert torch.equal(got.actor, got.actor_grad.square()) and torch.equal(got.critic, got.critic_grad.square())
+    assert torch.equal(got.actor, got.actor_grad.square().sum(1)) and torch.equal(got.critic, got.critic_grad.square().sum(1))
+    assert got.actor.shape == (len(frames), 80, 80) and got.actor_grad.shape == (len(frames), 1, 80, 80)
     # frames differ, so their maps must too (a map broadcast from one frame would fail here)
     assert not torch.allclose(got.critic_grad[0], got.critic_grad[-1])
     assert got.actor.dtype == torch.float64 and got.actor.device == agent.actor_linear.weight.device
@@ -132,7 +133,7 @@ def test_maps_equal_autograd_loop(case, backend):
 def test_action_jacobian_rows_equal_autograd_loop(case, backend):
     _, agent, frames, _, states = case
     jac = action_jacobian(agent, frames, states, backend=backend)
-    assert jac.shape == (len(frames), agent.num_actions, 80, 80)
+    assert jac.shape == (len(frames), agent.num_actions, 1, 80, 80)
     for k in range(agent.num_actions):
         row = _loop_grads(agent, frames, states, lambda logits, value, t: logits[k])
         assert _rel(jac[:, k], row) <= TOL, f"action {k}"
@@ -142,7 +143,7 @@ def test_action_jacobian_rows_equal_autograd_loop(case, backend):
     with torch.no_grad():
         logits = agent(x, states).logits
     actor = jacobian_saliency(agent, frames, states).actor_grad
-    assert _rel(torch.einsum("na,nahw->nhw", logits, jac), actor) <= TOL
+    assert _rel(torch.einsum("na,nachw->nchw", logits, jac), actor) <= TOL
 
 
 def test_logprob_gradient_equals_autograd_loop(case):
@@ -150,7 +151,7 @@ def test_logprob_gradient_equals_autograd_loop(case):
     actions = torch.tensor([0, 5, 2, 3, 1, 4])[: len(frames)]
     got = logprob_gradient(agent, frames, states, actions)
     ref = _loop_grads(agent, frames, states, lambda logits, value, t: torch.log_softmax(logits, -1)[actions[t]])
-    assert got.shape == (len(frames), 80, 80)
+    assert got.shape == (len(frames), 1, 80, 80)
     assert _rel(got, ref) <= TOL
     # another action gives another gradient; numpy and list actions are accepted and agree
     other = logprob_gradient(agent, frames, states, (actions + 1) % agent.num_actions)
@@ -249,10 +250,10 @@ def test_bad_inputs_raise_clear_errors(jac_gru_agent, jac_pong_frames):
         (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=1.5), EngineError, r"frames_per_eval must be a positive integer"),
         (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=True), EngineError, r"frames_per_eval must be a positive integer"),
         (lambda: jacobian_saliency(agent, frames, (torch.zeros(2, 256),)), ValueError, r"state/frame count mismatch"),
-        (lambda: jacobian_saliency(agent, frames, (torch.zeros(3, 256), torch.zeros(3, 256))), ValueError, r"needs a state of 1 tensor"),
+        (lambda: jacobian_saliency(agent, frames, (torch.zeros(3, 256), torch.zeros(3, 256))), ValueError, r"this agent.s state has 1 tensor\(s\) of shapes \(N, 256\), got 2"),
         (lambda: jacobian_saliency(agent, frames[0], (torch.zeros(1, 256),)), ValueError, r"use frames\[None\]"),
         (lambda: jacobian_saliency(agent, torch.zeros(3, 1, 84, 84), states), ValueError, r"\(N, 1, 80, 80\)"),
-        (lambda: jacobian_saliency(torch.nn.Linear(2, 2), frames, states), TypeError, r"agent must be an engine\.policy\.ActorCritic"),
+        (lambda: jacobian_saliency(torch.nn.Linear(2, 2), frames, states), TypeError, r"agent must implement engine\.core\.policy\.Policy, got Linear \(missing: observation_shape"),
     ]
     for call, exc, message in cases:
         with pytest.raises(exc, match=message):

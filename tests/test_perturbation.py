@@ -111,7 +111,7 @@ def test_accepts_preprocessed_frames_and_numpy(pong_agent, pong_rollout):
     a = perturbation_saliency(pong_agent, frames.numpy(), states, density=10)
     b = perturbation_saliency(pong_agent, preprocess_frames(frames), states, density=10)
     assert torch.equal(a.actor, b.actor)
-    assert a.settings == dict(radius=5, density=10, interp="occlude", blur_sigma=3, compat="exact")
+    assert a.settings == dict(radius=5, density=10, interp="occlude", blur_sigma=3, compat="exact", score="logit_l2")
     assert a.centers.tolist() == list(range(0, 80, 10))
 
 
@@ -159,7 +159,7 @@ def test_bad_inputs_fail_clearly(random_agents, random_frames):
         perturbation_saliency(pong_agent, frames[:, :200], states)
     with pytest.raises(ValueError, match="uint8"):
         perturbation_saliency(pong_agent, frames.to(torch.int32), states)
-    with pytest.raises(ValueError, match=r"needs a state of 2 tensor\(s\) \(\(hx, cx\)\)"):
+    with pytest.raises(ValueError, match=r"this agent.s state has 2 tensor\(s\) of shapes \(N, 256\), \(N, 256\), got 1"):
         perturbation_saliency(pong_lstm_agent, frames, states)
     with pytest.raises(ValueError, match=r"shape \(N, 256\)"):
         perturbation_saliency(pong_agent, frames, (states[0][:, :100],))

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..core.errors import EngineError
 from ..core.settings import (
-    SIZE, Compat, Incremental, Interp, JacobianBackend, Method, SaliencyConfig, StateAlignment, validate_settings,
+    SIZE, Compat, Incremental, Interp, JacobianBackend, Method, SaliencyConfig, Score, StateAlignment, validate_settings,
 )
 
 __all__ = [
@@ -200,7 +200,7 @@ def check_config(config: JobConfig) -> None:
     is loaded. ``engine.app.pipeline.validate_job`` adds the checks that need the environment and the agent."""
     s, r, o, st, rend = config.saliency, config.rollout, config.output, config.store, config.render
     for name, enum in (("method", Method), ("interp", Interp), ("compat", Compat), ("state_alignment", StateAlignment),
-                       ("incremental", Incremental), ("jacobian_backend", JacobianBackend)):
+                       ("incremental", Incremental), ("jacobian_backend", JacobianBackend), ("score", Score)):
         value = getattr(s, name)
         _check(value in tuple(enum), f"saliency.{name} must be one of {', '.join(enum)}, got {value!r}")
     _check(config.device in tuple(Device), f"device must be one of {', '.join(Device)}, got {config.device!r}")

@@ -202,7 +202,8 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     states = played.states if config.saliency.state_alignment == "exact" else paper_shift(played.states)
     rollout_s = time.perf_counter() - started
     log.info("played %d steps of %s in %.1f s", len(played), config.env.id, rollout_s)
-    maps = compute_saliency(agent, played.frames, states, engine_saliency(config.saliency), config.progress)
+    maps = compute_saliency(agent, played.frames, states, engine_saliency(config.saliency), config.progress,
+                            actions=played.actions)
     saliency_s = time.perf_counter() - started - rollout_s
     log.info("saliency of %d frames in %.1f s (%.3f s per frame)", len(played), saliency_s, saliency_s / len(played))
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),

@@ -1,71 +1,104 @@
-"""Checking and preparing the (frames, states) pair that every saliency method takes."""
+"""Checking and preparing the (observations, states) pair that every saliency method takes."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .batching import chunk_bounds  # noqa: F401  (re-exported for saliency modules)
 from .device import to_device
-from .policy import ActorCritic, State
-from .preprocessing import SIZE, preprocess_frames
+from .policy import Policy, State
+from .preprocessing import FRAME_SHAPE, preprocess_frames
+
+RAW_FRAMES_PIPELINE = "greydanus2017"  # the one pipeline whose observation is computed from a single raw frame
 
 
-def agent_device_dtype(agent: ActorCritic) -> tuple[torch.device, torch.dtype]:
-    p = agent.actor_linear.weight
-    return p.device, p.dtype
+def check_policy(agent) -> None:
+    """Raise ``TypeError`` unless ``agent`` implements :class:`engine.core.policy.Policy`."""
+    if not isinstance(agent, Policy):
+        missing = [name for name in ("observation_shape", "num_actions", "pipeline", "frame_stack", "device", "dtype",
+                                     "initial_state", "reset_state") if not hasattr(agent, name)]
+        raise TypeError(
+            f"agent must implement engine.core.policy.Policy, got {type(agent).__name__} (missing: {', '.join(missing)}): "
+            "load one with engine.load_agent(path), an adapter of engine.policies, or wrap your own network with "
+            "engine.policies.module.wrap_policy"
+        )
 
 
-def prepare_inputs(agent: ActorCritic, frames, states) -> tuple[torch.Tensor, State]:
-    """Validate and move saliency inputs to the agent's device and dtype.
+def agent_device_dtype(agent: Policy) -> tuple[torch.device, torch.dtype]:
+    return torch.device(agent.device), agent.dtype
 
-    Args:
-        agent: the policy.
-        frames: raw uint8 frames ``(N, 210, 160, 3)`` (numpy or torch), or already preprocessed floating
-            inputs ``(N, 1, 80, 80)``.
-        states: the recurrent state the agent used on each frame: a tuple of ``(N, hidden)`` tensors
-            (``(hx, cx)`` for LSTM agents, ``(hx,)`` for GRU agents); a bare tensor is taken as ``(hx,)``.
 
-    Returns:
-        ``x`` of shape ``(N, 1, 80, 80)`` and the state tuple, both on the agent's device and dtype.
+def prepare_observations(agent: Policy, frames) -> torch.Tensor:
+    """Observations ``(N, C, H, W)`` in [0, 1] on the agent's device and dtype, from any accepted form.
+
+    Accepted: the observation bytes as uint8 ``(N, C, H, W)`` (what a rollout records), observations already
+    scaled to [0, 1] as floats ``(N, C, H, W)``, and, for the 2017 agents only, raw uint8 ALE frames
+    ``(N, 210, 160, 3)``, preprocessed here.
     """
     device, dtype = agent_device_dtype(agent)
+    shape = tuple(agent.observation_shape)
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if isinstance(frames, torch.Tensor) and frames.is_floating_point():
-        if frames.ndim != 4 or tuple(frames.shape[1:]) != (agent.channels, SIZE, SIZE):
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"observations must be a numpy array or torch tensor, got {type(frames).__name__}")
+    if frames.ndim == 3 and tuple(frames.shape) in (FRAME_SHAPE, shape):
+        raise ValueError(f"observations must be batched (N, ...); got one frame {tuple(frames.shape)}: use frames[None]")
+    raw_form = f"; or raw uint8 frames (N, {', '.join(map(str, FRAME_SHAPE))})" if agent.pipeline == RAW_FRAMES_PIPELINE else ""
+    if frames.ndim == 4 and tuple(frames.shape[1:]) == FRAME_SHAPE and frames.dtype == torch.uint8:
+        if agent.pipeline != RAW_FRAMES_PIPELINE:
             raise ValueError(
-                f"preprocessed frames must have shape (N, {agent.channels}, 80, 80), got {tuple(frames.shape)}; "
-                "or pass raw uint8 frames (N, 210, 160, 3)"
+                f"raw ALE frames {tuple(frames.shape)} were given, but this agent ({agent.pipeline} pipeline) sees "
+                f"observations {shape}: pass the observations its environment pipeline made (rollout.observations)"
             )
-        x = to_device(frames, device).to(dtype)
-        _check_finite(x, "preprocessed frames")
-        low, high = float(x.min()), float(x.max())
-        if low < 0 or high > 1:
-            raise ValueError(
-                f"preprocessed frames must lie in [0, 1] (bytes / 255), got values in [{low:g}, {high:g}]: "
-                "pass raw uint8 frames (N, 210, 160, 3), or divide your 80x80 bytes by 255"
-            )
-    else:
         x = preprocess_frames(frames, device=device, dtype=dtype)
-    n = x.shape[0]
-    if n == 0:
+    elif frames.ndim == 4 and tuple(frames.shape[1:]) == shape:
+        if frames.dtype == torch.uint8:
+            x = to_device(frames, device).to(dtype) / 255
+        elif frames.is_floating_point():
+            x = to_device(frames, device).to(dtype)
+            _check_finite(x, "preprocessed frames")
+            low, high = float(x.min()), float(x.max())
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"preprocessed frames must lie in [0, 1] (bytes / 255), got values in [{low:g}, {high:g}]: "
+                    f"pass the uint8 observation bytes (N, {', '.join(map(str, shape))}), or divide them by 255"
+                )
+        else:
+            raise ValueError(f"observations must be uint8 bytes or floats in [0, 1], got dtype {frames.dtype}")
+    elif frames.is_floating_point():
+        raise ValueError(
+            f"preprocessed frames must have shape (N, {', '.join(map(str, shape))}), got {tuple(frames.shape)}{raw_form}"
+        )
+    else:
+        raise ValueError(
+            f"observations must have shape (N, {', '.join(map(str, shape))}) (this agent's observation), "
+            f"got {tuple(frames.shape)} of {frames.dtype}{raw_form}"
+        )
+    if x.shape[0] == 0:
         raise ValueError("no frames given: pass at least one frame")
+    return x
 
+
+def prepare_states(agent: Policy, states, n: int) -> State:
+    """The recurrent state used on each of ``n`` observations, checked against the agent's own initial state
+    (count, shape and dtype of its tensors) and moved to its device and dtype."""
+    device, dtype = agent_device_dtype(agent)
+    template = agent.initial_state(1)
     if isinstance(states, torch.Tensor):
         states = (states,)
+    if states is None:
+        states = ()
     if not isinstance(states, (tuple, list)):
         raise TypeError(f"states must be a tuple of tensors, got {type(states).__name__}")
-    if len(states) != agent.state_size:
-        raise ValueError(
-            f"a {agent.core.upper()} agent needs a state of {agent.state_size} tensor(s) "
-            f"({'(hx, cx)' if agent.core == 'lstm' else '(hx,)'}), got {len(states)}"
-        )
+    if len(states) != len(template):
+        shapes = ", ".join(f"(N, {', '.join(map(str, s.shape[1:]))})" for s in template)
+        kind = "a feed-forward agent takes the empty state ()" if not template else f"this agent's state has {len(template)} tensor(s) of shapes {shapes}"
+        raise ValueError(f"{kind}, got {len(states)}")
     checked = []
-    for i, s in enumerate(states):
+    for i, (s, like) in enumerate(zip(states, template)):
         s = torch.as_tensor(s)
-        if s.ndim != 2 or s.shape[1] != agent.hidden_size:
-            raise ValueError(f"state tensor {i} must have shape (N, {agent.hidden_size}), got {tuple(s.shape)}")
+        if tuple(s.shape[1:]) != tuple(like.shape[1:]) or s.ndim != like.ndim:
+            raise ValueError(f"state tensor {i} must have shape (N, {', '.join(map(str, like.shape[1:]))}), got {tuple(s.shape)}")
         if s.shape[0] != n:
             raise ValueError(
                 f"state/frame count mismatch: {n} frames but state tensor {i} has {s.shape[0]} rows; "
@@ -76,7 +109,25 @@ def prepare_inputs(agent: ActorCritic, frames, states) -> tuple[torch.Tensor, St
         s = to_device(s, device).to(dtype)
         _check_finite(s, f"state tensor {i}")
         checked.append(s)
-    return x, tuple(checked)
+    return tuple(checked)
+
+
+def prepare_inputs(agent: Policy, frames, states) -> tuple[torch.Tensor, State]:
+    """Validate and move saliency inputs to the agent's device and dtype.
+
+    Args:
+        agent: the policy (:class:`engine.core.policy.Policy`).
+        frames: the observations (see :func:`prepare_observations`): uint8 bytes or [0, 1] floats
+            ``(N, C, H, W)``; raw uint8 frames ``(N, 210, 160, 3)`` for the 2017 agents.
+        states: the recurrent state the agent used on each frame: a tuple of batch-first tensors (``(hx, cx)``
+            for LSTM agents, ``(hx,)`` for GRU agents, ``()`` for feed-forward ones); a bare tensor is ``(hx,)``.
+
+    Returns:
+        ``x`` of shape ``(N, C, H, W)`` in [0, 1] and the state tuple, both on the agent's device and dtype.
+    """
+    check_policy(agent)
+    x = prepare_observations(agent, frames)
+    return x, prepare_states(agent, states, x.shape[0])
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
@@ -84,4 +135,3 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{what} hold {bad} NaN or infinite value(s): saliency of them would be NaN")
-

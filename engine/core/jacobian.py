@@ -1,10 +1,10 @@
 """Jacobian saliency (spec, section 8): input gradients of the actor and critic, batched over frames.
 
-Every frame's outputs depend only on its own 80x80 input and its own restored recurrent state, so the
+Every frame's outputs depend only on its own observation and its own restored recurrent state, so the
 gradient of a *sum over frames* w.r.t. the batched input holds each frame's own gradient in its row: one
 batched forward pass and one batched backward pass per cotangent give every frame's map at once. No Python
 loop runs over frames; frames are processed ``frames_per_eval`` at a time (a memory bound only), and because the
-forward pass is batch-invariant (``ActorCritic.forward`` pads rows, see ``engine.batching``; the backward pass
+forward pass is batch-invariant (the policies pad rows, see ``engine.core.batching``; the backward pass
 runs on the same padded row count) a chunk boundary never changes a result, bit for bit.
 
 Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only: nothing accumulates in the agent's
@@ -31,7 +31,8 @@ from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .errors import EngineError
 from .inputs import prepare_inputs
-from .policy import ActorCritic, PolicyOutput, State
+from .inputs import check_policy
+from .policy import Policy, PolicyOutput, State
 
 DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None
 BACKENDS = ("autograd", "func")
@@ -39,10 +40,11 @@ BACKENDS = ("autograd", "func")
 
 @dataclass(frozen=True)
 class JacobianResult:
-    """Jacobian maps of N frames, on the agent's device and dtype, all of shape (N, 80, 80).
+    """Jacobian maps of N observations (C, H, W), on the agent's device and dtype.
 
     ``actor``/``critic`` are the squared gradients (the paper's display); ``actor_grad``/``critic_grad`` the
-    raw gradients w.r.t. the preprocessed 80x80 input.
+    raw gradients w.r.t. the observation in [0, 1]. Maps are (N, H, W): the squared gradient summed over the
+    channels (all frames of a stack); gradients are (N, C, H, W).
     """
 
     actor: torch.Tensor
@@ -58,11 +60,7 @@ class JacobianResult:
 
 
 def _check_agent(agent) -> None:
-    if not isinstance(agent, ActorCritic):
-        raise TypeError(
-            f"agent must be an engine.policy.ActorCritic, got {type(agent).__name__}: "
-            "load one with engine.load_agent(path) or build ActorCritic(num_actions, core)"
-        )
+    check_policy(agent)
 
 
 def _chunks(n: int, frames_per_eval) -> list[tuple[int, int]]:
@@ -93,7 +91,7 @@ def _autograd_on():
         yield
 
 
-def _forward(agent: ActorCritic, x: torch.Tensor, state: State) -> tuple[torch.Tensor, PolicyOutput]:
+def _forward(agent: Policy, x: torch.Tensor, state: State) -> tuple[torch.Tensor, PolicyOutput]:
     """One batched (batch-invariant) forward pass with the graph recorded w.r.t. a fresh leaf copy of ``x``.
 
     The copies make normal tensors of inputs created under ``inference_mode`` (which autograd could not save)
@@ -104,9 +102,9 @@ def _forward(agent: ActorCritic, x: torch.Tensor, state: State) -> tuple[torch.T
 
 
 def _input_grad(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tensor, retain: bool) -> torch.Tensor:
-    """``sum(cotangent * output)`` differentiated w.r.t. ``leaf`` (N, 1, 80, 80) -> (N, 80, 80)."""
+    """``sum(cotangent * output)`` differentiated w.r.t. ``leaf`` (N, C, H, W) -> (N, C, H, W)."""
     (grad,) = torch.autograd.grad(output, leaf, cotangent, retain_graph=retain)
-    return grad[:, 0]
+    return grad
 
 
 def _check_backend(backend) -> None:
@@ -114,9 +112,9 @@ def _check_backend(backend) -> None:
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _input_grads(agent: ActorCritic, x: torch.Tensor, state: State, cotangents, backend: str) -> torch.Tensor:
-    """Gradients w.r.t. the input ``x`` (N, 1, 80, 80) of ``sum(c_logits * logits) + sum(c_value * value)``
-    for K cotangent pairs -> (K, N, 80, 80). ``cotangents(logits, value)`` gives the K pairs from the detached
+def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents, backend: str) -> torch.Tensor:
+    """Gradients w.r.t. the input ``x`` (N, C, H, W) of ``sum(c_logits * logits) + sum(c_value * value)``
+    for K cotangent pairs -> (K, N, C, H, W). ``cotangents(logits, value)`` gives the K pairs from the detached
     outputs; ``None`` in a pair stands for zeros (that head is not differentiated on the autograd path).
     Call inside :func:`_autograd_on`."""
     if backend == "func":
@@ -135,14 +133,14 @@ def _input_grads(agent: ActorCritic, x: torch.Tensor, state: State, cotangents, 
             for o, column in zip(outputs, zip(*pairs))
         )
         (grads,) = vmap(pullback)(stacked)
-        return grads[:, :, 0].detach()
+        return grads.detach()
     leaf, out = _forward(agent, x, state)
     pairs = cotangents(out.logits.detach(), out.value.detach())
     grads = []
     for k, pair in enumerate(pairs):
         used = [(o, c) for o, c in zip((out.logits, out.value), pair) if c is not None]
         (grad,) = torch.autograd.grad([o for o, _ in used], leaf, [c for _, c in used], retain_graph=k < len(pairs) - 1)
-        grads.append(grad[:, 0])
+        grads.append(grad)
     return torch.stack(grads)
 
 
@@ -185,16 +183,16 @@ def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> t
 
 
 def jacobian_saliency(
-    agent: ActorCritic, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+    agent: Policy, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
 ) -> JacobianResult:
     """The paper's Jacobian maps of each frame at its restored state.
 
-    Actor: the gradient w.r.t. the 80x80 input of ``sum_k c_k * logit_k`` with ``c`` the frame's own logits held
+    Actor: the gradient w.r.t. the observation of ``sum_k c_k * logit_k`` with ``c`` the frame's own logits held
     constant; critic: the gradient of the value. One forward pass per chunk serves both heads.
 
     Args:
         agent: the policy (any device/dtype; the results are on the same).
-        frames: raw uint8 ``(N, 210, 160, 3)`` or preprocessed floating ``(N, 1, 80, 80)`` (numpy or torch).
+        frames: the observations, as :func:`engine.core.perturbation.perturbation_saliency` takes them.
         states: the state the agent used on each frame, a tuple of ``(N, hidden)`` tensors (``(hx, cx)`` for
             LSTM agents, ``(hx,)`` for GRU agents).
         frames_per_eval: frames per forward/backward pass (default 64); it never changes a result.
@@ -203,8 +201,8 @@ def jacobian_saliency(
         tf32: allow TF32 on CUDA (see :func:`engine.core.perturbation.perturbation_saliency`).
 
     Returns:
-        :class:`JacobianResult` with ``actor``, ``critic`` (squared gradients) and ``actor_grad``,
-        ``critic_grad`` (raw gradients), each ``(N, 80, 80)``.
+        :class:`JacobianResult` with ``actor``, ``critic`` (squared gradients summed over channels, ``(N, H, W)``)
+        and ``actor_grad``, ``critic_grad`` (raw gradients, ``(N, C, H, W)``).
     """
     _check_agent(agent)
     _check_backend(backend)
@@ -215,23 +213,23 @@ def jacobian_saliency(
         return [(logits, None), (None, torch.ones_like(value))]
 
     with _autograd_on(), float32_matmul_precision(x.device, tf32):
-        grads = x.new_empty(2, x.shape[0], *x.shape[2:])
+        grads = x.new_empty(2, *x.shape)
         for a, b in bounds:
             grads[:, a:b] = _input_grads(agent, x[a:b], tuple(s[a:b] for s in state), both_heads, backend)
     actor_grad, critic_grad = grads[0], grads[1]
-    return JacobianResult(actor_grad.square(), critic_grad.square(), actor_grad, critic_grad)
+    return JacobianResult(actor_grad.square().sum(1), critic_grad.square().sum(1), actor_grad, critic_grad)
 
 
 def action_jacobian(
-    agent: ActorCritic, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+    agent: Policy, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
 ) -> torch.Tensor:
-    """The full Jacobian of the logits w.r.t. the 80x80 input, for each frame at its restored state.
+    """The full Jacobian of the logits w.r.t. the observation, for each frame at its restored state.
 
     Args:
         agent, frames, states, frames_per_eval, backend, tf32: as for :func:`jacobian_saliency`.
 
     Returns:
-        ``(N, A, 80, 80)`` on the agent's device and dtype: ``[t, k]`` is d logit_k / d input of frame ``t``.
+        ``(N, A, C, H, W)`` on the agent's device and dtype: ``[t, k]`` is d logit_k / d observation of frame ``t``.
     """
     _check_agent(agent)
     _check_backend(backend)
@@ -244,29 +242,29 @@ def action_jacobian(
         return [(eye[k].expand_as(logits), None) for k in range(num_actions)]
 
     with _autograd_on(), float32_matmul_precision(x.device, tf32):
-        jac = x.new_empty(x.shape[0], num_actions, *x.shape[2:])
+        jac = x.new_empty(x.shape[0], num_actions, *x.shape[1:])
         for a, b in bounds:
             grads = _input_grads(agent, x[a:b], tuple(s[a:b] for s in state), one_hot_actions, backend)
             jac[a:b] = grads.transpose(0, 1)
     return jac
 
 
-def logprob_gradient(agent: ActorCritic, frames, states, actions, frames_per_eval: int | None = None) -> torch.Tensor:
-    """The gradient w.r.t. the 80x80 input of ``log softmax(logits)[action]``, each frame with its own action.
+def logprob_gradient(agent: Policy, frames, states, actions, frames_per_eval: int | None = None) -> torch.Tensor:
+    """The gradient w.r.t. the observation of ``log softmax(logits)[action]``, each frame with its own action.
 
     Args:
         agent, frames, states, frames_per_eval: as for :func:`jacobian_saliency`.
         actions: ``(N,)`` integer action indices in ``0..A-1`` (torch, numpy or a list), one per frame.
 
     Returns:
-        ``(N, 80, 80)`` on the agent's device and dtype.
+        ``(N, C, H, W)`` on the agent's device and dtype.
     """
     _check_agent(agent)
     x, state = prepare_inputs(agent, frames, states)
     actions = _check_actions(actions, x.shape[0], agent.num_actions, x.device)
     bounds = _chunks(x.shape[0], frames_per_eval)
     with _autograd_on():
-        grad = x.new_empty(x.shape[0], *x.shape[2:])
+        grad = x.new_empty(x.shape)
         for a, b in bounds:
             leaf, out = _forward(agent, x[a:b], tuple(s[a:b] for s in state))
             log_probs = torch.log_softmax(out.logits, dim=-1)

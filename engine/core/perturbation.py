@@ -1,11 +1,14 @@
-"""Batched perturbation saliency (spec, sections 3-7): every blurred copy of every frame in one tensor program.
+"""Batched perturbation saliency (spec, sections 3-7, and its extension to any agent and observation): every
+blurred copy of every observation in one tensor program.
 
-For N frames and G x G mask centers, the N * G * G perturbed inputs are built on the device from the
-frames, their blur (once per frame) and the cached masks, and run through the agent with each frame's
-restored recurrent state repeated along the batch. One forward pass serves both heads: the actor score
-of a perturbation is ``0.5 * sum_k (L_k - l_k)^2`` over the logits, the critic score the same over the
-value, against the unperturbed outputs ``L`` computed once per frame. Inputs beyond ``perturbations_per_eval`` (or
-the memory budget) are split in chunks of perturbations; a chunk boundary never changes a result.
+For N observations (C, H, W) and Gh x Gw mask centers, the N * Gh * Gw perturbed inputs are built on the device
+from the observations, their blur (once per observation, each channel alone) and the cached masks (one mask on
+every channel), and run through the policy with each observation's restored recurrent state repeated along the
+batch. One forward pass serves both heads. The actor score of a perturbation is ``0.5 * sum_k (L_k - l_k)^2``
+over the action preferences (``score="logit_l2"``, the paper's) or ``|log pi(a|I) - log pi(a|I')|`` for the
+action ``a`` the agent took (``score="action_logprob"``); the critic score is ``0.5 * (V - V')^2``; ``L`` and
+``V`` are the unperturbed outputs, computed once per observation. Inputs beyond ``perturbations_per_eval`` (or
+the memory budget) are split into passes; a pass boundary never changes a result.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from .batching import chunk_bounds, pad_rows
 from .inputs import agent_device_dtype, prepare_inputs
 from .incremental import INPUT_PAD, FrameActivations, WindowPlan, frame_activations, perturbed_outputs, window_plan, worthwhile
 from .masks import center_coords, perturb, perturbation_masks
-from .policy import ActorCritic, index_state
+from .masks import grid_shape
+from .policy import ActorCritic, Policy, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
-from .settings import COMPATS, validate_settings  # noqa: F401  (COMPATS: the choices, for callers)
+from .settings import COMPATS, SCORES, validate_settings  # noqa: F401  (COMPATS: the choices, for callers)
 
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose
@@ -35,13 +39,13 @@ DEFAULT_CPU_CHUNK = 64
 
 @dataclass(frozen=True)
 class PerturbationResult:
-    """Result of :func:`perturbation_saliency` for N frames on a G x G grid of mask centers.
+    """Result of :func:`perturbation_saliency` for N observations (C, H, W) on a Gh x Gw grid of mask centers.
 
     Attributes:
-        actor, critic: saliency maps (N, 80, 80).
-        actor_scores, critic_scores: raw scores S(i, j) (N, G, G); cell (a, b) is the mask centered at
-            pixel ``(centers[a], centers[b])``.
-        centers: pixel coordinates of the centers along one axis, (G,).
+        actor, critic: saliency maps (N, H, W).
+        actor_scores, critic_scores: raw scores S(i, j) (N, Gh, Gw); cell (a, b) is the mask centered at
+            pixel ``(centers[a], centers[b])`` (rows, then columns; the same along both axes of a square grid).
+        centers: pixel coordinates of the centers along the rows, (Gh,).
         settings: the parameters that produced the maps.
     """
 
@@ -56,10 +60,17 @@ class PerturbationResult:
         return self.actor.shape[0]
 
 
-def bytes_per_input(agent: ActorCritic, dtype: torch.dtype) -> int:
-    """Rough peak memory of one perturbed input in a forward pass (input, activations, gates, scores)."""
-    conv = 32 * (40 * 40 + 20 * 20 + 10 * 10 + 5 * 5)  # each conv output and its ELU
-    elements = 3 * SIZE * SIZE + 2 * conv + 8 * agent.hidden_size + 4 * agent.num_actions
+def bytes_per_input(agent: Policy, dtype: torch.dtype) -> int:
+    """Rough peak memory of one perturbed input in a forward pass (input, activations, gates, scores).
+
+    Exact layer sizes for the 2017 agents; for other policies, their own ``activation_elements`` if they declare
+    it, else eight observations' worth (a Nature CNN's activations are about 1.1 observations of 4x84x84)."""
+    if isinstance(agent, ActorCritic):
+        conv = 32 * (40 * 40 + 20 * 20 + 10 * 10 + 5 * 5)  # each conv output and its ELU
+        elements = 3 * SIZE * SIZE + 2 * conv + 8 * agent.hidden_size + 4 * agent.num_actions
+    else:
+        c, h, w = agent.observation_shape
+        elements = 3 * c * h * w + getattr(agent, "activation_elements", 5 * c * h * w) + 4 * agent.num_actions
     return elements * torch.finfo(dtype).bits // 8
 
 
@@ -74,13 +85,13 @@ def resolve_perturbations_per_eval(agent, dtype, total: int, perturbations_per_e
     if not budget > 0:
         raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
     fits = int(budget * 2**20) // bytes_per_input(agent, dtype)
-    if memory_budget_mb is None and agent.actor_linear.weight.device.type == "cpu":
+    if memory_budget_mb is None and torch.device(agent.device).type == "cpu":
         fits = min(fits, DEFAULT_CPU_CHUNK)
     return max(1, min(total, fits))
 
 
 def perturbation_scores(
-    agent: ActorCritic,
+    agent: Policy,
     x: torch.Tensor,
     state: tuple,
     masks: torch.Tensor,
@@ -89,25 +100,28 @@ def perturbation_scores(
     perturbations_per_eval: int,
     plan: WindowPlan | None = None,
     progress: bool = False,
+    score: str = "logit_l2",
+    actions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor and critic scores (N, M) of every mask on every frame.
+    """Actor and critic scores (N, M) of every mask on every observation.
 
     Args:
-        x: preprocessed frames (N, 1, 80, 80) on the agent's device/dtype.
-        state: tuple of (N, hidden): the state restored for each frame.
-        masks: (M, 80, 80).
-        plan: windows for exact incremental inference (``engine.incremental``), or None for plain passes.
+        x: observations (N, C, H, W) in [0, 1] on the agent's device/dtype.
+        state: tuple of batch-first tensors: the state restored for each observation.
+        masks: (M, H, W), each applied to every channel.
+        plan: windows for exact incremental inference (``engine.core.incremental``; 2017 agents only), or None.
+        score: ``"logit_l2"`` or ``"action_logprob"`` (then ``actions`` (N,) holds the action taken on each).
     """
     n, m = x.shape[0], masks.shape[0]
-    base = agent(x, state)  # the unperturbed outputs, once per frame
-    blurred = gaussian_blur(x, blur_sigma).to(x.dtype)  # once per frame (autocast may lower the conv)
+    base = agent(x, state)  # the unperturbed outputs, once per observation
+    blurred = gaussian_blur(x, blur_sigma).to(x.dtype)  # once per observation (autocast may lower the conv)
     if plan is None:
-        images, blurred = x[:, 0], blurred[:, 0]
+        plane_masks = masks[:, None]  # (M, 1, H, W): one mask on every channel
 
         def evaluate(frame, mask):
             # index_select: several times faster than advanced indexing on the CPU
-            perturbed = perturb(images.index_select(0, frame), blurred.index_select(0, frame), masks.index_select(0, mask), interp)
-            return agent(perturbed[:, None], index_state(state, frame))
+            perturbed = perturb(x.index_select(0, frame), blurred.index_select(0, frame), plane_masks.index_select(0, mask), interp)
+            return agent(perturbed, index_state(state, frame))
 
     else:
         # Outside its mask's box a perturbed copy is the frame itself (occlude) or its blur (searchlight):
@@ -115,11 +129,13 @@ def perturbation_scores(
         outside = x if interp == "occlude" else blurred
         shared = FrameActivations(*(a[:n] for a in frame_activations(agent, pad_rows(outside))))
         pad = (INPUT_PAD, 0, INPUT_PAD, 0)
-        images, blurred = F.pad(x[:, 0], pad), F.pad(blurred[:, 0], pad)
+        images, padded_blur = F.pad(x[:, 0], pad), F.pad(blurred[:, 0], pad)
 
         def evaluate(frame, mask):
-            return perturbed_outputs(agent, plan, images, blurred, shared, state, frame, mask, interp)
+            return perturbed_outputs(agent, plan, images, padded_blur, shared, state, frame, mask, interp)
 
+    if score == "action_logprob":
+        base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
     bounds = chunk_bounds(n * m, perturbations_per_eval)
@@ -127,40 +143,46 @@ def perturbation_scores(
         flat = torch.arange(start, stop, device=x.device)
         frame, mask = flat // m, flat % m
         out = evaluate(frame, mask)
-        actor[start:stop] = 0.5 * (base.logits[frame] - out.logits).pow(2).sum(dim=-1)
+        if score == "action_logprob":
+            logp = torch.log_softmax(out.logits, dim=-1).gather(1, actions.index_select(0, frame).view(-1, 1))[:, 0]
+            actor[start:stop] = (base_logp.index_select(0, frame) - logp).abs()
+        else:
+            actor[start:stop] = 0.5 * (base.logits[frame] - out.logits).pow(2).sum(dim=-1)
         critic[start:stop] = 0.5 * (base.value[frame] - out.value).pow(2)
     return actor.view(n, m), critic.view(n, m)
 
 
 @lru_cache(maxsize=32)
-def _interpolation_matrix(density: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _interpolation_matrix(density: int, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Row y holds the bilinear weights of pixel y on the grid whose node k sits at pixel k * density;
     # pixels past the last node take its value (clamped), so node values are reproduced exactly.
-    g = len(range(0, SIZE, density))
-    t = (torch.arange(SIZE, dtype=torch.float64) / density).clamp(max=g - 1)
+    g = len(range(0, length, density))
+    t = (torch.arange(length, dtype=torch.float64) / density).clamp(max=g - 1)
     lo = t.floor().long()
     hi = (lo + 1).clamp(max=g - 1)
     w = t - lo
-    mat = torch.zeros(SIZE, g, dtype=torch.float64)
-    rows = torch.arange(SIZE)
+    mat = torch.zeros(length, g, dtype=torch.float64)
+    rows = torch.arange(length)
     mat.index_put_((rows, lo), 1 - w, accumulate=True)
     mat.index_put_((rows, hi), w, accumulate=True)
     return mat.to(device=device, dtype=dtype)
 
 
-def upsample_exact(scores: torch.Tensor, density: int) -> torch.Tensor:
-    """Score grids (N, G, G) -> maps (N, 80, 80): bilinear in float, grid node (a, b) at pixel (a*d, b*d).
+def upsample_exact(scores: torch.Tensor, density: int, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
+    """Score grids (N, Gh, Gw) -> maps (N, H, W): bilinear in float, grid node (a, b) at pixel (a*d, b*d).
 
     The engine's default: no byte quantisation and no shift from a zero row/column (spec, section 7).
     Two plain 2-D products with padded rows, so a frame's map does not depend on the other frames.
     """
-    w = _interpolation_matrix(density, scores.device, scores.dtype)
-    n, g = scores.shape[0], w.shape[1]
-    if scores.shape[1:] != (g, g):
-        raise ValueError(f"score grids of density {density} must be (N, {g}, {g}), got {tuple(scores.shape)}")
-    cols = (pad_rows(scores.reshape(n * g, g)) @ w.T)[: n * g].view(n, g, SIZE)  # (N, G, 80): along x
-    rows = pad_rows(cols.transpose(1, 2).reshape(n * SIZE, g)) @ w.T  # (N * 80, 80): along y, transposed
-    return rows[: n * SIZE].view(n, SIZE, SIZE).transpose(1, 2).contiguous()
+    h, w = size
+    wy = _interpolation_matrix(density, h, scores.device, scores.dtype)
+    wx = _interpolation_matrix(density, w, scores.device, scores.dtype)
+    n, gh, gw = scores.shape[0], wy.shape[1], wx.shape[1]
+    if tuple(scores.shape[1:]) != (gh, gw):
+        raise ValueError(f"score grids of density {density} on {h}x{w} must be (N, {gh}, {gw}), got {tuple(scores.shape)}")
+    cols = (pad_rows(scores.reshape(n * gh, gw)) @ wx.T)[: n * gh].view(n, gh, w)  # (N, Gh, W): along x
+    rows = pad_rows(cols.transpose(1, 2).reshape(n * w, gh)) @ wy.T  # (N * W, H): along y, transposed
+    return rows[: n * w].view(n, w, h).transpose(1, 2).contiguous()
 
 
 def upsample_paper(scores: torch.Tensor, density: int) -> torch.Tensor:
@@ -178,7 +200,7 @@ def upsample_paper(scores: torch.Tensor, density: int) -> torch.Tensor:
 
 
 def perturbation_saliency(
-    agent: ActorCritic,
+    agent: Policy,
     frames,
     states,
     radius: float = 5,
@@ -191,50 +213,85 @@ def perturbation_saliency(
     incremental: bool | str = "auto",
     progress: bool = False,
     tf32: bool = False,
+    score: str = "logit_l2",
+    actions=None,
 ) -> PerturbationResult:
-    """Perturbation saliency of the 2017 paper for many frames at once.
+    """Perturbation saliency (the 2017 paper's method, for any policy) of many observations at once.
 
     Args:
-        agent: an :class:`ActorCritic`; all work runs on its device and dtype.
-        frames: raw uint8 frames (N, 210, 160, 3), or preprocessed (N, 1, 80, 80) floats.
-        states: the recurrent state the agent used on each frame: tuple of (N, hidden)
-            (``rollout.states``); ``(hx, cx)`` for LSTM agents, ``(hx,)`` for GRU agents.
-        radius: mask blur sigma (0 < radius <= 80). density: grid step in pixels (1..80).
+        agent: a :class:`engine.core.policy.Policy`; all work runs on its device and dtype.
+        frames: the observations the agent saw: uint8 bytes or [0, 1] floats ``(N, C, H, W)``
+            (``rollout.observations``); for the 2017 agents also raw uint8 frames (N, 210, 160, 3).
+        states: the recurrent state the agent used on each observation: a tuple of batch-first tensors
+            (``rollout.states``; ``(hx, cx)`` for LSTM agents, ``(hx,)`` for GRU agents, ``()`` for feed-forward).
+        radius: mask blur sigma; density: grid step; both in observation pixels.
         interp: ``"occlude"`` (blur inside the mask, the paper's) or ``"searchlight"``.
-        blur_sigma: sigma of the image blur. compat: ``"exact"`` (float upsampling at the true centers) or
-            ``"paper"`` (the original byte-scaled upsampling with its zero row/column).
+        blur_sigma: sigma of the image blur (each channel alone). compat: ``"exact"`` (float upsampling at the true
+            centers) or ``"paper"`` (the original byte-scaled upsampling with its zero row/column; 80x80 only).
         perturbations_per_eval: most perturbed inputs per forward pass; ``None`` derives it from ``memory_budget_mb``
             (default 1024 MB). Results do not depend on it.
         incremental: compute the first three convolutions only inside each mask's window and reuse the
-            frame's own activations elsewhere (``engine.incremental``; equal to the plain pass up to float
-            rounding). ``"auto"`` uses it where the windows are small enough to pay (radius up to ~6).
+            frame's own activations elsewhere (``engine.core.incremental``, the 2017 agents; equal to the plain
+            pass up to float rounding). ``"auto"`` uses it where it pays (radius up to ~6) and the agent allows it.
         progress: show a progress bar over chunks (where stderr is a terminal).
         tf32: let CUDA run float32 convolutions and products in TF32 (faster, about 6e-4 relative error);
             off by default, so float32 maps on a GPU equal the CPU's to float rounding.
+        score: ``"logit_l2"`` (the paper's ``0.5 * ||L - l||^2`` over the action preferences) or
+            ``"action_logprob"`` (``|log pi(a|I) - log pi(a|I')|`` for the action taken, softmax of the
+            preferences; needs ``actions``). The critic score is the paper's either way.
+        actions: (N,) the action the agent took on each observation (``rollout.actions``), for ``action_logprob``.
 
     Returns:
-        :class:`PerturbationResult` with maps (N, 80, 80) and score grids (N, G, G).
+        :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
     """
-    validate_settings(radius, density, interp, blur_sigma, compat)
     if incremental not in (True, False, "auto"):
         raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {tuple(str(s) for s in SCORES)}, got {score!r}")
     x, state = prepare_inputs(agent, frames, states)
+    n, size = x.shape[0], tuple(x.shape[2:])
+    validate_settings(radius, density, interp, blur_sigma, compat, size)
+    if compat == "paper" and size != (SIZE, SIZE):
+        raise ValueError(f"compat='paper' reproduces the 2017 upsampling of 80x80 maps; this agent's maps are {size[0]}x{size[1]}: use compat='exact'")
     device, dtype = agent_device_dtype(agent)
-    masks = perturbation_masks(radius, density, device, dtype)
-    chunk = resolve_perturbations_per_eval(agent, dtype, x.shape[0] * masks.shape[0], perturbations_per_eval, memory_budget_mb)
-    use_windows = worthwhile(radius, density) if incremental == "auto" else incremental
+    taken = _check_actions(actions, n, agent.num_actions, device) if score == "action_logprob" else None
+    masks = perturbation_masks(radius, density, device, dtype, size)
+    chunk = resolve_perturbations_per_eval(agent, dtype, n * masks.shape[0], perturbations_per_eval, memory_budget_mb)
+    windows_apply = isinstance(agent, ActorCritic)
+    if incremental is True and not windows_apply:
+        raise ValueError(
+            f"incremental inference needs the 2017 agents' conv trunk; this agent ({type(agent).__name__}) runs plain "
+            "batched passes: use incremental='auto' or False"
+        )
+    use_windows = windows_apply and (worthwhile(radius, density) if incremental == "auto" else incremental)
     plan = window_plan(float(radius), density, masks) if use_windows else None
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
-        actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, plan, progress)
-        g = len(range(0, SIZE, density))
-        actor, critic = actor.view(-1, g, g), critic.view(-1, g, g)
-        upsample = upsample_paper if compat == "paper" else upsample_exact
-        settings = dict(radius=radius, density=density, interp=interp, blur_sigma=blur_sigma, compat=compat)
+        actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken)
+        gh, gw = grid_shape(density, size)
+        actor, critic = actor.view(-1, gh, gw), critic.view(-1, gh, gw)
+        if compat == "paper":
+            up_actor, up_critic = upsample_paper(actor, density), upsample_paper(critic, density)
+        else:
+            up_actor, up_critic = upsample_exact(actor, density, size), upsample_exact(critic, density, size)
+        settings = dict(radius=radius, density=density, interp=str(interp), blur_sigma=blur_sigma, compat=str(compat),
+                        score=str(score))
         return PerturbationResult(
-            actor=upsample(actor, density),
-            critic=upsample(critic, density),
+            actor=up_actor,
+            critic=up_critic,
             actor_scores=actor,
             critic_scores=critic,
-            centers=center_coords(density).to(device),
+            centers=center_coords(density, size[0]).to(device),
             settings=settings,
         )
+
+
+def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
+    """Per-observation action indices -> an int64 tensor (n,) on ``device``, or a ValueError saying what is wrong."""
+    if actions is None:
+        raise ValueError("score='action_logprob' needs the action taken on each frame: pass actions=rollout.actions")
+    actions = torch.as_tensor(actions)
+    if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.shape != (n,):
+        raise ValueError(f"actions must be {n} integer action indices (one per frame), got {actions.dtype} {tuple(actions.shape)}")
+    if n and (int(actions.min()) < 0 or int(actions.max()) >= num_actions):
+        raise ValueError(f"actions must lie in 0..{num_actions - 1}, got values in {int(actions.min())}..{int(actions.max())}")
+    return actions.to(device=device, dtype=torch.long)

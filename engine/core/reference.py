@@ -1,4 +1,5 @@
-"""The loop reference: a plain, obviously-correct implementation of the spec, one forward pass per perturbation.
+"""The loop reference: a plain, obviously-correct implementation of the spec (and of its extension to any policy
+and observation), one forward pass per perturbation.
 
 numpy, scipy and Pillow do the image work exactly as the 2017 code did (per-center mask built in the loop,
 ``scipy.ndimage.gaussian_filter``, Pillow resizes); the agent runs on one perturbed frame at a time. It exists
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from .policy import ActorCritic
+from .policy import ActorCritic, Policy
 
 
 def byte_scale_np(a: np.ndarray) -> np.ndarray:
@@ -36,18 +37,21 @@ def preprocess_np(frame: np.ndarray) -> np.ndarray:
     return pil_resize(byte_scale_np(gray), 80, 80).astype(np.float32) / 255
 
 
-def mask_np(center: tuple[int, int], radius: float) -> np.ndarray:
-    """The mask of spec section 3 for one center: a 5-pixel plus blurred with sigma=radius, max 1."""
-    y, x = np.ogrid[-center[0]:80 - center[0], -center[1]:80 - center[1]]
-    mask = np.zeros((80, 80))
+def mask_np(center: tuple[int, int], radius: float, size: tuple[int, int] = (80, 80)) -> np.ndarray:
+    """The mask of spec section 3 for one center: a 5-pixel plus blurred with sigma=radius, max 1, of ``size``."""
+    h, w = size
+    y, x = np.ogrid[-center[0]:h - center[0], -center[1]:w - center[1]]
+    mask = np.zeros((h, w))
     mask[x * x + y * y <= 1] = 1
     mask = gaussian_filter(mask, sigma=radius)
     return mask / mask.max()
 
 
 def perturb_np(image: np.ndarray, mask: np.ndarray, interp: str, blur_sigma: float) -> np.ndarray:
-    """Spec section 4, in float64."""
+    """Spec section 4, in float64: an (H, W) image, or each channel of a (C, H, W) one under the same mask."""
     image = image.astype(np.float64)
+    if image.ndim == 3:
+        return np.stack([perturb_np(plane, mask, interp, blur_sigma) for plane in image])
     blurred = gaussian_filter(image, sigma=blur_sigma)
     if interp == "occlude":
         return image * (1 - mask) + blurred * mask
@@ -56,39 +60,71 @@ def perturb_np(image: np.ndarray, mask: np.ndarray, interp: str, blur_sigma: flo
     raise ValueError(f"unknown interp {interp!r}")
 
 
-def _forward(agent: ActorCritic, image: np.ndarray, state: tuple) -> tuple[np.ndarray, np.ndarray]:
-    p = agent.actor_linear.weight
-    x = torch.as_tensor(image, dtype=p.dtype, device=p.device).reshape(1, 1, 80, 80)
-    with torch.no_grad():
-        out = agent(x, state, batch_invariant=False)  # a true one-input pass, as the original ran
+def _forward(agent: Policy, image: np.ndarray, state: tuple) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.as_tensor(image, dtype=agent.dtype, device=agent.device).reshape(1, *agent.observation_shape)
+    with torch.no_grad():  # a true one-input pass, as the original ran, where the policy can skip its row padding
+        out = agent(x, state, batch_invariant=False) if accepts_batch_invariant(agent) else agent(x, state)
     return out.logits[0].double().cpu().numpy(), out.value.double().cpu().numpy()
 
 
+def accepts_batch_invariant(agent) -> bool:
+    """Whether the policy's call takes ``batch_invariant=`` (the engine's own policies and adapters do)."""
+    import inspect
+
+    call = getattr(agent, "forward", agent)
+    try:
+        return "batch_invariant" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def observation_np(agent: Policy, frame: np.ndarray) -> np.ndarray:
+    """One observation as the agent sees it, float64 in [0, 1] of shape (C, H, W): a raw 2017 frame is
+    preprocessed, uint8 bytes are divided by 255, floats are taken as they are."""
+    frame = np.asarray(frame)
+    if frame.shape == (210, 160, 3) and frame.dtype == np.uint8:
+        return preprocess_np(frame)[None].astype(np.float64)
+    image = frame / 255 if frame.dtype == np.uint8 else frame.astype(np.float64)
+    return image.reshape(agent.observation_shape)
+
+
 def score_frame_np(
-    agent: ActorCritic,
+    agent: Policy,
     frame: np.ndarray,
     state: tuple,
     radius: float = 5,
     density: int = 5,
     interp: str = "occlude",
     blur_sigma: float = 3,
+    score: str = "logit_l2",
+    action: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Actor and critic score grids (G, G) of one frame, one forward pass per mask center (spec, section 5).
+    """Actor and critic score grids (Gh, Gw) of one observation, one forward pass per mask center (spec, section 5).
 
-    ``state`` is the tuple of (1, hidden) tensors the agent used on the frame.
+    ``state`` is the tuple of (1, ...) tensors the agent used on the observation; ``action`` the action it took
+    (for ``score="action_logprob"``).
     """
-    image = frame if frame.dtype != np.uint8 else preprocess_np(frame)
+    image = observation_np(agent, frame)
+    h, w = image.shape[1:]
     logits, value = _forward(agent, image, state)
-    centers = range(0, 80, density)
-    actor = np.zeros((len(centers), len(centers)))
-    critic = np.zeros((len(centers), len(centers)))
-    for a, i in enumerate(centers):
-        for b, j in enumerate(centers):
-            perturbed = perturb_np(image, mask_np((i, j), radius), interp, blur_sigma)
+    rows, cols = range(0, h, density), range(0, w, density)
+    actor = np.zeros((len(rows), len(cols)))
+    critic = np.zeros((len(rows), len(cols)))
+    for a, i in enumerate(rows):
+        for b, j in enumerate(cols):
+            perturbed = perturb_np(image, mask_np((i, j), radius, (h, w)), interp, blur_sigma)
             l_logits, l_value = _forward(agent, perturbed, state)
-            actor[a, b] = 0.5 * np.sum((logits - l_logits) ** 2)
+            if score == "action_logprob":
+                actor[a, b] = abs(_log_softmax(logits)[action] - _log_softmax(l_logits)[action])
+            else:
+                actor[a, b] = 0.5 * np.sum((logits - l_logits) ** 2)
             critic[a, b] = 0.5 * np.sum((value - l_value) ** 2)
     return actor, critic
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
 
 
 def upsample_paper_np(scores: np.ndarray, density: int) -> np.ndarray:
@@ -100,24 +136,29 @@ def upsample_paper_np(scores: np.ndarray, density: int) -> np.ndarray:
     return pmax * up / up.max()
 
 
-def upsample_exact_np(scores: np.ndarray, density: int) -> np.ndarray:
+def upsample_exact_np(scores: np.ndarray, density: int, size: tuple[int, int] = (80, 80)) -> np.ndarray:
     """Bilinear interpolation of the grid with node (a, b) at pixel (a*d, b*d), clamped past the last node."""
     from scipy.interpolate import RegularGridInterpolator
 
-    nodes = np.arange(0, 80, density, dtype=np.float64)
-    interp = RegularGridInterpolator((nodes, nodes), scores, method="linear")
-    pixels = np.minimum(np.arange(80, dtype=np.float64), nodes[-1])
-    yy, xx = np.meshgrid(pixels, pixels, indexing="ij")
+    rows, cols = (np.arange(0, n, density, dtype=np.float64) for n in size)
+    interp = RegularGridInterpolator((rows, cols), scores, method="linear")
+    yy, xx = np.meshgrid(np.minimum(np.arange(size[0], dtype=np.float64), rows[-1]),
+                         np.minimum(np.arange(size[1], dtype=np.float64), cols[-1]), indexing="ij")
     return interp(np.stack([yy, xx], axis=-1))
 
 
-def saliency_np(agent, frame, state, radius=5, density=5, interp="occlude", blur_sigma=3, compat="exact") -> dict:
-    """Maps and score grids of one frame, as numpy arrays: keys actor, critic, actor_scores, critic_scores."""
-    actor, critic = score_frame_np(agent, frame, state, radius, density, interp, blur_sigma)
-    upsample = upsample_paper_np if compat == "paper" else upsample_exact_np
+def saliency_np(agent, frame, state, radius=5, density=5, interp="occlude", blur_sigma=3, compat="exact",
+                score="logit_l2", action=None) -> dict:
+    """Maps and score grids of one observation, as numpy arrays: keys actor, critic, actor_scores, critic_scores."""
+    actor, critic = score_frame_np(agent, frame, state, radius, density, interp, blur_sigma, score, action)
+    size = tuple(agent.observation_shape[1:])
+    if compat == "paper":
+        maps = upsample_paper_np(actor, density), upsample_paper_np(critic, density)
+    else:
+        maps = upsample_exact_np(actor, density, size), upsample_exact_np(critic, density, size)
     return dict(
-        actor=upsample(actor, density),
-        critic=upsample(critic, density),
+        actor=maps[0],
+        critic=maps[1],
         actor_scores=actor,
         critic_scores=critic,
     )

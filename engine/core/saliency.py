@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .jacobian import jacobian_saliency
 from .perturbation import perturbation_saliency
-from .policy import ActorCritic, index_state
+from .policy import Policy, index_state
 from .settings import Incremental, SaliencyConfig
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
@@ -24,11 +24,13 @@ def paper_shift(states: tuple, previous: tuple | None = None) -> tuple[torch.Ten
     return tuple(torch.cat([p.to(s.device, s.dtype), s[:-1]]) for p, s in zip(previous, states))
 
 
-def compute_saliency(agent: ActorCritic, frames, states, s: SaliencyConfig, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors)."""
+def compute_saliency(agent: Policy, frames, states, s: SaliencyConfig, progress: bool = False, actions=None) -> dict[str, torch.Tensor]:
+    """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors).
+
+    ``actions`` (N,): the action taken on each frame, needed by ``score="action_logprob"``."""
     n = frames.shape[0]
     rows = sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
-    if rows != [n]:
+    if rows and rows != [n]:  # () is a feed-forward agent's state
         raise ValueError(
             f"state/frame count mismatch: {n} frames but state rows {rows}; pass the state the agent used on each "
             "frame (e.g. rollout.states for rollout.frames)"
@@ -43,7 +45,8 @@ def compute_saliency(agent: ActorCritic, frames, states, s: SaliencyConfig, prog
             result = perturbation_saliency(
                 agent, frames[a:b], state, radius=s.radius, density=s.density, interp=s.interp,
                 blur_sigma=s.blur_sigma, compat=s.compat, perturbations_per_eval=s.perturbations_per_eval,
-                memory_budget_mb=s.memory_budget_mb, incremental=incremental, tf32=s.tf32,
+                memory_budget_mb=s.memory_budget_mb, incremental=incremental, tf32=s.tf32, score=str(s.score),
+                actions=None if actions is None else actions[a:b],
             )
             for key in ("actor", "critic", "actor_scores", "critic_scores"):
                 parts.setdefault(key, []).append(getattr(result, key).cpu())

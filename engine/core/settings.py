@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 SIZE = 80  # side of the 2017 agents' square observation, in pixels
-MAX_RADIUS = float(SIZE)
 
 
 class Method(StrEnum):
@@ -26,6 +25,11 @@ class Interp(StrEnum):
 class Compat(StrEnum):
     exact = "exact"
     paper = "paper"  # byte-scaled upsampling with the zero row/column (spec section 7)
+
+
+class Score(StrEnum):
+    logit_l2 = "logit_l2"  # the paper's 0.5 * ||L - l||^2 over the action preferences
+    action_logprob = "action_logprob"  # |log pi(a|I) - log pi(a|I')| for the action the agent took
 
 
 class StateAlignment(StrEnum):
@@ -57,9 +61,10 @@ class SaliencyConfig:
     choices are string enums, so plain strings compare equal to them)."""
 
     method: Method = Method.perturbation
-    radius: float = 5.0  # mask sigma in pixels of the 80x80 input
-    density: int = 5  # grid step: 16x16 = 256 perturbations per frame
+    radius: float = 5.0  # mask sigma, in observation pixels
+    density: int = 5  # grid step in observation pixels: 16x16 = 256 perturbations per 80x80 frame, 17x17 on 84x84
     interp: Interp = Interp.occlude
+    score: Score = Score.logit_l2
     blur_sigma: float = 3.0
     compat: Compat = Compat.exact
     state_alignment: StateAlignment = StateAlignment.exact
@@ -72,25 +77,28 @@ class SaliencyConfig:
 
 
 INTERPS = tuple(Interp)
+SCORES = tuple(Score)
 COMPATS = tuple(Compat)
 
 
-def validate_radius_density(radius: float, density: int) -> None:
-    """Raise ``ValueError`` unless ``0 < radius <= 80`` and ``density`` is an integer in 1..80."""
+def validate_radius_density(radius: float, density: int, size: tuple[int, int] = (SIZE, SIZE)) -> None:
+    """Raise ``ValueError`` unless ``0 < radius <= max(H, W)`` and ``density`` is an integer in 1..max(H, W)
+    (80 for the 2017 observation), in observation pixels."""
+    side = max(size)
     if isinstance(density, bool) or not isinstance(density, int):
-        raise ValueError(f"density must be an integer grid step in 1..{SIZE}, got {density!r}")
-    if not 1 <= density <= SIZE:
-        raise ValueError(f"density must be in 1..{SIZE} (pixels between mask centers; the paper uses 5), got {density}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= MAX_RADIUS:
-        raise ValueError(f"radius must be a number in (0, {MAX_RADIUS:g}] (the mask blur sigma; the paper uses 5), got {radius!r}")
+        raise ValueError(f"density must be an integer grid step in 1..{side}, got {density!r}")
+    if not 1 <= density <= side:
+        raise ValueError(f"density must be in 1..{side} (pixels between mask centers; the paper uses 5), got {density}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= side:
+        raise ValueError(f"radius must be a number in (0, {side:g}] (the mask blur sigma; the paper uses 5), got {radius!r}")
 
 
-def validate_settings(radius, density, interp, blur_sigma, compat) -> None:
-    """Raise ``ValueError`` naming the bad setting and its allowed values."""
-    validate_radius_density(radius, density)
+def validate_settings(radius, density, interp, blur_sigma, compat, size: tuple[int, int] = (SIZE, SIZE)) -> None:
+    """Raise ``ValueError`` naming the bad setting and its allowed values (sizes in pixels of an (H, W) observation)."""
+    validate_radius_density(radius, density, size)
     if interp not in INTERPS:
         raise ValueError(f"interp must be one of {tuple(str(i) for i in INTERPS)}, got {interp!r}")
     if compat not in COMPATS:
         raise ValueError(f"compat must be one of {tuple(str(c) for c in COMPATS)}, got {compat!r}")
-    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not 0 < blur_sigma <= SIZE:
-        raise ValueError(f"blur_sigma must be a number in (0, {SIZE}] (the paper uses 3), got {blur_sigma!r}")
+    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not 0 < blur_sigma <= max(size):
+        raise ValueError(f"blur_sigma must be a number in (0, {max(size)}] (the paper uses 3), got {blur_sigma!r}")

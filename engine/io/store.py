@@ -341,9 +341,10 @@ def score_store(
             states = part.states if a == 0 else tuple(s[1:] for s in part.states)
             previous = None if a == 0 else tuple(s[:1] for s in part.states)
             frames = part.frames if a == 0 else part.frames[1:]
+            actions = part.actions if a == 0 else part.actions[1:]
         else:
             part = rstore.read(a, b)
-            frames = part.frames
+            frames, actions = part.frames, part.actions
             states, next_carry = replay_states(agent, frames, part.dones, carry)
             previous = None if a == 0 else tuple(s.cpu() for s in last_used)
             last_used = tuple(s[-1:] for s in states)
@@ -352,7 +353,7 @@ def score_store(
                 continue
         if saliency.state_alignment == "paper":
             states = paper_shift(states, previous)
-        maps = compute_saliency(agent, frames, states, saliency)
+        maps = compute_saliency(agent, frames, states, saliency, actions=actions)
         out.store.write(k, {key: value.numpy() for key, value in maps.items()})
         bar.update(b - a)
     bar.close()
