@@ -235,8 +235,8 @@ def test_bad_inputs_say_what_to_fix(frames, tmp_path):
         paper_overlay(frames, torch.zeros(3, 80, 80), 2, 500)
     with pytest.raises(ValueError, match=r"got one map \(80, 80\): use saliency\[None\]"):
         paper_overlay(frames, torch.zeros(80, 80), 2, 500)
-    with pytest.raises(ValueError, match=r"\(N, 80, 80\), got shape \(8, 40, 40\)"):
-        paper_overlay(frames, torch.zeros(8, 40, 40), 2, 500)
+    with pytest.raises(ValueError, match=r"saliency maps \(N, H, W\), got shape \(8, 1, 80, 80\)"):
+        paper_overlay(frames, torch.zeros(8, 1, 80, 80), 2, 500)
     with pytest.raises(TypeError, match="floating point, got torch.uint8: convert with .float()"):
         paper_overlay(frames, maps.to(torch.uint8), 2, 500)
     with pytest.raises(ValueError, match="NaN or infinite"):
@@ -261,6 +261,28 @@ def test_bad_inputs_say_what_to_fix(frames, tmp_path):
         write_movie(tmp_path / "x.mp4", frames, labels=["a"])
     with pytest.raises(ValueError, match=r"RGB images \(H, W, 3\)"):
         save_png(tmp_path / "x.png", frames)
-    with pytest.raises(ValueError, match=r"jacobian_actor must be one 80x80 saliency map \(80, 80\), got shape \(40, 40\)"):
-        comparison_figure(tmp_path / "x.png", frames[0], torch.zeros(40, 40), *[torch.zeros(80, 80)] * 3)
+    with pytest.raises(ValueError, match=r"jacobian_actor must be one saliency map \(H, W\), got shape \(1, 80, 80\)"):
+        comparison_figure(tmp_path / "x.png", frames[0], torch.zeros(1, 80, 80), *[torch.zeros(80, 80)] * 3)
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- standard pipelines ---
+
+def test_maps_of_the_standard_pipeline_cover_the_whole_frame(frames):
+    """84x84 maps come from a resize of the full 210x160 frame (spec: any agent, "Overlays"): a hot spot at the
+    map's centre lands at the frame's centre, and rows outside the 2017 crop are drawn on too."""
+    frames = np.asarray(frames)
+    maps = torch.zeros(8, 84, 84)
+    maps[:, 40:44, 40:44] = 1.0
+    clean = clean_overlay(frames, maps, torch.zeros_like(maps), 1.0, 1.0, alpha=1.0).numpy()
+    changed = np.argwhere((clean != frames).any(-1)[0])
+    rows, cols = changed[:, 0], changed[:, 1]
+    assert abs(rows.mean() - 105) < 2 and abs(cols.mean() - 80) < 2
+    assert rows.min() > 90 and rows.max() < 120
+    top = torch.zeros(8, 84, 84)
+    top[:, :3] = 1.0  # the top rows of the observation: the score board, above the 2017 crop
+    drawn = paper_overlay(frames, top, 2, 500).numpy()
+    assert (drawn[:, :10, :, 2] != frames[:, :10, :, 2].clip(1, 255)).any()
+    assert (drawn[:, 35:, :, 2] == frames[:, 35:, :, 2].clip(1, 255)).all()
+    with pytest.raises(ValueError, match="one shape"):
+        clean_overlay(frames, maps, torch.zeros(8, 80, 80), 1.0, 1.0)

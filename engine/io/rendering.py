@@ -6,7 +6,9 @@ and return uint8 ``(N, 210, 160, 3)`` there. Only encoding a movie and drawing i
 frame.
 
 Shapes: frames are raw ALE frames, uint8 ``(N, 210, 160, 3)`` (numpy or torch); saliency maps are float
-``(N, 80, 80)``, one per frame. Maps cover the play area, rows 35..194 of the frame, upsampled to 160x160.
+``(N, H, W)``, one per frame, in the geometry of the agent's observation (spec: any agent, "Overlays"): the 2017
+agents' 80x80 maps cover the play area, rows 35..194 of the frame, upsampled to 160x160; any other map (the
+standard pipelines' 84x84, a full-frame resize) covers the whole 210x160 frame, resized back to it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..core.batching import chunk_bounds
 from ..core.blur import gaussian_kernel1d, kernel_radius, symmetric_pad
-from ..core.preprocessing import CROP_ROWS, as_frames_tensor, byte_scale, resize_uint8
+from ..core.preprocessing import CROP_ROWS, FRAME_SHAPE, as_frames_tensor, byte_scale, resize_uint8
 from .arrays import atomic_path
 
 __all__ = [
@@ -35,7 +37,6 @@ __all__ = [
 
 ACTOR_CHANNEL, CRITIC_CHANNEL = 2, 0  # blue, red (spec, section 6)
 MAP_SIZE = 80
-CROP = CROP_ROWS[1] - CROP_ROWS[0]  # 160: the play area the maps cover
 OVERLAY_CHUNK = 256  # frames per batched step; bounds the float intermediates (~1 MB a frame) on long movies
 # The paper's overlay gains ("fudge factors") for its movies, (actor, critic), keyed by lower-case game name.
 PAPER_GAINS = {"pong": (500.0, 600.0), "breakout": (300.0, 600.0), "spaceinvaders": (400.0, 400.0)}
@@ -77,13 +78,19 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
+def map_rows(maps_shape) -> tuple[int, int]:
+    """The frame rows ``(top, bottom)`` that maps of shape ``(..., H, W)`` cover: the 2017 crop for 80x80 maps,
+    the whole frame for any other (the standard pipelines resize the full frame)."""
+    return CROP_ROWS if tuple(maps_shape[-2:]) == (MAP_SIZE, MAP_SIZE) else (0, FRAME_SHAPE[0])
+
+
 def _check_maps(maps, n: int, name: str) -> torch.Tensor:
-    """Float ``(n, 80, 80)`` maps with finite values, as a detached tensor on their own device."""
+    """Float ``(n, H, W)`` maps with finite values, as a detached tensor on their own device."""
     maps = _as_tensor(maps, name).detach()
     if maps.ndim == 2:
-        raise ValueError(f"{name} must be batched (N, 80, 80); got one map {tuple(maps.shape)}: use {name}[None]")
-    if maps.ndim != 3 or tuple(maps.shape[1:]) != (MAP_SIZE, MAP_SIZE):
-        raise ValueError(f"{name} must be 80x80 saliency maps (N, 80, 80), got shape {tuple(maps.shape)}")
+        raise ValueError(f"{name} must be batched (N, H, W); got one map {tuple(maps.shape)}: use {name}[None]")
+    if maps.ndim != 3 or min(maps.shape[1:]) < 2:
+        raise ValueError(f"{name} must be saliency maps (N, H, W), got shape {tuple(maps.shape)}")
     if maps.shape[0] != n:
         raise ValueError(f"{name} must hold one map per frame: {maps.shape[0]} maps for {n} frames")
     if not maps.is_floating_point():
@@ -129,8 +136,9 @@ def _to_uint16_like_numpy(values: torch.Tensor) -> torch.Tensor:
 
 def _paper_overlay_chunk(frames: torch.Tensor, maps: torch.Tensor, channel: int, gain: float, sigma: float):
     """One chunk of :func:`paper_overlay`; returns the frames and whether any uint16 sum wrapped."""
+    top, bottom = map_rows(maps.shape)
     pmax = maps.amax(dim=(1, 2), keepdim=True).float()
-    s = resize_uint8(byte_scale(maps), (CROP, CROP)).float()  # imresize: byte-scale, Pillow bilinear
+    s = resize_uint8(byte_scale(maps), (bottom - top, FRAME_SHAPE[1])).float()  # imresize: byte-scale, Pillow bilinear
     if sigma > 0:
         s = _scipy_blur_float32(s, sigma)
     s = s - s.amin(dim=(1, 2), keepdim=True)
@@ -139,11 +147,11 @@ def _paper_overlay_chunk(frames: torch.Tensor, maps: torch.Tensor, channel: int,
     # gain is rounded to float32 first); numpy 1.x formed ``gain * pmax`` in float64, the same for integer gains.
     scaled = ((torch.tensor(gain, dtype=torch.float32, device=s.device) * pmax) * s) / smax
     scaled = torch.where(smax > 0, scaled, torch.zeros((), dtype=scaled.dtype, device=scaled.device))
-    band = frames[:, CROP_ROWS[0]:CROP_ROWS[1], :, channel].to(torch.int64)
+    band = frames[:, top:bottom, :, channel].to(torch.int64)
     total = band + _to_uint16_like_numpy(scaled)
     wrapped = bool(((scaled >= _UINT16) | (scaled <= -1) | (total >= _UINT16)).any())  # cast or sum wrapped
     out = frames.clamp(1, 255)
-    out[:, CROP_ROWS[0]:CROP_ROWS[1], :, channel] = torch.remainder(total, _UINT16).clamp_(1, 255).to(torch.uint8)
+    out[:, top:bottom, :, channel] = torch.remainder(total, _UINT16).clamp_(1, 255).to(torch.uint8)
     return out, wrapped
 
 
@@ -152,7 +160,8 @@ def paper_overlay(frames, saliency, channel: int, gain: float, blur_sigma: float
 
     Args:
         frames: uint8 ``(N, 210, 160, 3)``, numpy or torch.
-        saliency: float ``(N, 80, 80)``, finite; its device is where the work runs.
+        saliency: float ``(N, H, W)``, finite; its device is where the work runs (80x80: the 2017 crop; other
+            sizes: the whole frame).
         channel: 0 red, 1 green, 2 blue. gain: the paper's "fudge factor" (>= 0).
         blur_sigma: extra Gaussian blur (scipy semantics) of the 160x160 map; 0 for none.
 
@@ -242,17 +251,18 @@ def colormap_lut(kind: str, device=None) -> torch.Tensor:
     return _lut_cpu(*CLEAN_COLORMAPS[kind]).to(device)
 
 
-def _upsample(maps: torch.Tensor) -> torch.Tensor:
-    """float ``(N, 80, 80)`` -> ``(N, 160, 160)``, bilinear in float (half-pixel centres)."""
-    return F.interpolate(maps[:, None], size=(CROP, CROP), mode="bilinear", align_corners=False)[:, 0]
+def _upsample(maps: torch.Tensor, rows: int) -> torch.Tensor:
+    """float ``(N, H, W)`` -> ``(N, rows, 160)``, bilinear in float (half-pixel centres)."""
+    return F.interpolate(maps[:, None], size=(rows, FRAME_SHAPE[1]), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _clean_chunk(frames, actor, critic, actor_scale, critic_scale, alpha):
     out = frames.to(torch.float32) / 255
-    band = out[:, CROP_ROWS[0]:CROP_ROWS[1]]  # a view: blended in place
+    top, bottom = map_rows(actor.shape)
+    band = out[:, top:bottom]  # a view: blended in place
     for kind, maps, scale in (("actor", actor, actor_scale), ("critic", critic, critic_scale)):
-        strength = (_upsample(maps.to(torch.float32)) / scale).clamp_(0, 1)  # (n, 160, 160)
-        colors = colormap_lut(kind, maps.device)[(strength * 255).round_().long()]  # (n, 160, 160, 3)
+        strength = (_upsample(maps.to(torch.float32), bottom - top) / scale).clamp_(0, 1)  # (n, rows, 160)
+        colors = colormap_lut(kind, maps.device)[(strength * 255).round_().long()]  # (n, rows, 160, 3)
         weight = (alpha * strength)[..., None]
         band.mul_(1 - weight).add_(colors * weight)
     return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
@@ -262,19 +272,22 @@ def clean_overlay(frames, actor, critic, actor_scale: float, critic_scale: float
     """A clean overlay: the actor map in blue, then the critic map in red, alpha-blended over the frame.
 
     Args:
-        frames: uint8 ``(N, 210, 160, 3)``. actor, critic: float ``(N, 80, 80)``, on the same device.
+        frames: uint8 ``(N, 210, 160, 3)``. actor, critic: float ``(N, H, W)``, on the same device.
         actor_scale, critic_scale: the saliency that counts as full strength, ONE per movie for each kind
             (see :func:`movie_scales`), so brightness means the same in every frame.
         alpha: opacity at full strength, in [0, 1].
 
     Returns:
-        uint8 ``(N, 210, 160, 3)`` on the maps' device. Each map is upsampled to 160x160 (bilinear, in float),
-        ``strength = clip(map / scale, 0, 1)`` picks a colour from the kind's 256-entry lookup table and the
-        opacity ``alpha * strength`` at rows 35..194. Pixels with zero saliency keep their colour exactly.
+        uint8 ``(N, 210, 160, 3)`` on the maps' device. Each map is resized to the rows it covers (160x160 at rows
+        35..194 for 80x80 maps, the whole 210x160 frame otherwise; bilinear, in float), ``strength =
+        clip(map / scale, 0, 1)`` picks a colour from the kind's 256-entry lookup table and the opacity
+        ``alpha * strength``. Pixels with zero saliency keep their colour exactly.
     """
     frames = as_frames_tensor(_as_tensor(frames, "frames"))
     actor = _check_maps(actor, frames.shape[0], "actor")
     critic = _check_maps(critic, frames.shape[0], "critic")
+    if critic.shape != actor.shape:
+        raise ValueError(f"actor and critic maps must have one shape, got {tuple(actor.shape)} and {tuple(critic.shape)}")
     if critic.device != actor.device:
         raise ValueError(f"actor and critic maps must be on one device, got {actor.device} and {critic.device}")
     for name, scale in (("actor_scale", actor_scale), ("critic_scale", critic_scale)):
@@ -390,7 +403,7 @@ def comparison_figure(
     """The 2017 paper's comparison for one frame, as an RGB PNG drawn with matplotlib's Agg canvas.
 
     Columns: Jacobian, perturbation. Rows: actor (blue), critic (red). ``frame`` is uint8 ``(210, 160, 3)``;
-    each map is float ``(80, 80)``, shown with the clean overlay scaled to its own maximum (the two methods'
+    each map is float ``(H, W)`` (as :func:`clean_overlay` places it), shown with the clean overlay scaled to its own maximum (the two methods'
     units are not comparable), the maximum printed in the panel title. Returns ``path``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -408,8 +421,8 @@ def comparison_figure(
         for (col, method), ax in zip(enumerate(("Jacobian", "perturbation")), ax_row):
             name = f"{method.lower()}_{kind}"
             maps = _as_tensor(panels[kind, method], name)
-            if tuple(maps.shape) != (MAP_SIZE, MAP_SIZE):
-                raise ValueError(f"{name} must be one 80x80 saliency map (80, 80), got shape {tuple(maps.shape)}")
+            if maps.ndim != 2:
+                raise ValueError(f"{name} must be one saliency map (H, W), got shape {tuple(maps.shape)}")
             maps = _check_maps(maps[None], 1, name).cpu().float()
             peak = float(maps.max())
             zero = torch.zeros_like(maps)
