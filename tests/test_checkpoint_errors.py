@@ -200,4 +200,4 @@ def test_error_text_never_quotes_torch_advice():
         "source.\nPlease file an issue with the following so that we can make `weights_only=True` compatible with "
         "your use case: WeightsUnpickler error: \n\nUnsupported operand 108\n\nCheck the documentation of torch.load"
     )
-    assert policy._torch_reason(exc) == "UnpicklingError: Unsupported operand 108"
+    assert policy.torch_reason(exc) == "UnpicklingError: Unsupported operand 108"

@@ -14,7 +14,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,54 @@ class Policy(Protocol):
 
     def reset_state(self, state: State, done: torch.Tensor) -> State:
         """``state`` with the rows where ``done`` (N,) is true set to the episode-start state."""
+        ...
+
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ConvTrunk(NamedTuple):
+    """The chain of convolutions a network starts with, as :class:`IncrementalPolicy` declares it.
+
+    Attributes:
+        layers: ``((conv, activation), ...)`` in order: each ``conv`` an ``nn.Conv2d`` (any kernel, stride, padding,
+            dilation and groups; ``padding_mode="zeros"``; ``padding="same"`` only where it is symmetric), each
+            ``activation`` a *pointwise* function (its output at a position depends only on its input there: ReLU,
+            ELU, tanh, ...; ``None`` for none). It is called on a fresh convolution output, which it may
+            overwrite. Pooling, normalisation over positions or anything else that mixes positions ends the
+            trunk; it belongs to ``from_trunk``.
+        input_scale: the factor the network applies to the observation in [0, 1] before the first convolution
+            (1.0 when the convolutions see the observation itself; the usual ``/ 255`` of the bytes sits outside,
+            in the observation's definition). The network must compute ``conv1(obs * input_scale)``.
+    """
+
+    layers: tuple[tuple[nn.Conv2d, Activation | None], ...]
+    input_scale: float = 1.0
+
+
+@runtime_checkable
+class IncrementalPolicy(Policy, Protocol):
+    """Optional: a :class:`Policy` whose network starts with a :class:`ConvTrunk` gets exact incremental inference.
+
+    A perturbation's mask is exactly zero outside a box, so each perturbed copy's trunk activations differ from
+    its observation's own only in a window around that box: ``engine.core.incremental`` derives the windows
+    from each layer's kernel, stride and padding and computes the trunk only there (scores equal the plain pass
+    up to float rounding; ``incremental="auto"`` uses it where the windows are small enough to pay). A policy
+    without these two methods runs plain batched passes, and ``incremental=True`` on it is a ValueError.
+
+    Contract: for observations ``obs`` (N, C, H, W) and any state, ``policy(obs, state)`` equals
+    ``policy.from_trunk(a, state, N)`` where ``a`` is ``obs * input_scale`` run through each ``activation(conv(.))``
+    of :meth:`conv_trunk` in turn, and batch-invariantly so (``from_trunk`` gets rows padded as in
+    ``engine.core.batching`` and returns the first ``n``).
+    """
+
+    def conv_trunk(self) -> ConvTrunk:
+        """The trunk's layers and input scale (the modules themselves, not copies: called once per saliency call)."""
+        ...
+
+    def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        """The rest of the network on the last trunk layer's activations (N, C', H', W') and the state before
+        the step; only the first ``n`` rows of the outputs are returned."""
         ...
 
 
@@ -209,6 +257,14 @@ class ActorCritic(nn.Module):
             x, state = pad_rows(x), tuple(pad_rows(s) for s in state)
         return self.from_features(self.features(x), state, n)
 
+    def conv_trunk(self) -> ConvTrunk:
+        """The four ELU convolutions, for exact incremental inference (:class:`IncrementalPolicy`)."""
+        return ConvTrunk(tuple((conv, elu) for conv in self.convs))
+
+    def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        """The recurrent core and both heads on conv4's activations (N, 32, 5, 5)."""
+        return self.from_features(activations.flatten(1), state, n)
+
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The recurrent core and both heads on (N, 800) features; only the first ``n`` rows are returned."""
         next_state = self.step_core(features, state)
@@ -255,7 +311,7 @@ MAX_ABS_WEIGHT = 1e6
 _FIX = "pass a file written by torch.save(model.state_dict(), path)"
 
 
-def _torch_reason(exc: BaseException) -> str:
+def torch_reason(exc: BaseException) -> str:
     """torch's reason for refusing a file, in one line, without its advice on loading untrusted files."""
     text = str(exc)
     if "WeightsUnpickler error:" in text:
@@ -326,7 +382,7 @@ def _check_format(path: str) -> None:
     raise CheckpointError(f"{path!r} is not a torch checkpoint: {_describe_unknown(head)}; {_FIX}")
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file): check the path")
@@ -336,7 +392,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             warnings.simplefilter("always")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file fails in many ways inside torch (Unpickling/Runtime/Assertion...)
-        reason = _torch_reason(exc)
+        reason = torch_reason(exc)
         if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"{path!r} is not a torch checkpoint that loads safely: it holds Python objects other than tensors "
@@ -398,7 +454,7 @@ def _infer_sizes(state_dict: dict[str, torch.Tensor], source: str) -> tuple[str,
     return core, num_actions, hidden_size, channels
 
 
-def _check_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
+def check_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Dense, stored (not expanded), floating point, finite and of plausible size, or a CheckpointError listing
     the offenders."""
     for key, t in state_dict.items():
@@ -466,12 +522,12 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
     ]
     if wrong:
         raise CheckpointError(f"{source}: tensors of the wrong shape: {'; '.join(wrong)}")
-    _check_weights(state_dict, source)
+    check_weights(state_dict, source)
     agent = ActorCritic(num_actions=num_actions, core=core, hidden_size=hidden_size, channels=channels)
     try:
         agent.load_state_dict(state_dict)
     except RuntimeError as exc:  # unreachable after the checks above, kept so nothing escapes as another type
-        raise CheckpointError(f"{source}: the weights do not load into the agent ({_torch_reason(exc)})") from exc
+        raise CheckpointError(f"{source}: the weights do not load into the agent ({torch_reason(exc)})") from exc
     agent.eval()
     # bounded weights can still compound to an overflow through the layers: one test step on a black and a white
     # frame must give finite outputs
@@ -499,5 +555,5 @@ def load_agent(
     mode on ``device`` (``"auto"`` = CUDA when present) with ``dtype``.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    agent = build_agent_from_state_dict(_read_state_dict(path), source=repr(os.fspath(path)))
+    agent = build_agent_from_state_dict(read_state_dict(path), source=repr(os.fspath(path)))
     return agent.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,813 @@
+"""Stable-Baselines3 and sb3-contrib agents behind the policy interface (:class:`engine.core.policy.Policy`).
+
+:func:`load_sb3` reads the zip that ``model.save(path)`` writes (SB3 1.x and 2.x, RL Zoo's too) without running
+any code from it and without importing either library:
+
+- ``policy.pth`` is read with ``torch.load(weights_only=True)``: tensors and plain containers only;
+- ``data`` is JSON; its cloudpickled entries (dicts with a ``":serialized:"`` field) are never decoded: only the
+  readable fields SB3 writes beside them are used (a space's ``":type:"``, ``_shape``/``shape``, ``dtype``, ``n``;
+  the policy class's ``__module__`` and the name in its ``__init__``; ``policy_kwargs``' first-level values);
+- every other entry (``pytorch_variables.pth``, the optimizer) is never opened.
+
+The algorithm, observation shape, number of actions and architecture are inferred from those fields and from the
+state dict's keys and shapes, and checked against each other before anything is built. The network is rebuilt in
+plain torch with SB3's module layout and weights:
+
+- PPO / A2C (and TRPO, which shares the policy) with ``CnnPolicy``: NatureCNN (shared, or separate actor and
+  critic extractors, as SB3 >= 1.7 saves them with ``share_features_extractor=False``), the ``mlp_extractor``
+  layers of any ``net_arch`` (SB3 1.x's shared layers too), ``action_net`` and ``value_net``. Logits are
+  ``action_net``'s output (the network's output layer, as for the 2017 agents; their log-softmax is SB3's
+  ``policy.get_distribution(obs).distribution.logits``), the value is ``predict_values``.
+- RecurrentPPO with ``CnnLstmPolicy``: the NatureCNN, then the actor's LSTM and, by default
+  (``enable_critic_lstm=True``), the critic's own LSTM; ``shared_lstm=True`` (the critic reads the actor's LSTM)
+  and ``enable_critic_lstm=False`` (the critic is a linear layer on the features) are supported too. The
+  recurrent state at the interface is ``(h_pi, c_pi, h_vf, c_vf)`` (critic LSTM) or ``(h_pi, c_pi)``, each of
+  shape ``(N, n_lstm_layers * hidden)`` (batch-first; SB3 keeps ``(n_lstm_layers, N, hidden)``); an episode
+  start zeroes it, as SB3's ``episode_starts`` does.
+- DQN and QRDQN with ``CnnPolicy``: the online network (``q_net`` / ``quantile_net``; the target network is
+  ignored). Logits are the Q-values (QRDQN: the mean over quantiles, as its ``predict`` uses), the value is
+  ``max_a Q``.
+
+Observations at the interface are in [0, 1] (bytes / 255), which is what SB3's NatureCNN sees after its own
+division, so the rebuilt network skips that division and its outputs equal SB3's to float rounding. (An agent
+saved with ``normalize_images=False`` saw raw bytes: its first convolution's weights are multiplied by 255.)
+The convolutional trunk is exposed for exact incremental inference as in the other adapters (``convs``,
+``conv_activations``, ``features``, ``from_features``); separate actor and critic extractors are fused into one
+grouped trunk (see :class:`SB3Policy`).
+Anything else (an ``MlpPolicy``, a continuous action space, a custom features extractor, unknown keys, a
+damaged or foreign zip, Python objects in ``policy.pth``) is a :class:`CheckpointError` that says what was found
+and what is supported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+
+import torch
+from torch import nn
+
+from ..core.batching import pad_rows
+from ..core.device import resolve_device, resolve_dtype
+from ..core.errors import CheckpointError
+from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, PolicyOutput, State, check_weights, torch_reason, reset_rows
+
+SUPPORTED = (
+    "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "
+    "and QRDQN with CnnPolicy (NatureCNN on uint8 image observations, a Discrete action space), saved by "
+    "model.save(path)"
+)
+PIPELINE = "sb3_atari"
+# Bounds on what is read from the zip before it is parsed (a Nature-CNN agent is about 7 MB, its data JSON a few
+# hundred KB): a member beyond them is not an SB3 agent, and is never decompressed.
+MAX_DATA_BYTES = 64 << 20
+MAX_POLICY_BYTES = 2 << 30
+MAX_SIDE, MAX_WIDTH, MAX_QUANTILES = 1024, 16384, 10000  # image side, layer width, QRDQN quantiles
+
+# (policy class module, class name) -> family; the name is read from the ``__init__`` SB3 lists among the
+# class's readable attributes.
+_CNN_POLICIES = {
+    ("stable_baselines3.common.policies", "ActorCriticCnnPolicy"): "actor_critic",
+    ("stable_baselines3.dqn.policies", "CnnPolicy"): "dqn",
+    ("sb3_contrib.qrdqn.policies", "CnnPolicy"): "qrdqn",
+    ("sb3_contrib.common.recurrent.policies", "RecurrentActorCriticCnnPolicy"): "recurrent",
+}
+_MODULE_ALGORITHMS = {
+    "stable_baselines3.common.policies": "PPO/A2C",
+    "stable_baselines3.dqn.policies": "DQN",
+    "sb3_contrib.qrdqn.policies": "QRDQN",
+    "sb3_contrib.common.recurrent.policies": "RecurrentPPO",
+    "stable_baselines3.sac.policies": "SAC",
+    "stable_baselines3.td3.policies": "TD3/DDPG",
+    "sb3_contrib.tqc.policies": "TQC",
+    "sb3_contrib.ars.policies": "ARS",
+    "sb3_contrib.crossq.policies": "CrossQ",
+    "sb3_contrib.common.maskable.policies": "MaskablePPO",
+}
+_ACTIVATIONS = {
+    "ReLU": nn.ReLU, "Tanh": nn.Tanh, "ELU": nn.ELU, "LeakyReLU": nn.LeakyReLU, "GELU": nn.GELU,
+    "SiLU": nn.SiLU, "Sigmoid": nn.Sigmoid, "Softplus": nn.Softplus, "Mish": nn.Mish, "SELU": nn.SELU,
+}
+# NatureCNN (stable_baselines3.common.torch_layers): 8x8/4, 4x4/2, 3x3/1 convolutions with ReLUs, then a
+# linear layer with a ReLU. (out channels, kernel, stride) of each convolution.
+NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+
+
+# --- the networks --------------------------------------------------------------------------------------------
+
+
+def nature_flat_size(height: int, width: int) -> int:
+    """NatureCNN's flattened feature count on a (height, width) observation (0 if it is too small)."""
+    for _, kernel, stride in NATURE_CONVS:
+        height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        if height < 1 or width < 1:
+            return 0
+    return NATURE_CONVS[-1][0] * height * width
+
+
+def _mlp(dims: list[int], activation: type[nn.Module] | None, final_activation: bool) -> nn.Sequential:
+    """Linear layers ``dims[0] -> dims[1] -> ...`` with an activation after each (after the last only if
+    ``final_activation``): SB3's ``MlpExtractor`` (all) and ``create_mlp`` (not the last) layouts."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if final_activation or i < len(dims) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class SB3Policy(nn.Module):
+    """What every rebuilt SB3 network shares: the interface attributes, the convolutional trunk, padding for
+    batch invariance.
+
+    The trunk is NatureCNN's three ReLU convolutions (8x8/4, 4x4/2, 3x3/1, no padding) without SB3's division by
+    255 (observations here are already in [0, 1]). When the actor and the critic have separate NatureCNNs
+    (``share_features_extractor=False``) the trunk holds both, fused: the first convolution has both sets of
+    filters (64 outputs), the other two are grouped (``groups=2``), so channels 0..63 of its output are the
+    actor's and 64..127 the critic's; one pass computes both exactly as SB3's two extractors do.
+
+    Attributes (beyond the :class:`~engine.core.policy.Policy` ones): ``algorithm`` (``"PPO"``, ``"A2C"``,
+    ``"TRPO"``, ``"DQN"``, ``"QRDQN"``, ``"RecurrentPPO"``), ``value_based`` (logits are Q-values),
+    ``state_widths`` (width of each recurrent state tensor), ``sb3_version`` (as written in the zip, or
+    ``None``), ``summary`` (one line describing what was loaded).
+    """
+
+    pipeline = PIPELINE
+    value_based = False
+
+    def __init__(self, observation_shape: tuple[int, int, int], num_actions: int, towers: int):
+        super().__init__()
+        self.observation_shape = tuple(int(v) for v in observation_shape)
+        self.num_actions = int(num_actions)
+        # SB3's Atari pipeline stacks grayscale frames along C (VecFrameStack, then VecTransposeImage)
+        self.frame_stack = self.observation_shape[0]
+        self.algorithm, self.sb3_version, self.summary = "", None, ""
+        self.state_widths: tuple[int, ...] = ()
+        previous, layers = self.observation_shape[0], []
+        for index, (out, kernel, stride) in enumerate(NATURE_CONVS):
+            layers.append(nn.Conv2d(previous, out * towers, kernel, stride=stride, groups=1 if index == 0 else towers))
+            previous = out * towers
+        self.trunk = nn.ModuleList(layers)
+        self.towers = towers
+        self.flat = nature_flat_size(*self.observation_shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.trunk[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.trunk[0].weight.dtype
+
+    def initial_state(self, batch: int = 1) -> State:
+        """Zeros, as SB3 starts an episode (``()`` for a feed-forward agent)."""
+        p = self.trunk[0].weight
+        return tuple(p.new_zeros(batch, width) for width in self.state_widths)
+
+    def reset_state(self, state: State, done: torch.Tensor) -> State:
+        """Zero the rows where ``done``: SB3's ``episode_starts`` handling (``(1 - episode_start) * state``)."""
+        return reset_rows(state, done)
+
+    # --- the convolutional trunk, for exact incremental inference (see engine.core.incremental) -----------------
+    # The input scale sits outside the convolutions: obs = bytes / 255 enters the first convolution directly.
+
+    @property
+    def convs(self) -> tuple[nn.Conv2d, ...]:
+        """The trunk's convolutions (8x8 stride 4, 4x4 stride 2, 3x3 stride 1, no padding; grouped when the actor
+        and critic extractors are separate), each followed by ReLU."""
+        return tuple(self.trunk)
+
+    def conv_activations(self, x: torch.Tensor, start: int = 0, stop: int = 3) -> torch.Tensor:
+        """Apply ``ReLU(conv)`` layers ``start..stop-1`` (0-based) of the trunk."""
+        for conv in self.trunk[start:stop]:
+            x = torch.relu(conv(x))
+        return x
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) observations in [0, 1] -> (N, flat * towers) flattened convolutional features (the
+        actor's first, then the critic's when they are separate)."""
+        return self.conv_activations(obs).flatten(1)
+
+    def forward(self, obs: torch.Tensor, state: State = (), batch_invariant: bool = True) -> PolicyOutput:
+        """One step on ``obs`` (N, C, H, W) in [0, 1] with the recurrent ``state`` before it (``()`` for a
+        feed-forward agent).
+
+        With ``batch_invariant`` (the default) rows are padded as in ``engine.core.batching``, so a row's outputs
+        are bit-for-bit the same whatever else is in the batch.
+        """
+        if obs.ndim != 4 or tuple(obs.shape[1:]) != self.observation_shape:
+            raise ValueError(
+                f"expected observations of shape (N, {', '.join(map(str, self.observation_shape))}), got {tuple(obs.shape)}"
+            )
+        if len(state) != len(self.state_widths):
+            raise ValueError(f"expected a state of {len(self.state_widths)} tensors, got {len(state)}")
+        n = obs.shape[0]
+        if batch_invariant:
+            obs, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
+        return self.from_features(self.features(obs), tuple(state), n)
+
+    def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        """The rest of the network on :meth:`features`; only the first ``n`` rows are returned."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"algorithm={self.algorithm!r}, observation_shape={self.observation_shape}, num_actions={self.num_actions}"
+
+
+class SB3ActorCritic(SB3Policy):
+    """PPO / A2C / TRPO ``ActorCriticCnnPolicy`` and RecurrentPPO ``RecurrentActorCriticCnnPolicy``.
+
+    ``lstm``: ``None`` (feed-forward), or ``(hidden, layers, critic)`` with ``critic`` one of ``"lstm"`` (its own
+    LSTM, sb3-contrib's default), ``"shared"`` (``shared_lstm=True``) or ``"linear"``
+    (``enable_critic_lstm=False``). The recurrent state is ``(h_pi, c_pi[, h_vf, c_vf])``, each
+    (N, layers * hidden): SB3's (layers, N, hidden) tensors with the batch first and the layers side by side.
+    """
+
+    def __init__(self, observation_shape, num_actions, *, features: int, separate_vf: bool, shared: list[int],
+                 pi: list[int], vf: list[int], activation: type[nn.Module] | None,
+                 lstm: tuple[int, int, str] | None = None):
+        super().__init__(observation_shape, num_actions, towers=2 if separate_vf else 1)
+        self.pi_linear = nn.Linear(self.flat, features)
+        self.vf_linear = nn.Linear(self.flat, features) if separate_vf else None
+        self.lstm_mode = None if lstm is None else lstm[2]
+        latent = features
+        if lstm is not None:
+            hidden, layers, critic = lstm
+            self.lstm_hidden, self.lstm_layers = hidden, layers
+            self.lstm_actor = nn.LSTM(features, hidden, num_layers=layers)
+            self.lstm_critic = nn.LSTM(features, hidden, num_layers=layers) if critic == "lstm" else None
+            self.critic = nn.Linear(features, hidden) if critic == "linear" else None
+            self.state_widths = (layers * hidden,) * (4 if critic == "lstm" else 2)
+            latent = hidden
+        self.shared_net = _mlp([latent, *shared], activation, True)
+        top = shared[-1] if shared else latent
+        self.policy_net = _mlp([top, *pi], activation, True)
+        self.value_net_mlp = _mlp([top, *vf], activation, True)
+        self.action_net = nn.Linear(pi[-1] if pi else top, num_actions)
+        self.value_net = nn.Linear(vf[-1] if vf else top, 1)
+
+    def _lstm(self, lstm: nn.LSTM, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """One step of an ``nn.LSTM`` as sb3-contrib runs it (sequence length 1), with batch-first flat states."""
+        n, layers, hidden = h.shape[0], self.lstm_layers, self.lstm_hidden
+        inside = [s.reshape(n, layers, hidden).transpose(0, 1).contiguous() for s in (h, c)]
+        out, (h2, c2) = lstm(features.unsqueeze(0), (inside[0], inside[1]))
+        return out[0], h2.transpose(0, 1).reshape(n, -1), c2.transpose(0, 1).reshape(n, -1)
+
+    def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        pi_features = torch.relu(self.pi_linear(features[:, : self.flat]))
+        vf_features = pi_features if self.vf_linear is None else torch.relu(self.vf_linear(features[:, self.flat :]))
+        next_state: State = ()
+        if self.lstm_mode is None:
+            latent_pi, latent_vf = pi_features, vf_features
+        else:
+            latent_pi, h, c = self._lstm(self.lstm_actor, pi_features, state[0], state[1])
+            next_state = (h, c)
+            if self.lstm_mode == "lstm":
+                latent_vf, h, c = self._lstm(self.lstm_critic, vf_features, state[2], state[3])
+                next_state += (h, c)
+            elif self.lstm_mode == "shared":
+                latent_vf = latent_pi
+            else:
+                latent_vf = self.critic(vf_features)
+        if len(self.shared_net):  # SB3 1.x's shared MLP layers (feed-forward policies only)
+            latent_pi, latent_vf = self.shared_net(latent_pi), self.shared_net(latent_vf)
+        logits = self.action_net(self.policy_net(latent_pi))
+        value = self.value_net(self.value_net_mlp(latent_vf)).squeeze(-1)
+        return PolicyOutput(value[:n], logits[:n], tuple(s[:n] for s in next_state))
+
+
+class SB3QNetwork(SB3Policy):
+    """DQN's ``QNetwork`` and QRDQN's ``QuantileNetwork``: NatureCNN, then ``create_mlp`` layers. Logits are the
+    Q-values (QRDQN: the mean of the quantiles, as its ``predict`` takes it), the value their maximum."""
+
+    value_based = True
+
+    def __init__(self, observation_shape, num_actions, *, features: int, hidden: list[int],
+                 activation: type[nn.Module] | None, quantiles: int | None = None):
+        super().__init__(observation_shape, num_actions, towers=1)
+        self.linear = nn.Linear(self.flat, features)
+        self.quantiles = quantiles
+        self.q_net = _mlp([features, *hidden, num_actions * (quantiles or 1)], activation, False)
+
+    def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        q = self.q_net(torch.relu(self.linear(features)))
+        if self.quantiles is not None:
+            q = q.view(-1, self.quantiles, self.num_actions).mean(dim=1)
+        q = q[:n]
+        return PolicyOutput(q.amax(dim=-1), q, ())
+
+
+# --- reading the zip -----------------------------------------------------------------------------------------
+
+
+def _read_zip(path: str, source: str) -> tuple[dict, dict[str, torch.Tensor], str | None]:
+    """(data JSON, policy state dict, SB3 version or None), or a CheckpointError saying what the file is."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"SB3 checkpoint {source} does not exist (or is not a file): check the path")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"SB3 checkpoint {source} cannot be read ({exc.strerror or exc})") from exc
+    if not head:
+        raise CheckpointError(f"{source} is not an SB3 agent: the file is empty (0 bytes); {SUPPORTED}")
+    if head != b"PK\x03\x04":
+        raise CheckpointError(
+            f"{source} is not an SB3 agent: not a zip archive (it starts with the bytes {head.hex(' ')}); {SUPPORTED}"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = {info.filename: info for info in archive.infolist()}
+            if "data" not in infos or "policy.pth" not in infos:
+                what = (
+                    "a torch.save file (an agent of another library, e.g. a state dict)"
+                    if any(n.endswith("data.pkl") for n in infos)
+                    else f"a zip archive holding {sorted(infos)[:8]}"
+                )
+                raise CheckpointError(
+                    f"{source} is not an SB3 agent: it is {what}, without the 'data' and 'policy.pth' entries that "
+                    f"SB3's model.save writes; {SUPPORTED}"
+                )
+            for name, bound in (("data", MAX_DATA_BYTES), ("policy.pth", MAX_POLICY_BYTES)):
+                if infos[name].file_size > bound:
+                    raise CheckpointError(
+                        f"{source}: its {name!r} entry is {infos[name].file_size} bytes, beyond any SB3 Atari agent's "
+                        f"({bound} at most): not read"
+                    )
+            raw_data = archive.read("data")
+            raw_policy = archive.read("policy.pth")
+            version = None
+            if "_stable_baselines3_version" in infos and infos["_stable_baselines3_version"].file_size < 256:
+                version = archive.read("_stable_baselines3_version").decode("utf-8", "replace").strip() or None
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+        # RuntimeError: an encrypted entry
+        raise CheckpointError(f"{source} is not a readable SB3 agent: a damaged or truncated zip archive ({exc})") from exc
+    except Exception as exc:  # zlib.error and the like from a corrupt entry
+        raise CheckpointError(f"{source} is not a readable SB3 agent: a damaged zip entry ({type(exc).__name__}: {exc})") from exc
+    try:
+        data = json.loads(raw_data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: its 'data' entry is not the JSON SB3 writes ({exc}); {SUPPORTED}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: its 'data' entry is JSON but not an object of SB3's fields; {SUPPORTED}")
+    return data, _read_policy(raw_policy, source), version
+
+
+def _read_policy(raw: bytes, source: str) -> dict[str, torch.Tensor]:
+    """``policy.pth`` with ``weights_only=True``: tensors and plain containers only, nothing executed."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged files fail inside torch in many ways
+        reason = torch_reason(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{source}: its policy.pth holds Python objects other than tensors and plain containers ({reason}): "
+                "refused without loading them, since loading them could run code. SB3's model.save writes only "
+                "a state dict of tensors there"
+            ) from exc
+        raise CheckpointError(f"{source}: its policy.pth is damaged or not a torch file ({reason})") from exc
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{source}: its policy.pth holds a {type(obj).__name__}, not a state dict of tensors")
+    return dict(obj)
+
+
+# --- what the JSON says ----------------------------------------------------------------------------------------
+
+
+def _type_name(entry) -> str:
+    """``"Box"`` from ``{":type:": "<class 'gymnasium.spaces.box.Box'>", ...}``; ``""`` if unreadable."""
+    if isinstance(entry, dict) and isinstance(entry.get(":type:"), str):
+        match = re.search(r"'([\w.]+)'", entry[":type:"])
+        if match:
+            return match.group(1).rsplit(".", 1)[-1]
+    return ""
+
+
+def _policy_class(data: dict) -> tuple[str, str] | None:
+    """(module, class name) of the saved policy class, from its readable fields only."""
+    entry = data.get("policy_class")
+    if not isinstance(entry, dict):
+        return None
+    module = entry.get("__module__")
+    match = re.match(r"<function (\w+)\.__init__", str(entry.get("__init__", "")))
+    if not isinstance(module, str) or not match:
+        return None
+    return module, match.group(1)
+
+
+def _policy_kwargs(data: dict) -> dict:
+    """The readable first-level values of ``policy_kwargs`` (plain JSON, or beside a ``":serialized:"`` blob)."""
+    kwargs = data.get("policy_kwargs")
+    if not isinstance(kwargs, dict):
+        return {}
+    return {k: v for k, v in kwargs.items() if not k.startswith(":")}
+
+
+def _class_name(value) -> str:
+    """``"ReLU"`` from ``"<class 'torch.nn.modules.activation.ReLU'>"``."""
+    match = re.search(r"'([\w.]+)'", str(value))
+    return match.group(1).rsplit(".", 1)[-1] if match else str(value)
+
+
+def _int(value, what: str, source: str) -> int:
+    try:
+        number = int(value)  # gymnasium writes Discrete.n as a string, gym as an int
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source}: the {what} {value!r} is not an integer") from None
+    return number
+
+
+def _action_count(data: dict, source: str) -> int:
+    space = data.get("action_space")
+    kind = _type_name(space)
+    if kind == "Discrete":
+        n = _int(space.get("n"), "action space size", source)
+        if not 1 <= n <= MAX_ACTIONS:
+            raise CheckpointError(f"{source}: a Discrete action space of {n} actions, outside 1..{MAX_ACTIONS}")
+        return n
+    shape = space.get("_shape", space.get("shape")) if isinstance(space, dict) else None
+    if kind == "Box":
+        raise CheckpointError(
+            f"{source}: a continuous (Box) action space of shape {shape}: only Discrete action spaces are "
+            f"supported (saliency scores action preferences); {SUPPORTED}"
+        )
+    found = f"a {kind} action space" if kind else "no readable action space in its data"
+    raise CheckpointError(f"{source}: {found}; only Discrete action spaces are supported; {SUPPORTED}")
+
+
+def _observation_layout(data: dict, channels: int, flat: int, source: str) -> tuple[int, int, int]:
+    """(C, H, W) the network sees, from the saved observation space (channel-first as SB3 saves it after
+    VecTransposeImage, or channel-last as older zips may hold it), checked against the NatureCNN weights."""
+    space = data.get("observation_space")
+    kind = _type_name(space)
+    if kind != "Box":
+        found = f"a {kind} observation space" if kind else "no readable observation space in its data"
+        raise CheckpointError(f"{source}: {found}; a CnnPolicy agent observes a Box of uint8 images; {SUPPORTED}")
+    shape = space.get("_shape", space.get("shape"))
+    dtype = str(space.get("dtype", ""))
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
+        raise CheckpointError(f"{source}: an observation space of shape {shape}, not an image (C, H, W) or (H, W, C); {SUPPORTED}")
+    if dtype != "uint8":
+        raise CheckpointError(
+            f"{source}: observations of dtype {dtype or 'unknown'}: SB3 scales only uint8 images by 1/255, and the "
+            f"engine's observations are image bytes / 255; {SUPPORTED}"
+        )
+    layouts = []
+    if shape[0] == channels:
+        layouts.append((shape[0], shape[1], shape[2]))
+    if shape[2] == channels:
+        layouts.append((shape[2], shape[0], shape[1]))
+    for layout in layouts:
+        if max(layout[1:]) <= MAX_SIDE and nature_flat_size(*layout[1:]) == flat:
+            return layout
+    raise CheckpointError(
+        f"{source}: the observation space {tuple(shape)} does not fit the NatureCNN weights (the first convolution "
+        f"takes {channels} channels, the linear layer {flat} features): the data and policy.pth disagree"
+    )
+
+
+# --- what the state dict says ----------------------------------------------------------------------------------
+
+
+class _Keys:
+    """The state dict, the keys taken so far, and the errors that name them."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], source: str, what: str):
+        self.sd, self.source, self.what, self.used = sd, source, what, set()
+
+    def has(self, prefix: str) -> bool:
+        return any(k.startswith(prefix + ".") for k in self.sd)
+
+    def take(self, key: str, ndim: int) -> tuple[int, ...]:
+        if key not in self.sd:
+            raise CheckpointError(f"{self.source}: missing tensor {key!r} for {self.what}; {SUPPORTED}")
+        shape = tuple(self.sd[key].shape)
+        if len(shape) != ndim:
+            raise CheckpointError(f"{self.source}: {key} has shape {shape}, expected {ndim} dimensions for {self.what}")
+        self.used.add(key)
+        return shape
+
+    def expect(self, key: str, shape: tuple[int, ...]) -> None:
+        found = self.take(key, len(shape))
+        if found != shape:
+            raise CheckpointError(f"{self.source}: {key} has shape {found}, expected {shape} for {self.what}")
+
+    def nature_cnn(self, prefix: str) -> tuple[int, int, int]:
+        """(channels, flat, features) of the NatureCNN under ``prefix``, every tensor's shape checked."""
+        out0, in0, kh, kw = self.take(f"{prefix}.cnn.0.weight", 4)
+        if out0 != NATURE_CONVS[0][0] or (kh, kw) != (8, 8) or not 1 <= in0 <= MAX_CHANNELS:
+            raise CheckpointError(
+                f"{self.source}: {prefix}.cnn.0.weight has shape {(out0, in0, kh, kw)}, not the NatureCNN's first "
+                f"convolution (32, C in 1..{MAX_CHANNELS}, 8, 8): a custom features extractor; {SUPPORTED}"
+            )
+        previous = out0
+        for index, (out, kernel, _) in zip((0, 2, 4), NATURE_CONVS):
+            if index:
+                self.expect(f"{prefix}.cnn.{index}.weight", (out, previous, kernel, kernel))
+            self.expect(f"{prefix}.cnn.{index}.bias", (out,))
+            previous = out
+        features, flat = self.take(f"{prefix}.linear.0.weight", 2)
+        if not 1 <= features <= MAX_WIDTH:
+            raise CheckpointError(f"{self.source}: {prefix}.linear.0.weight implies {features} features, outside 1..{MAX_WIDTH}")
+        self.expect(f"{prefix}.linear.0.bias", (features,))
+        return in0, flat, features
+
+    def linears(self, prefix: str, width: int, step: int = 2) -> list[int]:
+        """Output widths of the Linear layers ``prefix.0``, ``prefix.{step}``, ... (an ``nn.Sequential`` of
+        Linear and activation layers), chained from ``width``; every key under ``prefix`` must be one of them."""
+        indices = sorted({int(m.group(1)) for k in self.sd if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(?:weight|bias)", k))})
+        if indices != list(range(0, step * len(indices), step)):
+            found = sorted(k for k in self.sd if k.startswith(prefix + "."))[:6]
+            raise CheckpointError(
+                f"{self.source}: the layers under {prefix!r} ({found}) are not SB3's Linear/activation layout for "
+                f"{self.what}"
+            )
+        widths = []
+        for index in indices:
+            out, inp = self.take(f"{prefix}.{index}.weight", 2)
+            if inp != width or not 1 <= out <= MAX_WIDTH:
+                raise CheckpointError(
+                    f"{self.source}: {prefix}.{index}.weight has shape {(out, inp)}, expected ({'1..' + str(MAX_WIDTH)}, {width})"
+                )
+            self.expect(f"{prefix}.{index}.bias", (out,))
+            widths.append(out)
+            width = out
+        return widths
+
+    def lstm(self, prefix: str, features: int) -> tuple[int, int]:
+        """(hidden, layers) of the ``nn.LSTM`` under ``prefix`` (unidirectional, with biases, no projection)."""
+        _, hidden = self.take(f"{prefix}.weight_hh_l0", 2)
+        if not 1 <= hidden <= MAX_WIDTH:
+            raise CheckpointError(f"{self.source}: {prefix}.weight_hh_l0 implies {hidden} hidden units, outside 1..{MAX_WIDTH}")
+        layers = 0
+        while f"{prefix}.weight_ih_l{layers}" in self.sd:
+            width = features if layers == 0 else hidden
+            self.expect(f"{prefix}.weight_ih_l{layers}", (4 * hidden, width))
+            self.expect(f"{prefix}.weight_hh_l{layers}", (4 * hidden, hidden))
+            self.expect(f"{prefix}.bias_ih_l{layers}", (4 * hidden,))
+            self.expect(f"{prefix}.bias_hh_l{layers}", (4 * hidden,))
+            layers += 1
+        if layers == 0:
+            raise CheckpointError(f"{self.source}: missing tensor {prefix + '.weight_ih_l0'!r} for {self.what}")
+        return hidden, layers
+
+    def check_unknown(self, ignored: tuple[str, ...] = ()) -> None:
+        unknown = sorted(k for k in self.sd if k not in self.used and not k.startswith(ignored))
+        if unknown:
+            raise CheckpointError(
+                f"{self.source}: unexpected tensors {unknown[:8]}{'...' if len(unknown) > 8 else ''} for {self.what} "
+                f"(e.g. a custom network, a continuous action head, or another algorithm); {SUPPORTED}"
+            )
+
+
+def _same(sd: dict[str, torch.Tensor], a: str, b: str) -> bool:
+    """Whether every tensor under prefix ``a`` equals the one under ``b`` (SB3 saves a shared module once per
+    name it is registered under)."""
+    keys_a = sorted(k[len(a):] for k in sd if k.startswith(a + "."))
+    keys_b = sorted(k[len(b):] for k in sd if k.startswith(b + "."))
+    return keys_a == keys_b and all(
+        sd[a + k].shape == sd[b + k].shape and torch.equal(sd[a + k], sd[b + k]) for k in keys_a
+    )
+
+
+def _family(data: dict, sd: dict[str, torch.Tensor], source: str) -> str:
+    """``actor_critic``, ``recurrent``, ``dqn`` or ``qrdqn`` from the policy class, checked against the keys."""
+    by_keys = (
+        "dqn" if any(k.startswith("q_net.") for k in sd)
+        else "qrdqn" if any(k.startswith("quantile_net.") for k in sd)
+        else "recurrent" if any(k.startswith("lstm_actor.") for k in sd)
+        else "actor_critic" if "action_net.weight" in sd
+        else None
+    )
+    cls = _policy_class(data)
+    if cls is not None:
+        module, name = cls
+        family = _CNN_POLICIES.get(cls)
+        if family is None:
+            algorithm = _MODULE_ALGORITHMS.get(module)
+            if algorithm is None:
+                raise CheckpointError(f"{source}: a policy of class {module}.{name}, which is not SB3's; {SUPPORTED}")
+            if "MultiInput" in name:
+                kind = "a MultiInputPolicy (dict observations)"
+            elif "Cnn" in name:
+                kind = f"a CnnPolicy ({name})"
+            else:
+                kind = f"an {'MlpLstmPolicy' if 'Recurrent' in name else 'MlpPolicy'} ({name}, no convolutional network)"
+            raise CheckpointError(f"{source}: {algorithm} with {kind}, which is not supported; {SUPPORTED}")
+        if by_keys is not None and by_keys != family:
+            raise CheckpointError(
+                f"{source}: the data names the policy class {module}.{name} but policy.pth holds the tensors of "
+                f"another network ({sorted(sd)[:4]}...): the file is inconsistent"
+            )
+        return family
+    if by_keys is None:
+        raise CheckpointError(
+            f"{source}: cannot tell the SB3 network: no policy class in its data and none of q_net.*, quantile_net.*, "
+            f"lstm_actor.*, action_net.* among its tensors ({sorted(sd)[:6]}...); {SUPPORTED}"
+        )
+    return by_keys
+
+
+def _activation(kwargs: dict, default: type[nn.Module], source: str) -> type[nn.Module]:
+    if "activation_fn" not in kwargs:
+        return default
+    name = _class_name(kwargs["activation_fn"])
+    if name not in _ACTIVATIONS:
+        raise CheckpointError(
+            f"{source}: activation_fn {kwargs['activation_fn']!r} between its MLP layers is not one of the torch "
+            f"activations supported ({', '.join(_ACTIVATIONS)})"
+        )
+    return _ACTIVATIONS[name]
+
+
+def _algorithm_name(family: str, data: dict) -> str:
+    if family == "actor_critic":
+        return "PPO" if "clip_range" in data else "TRPO" if "cg_max_steps" in data else "A2C"
+    return {"recurrent": "RecurrentPPO", "dqn": "DQN", "qrdqn": "QRDQN"}[family]
+
+
+def _trunk_weights(sd: dict[str, torch.Tensor], towers: list[str], scale: float) -> dict[str, torch.Tensor]:
+    """The trunk's (possibly fused) convolution weights and the linear layers after it, under our names."""
+    weights = {}
+    for index, theirs in enumerate((0, 2, 4)):
+        for part in ("weight", "bias"):
+            weights[f"trunk.{index}.{part}"] = torch.cat([sd[f"{t}.cnn.{theirs}.{part}"] for t in towers])
+    if scale != 1.0:  # normalize_images=False: the network saw bytes, 255 x what it gets here
+        weights["trunk.0.weight"] = weights["trunk.0.weight"] * scale
+    return weights
+
+
+def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Policy, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The rebuilt network (float32, CPU, untrained), the state dict to load into it, and the file's tensors it
+    uses; every shape checked."""
+    family = _family(data, sd, source)
+    algorithm = _algorithm_name(family, data)
+    what = f"SB3 {algorithm} with {'CnnLstmPolicy' if family == 'recurrent' else 'CnnPolicy'}"
+    keys = _Keys(sd, source, what)
+    num_actions = _action_count(data, source)  # first: a continuous action space is the clearest reason
+    if "log_std" in sd:
+        raise CheckpointError(f"{source}: a 'log_std' tensor: a continuous-action (Gaussian) policy; {SUPPORTED}")
+    kwargs = _policy_kwargs(data)
+    extractor_class = kwargs.get("features_extractor_class")
+    if extractor_class is not None and _class_name(extractor_class) != "NatureCNN":
+        raise CheckpointError(
+            f"{source}: features_extractor_class {_class_name(extractor_class)!r}: only SB3's NatureCNN is supported; "
+            f"{SUPPORTED}"
+        )
+    scale = 1.0 if kwargs.get("normalize_images", True) is not False else 255.0
+    weights: dict[str, torch.Tensor] = {}
+
+    def rename(ours: str, theirs: str) -> None:
+        weights.update({f"{ours}.{k[len(theirs) + 1:]}": v for k, v in sd.items() if k.startswith(theirs + ".")})
+
+    if family in ("dqn", "qrdqn"):
+        net = "q_net" if family == "dqn" else "quantile_net"
+        channels, flat, features = keys.nature_cnn(f"{net}.features_extractor")
+        widths = keys.linears(f"{net}.{net}", features)
+        if not widths:
+            raise CheckpointError(f"{source}: missing tensor {net + '.' + net + '.0.weight'!r} for {what}")
+        quantiles = None
+        if family == "qrdqn":
+            quantiles, rest = divmod(widths[-1], num_actions)
+            saved = data.get("n_quantiles", kwargs.get("n_quantiles", quantiles))
+            if rest or not 1 <= quantiles <= MAX_QUANTILES or _int(saved, "n_quantiles", source) != quantiles:
+                raise CheckpointError(
+                    f"{source}: the last quantile layer has {widths[-1]} outputs, not n_quantiles ({saved}) x "
+                    f"{num_actions} actions"
+                )
+        elif widths[-1] != num_actions:
+            raise CheckpointError(f"{source}: the Q-network has {widths[-1]} outputs for {num_actions} actions")
+        keys.check_unknown(ignored=(f"{net}_target.",))
+        shape = _observation_layout(data, channels, flat, source)
+        activation = _activation(kwargs, nn.ReLU, source) if len(widths) > 1 else None
+        model: SB3Policy = SB3QNetwork(shape, num_actions, features=features, hidden=widths[:-1],
+                                       activation=activation, quantiles=quantiles)
+        weights.update(_trunk_weights(sd, [f"{net}.features_extractor"], scale))
+        rename("linear", f"{net}.features_extractor.linear.0")
+        rename("q_net", f"{net}.{net}")
+        described = "NatureCNN, " + (f"Q-network MLP {widths[:-1]}" if widths[:-1] else "linear Q-head")
+        if quantiles is not None:
+            described += f", {quantiles} quantiles (Q = their mean)"
+    else:
+        # SB3 >= 1.7 registers the actor's extractor as features_extractor and pi_features_extractor, and a shared
+        # one as vf_features_extractor too: policy.pth holds each name's copy
+        pi_name = "features_extractor" if keys.has("features_extractor") else "pi_features_extractor"
+        channels, flat, features = keys.nature_cnn(pi_name)
+        if pi_name == "features_extractor" and keys.has("pi_features_extractor"):
+            if not _same(sd, "pi_features_extractor", pi_name):
+                raise CheckpointError(
+                    f"{source}: pi_features_extractor.* and features_extractor.* differ, but SB3 saves the actor's "
+                    "extractor under both names: this is not a file SB3 wrote"
+                )
+            keys.used.update(k for k in sd if k.startswith("pi_features_extractor."))
+        separate_vf = keys.has("vf_features_extractor") and not _same(sd, "vf_features_extractor", pi_name)
+        if separate_vf:
+            if keys.nature_cnn("vf_features_extractor") != (channels, flat, features):
+                raise CheckpointError(f"{source}: the critic's NatureCNN has other sizes than the actor's")
+        keys.used.update(k for k in sd if k.startswith("vf_features_extractor."))
+        lstm = None
+        latent = features
+        if family == "recurrent":
+            hidden, layers = keys.lstm("lstm_actor", features)
+            rename("lstm_actor", "lstm_actor")
+            if keys.has("lstm_critic"):
+                if keys.lstm("lstm_critic", features) != (hidden, layers):
+                    raise CheckpointError(f"{source}: the critic's LSTM has other sizes than the actor's")
+                rename("lstm_critic", "lstm_critic")
+                critic = "lstm"
+            elif "critic.weight" in sd:
+                keys.expect("critic.weight", (hidden, features))
+                keys.expect("critic.bias", (hidden,))
+                rename("critic", "critic")
+                critic = "linear"
+            else:
+                if separate_vf:
+                    raise CheckpointError(
+                        f"{source}: no critic LSTM or layer, and separate actor and critic extractors: sb3-contrib "
+                        "shares the actor's LSTM only with a shared extractor"
+                    )
+                critic = "shared"
+            lstm = (hidden, layers, critic)
+            latent = hidden
+        shared = keys.linears("mlp_extractor.shared_net", latent)
+        if shared and family == "recurrent":
+            raise CheckpointError(f"{source}: shared MLP layers in a recurrent policy, which sb3-contrib does not build")
+        top = shared[-1] if shared else latent
+        pi = keys.linears("mlp_extractor.policy_net", top)
+        vf = keys.linears("mlp_extractor.value_net", top)
+        keys.expect("action_net.weight", (num_actions, pi[-1] if pi else top))
+        keys.expect("action_net.bias", (num_actions,))
+        keys.expect("value_net.weight", (1, vf[-1] if vf else top))
+        keys.expect("value_net.bias", (1,))
+        keys.check_unknown()
+        shape = _observation_layout(data, channels, flat, source)
+        activation = _activation(kwargs, nn.Tanh, source) if (shared or pi or vf) else None
+        model = SB3ActorCritic(shape, num_actions, features=features, separate_vf=separate_vf, shared=shared, pi=pi,
+                               vf=vf, activation=activation, lstm=lstm)
+        towers = [pi_name, "vf_features_extractor"] if separate_vf else [pi_name]
+        weights.update(_trunk_weights(sd, towers, scale))
+        rename("pi_linear", f"{pi_name}.linear.0")
+        if separate_vf:
+            rename("vf_linear", "vf_features_extractor.linear.0")
+        for ours, theirs in (("shared_net", "mlp_extractor.shared_net"), ("policy_net", "mlp_extractor.policy_net"),
+                             ("value_net_mlp", "mlp_extractor.value_net"), ("action_net", "action_net"),
+                             ("value_net", "value_net")):
+            rename(ours, theirs)
+        described = f"{'separate actor and critic' if separate_vf else 'shared'} NatureCNN"
+        if lstm is not None:
+            critic_text = {"lstm": "its own LSTM", "shared": "the actor's LSTM", "linear": "a linear layer"}[lstm[2]]
+            described += f", LSTM {lstm[0]} x {lstm[1]} layer(s) (critic: {critic_text})"
+        if shared or pi or vf:
+            described += f", MLP shared {shared} pi {pi} vf {vf}"
+    model.algorithm = algorithm
+    model.summary = (
+        f"{what}: observations {'x'.join(map(str, model.observation_shape))} uint8, {num_actions} actions, {described}"
+        + (", normalize_images=False" if scale != 1.0 else "")
+    )
+    return model, weights, {k: sd[k] for k in sorted(keys.used)}
+
+
+def load_sb3(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> SB3Policy:
+    """Load a Stable-Baselines3 / sb3-contrib zip (``model.save(path)``) as a :class:`~engine.core.policy.Policy`.
+
+    Nothing in the file is executed: ``policy.pth`` is read with ``torch.load(weights_only=True)`` and the
+    ``data`` JSON's cloudpickled entries are skipped. The algorithm, observation shape (C, H, W), action count
+    and architecture are inferred from the JSON's readable fields and the tensors' names and shapes. Returns the
+    rebuilt network in eval mode on ``device`` with ``dtype``; anything unsupported or damaged raises
+    :class:`CheckpointError` naming the file, what was found and what is supported.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    path = os.fspath(path)
+    source = repr(path)
+    data, sd, version = _read_zip(path, source)
+    model, weights, used = _build(data, sd, source)
+    check_weights(used, source)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # unreachable after the shape checks; kept so nothing escapes as another type
+        raise CheckpointError(f"{source}: the weights do not load into the rebuilt network ({torch_reason(exc)})") from exc
+    model.sb3_version = version
+    if version:
+        model.summary += f" (saved by SB3 {version})"
+    model = model.to(device=device, dtype=dtype).eval()
+    frames = torch.zeros(2, *model.observation_shape, device=device, dtype=dtype)
+    frames[1] = 1.0
+    with torch.inference_mode():
+        out = model(frames, model.initial_state(2), batch_invariant=False)
+    if not all(bool(torch.isfinite(t).all()) for t in (out.value, out.logits, *out.state)):
+        raise CheckpointError(
+            f"{source}: the weights are finite but the network's outputs on a test frame are not (they overflow): "
+            "the file is corrupt or not a trained agent"
+        )
+    return model

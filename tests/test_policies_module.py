@@ -1,0 +1,240 @@
+"""The module wrapper (engine.policies.module.wrap_policy): a user's own feed-forward or recurrent network becomes a
+Policy whose outputs equal the network's own, batch-invariantly; wrong outputs are clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from engine.core.errors import EngineError
+from engine.core.policy import Policy, PolicyOutput
+from engine.policies.module import ModulePolicy, wrap_policy
+
+
+class MyCNN(nn.Module):
+    """The README's example: a small CNN on 4 stacked 84x84 frames in [0, 1], returning (logits, value)."""
+
+    def __init__(self, num_actions: int = 6):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(4, 16, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 9 * 9, 64), nn.ReLU(),
+        )  # fmt: skip
+        self.pi, self.v = nn.Linear(64, num_actions), nn.Linear(64, 1)
+
+    def forward(self, obs):
+        h = self.body(obs)
+        return self.pi(h), self.v(h)
+
+
+class MyBytesCNN(MyCNN):
+    """The same network, written to take the bytes (0..255) and divide by 255 itself."""
+
+    def forward(self, x):
+        return super().forward(x / 255.0)
+
+
+class MyLSTM(nn.Module):
+    """A recurrent network on one 84x84 frame, with ``nn.LSTM``'s (layers, N, hidden) state layout."""
+
+    def __init__(self, num_actions: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 8, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 20 * 20, 32))
+        self.lstm = nn.LSTM(32, 16)
+        self.pi, self.v = nn.Linear(16, num_actions), nn.Linear(16, 1)
+
+    def forward(self, obs, state):
+        out, (h, c) = self.lstm(self.body(obs).unsqueeze(0), state)
+        return self.pi(out[0]), self.v(out[0]).squeeze(-1), (h, c)
+
+
+def frames(n: int, channels: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, 84, 84), generator=g, dtype=torch.uint8).float() / 255
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return MyCNN().eval()
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    torch.manual_seed(1)
+    return MyLSTM().eval()
+
+
+def wrap_lstm(net, **kw):
+    zeros = (torch.zeros(1, 1, 16), torch.zeros(1, 1, 16))
+    return wrap_policy(net, (1, 84, 84), pipeline="cleanrl_atari", initial_state=zeros, state_batch_dim=1, **kw)
+
+
+def test_feed_forward_network(cnn):
+    policy = wrap_policy(cnn, observation_shape=(4, 84, 84), pipeline="gymnasium_atari")
+    assert isinstance(policy, Policy) and isinstance(policy, ModulePolicy)
+    assert policy.num_actions == 6 and policy.observation_shape == (4, 84, 84) and policy.frame_stack == 4
+    assert policy.device == torch.device("cpu") and policy.dtype == torch.float32
+    assert policy.initial_state(5) == () and policy.reset_state((), torch.ones(5, dtype=torch.bool)) == ()
+    obs = frames(37, 4)
+    with torch.no_grad():
+        out = policy(obs, ())
+        logits, value = cnn(obs)
+    assert out.logits.shape == (37, 6) and out.value.shape == (37,) and out.state == ()
+    torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.value, value.squeeze(-1), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # batch invariance: a row alone equals the same row in a batch, bit for bit
+        for row in (0, 36):
+            one = policy(obs[row : row + 1], ())
+            assert torch.equal(one.logits[0], out.logits[row]) and torch.equal(one.value[0], out.value[row])
+    # differentiable, for Jacobian saliency
+    x = obs[:2].clone().requires_grad_()
+    policy(x, ()).value.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_network_that_divides_by_255_itself(cnn):
+    """input_scale=255 hands it the bytes' values; its own /255 gives back the interface's values exactly."""
+    bytes_net = MyBytesCNN().eval()
+    bytes_net.load_state_dict(cnn.state_dict())
+    plain = wrap_policy(cnn, (4, 84, 84), pipeline="cleanrl_atari")
+    scaled = wrap_policy(bytes_net, (4, 84, 84), pipeline="cleanrl_atari", input_scale=255)
+    obs = frames(9, 4, seed=1)
+    with torch.no_grad():
+        a, b = plain(obs, ()), scaled(obs, ())
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.value, b.value)
+
+
+def test_q_values_logits_only_and_named_outputs(cnn):
+    obs = frames(5, 4, seed=2)
+    with torch.no_grad():
+        q = cnn(obs)[0]
+        qnet = wrap_policy(lambda x: cnn(x)[0], (4, 84, 84), pipeline="sb3_atari", outputs="q_values")
+        out = qnet(obs, ())
+        torch.testing.assert_close(out.logits, q)
+        assert torch.equal(out.value, out.logits.amax(1))
+        actor_only = wrap_policy(lambda x: cnn(x)[0], (4, 84, 84), pipeline="sb3_atari", outputs="logits")
+        assert not actor_only(obs, ()).value.any()
+        named = wrap_policy(lambda x: {"logits": cnn(x)[0], "value": cnn(x)[1]}, (4, 84, 84), pipeline="sb3_atari")
+        mapped = wrap_policy(cnn, (4, 84, 84), pipeline="sb3_atari", outputs=lambda out: (out[0], out[1][:, 0]))
+        policy_output = wrap_policy(
+            lambda x: PolicyOutput(cnn(x)[1].squeeze(1), cnn(x)[0], ()), (4, 84, 84), pipeline="sb3_atari"
+        )
+        for policy in (named, mapped, policy_output):
+            torch.testing.assert_close(policy(obs, ()).logits, q)
+
+
+def test_recurrent_network_sequence_with_reset(lstm):
+    """Step by step with episodes ending mid-sequence: equal to running the network by hand, state zeroed at the
+    episode starts; states are batch-first at the interface, (1, N, 16) inside."""
+    policy = wrap_lstm(lstm)
+    assert policy.num_actions == 4 and policy.frame_stack == 1
+    envs, steps = 5, 5
+    state = policy.initial_state(envs)
+    assert [tuple(s.shape) for s in state] == [(envs, 1, 16), (envs, 1, 16)] and not state[0].any()
+    g = torch.Generator().manual_seed(3)
+    state = tuple(torch.randn(envs, 1, 16, generator=g) for _ in range(2))  # non-zero, every row different
+    hand = tuple(s.transpose(0, 1).contiguous() for s in state)
+    done = torch.zeros(steps, envs, dtype=torch.bool)
+    done[2, 1] = done[3, 0] = True
+    with torch.no_grad():
+        for t in range(steps):
+            obs = frames(envs, 1, seed=10 + t)
+            state = policy.reset_state(state, done[t])
+            out = policy(obs, state)
+            state = out.state
+            keep = (~done[t]).float().view(1, -1, 1)
+            logits, value, hand = lstm(obs, (hand[0] * keep, hand[1] * keep))
+            torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out.value, value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(state[0], hand[0].transpose(0, 1), rtol=1e-5, atol=1e-6)
+        # batch invariance with a state
+        obs = frames(37, 1, seed=20)
+        big = tuple(torch.randn(37, 1, 16, generator=g) for _ in range(2))
+        batch = policy(obs, big)
+        one = policy(obs[7:8], tuple(s[7:8] for s in big))
+    assert torch.equal(one.logits[0], batch.logits[7]) and torch.equal(one.state[1][0], batch.state[1][7])
+
+
+def test_recurrent_callable_with_callable_state_and_reset(lstm):
+    """A plain function, a callable initial state and a custom reset (to a learned start state, say)."""
+    start = torch.full((1, 16), 0.25)
+
+    def step(obs, state):
+        logits, value, (h, c) = lstm(obs, (state[0].unsqueeze(0), state[1].unsqueeze(0)))
+        return logits, value, (h[0], c[0])
+
+    def reset(state, done):
+        return tuple(torch.where(done[:, None], start, s) for s in state)
+
+    policy = wrap_policy(
+        step, (1, 84, 84), pipeline="cleanrl_atari",
+        initial_state=lambda n: (start.repeat(n, 1), start.repeat(n, 1)), reset=reset,
+    )  # fmt: skip
+    state = policy.initial_state(3)
+    assert [tuple(s.shape) for s in state] == [(3, 16), (3, 16)] and bool((state[0] == 0.25).all())
+    with torch.no_grad():
+        state = policy(frames(3, 1), state).state
+    state = policy.reset_state(state, torch.tensor([False, True, False]))
+    assert bool((state[0][1] == 0.25).all()) and not bool((state[0][0] == 0.25).all())
+
+
+def _bad_logits(x):
+    return torch.zeros(x.shape[0], 7), torch.zeros(x.shape[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(fn=_bad_logits, num_actions=6), r"logits of shape \(2, 7\), expected \(2, 6\)"),
+        (dict(fn=lambda x: (torch.zeros(x.shape[0], 6), torch.zeros(x.shape[0], 2))), r"value of shape \(2, 2\)"),
+        (dict(fn=lambda x: torch.zeros(x.shape[0], 6)), r"returned 1 item\(s\) \[\(2, 6\)\], expected 2"),
+        (dict(fn=lambda x: torch.zeros(6), outputs="q_values"), r"Q-values of shape \(6,\), expected \(2, A\)"),
+        (dict(fn=lambda x: "left"), "returned a str"),
+        (dict(fn=lambda x: {"logits": torch.zeros(2, 6)}), r"without \['value'\]"),
+        (dict(fn=lambda x: (torch.zeros(2, 6, dtype=torch.long), torch.zeros(2))), "dtype torch.int64"),
+        (dict(fn=3), "must be a torch.nn.Module or a callable"),
+        (dict(fn=_bad_logits, pipeline="atari"), "unknown pipeline 'atari'"),
+        (dict(fn=_bad_logits, outputs="policy"), "unknown outputs 'policy'"),
+        (dict(fn=_bad_logits, reset=lambda s, d: s), "reset was given without initial_state"),
+        (dict(fn=_bad_logits, observation_shape=(84, 84)), r"observation_shape must be \(C, H, W\)"),
+    ],
+)
+def test_wrong_outputs_and_arguments_are_clear_errors(kwargs, expected):
+    kwargs = {"observation_shape": (4, 84, 84), "pipeline": "gymnasium_atari", **kwargs}
+    with pytest.raises(EngineError, match=expected):
+        wrap_policy(kwargs.pop("fn"), **kwargs)
+
+
+def test_recurrent_errors(lstm):
+    with pytest.raises(EngineError, match=r"returned 2 item\(s\).*expected 3 .*recurrent"):
+        wrap_lstm(lambda obs, state: lstm(obs, state)[:2])
+    with pytest.raises(EngineError, match=r"next state of shapes \[\(1, 1, 16\), \(1, 1, 16\)\], expected 2 tensor"):
+        wrap_lstm(lambda obs, state: (*lstm(obs, state)[:2], tuple(s[:, :1] for s in lstm(obs, state)[2])))
+    with pytest.raises(EngineError, match=r"initial_state tensors of shapes \[\(1, 3, 16\)\]"):
+        wrap_policy(
+            lstm, (1, 84, 84), pipeline="cleanrl_atari", initial_state=(torch.zeros(1, 3, 16),), state_batch_dim=1
+        )
+    policy = wrap_lstm(lstm)
+    with pytest.raises(EngineError, match=r"observations of shape \(2, 4, 84, 84\), expected \(N, \*\(1, 84, 84\)\)"):
+        policy(torch.zeros(2, 4, 84, 84), policy.initial_state(2))
+
+
+def test_module_on_another_dtype_is_not_moved_silently(cnn):
+    with pytest.raises(EngineError, match=r"move it first"):
+        wrap_policy(cnn, (4, 84, 84), pipeline="gymnasium_atari", dtype="float64")
+    net64 = MyCNN().double().eval()
+    assert wrap_policy(net64, (4, 84, 84), pipeline="gymnasium_atari").dtype == torch.float64
+
+
+def test_wrapped_networks_run_through_the_engines_saliency(cnn, lstm):
+    from engine.core.jacobian import jacobian_saliency
+    from engine.core.perturbation import perturbation_saliency
+
+    for policy, channels in ((wrap_policy(cnn, (4, 84, 84), pipeline="gymnasium_atari"), 4), (wrap_lstm(lstm), 1)):
+        obs = frames(2, channels, seed=30)
+        state = policy.initial_state(2)
+        assert perturbation_saliency(policy, obs, state, density=10).actor.shape == (2, 84, 84)
+        assert jacobian_saliency(policy, obs, state).critic.shape == (2, 84, 84)

@@ -1,0 +1,405 @@
+"""The Stable-Baselines3 / sb3-contrib adapter (engine.policies.sb3) on real zips written by the libraries.
+
+Every agent is built by the library itself (seeded constructor, ``model.save``), loaded through ``load_sb3``,
+and compared with the library's own outputs on random uint8 observations: ``policy.get_distribution(obs)``
+(its ``distribution.logits`` are the log-softmax of the network's action layer, which the adapter returns as
+logits), ``predict_values``, ``q_net`` / ``quantile_net``, and for RecurrentPPO its ``forward`` over a sequence
+with non-zero states and episode starts in the middle.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("sb3_contrib")
+
+from stable_baselines3.common.policies import BaseModel  # noqa: E402  (the actor's extractor, shared or not)
+
+from engine.core.errors import CheckpointError  # noqa: E402
+from engine.core.policy import Policy  # noqa: E402
+from engine.policies.sb3 import SB3Policy, load_sb3  # noqa: E402
+from tests.sb3_agents import NUM_ACTIONS, gym_spaces_data, make_agent, rewrite_zip, saved_bytes  # noqa: E402
+
+RTOL = 1e-5
+ACTOR_CRITIC = ("ppo", "a2c", "ppo_separate", "ppo_mlp")
+RECURRENT = ("rppo", "rppo_shared", "rppo_linear")
+VALUE_BASED = ("dqn", "qrdqn")
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory):
+    """kind -> (zip path, the library's model), built on first use."""
+    folder = tmp_path_factory.mktemp("sb3")
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            path = folder / f"{kind}.zip"
+            cache[kind] = (path, make_agent(kind, path))
+        return cache[kind]
+
+    return get
+
+
+def observations(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 4, 84, 84), dtype=np.uint8))
+
+
+def assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal to float rounding: within RTOL of the reference's largest magnitude."""
+    ours, reference = ours.detach().double(), reference.detach().double()
+    assert ours.shape == reference.shape
+    scale = float(reference.abs().max().clamp_min(1e-12))
+    assert float((ours - reference).abs().max()) <= RTOL * scale
+
+
+def sb3_actor_critic(policy, obs: torch.Tensor):
+    """The library's raw logits (its action layer), distribution logits, and values."""
+    with torch.no_grad():
+        features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
+        raw = policy.action_net(policy.mlp_extractor.forward_actor(features))
+        return raw, policy.get_distribution(obs).distribution.logits, policy.predict_values(obs)[:, 0]
+
+
+# --- outputs equal the library's own ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ACTOR_CRITIC)
+def test_actor_critic_outputs_equal_sb3(agents, kind):
+    path, model = agents(kind)
+    policy = load_sb3(path)
+    assert isinstance(policy, Policy) and isinstance(policy, SB3Policy)
+    assert policy.observation_shape == (4, 84, 84) and policy.num_actions == NUM_ACTIONS
+    assert policy.pipeline == "sb3_atari" and policy.frame_stack == 4
+    assert policy.algorithm == {"a2c": "A2C"}.get(kind, "PPO") and policy.initial_state(3) == ()
+    obs = observations(5)
+    raw, logits, values = sb3_actor_critic(model.policy, obs)
+    with torch.inference_mode():
+        out = policy(obs.float() / 255, ())
+    assert_close(out.logits, raw)
+    assert_close(torch.log_softmax(out.logits, -1), logits)
+    assert_close(out.value, values)
+    assert out.state == ()
+
+
+@pytest.mark.parametrize("kind", VALUE_BASED)
+def test_q_values_equal_sb3(agents, kind):
+    path, model = agents(kind)
+    policy = load_sb3(path)
+    assert policy.value_based and policy.algorithm == kind.upper() and policy.num_actions == NUM_ACTIONS
+    obs = observations(5)
+    with torch.no_grad():
+        q = model.policy.q_net(obs) if kind == "dqn" else model.policy.quantile_net(obs).mean(dim=1)
+        greedy = model.policy._predict(obs, deterministic=True)
+    with torch.inference_mode():
+        out = policy(obs.float() / 255, ())
+    assert_close(out.logits, q)
+    assert_close(out.value, q.max(dim=1).values)
+    assert torch.equal(out.logits.argmax(dim=1), greedy)
+
+
+@pytest.mark.parametrize("kind", RECURRENT)
+def test_recurrent_ppo_sequence_equals_sb3(agents, kind):
+    """Four envs over six steps from random (non-zero) states, with episode starts in the middle: logits, values
+    (both SB3's forward and predict_values, so the critic's own LSTM path) and every state tensor."""
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    path, model = agents(kind)
+    sb3 = model.policy
+    policy = load_sb3(path)
+    assert policy.algorithm == "RecurrentPPO"
+    layers, n, hidden = sb3.lstm_hidden_state_shape
+    critic_lstm = sb3.lstm_critic is not None
+    assert policy.state_widths == (layers * hidden,) * (4 if critic_lstm else 2)
+    assert all(torch.equal(s, torch.zeros(3, layers * hidden)) for s in policy.initial_state(3))
+    envs, steps = 4, 6
+    generator = torch.Generator().manual_seed(1)
+    pi = tuple(torch.randn(layers, envs, hidden, generator=generator) for _ in range(2))
+    vf = tuple(torch.randn(layers, envs, hidden, generator=generator) for _ in range(2)) if critic_lstm else pi
+    states = RNNStates(pi, vf)
+    flat = lambda s: s.transpose(0, 1).reshape(envs, -1)  # noqa: E731  (layers, N, H) -> (N, layers * H)
+    ours = tuple(flat(s) for s in (*pi, *vf)) if critic_lstm else tuple(flat(s) for s in pi)
+    starts = torch.zeros(steps, envs)
+    starts[2, 1] = starts[4, 0] = starts[4, 3] = 1.0
+    for t in range(steps):
+        obs = observations(envs, seed=10 + t)
+        with torch.no_grad():
+            _, values, _, new_states = sb3.forward(obs, states, starts[t])
+            dist, _ = sb3.get_distribution(obs, states.pi, starts[t])
+            predicted = sb3.predict_values(obs, states.vf if critic_lstm else states.pi, starts[t])
+            features = BaseModel.extract_features(sb3, obs, sb3.pi_features_extractor)
+            latent, _ = sb3._process_sequence(features, states.pi, starts[t], sb3.lstm_actor)
+            raw = sb3.action_net(sb3.mlp_extractor.forward_actor(latent))
+        with torch.inference_mode():
+            out = policy(obs.float() / 255, policy.reset_state(ours, starts[t].bool()))
+        assert_close(out.logits, raw)
+        assert_close(torch.log_softmax(out.logits, -1), dist.distribution.logits)
+        assert_close(out.value, values[:, 0])
+        assert_close(out.value, predicted[:, 0])
+        expected = (*new_states.pi, *new_states.vf) if critic_lstm else new_states.pi
+        assert len(out.state) == len(expected)
+        for mine, theirs in zip(out.state, expected):
+            assert_close(mine, flat(theirs))
+        states, ours = new_states, out.state
+
+
+def test_reset_state_is_sb3_episode_start(agents):
+    """reset_state zeroes exactly the rows SB3's ``(1 - episode_start) * state`` zeroes, on every state tensor."""
+    policy = load_sb3(agents("rppo")[0])
+    state = tuple(torch.randn(5, w) for w in policy.state_widths)
+    done = torch.tensor([False, True, False, False, True])
+    reset = policy.reset_state(state, done)
+    for before, after in zip(state, reset):
+        assert torch.equal(after, (1.0 - done.float()).view(-1, 1) * before)
+
+
+# --- batch invariance, dtypes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ppo", "ppo_separate", "dqn", "qrdqn", "rppo", "rppo_linear"])
+def test_batch_invariance(agents, kind):
+    """The same observation (and state) alone, in a batch of 37, or in chunks gives bit-identical outputs."""
+    policy = load_sb3(agents(kind)[0])
+    obs = observations(37, seed=3).float() / 255
+    generator = torch.Generator().manual_seed(2)
+    state = tuple(torch.randn(37, w, generator=generator) for w in policy.state_widths)
+    with torch.inference_mode():
+        full = policy(obs, state)
+        chunks = [policy(obs[a:b], tuple(s[a:b] for s in state)) for a, b in ((0, 5), (5, 37))]
+        for i in (0, 17, 36):
+            alone = policy(obs[i : i + 1], tuple(s[i : i + 1] for s in state))
+            assert torch.equal(alone.logits, full.logits[i : i + 1]) and torch.equal(alone.value, full.value[i : i + 1])
+            assert all(torch.equal(a, f[i : i + 1]) for a, f in zip(alone.state, full.state))
+    assert torch.equal(torch.cat([c.logits for c in chunks]), full.logits)
+    assert torch.equal(torch.cat([c.value for c in chunks]), full.value)
+    assert all(torch.equal(torch.cat([c.state[k] for c in chunks]), full.state[k]) for k in range(len(state)))
+
+
+@pytest.mark.parametrize("kind", ["ppo_separate", "qrdqn", "rppo"])
+def test_float64(agents, kind):
+    path, model = agents(kind)
+    policy = load_sb3(path, dtype=torch.float64)
+    assert policy.dtype == torch.float64 and policy.device == torch.device("cpu")
+    obs = observations(3)
+    state = policy.initial_state(3)
+    assert all(s.dtype == torch.float64 for s in state)
+    with torch.inference_mode():
+        out = policy(obs.double() / 255, state)
+        single = load_sb3(path)(obs.float() / 255, tuple(s.float() for s in state))
+    assert out.logits.dtype == out.value.dtype == torch.float64
+    assert_close(out.logits, single.logits)
+    assert_close(out.value, single.value)
+    if kind == "ppo_separate":  # and against the library (float32 only: its preprocess_obs casts to float)
+        raw, _, values = sb3_actor_critic(model.policy, obs)
+        assert_close(out.logits, raw)
+        assert_close(out.value, values)
+
+
+def test_gradients_reach_the_observation(agents):
+    """Jacobian saliency needs d(outputs)/d(obs) through the rebuilt network (fused, grouped trunk included)."""
+    policy = load_sb3(agents("ppo_separate")[0])
+    obs = (observations(2).float() / 255).requires_grad_(True)
+    out = policy(obs, ())
+    (out.logits.sum() + out.value.sum()).backward()
+    assert obs.grad is not None and float(obs.grad.abs().sum()) > 0
+
+
+def test_trunk_hooks_compose_to_the_forward_pass(agents):
+    """convs / conv_activations / features / from_features, the hooks incremental inference uses, give the
+    forward pass's outputs; separate actor and critic extractors are one grouped trunk."""
+    for kind, channels in (("ppo", 64), ("ppo_separate", 128), ("rppo", 64)):
+        policy = load_sb3(agents(kind)[0])
+        assert [c.kernel_size for c in policy.convs] == [(8, 8), (4, 4), (3, 3)]
+        assert [c.stride for c in policy.convs] == [(4, 4), (2, 2), (1, 1)]
+        obs = observations(16).float() / 255
+        state = policy.initial_state(16)
+        with torch.inference_mode():
+            layer2 = policy.conv_activations(obs, 0, 2)
+            layer3 = policy.conv_activations(layer2, 2, 3)
+            assert layer3.shape == (16, channels, 7, 7)
+            staged = policy.from_features(layer3.flatten(1), state)
+            direct = policy(obs, state)
+        assert torch.equal(staged.logits, direct.logits) and torch.equal(staged.value, direct.value)
+
+
+# --- files from older SB3 versions and RL Zoo ------------------------------------------------------------------
+
+
+def _compare_with(policy, model, kind="ppo"):
+    obs = observations(4, seed=7)
+    raw, _, values = sb3_actor_critic(model.policy, obs)
+    with torch.inference_mode():
+        out = policy(obs.float() / 255, ())
+    assert_close(out.logits, raw)
+    assert_close(out.value, values)
+
+
+def _sb3_1x_keys(state_dict):
+    """SB3 < 1.7 had one features extractor (no pi_/vf_ copies)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(("pi_features_extractor.", "vf_features_extractor."))}
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_sb3_1x_and_rl_zoo_zips(agents, tmp_path, layout):
+    """An SB3 1.x zip (gym spaces, ``shape``, integer ``n``, one extractor) as RL Zoo published them, with the
+    observation space saved channel-first (after VecTransposeImage) or channel-last (VecFrameStack's (84, 84, 4))."""
+    path, model = agents("ppo")
+    shape = [4, 84, 84] if layout == "channels_first" else [84, 84, 4]
+    old = rewrite_zip(path, tmp_path / "old.zip", data=lambda d: gym_spaces_data(d, shape), policy=_sb3_1x_keys,
+                      version="1.5.0", drop=("system_info.txt",))
+    policy = load_sb3(old)
+    assert policy.observation_shape == (4, 84, 84) and policy.sb3_version == "1.5.0"
+    _compare_with(policy, model)
+
+
+def test_sb3_1x_shared_mlp_layers(agents, tmp_path):
+    """SB3 1.x's ``mlp_extractor.shared_net`` (``net_arch=[16, dict(pi=[], vf=[])]``), checked against a 2.x
+    model whose actor and critic layers are identical."""
+    path, model = agents("ppo_same_layers")
+
+    def shared(state_dict):
+        state_dict = _sb3_1x_keys(state_dict)
+        for part in ("weight", "bias"):
+            state_dict[f"mlp_extractor.shared_net.0.{part}"] = state_dict.pop(f"mlp_extractor.policy_net.0.{part}")
+            del state_dict[f"mlp_extractor.value_net.0.{part}"]
+        return state_dict
+
+    policy = load_sb3(rewrite_zip(path, tmp_path / "shared.zip", policy=shared, version="1.2.0"))
+    assert "shared [16]" in policy.summary
+    _compare_with(policy, model)
+
+
+def test_zip_without_readable_policy_class(agents, tmp_path):
+    """``model.save(path, exclude=[...])`` or an unknown field layout: the network is told by its keys."""
+    path, model = agents("ppo_separate")
+    edited = rewrite_zip(path, tmp_path / "bare.zip", data=lambda d: {k: v for k, v in d.items() if k != "policy_class"})
+    _compare_with(load_sb3(edited), model)
+
+
+# --- bad files: each a clear CheckpointError --------------------------------------------------------------------
+
+
+def _refused(path, *fragments):
+    with pytest.raises(CheckpointError) as info:
+        load_sb3(path)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+class _Payload:
+    """Unpickling this creates a file: a stand-in for any code a malicious pickle runs."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("kind, found", [("ppo_mlppolicy", "MlpPolicy"), ("ppo_continuous", "continuous (Box) action space")])
+def test_unsupported_policies(agents, kind, found):
+    message = _refused(agents(kind)[0], found, "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy")
+    assert "RecurrentPPO" in message
+
+
+def test_damaged_and_foreign_files(agents, tmp_path):
+    path = agents("ppo")[0]
+    raw = path.read_bytes()
+    (truncated := tmp_path / "truncated.zip").write_bytes(raw[: len(raw) // 2])
+    _refused(truncated, "damaged or truncated zip")
+    (empty := tmp_path / "empty.zip").write_bytes(b"")
+    _refused(empty, "empty")
+    (text := tmp_path / "notes.zip").write_text("hello")
+    _refused(text, "not a zip archive")
+    _refused(tmp_path / "missing.zip", "does not exist")
+    torch.save({"w": torch.zeros(2)}, state_dict := tmp_path / "agent.pt")
+    _refused(state_dict, "torch.save file", "'data' and 'policy.pth'")
+    with zipfile.ZipFile(other := tmp_path / "other.zip", "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    _refused(other, "hello.txt", "not an SB3 agent")
+    corrupt = rewrite_zip(path, tmp_path / "corrupt.zip", policy=lambda sd: b"not a torch file at all")
+    _refused(corrupt, "policy.pth is damaged")
+    bad_json = tmp_path / "bad_json.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad_json, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, b"{not json" if name == "data" else src.read(name))
+    _refused(bad_json, "'data' entry is not the JSON")
+
+
+def test_unknown_and_inconsistent_tensors(agents, tmp_path):
+    path = agents("ppo")[0]
+    extra = rewrite_zip(path, tmp_path / "extra.zip", policy=lambda sd: {**sd, "extra_head.weight": torch.zeros(3, 512)})
+    _refused(extra, "unexpected tensors ['extra_head.weight']", "supported:")
+    missing = rewrite_zip(path, tmp_path / "missing.zip",
+                          policy=lambda sd: {k: v for k, v in sd.items() if not k.startswith("value_net")})
+    _refused(missing, "missing tensor 'value_net.weight'")
+    nan = rewrite_zip(path, tmp_path / "nan.zip",
+                      policy=lambda sd: {**sd, "action_net.bias": torch.full_like(sd["action_net.bias"], float("nan"))})
+    _refused(nan, "non-finite")
+    # a PPO's data with a DQN's tensors
+
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(path) as ppo, zipfile.ZipFile(agents("dqn")[0]) as dqn, zipfile.ZipFile(mixed, "w") as out:
+        out.writestr("data", ppo.read("data"))
+        out.writestr("policy.pth", dqn.read("policy.pth"))
+    _refused(mixed, "inconsistent")
+
+
+def test_data_that_does_not_fit(agents, tmp_path):
+    path = agents("ppo")[0]
+
+    def edit(field, **changes):
+        def apply(data):
+            data = dict(data)
+            data[field] = {**data[field], **changes}
+            return data
+
+        return apply
+
+    _refused(rewrite_zip(path, tmp_path / "a.zip", data=edit("observation_space", _shape=[3, 84, 84])), "does not fit")
+    _refused(rewrite_zip(path, tmp_path / "b.zip", data=edit("observation_space", dtype="float32")), "dtype float32")
+    _refused(rewrite_zip(path, tmp_path / "c.zip", data=edit("action_space", n="9")), "action_net.weight")
+    _refused(rewrite_zip(path, tmp_path / "d.zip", data=edit(
+        "policy_kwargs", features_extractor_class="<class 'my_project.CustomCNN'>")), "CustomCNN", "NatureCNN")
+    _refused(rewrite_zip(path, tmp_path / "e.zip", data=edit(
+        "policy_class", __module__="stable_baselines3.sac.policies", __init__="<function CnnPolicy.__init__ at 0x1>")),
+        "SAC")
+
+
+def test_pickle_in_policy_pth_is_never_executed(agents, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = saved_bytes({"action_net.weight": _Payload(marker)})
+    # the payload is live: an unsafe load would create the file
+    live = tmp_path / "live"
+    torch.load(io.BytesIO(saved_bytes({"x": _Payload(live)})), weights_only=False)
+    assert live.exists()
+    evil = rewrite_zip(agents("ppo")[0], tmp_path / "evil.zip", policy=lambda sd: payload)
+    _refused(evil, "Python objects other than tensors", "could run code")
+    assert not marker.exists()
+
+
+def test_serialized_json_entries_are_never_unpickled(agents, tmp_path):
+    """The data JSON's cloudpickled entries (``:serialized:``) are skipped: a payload there never runs."""
+    path, model = agents("ppo")
+    marker = tmp_path / "pwned"
+    blob = base64.b64encode(pickle.dumps(_Payload(marker))).decode()
+    live = tmp_path / "live"
+    pickle.loads(base64.b64decode(base64.b64encode(pickle.dumps(_Payload(live)))))
+    assert live.exists()
+
+    def poison(data):
+        return {k: ({**v, ":serialized:": blob} if isinstance(v, dict) and ":serialized:" in v else v) for k, v in data.items()}
+
+    policy = load_sb3(rewrite_zip(path, tmp_path / "poisoned.zip", data=poison))
+    assert not marker.exists()
+    _compare_with(policy, model)
