@@ -156,8 +156,8 @@ def reset_rows(state: State, done: torch.Tensor) -> State:
     whose initial state is zeros (all the libraries' recurrent agents)."""
     if not state:
         return state
-    keep = (~done.to(device=state[0].device, dtype=torch.bool)).to(state[0].dtype)
-    return tuple(s * keep.view(-1, *([1] * (s.ndim - 1))) for s in state)
+    done = done.to(device=state[0].device, dtype=torch.bool)
+    return tuple(torch.where(done.view(-1, *([1] * (s.ndim - 1))), torch.zeros((), dtype=s.dtype, device=s.device), s) for s in state)
 
 
 class ActorCritic(nn.Module):
