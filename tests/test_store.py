@@ -71,7 +71,7 @@ def test_other_checkpoint_replays_the_same_game(recorded, tmp_path):
     store, _ = recorded
     r = store.read()
     later = load_agent(checkpoint("pong", 80), device="cpu")
-    own, _ = replay_states(later, r.frames, r.dones, later.initial_state(1))
+    own, _ = replay_states(later, r.observations, r.dones, later.initial_state(1))
     assert not torch.equal(own[0], r.states[0])  # its own memory of the same frames
     for alignment in ("exact", "paper"):
         settings = SaliencyConfig(density=10, state_alignment=alignment)
@@ -82,7 +82,7 @@ def test_other_checkpoint_replays_the_same_game(recorded, tmp_path):
 
 def test_replaying_the_recording_agent_gives_its_recorded_states(recorded, pong_agent):
     r = recorded[0].read()
-    states, _ = replay_states(pong_agent, r.frames, r.dones, pong_agent.initial_state(1))
+    states, _ = replay_states(pong_agent, r.observations, r.dones, pong_agent.initial_state(1))
     assert torch.equal(states[0], r.states[0])
 
 
@@ -174,3 +174,35 @@ def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, p
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert a["actor"].shape == (STEPS, 80, 80) and a["actor"].max() > 0
     assert not list(chunks.glob("*.partial")) and resumed.complete
+
+
+# --- any policy: a Nature-CNN agent in CleanRL's pipeline (feed-forward, and with an LSTM core) ---------------
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "lstm"])
+def test_store_of_any_policy_records_observations_and_replays_them(tmp_path, recurrent):
+    from tests.test_any_policy import NatureAgent
+
+    torch.manual_seed(5)
+    agent = NatureAgent(recurrent=recurrent, num_actions=4).eval()  # Breakout's 4 actions
+    store = record_rollout(agent, "BreakoutNoFrameskip-v4", 12, tmp_path / "r", seed=2, chunk_steps=5,
+                           checkpoint_sha256="a" * 64, progress=False)
+    r = store.read()
+    assert r.observations.shape == (12, 4, 84, 84) and r.observations.dtype == torch.uint8 and r.frames.shape == (12, 210, 160, 3)
+    assert r.action_names[:2] == ("NOOP", "FIRE") and r.pipeline["name"] == "cleanrl_atari"
+    assert len(r.states) == (2 if recurrent else 0)
+    settings = SaliencyConfig(density=28, score="action_logprob")
+    scored = score_store(agent, store.store.root, tmp_path / "s", settings, "a" * 64, frames_per_chunk=4, progress=False)
+    expected = compute_saliency(agent, r.observations, r.states, settings, actions=r.actions)
+    assert np.array_equal(scored.read()["actor_scores"], expected["actor_scores"].numpy())
+    assert float(expected["actor_scores"].max()) > 0
+    # another agent replays the recorded observations to get its own states, chunk boundaries included
+    torch.manual_seed(6)
+    other = NatureAgent(recurrent=recurrent, num_actions=4).eval()
+    replayed = score_store(other, store.store.root, tmp_path / "s2", settings, "b" * 64, frames_per_chunk=4, progress=False)
+    own, _ = replay_states(other, r.observations, r.dones, other.initial_state(1))
+    assert np.array_equal(replayed.read()["actor_scores"],
+                          compute_saliency(other, r.observations, own, settings, actions=r.actions)["actor_scores"].numpy())
+    if recurrent:  # the recording agent's replayed states are its recorded ones, bit for bit
+        again, _ = replay_states(agent, r.observations, r.dones, agent.initial_state(1))
+        assert all(torch.equal(a, b) for a, b in zip(again, r.states))

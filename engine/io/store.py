@@ -25,14 +25,13 @@ from tqdm.auto import tqdm
 
 from ..core.batching import chunk_bounds, pad_rows
 from ..core.errors import EngineError
-from ..core.policy import ActorCritic, State, state_to
-from ..core.preprocessing import preprocess_frames
-from ..env.rollout import Player, Rollout, rollout_from_steps
+from ..core.policy import Policy, State, state_to
 from ..core.saliency import SaliencyConfig, compute_saliency, paper_shift
+from ..env.rollout import Player, Rollout, rollout_from_steps
 from .arrays import atomic_path, load_arrays, save_arrays
 
-FORMAT = 1
-ROLLOUT_FIELDS = ("frames", "logits", "values", "actions", "rewards", "dones")
+FORMAT = 2  # 2: observations, the pipeline and the agent's state shapes recorded (any policy)
+ROLLOUT_FIELDS = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
 
 
 class StoreMismatchError(EngineError):
@@ -157,14 +156,15 @@ class RolloutStore:
         cat = {key: np.concatenate([p[key] for _, p in parts]) for key in parts[0][1]}
         offset = start - parts[0][0]
         window = slice(offset, offset + stop - start)
-        states = tuple(torch.from_numpy(cat[f"state_{i}"][window]) for i in range(self.identity["state_size"]))
+        states = tuple(torch.from_numpy(cat[f"state_{i}"][window]) for i in range(len(self.identity["state_shapes"])))
         fields = {name: torch.from_numpy(cat[name][window]) for name in ROLLOUT_FIELDS}
         return Rollout(states=states, env_id=self.identity["env_id"], seed=self.identity["seed"],
-                       greedy=self.identity["greedy"], **fields)
+                       greedy=self.identity["greedy"], action_names=tuple(self.identity["action_names"]),
+                       pipeline=self.identity["pipeline"], **fields)
 
 
 def record_rollout(
-    agent: ActorCritic,
+    agent: Policy,
     env_id: str,
     num_steps: int,
     root,
@@ -174,8 +174,12 @@ def record_rollout(
     checkpoint_sha256: str = "",
     extra: dict | None = None,
     progress: bool = False,
+    **pipeline_options,
 ) -> RolloutStore:
     """Play and record ``num_steps`` steps into a store, chunk by chunk; resumes an interrupted recording.
+
+    The agent plays in its own environment pipeline (``pipeline_options`` as for :func:`engine.env.rollout.rollout`);
+    the pipeline's settings, the action names and the shapes of the agent's state are recorded in the manifest.
 
     Resuming replays the recorded actions in a fresh environment (seeded as before; checked against the
     recorded frames of the last chunk), restores the action sampler's saved state and recomputes the
@@ -183,17 +187,22 @@ def record_rollout(
     """
     if num_steps < 1 or chunk_steps < 1:
         raise ValueError("num_steps and chunk_steps must be >= 1")
+    player = Player(agent, env_id, seed, greedy, **pipeline_options)
     identity = dict(
         kind="rollout", format=FORMAT, engine=engine_version(), env_id=env_id, seed=seed, greedy=greedy,
-        num_steps=num_steps, chunk_steps=chunk_steps, checkpoint_sha256=checkpoint_sha256, core=agent.core,
-        num_actions=agent.num_actions, hidden_size=agent.hidden_size, state_size=agent.state_size,
-        dtype=str(agent.actor_linear.weight.dtype),
+        num_steps=num_steps, chunk_steps=chunk_steps, checkpoint_sha256=checkpoint_sha256,
+        num_actions=agent.num_actions, state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
+        dtype=str(agent.dtype), pipeline=player.spec.to_dict(), action_names=list(player.action_names),
     )
-    rstore = RolloutStore(ChunkStore.open_or_create(root, identity, {"extra": extra or {}}))
+    try:
+        rstore = RolloutStore(ChunkStore.open_or_create(root, identity, {"extra": extra or {}}))
+    except BaseException:
+        player.close()
+        raise
     first = rstore.completed_chunks()
     if first == len(rstore.bounds):
+        player.close()
         return rstore
-    player = Player(agent, env_id, seed, greedy)
     try:
         if first > 0:
             _resume_player(player, rstore, first)
@@ -220,33 +229,41 @@ def _resume_player(player: Player, rstore: RolloutStore, done_chunks: int) -> No
         actions.append(part["actions"])
         dones.append(part["dones"])
     last = rstore.store.read(done_chunks - 1)
-    player.replay(np.concatenate(actions), np.concatenate(dones), frames=last["frames"])
+    player.replay(np.concatenate(actions), np.concatenate(dones), frames=last["frames"], observations=last["observations"])
     player.sampler.set_state(torch.from_numpy(last["sampler_state"]))
     if not last["dones"][-1]:
         agent = player.agent
-        state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(agent.state_size))
-        device, dtype = player.device, agent.actor_linear.weight.dtype
+        state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(len(rstore.identity["state_shapes"])))
+        device, dtype = torch.device(agent.device), agent.dtype
         with torch.inference_mode():
-            out = agent(preprocess_frames(last["frames"][-1:], device=device, dtype=dtype), state_to(state, device, dtype))
+            obs = torch.from_numpy(last["observations"][-1:]).to(device=device, dtype=dtype) / 255
+            out = agent(obs, state_to(state, device, dtype))
         player.state = out.state
 
 
-def replay_states(agent: ActorCritic, frames, dones, state: State) -> tuple[State, State]:
-    """The states ``agent`` uses on each of ``frames`` when it sees them in order from ``state`` (zeros after
-    a recorded episode end), and the state after the last frame. The convolutions run batched; the recurrent
-    core is inherently sequential, one cheap cell step per frame. Bit-identical to playing (batch-invariant
-    kernels), so replaying the recording agent reproduces its recorded states."""
-    device, dtype = agent.actor_linear.weight.device, agent.actor_linear.weight.dtype
+def replay_states(agent: Policy, observations, dones, state: State) -> tuple[State, State]:
+    """The states ``agent`` uses on each of ``observations`` (uint8 (T, C, H, W)) when it sees them in order from
+    ``state`` (reset after a recorded episode end), and the state after the last one. Bit-identical to playing
+    (batch-invariant kernels), so replaying the recording agent reproduces its recorded states. Agents that expose
+    their features (``features`` / ``from_features``, as the engine's own and its adapters do) run the convolutions
+    batched and only the recurrent part step by step; others run whole forward passes step by step."""
+    device, dtype = torch.device(agent.device), agent.dtype
     with torch.inference_mode():
-        x = preprocess_frames(frames, device=device, dtype=dtype)
-        features = agent.features(pad_rows(x))[: x.shape[0]]
+        x = torch.as_tensor(observations).to(device=device, dtype=dtype) / 255
+        split = hasattr(agent, "features") and hasattr(agent, "from_features")
+        features = agent.features(pad_rows(x))[: x.shape[0]] if split else None
         state = state_to(state, device, dtype)
         used = []
-        ends = torch.as_tensor(dones).tolist()
+        ends = torch.as_tensor(dones).to(torch.bool)
         for t in range(x.shape[0]):
             used.append(state)
-            padded = agent.step_core(pad_rows(features[t : t + 1]), tuple(pad_rows(s) for s in state))
-            state = agent.initial_state(1) if ends[t] else tuple(s[:1] for s in padded)
+            if split:
+                out = agent.from_features(pad_rows(features[t : t + 1]), tuple(pad_rows(s) for s in state), 1)
+            else:
+                out = agent(x[t : t + 1], state)
+            state = agent.reset_state(out.state, ends[t : t + 1]) if state else ()
+    if not used[0]:
+        return (), ()
     return tuple(torch.cat(parts) for parts in zip(*used)), state
 
 
@@ -285,7 +302,7 @@ class SaliencyStore:
 
 
 def score_store(
-    agent: ActorCritic,
+    agent: Policy,
     rollout_root,
     root,
     saliency,
@@ -316,11 +333,11 @@ def score_store(
     rstore = RolloutStore.open(rollout_root)
     if not rstore.complete:
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
-    dtype = str(agent.actor_linear.weight.dtype)
+    dtype = str(agent.dtype)
     settings = {k: v for k, v in asdict(saliency).items() if k not in _RESULT_NEUTRAL}
     identity = dict(
         kind="saliency", format=FORMAT, engine=engine_version(), rollout=rstore.identity,
-        checkpoint_sha256=checkpoint_sha256, core=agent.core, dtype=dtype, saliency=settings,
+        checkpoint_sha256=checkpoint_sha256, dtype=dtype, saliency=settings,
         frames_per_chunk=frames_per_chunk,
     )
     out = SaliencyStore(ChunkStore.open_or_create(root, identity))
@@ -340,11 +357,11 @@ def score_store(
             part = rstore.read(max(a - 1, 0), b)
             states = part.states if a == 0 else tuple(s[1:] for s in part.states)
             previous = None if a == 0 else tuple(s[:1] for s in part.states)
-            frames = part.frames if a == 0 else part.frames[1:]
+            frames = part.observations if a == 0 else part.observations[1:]
             actions = part.actions if a == 0 else part.actions[1:]
         else:
             part = rstore.read(a, b)
-            frames, actions = part.frames, part.actions
+            frames, actions = part.observations, part.actions
             states, next_carry = replay_states(agent, frames, part.dones, carry)
             previous = None if a == 0 else tuple(s.cpu() for s in last_used)
             last_used = tuple(s[-1:] for s in states)
