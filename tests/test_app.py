@@ -8,6 +8,7 @@ import sys
 import av
 import numpy as np
 import pytest
+import torch
 
 from engine.io.arrays import load_arrays
 from tests.conftest import checkpoints_env
@@ -224,3 +225,43 @@ def test_store_job_statistics_equal_the_full_computation(tmp_path, monkeypatch):
     for key in ("actor", "critic"):
         assert summary[f"{key}_mean"] == pytest.approx(float(maps[key].astype(np.float64).mean()), rel=1e-12)
         assert summary[f"{key}_max"] == float(maps[key].max())
+
+
+# --- your own agent: SB3 and CleanRL files through the app ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sb3", "cleanrl"])
+def test_main_job_explains_a_library_agent(tmp_path, kind):
+    """`python -m engine agent=sb3 agent.checkpoint=...` (and cleanrl): the agent plays in its own pipeline,
+    its maps are 84x84 over the whole frame, arrays hold the observations it saw, summaries name the actions."""
+    from tests import cleanrl_scripts, sb3_agents
+
+    if kind == "sb3":
+        checkpoint = tmp_path / "rppo.zip"
+        sb3_agents.make_agent("rppo", checkpoint)  # RecurrentPPO: actor and critic LSTMs, 4 state tensors
+    else:
+        checkpoint = tmp_path / "agent.cleanrl_model"
+        cleanrl_scripts.save_like_cleanrl(cleanrl_scripts.make_agent("ppo_atari"), checkpoint)
+    out = tmp_path / "run"
+    result = run_app(f"agent={kind}", f"agent.checkpoint={checkpoint}", "env=pong", "rollout.steps=6",
+                     "saliency=both", "saliency.density=20", "output.stills=[2]", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    maps, settings = load_arrays(out / "saliency.npz")
+    assert maps["actor"].shape == (6, 84, 84) and maps["actor_scores"].shape == (6, 5, 5)
+    assert maps["jacobian_actor"].shape == (6, 84, 84) and float(maps["actor"].max()) > 0
+    played, _ = load_arrays(out / "rollout.npz")
+    assert played["observations"].shape == (6, 4, 84, 84) and played["frames"].shape == (6, 210, 160, 3)
+    assert len([k for k in played if k.startswith("state_")]) == (4 if kind == "sb3" else 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["action_names"][:2] == ["NOOP", "FIRE"] and sum(summary["action_counts"].values()) == 6
+    assert summary["pipeline"]["name"] == ("sb3_atari" if kind == "sb3" else "cleanrl_atari")
+    assert (out / "frame_00002.png").is_file() and (out / "saliency.mp4").is_file()
+    # the saved maps are the engine's maps of the saved observations and states
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import SaliencyConfig
+    from engine.policies.loading import load_policy
+
+    agent = load_policy(checkpoint, device="cpu")
+    states = tuple(torch.from_numpy(played[f"state_{i}"]) for i in range(len(agent.initial_state(1))))
+    again = compute_saliency(agent, played["observations"], states, SaliencyConfig(density=20))
+    assert np.array_equal(again["actor"].numpy(), maps["actor"])

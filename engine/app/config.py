@@ -25,7 +25,7 @@ from ..core.settings import (
 )
 
 __all__ = [
-    "AgentConfig", "Compat", "Core", "DType", "Device", "EnvConfig", "Incremental", "Interp", "JobConfig", "Method",
+    "AgentConfig", "AgentKind", "Compat", "Core", "DType", "Device", "EnvConfig", "Incremental", "Interp", "JobConfig", "Method",
     "OutputConfig", "Preprocessing", "RENAMED", "RenderConfig", "RenderStyle", "RolloutConfig", "SaliencyConfig",
     "StateAlignment", "StoreConfig", "check_config", "config_error", "engine_saliency", "register_configs",
 ]
@@ -40,6 +40,13 @@ class Core(StrEnum):
     auto = "auto"  # inferred from the checkpoint
     gru = "gru"
     lstm = "lstm"
+
+
+class AgentKind(StrEnum):
+    auto = "auto"  # recognised from the file (engine.policies.loading)
+    greydanus2017 = "greydanus2017"  # the 2017 paper's and baby-a3c's actor-critic state dicts
+    sb3 = "sb3"  # a Stable-Baselines3 / sb3-contrib zip (PPO, A2C, DQN, QRDQN, RecurrentPPO)
+    cleanrl = "cleanrl"  # a CleanRL ppo_atari / ppo_atari_lstm / dqn_atari state dict
 
 
 class Preprocessing(StrEnum):
@@ -65,7 +72,13 @@ class DType(StrEnum):
 
 @dataclass
 class EnvConfig:
-    id: str = "Pong-v4"  # any gymnasium ALE id: Pong-v4, Breakout-v4, ALE/SpaceInvaders-v5, ...
+    """The game, played in the agent's own environment pipeline (the agent declares which)."""
+
+    id: str = "Pong-v4"  # any gymnasium ALE id: Pong-v4, Breakout-v4, BreakoutNoFrameskip-v4, ALE/SpaceInvaders-v5, ...
+    repeat_action_probability: float | None = None  # sticky actions; None: the id's default (0 for v4, 0.25 for v5)
+    full_action_space: bool = False  # all 18 ALE actions instead of the game's minimal set
+    training_wrappers: bool = False  # the library's training wrappers (episodic life, clipped rewards) instead
+    # of full games with real scores (SB3 and CleanRL pipelines)
 
 
 @dataclass
@@ -76,7 +89,8 @@ class AgentConfig:
     checkpoint_dirs: list[str] = field(default_factory=list)  # local directories searched for registry names
     cache_dir: str | None = None  # download cache (default ~/.cache/atari-saliency/checkpoints)
     allow_download: bool = False
-    core: Core = Core.lstm  # the core the checkpoint must hold; auto: whatever it holds
+    kind: AgentKind = AgentKind.auto  # the file's format; auto recognises it
+    core: Core = Core.lstm  # 2017 agents: the core the checkpoint must hold; auto: whatever it holds
     preprocessing: Preprocessing = Preprocessing.greydanus2017
 
 
@@ -207,6 +221,13 @@ def check_config(config: JobConfig) -> None:
     _check(config.dtype in tuple(DType), f"dtype must be one of {', '.join(DType)}, got {config.dtype!r}")
     _check(rend.style in tuple(RenderStyle), f"render.style must be one of {', '.join(RenderStyle)}, got {rend.style!r}")
     _check(config.agent.core in tuple(Core), f"agent.core must be one of {', '.join(Core)}, got {config.agent.core!r}")
+    _check(config.agent.kind in tuple(AgentKind), f"agent.kind must be one of {', '.join(AgentKind)}, got {config.agent.kind!r}")
+    _check(config.agent.kind in ("auto", "greydanus2017") or not config.agent.checkpoint.startswith(("builtin/", "baby-a3c/")),
+           f"agent.kind={config.agent.kind} needs the file its library wrote: set agent.checkpoint=/path/to/the/file "
+           f"(now {config.agent.checkpoint!r}, a 2017 agent's registry name)")
+    rap = config.env.repeat_action_probability
+    _check(rap is None or (_is_number(rap) and 0 <= rap <= 1),
+           f"env.repeat_action_probability must be in [0, 1] (or null: the id's default), got {rap!r}")
     _check(config.agent.preprocessing in tuple(Preprocessing),
            f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017")
     _check(bool(config.env.id), "env.id must name an ALE game, e.g. Pong-v4")

@@ -19,11 +19,13 @@ import torch
 from .config import JobConfig, check_config, engine_saliency
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
+from ..core.policy import Policy, index_state
 from ..core.saliency import compute_saliency, paper_shift
-from ..core.policy import ActorCritic, index_state, load_agent
-from ..io.registry import resolve_checkpoint
+from ..env.pipelines import library_defaults
 from ..env.rollout import make_env, rollout
 from ..io.arrays import save_arrays
+from ..io.registry import resolve_checkpoint
+from ..policies.loading import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,27 @@ OWNED_PATTERNS = ("frame_[0-9][0-9][0-9][0-9][0-9].png", "jacobian_vs_perturbati
 class PreparedJob:
     config: JobConfig
     checkpoint: Path
-    agent: ActorCritic
+    agent: Policy
+
+
+def pipeline_options(config: JobConfig, agent: Policy) -> dict:
+    """The environment-pipeline options of the job for ``agent``'s pipeline (``engine.env.pipelines``)."""
+    e = config.env
+    options = dict(repeat_action_probability=e.repeat_action_probability, full_action_space=e.full_action_space)
+    if e.training_wrappers:
+        trained = library_defaults(agent.pipeline)
+        options.update({k: trained[k] for k in ("episodic_life", "clip_rewards") if k in trained})
+    return options
+
+
+def load_job_agent(config: JobConfig, path) -> Policy:
+    """The agent of ``path`` as the job's settings ask (kind, device, dtype; the core of a 2017 agent)."""
+    device, dtype = resolve_device(str(config.device)), resolve_dtype(str(config.dtype))
+    agent = load_policy(path, device=device, dtype=dtype, kind=str(config.agent.kind))
+    core = getattr(agent, "core", None)
+    if core is not None and config.agent.core not in ("auto", core):
+        raise CheckpointError(f"agent.core is {str(config.agent.core)!r} but {path} holds a {core.upper()} agent")
+    return agent
 
 
 def validate_job(config: JobConfig) -> PreparedJob:
@@ -44,8 +66,7 @@ def validate_job(config: JobConfig) -> PreparedJob:
     load the agent; no rollout yet."""
     check_config(config)
     quiet_emulator()
-    device, dtype = resolve_device(str(config.device)), resolve_dtype(str(config.dtype))
-    env = make_env(config.env.id)  # an unknown id fails here
+    env = make_env(config.env.id, full_action_space=config.env.full_action_space)  # an unknown id fails here
     actions = env.action_space.n
     env.close()
     if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
@@ -59,9 +80,7 @@ def validate_job(config: JobConfig) -> PreparedJob:
     path = resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
     if config.store.player:
         resolve_checkpoint(config.store.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
-    agent = load_agent(path, device=device, dtype=dtype)
-    if a.core not in ("auto", agent.core):
-        raise CheckpointError(f"agent.core is {str(a.core)!r} but {path} holds a {agent.core.upper()} agent")
+    agent = load_job_agent(config, path)
     if agent.num_actions != actions:
         raise EngineError(
             f"{config.env.id} has {actions} actions but the agent from {path} has {agent.num_actions}: "
@@ -132,12 +151,16 @@ def clear_owned_outputs(out_dir: Path) -> list[Path]:
     return found
 
 
-def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states) -> dict[str, Path]:
-    """Overlays for every frame -> movie, stills, and (given ``states``) the Jacobian-vs-perturbation figure."""
+def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states, observations,
+                   actions=None, action_names=()) -> dict[str, Path]:
+    """Overlays for every frame -> movie, stills, and (given ``states`` and the ``observations`` the agent saw)
+    the Jacobian-vs-perturbation figure. Movie frames are labelled with the action taken, by name."""
     from ..io import rendering
 
     r, written = config.render, {}
     actor, critic = maps["actor"], maps["critic"]
+    n = frames.shape[0]
+    taken = [""] * n if actions is None else [f"  {name_of(a, action_names)}" for a in torch.as_tensor(actions).tolist()]
     if r.style == "paper":
         default_actor, default_critic = (None, None)
         if r.actor_gain is None or r.critic_gain is None:
@@ -154,11 +177,10 @@ def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir:
         overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
     o = config.output
     if o.movie:
-        labels = [f"{config.env.id}  frame {t}" for t in range(frames.shape[0])]
+        labels = [f"{config.env.id}  frame {t}{taken[t]}" for t in range(n)]
         written["movie"] = rendering.write_movie(
             out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
         )
-    n = frames.shape[0]
     for t in o.stills:
         if t >= n:  # the rollout ended early (rollout.max_episodes)
             log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
@@ -172,15 +194,20 @@ def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir:
 
         jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
         if jac[0] is None:
-            one = jacobian_saliency(agent, frames[t : t + 1], index_state(states, slice(t, t + 1)))
+            one = jacobian_saliency(agent, observations[t : t + 1], index_state(states, slice(t, t + 1)))
             jac = (one.actor[0].detach().cpu(), one.critic[0].detach().cpu())
         else:
             jac = (jac[0][t], jac[1][t])
         written["comparison"] = rendering.comparison_figure(
             out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frames[t], jac[0], jac[1], actor[t], critic[t],
-            title=f"{config.env.id}, frame {t}: Jacobian vs perturbation saliency",
+            title=f"{config.env.id}, frame {t}{taken[t]}: Jacobian vs perturbation saliency",
         )
     return {k: Path(v) for k, v in written.items()}
+
+
+def name_of(action: int, names) -> str:
+    """An action's name (``NOOP``, ``FIRE``, ... from the environment), or its index where none is known."""
+    return names[action] if action < len(names) else str(action)
 
 
 def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
@@ -197,31 +224,40 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     started = time.perf_counter()
     played = rollout(
         agent, config.env.id, config.rollout.steps, seed=config.rollout.seed, greedy=config.rollout.greedy,
-        max_episodes=config.rollout.max_episodes, progress=config.progress,
+        max_episodes=config.rollout.max_episodes, progress=config.progress, **pipeline_options(config, agent),
     )
     states = played.states if config.saliency.state_alignment == "exact" else paper_shift(played.states)
     rollout_s = time.perf_counter() - started
     log.info("played %d steps of %s in %.1f s", len(played), config.env.id, rollout_s)
-    maps = compute_saliency(agent, played.frames, states, engine_saliency(config.saliency), config.progress,
+    maps = compute_saliency(agent, played.observations, states, engine_saliency(config.saliency), config.progress,
                             actions=played.actions)
     saliency_s = time.perf_counter() - started - rollout_s
     log.info("saliency of %d frames in %.1f s (%.3f s per frame)", len(played), saliency_s, saliency_s / len(played))
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
                     frames_scored=len(played), rollout_seconds=rollout_s, saliency_seconds=saliency_s,
                     seconds_per_frame=saliency_s / len(played), episode_returns=played.episode_returns(),
-                    **map_statistics(maps))
+                    pipeline=played.pipeline, action_names=list(played.action_names),
+                    action_counts=action_counts(played.actions, played.action_names), **map_statistics(maps))
     written: dict[str, Path] = {}
     if config.output.arrays:
         written["rollout"] = save_arrays(
             out_dir / "rollout.npz",
-            dict(frames=played.frames, logits=played.logits, values=played.values, actions=played.actions,
+            dict(frames=played.frames, observations=played.observations, logits=played.logits, values=played.values,
+                 actions=played.actions,
                  rewards=played.rewards, dones=played.dones,
                  **{f"state_{i}": s for i, s in enumerate(played.states)}),
             settings,
         )
         written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
-    written.update(render_outputs(played.frames, maps, config, out_dir, agent, states))
+    written.update(render_outputs(played.frames, maps, config, out_dir, agent, states, played.observations,
+                                  actions=played.actions, action_names=played.action_names))
     return _write_summary(out_dir, settings, written)
+
+
+def action_counts(actions, names) -> dict[str, int]:
+    """How often each action was taken, by name (for the summary)."""
+    counts = torch.bincount(torch.as_tensor(actions).long(), minlength=len(names)).tolist()
+    return {name: int(c) for name, c in zip(names, counts)}
 
 
 def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Path]:
@@ -249,14 +285,22 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
         if st.player:
             a = config.agent
             player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
-            player = load_agent(player_path, device=resolve_device(str(config.device)), dtype=resolve_dtype(str(config.dtype)))
+            player = load_job_agent(config, player_path)
         rstore = record_rollout(
             player, config.env.id, config.rollout.steps, rollout_root, seed=config.rollout.seed,
             greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=sha256_of(player_path),
             extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
+            **pipeline_options(config, player),
         )
     if rstore.identity["env_id"] != config.env.id:
         raise EngineError(f"the rollout store {rollout_root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    recorded = rstore.identity["pipeline"]
+    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
+        raise EngineError(
+            f"the rollout store {rollout_root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
+            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
+            "recorded for agents of the same kind"
+        )
     rollout_s = time.perf_counter() - started
     saliency_root = Path(st.saliency) if st.saliency else out_dir / "saliency_store"
     before = set(SaliencyStore.open(saliency_root).missing()) if (saliency_root / "manifest.json").is_file() else None
@@ -279,5 +323,7 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
     written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root}
     if sstore.complete and (config.output.movie or config.output.stills):
         maps = {k: torch.from_numpy(v) for k, v in sstore.read().items()}
-        written.update(render_outputs(rstore.read().frames, maps, config, out_dir, agent, None))
+        recorded = rstore.read()
+        written.update(render_outputs(recorded.frames, maps, config, out_dir, agent, None, None,
+                                      actions=recorded.actions, action_names=recorded.action_names))
     return _write_summary(out_dir, settings, written)
