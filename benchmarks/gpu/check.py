@@ -36,6 +36,7 @@ from engine.core.policy import load_agent  # noqa: E402
 from engine.core.preprocessing import preprocess_bytes, preprocess_frames  # noqa: E402
 from engine.core.reference import saliency_np  # noqa: E402
 from engine.io.registry import resolve_checkpoint  # noqa: E402
+from engine.policies.cleanrl import load_cleanrl  # noqa: E402
 
 
 def set_tf32(on: bool) -> None:
@@ -282,6 +283,64 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
     c.time("engine_d5_r5_on_this_cpu", t_cpu, cpu_n, threads=torch.get_num_threads())
 
 
+def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
+    """A Nature-CNN agent on 4 stacked 84x84 frames (CleanRL's ppo_atari, loaded by its adapter): correctness on
+    the device, then its speed."""
+    if not (data / "pong_nature.npz").is_file():
+        print("no pong_nature.npz: skipping the standard-pipeline part (rerun benchmarks/gpu/prepare.py)", flush=True)
+        return
+    arrays = dict(np.load(data / "pong_nature.npz"))
+    cpu_agent = load_cleanrl(data / "cleanrl-ppo.pt", device="cpu")
+    agent = load_cleanrl(data / "cleanrl-ppo.pt", device=device)
+    obs, total = arrays["observations"], arrays["observations"].shape[0]
+    set_tf32(False)
+    with torch.inference_mode():
+        out = agent(torch.from_numpy(obs[:200]).to(device).float() / 255, ())
+    err = max(rel_error(out.logits, torch.from_numpy(arrays["logits"][:200])),
+              rel_error(out.value, torch.from_numpy(arrays["values"][:200])))
+    c.record("nature:recorded_outputs", err, 1e-5 if device.type == "cuda" else 0.0, "200 observations, recorded on the CPU")
+    rows = slice(100, 104)
+    want = perturbation_saliency(cpu_agent, obs[rows], ())
+    got = perturbation_saliency(agent, obs[rows], ())
+    c.record("nature:device_vs_cpu", max(rel_error(got.actor_scores, want.actor_scores), rel_error(got.critic_scores, want.critic_scores)),
+             1e-4, "4 observations 4x84x84, d5 r5, float32")
+    agent64 = load_cleanrl(data / "cleanrl-ppo.pt", device=device, dtype="float64")
+    got64 = perturbation_saliency(agent64, obs[120:121], (), density=12)
+    ref = saliency_np(load_cleanrl(data / "cleanrl-ppo.pt", device="cpu", dtype="float64"), obs[120], (), density=12)
+    c.record("nature:float64_vs_loop_reference", max(rel_error(got64.actor_scores[0], torch.from_numpy(ref["actor_scores"])),
+                                                     rel_error(got64.critic_scores[0], torch.from_numpy(ref["critic_scores"]))), 1e-9, "1 observation, d12 r5")
+    full = perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=1156)
+    worst = max(rel_error(perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=k).actor_scores, full.actor_scores) for k in (7, 300))
+    c.record("nature:chunk_invariance", worst, 0.0 if device.type != "cuda" else 1e-5, "perturbations per pass 7/300/1156")
+    try:
+        inc = perturbation_saliency(agent, obs[rows], (), incremental=True)
+        plain = perturbation_saliency(agent, obs[rows], (), incremental=False)
+        c.record("nature:incremental_vs_plain", rel_error(inc.actor_scores, plain.actor_scores), 1e-5, "d5 r5")
+        has_windows = True
+    except ValueError as exc:
+        print(f"  no incremental inference for this agent: {exc}", flush=True)
+        has_windows = False
+    n = 8 if quick else 256
+    repeats = 1 if quick else 3
+    t_ref = timed(lambda: saliency_np(agent, obs[150], ()), device, repeats=1)
+    c.time("nature:loop_reference_d5_r5", t_ref, 1)
+    t_engine = timed(lambda: perturbation_saliency(agent, obs[:n], ()), device, repeats)
+    c.time("nature:engine_d5_r5", t_engine, n, vs_reference=round(t_ref / (t_engine / n), 1))
+    for radius in (3, 5):
+        t_plain = timed(lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=False), device, repeats)
+        c.time(f"nature:plain_d5_r{radius}", t_plain, n)
+        if has_windows:
+            t_inc = timed(lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=True), device, repeats)
+            c.time(f"nature:incremental_d5_r{radius}", t_inc, n, vs_plain=round(t_plain / t_inc, 2))
+    if not quick:
+        for per_eval in (4096, 16384, 65536):
+            c.time(f"nature:per_eval_{per_eval}", timed(lambda: perturbation_saliency(agent, obs[:n], (), perturbations_per_eval=per_eval), device, repeats), n)
+    many = 32 if quick else total
+    c.time(f"nature:engine_d5_r5_{many}_frames", timed(lambda: perturbation_saliency(agent, obs[:many], ()), device, repeats=1), many)
+    t_jac = timed(lambda: jacobian_saliency(agent, obs[:many], ()), device, repeats)
+    c.time("nature:jacobian_maps", t_jac, many)
+
+
 def environment(device: torch.device) -> dict:
     cpu = platform.processor()
     try:
@@ -338,6 +397,7 @@ def main() -> None:
         correctness(c, device, agents_cpu, agents_dev, data, quick)
         env["correctness_seconds"] = round(time.perf_counter() - started, 1)
         benchmark(c, device, agents_cpu, agents_dev, data, quick)
+        standard_pipeline(c, device, args.data, quick)
     finally:
         env["total_seconds"] = round(time.perf_counter() - started, 1)
         (args.out / "check.json").write_text(json.dumps(dict(environment=env, checks=c.checks, benchmarks=c.bench), indent=1))

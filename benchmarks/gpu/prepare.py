@@ -8,6 +8,9 @@ git-ignored through ``.git/info/exclude``). It writes into DIR:
 - ``pong_lstm.npz``: 200 steps played by the built-in LSTM agent (``builtin/pong``: states ``(hx, cx)``);
 - ``baby-a3c-pong.tar``: the baby-a3c checkpoint, resolved through the registry (``ATARI_SALIENCY_CHECKPOINTS``,
   the cache or the sha256-checked download);
+- ``cleanrl-ppo.pt`` and ``pong_nature.npz``: a seeded CleanRL ``ppo_atari`` agent (Nature CNN on 4 stacked 84x84
+  frames, saved as CleanRL saves it) and 1000 PongNoFrameskip-v4 steps it played in CleanRL's pipeline (the
+  observations it saw, logits, values);
 - ``wheels/``: kornia and kornia-rs wheels for the GPU machine's Python (3.12), downloaded with pip.
 
 Then carry DIR along: ``benchmarks/gpu/check.sh $OUT DIR`` on the GPU machine.
@@ -22,20 +25,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from engine.core.policy import load_agent
 from engine.env.rollout import rollout
 from engine.io.registry import resolve_checkpoint
+from engine.policies.cleanrl import CleanRLPPO, load_cleanrl
 
 WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
-def record(checkpoint, steps: int, path: Path) -> None:
-    agent = load_agent(checkpoint, device="cpu")
-    played = rollout(agent, "Pong-v4", steps, seed=0, progress=True)
-    arrays = dict(frames=played.frames.numpy(), logits=played.logits.numpy(), values=played.values.numpy(),
-                  actions=played.actions.numpy())
+def record(agent, env_id: str, steps: int, path: Path) -> None:
+    played = rollout(agent, env_id, steps, seed=0, progress=True)
+    arrays = dict(logits=played.logits.numpy(), values=played.values.numpy(), actions=played.actions.numpy())
+    if agent.pipeline == "greydanus2017":
+        arrays["frames"] = played.frames.numpy()  # raw frames: the check preprocesses them on the device
+    else:
+        arrays["observations"] = played.observations.numpy()
     arrays.update({f"state_{i}": s.numpy() for i, s in enumerate(played.states)})
     np.savez_compressed(path, **arrays)
     print(f"{path}: {steps} steps, {path.stat().st_size / 1e6:.1f} MB")
@@ -53,8 +60,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     baby = resolve_checkpoint("baby-a3c/pong@40")
     shutil.copyfile(baby, out / "baby-a3c-pong.tar")
-    record(baby, args.steps, out / "pong_gru.npz")
-    record(resolve_checkpoint("builtin/pong"), 200, out / "pong_lstm.npz")
+    record(load_agent(baby, device="cpu"), "Pong-v4", args.steps, out / "pong_gru.npz")
+    record(load_agent(resolve_checkpoint("builtin/pong"), device="cpu"), "Pong-v4", 200, out / "pong_lstm.npz")
+    torch.manual_seed(0)
+    nature = CleanRLPPO(num_actions=6)
+    with torch.no_grad():  # logits of order 1, as in a trained agent (CleanRL initialises the actor with std 0.01)
+        nature.actor.weight.mul_(100)
+    torch.save(nature.state_dict(), out / "cleanrl-ppo.pt")
+    record(load_cleanrl(out / "cleanrl-ppo.pt", device="cpu"), "PongNoFrameskip-v4", args.steps, out / "pong_nature.npz")
     if args.no_wheels:
         print(f"ready: {out} (no wheels)")
         return
