@@ -16,7 +16,7 @@ from torch import nn
 from engine.core.batching import pad_rows
 from engine.core.jacobian import action_jacobian, jacobian_saliency
 from engine.core.perturbation import perturbation_saliency
-from engine.core.policy import Policy, PolicyOutput, reset_rows
+from engine.core.policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, reset_rows
 from engine.core.reference import saliency_np
 from engine.core.saliency import SaliencyConfig, compute_saliency
 
@@ -57,7 +57,14 @@ class NatureAgent(nn.Module):
         n = obs.shape[0]
         if batch_invariant:
             obs, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
-        hidden = self.network(obs)
+        return self.from_trunk(self.network[:6](obs), state, n)
+
+    # the declaration of engine.core.policy.IncrementalPolicy: exact incremental inference
+    def conv_trunk(self):
+        return ConvTrunk(tuple((self.network[i], self.network[i + 1]) for i in (0, 2, 4)))
+
+    def from_trunk(self, activations, state, n=None):
+        hidden = self.network[6:](activations)
         if self.lstm is not None:
             state = self.lstm(hidden, state)
             hidden = state[0]
@@ -183,8 +190,6 @@ def test_compute_saliency_with_the_action_logprob_score(case):
 
 def test_clear_errors_for_this_kind_of_agent(case):
     agent, _, obs, states, _ = case
-    with pytest.raises(ValueError, match="incremental inference needs the 2017 agents' conv trunk"):
-        perturbation_saliency(agent, obs[:1], tuple(s[:1] for s in states), incremental=True)
     with pytest.raises(ValueError, match="compat='paper' reproduces the 2017 upsampling of 80x80 maps"):
         perturbation_saliency(agent, obs[:1], tuple(s[:1] for s in states), compat="paper")
     with pytest.raises(ValueError, match="score='action_logprob' needs the action taken on each frame"):
@@ -200,3 +205,50 @@ def test_clear_errors_for_this_kind_of_agent(case):
     if not states:
         with pytest.raises(ValueError, match=r"a feed-forward agent takes the empty state \(\), got 1"):
             perturbation_saliency(agent, obs[:1], (torch.zeros(1, 128),))
+
+
+# --- exact incremental inference on the Nature CNN (8x8/4, 4x4/2, 3x3/1 on 4x84x84) ----------------------------
+
+
+@pytest.mark.parametrize("radius,density", [(3, 5), (5, 5), (2.5, 7)])
+@pytest.mark.parametrize("interp", ["occlude", "searchlight"])
+def test_incremental_equals_the_plain_pass(case, interp, radius, density):
+    agent, agent64, obs, states, _ = case
+    assert isinstance(agent, IncrementalPolicy)
+    for model, tolerance in ((agent, 1e-6), (agent64, 1e-12)):
+        state = tuple(s[:2].to(model.dtype) for s in states)
+        options = dict(radius=radius, density=density, interp=interp)
+        plain = perturbation_saliency(model, obs[:2], state, incremental=False, **options)
+        windows = perturbation_saliency(model, obs[:2], state, incremental=True, **options)
+        for key in ("actor_scores", "critic_scores"):
+            want, got = getattr(plain, key), getattr(windows, key)
+            assert float(want.abs().max()) > 0, key
+            err = float((got - want).abs().max() / want.abs().max())
+            assert err <= tolerance, (model.dtype, key, err)
+
+
+def test_incremental_chunking_is_bit_identical(case):
+    agent, _, obs, states, _ = case
+    state = tuple(s[:2] for s in states)
+    full = perturbation_saliency(agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=10**6)
+    for chunk in (1, 7):
+        part = perturbation_saliency(agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=chunk)
+        assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
+
+
+@pytest.mark.parametrize("radius,density", [(3, 5), (5, 5), (2.5, 7)])
+def test_incremental_windows_hold_every_changed_activation(case, radius, density):
+    from engine.core.incremental import _structures, conv_trunk_of, trunk_geometry, window_plan
+    from engine.core.masks import perturbation_masks
+    from tests.test_incremental import assert_changes_lie_in_windows
+
+    agent, _, obs, _, _ = case
+    if agent.lstm is not None:
+        pytest.skip("the trunk is the same as the feed-forward agent's")
+    masks = perturbation_masks(radius, density, size=(84, 84))
+    geometry = trunk_geometry(agent, conv_trunk_of(agent))
+    x = torch.from_numpy(obs[:1]).float() / 255
+    chosen = window_plan(geometry, masks)
+    assert chosen.mask_patches.shape[0] == masks.shape[0]
+    for structure in _structures(3):  # the chosen windows and every other choice of windowed layers
+        assert_changes_lie_in_windows(agent, window_plan(geometry, masks, structure), x, masks, "occlude")

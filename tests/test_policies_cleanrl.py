@@ -281,3 +281,17 @@ def test_runs_through_the_engines_saliency(saved, script):
     torch.testing.assert_close(result.actor_scores[0], torch.from_numpy(actor), rtol=1e-9, atol=1e-12 * actor.max())
     torch.testing.assert_close(result.critic_scores[0], torch.from_numpy(critic), rtol=1e-9, atol=1e-12 * critic.max())
     assert jacobian_saliency(policy, x, state).actor.shape == (1, 84, 84)
+
+
+@pytest.mark.parametrize("script", ARCHITECTURES)
+def test_incremental_inference_equals_plain_passes(saved, script):
+    """The adapters declare their conv trunk: windows give the plain pass's scores."""
+    from engine.core.perturbation import perturbation_saliency
+
+    policy = load_cleanrl(saved[script][1], device="cpu")
+    obs = random_bytes(2, policy.observation_shape[0])
+    state = tuple(torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1))
+    windows = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=True)
+    plain = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=False)
+    assert float(plain.actor_scores.max()) > 0
+    assert float((windows.actor_scores - plain.actor_scores).abs().max()) <= 1e-6 * float(plain.actor_scores.max())

@@ -437,3 +437,19 @@ def test_saliency_equals_the_loop_reference(agents, kind):
         out = policy(leaf, tuple(s[t : t + 1] for s in state), batch_invariant=False)
         (grad,) = torch.autograd.grad(out.value.sum(), leaf)
         assert torch.allclose(jac.critic_grad[t], grad[0], rtol=0, atol=1e-10 * float(grad.abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["ppo", "ppo_separate", "dqn", "rppo"])
+def test_incremental_inference_equals_plain_passes(agents, kind):
+    """The adapters declare their conv trunk (grouped when actor and critic extractors are separate): windows
+    give the plain pass's scores."""
+    from engine.core.perturbation import perturbation_saliency
+
+    policy = load_sb3(agents(kind)[0])
+    obs = observations(2, seed=7)
+    state = tuple(torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1))
+    windows = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=True)
+    plain = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=False)
+    assert float(plain.actor_scores.max()) > 0
+    assert float((windows.actor_scores - plain.actor_scores).abs().max()) <= 1e-6 * float(plain.actor_scores.max())
+    assert float((windows.critic_scores - plain.critic_scores).abs().max()) <= 1e-6 * float(plain.critic_scores.max())

@@ -1,230 +1,596 @@
-"""Exact incremental inference for perturbation batches (the idea of Krypton, SIGMOD 2019).
+"""Exact incremental inference for perturbation batches (the idea of Krypton, SIGMOD 2019), for any policy whose
+network starts with a chain of convolutions and pointwise activations (:class:`engine.core.policy.IncrementalPolicy`:
+the 2017 agents' four 3x3/2 ELU convolutions, the Nature CNN's 8x8/4, 4x4/2, 3x3/1 ReLU ones, ...).
 
-A mask blurred with a Gaussian truncated at 4 sigma is exactly zero outside a box around its center, and
-there ``lerp(I, B, 0) == I`` exactly: a perturbed copy equals its frame outside the box (for searchlight,
-``lerp(B, I, 0) == B``: it equals the blurred frame). So its first
-convolution layers differ from the frame's own activations only inside a window that grows by the kernel
-and shrinks by the stride, layer by layer. For every mask we compute conv1 and conv2 only on a window of
-fixed size placed at its center (clamped inside the map); conv3 runs only on a smaller layer-3 window,
-reading a region of the frame's own layer-2 activations (computed once per frame; the blurred frame's, for
-searchlight) with the layer-2 window pasted in (windows are placed so that the region holds it); the layer-3
-window is pasted into the frame's layer-3 activations, and conv4, the core and the heads run as usual.
-Results equal the plain batched pass up to float rounding (convolutions of a patch may round differently
-from the same convolution of the whole map).
+A mask blurred with a Gaussian truncated at 4 sigma is exactly zero outside a box around its center, and there
+``lerp(I, B, 0) == I`` exactly: a perturbed copy equals its observation outside the box (for searchlight,
+``lerp(B, I, 0) == B``: it equals the blurred observation). A convolution's output row ``i`` reads input rows
+``s*i - p .. s*i - p + k - 1`` (kernel extent ``k``, dilated, stride ``s``, zero padding ``p``) and a pointwise
+activation keeps positions apart, so if input rows ``[a, b]`` changed, only output rows
+``ceil((a + p - k + 1) / s) .. floor((b + p) / s)`` (clipped to the map) can change; the same along columns.
+Layer by layer this gives each mask's changed box at every trunk layer, from the mask's own support.
 
-Geometry along one axis (the agent's convs are 3x3, stride 2, padding 1): input rows ``[y0, y1]`` change
-layer-1 rows ``[floor(y0/2), floor((y1+1)/2)]`` and so on. A layer-2 window of side ``s2`` at origin ``o2``
-needs layer-1 rows ``2*o2-1 .. 2*o2+2*s2-1`` (side ``2*s2+1``; row -1 is conv2's zero padding) and input
-rows ``4*o2-3 .. 4*o2+4*s2-1`` (side ``4*s2+3``), i.e. ``4*o2 + k`` in an input padded by 3 at the top/left.
-A layer-3 window of side ``s3`` at ``o3`` reads layer-2 rows ``2*o3-1 .. 2*o3+2*s3-1``, i.e. ``2*o3 + k`` in
-the layer-2 map padded by 1 at the top/left.
+The trunk's layers ``1..L`` are split into *segments* of consecutive layers, and the windows stop at a layer
+``L* <= L``. In each segment the last layer's window, of one fixed side per axis for all masks (so copies batch),
+is placed per mask to hold that mask's changed box; the windows of the segment's earlier layers are exactly
+what the later ones read (regions ``s*o - p .. s*(o + S - 1) - p + k - 1``, their positions on the next
+convolution's zero padding set to 0), down to the region of the segment's input. The first segment reads its
+region from the perturbed observation (built only there: the observation, its blur and the mask on that patch,
+zero-padded like the convolutions); a later segment reads its region from the observation's own activations of
+the layer before it (computed once per observation, zero-padded, shared by all its masks) with the previous
+segment's window pasted in (windows are placed so that the region holds it). The last window is pasted into the
+observation's own layer-``L*`` activations, the remaining trunk layers run on whole maps, and
+``policy.from_trunk`` runs the rest. Every value that enters a convolution is thus the perturbed copy's own,
+and each convolution gets its input in the memory layout the plain pass gives it (so it runs the same kernel):
+the results equal the plain batched pass up to float rounding, and so far bit for bit (the 2017 agents, the
+Nature CNN, float32 and float64, CPU and an H200). Which ``L*`` and segments to use, and whether the windows pay
+at all (``incremental="auto"``, :func:`worthwhile`), is decided by a cost estimate from the window sizes, with
+one :class:`CostProfile` for CPUs and one for GPUs.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .batching import padded_row_count
-from .blur import kernel_radius
-from .masks import center_coords, perturb
-from .policy import ActorCritic, PolicyOutput, State, elu
-from .preprocessing import SIZE
+from .masks import perturb
+from .policy import ConvTrunk, PolicyOutput, State
 
-LAYER1, LAYER2, LAYER3 = SIZE // 2, SIZE // 4, SIZE // 8  # 40, 20, 10
-INPUT_PAD = 3
-# Past this window side (on the 20x20 layer-2 grid) the windows cost about as much as the plain pass.
-MAX_USEFUL_WINDOW = 15
+class CostProfile(NamedTuple):
+    """How a kind of device spends its time, for the cost estimate (:class:`Work`).
+
+    Attributes:
+        weights: in multiply-adds, of a multiply-add, a convolution output written (with its activation), an
+            element gathered or pasted, and an element of the perturbed input built.
+        per_copy: a fixed cost per perturbed copy (scores, indexing, the network after the trunk).
+        worthwhile: ``incremental="auto"`` uses windows when their estimated cost is at most this share of the
+            plain pass's.
+        segments: the most segments a plan may have (None: any).
+    """
+
+    weights: tuple[float, float, float, float]
+    per_copy: float
+    worthwhile: float
+    segments: int | None
+
+
+# Chosen so that the choices made are the fastest measured or close to them (every window choice and the plain
+# pass, timed for the 2017 agent and a Nature-CNN agent at radius 2-8, density 5; see the README). On a CPU (a
+# 2-core Xeon, oneDNN) memory traffic, not arithmetic, dominates, and the choices are within 10% of the fastest;
+# on a GPU (an H200) arithmetic is almost free and every segment boundary (a region gathered from the shared
+# activations, a window pasted, a layout converted) costs more than it saves, so plans there have one segment
+# (within 4% of the fastest). Near the threshold the two paths take about the same time.
+PROFILES = {
+    "cpu": CostProfile((1.0, 100.0, 25.0, 25.0), 4.0e6, 0.8, None),
+    "cuda": CostProfile((0.1, 25.0, 10.0, 25.0), 1.0e6, 1.0, 1),
+}
+
+
+def cost_profile(device: torch.device) -> CostProfile:
+    """The profile of a device: the CPU's for the CPU, the GPU's for any accelerator."""
+    return PROFILES["cpu" if torch.device(device).type == "cpu" else "cuda"]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One convolution along (rows, columns): kernel extent (dilation included), stride, zero padding."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_channels: int
+    out_channels: int
+    groups: int
+    taps: int  # kernel positions (rows * columns), without dilation
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds per output element."""
+        return self.in_channels // self.groups * self.taps
+
+
+@dataclass(frozen=True)
+class TrunkGeometry:
+    """A trunk on observations ``input_shape`` (C, H, W); ``rest_cost``: multiply-adds of the network after it
+    (its parameter count), which the plain and the windowed pass share."""
+
+    input_shape: tuple[int, int, int]
+    convs: tuple[ConvGeometry, ...]
+    rest_cost: int = 0
+
+    def sizes(self, axis: int) -> list[int]:
+        """Map sizes along ``axis`` (0: rows, 1: columns) of the input and of each layer's output."""
+        sizes = [self.input_shape[1 + axis]]
+        for c in self.convs:
+            sizes.append((sizes[-1] + 2 * c.padding[axis] - c.kernel[axis]) // c.stride[axis] + 1)
+        return sizes
+
+    def channels(self, layer: int) -> int:
+        """Channels of layer ``layer`` (0: the observation)."""
+        return self.input_shape[0] if layer == 0 else self.convs[layer - 1].out_channels
+
+
+def conv_trunk_of(agent) -> ConvTrunk | None:
+    """The agent's declared :class:`ConvTrunk` (checked), or None if it declares none (it runs plain passes)."""
+    declare, rest = getattr(agent, "conv_trunk", None), getattr(agent, "from_trunk", None)
+    if not (callable(declare) and callable(rest)):
+        return None
+    trunk = declare()
+    name = type(agent).__name__
+    layers = getattr(trunk, "layers", None)
+    if not isinstance(layers, (tuple, list)) or not layers:
+        raise ValueError(f"{name}.conv_trunk() must return an engine.core.policy.ConvTrunk with at least one layer, got {trunk!r}")
+    scale = getattr(trunk, "input_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{name}.conv_trunk().input_scale must be a finite number, got {scale!r}")
+    channels = agent.observation_shape[0]
+    for index, layer in enumerate(layers):
+        conv, act = layer
+        where = f"{name}.conv_trunk() layer {index + 1}"
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"{where}: expected an nn.Conv2d, got {type(conv).__name__}")
+        if act is not None and not callable(act):
+            raise ValueError(f"{where}: the activation must be a pointwise callable or None, got {act!r}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"{where}: padding_mode={conv.padding_mode!r}; incremental inference needs zero padding")
+        if conv.in_channels != channels:
+            raise ValueError(f"{where}: takes {conv.in_channels} channels, but the layer before gives {channels}")
+        channels = conv.out_channels
+    return ConvTrunk(tuple((conv, act) for conv, act in layers), float(scale))
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"{conv}: padding='same' is asymmetric for this kernel; incremental inference needs symmetric padding")
+        return (total[0] // 2, total[1] // 2)
+    return tuple(int(p) for p in conv.padding)
+
+
+def trunk_geometry(agent, trunk: ConvTrunk) -> TrunkGeometry:
+    """The window arithmetic's view of a trunk on the agent's observations (a ValueError if its maps vanish)."""
+    convs = tuple(
+        ConvGeometry(
+            kernel=tuple(d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)),
+            stride=tuple(conv.stride),
+            padding=_padding(conv),
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            groups=conv.groups,
+            taps=conv.kernel_size[0] * conv.kernel_size[1],
+        )
+        for conv, _ in trunk.layers
+    )
+    rest = 0
+    if isinstance(agent, nn.Module):
+        trunk_params = {id(p) for conv, _ in trunk.layers for p in conv.parameters()}
+        rest = sum(p.numel() for p in agent.parameters() if id(p) not in trunk_params)
+    geometry = TrunkGeometry(tuple(int(s) for s in agent.observation_shape), convs, rest)
+    for axis in (0, 1):
+        if min(geometry.sizes(axis)) < 1:
+            raise ValueError(f"{type(agent).__name__}'s conv trunk maps {tuple(agent.observation_shape)} to nothing (sizes {geometry.sizes(axis)})")
+    return geometry
+
+
+# --- the window arithmetic, along one axis ---------------------------------------------------------------------
+
+
+def changed_ranges(geometry: TrunkGeometry, axis: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Rows (axis 0) or columns (axis 1) ``[lo, hi]`` of each layer (0: the input) that can change when input rows
+    ``[lo, hi]`` change (a superset where a convolution reads none of them)."""
+    sizes, ranges = geometry.sizes(axis), [(lo, hi)]
+    for c, n in zip(geometry.convs, sizes[1:]):
+        k, s, p = c.kernel[axis], c.stride[axis], c.padding[axis]
+        a, b = max(-(-(lo + p - k + 1) // s), 0), min((hi + p) // s, n - 1)
+        lo, hi = (a, b) if a <= b else (min(a, n - 1),) * 2
+        ranges.append((lo, hi))
+    return ranges
+
+
+def _backward(geometry: TrunkGeometry, axis: int, first: int, last: int) -> tuple[int, int, int]:
+    """``(P, Q, E)``: a layer-``last`` window at origin ``o`` of side ``S`` reads, through layers ``first..last``,
+    the layer-``first-1`` region at origin ``P*o - Q`` of side ``P*S + E``."""
+    scale, shift, extra = 1, 0, 0
+    for c in reversed(geometry.convs[first - 1 : last]):
+        k, s, p = c.kernel[axis], c.stride[axis], c.padding[axis]
+        scale, shift, extra = s * scale, s * shift + p, s * extra - s + k
+    return scale, shift, extra
+
+
+def _place(geometry, axis, first, last, changed, previous):
+    """Smallest side ``S`` of the layer-``last`` windows and each mask's origin: the window holds the mask's
+    changed rows ``changed[m]`` and stays in the map, and (``previous``: the layer-``first-1`` windows' origins
+    and side) its region at layer ``first-1`` holds the previous window. None if no side works."""
+    n = geometry.sizes(axis)[last]
+    scale, shift, extra = _backward(geometry, axis, first, last)
+    for side in range(max(hi - lo + 1 for lo, hi in changed), n + 1):
+        region, origins = scale * side + extra, []
+        for m, (lo, hi) in enumerate(changed):
+            low, high = max(hi - side + 1, 0), min(lo, n - side)
+            if previous is not None:
+                start, width = previous[0][m], previous[1]
+                low = max(low, -((region - shift - start - width) // scale))  # ceil((start + width - region + shift) / scale)
+                high = min(high, (start + shift) // scale)
+            if low > high:
+                break
+            origins.append(high)
+        else:
+            return side, origins
+    return None
+
+
+@dataclass(frozen=True)
+class _AxisSegment:
+    """One segment along one axis: window sides of layers ``first-1..last`` (index 0: the region read) and each
+    mask's window origins there (layer coordinates; negative or past the map on zero padding)."""
+
+    sides: tuple[int, ...]
+    origins: tuple[tuple[int, ...], ...]  # [layer][mask]
+
+
+def _axis_plan(geometry: TrunkGeometry, axis: int, segments, changed) -> list[_AxisSegment] | None:
+    """Windows of every segment along one axis, or None if these segments admit none. ``changed[m][layer]``."""
+    out, previous = [], None
+    for first, last in segments:
+        placed = _place(geometry, axis, first, last, [c[last] for c in changed], previous)
+        if placed is None:
+            return None
+        side, origins = placed
+        sides, rows = [side], [origins]
+        for c in reversed(geometry.convs[first - 1 : last]):
+            k, s, p = c.kernel[axis], c.stride[axis], c.padding[axis]
+            sides.insert(0, s * (sides[0] - 1) + k)
+            rows.insert(0, [s * o - p for o in rows[0]])
+        out.append(_AxisSegment(tuple(sides), tuple(tuple(r) for r in rows)))
+        previous = (origins, side)
+    return out
+
+
+def _structures(layers: int):
+    """Every (segments, stop): windows on layers ``1..stop`` split into runs of consecutive layers."""
+    for stop in range(1, layers + 1):
+        for cuts in itertools.product((False, True), repeat=stop - 1):
+            segments, first = [], 1
+            for layer, cut in enumerate(cuts, start=1):
+                if cut:
+                    segments.append((first, layer))
+                    first = layer + 1
+            segments.append((first, stop))
+            yield tuple(segments), stop
+
+
+class Work(NamedTuple):
+    """What one perturbed copy costs, by kind: multiply-adds, convolution outputs written (with their
+    activation), elements gathered or pasted, and elements of the perturbed input built."""
+
+    macs: float = 0
+    written: float = 0
+    moved: float = 0
+    perturbed: float = 0
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(*(a + b for a, b in zip(self, other)))
+
+    def cost(self, profile: CostProfile) -> float:
+        """The estimate, in multiply-adds, on a device of this :class:`CostProfile`."""
+        return profile.per_copy + sum(w * n for w, n in zip(profile.weights, self))
+
+
+def _full_layer(geometry: TrunkGeometry, layer: int) -> Work:
+    elements = geometry.channels(layer) * geometry.sizes(0)[layer] * geometry.sizes(1)[layer]
+    return Work(macs=elements * geometry.convs[layer - 1].macs, written=elements)
+
+
+def plain_work(geometry: TrunkGeometry) -> Work:
+    """One plain forward pass of a perturbed copy (its perturbation included; the network after the trunk, its
+    parameter count in multiply-adds, is shared with the windows)."""
+    c, h, w = geometry.input_shape
+    work = Work(macs=geometry.rest_cost, perturbed=c * h * w)
+    for layer in range(1, len(geometry.convs) + 1):
+        work = work + _full_layer(geometry, layer)
+    return work
+
+
+def windows_work(geometry: TrunkGeometry, segments, stop: int, axes, masks: int) -> Work:
+    """One perturbed copy through windows ``axes`` (rows, columns: :func:`_axis_plan`) of these segments."""
+    rows, cols = axes
+    work = Work(macs=geometry.rest_cost, perturbed=geometry.channels(0) * rows[0].sides[0] * cols[0].sides[0])
+    for index, (first, last) in enumerate(segments):
+        r, c = rows[index], cols[index]
+        if index:  # the region gathered from the shared activations, the previous window pasted in
+            pr, pc = rows[index - 1], cols[index - 1]
+            work = work + Work(moved=geometry.channels(first - 1) * (r.sides[0] * c.sides[0] + pr.sides[-1] * pc.sides[-1]))
+        for offset, layer in enumerate(range(first, last + 1), start=1):
+            elements = geometry.channels(layer) * r.sides[offset] * c.sides[offset]
+            work = work + Work(macs=elements * geometry.convs[layer - 1].macs, written=elements * (1 if layer == last else 2))
+    full = (geometry.sizes(0)[stop], geometry.sizes(1)[stop])
+    if (rows[-1].sides[-1], cols[-1].sides[-1]) != full:
+        work = work + Work(moved=geometry.channels(stop) * (full[0] * full[1] + rows[-1].sides[-1] * cols[-1].sides[-1]))
+    for layer in range(1, len(geometry.convs) + 1):
+        full_work = _full_layer(geometry, layer)
+        # the layers after the windows run on whole maps; those before, once per observation (shared)
+        work = work + (full_work if layer > stop else Work(*(n / masks for n in full_work)))
+    return work
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tensors of one segment (layers ``first..last``) for a mask set of M masks.
+
+    Attributes:
+        region: (rows, columns) side of the region of layer ``first-1`` it reads; step: the unfold step that
+            places it (the product of the segment's strides): the region of mask m is window
+            ``(rows[m], cols[m])`` of ``map.unfold(2, region[0], step[0]).unfold(3, region[1], step[1])`` on the
+            map padded by ``pad`` = (left, right, top, bottom).
+        rows, cols: (M,) those unfold indices (the layer-``last`` window's origin).
+        valid: per layer ``first..last-1``: (M, 1, h, w) 0 where its window lies on the next convolution's zero
+            padding, or None where no window does.
+        paste_index: (M, h*w) flat positions of the previous segment's window in the region (None for the first).
+    """
+
+    first: int
+    last: int
+    region: tuple[int, int]
+    step: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    rows: torch.Tensor
+    cols: torch.Tensor
+    valid: tuple[torch.Tensor | None, ...]
+    paste_index: torch.Tensor | None
 
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """Where each mask's windows sit. ``G`` centers per axis, ``M = G*G`` masks (row-major by center).
+    """Where each mask's windows sit (M masks, row-major by center), for one trunk geometry.
 
     Attributes:
-        side: layer-2 window side ``s2``; side3: layer-3 window side ``s3``.
-        origin_rows, origin_cols: (M,) layer-2 window origin ``o2`` of each mask; its input patch is rows
-            ``4*o2 .. 4*o2+4*s2+2`` of the frame padded by 3 at the top/left.
-        mask_patches: (M, 4*s2+3, 4*s2+3) each mask on its input patch.
-        layer1_valid: (M, 1, 2*s2+1, 2*s2+1) 0 where the layer-1 window lies on conv2's zero padding.
-        region_rows, region_cols: (M,) layer-3 window origin ``o3`` of each mask; conv3 reads the region
-            ``2*o3 .. 2*o3+2*s3`` of the layer-2 map padded by 1 at the top/left (conv3's zero padding; its
-            bottom/right padding is never read), which holds the layer-2 window.
-        window2_index: (M, s2*s2) flat positions of the layer-2 window in that (2*s3+1)^2 region.
-        layer3_index: (M, s3*s3) flat positions of the layer-3 window in the 10x10 layer-3 map.
+        segments: the segments in order; stop: the last windowed layer ``L*``.
+        mask_patches: (M, h, w) each mask on the first segment's input region.
+        final_index: (M, h*w) flat positions of the last window in the layer-``L*`` map, or None where it is the
+            whole map.
+        windows: per layer ``0..L*``: (row origins (M,), column origins (M,), (h, w)) of the window computed there
+            (layer 0: the first segment's input region; positions on zero padding included).
+        cost, plain: estimated multiply-adds per perturbed copy of these windows and of the plain pass, on a device
+            of ``profile`` (the masks' device).
     """
 
-    side: int
-    side3: int
-    origin_rows: torch.Tensor
-    origin_cols: torch.Tensor
+    segments: tuple[Segment, ...]
+    stop: int
     mask_patches: torch.Tensor
-    layer1_valid: torch.Tensor
-    region_rows: torch.Tensor
-    region_cols: torch.Tensor
-    window2_index: torch.Tensor
-    layer3_index: torch.Tensor
+    final_index: torch.Tensor | None
+    windows: tuple[tuple[torch.Tensor, torch.Tensor, tuple[int, int]], ...]
+    cost: float
+    plain: float
+    profile: CostProfile
+
+    @property
+    def structure(self) -> tuple[tuple[tuple[int, int], ...], int]:
+        return tuple((s.first, s.last) for s in self.segments), self.stop
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Observations (N, C, H, W) zero-padded for the first segment's regions (channels last: see :func:`_regions`)."""
+        return F.pad(x, self.segments[0].pad)
 
 
-def _next_layer(a: int, b: int, size: int) -> tuple[int, int]:
-    """Rows ``[a, b]`` of a map change rows ``[floor(a/2), floor((b+1)/2)]`` of a 3x3 stride-2 pad-1 conv."""
-    return a // 2, min((b + 1) // 2, size - 1)
+def worthwhile(plan: WindowPlan) -> bool:
+    """Whether the windows are small enough to beat the plain batched pass (``incremental="auto"``)."""
+    return plan.cost <= plan.profile.worthwhile * plan.plain
 
 
-def _changed_range(center: int, radius: float, layer: int) -> tuple[int, int]:
-    """Rows of layer ``layer`` (2 or 3) that a mask centered at ``center`` changes."""
-    reach = kernel_radius(radius) + 1  # the 5-pixel plus reaches 1 pixel, the truncated blur r pixels more
-    a, b = max(center - reach, 0), min(center + reach, SIZE - 1)
-    for size in (LAYER1, LAYER2, LAYER3)[:layer]:
-        a, b = _next_layer(a, b, size)
-    return a, b
-
-
-def _side(radius: float, density: int, layer: int) -> int:
-    return max(b - a + 1 for a, b in (_changed_range(c, radius, layer) for c in range(0, SIZE, density)))
-
-
-def window_side(radius: float, density: int) -> int:
-    """Side of the layer-2 window that holds every changed position of every mask."""
-    return _side(radius, density, 2)
-
-
-def worthwhile(radius: float, density: int) -> bool:
-    """Whether windows are small enough to beat the plain batched pass (radius up to about 5)."""
-    return window_side(radius, density) <= MAX_USEFUL_WINDOW
-
-
-def _origins(centers: list[int], radius: float, layer: int, side: int, size: int) -> torch.Tensor:
-    """Per center, the first row of a window of ``side`` rows that holds its changed rows, kept in the map."""
-    return torch.tensor([min(max(_changed_range(c, radius, layer)[0], 0), size - side) for c in centers])
-
-
-def _layer3_windows(centers: list[int], radius: float, density: int, o2: torch.Tensor, s2: int) -> tuple[int, torch.Tensor]:
-    """The smallest layer-3 window side ``s3`` and, per center, an origin ``o3`` such that the window holds every
-    layer-3 row the mask changes and conv3's input rows ``2*o3-1 .. 2*o3+2*s3-1`` hold the layer-2 window (so
-    the region is the frame's activations with the layer-2 window pasted in). ``s3 = 10`` always works."""
-    for s3 in range(_side(radius, density, 3), LAYER3 + 1):
-        origins = []
-        for c, a2 in zip(centers, o2.tolist()):
-            lo3, hi3 = _changed_range(c, radius, 3)
-            low = max(hi3 - s3 + 1, -((2 * s3 - a2 - s2) // 2), 0)  # the last: ceil((a2 + s2 - 2*s3) / 2)
-            high = min(lo3, (a2 + 1) // 2, LAYER3 - s3)
-            if low > high:
-                break
-            origins.append(low)
-        else:
-            return s3, torch.tensor(origins)
-    raise RuntimeError("no layer-3 window fits (a bug): use incremental=False")
-
-
-def _per_mask(axis: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(G, S) per-axis indices -> the row and column indices (M, S) of each mask (row-major by center)."""
-    a = torch.arange(g * g, device=axis.device) // g
-    b = torch.arange(g * g, device=axis.device) % g
-    return axis[a], axis[b]
+def _support(masks: torch.Tensor, axis: int) -> list[tuple[int, int]]:
+    """Per mask, the first and last row (axis 0) or column (axis 1) where it is non-zero."""
+    hit = (masks != 0).any(dim=2 - axis).cpu()
+    positions = torch.arange(hit.shape[1])
+    lo = torch.where(hit, positions, hit.shape[1]).amin(1)
+    hi = torch.where(hit, positions, -1).amax(1)
+    return list(zip(lo.tolist(), hi.tolist()))
 
 
 @lru_cache(maxsize=16)
-def window_plan(radius: float, density: int, masks: torch.Tensor) -> WindowPlan:
-    """Build (once per mask set) the window indices and mask patches; ``masks`` is (M, 80, 80)."""
-    s2 = _side(radius, density, 2)
-    centers = center_coords(density).tolist()
-    g = len(centers)
-    device = masks.device
-    o2 = _origins(centers, radius, 2, s2, LAYER2)
-    s3, o3 = _layer3_windows(centers, radius, density, o2, s2)
-    origin_rows, origin_cols = _per_mask(o2[:, None].to(device), g)  # (M, 1)
-    span = torch.arange(4 * s2 + 3, device=device)
-    rows, cols = 4 * origin_rows + span, 4 * origin_cols + span  # (M, 4*s2+3)
-    padded = F.pad(masks, (INPUT_PAD, 0, INPUT_PAD, 0))
-    patches = padded[torch.arange(g * g, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    valid_r, valid_c = _per_mask((2 * o2[:, None] - 1 + torch.arange(2 * s2 + 1) >= 0).to(device, masks.dtype), g)
-    # the layer-2 window inside conv3's region: real row o2 is row o2 + 1 of the padded map, 2*o3 its first
-    win2_r, win2_c = _per_mask((o2[:, None] + 1 - 2 * o3[:, None] + torch.arange(s2)).to(device), g)
-    region_rows, region_cols = _per_mask(o3[:, None].to(device), g)
-    win3_r, win3_c = _per_mask((o3[:, None] + torch.arange(s3)).to(device), g)
+def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure=None) -> WindowPlan:
+    """The cheapest windows (by the cost estimate) for ``masks`` (M, H, W) on this trunk; ``structure``
+    ``(segments, stop)`` forces one (tests). Cached per (geometry, mask set)."""
+    m = masks.shape[0]
+    # along each axis a mask's windows depend only on its support there: place them once per distinct support
+    supports, inverse = [], []
+    for axis in (0, 1):
+        support = _support(masks, axis)
+        if any(lo > hi for lo, hi in support):
+            raise ValueError("a perturbation mask is zero everywhere")
+        distinct = sorted(set(support))
+        supports.append(distinct)
+        inverse.append([distinct.index(s) for s in support])
+    changed = [[changed_ranges(geometry, axis, lo, hi) for lo, hi in supports[axis]] for axis in (0, 1)]
+    best = None
+    profile = cost_profile(masks.device)
+    candidates = [s for s in _structures(len(geometry.convs)) if profile.segments is None or len(s[0]) <= profile.segments]
+    for segments, stop in [structure] if structure is not None else candidates:
+        axes = [_axis_plan(geometry, axis, segments, changed[axis]) for axis in (0, 1)]
+        if axes[0] is None or axes[1] is None:
+            continue
+        cost = windows_work(geometry, segments, stop, axes, m).cost(profile)
+        if best is None or cost < best[0]:
+            best = (cost, segments, stop, axes)
+    if best is None:
+        raise RuntimeError(f"no windows fit the structure {structure} (a bug): use incremental=False")
+    cost, segments, stop, axes = best
+    rows, cols = ([_AxisSegment(a.sides, tuple(tuple(o[i] for i in inverse[axis]) for o in a.origins)) for a in axes[axis]]
+                  for axis in (0, 1))
+    return _build(geometry, masks, segments, stop, rows, cols, cost, profile)
+
+
+def _build(geometry, masks, segments, stop, rows, cols, cost, profile) -> WindowPlan:
+    device, m = masks.device, masks.shape[0]
+    built, windows = [], {}
+    for index, (first, last) in enumerate(segments):
+        r, c = rows[index], cols[index]
+        for offset, layer in enumerate(range(first - 1, last + 1)):
+            if layer not in windows:  # a segment's last window, not the next segment's region around it
+                windows[layer] = (torch.tensor(r.origins[offset]), torch.tensor(c.origins[offset]), (r.sides[offset], c.sides[offset]))
+        steps = tuple(_backward(geometry, axis, first, last)[0] for axis in (0, 1))
+        pads = []
+        for axis, a in enumerate((r, c)):
+            n = geometry.sizes(axis)[first - 1]
+            top = -min(a.origins[0])
+            bottom = max(max(a.origins[0]) + a.sides[0] - n, 0)
+            pads.append((top, bottom))
+            # the unfold index of each region is its last window's origin
+            assert all(o0 + top == steps[axis] * o for o0, o in zip(a.origins[0], a.origins[-1])), "region placement"
+        valid = []
+        for offset, layer in enumerate(range(first, last), start=1):
+            parts = []
+            for axis, a in enumerate((r, c)):
+                n = geometry.sizes(axis)[layer]
+                at = torch.tensor(a.origins[offset])[:, None] + torch.arange(a.sides[offset])
+                parts.append(((at >= 0) & (at < n)).to(device=device, dtype=masks.dtype))
+            inside = parts[0][:, :, None] * parts[1][:, None, :]
+            valid.append(None if bool((inside == 1).all()) else inside[:, None])
+        paste = None
+        if index:
+            pr, pc = rows[index - 1], cols[index - 1]
+            offsets = [torch.tensor(p.origins[-1]) - torch.tensor(a.origins[0]) for p, a in ((pr, r), (pc, c))]
+            at_r = offsets[0][:, None] + torch.arange(pr.sides[-1])
+            at_c = offsets[1][:, None] + torch.arange(pc.sides[-1])
+            assert int(at_r.min()) >= 0 and int(at_r.max()) < r.sides[0] and int(at_c.min()) >= 0 and int(at_c.max()) < c.sides[0]
+            paste = (at_r[:, :, None] * c.sides[0] + at_c[:, None, :]).flatten(1).to(device)
+        built.append(Segment(
+            first=first, last=last, region=(r.sides[0], c.sides[0]), step=steps,
+            pad=(pads[1][0], pads[1][1], pads[0][0], pads[0][1]),
+            rows=torch.tensor(r.origins[-1], device=device), cols=torch.tensor(c.origins[-1], device=device),
+            valid=tuple(valid), paste_index=paste,
+        ))
+    first = built[0]
+    padded = F.pad(masks, first.pad)
+    patches = padded.unfold(1, first.region[0], first.step[0]).unfold(2, first.region[1], first.step[1])
+    patches = patches[torch.arange(m, device=device), first.rows, first.cols]
     # every non-zero of every mask must lie in its patch, else the windows would miss a change
     if not torch.equal((patches != 0).flatten(1).sum(1), (masks != 0).flatten(1).sum(1)):
         raise RuntimeError("incremental window plan does not cover a mask's support (a bug): use incremental=False")
-    return WindowPlan(
-        side=s2,
-        side3=s3,
-        origin_rows=origin_rows[:, 0],
-        origin_cols=origin_cols[:, 0],
-        mask_patches=patches,
-        layer1_valid=(valid_r[:, :, None] * valid_c[:, None, :])[:, None],
-        region_rows=region_rows[:, 0],
-        region_cols=region_cols[:, 0],
-        window2_index=(win2_r[:, :, None] * (2 * s3 + 1) + win2_c[:, None, :]).flatten(1),
-        layer3_index=(win3_r[:, :, None] * LAYER3 + win3_c[:, None, :]).flatten(1),
-    )
+    last_r, last_c = rows[-1], cols[-1]
+    full = (geometry.sizes(0)[stop], geometry.sizes(1)[stop])
+    final = None
+    if (last_r.sides[-1], last_c.sides[-1]) != full:
+        at_r = torch.tensor(last_r.origins[-1])[:, None] + torch.arange(last_r.sides[-1])
+        at_c = torch.tensor(last_c.origins[-1])[:, None] + torch.arange(last_c.sides[-1])
+        final = (at_r[:, :, None] * full[1] + at_c[:, None, :]).flatten(1).to(device)
+    return WindowPlan(tuple(built), stop, patches.contiguous(), final, tuple(windows[layer] for layer in range(stop + 1)),
+                      cost, plain_work(geometry).cost(profile), profile)
 
 
-class FrameActivations(NamedTuple):
-    """What every perturbed copy of a frame shares: layer-2 activations padded by one zero row/column at the
-    top/left (N, 32, 21, 21) and layer-3 activations (N, 32, 10, 10)."""
-
-    layer2: torch.Tensor
-    layer3: torch.Tensor
+# --- running the windows ----------------------------------------------------------------------------------------
 
 
-def frame_activations(agent: ActorCritic, x: torch.Tensor) -> FrameActivations:
-    """Activations of what a perturbed copy equals outside its mask's box (the frame for occlude, its blur
-    for searchlight), computed once per frame and shared by all its masks."""
-    layer2 = agent.conv_activations(x, 0, 2)
-    layer3 = agent.conv_activations(layer2, 2, 3)
-    return FrameActivations(F.pad(layer2, (1, 0, 1, 0)), layer3)
+def _layer(conv: nn.Conv2d, act, x: torch.Tensor, padded: bool = True) -> torch.Tensor:
+    """``act(conv(x))``; without ``padded`` the convolution reads ``x`` as it is (a window's region)."""
+    x = conv(x) if padded else F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    return x if act is None else act(x)
+
+
+class SharedActivations(NamedTuple):
+    """What a perturbed copy equals outside its mask's windows, once per observation (N rows), shared by all its
+    masks: per later segment, the activations it reads its regions from (zero-padded, channels last for fast
+    gathers) and the memory format the plain pass holds them in; then the layer-``L*`` activations the last
+    windows are pasted into (or None where the last windows are whole maps)."""
+
+    regions: tuple[torch.Tensor, ...]
+    formats: tuple[torch.memory_format, ...]
+    final: torch.Tensor | None
+
+
+def _format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format of a (N, C, H, W) tensor (contiguous where both fit, as for C = 1)."""
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
+
+
+def shared_activations(trunk: ConvTrunk, plan: WindowPlan, x: torch.Tensor, n: int) -> SharedActivations:
+    """:class:`SharedActivations` of the first ``n`` rows of ``x`` (rows padded as in ``engine.core.batching``; the
+    observations for occlude, their blur for searchlight), computed as the plain pass computes them."""
+    regions, formats, needed = [], [], {s.first - 1: s.pad for s in plan.segments[1:]}
+    a = x * trunk.input_scale if trunk.input_scale != 1 else x
+    for layer in range(1, plan.stop + 1):
+        a = _layer(*trunk.layers[layer - 1], a)
+        if layer in needed:
+            regions.append(F.pad(a[:n], needed[layer]).contiguous(memory_format=torch.channels_last))
+            formats.append(_format(a))
+    return SharedActivations(tuple(regions), tuple(formats), a[:n] if plan.final_index is not None else None)
 
 
 def _paste(base: torch.Tensor, index: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """``base`` (K, C, H, W), a fresh tensor, with ``window`` (K, C, h, w) written at flat positions ``index`` (K, h*w)."""
+    """``base`` (K, C, H, W), a fresh tensor, with ``window`` (K, C, h, w) written at flat positions ``index`` (K, h*w)
+    of each map. A channels-last ``base`` takes whole pixels (C contiguous values) at once, which is faster."""
+    k, c, h, w = base.shape
+    if base.is_contiguous(memory_format=torch.channels_last):
+        pixels = (index + torch.arange(k, device=index.device)[:, None] * (h * w)).flatten()
+        base.permute(0, 2, 3, 1).view(k * h * w, c).index_copy_(0, pixels, window.permute(0, 2, 3, 1).reshape(-1, c))
+        return base
     out = base.flatten(2)
-    out.scatter_(2, index[:, None, :].expand(-1, out.shape[1], -1), window.flatten(2))
+    out.scatter_(2, index[:, None, :].expand(-1, c, -1), window.flatten(2))
     return out.view_as(base)
 
 
+def _regions(t: torch.Tensor, segment: Segment, frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The regions (K, C, h, w) of ``segment`` for (frame[k], mask[k]) in the padded maps ``t`` (N, C, H', W')."""
+    (h, w), (sh, sw) = segment.region, segment.step
+    rows, cols = segment.rows.index_select(0, mask), segment.cols.index_select(0, mask)
+    # one advanced index into a view of all windows: several times faster than gathers with broadcast indices,
+    # and several times faster again from a channels-last map (each region row is one run of memory); the regions
+    # come out channels last, the layout the CPU convolutions are fastest on
+    return t.unfold(2, h, sh).unfold(3, w, sw)[frame, :, rows, cols]
+
+
 def perturbed_outputs(
-    agent: ActorCritic,
+    agent,
+    trunk: ConvTrunk,
     plan: WindowPlan,
     images: torch.Tensor,
     blurred: torch.Tensor,
-    shared: FrameActivations,
+    shared: SharedActivations,
     state: State,
     frame: torch.Tensor,
     mask: torch.Tensor,
     interp: str,
 ) -> PolicyOutput:
-    """Outputs of the perturbed copies ``(frame[k], mask[k])``, computing conv1..conv3 on windows only.
+    """Outputs of the perturbed copies ``(frame[k], mask[k])``, the trunk's first ``plan.stop`` layers on windows.
 
     Args:
-        images, blurred: frames and their blur (N, 80, 80) padded by 3 at the top/left -> (N, 83, 83).
-        shared: :func:`frame_activations` of the frames.
-        state: tuple of (N, hidden). frame, mask: (K,) index tensors.
+        images, blurred: observations and their blur (N, C, H, W), padded by :meth:`WindowPlan.pad_input`.
+        shared: :func:`shared_activations` of the observations (occlude) or of their blur (searchlight).
+        state: the state of each observation (a tuple of batch-first tensors). frame, mask: (K,) index tensors.
     """
     k = frame.shape[0]
     rows_needed = padded_row_count(k)  # batch-invariant kernels, as in engine.batching
     if rows_needed != k:
         fill = frame.new_zeros(rows_needed - k)
         frame, mask = torch.cat([frame, fill]), torch.cat([mask, fill])
-    # index_select, and one advanced index into a view of all windows, gather several times faster than
-    # advanced indexing with broadcast index tensors on the CPU
-    mask_rows, mask_cols = plan.origin_rows.index_select(0, mask), plan.origin_cols.index_select(0, mask)
-    side = plan.mask_patches.shape[-1]
-    image_patch, blurred_patch = (t.unfold(1, side, 4).unfold(2, side, 4)[frame, mask_rows, mask_cols] for t in (images, blurred))
-    patch = perturb(image_patch, blurred_patch, plan.mask_patches.index_select(0, mask), interp)[:, None]
-    conv1, conv2, conv3 = agent.conv1, agent.conv2, agent.conv3
-    window1 = elu(F.conv2d(patch, conv1.weight, conv1.bias, stride=2)) * plan.layer1_valid.index_select(0, mask)
-    window2 = elu(F.conv2d(window1, conv2.weight, conv2.bias, stride=2))
-    # conv3's input region: the frame's layer-2 activations there, with the layer-2 window pasted in
-    region_side = 2 * plan.side3 + 1
-    region_rows, region_cols = plan.region_rows.index_select(0, mask), plan.region_cols.index_select(0, mask)
-    region = shared.layer2.unfold(2, region_side, 2).unfold(3, region_side, 2)[frame, :, region_rows, region_cols]
-    region = _paste(region, plan.window2_index.index_select(0, mask), window2)
-    window3 = elu(F.conv2d(region, conv3.weight, conv3.bias, stride=2))
-    layer3 = _paste(shared.layer3.index_select(0, frame), plan.layer3_index.index_select(0, mask), window3)
-    features = agent.conv_activations(layer3, 3, 4).flatten(1)
-    return agent.from_features(features, tuple(t.index_select(0, frame) for t in state), k)
+    # Every convolution gets its input in the memory format the plain pass gives it (the observations: contiguous;
+    # later layers: as the convolutions before return them), so that it runs the same kernel: a window's values
+    # then equal the plain pass's bit for bit where the kernel does not depend on the map's size (so far, always).
+    first = plan.segments[0]
+    x = perturb(_regions(images, first, frame, mask), _regions(blurred, first, frame, mask),
+                plan.mask_patches.index_select(0, mask)[:, None], interp).contiguous()
+    if trunk.input_scale != 1:
+        x = x * trunk.input_scale
+    for index, segment in enumerate(plan.segments):
+        if index:  # the observation's own activations around the window, the previous window pasted in
+            region = _paste(_regions(shared.regions[index - 1], segment, frame, mask), segment.paste_index.index_select(0, mask), x)
+            x = region.contiguous(memory_format=shared.formats[index - 1])
+        for layer in range(segment.first, segment.last + 1):
+            x = _layer(*trunk.layers[layer - 1], x, padded=False)
+            if layer < segment.last and segment.valid[layer - segment.first] is not None:
+                x = x * segment.valid[layer - segment.first].index_select(0, mask)
+    if plan.final_index is not None:
+        x = _paste(shared.final[frame], plan.final_index.index_select(0, mask), x)  # [frame] keeps the memory format
+    for conv, act in trunk.layers[plan.stop :]:
+        x = _layer(conv, act, x)
+    return agent.from_trunk(x, tuple(t.index_select(0, frame) for t in state), k)

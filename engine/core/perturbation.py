@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
 from .batching import chunk_bounds, pad_rows
 from .inputs import agent_device_dtype, prepare_inputs
-from .incremental import INPUT_PAD, FrameActivations, WindowPlan, frame_activations, perturbed_outputs, window_plan, worthwhile
+from .incremental import WindowPlan, conv_trunk_of, perturbed_outputs, shared_activations, trunk_geometry, window_plan, worthwhile
 from .masks import center_coords, perturb, perturbation_masks
 from .masks import grid_shape
 from .policy import ActorCritic, Policy, index_state
@@ -109,7 +108,8 @@ def perturbation_scores(
         x: observations (N, C, H, W) in [0, 1] on the agent's device/dtype.
         state: tuple of batch-first tensors: the state restored for each observation.
         masks: (M, H, W), each applied to every channel.
-        plan: windows for exact incremental inference (``engine.core.incremental``; 2017 agents only), or None.
+        plan: windows for exact incremental inference (``engine.core.incremental``; policies that declare a conv
+            trunk, :class:`engine.core.policy.IncrementalPolicy`), or None.
         score: ``"logit_l2"`` or ``"action_logprob"`` (then ``actions`` (N,) holds the action taken on each).
     """
     n, m = x.shape[0], masks.shape[0]
@@ -124,15 +124,15 @@ def perturbation_scores(
             return agent(perturbed, index_state(state, frame))
 
     else:
-        # Outside its mask's box a perturbed copy is the frame itself (occlude) or its blur (searchlight):
-        # their layer-2 and layer-3 activations, once per frame, are shared by all of the frame's masks.
+        # Outside its mask's box a perturbed copy is the observation itself (occlude) or its blur (searchlight):
+        # their trunk activations, once per observation, are shared by all of the observation's masks.
+        trunk = conv_trunk_of(agent)
         outside = x if interp == "occlude" else blurred
-        shared = FrameActivations(*(a[:n] for a in frame_activations(agent, pad_rows(outside))))
-        pad = (INPUT_PAD, 0, INPUT_PAD, 0)
-        images, padded_blur = F.pad(x[:, 0], pad), F.pad(blurred[:, 0], pad)
+        shared = shared_activations(trunk, plan, pad_rows(outside), n)
+        images, padded_blur = plan.pad_input(x), plan.pad_input(blurred)
 
         def evaluate(frame, mask):
-            return perturbed_outputs(agent, plan, images, padded_blur, shared, state, frame, mask, interp)
+            return perturbed_outputs(agent, trunk, plan, images, padded_blur, shared, state, frame, mask, interp)
 
     if score == "action_logprob":
         base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
@@ -230,9 +230,11 @@ def perturbation_saliency(
             centers) or ``"paper"`` (the original byte-scaled upsampling with its zero row/column; 80x80 only).
         perturbations_per_eval: most perturbed inputs per forward pass; ``None`` derives it from ``memory_budget_mb``
             (default 1024 MB). Results do not depend on it.
-        incremental: compute the first three convolutions only inside each mask's window and reuse the
-            frame's own activations elsewhere (``engine.core.incremental``, the 2017 agents; equal to the plain
-            pass up to float rounding). ``"auto"`` uses it where it pays (radius up to ~6) and the agent allows it.
+        incremental: compute the first convolutions only inside each mask's windows and reuse the observation's
+            own activations elsewhere (``engine.core.incremental``; policies that declare their conv trunk, as the
+            2017 agents do; equal to the plain pass up to float rounding). ``"auto"`` uses it where the windows
+            pay (2017 agents: radius up to ~6) and the agent declares a trunk; ``True`` on another agent is a
+            ValueError.
         progress: show a progress bar over chunks (where stderr is a terminal).
         tf32: let CUDA run float32 convolutions and products in TF32 (faster, about 6e-4 relative error);
             off by default, so float32 maps on a GPU equal the CPU's to float rounding.
@@ -257,14 +259,16 @@ def perturbation_saliency(
     taken = _check_actions(actions, n, agent.num_actions, device) if score == "action_logprob" else None
     masks = perturbation_masks(radius, density, device, dtype, size)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * masks.shape[0], perturbations_per_eval, memory_budget_mb)
-    windows_apply = isinstance(agent, ActorCritic)
-    if incremental is True and not windows_apply:
+    trunk = conv_trunk_of(agent) if incremental is not False else None
+    if incremental is True and trunk is None:
         raise ValueError(
-            f"incremental inference needs the 2017 agents' conv trunk; this agent ({type(agent).__name__}) runs plain "
-            "batched passes: use incremental='auto' or False"
+            f"incremental inference needs a policy that declares its conv trunk (conv_trunk() and from_trunk(), "
+            f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
+            "use incremental='auto' or False"
         )
-    use_windows = windows_apply and (worthwhile(radius, density) if incremental == "auto" else incremental)
-    plan = window_plan(float(radius), density, masks) if use_windows else None
+    plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
+    if plan is not None and incremental == "auto" and not worthwhile(plan):
+        plan = None
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
         actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken)
         gh, gw = grid_shape(density, size)

@@ -37,6 +37,7 @@ from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
 from ..core.policy import (
+    ConvTrunk,
     MAX_ACTIONS,
     MAX_CHANNELS,
     MAX_HIDDEN,
@@ -128,6 +129,14 @@ class CleanRLPolicy(nn.Module):
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """(N, C, 84, 84) observations in [0, 1] -> (N, 3136) flattened convolutional features."""
         return self.conv_activations(obs).flatten(1)
+
+    def conv_trunk(self) -> ConvTrunk:
+        """The declaration of :class:`engine.core.policy.IncrementalPolicy`: the three ReLU convolutions."""
+        return ConvTrunk(tuple((self.network[2 * i], self.network[2 * i + 1]) for i in range(3)))
+
+    def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        """The rest of the network on the last convolution's activations (N, 64, 7, 7)."""
+        return self.from_features(activations.flatten(1), state, n)
 
     def initial_state(self, batch: int = 1) -> State:
         return ()

@@ -55,7 +55,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, PolicyOutput, State, check_weights, torch_reason, reset_rows
+from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, State, check_weights, torch_reason, reset_rows
 
 SUPPORTED = (
     "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "
@@ -192,6 +192,15 @@ class SB3Policy(nn.Module):
         """(N, C, H, W) observations in [0, 1] -> (N, flat * towers) flattened convolutional features (the
         actor's first, then the critic's when they are separate)."""
         return self.conv_activations(obs).flatten(1)
+
+    def conv_trunk(self) -> ConvTrunk:
+        """The declaration of :class:`engine.core.policy.IncrementalPolicy`: the three ReLU convolutions (grouped
+        when the actor and critic extractors are separate)."""
+        return ConvTrunk(tuple((conv, torch.relu) for conv in self.trunk))
+
+    def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
+        """The rest of the network on the last convolution's activations."""
+        return self.from_features(activations.flatten(1), state, n)
 
     def forward(self, obs: torch.Tensor, state: State = (), batch_invariant: bool = True) -> PolicyOutput:
         """One step on ``obs`` (N, C, H, W) in [0, 1] with the recurrent ``state`` before it (``()`` for a
