@@ -311,7 +311,8 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
                                                      rel_error(got64.critic_scores[0], torch.from_numpy(ref["critic_scores"]))), 1e-9, "1 observation, d12 r5")
     full = perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=1156)
     worst = max(rel_error(perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=k).actor_scores, full.actor_scores) for k in (7, 300))
-    c.record("nature:chunk_invariance", worst, 0.0 if device.type != "cuda" else 1e-5, "perturbations per pass 7/300/1156")
+    # on CUDA, cuDNN picks the Nature CNN's convolution algorithms by batch size: float32 rounding, as device vs CPU
+    c.record("nature:chunk_invariance", worst, 0.0 if device.type != "cuda" else 1e-4, "perturbations per pass 7/300/1156")
     try:
         inc = perturbation_saliency(agent, obs[rows], (), incremental=True)
         plain = perturbation_saliency(agent, obs[rows], (), incremental=False)
