@@ -508,20 +508,7 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
             k: tuple(v.shape)
             for k, v in ActorCritic(num_actions, core=core, hidden_size=hidden_size, channels=channels).state_dict().items()
         }
-    missing = sorted(set(expected) - set(state_dict))
-    extra = sorted(set(state_dict) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{source}: keys do not match the {core.upper()} actor-critic of the spec: "
-            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
-        )
-    wrong = [
-        f"{k}: {tuple(state_dict[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if tuple(state_dict[k].shape) != shape
-    ]
-    if wrong:
-        raise CheckpointError(f"{source}: tensors of the wrong shape: {'; '.join(wrong)}")
+    check_keys_and_shapes(state_dict, expected, source, f"the {core.upper()} actor-critic of the spec")
     check_weights(state_dict, source)
     agent = ActorCritic(num_actions=num_actions, core=core, hidden_size=hidden_size, channels=channels)
     try:
@@ -529,18 +516,40 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
     except RuntimeError as exc:  # unreachable after the checks above, kept so nothing escapes as another type
         raise CheckpointError(f"{source}: the weights do not load into the agent ({torch_reason(exc)})") from exc
     agent.eval()
-    # bounded weights can still compound to an overflow through the layers: one test step on a black and a white
-    # frame must give finite outputs
-    frames = agent.actor_linear.weight.new_zeros(2, channels, 80, 80)
+    check_finite_outputs(agent, source)
+    return agent
+
+
+def check_keys_and_shapes(state_dict: dict, expected: dict[str, tuple], source: str, architecture: str, hint: str = "") -> None:
+    """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the keys of ``expected`` (name -> shape,
+    e.g. from the architecture built on the ``meta`` device) with those shapes; ``hint`` is appended to a shape error."""
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{source}: keys do not match {architecture}: missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    wrong = [
+        f"{k}: {tuple(state_dict[k].shape)} (expected {shape})"
+        for k, shape in expected.items()
+        if tuple(state_dict[k].shape) != shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{source}: tensors of the wrong shape for {architecture}: {'; '.join(wrong)}{hint}")
+
+
+def check_finite_outputs(policy: "Policy", source: str) -> None:
+    """Bounded weights can still compound to an overflow through the layers: one test step on a black and a white
+    observation must give finite outputs, else :class:`CheckpointError`."""
+    frames = torch.zeros(2, *policy.observation_shape, device=policy.device, dtype=policy.dtype)
     frames[1] = 1.0
     with torch.inference_mode():
-        out = agent(frames, agent.initial_state(2), batch_invariant=False)
+        out = policy(frames, policy.initial_state(2), batch_invariant=False)
     if not all(bool(torch.isfinite(t).all()) for t in (out.value, out.logits, *out.state)):
         raise CheckpointError(
             f"{source}: the weights are finite but the agent's outputs on a test frame are not (they overflow): "
             "the file is corrupt or not a trained agent"
         )
-    return agent
 
 
 def load_agent(

@@ -38,6 +38,8 @@ from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
 from ..core.policy import (
     ConvTrunk,
+    check_finite_outputs,
+    check_keys_and_shapes,
     MAX_ACTIONS,
     MAX_CHANNELS,
     MAX_HIDDEN,
@@ -336,25 +338,11 @@ def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: s
     cls = _CLASSES[script]
     with torch.device("meta"):  # the architecture's shapes, without allocating anything
         expected = {k: tuple(v.shape) for k, v in cls(**sizes).state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    extra = sorted(set(state_dict) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{source}: keys do not match CleanRL's {script} ({sizes['num_actions']} actions, {sizes['channels']} "
-            f"channels): missing {missing or 'none'}, unexpected {extra or 'none'}; {_SUPPORTED}"
-        )
-    wrong = [
-        f"{k}: {tuple(state_dict[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if tuple(state_dict[k].shape) != shape
-    ]
-    if wrong:
-        hint = (
-            " (network.7 takes the 64x7x7 features of an 84x84 observation)"
-            if any(w.startswith("network.7.weight") for w in wrong)
-            else ""
-        )
-        raise CheckpointError(f"{source}: tensors of the wrong shape for CleanRL's {script}: {'; '.join(wrong)}{hint}")
+    architecture = f"CleanRL's {script} ({sizes['num_actions']} actions, {sizes['channels']} channels)"
+    if set(expected) != set(state_dict):
+        check_keys_and_shapes(state_dict, expected, source, f"{architecture}; {_SUPPORTED}")
+    check_keys_and_shapes(state_dict, expected, source, architecture,
+                          hint=" (network.7 takes the 64x7x7 features of an 84x84 observation)")
     check_weights(state_dict, source)
     policy = cls(**sizes)
     try:
@@ -362,15 +350,7 @@ def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: s
     except RuntimeError as exc:  # unreachable after the checks above, kept so nothing escapes as another type
         raise CheckpointError(f"{source}: the weights do not load into {script} ({torch_reason(exc)})") from exc
     policy.eval()
-    frames = policy.network[0].weight.new_zeros(2, *policy.observation_shape)
-    frames[1] = 1.0
-    with torch.inference_mode():
-        out = policy(frames, policy.initial_state(2), batch_invariant=False)
-    if not all(bool(torch.isfinite(t).all()) for t in (out.value, out.logits, *out.state)):
-        raise CheckpointError(
-            f"{source}: the weights are finite but the agent's outputs on a test frame are not (they overflow): the "
-            "file is corrupt or not a trained agent"
-        )
+    check_finite_outputs(policy, source)
     return policy
 
 

@@ -55,7 +55,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, State, check_weights, torch_reason, reset_rows
+from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, check_finite_outputs, State, check_weights, torch_reason, reset_rows
 
 SUPPORTED = (
     "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "
@@ -810,13 +810,5 @@ def load_sb3(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     if version:
         model.summary += f" (saved by SB3 {version})"
     model = model.to(device=device, dtype=dtype).eval()
-    frames = torch.zeros(2, *model.observation_shape, device=device, dtype=dtype)
-    frames[1] = 1.0
-    with torch.inference_mode():
-        out = model(frames, model.initial_state(2), batch_invariant=False)
-    if not all(bool(torch.isfinite(t).all()) for t in (out.value, out.logits, *out.state)):
-        raise CheckpointError(
-            f"{source}: the weights are finite but the network's outputs on a test frame are not (they overflow): "
-            "the file is corrupt or not a trained agent"
-        )
+    check_finite_outputs(model, source)
     return model
