@@ -84,7 +84,8 @@ def nature_cnn(channels: int, num_actions: int | None = None) -> nn.Sequential:
 
 class CleanRLPolicy(nn.Module):
     """A CleanRL Atari agent as a :class:`engine.core.policy.Policy` (the base of the three scripts' modules): the
-    Nature CNN trunk, the observation shape, device and dtype, batch-invariant evaluation."""
+    Nature CNN trunk, the observation shape, device and dtype, batch-invariant evaluation. Each script's subclass
+    defines ``from_features`` (the rest of its network on the trunk's flattened features)."""
 
     script: str = ""
     pipeline = PIPELINE
@@ -156,10 +157,6 @@ class CleanRLPolicy(nn.Module):
         if batch_invariant:
             obs, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
         return self.from_features(self.features(obs), state, n)
-
-    def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
-        """The rest of the network on (N, 3136) features; only the first ``n`` rows are returned."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"script={self.script!r}, num_actions={self.num_actions}, channels={self.channels}"

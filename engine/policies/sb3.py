@@ -220,10 +220,6 @@ class SB3Policy(nn.Module):
             obs, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
         return self.from_features(self.features(obs), tuple(state), n)
 
-    def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
-        """The rest of the network on :meth:`features`; only the first ``n`` rows are returned."""
-        raise NotImplementedError
-
     def extra_repr(self) -> str:
         return f"algorithm={self.algorithm!r}, observation_shape={self.observation_shape}, num_actions={self.num_actions}"
 
