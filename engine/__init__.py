@@ -1,4 +1,4 @@
-"""Batched, device-agnostic saliency for recurrent Atari agents (Greydanus et al., 2017)."""
+"""Batched, device-agnostic perturbation and Jacobian saliency for Atari agents of any library (the method of Greydanus et al., 2017)."""
 
 import os
 
