@@ -16,6 +16,9 @@ from .blur import gaussian_blur
 from .settings import INTERPS, SIZE, validate_radius_density
 
 
+MASK_BLOCK = 256  # masks blurred together while the cache is built
+
+
 def center_coords(density: int, length: int = SIZE) -> torch.Tensor:
     """Pixel coordinates of the mask centers along one axis: ``range(0, length, density)``, shape (G,)."""
     return torch.arange(0, length, density)
@@ -33,7 +36,9 @@ def _masks_float64(radius: float, density: int, size: tuple[int, int]) -> torch.
     yy = torch.arange(h, dtype=torch.float64).view(1, h, 1)  # center (i, j) is mask number i * Gw + j
     xx = torch.arange(w, dtype=torch.float64).view(1, 1, w)
     plus = ((yy - ci.reshape(-1, 1, 1)) ** 2 + (xx - cj.reshape(-1, 1, 1)) ** 2 <= 1).to(torch.float64)
-    blurred = gaussian_blur(plus[:, None], sigma=radius)[:, 0]
+    # blurred in blocks: a dense grid (density 1 on 84x84: 7056 masks) would otherwise need gigabytes of padded
+    # intermediates at once; each mask's blur does not depend on the others (batch-invariant blur)
+    blurred = torch.cat([gaussian_blur(block[:, None], sigma=radius)[:, 0] for block in plus.split(MASK_BLOCK)])
     return blurred / blurred.amax(dim=(1, 2), keepdim=True)
 
 
