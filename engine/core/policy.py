@@ -511,23 +511,32 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
     check_keys_and_shapes(state_dict, expected, source, f"the {core.upper()} actor-critic of the spec")
     check_weights(state_dict, source)
     agent = ActorCritic(num_actions=num_actions, core=core, hidden_size=hidden_size, channels=channels)
+    return load_checked(agent, state_dict, source)
+
+
+def load_checked(module: nn.Module, state_dict: dict, source: str, device=None, dtype=None) -> nn.Module:
+    """Load checked weights into a policy module, move it, put it in eval mode and take the finite-output test step
+    (:func:`check_finite_outputs`); every failure is a :class:`CheckpointError` naming ``source``."""
     try:
-        agent.load_state_dict(state_dict)
-    except RuntimeError as exc:  # unreachable after the checks above, kept so nothing escapes as another type
-        raise CheckpointError(f"{source}: the weights do not load into the agent ({torch_reason(exc)})") from exc
-    agent.eval()
-    check_finite_outputs(agent, source)
-    return agent
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:  # unreachable after the shape checks, kept so nothing escapes as another type
+        raise CheckpointError(f"{source}: the weights do not load into {type(module).__name__} ({torch_reason(exc)})") from exc
+    module = module.to(device=device, dtype=dtype).eval()
+    check_finite_outputs(module, source)
+    return module
 
 
-def check_keys_and_shapes(state_dict: dict, expected: dict[str, tuple], source: str, architecture: str, hint: str = "") -> None:
+def check_keys_and_shapes(state_dict: dict, expected: dict[str, tuple], source: str, architecture: str, hint: str = "",
+                          supported: str = "") -> None:
     """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the keys of ``expected`` (name -> shape,
-    e.g. from the architecture built on the ``meta`` device) with those shapes; ``hint`` is appended to a shape error."""
+    e.g. from the architecture built on the ``meta`` device) with those shapes; ``supported`` (what the loader
+    supports) is appended to a key error, ``hint`` to a shape error."""
     missing = sorted(set(expected) - set(state_dict))
     extra = sorted(set(state_dict) - set(expected))
     if missing or extra:
         raise CheckpointError(
             f"{source}: keys do not match {architecture}: missing {missing or 'none'}, unexpected {extra or 'none'}"
+            + (f"; {supported}" if supported else "")
         )
     wrong = [
         f"{k}: {tuple(state_dict[k].shape)} (expected {shape})"

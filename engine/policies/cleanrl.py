@@ -38,8 +38,8 @@ from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
 from ..core.policy import (
     ConvTrunk,
-    check_finite_outputs,
     check_keys_and_shapes,
+    load_checked,
     MAX_ACTIONS,
     MAX_CHANNELS,
     MAX_HIDDEN,
@@ -47,7 +47,6 @@ from ..core.policy import (
     State,
     check_weights,
     read_state_dict,
-    torch_reason,
     reset_rows,
 )
 
@@ -336,19 +335,10 @@ def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: s
     with torch.device("meta"):  # the architecture's shapes, without allocating anything
         expected = {k: tuple(v.shape) for k, v in cls(**sizes).state_dict().items()}
     architecture = f"CleanRL's {script} ({sizes['num_actions']} actions, {sizes['channels']} channels)"
-    if set(expected) != set(state_dict):
-        check_keys_and_shapes(state_dict, expected, source, f"{architecture}; {_SUPPORTED}")
-    check_keys_and_shapes(state_dict, expected, source, architecture,
+    check_keys_and_shapes(state_dict, expected, source, architecture, supported=_SUPPORTED,
                           hint=" (network.7 takes the 64x7x7 features of an 84x84 observation)")
     check_weights(state_dict, source)
-    policy = cls(**sizes)
-    try:
-        policy.load_state_dict(state_dict)
-    except RuntimeError as exc:  # unreachable after the checks above, kept so nothing escapes as another type
-        raise CheckpointError(f"{source}: the weights do not load into {script} ({torch_reason(exc)})") from exc
-    policy.eval()
-    check_finite_outputs(policy, source)
-    return policy
+    return load_checked(cls(**sizes), state_dict, source)
 
 
 def _looks_like_msgpack(path: str) -> bool:

@@ -55,7 +55,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, check_finite_outputs, State, check_weights, torch_reason, reset_rows
+from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, load_checked, State, check_weights, torch_reason, reset_rows
 
 SUPPORTED = (
     "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "
@@ -798,13 +798,7 @@ def load_sb3(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     data, sd, version = _read_zip(path, source)
     model, weights, used = _build(data, sd, source)
     check_weights(used, source)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:  # unreachable after the shape checks; kept so nothing escapes as another type
-        raise CheckpointError(f"{source}: the weights do not load into the rebuilt network ({torch_reason(exc)})") from exc
     model.sb3_version = version
     if version:
         model.summary += f" (saved by SB3 {version})"
-    model = model.to(device=device, dtype=dtype).eval()
-    check_finite_outputs(model, source)
-    return model
+    return load_checked(model, weights, source, device=device, dtype=dtype)
