@@ -45,7 +45,7 @@ def layer_violations() -> list[str]:
     for path in sorted(ENGINE.rglob("*.py")):
         own = layer_of("engine." + ".".join(path.relative_to(ENGINE).with_suffix("").parts))
         if own not in LAYERS:
-            continue  # engine/__init__.py and __main__.py sit above every layer
+            continue  # engine/__init__.py, __main__.py and train.py (entry points) sit above every layer
         for line, module in imported_modules(path):
             target = layer_of(module)
             if target == "top" and module != "engine":
@@ -56,7 +56,7 @@ def layer_violations() -> list[str]:
 
 
 def test_every_module_sits_in_a_layer():
-    stray = [p.name for p in ENGINE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    stray = [p.name for p in ENGINE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "train.py")]
     assert stray == [], f"modules outside the layers {LAYERS}: {stray}"
 
 

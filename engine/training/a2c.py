@@ -17,7 +17,6 @@ import os
 import pickle
 import random
 import re
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -198,6 +197,15 @@ def save_resume(path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer
 
 def load_resume(path: Path) -> dict | None:
     """The resume state in ``path`` (None if there is none), read with ``weights_only=True`` and checked."""
+    resume = load_resume_file(path, _RESUME_FIELDS)
+    if resume is not None and resume["format"] != RESUME_FORMAT:
+        raise EngineError(f"{path} is not a resume state of this version (format {RESUME_FORMAT}): delete or move it")
+    return resume
+
+
+def load_resume_file(path: Path, fields: dict[str, type]) -> dict | None:
+    """A resume state (None if ``path`` does not exist) read with ``weights_only=True``, so it cannot run code, and
+    checked to hold ``fields`` (name -> type)."""
     if not path.is_file():
         return None
     try:
@@ -215,13 +223,12 @@ def load_resume(path: Path) -> dict | None:
     if not isinstance(resume, dict):
         raise EngineError(f"{path} holds a {type(resume).__name__}, not a resume state: delete or move it")
     wrong = [
-        name for name, kind in _RESUME_FIELDS.items()
+        name for name, kind in fields.items()
         if not isinstance(resume.get(name), kind) or isinstance(resume.get(name), bool)
     ]
-    if wrong or resume["format"] != RESUME_FORMAT:
+    if wrong:
         raise EngineError(
-            f"{path} is not a resume state of this version (format {RESUME_FORMAT}; missing or malformed: "
-            f"{', '.join(wrong) or 'format'}): delete or move it"
+            f"{path} is not a resume state of this version (missing or malformed: {', '.join(wrong)}): delete or move it"
         )
     return resume
 
@@ -338,86 +345,10 @@ def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, retu
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Hydra entry point (``configs/train.yaml``, schema :class:`TrainConfig`). The command line is composed and
-    checked (ranges, the environment id) before Hydra creates ``<run_dir>/hydra``: a bad one prints one line on
-    stderr and exits with code 2. Progress and the result are logged."""
-    import logging
-    import shutil
+    """Hydra entry point (``configs/train.yaml``, schema :class:`TrainConfig`); see :mod:`engine.training.cli`."""
+    from .cli import run_training_cli
 
-    import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    log = logging.getLogger(__name__)
-    package = Path(__file__).resolve().parents[1]
-    config_dir = package / "configs"  # an installed wheel ships them in the package
-    if not (config_dir / "train.yaml").is_file():
-        config_dir = package.parent / "configs"  # a checkout (editable install)
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-    def one_line(exc: BaseException) -> str:
-        while not isinstance(exc, (EngineError, OmegaConfBaseException)) and exc.__cause__ is not None:
-            exc = exc.__cause__  # Hydra's wrappers of OmegaConf's errors
-        text = str(getattr(exc, "msg", None) or exc)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        first = lines[0] if lines else type(exc).__name__
-        key = getattr(exc, "full_key", None)
-        return f"{key}: {first}" if key and key not in first else first
-
-    def fail(message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    def typed(cfg) -> TrainConfig:
-        data = OmegaConf.to_container(cfg, resolve=True)
-        data.pop("hydra", None)
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), data))
-        config.check()
-        return config
-
-    try:  # keep the emulator's banner off stderr (its warnings and errors still show)
-        import ale_py
-
-        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
-    except (ImportError, AttributeError):
-        pass
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    existed: set[Path] | None = None  # run folders there before this command (None: not known; nothing is removed)
-    skip = args.help or args.hydra_help or args.info or args.shell_completion or args.multirun or args.config_dir \
-        or args.config_path or getattr(args, "experimental_rerun", None)  # Hydra's own modes: the job checks itself
-    if not skip:
-        try:
-            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="train"):
-                config = typed(compose(config_name=args.config_name or "train", overrides=args.overrides))
-            if not args.cfg:
-                make_env(config.env_id).close()  # an unknown id fails here
-        except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours
-            fail(one_line(exc))
-        run_dir = Path(config.run_dir)
-        existed = {p for p in (run_dir, run_dir / "hydra") if p.exists()}
-
-    @hydra.main(version_base="1.3", config_path=str(config_dir), config_name="train")
-    def run(cfg) -> None:
-        try:
-            config = typed(cfg)
-            path = train(config)
-        except (EngineError, OmegaConfBaseException) as exc:
-            run_dir = Path(OmegaConf.select(cfg, "run_dir", default="") or ".")
-            for folder in (run_dir / "hydra", run_dir / "checkpoints", run_dir):
-                if existed is None or existed or not folder.is_dir():
-                    continue  # only a run folder this command created, and left without results
-                if not [p for p in folder.rglob("*") if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"]:
-                    shutil.rmtree(folder, ignore_errors=True)
-            fail(one_line(exc))
-        log.info("last checkpoint: %s", path)
-
-    sys.argv = [sys.argv[0], *argv]
-    run()
-
+    run_training_cli(TrainConfig, "train_schema", "train", train, argv)
 
 if __name__ == "__main__":
     main()
