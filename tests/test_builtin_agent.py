@@ -46,3 +46,58 @@ def test_builtin_agent_loads_plays_and_is_scored_like_any_other():
         assert np.abs(maps.actor_scores[k].numpy() - actor).max() <= 1e-9 * actor.max()
         assert np.abs(maps.critic_scores[k].numpy() - critic).max() <= 1e-9 * critic.max()
     assert maps.actor_scores.max() > 0
+
+
+def test_every_shipped_agent_loads_through_the_public_loader_and_plays():
+    """Each ``builtin/...`` name (every checkpoint of every series) loads with engine.load_policy and plays a short
+    rollout in its own pipeline with finite outputs."""
+    from engine import load_policy
+
+    names = builtin_names()
+    assert "builtin/pong" in names
+    for name in names:
+        agent = load_policy(resolve_checkpoint(name, [], allow_download=False))
+        env_id = "Pong-v4" if agent.pipeline == "greydanus2017" else "PongNoFrameskip-v4"
+        played = rollout(agent, env_id, 6, seed=0)
+        assert len(played) == 6 and torch.isfinite(played.logits).all() and torch.isfinite(played.values).all(), name
+
+
+def test_shipped_agents_stay_small():
+    from engine.io.registry import BUILTIN_DIR
+
+    total = sum(p.stat().st_size for p in BUILTIN_DIR.rglob("*") if p.is_file())
+    assert total <= 30e6, f"the shipped agents take {total / 1e6:.1f} MB (budget 30 MB)"
+    for path in BUILTIN_DIR.rglob("step_*.pt"):  # half precision: the files are the agents
+        state = torch.load(path, weights_only=True)
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}, path
+
+
+def test_shipping_halves_a_checkpoint_and_keeps_its_outputs(tmp_path):
+    import pytest
+
+    from engine import load_policy
+    from engine.core.errors import CheckpointError
+    from engine.training.ppo import make_agent
+    from engine.training.shipping import ship_checkpoint
+
+    torch.manual_seed(0)
+    source = tmp_path / "run" / "step_1234.pt"
+    source.parent.mkdir()
+    agent = make_agent(6)
+    torch.save(agent.state_dict(), source)
+    source.with_suffix(".json").write_text(json.dumps({"game": "PongNoFrameskip-v4", "frames": 1234}))
+    shipped = ship_checkpoint(source, tmp_path / "agents" / "pong_ppo")
+    assert shipped.name == "step_1234.pt" and shipped.stat().st_size < 0.55 * source.stat().st_size
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    assert meta["precision"] == "float16" and meta["game"] == "PongNoFrameskip-v4" and len(meta["source_sha256"]) == 64
+    x = torch.rand(4, 1, 84, 84)
+    with torch.no_grad():
+        full, half = agent(x, agent.initial_state(4)), load_policy(shipped)(x, agent.initial_state(4))
+    assert half.logits.dtype == torch.float32
+    torch.testing.assert_close(half.logits, full.logits, atol=2e-3, rtol=0)
+    assert not torch.equal(half.logits, full.logits)  # it really is the rounded agent
+    state = agent.state_dict()
+    state["actor.bias"] = torch.full_like(state["actor.bias"], 1e6)
+    torch.save(state, source)
+    with pytest.raises(CheckpointError, match="beyond float16's range"):
+        ship_checkpoint(source, tmp_path / "other")
