@@ -80,3 +80,36 @@ def test_tiny_suite_run_appends_a_result(tmp_path, pong_checkpoint):
     ratio = run["seconds_per_frame"]["plain"] / run["seconds_per_frame"]["engine"]
     assert run["incremental_speedup_over_plain"] == pytest.approx(ratio)
     assert json.loads((tmp_path / "run" / "result.json").read_text()) == run
+
+
+def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
+    """benchmarks/evaluate_agent.py: every game listed, the best candidate on the choosing seeds is reported."""
+    import json
+
+    import torch
+
+    from benchmarks import evaluate_agent
+    from engine.training.ppo import make_agent
+
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        paths.append(tmp_path / f"step_{i + 1}.pt")
+        torch.save(make_agent(6).state_dict(), paths[-1])
+    out = tmp_path / "evaluation.json"
+    result = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--greedy",
+                                  "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    means = {c: v["mean"] for c, v in result["candidates"].items()}
+    assert result["chosen"] == max(means, key=means.get) and len(result["report_returns"]) == 1
+    assert all(-21 <= r <= 21 for r in result["report_returns"]) and result["precision"].startswith("float16")
+
+
+def test_learning_curve_is_drawn_from_progress_csv(tmp_path):
+    from benchmarks import plot_training
+
+    csv_path = tmp_path / "progress.csv"
+    csv_path.write_text("update,frames,wall_seconds,frames_per_second,mean_return_100\n"
+                        "1,4096,4.0,1000,\n2,8192,8.0,1010,-20.5\n3,12288,12.0,990,-19.0\n")
+    out = plot_training.plot(plot_training.read_progress(csv_path), tmp_path / "curve.png", "test")
+    assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
