@@ -1,5 +1,5 @@
-"""Saliency arrays saved with their settings, atomically: a failed or interrupted write leaves neither a
-temporary file nor a partial file under the target's name (and an older file there stays as it was)."""
+"""Saliency arrays saved with their settings, compressed and atomically: a failed or interrupted write leaves
+neither a temporary file nor a partial file under the target's name (and an older file there stays as it was)."""
 
 import os
 
@@ -20,10 +20,22 @@ def test_round_trip_with_settings(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]  # no temporary left behind
 
 
+def test_arrays_are_compressed(tmp_path):
+    """Atari-like frames (flat colours) shrink many times; the arrays read back bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.zeros(50, 210, 160, 3, dtype=torch.uint8)
+    frames[:, 34:194, 16:144] = 144  # the field
+    rows = torch.randint(34, 190, (50,), generator=generator)
+    frames[torch.arange(50)[:, None], rows[:, None] + torch.arange(4)[None], 78:80] = 236  # a moving ball
+    path = save_arrays(tmp_path / "r.npz", dict(frames=frames), {})
+    assert path.stat().st_size < frames.numel() / 20
+    assert np.array_equal(load_arrays(path)[0]["frames"], frames.numpy())
+
+
 def _savez_that_stops_halfway(monkeypatch, error: BaseException, seen: list):
-    """np.savez as save_arrays calls it, but it writes half of the real archive to the open temporary file,
+    """np.savez_compressed as save_arrays calls it, but it writes half of the real archive to the open temporary file,
     records that file, and then raises ``error`` (a crash, a full disk, Ctrl-C) in the middle of the write."""
-    real_savez = np.savez
+    real_savez = np.savez_compressed
 
     def halfway(file, *args, **kwds):
         import io
@@ -36,7 +48,7 @@ def _savez_that_stops_halfway(monkeypatch, error: BaseException, seen: list):
         seen.append((file.name, os.path.getsize(file.name)))
         raise error
 
-    monkeypatch.setattr(arrays_module.np, "savez", halfway)
+    monkeypatch.setattr(arrays_module.np, "savez_compressed", halfway)
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"])

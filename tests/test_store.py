@@ -1,6 +1,6 @@
 """Rollout and saliency stores: round trip, resume after a kill, refusal to mix, shards, other checkpoints."""
 
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,18 +40,32 @@ def test_rollout_store_round_trip(recorded, pong_agent):
     assert torch.equal(part.frames, memory.frames[30:40]) and torch.equal(part.states[0], memory.states[0][30:40])
 
 
+def unfinish(root, chunk: int, arrays=("frames", "observations")) -> None:
+    """As if the writer of ``chunk`` was killed before its marker: the marker gone, some of its arrays too."""
+    (root / "complete" / "c" / str(chunk)).unlink()
+    for name in arrays:
+        shutil.rmtree(root / name / "c" / str(chunk))
+
+
+def chunk_arrays(store, k):
+    return store.store.read(k)
+
+
 def test_recording_resumes_to_the_same_arrays(recorded, pong_agent, tmp_path):
     store, sha = recorded
     copy = tmp_path / "copy"
     record_rollout(pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False)
-    for k in (2, 1):  # as if killed after the first chunk, with a half-written file left behind
-        os.remove(copy / "chunks" / f"{k:06d}.npz")
-    (copy / "chunks" / ".000001.npz.x.npz.partial").write_bytes(b"half a chunk")
+    unfinish(copy, 2)
+    unfinish(copy, 1, arrays=("frames",))  # as if killed after the first chunk, with a half-written key left behind
+    half = copy / "observations" / "c" / "1" / "0" / "0" / ".0.killed.partial"
+    half.write_bytes(b"half a chunk")
+    assert RolloutStore.open(copy).completed_chunks() == 1
     resumed = record_rollout(pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False)
+    assert resumed.complete
     for k in range(3):
-        a, b = resumed.store.read(k), store.store.read(k)
-        assert all(np.array_equal(a[key], b[key]) for key in b), k
-    assert sorted(p.name for p in (copy / "chunks").iterdir()) == ["000000.npz", "000001.npz", "000002.npz"]
+        a, b = chunk_arrays(resumed, k), chunk_arrays(store, k)
+        assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in b), k
+    assert half.read_bytes() == b"half a chunk"  # another writer's key: never deleted, never read
 
 
 def test_saliency_store_equals_in_memory_and_shards_union(recorded, pong_agent, tmp_path):
@@ -108,41 +122,39 @@ def test_mismatched_stores_are_refused(recorded, pong_agent, tmp_path):
 
 
 KILLED_JOB = """
-import io, sys, time
-
-import numpy as np
+import sys, time
 
 from engine.core.policy import load_agent
 from engine.core.settings import SaliencyConfig
-from engine.io import arrays
-from engine.io.store import score_store
+from engine.io import store
+from engine.io.arrays import atomic_path
 
 checkpoint, rollout_root, target, sha, stop_after, ready = sys.argv[1:]
-real_savez, finished = np.savez, []
+real_set, markers = store._Keys.set, []
 
 
-def savez(file, *args, **kwds):  # save_arrays' write of one chunk into its temporary file
-    if len(finished) == int(stop_after):  # the next chunk: write half of it, say so, and wait for the kill
-        buffer = io.BytesIO()
-        real_savez(buffer, *args, **kwds)
-        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        file.flush()
+async def keyset(self, key, value):  # the store's write of one key (atomic: a temporary file, then renamed)
+    if key.startswith("complete/c/"):
+        markers.append(key)
+    elif len(markers) == int(stop_after) and key.startswith("critic/c/"):
+        # the next chunk: its actor maps are written; write half of its critic maps, say so, wait for the kill
+        data = value.to_bytes()
+        atomic_path(self.local_root / key).write_bytes(data[: len(data) // 2])
         open(ready, "w").close()
         time.sleep(3600)
-    real_savez(file, *args, **kwds)
-    finished.append(file.name)
+    await real_set(self, key, value)
 
 
-arrays.np.savez = savez
+store._Keys.set = keyset
 agent = load_agent(checkpoint, device="cpu")
-score_store(agent, rollout_root, target, SaliencyConfig(density=10), sha, frames_per_chunk=4, progress=False)
+store.score_store(agent, rollout_root, target, SaliencyConfig(density=10), sha, frames_per_chunk=4, progress=False)
 """
 
 
 def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, pong_checkpoint, tmp_path):
     """SIGKILL in the middle of writing the 4th chunk (the job stops there by itself, so nothing depends on
-    timing): 3 finished chunks and a half-written temporary remain; started again, the job ends with exactly
-    the arrays of an uninterrupted run."""
+    timing): 3 marked chunks, the 4th's actor maps and half of its critic maps in a temporary file remain;
+    started again, the job ends with exactly the arrays of an uninterrupted run."""
     store, sha = recorded
     target, ready, log = tmp_path / "killed", tmp_path / "ready", tmp_path / "job.log"
     with open(log, "wb") as output:
@@ -162,18 +174,58 @@ def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, p
         job.send_signal(signal.SIGKILL)
         job.wait()
     assert job.returncode == -signal.SIGKILL
-    chunks = target / "chunks"
-    assert sorted(p.name for p in chunks.glob("*.npz")) == ["000000.npz", "000001.npz", "000002.npz"]
-    (partial,) = chunks.glob(".*.partial")
-    assert partial.name.startswith(".000003.npz.") and partial.stat().st_size > 0  # killed mid-write
+    assert sorted(p.name for p in (target / "complete" / "c").iterdir()) == ["0", "1", "2"]
+    assert (target / "actor" / "c" / "3" / "0" / "0").is_file()  # written, but the chunk is not marked
+    (partial,) = (target / "critic" / "c" / "3" / "0").glob(".*.partial")
+    assert partial.stat().st_size > 0 and not (target / "critic" / "c" / "3" / "0" / "0").exists()  # killed mid-write
     assert SaliencyStore.open(target).missing() == list(range(3, 18))
     settings = SaliencyConfig(density=10)
     resumed = score_store(pong_agent, store.store.root, target, settings, sha, frames_per_chunk=4, progress=False)
     fresh = score_store(pong_agent, store.store.root, tmp_path / "fresh", settings, sha, frames_per_chunk=4, progress=False)
     a, b = resumed.read(), fresh.read()
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert a["actor"].shape == (STEPS, 80, 80) and a["actor"].max() > 0
-    assert not list(chunks.glob("*.partial")) and resumed.complete
+    assert a.keys() == b.keys() == {"actor", "critic", "actor_scores", "critic_scores"}
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["actor"].shape == (STEPS, 80, 80) and a["actor"].max() > 0 and resumed.complete
+
+
+# --- the zarr layout: xarray opens a store, a slice loads only its chunks -----------------------------------------
+
+
+def test_xarray_opens_each_store_with_named_dimensions(recorded, pong_agent, tmp_path):
+    import warnings
+
+    xr = pytest.importorskip("xarray", reason="xarray is not installed (pip install xarray)")
+    store, sha = recorded
+    scored = score_store(pong_agent, store.store.root, tmp_path / "s", SETTINGS, sha, frames_per_chunk=16, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. xarray's "no consolidated metadata" warning
+        played, maps = xr.open_zarr(store.store.root), xr.open_zarr(tmp_path / "s")
+    assert played["frames"].dims == ("step", "frame_y", "frame_x", "frame_rgb")
+    assert played["observations"].dims == ("step", "obs_channel", "obs_y", "obs_x")
+    assert played["logits"].dims == ("step", "action") and played["state_0"].dims == ("step", "state_0_axis_1")
+    assert played["sampler_state"].dims == ("chunk", "sampler_byte") and played.sizes["chunk"] == 3
+    assert dict(played.sizes) == {"step": STEPS, "chunk": 3, "frame_y": 210, "frame_x": 160, "frame_rgb": 3, "action": 6,
+                              "obs_channel": 1, "obs_y": 80, "obs_x": 80, "state_0_axis_1": 256, "sampler_byte": 5056}
+    assert maps["actor"].dims == ("frame", "map_y", "map_x") and maps["actor_scores"].dims == ("frame", "grid_y", "grid_x")
+    assert played.attrs["manifest"]["identity"]["seed"] == 3 and maps.attrs["manifest"]["identity"]["saliency"]["density"] == 10
+    r, m = store.read(), scored.read()
+    assert np.array_equal(played["frames"][40:45].values, r.frames[40:45].numpy())  # lazy: loads one chunk
+    assert np.array_equal(played["state_0"].values, r.states[0].numpy())
+    assert np.array_equal(maps["critic"].values, m["critic"]) and bool(maps["complete"].all())
+
+
+def test_reading_a_slice_loads_only_its_chunks(recorded):
+    store, _ = recorded
+    opened = RolloutStore.open(store.store.root)
+    opened.store.keys.reads = []
+    part = opened.read(30, 40)  # chunks 0 (steps 0..31) and 1 (32..63), not 2
+    chunk_keys = {k for k in opened.store.keys.reads if "/c/" in k and not k.startswith("complete/")}
+    assert {k.split("/")[0] for k in chunk_keys} == {"frames", "observations", "logits", "values", "actions", "rewards", "dones", "state_0"}
+    assert {k.split("/")[2] for k in chunk_keys} == {"0", "1"}
+    assert torch.equal(part.frames, store.read().frames[30:40])
+    opened.store.keys.reads = []
+    opened.read(64, 70)
+    assert {k.split("/")[2] for k in opened.store.keys.reads if "/c/" in k and not k.startswith("complete/")} == {"2"}
 
 
 # --- any policy: a Nature-CNN agent in CleanRL's pipeline (feed-forward, and with an LSTM core) ---------------
