@@ -85,3 +85,88 @@ def region_share(maps: torch.Tensor, region: torch.Tensor) -> RegionShare:
 def object_shares(frames, maps: torch.Tensor, objects: dict = PONG_OBJECTS, distance: float = 10) -> dict[str, RegionShare]:
     """:func:`region_share` of ``maps`` near each named object of ``objects`` (name -> colour) in ``frames``."""
     return {name: region_share(maps.cpu(), near_cells(object_pixels(frames, color), distance)) for name, color in objects.items()}
+
+
+# --- objects of several games, on maps of any size ------------------------------------------------------------
+#
+# An object is one or more ALE palette colours inside a band of frame rows: several games reuse a colour (Breakout's
+# ball, paddle and top brick row are all red; Space Invaders' score digits have the player's green), and the rows
+# tell them apart. Rows and colours were read off real frames of baby-a3c's agents (Pong-v4, Breakout-v4,
+# SpaceInvaders-v4); an object that is not on screen simply has no pixels in that frame.
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """Pixels of an object: any of ``colors`` (r, g, b) in frame rows ``rows[0]..rows[1]-1``."""
+
+    colors: tuple[tuple[int, int, int], ...]
+    rows: tuple[int, int]
+
+
+GAME_OBJECTS: dict[str, dict[str, ObjectSpec]] = {
+    "pong": {name: ObjectSpec((color,), PLAY_ROWS) for name, color in PONG_OBJECTS.items()},
+    "breakout": {
+        "ball": ObjectSpec(((200, 72, 72),), (93, 189)),  # between the bricks and the paddle
+        "paddle": ObjectSpec(((200, 72, 72),), (189, 194)),
+        "bricks": ObjectSpec(((200, 72, 72), (198, 108, 58), (180, 122, 48), (162, 162, 42), (72, 160, 72),
+                              (66, 72, 200)), (57, 93)),
+    },
+    "spaceinvaders": {
+        "player": ObjectSpec(((50, 132, 50),), (185, 195)),  # the same green as the score digits at rows 10..19
+        "aliens": ObjectSpec(((134, 134, 29),), (20, 185)),
+        "shields": ObjectSpec(((181, 83, 40),), (150, 185)),
+        "shots": ObjectSpec(((142, 142, 142),), (20, 195)),
+    },
+}
+
+
+def game_of(env_id: str) -> str | None:
+    """The key of :data:`GAME_OBJECTS` for an ALE id (``Pong-v4``, ``ALE/Breakout-v5``, ...), or None."""
+    name = env_id.split("/")[-1].split("-")[0].lower().removesuffix("noframeskip").removesuffix("deterministic")
+    return name if name in GAME_OBJECTS else None
+
+
+def game_object_pixels(frames, game: str) -> dict[str, torch.Tensor]:
+    """Raw uint8 frames (N, 210, 160, 3) -> ``{name: bool (N, 210, 160)}``, the pixels of each object of ``game``
+    (a key of :data:`GAME_OBJECTS`) in full-frame coordinates."""
+    if game not in GAME_OBJECTS:
+        raise ValueError(f"objects are known for the games {sorted(GAME_OBJECTS)}, got {game!r}: pass one of those "
+                         "(engine.core.regions.game_of(env_id) maps an ALE id to it)")
+    x = as_frames_tensor(frames)
+    rows = torch.arange(x.shape[1], device=x.device)
+    found = {}
+    for name, spec in GAME_OBJECTS[game].items():
+        palette = torch.tensor(spec.colors, dtype=x.dtype, device=x.device)  # (K, 3)
+        hit = (x[:, :, :, None, :] == palette).all(dim=-1).any(dim=-1)  # (N, 210, 160)
+        band = (rows >= spec.rows[0]) & (rows < spec.rows[1])
+        found[name] = hit & band[None, :, None]
+    return found
+
+
+def cells_near(pixels: torch.Tensor, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS,
+               distance: float = 0.0) -> torch.Tensor:
+    """bool (N, 210, 160) object pixels -> bool (N, h, w): map cells that cover a frame pixel within ``distance``
+    frame pixels (Euclidean) of the object.
+
+    ``rows``: the frame rows the map covers (the 2017 crop, 35..194, by default); ``None`` for the whole frame
+    (the standard 84x84 pipelines resize the full frame). Cell (i, j) covers the pixels of adaptive pooling's bin
+    (rows ``floor(i * R / h) .. ceil((i + 1) * R / h) - 1``), which is the 2x2 block of :func:`near_cells` on the
+    2017 crop."""
+    if pixels.dim() != 3:
+        raise ValueError(f"object pixels must be (N, 210, 160) booleans, got shape {tuple(pixels.shape)}")
+    if not distance >= 0:
+        raise ValueError(f"distance must be >= 0 pixels, got {distance!r}")
+    region = pixels if rows is None else pixels[:, rows[0] : rows[1]]
+    r = math.floor(distance)
+    mask = region[:, None].float()
+    if r > 0:
+        offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=pixels.device)
+        disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= distance**2).float()[None, None]
+        mask = (F.conv2d(mask, disc, padding=r) > 0).float()
+    return F.adaptive_max_pool2d(mask, tuple(map_size))[:, 0] > 0
+
+
+def game_object_cells(frames, game: str, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS,
+                      distance: float = 0.0) -> dict[str, torch.Tensor]:
+    """``{name: bool (N, h, w)}``: :func:`cells_near` each object of ``game`` in raw frames (N, 210, 160, 3)."""
+    return {name: cells_near(p, map_size, rows, distance) for name, p in game_object_pixels(frames, game).items()}
