@@ -42,9 +42,9 @@ def seeds(text: str) -> list[int]:
     return out
 
 
-def games(path: Path, env_id: str, game_seeds: list[int], greedy: bool) -> list[float]:
+def games(path: Path, env_id: str, game_seeds: list[int], greedy: bool, max_steps: int) -> list[float]:
     agent = load_policy(path, device="cpu")
-    return [play_episodes(agent, env_id, 1, seed=s, greedy=greedy)[0] for s in game_seeds]
+    return [play_episodes(agent, env_id, 1, seed=s, greedy=greedy, max_steps=max_steps)[0] for s in game_seeds]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--choose-seeds", default="0-4", type=seeds)
     parser.add_argument("--report-seeds", default="100-109", type=seeds)
     parser.add_argument("--greedy", action="store_true", help="argmax actions (default: sampled)")
+    parser.add_argument("--max-steps", type=int, default=27_000,
+                        help="agent steps per game before it counts as failed (a greedy agent can rally forever)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if set(args.choose_seeds) & set(args.report_seeds):
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for checkpoint in args.checkpoints:
             shipped = ship_checkpoint(checkpoint, Path(tmp) / checkpoint.stem)
-            returns = games(shipped, args.env, args.choose_seeds, args.greedy)
+            returns = games(shipped, args.env, args.choose_seeds, args.greedy, args.max_steps)
             candidates[str(checkpoint)] = returns
             print(f"{checkpoint}: mean {np.mean(returns):+.2f} on seeds {args.choose_seeds}: {returns}", flush=True)
         chosen = max(candidates, key=lambda c: np.mean(candidates[c]))
         shipped = ship_checkpoint(Path(chosen), Path(tmp) / "chosen")
-        reported = games(shipped, args.env, args.report_seeds, args.greedy)
+        reported = games(shipped, args.env, args.report_seeds, args.greedy, args.max_steps)
     result = dict(
         env_id=args.env, pipeline="cleanrl_atari (engine), full games, rewards unclipped, no sticky actions",
         actions="greedy" if args.greedy else "sampled", precision="float16 (as shipped)",

@@ -163,9 +163,12 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
         ("model.40.tar", 3.0), ("model.40.tar", 5.0), ("model.80.tar", 3.0), ("model.80.tar", 5.0)}
     assert all(r["frames"] == "10" and r["complete"] == "True" and float(r["actor_max"]) > 0 for r in rows)
     # one recorded game for all: a single rollout store, each job its own saliency store
-    assert (store / "manifest.json").exists() and len(list((store / "chunks").glob("*.npz"))) == 1
-    maps_40 = [load_arrays(p)[0] for p in sorted((sweep / "0" / "saliency_store" / "chunks").glob("*.npz"))]
-    assert sum(m["actor"].shape[0] for m in maps_40) == 10
+    from engine.io.store import RolloutStore, SaliencyStore
+
+    recorded = RolloutStore.open(store)
+    assert recorded.complete and recorded.num_steps == 10 and len(recorded.bounds) == 1
+    maps_40 = SaliencyStore.open(sweep / "0" / "saliency_store")
+    assert maps_40.complete and maps_40.read()["actor"].shape == (10, 80, 80)
 
 
 def tiny_job(out_dir, **sections) -> "JobConfig":
@@ -186,9 +189,10 @@ def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):
     (tmp_path / "notes.txt").write_text("not the job's")
     second = run_job(tiny_job(tmp_path, output={"movie": False, "comparison_frame": 3}))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["jacobian_vs_perturbation_00003.png", "notes.txt", "rollout.npz", "saliency.npz", "summary.json"]
-    assert set(second) == {"rollout", "saliency", "comparison", "summary"}
-    assert json.loads((tmp_path / "summary.json").read_text())["written"].keys() == {"rollout", "saliency", "comparison"}
+    assert names == ["jacobian_vs_perturbation_00003.png", "notes.txt", "report.html", "rollout.npz", "saliency.npz",
+                     "summary.json"]
+    assert set(second) == {"rollout", "saliency", "comparison", "report", "summary"}
+    assert json.loads((tmp_path / "summary.json").read_text())["written"].keys() == {"rollout", "saliency", "comparison", "report"}
 
 
 def test_statistics_are_streamed_chunk_by_chunk():

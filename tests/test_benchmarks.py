@@ -97,12 +97,13 @@ def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
         paths.append(tmp_path / f"step_{i + 1}.pt")
         torch.save(make_agent(6).state_dict(), paths[-1])
     out = tmp_path / "evaluation.json"
-    result = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--greedy",
-                                  "--out", str(out)])
+    # sampled actions: an untrained greedy agent can hold a rally forever
+    result = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--out", str(out)])
     assert json.loads(out.read_text()) == result
     means = {c: v["mean"] for c, v in result["candidates"].items()}
     assert result["chosen"] == max(means, key=means.get) and len(result["report_returns"]) == 1
     assert all(-21 <= r <= 21 for r in result["report_returns"]) and result["precision"].startswith("float16")
+    assert result["actions"] == "sampled"
 
 
 def test_learning_curve_is_drawn_from_progress_csv(tmp_path):
@@ -113,3 +114,44 @@ def test_learning_curve_is_drawn_from_progress_csv(tmp_path):
                         "1,4096,4.0,1000,\n2,8192,8.0,1010,-20.5\n3,12288,12.0,990,-19.0\n")
     out = plot_training.plot(plot_training.read_progress(csv_path), tmp_path / "curve.png", "test")
     assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_settings_benchmark_writes_a_finite_row_and_its_tables(tmp_path):
+    """benchmarks/settings.py on a 2-frame sample of an untrained CleanRL LSTM agent (84x84 pipeline, objects
+    mapped over the full frame): every measured value is finite, and the CSV and Markdown table are written with
+    the checkpoint's training frames (from the .json beside it) in the header."""
+    import csv
+    import math
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from benchmarks import settings
+    from engine.training.ppo import make_agent
+
+    torch.manual_seed(0)
+    agent = tmp_path / "step_1000.pt"
+    torch.save(make_agent(6).state_dict(), agent)
+    (tmp_path / "step_1000.json").write_text(json.dumps({"frames": 1000}))
+    cfg = OmegaConf.load(ROOT / "benchmarks" / "settings_configs" / "settings.yaml")
+    del cfg["hydra"]
+    cfg = OmegaConf.merge(cfg, dict(
+        agent=str(agent), env="PongNoFrameskip-v4", tag="smoke", frames=2, sanity_frames=1, warmup_steps=20,
+        radius=5, density=10, steps=8, threads=1, checkpoint_dirs=[], results_dir=str(tmp_path / "results"),
+    ))
+    row, written = settings.run(cfg)
+    measured = ("map_s_per_frame", "metrics_s_per_frame", "deletion_prob_auc", "insertion_prob_auc", "deletion_kl_auc",
+                "insertion_kl_auc", "random_deletion_kl_auc", "random_insertion_kl_auc", "sanity_spearman_output",
+                "sanity_spearman_all", "sanity_ssim_output", "sanity_ssim_all", "objects_share", "objects_area",
+                "stability_settings", "stability_temporal")
+    assert all(math.isfinite(row[k]) for k in measured), {k: row[k] for k in measured}
+    assert 0 < row["objects_area"] < 0.2 and 0 <= row["objects_share"] <= 1 and row["pointing"] in (0.0, 0.5, 1.0)
+    assert -1 <= row["sanity_spearman_all"] <= 1 and row["map_s_per_frame"] > 0 and row["sanity_frames"] == 1
+    assert (row["agent_frames"], row["pipeline"], row["observation_shape"]) == (1000, "cleanrl_atari", "1x84x84")
+    csv_path, md_path = tmp_path / "results" / "settings_smoke.csv", tmp_path / "results" / "settings_smoke.md"
+    assert csv_path in written and md_path in written
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 1 and float(rows[0]["deletion_kl_auc"]) == pytest.approx(row["deletion_kl_auc"])
+    md = md_path.read_text()
+    assert "trained on 1,000 frames (cleanrl_atari pipeline, observations 1x84x84)" in md
+    assert "| occlude/logit_l2 r5 d10 |" in md

@@ -32,7 +32,7 @@ def composed(*overrides: str) -> JobConfig:
 
 
 def test_groups_are_the_documented_ones():
-    assert set(GROUPS) == {"env", "agent", "saliency", "render", "output", "device", "preset"}
+    assert set(GROUPS) == {"env", "agent", "saliency", "render", "output", "device", "preset", "metrics"}
     assert {"pong", "breakout", "spaceinvaders"} <= set(GROUPS["env"])
     assert {"perturbation", "jacobian", "both"} <= set(GROUPS["saliency"])
 

@@ -287,6 +287,8 @@ SUMMARY_COLUMNS = (
 
 def summary_rows(sweep_dir: Path) -> list[dict]:
     """One row per job of a sweep directory, from each job's summary.json."""
+    from ..core.metrics import scalar_columns  # torch: not on the path of a command line that fails early
+
     rows = []
     for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         s = json.loads(path.read_text())
@@ -299,8 +301,15 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
             frames_scored=s.get("frames_scored"), seconds_per_frame=s.get("seconds_per_frame"),
             actor_mean=s.get("actor_mean"), actor_max=s.get("actor_max"), critic_mean=s.get("critic_mean"),
             critic_max=s.get("critic_max"), complete=s.get("complete", True), output_dir=str(path.parent),
+            **scalar_columns(s.get("metrics") or {}),
         ))
     return rows
+
+
+def summary_columns(rows: list[dict]) -> list[str]:
+    """SUMMARY_COLUMNS, then every metric column any job has (in first-seen order)."""
+    extra = dict.fromkeys(k for row in rows for k in row if k not in SUMMARY_COLUMNS)
+    return [*SUMMARY_COLUMNS, *extra]
 
 
 class SweepSummary(Callback):
@@ -310,10 +319,18 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = summary_rows(sweep_dir)
         with open(sweep_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
             writer.writeheader()
             writer.writerows(rows)
         log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
+        if rows and OmegaConf.select(config, "output.report", default=True):
+            from ..core.errors import EngineError
+            from .pipeline import sweep_report
+
+            try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
+                log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))
+            except (EngineError, OSError) as exc:
+                log.warning("sweep report not written: %s", exc)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ..core.settings import (
 
 __all__ = [
     "AgentConfig", "AgentKind", "Compat", "Core", "DType", "Device", "EnvConfig", "Incremental", "Interp", "JobConfig", "Method",
+    "MetricsConfig",
     "OutputConfig", "Preprocessing", "RENAMED", "RenderConfig", "RenderStyle", "RolloutConfig", "SaliencyConfig",
     "StateAlignment", "StoreConfig", "check_config", "config_error", "engine_saliency", "register_configs",
 ]
@@ -121,6 +122,7 @@ class OutputConfig:
     stills: list[int] = field(default_factory=list)  # frame indices written as PNG
     comparison_frame: int | None = None  # frame of the "Jacobian vs perturbation" figure (None: the middle one)
     arrays: bool = True  # rollout.npz and saliency.npz, with the settings that produced them
+    report: bool = True  # report.html: a self-contained viewer of the run (engine.io.report); a sweep's too
 
 
 @dataclass
@@ -138,6 +140,24 @@ class StoreConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Faithfulness metrics of the job's maps (engine.core.metrics), added to summary.json and the sweep's
+    summary.csv; all off by default (configs/metrics/: none, faithfulness, sanity)."""
+
+    deletion_insertion: bool = False  # deletion/insertion curves and AUCs (policy probability, KL, value)
+    random_baseline: bool = True  # with deletion_insertion: the same curves for random-order maps (reference)
+    steps: int = 32  # deletion/insertion steps K
+    objects: bool = False  # share of saliency on the game's objects, pointing game (Pong, Breakout, SpaceInvaders)
+    distance: float = 4.0  # object cells: within this many frame pixels of an object
+    stability: bool = False  # Spearman of consecutive frames' maps
+    sanity: bool = False  # cascading randomisation of the agent's layers (maps recomputed per stage)
+    sanity_frames: int = 4  # frames (evenly spaced in the first sanity_window steps) whose maps are recomputed
+    sanity_window: int = 256  # steps replayed through each randomised agent
+    kinds: list[str] = field(default_factory=lambda: ["actor", "critic"])  # which maps are scored
+    seed: int = 0
+
+
+@dataclass
 class JobConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -146,6 +166,7 @@ class JobConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     device: Device = Device.auto
     dtype: DType = DType.float32
     progress: bool = True  # progress bars where the output is a terminal (tqdm decides); false: never
@@ -273,6 +294,16 @@ def check_config(config: JobConfig) -> None:
     if o.comparison_frame is not None:
         _check(_is_int(o.comparison_frame) and 0 <= o.comparison_frame <= last,
                f"output.comparison_frame {o.comparison_frame!r} is outside the rollout's 0..{last}")
+
+    # metrics
+    m = config.metrics
+    _check(_is_int(m.steps) and 1 <= m.steps <= 4096, f"metrics.steps must be in 1..4096 (deletion/insertion steps), got {m.steps!r}")
+    _check(_is_int(m.sanity_frames) and m.sanity_frames >= 1, f"metrics.sanity_frames must be >= 1, got {m.sanity_frames!r}")
+    _check(_is_int(m.sanity_window) and m.sanity_window >= 1, f"metrics.sanity_window must be >= 1, got {m.sanity_window!r}")
+    _check(_is_number(m.distance) and math.isfinite(m.distance) and m.distance >= 0,
+           f"metrics.distance must be a finite number of pixels >= 0, got {m.distance!r}")
+    known = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+    _check(all(k in known for k in m.kinds), f"metrics.kinds must name maps among {', '.join(known)}, got {list(m.kinds)}")
 
     # store
     _check(_is_int(st.chunk_steps) and st.chunk_steps >= 1, f"store.chunk_steps must be >= 1, got {st.chunk_steps!r}")

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import JobConfig, check_config, engine_saliency
@@ -30,7 +31,7 @@ from ..policies.loading import load_policy
 log = logging.getLogger(__name__)
 
 # the files a job writes into its output directory (a saliency store there is resumable and checks its settings)
-OWNED_FILES = ("saliency.mp4", "saliency.npz", "rollout.npz", "summary.json")
+OWNED_FILES = ("saliency.mp4", "saliency.npz", "rollout.npz", "summary.json", "report.html")
 OWNED_PATTERNS = ("frame_[0-9][0-9][0-9][0-9][0-9].png", "jacobian_vs_perturbation_[0-9][0-9][0-9][0-9][0-9].png")
 
 
@@ -233,7 +234,9 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
                             actions=played.actions)
     saliency_s = time.perf_counter() - started - rollout_s
     log.info("saliency of %d frames in %.1f s (%.3f s per frame)", len(played), saliency_s, saliency_s / len(played))
+    metrics = job_metrics(config, agent, played, states, maps)
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
+                    **({"metrics": metrics} if metrics else {}),
                     frames_scored=len(played), rollout_seconds=rollout_s, saliency_seconds=saliency_s,
                     seconds_per_frame=saliency_s / len(played), episode_returns=played.episode_returns(),
                     pipeline=played.pipeline, action_names=list(played.action_names),
@@ -251,7 +254,140 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
     written.update(render_outputs(played.frames, maps, config, out_dir, agent, states, played.observations,
                                   actions=played.actions, action_names=played.action_names))
+    if config.output.report:
+        written["report"] = job_report(out_dir / "report.html", config, settings, played.frames, maps, played)
     return _write_summary(out_dir, settings, written)
+
+
+def job_report(path: Path, config: JobConfig, settings: dict, frames, maps: dict, series) -> Path:
+    """``report.html`` of a job (:func:`engine.io.report.write_report`): ``frames`` (T, 210, 160, 3) and ``maps``
+    (kind -> (T, H, W)) as array-likes read window by window; ``series`` has ``values``, ``actions``, ``rewards``,
+    ``dones`` (T,) and ``action_names``."""
+    from ..io.report import MAP_KINDS, write_report
+
+    shown = {k: v for k, v in settings.items() if k not in ("action_counts",)}
+    return write_report(
+        path, frames, {k: maps[k] for k in MAP_KINDS if k in maps}, values=series.values, actions=series.actions,
+        rewards=series.rewards, dones=series.dones, action_names=series.action_names,
+        title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {config.saliency.method} saliency",
+        settings=shown, checkpoint=str(settings["checkpoint"]),
+    )
+
+
+class StoreSeries:
+    """A rollout store as the array-likes a report reads: ``frames``, ``values``, ``actions``, ``rewards``,
+    ``dones`` (each ``x[a:b]`` reads steps a..b-1 through ``RolloutStore.read``; the last window is kept, so the
+    five fields of one window cost one read), and ``action_names``."""
+
+    def __init__(self, rstore):
+        from ..core.preprocessing import FRAME_SHAPE
+        from ..io.report import WindowedArray
+
+        self.rstore, self._last = rstore, (None, None)
+        n = rstore.num_steps
+        self.frames = WindowedArray(lambda a, b: self._window(a, b).frames, (n, *FRAME_SHAPE))
+        for name in ("values", "actions", "rewards", "dones"):
+            setattr(self, name, WindowedArray(lambda a, b, name=name: getattr(self._window(a, b), name), (n,)))
+        self.action_names = tuple(rstore.identity.get("action_names", ()))
+
+    def _window(self, a: int, b: int):
+        if self._last[0] != (a, b):
+            self._last = ((a, b), self.rstore.read(a, b))
+        return self._last[1]
+
+
+def store_maps(sstore, num_frames: int) -> dict:
+    """The maps of a complete saliency store as array-likes (kind -> (T, H, W)) that read only the store chunks
+    holding a window (through ``ChunkStore.read(k, keys)``, the call the statistics stream with too)."""
+    from ..io.report import MAP_KINDS, WindowedArray
+
+    first = sstore.store.read(0)
+    bounds = sstore.bounds
+
+    def read(kind: str, a: int, b: int):
+        parts = [(lo, sstore.store.read(k, (kind,))[kind]) for k, (lo, hi) in enumerate(bounds) if lo < b and hi > a]
+        joined = parts[0][1] if len(parts) == 1 else np.concatenate([part for _, part in parts])
+        return joined[a - parts[0][0] : b - parts[0][0]]
+
+    return {kind: WindowedArray(lambda a, b, kind=kind: read(kind, a, b), (num_frames, *first[kind].shape[1:]))
+            for kind in MAP_KINDS if kind in first}
+
+
+def metrics_summary(config: JobConfig, agent: Policy):
+    """The streaming accumulator of the job's faithfulness metrics (engine.core.metrics), or None when off."""
+    m = config.metrics
+    if not (m.deletion_insertion or m.objects or m.stability):
+        return None
+    from ..core.metrics import MetricsSummary
+    from ..core.preprocessing import CROP_ROWS
+    from ..core.regions import game_of
+
+    game = game_of(config.env.id)
+    if m.objects and game is None:
+        log.warning("metrics.objects: no object colours are known for %s (only Pong, Breakout, SpaceInvaders)", config.env.id)
+    return MetricsSummary(kinds=list(m.kinds), steps=m.steps, deletion_insertion=m.deletion_insertion,
+                          random_baseline=m.random_baseline, objects=m.objects, stability=m.stability, game=game,
+                          rows=CROP_ROWS if agent.pipeline == "greydanus2017" else None, distance=m.distance, seed=m.seed)
+
+
+def sanity_metrics(config: JobConfig, agent: Policy, observations, dones, actions) -> dict:
+    """Cascading randomisation on ``metrics.sanity_frames`` frames evenly spaced over ``observations`` (the first
+    ``metrics.sanity_window`` steps), the maps recomputed with the job's saliency settings."""
+    from ..core.metrics import sanity_check
+
+    m, s = config.metrics, engine_saliency(config.saliency)
+    n = observations.shape[0]
+    picks = torch.linspace(0, n - 1, min(m.sanity_frames, n)).round().long().unique()
+    taken = torch.as_tensor(actions)[picks]
+
+    def maps_fn(policy, obs, states):
+        maps = compute_saliency(policy, obs, states, s, actions=taken)
+        return {k: maps[k] for k in m.kinds if k in maps}
+
+    result = sanity_check(agent, observations, maps_fn, dones=dones, frames=picks, seed=m.seed)
+    return {**result.summary(), "frames": picks.tolist(), "stages": [list(stage) for stage in result.stages]}
+
+
+def job_metrics(config: JobConfig, agent: Policy, played, states, maps: dict) -> dict:
+    """The metrics of an in-memory job (``metrics=...``), over the frames in chunks of ``store.frames_per_chunk``."""
+    out: dict = {}
+    summary = metrics_summary(config, agent)
+    if summary is not None:
+        step = config.store.frames_per_chunk
+        for a in range(0, len(played), step):
+            b = min(a + step, len(played))
+            summary.update(agent, played.observations[a:b], index_state(states, slice(a, b)),
+                           {k: v[a:b] for k, v in maps.items()}, played.actions[a:b], played.frames[a:b], played.dones[a:b])
+        out.update(summary.result())
+    if config.metrics.sanity:
+        w = min(len(played), config.metrics.sanity_window)
+        out["sanity"] = sanity_metrics(config, agent, played.observations[:w], played.dones[:w], played.actions[:w])
+    return out
+
+
+def store_metrics(config: JobConfig, agent: Policy, rstore, sstore) -> dict:
+    """The metrics of a store job, streamed chunk by chunk from the rollout and saliency stores (every scored chunk);
+    the agent's states come from replaying the recorded game through it, carried across chunks."""
+    from ..core.metrics import replay_states
+
+    out: dict = {}
+    summary = metrics_summary(config, agent)
+    if summary is not None:
+        kinds = tuple(k for k in config.metrics.kinds if k in ("actor", "critic") or config.saliency.method == "both")
+        if config.saliency.method == "jacobian":
+            kinds = tuple(k.removeprefix("jacobian_") for k in config.metrics.kinds)
+        state = None
+        for k, (a, b) in enumerate(sstore.bounds):
+            recorded = rstore.read(a, b)
+            states, state = replay_states(agent, recorded.observations, recorded.dones, state, with_next=True)
+            if sstore.store.has(k):
+                maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
+                summary.update(agent, recorded.observations, states, maps, recorded.actions, recorded.frames, recorded.dones)
+        out.update(summary.result())
+    if config.metrics.sanity:
+        recorded = rstore.read(0, min(rstore.num_steps, config.metrics.sanity_window))
+        out["sanity"] = sanity_metrics(config, agent, recorded.observations, recorded.dones, recorded.actions)
+    return out
 
 
 def action_counts(actions, names) -> dict[str, int]:
@@ -266,19 +402,62 @@ def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Pa
     return {**written, "summary": summary}
 
 
+# settings that tell the jobs of a sweep apart on the sweep page (those that differ label each job's panel)
+_SWEPT_COLUMNS = ("checkpoint", "method", "radius", "density", "interp", "compat", "state_alignment")
+
+
+def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
+    """``report.html`` of a multirun in ``sweep_dir`` (``rows``: summary.csv's rows, ``columns`` its header).
+
+    Jobs that replayed one recorded game (the same ``store.rollout``, each saliency store complete) are shown side
+    by side on the same frame, one panel per saliency store (shards of one store are one panel), labelled by the
+    settings that differ; otherwise the page has the sortable table and links to each job's ``report.html``."""
+    from ..io.report import Panel, write_sweep_report
+    from ..io.store import RolloutStore, SaliencyStore
+
+    sweep_dir = Path(sweep_dir)
+    links = {row["job"]: f"{row['job']}/report.html" for row in rows if (sweep_dir / row["job"] / "report.html").is_file()}
+    summaries = {row["job"]: json.loads((sweep_dir / row["job"] / "summary.json").read_text()) for row in rows}
+    games = {s.get("rollout_store") for s in summaries.values()}
+    path = sweep_dir / "report.html"
+    shared = len(games) == 1 and None not in games and rows and all(s.get("complete") for s in summaries.values())
+    if not shared:
+        log.info("sweep report: the jobs did not all replay one complete recorded game; table and links only")
+        return write_sweep_report(path, rows, columns, links=links, title=f"sweep {sweep_dir.name}: {len(rows)} jobs")
+    swept = [c for c in _SWEPT_COLUMNS if len({str(row.get(c)) for row in rows}) > 1]
+    rstore = RolloutStore.open(next(iter(games)))
+    recorded, panels, seen = StoreSeries(rstore), [], {}
+    for row in rows:
+        store = summaries[row["job"]]["saliency_store"]
+        if store in seen:  # another shard of a store already shown
+            seen[store].label += f", {row['job']}"
+            continue
+        label = f"job {row['job']}: " + (", ".join(
+            f"{c}={Path(str(row[c])).name if c == 'checkpoint' else row[c]}" for c in swept) or "same settings")
+        seen[store] = Panel(row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label,
+                            link=links.get(row["job"]))
+        panels.append(seen[store])
+    return write_sweep_report(
+        path, rows, columns, frames=recorded.frames, panels=panels, values=recorded.values, actions=recorded.actions,
+        rewards=recorded.rewards, dones=recorded.dones, action_names=recorded.action_names, links=links,
+        title=f"sweep {sweep_dir.name}: {len(panels)} jobs on one recorded game of {rstore.identity['env_id']}",
+        settings={"rollout_store": next(iter(games)), "swept": swept},
+    )
+
+
 def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
     """Streaming mode: record (or resume, or reuse) the rollout store, score this shard's chunks into the
     saliency store, and render once every chunk is there. Memory stays bounded by the chunk sizes, except
     for rendering the movie of a complete store (set output.movie=false for very long rollouts)."""
     from ..io.registry import sha256_of
-    from ..io.store import RolloutStore, SaliencyStore, record_rollout, score_store
+    from ..io.store import RolloutStore, SaliencyStore, is_url, record_rollout, score_store, store_exists
 
     agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
     sha = sha256_of(prepared.checkpoint)
-    rollout_root = Path(st.rollout)
+    rollout_root = st.rollout if is_url(st.rollout) else Path(st.rollout)  # a path or an fsspec URL (s3://...)
     started = time.perf_counter()
-    if (rollout_root / "manifest.json").is_file() and RolloutStore.open(rollout_root).complete:
+    if store_exists(rollout_root) and RolloutStore.open(rollout_root).complete:
         rstore = RolloutStore.open(rollout_root)  # replay one recorded game, whoever played it
     else:
         player, player_path = agent, prepared.checkpoint
@@ -302,8 +481,8 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
             "recorded for agents of the same kind"
         )
     rollout_s = time.perf_counter() - started
-    saliency_root = Path(st.saliency) if st.saliency else out_dir / "saliency_store"
-    before = set(SaliencyStore.open(saliency_root).missing()) if (saliency_root / "manifest.json").is_file() else None
+    saliency_root = (st.saliency if is_url(st.saliency) else Path(st.saliency)) if st.saliency else out_dir / "saliency_store"
+    before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
     sstore = score_store(agent, rollout_root, saliency_root, engine_saliency(config.saliency), sha, st.frames_per_chunk,
                          st.shard, st.num_shards, config.progress)
     saliency_s = time.perf_counter() - started - rollout_s
@@ -316,6 +495,9 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
             if sstore.store.has(k):
                 streamed.update(sstore.store.read(k, ("actor", "critic")))
     stats = streamed.result()
+    metrics = store_metrics(config, agent, rstore, sstore)
+    if metrics:
+        stats["metrics"] = metrics
     settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha,
                     rollout_store=str(rollout_root), saliency_store=str(saliency_root), frames=rstore.num_steps,
                     frames_scored=scored, complete=sstore.complete, rollout_seconds=rollout_s,
@@ -326,4 +508,10 @@ def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
         recorded = rstore.read()
         written.update(render_outputs(recorded.frames, maps, config, out_dir, agent, None, None,
                                       actions=recorded.actions, action_names=recorded.action_names))
+    if config.output.report and sstore.complete:  # streamed from the stores, one window of frames at a time
+        recorded = StoreSeries(rstore)
+        written["report"] = job_report(out_dir / "report.html", config, settings, recorded.frames,
+                                       store_maps(sstore, rstore.num_steps), recorded)
+    elif config.output.report:
+        log.info("report.html waits for the saliency store to be complete (the other shards' chunks)")
     return _write_summary(out_dir, settings, written)

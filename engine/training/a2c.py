@@ -139,7 +139,8 @@ def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optim
     raise EngineError(f"optimizer must be rmsprop or adam, got {config.optimizer!r}")
 
 
-def _save_torch(obj, path: Path) -> None:
+def save_torch(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, renamed into place: a killed writer never leaves half a file."""
     tmp = atomic_path(path, ".pt")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -190,7 +191,7 @@ def set_rng_state(state: dict) -> None:
 def save_resume(path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer, config: TrainConfig, frames: int,
                 next_checkpoint: int, returns, wall_seconds: float) -> None:
     """Write everything a resumed run needs (atomically), in a form ``torch.load(weights_only=True)`` reads."""
-    _save_torch(dict(format=RESUME_FORMAT, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
+    save_torch(dict(format=RESUME_FORMAT, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
                      frames=int(frames), next_checkpoint=int(next_checkpoint), returns=[float(r) for r in returns],
                      config=asdict(config), wall_seconds=float(wall_seconds), rng=rng_state()), path)
 
@@ -233,14 +234,19 @@ def load_resume_file(path: Path, fields: dict[str, type]) -> dict | None:
     return resume
 
 
-def restore_resume(resume: dict, agent: ActorCritic, optimizer: torch.optim.Optimizer):
-    """Load agent, optimizer and RNG states; returns ``(frames, next_checkpoint, returns, wall_seconds)``."""
+def load_training_state(resume: dict, agent: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load a resume state's agent, optimizer and RNG states exactly; a state that does not fit is an EngineError."""
     try:
         agent.load_state_dict(resume["agent"])
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise EngineError(f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})") from exc
+
+
+def restore_resume(resume: dict, agent: ActorCritic, optimizer: torch.optim.Optimizer):
+    """Load agent, optimizer and RNG states; returns ``(frames, next_checkpoint, returns, wall_seconds)``."""
+    load_training_state(resume, agent, optimizer)
     return resume["frames"], resume["next_checkpoint"], deque(resume["returns"], maxlen=100), resume["wall_seconds"]
 
 
@@ -336,7 +342,7 @@ def train(config: TrainConfig) -> Path:
 def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, returns, wall_seconds: float) -> Path:
     """``<run>/checkpoints/step_<frames>.pt`` (the agent's state dict) and its ``.json`` metadata."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
-    _save_torch(agent.state_dict(), path)
+    save_torch(agent.state_dict(), path)
     meta = dict(game=config.env_id, frames=frames, core=config.core,
                 mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns),
                 wall_seconds=round(wall_seconds, 1))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
 from collections import deque
@@ -46,9 +45,8 @@ from ..core.device import resolve_device
 from ..core.errors import EngineError
 from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
-from ..io.arrays import atomic_path
 from ..policies.cleanrl import CleanRLPPOLSTM
-from .a2c import load_resume_file, rng_state, set_rng_state
+from .a2c import load_resume_file, load_training_state, rng_state, save_torch
 
 FRAME_SKIP = 4  # frames per agent step in both environment back ends
 
@@ -297,12 +295,6 @@ class TrainingLog:
             self.writer.close()
 
 
-def _save_torch(obj, path: Path) -> None:
-    tmp = atomic_path(path, ".pt")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 1
 _RESUME_FIELDS = {"format": int, "kind": str, "agent": dict, "optimizer": dict, "update": int, "frames": int,
@@ -313,7 +305,7 @@ _RESUME_FIELDS = {"format": int, "kind": str, "agent": dict, "optimizer": dict, 
 def save_resume(path: Path, agent, optimizer, config: PPOConfig, update: int, frames: int, episodes: int, returns,
                 next_checkpoint: int, wall_seconds: float) -> None:
     """Everything a resumed run needs, atomically, as tensors and plain types (read with ``weights_only=True``)."""
-    _save_torch(dict(format=RESUME_FORMAT, kind="ppo_atari_lstm", agent=agent.state_dict(),
+    save_torch(dict(format=RESUME_FORMAT, kind="ppo_atari_lstm", agent=agent.state_dict(),
                      optimizer=optimizer.state_dict(), update=int(update), frames=int(frames), episodes=int(episodes),
                      returns=[float(r) for r in returns], next_checkpoint=int(next_checkpoint),
                      config=asdict(config), wall_seconds=float(wall_seconds), rng=rng_state()), path)
@@ -331,7 +323,7 @@ def save_checkpoint(run_dir: Path, agent, config: PPOConfig, frames: int, return
     CleanRL's ``Agent.load_state_dict`` read), and a ``.json`` with the game, frames and recent returns."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_torch(agent.state_dict(), path)
+    save_torch(agent.state_dict(), path)
     meta = dict(game=config.env_id, agent="cleanrl ppo_atari_lstm", frames=frames, envs=config.envs,
                 mean_return_100=float(np.mean(returns)) if returns else None, episodes_in_mean=len(returns),
                 wall_seconds=round(wall_seconds, 1))
@@ -370,12 +362,7 @@ def train_ppo(config: PPOConfig) -> Path:
     agent = make_agent(num_actions).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
     if resume is not None:
-        try:
-            agent.load_state_dict(resume["agent"])
-            optimizer.load_state_dict(resume["optimizer"])
-            set_rng_state(resume["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise EngineError(f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})") from exc
+        load_training_state(resume, agent, optimizer)
         update, frames, episodes = resume["update"], resume["frames"], resume["episodes"]
         returns = deque(resume["returns"], maxlen=100)
         next_checkpoint, earlier_seconds = resume["next_checkpoint"], resume["wall_seconds"]
