@@ -79,7 +79,7 @@ from engine.io.arrays import load_arrays
 run, venv = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
 maps, settings = load_arrays(run / "saliency.npz")
 played, _ = load_arrays(run / "rollout.npz")
-assert maps["actor"].shape == (10, 80, 80) and maps["critic"].shape == (10, 80, 80), maps["actor"].shape
+assert maps["actor"].shape == (10, 84, 84) and maps["critic"].shape == (10, 84, 84), maps["actor"].shape
 assert played["frames"].shape[0] == 10
 assert venv in Path(settings["checkpoint"]).resolve().parents, settings["checkpoint"]
 assert (run / "summary.json").is_file() and (run / "engine.log").is_file()

@@ -27,8 +27,8 @@ def run_app(*overrides: str, cwd, progress: bool = False, env: dict | None = Non
 def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     out = tmp_path / "run"
     # progress bars on (the default), but the output is not a terminal: tqdm leaves them out of the logs
-    result = run_app("rollout.steps=6", "saliency.density=10", "output.stills=[2]", f"hydra.run.dir={out}", cwd=tmp_path,
-                     progress=True)
+    result = run_app("agent=builtin_pong", "rollout.steps=6", "saliency.density=10", "output.stills=[2]",
+                     f"hydra.run.dir={out}", cwd=tmp_path, progress=True)
     assert result.returncode == 0, result.stderr
     assert f"written to {out}" in result.stdout
     assert "\r" not in result.stderr and "frame/s" not in result.stderr and "A.L.E" not in result.stderr
@@ -40,7 +40,7 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     assert len(frames) == 6 and (frames[0].height, frames[0].width) == (420, 320)
     arrays, settings = load_arrays(out / "saliency.npz")
     assert arrays["actor"].shape == (6, 80, 80) and arrays["actor_scores"].shape == (6, 8, 8)
-    # the default agent is the built-in LSTM agent (engine/agents/pong), state (hx, cx)
+    # the 2017 architecture's built-in LSTM agent (engine/agents/pong), state (hx, cx)
     assert settings["config"]["saliency"]["density"] == 10
     assert "engine/agents/pong/step_" in settings["checkpoint"].replace(os.sep, "/")
     rollout_arrays, _ = load_arrays(out / "rollout.npz")
@@ -174,7 +174,7 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
 def tiny_job(out_dir, **sections) -> "JobConfig":
     from engine.app.config import JobConfig
 
-    data = {"rollout": {"steps": 4}, "saliency": {"density": 20}, "output": {"dir": str(out_dir)}, "progress": False}
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 4}, "saliency": {"density": 20}, "output": {"dir": str(out_dir)}, "progress": False}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return JobConfig.from_dict(data)

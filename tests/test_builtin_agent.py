@@ -101,3 +101,21 @@ def test_shipping_halves_a_checkpoint_and_keeps_its_outputs(tmp_path):
     torch.save(state, source)
     with pytest.raises(CheckpointError, match="beyond float16's range"):
         ship_checkpoint(source, tmp_path / "other")
+
+
+def test_the_package_ships_a_ppo_series_chosen_and_scored():
+    """builtin/pong_ppo: CleanRL's ppo_atari_lstm network in half precision, a series along one training run whose
+    most trained checkpoint is the chosen one; its metadata names the game and follows learning."""
+    from engine import load_policy
+
+    series = builtin_checkpoints("pong_ppo")
+    assert 4 <= len(series) <= 6
+    assert resolve_checkpoint("builtin/pong_ppo", [], allow_download=False) == series[max(series)]
+    returns = []
+    for frames, path in sorted(series.items()):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert meta["game"] == "PongNoFrameskip-v4" and meta["frames"] == frames and meta["precision"] == "float16"
+        returns.append(meta["mean_return_100"])
+    assert returns == sorted(returns) and returns[-1] > 10
+    agent = load_policy(series[max(series)])
+    assert type(agent).__name__ == "CleanRLPPOLSTM" and agent.pipeline == "cleanrl_atari" and len(agent.initial_state(1)) == 2

@@ -39,9 +39,14 @@ def test_groups_are_the_documented_ones():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in sorted(GROUPS.items()) for o in options])
 def test_every_group_option_composes(group, option):
-    if group == "agent" and option in ("sb3", "sb3_recurrent", "cleanrl"):  # these need the user's own file
-        with pytest.raises(EngineError, match=r"agent.kind=(sb3|cleanrl) needs the file its library wrote"):
+    if group == "agent" and option in ("sb3", "sb3_recurrent"):  # these need the user's own file
+        with pytest.raises(EngineError, match=r"agent.kind=sb3 needs the file its library wrote.*a cleanrl agent"):
             composed(f"{group}={option}")
+        config = composed(f"{group}={option}", "agent.checkpoint=/runs/agent.file")
+    elif group == "agent" and option == "cleanrl":  # the built-in PPO agent is a CleanRL file; a 2017 one is not
+        assert composed(f"{group}={option}").agent.checkpoint == "builtin/pong_ppo"
+        with pytest.raises(EngineError, match=r"agent.kind=cleanrl needs the file its library wrote.*greydanus2017"):
+            composed(f"{group}={option}", "agent.checkpoint=builtin/pong@500160")
         config = composed(f"{group}={option}", "agent.checkpoint=/runs/agent.file")
     else:
         config = composed(f"{group}={option}")
@@ -61,8 +66,9 @@ def test_every_launcher_config_composes(launcher):
 
 def test_defaults_are_the_main_job():
     config = composed()
-    # the built-in LSTM agent shipped in the package: no checkpoint directory, no download
-    assert config.env.id == "Pong-v4" and config.agent.checkpoint == "builtin/pong" and config.agent.core == "lstm"
+    # the strongest agent shipped in the package (recurrent PPO, CleanRL's network): no checkpoint directory, no download
+    assert config.env.id == "Pong-v4" and config.agent.checkpoint == "builtin/pong_ppo" and config.agent.kind == "auto"
+    assert composed("agent=builtin_pong").agent.checkpoint == "builtin/pong"
     assert not config.agent.checkpoint_dirs and not config.agent.allow_download
     assert config.saliency.method == "perturbation" and config.saliency.density == 5 and config.saliency.radius == 5
     assert config.render.style == "paper" and config.output.movie and config.output.fps == 8
@@ -206,6 +212,9 @@ def test_engine_saliency_hands_the_engine_plain_values():
 
 def test_validate_job_loads_the_builtin_agent():
     prepared = validate_job(composed("rollout.steps=2"))
+    assert type(prepared.agent).__name__ == "CleanRLPPOLSTM"
+    assert "engine/agents/pong_ppo/step_" in str(prepared.checkpoint).replace("\\", "/")
+    prepared = validate_job(composed("rollout.steps=2", "agent=builtin_pong"))
     assert prepared.agent.core == "lstm" and "engine/agents/pong/step_" in str(prepared.checkpoint).replace("\\", "/")
 
 

@@ -22,7 +22,7 @@ METRICS = {"deletion_insertion": True, "objects": True, "stability": True, "sani
 
 
 def job(out_dir, **sections) -> JobConfig:
-    data = {"rollout": {"steps": 10}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 10}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
             "metrics": METRICS, "progress": False, "device": "cpu"}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}

@@ -234,7 +234,7 @@ def test_sweep_page_without_a_shared_game_is_the_table_and_links(tmp_path):
 def tiny_job(out_dir, **sections):
     from engine.app.config import JobConfig
 
-    data = {"rollout": {"steps": 6}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 6}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
             "progress": False}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}

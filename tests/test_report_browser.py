@@ -99,7 +99,7 @@ class Page:
 def tiny_job(out_dir, **sections):
     from engine.app.config import JobConfig
 
-    data = {"rollout": {"steps": 8}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 8}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
             "progress": False}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}

@@ -12,9 +12,11 @@ before anything is loaded or played. :meth:`JobConfig.from_dict` builds a checke
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -84,9 +86,9 @@ class EnvConfig:
 
 @dataclass
 class AgentConfig:
-    """The agent of the main job: by default the built-in one, shipped in the package (no download)."""
+    """The agent of the main job: by default the strongest built-in one, shipped in the package (no download)."""
 
-    checkpoint: str = "builtin/pong"  # a file path, or a registry name (engine.io.registry)
+    checkpoint: str = "builtin/pong_ppo"  # a file path, or a registry name (engine.io.registry)
     checkpoint_dirs: list[str] = field(default_factory=list)  # local directories searched for registry names
     cache_dir: str | None = None  # download cache (default ~/.cache/atari-saliency/checkpoints)
     allow_download: bool = False
@@ -230,6 +232,19 @@ def _finite_positive(value) -> bool:
     return _is_number(value) and math.isfinite(value) and value > 0
 
 
+def _registry_kind(checkpoint: str) -> str | None:
+    """The agent kind behind a registry name (baby-a3c's are 2017 agents; a built-in series says in its metadata's
+    ``agent`` field, e.g. "cleanrl ppo_atari_lstm"), None for a file path. Reads small JSON files only."""
+    if checkpoint.startswith("baby-a3c/"):
+        return "greydanus2017"
+    if not checkpoint.startswith("builtin/"):
+        return None
+    folder = Path(__file__).resolve().parents[1] / "agents" / checkpoint.removeprefix("builtin/").split("@")[0]
+    meta = next(iter(sorted(folder.glob("step_*.json"))), None) if folder.is_dir() else None
+    agent = json.loads(meta.read_text()).get("agent", "") if meta else ""
+    return agent.split()[0] if agent else "greydanus2017"
+
+
 def check_config(config: JobConfig) -> None:
     """Raise :class:`EngineError` (one line, naming the key) at the first setting out of range; cheap: nothing
     is loaded. ``engine.app.pipeline.validate_job`` adds the checks that need the environment and the agent."""
@@ -243,9 +258,10 @@ def check_config(config: JobConfig) -> None:
     _check(rend.style in tuple(RenderStyle), f"render.style must be one of {', '.join(RenderStyle)}, got {rend.style!r}")
     _check(config.agent.core in tuple(Core), f"agent.core must be one of {', '.join(Core)}, got {config.agent.core!r}")
     _check(config.agent.kind in tuple(AgentKind), f"agent.kind must be one of {', '.join(AgentKind)}, got {config.agent.kind!r}")
-    _check(config.agent.kind in ("auto", "greydanus2017") or not config.agent.checkpoint.startswith(("builtin/", "baby-a3c/")),
+    named = _registry_kind(config.agent.checkpoint)
+    _check(config.agent.kind in ("auto", "greydanus2017") or named in (None, config.agent.kind),
            f"agent.kind={config.agent.kind} needs the file its library wrote: set agent.checkpoint=/path/to/the/file "
-           f"(now {config.agent.checkpoint!r}, a 2017 agent's registry name)")
+           f"(now {config.agent.checkpoint!r}, the registry name of a {named} agent)")
     rap = config.env.repeat_action_probability
     _check(rap is None or (_is_number(rap) and 0 <= rap <= 1),
            f"env.repeat_action_probability must be in [0, 1] (or null: the id's default), got {rap!r}")
