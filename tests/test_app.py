@@ -75,7 +75,7 @@ def test_tiny_multirun_sweeps_radius(tmp_path):
 
 
 def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
-    """The default main job (agent=builtin_pong) needs no checkpoint directory and no download: the agent ships
+    """The default main job (agent=builtin_pong_ppo) needs no checkpoint directory and no download: the agent ships
     in the package."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "ATARI_SALIENCY_CHECKPOINTS"}
@@ -86,19 +86,19 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     arrays, settings = load_arrays(out / "saliency.npz")
-    assert "engine/agents/pong/step_" in settings["checkpoint"].replace(os.sep, "/")
+    assert "engine/agents/pong_ppo/step_" in settings["checkpoint"].replace(os.sep, "/")
     rollout_arrays, _ = load_arrays(out / "rollout.npz")
-    assert rollout_arrays["state_1"].shape == (3, 256)  # the LSTM's cx
-    # the saved maps are the engine's on the saved frames with both saved state tensors
+    assert rollout_arrays["state_1"].shape == (3, 128) and rollout_arrays["observations"].shape == (3, 1, 84, 84)
+    # the saved maps are the engine's on the saved observations with both saved state tensors (h, c)
     import torch
 
-    from engine import load_agent
-    from engine.core.perturbation import perturbation_saliency
+    from engine import load_policy
+    from engine.core.saliency import SaliencyConfig, compute_saliency
 
-    agent = load_agent(settings["checkpoint"], device="cpu")
+    agent = load_policy(settings["checkpoint"], device="cpu")
     states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
-    again = perturbation_saliency(agent, rollout_arrays["frames"], states, density=20)
-    assert np.array_equal(again.actor.numpy(), arrays["actor"]) and np.array_equal(again.critic.numpy(), arrays["critic"])
+    again = compute_saliency(agent, torch.from_numpy(rollout_arrays["observations"]), states, SaliencyConfig(density=20))
+    assert np.array_equal(again["actor"].numpy(), arrays["actor"]) and np.array_equal(again["critic"].numpy(), arrays["critic"])
 
 
 @pytest.mark.parametrize(
