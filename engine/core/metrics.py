@@ -211,7 +211,7 @@ def deletion_insertion(
     if baseline not in BASELINES:
         raise EngineError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     x, state = prepare_inputs(agent, observations, states)
-    n, (c, h, w) = x.shape[0], x.shape[1:]
+    n, (h, w) = x.shape[0], x.shape[2:]
     device, dtype = agent_device_dtype(agent)
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != n:
         raise EngineError(f"maps must be a tensor (N, H, W) with N = {n} (one map per observation), got {tuple(getattr(maps, 'shape', ()))}")
