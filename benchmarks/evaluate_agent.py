@@ -3,7 +3,10 @@
 Each candidate checkpoint is first shipped the way the package ships agents (half precision, into a temporary
 folder), so what is scored is exactly the file that would ship. Every game is one full game (all lives, rewards
 unclipped) played by the engine's own rollout in the agent's own pipeline, one game per seed, actions sampled
-from the policy unless ``--greedy``.
+from the policy unless ``--actions greedy``. ``--actions sampled,greedy`` makes each (checkpoint, way of acting)
+pair a candidate, so how the agent acts is chosen on the choosing seeds too. A game that has not ended within
+``--max-steps`` agent steps (a greedy agent can hold a rally forever) is listed as ``null`` and rules its candidate
+out.
 
     python benchmarks/evaluate_agent.py training/ppo_pong_lstm/checkpoints/step_*.pt \\
         --env PongNoFrameskip-v4 --choose-seeds 0-4 --report-seeds 100-109 \\
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine  # noqa: E402
 from engine import load_policy  # noqa: E402
-from engine.env.rollout import play_episodes  # noqa: E402
+from engine.env.rollout import EpisodesUnfinished, play_episodes  # noqa: E402
 from engine.training.shipping import ship_checkpoint  # noqa: E402
 
 
@@ -42,9 +45,34 @@ def seeds(text: str) -> list[int]:
     return out
 
 
-def games(path: Path, env_id: str, game_seeds: list[int], greedy: bool, max_steps: int) -> list[float]:
+ACTIONS = ("sampled", "greedy")
+
+
+def actions(text: str) -> list[str]:
+    """``sampled,greedy`` -> ["sampled", "greedy"]."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ACTIONS]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"actions must be sampled, greedy or sampled,greedy; got {text!r}")
+    return list(dict.fromkeys(modes))
+
+
+def game(agent, env_id: str, seed: int, greedy: bool, max_steps: int) -> float | None:
+    """One full game's return, or None when it has not ended within ``max_steps`` agent steps."""
+    try:
+        return play_episodes(agent, env_id, 1, seed=seed, greedy=greedy, max_steps=max_steps)[0]
+    except EpisodesUnfinished:
+        return None
+
+
+def games(path: Path, env_id: str, game_seeds: list[int], greedy: bool, max_steps: int) -> list[float | None]:
     agent = load_policy(path, device="cpu")
-    return [play_episodes(agent, env_id, 1, seed=s, greedy=greedy, max_steps=max_steps)[0] for s in game_seeds]
+    return [game(agent, env_id, s, greedy, max_steps) for s in game_seeds]
+
+
+def mean(returns: list[float | None]) -> float | None:
+    """The mean return, or None when a game did not finish (the candidate failed)."""
+    return None if any(r is None for r in returns) else float(np.mean(returns))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--choose-seeds", default="0-4", type=seeds)
     parser.add_argument("--report-seeds", default="100-109", type=seeds)
-    parser.add_argument("--greedy", action="store_true", help="argmax actions (default: sampled)")
+    parser.add_argument("--actions", default=["sampled"], type=actions,
+                        help="sampled (default), greedy (argmax), or sampled,greedy to choose between them too")
     parser.add_argument("--max-steps", type=int, default=27_000,
                         help="agent steps per game before it counts as failed (a greedy agent can rally forever)")
     parser.add_argument("--out", type=Path)
@@ -61,27 +90,37 @@ def main(argv: list[str] | None = None) -> dict:
     if set(args.choose_seeds) & set(args.report_seeds):
         parser.error("the choosing and reporting seeds must differ")
     started = time.perf_counter()
-    candidates = {}
+    candidates = []
     with tempfile.TemporaryDirectory() as tmp:
         for checkpoint in args.checkpoints:
             shipped = ship_checkpoint(checkpoint, Path(tmp) / checkpoint.stem)
-            returns = games(shipped, args.env, args.choose_seeds, args.greedy, args.max_steps)
-            candidates[str(checkpoint)] = returns
-            print(f"{checkpoint}: mean {np.mean(returns):+.2f} on seeds {args.choose_seeds}: {returns}", flush=True)
-        chosen = max(candidates, key=lambda c: np.mean(candidates[c]))
-        shipped = ship_checkpoint(Path(chosen), Path(tmp) / "chosen")
-        reported = games(shipped, args.env, args.report_seeds, args.greedy, args.max_steps)
+            for mode in args.actions:
+                returns = games(shipped, args.env, args.choose_seeds, mode == "greedy", args.max_steps)
+                candidates.append(dict(checkpoint=str(checkpoint), actions=mode, returns=returns, mean=mean(returns)))
+                print(f"{checkpoint} ({mode}): mean {_signed(mean(returns))} on seeds {args.choose_seeds}: {returns}",
+                      flush=True)
+        finished = [c for c in candidates if c["mean"] is not None]
+        if not finished:
+            raise SystemExit(f"no candidate finished all its games within {args.max_steps} steps")
+        chosen = max(finished, key=lambda c: c["mean"])
+        shipped = ship_checkpoint(Path(chosen["checkpoint"]), Path(tmp) / "chosen")
+        reported = games(shipped, args.env, args.report_seeds, chosen["actions"] == "greedy", args.max_steps)
     result = dict(
         env_id=args.env, pipeline="cleanrl_atari (engine), full games, rewards unclipped, no sticky actions",
-        actions="greedy" if args.greedy else "sampled", precision="float16 (as shipped)",
-        choose_seeds=args.choose_seeds, candidates={c: dict(returns=r, mean=float(np.mean(r))) for c, r in candidates.items()},
-        chosen=chosen, report_seeds=args.report_seeds, report_returns=reported, report_mean=float(np.mean(reported)),
-        machine=machine(), seconds=round(time.perf_counter() - started, 1),
+        precision="float16 (as shipped)", max_steps=args.max_steps, choose_seeds=args.choose_seeds,
+        candidates=candidates, chosen=chosen["checkpoint"], actions=chosen["actions"], report_seeds=args.report_seeds,
+        report_returns=reported, report_mean=mean(reported), machine=machine(),
+        seconds=round(time.perf_counter() - started, 1),
     )
-    print(f"chosen {chosen}: mean {result['report_mean']:+.2f} over seeds {args.report_seeds}: {reported}")
+    print(f"chosen {chosen['checkpoint']} ({chosen['actions']} actions): mean {_signed(result['report_mean'])} over "
+          f"seeds {args.report_seeds}: {reported}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _signed(value: float | None) -> str:
+    return "unfinished" if value is None else f"{value:+.2f}"
 
 
 if __name__ == "__main__":

@@ -100,10 +100,40 @@ def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
     # sampled actions: an untrained greedy agent can hold a rally forever
     result = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--out", str(out)])
     assert json.loads(out.read_text()) == result
-    means = {c: v["mean"] for c, v in result["candidates"].items()}
-    assert result["chosen"] == max(means, key=means.get) and len(result["report_returns"]) == 1
+    assert [(c["checkpoint"], c["actions"]) for c in result["candidates"]] == [(str(p), "sampled") for p in paths]
+    best = max(result["candidates"], key=lambda c: c["mean"])
+    assert (result["chosen"], result["actions"]) == (best["checkpoint"], "sampled")
+    assert len(result["report_returns"]) == 1 and result["report_mean"] == result["report_returns"][0]
     assert all(-21 <= r <= 21 for r in result["report_returns"]) and result["precision"].startswith("float16")
-    assert result["actions"] == "sampled"
+
+
+def test_evaluate_agent_chooses_how_to_act_and_rules_out_unfinished_games(tmp_path, monkeypatch):
+    """--actions sampled,greedy: every (checkpoint, way of acting) pair is a candidate; a game that does not end
+    within --max-steps is listed as null and rules its candidate out instead of failing the evaluation."""
+    import torch
+
+    from benchmarks import evaluate_agent
+    from engine.training.ppo import make_agent
+
+    path = tmp_path / "step_1.pt"
+    torch.save(make_agent(6).state_dict(), path)
+    played = []
+
+    def fake_play(agent, env_id, episodes, seed, greedy, max_steps):
+        played.append((seed, greedy))
+        if greedy and seed == 1:
+            raise evaluate_agent.EpisodesUnfinished("only 0 of 1 episodes ended")
+        return [float(seed) + (5.0 if greedy else 0.0)]
+
+    monkeypatch.setattr(evaluate_agent, "play_episodes", fake_play)
+    result = evaluate_agent.main([str(path), "--actions", "sampled,greedy", "--choose-seeds", "0-1",
+                                  "--report-seeds", "7"])
+    assert [(c["actions"], c["returns"], c["mean"]) for c in result["candidates"]] == [
+        ("sampled", [0.0, 1.0], 0.5), ("greedy", [5.0, None], None)]
+    assert result["actions"] == "sampled" and result["report_returns"] == [7.0] and result["report_mean"] == 7.0
+    assert played[-1] == (7, False)
+    with pytest.raises(SystemExit):
+        evaluate_agent.main([str(path), "--actions", "greedy,argmax"])
 
 
 def test_learning_curve_is_drawn_from_progress_csv(tmp_path):

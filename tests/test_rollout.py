@@ -5,7 +5,7 @@ import torch
 from engine import UnknownEnvironmentError
 from engine.core.policy import ActorCritic
 from engine.core.preprocessing import preprocess_frames
-from engine.env.rollout import play_episodes, rollout
+from engine.env.rollout import EpisodesUnfinished, play_episodes, rollout
 
 
 def test_recorded_states_reproduce_recorded_outputs_bit_for_bit(pong_agent, pong_rollout):
@@ -67,7 +67,7 @@ def test_play_episodes_returns_the_rollouts_episode_returns(breakout_episodes):
     """The same seeded game as a recorded rollout, keeping only the returns."""
     agent, r = breakout_episodes
     assert play_episodes(agent, "ALE/Breakout-v5", 2, seed=1, progress=False) == r.episode_returns()
-    with pytest.raises(RuntimeError, match="only 0 of 1 episodes"):
+    with pytest.raises(EpisodesUnfinished, match="only 0 of 1 episodes"):
         play_episodes(agent, "ALE/Breakout-v5", 1, seed=1, max_steps=10, progress=False)
     with pytest.raises(ValueError, match="episodes must be a positive integer"):
         play_episodes(agent, "ALE/Breakout-v5", 0)

@@ -255,6 +255,10 @@ def rollout(
                               pipeline=player.spec.to_dict())
 
 
+class EpisodesUnfinished(RuntimeError):
+    """:func:`play_episodes` reached ``max_steps`` before the episodes it was asked for had ended."""
+
+
 def play_episodes(
     agent: Policy, env_id: str, episodes: int, seed: int = 0, greedy: bool = False, max_steps: int = 10**6,
     progress: bool = False, **pipeline_options,
@@ -282,7 +286,7 @@ def play_episodes(
     finally:
         bar.close()
         player.close()
-    raise RuntimeError(f"only {len(returns)} of {episodes} episodes of {env_id} ended within {max_steps} steps")
+    raise EpisodesUnfinished(f"only {len(returns)} of {episodes} episodes of {env_id} ended within {max_steps} steps")
 
 
 def rollout_from_steps(steps: list[Step], **meta) -> Rollout:
