@@ -19,13 +19,16 @@ training, which seeds its environments from ``seed * 100003 + ...``, nor for cho
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,9 +68,19 @@ def game(agent, env_id: str, seed: int, greedy: bool, max_steps: int) -> float |
         return None
 
 
-def games(path: Path, env_id: str, game_seeds: list[int], greedy: bool, max_steps: int) -> list[float | None]:
-    agent = load_policy(path, device="cpu")
-    return [game(agent, env_id, s, greedy, max_steps) for s in game_seeds]
+def _one_game(task: tuple) -> float | None:
+    path, env_id, seed, greedy, max_steps = task
+    torch.set_num_threads(1)
+    return game(load_policy(path, device="cpu"), env_id, seed, greedy, max_steps)
+
+
+def play(tasks: list[tuple], jobs: int) -> list[float | None]:
+    """The return of each game ``(shipped checkpoint, env_id, seed, greedy, max_steps)``, in order, played ``jobs`` at
+    a time in worker processes."""
+    if jobs == 1:
+        return [_one_game(t) for t in tasks]
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_one_game, tasks))
 
 
 def mean(returns: list[float | None]) -> float | None:
@@ -85,26 +98,31 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sampled (default), greedy (argmax), or sampled,greedy to choose between them too")
     parser.add_argument("--max-steps", type=int, default=27_000,
                         help="agent steps per game before it counts as failed (a greedy agent can rally forever)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="candidates played at once, in worker processes of one torch thread each")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if set(args.choose_seeds) & set(args.report_seeds):
         parser.error("the choosing and reporting seeds must differ")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be 1 or more, got {args.jobs}")
     started = time.perf_counter()
-    candidates = []
     with tempfile.TemporaryDirectory() as tmp:
-        for checkpoint in args.checkpoints:
-            shipped = ship_checkpoint(checkpoint, Path(tmp) / checkpoint.stem)
-            for mode in args.actions:
-                returns = games(shipped, args.env, args.choose_seeds, mode == "greedy", args.max_steps)
-                candidates.append(dict(checkpoint=str(checkpoint), actions=mode, returns=returns, mean=mean(returns)))
-                print(f"{checkpoint} ({mode}): mean {_signed(mean(returns))} on seeds {args.choose_seeds}: {returns}",
-                      flush=True)
+        shipped = {c: ship_checkpoint(c, Path(tmp) / c.stem) for c in args.checkpoints}
+        pairs = [(c, mode) for c in args.checkpoints for mode in args.actions]
+        returns = iter(play([(shipped[c], args.env, seed, mode == "greedy", args.max_steps)
+                             for c, mode in pairs for seed in args.choose_seeds], args.jobs))
+        candidates = []
+        for checkpoint, mode in pairs:
+            r = [next(returns) for _ in args.choose_seeds]
+            candidates.append(dict(checkpoint=str(checkpoint), actions=mode, returns=r, mean=mean(r)))
+            print(f"{checkpoint} ({mode}): mean {_signed(mean(r))} on seeds {args.choose_seeds}: {r}", flush=True)
         finished = [c for c in candidates if c["mean"] is not None]
         if not finished:
             raise SystemExit(f"no candidate finished all its games within {args.max_steps} steps")
         chosen = max(finished, key=lambda c: c["mean"])
-        shipped = ship_checkpoint(Path(chosen["checkpoint"]), Path(tmp) / "chosen")
-        reported = games(shipped, args.env, args.report_seeds, chosen["actions"] == "greedy", args.max_steps)
+        reported = play([(shipped[Path(chosen["checkpoint"])], args.env, seed, chosen["actions"] == "greedy",
+                          args.max_steps) for seed in args.report_seeds], args.jobs)
     result = dict(
         env_id=args.env, pipeline="cleanrl_atari (engine), full games, rewards unclipped, no sticky actions",
         precision="float16 (as shipped)", max_steps=args.max_steps, choose_seeds=args.choose_seeds,

@@ -105,6 +105,10 @@ def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
     assert (result["chosen"], result["actions"]) == (best["checkpoint"], "sampled")
     assert len(result["report_returns"]) == 1 and result["report_mean"] == result["report_returns"][0]
     assert all(-21 <= r <= 21 for r in result["report_returns"]) and result["precision"].startswith("float16")
+    # two worker processes play the same seeded games
+    parallel = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--jobs", "2"])
+    assert {k: v for k, v in parallel.items() if k not in ("seconds",)} == {
+        k: v for k, v in result.items() if k not in ("seconds",)}
 
 
 def test_evaluate_agent_chooses_how_to_act_and_rules_out_unfinished_games(tmp_path, monkeypatch):
