@@ -148,6 +148,11 @@ def test_learning_curve_is_drawn_from_progress_csv(tmp_path):
                         "1,4096,4.0,1000,\n2,8192,8.0,1010,-20.5\n3,12288,12.0,990,-19.0\n")
     out = plot_training.plot(plot_training.read_progress(csv_path), tmp_path / "curve.png", "test")
     assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # speed over a window of updates, not the CSV's since-start average: 4096 frames in 2 s, then in 4 s
+    at, per_second = plot_training.windowed_speed([0, 4096, 8192, 12288], [0.0, 2.0, 6.0, 10.0], window=1)
+    assert at == [4096, 8192, 12288] and per_second == [2048.0, 1024.0, 1024.0]
+    breakout = plot_training.plot(plot_training.read_progress(csv_path), tmp_path / "b.png", "test", None, None)
+    assert breakout.stat().st_size > 5000
 
 
 def test_settings_benchmark_writes_a_finite_row_and_its_tables(tmp_path):
