@@ -56,8 +56,9 @@ def test_every_shipped_agent_loads_through_the_public_loader_and_plays():
     names = builtin_names()
     assert "builtin/pong" in names
     for name in names:
-        agent = load_policy(resolve_checkpoint(name, [], allow_download=False))
-        env_id = "Pong-v4" if agent.pipeline == "greydanus2017" else "PongNoFrameskip-v4"
+        path = resolve_checkpoint(name, [], allow_download=False)
+        agent = load_policy(path)
+        env_id = json.loads(path.with_suffix(".json").read_text())["game"]  # the game it was trained on
         played = rollout(agent, env_id, 6, seed=0)
         assert len(played) == 6 and torch.isfinite(played.logits).all() and torch.isfinite(played.values).all(), name
 
