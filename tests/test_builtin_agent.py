@@ -15,7 +15,7 @@ from engine.env.rollout import rollout
 
 def test_the_package_ships_a_pong_series_with_metadata():
     series = builtin_checkpoints("pong")
-    assert 4 <= len(series) <= 6 and "builtin/pong" in builtin_names()  # a short series across training
+    assert 2 <= len(series) <= 6 and "builtin/pong" in builtin_names()  # a short series across training
     assert resolve_checkpoint("builtin/pong", [], allow_download=False) == series[max(series)]
     rewards = []
     for frames, path in sorted(series.items()):
@@ -120,3 +120,18 @@ def test_the_package_ships_a_ppo_series_chosen_and_scored():
     assert returns == sorted(returns) and returns[-1] > 10
     agent = load_policy(series[max(series)])
     assert type(agent).__name__ == "CleanRLPPOLSTM" and agent.pipeline == "cleanrl_atari" and len(agent.initial_state(1)) == 2
+
+
+def test_the_package_ships_a_breakout_ppo_agent():
+    """builtin/breakout_ppo: the same CleanRL network trained on Breakout, in half precision, with its metadata."""
+    from engine import load_policy
+
+    series = builtin_checkpoints("breakout_ppo")
+    path = resolve_checkpoint("builtin/breakout_ppo", [], allow_download=False)
+    assert path == series[max(series)]
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["game"] == "BreakoutNoFrameskip-v4" and meta["agent"] == "cleanrl ppo_atari_lstm"
+    assert meta["precision"] == "float16" and meta["frames"] == max(series) and meta["mean_return_100"] > 10
+    agent = load_policy(path)
+    assert type(agent).__name__ == "CleanRLPPOLSTM" and agent.pipeline == "cleanrl_atari"
+    assert agent.actor.out_features == 4  # NOOP, FIRE, RIGHT, LEFT
