@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-steps", type=int, default=27_000,
                         help="agent steps per game before it counts as failed (a greedy agent can rally forever)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="candidates played at once, in worker processes of one torch thread each")
+                        help="games played at once, in worker processes of one torch thread each")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if set(args.choose_seeds) & set(args.report_seeds):
