@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import sys
@@ -68,10 +69,16 @@ def game(agent, env_id: str, seed: int, greedy: bool, max_steps: int) -> float |
         return None
 
 
+@functools.lru_cache(maxsize=2)
+def _policy(path: Path):
+    """Each process loads a candidate once for all its games (the policy keeps no state between games)."""
+    return load_policy(path, device="cpu")
+
+
 def _one_game(task: tuple) -> float | None:
     path, env_id, seed, greedy, max_steps = task
     torch.set_num_threads(1)
-    return game(load_policy(path, device="cpu"), env_id, seed, greedy, max_steps)
+    return game(_policy(path), env_id, seed, greedy, max_steps)
 
 
 def play(tasks: list[tuple], jobs: int) -> list[float | None]:
