@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 import engine
-from engine.app.cli import CONFIG_DIR
+from engine.cli.app import CONFIG_DIR
 
 venv = Path(sys.argv[1]).resolve()
 where = Path(engine.__file__).resolve()
@@ -64,7 +64,7 @@ grep -q "perturbations_per_eval" "$WORK/refused.err"
 [[ $(wc -l <"$WORK/refused.err") == 1 ]] || { echo "wheel_check: expected one line on stderr"; exit 1; }
 
 step "the training configs compose"
-"$VPY" -m engine.training --cfg job >"$WORK/train_cfg.yaml"
+"$VPY" -m engine.train algo=a2c --cfg job >"$WORK/train_cfg.yaml"
 grep -q "^env_id: Pong-v4" "$WORK/train_cfg.yaml"
 
 step "a 10-step job on the built-in agent, from $PWD"
@@ -74,7 +74,7 @@ env -u ATARI_SALIENCY_CHECKPOINTS "$VPY" -m engine rollout.steps=10 output.movie
 import sys
 from pathlib import Path
 
-from engine.io.arrays import load_arrays
+from engine.storage.arrays import load_arrays
 
 run, venv = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
 maps, settings = load_arrays(run / "saliency.npz")

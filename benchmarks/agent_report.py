@@ -2,7 +2,7 @@
 
 For each agent: the mean score of ``--episodes`` sampled episodes of Pong-v4, and, on a ``--steps``-step rollout,
 the share of actor (and critic) perturbation saliency within ``--distance`` frame pixels of the ball, the agent's
-paddle and the opponent's paddle, against the share of the screen those regions cover (``engine.core.regions``).
+paddle and the opponent's paddle, against the share of the screen those regions cover (``engine.metrics.regions``).
 
     python benchmarks/agent_report.py                   # writes benchmarks/results/agents.json, prints a table
     python benchmarks/agent_report.py --agents builtin/pong@1000000 builtin/pong
@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine import load_agent  # noqa: E402
 from engine.core.perturbation import perturbation_saliency  # noqa: E402
-from engine.core.regions import object_shares  # noqa: E402
-from engine.io.registry import ALIASES, resolve_checkpoint  # noqa: E402
+from engine.metrics.regions import object_shares  # noqa: E402
+from engine.policies.registry import ALIASES, resolve_checkpoint  # noqa: E402
 from engine.env.rollout import play_episodes, rollout  # noqa: E402
 
 CHECKPOINT_DIRS = [str(ROOT.parent / "shared" / "checkpoints")]

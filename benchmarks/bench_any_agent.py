@@ -4,7 +4,7 @@ inference against plain batched passes (issue 11, item 7; a benchmark, not a tes
     python benchmarks/bench_any_agent.py [--frames 8] [--reference-frames 2] [--density 5] [--radii 3 5]
                                          [--repeats 5] [--output results.json]
 
-The agent is CleanRL's ``ppo_atari`` network (``tests/test_any_policy.py``'s ``NatureAgent``: conv 8x8/4, 4x4/2,
+The agent is CleanRL's ``ppo_atari`` network (``tests/integration/test_any_policy.py``'s ``NatureAgent``: conv 8x8/4, 4x4/2,
 3x3/1, ReLU, Linear(3136, 512), actor and critic heads; feed-forward, 6 actions), with seeded random weights, on
 seeded smooth random observations (4, 84, 84): the cost of a forward pass does not depend on the weights or the
 pixels. For each radius it prints seconds per observation for
@@ -36,7 +36,7 @@ from engine.core.incremental import conv_trunk_of, trunk_geometry, window_plan, 
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
 from engine.core.reference import score_frame_np  # noqa: E402
-from tests.test_any_policy import NatureAgent  # noqa: E402
+from tests.integration.test_any_policy import NatureAgent  # noqa: E402
 
 
 def observations(n: int, seed: int = 0) -> np.ndarray:

@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py [--steps 100] [--factor 10] [--density 10]
 
 Records a short and a ``factor`` times longer Pong rollout into rollout stores, then scores each store in a
-fresh process (``engine.io.store.score_store``, frames_per_chunk=64) and reports each process's peak resident
+fresh process (``engine.jobs.score.score_store``, frames_per_chunk=64) and reports each process's peak resident
 memory (ru_maxrss) and their ratio. The bound: one chunk of frames (64 x 100 KB), its maps, one batch of
 perturbations and the agent, whatever the rollout length.
 """
@@ -25,9 +25,9 @@ CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "
 SCORE = """
 import resource, sys, time
 from engine.core.settings import SaliencyConfig
-from engine.core.policy import load_agent
-from engine.io.registry import sha256_of
-from engine.io.store import score_store
+from engine.policies.greydanus2017 import load_agent
+from engine.policies.registry import sha256_of
+from engine.jobs.score import score_store
 agent = load_agent(sys.argv[1], device="cpu")
 start = time.perf_counter()
 score_store(agent, sys.argv[2], sys.argv[3], SaliencyConfig(density=int(sys.argv[4])), sha256_of(sys.argv[1]), frames_per_chunk=64, progress=False)
@@ -43,9 +43,9 @@ def main() -> dict:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     args = parser.parse_args()
 
-    from engine.core.policy import load_agent
-    from engine.io.registry import sha256_of
-    from engine.io.store import record_rollout
+    from engine.policies.greydanus2017 import load_agent
+    from engine.policies.registry import sha256_of
+    from engine.jobs.record import record_rollout
 
     agent = load_agent(CHECKPOINT, device="cpu")
     result = dict(checkpoint=str(CHECKPOINT), density=args.density, frames_per_chunk=64)

@@ -20,7 +20,7 @@ import torch
 
 from engine.core.batching import chunk_bounds
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval
-from engine.core.policy import load_agent
+from engine.policies.greydanus2017 import load_agent
 from engine.core.preprocessing import preprocess_frames
 from engine.core.reference import score_frame_np
 from engine.env.rollout import rollout

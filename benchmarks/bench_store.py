@@ -8,7 +8,7 @@ Plays ``--steps`` steps of Pong-v4 with the built-in agent (the main job's), com
 
 - ``npz (format 2)``: what the stores wrote before: one uncompressed ``np.savez`` file per chunk, written to a
   temporary file and renamed, plus a JSON manifest (the code of ``engine/io/store.py`` at format 2, inlined);
-- ``zarr (format 3)``: :class:`engine.io.store.ChunkStore`, as ``record_rollout`` / ``score_store`` write it
+- ``zarr (format 3)``: :class:`engine.storage.store.ChunkStore`, as ``record_rollout`` / ``score_store`` write it
   (chunk arrays, then the chunk's marker), read back with ``RolloutStore.read`` / ``SaliencyStore.read``;
 - the in-memory job's ``rollout.npz`` / ``saliency.npz``: ``np.savez`` (before) and ``np.savez_compressed`` (now).
 
@@ -78,10 +78,9 @@ def main() -> dict:
 
     import engine
     from engine.core.batching import chunk_bounds
-    from engine.io.arrays import load_arrays, save_arrays
-    from engine.io.registry import resolve_checkpoint
-    from engine.io.store import (ROLLOUT_FIELDS, ChunkStore, RolloutStore, SaliencyStore, rollout_layout,
-                                 saliency_layout)
+    from engine.storage.arrays import load_arrays, save_arrays
+    from engine.policies.registry import resolve_checkpoint
+    from engine.storage.store import ROLLOUT_FIELDS, ChunkStore, RolloutStore, SaliencyStore, rollout_layout, saliency_layout
 
     agent = engine.load_agent(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
     played = engine.rollout(agent, "Pong-v4", args.steps, seed=0, progress=False)

@@ -31,10 +31,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 def make_run(out_dir: Path, steps: int, density: int) -> tuple[Path, float]:
     """The main job into ``out_dir`` (report on); returns its report.html and the seconds that building the page
     again from the job's saved arrays takes (the page alone, without the rollout and saliency)."""
-    from engine.app.config import JobConfig
-    from engine.app.pipeline import run_job
-    from engine.io.arrays import load_arrays
-    from engine.io.report import MAP_KINDS, write_report
+    from engine.jobs.config import JobConfig
+    from engine.jobs.run import run_job
+    from engine.storage.arrays import load_arrays
+    from engine.viz.report import MAP_KINDS, write_report
 
     config = JobConfig.from_dict({
         "rollout": {"steps": steps}, "saliency": {"density": density, "method": "both"},

@@ -12,7 +12,7 @@ The table's header names the checkpoint's training frames (the ``.json`` beside 
 baby-a3c's ``model.<millions>.tar``) and the agent's pipeline and observation shape.
 
 Every run plays the same seeded game, takes the same ``frames`` consecutive frames after ``warmup_steps``, computes
-the actor maps of one setting and measures on them (engine.core.metrics): seconds per frame of the maps and of the
+the actor maps of one setting and measures on them (engine.metrics.faithfulness): seconds per frame of the maps and of the
 metrics (deletion, insertion, object agreement, stability at ``steps`` K); deletion and insertion AUCs of the
 action's probability and of the KL divergence from the unperturbed policy, with random-order references; the sanity
 check (cascading randomisation, on ``sanity_frames`` frames: Spearman and SSIM after the output layer and after all
@@ -176,13 +176,11 @@ def nanmean(t) -> float:
 
 def measure(cfg: DictConfig) -> dict:
     from engine.core.inputs import prepare_observations
-    from engine.core.metrics import (
-        deletion_insertion, object_agreement, random_maps, rank_stability, sanity_check, temporal_stability,
-    )
+    from engine.metrics.faithfulness import deletion_insertion, object_agreement, random_maps, rank_stability, sanity_check, temporal_stability
     from engine.core.preprocessing import CROP_ROWS
-    from engine.core.regions import game_object_cells, game_of
+    from engine.metrics.regions import game_object_cells, game_of
     from engine.env.rollout import rollout
-    from engine.io.registry import resolve_checkpoint
+    from engine.policies.registry import resolve_checkpoint
     from engine.policies.loading import load_policy
 
     if cfg.threads:

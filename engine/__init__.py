@@ -13,9 +13,9 @@ from .core.settings import SaliencyConfig
 
 # The rest is imported on first use: importing torch takes seconds, and the app checks its settings before that.
 _LAZY = {
-    "ActorCritic": ".core.policy",
+    "ActorCritic": ".policies.greydanus2017",
     "PolicyOutput": ".core.policy",
-    "load_agent": ".core.policy",
+    "load_agent": ".policies.greydanus2017",
     "preprocess_frames": ".core.preprocessing",
     "perturbation_saliency": ".core.perturbation",
     "jacobian_saliency": ".core.jacobian",

@@ -1,3 +1,3 @@
-from .app.cli import main
+from .cli.app import main
 
 main()

@@ -1,6 +1,6 @@
-"""``python -m engine.train``: PPO training of CleanRL's ppo_atari_lstm agent (:mod:`engine.training.ppo`)."""
+"""``python -m engine.train algo=ppo|a2c``: the trainers' one entry point (:mod:`engine.cli.train`)."""
 
-from .training.ppo import main
+from .cli.train import main
 
 if __name__ == "__main__":
     main()

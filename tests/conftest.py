@@ -1,6 +1,6 @@
 """Shared fixtures: the real baby-a3c agents, short real rollouts, device/dtype parameters.
 
-The real agents are found the way users find them, through the registry (``engine.io.registry``): the
+The real agents are found the way users find them, through the registry (``engine.policies.registry``): the
 directories of ``$ATARI_SALIENCY_CHECKPOINTS`` (a ``:``-separated list of folders holding
 ``baby-a3c/<game>-v4/model.<N>.tar``, e.g. ``../shared/checkpoints``), then the download cache, then a
 sha256-checked download. Before downloading, one quick probe per session (at most about 10 s) checks that the
@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from engine.core.errors import CheckpointError
-from engine.core.policy import ActorCritic, load_agent
+from engine.policies.greydanus2017 import ActorCritic, load_agent
 from engine.env.rollout import rollout
-from engine.io import registry
+from engine.policies import registry
 
 # pytest imports this file as ``conftest``; test modules import its helpers as ``tests.conftest``: one module,
 # so that the download probe and the resolved checkpoints are shared by both

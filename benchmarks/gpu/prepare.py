@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.core.policy import load_agent
+from engine.policies.greydanus2017 import load_agent
 from engine.env.rollout import rollout
-from engine.io.registry import resolve_checkpoint
+from engine.policies.registry import resolve_checkpoint
 from engine.policies.cleanrl import CleanRLPPO, load_cleanrl
 
 WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0"]

@@ -1,5 +1,6 @@
 """The saliency core: tensors in, tensors out, on any device.
 
-Policy interface and agents, preprocessing, blur and masks, perturbation saliency (batched and incremental),
-Jacobian saliency, the loop reference. Imports nothing from the layers above (env, io, training, app).
+The policy interface (a protocol: no agent lives here), preprocessing, blur and masks, perturbation saliency
+(batched and incremental), Jacobian saliency, replaying recurrent states, the loop reference. Imports nothing from
+the layers above.
 """

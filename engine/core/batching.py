@@ -3,7 +3,7 @@
 CPU kernels (GEMMs, some convolutions, vectorised elementwise ops split across threads) take different code
 paths, and so round differently, for a handful of rows or an odd row count. Padded with zero rows to a
 multiple of 8, and to at least 16, a row's result no longer depends on how many rows share the call
-(measured on the pinned CPU torch build, float32 and float64; tests/test_batching.py checks it). On Intel
+(measured on the pinned CPU torch build, float32 and float64; tests/unit/test_batching.py checks it). On Intel
 CPUs MKL also blocks GEMMs by row count; ``engine/__init__.py`` sets ``MKL_CBWR=AUTO,STRICT`` (MKL's strict
 reproducibility mode) before any GEMM runs, without which no padding makes rows independent there. That is what
 lets chunking, and scoring frames together or one at a time, give bit-identical maps, and lets a recomputed

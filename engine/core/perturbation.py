@@ -26,9 +26,9 @@ from .inputs import agent_device_dtype, prepare_inputs
 from .incremental import WindowPlan, conv_trunk_of, perturbed_outputs, shared_activations, trunk_geometry, window_plan, worthwhile
 from .masks import center_coords, perturb, perturbation_masks
 from .masks import grid_shape
-from .policy import ActorCritic, Policy, index_state
+from .policy import Policy, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
-from .settings import COMPATS, SCORES, validate_settings  # noqa: F401  (COMPATS: the choices, for callers)
+from .settings import COMPATS, SCORES, validate_settings
 
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose
@@ -62,14 +62,11 @@ class PerturbationResult:
 def bytes_per_input(agent: Policy, dtype: torch.dtype) -> int:
     """Rough peak memory of one perturbed input in a forward pass (input, activations, gates, scores).
 
-    Exact layer sizes for the 2017 agents; for other policies, their own ``activation_elements`` if they declare
-    it, else eight observations' worth (a Nature CNN's activations are about 1.1 observations of 4x84x84)."""
-    if isinstance(agent, ActorCritic):
-        conv = 32 * (40 * 40 + 20 * 20 + 10 * 10 + 5 * 5)  # each conv output and its ELU
-        elements = 3 * SIZE * SIZE + 2 * conv + 8 * agent.hidden_size + 4 * agent.num_actions
-    else:
-        c, h, w = agent.observation_shape
-        elements = 3 * c * h * w + getattr(agent, "activation_elements", 5 * c * h * w) + 4 * agent.num_actions
+    The policy's own ``activation_elements`` (per input, besides the observation) where it declares it (the 2017
+    agents give their exact layer sizes), else five observations' worth (a Nature CNN's activations are about 1.1
+    observations of 4x84x84)."""
+    c, h, w = agent.observation_shape
+    elements = 3 * c * h * w + getattr(agent, "activation_elements", 5 * c * h * w) + 4 * agent.num_actions
     return elements * torch.finfo(dtype).bits // 8
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from .policy import ActorCritic, Policy
+from .policy import Policy
 
 
 def byte_scale_np(a: np.ndarray) -> np.ndarray:

@@ -49,19 +49,7 @@ import numpy as np
 from ..core.errors import UnknownEnvironmentError
 from ..core.policy import PIPELINES
 from ..core.preprocessing import FRAME_SHAPE, preprocess_bytes
-from .wrappers import (
-    GRAYSCALES,
-    STACK_PADDINGS,
-    AtariPreprocessing,
-    ClipRewardEnv,
-    EpisodicLifeEnv,
-    FireResetEnv,
-    FrameStacker,
-    MaxAndSkipEnv,
-    NoopResetEnv,
-    ResizeGrayFrame,
-    WarpFrame,
-)
+from .wrappers import GRAYSCALES, STACK_PADDINGS, AtariPreprocessing, ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, FrameStacker, MaxAndSkipEnv, NoopResetEnv, ResizeGrayFrame, WarpFrame
 
 _ENV_OPTIONS = dict(repeat_action_probability=None, full_action_space=False)
 _SKIP_OPTIONS = dict(noop_max=30, frame_skip=4, screen_size=84)

@@ -2,7 +2,7 @@
 
 The observation bytes an agent was trained on depend on every detail of its library's wrapper chain (the order of
 grayscale and resize, OpenCV's or ALE's grayscale, where the max-pooling happens, what a reset does), so each
-wrapper here repeats its library's code exactly; ``tests/test_pipelines.py`` checks the result byte for byte
+wrapper here repeats its library's code exactly; ``tests/integration/test_pipelines.py`` checks the result byte for byte
 against the libraries themselves. The libraries are not imported (Stable-Baselines3 is an optional extra).
 
 Sources:

@@ -36,19 +36,8 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import (
-    ConvTrunk,
-    check_keys_and_shapes,
-    load_checked,
-    MAX_ACTIONS,
-    MAX_CHANNELS,
-    MAX_HIDDEN,
-    PolicyOutput,
-    State,
-    check_weights,
-    read_state_dict,
-    reset_rows,
-)
+from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
+from .checkpoint import check_keys_and_shapes, load_checked, MAX_ACTIONS, MAX_CHANNELS, MAX_HIDDEN, check_weights, read_state_dict
 
 ARCHITECTURES = ("ppo_atari", "ppo_atari_lstm", "dqn_atari")
 PIPELINE = "cleanrl_atari"
@@ -273,7 +262,7 @@ def identify_cleanrl(state_dict: dict[str, torch.Tensor], source: str = "state d
     if "actor_linear.weight" in keys and any(k.startswith(("conv1.", "lstm.weight_ih", "gru.")) for k in keys):
         raise CheckpointError(
             f"{source}: a 2017-style actor-critic agent (conv1..conv4, lstm/gru, actor_linear), not a CleanRL agent: "
-            "load it with engine.core.policy.load_agent (agent=greydanus2017 / baby-a3c in the app)"
+            "load it with engine.policies.greydanus2017.load_agent (agent=greydanus2017 / baby-a3c in the app)"
         )
     if any(k.startswith(("actor.0.", "critic.0.")) for k in keys):
         raise CheckpointError(

@@ -3,7 +3,7 @@
 - a zip with ``policy.pth`` and ``data``: a Stable-Baselines3 / sb3-contrib model (:mod:`engine.policies.sb3`);
 - a ``torch.save``d state dict with CleanRL's parameter names (``network.*``, ``actor.*``, ``critic.*``, ``lstm.*``,
   ``q_network.*``): a CleanRL agent (:mod:`engine.policies.cleanrl`);
-- anything else is read as the 2017 actor-critic agents' state dict (:func:`engine.core.policy.load_agent`), whose
+- anything else is read as the 2017 actor-critic agents' state dict (:func:`engine.policies.greydanus2017.load_agent`), whose
   errors say what was found.
 """
 
@@ -15,7 +15,8 @@ import zipfile
 import torch
 
 from ..core.errors import CheckpointError
-from ..core.policy import Policy, load_agent
+from ..core.policy import Policy
+from .greydanus2017 import load_agent
 
 KINDS = ("auto", "greydanus2017", "sb3", "cleanrl")
 

@@ -55,7 +55,8 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import MAX_ACTIONS, MAX_CHANNELS, ConvTrunk, PolicyOutput, load_checked, State, check_weights, torch_reason, reset_rows
+from .checkpoint import MAX_ACTIONS, MAX_CHANNELS, load_checked, check_weights, torch_reason
+from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
 
 SUPPORTED = (
     "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "

@@ -13,13 +13,10 @@ holds anything else is refused. Seeding happens in one place, ``seed_all``.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import random
-import re
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +26,10 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..core.errors import EngineError
-from ..core.policy import ActorCritic
+from ..policies.greydanus2017 import ActorCritic
 from ..core.preprocessing import SIZE, preprocess_bytes
 from ..env.rollout import make_env
-from ..io.arrays import atomic_path
+from .resume import load_resume_file, load_training_state, rng_state, save_torch
 
 
 @dataclass
@@ -139,13 +136,6 @@ def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optim
     raise EngineError(f"optimizer must be rmsprop or adam, got {config.optimizer!r}")
 
 
-def save_torch(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, renamed into place: a killed writer never leaves half a file."""
-    tmp = atomic_path(path, ".pt")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # --- resume state -------------------------------------------------------------------------------------------
 #
 # ``<run>/resume.pt`` is read back with ``torch.load(weights_only=True)``: tensors, dicts, lists, str, int, float,
@@ -158,34 +148,6 @@ _RESUME_FIELDS = {
     "format": int, "agent": dict, "optimizer": dict, "frames": int, "next_checkpoint": int, "returns": list,
     "config": dict, "wall_seconds": float, "rng": dict,
 }
-
-
-def rng_state() -> dict:
-    """The python, numpy and torch (CPU, and CUDA once used) RNG states, as tensors and plain types."""
-    version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state = {
-        "python": [int(version), [int(x) for x in internal], gauss_next],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned, exactly."""
-    version, internal, gauss_next = state["python"]
-    random.setstate((int(version), tuple(int(x) for x in internal), None if gauss_next is None else float(gauss_next)))
-    numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), int(numpy["pos"]),
-                         int(numpy["has_gauss"]), float(numpy["cached_gaussian"])))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_resume(path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer, config: TrainConfig, frames: int,
@@ -202,46 +164,6 @@ def load_resume(path: Path) -> dict | None:
     if resume is not None and resume["format"] != RESUME_FORMAT:
         raise EngineError(f"{path} is not a resume state of this version (format {RESUME_FORMAT}): delete or move it")
     return resume
-
-
-def load_resume_file(path: Path, fields: dict[str, type]) -> dict | None:
-    """A resume state (None if ``path`` does not exist) read with ``weights_only=True``, so it cannot run code, and
-    checked to hold ``fields`` (name -> type)."""
-    if not path.is_file():
-        return None
-    try:
-        resume = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f"a pickled {found[1]}" if found else "pickled data that is not tensors and plain types"
-        raise EngineError(
-            f"{path} holds {what}: refusing to load it, because unpickling arbitrary objects can run code. "
-            "A resume file holds only tensors and plain types (resume files of engine versions before this "
-            "format cannot be read); delete or move it to start the run afresh from its checkpoints"
-        ) from exc
-    except Exception as exc:  # truncated, damaged, not a torch file
-        raise EngineError(f"{path} cannot be read as a resume file ({type(exc).__name__}); delete or move it") from exc
-    if not isinstance(resume, dict):
-        raise EngineError(f"{path} holds a {type(resume).__name__}, not a resume state: delete or move it")
-    wrong = [
-        name for name, kind in fields.items()
-        if not isinstance(resume.get(name), kind) or isinstance(resume.get(name), bool)
-    ]
-    if wrong:
-        raise EngineError(
-            f"{path} is not a resume state of this version (missing or malformed: {', '.join(wrong)}): delete or move it"
-        )
-    return resume
-
-
-def load_training_state(resume: dict, agent: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load a resume state's agent, optimizer and RNG states exactly; a state that does not fit is an EngineError."""
-    try:
-        agent.load_state_dict(resume["agent"])
-        optimizer.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise EngineError(f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})") from exc
 
 
 def restore_resume(resume: dict, agent: ActorCritic, optimizer: torch.optim.Optimizer):
@@ -348,13 +270,3 @@ def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, retu
                 wall_seconds=round(wall_seconds, 1))
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Hydra entry point (``configs/train.yaml``, schema :class:`TrainConfig`); see :mod:`engine.training.cli`."""
-    from .cli import run_training_cli
-
-    run_training_cli(TrainConfig, "train_schema", "train", train, argv)
-
-if __name__ == "__main__":
-    main()

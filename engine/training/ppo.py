@@ -46,7 +46,7 @@ from ..core.errors import EngineError
 from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
 from ..policies.cleanrl import CleanRLPPOLSTM
-from .a2c import load_resume_file, load_training_state, rng_state, save_torch
+from .resume import load_resume_file, load_training_state, rng_state, save_torch
 
 FRAME_SKIP = 4  # frames per agent step in both environment back ends
 
@@ -503,10 +503,3 @@ def ppo_update(agent, optimizer, config: PPOConfig, obs, actions, logprobs, valu
     explained = float("nan") if variance == 0 else 1 - float((flat_returns - flat_values).var()) / variance
     return dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy_loss.item(),
                 approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)), explained_variance=explained)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Hydra entry point (``configs/ppo.yaml``, schema :class:`PPOConfig`); see :mod:`engine.training.cli`."""
-    from .cli import run_training_cli
-
-    run_training_cli(PPOConfig, "ppo_schema", "ppo", train_ppo, argv)

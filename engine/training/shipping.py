@@ -4,7 +4,7 @@
 ``step_<frames>.pt`` (the state dict with every floating tensor rounded to float16: half the bytes, and the
 agent is then exactly the shipped file, loaded into float32 by every loader) and a ``.json`` beside it (the
 training metadata, the source's sha256 and the precision). ``builtin/<name>`` then names the most trained file
-and ``builtin/<name>@<frames>`` each one (engine.io.registry).
+and ``builtin/<name>@<frames>`` each one (engine.policies.registry).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..core.errors import CheckpointError
-from ..io.arrays import atomic_path
-from ..io.registry import sha256_of
+from ..storage.arrays import atomic_path
+from ..policies.registry import sha256_of
 
 _STEP = re.compile(r"step_(?P<frames>[0-9]+)\.pt")
 

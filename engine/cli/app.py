@@ -1,0 +1,337 @@
+"""``python -m engine`` / ``atari-saliency``: a thin Hydra entry point over :mod:`engine.jobs.run`.
+
+Before Hydra creates a run directory, :func:`precheck` composes the configuration of every job the command
+line asks for (each combination of a ``--multirun`` sweep) against the typed schema (:mod:`engine.jobs.config`),
+checks ranges, the environment id and the checkpoint, and so refuses a bad command in about a second with one
+line on stderr and exit code 2: Hydra's own errors (unknown key, bad override syntax, missing group option)
+included. Results and progress messages go through ``logging`` (Hydra writes them to the console and to
+``<run dir>/engine.log``).
+
+The configs ship inside the package (``engine/configs`` in a wheel); in a checkout they are the top-level
+``configs/`` folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..jobs.config import JobConfig, config_error, register_configs
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = PACKAGE_DIR.parent  # the checkout (or, installed, the site-packages folder)
+
+
+def config_dir() -> Path:
+    """``engine/configs`` of an installed wheel, else the checkout's top-level ``configs/`` (editable installs
+    and runs from the source tree)."""
+    shipped = PACKAGE_DIR / "configs"
+    return shipped if (shipped / "main.yaml").is_file() else PROJECT_ROOT / "configs"
+
+
+CONFIG_DIR = config_dir()
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+register_configs()
+
+MAX_PRECHECKED_JOBS = 256  # a larger sweep is checked one swept value at a time (each job checks itself again)
+MAX_PRECHECKED_AGENTS = 16  # distinct environment/agent pairs loaded by the precheck
+
+# settings whose checks need the environment or the agent (validate_job); jobs that agree on them share one check
+_AGENT_KEYS = ("env", "agent", "device", "dtype", "render")
+
+
+class ConfigError(Exception):
+    """A bad command line or configuration: one line for the user, exit code 2."""
+
+
+def job_config(cfg: DictConfig) -> JobConfig:
+    """The checked, typed job configuration of a composed Hydra config (its ``hydra`` node left out)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return JobConfig.from_dict(data)
+
+
+# --- the command line, checked before Hydra starts -----------------------------------------------------------
+
+_BOOL_TOKEN = re.compile(r"(?<![\w'\"])(true|false)(?![\w'\"])", re.IGNORECASE)
+_ENUM_BOOL_KEYS = ("saliency.incremental",)  # enum options whose members are named true and false
+
+
+def quote_enum_bools(overrides: list[str]) -> list[str]:
+    """``saliency.incremental=true`` -> ``saliency.incremental='true'``: Hydra's grammar reads true/false as
+    booleans, which an enum option refuses; quoted they are the members' names."""
+    fixed = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") in _ENUM_BOOL_KEYS:
+            override = key + "=" + _BOOL_TOKEN.sub(lambda m: f"'{m.group(1).lower()}'", value)
+        fixed.append(override)
+    return fixed
+
+
+def _renamed(overrides: list[str]) -> None:
+    from ..jobs.config import RENAMED
+
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key in RENAMED:
+            raise ConfigError(f"{key} was renamed: use {RENAMED[key]}")
+
+
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists of the jobs a command line runs (one without --multirun; every combination of the
+    discrete sweeps with it, or, beyond MAX_PRECHECKED_JOBS, every swept value once)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    if not multirun:
+        return [overrides]
+    own_sweeper = any(o.get_key_element() == "hydra/sweeper" for o in parsed)
+    lists = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                if not own_sweeper:
+                    raise ConfigError(f"{key}: Hydra's basic sweeper takes lists (a,b) and range(); an interval needs "
+                                      "a sweeper plugin (hydra/sweeper=...)")
+                continue  # a sweeper's search space: left to the jobs' own checks
+            lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            lists.append([f"{key}={override.get_value_element_as_str()}"])
+    total = 1
+    for values in lists:
+        total *= len(values)
+    if total <= MAX_PRECHECKED_JOBS:
+        return [list(job) for job in itertools.product(*lists)]
+    first = [values[0] for values in lists]
+    jobs = [first]
+    for i, values in enumerate(lists):
+        jobs += [first[:i] + [value] + first[i + 1 :] for value in values[1:]]
+    return jobs
+
+
+def compose_job(config_name: str, overrides: list[str]) -> JobConfig:
+    """Compose one job's configuration outside a Hydra run (so its run directory is not needed)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="engine"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    if "${hydra:" in str(OmegaConf.to_container(cfg.output, resolve=False).get("dir", "")):
+        cfg.output.dir = "."  # the run directory, known once Hydra runs the job
+    return job_config(cfg)
+
+
+def _agent_key(config: JobConfig) -> str:
+    from dataclasses import asdict
+
+    data = asdict(config)
+    return json.dumps({k: data[k] for k in _AGENT_KEYS} | {"player": config.store.player}, sort_keys=True, default=str)
+
+
+_PREPARED: dict[str, object] = {}  # prepared jobs of the precheck, by _agent_key, reused by jobs of this process
+
+
+def precheck(argv: list[str]) -> None:
+    """Check every job of a command line; raise :class:`ConfigError` with one line at the first bad one."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir \
+            or getattr(args, "experimental_rerun", None):
+        return  # Hydra's own modes, or a config tree this check does not see: the jobs check themselves
+    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
+    if len(modes) > 1:
+        raise ConfigError(f"only one of --run, --multirun, --cfg, --info and --shell-completion can be given, got {' '.join(modes)}")
+    overrides = list(args.overrides)
+    _renamed(overrides)
+    multirun = args.multirun or any(o.replace(" ", "") in ("hydra.mode=MULTIRUN",) for o in overrides)
+    try:
+        jobs = sweep_jobs(overrides, multirun)
+        configs = [compose_job(args.config_name or "main", job) for job in jobs]
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's and OmegaConf's composition errors, the schema's checks
+        raise ConfigError(_one_line(exc)) from None
+    if args.cfg:
+        return  # --cfg prints the configuration: nothing is loaded
+    from ..jobs.run import validate_job
+
+    checked: set[str] = set()
+    for config in configs:
+        key = _agent_key(config)
+        if key in checked or len(checked) >= MAX_PRECHECKED_AGENTS:
+            continue
+        checked.add(key)
+        try:
+            _PREPARED[key] = validate_job(config)
+        except ValueError as exc:  # EngineError, CheckpointError and the engine's argument checks
+            raise ConfigError(str(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    from ..core.errors import EngineError
+
+    if isinstance(exc, EngineError):
+        return str(exc)
+    if isinstance(exc, OverrideParseException):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "bad override"
+        return f"bad override: {first}"
+    if isinstance(exc, MissingConfigException):
+        options = getattr(exc, "options", None)
+        line = " ".join(str(exc).split("\n")[0].split())
+        return f"{line} (available: {', '.join(options)})" if options else line
+    cause = exc
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        return config_error(cause)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# --- the Hydra job ------------------------------------------------------------------------------------------
+
+def remove_empty_run_dir() -> None:
+    """Remove the run directory Hydra made for a job that wrote nothing (only ``.hydra/`` and its log)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        return
+    if not run_dir.is_dir():
+        return
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if any(p.name not in ours for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent  # outputs/<date> of the default run directory, if this job left it empty
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and parent.parent.name == "outputs" and parent.is_dir() \
+            and not any(parent.iterdir()):
+        parent.rmdir()
+        if not any(parent.parent.iterdir()):
+            parent.parent.rmdir()
+
+
+def _prepared_job(config: JobConfig):
+    from ..jobs.run import PreparedJob, validate_job
+
+    cached = _PREPARED.get(_agent_key(config))
+    if cached is None:
+        return validate_job(config)
+    return PreparedJob(config, cached.checkpoint, cached.agent)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="main")
+def hydra_main(cfg: DictConfig) -> None:
+    from ..core.errors import EngineError
+    from ..jobs.run import run_job
+
+    try:
+        config = job_config(cfg)
+        prepared = _prepared_job(config)
+    except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
+        remove_empty_run_dir()
+        fail(_one_line(exc))
+    try:
+        written = run_job(config, prepared)
+    except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
+        remove_empty_run_dir()
+        fail(str(exc))
+    log.info("saliency of %s by %s written to %s:", config.env.id, prepared.checkpoint, config.output.dir)
+    for name, path in written.items():
+        log.info("  %12s: %s", name, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: checked first (one line and exit code 2 for a bad one), then run by Hydra."""
+    argv = quote_enum_bools(list(sys.argv[1:] if argv is None else argv))
+    try:
+        precheck(argv)
+    except ConfigError as exc:
+        fail(str(exc))
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()
+
+
+# --- sweeps -------------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = (
+    "job", "env", "checkpoint", "method", "radius", "density", "interp", "compat", "state_alignment", "shard",
+    "num_shards", "frames", "frames_scored", "seconds_per_frame", "actor_mean", "actor_max", "critic_mean",
+    "critic_max", "complete", "output_dir",
+)
+
+
+def summary_rows(sweep_dir: Path) -> list[dict]:
+    """One row per job of a sweep directory, from each job's summary.json."""
+    from ..metrics.faithfulness import scalar_columns  # torch: not on the path of a command line that fails early
+
+    rows = []
+    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        s = json.loads(path.read_text())
+        c = s["config"]
+        rows.append(dict(
+            job=path.parent.name, env=c["env"]["id"], checkpoint=s["checkpoint"], method=c["saliency"]["method"],
+            radius=c["saliency"]["radius"], density=c["saliency"]["density"], interp=c["saliency"]["interp"],
+            compat=c["saliency"]["compat"], state_alignment=c["saliency"]["state_alignment"],
+            shard=c["store"]["shard"], num_shards=c["store"]["num_shards"], frames=s["frames"],
+            frames_scored=s.get("frames_scored"), seconds_per_frame=s.get("seconds_per_frame"),
+            actor_mean=s.get("actor_mean"), actor_max=s.get("actor_max"), critic_mean=s.get("critic_mean"),
+            critic_max=s.get("critic_max"), complete=s.get("complete", True), output_dir=str(path.parent),
+            **scalar_columns(s.get("metrics") or {}),
+        ))
+    return rows
+
+
+def summary_columns(rows: list[dict]) -> list[str]:
+    """SUMMARY_COLUMNS, then every metric column any job has (in first-seen order)."""
+    extra = dict.fromkeys(k for row in rows for k in row if k not in SUMMARY_COLUMNS)
+    return [*SUMMARY_COLUMNS, *extra]
+
+
+class SweepSummary(Callback):
+    """After a multirun, write ``summary.csv`` (one row per job) into the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = summary_rows(sweep_dir)
+        with open(sweep_dir / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
+            writer.writeheader()
+            writer.writerows(rows)
+        log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
+        if rows and OmegaConf.select(config, "output.report", default=True):
+            from ..core.errors import EngineError
+            from ..jobs.run import sweep_report
+
+            try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
+                log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))
+            except (EngineError, OSError) as exc:
+                log.warning("sweep report not written: %s", exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""Reading and writing: arrays with their settings, chunked stores, the checkpoint registry, overlays and movies."""

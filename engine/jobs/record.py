@@ -1,0 +1,100 @@
+"""Recording a game into a rollout store, chunk by chunk, resumable after an interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.policy import Policy, state_to
+from ..env.rollout import Player, rollout_from_steps
+from ..storage.store import (
+    FORMAT,
+    ROLLOUT_FIELDS,
+    ChunkStore,
+    RolloutStore,
+    check_writable,
+    engine_version,
+    rollout_layout,
+    writing_needed,
+)
+
+
+def record_rollout(
+    agent: Policy,
+    env_id: str,
+    num_steps: int,
+    root,
+    seed: int = 0,
+    greedy: bool = False,
+    chunk_steps: int = 256,
+    checkpoint_sha256: str = "",
+    extra: dict | None = None,
+    progress: bool = False,
+    storage_options: dict | None = None,
+    **pipeline_options,
+) -> RolloutStore:
+    """Play and record ``num_steps`` steps into a store, chunk by chunk; resumes an interrupted recording.
+
+    ``root`` is a directory or an fsspec URL (``s3://bucket/game``; ``storage_options`` for fsspec). The agent plays
+    in its own environment pipeline (``pipeline_options`` as for :func:`engine.env.rollout.rollout`); the
+    pipeline's settings, the action names and the shapes of the agent's state are recorded in the manifest.
+
+    Resuming replays the recorded actions in a fresh environment (seeded as before; checked against the
+    recorded frames of the last chunk), restores the action sampler's saved state and recomputes the
+    recurrent state from the last recorded step, so the finished store equals an uninterrupted recording.
+    """
+    if num_steps < 1 or chunk_steps < 1:
+        raise ValueError("num_steps and chunk_steps must be >= 1")
+    if writing_needed(root, "rollout", storage_options):
+        check_writable(root, storage_options)
+    player = Player(agent, env_id, seed, greedy, **pipeline_options)
+    identity = dict(
+        kind="rollout", format=FORMAT, engine=engine_version(), env_id=env_id, seed=seed, greedy=greedy,
+        num_steps=num_steps, chunk_steps=chunk_steps, checkpoint_sha256=checkpoint_sha256,
+        num_actions=agent.num_actions, state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
+        dtype=str(agent.dtype), pipeline=player.spec.to_dict(), action_names=list(player.action_names),
+    )
+    try:
+        layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))
+        rstore = RolloutStore(ChunkStore.open_or_create(root, identity, layout, num_steps, chunk_steps,
+                                                        extra, storage_options))
+        first = rstore.completed_chunks()
+    except BaseException:
+        player.close()
+        raise
+    if first == len(rstore.bounds):
+        player.close()
+        return rstore
+    try:
+        if first > 0:
+            _resume_player(player, rstore, first)
+        bar = tqdm(total=num_steps, initial=rstore.bounds[first][0], desc=f"record {env_id}", unit="step", disable=None if progress else True)
+        for k in range(first, len(rstore.bounds)):
+            a, b = rstore.bounds[k]
+            steps = [player.step() for _ in range(b - a)]
+            r = rollout_from_steps(steps)
+            arrays = {name: getattr(r, name) for name in ROLLOUT_FIELDS}
+            arrays.update({f"state_{i}": s for i, s in enumerate(r.states)})
+            arrays["sampler_state"] = player.sampler.get_state()
+            rstore.store.write(k, arrays)
+            bar.update(b - a)
+        bar.close()
+    finally:
+        player.close()
+    return rstore
+
+
+def _resume_player(player: Player, rstore: RolloutStore, done_chunks: int) -> None:
+    played = rstore.store.read_range(0, rstore.bounds[done_chunks][0], ("actions", "dones"))
+    last = rstore.store.read(done_chunks - 1)
+    player.replay(played["actions"], played["dones"], frames=last["frames"], observations=last["observations"])
+    player.sampler.set_state(torch.from_numpy(np.ascontiguousarray(last["sampler_state"])))
+    if not last["dones"][-1]:
+        agent = player.agent
+        state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(len(rstore.identity["state_shapes"])))
+        device, dtype = torch.device(agent.device), agent.dtype
+        with torch.inference_mode():
+            obs = torch.from_numpy(last["observations"][-1:]).to(device=device, dtype=dtype) / 255
+            out = agent(obs, state_to(state, device, dtype))
+        player.state = out.state

@@ -1,0 +1,105 @@
+"""Scoring a recorded game: saliency of every frame of a rollout store, streamed chunk by chunk into a saliency
+store, resumable and shardable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from tqdm.auto import tqdm
+
+from ..core.errors import EngineError
+from ..core.policy import Policy
+from ..core.replay import replay_states
+from ..core.saliency import compute_saliency, paper_shift
+from ..storage.store import (
+    FORMAT,
+    RESULT_NEUTRAL,
+    ChunkStore,
+    RolloutStore,
+    SaliencyStore,
+    check_writable,
+    engine_version,
+    saliency_layout,
+    writing_needed,
+)
+
+
+def score_store(
+    agent: Policy,
+    rollout_root,
+    root,
+    saliency,
+    checkpoint_sha256: str = "",
+    frames_per_chunk: int = 64,
+    shard: int = 0,
+    num_shards: int = 1,
+    progress: bool = False,
+    storage_options: dict | None = None,
+) -> SaliencyStore:
+    """Saliency of every frame of a rollout store, streamed chunk by chunk into a saliency store.
+
+    Args:
+        rollout_root, root: directories or fsspec URLs (``storage_options`` for fsspec, used for both).
+        saliency: a :class:`engine.core.saliency.SaliencyConfig`.
+        checkpoint_sha256: identifies ``agent``; if it is the agent that recorded the rollout, the recorded
+            states are used, otherwise the agent replays the recorded frames to get its own states (the
+            paper's "how does attention change during learning": every checkpoint sees the same game).
+        shard, num_shards: this job scores chunks ``k`` with ``k % num_shards == shard``; shards write
+            disjoint chunks of the same store, and their union equals a single run.
+
+    Chunks already in the store are skipped, so a killed job started again continues where it stopped.
+    """
+    if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
+    if frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+    if writing_needed(root, "saliency", storage_options):
+        check_writable(root, storage_options)
+    rstore = RolloutStore.open(rollout_root, storage_options)
+    if not rstore.complete:
+        raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
+    dtype = str(agent.dtype)
+    settings = {k: v for k, v in asdict(saliency).items() if k not in RESULT_NEUTRAL}
+    identity = dict(
+        kind="saliency", format=FORMAT, engine=engine_version(), rollout=rstore.identity,
+        checkpoint_sha256=checkpoint_sha256, dtype=dtype, saliency=settings,
+        frames_per_chunk=frames_per_chunk,
+    )
+    out = SaliencyStore(ChunkStore.open_or_create(root, identity, saliency_layout(agent, saliency), rstore.num_steps,
+                                                  frames_per_chunk, storage_options=storage_options))
+    bounds = out.bounds
+    done = out.store.completed()
+    todo = [k for k in range(len(bounds)) if k % num_shards == shard and not done[k]]
+    own_states = bool(checkpoint_sha256) and checkpoint_sha256 == rstore.identity["checkpoint_sha256"] and dtype == rstore.identity["dtype"]
+    bar = tqdm(total=sum(b - a for a, b in (bounds[k] for k in todo)), desc="saliency", unit="frame", disable=None if progress else True)
+    carry = agent.initial_state(1)
+    last_used: tuple = ()  # the states of the chunk before (replayed)
+    previous = None  # the state of the frame before the chunk (for the paper's off-by-one)
+    for k in range(len(bounds)):
+        if not todo or k > todo[-1]:
+            break
+        a, b = bounds[k]
+        if own_states:
+            if k not in todo:
+                continue
+            part = rstore.read(max(a - 1, 0), b)
+            states = part.states if a == 0 else tuple(s[1:] for s in part.states)
+            previous = None if a == 0 else tuple(s[:1] for s in part.states)
+            frames = part.observations if a == 0 else part.observations[1:]
+            actions = part.actions if a == 0 else part.actions[1:]
+        else:
+            part = rstore.read(a, b)
+            frames, actions = part.observations, part.actions
+            states, next_carry = replay_states(agent, frames, part.dones, carry, with_next=True)
+            previous = None if a == 0 else tuple(s.cpu() for s in last_used)
+            last_used = tuple(s[-1:] for s in states)
+            carry = next_carry
+            if k not in todo:
+                continue
+        if saliency.state_alignment == "paper":
+            states = paper_shift(states, previous)
+        maps = compute_saliency(agent, frames, states, saliency, actions=actions)
+        out.store.write(k, {key: value.numpy() for key, value in maps.items()})
+        bar.update(b - a)
+    bar.close()
+    return out

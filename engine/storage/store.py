@@ -1,0 +1,642 @@
+"""On-disk stores for long rollouts and their saliency: one zarr (v3) group per store.
+
+Layout (``xarray.open_zarr(root)`` opens either kind as one Dataset with named dimensions)::
+
+    <root>/zarr.json            group; attribute "manifest" = {kind, format, identity, layout, extra}
+    <root>/<array>/zarr.json    one array per field, chunked along time only
+    <root>/<array>/c/<k>/0/...  chunk k of that array: zstd (Blosc+zstd for floats) and a crc32c checksum
+    <root>/complete/c/<k>       the marker of logical chunk k, written after all of k's arrays
+
+A rollout store holds ``frames`` (step, frame_y, frame_x, frame_rgb) uint8, ``observations`` (step, obs_channel,
+obs_y, obs_x) uint8, ``logits`` (step, action), ``values``, ``actions``, ``rewards``, ``dones`` (step,), the agent's
+state tuple as ``state_0`` .. ``state_{n-1}`` (step, state_i_axis_1, ...) (none for a feed-forward agent), and
+per chunk ``sampler_state`` (chunk, sampler_byte) and ``complete`` (chunk,). A saliency store holds the maps
+(frame, map_y, map_x) and score grids (frame, grid_y, grid_x) of its method, e.g. ``actor``, ``critic``,
+``actor_scores``, ``critic_scores``, ``jacobian_actor``, and ``complete`` (chunk,).
+
+Guarantees (local paths; see README for object storage):
+
+- **Atomic chunks.** Every key is written to a temporary file and renamed; a logical chunk counts only once its
+  ``complete`` marker is there, and the marker is written after all of the chunk's arrays. A job killed at any
+  point is resumed at the first missing chunk and ends with the arrays of an uninterrupted run.
+- **One manifest, written once.** The group (manifest and every array's metadata) is built in a temporary
+  directory beside ``root`` and renamed into place, so of two concurrent creators exactly one wins and the other
+  compares its identity with the winner's. Shard writers never rewrite it. A directory that is not empty but has
+  no manifest is never adopted.
+- **Refusal to mix.** The manifest's identity (environment, seed, checkpoint sha256, settings, chunk sizes, engine
+  version, pipeline, state shapes, action names) must match exactly; a difference is named in the error.
+- **Integrity.** Each array's shape, chunking and dtype are checked against the manifest when the store is opened;
+  a chunk that fails its checksum, decodes to the wrong size or is absent under a set marker raises
+  :class:`StoreIntegrityError` naming the array and chunk, and its marker is cleared so the next run recomputes it.
+- Opening a store deletes nothing: another writer's in-progress chunk stays as it is. A killed writer's
+  temporary files (``.<key>.*.partial``) stay too; no reader looks at them (delete them when no job writes).
+
+Memory: recording holds one chunk of steps; scoring holds one chunk of frames, its maps and one batch of
+perturbations, whatever the rollout length.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore, WrapperStore
+
+from ..core.batching import chunk_bounds
+from ..core.errors import EngineError
+from ..core.masks import grid_shape
+from ..core.policy import Policy
+from ..core.saliency import SaliencyConfig
+from ..env.rollout import Rollout
+from .arrays import atomic_path
+
+FORMAT = 3  # 3: zarr v3 groups (2: chunked .npz files with manifest.json)
+ROLLOUT_FIELDS = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
+MARKER = "complete"
+MANIFEST = "manifest"
+CHUNK_AXIS = "chunk"
+
+
+class StoreMismatchError(EngineError):
+    """An existing store was written with other settings, another checkpoint or another engine version."""
+
+
+class StoreIntegrityError(EngineError):
+    """A store whose contents do not match its manifest: a corrupt, missing or misshapen chunk or array."""
+
+
+def engine_version() -> str:
+    try:
+        return version("atari-saliency-engine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def is_url(root) -> bool:
+    """Whether ``root`` names object storage through fsspec (``s3://bucket/path``, ``gs://...``)."""
+    return isinstance(root, str) and "://" in root
+
+
+def _root_arg(root):
+    return root if is_url(root) else Path(root)
+
+
+# --- the key-value layer under zarr ------------------------------------------------------------------------------
+
+
+class _Keys(WrapperStore):
+    """The zarr store under a store. On local paths every key is written to a temporary file beside it and renamed
+    (so a reader or a killed writer never sees half a key, whatever zarr version). In strict mode an absent chunk
+    key is an error instead of zarr's silent fill value: under a set marker every chunk key must be there.
+    ``reads`` (when a list) records every key read (tests use it to see that a slice loads only its chunks)."""
+
+    def __init__(self, store, local_root: Path | None = None):
+        super().__init__(store)
+        self.local_root = local_root
+        self.strict = False
+        self.reads: list[str] | None = None
+
+    def _with_store(self, store):
+        return type(self)(store, self.local_root)
+
+    async def get(self, key, prototype, byte_range=None):
+        if self.reads is not None:
+            self.reads.append(key)
+        value = await self._store.get(key, prototype, byte_range)
+        if value is None and self.strict and "/c/" in key:
+            raise _MissingChunk(key)
+        return value
+
+    async def set(self, key, value):
+        if self.local_root is None:  # object storage: one PUT is atomic already
+            return await self._store.set(key, value)
+        self._check_writable()
+        target = self.local_root / key
+        tmp = atomic_path(target)
+        try:
+            tmp.write_bytes(value.to_bytes())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class _MissingChunk(KeyError):
+    pass
+
+
+def _open_keys(root, storage_options: dict | None, read_only: bool) -> _Keys:
+    if is_url(root):
+        from zarr.storage import FsspecStore
+
+        return _Keys(FsspecStore.from_url(root, storage_options=storage_options or {}, read_only=read_only))
+    return _Keys(LocalStore(Path(root), read_only=read_only), Path(root))
+
+
+def _fs(root, storage_options):
+    import fsspec
+
+    return fsspec.core.url_to_fs(root, **(storage_options or {}))
+
+
+def store_exists(root, storage_options: dict | None = None) -> bool:
+    """Whether a store (its group's ``zarr.json``) is at ``root`` (a path or an fsspec URL)."""
+    if is_url(root):
+        fs, path = _fs(root, storage_options)
+        return fs.exists(f"{path.rstrip('/')}/zarr.json")
+    return (Path(root) / "zarr.json").is_file()
+
+
+# --- layout: which arrays a store holds, with their shapes, dtypes and dimension names ----------------------------
+
+
+def _entry(tail, dtype, dims, per="time") -> dict:
+    return {"tail": [int(n) for n in tail], "dtype": np.dtype(dtype).str, "dims": list(dims), "per": per}
+
+
+def _torch_dtype_str(dtype: torch.dtype) -> str:
+    return np.dtype(torch.empty((), dtype=dtype).numpy().dtype).str
+
+
+def rollout_layout(agent: Policy, frame_shape, observation_shape) -> dict:
+    """The arrays of a rollout store: name -> {tail shape, dtype, dimension names, per time step or chunk}."""
+    dtype = _torch_dtype_str(agent.dtype)
+    layout = {
+        "frames": _entry(frame_shape, np.uint8, ("frame_y", "frame_x", "frame_rgb")),
+        "observations": _entry(observation_shape, np.uint8, ("obs_channel", "obs_y", "obs_x")),
+        "logits": _entry([agent.num_actions], dtype, ("action",)),
+        "values": _entry([], dtype, ()),
+        "actions": _entry([], np.int64, ()),
+        "rewards": _entry([], np.float32, ()),
+        "dones": _entry([], np.bool_, ()),
+    }
+    for i, s in enumerate(agent.initial_state(1)):
+        tail = list(s.shape[1:])
+        layout[f"state_{i}"] = _entry(tail, _torch_dtype_str(s.dtype), [f"state_{i}_axis_{j + 1}" for j in range(len(tail))])
+    layout["sampler_state"] = _entry([torch.Generator().get_state().numel()], np.uint8, ("sampler_byte",), per="chunk")
+    return layout
+
+
+def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict:
+    """The arrays of a saliency store for ``saliency.method``: maps (H, W) of the observation, score grids."""
+    size = tuple(agent.observation_shape[1:])
+    dtype = _torch_dtype_str(agent.dtype)
+    layout = {}
+    if saliency.method in ("perturbation", "both"):
+        for key in ("actor", "critic"):
+            layout[key] = _entry(size, dtype, ("map_y", "map_x"))
+        for key in ("actor_scores", "critic_scores"):
+            layout[key] = _entry(grid_shape(saliency.density, size), dtype, ("grid_y", "grid_x"))
+    if saliency.method in ("jacobian", "both"):
+        prefix = "" if saliency.method == "jacobian" else "jacobian_"
+        for key in ("actor", "critic"):
+            layout[prefix + key] = _entry(size, dtype, ("map_y", "map_x"))
+    return layout
+
+
+def _compressors(dtype: np.dtype) -> tuple:
+    # floats compress far better byte-shuffled (Blosc); bytes and booleans (frames, observations) with plain zstd.
+    # crc32c last: it checksums the stored bytes of every chunk.
+    if dtype.kind == "f":
+        return (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=dtype.itemsize), Crc32cCodec())
+    return (ZstdCodec(level=3), Crc32cCodec())
+
+
+# --- the store ---------------------------------------------------------------------------------------------------
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _difference(existing: dict, wanted: dict) -> str:
+    a, b = _flat(existing), _flat(wanted)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "; ".join(f"{k}: store has {a.get(k)!r}, this job {b.get(k)!r}" for k in keys)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))  # as it reads back from the attributes
+
+
+class ChunkStore:
+    """One zarr group of arrays chunked along time, with a manifest and per-chunk markers (module docstring).
+
+    ``root`` is a local path or an fsspec URL (``s3://bucket/path``; ``storage_options`` as fsspec takes them).
+    """
+
+    def __init__(self, root, storage_options: dict | None = None, read_only: bool = False):
+        self.root, self.storage_options, self.read_only = _root_arg(root), storage_options, read_only
+        if not store_exists(self.root, storage_options):  # checked first: opening would create the directory
+            raise EngineError(f"{self.root} is not a store (no zarr.json): record or score into it first")
+        self.keys = _open_keys(self.root, storage_options, read_only)
+        self.group = zarr.open_group(self.keys, mode="r" if read_only else "r+", use_consolidated=False)
+        manifest = self.group.attrs.get(MANIFEST)
+        if not isinstance(manifest, dict) or "identity" not in manifest or "layout" not in manifest:
+            raise EngineError(
+                f"{self.root} is a zarr group without a store manifest (attribute {MANIFEST!r}): not adopting it; "
+                "delete it or use another path"
+            )
+        self.manifest = manifest
+        self.arrays = {name: self._checked_array(name, entry) for name, entry in self.layout.items()}
+        self.marker = self._checked_array(MARKER, _entry([], np.bool_, (), per="chunk"))
+
+    # manifest ---------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict:
+        return self.manifest["identity"]
+
+    @property
+    def layout(self) -> dict:
+        return self.manifest["layout"]
+
+    @property
+    def length(self) -> int:
+        return int(self.manifest["length"])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.manifest["chunk"])
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return chunk_bounds(self.length, self.chunk)
+
+    def _expected(self, entry: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        lead, step = (self.length, self.chunk) if entry["per"] == "time" else (len(self.bounds), 1)
+        return (lead, *entry["tail"]), (step, *entry["tail"])
+
+    def _checked_array(self, name: str, entry: dict):
+        try:
+            array = self.group[name]
+        except KeyError as exc:
+            raise StoreIntegrityError(f"the store {self.root} lacks its array {name!r}: it is damaged; delete it and run again") from exc
+        shape, chunks = self._expected(entry)
+        found = (tuple(array.shape), tuple(array.chunks), np.dtype(array.dtype).str)
+        if found != (shape, chunks, np.dtype(entry["dtype"]).str):
+            raise StoreIntegrityError(
+                f"the store {self.root}: array {name!r} has shape {found[0]}, chunks {found[1]}, dtype {found[2]}, but its "
+                f"manifest says shape {shape}, chunks {chunks}, dtype {entry['dtype']}: it is damaged; delete it and run again"
+            )
+        return array.with_config({"write_empty_chunks": True})  # every chunk stored, so an absent key is an error
+
+    # creation ---------------------------------------------------------------------------------------------
+    @classmethod
+    def open_or_create(cls, root, identity: dict, layout: dict, length: int, chunk: int, extra: dict | None = None,
+                       storage_options: dict | None = None) -> "ChunkStore":
+        """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
+        create it atomically (module docstring)."""
+        manifest = _jsonable(dict(kind=identity["kind"], format=FORMAT, identity=identity, layout=layout,
+                                  length=length, chunk=chunk, extra=extra or {}))
+        root = _root_arg(root)
+        if not store_exists(root, storage_options):
+            _refuse_foreign(root, storage_options)
+            try:
+                _create(root, manifest, storage_options)
+            except OSError as exc:
+                raise EngineError(f"cannot create the store {root}: {exc.strerror or exc}") from exc
+        store = cls(root, storage_options)
+        if store.identity != manifest["identity"]:
+            raise StoreMismatchError(
+                f"the store {root} was written with other settings ({_difference(store.identity, manifest['identity'])}): "
+                "refusing to mix them; use another directory, or delete this one to start over"
+            )
+        if (store.layout, store.length, store.chunk) != (manifest["layout"], manifest["length"], manifest["chunk"]):
+            raise StoreMismatchError(f"the store {root} holds arrays of other shapes than this job makes: use another directory")
+        return store
+
+    @classmethod
+    def open_kind(cls, root, kind: str, storage_options: dict | None = None, read_only: bool = False) -> "ChunkStore":
+        """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
+        _refuse_old_format(_root_arg(root), storage_options)
+        store = cls(root, storage_options, read_only=read_only)
+        if store.identity.get("kind") != kind:
+            raise EngineError(f"{root} is a {store.identity.get('kind')} store, not a {kind} store")
+        return store
+
+    # chunks -------------------------------------------------------------------------------------------------
+    def completed(self) -> np.ndarray:
+        """(num_chunks,) bool: which logical chunks are marked complete."""
+        try:
+            return np.asarray(self.marker[:], dtype=bool)
+        except Exception:  # a damaged marker counts as missing: read them one by one
+            done = np.zeros(len(self.bounds), dtype=bool)
+            for k in range(len(done)):
+                try:
+                    done[k] = bool(self.marker[k])
+                except Exception:
+                    done[k] = False
+            return done
+
+    def has(self, index: int) -> bool:
+        try:
+            return bool(self.marker[index])
+        except Exception:
+            return False
+
+    def write(self, index: int, arrays: dict) -> None:
+        """Write logical chunk ``index``: every array of the layout (``(b - a, ...)`` per time step, one row per
+        chunk), then its marker."""
+        a, b = self.bounds[index]
+        missing, extra = set(self.layout) - set(arrays), set(arrays) - set(self.layout)
+        if missing or extra:
+            raise EngineError(f"chunk {index} of {self.root}: missing arrays {sorted(missing)}, unexpected {sorted(extra)}")
+        data = {}
+        for name, entry in self.layout.items():
+            value = arrays[name]
+            value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            want = ((b - a) if entry["per"] == "time" else 1, *entry["tail"])
+            value = value.reshape(want) if entry["per"] == "chunk" and value.size == int(np.prod(want)) else value
+            if value.shape != want or value.dtype.str != np.dtype(entry["dtype"]).str:
+                raise EngineError(
+                    f"chunk {index} of {self.root}: {name!r} is {value.shape} {value.dtype}, the store holds {want} "
+                    f"{np.dtype(entry['dtype'])}: the agent or settings differ from the store's manifest"
+                )
+            data[name] = value
+        for name, value in data.items():
+            if self.layout[name]["per"] == "time":
+                self.arrays[name][a:b] = value
+            else:
+                self.arrays[name][index : index + 1] = value
+        self.marker[index] = True
+
+    def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Logical chunk ``index``: per-step arrays ``(b - a, ...)``; per-chunk ones as their row ``(...)``."""
+        a, b = self.bounds[index]
+        out = {}
+        for name in keys or tuple(self.layout):
+            if self.layout[name]["per"] == "time":
+                out[name] = self._read(name, a, b)
+            else:
+                out[name] = self._read(name, index, index + 1)[0]
+        return out
+
+    def read_range(self, start: int, stop: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Steps ``start..stop-1`` of the per-step arrays, loading only the chunks that hold them."""
+        names = keys or tuple(k for k, e in self.layout.items() if e["per"] == "time")
+        return {name: self._read(name, start, stop) for name in names}
+
+    @contextmanager
+    def _strict(self):
+        self.keys.strict = True
+        try:
+            yield
+        finally:
+            self.keys.strict = False
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        array = self.arrays[name]
+        try:
+            with self._strict():
+                return array[start:stop]
+        except Exception as first:
+            # find which chunk failed (zarr's error does not say), unmark it so the next run recomputes it
+            per_time = self.layout[name]["per"] == "time"
+            chunks = [k for k, (a, b) in enumerate(self.bounds) if (a < stop and b > start if per_time else start <= k < stop)]
+            for k in chunks:
+                a, b = self.bounds[k] if per_time else (k, k + 1)
+                try:
+                    with self._strict():
+                        array[a:b]
+                except Exception as exc:
+                    reason = f"its key {exc.args[0]!r} is missing" if isinstance(exc, _MissingChunk) else str(exc)
+                    cleared = self._unmark(k)
+                    steps = f"steps {self.bounds[k][0]}..{self.bounds[k][1] - 1}"
+                    raise StoreIntegrityError(
+                        f"the store {self.root}: chunk {k} ({steps}) of {name!r} is damaged ({reason}); "
+                        + ("it is marked incomplete and will be recomputed by the next run" if cleared else
+                           "it could not be marked incomplete (read-only store): delete the store and run again")
+                    ) from exc
+            raise first
+
+    def _unmark(self, index: int) -> bool:
+        try:
+            marker = self.marker if not self.read_only else ChunkStore(self.root, self.storage_options).marker
+            marker[index] = False
+            return True
+        except Exception:
+            return False
+
+
+def _refuse_old_format(root, storage_options) -> None:
+    if not is_url(root) and (Path(root) / "manifest.json").is_file():
+        raise EngineError(
+            f"{root} is a store of an older engine (format 2: .npz chunks and manifest.json): delete it or use "
+            "another path; this engine writes zarr stores"
+        )
+
+
+def _refuse_foreign(root, storage_options) -> None:
+    """A path that holds something but no store is never adopted."""
+    _refuse_old_format(root, storage_options)
+    if is_url(root):
+        fs, path = _fs(root, storage_options)
+        if fs.exists(path) and fs.ls(path):
+            raise EngineError(f"{root} holds objects but no store manifest (zarr.json): not adopting them; delete them or use another path")
+        return
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise EngineError(f"the store path {root} is a file, not a directory: use another path")
+    if root.is_dir() and any(root.iterdir()):
+        raise EngineError(
+            f"{root} is not empty but has no store manifest (zarr.json with {MANIFEST!r}): not adopting its files; "
+            "delete it or use another path"
+        )
+
+
+def _build(keys, manifest: dict) -> None:
+    group = zarr.create_group(keys, zarr_format=3, attributes={MANIFEST: manifest})
+    length, chunk = manifest["length"], manifest["chunk"]
+    num_chunks = len(chunk_bounds(length, chunk))
+    time_dim = "step" if manifest["kind"] == "rollout" else "frame"
+    entries = dict(manifest["layout"])
+    entries[MARKER] = _entry([], np.bool_, (), per="chunk")
+    for name, entry in entries.items():
+        per_time = entry["per"] == "time"
+        dtype = np.dtype(entry["dtype"])
+        group.create_array(
+            name, shape=((length if per_time else num_chunks), *entry["tail"]),
+            chunks=((chunk if per_time else 1), *entry["tail"]), dtype=dtype,
+            fill_value=False if dtype.kind == "b" else 0, compressors=_compressors(dtype),
+            dimension_names=((time_dim if per_time else CHUNK_AXIS), *entry["dims"]),
+        )
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray reads it
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(keys)
+
+
+def _create(root, manifest: dict, storage_options) -> None:
+    if is_url(root):
+        # no atomic rename on object storage: built in memory, then uploaded with the group's zarr.json (the
+        # manifest) last, so a store whose manifest is visible has all its arrays. Two creators can still both
+        # upload (each PUT wins alone): the identity check after creation catches most, not all, such races.
+        keys: dict = {}
+        _build(zarr.storage.MemoryStore(store_dict=keys), manifest)
+        fs, path = _fs(root, storage_options)
+        path = path.rstrip("/")
+        fs.pipe({f"{path}/{k}": v.to_bytes() for k, v in keys.items() if k != "zarr.json"})
+        fs.pipe_file(f"{path}/zarr.json", keys["zarr.json"].to_bytes())
+        fs.invalidate_cache()
+        return
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.creating-{uuid.uuid4().hex[:8]}-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        _build(_Keys(LocalStore(tmp), tmp), manifest)
+        try:
+            os.rename(tmp, root)  # atomic; replaces only an absent or empty directory
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # another creator won: the caller opens its store and compares identities
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def check_writable(root, storage_options: dict | None = None) -> None:
+    """Fail with one line, before any work, if ``root`` cannot hold a store that this job writes to: a file,
+    something inside a file, or a read-only place. Local paths are probed by writing a temporary file."""
+    if is_url(root):
+        return  # object storage: credentials and permissions show at the first write
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise EngineError(f"the store path {root} is a file, not a directory: use another path")
+    place = root
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise EngineError(f"the store path {root} is inside a file ({place}): use another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EngineError(f"the store path {root} is not writable ({place}: {exc.strerror or exc}): use a writable path") from None
+
+
+def writing_needed(root, kind: str, storage_options) -> bool:
+    """Whether a job would write to the store at ``root``: it is absent or not complete."""
+    if not store_exists(root, storage_options):
+        return True
+    try:
+        store = ChunkStore.open_kind(root, kind, storage_options, read_only=True)
+    except EngineError:
+        return True  # the open proper reports it
+    return not store.completed().all()
+
+
+# --- rollouts ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutStore:
+    """A recorded rollout on disk; :meth:`read` gives the same :class:`Rollout` an in-memory rollout gives."""
+
+    store: ChunkStore
+
+    @classmethod
+    def open(cls, root, storage_options: dict | None = None) -> "RolloutStore":
+        return cls(ChunkStore.open_kind(root, "rollout", storage_options))
+
+    @property
+    def identity(self) -> dict:
+        return self.store.identity
+
+    @property
+    def num_steps(self) -> int:
+        return self.store.length
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return self.store.bounds
+
+    def completed_chunks(self) -> int:
+        """How many leading chunks are finished."""
+        done = self.store.completed()
+        return int(np.argmin(done)) if not done.all() else len(done)
+
+    @property
+    def complete(self) -> bool:
+        return self.completed_chunks() == len(self.bounds)
+
+    def read(self, start: int = 0, stop: int | None = None) -> Rollout:
+        """Steps ``start..stop-1`` as a :class:`Rollout`, loading only the chunks that hold them."""
+        stop = self.num_steps if stop is None else stop
+        if not 0 <= start < stop <= self.num_steps:
+            raise ValueError(f"steps {start}..{stop} are outside the store's 0..{self.num_steps}")
+        done = self.store.completed()
+        needed = [k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start]
+        missing = [k for k in needed if not done[k]]
+        if missing:
+            raise EngineError(f"the rollout store {self.store.root} is incomplete (chunk {missing[0]} missing): resume recording first")
+        n_states = len(self.identity["state_shapes"])
+        cat = self.store.read_range(start, stop, ROLLOUT_FIELDS + tuple(f"state_{i}" for i in range(n_states)))
+        states = tuple(torch.from_numpy(cat[f"state_{i}"]) for i in range(n_states))
+        fields = {name: torch.from_numpy(cat[name]) for name in ROLLOUT_FIELDS}
+        return Rollout(states=states, env_id=self.identity["env_id"], seed=self.identity["seed"],
+                       greedy=self.identity["greedy"], action_names=tuple(self.identity["action_names"]),
+                       pipeline=self.identity["pipeline"], **fields)
+
+
+# --- saliency ------------------------------------------------------------------------------------------------------
+
+# settings that do not change a single bit of the maps (tested) and so may differ between resumed runs
+RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batch")
+
+
+@dataclass
+class SaliencyStore:
+    """Maps and score grids of a rollout store, chunk by chunk (``actor``, ``critic``, ``actor_scores``, ...)."""
+
+    store: ChunkStore
+
+    @classmethod
+    def open(cls, root, storage_options: dict | None = None) -> "SaliencyStore":
+        return cls(ChunkStore.open_kind(root, "saliency", storage_options))
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return self.store.bounds
+
+    def missing(self) -> list[int]:
+        return [int(k) for k in np.flatnonzero(~self.store.completed())]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def read(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Frames ``start..stop-1`` of every map and score grid (all by default), loading only their chunks; the
+        chunks must be complete."""
+        stop = self.store.length if stop is None else stop
+        needed = {k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start}
+        missing = [k for k in self.missing() if k in needed]
+        if missing:
+            raise EngineError(f"the saliency store {self.store.root} lacks chunks {missing[:10]}: run the missing shards")
+        return self.store.read_range(start, stop)

@@ -1,0 +1,365 @@
+"""``report.html``: a self-contained page to look at a run (and a sweep) in a browser, from disk, with no server.
+
+The page holds everything inline (no CDN, no network): the game frames as lossless WebP sprite sheets (a vertical
+strip of ``frames_per_sheet`` frames each), every saliency map quantised to uint8 per frame (its own min..max,
+both kept as floats so the browser rescales it exactly) in grayscale WebP sheets, per-frame series (value, chosen
+action, reward, episode end, mean and max of every map) as JSON, and the viewer (``report_assets``: HTML, CSS
+and JavaScript). The browser draws the maps over the frame on a canvas with its own colormap, so toggling an
+overlay or a normalisation is instant.
+
+Built by streaming: the builder reads ``frames[a:b]`` and ``maps[k][a:b]`` one window of ``frames_per_sheet``
+frames at a time, from anything that slices along time and has ``.shape`` (numpy arrays, torch tensors, zarr
+arrays, or a :class:`WindowedArray` over a reader such as a store), encodes that window and appends it to the
+file. The page is written to a temporary file and renamed, so a reader never sees half a page.
+
+Size: Atari frames are flat colours and repeat within a sheet; lossless WebP holds them in 20-70 bytes a frame
+(measured on sheets of 32 frames of Pong, Breakout, Space Invaders). Perturbation maps take about 0.5 kB a frame,
+Jacobian maps about 3.3 kB (they are noisy): about 11 kB a frame with all four kinds, after base64. A window
+whose sheets (frames and maps together) exceed ``max_bytes_per_frame`` a frame (noise-like content) is re-encoded
+lossy, quality stepping down, and the page says which windows are lossy; no frame is ever dropped.
+
+Shapes: frames uint8 ``(T, 210, 160, 3)``; maps float ``(T, H, W)`` (80x80 maps of the 2017 agents cover frame
+rows 35..194, any other size the whole frame: :func:`engine.viz.rendering.map_rows`); series ``(T,)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..core.errors import EngineError
+from ..core.preprocessing import FRAME_SHAPE
+from ..storage.arrays import atomic_path
+from .rendering import map_rows
+from .report_assets import APP_JS, PAGE_CSS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAP_KINDS", "Panel", "WindowedArray", "write_report", "write_sweep_report", "read_report_data",
+    "decode_sheet", "sheet_size",
+]
+
+MAP_KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+MAP_LABELS = {"actor": "actor (perturbation)", "critic": "critic (perturbation)",
+              "jacobian_actor": "actor (Jacobian)", "jacobian_critic": "critic (Jacobian)"}
+FRAMES_PER_SHEET = 32  # 32 x 210 rows: well inside WebP's 16383-pixel limit, and few decodes in the browser
+MAX_BYTES_PER_FRAME = 24_000  # frames + all maps, before base64: 2,000 frames stay under 50 MB with base64
+LOSSY_QUALITIES = (90, 75, 50, 30)  # tried in turn for a sheet over the budget (noise-like content)
+_WEBP_MAX = 16383
+
+
+class WindowedArray:
+    """An array-like over a reader of time windows: ``read(start, stop)`` returns the rows ``start..stop-1``.
+
+    Lets the builder stream from any store (a store's ``read(start, stop)``) without knowing it. Shape: ``shape``
+    (the first axis is time); only slices with step 1 are supported."""
+
+    def __init__(self, read: Callable[[int, int], object], shape: Sequence[int]):
+        if not callable(read):
+            raise TypeError(f"read must be a function read(start, stop), got {type(read).__name__}")
+        self.read = read
+        self.shape = tuple(int(s) for s in shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a WindowedArray is read by time windows only: use array[start:stop]")
+        start, stop, _ = index.indices(self.shape[0])
+        return _numpy(self.read(start, max(start, stop)))
+
+
+@dataclass
+class Panel:
+    """One set of maps shown over the frames: a job (or the run). ``maps``: kind -> array-like ``(T, H, W)``;
+    ``link``: a page to open for this job (sweeps); ``label``: what the panel's title says."""
+
+    name: str
+    maps: dict = field(default_factory=dict)
+    label: str = ""
+    link: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- inputs ---
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _length(x, name: str) -> int:
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise EngineError(f"{name} must be an array with time as its first axis (numpy, torch, zarr), got "
+                          f"{type(x).__name__}: pass an array, or a WindowedArray over a reader")
+    return int(shape[0])
+
+
+def _check_inputs(frames, panels: list[Panel], series: dict) -> int:
+    n = _length(frames, "frames")
+    if n < 1:
+        raise EngineError("frames is empty: a report needs at least one frame")
+    if tuple(frames.shape[1:]) != FRAME_SHAPE:
+        raise EngineError(f"frames must be raw ALE frames (T, 210, 160, 3) uint8, got shape {tuple(frames.shape)}: "
+                          "pass the rollout's frames, not its observations")
+    for panel in panels:
+        for kind, maps in panel.maps.items():
+            if kind not in MAP_KINDS:
+                raise EngineError(f"unknown map kind {kind!r} in panel {panel.name!r}: use {', '.join(MAP_KINDS)}")
+            shape = tuple(getattr(maps, "shape", ()))
+            if len(shape) != 3 or min(shape[1:]) < 2:
+                raise EngineError(f"{panel.name}: {kind} maps must be (T, H, W), got shape {shape}")
+            if shape[0] != n:
+                raise EngineError(f"{panel.name}: {kind} holds {shape[0]} maps for {n} frames: pass one map per frame")
+    for name, values in series.items():
+        if values is not None and _length(values, name) != n:
+            raise EngineError(f"{name} holds {_length(values, name)} values for {n} frames: pass one per frame")
+    return n
+
+
+# ------------------------------------------------------------------------------------------- encoding ---
+
+def _webp(image: np.ndarray, lossless: bool, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    mode = "L" if image.ndim == 2 else "RGB"
+    # lossless: method 1 at effort ("quality") 10 is 2x faster than method 4 at 50 and within 3% of its size on
+    # Atari frames and maps (measured on Pong frames, perturbation and Jacobian maps)
+    Image.fromarray(np.ascontiguousarray(image), mode).save(buffer, format="WEBP", lossless=lossless,
+                                                            quality=10 if lossless else quality,
+                                                            method=1 if lossless else 4)
+    return buffer.getvalue()
+
+
+def _data_uri(data: bytes) -> str:
+    return "data:image/webp;base64," + base64.b64encode(data).decode("ascii")
+
+
+def quantise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float maps ``(N, H, W)`` -> uint8 maps scaled to each map's own ``min..max``, and those ``(N,)`` minima
+    and maxima (float64): ``map ~= lo + q / 255 * (hi - lo)``, within half a step of 255."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if not np.isfinite(maps).all():
+        raise EngineError("saliency maps hold NaN or infinite values: fix the saliency computation (or nan_to_num it)")
+    lo, hi = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((maps - lo[:, None, None]) / span[:, None, None] * 255.0).astype(np.uint8)
+    return q, lo, hi
+
+
+def _strip(stack: np.ndarray) -> np.ndarray:
+    """(N, H, W[, 3]) -> a vertical strip (N * H, W[, 3]): frame i at rows i*H..(i+1)*H-1."""
+    return stack.reshape(-1, *stack.shape[2:])
+
+
+def _encode_window(strips: list[np.ndarray], budget: float) -> tuple[list[bytes], bool]:
+    """Every strip of one window as WebP: lossless if all of them together fit ``budget`` bytes, else all lossy
+    at the first quality of LOSSY_QUALITIES that fits (the last one if none does). Returns (encoded, lossy)."""
+    encoded = [_webp(strip, lossless=True) for strip in strips]
+    if sum(map(len, encoded)) <= budget:
+        return encoded, False
+    for quality in LOSSY_QUALITIES:
+        encoded = [_webp(strip, lossless=False, quality=quality) for strip in strips]
+        if sum(map(len, encoded)) <= budget:
+            break
+    return encoded, True
+
+
+def sheet_size(uri: str) -> tuple[int, int]:
+    """``(width, rows)`` of a sheet from its data URI, read from the WebP header (nothing decoded)."""
+    return Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))).size
+
+
+def decode_sheet(uri: str) -> np.ndarray:
+    """A sheet's pixels from its data URI (for tests and tools): uint8 ``(rows, W, 3)``."""
+    head, _, payload = uri.partition(",")
+    if head != "data:image/webp;base64":
+        raise EngineError(f"not a WebP data URI: {head[:40]!r}")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------------- page ---
+
+def _finite(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON has neither; the browser would refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_script(value) -> str:
+    # inside <script>, "</script>" or "<!--" in a setting would end the element: escape every "<" (JSON allows it)
+    return json.dumps(_finite(value), default=str, allow_nan=False).replace("<", "\\u003c")
+
+
+def _clean(values: np.ndarray) -> list:
+    """Floats for JSON: NaN and infinities become null (JSON has neither)."""
+    values = np.asarray(values, dtype=np.float64)
+    return [None if not math.isfinite(v) else float(v) for v in values.tolist()]
+
+
+def _page_head(title: str) -> str:
+    safe = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data: blob:; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+        "<link rel=\"icon\" href=\"data:,\">"  # no favicon request (no network, no console error)
+        f"<title>{safe}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
+        "<noscript>This page needs JavaScript to show the frames and plots.</noscript>\n"
+    )
+
+
+def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, table: dict | None,
+                frames_per_sheet: int, max_bytes_per_frame: float) -> Path:
+    """Stream the page to ``path`` (atomically). ``frames`` None: a page with the table and links only."""
+    if not (isinstance(frames_per_sheet, int) and 1 <= frames_per_sheet <= _WEBP_MAX // FRAME_SHAPE[0]):
+        raise EngineError(f"frames_per_sheet must be in 1..{_WEBP_MAX // FRAME_SHAPE[0]} (WebP's size limit), "
+                          f"got {frames_per_sheet!r}")
+    if not (isinstance(max_bytes_per_frame, (int, float)) and max_bytes_per_frame > 0):
+        raise EngineError(f"max_bytes_per_frame must be a number > 0, got {max_bytes_per_frame!r}")
+    path = Path(path)
+    n = 0 if frames is None else _check_inputs(frames, panels, series)
+    kinds = [k for k in MAP_KINDS if any(k in p.maps for p in panels)]
+    data: dict = dict(meta, frames=n, frames_per_sheet=frames_per_sheet, frame_shape=list(FRAME_SHAPE),
+                      panels=[], kinds=kinds, labels={k: MAP_LABELS[k] for k in kinds}, lossy_sheets=[], table=table,
+                      series={})
+    stats = [{k: {"mean": [], "max": [], "lo": [], "hi": []} for k in p.maps} for p in panels]
+    columns = {name: [] for name, values in series.items() if values is not None}
+    tmp = atomic_path(path, ".html")
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(_page_head(meta.get("title", "report")))
+            out.write("<script>window.REPORT_SHEETS={frames:[],maps:" + _json_script([{k: [] for k in p.maps} for p in panels])
+                      + "};</script>\n")
+            for sheet, start in enumerate(range(0, n, frames_per_sheet)):
+                stop = min(n, start + frames_per_sheet)
+                window = _numpy(frames[start:stop])
+                if window.shape != (stop - start, *FRAME_SHAPE) or window.dtype != np.uint8:
+                    raise EngineError(f"frames[{start}:{stop}] gave {window.dtype} {window.shape}, expected uint8 "
+                                      f"{(stop - start, *FRAME_SHAPE)}: pass the raw uint8 frames")
+                strips, targets = [_strip(window)], ["REPORT_SHEETS.frames"]
+                for i, panel in enumerate(panels):
+                    for kind, maps in panel.maps.items():
+                        block = _numpy(maps[start:stop])
+                        if block.shape != (stop - start, *panel.maps[kind].shape[1:]):
+                            raise EngineError(f"{panel.name}: {kind}[{start}:{stop}] gave shape {block.shape}, "
+                                              f"expected {(stop - start, *panel.maps[kind].shape[1:])}")
+                        q, lo, hi = quantise(block)
+                        s = stats[i][kind]
+                        s["mean"] += _clean(block.astype(np.float64).mean(axis=(1, 2)))
+                        s["max"] += _clean(hi)
+                        s["lo"] += _clean(lo)
+                        s["hi"] += _clean(hi)
+                        strips.append(_strip(q))
+                        targets.append(f"REPORT_SHEETS.maps[{i}][{json.dumps(kind)}]")
+                encoded, lossy = _encode_window(strips, max_bytes_per_frame * (stop - start))
+                if lossy:
+                    data["lossy_sheets"].append(sheet)
+                for name in columns:
+                    columns[name] += _numpy(series[name][start:stop]).reshape(stop - start).tolist()
+                out.write("<script>" + "".join(f"{target}.push({json.dumps(_data_uri(e))});"
+                                               for target, e in zip(targets, encoded)) + "</script>\n")
+            for i, panel in enumerate(panels):
+                data["panels"].append(dict(
+                    name=panel.name, label=panel.label or panel.name, link=panel.link,
+                    maps={k: dict(shape=list(panel.maps[k].shape[1:]), rows=list(map_rows(panel.maps[k].shape)),
+                                  **stats[i][k]) for k in panel.maps},
+                ))
+            for name, values in columns.items():
+                data["series"][name] = (_clean(values) if name in ("values", "rewards")
+                                        else [int(v) for v in values] if name == "actions"
+                                        else [bool(v) for v in values])
+            if data["lossy_sheets"]:
+                log.warning("report %s: %d sheets over %d bytes a frame were stored lossy", path,
+                            len(data["lossy_sheets"]), max_bytes_per_frame)
+            out.write('<script type="application/json" id="report-data">' + _json_script(data) + "</script>\n")
+            out.write("<script>" + APP_JS + "</script>\n</body></html>\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_report(path, frames, maps: dict, *, values=None, actions=None, rewards=None, dones=None,
+                 action_names: Sequence[str] = (), title: str = "", settings: dict | None = None,
+                 checkpoint: str = "", frames_per_sheet: int = FRAMES_PER_SHEET,
+                 max_bytes_per_frame: float = MAX_BYTES_PER_FRAME) -> Path:
+    """Write the viewer of one run to ``path`` (``report.html``) and return the path.
+
+    Args:
+        frames: uint8 ``(T, 210, 160, 3)``, any array-like sliced along time (read ``frames_per_sheet`` at a time).
+        maps: kind (``actor``, ``critic``, ``jacobian_actor``, ``jacobian_critic``) -> float ``(T, H, W)``;
+            whichever the run has.
+        values, rewards: ``(T,)`` floats; actions: ``(T,)`` ints; dones: ``(T,)`` bools (episode ended there).
+        action_names: the game's action meanings, indexed by action.
+        settings: JSON-able settings shown on the page (the job's configuration); checkpoint: path or name.
+        max_bytes_per_frame: sheets above this (frames and maps together, before base64) are stored lossy.
+    """
+    panel = Panel("run", dict(maps), label=title or "run")
+    meta = dict(kind="run", title=title or "saliency report", action_names=list(action_names),
+                settings=settings or {}, checkpoint=str(checkpoint))
+    series = dict(values=values, actions=actions, rewards=rewards, dones=dones)
+    return _write_page(path, frames, [panel], series, meta, None, frames_per_sheet, max_bytes_per_frame)
+
+
+def write_sweep_report(path, rows: list[dict], columns: Sequence[str], *, frames=None, panels: Sequence[Panel] = (),
+                       values=None, actions=None, rewards=None, dones=None, action_names: Sequence[str] = (),
+                       title: str = "", settings: dict | None = None, links: dict[str, str] | None = None,
+                       frames_per_sheet: int = FRAMES_PER_SHEET,
+                       max_bytes_per_frame: float = MAX_BYTES_PER_FRAME) -> Path:
+    """Write a sweep's page to ``path``: ``rows`` (summary.csv's rows, ``columns`` its header) as a sortable
+    table, with a link per job (``links``: job -> relative URL of its report); given the ``frames`` of the one game
+    all jobs replayed, also every ``panels`` entry (one per job, its maps) side by side on the same frame, with
+    the recorded series (``values``... as in :func:`write_report`)."""
+    columns = list(columns)
+    table = dict(columns=columns, rows=[[row.get(c) for c in columns] for row in rows], links=dict(links or {}))
+    meta = dict(kind="sweep", title=title or "sweep report", action_names=list(action_names),
+                settings=settings or {}, checkpoint="")
+    if frames is None:
+        if panels:
+            raise EngineError("panels need the frames they are drawn over: pass frames= (the shared rollout)")
+        return _write_page(path, None, [], {}, meta, table, frames_per_sheet, max_bytes_per_frame)
+    series = dict(values=values, actions=actions, rewards=rewards, dones=dones)
+    return _write_page(path, frames, list(panels), series, meta, table, frames_per_sheet, max_bytes_per_frame)
+
+
+_PUSH = re.compile(r'REPORT_SHEETS\.(?:frames|maps\[(\d+)\]\[("[a-z_]+")\])\.push\(("[^"]*")\);')
+
+
+def read_report_data(path) -> tuple[dict, dict]:
+    """``(data, sheets)`` of a page :func:`write_report` wrote: the JSON block, and the sheets' data URIs
+    (``{"frames": [...], "maps": [{kind: [...]}, ...]}``), for tests and tools; reads the page's text, runs nothing."""
+    text = Path(path).read_text(encoding="utf-8")
+    marker = '<script type="application/json" id="report-data">'
+    start = text.index(marker) + len(marker)
+    data = json.loads(text[start:text.index("</script>", start)])
+    sheets = {"frames": [], "maps": [{} for _ in data["panels"]]}
+    head = "window.REPORT_SHEETS={frames:[],maps:"
+    if head in text:
+        first = text.index(head) + len(head)
+        sheets["maps"] = json.loads(text[first:text.index("};</script>", first)])
+    for match in _PUSH.finditer(text):
+        if match.group(1) is not None:
+            sheets["maps"][int(match.group(1))][json.loads(match.group(2))].append(json.loads(match.group(3)))
+        else:
+            sheets["frames"].append(json.loads(match.group(3)))
+    return data, sheets

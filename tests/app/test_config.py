@@ -1,0 +1,225 @@
+"""Every config group composes into a valid typed JobConfig; the schema is the one source of defaults; bad
+settings and bad command lines fail before heavy work with one line."""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from engine.cli import app as cli
+from engine.cli.app import CONFIG_DIR, ConfigError, job_config, precheck, quote_enum_bools
+from engine.jobs.config import RENAMED, Compat, DType, Incremental, Interp, JobConfig, OutputConfig, check_config, engine_saliency
+from engine.jobs.run import validate_job
+from engine.core.errors import EngineError
+from engine.core.settings import SaliencyConfig
+
+# Our config groups; configs/hydra/ holds options for Hydra's own groups (launchers, logging), composed separately.
+GROUPS = {
+    g.name: sorted(p.stem for p in g.glob("*.yaml"))
+    for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "__pycache__")
+}
+LAUNCHERS = sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
+
+
+def composed(*overrides: str) -> JobConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="main", overrides=["output.dir=/tmp/unused", *overrides])
+    return job_config(cfg)
+
+
+def test_groups_are_the_documented_ones():
+    assert set(GROUPS) == {"env", "agent", "saliency", "render", "output", "device", "preset", "metrics"}
+    assert {"pong", "breakout", "spaceinvaders"} <= set(GROUPS["env"])
+    assert {"perturbation", "jacobian", "both"} <= set(GROUPS["saliency"])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in sorted(GROUPS.items()) for o in options])
+def test_every_group_option_composes(group, option):
+    if group == "agent" and option in ("sb3", "sb3_recurrent"):  # these need the user's own file
+        with pytest.raises(EngineError, match=r"agent.kind=sb3 needs the file its library wrote.*a cleanrl agent"):
+            composed(f"{group}={option}")
+        config = composed(f"{group}={option}", "agent.checkpoint=/runs/agent.file")
+    elif group == "agent" and option == "cleanrl":  # the built-in PPO agent is a CleanRL file; a 2017 one is not
+        assert composed(f"{group}={option}").agent.checkpoint == "builtin/pong_ppo"
+        with pytest.raises(EngineError, match=r"agent.kind=cleanrl needs the file its library wrote.*greydanus2017"):
+            composed(f"{group}={option}", "agent.checkpoint=builtin/pong@500160")
+        config = composed(f"{group}={option}", "agent.checkpoint=/runs/agent.file")
+    else:
+        config = composed(f"{group}={option}")
+    check_config(config)  # a shipped option is a valid one
+    if group == "saliency":
+        assert config.saliency.method == option
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_config_composes(launcher):
+    """Each shipped launcher resolves to its plugin's config (the plugins come with the test extras)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="main", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target.startswith("hydra_plugins.") and "Launcher" in target, target
+
+
+def test_defaults_are_the_main_job():
+    config = composed()
+    # the strongest agent shipped in the package (recurrent PPO, CleanRL's network): no checkpoint directory, no download
+    assert config.env.id == "Pong-v4" and config.agent.checkpoint == "builtin/pong_ppo" and config.agent.kind == "auto"
+    assert composed("agent=builtin_pong").agent.checkpoint == "builtin/pong"
+    assert not config.agent.checkpoint_dirs and not config.agent.allow_download
+    assert config.saliency.method == "perturbation" and config.saliency.density == 5 and config.saliency.radius == 5
+    assert config.render.style == "paper" and config.output.movie and config.output.fps == 8
+    baby = composed("agent=baby_a3c_pong")
+    assert baby.agent.checkpoint == "baby-a3c/pong" and baby.agent.allow_download and baby.agent.core == "auto"
+    assert Path(baby.agent.checkpoint_dirs[0]) == cli.PROJECT_ROOT / ".." / "shared" / "checkpoints"
+
+
+def test_the_schema_is_the_one_source_of_defaults():
+    """What `python -m engine` composes is exactly JobConfig(): YAML and dataclass defaults cannot drift."""
+    config = composed()
+    assert dataclasses.replace(config, output=dataclasses.replace(config.output, dir=OutputConfig.dir)) == JobConfig()
+    assert composed("device=auto", "preset=none", "render=paper", "saliency=perturbation").saliency == SaliencyConfig()
+
+
+def test_the_training_schema_is_the_one_source_of_its_defaults():
+    from hydra.core.config_store import ConfigStore
+
+    from engine.training.a2c import TrainConfig
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train")
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_object(cfg) == TrainConfig()
+    assert TrainConfig().run_dir == "runs/train_Pong-v4_lstm" == cfg.run_dir
+    assert TrainConfig(env_id="Breakout-v4", core="gru").run_dir == "runs/train_Breakout-v4_gru"
+
+
+def test_paper_preset_sets_the_2017_quirks():
+    config = composed("preset=paper")
+    assert config.saliency.compat == "paper" and config.saliency.state_alignment == "paper"
+    assert config.render.style == "paper"
+
+
+def test_enums_match_the_engine_choices():
+    from engine.core.masks import INTERPS
+    from engine.core.perturbation import COMPATS
+    from engine.core.settings import SaliencyConfig as CoreSaliencyConfig
+
+    assert SaliencyConfig is CoreSaliencyConfig
+
+    assert set(Interp) == set(INTERPS) and set(Compat) == set(COMPATS)
+    assert set(DType) == {"float32", "float64"}  # what npz can hold; bfloat16 is refused up front
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["env.id=Pongg-v4"], "unknown environment id 'Pongg-v4'"),
+        (["agent.checkpoint=/nope/model.tar"], "neither an existing file nor a known name"),
+        (["saliency.density=0"], "density must be in 1..80"),
+        (["saliency.radius=-1"], "radius must be a number"),
+        (["saliency.radius=nan"], "radius must be a number"),
+        (["saliency.method=gradcam"], "saliency.method: Invalid value 'gradcam', expected one of [perturbation, jacobian, both]"),
+        (["env=breakout"], "Breakout-v4 has 4 actions but the agent"),
+        (["render.style=fancy"], "render.style: Invalid value 'fancy'"),
+        (["rollout.steps=0"], "rollout.steps must be >= 1"),
+        (["env.id=ALE/Tetris-v5", "render.style=paper"], "Tetris"),
+        # the issue's list: each of these used to end in a traceback after the rollout or after all scoring
+        (["saliency.perturbations_per_eval=0"], "saliency.perturbations_per_eval must be >= 1"),
+        (["saliency.chunk_size=0"], "saliency.chunk_size was renamed: use saliency.perturbations_per_eval"),
+        (["saliency.memory_budget_mb=nan"], "saliency.memory_budget_mb must be a finite number"),
+        (["saliency.memory_budget_mb=-5"], "saliency.memory_budget_mb must be a finite number"),
+        (["saliency.memory_budget_mb=inf"], "saliency.memory_budget_mb must be a finite number"),
+        (["saliency.incremental=maybe"], "saliency.incremental: Invalid value 'maybe', expected one of [auto, true, false]"),
+        (["output.comparison_frame=500", "rollout.steps=200"], "output.comparison_frame 500 is outside the rollout's 0..199"),
+        (["output.stills=[3,250]"], "output.stills: frame 250 is outside the rollout's 0..199"),
+        (["rollout.max_episodes=0"], "rollout.max_episodes must be >= 1"),
+        (["rollout.seed=-1"], "rollout.seed must be in 0..2**32-1"),
+        (["dtype=bfloat16"], "dtype: Invalid value 'bfloat16', expected one of [float32, float64]"),
+        (["saliency.frames_per_batch=0"], "saliency.frames_per_batch must be >= 1"),
+        (["output.fps=0"], "output.fps must be in 1..240"),
+        (["output.scale=0"], "output.scale must be in 1..16"),
+        (["render.actor_gain=nan"], "render.actor_gain must be a finite number > 0"),
+        (["render.alpha=2"], "render.alpha must be in 0..1"),
+        (["store.shard=2", "store.num_shards=2"], "store.shard must be in 0..store.num_shards-1"),
+        (["store.frames_per_chunk=0"], "store.frames_per_chunk must be >= 1"),
+        (["store.rollout=/tmp/x", "rollout.max_episodes=1"], "rollout.max_episodes does not apply to a rollout store"),
+        (["device=tpu"], "Could not find 'device/tpu'"),
+        # Hydra's own errors, in one line
+        (["saliency.radus=3"], "saliency.radus: Key 'radus' not in 'SaliencyConfig'"),
+        (["saliency.radius=["], "bad override"),
+        (["env=nope"], "Could not find 'env/nope' (available: breakout, pong, spaceinvaders)"),
+        (["saliency.radius=3,5"], "Ambiguous value for argument"),  # a sweep without --multirun
+    ],
+)
+def test_bad_settings_are_refused_before_any_rollout(overrides, match):
+    with pytest.raises(ConfigError) as info:
+        precheck(quote_enum_bools(overrides))
+    assert match in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_multirun_is_checked_job_by_job():
+    with pytest.raises(ConfigError, match="density must be in 1..80"):
+        precheck(["-m", "saliency.radius=3,5", "saliency.density=5,0", "rollout.steps=2"])
+    jobs = cli.sweep_jobs(["saliency.radius=3,5", "saliency.density=5,10", "rollout.steps=2"], multirun=True)
+    assert len(jobs) == 4 and ["saliency.radius=5", "saliency.density=10", "rollout.steps=2"] in jobs
+
+
+def test_good_command_lines_pass_the_check():
+    precheck(["rollout.steps=2", "saliency.density=20"])
+    precheck(["-m", "saliency.radius=3,5", "saliency.interp=occlude,searchlight", "rollout.steps=2"])
+    precheck(["--cfg", "job", "preset=paper"])
+
+
+@pytest.mark.parametrize("value,setting", [("true", True), ("false", False), ("auto", "auto"), ("True", True)])
+def test_incremental_takes_true_false_auto(value, setting):
+    """Hydra reads true/false as booleans, which an enum refuses: the command line quotes them."""
+    (override,) = quote_enum_bools([f"saliency.incremental={value}"])
+    config = composed(override)
+    assert config.saliency.incremental == Incremental(value.lower())
+    assert engine_saliency(config.saliency).incremental == setting
+    assert quote_enum_bools(["-m", "saliency.incremental=true,false"])[1] == "saliency.incremental='true','false'"
+
+
+def test_renamed_options_name_the_new_one():
+    assert RENAMED["saliency.chunk_size"] == "saliency.perturbations_per_eval"
+    with pytest.raises(EngineError, match="^saliency.chunk_size was renamed: use saliency.perturbations_per_eval$"):
+        JobConfig.from_dict({"saliency": {"chunk_size": 64}})
+    with pytest.raises(ConfigError, match="saliency.chunk_size was renamed"):
+        precheck(["+saliency.chunk_size=64"])
+
+
+def test_from_dict_rejects_unknown_keys_types_and_ranges():
+    with pytest.raises(EngineError, match="saliency.radus: Key 'radus' not in 'SaliencyConfig'"):
+        JobConfig.from_dict({"saliency": {"radus": 3}})
+    with pytest.raises(EngineError, match="saliency.density: Value 'five' of type 'str' could not be converted to Integer"):
+        JobConfig.from_dict({"saliency": {"density": "five"}})
+    with pytest.raises(EngineError, match="saliency.memory_budget_mb must be a finite number"):
+        JobConfig.from_dict({"saliency": {"memory_budget_mb": math.nan}})
+    config = JobConfig.from_dict({"saliency": {"interp": "searchlight", "radius": 3}, "rollout": {"steps": 7}})
+    assert config.saliency.interp is Interp.searchlight and config.saliency.radius == 3.0 and config.rollout.steps == 7
+
+
+def test_engine_saliency_hands_the_engine_plain_values():
+    s = engine_saliency(SaliencyConfig(incremental=Incremental.false, interp=Interp.searchlight))
+    assert s.incremental is False and type(s.interp) is str and s.interp == "searchlight" and type(s.method) is str
+
+
+def test_validate_job_loads_the_builtin_agent():
+    prepared = validate_job(composed("rollout.steps=2"))
+    assert type(prepared.agent).__name__ == "CleanRLPPOLSTM"
+    assert "engine/agents/pong_ppo/step_" in str(prepared.checkpoint).replace("\\", "/")
+    prepared = validate_job(composed("rollout.steps=2", "agent=builtin_pong"))
+    assert prepared.agent.core == "lstm" and "engine/agents/pong/step_" in str(prepared.checkpoint).replace("\\", "/")
+
+
+def test_paper_state_alignment_is_the_original_off_by_one(pong_agent, pong_rollout):
+    import torch
+
+    from engine.core.saliency import paper_shift
+
+    shifted = paper_shift(pong_rollout.states)
+    assert torch.equal(shifted[0][1:], pong_rollout.states[0][:-1]) and torch.all(shifted[0][0] == 0)

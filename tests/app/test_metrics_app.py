@@ -1,0 +1,93 @@
+"""metrics=... in the app: the faithfulness metrics land in summary.json (in-memory and store jobs give the same
+numbers, the store job streaming chunk by chunk) and as scalar columns in the sweep's summary.csv."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli.app import summary_columns, summary_rows
+from engine.metrics.faithfulness import scalar_columns
+from engine.jobs.config import JobConfig
+from engine.jobs.run import run_job
+from engine.core.errors import EngineError
+from engine.metrics.faithfulness import deletion_insertion, temporal_stability
+from engine.storage.arrays import load_arrays
+from engine.policies.loading import load_policy
+from engine.policies.registry import resolve_checkpoint
+
+METRICS = {"deletion_insertion": True, "objects": True, "stability": True, "sanity": True, "steps": 4,
+           "sanity_frames": 2, "sanity_window": 10}
+
+
+def job(out_dir, **sections) -> JobConfig:
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 10}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
+            "metrics": METRICS, "progress": False, "device": "cpu"}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return JobConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def in_memory(tmp_path_factory):
+    out = tmp_path_factory.mktemp("job")
+    run_job(job(out))
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_summary_holds_the_metrics_of_the_job(in_memory):
+    out, summary = in_memory
+    metrics = summary["metrics"]
+    arrays, _ = load_arrays(out / "rollout.npz")
+    maps, _ = load_arrays(out / "saliency.npz")
+    agent = load_policy(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
+    states = tuple(torch.from_numpy(arrays[f"state_{i}"]) for i in range(2))
+    direct = deletion_insertion(agent, torch.from_numpy(arrays["observations"]), states, torch.from_numpy(maps["actor"]),
+                                torch.from_numpy(arrays["actions"]), steps=4)
+    for key, values in direct.aucs().items():
+        assert metrics["actor"][f"{key}_auc"] == pytest.approx(float(values.double().mean()), rel=1e-9)
+    assert len(metrics["actor"]["deletion_kl_curve"]) == 5 and metrics["actor"]["deletion_kl_curve"][0] == 0
+    rho = temporal_stability(torch.from_numpy(maps["critic"]), arrays["dones"])
+    assert metrics["critic"]["stability_temporal"] == pytest.approx(float(rho[~rho.isnan()].mean()), rel=1e-12)
+    assert 0 < metrics["actor"]["objects_area"] < 0.1 and 0 <= metrics["actor"]["pointing"] <= 1
+    assert metrics["random"]["deletion_kl_auc"] >= 0 and metrics["frames"] == 10
+    sanity = metrics["sanity"]
+    assert sanity["frames"] == [0, 9] and sanity["stages"][0] == ["critic_linear", "actor_linear"]
+    assert isinstance(sanity["actor_flagged"], bool) and -1 <= sanity["actor_spearman_all"] <= 1
+
+
+def test_the_store_job_streams_the_same_metrics(in_memory, tmp_path, monkeypatch):
+    from engine.metrics import faithfulness as core_metrics
+
+    chunks = []
+    original = core_metrics.MetricsSummary.update
+    monkeypatch.setattr(core_metrics.MetricsSummary, "update",
+                        lambda self, agent, obs, *a, **k: (chunks.append(len(obs)), original(self, agent, obs, *a, **k)))
+    run_job(job(tmp_path / "run", store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}))
+    streamed = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
+    assert chunks == [4, 4, 2]
+    _, summary = in_memory
+    for kind in ("actor", "critic", "random"):
+        for key, value in summary["metrics"][kind].items():
+            assert streamed[kind][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (kind, key)
+    assert streamed["sanity"]["actor_spearman_all"] == pytest.approx(summary["metrics"]["sanity"]["actor_spearman_all"], rel=1e-6)
+
+
+def test_sweep_summary_gets_scalar_metric_columns(in_memory, tmp_path):
+    out, summary = in_memory
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text(json.dumps(summary))
+    rows = summary_rows(tmp_path)
+    assert rows[0]["metrics_actor_deletion_kl_auc"] == summary["metrics"]["actor"]["deletion_kl_auc"]
+    assert rows[0]["metrics_sanity_actor_flagged"] == summary["metrics"]["sanity"]["actor_flagged"]
+    assert "metrics_actor_deletion_kl_curve" not in rows[0]  # curves stay in summary.json
+    assert summary_columns(rows)[-1].startswith("metrics_") and scalar_columns({}) == {}
+
+
+def test_metrics_are_off_by_default_and_checked(tmp_path):
+    assert JobConfig().metrics.deletion_insertion is False and not JobConfig().metrics.sanity
+    with pytest.raises(EngineError, match="metrics.steps must be in"):
+        job(tmp_path, metrics={"steps": 0})
+    with pytest.raises(EngineError, match="metrics.kinds must name maps"):
+        job(tmp_path, metrics={"kinds": ["policy"]})

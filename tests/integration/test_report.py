@@ -1,0 +1,309 @@
+"""report.html (engine.viz.report): every frame in the page, exactly; maps and statistics as computed; streamed
+one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; the app writes it for both job modes
+and for sweeps. The page in a real browser: tests/app/test_report_browser.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.core.errors import EngineError
+from engine.viz.report import WindowedArray, decode_sheet, quantise, read_report_data, sheet_size, write_report, write_sweep_report
+
+MB = 1_000_000
+KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+
+
+# --- synthetic Atari-like runs, generated window by window (a 2,000-frame run never exists in memory at once) ---
+
+def pong_like_frames(start: int, stop: int) -> np.ndarray:
+    """Frames start..stop-1 of a Pong-like game (uint8 (N, 210, 160, 3)): background, walls, two paddles and a
+    ball that move every frame, a score that changes every 97 frames; deterministic in the frame index."""
+    t = np.arange(start, stop)
+    n = len(t)
+    frames = np.empty((n, 210, 160, 3), np.uint8)
+    frames[:] = (144, 72, 17)
+    frames[:, 24:34] = frames[:, 194:210] = (236, 236, 236)
+    rows = np.arange(210)[None, :]
+    for col, centre in ((16, 110 + (70 * np.sin(t / 17)).astype(int)), (140, 110 + (70 * np.sin(t / 11 + 1)).astype(int))):
+        hit = (rows >= centre[:, None] - 8) & (rows < centre[:, None] + 8)  # (N, 210)
+        frames[:, :, col : col + 4][hit] = (92, 186, 92) if col > 80 else (213, 130, 74)
+    by = 40 + np.abs((t * 3) % 300 - 150)  # bouncing between the walls
+    bx = 20 + np.abs((t * 2) % 240 - 120)
+    for dy in range(4):
+        for dx in range(2):
+            frames[np.arange(n), np.minimum(by + dy, 193), bx + dx] = (236, 236, 236)
+    digits = (t // 97) % 10  # the score: a block whose width follows the digit
+    score = (np.arange(160)[None, :] >= 36) & (np.arange(160)[None, :] < 40 + 2 * digits[:, None])  # (N, 160)
+    block = frames[:, 2:20]  # a view: (N, 18, 160, 3)
+    block[np.broadcast_to(score[:, None, :], block.shape[:3])] = (213, 130, 74)
+    return frames
+
+
+def maps_like(kind: str, start: int, stop: int) -> np.ndarray:
+    """Float32 (N, 80, 80) maps for frames start..stop-1: perturbation maps are smooth blobs on the ball, Jacobian
+    maps noisy (|normal| noise under the blob), about as hard to compress as real ones (measured on Pong:
+    ~0.5 kB and ~3.3 kB a frame)."""
+    t = np.arange(start, stop)
+    cy = (40 + np.abs((t * 3) % 300 - 150) - 35) / 2.0
+    cx = (20 + np.abs((t * 2) % 240 - 120)) / 2.0
+    yy, xx = np.mgrid[0:80, 0:80]
+    blob = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * 6.0**2))
+    if not kind.startswith("jacobian"):
+        return (blob * (1 + 0.5 * np.sin(t / 5))[:, None, None] + 0.02 * np.exp(-((yy - 40) ** 2) / 800.0)).astype(np.float32)
+    rng = np.random.default_rng([start, KINDS.index(kind)])
+    return (np.abs(rng.standard_normal((len(t), 80, 80))) * (0.2 + blob)).astype(np.float32)
+
+
+def synthetic_run(n: int, kinds=KINDS):
+    """Frames, maps and series of an n-frame synthetic run, as WindowedArrays generated per window."""
+    frames = WindowedArray(pong_like_frames, (n, 210, 160, 3))
+    maps = {k: WindowedArray(lambda a, b, k=k: maps_like(k, a, b), (n, 80, 80)) for k in kinds}
+    t = np.arange(n)
+    series = dict(values=np.sin(t / 9.0).astype(np.float32), actions=(t // 3) % 6, rewards=np.where(t % 50 == 49, 1.0, 0.0),
+                  dones=t % 400 == 399)
+    return frames, maps, series
+
+
+NAMES = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+
+
+def dequantised(data: dict, sheets: dict, panel: int, kind: str) -> np.ndarray:
+    """The maps as the page holds them: lo + q / 255 * (hi - lo), float64 (T, H, W)."""
+    m = data["panels"][panel]["maps"][kind]
+    h, w = m["shape"]
+    q = np.concatenate([decode_sheet(uri)[..., 0].reshape(-1, h, w) for uri in sheets["maps"][panel][kind]])
+    lo, hi = np.array(m["lo"]), np.array(m["hi"])
+    return lo[:, None, None] + q / 255.0 * (hi - lo)[:, None, None]
+
+
+# --- the page's content -------------------------------------------------------------------------------------
+
+def test_every_frame_map_and_series_is_in_the_page(tmp_path):
+    """70 frames = sheets of 32, 32 and 6: every frame decodes to the recorded pixels exactly; each map is within
+    half a quantisation step of its float values; the statistics and series are those of the arrays."""
+    n = 70
+    frames = pong_like_frames(0, n)
+    maps = {k: maps_like(k, 0, n) for k in KINDS}
+    maps["critic"][5] = 0.0  # a map that is zero everywhere survives quantisation (no division by zero)
+    _, _, series = synthetic_run(n)
+    path = write_report(tmp_path / "report.html", frames, maps, action_names=NAMES, title="synthetic", checkpoint="ck.pt",
+                        settings={"radius": 5}, **series)
+    data, sheets = read_report_data(path)
+    assert data["frames"] == n and data["frames_per_sheet"] == 32 and len(sheets["frames"]) == 3
+    assert data["lossy_sheets"] == [] and data["kinds"] == list(KINDS)
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert shown.shape == frames.shape and np.array_equal(shown, frames)
+    for kind in KINDS:
+        exact = maps[kind].astype(np.float64)
+        m = data["panels"][0]["maps"][kind]
+        assert m["shape"] == [80, 80] and m["rows"] == [35, 195]  # an 80x80 map covers the 2017 crop
+        span = exact.max(axis=(1, 2)) - exact.min(axis=(1, 2))
+        error = np.abs(dequantised(data, sheets, 0, kind) - exact).max(axis=(1, 2))
+        assert np.all(error <= span / 510 * (1 + 1e-6) + 1e-12), kind
+        assert m["max"] == pytest.approx(exact.max(axis=(1, 2)).tolist(), rel=1e-12)
+        assert m["mean"] == pytest.approx(exact.mean(axis=(1, 2)).tolist(), rel=1e-9)
+    assert np.all(dequantised(data, sheets, 0, "critic")[5] == 0.0)
+    assert data["series"]["actions"] == series["actions"].tolist()
+    assert data["series"]["values"] == pytest.approx(series["values"].tolist())
+    assert data["series"]["dones"] == series["dones"].tolist() and data["action_names"] == NAMES
+    assert data["checkpoint"] == "ck.pt" and data["settings"] == {"radius": 5}
+
+
+def test_the_page_is_built_one_window_at_a_time(tmp_path):
+    """Frames and maps are read in windows of frames_per_sheet, each once; nothing reads the whole run."""
+    n, reads = 50, []
+    frames = WindowedArray(lambda a, b: (reads.append(("frames", a, b)), pong_like_frames(a, b))[1], (n, 210, 160, 3))
+    maps = {k: WindowedArray(lambda a, b, k=k: (reads.append((k, a, b)), maps_like(k, a, b))[1], (n, 80, 80))
+            for k in ("actor", "critic")}
+    write_report(tmp_path / "r.html", frames, maps, frames_per_sheet=16)
+    windows = [(0, 16), (16, 32), (32, 48), (48, 50)]
+    assert reads == [(name, a, b) for a, b in windows for name in ("frames", "actor", "critic")]
+
+
+def test_quantise_keeps_each_maps_own_range():
+    maps = np.stack([np.linspace(0, 1, 16).reshape(4, 4), np.full((4, 4), 3.0), np.linspace(-2, 6, 16).reshape(4, 4)])
+    q, lo, hi = quantise(maps)
+    assert q.dtype == np.uint8 and lo.tolist() == [0.0, 3.0, -2.0] and hi.tolist() == [1.0, 3.0, 6.0]
+    assert q[0, 0, 0] == 0 and q[0, -1, -1] == 255 and np.all(q[1] == 0) and q[2, 1, 0] == round(4 / 15 * 255)
+
+
+def test_settings_cannot_break_out_of_the_page(tmp_path):
+    """A setting holding </script> stays data: the JSON block reads back intact and the page has exactly the
+    script elements the builder wrote."""
+    evil = "</script><script>window.pwned = 1</script><!--"
+    path = write_report(tmp_path / "r.html", pong_like_frames(0, 3), {}, title=evil, settings={"note": evil})
+    data, _ = read_report_data(path)
+    text = path.read_text()
+    assert data["settings"] == {"note": evil} and data["title"] == evil
+    # the sheets' set-up, one sheet, the JSON block, the viewer: no element opened by the setting's text
+    assert text.count("<script") == 4 and text.count("</script>") == 4
+    assert "&lt;/script&gt;" in text.split("</title>")[0]  # the title is escaped HTML
+
+
+# --- size ------------------------------------------------------------------------------------------------------
+
+def test_2000_frames_stay_under_50_mb_with_every_frame_present(tmp_path):
+    """A synthetic 2,000-frame Pong-like run with actor and critic maps (the main job's): under 50 MB, stored
+    lossless (no sheet needed the lossy fallback), and every one of the 2,000 frames and maps is in the page."""
+    n = 2000
+    frames, maps, series = synthetic_run(n, kinds=("actor", "critic"))
+    path = write_report(tmp_path / "report.html", frames, maps, action_names=NAMES, **series)
+    size = path.stat().st_size
+    data, sheets = read_report_data(path)
+    assert size < 50 * MB, f"{size / MB:.1f} MB for {n} frames"
+    assert data["lossy_sheets"] == [] and data["frames"] == n and len(data["series"]["actions"]) == n
+    assert [sheet_size(uri) for uri in sheets["frames"]] == [(160, 32 * 210)] * 62 + [(160, 16 * 210)]
+    for kind in ("actor", "critic"):
+        assert len(data["panels"][0]["maps"][kind]["max"]) == n
+        assert [sheet_size(uri) for uri in sheets["maps"][0][kind]] == [(80, 32 * 80)] * 62 + [(80, 16 * 80)]
+    for sheet in (0, 31, 62):  # decoded: the recorded pixels, in order
+        shown = decode_sheet(sheets["frames"][sheet]).reshape(-1, 210, 160, 3)
+        assert np.array_equal(shown, pong_like_frames(32 * sheet, 32 * sheet + len(shown)))
+    print(f"2000 synthetic frames, actor + critic: {size / MB:.1f} MB ({size / n / 1000:.1f} kB a frame)")
+
+
+def test_all_four_maps_extrapolate_under_50_mb_for_2000_frames(tmp_path):
+    """With both Jacobian maps too (noisy, the largest): 320 frames measured, bytes per frame (the page's fixed
+    part included, so an overestimate) times 2,000 stays under 50 MB, lossless."""
+    n = 320
+    frames, maps, series = synthetic_run(n)
+    path = write_report(tmp_path / "report.html", frames, maps, action_names=NAMES, **series)
+    per_frame = path.stat().st_size / n
+    data, _ = read_report_data(path)
+    assert data["lossy_sheets"] == [] and data["kinds"] == list(KINDS)
+    assert per_frame * 2000 < 50 * MB, f"{per_frame / 1000:.1f} kB a frame"
+    print(f"4 maps: {per_frame / 1000:.1f} kB a frame, {per_frame * 2000 / MB:.1f} MB for 2000 frames")
+
+
+def test_noise_falls_back_to_lossy_within_the_budget_and_keeps_every_frame(tmp_path):
+    """Content no lossless coder can shrink (uniform noise) is re-encoded lossy to fit the per-frame budget;
+    the page says which sheets, and still holds every frame."""
+    n = 40
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n, 210, 160, 3), dtype=np.uint8)
+    maps = {"actor": rng.random((n, 80, 80), dtype=np.float32)}
+    budget = 30_000
+    path = write_report(tmp_path / "r.html", frames, maps, frames_per_sheet=16, max_bytes_per_frame=budget)
+    data, sheets = read_report_data(path)
+    assert data["lossy_sheets"] == [0, 1, 2]
+    assert sum(decode_sheet(uri).shape[0] for uri in sheets["frames"]) == n * 210
+    payload = sum(len(uri) for uri in sheets["frames"] + sheets["maps"][0]["actor"]) * 3 / 4  # base64 -> bytes
+    assert payload <= budget * n * 1.01
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert np.abs(shown.astype(int) - frames).mean() < 80  # lossy, but the same images (noise vs noise: ~85)
+
+
+# --- bad inputs ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames,maps,kwargs,message", [
+    (np.zeros((4, 84, 84), np.uint8), {}, {}, "raw ALE frames (T, 210, 160, 3)"),
+    (np.zeros((0, 210, 160, 3), np.uint8), {}, {}, "frames is empty"),
+    ([1, 2, 3], {}, {}, "must be an array with time as its first axis"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((3, 80, 80), np.float32)}, {}, "3 maps for 4 frames"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {"saliency": np.zeros((4, 80, 80), np.float32)}, {}, "unknown map kind 'saliency'"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((4, 80), np.float32)}, {}, "must be (T, H, W)"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.full((4, 80, 80), np.nan, np.float32)}, {}, "NaN or infinite"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {}, {"values": np.zeros(5)}, "values holds 5 values for 4 frames"),
+    (np.zeros((4, 210, 160, 3), np.float32), {}, {}, "expected uint8"),
+    (np.zeros((4, 210, 160, 3), np.uint8), {}, {"frames_per_sheet": 100}, "frames_per_sheet must be in 1..78"),
+])
+def test_bad_inputs_are_refused_with_the_problem_named(tmp_path, frames, maps, kwargs, message):
+    with pytest.raises(EngineError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        write_report(tmp_path / "r.html", frames, maps, **kwargs)
+    assert list(tmp_path.iterdir()) == []  # no page, and no temporary file left behind
+
+
+def test_sweep_page_without_a_shared_game_is_the_table_and_links(tmp_path):
+    rows = [{"job": "0", "radius": 3, "actor_max": 0.5}, {"job": "1", "radius": 5, "actor_max": None}]
+    path = write_sweep_report(tmp_path / "report.html", rows, ["job", "radius", "actor_max"], links={"0": "0/report.html"})
+    data, sheets = read_report_data(path)
+    assert data["frames"] == 0 and sheets["frames"] == [] and data["kind"] == "sweep"
+    assert data["table"] == {"columns": ["job", "radius", "actor_max"], "rows": [["0", 3, 0.5], ["1", 5, None]],
+                             "links": {"0": "0/report.html"}}
+    with pytest.raises(EngineError, match="panels need the frames"):
+        from engine.viz.report import Panel
+
+        write_sweep_report(tmp_path / "x.html", rows, ["job"], panels=[Panel("0", {})])
+
+
+# --- the app writes it ------------------------------------------------------------------------------------------
+
+def tiny_job(out_dir, **sections):
+    from engine.jobs.config import JobConfig
+
+    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 6}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
+            "progress": False}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return JobConfig.from_dict(data)
+
+
+def test_the_main_job_writes_a_report_of_its_arrays(tmp_path):
+    """In-memory job: the page holds the rollout's frames exactly, its actions, values and names, the maps of
+    saliency.npz within a quantisation step; 2,000 frames at the measured bytes per frame stay under 50 MB."""
+    from engine.jobs.run import run_job
+    from engine.storage.arrays import load_arrays
+
+    written = run_job(tiny_job(tmp_path, saliency={"method": "both"}))
+    data, sheets = read_report_data(written["report"])
+    played, _ = load_arrays(tmp_path / "rollout.npz")
+    maps, settings = load_arrays(tmp_path / "saliency.npz")
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert np.array_equal(shown, played["frames"])
+    assert data["series"]["actions"] == played["actions"].tolist() and data["action_names"][:2] == ["NOOP", "FIRE"]
+    assert data["series"]["values"] == pytest.approx(played["values"].tolist(), rel=1e-6)
+    assert data["kinds"] == list(KINDS) and data["checkpoint"] == settings["checkpoint"]
+    for kind in KINDS:
+        span = maps[kind].max(axis=(1, 2)) - maps[kind].min(axis=(1, 2))
+        error = np.abs(dequantised(data, sheets, 0, kind) - maps[kind]).max(axis=(1, 2))
+        assert np.all(error <= span / 510 * 1.001 + 1e-9), kind
+    assert data["settings"]["config"]["saliency"]["density"] == 20
+    per_frame = written["report"].stat().st_size / 6  # fixed overhead included: an upper bound
+    assert per_frame * 2000 < 50 * MB, f"{per_frame / 1000:.1f} kB a frame"
+    assert json.loads((tmp_path / "summary.json").read_text())["written"]["report"] == str(written["report"])
+
+
+def test_output_report_false_writes_no_page_and_a_rerun_removes_the_old_one(tmp_path):
+    from engine.jobs.run import run_job
+
+    run_job(tiny_job(tmp_path, rollout={"steps": 2}))
+    assert (tmp_path / "report.html").is_file()
+    written = run_job(tiny_job(tmp_path, rollout={"steps": 2}, output={"report": False}))
+    assert "report" not in written and not (tmp_path / "report.html").exists()
+
+
+def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path):
+    """Two store jobs replay one recorded game; each job's page equals the stores' contents, and the multirun
+    callback writes the sweep page with both jobs as panels over the same frames, and summary.csv as its table."""
+    from omegaconf import OmegaConf
+
+    from engine.cli.app import SUMMARY_COLUMNS, SweepSummary
+    from engine.jobs.run import run_job
+    from engine.storage.store import RolloutStore, SaliencyStore
+
+    sweep, game = tmp_path / "sweep", str(tmp_path / "game")
+    for job, radius in (("0", 3), ("1", 5)):
+        run_job(tiny_job(sweep / job, rollout={"steps": 10}, saliency={"radius": radius},
+                         store={"rollout": game, "frames_per_chunk": 4}))
+    recorded = RolloutStore.open(game).read()
+    for job in ("0", "1"):
+        data, sheets = read_report_data(sweep / job / "report.html")
+        shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+        assert np.array_equal(shown, recorded.frames.numpy())
+        assert data["series"]["actions"] == recorded.actions.tolist()
+        maps = SaliencyStore.open(sweep / job / "saliency_store").read()
+        span = maps["actor"].max(axis=(1, 2)) - maps["actor"].min(axis=(1, 2))
+        assert np.all(np.abs(dequantised(data, sheets, 0, "actor") - maps["actor"]).max(axis=(1, 2)) <= span / 510 * 1.001 + 1e-12)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}}))
+    data, sheets = read_report_data(sweep / "report.html")
+    assert data["kind"] == "sweep" and data["frames"] == 10 and [p["name"] for p in data["panels"]] == ["0", "1"]
+    assert [p["label"] for p in data["panels"]] == ["job 0: radius=3.0", "job 1: radius=5.0"]
+    assert data["table"]["columns"] == list(SUMMARY_COLUMNS) and len(data["table"]["rows"]) == 2
+    assert data["table"]["links"] == {"0": "0/report.html", "1": "1/report.html"}
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert np.array_equal(shown, recorded.frames.numpy())
+    radius_3 = dequantised(data, sheets, 0, "actor")
+    assert not np.allclose(radius_3, dequantised(data, sheets, 1, "actor"))  # each job's own maps
+    own, own_sheets = read_report_data(sweep / "0" / "report.html")
+    assert np.array_equal(radius_3, dequantised(own, own_sheets, 0, "actor"))

@@ -1,0 +1,301 @@
+"""Integrity of the zarr stores, each failure reproduced: a chunk of the wrong length or shape, a corrupt chunk
+(named, then recomputed by the next run), a store without its manifest (never adopted), two creators racing
+(exactly one wins), another writer's in-progress chunk (never deleted), a store path that is a file or read-only
+(one line, before any work)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.core.errors import EngineError
+from engine.policies.greydanus2017 import load_agent
+from engine.core.settings import SaliencyConfig
+from engine.jobs import record as record_module
+from engine.jobs import score as score_module
+from engine.policies.registry import resolve_checkpoint
+from engine.jobs.record import record_rollout
+from engine.jobs.score import score_store
+from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore, StoreIntegrityError
+from tests.conftest import ROOT
+
+STEPS, SETTINGS, FRAMES_PER_CHUNK = 20, SaliencyConfig(density=20), 4  # 5 saliency chunks of 4 frames
+
+
+@pytest.fixture(scope="module")
+def agent():
+    return load_agent(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def played(agent, tmp_path_factory):
+    root = tmp_path_factory.mktemp("played") / "rollout"
+    record_rollout(agent, "Pong-v4", STEPS, root, seed=1, chunk_steps=8, checkpoint_sha256="c" * 64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(agent, played, tmp_path_factory):
+    """An untouched saliency store and its maps."""
+    root = tmp_path_factory.mktemp("reference") / "s"
+    return root, score_store(agent, played, root, SETTINGS, "c" * 64, FRAMES_PER_CHUNK).read()
+
+
+def fresh_copy(reference, tmp_path) -> Path:
+    copy = tmp_path / "s"
+    shutil.copytree(reference[0], copy)
+    return copy
+
+
+def chunk_key(root: Path, name: str, k: int) -> Path:
+    return root / name / "c" / str(k) / "0" / "0"
+
+
+def assert_equal_maps(got: dict, want: dict):
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+# --- a chunk whose length or shape does not match its place -----------------------------------------------------
+
+
+def test_array_of_another_length_is_detected(reference, tmp_path):
+    """The 2-format bug: a "complete" store with fewer maps than frames, shifted. Here the actor array's metadata
+    claims 16 frames for the rollout's 20: opening the store says which array and what the manifest wants."""
+    copy = fresh_copy(reference, tmp_path)
+    meta = copy / "actor" / "zarr.json"
+    data = json.loads(meta.read_text())
+    assert data["shape"] == [STEPS, 80, 80]
+    data["shape"] = [16, 80, 80]
+    meta.write_text(json.dumps(data))
+    with pytest.raises(StoreIntegrityError, match=r"array 'actor' has shape \(16, 80, 80\).*manifest says shape \(20, 80, 80\)"):
+        SaliencyStore.open(copy)
+
+
+def test_chunk_of_another_shape_is_named_and_recomputed(agent, played, reference, tmp_path):
+    """A chunk file from a store chunked by 8 frames put in the place of a 4-frame chunk: its checksum is valid,
+    but it decodes to 8 maps. Reading names the array and the chunk; the next run recomputes it."""
+    other = tmp_path / "other"
+    score_store(agent, played, other, SETTINGS, "c" * 64, frames_per_chunk=8)
+    copy = fresh_copy(reference, tmp_path)
+    shutil.copy(chunk_key(other, "actor", 0), chunk_key(copy, "actor", 1))
+    damaged = SaliencyStore.open(copy)
+    assert damaged.complete  # the marker alone cannot tell
+    with pytest.raises(StoreIntegrityError, match=r"chunk 1 \(steps 4\.\.7\) of 'actor' is damaged .*recomputed by the next run"):
+        damaged.read()
+    assert SaliencyStore.open(copy).missing() == [1]
+    assert_equal_maps(score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK).read(), reference[1])
+
+
+# --- a corrupt chunk: named in the error, recomputed on the next run -----------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["bit-flip", "truncated", "deleted"])
+def test_corrupt_chunk_is_named_and_recomputed_on_the_next_run(agent, played, reference, tmp_path, damage):
+    copy = fresh_copy(reference, tmp_path)
+    key = chunk_key(copy, "critic_scores", 3)
+    data = bytearray(key.read_bytes())
+    if damage == "bit-flip":
+        data[len(data) // 2] ^= 0x04
+        key.write_bytes(bytes(data))
+    elif damage == "truncated":
+        key.write_bytes(bytes(data[: len(data) - 7]))
+    else:
+        key.unlink()  # zarr alone would read the fill value (zeros) here
+    reason = {"bit-flip": "checksum", "truncated": "", "deleted": "is missing"}[damage]
+    with pytest.raises(StoreIntegrityError, match=rf"chunk 3 \(steps 12\.\.15\) of 'critic_scores' is damaged \(.*{reason}"):
+        SaliencyStore.open(copy).read()
+    assert SaliencyStore.open(copy).missing() == [3]
+    np.testing.assert_array_equal(SaliencyStore.open(copy).read(0, 12)["critic_scores"], reference[1]["critic_scores"][:12])
+    again = score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)  # the next run
+    assert again.complete
+    assert_equal_maps(again.read(), reference[1])
+
+
+def test_corrupt_rollout_chunk_is_named_and_rerecorded(agent, played, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    key = copy / "frames" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(key.read_bytes())
+    data[100] ^= 0x01
+    key.write_bytes(bytes(data))
+    with pytest.raises(StoreIntegrityError, match=r"chunk 1 \(steps 8\.\.15\) of 'frames' is damaged \(.*checksum"):
+        RolloutStore.open(copy).read()
+    assert RolloutStore.open(copy).completed_chunks() == 1
+    again = record_rollout(agent, "Pong-v4", STEPS, copy, seed=1, chunk_steps=8, checkpoint_sha256="c" * 64)
+    a, b = again.read(), RolloutStore.open(played).read()
+    assert all(np.array_equal(getattr(a, f).numpy(), getattr(b, f).numpy()) for f in ("frames", "observations", "logits", "actions"))
+    assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.states, b.states))
+
+
+# --- a store whose manifest is missing is never adopted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["attribute", "group-file"])
+def test_store_without_manifest_is_never_adopted(agent, played, reference, tmp_path, loss):
+    """Format 2 adopted the chunks of a store whose manifest.json was gone under whatever settings came next."""
+    copy = fresh_copy(reference, tmp_path)
+    group = copy / "zarr.json"
+    if loss == "attribute":
+        meta = json.loads(group.read_text())
+        del meta["attributes"]["manifest"]
+        group.write_text(json.dumps(meta))
+        expected = "without a store manifest"
+    else:
+        group.unlink()
+        expected = "not empty but has no store manifest"
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    with pytest.raises(EngineError, match=expected):
+        score_store(agent, played, copy, SaliencyConfig(density=20, radius=3), "d" * 64, FRAMES_PER_CHUNK)
+    with pytest.raises(EngineError, match=expected):
+        score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)  # not even under its own settings
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def test_a_store_of_the_npz_format_is_refused(agent, played, tmp_path):
+    old = tmp_path / "old"
+    (old / "chunks").mkdir(parents=True)
+    (old / "manifest.json").write_text("{}")
+    with pytest.raises(EngineError, match=r"older engine \(format 2"):
+        score_store(agent, played, old, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)
+
+
+# --- creation is atomic against a concurrent creator ------------------------------------------------------------
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+
+from engine.storage.store import ChunkStore, StoreMismatchError
+
+base, me, other, rounds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+layout = {"x": {"tail": [3], "dtype": "<f4", "dims": ["x_axis"], "per": "time"}}
+outcome = []
+for i in range(rounds):
+    (base / f"{me}.{i}").touch()  # a barrier per round, so both create the same store at the same time
+    while not (base / f"{other}.{i}").exists():
+        time.sleep(0.0005)
+    try:
+        ChunkStore.open_or_create(base / f"store{i}", {"kind": "saliency", "radius": me}, layout, 10, 4)
+        outcome.append("accepted")
+    except StoreMismatchError:
+        outcome.append("refused")
+print(json.dumps(outcome))
+"""
+
+
+def test_two_creators_with_other_settings_race_and_exactly_one_wins(tmp_path):
+    """Format 2 accepted both of two jobs with different radii in 9 of 30 tries."""
+    rounds = 20
+    jobs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), me, other, str(rounds)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for me, other in (("3", "5"), ("5", "3"))]
+    results = []
+    for job in jobs:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for i, pair in enumerate(zip(*results)):
+        assert sorted(pair) == ["accepted", "refused"], (i, pair)
+        winner = ("3", "5")[pair.index("accepted")]
+        assert ChunkStore(tmp_path / f"store{i}").identity["radius"] == winner
+    assert not list(tmp_path.glob(".store*"))  # the losers' temporary groups are gone
+
+
+# --- opening a store never deletes another writer's in-progress chunk ---------------------------------------------
+
+
+def test_opening_a_store_leaves_another_writers_chunk_alone(agent, played, tmp_path):
+    """Shard 1 is writing chunk 1: its actor maps are stored, its critic maps half-written in a temporary file,
+    no marker yet. Shard 0 opening the store and scoring its own chunks touches none of it."""
+    root = tmp_path / "s"
+    score_store(agent, played, root, SETTINGS, "c" * 64, FRAMES_PER_CHUNK, shard=0, num_shards=2)
+    in_progress = ChunkStore(root)
+    in_progress.arrays["actor"][4:8] = np.full((4, 80, 80), 0.5, dtype=np.float32)
+    partial = chunk_key(root, "critic", 1).parent / ".0.abc123.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half of the critic maps")
+    files = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and "/c/1/" in str(p)}
+    assert len(files) == 2
+    SaliencyStore.open(root)
+    score_store(agent, played, root, SETTINGS, "c" * 64, FRAMES_PER_CHUNK, shard=0, num_shards=2)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and "/c/1/" in str(p)} == files
+    assert SaliencyStore.open(root).missing() == [1, 3]
+
+
+# --- a store path that is a file, or read-only where writing is needed ---------------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a job gets as far as playing or scoring."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the store path was checked")
+
+    monkeypatch.setattr(record_module, "Player", refuse)
+    monkeypatch.setattr(score_module, "compute_saliency", refuse)
+
+
+def test_store_path_that_is_a_file_fails_before_any_work(agent, played, tmp_path, no_work):
+    path = tmp_path / "results"
+    path.write_text("not a store")
+    for job in (lambda: record_rollout(agent, "Pong-v4", STEPS, path),
+                lambda: score_store(agent, played, path, SETTINGS),
+                lambda: score_store(agent, played, path / "inside", SETTINGS)):
+        with pytest.raises(EngineError) as caught:
+            job()
+        message = str(caught.value)
+        assert "\n" not in message and str(path) in message and ("is a file" in message or "inside a file" in message)
+    assert path.read_text() == "not a store"
+
+
+@contextmanager
+def unprivileged():
+    """Run as user nobody where the tests run as root (root writes into read-only directories); as is otherwise."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_read_only_store_fails_before_any_work_only_where_writing_is_needed(agent, played, reference, monkeypatch):
+    """A store to finish, or a new one, in a read-only place: one line naming the path, before playing or scoring.
+    A complete store there is read as usual."""
+    base = Path(tempfile.mkdtemp())  # not under pytest's tmp_path: that is private to root
+    try:
+        os.chmod(base, 0o755)
+        partial, complete, fresh_parent, game = base / "partial", base / "complete", base / "locked", base / "game"
+        shutil.copytree(played, game)  # readable by the unprivileged user
+        shutil.copytree(reference[0], partial)
+        shutil.copytree(reference[0], complete)
+        (partial / "complete" / "c" / "2").unlink()  # chunk 2 to do
+        fresh_parent.mkdir()
+        for p in [*partial.rglob("*"), partial, *complete.rglob("*"), complete, fresh_parent]:
+            os.chmod(p, 0o555 if p.is_dir() else 0o444)
+        with monkeypatch.context() as patched:
+            patched.setattr(record_module, "Player", lambda *a, **k: (_ for _ in ()).throw(AssertionError("played")))
+            patched.setattr(score_module, "compute_saliency", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+            with unprivileged():
+                for target, job in ((partial, lambda: score_store(agent, game, partial, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)),
+                                    (fresh_parent / "s", lambda: score_store(agent, game, fresh_parent / "s", SETTINGS)),
+                                    (fresh_parent / "r", lambda: record_rollout(agent, "Pong-v4", STEPS, fresh_parent / "r"))):
+                    with pytest.raises(EngineError, match="is not writable") as caught:
+                        job()
+                    assert "\n" not in str(caught.value) and str(target) in str(caught.value)
+                # a complete store needs no writing: it is read, and scoring it again has nothing to do
+                done = score_store(agent, game, complete, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)
+                assert_equal_maps(done.read(), reference[1])
+    finally:
+        for p in base.rglob("*"):
+            os.chmod(p, 0o755)
+        shutil.rmtree(base)

@@ -1,0 +1,128 @@
+"""The stores on object storage (S3 through fsspec), against moto's S3 server on loopback: record, shard, resume,
+refuse to mix, name and recompute a corrupt chunk, never adopt objects without a manifest, open with xarray.
+
+Not tested here because it does not hold on S3: creation is not atomic against a concurrent creator (README)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("moto.server", reason="moto's S3 server is not installed: pip install 'moto[server]' s3fs")
+s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'moto[server]' s3fs")
+
+from engine.core.errors import EngineError  # noqa: E402
+from engine.policies.greydanus2017 import load_agent  # noqa: E402
+from engine.core.settings import SaliencyConfig  # noqa: E402
+from engine.policies.registry import resolve_checkpoint  # noqa: E402
+from engine.jobs.record import record_rollout  # noqa: E402
+from engine.jobs.score import score_store  # noqa: E402
+from engine.storage.store import RolloutStore, SaliencyStore, StoreIntegrityError, StoreMismatchError, store_exists  # noqa: E402
+
+STEPS, SETTINGS, SHA = 20, SaliencyConfig(density=20), "c" * 64
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A bucket on moto's S3 server (127.0.0.1, a free port) and the fsspec options that reach it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"}}
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="saliency-test")
+    fs = s3fs.S3FileSystem(**options)
+    try:
+        yield fs, options
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def agent():
+    return load_agent(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local(agent, tmp_path_factory):
+    """The same game and maps on a local path, for comparison."""
+    base = tmp_path_factory.mktemp("local")
+    rollout = record_rollout(agent, "Pong-v4", STEPS, base / "r", seed=1, chunk_steps=8, checkpoint_sha256=SHA)
+    return rollout.read(), score_store(agent, base / "r", base / "s", SETTINGS, SHA, frames_per_chunk=4).read()
+
+
+@pytest.fixture(scope="module")
+def game(agent, s3):
+    fs, options = s3
+    url = "s3://saliency-test/game"
+    record_rollout(agent, "Pong-v4", STEPS, url, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options)
+    return url
+
+
+def equal_maps(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_recording_on_s3_equals_a_local_one_and_resumes(agent, s3, game, local):
+    fs, options = s3
+    assert store_exists(game, options) and fs.exists("saliency-test/game/frames/c/2/0/0/0")
+    back = RolloutStore.open(game, options).read()
+    for name in ("frames", "observations", "logits", "values", "actions", "rewards", "dones"):
+        assert np.array_equal(getattr(back, name).numpy(), getattr(local[0], name).numpy()), name
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(back.states, local[0].states))
+    # as if killed in chunk 1: its marker and frames gone; the next run re-records from there
+    fs.rm("saliency-test/game/complete/c/1")
+    fs.rm("saliency-test/game/frames/c/1", recursive=True)
+    assert RolloutStore.open(game, options).completed_chunks() == 1
+    again = record_rollout(agent, "Pong-v4", STEPS, game, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options)
+    assert again.complete and np.array_equal(again.read().frames.numpy(), local[0].frames.numpy())
+
+
+def test_shards_fill_one_s3_store_and_the_union_equals_a_local_run(agent, s3, game, local):
+    fs, options = s3
+    url = "s3://saliency-test/maps"
+    first = score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=1, num_shards=2, storage_options=options)
+    assert first.missing() == [0, 2, 4]
+    union = score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=0, num_shards=2, storage_options=options)
+    assert union.complete and equal_maps(union.read(), local[1])
+    with pytest.raises(StoreMismatchError, match="saliency.density: store has 20, this job 10"):
+        score_store(agent, game, url, SaliencyConfig(density=10), SHA, frames_per_chunk=4, storage_options=options)
+
+
+def test_corrupt_chunk_on_s3_is_named_and_recomputed(agent, s3, game, local):
+    fs, options = s3
+    url = "s3://saliency-test/corrupt"
+    score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, storage_options=options)
+    key = "saliency-test/corrupt/actor/c/2/0/0"
+    data = bytearray(fs.cat(key))
+    data[len(data) // 3] ^= 0x10
+    fs.pipe(key, bytes(data))
+    with pytest.raises(StoreIntegrityError, match=r"chunk 2 \(steps 8\.\.11\) of 'actor' is damaged \(.*checksum"):
+        SaliencyStore.open(url, options).read()
+    assert SaliencyStore.open(url, options).missing() == [2]
+    again = score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, storage_options=options)
+    assert again.complete and equal_maps(again.read(), local[1])
+
+
+def test_objects_without_a_manifest_are_never_adopted(agent, s3, game):
+    fs, options = s3
+    url = "s3://saliency-test/orphan"
+    score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, storage_options=options)
+    fs.rm("saliency-test/orphan/zarr.json")
+    fs.invalidate_cache()
+    with pytest.raises(EngineError, match="holds objects but no store manifest"):
+        score_store(agent, game, url, SaliencyConfig(density=20, radius=3), "d" * 64, frames_per_chunk=4, storage_options=options)
+
+
+def test_xarray_opens_an_s3_store(s3, game, local):
+    xr = pytest.importorskip("xarray", reason="xarray is not installed (pip install xarray)")
+    fs, options = s3
+    ds = xr.open_zarr(game, storage_options=options)
+    assert ds["frames"].dims == ("step", "frame_y", "frame_x", "frame_rgb") and ds.sizes["step"] == STEPS
+    assert ds.attrs["manifest"]["identity"]["seed"] == 1
+    assert np.array_equal(ds["observations"][8:16].values, local[0].observations[8:16].numpy())
+    assert json.loads(fs.cat("saliency-test/game/zarr.json"))["attributes"]["manifest"]["format"] == 3

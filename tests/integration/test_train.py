@@ -1,0 +1,156 @@
+"""Training smoke test: a few hundred frames, checkpoints in a series, resume, and the app-compatible format.
+
+The resume state (``<run>/resume.pt``) holds tensors and plain types only and is read with
+``torch.load(weights_only=True)``: a resumed run continues with exactly the agent, optimizer, counters and RNG
+states that were saved, and a file holding any other pickled object is refused without running it.
+"""
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import load_agent
+from engine.core.errors import EngineError
+from engine.policies.greydanus2017 import ActorCritic
+from engine.training import a2c
+from engine.training.a2c import TrainConfig, train
+
+
+def _tiny(run_dir, **overrides) -> TrainConfig:
+    settings = dict(num_envs=2, rollout_steps=5, total_frames=20, checkpoint_every=10, vector="sync",
+                    run_dir=str(run_dir), progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _global_rng_states():
+    return torch.get_rng_state().clone(), np.random.get_state(legacy=True), random.getstate()
+
+
+def _assert_same_rng(a, b):
+    assert torch.equal(a[0], b[0])
+    kind, keys, pos, has_gauss, gauss = a[1]
+    assert (kind, pos, has_gauss, gauss) == (b[1][0], b[1][2], b[1][3], b[1][4]) and np.array_equal(keys, b[1][1])
+    assert a[2] == b[2]
+
+
+def _assert_same_state_dict(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], dict):
+            _assert_same_state_dict(a[key], b[key])
+        elif isinstance(a[key], list):
+            assert len(a[key]) == len(b[key]), key
+            for x, y in zip(a[key], b[key]):
+                _assert_same_state_dict(x, y) if isinstance(x, dict) else (x == y or pytest.fail(key))
+        else:
+            assert a[key] == b[key], key
+
+
+def test_train_checkpoint_and_resume_restores_everything(tmp_path, monkeypatch):
+    saved, restored = [], []
+    real_save, real_restore = a2c.save_resume, a2c.restore_resume
+
+    def spy_save(path, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds):
+        saved.append(dict(agent=copy.deepcopy(agent.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
+                          counters=(frames, next_checkpoint, list(returns)), rng=_global_rng_states()))
+        real_save(path, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds)
+
+    def spy_restore(resume, agent, optimizer):
+        frames, next_checkpoint, returns, seconds = real_restore(resume, agent, optimizer)
+        restored.append(dict(agent=copy.deepcopy(agent.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
+                             counters=(frames, next_checkpoint, list(returns)), rng=_global_rng_states()))
+        return frames, next_checkpoint, returns, seconds
+
+    monkeypatch.setattr(a2c, "save_resume", spy_save)
+    monkeypatch.setattr(a2c, "restore_resume", spy_restore)
+
+    config = _tiny(tmp_path)
+    last = train(config)
+    assert last == tmp_path / "checkpoints" / "step_20.pt"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt")) == ["step_10.pt", "step_20.pt"]
+    meta = json.loads((tmp_path / "checkpoints" / "step_20.json").read_text())
+    assert meta["game"] == "Pong-v4" and meta["frames"] == 20 and meta["core"] == "lstm"
+    agent = load_agent(last, device="cpu")  # the same loader as every other agent
+    assert agent.core == "lstm" and agent.num_actions == 6
+    resume = torch.load(tmp_path / "resume.pt", weights_only=True)  # tensors and plain types only
+    assert resume["frames"] == 20 and resume["next_checkpoint"] == 30 and len(saved) == 2
+    assert saved[-1]["optimizer"]["state"], "the optimizer has state (RMSprop's square averages) to restore"
+
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # whatever happens in between
+    last = train(_tiny(tmp_path, total_frames=30))
+    assert len(restored) == 1
+    before, after = saved[1], restored[0]  # the state saved at frame 20 and the state the second run started from
+    _assert_same_state_dict(before["agent"], after["agent"])
+    _assert_same_state_dict(before["optimizer"], after["optimizer"])
+    assert before["counters"] == after["counters"] == (20, 30, before["counters"][2])
+    _assert_same_rng(before["rng"], after["rng"])
+    # and it went on from there
+    assert last == tmp_path / "checkpoints" / "step_30.pt"
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["frames"] == 30
+    after_agent = load_agent(last, device="cpu")
+    assert not torch.equal(after_agent.actor_linear.weight, agent.actor_linear.weight)  # it kept learning
+
+
+def test_rng_states_round_trip_through_weights_only_file(tmp_path):
+    """Every RNG (python, numpy with a cached Gaussian, torch) continues after a reload exactly as it would have."""
+    agent = ActorCritic(6, core="gru", hidden_size=16)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    agent(torch.rand(2, 1, 80, 80), agent.initial_state(2)).value.sum().backward()
+    optimizer.step()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    random.gauss(0, 1), np.random.standard_normal(), torch.rand(3)  # mid-stream, numpy holding a cached gaussian
+    path = tmp_path / "resume.pt"
+    a2c.save_resume(path, agent, optimizer, TrainConfig(core="gru", hidden_size=16), 40, 50, [1.0, -2.0], 3.5)
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(4))
+    params = copy.deepcopy(agent.state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+
+    fresh = ActorCritic(6, core="gru", hidden_size=16)
+    fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    counters = a2c.restore_resume(a2c.load_resume(path), fresh, fresh_optimizer)
+    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(4))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+    assert counters[:2] == (40, 50) and list(counters[2]) == [1.0, -2.0] and counters[3] == 3.5
+    _assert_same_state_dict(params, fresh.state_dict())
+    _assert_same_state_dict(optimizer_state, fresh_optimizer.state_dict())
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickled object whose unpickling would create a file: the marker that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_file_with_pickled_objects_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "code_ran"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"format": a2c.RESUME_FORMAT, "frames": 10, "payload": _RunsCodeWhenUnpickled(marker)}, run_dir / "resume.pt")
+    with pytest.raises(EngineError, match=r"resume.pt holds a pickled \S*open: refusing to load it, because unpickling"):
+        train(_tiny(run_dir))
+    assert not marker.exists()
+    # the format of earlier versions (numpy RNG state as an array) is refused the same way
+    torch.save({"numpy_rng": np.random.get_state()}, run_dir / "resume.pt")
+    with pytest.raises(EngineError, match=r"holds a pickled numpy\..*refusing to load it"):
+        train(_tiny(run_dir))
+    torch.save({"frames": 10}, run_dir / "resume.pt")  # loads, but is not a resume state
+    with pytest.raises(EngineError, match=r"not a resume state of this version .*missing or malformed: format, agent"):
+        train(_tiny(run_dir))
+    assert not (run_dir / "checkpoints").exists()  # refused before anything was written or started
+
+
+def test_resume_refuses_another_game(tmp_path):
+    train(TrainConfig(num_envs=1, rollout_steps=5, total_frames=5, checkpoint_every=5, run_dir=str(tmp_path), progress=False))
+    with pytest.raises(EngineError, match="holds a lstm run on Pong-v4"):
+        train(TrainConfig(env_id="Breakout-v4", num_envs=1, rollout_steps=5, total_frames=10, checkpoint_every=5, run_dir=str(tmp_path), progress=False))

@@ -1,0 +1,203 @@
+"""``load_agent`` on hostile or damaged files: every failure is a ``CheckpointError`` that names the file and
+the problem (never torch's advice to load with ``weights_only=False``), sizes are checked before any module is
+allocated, and weights must be finite floating-point numbers of plausible size whose agent gives finite outputs.
+None of these tests needs a real checkpoint except the bit-flip test (baby-a3c pong@40, through the registry)."""
+
+import io
+import pickle
+import pickletools
+import random
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import CheckpointError, load_agent
+from engine.policies import checkpoint as policy
+from engine.policies.greydanus2017 import ActorCritic
+from tests.conftest import checkpoint
+
+
+def _refused(path, match: str) -> str:
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_agent(path, device="cpu")
+    message = str(info.value)
+    assert str(path) in message, message  # names the file
+    assert "weights_only" not in message, message  # and never suggests loading untrusted pickles
+    return message
+
+
+def _agent_state_dict(core="gru", num_actions=6, seed=0):
+    torch.manual_seed(seed)
+    return ActorCritic(num_actions=num_actions, core=core).state_dict()
+
+
+def _save(tmp_path, obj, name="bad.pt", **kwargs):
+    path = tmp_path / name
+    torch.save(obj, path, **kwargs)
+    return path
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    _refused(text, r"not a torch checkpoint: it is a text file \(it starts with 'root:x:0:0")
+    if Path("/etc/passwd").is_file():
+        _refused("/etc/passwd", "not a torch checkpoint: it is a text file")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _refused(empty, r"not a torch checkpoint: the file is empty \(0 bytes\)")
+    plain_pickle = tmp_path / "plain.pkl"
+    plain_pickle.write_bytes(pickle.dumps({"conv1.weight": [1.0, 2.0]}))
+    _refused(plain_pickle, "not a torch checkpoint: it starts with the bytes 80 04")
+    foreign_zip = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign_zip, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    _refused(foreign_zip, "a zip archive without torch.save's data.pkl")
+    _refused(tmp_path, "does not exist \\(or is not a file\\)")
+
+
+def test_random_bytes(tmp_path):
+    rng = random.Random(0)
+    legacy_head = io.BytesIO()
+    torch.save({}, legacy_head, _use_new_zipfile_serialization=False)
+    for i in range(60):
+        data = bytes(rng.randrange(256) for _ in range(rng.choice([1, 7, 100, 5000])))
+        if i % 3 == 1:  # looks like a legacy torch file for its first bytes, so torch's own parser meets the noise
+            data = legacy_head.getvalue()[:30] + data
+        elif i % 3 == 2:  # looks like a zip archive
+            data = b"PK\x03\x04" + data
+        path = tmp_path / f"random_{i}.pt"
+        path.write_bytes(data)
+        _refused(path, "not a torch checkpoint")
+
+
+def test_truncated_files(tmp_path):
+    for name, kwargs in (("legacy.pt", dict(_use_new_zipfile_serialization=False)), ("zip.pt", {})):
+        whole = _save(tmp_path, _agent_state_dict(), name, **kwargs).read_bytes()
+        for keep in (10, 200, len(whole) // 2, len(whole) - 1):
+            path = tmp_path / f"cut_{keep}_{name}"
+            path.write_bytes(whole[:keep])
+            _refused(path, "not a torch checkpoint")
+
+
+def test_pickled_objects_are_refused_without_running_them(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = _save(tmp_path, {**_agent_state_dict(), "extra": RunsCode()})
+    _refused(path, r"holds Python objects other than tensors and plain containers \(UnpicklingError: Unsupported global: GLOBAL [^ ]*open")
+    assert not marker.exists()
+
+
+def _pickled_structure_end(data: bytes) -> int:
+    """Where a legacy torch.save file's pickles end (magic number, protocol, system info, the state dict, the
+    storage keys) and the raw storages begin; pickletools only reads the opcodes, it runs nothing."""
+    f = io.BytesIO(data)
+    for _ in range(5):
+        for _ in pickletools.genops(f):
+            pass
+    return f.tell()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a flipped PROTO byte that still loads
+def test_bit_flipped_copies_of_a_real_checkpoint(tmp_path):
+    """250 copies of a real baby-a3c checkpoint, one random bit flipped in each (seeded): four in five in its
+    pickled structure (names, storage keys, sizes, strides) or the first storage's size header, the rest
+    anywhere. Each one loads into a working agent or raises CheckpointError, nothing else."""
+    original = checkpoint("pong").read_bytes()
+    structure = _pickled_structure_end(original) + 8
+    assert 1000 < structure < 4000
+    rng = random.Random(2017)
+    x = torch.rand(1, 1, 80, 80, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "flipped.tar"
+    path.write_bytes(original)
+    outcomes = {"loaded": 0, "refused": 0}
+    for copy in range(250):
+        position = rng.randrange(structure) if copy % 5 else rng.randrange(len(original))
+        flipped = original[position] ^ (1 << rng.randrange(8))
+        with open(path, "r+b") as f:  # the copy: the original with that one byte changed
+            f.seek(position)
+            f.write(bytes([flipped]))
+        try:
+            agent = load_agent(path, device="cpu")
+        except CheckpointError as exc:
+            assert str(path) in str(exc) and "weights_only" not in str(exc), str(exc)
+            outcomes["refused"] += 1
+        else:  # any other exception type fails the test
+            with torch.inference_mode():
+                out = agent(x, agent.initial_state(1))
+            assert out.logits.shape == (1, agent.num_actions) and torch.isfinite(out.logits).all(), position
+            assert torch.isfinite(out.value).all(), position
+            outcomes["loaded"] += 1
+        with open(path, "r+b") as f:
+            f.seek(position)
+            f.write(original[position : position + 1])
+    assert outcomes["refused"] > 150 and outcomes["loaded"] > 40, outcomes  # both paths were exercised
+
+
+def test_sizes_are_checked_before_allocation(tmp_path, monkeypatch):
+    """A 3.4 MB file whose stride-0 tensors claim 10^9 actions (1 TB of weights) is refused from its shapes."""
+    built = []
+    real_init = ActorCritic.__init__
+
+    def watch(self, num_actions, *args, **kwargs):
+        built.append(num_actions)
+        real_init(self, num_actions, *args, **kwargs)
+
+    sd = _agent_state_dict()
+    monkeypatch.setattr(ActorCritic, "__init__", watch)
+    huge = {**sd, "actor_linear.weight": torch.zeros(1, 256).expand(10**9, 256),
+            "actor_linear.bias": torch.zeros(1).expand(10**9)}
+    path = _save(tmp_path, huge, "huge_actions.pt")
+    assert path.stat().st_size < 4_000_000
+    _refused(path, r"actor_linear.weight \(1000000000, 256\) implies 1000000000 actions, outside 1..1024")
+    hidden = {**sd, "gru.weight_hh": torch.zeros(768, 1).expand(768, 10**7)}
+    _refused(_save(tmp_path, hidden, "huge_hidden.pt"), r"implies 10000000 hidden units, outside 1..4096")
+    channels = {**sd, "conv1.weight": torch.zeros(32, 1, 3, 3).expand(32, 10**6, 3, 3)}
+    _refused(_save(tmp_path, channels, "huge_channels.pt"), r"implies 1000000 input channels, outside 1..64")
+    assert built == []  # refused from the shapes alone: no module was built, not even on the meta device
+    # within bounds, but a stride-0 view is not stored weights
+    expanded = {**sd, "actor_linear.weight": torch.zeros(1, 256).expand(6, 256)}
+    _refused(_save(tmp_path, expanded, "expanded.pt"), r"actor_linear.weight \(6, 256\) has 1536 values but only 256 are stored")
+    # sizes that disagree with each other: 6 actions, but a head of width 128 for a 256-wide core
+    narrow = {**sd, "actor_linear.weight": torch.zeros(6, 128)}
+    _refused(_save(tmp_path, narrow, "narrow.pt"), r"actor_linear.weight: \(6, 128\) \(expected \(6, 256\)\)")
+    flat = {**sd, "gru.weight_hh": torch.zeros(768)}
+    _refused(_save(tmp_path, flat, "flat.pt"), r"gru.weight_hh has shape \(768,\), expected 2 dimensions")
+
+
+def test_weights_must_be_finite_floats_of_plausible_size(tmp_path, monkeypatch):
+    sd = _agent_state_dict(core="lstm")
+    for bad_value in (float("nan"), float("inf"), float("-inf")):
+        weights = {k: v.clone() for k, v in sd.items()}
+        weights["conv2.weight"][3, 1, 0, 2] = bad_value
+        weights["lstm.bias_hh"][:5] = bad_value
+        _refused(_save(tmp_path, weights), r"non-finite \(NaN or inf\) weights in conv2.weight \(1 of 9216\), lstm.bias_hh \(5 of 1024\)")
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        _refused(_save(tmp_path, {**sd, "conv1.bias": torch.zeros(32, dtype=dtype)}), f"conv1.bias has dtype {dtype}; an agent's weights are floating point")
+    # finite but absurd: a flipped top exponent bit makes 3.4e36 of 0.01 (the largest published weight is 296)
+    huge = {k: v.clone() for k, v in sd.items()}
+    huge["lstm.weight_ih"][7, 11] = 0.01 * 2.0**128
+    _refused(_save(tmp_path, huge), r"\|w\| > 1e\+06\) in lstm.weight_ih \(max \|w\| 3.4e\+36\): the file is corrupt")
+    # and should anything pass these checks yet overflow, a test step of the agent catches it
+    monkeypatch.setattr(policy, "MAX_ABS_WEIGHT", float("inf"))
+    _refused(_save(tmp_path, {**sd, "conv1.weight": torch.full((32, 1, 3, 3), 3e38)}), "outputs on a test frame are not")
+    # other floating dtypes load (and are cast to the requested dtype)
+    agent = load_agent(_save(tmp_path, {k: v.half() for k, v in sd.items()}, "half.pt"), device="cpu")
+    assert agent.actor_linear.weight.dtype == torch.float32
+
+
+def test_error_text_never_quotes_torch_advice():
+    exc = pickle.UnpicklingError(
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument in "
+        "`torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed, but it can result in arbitrary code execution. Do it only if you got the file from a trusted "
+        "source.\nPlease file an issue with the following so that we can make `weights_only=True` compatible with "
+        "your use case: WeightsUnpickler error: \n\nUnsupported operand 108\n\nCheck the documentation of torch.load"
+    )
+    assert policy.torch_reason(exc) == "UnpicklingError: Unsupported operand 108"

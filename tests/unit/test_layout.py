@@ -1,0 +1,80 @@
+"""The package's layers import only downward: cli -> training -> jobs -> viz -> storage -> env -> policies -> metrics
+-> core.
+
+A newcomer reads the architecture from the tree; this test keeps the tree honest. Every ``import`` and
+``from ... import`` in engine/ (at any depth of the file, lazy imports included) is checked.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(__file__).resolve().parents[2] / "engine"
+LAYERS = ["core", "metrics", "policies", "env", "storage", "viz", "jobs", "training", "cli"]  # bottom to top
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "engine":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "top"
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    package = "engine." + ".".join(path.relative_to(ENGINE).with_suffix("").parts[:-1])
+    package = package.rstrip(".")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                if node.module is None:  # from . import x
+                    found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+                    continue
+            else:
+                module = node.module
+            found.append((node.lineno, module))
+    return found
+
+
+def layer_violations() -> list[str]:
+    bad = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        own = layer_of("engine." + ".".join(path.relative_to(ENGINE).with_suffix("").parts))
+        if own not in LAYERS:
+            continue  # engine/__init__.py, __main__.py and train.py (entry points) sit above every layer
+        for line, module in imported_modules(path):
+            target = layer_of(module)
+            if target == "top" and module != "engine":
+                bad.append(f"{path.relative_to(ENGINE.parent)}:{line} imports {module} (outside the layers)")
+            elif target in LAYERS and LAYERS.index(target) > LAYERS.index(own):
+                bad.append(f"{path.relative_to(ENGINE.parent)}:{line} ({own}) imports {module} ({target}, a layer above)")
+    return bad
+
+
+def test_every_module_sits_in_a_layer():
+    stray = [p.name for p in ENGINE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "train.py")]
+    assert stray == [], f"modules outside the layers {LAYERS}: {stray}"
+
+
+def test_imports_only_go_down():
+    assert layer_violations() == []
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    core = tmp_path / "engine" / "core"
+    core.mkdir(parents=True)
+    (core / "bad.py").write_text("def f():\n    from ..jobs.run import run_job\n")
+    (core / "good.py").write_text("from .policy import load_agent\nimport torch\n")
+    monkeypatch.setattr(sys.modules[__name__], "ENGINE", tmp_path / "engine")
+    assert layer_violations() == ["engine/core/bad.py:2 (core) imports engine.jobs.run (app, a layer above)"]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_package_documents_itself(layer):
+    assert ast.get_docstring(ast.parse((ENGINE / layer / "__init__.py").read_text()))

@@ -1,0 +1,85 @@
+"""Saliency arrays saved with their settings, compressed and atomically: a failed or interrupted write leaves
+neither a temporary file nor a partial file under the target's name (and an older file there stays as it was)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.storage import arrays as arrays_module
+from engine.storage.arrays import load_arrays, save_arrays
+
+
+def test_round_trip_with_settings(tmp_path):
+    maps = torch.rand(3, 80, 80)
+    path = save_arrays(tmp_path / "s.npz", dict(actor=maps, actions=np.arange(3)), dict(radius=5, env="Pong-v4"))
+    arrays, settings = load_arrays(path)
+    assert np.array_equal(arrays["actor"], maps.numpy()) and np.array_equal(arrays["actions"], np.arange(3))
+    assert settings == dict(radius=5, env="Pong-v4")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]  # no temporary left behind
+
+
+def test_arrays_are_compressed(tmp_path):
+    """Atari-like frames (flat colours) shrink many times; the arrays read back bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.zeros(50, 210, 160, 3, dtype=torch.uint8)
+    frames[:, 34:194, 16:144] = 144  # the field
+    rows = torch.randint(34, 190, (50,), generator=generator)
+    frames[torch.arange(50)[:, None], rows[:, None] + torch.arange(4)[None], 78:80] = 236  # a moving ball
+    path = save_arrays(tmp_path / "r.npz", dict(frames=frames), {})
+    assert path.stat().st_size < frames.numel() / 20
+    assert np.array_equal(load_arrays(path)[0]["frames"], frames.numpy())
+
+
+def _savez_that_stops_halfway(monkeypatch, error: BaseException, seen: list):
+    """np.savez_compressed as save_arrays calls it, but it writes half of the real archive to the open temporary file,
+    records that file, and then raises ``error`` (a crash, a full disk, Ctrl-C) in the middle of the write."""
+    real_savez = np.savez_compressed
+
+    def halfway(file, *args, **kwds):
+        import io
+
+        buffer = io.BytesIO()
+        real_savez(buffer, *args, **kwds)
+        data = buffer.getvalue()
+        file.write(data[: len(data) // 2])
+        file.flush()
+        seen.append((file.name, os.path.getsize(file.name)))
+        raise error
+
+    monkeypatch.setattr(arrays_module.np, "savez_compressed", halfway)
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"])
+def test_failed_write_leaves_no_temporary_and_no_target(tmp_path, monkeypatch, error):
+    seen = []
+    _savez_that_stops_halfway(monkeypatch, error, seen)
+    with pytest.raises(type(error)):
+        save_arrays(tmp_path / "s.npz", dict(actor=torch.rand(4, 80, 80)), dict(radius=5))
+    (temporary, written), = seen  # the write really started, into a temporary file beside the target ...
+    assert os.path.dirname(temporary) == str(tmp_path) and os.path.basename(temporary) != "s.npz" and written > 1000
+    assert list(tmp_path.iterdir()) == []  # ... which is gone, and nothing took the target's name
+
+
+def test_failed_overwrite_keeps_the_previous_file(tmp_path, monkeypatch):
+    old = torch.rand(2, 80, 80)
+    save_arrays(tmp_path / "s.npz", dict(actor=old), dict(radius=3))
+    seen = []
+    _savez_that_stops_halfway(monkeypatch, OSError(28, "No space left on device"), seen)
+    with pytest.raises(OSError):
+        save_arrays(tmp_path / "s.npz", dict(actor=torch.rand(5, 80, 80)), dict(radius=8))
+    assert len(seen) == 1 and [p.name for p in tmp_path.iterdir()] == ["s.npz"]
+    monkeypatch.undo()
+    arrays, settings = load_arrays(tmp_path / "s.npz")
+    assert np.array_equal(arrays["actor"], old.numpy()) and settings == dict(radius=3)
+
+
+def test_unconvertible_input_fails_before_touching_the_disk(tmp_path):
+    class Unsaveable:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_arrays(tmp_path / "s.npz", dict(bad=Unsaveable()), {})
+    assert list(tmp_path.iterdir()) == []
