@@ -72,7 +72,7 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     (core / "bad.py").write_text("def f():\n    from ..jobs.run import run_job\n")
     (core / "good.py").write_text("from .policy import load_agent\nimport torch\n")
     monkeypatch.setattr(sys.modules[__name__], "ENGINE", tmp_path / "engine")
-    assert layer_violations() == ["engine/core/bad.py:2 (core) imports engine.jobs.run (app, a layer above)"]
+    assert layer_violations() == ["engine/core/bad.py:2 (core) imports engine.jobs.run (jobs, a layer above)"]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
