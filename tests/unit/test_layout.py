@@ -78,3 +78,11 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_layer_package_documents_itself(layer):
     assert ast.get_docstring(ast.parse((ENGINE / layer / "__init__.py").read_text()))
+
+
+def test_the_package_states_its_version():
+    from importlib.metadata import version
+
+    import engine
+
+    assert engine.__version__ == version("atari-saliency-engine")

@@ -1,0 +1,39 @@
+"""Fixtures of the integration tests: an LSTM agent of the paper's architecture built from the real GRU agent, and
+the states it uses on the shared real rollout (recurrent agents must be scored at each frame's restored state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.policies.greydanus2017 import ActorCritic
+
+
+def lstm_agent_from(gru_agent: ActorCritic, seed: int = 0) -> ActorCritic:
+    """An LSTM agent of the paper's architecture: the real agent's trained convolutions and heads, a seeded
+    random LSTM core, so its activations look like a real agent's."""
+    torch.manual_seed(seed)
+    agent = ActorCritic(num_actions=gru_agent.num_actions, core="lstm")
+    own = agent.state_dict()
+    own.update({k: v for k, v in gru_agent.state_dict().items() if not k.startswith("gru.")})
+    agent.load_state_dict(own)
+    return agent.eval()
+
+
+@pytest.fixture(scope="session")
+def pong_lstm_agent(pong_agent) -> ActorCritic:
+    return lstm_agent_from(pong_agent)
+
+
+@pytest.fixture(scope="session")
+def lstm_states(pong_lstm_agent, pong_rollout):
+    """The states the LSTM agent would have used on the rollout's frames (run through them in order)."""
+    from engine.core.preprocessing import preprocess_frames
+
+    x = preprocess_frames(pong_rollout.frames)
+    state, states = pong_lstm_agent.initial_state(1), []
+    with torch.inference_mode():
+        for t in range(x.shape[0]):
+            states.append(state)
+            state = pong_lstm_agent(x[t : t + 1], state).state
+    return tuple(torch.cat(parts) for parts in zip(*states))
