@@ -2,6 +2,8 @@
 
 import os
 
+__version__ = "0.1.0"
+
 # Intel MKL picks GEMM kernels by row count, so a row's result would change with the batch it is in. Its
 # strict reproducibility mode makes every row independent of the batch (its cost is in the README's fast-path
 # table). MKL reads this on its first call, so it must be set before any matrix product runs; a value the user
@@ -37,4 +39,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
-__all__ = sorted(["CheckpointError", "EngineError", "SaliencyConfig", "UnknownEnvironmentError", *_LAZY])
+__all__ = sorted(["__version__", "CheckpointError", "EngineError", "SaliencyConfig", "UnknownEnvironmentError", *_LAZY])
