@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from engine.core.batching import pad_rows
+from engine.core.blur import gaussian_blur
 from engine.core.jacobian import action_jacobian, jacobian_saliency
+from engine.core.masks import perturb, perturbation_masks
 from engine.core.perturbation import perturbation_saliency
 from engine.core.policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, reset_rows
 from engine.core.reference import saliency_np
@@ -108,15 +110,35 @@ def test_scores_equal_the_loop_reference_in_float64(case, score, interp):
         assert err <= 1e-9, (key, err)
 
 
+def float32_logit_rounding(agent, agent64, obs: np.ndarray, density: int) -> float:
+    """The largest difference between the float32 and float64 logits of the observations and all their perturbed
+    copies: the rounding of one float32 forward pass with this CPU's kernels, measured on the inputs the test uses."""
+    x = torch.from_numpy(obs).double() / 255
+    masks = perturbation_masks(5, density, dtype=torch.float64, size=tuple(x.shape[2:]))
+    perturbed = perturb(x[:, None], gaussian_blur(x, 3.0)[:, None], masks[None, :, None], "occlude").flatten(0, 1)
+    inputs = torch.cat([x, perturbed])
+    with torch.no_grad():
+        return float((agent(inputs.float(), ()).logits.double() - agent64(inputs, ()).logits).abs().max())
+
+
 def test_float32_maps_are_close_to_the_loop_reference(case):
-    agent, _, obs, states, _ = case
+    """The bound comes from the computation, not from one CPU: each logit of a float32 pass is off by at most
+    ``delta`` (measured above on these inputs with this machine's kernels), so the difference ``d = L - l`` of two
+    passes is off by ``e <= 2 sqrt(K) delta`` in norm and the score ``0.5 |d|^2`` by ``|d| e + e^2 / 2``; the engine
+    and the loop reference each round their own passes (twice that), and their kernels sum in other orders than
+    the measurement's (twice again)."""
+    agent, agent64, obs, states, _ = case
     if states:
         pytest.skip("the seeded LSTM agent barely responds to a perturbation (scores ~1e-8, below float32's "
                     "resolution of its logits); the float64 test checks it exactly")
-    got = perturbation_saliency(agent, obs[:2], tuple(s[:2] for s in states), density=7)
+    got = perturbation_saliency(agent, obs[:2], (), density=7)
+    e = 2 * np.sqrt(agent.num_actions) * float32_logit_rounding(agent, agent64, obs[:2], density=7)
     for t in range(2):
-        ref = saliency_np(agent, obs[t], tuple(s[t : t + 1] for s in states), density=7)
-        assert np.abs(got.actor_scores[t].double().numpy() - ref["actor_scores"]).max() <= 1e-5 * np.abs(ref["actor_scores"]).max()
+        ref = saliency_np(agent, obs[t], (), density=7)["actor_scores"]
+        bound = 2 * 2 * (np.sqrt(2 * ref) * e + e * e / 2)
+        assert bound.max() < 1e-3 * ref.max(), "the bound would not catch a wrong map"
+        error = np.abs(got.actor_scores[t].double().numpy() - ref)
+        assert (error <= bound).all(), float((error / bound).max())
 
 
 def test_grid_on_84x84_at_density_5_has_17x17_centers(case):
