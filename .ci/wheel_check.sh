@@ -4,9 +4,10 @@
 # Builds the wheel from a copy of the files git would commit, installs it (no dependencies, forced, so it
 # shadows an editable install) into a fresh venv that reuses the installed dependencies
 # (--system-site-packages), then, from another directory, checks that `engine` is imported from that venv and
-# that the shipped configs work: a bad option is refused with exit code 2, the training configs compose, and a
-# 10-step main job on the built-in agent (shipped in the package; no network, no ../shared) exits 0 and writes
-# its arrays. Usage: .ci/wheel_check.sh [python]   (default: python; KEEP=1 keeps the temporary folder)
+# that the shipped configs work and the report viewer's assets (engine/viz/assets) are there: a bad option is
+# refused with exit code 2, the training configs compose, and a 10-step main job on the built-in agent (shipped in
+# the package; no network, no ../shared) exits 0 and writes its arrays.
+# Usage: .ci/wheel_check.sh [python]   (default: python; KEEP=1 keeps the temporary folder)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${1:-python}"
@@ -51,6 +52,23 @@ assert venv in CONFIG_DIR.resolve().parents and (CONFIG_DIR / "main.yaml").is_fi
 assert (CONFIG_DIR / "train.yaml").is_file() and (CONFIG_DIR / "hydra" / "launcher" / "slurm.yaml").is_file()
 assert list((where.parent / "agents" / "pong").glob("step_*.pt")), "the built-in agent is not in the wheel"
 print(f"wheel_check: engine {where.parent}, configs {CONFIG_DIR}")
+EOF
+
+step "the report viewer's assets are in the wheel"
+"$VPY" - "$WORK/venv" <<'EOF'
+import sys
+from importlib import resources
+from pathlib import Path
+
+from engine.viz.report import viewer_asset
+
+venv = Path(sys.argv[1]).resolve()
+assets = resources.files("engine.viz") / "assets"
+for name in ("report.js", "report.css"):
+    where = Path(str(assets / name)).resolve()
+    assert venv in where.parents and where.is_file(), f"engine/viz/assets/{name} is not in the wheel ({where})"
+    assert viewer_asset(name) == (assets / name).read_text(encoding="utf-8") and viewer_asset(name).strip(), name
+print(f"wheel_check: viewer assets {assets}")
 EOF
 
 step "a renamed option is refused with one line and exit code 2"

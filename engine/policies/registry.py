@@ -21,11 +21,11 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import CheckpointError
+from ..core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -161,22 +161,16 @@ def download(url: str, target: Path, sha256: str, progress: bool = True) -> Path
     """Download ``url`` to ``target`` (atomically) and check its sha256; a mismatch deletes it and raises."""
     from torch.hub import download_url_to_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".partial")
-    os.close(fd)
     try:
-        download_url_to_file(url, partial, hash_prefix=None, progress=progress)
-        actual = sha256_of(partial)
-        if actual != sha256:
-            raise CheckpointError(f"download of {url} has sha256 {actual}, expected {sha256}: refusing to use it")
-        os.replace(partial, target)
+        with atomic_write(target) as partial:
+            download_url_to_file(url, str(partial), hash_prefix=None, progress=progress)
+            actual = sha256_of(partial)
+            if actual != sha256:
+                raise CheckpointError(f"download of {url} has sha256 {actual}, expected {sha256}: refusing to use it")
     except CheckpointError:
         raise
     except Exception as exc:  # network errors come in many types (URLError, HTTPError, OSError, ...)
         raise CheckpointError(f"could not download {url} ({type(exc).__name__}: {exc})") from exc
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return target
 
 

@@ -1,5 +1,6 @@
 """Saving saliency arrays with the settings that produced them, atomically (an interrupted write never
-leaves a truncated file under the final name), so maps can be re-rendered without recomputing them.
+leaves a truncated file under the final name), so maps can be re-rendered without recomputing them. The
+atomic-write helper (:func:`atomic_write`, from :mod:`engine.core.files`) is also importable from here.
 
 The ``.npz`` files are zip-deflate compressed (``np.savez_compressed``): Atari frames and observations shrink
 about 40 times (a 200-step rollout: 20.6 MB -> 0.5 MB); ``np.load`` reads them as before."""
@@ -8,24 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core.files import atomic_path, atomic_write
 
-def atomic_path(target: str | os.PathLike, suffix: str = "") -> Path:
-    """A fresh temporary path in ``target``'s directory (same file system, so ``os.replace`` is atomic),
-    with the permissions a plain ``open`` would give (mkstemp's are owner-only)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix + ".partial")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
+__all__ = ["atomic_path", "atomic_write", "save_arrays", "load_arrays"]
 
 
 def save_arrays(path: str | os.PathLike, arrays: dict, settings: dict) -> Path:
@@ -33,14 +24,8 @@ def save_arrays(path: str | os.PathLike, arrays: dict, settings: dict) -> Path:
     path = Path(path)
     data = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
     data["settings_json"] = np.array(json.dumps(settings, sort_keys=True, default=str))
-    tmp = atomic_path(path, ".npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, ".npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **data)
     return path
 
 

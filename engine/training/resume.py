@@ -8,7 +8,6 @@ lists of ints), not as the numpy arrays and tuples the RNG APIs hand out.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -18,14 +17,13 @@ import numpy as np
 import torch
 
 from ..core.errors import EngineError
-from ..storage.arrays import atomic_path
+from ..core.files import atomic_write
 
 
 def save_torch(obj, path: Path) -> None:
     """``torch.save`` to a temporary file, renamed into place: a killed writer never leaves half a file."""
-    tmp = atomic_path(path, ".pt")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, ".pt") as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state() -> dict:

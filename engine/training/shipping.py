@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import CheckpointError
-from ..storage.arrays import atomic_path
+from ..core.files import atomic_write
 from ..policies.registry import sha256_of
 
 _STEP = re.compile(r"step_(?P<frames>[0-9]+)\.pt")
@@ -58,13 +58,13 @@ def ship_checkpoint(source: str | os.PathLike, folder: str | os.PathLike, frames
     half = half_precision(state, str(source))
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{frames}.pt"
-    tmp = atomic_path(target, ".pt")
-    torch.save(half, tmp)
-    os.replace(tmp, target)
+    with atomic_write(target, ".pt") as tmp:
+        torch.save(half, tmp)
     meta_source = source.with_suffix(".json")
     meta = json.loads(meta_source.read_text()) if meta_source.is_file() else {}
     meta.update(frames=frames, precision="float16", source_sha256=sha256_of(source))
-    target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_write(target.with_suffix(".json"), ".json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return target
 
 

@@ -14,7 +14,6 @@ standard pipelines' 84x84, a full-frame resize) covers the whole 210x160 frame, 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -27,8 +26,8 @@ from tqdm.auto import tqdm
 
 from ..core.batching import chunk_bounds
 from ..core.blur import gaussian_kernel1d, kernel_radius, symmetric_pad
+from ..core.files import atomic_write
 from ..core.preprocessing import CROP_ROWS, FRAME_SHAPE, as_frames_tensor, byte_scale, resize_uint8
-from ..storage.arrays import atomic_path
 
 __all__ = [
     "ACTOR_CHANNEL", "CRITIC_CHANNEL", "PAPER_GAINS", "OVERLAY_CHUNK", "game_name", "paper_gains", "paper_overlay",
@@ -327,20 +326,6 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _write_atomically(path, suffix: str, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``; on any error or
-    interrupt the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    tmp = atomic_path(path, suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def write_movie(
     path, frames, fps: int = 8, labels: list[str] | None = None, scale: int = 2, progress: bool = False
 ) -> Path:
@@ -387,13 +372,19 @@ def write_movie(
             for packet in stream.encode():
                 container.mux(packet)
 
-    return _write_atomically(path, ".mp4", encode)
+    path = Path(path)
+    with atomic_write(path, ".mp4") as tmp:
+        encode(tmp)
+    return path
 
 
 def save_png(path, image) -> Path:
     """Write a uint8 ``(H, W, 3)`` image (numpy or torch, any device) as an RGB PNG, atomically."""
     image = _check_rgb(image, "image", 3).numpy()
-    return _write_atomically(path, ".png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    path = Path(path)
+    with atomic_write(path, ".png") as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
 
 
 def comparison_figure(

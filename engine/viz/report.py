@@ -3,9 +3,19 @@
 The page holds everything inline (no CDN, no network): the game frames as lossless WebP sprite sheets (a vertical
 strip of ``frames_per_sheet`` frames each), every saliency map quantised to uint8 per frame (its own min..max,
 both kept as floats so the browser rescales it exactly) in grayscale WebP sheets, per-frame series (value, chosen
-action, reward, episode end, mean and max of every map) as JSON, and the viewer (``report_assets``: HTML, CSS
-and JavaScript). The browser draws the maps over the frame on a canvas with its own colormap, so toggling an
-overlay or a normalisation is instant.
+action, reward, episode end, mean and max of every map) as JSON, and the viewer: the CSS and JavaScript of
+``engine/viz/assets/`` (``report.css``, ``report.js``; package data, read with :mod:`importlib.resources` so a
+wheel install finds them too). The browser draws the maps over the frame on a canvas with its own colormap, so
+toggling an overlay or a normalisation is instant.
+
+The viewer reads the page's JSON block (``#report-data``) and sprite sheets (``window.REPORT_SHEETS``), builds
+the controls, panels, plots and table, and draws frame ``t`` as: the frame's rows of its sheet, copied 1:1 onto a
+160x210 canvas (lossless, so with every overlay off the canvas holds the recorded pixels exactly), then each
+overlay that is on: the uint8 map of frame ``t`` -> intensity in [0, 1] (per frame: ``q / 255``; whole run:
+``|lo + q / 255 * (hi - lo)| / max |map|`` over the run and all panels) -> the kind's colour with alpha
+``opacity * intensity`` on a small canvas of the map's size, drawn (bilinear) over the rows the map covers.
+Decoded sheets are kept in small LRU caches (a frame sheet is ~4 MB decoded). After frame ``t`` is drawn,
+``document.body.dataset.drawn`` is ``t`` (tests wait for it). No network, no libraries.
 
 Built by streaming: the builder reads ``frames[a:b]`` and ``maps[k][a:b]`` one window of ``frames_per_sheet``
 frames at a time, from anything that slices along time and has ``.shape`` (numpy arrays, torch tensors, zarr
@@ -25,13 +35,14 @@ rows 35..194, any other size the whole frame: :func:`engine.viz.rendering.map_ro
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,10 +50,9 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import EngineError
+from ..core.files import atomic_write
 from ..core.preprocessing import FRAME_SHAPE
-from ..storage.arrays import atomic_path
 from .rendering import map_rows
-from .report_assets import APP_JS, PAGE_CSS
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,12 @@ FRAMES_PER_SHEET = 32  # 32 x 210 rows: well inside WebP's 16383-pixel limit, an
 MAX_BYTES_PER_FRAME = 24_000  # frames + all maps, before base64: 2,000 frames stay under 50 MB with base64
 LOSSY_QUALITIES = (90, 75, 50, 30)  # tried in turn for a sheet over the budget (noise-like content)
 _WEBP_MAX = 16383
+
+
+@functools.cache
+def viewer_asset(name: str) -> str:
+    """The text of ``engine/viz/assets/<name>`` (``report.js``, ``report.css``), inlined into every page."""
+    return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
 
 
 class WindowedArray:
@@ -222,7 +238,7 @@ def _page_head(title: str) -> str:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data: blob:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         "<link rel=\"icon\" href=\"data:,\">"  # no favicon request (no network, no console error)
-        f"<title>{safe}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
+        f"<title>{safe}</title><style>{viewer_asset('report.css')}</style></head>\n<body>\n"
         "<noscript>This page needs JavaScript to show the frames and plots.</noscript>\n"
     )
 
@@ -243,8 +259,7 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                       series={})
     stats = [{k: {"mean": [], "max": [], "lo": [], "hi": []} for k in p.maps} for p in panels]
     columns = {name: [] for name, values in series.items() if values is not None}
-    tmp = atomic_path(path, ".html")
-    try:
+    with atomic_write(path, ".html") as tmp:
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(_page_head(meta.get("title", "report")))
             out.write("<script>window.REPORT_SHEETS={frames:[],maps:" + _json_script([{k: [] for k in p.maps} for p in panels])
@@ -291,11 +306,7 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                 log.warning("report %s: %d sheets over %d bytes a frame were stored lossy", path,
                             len(data["lossy_sheets"]), max_bytes_per_frame)
             out.write('<script type="application/json" id="report-data">' + _json_script(data) + "</script>\n")
-            out.write("<script>" + APP_JS + "</script>\n</body></html>\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            out.write("<script>" + viewer_asset("report.js") + "</script>\n</body></html>\n")
     return path
 
 

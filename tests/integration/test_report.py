@@ -3,6 +3,7 @@ one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; the ap
 and for sweeps. The page in a real browser: tests/app/test_report_browser.py."""
 
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -139,6 +140,33 @@ def test_settings_cannot_break_out_of_the_page(tmp_path):
     # the sheets' set-up, one sheet, the JSON block, the viewer: no element opened by the setting's text
     assert text.count("<script") == 4 and text.count("</script>") == 4
     assert "&lt;/script&gt;" in text.split("</title>")[0]  # the title is escaped HTML
+
+
+def test_the_viewer_is_the_package_assets_inlined_verbatim(tmp_path):
+    """The page holds engine/viz/assets/report.css and report.js (package data, read with importlib.resources),
+    byte for byte, in its one style element and its last script element."""
+    assets = resources.files("engine.viz") / "assets"
+    css, js = ((assets / name).read_text(encoding="utf-8") for name in ("report.css", "report.js"))
+    assert "--accent" in css and "window.viewer" in js
+    text = write_report(tmp_path / "r.html", pong_like_frames(0, 3), {}).read_text(encoding="utf-8")
+    assert text.count("<style>") == 1 and f"<style>{css}</style>" in text
+    assert text.endswith(f"<script>{js}</script>\n</body></html>\n")
+
+
+def test_a_rewrite_that_fails_halfway_keeps_the_previous_page(tmp_path):
+    """An error in the second window, after the first is on disk: the earlier page stays as it was and no
+    temporary file is left beside it."""
+    path = write_report(tmp_path / "report.html", pong_like_frames(0, 3), {}, title="earlier")
+    earlier = path.read_bytes()
+
+    def read(a, b):
+        if a > 0:
+            raise OSError(28, "No space left on device")
+        return pong_like_frames(a, b)
+
+    with pytest.raises(OSError, match="No space left"):
+        write_report(path, WindowedArray(read, (40, 210, 160, 3)), {}, frames_per_sheet=16)
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
 
 # --- size ------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.storage import arrays as arrays_module
-from engine.storage.arrays import load_arrays, save_arrays
+from engine.storage.arrays import atomic_write, load_arrays, save_arrays
 
 
 def test_round_trip_with_settings(tmp_path):
@@ -83,3 +83,27 @@ def test_unconvertible_input_fails_before_touching_the_disk(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         save_arrays(tmp_path / "s.npz", dict(bad=Unsaveable()), {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_renames_into_place_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"  # a missing folder is created
+    with atomic_write(target, ".txt") as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.txt.") and tmp.name.endswith(".txt.partial")
+        assert not target.exists()  # nothing under the final name while the block writes
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["out.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open would make it, not mkstemp's 0o600
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "interrupt"])
+def test_atomic_write_leaves_nothing_and_the_old_file_on_an_exception(tmp_path, error):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(type(error)):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half of the new")
+            raise error
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -1,55 +1,4 @@
-"""The viewer of ``report.html`` (:mod:`engine.viz.report`): its CSS and JavaScript, inlined into every page.
 
-The script reads the page's JSON block (``#report-data``) and sprite sheets (``window.REPORT_SHEETS``), builds
-the controls, panels, plots and table, and draws frame ``t`` as: the frame's rows of its sheet, copied 1:1 onto a
-160x210 canvas (lossless, so with every overlay off the canvas holds the recorded pixels exactly), then each
-overlay that is on: the uint8 map of frame ``t`` -> intensity in [0, 1] (per frame: ``q / 255``; whole run:
-``|lo + q / 255 * (hi - lo)| / max |map|`` over the run and all panels) -> the kind's colour with alpha
-``opacity * intensity`` on a small canvas of the map's size, drawn (bilinear) over the rows the map covers.
-Decoded sheets are kept in small LRU caches (a frame sheet is ~4 MB decoded). After frame ``t`` is drawn,
-``document.body.dataset.drawn`` is ``t`` (tests wait for it). No network, no libraries.
-"""
-
-PAGE_CSS = """
-:root { --fg: #1d2430; --muted: #5b6575; --line: #d5dae2; --accent: #2f6fdb; }
-* { box-sizing: border-box; }
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); margin: 0;
-       padding: 12px 18px 40px; background: #f7f8fa; }
-h1 { font-size: 18px; margin: 0 0 4px; }
-.meta { color: var(--muted); font-size: 12px; word-break: break-all; }
-.meta b { color: var(--fg); font-weight: 600; }
-#controls { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 14px; margin: 10px 0; padding: 8px 10px;
-            background: #fff; border: 1px solid var(--line); border-radius: 6px; position: sticky; top: 0; z-index: 2; }
-#controls label { white-space: nowrap; }
-#frame-slider { flex: 1 1 260px; min-width: 200px; }
-#frame-label { font-variant-numeric: tabular-nums; min-width: 110px; }
-#action-name { font-weight: 600; min-width: 90px; }
-button { font: inherit; padding: 3px 12px; border: 1px solid var(--line); border-radius: 4px; background: #fff;
-         cursor: pointer; }
-button:hover { border-color: var(--accent); }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 3px; vertical-align: -1px; }
-#main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-#panels { display: flex; flex-wrap: wrap; gap: 10px; }
-.panel { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 6px; }
-.panel figcaption { font-size: 12px; color: var(--muted); margin-bottom: 4px; max-width: 330px; word-break: break-all; }
-.panel canvas.view { display: block; width: 320px; height: 420px; image-rendering: pixelated; background: #000; }
-.single .panel canvas.view { width: 400px; height: 525px; }
-#plots { flex: 1 1 420px; min-width: 360px; display: flex; flex-direction: column; gap: 4px; }
-canvas.plot { width: 100%; height: 86px; background: #fff; border: 1px solid var(--line); border-radius: 4px;
-              cursor: crosshair; display: block; }
-#table-section { margin-top: 16px; overflow-x: auto; }
-table { border-collapse: collapse; background: #fff; font-size: 12px; }
-th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: right; white-space: nowrap; }
-th { background: #eef1f5; cursor: pointer; user-select: none; position: sticky; top: 0; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; }
-th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.text { text-align: left; }
-details { margin-top: 16px; }
-pre { background: #fff; border: 1px solid var(--line); padding: 8px; font-size: 11px; max-height: 420px; overflow: auto; }
-.note { color: #a15c00; font-size: 12px; }
-"""
-
-APP_JS = r"""
 (function () {
 "use strict";
 const data = JSON.parse(document.getElementById("report-data").textContent);
@@ -386,4 +335,3 @@ window.viewer = {data, state, setFrame: t => setFrame(t), play, stop};
 if (T > 0) { plots.forEach(p => p.build()); setFrame(0); }
 else document.body.dataset.drawn = "none";
 })();
-"""

@@ -1,0 +1,49 @@
+"""Writing a file atomically: into a temporary file beside it, renamed over it once complete, so a reader or a
+killed writer never sees half a file under the final name, and a failed write leaves an older file as it was.
+
+The temporary files are named ``.<name>.<random><suffix>.partial`` (hidden, and readers of a folder or a store
+skip ``.partial`` names); one that a killed process leaves behind is never read. This is the one place in the
+engine that writes this way: arrays, checkpoints, movies, figures, report pages, downloads and store keys all use
+:func:`atomic_write`. It sits in the core (no torch, no numpy) so every layer can import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["PARTIAL", "atomic_path", "atomic_write"]
+
+PARTIAL = ".partial"
+
+
+def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Path:
+    """A fresh temporary path in ``target``'s directory (same file system, so the rename is atomic), with the
+    permissions a plain ``open`` would give (mkstemp's are owner-only). The caller renames or removes it;
+    :func:`atomic_write` does both."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix + PARTIAL)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_write(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` to write to; when the block ends normally it is renamed to
+    ``target`` (replacing any file there), when the block raises (an error, Ctrl-C) it is removed and ``target`` is
+    left as it was. ``suffix`` goes before ``.partial`` for writers that choose a format by extension
+    (``.mp4``, ``.png``). The writer may replace the temporary file by its own rename (a download does)."""
+    target = Path(target)
+    tmp = atomic_path(target, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
