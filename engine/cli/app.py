@@ -7,8 +7,8 @@ line on stderr and exit code 2: Hydra's own errors (unknown key, bad override sy
 included. Results and progress messages go through ``logging`` (Hydra writes them to the console and to
 ``<run dir>/engine.log``).
 
-The configs ship inside the package (``engine/configs`` in a wheel); in a checkout they are the top-level
-``configs/`` folder.
+Where the configs are, Hydra's command line and the one-line errors are :mod:`engine.cli.scaffold`'s, shared with
+the trainers' command line.
 """
 
 from __future__ import annotations
@@ -22,29 +22,28 @@ import shutil
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..jobs.config import JobConfig, config_error, register_configs
+from ..jobs.config import JobConfig, register_configs
+from .scaffold import (  # noqa: F401  (the app's names for where the configs are)
+    CONFIG_DIR,
+    PROJECT_ROOT,
+    ConfigError,
+    check_one_mode,
+    compose,
+    config_dir,
+    fail,
+    hydra_own_mode,
+    one_line,
+    parse_args,
+    plain,
+    run_hydra,
+)
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-PROJECT_ROOT = PACKAGE_DIR.parent  # the checkout (or, installed, the site-packages folder)
-
-
-def config_dir() -> Path:
-    """``engine/configs`` of an installed wheel, else the checkout's top-level ``configs/`` (editable installs
-    and runs from the source tree)."""
-    shipped = PACKAGE_DIR / "configs"
-    return shipped if (shipped / "main.yaml").is_file() else PROJECT_ROOT / "configs"
-
-
-CONFIG_DIR = config_dir()
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 register_configs()
 
 MAX_PRECHECKED_JOBS = 256  # a larger sweep is checked one swept value at a time (each job checks itself again)
@@ -54,15 +53,9 @@ MAX_PRECHECKED_AGENTS = 16  # distinct environment/agent pairs loaded by the pre
 _AGENT_KEYS = ("env", "agent", "device", "dtype", "render")
 
 
-class ConfigError(Exception):
-    """A bad command line or configuration: one line for the user, exit code 2."""
-
-
 def job_config(cfg: DictConfig) -> JobConfig:
     """The checked, typed job configuration of a composed Hydra config (its ``hydra`` node left out)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    return JobConfig.from_dict(data)
+    return JobConfig.from_dict(plain(cfg))
 
 
 # --- the command line, checked before Hydra starts -----------------------------------------------------------
@@ -127,10 +120,7 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def compose_job(config_name: str, overrides: list[str]) -> JobConfig:
     """Compose one job's configuration outside a Hydra run (so its run directory is not needed)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="engine"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+    cfg = compose(config_name, overrides)
     if "${hydra:" in str(OmegaConf.to_container(cfg.output, resolve=False).get("dir", "")):
         cfg.output.dir = "."  # the run directory, known once Hydra runs the job
     return job_config(cfg)
@@ -148,16 +138,10 @@ _PREPARED: dict[str, object] = {}  # prepared jobs of the precheck, by _agent_ke
 
 def precheck(argv: list[str]) -> None:
     """Check every job of a command line; raise :class:`ConfigError` with one line at the first bad one."""
-    from hydra._internal.utils import get_args_parser
-
-    args = get_args_parser().parse_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir \
-            or getattr(args, "experimental_rerun", None):
-        return  # Hydra's own modes, or a config tree this check does not see: the jobs check themselves
-    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
-                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
-    if len(modes) > 1:
-        raise ConfigError(f"only one of --run, --multirun, --cfg, --info and --shell-completion can be given, got {' '.join(modes)}")
+    args = parse_args(argv)
+    if hydra_own_mode(args):
+        return  # the jobs check themselves
+    check_one_mode(args)
     overrides = list(args.overrides)
     _renamed(overrides)
     multirun = args.multirun or any(o.replace(" ", "") in ("hydra.mode=MULTIRUN",) for o in overrides)
@@ -167,7 +151,7 @@ def precheck(argv: list[str]) -> None:
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's and OmegaConf's composition errors, the schema's checks
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     if args.cfg:
         return  # --cfg prints the configuration: nothing is loaded
     from ..jobs.run import validate_job
@@ -182,33 +166,6 @@ def precheck(argv: list[str]) -> None:
             _PREPARED[key] = validate_job(config)
         except ValueError as exc:  # EngineError, CheckpointError and the engine's argument checks
             raise ConfigError(str(exc)) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    from ..core.errors import EngineError
-
-    if isinstance(exc, EngineError):
-        return str(exc)
-    if isinstance(exc, OverrideParseException):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "bad override"
-        return f"bad override: {first}"
-    if isinstance(exc, MissingConfigException):
-        options = getattr(exc, "options", None)
-        line = " ".join(str(exc).split("\n")[0].split())
-        return f"{line} (available: {', '.join(options)})" if options else line
-    cause = exc
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        return config_error(cause)
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # --- the Hydra job ------------------------------------------------------------------------------------------
@@ -244,8 +201,8 @@ def _prepared_job(config: JobConfig):
     return PreparedJob(config, cached.checkpoint, cached.agent)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="main")
 def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra job: run the checked job (prepared by the precheck when it ran in this process)."""
     from ..core.errors import EngineError
     from ..jobs.run import run_job
 
@@ -254,7 +211,7 @@ def hydra_main(cfg: DictConfig) -> None:
         prepared = _prepared_job(config)
     except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
         remove_empty_run_dir()
-        fail(_one_line(exc))
+        fail(one_line(exc))
     try:
         written = run_job(config, prepared)
     except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
@@ -272,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         precheck(argv)
     except ConfigError as exc:
         fail(str(exc))
-    sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+    run_hydra(hydra_main, "main", argv)
 
 
 # --- sweeps -------------------------------------------------------------------------------------------------

@@ -1,122 +1,126 @@
-"""The Hydra command line of the trainers (``python -m engine.train algo=ppo|a2c``): one line on
-stderr and exit code 2 for a bad setting, before Hydra creates a run folder; a run folder this command created
-and left without results is removed again."""
+"""The Hydra command line of the trainers: ``python -m engine.train [algo=ppo|a2c] [overrides...]``.
+
+``algo`` is a config group of ``configs/train_entry.yaml`` (PPO by default): its option (``configs/algo/``) puts
+the trainer's own config (``ppo.yaml`` on :class:`~engine.training.ppo.PPOConfig`, ``train.yaml`` on
+:class:`~engine.training.a2c.TrainConfig`) at the top of the configuration, so one composition picks the trainer
+and applies the other overrides to its schema. The chosen option (``hydra.runtime.choices.algo``) then names the
+schema the composed configuration is checked against and the function that trains.
+
+The command line is composed and checked (ranges, the environment id) before Hydra creates ``<run_dir>/hydra``:
+a bad one prints one line on stderr and exits with code 2. A run folder this command created and left without
+results is removed again when the trainer refuses a setting. Progress and the result are logged.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..core.errors import EngineError
 from ..env.rollout import make_env
+from .scaffold import ConfigError, check_one_mode, compose, fail, hydra_own_mode, one_line, parse_args, plain, run_hydra
+
+log = logging.getLogger(__name__)
+
+ENTRY = "train_entry"  # configs/train_entry.yaml: the algo group and Hydra's settings of a training run
 
 
-def run_training_cli(schema: type, schema_name: str, config_name: str, train: Callable[[Any], Path],
-                     argv: list[str] | None = None) -> None:
-    """Hydra entry point of a trainer: ``configs/<config_name>.yaml`` on the dataclass ``schema`` (registered as
-    ``schema_name``; it has ``env_id`` and ``run_dir`` and a ``check()`` method), running ``train(config)``.
+@dataclass(frozen=True)
+class Trainer:
+    schema: type  # a dataclass with env_id, run_dir and a check() method
+    schema_name: str  # its name in Hydra's ConfigStore, the first default of its config
+    train: Callable[[Any], Path]  # trains (or resumes) into run_dir; returns the last checkpoint's path
 
-    The command line is composed and
-    checked (ranges, the environment id) before Hydra creates ``<run_dir>/hydra``: a bad one prints one line on
-    stderr and exits with code 2. Progress and the result are logged."""
-    import logging
-    import shutil
 
-    import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
+def trainers() -> dict[str, Trainer]:
+    """``algo`` -> its trainer (the options of ``configs/algo/``), the schemas put into Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    log = logging.getLogger(__name__)
-    package = Path(__file__).resolve().parents[1]
-    config_dir = package / "configs"  # an installed wheel ships them in the package
-    if not (config_dir / f"{config_name}.yaml").is_file():
-        config_dir = package.parent / "configs"  # a checkout (editable install)
-    ConfigStore.instance().store(name=schema_name, node=schema)
-
-    def one_line(exc: BaseException) -> str:
-        while not isinstance(exc, (EngineError, OmegaConfBaseException)) and exc.__cause__ is not None:
-            exc = exc.__cause__  # Hydra's wrappers of OmegaConf's errors
-        text = str(getattr(exc, "msg", None) or exc)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        first = lines[0] if lines else type(exc).__name__
-        key = getattr(exc, "full_key", None)
-        return f"{key}: {first}" if key and key not in first else first
-
-    def fail(message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    def typed(cfg):
-        data = OmegaConf.to_container(cfg, resolve=True)
-        data.pop("hydra", None)
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
-        config.check()
-        return config
-
-    try:  # keep the emulator's banner off stderr (its warnings and errors still show)
-        import ale_py
-
-        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
-    except (ImportError, AttributeError):
-        pass
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    existed: set[Path] | None = None  # run folders there before this command (None: not known; nothing is removed)
-    skip = args.help or args.hydra_help or args.info or args.shell_completion or args.multirun or args.config_dir \
-        or args.config_path or getattr(args, "experimental_rerun", None)  # Hydra's own modes: the job checks itself
-    if not skip:
-        try:
-            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
-                config = typed(compose(config_name=args.config_name or config_name, overrides=args.overrides))
-            if not args.cfg:
-                make_env(config.env_id).close()  # an unknown id fails here
-        except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours
-            fail(one_line(exc))
-        run_dir = Path(config.run_dir)
-        existed = {p for p in (run_dir, run_dir / "hydra") if p.exists()}
-
-    @hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)
-    def run(cfg) -> None:
-        try:
-            config = typed(cfg)
-            path = train(config)
-        except (EngineError, OmegaConfBaseException) as exc:
-            run_dir = Path(OmegaConf.select(cfg, "run_dir", default="") or ".")
-            for folder in (run_dir / "hydra", run_dir / "checkpoints", run_dir):
-                if existed is None or existed or not folder.is_dir():
-                    continue  # only a run folder this command created, and left without results
-                if not [p for p in folder.rglob("*") if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"]:
-                    shutil.rmtree(folder, ignore_errors=True)
-            fail(one_line(exc))
-        log.info("last checkpoint: %s", path)
-
-    sys.argv = [sys.argv[0], *argv]
-    run()
-
-
-
-def trainers() -> dict[str, tuple[type, str, str, Callable[[Any], Path]]]:
-    """``algo`` -> (schema, schema name, config name, train function)."""
     from ..training.a2c import TrainConfig, train
     from ..training.ppo import PPOConfig, train_ppo
 
-    return {"ppo": (PPOConfig, "ppo_schema", "ppo", train_ppo), "a2c": (TrainConfig, "train_schema", "train", train)}
+    table = {"ppo": Trainer(PPOConfig, "ppo_schema", train_ppo), "a2c": Trainer(TrainConfig, "train_schema", train)}
+    for trainer in table.values():
+        ConfigStore.instance().store(name=trainer.schema_name, node=trainer.schema)
+    return table
+
+
+def trainer_of(algo: str | None, table: dict[str, Trainer]) -> Trainer:
+    if algo not in table:
+        raise ConfigError(f"the configuration selects no trainer (algo={algo}): choose algo={' or algo='.join(table)}")
+    return table[algo]
+
+
+def checked(trainer: Trainer, cfg: DictConfig) -> Any:
+    """The trainer's typed configuration of a composed one, its ranges checked."""
+    config: Any = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(trainer.schema), plain(cfg)))
+    config.check()
+    return config
+
+
+def precheck(argv: list[str], table: dict[str, Trainer]) -> Any:
+    """The checked configuration of the command line (the environment id tried too, unless it only prints the
+    configuration); None where Hydra answers itself or the jobs check themselves (a sweep). Raises
+    :class:`ConfigError` with one line for a bad command line."""
+    args = parse_args(argv)
+    if hydra_own_mode(args) or args.multirun:
+        return None
+    check_one_mode(args)
+    try:
+        cfg = compose(args.config_name or ENTRY, args.overrides, return_hydra_config=True)
+        config = checked(trainer_of(cfg.hydra.runtime.choices.get("algo"), table), cfg)
+        if not args.cfg:
+            make_env(config.env_id).close()  # an unknown id fails here
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours
+        raise ConfigError(one_line(exc)) from None
+    return config
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """Remove ``run_dir`` (made by this command) where it holds no results: only Hydra's files and logs."""
+    for folder in (run_dir / "hydra", run_dir / "checkpoints", run_dir):
+        if folder.is_dir() and not [p for p in folder.rglob("*")
+                                    if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"]:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m engine.train [algo=ppo|a2c] [overrides...]``: PPO (CleanRL's ppo_atari_lstm) by default, or A2C
-    of the 2017 agent; ``algo`` picks the schema and config the other overrides compose on."""
+    of the 2017 agent."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from ..jobs.run import quiet_emulator
+
+    quiet_emulator()
     argv = list(sys.argv[1:] if argv is None else argv)
-    algos = [a.split("=", 1)[1] for a in argv if a.startswith("algo=")]
-    rest = [a for a in argv if not a.startswith("algo=")]
     table = trainers()
-    algo = algos[-1] if algos else "ppo"
-    if algo not in table:
-        print(f"error: algo={algo!r} is not a trainer: choose one of {', '.join(table)} (python -m engine.train algo=ppo)",
-              file=sys.stderr)
-        sys.exit(2)
-    run_training_cli(*table[algo], rest)
+    try:
+        config = precheck(argv, table)
+    except ConfigError as exc:
+        fail(str(exc))
+    # the run folder this command makes, removed again on a refusal (None: not known, or there before)
+    made = Path(config.run_dir) if config is not None else None
+    if made is not None and made.exists():
+        made = None
+
+    def run(cfg: DictConfig) -> None:
+        try:
+            trainer = trainer_of(HydraConfig.get().runtime.choices.get("algo"), table)
+            path = trainer.train(checked(trainer, cfg))
+        except (ConfigError, EngineError, OmegaConfBaseException) as exc:
+            if made is not None:
+                remove_unfinished(made)
+            fail(one_line(exc))
+        log.info("last checkpoint: %s", path)
+
+    run_hydra(run, ENTRY, argv)

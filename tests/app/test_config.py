@@ -15,10 +15,11 @@ from engine.jobs.run import validate_job
 from engine.core.errors import EngineError
 from engine.core.settings import SaliencyConfig
 
-# Our config groups; configs/hydra/ holds options for Hydra's own groups (launchers, logging), composed separately.
+# The main job's config groups; configs/hydra/ holds options for Hydra's own groups (launchers, logging) and
+# configs/algo/ the trainers' (train_entry.yaml), each composed separately.
 GROUPS = {
     g.name: sorted(p.stem for p in g.glob("*.yaml"))
-    for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "__pycache__")
+    for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "algo", "__pycache__")
 }
 LAUNCHERS = sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
 
@@ -84,17 +85,31 @@ def test_the_schema_is_the_one_source_of_defaults():
 
 def test_the_training_schema_is_the_one_source_of_its_defaults():
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     from engine.training.a2c import TrainConfig
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train")
-    from omegaconf import OmegaConf
-
     assert OmegaConf.to_object(cfg) == TrainConfig()
     assert TrainConfig().run_dir == "runs/train_Pong-v4_lstm" == cfg.run_dir
     assert TrainConfig(env_id="Breakout-v4", core="gru").run_dir == "runs/train_Breakout-v4_gru"
+
+
+def test_every_trainer_composes_to_its_schema_defaults():
+    """`python -m engine.train algo=...`: each option of configs/algo/ is its trainer's schema with its defaults
+    at the top of the configuration, PPO unless algo is given."""
+    from engine.cli.train import ENTRY, checked, trainers
+
+    table = trainers()
+    assert sorted(table) == sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml")) == ["a2c", "ppo"]
+    for overrides, algo in (([], "ppo"), (["algo=ppo"], "ppo"), (["algo=a2c"], "a2c")):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=ENTRY, overrides=overrides, return_hydra_config=True)
+        assert cfg.hydra.runtime.choices.algo == algo and cfg.hydra.job.name == "train"
+        assert cfg.hydra.run.dir == f"{cfg.run_dir}/hydra"
+        assert checked(table[algo], cfg) == table[algo].schema()
 
 
 def test_paper_preset_sets_the_2017_quirks():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from engine.cli import app as cli
+from engine.cli import app, scaffold
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -35,12 +35,14 @@ def test_the_configs_ship_inside_the_package():
 def test_the_app_finds_the_shipped_configs_first(tmp_path, monkeypatch):
     package = tmp_path / "site-packages" / "engine"
     (package / "configs").mkdir(parents=True)
-    monkeypatch.setattr(cli, "PACKAGE_DIR", package)
-    monkeypatch.setattr(cli, "PROJECT_ROOT", package.parent)
-    assert cli.config_dir() == package.parent / "configs"  # no engine/configs/main.yaml: the checkout's folder
+    monkeypatch.setattr(scaffold, "PACKAGE_DIR", package)
+    monkeypatch.setattr(scaffold, "PROJECT_ROOT", package.parent)
+    assert scaffold.config_dir() == package.parent / "configs"  # no engine/configs/main.yaml: the checkout's folder
     (package / "configs" / "main.yaml").write_text("defaults: []\n")
-    assert cli.config_dir() == package / "configs"  # a wheel install
-    assert cli.CONFIG_DIR == ROOT / "configs"  # this checkout
+    assert scaffold.config_dir() == package / "configs"  # a wheel install
+    assert scaffold.CONFIG_DIR == ROOT / "configs"  # this checkout
+    # the names the app has always had (tests, .ci/wheel_check.sh) are the scaffold's
+    assert (app.CONFIG_DIR, app.PROJECT_ROOT, app.config_dir) == (scaffold.CONFIG_DIR, ROOT, scaffold.config_dir)
 
 
 @pytest.mark.parametrize("version", ["3.11.7", "3.12.3"])  # CI (CPU) and the GPU machines

@@ -1,5 +1,5 @@
-"""`python -m engine.training` as a user runs it: bad settings refused in one line before Hydra makes a run
-folder; the result logged into the run's log file."""
+"""`python -m engine.train algo=ppo|a2c` as a user runs it: the algo picks the trainer's schema, bad settings are
+refused in one line before Hydra makes a run folder, the result is logged into the run's log file."""
 
 import os
 import subprocess
@@ -8,9 +8,52 @@ import sys
 import pytest
 
 
-def train_cli(*overrides: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.train", "algo=a2c", *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+def train_cli(*overrides: str, cwd, algo: str | None = "a2c", module: str = "engine.train") -> subprocess.CompletedProcess:
+    algo_override = [f"algo={algo}"] if algo else []
+    return subprocess.run([sys.executable, "-m", module, *algo_override, *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, check=False)
+
+
+@pytest.mark.parametrize("algo,schema", [("a2c", "TrainConfig"), ("ppo", "PPOConfig"), (None, "PPOConfig")])
+def test_cfg_job_prints_the_trainers_configuration(tmp_path, algo, schema):
+    """`--cfg job` prints the chosen trainer's options (PPO by default) and makes no run folder."""
+    import yaml
+
+    from engine.training.a2c import TrainConfig
+    from engine.training.ppo import PPOConfig
+
+    result = train_cli("seed=7", "--cfg", "job", cwd=tmp_path, algo=algo)
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    defaults = {"TrainConfig": TrainConfig, "PPOConfig": PPOConfig}[schema]()
+    assert set(printed) == set(vars(defaults)) and printed["seed"] == 7 and printed["env_id"] == defaults.env_id
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_algo_names_the_choices(tmp_path):
+    result = train_cli(f"run_dir={tmp_path / 'run'}", cwd=tmp_path, algo="foo")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert "algo/foo" in result.stderr and "(available: a2c, ppo)" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_setting_of_the_other_trainer_is_refused(tmp_path):
+    result = train_cli("clip_coef=0.2", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)  # a PPO setting, algo=a2c
+    assert result.returncode == 2 and "Key 'clip_coef' not in 'TrainConfig'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_the_trainers(tmp_path):
+    result = train_cli("--help", cwd=tmp_path, algo=None)
+    assert result.returncode == 0, result.stderr
+    assert "algo: a2c, ppo" in result.stdout and "clip_coef:" in result.stdout  # PPO's options by default
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_old_command_names_the_new_one(tmp_path):
+    result = train_cli("lr=0.1", cwd=tmp_path, algo=None, module="engine.training")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "python -m engine.train algo=a2c" in result.stderr
 
 
 @pytest.mark.parametrize("override,message", [
@@ -38,3 +81,14 @@ def test_training_logs_its_result(tmp_path):
                       "env_id=Breakout-v4", "progress=false", f"run_dir={run}", cwd=tmp_path)
     assert again.returncode == 2 and "Pong-v4" in again.stderr and len(again.stderr.splitlines()) == 1
     assert (run / "checkpoints" / "step_5.pt").is_file() and (run / "hydra" / "train.log").is_file()
+
+
+def test_a_refusal_inside_the_run_removes_the_folder_it_made(tmp_path):
+    """A setting refused by the trainer itself (after Hydra made <run_dir>/hydra) leaves no run folder behind."""
+    import importlib.util
+
+    if importlib.util.find_spec("envpool") is not None:
+        pytest.skip("envpool is installed: envs=envpool is not refused")
+    result = train_cli("envs=envpool", f"run_dir={tmp_path / 'run'}", cwd=tmp_path, algo="ppo")
+    assert result.returncode == 2 and "envs=envpool needs envpool" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
