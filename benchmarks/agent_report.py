@@ -54,7 +54,7 @@ def report(name: str, episodes: int, steps: int, distance: float, seed: int) -> 
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README's agent table: score of each episode, and actor/critic saliency near ball and paddle vs area."""
+    """The agent table of docs/agents.md: score of each episode, and actor/critic saliency near ball and paddle vs area."""
     lines = [
         "| agent | training frames | mean score (5 sampled episodes) | actor saliency near ball / area "
         "| near own paddle / area | critic near ball / area |",

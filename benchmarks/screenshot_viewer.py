@@ -1,4 +1,4 @@
-"""The README's screenshot of report.html, taken in headless Chromium from a small real run.
+"""The screenshot (README, docs/viewer.md) of report.html, taken in headless Chromium from a small real run.
 
 Runs the main job (built-in Pong agent, ``--steps`` steps, actor, critic and Jacobian maps) into a temporary
 directory (or uses ``--run-dir``'s report.html), opens its page from disk in Debian's Chromium through Playwright,

@@ -148,7 +148,7 @@ def peer_missing(method: str) -> str | None:
 
 def trained_frames(path: Path) -> int | None:
     """Frames an agent was trained on, as its checkpoint says: the ``frames`` of the ``.json`` written beside
-    engine.training's and CleanRL runs' ``step_<frames>.pt``, or baby-a3c's ``model.<millions>.tar`` name."""
+    the trainers' (python -m engine.train) and CleanRL runs' ``step_<frames>.pt``, or baby-a3c's ``model.<millions>.tar`` name."""
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:

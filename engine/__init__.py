@@ -5,8 +5,8 @@ import os
 __version__ = "0.1.0"
 
 # Intel MKL picks GEMM kernels by row count, so a row's result would change with the batch it is in. Its
-# strict reproducibility mode makes every row independent of the batch (its cost is in the README's fast-path
-# table). MKL reads this on its first call, so it must be set before any matrix product runs; a value the user
+# strict reproducibility mode makes every row independent of the batch (its cost is measured in docs/method.md,
+# "How it is fast"). MKL reads this on its first call, so it must be set before any matrix product runs; a value the user
 # set is kept. See engine.core.batching.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 

@@ -13,7 +13,7 @@ from engine.policies.module import ModulePolicy, wrap_policy
 
 
 class MyCNN(nn.Module):
-    """The README's example: a small CNN on 4 stacked 84x84 frames in [0, 1], returning (logits, value)."""
+    """The example of docs/own-agent.md: a small CNN on 4 stacked 84x84 frames in [0, 1], returning (logits, value)."""
 
     def __init__(self, num_actions: int = 6):
         super().__init__()

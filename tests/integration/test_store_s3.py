@@ -1,7 +1,7 @@
 """The stores on object storage (S3 through fsspec), against moto's S3 server on loopback: record, shard, resume,
 refuse to mix, name and recompute a corrupt chunk, never adopt objects without a manifest, open with xarray.
 
-Not tested here because it does not hold on S3: creation is not atomic against a concurrent creator (README)."""
+Not tested here because it does not hold on S3: creation is not atomic against a concurrent creator (docs/stores.md)."""
 
 import json
 
