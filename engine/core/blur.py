@@ -21,7 +21,9 @@ def kernel_radius(sigma: float, truncate: float = 4.0) -> int:
     return int(truncate * float(sigma) + 0.5)
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device=None, dtype=torch.float64) -> torch.Tensor:
+def gaussian_kernel1d(
+    sigma: float, truncate: float = 4.0, device: torch.device | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """scipy's 1-D Gaussian kernel, ``(1, 2 * radius + 1)``, normalised to sum 1."""
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -52,7 +53,7 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
 
 
 @contextlib.contextmanager
-def float32_matmul_precision(device: torch.device, tf32: bool):
+def float32_matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
     """Inside the block, CUDA float32 convolutions and matrix products use TF32 only if ``tf32`` (restored after).
 
     cuDNN allows TF32 convolutions by default, which moves float32 maps about 6e-4 (relative) away from float64

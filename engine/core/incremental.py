@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from torch import nn
 
 from .batching import padded_row_count
 from .masks import perturb
-from .policy import ConvTrunk, PolicyOutput, State
+from .policy import Activation, ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State
 
 class CostProfile(NamedTuple):
     """How a kind of device spends its time, for the cost estimate (:class:`Work`).
@@ -118,7 +119,7 @@ class TrunkGeometry:
         return self.input_shape[0] if layer == 0 else self.convs[layer - 1].out_channels
 
 
-def conv_trunk_of(agent) -> ConvTrunk | None:
+def conv_trunk_of(agent: Policy) -> ConvTrunk | None:
     """The agent's declared :class:`ConvTrunk` (checked), or None if it declares none (it runs plain passes)."""
     declare, rest = getattr(agent, "conv_trunk", None), getattr(agent, "from_trunk", None)
     if not (callable(declare) and callable(rest)):
@@ -155,15 +156,15 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int]:
         if any(t % 2 for t in total):
             raise ValueError(f"{conv}: padding='same' is asymmetric for this kernel; incremental inference needs symmetric padding")
         return (total[0] // 2, total[1] // 2)
-    return tuple(int(p) for p in conv.padding)
+    return cast(tuple[int, int], tuple(int(p) for p in conv.padding))  # a Conv2d holds a pair
 
 
-def trunk_geometry(agent, trunk: ConvTrunk) -> TrunkGeometry:
+def trunk_geometry(agent: Policy, trunk: ConvTrunk) -> TrunkGeometry:
     """The window arithmetic's view of a trunk on the agent's observations (a ValueError if its maps vanish)."""
     convs = tuple(
         ConvGeometry(
-            kernel=tuple(d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)),
-            stride=tuple(conv.stride),
+            kernel=cast(tuple[int, int], tuple(d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size))),
+            stride=cast(tuple[int, int], tuple(conv.stride)),
             padding=_padding(conv),
             in_channels=conv.in_channels,
             out_channels=conv.out_channels,
@@ -176,7 +177,8 @@ def trunk_geometry(agent, trunk: ConvTrunk) -> TrunkGeometry:
     if isinstance(agent, nn.Module):
         trunk_params = {id(p) for conv, _ in trunk.layers for p in conv.parameters()}
         rest = sum(p.numel() for p in agent.parameters() if id(p) not in trunk_params)
-    geometry = TrunkGeometry(tuple(int(s) for s in agent.observation_shape), convs, rest)
+    shape = cast(tuple[int, int, int], tuple(int(s) for s in agent.observation_shape))
+    geometry = TrunkGeometry(shape, convs, rest)
     for axis in (0, 1):
         if min(geometry.sizes(axis)) < 1:
             raise ValueError(f"{type(agent).__name__}'s conv trunk maps {tuple(agent.observation_shape)} to nothing (sizes {geometry.sizes(axis)})")
@@ -208,14 +210,22 @@ def _backward(geometry: TrunkGeometry, axis: int, first: int, last: int) -> tupl
     return scale, shift, extra
 
 
-def _place(geometry, axis, first, last, changed, previous):
+def _place(
+    geometry: TrunkGeometry,
+    axis: int,
+    first: int,
+    last: int,
+    changed: list[tuple[int, int]],
+    previous: tuple[list[int], int] | None,
+) -> tuple[int, list[int]] | None:
     """Smallest side ``S`` of the layer-``last`` windows and each mask's origin: the window holds the mask's
     changed rows ``changed[m]`` and stays in the map, and (``previous``: the layer-``first-1`` windows' origins
     and side) its region at layer ``first-1`` holds the previous window. None if no side works."""
     n = geometry.sizes(axis)[last]
     scale, shift, extra = _backward(geometry, axis, first, last)
     for side in range(max(hi - lo + 1 for lo, hi in changed), n + 1):
-        region, origins = scale * side + extra, []
+        region = scale * side + extra
+        origins: list[int] = []
         for m, (lo, hi) in enumerate(changed):
             low, high = max(hi - side + 1, 0), min(lo, n - side)
             if previous is not None:
@@ -239,9 +249,12 @@ class _AxisSegment:
     origins: tuple[tuple[int, ...], ...]  # [layer][mask]
 
 
-def _axis_plan(geometry: TrunkGeometry, axis: int, segments, changed) -> list[_AxisSegment] | None:
+def _axis_plan(
+    geometry: TrunkGeometry, axis: int, segments: Sequence[tuple[int, int]], changed: list[list[tuple[int, int]]]
+) -> list[_AxisSegment] | None:
     """Windows of every segment along one axis, or None if these segments admit none. ``changed[m][layer]``."""
-    out, previous = [], None
+    out: list[_AxisSegment] = []
+    previous: tuple[list[int], int] | None = None
     for first, last in segments:
         placed = _place(geometry, axis, first, last, [c[last] for c in changed], previous)
         if placed is None:
@@ -257,11 +270,15 @@ def _axis_plan(geometry: TrunkGeometry, axis: int, segments, changed) -> list[_A
     return out
 
 
-def _structures(layers: int):
+Structure = tuple[tuple[tuple[int, int], ...], int]  # (segments (first, last), stop)
+
+
+def _structures(layers: int) -> Iterator[Structure]:
     """Every (segments, stop): windows on layers ``1..stop`` split into runs of consecutive layers."""
     for stop in range(1, layers + 1):
         for cuts in itertools.product((False, True), repeat=stop - 1):
-            segments, first = [], 1
+            segments: list[tuple[int, int]] = []
+            first = 1
             for layer, cut in enumerate(cuts, start=1):
                 if cut:
                     segments.append((first, layer))
@@ -279,7 +296,8 @@ class Work(NamedTuple):
     moved: float = 0
     perturbed: float = 0
 
-    def __add__(self, other: "Work") -> "Work":
+    # elementwise, not tuple concatenation; typed with tuple.__add__'s argument (any tuple) to stay a valid override
+    def __add__(self, other: tuple[Any, ...]) -> Work:
         return Work(*(a + b for a, b in zip(self, other)))
 
     def cost(self, profile: CostProfile) -> float:
@@ -302,7 +320,13 @@ def plain_work(geometry: TrunkGeometry) -> Work:
     return work
 
 
-def windows_work(geometry: TrunkGeometry, segments, stop: int, axes, masks: int) -> Work:
+def windows_work(
+    geometry: TrunkGeometry,
+    segments: Sequence[tuple[int, int]],
+    stop: int,
+    axes: tuple[list[_AxisSegment], list[_AxisSegment]],
+    masks: int,
+) -> Work:
     """One perturbed copy through windows ``axes`` (rows, columns: :func:`_axis_plan`) of these segments."""
     rows, cols = axes
     work = Work(macs=geometry.rest_cost, perturbed=geometry.channels(0) * rows[0].sides[0] * cols[0].sides[0])
@@ -398,12 +422,13 @@ def _support(masks: torch.Tensor, axis: int) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=16)
-def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure=None) -> WindowPlan:
+def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure: Structure | None = None) -> WindowPlan:
     """The cheapest windows (by the cost estimate) for ``masks`` (M, H, W) on this trunk; ``structure``
     ``(segments, stop)`` forces one (tests). Cached per (geometry, mask set)."""
     m = masks.shape[0]
     # along each axis a mask's windows depend only on its support there: place them once per distinct support
-    supports, inverse = [], []
+    supports: list[list[tuple[int, int]]] = []
+    inverse: list[list[int]] = []
     for axis in (0, 1):
         support = _support(masks, axis)
         if any(lo > hi for lo, hi in support):
@@ -412,13 +437,14 @@ def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure=None) ->
         supports.append(distinct)
         inverse.append([distinct.index(s) for s in support])
     changed = [[changed_ranges(geometry, axis, lo, hi) for lo, hi in supports[axis]] for axis in (0, 1)]
-    best = None
+    best: tuple[float, tuple[tuple[int, int], ...], int, tuple[list[_AxisSegment], list[_AxisSegment]]] | None = None
     profile = cost_profile(masks.device)
     candidates = [s for s in _structures(len(geometry.convs)) if profile.segments is None or len(s[0]) <= profile.segments]
     for segments, stop in [structure] if structure is not None else candidates:
-        axes = [_axis_plan(geometry, axis, segments, changed[axis]) for axis in (0, 1)]
-        if axes[0] is None or axes[1] is None:
+        row_plan, col_plan = [_axis_plan(geometry, axis, segments, changed[axis]) for axis in (0, 1)]
+        if row_plan is None or col_plan is None:
             continue
+        axes = (row_plan, col_plan)
         cost = windows_work(geometry, segments, stop, axes, m).cost(profile)
         if best is None or cost < best[0]:
             best = (cost, segments, stop, axes)
@@ -430,16 +456,26 @@ def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure=None) ->
     return _build(geometry, masks, segments, stop, rows, cols, cost, profile)
 
 
-def _build(geometry, masks, segments, stop, rows, cols, cost, profile) -> WindowPlan:
+def _build(
+    geometry: TrunkGeometry,
+    masks: torch.Tensor,
+    segments: Sequence[tuple[int, int]],
+    stop: int,
+    rows: list[_AxisSegment],
+    cols: list[_AxisSegment],
+    cost: float,
+    profile: CostProfile,
+) -> WindowPlan:
     device, m = masks.device, masks.shape[0]
-    built, windows = [], {}
+    built: list[Segment] = []
+    windows: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
     for index, (first, last) in enumerate(segments):
         r, c = rows[index], cols[index]
         for offset, layer in enumerate(range(first - 1, last + 1)):
             if layer not in windows:  # a segment's last window, not the next segment's region around it
                 windows[layer] = (torch.tensor(r.origins[offset]), torch.tensor(c.origins[offset]), (r.sides[offset], c.sides[offset]))
-        steps = tuple(_backward(geometry, axis, first, last)[0] for axis in (0, 1))
-        pads = []
+        steps = cast(tuple[int, int], tuple(_backward(geometry, axis, first, last)[0] for axis in (0, 1)))
+        pads: list[tuple[int, int]] = []
         for axis, a in enumerate((r, c)):
             n = geometry.sizes(axis)[first - 1]
             top = -min(a.origins[0])
@@ -470,10 +506,10 @@ def _build(geometry, masks, segments, stop, rows, cols, cost, profile) -> Window
             rows=torch.tensor(r.origins[-1], device=device), cols=torch.tensor(c.origins[-1], device=device),
             valid=tuple(valid), paste_index=paste,
         ))
-    first = built[0]
-    padded = F.pad(masks, first.pad)
-    patches = padded.unfold(1, first.region[0], first.step[0]).unfold(2, first.region[1], first.step[1])
-    patches = patches[torch.arange(m, device=device), first.rows, first.cols]
+    head = built[0]
+    padded = F.pad(masks, head.pad)
+    patches = padded.unfold(1, head.region[0], head.step[0]).unfold(2, head.region[1], head.step[1])
+    patches = patches[torch.arange(m, device=device), head.rows, head.cols]
     # every non-zero of every mask must lie in its patch, else the windows would miss a change
     if not torch.equal((patches != 0).flatten(1).sum(1), (masks != 0).flatten(1).sum(1)):
         raise RuntimeError("incremental window plan does not cover a mask's support (a bug): use incremental=False")
@@ -491,7 +527,7 @@ def _build(geometry, masks, segments, stop, rows, cols, cost, profile) -> Window
 # --- running the windows ----------------------------------------------------------------------------------------
 
 
-def _layer(conv: nn.Conv2d, act, x: torch.Tensor, padded: bool = True) -> torch.Tensor:
+def _layer(conv: nn.Conv2d, act: Activation | None, x: torch.Tensor, padded: bool = True) -> torch.Tensor:
     """``act(conv(x))``; without ``padded`` the convolution reads ``x`` as it is (a window's region)."""
     x = conv(x) if padded else F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
     return x if act is None else act(x)
@@ -550,7 +586,7 @@ def _regions(t: torch.Tensor, segment: Segment, frame: torch.Tensor, mask: torch
 
 
 def perturbed_outputs(
-    agent,
+    agent: IncrementalPolicy,
     trunk: ConvTrunk,
     plan: WindowPlan,
     images: torch.Tensor,
@@ -583,13 +619,17 @@ def perturbed_outputs(
         x = x * trunk.input_scale
     for index, segment in enumerate(plan.segments):
         if index:  # the observation's own activations around the window, the previous window pasted in
+            assert segment.paste_index is not None  # set for every segment after the first
             region = _paste(_regions(shared.regions[index - 1], segment, frame, mask), segment.paste_index.index_select(0, mask), x)
             x = region.contiguous(memory_format=shared.formats[index - 1])
         for layer in range(segment.first, segment.last + 1):
             x = _layer(*trunk.layers[layer - 1], x, padded=False)
-            if layer < segment.last and segment.valid[layer - segment.first] is not None:
-                x = x * segment.valid[layer - segment.first].index_select(0, mask)
+            if layer < segment.last:
+                valid = segment.valid[layer - segment.first]
+                if valid is not None:
+                    x = x * valid.index_select(0, mask)
     if plan.final_index is not None:
+        assert shared.final is not None  # shared_activations keeps them whenever the plan has a final index
         x = _paste(shared.final[frame], plan.final_index.index_select(0, mask), x)  # [frame] keeps the memory format
     for conv, act in trunk.layers[plan.stop :]:
         x = _layer(conv, act, x)

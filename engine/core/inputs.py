@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -11,8 +13,14 @@ from .preprocessing import FRAME_SHAPE, preprocess_frames
 
 RAW_FRAMES_PIPELINE = "greydanus2017"  # the one pipeline whose observation is computed from a single raw frame
 
+# What the saliency methods accept: observations as a numpy array or a tensor; states as a sequence of batch-first
+# tensors or arrays, a bare tensor for a one-tensor state, or None for the empty state
+Observations = np.ndarray | torch.Tensor
+StatesLike = Sequence[torch.Tensor | np.ndarray] | torch.Tensor | None
+Actions = torch.Tensor | np.ndarray | Sequence[int]  # one action index per observation
 
-def check_policy(agent) -> None:
+
+def check_policy(agent: object) -> None:
     """Raise ``TypeError`` unless ``agent`` implements :class:`engine.core.policy.Policy`."""
     if not isinstance(agent, Policy):
         missing = [name for name in ("observation_shape", "num_actions", "pipeline", "frame_stack", "device", "dtype",
@@ -28,7 +36,7 @@ def agent_device_dtype(agent: Policy) -> tuple[torch.device, torch.dtype]:
     return torch.device(agent.device), agent.dtype
 
 
-def prepare_observations(agent: Policy, frames) -> torch.Tensor:
+def prepare_observations(agent: Policy, frames: Observations) -> torch.Tensor:
     """Observations ``(N, C, H, W)`` in [0, 1] on the agent's device and dtype, from any accepted form.
 
     Accepted: the observation bytes as uint8 ``(N, C, H, W)`` (what a rollout records), observations already
@@ -79,7 +87,7 @@ def prepare_observations(agent: Policy, frames) -> torch.Tensor:
     return x
 
 
-def prepare_states(agent: Policy, states, n: int) -> State:
+def prepare_states(agent: Policy, states: StatesLike, n: int) -> State:
     """The recurrent state used on each of ``n`` observations, checked against the agent's own initial state
     (count, shape and dtype of its tensors) and moved to its device and dtype."""
     device, dtype = agent_device_dtype(agent)
@@ -112,7 +120,7 @@ def prepare_states(agent: Policy, states, n: int) -> State:
     return tuple(checked)
 
 
-def prepare_inputs(agent: Policy, frames, states) -> tuple[torch.Tensor, State]:
+def prepare_inputs(agent: Policy, frames: Observations, states: StatesLike) -> tuple[torch.Tensor, State]:
     """Validate and move saliency inputs to the agent's device and dtype.
 
     Args:

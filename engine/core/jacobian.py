@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,12 +32,15 @@ import torch
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .errors import EngineError
-from .inputs import prepare_inputs
+from .inputs import Actions, Observations, StatesLike, prepare_inputs
 from .inputs import check_policy
 from .policy import Policy, PolicyOutput, State
 
 DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None
 BACKENDS = ("autograd", "func")
+
+# K cotangent pairs (for the logits, for the value) from the detached outputs; None stands for zeros
+Cotangents = Callable[[torch.Tensor, torch.Tensor], Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]]
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,11 @@ class JacobianResult:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _check_agent(agent) -> None:
+def _check_agent(agent: object) -> None:
     check_policy(agent)
 
 
-def _chunks(n: int, frames_per_eval) -> list[tuple[int, int]]:
+def _chunks(n: int, frames_per_eval: int | None) -> list[tuple[int, int]]:
     """Chunk bounds over n frames; ``frames_per_eval`` must be None or an integer >= 1."""
     if frames_per_eval is None:
         return chunk_bounds(n, DEFAULT_FRAMES_PER_EVAL)
@@ -85,7 +90,7 @@ def _chunks(n: int, frames_per_eval) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _autograd_on():
+def _autograd_on() -> Iterator[None]:
     """Autograd on, whatever the caller's grad mode (also inside ``torch.inference_mode()``)."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
@@ -107,12 +112,12 @@ def _input_grad(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tenso
     return grad
 
 
-def _check_backend(backend) -> None:
+def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents, backend: str) -> torch.Tensor:
+def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents: Cotangents, backend: str) -> torch.Tensor:
     """Gradients w.r.t. the input ``x`` (N, C, H, W) of ``sum(c_logits * logits) + sum(c_value * value)``
     for K cotangent pairs -> (K, N, C, H, W). ``cotangents(logits, value)`` gives the K pairs from the detached
     outputs; ``None`` in a pair stands for zeros (that head is not differentiated on the autograd path).
@@ -122,11 +127,14 @@ def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents, backe
 
         state = tuple(s.clone() for s in state)
 
-        def heads(inp):
+        def heads(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             out = agent(inp, state)
             return out.logits, out.value
 
-        outputs, pullback = vjp(heads, x.clone())
+        # vjp's annotation also covers has_aux=True (a third element); without it, (outputs, pullback)
+        outputs, pullback = cast(
+            tuple[tuple[torch.Tensor, torch.Tensor], Callable[..., tuple[torch.Tensor]]], vjp(heads, x.clone())
+        )
         pairs = cotangents(*(o.detach() for o in outputs))
         stacked = tuple(
             torch.stack([c if c is not None else torch.zeros_like(o) for c in column])
@@ -136,15 +144,15 @@ def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents, backe
         return grads.detach()
     leaf, out = _forward(agent, x, state)
     pairs = cotangents(out.logits.detach(), out.value.detach())
-    grads = []
+    per_pair: list[torch.Tensor] = []
     for k, pair in enumerate(pairs):
         used = [(o, c) for o, c in zip((out.logits, out.value), pair) if c is not None]
         (grad,) = torch.autograd.grad([o for o, _ in used], leaf, [c for _, c in used], retain_graph=k < len(pairs) - 1)
-        grads.append(grad)
-    return torch.stack(grads)
+        per_pair.append(grad)
+    return torch.stack(per_pair)
 
 
-def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
+def _check_actions(actions: Actions, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
     """Validate per-frame action indices -> an int64 tensor (n,) on ``device``."""
     if isinstance(actions, (list, tuple)):
         actions = np.asarray(actions)
@@ -183,7 +191,12 @@ def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> t
 
 
 def jacobian_saliency(
-    agent: Policy, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+    agent: Policy,
+    frames: Observations,
+    states: StatesLike,
+    frames_per_eval: int | None = None,
+    backend: str = "autograd",
+    tf32: bool = False,
 ) -> JacobianResult:
     """The paper's Jacobian maps of each frame at its restored state.
 
@@ -209,7 +222,9 @@ def jacobian_saliency(
     x, state = prepare_inputs(agent, frames, states)
     bounds = _chunks(x.shape[0], frames_per_eval)
 
-    def both_heads(logits, value):
+    def both_heads(
+        logits: torch.Tensor, value: torch.Tensor
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         return [(logits, None), (None, torch.ones_like(value))]
 
     with _autograd_on(), float32_matmul_precision(x.device, tf32):
@@ -221,7 +236,12 @@ def jacobian_saliency(
 
 
 def action_jacobian(
-    agent: Policy, frames, states, frames_per_eval: int | None = None, backend: str = "autograd", tf32: bool = False
+    agent: Policy,
+    frames: Observations,
+    states: StatesLike,
+    frames_per_eval: int | None = None,
+    backend: str = "autograd",
+    tf32: bool = False,
 ) -> torch.Tensor:
     """The full Jacobian of the logits w.r.t. the observation, for each frame at its restored state.
 
@@ -237,7 +257,9 @@ def action_jacobian(
     bounds = _chunks(x.shape[0], frames_per_eval)
     num_actions = agent.num_actions
 
-    def one_hot_actions(logits, value):
+    def one_hot_actions(
+        logits: torch.Tensor, value: torch.Tensor
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         eye = torch.eye(num_actions, device=logits.device, dtype=logits.dtype)
         return [(eye[k].expand_as(logits), None) for k in range(num_actions)]
 
@@ -249,7 +271,9 @@ def action_jacobian(
     return jac
 
 
-def logprob_gradient(agent: Policy, frames, states, actions, frames_per_eval: int | None = None) -> torch.Tensor:
+def logprob_gradient(
+    agent: Policy, frames: Observations, states: StatesLike, actions: Actions, frames_per_eval: int | None = None
+) -> torch.Tensor:
     """The gradient w.r.t. the observation of ``log softmax(logits)[action]``, each frame with its own action.
 
     Args:

@@ -38,7 +38,7 @@ def _masks_float64(radius: float, density: int, size: tuple[int, int]) -> torch.
     plus = ((yy - ci.reshape(-1, 1, 1)) ** 2 + (xx - cj.reshape(-1, 1, 1)) ** 2 <= 1).to(torch.float64)
     # blurred in blocks: a dense grid (density 1 on 84x84: 7056 masks) would otherwise need gigabytes of padded
     # intermediates at once; each mask's blur does not depend on the others (batch-invariant blur)
-    blurred = torch.cat([gaussian_blur(block[:, None], sigma=radius)[:, 0] for block in plus.split(MASK_BLOCK)])
+    blurred = torch.cat([gaussian_blur(block[:, None], sigma=radius)[:, 0] for block in torch.split(plus, MASK_BLOCK)])
     return blurred / blurred.amax(dim=(1, 2), keepdim=True)
 
 
@@ -47,8 +47,8 @@ def _masks_on(radius: float, density: int, size: tuple[int, int], device: torch.
     return _masks_float64(radius, density, size).to(device=device, dtype=dtype)
 
 
-def perturbation_masks(radius: float, density: int, device=None, dtype=torch.float32,
-                       size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
+def perturbation_masks(radius: float, density: int, device: torch.device | str | None = None,
+                       dtype: torch.dtype = torch.float32, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
     """All masks of the grid, ``(Gh * Gw, H, W)`` for an observation of ``size = (H, W)``, row-major by center.
 
     Cached per (radius, density, size, device, dtype): treat the result as read-only.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -22,11 +23,11 @@ from tqdm.auto import tqdm
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
 from .batching import chunk_bounds, pad_rows
-from .inputs import agent_device_dtype, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .incremental import WindowPlan, conv_trunk_of, perturbed_outputs, shared_activations, trunk_geometry, window_plan, worthwhile
 from .masks import center_coords, perturb, perturbation_masks
 from .masks import grid_shape
-from .policy import Policy, index_state
+from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
 from .settings import COMPATS, SCORES, validate_settings
 
@@ -53,7 +54,7 @@ class PerturbationResult:
     actor_scores: torch.Tensor
     critic_scores: torch.Tensor
     centers: torch.Tensor
-    settings: dict = field(default_factory=dict)
+    settings: dict[str, float | str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.actor.shape[0]
@@ -70,7 +71,9 @@ def bytes_per_input(agent: Policy, dtype: torch.dtype) -> int:
     return elements * torch.finfo(dtype).bits // 8
 
 
-def resolve_perturbations_per_eval(agent, dtype, total: int, perturbations_per_eval: int | None, memory_budget_mb: float | None) -> int:
+def resolve_perturbations_per_eval(
+    agent: Policy, dtype: torch.dtype, total: int, perturbations_per_eval: int | None, memory_budget_mb: float | None
+) -> int:
     """``perturbations_per_eval`` if given, else as many inputs as fit the memory budget (at least 1, at most ``total``),
     and on the CPU at most ``DEFAULT_CPU_CHUNK`` unless a budget was given."""
     if perturbations_per_eval is not None:
@@ -89,7 +92,7 @@ def resolve_perturbations_per_eval(agent, dtype, total: int, perturbations_per_e
 def perturbation_scores(
     agent: Policy,
     x: torch.Tensor,
-    state: tuple,
+    state: State,
     masks: torch.Tensor,
     interp: str,
     blur_sigma: float,
@@ -115,7 +118,7 @@ def perturbation_scores(
     if plan is None:
         plane_masks = masks[:, None]  # (M, 1, H, W): one mask on every channel
 
-        def evaluate(frame, mask):
+        def evaluate(frame: torch.Tensor, mask: torch.Tensor) -> PolicyOutput:
             # index_select: several times faster than advanced indexing on the CPU
             perturbed = perturb(x.index_select(0, frame), blurred.index_select(0, frame), plane_masks.index_select(0, mask), interp)
             return agent(perturbed, index_state(state, frame))
@@ -123,15 +126,20 @@ def perturbation_scores(
     else:
         # Outside its mask's box a perturbed copy is the observation itself (occlude) or its blur (searchlight):
         # their trunk activations, once per observation, are shared by all of the observation's masks.
-        trunk = conv_trunk_of(agent)
+        # a plan is made only for an agent that declares a conv trunk
+        incremental_agent = cast(IncrementalPolicy, agent)
+        trunk = cast(ConvTrunk, conv_trunk_of(agent))
         outside = x if interp == "occlude" else blurred
         shared = shared_activations(trunk, plan, pad_rows(outside), n)
         images, padded_blur = plan.pad_input(x), plan.pad_input(blurred)
 
-        def evaluate(frame, mask):
-            return perturbed_outputs(agent, trunk, plan, images, padded_blur, shared, state, frame, mask, interp)
+        def evaluate(frame: torch.Tensor, mask: torch.Tensor) -> PolicyOutput:
+            return perturbed_outputs(
+                incremental_agent, trunk, plan, images, padded_blur, shared, state, frame, mask, interp
+            )
 
     if score == "action_logprob":
+        assert actions is not None  # action_logprob comes with the actions taken
         base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
@@ -141,6 +149,7 @@ def perturbation_scores(
         frame, mask = flat // m, flat % m
         out = evaluate(frame, mask)
         if score == "action_logprob":
+            assert actions is not None
             logp = torch.log_softmax(out.logits, dim=-1).gather(1, actions.index_select(0, frame).view(-1, 1))[:, 0]
             actor[start:stop] = (base_logp.index_select(0, frame) - logp).abs()
         else:
@@ -198,8 +207,8 @@ def upsample_paper(scores: torch.Tensor, density: int) -> torch.Tensor:
 
 def perturbation_saliency(
     agent: Policy,
-    frames,
-    states,
+    frames: Observations,
+    states: StatesLike,
     radius: float = 5,
     density: int = 5,
     interp: str = "occlude",
@@ -211,7 +220,7 @@ def perturbation_saliency(
     progress: bool = False,
     tf32: bool = False,
     score: str = "logit_l2",
-    actions=None,
+    actions: Actions | None = None,
 ) -> PerturbationResult:
     """Perturbation saliency (the 2017 paper's method, for any policy) of many observations at once.
 
@@ -242,13 +251,48 @@ def perturbation_saliency(
 
     Returns:
         :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
+
+    Example: a policy that reads one pixel, the top-left one (value ``x``, logits ``(x, -x)``), on a 20x20
+    observation that is black but for that pixel. With radius 1 and density 10 only the mask centred on the pixel
+    reaches it, and there the mask is 1: that perturbed copy holds the blurred observation's value ``b`` at the
+    pixel, so its critic score is ``0.5 * (1 - b)^2`` and its actor score ``0.5 * ((1 - b)^2 + (b - 1)^2)``, twice
+    that; every other score is 0.
+
+    >>> import math
+    >>> import torch
+    >>> from scipy.ndimage import gaussian_filter
+    >>> from engine.core.policy import PolicyOutput
+    >>> class TopLeftPixel:
+    ...     observation_shape, num_actions, pipeline, frame_stack = (1, 20, 20), 2, "gymnasium_atari", 1
+    ...     device, dtype = torch.device("cpu"), torch.float64
+    ...     def __call__(self, obs, state):
+    ...         x = obs[:, 0, 0, 0]
+    ...         return PolicyOutput(x, torch.stack([x, -x], dim=1), ())
+    ...     def initial_state(self, batch=1):
+    ...         return ()
+    ...     def reset_state(self, state, done):
+    ...         return state
+    >>> frames = torch.zeros(1, 1, 20, 20, dtype=torch.uint8)
+    >>> frames[0, 0, 0, 0] = 255
+    >>> result = perturbation_saliency(TopLeftPixel(), frames, (), radius=1, density=10)
+    >>> result.centers.tolist(), tuple(result.critic_scores.shape), tuple(result.critic.shape)
+    ([0, 10], (1, 2, 2), (1, 20, 20))
+    >>> (result.critic_scores[0] > 0).int().tolist()
+    [[1, 0], [0, 0]]
+    >>> b = gaussian_filter(frames[0, 0].double().numpy() / 255, sigma=3)[0, 0]  # the spec's blur (sigma 3)
+    >>> math.isclose(float(result.critic_scores[0, 0, 0]), 0.5 * (1 - b) ** 2, rel_tol=1e-9)
+    True
+    >>> torch.allclose(result.actor_scores, 2 * result.critic_scores)
+    True
+    >>> int(result.critic[0].argmax())  # the map peaks on the pixel the policy reads
+    0
     """
     if incremental not in (True, False, "auto"):
         raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {tuple(str(s) for s in SCORES)}, got {score!r}")
     x, state = prepare_inputs(agent, frames, states)
-    n, size = x.shape[0], tuple(x.shape[2:])
+    n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))  # observations are (N, C, H, W)
     validate_settings(radius, density, interp, blur_sigma, compat, size)
     if compat == "paper" and size != (SIZE, SIZE):
         raise ValueError(f"compat='paper' reproduces the 2017 upsampling of 80x80 maps; this agent's maps are {size[0]}x{size[1]}: use compat='exact'")
@@ -274,8 +318,8 @@ def perturbation_saliency(
             up_actor, up_critic = upsample_paper(actor, density), upsample_paper(critic, density)
         else:
             up_actor, up_critic = upsample_exact(actor, density, size), upsample_exact(critic, density, size)
-        settings = dict(radius=radius, density=density, interp=str(interp), blur_sigma=blur_sigma, compat=str(compat),
-                        score=str(score))
+        settings: dict[str, float | str] = dict(radius=radius, density=density, interp=str(interp),
+                                                blur_sigma=blur_sigma, compat=str(compat), score=str(score))
         return PerturbationResult(
             actor=up_actor,
             critic=up_critic,
@@ -286,7 +330,7 @@ def perturbation_saliency(
         )
 
 
-def _check_actions(actions, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
+def _check_actions(actions: Actions | None, n: int, num_actions: int, device: torch.device) -> torch.Tensor:
     """Per-observation action indices -> an int64 tensor (n,) on ``device``, or a ValueError saying what is wrong."""
     if actions is None:
         raise ValueError("score='action_logprob' needs the action taken on each frame: pass actions=rollout.actions")

@@ -53,10 +53,18 @@ class Policy(Protocol):
         frame_stack: observations frames stacked along C by the pipeline (1: none).
     """
 
-    observation_shape: tuple[int, int, int]
-    num_actions: int
-    pipeline: str
-    frame_stack: int
+    # Read-only properties, so that an agent may hold these as attributes or compute them as properties.
+    @property
+    def observation_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def num_actions(self) -> int: ...
+
+    @property
+    def pipeline(self) -> str: ...
+
+    @property
+    def frame_stack(self) -> int: ...
 
     @property
     def device(self) -> torch.device: ...
@@ -137,12 +145,12 @@ def reset_rows(state: State, done: torch.Tensor) -> State:
 # --- recurrent-state helpers: the only place that knows a state is a tuple --------------------------------
 
 
-def index_state(state: State, index) -> State:
+def index_state(state: State, index: int | slice | torch.Tensor) -> State:
     """Select rows of every tensor of a state (an int, slice, or index tensor)."""
     return tuple(s[index] for s in state)
 
 
-def state_to(state: State, device=None, dtype=None) -> State:
+def state_to(state: State, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
     """Move/cast every tensor of a state."""
     return tuple(s.to(device=device, dtype=dtype) for s in state)
 

@@ -19,11 +19,17 @@ import torch
 from .device import to_device
 from .settings import SIZE
 
+# SIZE is re-exported: the layers above take the side of the preprocessed observation from here
+__all__ = [
+    "CROP_ROWS", "FRAME_SHAPE", "SIZE", "as_frames_tensor", "byte_scale", "preprocess_bytes", "preprocess_frames",
+    "resize_uint8",
+]
+
 FRAME_SHAPE = (210, 160, 3)
 CROP_ROWS = (35, 195)
 
 
-def as_frames_tensor(frames, device=None) -> torch.Tensor:
+def as_frames_tensor(frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """Check raw Atari frames (N, 210, 160, 3) uint8 (numpy or torch) and return them as a tensor on ``device``."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
@@ -98,14 +104,16 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.to(torch.uint8)
 
 
-def preprocess_bytes(frames) -> torch.Tensor:
+def preprocess_bytes(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Raw frames (N, 210, 160, 3) uint8 -> the 80x80 uint8 images the agents were trained on, (N, 80, 80)."""
     frames = as_frames_tensor(frames)
     gray = frames[:, CROP_ROWS[0]:CROP_ROWS[1]].to(torch.float64).mean(dim=-1)
     return resize_uint8(byte_scale(gray), (SIZE, SIZE))
 
 
-def preprocess_frames(frames, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def preprocess_frames(
+    frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Raw frames (N, 210, 160, 3) uint8 -> agent inputs (N, 1, 80, 80) in ``dtype`` on ``device``.
 
     The frames are moved to ``device`` first (one copy of the uint8 batch), so the work runs there.

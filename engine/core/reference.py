@@ -10,25 +10,29 @@ use it for real work. Unlike the original it takes the actor and critic scores f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from .policy import Policy
+from .policy import Policy, PolicyOutput, State
 
 
 def byte_scale_np(a: np.ndarray) -> np.ndarray:
     """``floor((a - min) * 255 / (max - min) + 0.5)`` clipped to uint8; a constant array uses a span of 1."""
     a = np.asarray(a, dtype=np.float64)
-    lo, hi = a.min(), a.max()
+    lo: float = a.min()
+    hi: float = a.max()
     span = hi - lo if hi != lo else 1.0
     return np.clip(np.floor((a - lo) * 255 / span + 0.5), 0, 255).astype(np.uint8)
 
 
 def pil_resize(image_u8: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pillow BILINEAR resize of a uint8 image."""
-    return np.asarray(Image.fromarray(image_u8).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image_u8).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def preprocess_np(frame: np.ndarray) -> np.ndarray:
@@ -43,8 +47,9 @@ def mask_np(center: tuple[int, int], radius: float, size: tuple[int, int] = (80,
     y, x = np.ogrid[-center[0]:h - center[0], -center[1]:w - center[1]]
     mask = np.zeros((h, w))
     mask[x * x + y * y <= 1] = 1
-    mask = gaussian_filter(mask, sigma=radius)
-    return mask / mask.max()
+    blurred: np.ndarray = gaussian_filter(mask, sigma=radius)
+    peak: float = blurred.max()
+    return blurred / peak
 
 
 def perturb_np(image: np.ndarray, mask: np.ndarray, interp: str, blur_sigma: float) -> np.ndarray:
@@ -52,22 +57,26 @@ def perturb_np(image: np.ndarray, mask: np.ndarray, interp: str, blur_sigma: flo
     image = image.astype(np.float64)
     if image.ndim == 3:
         return np.stack([perturb_np(plane, mask, interp, blur_sigma) for plane in image])
-    blurred = gaussian_filter(image, sigma=blur_sigma)
+    blurred: np.ndarray = gaussian_filter(image, sigma=blur_sigma)
     if interp == "occlude":
-        return image * (1 - mask) + blurred * mask
-    if interp == "searchlight":
-        return image * mask + blurred * (1 - mask)
-    raise ValueError(f"unknown interp {interp!r}")
+        perturbed: np.ndarray = image * (1 - mask) + blurred * mask
+    elif interp == "searchlight":
+        perturbed = image * mask + blurred * (1 - mask)
+    else:
+        raise ValueError(f"unknown interp {interp!r}")
+    return perturbed
 
 
-def _forward(agent: Policy, image: np.ndarray, state: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _forward(agent: Policy, image: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray]:
     x = torch.as_tensor(image, dtype=agent.dtype, device=agent.device).reshape(1, *agent.observation_shape)
     with torch.no_grad():  # a true one-input pass, as the original ran, where the policy can skip its row padding
-        out = agent(x, state, batch_invariant=False) if accepts_batch_invariant(agent) else agent(x, state)
+        # the Policy protocol's call has no batch_invariant; accepts_batch_invariant checked that this one does
+        call: Callable[..., PolicyOutput] = agent
+        out = call(x, state, batch_invariant=False) if accepts_batch_invariant(agent) else agent(x, state)
     return out.logits[0].double().cpu().numpy(), out.value.double().cpu().numpy()
 
 
-def accepts_batch_invariant(agent) -> bool:
+def accepts_batch_invariant(agent: Callable[..., object]) -> bool:
     """Whether the policy's call takes ``batch_invariant=`` (the engine's own policies and adapters do)."""
     import inspect
 
@@ -91,7 +100,7 @@ def observation_np(agent: Policy, frame: np.ndarray) -> np.ndarray:
 def score_frame_np(
     agent: Policy,
     frame: np.ndarray,
-    state: tuple,
+    state: State,
     radius: float = 5,
     density: int = 5,
     interp: str = "occlude",
@@ -124,16 +133,18 @@ def score_frame_np(
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max()
-    return z - np.log(np.exp(z).sum())
+    log_probs: np.ndarray = z - np.log(np.exp(z).sum())
+    return log_probs
 
 
 def upsample_paper_np(scores: np.ndarray, density: int) -> np.ndarray:
     """Spec section 6: grid in an array of side int(80/d)+1, byte-scaled, Pillow-resized, rescaled to pmax."""
     grid = np.zeros((int(80 / density) + 1,) * 2)
     grid[: scores.shape[0], : scores.shape[1]] = scores
-    pmax = grid.max()
+    pmax: float = grid.max()
     up = pil_resize(byte_scale_np(grid), 80, 80).astype(np.float32)
-    return pmax * up / up.max()
+    upmax: float = up.max()
+    return pmax * up / upmax
 
 
 def upsample_exact_np(scores: np.ndarray, density: int, size: tuple[int, int] = (80, 80)) -> np.ndarray:
@@ -144,14 +155,25 @@ def upsample_exact_np(scores: np.ndarray, density: int, size: tuple[int, int] = 
     interp = RegularGridInterpolator((rows, cols), scores, method="linear")
     yy, xx = np.meshgrid(np.minimum(np.arange(size[0], dtype=np.float64), rows[-1]),
                          np.minimum(np.arange(size[1], dtype=np.float64), cols[-1]), indexing="ij")
-    return interp(np.stack([yy, xx], axis=-1))
+    values: np.ndarray = interp(np.stack([yy, xx], axis=-1))
+    return values
 
 
-def saliency_np(agent, frame, state, radius=5, density=5, interp="occlude", blur_sigma=3, compat="exact",
-                score="logit_l2", action=None) -> dict:
+def saliency_np(
+    agent: Policy,
+    frame: np.ndarray,
+    state: State,
+    radius: float = 5,
+    density: int = 5,
+    interp: str = "occlude",
+    blur_sigma: float = 3,
+    compat: str = "exact",
+    score: str = "logit_l2",
+    action: int | None = None,
+) -> dict[str, np.ndarray]:
     """Maps and score grids of one observation, as numpy arrays: keys actor, critic, actor_scores, critic_scores."""
     actor, critic = score_frame_np(agent, frame, state, radius, density, interp, blur_sigma, score, action)
-    size = tuple(agent.observation_shape[1:])
+    size = cast(tuple[int, int], tuple(agent.observation_shape[1:]))
     if compat == "paper":
         maps = upsample_paper_np(actor, density), upsample_paper_np(critic, density)
     else:

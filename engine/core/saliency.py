@@ -4,18 +4,19 @@ Jacobian saliency, used by the app, the stores and the benchmarks.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .jacobian import jacobian_saliency
 from .perturbation import perturbation_saliency
-from .policy import Policy, index_state
+from .policy import Policy, State, index_state
 from .settings import Incremental, SaliencyConfig
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
 
 
-def paper_shift(states: tuple, previous: tuple | None = None) -> tuple[torch.Tensor, ...]:
+def paper_shift(states: State, previous: State | None = None) -> State:
     """The original code's off-by-one (spec, section 7): frame t gets the state the agent had one step
     earlier than the one it used (``states[t-1]``). ``previous`` is the state before the first frame (a
     chunk's predecessor); without one, the first frame gets the zero state of an episode start."""
@@ -24,7 +25,14 @@ def paper_shift(states: tuple, previous: tuple | None = None) -> tuple[torch.Ten
     return tuple(torch.cat([p.to(s.device, s.dtype), s[:-1]]) for p, s in zip(previous, states))
 
 
-def compute_saliency(agent: Policy, frames, states, s: SaliencyConfig, progress: bool = False, actions=None) -> dict[str, torch.Tensor]:
+def compute_saliency(
+    agent: Policy,
+    frames: np.ndarray | torch.Tensor,
+    states: State,
+    s: SaliencyConfig,
+    progress: bool = False,
+    actions: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors).
 
     ``actions`` (N,): the action taken on each frame, needed by ``score="action_logprob"``."""

@@ -52,7 +52,8 @@ class Incremental(StrEnum):
     @property
     def setting(self) -> bool | str:
         """The value :func:`engine.core.perturbation.perturbation_saliency` takes: True, False or "auto"."""
-        return {"auto": "auto", "true": True, "false": False}[self.value]
+        settings: dict[str, bool | str] = {"auto": "auto", "true": True, "false": False}
+        return settings[self.value]
 
 
 @dataclass
@@ -93,7 +94,9 @@ def validate_radius_density(radius: float, density: int, size: tuple[int, int] =
         raise ValueError(f"radius must be a number in (0, {side:g}] (the mask blur sigma; the paper uses 5), got {radius!r}")
 
 
-def validate_settings(radius, density, interp, blur_sigma, compat, size: tuple[int, int] = (SIZE, SIZE)) -> None:
+def validate_settings(
+    radius: float, density: int, interp: str, blur_sigma: float, compat: str, size: tuple[int, int] = (SIZE, SIZE)
+) -> None:
     """Raise ``ValueError`` naming the bad setting and its allowed values (sizes in pixels of an (H, W) observation)."""
     validate_radius_density(radius, density, size)
     if interp not in INTERPS:

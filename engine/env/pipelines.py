@@ -41,7 +41,7 @@ gives the options of each library's training environment, e.g. ``rollout(agent, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,20 @@ import numpy as np
 from ..core.errors import UnknownEnvironmentError
 from ..core.policy import PIPELINES
 from ..core.preprocessing import FRAME_SHAPE, preprocess_bytes
-from .wrappers import GRAYSCALES, STACK_PADDINGS, AtariPreprocessing, ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, FrameStacker, MaxAndSkipEnv, NoopResetEnv, ResizeGrayFrame, WarpFrame
+from .wrappers import (
+    GRAYSCALES,
+    STACK_PADDINGS,
+    AtariPreprocessing,
+    ClipRewardEnv,
+    EpisodicLifeEnv,
+    FireResetEnv,
+    FrameStacker,
+    MaxAndSkipEnv,
+    NoopResetEnv,
+    ResizeGrayFrame,
+    WarpFrame,
+    ale_env,
+)
 
 _ENV_OPTIONS = dict(repeat_action_probability=None, full_action_space=False)
 _SKIP_OPTIONS = dict(noop_max=30, frame_skip=4, screen_size=84)
@@ -183,7 +196,7 @@ class AtariPipeline:
 
     def __init__(self, spec: PipelineSpec, env: gym.Env, frame_source, stacker: FrameStacker | None):
         self.spec, self.env, self._frame_source, self._stacker = spec, env, frame_source, stacker
-        self.action_names: tuple[str, ...] = tuple(env.unwrapped.get_action_meanings())
+        self.action_names: tuple[str, ...] = tuple(ale_env(env).get_action_meanings())
         if spec.name == "greydanus2017":
             self.observation_shape = (1, 80, 80)
         else:
@@ -192,7 +205,7 @@ class AtariPipeline:
 
     @property
     def num_actions(self) -> int:
-        return int(self.env.action_space.n)
+        return int(cast(gym.spaces.Discrete, self.env.action_space).n)
 
     def _observe(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._stacker is None:  # the 2017 pipeline: the raw frame and its preprocessing
@@ -247,7 +260,7 @@ def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **opti
     if name == "greydanus2017" and frame_stack != 1:
         raise ValueError(f"the greydanus2017 pipeline sees one frame (frame_stack=1), got frame_stack={frame_stack}")
     spec = PipelineSpec(name, env_id, frame_stack, options)
-    make_kwargs = {}
+    make_kwargs: dict[str, Any] = {}
     if options["repeat_action_probability"] is not None:
         make_kwargs["repeat_action_probability"] = float(options["repeat_action_probability"])
     if options["full_action_space"]:
@@ -267,9 +280,10 @@ def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **opti
             env = MaxAndSkipEnv(env, skip=options["frame_skip"])
         if options["episodic_life"]:
             env = EpisodicLifeEnv(env)
-        if options["fire_reset"] and "FIRE" in env.unwrapped.get_action_meanings():
+        if options["fire_reset"] and "FIRE" in ale_env(env).get_action_meanings():
             env = FireResetEnv(env)
         size = options["screen_size"]
+        warp: WarpFrame | ResizeGrayFrame
         if name == "sb3_atari":
             env = warp = WarpFrame(env, width=size, height=size)
             if options["clip_rewards"]:

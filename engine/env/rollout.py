@@ -227,6 +227,27 @@ def rollout(
             ``repeat_action_probability``, ``full_action_space``, and for the standard pipelines
             ``episodic_life`` and ``clip_rewards`` (off: full games, game score), ``noop_max``, ``frame_skip``,
             ``screen_size``, ... ; ``**library_defaults(agent.pipeline)`` plays the library's training environment.
+
+    Example: five steps of the built-in recurrent PPO agent, which plays in CleanRL's pipeline (one 84x84 frame
+    per observation, frame skip 4) with an LSTM state ``(h, c)``:
+
+    >>> import torch
+    >>> from engine.policies.loading import load_policy
+    >>> from engine.policies.registry import resolve_checkpoint
+    >>> agent = load_policy(resolve_checkpoint("builtin/pong_ppo"), device="cpu")
+    >>> r = rollout(agent, "PongNoFrameskip-v4", num_steps=5, seed=0)
+    >>> len(r), tuple(r.frames.shape), tuple(r.observations.shape), [tuple(s.shape) for s in r.states]
+    (5, (5, 210, 160, 3), (5, 1, 84, 84), [(5, 128), (5, 128)])
+    >>> r.action_names
+    ('NOOP', 'FIRE', 'RIGHT', 'LEFT', 'RIGHTFIRE', 'LEFTFIRE')
+    >>> bool(((r.actions >= 0) & (r.actions < agent.num_actions)).all()), r.dones.tolist(), r.rewards.tolist()
+    (True, [False, False, False, False, False], [0.0, 0.0, 0.0, 0.0, 0.0])
+    >>> with torch.inference_mode():  # the recorded states reproduce the recorded outputs, bit for bit
+    ...     out = agent(r.observations / 255, r.states)
+    >>> torch.equal(out.logits, r.logits), torch.equal(out.value, r.values)
+    (True, True)
+    >>> torch.equal(rollout(agent, "PongNoFrameskip-v4", num_steps=5, seed=0).actions, r.actions)  # same seed
+    True
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -292,8 +313,9 @@ def play_episodes(
 def rollout_from_steps(steps: list[Step], **meta) -> Rollout:
     """Stack recorded steps into a :class:`Rollout` (tensors on the CPU)."""
     observations = None
-    if all(s.observation is not None for s in steps):
-        observations = torch.from_numpy(np.stack([s.observation for s in steps]))
+    recorded = [s.observation for s in steps if s.observation is not None]
+    if len(recorded) == len(steps):
+        observations = torch.from_numpy(np.stack(recorded))
     return Rollout(
         frames=torch.from_numpy(np.stack([s.frame for s in steps])),
         states=state_to(stack_states([s.state for s in steps]), device="cpu"),

@@ -22,13 +22,23 @@ channel shows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+if TYPE_CHECKING:
+    from ale_py import ALEInterface
+    from ale_py.env import AtariEnv
+
 GRAYSCALES = ("cv2", "gymnasium")  # OpenCV's RGB->gray (gymnasium 0.29 / SB3), gymnasium >= 1.0's weighted sum
+
+
+def ale_env(env: gym.Env) -> AtariEnv:
+    """The ALE environment under ``env``'s wrappers (every chain here starts from one): its action meanings and
+    emulator, which gymnasium's ``Env`` type does not declare."""
+    return cast("AtariEnv", env.unwrapped)
 
 
 def import_cv2():
@@ -55,7 +65,7 @@ class NoopResetEnv(gym.Wrapper):
         self.noop_max = noop_max
         self.override_num_noops = None
         self.noop_action = 0
-        if env.unwrapped.get_action_meanings()[0] != "NOOP":
+        if ale_env(env).get_action_meanings()[0] != "NOOP":
             raise ValueError("NoopResetEnv needs action 0 to be NOOP")
 
     def reset(self, **kwargs):
@@ -78,7 +88,7 @@ class FireResetEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        meanings = env.unwrapped.get_action_meanings()
+        meanings = ale_env(env).get_action_meanings()
         if meanings[1] != "FIRE" or len(meanings) < 3:
             raise ValueError(f"FireResetEnv needs action 1 to be FIRE and 3 actions or more, got {meanings}")
 
@@ -105,7 +115,7 @@ class EpisodicLifeEnv(gym.Wrapper):
     def step(self, action: int):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.was_real_done = terminated or truncated
-        lives = self.env.unwrapped.ale.lives()
+        lives = ale_env(self.env).ale.lives()
         if 0 < lives < self.lives:
             terminated = True
         self.lives = lives
@@ -118,7 +128,7 @@ class EpisodicLifeEnv(gym.Wrapper):
             obs, _, terminated, truncated, info = self.env.step(0)
             if terminated or truncated:
                 obs, info = self.env.reset(**kwargs)
-        self.lives = self.env.unwrapped.ale.lives()
+        self.lives = ale_env(self.env).ale.lives()
         return obs, info
 
 
@@ -127,7 +137,9 @@ class MaxAndSkipEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env, skip: int = 4) -> None:
         super().__init__(env)
-        self._obs_buffer = np.zeros((2, *env.observation_space.shape), dtype=env.observation_space.dtype)
+        shape = env.observation_space.shape
+        assert shape is not None  # the ALE's frames are a Box of known shape
+        self._obs_buffer = np.zeros((2, *shape), dtype=env.observation_space.dtype)
         self._skip = skip
 
     def step(self, action: int):
@@ -231,12 +243,13 @@ class AtariPreprocessing(gym.Wrapper):
             raise ValueError("AtariPreprocessing skips frames itself: make the ALE environment with frameskip=1")
         if noop_max < 0:
             raise ValueError(f"noop_max must be >= 0, got {noop_max}")
-        if noop_max > 0 and env.unwrapped.get_action_meanings()[0] != "NOOP":
+        if noop_max > 0 and ale_env(env).get_action_meanings()[0] != "NOOP":
             raise ValueError("noop_max > 0 needs action 0 to be NOOP")
         self.noop_max, self.frame_skip = noop_max, frame_skip
         self.screen_size = (screen_size, screen_size)
         self.terminal_on_life_loss = terminal_on_life_loss
         shape = env.observation_space.shape
+        assert shape is not None  # the ALE's frames are a Box of known shape
         self.obs_buffer = [np.empty(shape[:2], dtype=np.uint8), np.empty(shape[:2], dtype=np.uint8)]
         self.rgb_buffer = [np.empty(shape, dtype=np.uint8), np.empty(shape, dtype=np.uint8)]
         self.lives = 0
@@ -245,18 +258,19 @@ class AtariPreprocessing(gym.Wrapper):
         self.frame: np.ndarray | None = None
 
     @property
-    def ale(self):
-        return self.env.unwrapped.ale
+    def ale(self) -> ALEInterface:
+        return ale_env(self.env).ale
 
     def _grab(self, index: int) -> None:
         self.ale.getScreenGrayscale(self.obs_buffer[index])
         self.ale.getScreenRGB(self.rgb_buffer[index])
 
     def step(self, action):
-        total_reward, terminated, truncated, info = 0.0, False, False, {}
+        total_reward, terminated, truncated = 0.0, False, False
+        info: dict[str, Any] = {}
         for t in range(self.frame_skip):
             _, reward, terminated, truncated, info = self.env.step(action)
-            total_reward += reward
+            total_reward += cast(float, reward)  # the ALE's rewards are numbers
             self.game_over = terminated
             if self.terminal_on_life_loss:
                 new_lives = self.ale.lives()
@@ -325,5 +339,6 @@ class FrameStacker:
         return self.stack.copy()
 
     def step(self, frame: np.ndarray) -> np.ndarray:
+        assert self.stack is not None  # reset() comes first
         self.stack = np.concatenate([self.stack[1:], frame[None]])
         return self.stack.copy()

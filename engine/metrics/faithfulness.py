@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,20 @@ SANITY_THRESHOLD = 0.5
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int], density: int | None = None) -> torch.Tensor:
     """Maps (N, H, W) are returned as they are; score grids (N, Gh, Gw) of a perturbation grid are upsampled to
     (N, H, W) like the engine's maps (:func:`engine.core.perturbation.upsample_exact`, node (a, b) at pixel
-    (a*d, b*d)). ``density`` is inferred from the grid's shape when it is the only one that gives it."""
+    (a*d, b*d)). ``density`` is inferred from the grid's shape when it is the only one that gives it.
+
+    Example: a 2x2 grid of density 2 on a 4x4 observation has nodes at pixels 0 and 2; pixel 1 lies halfway
+    between them and pixel 3, past the last node, takes its value.
+
+    >>> import torch
+    >>> grid = torch.tensor([[[0.0, 2.0], [0.0, 2.0]]])
+    >>> upsample_maps(grid, (4, 4), density=2)[0].tolist()
+    [[0.0, 1.0, 2.0, 2.0], [0.0, 1.0, 2.0, 2.0], [0.0, 1.0, 2.0, 2.0], [0.0, 1.0, 2.0, 2.0]]
+    >>> upsample_maps(grid, (4, 4))  # densities 2 and 3 both give 2x2 grids on 4x4
+    Traceback (most recent call last):
+    ...
+    engine.core.errors.EngineError: maps of shape (2, 2) are neither ... (fits: [2, 3]): pass density= ...
+    """
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
         raise EngineError(f"maps must be a tensor (N, H, W), got {type(maps).__name__} of shape {tuple(getattr(maps, 'shape', ()))}")
     if tuple(maps.shape[1:]) == tuple(size):
@@ -70,11 +83,17 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int], density: int | None
         density = fits[0]
     if grid_shape(density, size) != grid:
         raise EngineError(f"score grids of density {density} on {size[0]}x{size[1]} are {grid_shape(density, size)}, got {grid}")
-    return upsample_exact(maps, density, tuple(size))
+    return upsample_exact(maps, density, cast(tuple[int, int], tuple(size)))
 
 
 def random_maps(n: int, size: tuple[int, int], seed: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(N, H, W) uniform random maps from a seeded CPU generator: the random-order reference of the curves."""
+    """(N, H, W) uniform random maps from a seeded CPU generator: the random-order reference of the curves.
+
+    >>> import torch
+    >>> maps = random_maps(2, (3, 3), seed=1)
+    >>> tuple(maps.shape), torch.equal(maps, random_maps(2, (3, 3), seed=1)), bool(((maps >= 0) & (maps < 1)).all())
+    ((2, 3, 3), True, True)
+    """
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, *size, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
@@ -91,7 +110,18 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each pair of maps: a, b (N, ...) -> (N,) float64; NaN where either map is
-    constant (no ranking to compare)."""
+    constant (no ranking to compare).
+
+    Only the ranks count: a map against itself or any increasing function of itself is 1, against its
+    negative -1.
+
+    >>> import torch
+    >>> a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    >>> spearman(a, a).tolist(), spearman(a, a**3).tolist(), spearman(a, -a).tolist(), spearman(a, 0 * a).tolist()
+    ([1.0], [1.0], [-1.0], [nan])
+    >>> spearman(torch.tensor([[1.0, 1.0, 2.0]]), torch.tensor([[0.0, 0.0, 5.0]])).tolist()  # ties share their rank
+    [1.0]
+    """
     if a.shape != b.shape or a.ndim < 2:
         raise EngineError(f"maps to correlate must have the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}")
     ra, rb = _average_ranks(a.flatten(1).double()), _average_ranks(b.flatten(1).double())
@@ -108,7 +138,18 @@ def _unit_range(maps: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11) -> torch.Tensor:
     """Mean structural similarity of each pair of maps (N, H, W) -> (N,), each map scaled to [0, 1] first (min-max,
-    as Huber et al. normalise maps); ``kornia.metrics.ssim`` with a Gaussian window of ``window_size``."""
+    as Huber et al. normalise maps); ``kornia.metrics.ssim`` with a Gaussian window of ``window_size``.
+
+    Maps are compared after the min-max scaling, so a map and any positive affine transform of it score 1 (to the
+    constants that keep SSIM finite); maps need more than ``window_size // 2`` pixels along each side.
+
+    >>> import torch
+    >>> maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> [round(v, 6) for v in ssim(maps, 3 * maps + 1).tolist()]
+    [1.0, 1.0]
+    >>> bool((ssim(maps, 1 - maps) < 0).all())  # the reversed map is anti-correlated
+    True
+    """
     import kornia
 
     if a.shape != b.shape or a.ndim != 3:
@@ -157,7 +198,12 @@ class DeletionInsertion:
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:
-    """Trapezoidal area under curves (..., K+1) sampled at K+1 evenly spaced points of [0, 1] -> (...)."""
+    """Trapezoidal area under curves (..., K+1) sampled at K+1 evenly spaced points of [0, 1] -> (...).
+
+    >>> import torch
+    >>> auc(torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])).tolist()  # y = x, y = 1, a drop
+    [0.5, 1.0, 0.25]
+    """
     k = curves.shape[-1] - 1
     if k < 1:
         raise EngineError(f"a curve needs at least 2 points, got {curves.shape[-1]}")
@@ -207,6 +253,32 @@ def deletion_insertion(
 
     Returns:
         :class:`DeletionInsertion` with curves (N, K+1) on the agent's device.
+
+    Example: a policy that reads one pixel, the top-left one (value ``x``, logits ``(10 x, 0)``), on a white 4x4
+    observation with the black baseline, in K = 4 steps of 4 pixels. A faithful map ranks that pixel first: the
+    first deletion step removes it (value 1 -> 0, probability of action 0 ``sigmoid(10)`` -> 1/2) and the first
+    insertion step reveals it; a map that ranks it last changes nothing until the last step.
+
+    >>> import torch
+    >>> from engine.policies.module import wrap_policy
+    >>> def top_left(obs):
+    ...     x = obs[:, 0, 0, 0]
+    ...     return torch.stack([10 * x, 0 * x], dim=1), x
+    >>> policy = wrap_policy(top_left, observation_shape=(1, 4, 4), pipeline="gymnasium_atari", dtype=torch.float64)
+    >>> white = torch.full((1, 1, 4, 4), 255, dtype=torch.uint8)
+    >>> faithful = -torch.arange(16.0).view(1, 4, 4)  # pixels in row-major order, the top-left one first
+    >>> result = deletion_insertion(policy, white, (), faithful, steps=4, baseline="black")
+    >>> result.deletion.fractions.tolist(), result.actions.tolist()
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [0])
+    >>> result.deletion.value.tolist(), result.insertion.value.tolist()
+    ([[1.0, 0.0, 0.0, 0.0, 0.0]], [[0.0, 1.0, 1.0, 1.0, 1.0]])
+    >>> [round(p, 4) for p in result.deletion.prob[0].tolist()]
+    [1.0, 0.5, 0.5, 0.5, 0.5]
+    >>> {k: round(float(v), 4) for k, v in result.aucs().items() if k.endswith("value")}
+    {'deletion_value': 0.125, 'insertion_value': 0.875}
+    >>> unfaithful = deletion_insertion(policy, white, (), -faithful, steps=4, baseline="black")
+    >>> unfaithful.deletion.value.tolist(), round(float(unfaithful.aucs()["deletion_value"]), 4)
+    ([[1.0, 1.0, 1.0, 1.0, 0.0]], 0.875)
     """
     steps = _check_steps(steps)
     if baseline not in BASELINES:
@@ -297,14 +369,25 @@ def _nanmean(t: torch.Tensor) -> float:
 
 def object_agreement(maps: torch.Tensor, objects: Mapping[str, torch.Tensor]) -> ObjectAgreement:
     """maps (N, H, W) non-negative saliency; objects ``{name: bool (N, H, W)}`` (the cells of each object, e.g.
-    :func:`engine.metrics.regions.game_object_cells`) -> :class:`ObjectAgreement`; ``"objects"`` is their union."""
+    :func:`engine.metrics.regions.game_object_cells`) -> :class:`ObjectAgreement`; ``"objects"`` is their union.
+
+    Example: three quarters of a 2x2 map's mass on the ball's cell, a quarter of the screen:
+
+    >>> import torch
+    >>> maps = torch.tensor([[[3.0, 1.0], [0.0, 0.0]]])
+    >>> ball = torch.tensor([[[True, False], [False, False]]])
+    >>> object_agreement(maps, {"ball": ball}).summary()
+    {'ball_share': 0.75, 'ball_area': 0.25, 'ball_ratio': 3.0,
+     'objects_share': 0.75, 'objects_area': 0.25, 'pointing': 1.0}
+    """
     if maps.ndim != 3:
         raise EngineError(f"maps must be (N, H, W), got {tuple(maps.shape)}")
     if not objects:
         raise EngineError("no objects given: pass {name: bool (N, H, W)} cells, e.g. engine.metrics.regions.game_object_cells")
-    for name, cells in objects.items():
-        if tuple(cells.shape) != tuple(maps.shape) or cells.dtype != torch.bool:
-            raise EngineError(f"object {name!r} must be a bool tensor of the maps' shape {tuple(maps.shape)}, got {cells.dtype} {tuple(cells.shape)}")
+    for name, given in objects.items():
+        if tuple(given.shape) != tuple(maps.shape) or given.dtype != torch.bool:
+            raise EngineError(f"object {name!r} must be a bool tensor of the maps' shape {tuple(maps.shape)}, "
+                              f"got {given.dtype} {tuple(given.shape)}")
     if "objects" in objects:
         raise EngineError("'objects' is the union of the objects given: name them otherwise")
     maps = maps.double()
@@ -326,13 +409,26 @@ def object_agreement(maps: torch.Tensor, objects: Mapping[str, torch.Tensor]) ->
 
 
 def rank_stability(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation of each frame's maps under two settings: (N, H, W) x 2 -> (N,)."""
+    """Spearman correlation of each frame's maps under two settings: (N, H, W) x 2 -> (N,).
+
+    >>> import torch
+    >>> maps = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    >>> rank_stability(maps, 10 * maps).tolist(), rank_stability(maps, maps.flip(2)).tolist()
+    ([1.0], [0.6])
+    """
     return spearman(maps_a, maps_b)
 
 
 def temporal_stability(maps: torch.Tensor, dones=None) -> torch.Tensor:
     """Spearman correlation of consecutive frames' maps, (N, H, W) -> (N-1,): entry t compares frames t and t+1;
-    NaN where ``dones[t]`` (N,) says an episode ended at frame t (the next frame starts another game)."""
+    NaN where ``dones[t]`` (N,) says an episode ended at frame t (the next frame starts another game).
+
+    >>> import torch
+    >>> a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    >>> maps = torch.stack([a, a, -a])  # the same map twice, then its reverse
+    >>> temporal_stability(maps).tolist(), temporal_stability(maps, dones=[False, True, False]).tolist()
+    ([1.0, -1.0], [1.0, nan])
+    """
     if maps.ndim != 3 or maps.shape[0] < 2:
         raise EngineError(f"maps must be (N, H, W) with N >= 2 consecutive frames, got {tuple(maps.shape)}")
     rho = spearman(maps[:-1], maps[1:])
@@ -485,6 +581,27 @@ def sanity_check(
 
     Returns:
         :class:`SanityResult` with Spearman and SSIM (S, n) per map kind.
+
+    Example: a "method" that returns the observation itself ignores the network, so its maps keep a Spearman
+    correlation of exactly 1 whatever is randomised, and it is flagged; the Jacobian maps change with the weights.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from engine.core.jacobian import jacobian_saliency
+    >>> from engine.policies.module import wrap_policy
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3))  # 2 logits, then the value
+    >>> policy = wrap_policy(net, observation_shape=(1, 8, 8), outputs=lambda y: (y[:, :2], y[:, 2]),
+    ...                      pipeline="gymnasium_atari")
+    >>> observations = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    >>> brightness = sanity_check(policy, observations, lambda p, o, s: {"actor": o[:, 0]})
+    >>> brightness.stages  # the output layer first, then the one below it
+    [('3',), ('1',)]
+    >>> brightness.spearman["actor"].tolist(), brightness.flagged("actor")
+    ([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], True)
+    >>> jacobian = sanity_check(policy, observations, lambda p, o, s: {"actor": jacobian_saliency(p, o, s).actor})
+    >>> jacobian.flagged("actor")
+    False
     """
     _network(agent)
     x = prepare_observations(agent, observations)
@@ -495,13 +612,13 @@ def sanity_check(
     index = index.to(x.device)
     trained_states = replay_states(agent, x, dones) if states is None else prepare_states(agent, states, t)
     reference = dict(maps_fn(agent, x.index_select(0, index), index_state(trained_states, index)))
-    stages = [tuple(s) for s in (cascade_stages(agent) if stages is None else stages)]
-    if not stages:
+    stage_names = [tuple(s) for s in (cascade_stages(agent) if stages is None else stages)]
+    if not stage_names:
         raise EngineError("stages is empty: nothing to randomise")
     randomized = copy.deepcopy(agent)
-    rho = {kind: [] for kind in reference}
-    sim = {kind: [] for kind in reference}
-    for s, names in enumerate(stages):
+    rho: dict[str, list[torch.Tensor]] = {kind: [] for kind in reference}
+    sim: dict[str, list[torch.Tensor]] = {kind: [] for kind in reference}
+    for s, names in enumerate(stage_names):
         randomize_modules(randomized, names, seed * 1000 + s)
         replayed = replay_states(randomized, x, dones)
         maps = maps_fn(randomized, x.index_select(0, index), index_state(replayed, index))
@@ -509,7 +626,7 @@ def sanity_check(
             rho[kind].append(spearman(ref.detach(), maps[kind].detach()).cpu())
             sim[kind].append(ssim(ref.detach(), maps[kind].detach()).cpu())
     return SanityResult(
-        stages, {k: torch.stack(v) for k, v in rho.items()}, {k: torch.stack(v) for k, v in sim.items()},
+        stage_names, {k: torch.stack(v) for k, v in rho.items()}, {k: torch.stack(v) for k, v in sim.items()},
         index.cpu(), threshold, seed,
     )
 
@@ -540,6 +657,7 @@ class MetricsSummary:
 
     def _add(self, kind: str, key: str, values: torch.Tensor) -> None:
         values = values.detach().double().cpu()
+        total: torch.Tensor | float
         if values.ndim == 1:
             values = values[~torch.isnan(values)]
             total, count = float(values.sum()), values.numel()
@@ -573,11 +691,12 @@ class MetricsSummary:
                         self._add(kind, f"{name}_{key}_curve", getattr(getattr(result, name), key))
                 if self.use_random and kind == self.kinds[0]:
                     # one seeded random order for every frame, so chunking cannot change the reference
-                    rand = random_maps(1, tuple(m.shape[1:]), seed=self.seed).expand(n, -1, -1)
+                    rand = random_maps(1, cast(tuple[int, int], tuple(m.shape[1:])), seed=self.seed).expand(n, -1, -1)
                     for key, values in deletion_insertion(agent, observations, states, rand, actions, steps=self.steps).aucs().items():
                         self._add("random", f"{key}_auc", values)
             if self.use_objects and self.game is not None and frames is not None:
-                cells = game_object_cells(frames, self.game, tuple(m.shape[1:]), self.rows, self.distance)
+                map_size = cast(tuple[int, int], tuple(m.shape[1:]))  # maps are (n, H, W)
+                cells = game_object_cells(frames, self.game, map_size, self.rows, self.distance)
                 agreement = object_agreement(m, cells)
                 self._add(kind, "objects_share", agreement.share["objects"])
                 self._add(kind, "objects_area", agreement.area["objects"])
@@ -609,7 +728,11 @@ class MetricsSummary:
 
 
 def scalar_columns(result: Mapping, prefix: str = "metrics") -> dict[str, float]:
-    """The scalars of a nested metrics result (curves left out) as flat columns ``metrics_<kind>_<metric>``."""
+    """The scalars of a nested metrics result (curves left out) as flat columns ``metrics_<kind>_<metric>``.
+
+    >>> scalar_columns({"actor": {"pointing": 0.5, "deletion_prob_curve": [1.0, 0.5]}, "frames": 10})
+    {'metrics_actor_pointing': 0.5, 'metrics_frames': 10}
+    """
     flat = {}
     for key, value in result.items():
         name = f"{prefix}_{key}"

@@ -16,17 +16,20 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 
 from ..core.errors import CheckpointError
-from ..core.policy import Policy
+from ..core.policy import Policy, PolicyOutput
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 MAX_ACTIONS, MAX_HIDDEN, MAX_CHANNELS = 1024, 4096, 64
 MAX_ABS_WEIGHT = 1e6
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 _FIX = "pass a file written by torch.save(model.state_dict(), path)"
 
 
@@ -185,7 +188,7 @@ def check_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
         )
 
 
-def load_checked(module: nn.Module, state_dict: dict, source: str, device=None, dtype=None) -> nn.Module:
+def load_checked(module: ModuleT, state_dict: dict, source: str, device=None, dtype=None) -> ModuleT:
     """Load checked weights into a policy module, move it, put it in eval mode and take the finite-output test step
     (:func:`check_finite_outputs`); every failure is a :class:`CheckpointError` naming ``source``."""
     try:
@@ -193,7 +196,7 @@ def load_checked(module: nn.Module, state_dict: dict, source: str, device=None, 
     except RuntimeError as exc:  # unreachable after the shape checks, kept so nothing escapes as another type
         raise CheckpointError(f"{source}: the weights do not load into {type(module).__name__} ({torch_reason(exc)})") from exc
     module = module.to(device=device, dtype=dtype).eval()
-    check_finite_outputs(module, source)
+    check_finite_outputs(cast(Policy, module), source)  # every module loaded here is one of the engine's policies
     return module
 
 
@@ -218,13 +221,14 @@ def check_keys_and_shapes(state_dict: dict, expected: dict[str, tuple], source: 
         raise CheckpointError(f"{source}: tensors of the wrong shape for {architecture}: {'; '.join(wrong)}{hint}")
 
 
-def check_finite_outputs(policy: "Policy", source: str) -> None:
+def check_finite_outputs(policy: Policy, source: str) -> None:
     """Bounded weights can still compound to an overflow through the layers: one test step on a black and a white
     observation must give finite outputs, else :class:`CheckpointError`."""
     frames = torch.zeros(2, *policy.observation_shape, device=policy.device, dtype=policy.dtype)
     frames[1] = 1.0
     with torch.inference_mode():
-        out = policy(frames, policy.initial_state(2), batch_invariant=False)
+        call: Callable[..., PolicyOutput] = policy  # the engine's policies take batch_invariant beyond the protocol
+        out = call(frames, policy.initial_state(2), batch_invariant=False)
     if not all(bool(torch.isfinite(t).all()) for t in (out.value, out.logits, *out.state)):
         raise CheckpointError(
             f"{source}: the weights are finite but the agent's outputs on a test frame are not (they overflow): "

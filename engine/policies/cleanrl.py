@@ -29,6 +29,8 @@ envpool script's observations come from envpool's own preprocessing, which this 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,6 +79,9 @@ class CleanRLPolicy(nn.Module):
 
     script: str = ""
     pipeline = PIPELINE
+    # each subclass sets and defines these
+    network: nn.Sequential
+    from_features: Callable[[torch.Tensor, State, int | None], PolicyOutput]
 
     def __init__(self, num_actions: int, channels: int):
         super().__init__()
@@ -97,11 +102,11 @@ class CleanRLPolicy(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.network[0].weight.device
+        return cast(nn.Conv2d, self.network[0]).weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.network[0].weight.dtype
+        return cast(nn.Conv2d, self.network[0]).weight.dtype
 
     # --- the convolutional trunk, for exact incremental inference (see engine.core.incremental) -----------------
     # The input scale sits outside the convolutions: obs = bytes / 255 enters conv1 directly.
@@ -109,7 +114,7 @@ class CleanRLPolicy(nn.Module):
     @property
     def convs(self) -> tuple[nn.Conv2d, ...]:
         """The trunk's convolutions (8x8 stride 4, 4x4 stride 2, 3x3 stride 1, no padding), each followed by ReLU."""
-        return (self.network[0], self.network[2], self.network[4])
+        return cast(tuple[nn.Conv2d, ...], (self.network[0], self.network[2], self.network[4]))
 
     def conv_activations(self, x: torch.Tensor, start: int = 0, stop: int = 3) -> torch.Tensor:
         """Apply ``ReLU(conv)`` layers ``start..stop-1`` (0-based) of the trunk."""
@@ -123,7 +128,7 @@ class CleanRLPolicy(nn.Module):
 
     def conv_trunk(self) -> ConvTrunk:
         """The declaration of :class:`engine.core.policy.IncrementalPolicy`: the three ReLU convolutions."""
-        return ConvTrunk(tuple((self.network[2 * i], self.network[2 * i + 1]) for i in range(3)))
+        return ConvTrunk(tuple((cast(nn.Conv2d, self.network[2 * i]), self.network[2 * i + 1]) for i in range(3)))
 
     def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The rest of the network on the last convolution's activations (N, 64, 7, 7)."""

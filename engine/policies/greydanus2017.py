@@ -48,6 +48,9 @@ class ActorCritic(nn.Module):
 
     pipeline = "greydanus2017"
     frame_stack = 1
+    # the recurrent cell, named after the state dicts' keys: only the one of ``core`` is set
+    lstm: nn.LSTMCell
+    gru: nn.GRUCell
 
     def __init__(self, num_actions: int, core: str = "gru", hidden_size: int = 256, channels: int = 1):
         super().__init__()

@@ -49,6 +49,24 @@ def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") ->
         path: the file a library wrote (an SB3 ``.zip``, a CleanRL state dict, a 2017 ``.tar``/``.pt``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``; dtype: the floating dtype to compute in.
         kind: one of :data:`KINDS`; name it to refuse files of another kind.
+
+    Example: the built-in recurrent PPO agent for Pong, a CleanRL ``ppo_atari_lstm`` state dict that ships inside
+    the package (the registry turns its name into the file's path):
+
+    >>> import torch
+    >>> from engine.policies.registry import resolve_checkpoint
+    >>> path = resolve_checkpoint("builtin/pong_ppo")
+    >>> detect_kind(path)
+    'cleanrl'
+    >>> agent = load_policy(path, device="cpu")
+    >>> agent.pipeline, agent.frame_stack, agent.observation_shape, agent.num_actions, agent.dtype
+    ('cleanrl_atari', 1, (1, 84, 84), 6, torch.float32)
+    >>> [tuple(s.shape) for s in agent.initial_state(1)]  # the LSTM's (h, c)
+    [(1, 128), (1, 128)]
+    >>> load_policy(path, kind="sb3")
+    Traceback (most recent call last):
+    ...
+    engine.core.errors.CheckpointError: ...holds a cleanrl agent, not a sb3 one: set the agent kind to cleanrl (or auto)
     """
     if kind not in KINDS:
         raise CheckpointError(f"agent kind must be one of {KINDS}, got {kind!r}")

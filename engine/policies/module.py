@@ -112,6 +112,7 @@ class ModulePolicy:
                     f"dim {self.state_batch_dim} (state_batch_dim)"
                 )
             return tuple(s.to(device=self.device, dtype=self.dtype) for s in state)
+        assert self._initial_state is not None  # recurrent
         template = self._to_interface(self._initial_state)
         return tuple(
             s.to(device=self.device, dtype=self.dtype).expand(batch, *s.shape[1:]).clone() for s in template

@@ -48,6 +48,8 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -118,6 +120,7 @@ def _mlp(dims: list[int], activation: type[nn.Module] | None, final_activation: 
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
         if final_activation or i < len(dims) - 2:
+            assert activation is not None  # the loaders pass one whenever a layer takes it
             layers.append(activation())
     return nn.Sequential(*layers)
 
@@ -140,14 +143,17 @@ class SB3Policy(nn.Module):
 
     pipeline = PIPELINE
     value_based = False
+    # each subclass defines it: the network after the trunk, on the flattened features
+    from_features: Callable[[torch.Tensor, State, int | None], PolicyOutput]
 
     def __init__(self, observation_shape: tuple[int, int, int], num_actions: int, towers: int):
         super().__init__()
-        self.observation_shape = tuple(int(v) for v in observation_shape)
+        self.observation_shape = cast(tuple[int, int, int], tuple(int(v) for v in observation_shape))
         self.num_actions = int(num_actions)
         # SB3's Atari pipeline stacks grayscale frames along C (VecFrameStack, then VecTransposeImage)
         self.frame_stack = self.observation_shape[0]
-        self.algorithm, self.sb3_version, self.summary = "", None, ""
+        self.algorithm, self.summary = "", ""
+        self.sb3_version: str | None = None
         self.state_widths: tuple[int, ...] = ()
         previous, layers = self.observation_shape[0], []
         for index, (out, kernel, stride) in enumerate(NATURE_CONVS):
@@ -159,15 +165,15 @@ class SB3Policy(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.trunk[0].weight.device
+        return cast(nn.Conv2d, self.trunk[0]).weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.trunk[0].weight.dtype
+        return cast(nn.Conv2d, self.trunk[0]).weight.dtype
 
     def initial_state(self, batch: int = 1) -> State:
         """Zeros, as SB3 starts an episode (``()`` for a feed-forward agent)."""
-        p = self.trunk[0].weight
+        p = cast(nn.Conv2d, self.trunk[0]).weight
         return tuple(p.new_zeros(batch, width) for width in self.state_widths)
 
     def reset_state(self, state: State, done: torch.Tensor) -> State:
@@ -181,7 +187,7 @@ class SB3Policy(nn.Module):
     def convs(self) -> tuple[nn.Conv2d, ...]:
         """The trunk's convolutions (8x8 stride 4, 4x4 stride 2, 3x3 stride 1, no padding; grouped when the actor
         and critic extractors are separate), each followed by ReLU."""
-        return tuple(self.trunk)
+        return cast(tuple[nn.Conv2d, ...], tuple(self.trunk))
 
     def conv_activations(self, x: torch.Tensor, start: int = 0, stop: int = 3) -> torch.Tensor:
         """Apply ``ReLU(conv)`` layers ``start..stop-1`` (0-based) of the trunk."""
@@ -197,7 +203,7 @@ class SB3Policy(nn.Module):
     def conv_trunk(self) -> ConvTrunk:
         """The declaration of :class:`engine.core.policy.IncrementalPolicy`: the three ReLU convolutions (grouped
         when the actor and critic extractors are separate)."""
-        return ConvTrunk(tuple((conv, torch.relu) for conv in self.trunk))
+        return ConvTrunk(tuple((conv, torch.relu) for conv in self.convs))
 
     def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The rest of the network on the last convolution's activations."""
@@ -274,11 +280,13 @@ class SB3ActorCritic(SB3Policy):
             latent_pi, h, c = self._lstm(self.lstm_actor, pi_features, state[0], state[1])
             next_state = (h, c)
             if self.lstm_mode == "lstm":
+                assert self.lstm_critic is not None  # built for this mode
                 latent_vf, h, c = self._lstm(self.lstm_critic, vf_features, state[2], state[3])
                 next_state += (h, c)
             elif self.lstm_mode == "shared":
                 latent_vf = latent_pi
             else:
+                assert self.critic is not None  # built for the remaining mode, "linear"
                 latent_vf = self.critic(vf_features)
         if len(self.shared_net):  # SB3 1.x's shared MLP layers (feed-forward policies only)
             latent_pi, latent_vf = self.shared_net(latent_pi), self.shared_net(latent_vf)
@@ -438,6 +446,7 @@ def _action_count(data: dict, source: str) -> int:
     space = data.get("action_space")
     kind = _type_name(space)
     if kind == "Discrete":
+        assert isinstance(space, dict)  # _type_name reads a type from dicts only
         n = _int(space.get("n"), "action space size", source)
         if not 1 <= n <= MAX_ACTIONS:
             raise CheckpointError(f"{source}: a Discrete action space of {n} actions, outside 1..{MAX_ACTIONS}")
@@ -460,6 +469,7 @@ def _observation_layout(data: dict, channels: int, flat: int, source: str) -> tu
     if kind != "Box":
         found = f"a {kind} observation space" if kind else "no readable observation space in its data"
         raise CheckpointError(f"{source}: {found}; a CnnPolicy agent observes a Box of uint8 images; {SUPPORTED}")
+    assert isinstance(space, dict)  # _type_name reads a type from dicts only
     shape = space.get("_shape", space.get("shape"))
     dtype = str(space.get("dtype", ""))
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
@@ -490,7 +500,8 @@ class _Keys:
     """The state dict, the keys taken so far, and the errors that name them."""
 
     def __init__(self, sd: dict[str, torch.Tensor], source: str, what: str):
-        self.sd, self.source, self.what, self.used = sd, source, what, set()
+        self.sd, self.source, self.what = sd, source, what
+        self.used: set[str] = set()
 
     def has(self, prefix: str) -> bool:
         return any(k.startswith(prefix + ".") for k in self.sd)
