@@ -21,12 +21,16 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..jobs.config import JobConfig, register_configs
+
+if TYPE_CHECKING:  # jobs.run imports torch (seconds): only once a command line is known to be good
+    from ..jobs.run import PreparedJob
 from .scaffold import (  # noqa: F401  (the app's names for where the configs are)
     CONFIG_DIR,
     PROJECT_ROOT,
@@ -121,7 +125,8 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 def compose_job(config_name: str, overrides: list[str]) -> JobConfig:
     """Compose one job's configuration outside a Hydra run (so its run directory is not needed)."""
     cfg = compose(config_name, overrides)
-    if "${hydra:" in str(OmegaConf.to_container(cfg.output, resolve=False).get("dir", "")):
+    output = OmegaConf.to_container(cfg.output, resolve=False)
+    if isinstance(output, dict) and "${hydra:" in str(output.get("dir", "")):
         cfg.output.dir = "."  # the run directory, known once Hydra runs the job
     return job_config(cfg)
 
@@ -133,7 +138,7 @@ def _agent_key(config: JobConfig) -> str:
     return json.dumps({k: data[k] for k in _AGENT_KEYS} | {"player": config.store.player}, sort_keys=True, default=str)
 
 
-_PREPARED: dict[str, object] = {}  # prepared jobs of the precheck, by _agent_key, reused by jobs of this process
+_PREPARED: dict[str, PreparedJob] = {}  # prepared jobs of the precheck, by _agent_key, reused by jobs of this process
 
 
 def precheck(argv: list[str]) -> None:

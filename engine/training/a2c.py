@@ -194,7 +194,8 @@ def train(config: TrainConfig) -> Path:
     envs = make_vector_env(config)
     agent = ActorCritic(envs.single_action_space.n, core=config.core, hidden_size=config.hidden_size).to(device)
     optimizer = make_optimizer(agent, config)
-    frames, next_checkpoint, returns = 0, config.checkpoint_every, deque(maxlen=100)
+    frames, next_checkpoint = 0, config.checkpoint_every
+    returns: deque[float] = deque(maxlen=100)
     earlier_seconds = 0.0  # wall time of the sessions before a resume, so checkpoints report the total
     if resume is not None:
         try:
@@ -231,13 +232,14 @@ def train(config: TrainConfig) -> Path:
                 masks.append(keep[:, 0])
             with torch.no_grad():
                 next_value = agent(as_inputs(obs, device), state).value
-            advantages, gae = [], torch.zeros_like(next_value)
+            steps: list[torch.Tensor] = []
+            gae = torch.zeros_like(next_value)
             for t in reversed(range(config.rollout_steps)):
                 following = next_value if t == config.rollout_steps - 1 else values[t + 1].detach()
                 delta = rewards[t] + config.gamma * following * masks[t] - values[t].detach()
                 gae = delta + config.gamma * config.gae_lambda * masks[t] * gae
-                advantages.insert(0, gae)
-            advantages = torch.stack(advantages)
+                steps.insert(0, gae)
+            advantages = torch.stack(steps)
             value_targets = advantages + torch.stack(values).detach()
             policy_loss = -(torch.stack(log_probs) * advantages).mean()
             value_loss = F.mse_loss(torch.stack(values), value_targets)

@@ -35,7 +35,9 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -45,6 +47,7 @@ from ..core.device import resolve_device
 from ..core.errors import EngineError
 from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
+from ..env.wrappers import ale_env
 from ..policies.cleanrl import CleanRLPPOLSTM
 from .resume import load_resume_file, load_training_state, rng_state, save_torch
 
@@ -147,7 +150,8 @@ def make_agent(num_actions: int) -> CleanRLPPOLSTM:
     for layer in agent.network:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             nn.init.orthogonal_(layer.weight, math.sqrt(2))
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     for head, gain in ((agent.actor, 0.01), (agent.critic, 1.0)):
         nn.init.orthogonal_(head.weight, gain)
         nn.init.zeros_(head.bias)
@@ -201,7 +205,7 @@ class PipelineEnvs:
         for pipe, action in zip(self.pipes, actions):
             s = pipe.step(int(action))
             done = s.terminated or s.truncated
-            over = s.truncated or (s.terminated and pipe.env.unwrapped.ale.game_over())
+            over = s.truncated or (s.terminated and ale_env(pipe.env).ale.game_over())
             if done:
                 s = s._replace(observation=pipe.reset().observation)
             obs.append(s.observation)
@@ -354,10 +358,11 @@ def train_ppo(config: PPOConfig) -> Path:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     seed_all(config.seed)
-    update, frames, episodes, returns = 0, 0, 0, deque(maxlen=100)
+    update, frames, episodes = 0, 0, 0
+    returns: deque[float] = deque(maxlen=100)
     next_checkpoint, earlier_seconds = config.checkpoint_every, 0.0
     probe = make_env(config.env_id)  # an unknown id fails here, clearly
-    num_actions = int(probe.action_space.n)
+    num_actions = int(cast(gym.spaces.Discrete, probe.action_space).n)
     probe.close()
     agent = make_agent(num_actions).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
