@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,17 +21,17 @@ from ..core.files import atomic_path, atomic_write
 __all__ = ["atomic_path", "atomic_write", "save_arrays", "load_arrays"]
 
 
-def save_arrays(path: str | os.PathLike, arrays: dict, settings: dict) -> Path:
+def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, Any], settings: Mapping[str, Any]) -> Path:
     """Write ``arrays`` (tensors or numpy) and ``settings`` (JSON-able) to one compressed ``.npz``, atomically."""
     path = Path(path)
     data = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
     data["settings_json"] = np.array(json.dumps(settings, sort_keys=True, default=str))
     with atomic_write(path, ".npz") as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **data)
+        np.savez_compressed(f, **data)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return path
 
 
-def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+def load_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read back what :func:`save_arrays` wrote: ``(arrays, settings)``."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files if k != "settings_json"}

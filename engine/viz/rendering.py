@@ -406,7 +406,7 @@ def comparison_figure(
         ("critic", "Jacobian"): jacobian_critic, ("critic", "perturbation"): perturbation_critic,
     }
     fig = Figure(figsize=(5.6, 7.2), dpi=100)
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
     for (row, kind), ax_row in zip(enumerate(("actor", "critic")), axes):
         for (col, method), ax in zip(enumerate(("Jacobian", "perturbation")), ax_row):
@@ -425,6 +425,6 @@ def comparison_figure(
             ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
     return save_png(path, torch.from_numpy(np.ascontiguousarray(rgba[..., :3])))
