@@ -144,9 +144,15 @@ def resolve_options(pipeline: str, **options) -> dict[str, Any]:
 def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     """A gymnasium ALE environment by id (``Pong-v4``, ``ALE/Breakout-v5``, ...) with RGB observations;
     ``kwargs`` go to ``gym.make`` (``frameskip``, ``repeat_action_probability``, ``full_action_space``).
-    Unknown ids are a clear :class:`UnknownEnvironmentError`."""
+    Unknown ids are a clear :class:`UnknownEnvironmentError`, and so is gymnasium's ``module:EnvId`` form, which
+    would import ``module`` (from the working directory, say) before anything is checked: an id is data, never code."""
     import ale_py
 
+    if not isinstance(env_id, str) or ":" in env_id:
+        raise UnknownEnvironmentError(
+            f"environment id {env_id!r} is not a plain ALE id: the 'module:EnvId' form would import a Python module; "
+            "use an id such as 'Pong-v4', 'BreakoutNoFrameskip-v4' or 'ALE/SpaceInvaders-v5'"
+        )
     gym.register_envs(ale_py)
     try:
         env = gym.make(env_id, **kwargs)
