@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .jacobian import jacobian_saliency
 from .perturbation import perturbation_saliency
 from .policy import Policy, State, index_state
-from .settings import Incremental, SaliencyConfig
+from .settings import Incremental, Method, SaliencyConfig
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
 
@@ -36,6 +36,10 @@ def compute_saliency(
     """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors).
 
     ``actions`` (N,): the action taken on each frame, needed by ``score="action_logprob"``."""
+    if s.method not in tuple(Method):
+        raise ValueError(f"method must be one of {', '.join(str(m) for m in Method)}, got {s.method!r}")
+    if isinstance(s.frames_per_batch, bool) or not isinstance(s.frames_per_batch, int) or s.frames_per_batch < 1:
+        raise ValueError(f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}")
     n = frames.shape[0]
     rows = sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
     if rows and rows != [n]:  # () is a feed-forward agent's state
