@@ -8,14 +8,22 @@ action, reward, episode end, mean and max of every map) as JSON, and the viewer:
 wheel install finds them too). The browser draws the maps over the frame on a canvas with its own colormap, so
 toggling an overlay or a normalisation is instant.
 
-The viewer reads the page's JSON block (``#report-data``) and sprite sheets (``window.REPORT_SHEETS``), builds
-the controls, panels, plots and table, and draws frame ``t`` as: the frame's rows of its sheet, copied 1:1 onto a
-160x210 canvas (lossless, so with every overlay off the canvas holds the recorded pixels exactly), then each
-overlay that is on: the uint8 map of frame ``t`` -> intensity in [0, 1] (per frame: ``q / 255``; whole run:
-``|lo + q / 255 * (hi - lo)| / max |map|`` over the run and all panels) -> the kind's colour with alpha
-``opacity * intensity`` on a small canvas of the map's size, drawn (bilinear) over the rows the map covers.
+The viewer reads the page's JSON block (``#report-data``) and sprite sheets (a JSON block a window:
+``<script type="application/json" class="report-sheet">``), builds the controls, panels, plots and table, and
+draws frame ``t`` as: the frame's rows of its sheet, copied 1:1 onto a 160x210 canvas (lossless, so with every
+overlay off the canvas holds the recorded pixels exactly), then each overlay that is on: the uint8 map of frame
+``t`` -> intensity in [0, 1] (per frame: ``q / 255``; whole run: ``|lo + q / 255 * (hi - lo)| / max |map|`` over
+the run and all panels) -> the kind's colour with alpha ``opacity * intensity`` on a small canvas of the map's
+size, drawn (bilinear) over the rows the map covers.
 Decoded sheets are kept in small LRU caches (a frame sheet is ~4 MB decoded). After frame ``t`` is drawn,
 ``document.body.dataset.drawn`` is ``t`` (tests wait for it). No network, no libraries.
+
+Nothing from the data ever runs: the page's Content-Security-Policy allows exactly one script, the viewer, by the
+SHA-256 of its bytes (and the one style element by its hash); every other ``<script>`` is JSON that the viewer
+reads; the viewer inserts every string from the data as text, never as HTML. Links (a sweep's job pages) are
+paths relative to the page's directory, checked here by :func:`relative_link` to stay inside it and URL-encoded
+segment by segment; the viewer again accepts only such relative URLs as an ``href``, and only WebP data URIs as
+an image's ``src``.
 
 Built by streaming: the builder reads ``frames[a:b]`` and ``maps[k][a:b]`` one window of ``frames_per_sheet``
 frames at a time, from anything that slices along time and has ``.shape`` (numpy arrays, torch tensors, zarr
@@ -36,15 +44,19 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import html
 import io
 import json
 import logging
 import math
-import re
+import os
+import posixpath
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 from PIL import Image
@@ -58,7 +70,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAP_KINDS", "Panel", "WindowedArray", "write_report", "write_sweep_report", "read_report_data",
-    "decode_sheet", "sheet_size",
+    "decode_sheet", "sheet_size", "relative_link", "content_security_policy",
 ]
 
 MAP_KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
@@ -101,12 +113,68 @@ class WindowedArray:
 @dataclass
 class Panel:
     """One set of maps shown over the frames: a job (or the run). ``maps``: kind -> array-like ``(T, H, W)``;
-    ``link``: a page to open for this job (sweeps); ``label``: what the panel's title says."""
+    ``link``: the path of a page to open for this job (sweeps), relative to the directory of the page written (a
+    path, not a URL: :func:`relative_link` encodes it, and drops it if it leaves that directory); ``label``: what
+    the panel's title says (shown as text)."""
 
     name: str
     maps: dict = field(default_factory=dict)
     label: str = ""
     link: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- links ---
+
+def _link_problem(link: str, root: Path) -> str | None:
+    """Why ``link`` (a path relative to ``root``) cannot be a link of a page in ``root``, or None."""
+    if not link:
+        return "it is empty"
+    if "\x00" in link:
+        return "it holds a NUL character"
+    try:
+        parts = urlsplit(link)
+    except ValueError as error:
+        return f"it does not parse as a URL path ({error})"
+    if parts.scheme or parts.netloc:
+        return "it is a URL with a scheme or a host, not a path relative to the page"
+    if link.startswith("/"):
+        return "it is an absolute path, not one relative to the page"
+    norm = posixpath.normpath(link)
+    if norm == ".":
+        return "it is the page's own directory"
+    if norm == ".." or norm.startswith("../"):
+        return "its '..' leaves the page's directory"
+    try:
+        top = root.resolve()
+        target = (top / link).resolve()  # follows symlinks, so a link inside that points outside is caught
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop
+        return f"it cannot be resolved ({error})"
+    if not target.is_relative_to(top):
+        return f"it resolves to {target}, outside the page's directory {top} (a symlink pointing out)"
+    return None
+
+
+def relative_link(link, root, owner: str = "") -> str | None:
+    """The ``href`` of ``link``, a path relative to ``root`` (the directory of the page being written), or None
+    where it could lead anywhere else; a dropped link is logged (``owner``: whose link it is, for the message).
+
+    Dropped: empty links, URLs with a scheme or host (``javascript:``, ``data:``, ``file://host/``, ``//host``),
+    absolute paths, a ``..`` that leaves ``root``, and paths that resolve outside ``root`` through a symlink. Kept:
+    the normalised path with each segment URL-encoded (``quote(segment, safe="")``), so a folder named
+    ``a#b?c%d`` or ``"><img ...>`` is a link to that folder, never a fragment, a query or markup, and the result
+    holds only letters, digits, ``_.-~``, ``%`` escapes and ``/`` (no ``:``, so no scheme)."""
+    if isinstance(link, os.PathLike):
+        link = os.fspath(link)
+    if not isinstance(link, str):
+        raise EngineError(f"a link must be a path (str) relative to the page's directory, got {type(link).__name__} "
+                          f"{link!r}")
+    problem = _link_problem(link, Path(root))
+    if problem:
+        log.warning("report: %slink %r dropped: %s", f"{owner}: " if owner else "", link, problem)
+        return None
+    # surrogateescape: a file name that is not UTF-8 (Linux allows any bytes) keeps its bytes, percent-encoded
+    segments = posixpath.normpath(link).split("/")
+    return "/".join(quote(segment, safe="", errors="surrogateescape") for segment in segments)
 
 
 # --------------------------------------------------------------------------------------------- inputs ---
@@ -221,7 +289,8 @@ def _finite(value):
 
 
 def _json_script(value) -> str:
-    # inside <script>, "</script>" or "<!--" in a setting would end the element: escape every "<" (JSON allows it)
+    # inside a <script> data block, "</script>" or "<!--" in a setting would end the element or change how it is
+    # parsed: escape every "<" (JSON allows it)
     return json.dumps(_finite(value), default=str, allow_nan=False).replace("<", "\\u003c")
 
 
@@ -231,16 +300,46 @@ def _clean(values: np.ndarray) -> list:
     return [None if not math.isfinite(v) else float(v) for v in values.tolist()]
 
 
+def _inline(name: str, element: str) -> str:
+    """The asset ``name`` as the text of an inline ``<element>``, refused where the HTML parser would not keep it
+    byte for byte (its CSP hash would not match) or where it would end the element early."""
+    text = viewer_asset(name)
+    lowered = text.lower()
+    for bad, why in (("\x00", "a NUL character (the parser replaces it)"), ("\r", "a carriage return (the parser "
+                     "turns it into a newline)"), (f"</{element}", f"'</{element}' (it ends the element)"),
+                     ("<!--", "'<!--' (it changes how the parser reads the element)")):
+        if bad in lowered:
+            raise EngineError(f"engine/viz/assets/{name} holds {why}: it cannot be inlined into report.html")
+    return text
+
+
+def _sha256_source(text: str) -> str:
+    """The CSP source that allows the inline element whose text is ``text``: its SHA-256 over UTF-8, base64."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def content_security_policy() -> str:
+    """The page's Content-Security-Policy: nothing from the network, no inline script but the viewer (its hash).
+
+    Styles: the one style element is allowed by its hash too, so no style from the data applies either; the
+    viewer sets styles through CSSOM (``element.style``), which CSP does not restrict. Images: the sheets' data
+    URIs. ``base-uri`` and ``form-action`` are not covered by ``default-src``: both are closed too."""
+    return (f"default-src 'none'; img-src data:; style-src {_sha256_source(_inline('report.css', 'style'))}; "
+            f"script-src {_sha256_source(_inline('report.js', 'script'))}; base-uri 'none'; form-action 'none'")
+
+
 def _page_head(title: str) -> str:
-    safe = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data: blob:; "
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{content_security_policy()}\">"
         "<link rel=\"icon\" href=\"data:,\">"  # no favicon request (no network, no console error)
-        f"<title>{safe}</title><style>{viewer_asset('report.css')}</style></head>\n<body>\n"
+        f"<title>{html.escape(title)}</title><style>{_inline('report.css', 'style')}</style></head>\n<body>\n"
         "<noscript>This page needs JavaScript to show the frames and plots.</noscript>\n"
     )
+
+
+_SHEET_OPEN = '<script type="application/json" class="report-sheet">'
+_DATA_OPEN = '<script type="application/json" id="report-data">'
 
 
 def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, table: dict | None,
@@ -254,6 +353,9 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
     path = Path(path)
     n = 0 if frames is None else _check_inputs(frames, panels, series)
     kinds = [k for k in MAP_KINDS if any(k in p.maps for p in panels)]
+    if table is not None:  # each job's page: a path inside this page's directory, or no link (logged)
+        hrefs = {job: relative_link(link, path.parent, f"job {job!r}") for job, link in table["links"].items()}
+        table = dict(table, links={job: href for job, href in hrefs.items() if href is not None})
     data: dict = dict(meta, frames=n, frames_per_sheet=frames_per_sheet, frame_shape=list(FRAME_SHAPE),
                       panels=[], kinds=kinds, labels={k: MAP_LABELS[k] for k in kinds}, lossy_sheets=[], table=table,
                       series={})
@@ -262,15 +364,13 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
     with atomic_write(path, ".html") as tmp:
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(_page_head(meta.get("title", "report")))
-            out.write("<script>window.REPORT_SHEETS={frames:[],maps:" + _json_script([{k: [] for k in p.maps} for p in panels])
-                      + "};</script>\n")
             for sheet, start in enumerate(range(0, n, frames_per_sheet)):
                 stop = min(n, start + frames_per_sheet)
                 window = _numpy(frames[start:stop])
                 if window.shape != (stop - start, *FRAME_SHAPE) or window.dtype != np.uint8:
                     raise EngineError(f"frames[{start}:{stop}] gave {window.dtype} {window.shape}, expected uint8 "
                                       f"{(stop - start, *FRAME_SHAPE)}: pass the raw uint8 frames")
-                strips, targets = [_strip(window)], ["REPORT_SHEETS.frames"]
+                strips, targets = [_strip(window)], [None]
                 for i, panel in enumerate(panels):
                     for kind, maps in panel.maps.items():
                         block = _numpy(maps[start:stop])
@@ -284,17 +384,24 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                         s["lo"] += _clean(lo)
                         s["hi"] += _clean(hi)
                         strips.append(_strip(q))
-                        targets.append(f"REPORT_SHEETS.maps[{i}][{json.dumps(kind)}]")
+                        targets.append((i, kind))
                 encoded, lossy = _encode_window(strips, max_bytes_per_frame * (stop - start))
                 if lossy:
                     data["lossy_sheets"].append(sheet)
                 for name in columns:
                     columns[name] += _numpy(series[name][start:stop]).reshape(stop - start).tolist()
-                out.write("<script>" + "".join(f"{target}.push({json.dumps(_data_uri(e))});"
-                                               for target, e in zip(targets, encoded)) + "</script>\n")
+                # data, not code: a JSON block the viewer reads (CSP lets only the viewer's own script run)
+                entry: dict = {"frames": None, "maps": [{} for _ in panels]}
+                for target, e in zip(targets, encoded):
+                    if target is None:
+                        entry["frames"] = _data_uri(e)
+                    else:
+                        entry["maps"][target[0]][target[1]] = _data_uri(e)
+                out.write(_SHEET_OPEN + _json_script(entry) + "</script>\n")
             for i, panel in enumerate(panels):
+                link = panel.link and relative_link(panel.link, path.parent, f"panel {panel.name!r}")
                 data["panels"].append(dict(
-                    name=panel.name, label=panel.label or panel.name, link=panel.link,
+                    name=str(panel.name), label=str(panel.label or panel.name), link=link or None,
                     maps={k: dict(shape=list(panel.maps[k].shape[1:]), rows=list(map_rows(panel.maps[k].shape)),
                                   **stats[i][k]) for k in panel.maps},
                 ))
@@ -305,8 +412,8 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
             if data["lossy_sheets"]:
                 log.warning("report %s: %d sheets over %d bytes a frame were stored lossy", path,
                             len(data["lossy_sheets"]), max_bytes_per_frame)
-            out.write('<script type="application/json" id="report-data">' + _json_script(data) + "</script>\n")
-            out.write("<script>" + viewer_asset("report.js") + "</script>\n</body></html>\n")
+            out.write(_DATA_OPEN + _json_script(data) + "</script>\n")
+            out.write("<script>" + _inline("report.js", "script") + "</script>\n</body></html>\n")
     return path
 
 
@@ -338,9 +445,11 @@ def write_sweep_report(path, rows: list[dict], columns: Sequence[str], *, frames
                        frames_per_sheet: int = FRAMES_PER_SHEET,
                        max_bytes_per_frame: float = MAX_BYTES_PER_FRAME) -> Path:
     """Write a sweep's page to ``path``: ``rows`` (summary.csv's rows, ``columns`` its header) as a sortable
-    table, with a link per job (``links``: job -> relative URL of its report); given the ``frames`` of the one game
-    all jobs replayed, also every ``panels`` entry (one per job, its maps) side by side on the same frame, with
-    the recorded series (``values``... as in :func:`write_report`)."""
+    table, with a link per job (``links``: job -> the path of its report relative to ``path``'s directory, e.g.
+    ``"<job>/report.html"``, not URL-encoded: :func:`relative_link` encodes it, and drops one that leaves that
+    directory); given the ``frames`` of the one game all jobs replayed, also every ``panels`` entry (one per job,
+    its maps) side by side on the same frame, with the recorded series (``values``... as in :func:`write_report`).
+    Every string (job names, columns, cells, labels, settings) is shown as text."""
     columns = list(columns)
     table = dict(columns=columns, rows=[[row.get(c) for c in columns] for row in rows], links=dict(links or {}))
     meta = dict(kind="sweep", title=title or "sweep report", action_names=list(action_names),
@@ -353,24 +462,21 @@ def write_sweep_report(path, rows: list[dict], columns: Sequence[str], *, frames
     return _write_page(path, frames, list(panels), series, meta, table, frames_per_sheet, max_bytes_per_frame)
 
 
-_PUSH = re.compile(r'REPORT_SHEETS\.(?:frames|maps\[(\d+)\]\[("[a-z_]+")\])\.push\(("[^"]*")\);')
-
-
 def read_report_data(path) -> tuple[dict, dict]:
     """``(data, sheets)`` of a page :func:`write_report` wrote: the JSON block, and the sheets' data URIs
     (``{"frames": [...], "maps": [{kind: [...]}, ...]}``), for tests and tools; reads the page's text, runs nothing."""
     text = Path(path).read_text(encoding="utf-8")
-    marker = '<script type="application/json" id="report-data">'
-    start = text.index(marker) + len(marker)
+    start = text.index(_DATA_OPEN) + len(_DATA_OPEN)
     data = json.loads(text[start:text.index("</script>", start)])
-    sheets = {"frames": [], "maps": [{} for _ in data["panels"]]}
-    head = "window.REPORT_SHEETS={frames:[],maps:"
-    if head in text:
-        first = text.index(head) + len(head)
-        sheets["maps"] = json.loads(text[first:text.index("};</script>", first)])
-    for match in _PUSH.finditer(text):
-        if match.group(1) is not None:
-            sheets["maps"][int(match.group(1))][json.loads(match.group(2))].append(json.loads(match.group(3)))
-        else:
-            sheets["frames"].append(json.loads(match.group(3)))
+    sheets = {"frames": [], "maps": [{k: [] for k in panel["maps"]} for panel in data["panels"]]}
+    at = text.find(_SHEET_OPEN)
+    while at != -1:
+        first = at + len(_SHEET_OPEN)
+        end = text.index("</script>", first)
+        block = json.loads(text[first:end])
+        sheets["frames"].append(block["frames"])
+        for panel, maps in zip(sheets["maps"], block["maps"]):
+            for kind, uri in maps.items():
+                panel[kind].append(uri)
+        at = text.find(_SHEET_OPEN, end)
     return data, sheets

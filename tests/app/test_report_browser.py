@@ -1,6 +1,9 @@
 """report.html in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright opens pages of tiny
 real runs from disk (file://, no server, no network), moves the slider, toggles overlays, clicks the plots, plays,
-sorts the sweep table, and checks the DOM, the canvas pixels and that nothing was logged as an error.
+sorts the sweep table, and checks the DOM, the canvas pixels and that nothing was logged as an error (a script or
+style the page's Content-Security-Policy refuses is logged as one). Pages built from hostile names (job folders,
+labels, env ids, action names, tags, overrides holding markup, script or URLs) show them as text, open no
+dialog, and link only to pages inside the sweep directory.
 
 Skips (one reason) only where Chromium or Playwright is missing and ``CI`` is not set; in CI that is a failure.
 Set-up: ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``: the test
@@ -8,7 +11,9 @@ drives the system's /usr/bin/chromium).
 """
 
 import base64
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -46,17 +51,24 @@ def browser():
 
 
 class Page:
-    """A page opened from disk, with every console error, page error and request that left file:/data: kept."""
+    """A page opened from disk, with every console error, page error, dialog (dismissed) and request that left
+    file:/data: kept."""
 
     def __init__(self, browser, path: Path):
         # the page's Content-Security-Policy stays on (no network, no eval): waits are locators, not wait_for_function
         self.page = browser.new_page(viewport={"width": 1280, "height": 900})
         self.errors: list[str] = []
         self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(f"{d.type}: {d.message}"), d.dismiss()))
         self.page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         self.page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else self.requests.append(r.url))
         self.page.goto(path.as_uri())
+
+    def clean(self) -> bool:
+        """Nothing was logged as an error, no dialog opened, nothing was requested from the network."""
+        return self.errors == [] and self.dialogs == [] and self.requests == []
 
     def drawn(self, frame) -> None:
         self.page.locator(f"body[data-drawn='{frame}']").wait_for(state="attached", timeout=15_000)
@@ -173,7 +185,7 @@ def test_viewer_slider_overlays_plots_and_play(browser, run):
     page.page.locator("#play:text-is('play')").wait_for(timeout=5_000)
     assert page.text("#frame-label") == "frame 7 / 7" and page.page.locator("#frame-slider").input_value() == "7"
     assert np.array_equal(page.page.evaluate("window.viewer.state.frame"), 7)
-    assert page.errors == [] and page.requests == []
+    assert page.clean(), (page.errors, page.dialogs, page.requests)
 
 
 def test_sweep_page_shows_jobs_side_by_side_and_sorts_its_table(browser, tmp_path):
@@ -214,7 +226,7 @@ def test_sweep_page_shows_jobs_side_by_side_and_sorts_its_table(browser, tmp_pat
         page.page.click("#summary tbody a")
     page.drawn(0)  # the job's own page opens and draws
     assert page.page.locator("canvas.view").count() == 1
-    assert page.errors == [] and page.requests == []
+    assert page.clean(), (page.errors, page.dialogs, page.requests)
 
 
 def test_sweep_page_without_a_shared_game_is_a_sortable_table(browser, tmp_path):
@@ -230,4 +242,145 @@ def test_sweep_page_without_a_shared_game_is_a_sortable_table(browser, tmp_path)
     assert page.page.evaluate(cells) == ["3", "8", "10"]  # numbers sort as numbers, not as text
     page.page.click('#summary th[data-column="actor_max"]')
     assert page.page.evaluate(cells) == ["3", "8", "10"]  # an empty cell sorts first
-    assert page.errors == [] and page.requests == []
+    assert page.clean(), (page.errors, page.dialogs, page.requests)
+
+
+# --- hostile names ----------------------------------------------------------------------------------------------
+
+XSS = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+HOSTILE_JOBS = ["0", "javascript:alert(1)", '"><img src=x onerror=alert(1)>', "a#b?c%d e", "../../etc", "out"]
+HREF = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+(?:/(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+)*$")
+
+
+def hostile_run_page(path: Path, job: str) -> Path:
+    """A job's page whose env id, action names, checkpoint, tags and overrides hold markup and script."""
+    from engine.viz.report import write_report
+
+    frames = np.zeros((3, 210, 160, 3), np.uint8)
+    frames[:, 50:60, 70:90] = (236, 236, 236)
+    maps = {"actor": np.random.default_rng(0).random((3, 80, 80), dtype=np.float32)}
+    return write_report(path, frames, maps, title=f"ALE/{XSS}-v5 {job}",
+                        action_names=["NOOP", XSS, "javascript:alert(3)"], actions=np.array([1, 2, 0]),
+                        values=np.array([0.5, 0.25, 0.0]), checkpoint=f"{XSS}.pt",
+                        settings={"tags": [XSS, "javascript:alert(4)"], "overrides": [f"saliency.radius={XSS}"]})
+
+
+def no_markup_from_data(page: Page) -> None:
+    """No element the viewer did not make: no img, iframe, object or embed, and no inline event handler."""
+    assert page.page.evaluate("document.querySelectorAll('img, iframe, object, embed, svg, base, form').length") == 0
+    assert page.page.evaluate("[...document.querySelectorAll('*')].flatMap(e => e.getAttributeNames())"
+                              ".filter(a => a.toLowerCase().startsWith('on'))") == []
+    assert page.page.evaluate("document.querySelectorAll('script:not([type=\"application/json\"])').length") == 1
+
+
+@pytest.fixture
+def hostile_sweep(tmp_path):
+    """A sweep directory whose job folders are named with script, markup, a URL scheme and URL syntax, one job
+    whose name climbs out (no folder), and a symlink pointing out of it; every folder has its page, and the sweep
+    page has every job in its table and as a panel, with hostile labels, columns, cells and settings."""
+    from engine.viz.report import Panel, write_sweep_report
+
+    sweep, outside = tmp_path / "sweep", tmp_path / "outside"
+    for job in HOSTILE_JOBS[:4]:
+        hostile_run_page(sweep / job / "report.html", job)
+    hostile_run_page(outside / "report.html", "outside")
+    (sweep / "out").symlink_to(outside)
+    links = {job: f"{job}/report.html" for job in HOSTILE_JOBS}  # as engine.jobs.run.sweep_report builds them
+    rows = [{"job": job, f"override {XSS}": f"{XSS} {i}", "radius": i} for i, job in enumerate(HOSTILE_JOBS)]
+    frames = np.zeros((4, 210, 160, 3), np.uint8)
+    rng = np.random.default_rng(1)
+    panels = [Panel(job, {"actor": rng.random((4, 80, 80), dtype=np.float32)}, label=f"job {job}: {XSS}",
+                    link=links[job]) for job in HOSTILE_JOBS[:4]]
+    path = write_sweep_report(sweep / "report.html", rows, ["job", f"override {XSS}", "radius"], frames=frames,
+                              panels=panels, values=np.zeros(4), actions=np.array([0, 1, 2, 1]),
+                              action_names=["NOOP", XSS, "javascript:alert(3)"], title=f"sweep of ALE/{XSS}-v5",
+                              settings={"swept": [XSS], "tags": ["javascript:alert(5)"]}, links=links)
+    return dict(sweep=sweep, path=path)
+
+
+def test_hostile_names_show_as_text_and_links_stay_in_the_sweep(browser, hostile_sweep):
+    sweep = hostile_sweep["sweep"]
+    page = Page(browser, hostile_sweep["path"])
+    page.drawn(0)
+    assert page.text("h1") == f"sweep of ALE/{XSS}-v5" and page.page.title() == f"sweep of ALE/{XSS}-v5"
+    assert f"1 {XSS}" in page.text("header")  # the action names, literally
+    cells = "[...document.querySelectorAll('#summary tbody tr')].map(r => r.children[0].textContent)"
+    assert page.page.evaluate(cells) == HOSTILE_JOBS  # each folder name literally, as text
+    assert page.page.evaluate("[...document.querySelectorAll('#summary th')].map(t => t.textContent)") \
+        == ["job", f"override {XSS}", "radius"]
+    assert page.page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)") \
+        == [f"job {job}: {XSS}" for job in HOSTILE_JOBS[:4]]
+    assert json.loads(page.page.evaluate("document.getElementById('settings-json').textContent"))["swept"] == [XSS]
+    no_markup_from_data(page)
+
+    # the jobs whose folder is inside the sweep get a link (in the table and on the panel), encoded; the URL-like
+    # name, the one that climbs out and the symlink pointing out get none
+    hrefs = page.page.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
+    linked = ["0", '"><img src=x onerror=alert(1)>', "a#b?c%d e"]
+    assert sorted(set(hrefs)) == sorted(f"{'/'.join(map(_quote, [job, 'report.html']))}" for job in linked)
+    assert len(hrefs) == 2 * len(linked) and all(HREF.match(h) for h in hrefs)
+    assert page.clean(), (page.errors, page.dialogs, page.requests)
+
+    for i, href in enumerate(hrefs):  # every link opens its job's own page, inside the sweep, with nothing run
+        page = Page(browser, hostile_sweep["path"])
+        page.drawn(0)
+        with page.page.expect_navigation():
+            page.page.locator("a").nth(i).click()
+        page.drawn(0)
+        job = linked[[f"{_quote(j)}/report.html" for j in linked].index(href)]
+        assert page.page.url == (sweep / job / "report.html").as_uri()
+        assert page.text("h1") == f"ALE/{XSS}-v5 {job}" and page.text("#action-name") == XSS
+        assert f"{XSS}.pt" in page.text("header")
+        settings = json.loads(page.page.evaluate("document.getElementById('settings-json').textContent"))
+        assert settings["tags"] == [XSS, "javascript:alert(4)"]
+        no_markup_from_data(page)
+        assert page.clean(), (page.errors, page.dialogs, page.requests)
+
+
+def _quote(segment: str) -> str:
+    from urllib.parse import quote
+
+    return quote(segment, safe="")
+
+
+def test_the_viewer_refuses_hostile_links_written_into_the_data_block(browser, hostile_sweep):
+    """The viewer's own check, with the builder's bypassed: links edited into the page's JSON block (a scheme,
+    a host, an absolute path, '..' spelt plainly or encoded) become no href; the names stay text."""
+    path = hostile_sweep["path"]
+    text = path.read_text(encoding="utf-8")
+    marker = '<script type="application/json" id="report-data">'
+    start = text.index(marker) + len(marker)
+    end = text.index("</script>", start)
+    data = json.loads(text[start:end])
+    hostile = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "\tjavascript:alert(1)", " javascript:alert(1)",
+               "data:text/html,<script>alert(1)</script>", "vbscript:msgbox(1)", "file://host/x", "//example.com/x",
+               "https://example.com/x", "/etc/passwd", "../x", "%2e%2e/x", "0/%2E./x", "a\\b"]
+    jobs = [row[0] for row in data["table"]["rows"]]
+    data["table"]["links"] = {job: hostile[i % len(hostile)] for i, job in enumerate(jobs)}
+    for i, panel in enumerate(data["panels"]):
+        panel["link"] = hostile[-1 - i]
+    path.write_text(text[:start] + json.dumps(data).replace("<", "\\u003c") + text[end:], encoding="utf-8")
+    page = Page(browser, path)
+    page.drawn(0)
+    assert page.page.locator("a").count() == 0
+    cells = "[...document.querySelectorAll('#summary tbody tr')].map(r => r.children[0].textContent)"
+    assert page.page.evaluate(cells) == jobs
+    no_markup_from_data(page)
+    assert page.clean(), (page.errors, page.dialogs, page.requests)
+
+
+def test_script_planted_in_the_page_does_not_run(browser, tmp_path):
+    """The Content-Security-Policy is the net under all of the above: an inline script, an event handler and a
+    javascript: link written into the page's markup (past the builder) do not run; the viewer, allowed by its
+    hash, still draws."""
+    path = hostile_run_page(tmp_path / "report.html", "planted")
+    text = path.read_text(encoding="utf-8")
+    planted = ('<script>alert("inline")</script><img src="x" onerror="alert(\'handler\')">'
+               '<a id="planted" href="javascript:alert(\'link\')">planted</a>')
+    path.write_text(text.replace("<body>\n", "<body>\n" + planted, 1), encoding="utf-8")
+    page = Page(browser, path)
+    page.drawn(0)
+    page.page.click("#planted")
+    page.drawn(0)
+    assert page.dialogs == [] and page.requests == []
+    assert page.errors and all("Content Security Policy" in e for e in page.errors), page.errors

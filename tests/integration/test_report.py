@@ -1,15 +1,31 @@
 """report.html (engine.viz.report): every frame in the page, exactly; maps and statistics as computed; streamed
-one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; the app writes it for both job modes
-and for sweeps. The page in a real browser: tests/app/test_report_browser.py."""
+one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; links stay inside the page's directory
+and only the hashed viewer script may run; the app writes it for both job modes and for sweeps. The page in a real
+browser: tests/app/test_report_browser.py."""
 
+import base64
+import hashlib
 import json
+import logging
+import re
+from html.parser import HTMLParser
 from importlib import resources
 
 import numpy as np
 import pytest
 
 from engine.core.errors import EngineError
-from engine.viz.report import WindowedArray, decode_sheet, quantise, read_report_data, sheet_size, write_report, write_sweep_report
+from engine.viz.report import (
+    Panel,
+    WindowedArray,
+    decode_sheet,
+    quantise,
+    read_report_data,
+    relative_link,
+    sheet_size,
+    write_report,
+    write_sweep_report,
+)
 
 MB = 1_000_000
 KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
@@ -137,8 +153,8 @@ def test_settings_cannot_break_out_of_the_page(tmp_path):
     data, _ = read_report_data(path)
     text = path.read_text()
     assert data["settings"] == {"note": evil} and data["title"] == evil
-    # the sheets' set-up, one sheet, the JSON block, the viewer: no element opened by the setting's text
-    assert text.count("<script") == 4 and text.count("</script>") == 4
+    # one sheet, the JSON block, the viewer: no element opened by the setting's text
+    assert text.count("<script") == 3 and text.count("</script>") == 3
     assert "&lt;/script&gt;" in text.split("</title>")[0]  # the title is escaped HTML
 
 
@@ -250,9 +266,152 @@ def test_sweep_page_without_a_shared_game_is_the_table_and_links(tmp_path):
     assert data["table"] == {"columns": ["job", "radius", "actor_max"], "rows": [["0", 3, 0.5], ["1", 5, None]],
                              "links": {"0": "0/report.html"}}
     with pytest.raises(EngineError, match="panels need the frames"):
-        from engine.viz.report import Panel
-
         write_sweep_report(tmp_path / "x.html", rows, ["job"], panels=[Panel("0", {})])
+
+
+# --- nothing from the data runs -----------------------------------------------------------------------------------
+
+HREF = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+(?:/(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+)*$")  # what a link may be
+
+
+@pytest.mark.parametrize("link,href", [
+    ("0/report.html", "0/report.html"),
+    ("job 7/report.html", "job%207/report.html"),
+    ("a#b?c%d/report.html", "a%23b%3Fc%25d/report.html"),  # a folder name, never a fragment, query or escape
+    ('"><img src=x onerror=alert(1)>/report.html', "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html"),
+    ("x/./y/../report.html", "x/report.html"),  # normalised, and inside
+    ("x\\..\\..\\etc/report.html", "x%5C..%5C..%5Cetc/report.html"),  # a backslash is part of a name here
+    ("sweep=1,tag=<b>/report.html", "sweep%3D1%2Ctag%3D%3Cb%3E/report.html"),  # a Hydra override_dirname
+])
+def test_a_link_inside_the_page_directory_is_kept_url_encoded(tmp_path, link, href):
+    assert relative_link(link, tmp_path) == href
+    assert HREF.match(href) and ":" not in href
+
+
+@pytest.mark.parametrize("link,problem", [
+    ("javascript:alert(1)", "scheme"),
+    ("JaVaScRiPt:alert(1)", "scheme"),
+    (" javascript:alert(1)", "scheme"),  # browsers strip the space: so does the check
+    ("java\tscript:alert(1)", "scheme"),  # browsers drop the tab: so does the check
+    ("javascript:alert(1)/report.html", "scheme"),
+    ("data:text/html,<script>alert(1)</script>", "scheme"),
+    ("vbscript:msgbox(1)", "scheme"),
+    ("file://host/share/report.html", "scheme or a host"),
+    ("file:///etc/passwd", "scheme"),
+    ("https://example.com/report.html", "scheme"),
+    ("//example.com/report.html", "host"),
+    ("/etc/passwd", "absolute"),
+    ("../../etc", "leaves the page's directory"),
+    ("../../etc/report.html", "leaves the page's directory"),
+    ("0/../../etc/report.html", "leaves the page's directory"),
+    ("..", "leaves the page's directory"),
+    (".", "own directory"),
+    ("", "empty"),
+    ("a\x00b/report.html", "NUL"),
+])
+def test_a_link_that_could_lead_elsewhere_is_dropped_and_logged(tmp_path, caplog, link, problem):
+    with caplog.at_level(logging.WARNING, logger="engine.viz.report"):
+        assert relative_link(link, tmp_path, "job 'x'") is None
+    assert problem in caplog.text and "job 'x'" in caplog.text and repr(link) in caplog.text
+
+
+def test_a_symlink_pointing_out_of_the_page_directory_is_dropped(tmp_path, caplog):
+    sweep, outside = tmp_path / "sweep", tmp_path / "outside"
+    (sweep / "0").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "report.html").write_text("elsewhere")
+    (sweep / "out").symlink_to(outside)
+    (sweep / "alias").symlink_to(sweep / "0")
+    (sweep / "loop").symlink_to(sweep / "loop")
+    with caplog.at_level(logging.WARNING, logger="engine.viz.report"):
+        assert relative_link("out/report.html", sweep) is None
+        assert relative_link("loop/report.html", sweep) is None
+    assert "a symlink pointing out" in caplog.text and "cannot be resolved" in caplog.text
+    assert relative_link("alias/report.html", sweep) == "alias/report.html"  # a symlink that stays inside is fine
+
+
+def test_a_link_that_is_not_a_path_is_refused(tmp_path):
+    with pytest.raises(EngineError, match="a link must be a path .* got int"):
+        relative_link(3, tmp_path)
+
+
+def test_sweep_links_from_data_are_checked_where_the_page_is_written(tmp_path, caplog):
+    """write_sweep_report (every caller, the multirun callback included): hostile job folders keep their row, and
+    get a link only as an encoded path inside the sweep directory; panel links the same."""
+    sweep = tmp_path / "sweep"
+    jobs = ["0", "javascript:alert(1)", '"><img src=x onerror=alert(1)>', "../../etc", "a#b?c%d"]
+    rows = [{"job": job, "radius": 3} for job in jobs]
+    links = {job: f"{job}/report.html" for job in jobs}  # as engine.jobs.run.sweep_report builds them
+    with caplog.at_level(logging.WARNING, logger="engine.viz.report"):
+        path = write_sweep_report(sweep / "report.html", rows, ["job", "radius"], links=links)
+    data, _ = read_report_data(path)
+    assert [row[0] for row in data["table"]["rows"]] == jobs
+    img = '"><img src=x onerror=alert(1)>'
+    assert data["table"]["links"] == {"0": "0/report.html", "a#b?c%d": "a%23b%3Fc%25d/report.html",
+                                      img: "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html"}
+    assert "job 'javascript:alert(1)'" in caplog.text and "job '../../etc'" in caplog.text
+
+    frames = pong_like_frames(0, 2)
+    panels = [Panel(job, {"actor": maps_like("actor", 0, 2)}, label=f"<b>{job}</b>", link=links[job]) for job in jobs]
+    path = write_sweep_report(sweep / "report.html", rows, ["job"], frames=frames, panels=panels, links=links)
+    data, _ = read_report_data(path)
+    assert [p["link"] for p in data["panels"]] == [data["table"]["links"].get(job) for job in jobs]
+    assert [p["label"] for p in data["panels"]] == [f"<b>{job}</b>" for job in jobs]  # text, for the viewer
+
+
+class _Markup(HTMLParser):
+    """The elements of a page as an HTML parser sees them: (tag, attributes) and the text of each script/style."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.texts, self._open = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._open = tag if tag in ("script", "style") else None
+        if self._open:
+            self.texts.append((tag, dict(attrs), ""))
+
+    def handle_data(self, data):
+        if self._open:
+            tag, attrs, text = self.texts[-1]
+            self.texts[-1] = (tag, attrs, text + data)
+
+    def handle_endtag(self, tag):
+        self._open = None
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def test_only_the_hashed_viewer_script_can_run(tmp_path):
+    """The page's CSP: script-src is exactly the SHA-256 of the one inline script's bytes (no 'unsafe-inline'),
+    style-src the hash of the one style element; every other script element is a JSON data block; no element has
+    an inline event handler, and markup in the data (title, names, settings) opens no element."""
+    evil = '"><img src=x onerror=alert(1)><script>alert(1)</script>'
+    path = write_report(tmp_path / "r.html", pong_like_frames(0, 3), {"actor": maps_like("actor", 0, 3)},
+                        title=f"ALE/{evil}-v5", action_names=[evil, "FIRE"], checkpoint=evil,
+                        settings={"tags": [evil], "overrides": [f"saliency.radius={evil}"]},
+                        actions=np.array([0, 1, 0]))
+    markup = _Markup()
+    markup.feed(path.read_text(encoding="utf-8"))
+    assert {tag for tag, _ in markup.tags} == {"html", "head", "meta", "link", "title", "style", "body", "noscript",
+                                               "script"}
+    assert not [(tag, a) for tag, attrs in markup.tags for a in attrs if a.lower().startswith("on")]
+    csp = next(attrs["content"] for tag, attrs in markup.tags
+               if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy")
+    policy = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    code = [text for tag, attrs, text in markup.texts if tag == "script" and attrs.get("type") != "application/json"]
+    styles = [text for tag, _, text in markup.texts if tag == "style"]
+    assert len(code) == 1 and len(styles) == 1 and "window.viewer" in code[0]
+    assert policy["script-src"] == [_sha256(code[0])] and "'unsafe-inline'" not in csp
+    assert policy["style-src"] == [_sha256(styles[0])]
+    assert policy["default-src"] == ["'none'"] and policy["img-src"] == ["data:"]
+    assert policy["base-uri"] == ["'none'"] and policy["form-action"] == ["'none'"]
+    assert [attrs.get("type") for tag, attrs in markup.tags if tag == "script"] == ["application/json"] * 2 + [None]
+    data, _ = read_report_data(path)
+    assert data["title"] == f"ALE/{evil}-v5" and data["action_names"][0] == evil and data["checkpoint"] == evil
 
 
 # --- the app writes it ------------------------------------------------------------------------------------------

@@ -2,7 +2,13 @@
 (function () {
 "use strict";
 const data = JSON.parse(document.getElementById("report-data").textContent);
-const sheets = window.REPORT_SHEETS || {frames: [], maps: []};
+// the sprite sheets: one JSON block a window of frames, {frames: uri, maps: [{kind: uri}, ...] (one per panel)}
+const sheets = {frames: [], maps: data.panels.map(p => Object.fromEntries(Object.keys(p.maps).map(k => [k, []])))};
+document.querySelectorAll('script[type="application/json"].report-sheet').forEach(node => {
+  const block = JSON.parse(node.textContent);
+  sheets.frames.push(block.frames);
+  block.maps.forEach((m, p) => Object.entries(m).forEach(([k, uri]) => sheets.maps[p][k].push(uri)));
+});
 const T = data.frames, S = data.frames_per_sheet, FH = data.frame_shape[0], FW = data.frame_shape[1];
 const COLORS = {actor: [40, 110, 255], critic: [255, 45, 30], jacobian_actor: [0, 220, 110],
                 jacobian_critic: [255, 200, 0]};
@@ -14,11 +20,26 @@ const state = {frame: 0, playing: false, on: {}, normalise: "frame", opacity: 0.
 const hasPerturbation = data.kinds.includes("actor") || data.kinds.includes("critic");
 data.kinds.forEach(k => { state.on[k] = !hasPerturbation || !k.startsWith("jacobian"); });
 
+// A link from the data becomes an href only as what report.py writes: a relative path of URL-encoded segments
+// (letters, digits, "._~-", %XX), so no scheme (no ":" at all), no host ("//"), no absolute path, no "..", whatever
+// the data block holds. "%2e%2e" counts as ".." (URL parsers treat it so).
+const SEGMENT = /^(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+$/, DOTS = /^(?:\.|%2e){1,2}$/i;
+function relativeHref(u) {
+  if (typeof u !== "string" || u === "") return null;
+  return u.split("/").every(s => SEGMENT.test(s) && !DOTS.test(s)) ? u : null;
+}
+// a sheet is an image's src only as a WebP data URI (an image, never a document or a script)
+const SHEET_URI = /^data:image\/webp;base64,[A-Za-z0-9+\/]+={0,2}$/;
+
+// Every string from the data goes in as text (textContent, text nodes, attributes), never parsed as HTML; an href
+// or src that is not a relative link is left off.
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined) continue;
-    if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+    if (k === "text") node.textContent = v;
+    else if (k === "href" || k === "src") { const u = relativeHref(v); if (u !== null) node.setAttribute(k, u); }
+    else node.setAttribute(k, v);
   }
   for (const c of children) node.append(c);
   return node;
@@ -54,7 +75,12 @@ class LRU {
     return v;
   }
 }
-function loadImage(uri) { const img = new Image(); img.src = uri; return img.decode().then(() => img); }
+function loadImage(uri) {
+  if (typeof uri !== "string" || !SHEET_URI.test(uri)) {
+    return Promise.reject(new Error("a sheet is not a WebP data URI"));
+  }
+  const img = new Image(); img.src = uri; return img.decode().then(() => img);
+}
 const frameSheets = new LRU(6);
 const mapSheets = new LRU(96);
 function frameSheet(s) { return frameSheets.get(s, () => loadImage(sheets.frames[s])); }
@@ -97,7 +123,9 @@ if (T > 0) {
     box.checked = state.on[k];
     box.addEventListener("change", () => { state.on[k] = box.checked; redraw(); });
     const c = COLORS[k];
-    controls.append(el("label", {}, box, el("span", {class: "swatch", style: `background: rgb(${c})`}), data.labels[k]));
+    const swatch = el("span", {class: "swatch"});
+    swatch.style.background = `rgb(${c})`;  // CSSOM: the CSP allows no style attribute
+    controls.append(el("label", {}, box, swatch, data.labels[k]));
   });
   if (data.kinds.length) {
     const norm = el("select", {id: "normalise", "aria-label": "normalisation"});
@@ -126,7 +154,8 @@ if (T > 0) {
   data.panels.forEach((p, i) => {
     const canvas = el("canvas", {class: "view", width: FW, height: FH, "data-panel": i});
     const caption = el("figcaption", {});
-    if (p.link) caption.append(el("a", {href: p.link, text: p.label})); else caption.append(p.label);
+    const href = relativeHref(p.link);
+    caption.append(href === null ? String(p.label) : el("a", {href, text: p.label}));
     panelBox.append(el("figure", {class: "panel", "data-name": p.name}, caption, canvas));
     views.push(canvas.getContext("2d", {willReadFrequently: true}));
   });
@@ -301,7 +330,9 @@ if (data.table) {
   const render = () => {
     body.replaceChildren(...rows.map(r => el("tr", {}, ...r.map((v, j) => {
       const cell = el("td", {class: numeric[j] ? "num" : "text"});
-      if (j === 0 && tab.links && tab.links[v]) cell.append(el("a", {href: tab.links[v], text: String(v)}));
+      const linked = j === 0 && tab.links && Object.hasOwn(tab.links, String(v));
+      const href = linked ? relativeHref(tab.links[String(v)]) : null;
+      if (href !== null) cell.append(el("a", {href, text: String(v)}));
       else cell.textContent = typeof v === "number" ? fmt(v) : (v === null ? "" : String(v));
       return cell;
     }))));
