@@ -56,6 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -294,7 +295,7 @@ def _json_script(value) -> str:
     return json.dumps(_finite(value), default=str, allow_nan=False).replace("<", "\\u003c")
 
 
-def _clean(values: np.ndarray) -> list:
+def _clean(values: np.ndarray | list[Any]) -> list[float | None]:
     """Floats for JSON: NaN and infinities become null (JSON has neither)."""
     values = np.asarray(values, dtype=np.float64)
     return [None if not math.isfinite(v) else float(v) for v in values.tolist()]
@@ -359,8 +360,10 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
     data: dict = dict(meta, frames=n, frames_per_sheet=frames_per_sheet, frame_shape=list(FRAME_SHAPE),
                       panels=[], kinds=kinds, labels={k: MAP_LABELS[k] for k in kinds}, lossy_sheets=[], table=table,
                       series={})
-    stats = [{k: {"mean": [], "max": [], "lo": [], "hi": []} for k in p.maps} for p in panels]
-    columns = {name: [] for name, values in series.items() if values is not None}
+    stats: list[dict[str, dict[str, list[float | None]]]] = [
+        {k: {"mean": [], "max": [], "lo": [], "hi": []} for k in p.maps} for p in panels
+    ]
+    columns: dict[str, list[Any]] = {name: [] for name, values in series.items() if values is not None}
     with atomic_write(path, ".html") as tmp:
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(_page_head(meta.get("title", "report")))
@@ -370,7 +373,8 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                 if window.shape != (stop - start, *FRAME_SHAPE) or window.dtype != np.uint8:
                     raise EngineError(f"frames[{start}:{stop}] gave {window.dtype} {window.shape}, expected uint8 "
                                       f"{(stop - start, *FRAME_SHAPE)}: pass the raw uint8 frames")
-                strips, targets = [_strip(window)], [None]
+                strips = [_strip(window)]
+                targets: list[tuple[int, str] | None] = [None]
                 for i, panel in enumerate(panels):
                     for kind, maps in panel.maps.items():
                         block = _numpy(maps[start:stop])
@@ -468,7 +472,7 @@ def read_report_data(path) -> tuple[dict, dict]:
     text = Path(path).read_text(encoding="utf-8")
     start = text.index(_DATA_OPEN) + len(_DATA_OPEN)
     data = json.loads(text[start:text.index("</script>", start)])
-    sheets = {"frames": [], "maps": [{k: [] for k in panel["maps"]} for panel in data["panels"]]}
+    sheets: dict[str, Any] = {"frames": [], "maps": [{k: [] for k in panel["maps"]} for panel in data["panels"]]}
     at = text.find(_SHEET_OPEN)
     while at != -1:
         first = at + len(_SHEET_OPEN)
