@@ -127,7 +127,9 @@ class OutputConfig:
 
 @dataclass
 class StoreConfig:
-    """Streaming mode for long rollouts and sweeps (engine.storage.store); off while ``rollout`` is None."""
+    """Stores on disk for long rollouts and sweeps (engine.storage.store): resumable, shardable, replayed by other
+    jobs. While ``rollout`` is None the job's stores are in memory: only ``chunk_steps`` and ``frames_per_chunk``
+    apply."""
 
     rollout: str | None = None  # rollout store directory: recorded (resumed) there if incomplete, replayed if complete
     saliency: str | None = None  # saliency store directory (default: <output.dir>/saliency_store)

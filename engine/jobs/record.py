@@ -15,6 +15,7 @@ from ..storage.store import (
     RolloutStore,
     check_writable,
     engine_version,
+    is_memory,
     rollout_layout,
     writing_needed,
 )
@@ -32,13 +33,17 @@ def record_rollout(
     extra: dict | None = None,
     progress: bool = False,
     storage_options: dict | None = None,
+    max_episodes: int | None = None,
     **pipeline_options,
 ) -> RolloutStore:
     """Play and record ``num_steps`` steps into a store, chunk by chunk; resumes an interrupted recording.
 
-    ``root`` is a directory or an fsspec URL (``s3://bucket/game``; ``storage_options`` for fsspec). The agent plays
-    in its own environment pipeline (``pipeline_options`` as for :func:`engine.env.rollout.rollout`); the
-    pipeline's settings, the action names and the shapes of the agent's state are recorded in the manifest.
+    ``root`` is a directory, an fsspec URL (``s3://bucket/game``; ``storage_options`` for fsspec) or a
+    :class:`zarr.storage.MemoryStore`. The agent plays in its own environment pipeline (``pipeline_options`` as for
+    :func:`engine.env.rollout.rollout`); the pipeline's settings, the action names and the shapes of the agent's
+    state are recorded in the manifest. ``max_episodes`` stops the recording once that many episodes ended, as
+    :func:`engine.env.rollout.rollout` does, and the store ends with that step: a memory store only, the one kind
+    whose length may change after it is created.
 
     Resuming replays the recorded actions in a fresh environment (seeded as before; checked against the
     recorded frames of the last chunk), restores the action sampler's saved state and recomputes the
@@ -46,6 +51,9 @@ def record_rollout(
     """
     if num_steps < 1 or chunk_steps < 1:
         raise ValueError("num_steps and chunk_steps must be >= 1")
+    if max_episodes is not None and (max_episodes < 1 or not is_memory(root)):
+        raise ValueError(f"max_episodes must be >= 1 and needs a memory store (its length is fixed otherwise), "
+                         f"got {max_episodes!r} for {root}")
     if writing_needed(root, "rollout", storage_options):
         check_writable(root, storage_options)
     player = Player(agent, env_id, seed, greedy, **pipeline_options)
@@ -70,15 +78,24 @@ def record_rollout(
         if first > 0:
             _resume_player(player, rstore, first)
         bar = tqdm(total=num_steps, initial=rstore.bounds[first][0], desc=f"record {env_id}", unit="step", disable=None if progress else True)
+        episodes = 0
         for k in range(first, len(rstore.bounds)):
             a, b = rstore.bounds[k]
-            steps = [player.step() for _ in range(b - a)]
+            steps = []
+            while len(steps) < b - a and (max_episodes is None or episodes < max_episodes):
+                steps.append(player.step())
+                episodes += steps[-1].done
+            ended = max_episodes is not None and episodes >= max_episodes
+            if ended and a + len(steps) < rstore.num_steps:  # the store ends with the last episode
+                rstore.store.truncate(a + len(steps))
             r = rollout_from_steps(steps)
             arrays = {name: getattr(r, name) for name in ROLLOUT_FIELDS}
             arrays.update({f"state_{i}": s for i, s in enumerate(r.states)})
             arrays["sampler_state"] = player.sampler.get_state()
             rstore.store.write(k, arrays)
-            bar.update(b - a)
+            bar.update(len(steps))
+            if ended:
+                break
         bar.close()
     finally:
         player.close()

@@ -1,4 +1,5 @@
-"""The main job as plain functions: checkpoint -> rollout -> saliency -> arrays, overlays, movie, figures.
+"""The main job as plain functions: checkpoint -> rollout store -> saliency store -> statistics, metrics, arrays,
+overlays, movie, figures, report, summary (:func:`run_job`: one path, the stores on disk or in memory).
 
 ``validate_job`` checks everything cheap first (settings, environment id, checkpoint, agent/game match) so a
 bad override fails in a second with a clear message, before any rollout or scoring starts. Progress and results
@@ -17,16 +18,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import JobConfig, check_config, engine_saliency
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.policy import Policy, index_state
-from ..core.saliency import compute_saliency, paper_shift
+from ..core.saliency import compute_saliency
 from ..env.pipelines import library_defaults
-from ..env.rollout import make_env, rollout
-from ..storage.arrays import save_arrays
-from ..policies.registry import resolve_checkpoint
+from ..env.rollout import make_env
 from ..policies.loading import load_policy
+from ..policies.registry import resolve_checkpoint, sha256_of
+from ..storage.arrays import save_arrays
+from ..storage.store import (
+    ROLLOUT_FIELDS,
+    MemoryStore,
+    RolloutStore,
+    SaliencyStore,
+    is_memory,
+    store_exists,
+    store_root,
+)
+from .config import JobConfig, check_config, engine_saliency
+from .record import record_rollout
+from .score import score_store, scored_states, uses_recorded_states
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +150,17 @@ def map_statistics(maps: dict) -> dict[str, float]:
     return stats.result()
 
 
+def streamed_statistics(sstore) -> dict[str, float]:
+    """:class:`MapStatistics` of a saliency store's marked chunks, read chunk by chunk: memory stays bounded by one
+    chunk."""
+    stats = MapStatistics()
+    keys = tuple(k for k in MapStatistics.KEYS if k in sstore.store.layout)
+    for k in range(len(sstore.bounds)):
+        if keys and sstore.store.has(k):
+            stats.update(sstore.store.read(k, keys))
+    return stats.result()
+
+
 def clear_owned_outputs(out_dir: Path) -> list[Path]:
     """Remove what an earlier job wrote into ``out_dir`` (the files a job owns, nothing else), so that a rerun
     never leaves a mix of two runs' results; returns the paths removed."""
@@ -152,55 +175,61 @@ def clear_owned_outputs(out_dir: Path) -> list[Path]:
     return found
 
 
-def render_outputs(frames: torch.Tensor, maps: dict, config: JobConfig, out_dir: Path, agent, states, observations,
-                   actions=None, action_names=()) -> dict[str, Path]:
-    """Overlays for every frame -> movie, stills, and (given ``states`` and the ``observations`` the agent saw)
-    the Jacobian-vs-perturbation figure. Movie frames are labelled with the action taken, by name."""
+def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, recorded_states: bool) -> dict[str, Path]:
+    """Overlays of every frame of complete stores -> movie and stills, and the Jacobian-vs-perturbation figure of
+    one frame. Movie frames are labelled with the action taken, by name. The movie and stills hold every frame and
+    map in memory at once (set output.movie=false and no stills for very long rollouts); the figure reads its frame."""
     from ..viz import rendering
 
-    r, written = config.render, {}
-    actor, critic = maps["actor"], maps["critic"]
-    n = frames.shape[0]
-    taken = [""] * n if actions is None else [f"  {name_of(a, action_names)}" for a in torch.as_tensor(actions).tolist()]
-    if r.style == "paper":
-        default_actor, default_critic = (None, None)
-        if r.actor_gain is None or r.critic_gain is None:
-            default_actor, default_critic = rendering.paper_gains(config.env.id)
-        overlays = rendering.paper_overlay_pair(
-            frames, actor, critic,
-            r.actor_gain if r.actor_gain is not None else default_actor,
-            r.critic_gain if r.critic_gain is not None else default_critic,
-            blur_sigma=r.blur_sigma,
-        )
-    else:
-        actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
-        critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
-        overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
-    o = config.output
-    if o.movie:
-        labels = [f"{config.env.id}  frame {t}{taken[t]}" for t in range(n)]
-        written["movie"] = rendering.write_movie(
-            out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
-        )
-    for t in o.stills:
-        if t >= n:  # the rollout ended early (rollout.max_episodes)
-            log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
-            continue
-        written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
+    r, o, written = config.render, config.output, {}
+    n, names = rstore.num_steps, tuple(rstore.identity["action_names"])
+    taken = [f"  {name_of(a, names)}" for a in rstore.store.read_range(0, n, ("actions",))["actions"].tolist()]
+    if o.movie or o.stills:
+        frames = torch.from_numpy(rstore.store.read_range(0, n, ("frames",))["frames"])
+        maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(0, n, ("actor", "critic")).items()}
+        actor, critic = maps["actor"], maps["critic"]
+        if r.style == "paper":
+            default_actor, default_critic = (None, None)
+            if r.actor_gain is None or r.critic_gain is None:
+                default_actor, default_critic = rendering.paper_gains(config.env.id)
+            overlays = rendering.paper_overlay_pair(
+                frames, actor, critic,
+                r.actor_gain if r.actor_gain is not None else default_actor,
+                r.critic_gain if r.critic_gain is not None else default_critic,
+                blur_sigma=r.blur_sigma,
+            )
+        else:
+            actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
+            critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
+            overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
+        if o.movie:
+            labels = [f"{config.env.id}  frame {t}{taken[t]}" for t in range(n)]
+            written["movie"] = rendering.write_movie(
+                out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
+            )
+        for t in o.stills:
+            if t >= n:  # the rollout ended early (rollout.max_episodes)
+                log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
+                continue
+            written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
     t = o.comparison_frame if o.comparison_frame is not None else n // 2
     if t >= n:
         log.warning("output.comparison_frame: frame %d was not played (the rollout ended after %d frames)", t, n)
-    elif config.saliency.method != "jacobian" and states is not None:
-        from ..core.jacobian import jacobian_saliency
-
+    elif config.saliency.method != "jacobian":
+        maps = {k: torch.from_numpy(v[0]) for k, v in sstore.read(t, t + 1).items()}
         jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
-        if jac[0] is None:
-            one = jacobian_saliency(agent, observations[t : t + 1], index_state(states, slice(t, t + 1)))
+        if jac[0] is None:  # no Jacobian maps stored: this frame's, on the states its maps were scored with
+            from ..core.jacobian import jacobian_saliency
+
+            k = next(k for k, (a, b) in enumerate(sstore.bounds) if a <= t < b)
+            _, part, states = next(scored_states(agent, rstore, sstore.bounds, config.saliency.state_alignment,
+                                                 recorded_states, [k]))
+            i = t - sstore.bounds[k][0]
+            one = jacobian_saliency(agent, part.observations[i : i + 1], index_state(states, slice(i, i + 1)))
             jac = (one.actor[0].detach().cpu(), one.critic[0].detach().cpu())
-        else:
-            jac = (jac[0][t], jac[1][t])
+        frame = torch.from_numpy(rstore.store.read_range(t, t + 1, ("frames",))["frames"][0])
         written["comparison"] = rendering.comparison_figure(
-            out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frames[t], jac[0], jac[1], actor[t], critic[t],
+            out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frame, jac[0], jac[1], maps["actor"], maps["critic"],
             title=f"{config.env.id}, frame {t}{taken[t]}: Jacobian vs perturbation saliency",
         )
     return {k: Path(v) for k, v in written.items()}
@@ -214,60 +243,109 @@ def name_of(action: int, names) -> str:
 def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
     """Run the main job into ``config.output.dir``; returns the paths written (and prints nothing).
 
+    One path for every job: the game is recorded (or resumed, or reused) into a rollout store, scored chunk by chunk
+    into a saliency store (this shard's chunks), and the statistics, metrics, overlays, report and summary are read
+    back from the stores, one chunk or window at a time (but the movie: :func:`render_outputs`). With
+    ``store.rollout`` the stores are on disk or object storage: resumable, shardable, replayed by other jobs; the
+    overlays and the report wait for the saliency store to be complete. Without it they are memory stores
+    (:class:`zarr.storage.MemoryStore`) that live as long as the job, and ``output.arrays`` writes their arrays to
+    ``rollout.npz`` and ``saliency.npz``.
+
     Files that an earlier job wrote there are removed first (:func:`clear_owned_outputs`)."""
     prepared = prepared or validate_job(config)
-    out_dir = Path(config.output.dir)
+    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_owned_outputs(out_dir)
-    if config.store.rollout:
-        return run_store_job(config, prepared)
-    agent = prepared.agent
+    sha = sha256_of(prepared.checkpoint)
+    if st.rollout:  # a path or an fsspec URL (s3://...)
+        rollout_root = store_root(st.rollout)
+        saliency_root = store_root(st.saliency) if st.saliency else out_dir / "saliency_store"
+        shard, num_shards = st.shard, st.num_shards
+    else:
+        rollout_root, saliency_root, shard, num_shards = MemoryStore(), MemoryStore(), 0, 1
     started = time.perf_counter()
-    played = rollout(
-        agent, config.env.id, config.rollout.steps, seed=config.rollout.seed, greedy=config.rollout.greedy,
-        max_episodes=config.rollout.max_episodes, progress=config.progress, **pipeline_options(config, agent),
-    )
-    states = played.states if config.saliency.state_alignment == "exact" else paper_shift(played.states)
+    rstore = recorded_game(config, prepared, rollout_root, sha)
     rollout_s = time.perf_counter() - started
-    log.info("played %d steps of %s in %.1f s", len(played), config.env.id, rollout_s)
-    maps = compute_saliency(agent, played.observations, states, engine_saliency(config.saliency), config.progress,
-                            actions=played.actions)
+    before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
+    sstore = score_store(agent, rollout_root, saliency_root, engine_saliency(config.saliency), sha, st.frames_per_chunk,
+                         shard, num_shards, config.progress)
     saliency_s = time.perf_counter() - started - rollout_s
-    log.info("saliency of %d frames in %.1f s (%.3f s per frame)", len(played), saliency_s, saliency_s / len(played))
-    metrics = job_metrics(config, agent, played, states, maps)
-    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), frames=len(played),
-                    **({"metrics": metrics} if metrics else {}),
-                    frames_scored=len(played), rollout_seconds=rollout_s, saliency_seconds=saliency_s,
-                    seconds_per_frame=saliency_s / len(played), episode_returns=played.episode_returns(),
-                    pipeline=played.pipeline, action_names=list(played.action_names),
-                    action_counts=action_counts(played.actions, played.action_names), **map_statistics(maps))
-    written: dict[str, Path] = {}
-    if config.output.arrays:
-        written["rollout"] = save_arrays(
-            out_dir / "rollout.npz",
-            dict(frames=played.frames, observations=played.observations, logits=played.logits, values=played.values,
-                 actions=played.actions,
-                 rewards=played.rewards, dones=played.dones,
-                 **{f"state_{i}": s for i, s in enumerate(played.states)}),
-            settings,
-        )
-        written["saliency"] = save_arrays(out_dir / "saliency.npz", maps, settings)
-    written.update(render_outputs(played.frames, maps, config, out_dir, agent, states, played.observations,
-                                  actions=played.actions, action_names=played.action_names))
-    if config.output.report:
-        written["report"] = job_report(out_dir / "report.html", config, settings, played.frames, maps, played)
+    scored = sum(b - a for k, (a, b) in enumerate(sstore.bounds)
+                 if k % num_shards == shard and (before is None or k in before))
+    log.info("scored %d frames into %s in %.1f s (%.3f s per frame)", scored, saliency_root, saliency_s,
+             saliency_s / scored if scored else 0.0)
+    recorded_states = uses_recorded_states(agent, rstore, sha)
+    metrics = job_metrics(config, agent, rstore, sstore, recorded_states)
+    series = rstore.store.read_range(0, rstore.num_steps, ("actions", "rewards", "dones"))
+    names = rstore.identity["action_names"]
+    stores = {"rollout_store": str(rollout_root), "saliency_store": str(saliency_root)} if st.rollout else {}
+    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha, **stores,
+                    frames=rstore.num_steps, **({"metrics": metrics} if metrics else {}), frames_scored=scored,
+                    complete=sstore.complete, rollout_seconds=rollout_s, saliency_seconds=saliency_s,
+                    seconds_per_frame=saliency_s / scored if scored else None,
+                    episode_returns=episode_returns(series["rewards"], series["dones"]),
+                    pipeline=rstore.identity["pipeline"], action_names=list(names),
+                    action_counts=action_counts(series["actions"], names), **streamed_statistics(sstore))
+    written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root} if st.rollout else {}
+    if not st.rollout and config.output.arrays:  # the memory stores go with the job: their arrays stay
+        played = rstore.read()
+        arrays = {name: getattr(played, name) for name in ROLLOUT_FIELDS}
+        written["rollout"] = save_arrays(out_dir / "rollout.npz",
+                                         {**arrays, **{f"state_{i}": s for i, s in enumerate(played.states)}}, settings)
+        written["saliency"] = save_arrays(out_dir / "saliency.npz", sstore.read(), settings)
+    if sstore.complete:
+        written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
+        if config.output.report:  # streamed from the stores, one window of frames at a time
+            written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore)
+    elif config.output.report or config.output.movie or config.output.stills:
+        log.info("the movie, stills and report.html wait for the saliency store to be complete "
+                 "(the other shards' chunks)")
     return _write_summary(out_dir, settings, written)
 
 
-def job_report(path: Path, config: JobConfig, settings: dict, frames, maps: dict, series) -> Path:
-    """``report.html`` of a job (:func:`engine.viz.report.write_report`): ``frames`` (T, 210, 160, 3) and ``maps``
-    (kind -> (T, H, W)) as array-likes read window by window; ``series`` has ``values``, ``actions``, ``rewards``,
-    ``dones`` (T,) and ``action_names``."""
-    from ..viz.report import MAP_KINDS, write_report
+def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha256: str):
+    """The job's game in the rollout store at ``root``: reused if that store is complete (whoever played it), else
+    recorded or resumed there by ``store.player`` (a store on disk) or the job's agent; checked against the job's
+    game and the agent's pipeline."""
+    agent, st = prepared.agent, config.store
+    if store_exists(root) and RolloutStore.open(root).complete:
+        rstore = RolloutStore.open(root)  # replay one recorded game, whoever played it
+        log.info("replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], root)
+    else:
+        player, player_path, player_sha = agent, prepared.checkpoint, checkpoint_sha256
+        if st.player and not is_memory(root):
+            a = config.agent
+            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+            player, player_sha = load_job_agent(config, player_path), sha256_of(player_path)
+        started = time.perf_counter()
+        rstore = record_rollout(
+            player, config.env.id, config.rollout.steps, root, seed=config.rollout.seed,
+            greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=player_sha,
+            extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
+            max_episodes=config.rollout.max_episodes, **pipeline_options(config, player),
+        )
+        log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
+    if rstore.identity["env_id"] != config.env.id:
+        raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    recorded = rstore.identity["pipeline"]
+    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
+        raise EngineError(
+            f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
+            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
+            "recorded for agents of the same kind"
+        )
+    return rstore
 
+
+def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) -> Path:
+    """``report.html`` of a job (:func:`engine.viz.report.write_report`), streamed from its complete stores one
+    window of frames at a time."""
+    from ..viz.report import write_report
+
+    series = StoreSeries(rstore)
     shown = {k: v for k, v in settings.items() if k not in ("action_counts",)}
     return write_report(
-        path, frames, {k: maps[k] for k in MAP_KINDS if k in maps}, values=series.values, actions=series.actions,
+        path, series.frames, store_maps(sstore, rstore.num_steps), values=series.values, actions=series.actions,
         rewards=series.rewards, dones=series.dones, action_names=series.action_names,
         title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {config.saliency.method} saliency",
         settings=shown, checkpoint=str(settings["checkpoint"]),
@@ -318,8 +396,8 @@ def metrics_summary(config: JobConfig, agent: Policy):
     m = config.metrics
     if not (m.deletion_insertion or m.objects or m.stability):
         return None
-    from ..metrics.faithfulness import MetricsSummary
     from ..core.preprocessing import CROP_ROWS
+    from ..metrics.faithfulness import MetricsSummary
     from ..metrics.regions import game_of
 
     game = game_of(config.env.id)
@@ -348,41 +426,19 @@ def sanity_metrics(config: JobConfig, agent: Policy, observations, dones, action
     return {**result.summary(), "frames": picks.tolist(), "stages": [list(stage) for stage in result.stages]}
 
 
-def job_metrics(config: JobConfig, agent: Policy, played, states, maps: dict) -> dict:
-    """The metrics of an in-memory job (``metrics=...``), over the frames in chunks of ``store.frames_per_chunk``."""
+def job_metrics(config: JobConfig, agent: Policy, rstore, sstore, recorded_states: bool) -> dict:
+    """The metrics of a job (``metrics=...``), streamed chunk by chunk from the rollout and saliency stores (every
+    scored chunk), on the states the maps were scored with (:func:`engine.jobs.score.scored_states`: the recorded
+    ones, or the agent's replayed through the recorded game, carried across chunks)."""
     out: dict = {}
     summary = metrics_summary(config, agent)
     if summary is not None:
-        step = config.store.frames_per_chunk
-        for a in range(0, len(played), step):
-            b = min(a + step, len(played))
-            summary.update(agent, played.observations[a:b], index_state(states, slice(a, b)),
-                           {k: v[a:b] for k, v in maps.items()}, played.actions[a:b], played.frames[a:b], played.dones[a:b])
-        out.update(summary.result())
-    if config.metrics.sanity:
-        w = min(len(played), config.metrics.sanity_window)
-        out["sanity"] = sanity_metrics(config, agent, played.observations[:w], played.dones[:w], played.actions[:w])
-    return out
-
-
-def store_metrics(config: JobConfig, agent: Policy, rstore, sstore) -> dict:
-    """The metrics of a store job, streamed chunk by chunk from the rollout and saliency stores (every scored chunk);
-    the agent's states come from replaying the recorded game through it, carried across chunks."""
-    from ..core.replay import replay_states
-
-    out: dict = {}
-    summary = metrics_summary(config, agent)
-    if summary is not None:
-        kinds = tuple(k for k in config.metrics.kinds if k in ("actor", "critic") or config.saliency.method == "both")
-        if config.saliency.method == "jacobian":
-            kinds = tuple(k.removeprefix("jacobian_") for k in config.metrics.kinds)
-        state = None
-        for k, (a, b) in enumerate(sstore.bounds):
-            recorded = rstore.read(a, b)
-            states, state = replay_states(agent, recorded.observations, recorded.dones, state, with_next=True)
-            if sstore.store.has(k):
-                maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
-                summary.update(agent, recorded.observations, states, maps, recorded.actions, recorded.frames, recorded.dones)
+        kinds = tuple(k for k in config.metrics.kinds if k in sstore.store.layout)
+        done = [k for k in range(len(sstore.bounds)) if sstore.store.has(k)] if kinds else []
+        for k, part, states in scored_states(agent, rstore, sstore.bounds, config.saliency.state_alignment,
+                                             recorded_states, done):
+            maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
+            summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones)
         out.update(summary.result())
     if config.metrics.sanity:
         recorded = rstore.read(0, min(rstore.num_steps, config.metrics.sanity_window))
@@ -394,6 +450,12 @@ def action_counts(actions, names) -> dict[str, int]:
     """How often each action was taken, by name (for the summary)."""
     counts = torch.bincount(torch.as_tensor(actions).long(), minlength=len(names)).tolist()
     return {name: int(c) for name, c in zip(names, counts)}
+
+
+def episode_returns(rewards, dones) -> list[float]:
+    """Total reward of every episode that ended in the recording (for the summary)."""
+    ends = np.flatnonzero(dones)
+    return np.diff(np.cumsum(np.asarray(rewards, dtype=np.float64))[ends], prepend=0.0).tolist()
 
 
 def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Path]:
@@ -413,7 +475,6 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
     by side on the same frame, one panel per saliency store (shards of one store are one panel), labelled by the
     settings that differ; otherwise the page has the sortable table and links to each job's ``report.html``."""
     from ..viz.report import Panel, write_sweep_report
-    from ..storage.store import RolloutStore, SaliencyStore
 
     sweep_dir = Path(sweep_dir)
     links = {row["job"]: f"{row['job']}/report.html" for row in rows if (sweep_dir / row["job"] / "report.html").is_file()}
@@ -443,77 +504,3 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
         title=f"sweep {sweep_dir.name}: {len(panels)} jobs on one recorded game of {rstore.identity['env_id']}",
         settings={"rollout_store": next(iter(games)), "swept": swept},
     )
-
-
-def run_store_job(config: JobConfig, prepared: PreparedJob) -> dict[str, Path]:
-    """Streaming mode: record (or resume, or reuse) the rollout store, score this shard's chunks into the
-    saliency store, and render once every chunk is there. Memory stays bounded by the chunk sizes, except
-    for rendering the movie of a complete store (set output.movie=false for very long rollouts)."""
-    from ..policies.registry import sha256_of
-    from ..storage.store import RolloutStore, SaliencyStore, is_url, store_exists
-    from .record import record_rollout
-    from .score import score_store
-
-    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sha = sha256_of(prepared.checkpoint)
-    rollout_root = st.rollout if is_url(st.rollout) else Path(st.rollout)  # a path or an fsspec URL (s3://...)
-    started = time.perf_counter()
-    if store_exists(rollout_root) and RolloutStore.open(rollout_root).complete:
-        rstore = RolloutStore.open(rollout_root)  # replay one recorded game, whoever played it
-    else:
-        player, player_path = agent, prepared.checkpoint
-        if st.player:
-            a = config.agent
-            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
-            player = load_job_agent(config, player_path)
-        rstore = record_rollout(
-            player, config.env.id, config.rollout.steps, rollout_root, seed=config.rollout.seed,
-            greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=sha256_of(player_path),
-            extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
-            **pipeline_options(config, player),
-        )
-    if rstore.identity["env_id"] != config.env.id:
-        raise EngineError(f"the rollout store {rollout_root} holds {rstore.identity['env_id']}, not {config.env.id}")
-    recorded = rstore.identity["pipeline"]
-    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
-        raise EngineError(
-            f"the rollout store {rollout_root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
-            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
-            "recorded for agents of the same kind"
-        )
-    rollout_s = time.perf_counter() - started
-    saliency_root = (st.saliency if is_url(st.saliency) else Path(st.saliency)) if st.saliency else out_dir / "saliency_store"
-    before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
-    sstore = score_store(agent, rollout_root, saliency_root, engine_saliency(config.saliency), sha, st.frames_per_chunk,
-                         st.shard, st.num_shards, config.progress)
-    saliency_s = time.perf_counter() - started - rollout_s
-    bounds = sstore.bounds
-    scored = sum(b - a for k, (a, b) in enumerate(bounds) if k % st.num_shards == st.shard and (before is None or k in before))
-    log.info("scored %d frames into %s in %.1f s", scored, saliency_root, saliency_s)
-    streamed = MapStatistics()  # chunk by chunk: memory stays bounded by one chunk
-    if config.saliency.method != "jacobian":
-        for k in range(len(bounds)):
-            if sstore.store.has(k):
-                streamed.update(sstore.store.read(k, ("actor", "critic")))
-    stats = streamed.result()
-    metrics = store_metrics(config, agent, rstore, sstore)
-    if metrics:
-        stats["metrics"] = metrics
-    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha,
-                    rollout_store=str(rollout_root), saliency_store=str(saliency_root), frames=rstore.num_steps,
-                    frames_scored=scored, complete=sstore.complete, rollout_seconds=rollout_s,
-                    saliency_seconds=saliency_s, seconds_per_frame=saliency_s / scored if scored else None, **stats)
-    written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root}
-    if sstore.complete and (config.output.movie or config.output.stills):
-        maps = {k: torch.from_numpy(v) for k, v in sstore.read().items()}
-        recorded = rstore.read()
-        written.update(render_outputs(recorded.frames, maps, config, out_dir, agent, None, None,
-                                      actions=recorded.actions, action_names=recorded.action_names))
-    if config.output.report and sstore.complete:  # streamed from the stores, one window of frames at a time
-        recorded = StoreSeries(rstore)
-        written["report"] = job_report(out_dir / "report.html", config, settings, recorded.frames,
-                                       store_maps(sstore, rstore.num_steps), recorded)
-    elif config.output.report:
-        log.info("report.html waits for the saliency store to be complete (the other shards' chunks)")
-    return _write_summary(out_dir, settings, written)

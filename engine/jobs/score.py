@@ -3,12 +3,13 @@ store, resumable and shardable."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
 from ..core.errors import EngineError
-from ..core.policy import Policy
+from ..core.policy import Policy, index_state
 from ..core.replay import replay_states
 from ..core.saliency import compute_saliency, paper_shift
 from ..storage.store import (
@@ -70,36 +71,53 @@ def score_store(
     bounds = out.bounds
     done = out.store.completed()
     todo = [k for k in range(len(bounds)) if k % num_shards == shard and not done[k]]
-    own_states = bool(checkpoint_sha256) and checkpoint_sha256 == rstore.identity["checkpoint_sha256"] and dtype == rstore.identity["dtype"]
     bar = tqdm(total=sum(b - a for a, b in (bounds[k] for k in todo)), desc="saliency", unit="frame", disable=None if progress else True)
+    for k, part, states in scored_states(agent, rstore, bounds, saliency.state_alignment,
+                                         uses_recorded_states(agent, rstore, checkpoint_sha256), todo):
+        maps = compute_saliency(agent, part.observations, states, saliency, actions=part.actions)
+        out.store.write(k, {key: value.numpy() for key, value in maps.items()})
+        bar.update(len(part))
+    bar.close()
+    return out
+
+
+def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256: str) -> bool:
+    """Whether ``agent`` (``checkpoint_sha256``) recorded the game, in the same dtype: then its recorded states are
+    the ones it used, and nothing is replayed."""
+    identity = rstore.identity
+    same = checkpoint_sha256 == identity["checkpoint_sha256"] and str(agent.dtype) == identity["dtype"]
+    return bool(checkpoint_sha256) and same
+
+
+def scored_states(agent: Policy, rstore: RolloutStore, bounds, state_alignment: str, recorded: bool,
+                  chunks) -> Iterator:
+    """``(k, steps, states)`` for each chunk ``k`` in ``chunks`` (of ``bounds``, frames ``a..b``): the recorded
+    steps ``a..b`` (a :class:`engine.env.rollout.Rollout`) and the states that scoring uses on them: the recorded
+    ones if ``recorded`` (:func:`uses_recorded_states`), else the agent's own, replayed from the first frame and
+    carried across chunks; shifted one frame back for ``state_alignment="paper"`` (the chunk before included).
+    Saliency, its metrics and the comparison figure all take their states from here."""
+    wanted = set(chunks)
+    last = max(wanted, default=-1)
     carry = agent.initial_state(1)
     last_used: tuple = ()  # the states of the chunk before (replayed)
-    previous = None  # the state of the frame before the chunk (for the paper's off-by-one)
-    for k in range(len(bounds)):
-        if not todo or k > todo[-1]:
+    for k, (a, b) in enumerate(bounds):
+        if k > last:
             break
-        a, b = bounds[k]
-        if own_states:
-            if k not in todo:
+        if recorded:
+            if k not in wanted:
                 continue
             part = rstore.read(max(a - 1, 0), b)
-            states = part.states if a == 0 else tuple(s[1:] for s in part.states)
-            previous = None if a == 0 else tuple(s[:1] for s in part.states)
-            frames = part.observations if a == 0 else part.observations[1:]
-            actions = part.actions if a == 0 else part.actions[1:]
+            previous = None if a == 0 else index_state(part.states, slice(0, 1))
+            part = part if a == 0 else part[1:]
+            states = part.states
         else:
             part = rstore.read(a, b)
-            frames, actions = part.observations, part.actions
-            states, next_carry = replay_states(agent, frames, part.dones, carry, with_next=True)
+            states, next_carry = replay_states(agent, part.observations, part.dones, carry, with_next=True)
             previous = None if a == 0 else tuple(s.cpu() for s in last_used)
             last_used = tuple(s[-1:] for s in states)
             carry = next_carry
-            if k not in todo:
+            if k not in wanted:
                 continue
-        if saliency.state_alignment == "paper":
+        if state_alignment == "paper":
             states = paper_shift(states, previous)
-        maps = compute_saliency(agent, frames, states, saliency, actions=actions)
-        out.store.write(k, {key: value.numpy() for key, value in maps.items()})
-        bar.update(b - a)
-    bar.close()
-    return out
+        yield k, part, states

@@ -1,4 +1,10 @@
-"""On-disk stores for long rollouts and their saliency: one zarr (v3) group per store.
+"""Stores for long rollouts and their saliency: one zarr (v3) group per store, on disk, on object storage or in
+memory.
+
+A store's ``root`` is a local path, an fsspec URL (``s3://bucket/path``) or a :class:`zarr.storage.MemoryStore`
+object (the stores of the in-memory main job: they live as long as that object, in this process only, and need
+no clean-up; an object rather than a ``memory://`` URL, whose fsspec file system is global to the process and
+keeps what is written there until deleted).
 
 Layout (``xarray.open_zarr(root)`` opens either kind as one Dataset with named dimensions)::
 
@@ -31,6 +37,9 @@ Guarantees (local paths; see README for object storage):
 - Opening a store deletes nothing: another writer's in-progress chunk stays as it is. A killed writer's
   temporary files (``.<key>.*.partial``) stay too; no reader looks at them (delete them when no job writes).
 
+A memory store has one process and nothing to race: it is built in place, and it alone may be cut short after its
+creation (:meth:`ChunkStore.truncate`, a recording that ends with ``max_episodes``).
+
 Memory: recording holds one chunk of steps; scoring holds one chunk of frames, its maps and one batch of
 perturbations, whatever the rollout length.
 """
@@ -53,7 +62,8 @@ import numpy as np
 import torch
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.storage import LocalStore, WrapperStore
+from zarr.core.sync import sync as zarr_sync
+from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from ..core.batching import chunk_bounds
 from ..core.errors import EngineError
@@ -61,7 +71,6 @@ from ..core.masks import grid_shape
 from ..core.policy import Policy
 from ..core.saliency import SaliencyConfig
 from ..env.rollout import Rollout
-from .arrays import atomic_path
 
 FORMAT = 3  # 3: zarr v3 groups (2: chunked .npz files with manifest.json)
 ROLLOUT_FIELDS = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
@@ -90,8 +99,18 @@ def is_url(root) -> bool:
     return isinstance(root, str) and "://" in root
 
 
-def _root_arg(root):
-    return root if is_url(root) else Path(root)
+def is_memory(root) -> bool:
+    """Whether ``root`` is a store in memory (a :class:`zarr.storage.MemoryStore`)."""
+    return isinstance(root, MemoryStore)
+
+
+def _is_local(root) -> bool:
+    return not (is_url(root) or is_memory(root))
+
+
+def store_root(root):
+    """``root`` as the stores take it: a local path as a :class:`~pathlib.Path`; a URL or a memory store as it is."""
+    return Path(root) if _is_local(root) else root
 
 
 # --- the key-value layer under zarr ------------------------------------------------------------------------------
@@ -123,14 +142,11 @@ class _Keys(WrapperStore):
     async def set(self, key, value):
         if self.local_root is None:  # object storage: one PUT is atomic already
             return await self._store.set(key, value)
+        from ..core.files import atomic_write
+
         self._check_writable()
-        target = self.local_root / key
-        tmp = atomic_path(target)
-        try:
+        with atomic_write(self.local_root / key) as tmp:
             tmp.write_bytes(value.to_bytes())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class _MissingChunk(KeyError):
@@ -142,6 +158,8 @@ def _open_keys(root, storage_options: dict | None, read_only: bool) -> _Keys:
         from zarr.storage import FsspecStore
 
         return _Keys(FsspecStore.from_url(root, storage_options=storage_options or {}, read_only=read_only))
+    if is_memory(root):  # a view of the same keys: what one view writes, the others read
+        return _Keys(root.with_read_only(read_only))
     return _Keys(LocalStore(Path(root), read_only=read_only), Path(root))
 
 
@@ -152,7 +170,9 @@ def _fs(root, storage_options):
 
 
 def store_exists(root, storage_options: dict | None = None) -> bool:
-    """Whether a store (its group's ``zarr.json``) is at ``root`` (a path or an fsspec URL)."""
+    """Whether a store (its group's ``zarr.json``) is at ``root`` (a path, an fsspec URL or a memory store)."""
+    if is_memory(root):
+        return root.get_sync("zarr.json") is not None
     if is_url(root):
         fs, path = _fs(root, storage_options)
         return fs.exists(f"{path.rstrip('/')}/zarr.json")
@@ -164,6 +184,10 @@ def store_exists(root, storage_options: dict | None = None) -> bool:
 
 def _entry(tail, dtype, dims, per="time") -> dict:
     return {"tail": [int(n) for n in tail], "dtype": np.dtype(dtype).str, "dims": list(dims), "per": per}
+
+
+def _marker_entry() -> dict:
+    return _entry([], np.bool_, (), per="chunk")
 
 
 def _torch_dtype_str(dtype: torch.dtype) -> str:
@@ -240,11 +264,12 @@ def _jsonable(value):
 class ChunkStore:
     """One zarr group of arrays chunked along time, with a manifest and per-chunk markers (module docstring).
 
-    ``root`` is a local path or an fsspec URL (``s3://bucket/path``; ``storage_options`` as fsspec takes them).
+    ``root`` is a local path, an fsspec URL (``s3://bucket/path``; ``storage_options`` as fsspec takes them) or a
+    :class:`zarr.storage.MemoryStore` (module docstring).
     """
 
     def __init__(self, root, storage_options: dict | None = None, read_only: bool = False):
-        self.root, self.storage_options, self.read_only = _root_arg(root), storage_options, read_only
+        self.root, self.storage_options, self.read_only = store_root(root), storage_options, read_only
         if not store_exists(self.root, storage_options):  # checked first: opening would create the directory
             raise EngineError(f"{self.root} is not a store (no zarr.json): record or score into it first")
         self.keys = _open_keys(self.root, storage_options, read_only)
@@ -256,8 +281,11 @@ class ChunkStore:
                 "delete it or use another path"
             )
         self.manifest = manifest
+        self._open_arrays()
+
+    def _open_arrays(self) -> None:
         self.arrays = {name: self._checked_array(name, entry) for name, entry in self.layout.items()}
-        self.marker = self._checked_array(MARKER, _entry([], np.bool_, (), per="chunk"))
+        self.marker = self._checked_array(MARKER, _marker_entry())
 
     # manifest ---------------------------------------------------------------------------------------------
     @property
@@ -306,7 +334,7 @@ class ChunkStore:
         create it atomically (module docstring)."""
         manifest = _jsonable(dict(kind=identity["kind"], format=FORMAT, identity=identity, layout=layout,
                                   length=length, chunk=chunk, extra=extra or {}))
-        root = _root_arg(root)
+        root = store_root(root)
         if not store_exists(root, storage_options):
             _refuse_foreign(root, storage_options)
             try:
@@ -323,10 +351,25 @@ class ChunkStore:
             raise StoreMismatchError(f"the store {root} holds arrays of other shapes than this job makes: use another directory")
         return store
 
+    def truncate(self, length: int) -> None:
+        """Keep steps ``0..length-1`` only: a recording that ended early (``max_episodes``) ends its store there.
+        Chunks past the new end must not be written yet. Memory stores only: this rewrites the manifest, which a
+        store elsewhere writes once (another process may hold it already)."""
+        if not is_memory(self.root):
+            raise EngineError(f"the store {self.root} has its length in its manifest: only a memory store is truncated")
+        if not 1 <= length <= self.length:
+            raise ValueError(f"cannot truncate the store {self.root} of {self.length} steps to {length}")
+        self.manifest = {**self.manifest, "length": int(length)}
+        for name, entry in {**self.layout, MARKER: _marker_entry()}.items():
+            self.group[name].resize(self._expected(entry)[0])
+        self.group.attrs[MANIFEST] = self.manifest
+        _consolidate(self.keys)
+        self._open_arrays()
+
     @classmethod
     def open_kind(cls, root, kind: str, storage_options: dict | None = None, read_only: bool = False) -> "ChunkStore":
         """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
-        _refuse_old_format(_root_arg(root), storage_options)
+        _refuse_old_format(store_root(root), storage_options)
         store = cls(root, storage_options, read_only=read_only)
         if store.identity.get("kind") != kind:
             raise EngineError(f"{root} is a {store.identity.get('kind')} store, not a {kind} store")
@@ -437,7 +480,7 @@ class ChunkStore:
 
 
 def _refuse_old_format(root, storage_options) -> None:
-    if not is_url(root) and (Path(root) / "manifest.json").is_file():
+    if _is_local(root) and (Path(root) / "manifest.json").is_file():
         raise EngineError(
             f"{root} is a store of an older engine (format 2: .npz chunks and manifest.json): delete it or use "
             "another path; this engine writes zarr stores"
@@ -447,6 +490,11 @@ def _refuse_old_format(root, storage_options) -> None:
 def _refuse_foreign(root, storage_options) -> None:
     """A path that holds something but no store is never adopted."""
     _refuse_old_format(root, storage_options)
+    if is_memory(root):
+        if not zarr_sync(root.is_empty("")):
+            raise EngineError(f"{root} holds keys but no store manifest (zarr.json): not adopting them; "
+                              "use an empty memory store")
+        return
     if is_url(root):
         fs, path = _fs(root, storage_options)
         if fs.exists(path) and fs.ls(path):
@@ -468,7 +516,7 @@ def _build(keys, manifest: dict) -> None:
     num_chunks = len(chunk_bounds(length, chunk))
     time_dim = "step" if manifest["kind"] == "rollout" else "frame"
     entries = dict(manifest["layout"])
-    entries[MARKER] = _entry([], np.bool_, (), per="chunk")
+    entries[MARKER] = _marker_entry()
     for name, entry in entries.items():
         per_time = entry["per"] == "time"
         dtype = np.dtype(entry["dtype"])
@@ -478,12 +526,19 @@ def _build(keys, manifest: dict) -> None:
             fill_value=False if dtype.kind == "b" else 0, compressors=_compressors(dtype),
             dimension_names=((time_dim if per_time else CHUNK_AXIS), *entry["dims"]),
         )
+    _consolidate(keys)
+
+
+def _consolidate(keys) -> None:
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray reads it
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(keys)
 
 
 def _create(root, manifest: dict, storage_options) -> None:
+    if is_memory(root):  # built in place: a memory store has one process and no half-written state to hide
+        _build(_Keys(root), manifest)
+        return
     if is_url(root):
         # no atomic rename on object storage: built in memory, then uploaded with the group's zarr.json (the
         # manifest) last, so a store whose manifest is visible has all its arrays. Two creators can still both
@@ -522,6 +577,10 @@ def _umask() -> int:
 def check_writable(root, storage_options: dict | None = None) -> None:
     """Fail with one line, before any work, if ``root`` cannot hold a store that this job writes to: a file,
     something inside a file, or a read-only place. Local paths are probed by writing a temporary file."""
+    if is_memory(root):
+        if root.read_only:
+            raise EngineError(f"the store {root} is a read-only memory store: pass a writable one")
+        return
     if is_url(root):
         return  # object storage: credentials and permissions show at the first write
     root = Path(root)

@@ -31,13 +31,20 @@ def job(out_dir, **sections) -> JobConfig:
 
 @pytest.fixture(scope="module")
 def in_memory(tmp_path_factory):
-    out = tmp_path_factory.mktemp("job")
-    run_job(job(out))
-    return out, json.loads((out / "summary.json").read_text())
+    """The job without ``store.rollout``: its output directory, summary and the (rollout, saliency) store roots it
+    scored with."""
+    from engine.jobs import run as job_module
+
+    out, roots, score = tmp_path_factory.mktemp("job"), [], job_module.score_store
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(job_module, "score_store",
+                      lambda agent, *args, **kwargs: (roots.append(args[:2]), score(agent, *args, **kwargs))[1])
+        run_job(job(out))
+    return out, json.loads((out / "summary.json").read_text()), roots
 
 
 def test_summary_holds_the_metrics_of_the_job(in_memory):
-    out, summary = in_memory
+    out, summary, _ = in_memory
     metrics = summary["metrics"]
     arrays, _ = load_arrays(out / "rollout.npz")
     maps, _ = load_arrays(out / "saliency.npz")
@@ -57,8 +64,11 @@ def test_summary_holds_the_metrics_of_the_job(in_memory):
     assert isinstance(sanity["actor_flagged"], bool) and -1 <= sanity["actor_spearman_all"] <= 1
 
 
-def test_the_store_job_streams_the_same_metrics(in_memory, tmp_path, monkeypatch):
+def test_the_store_job_streams_the_same_metrics_and_maps(in_memory, tmp_path, monkeypatch):
+    """The job on disk stores and the in-memory job (the same path, its stores in memory) give the same arrays
+    bit for bit and the same metrics."""
     from engine.metrics import faithfulness as core_metrics
+    from engine.storage.store import RolloutStore, SaliencyStore, is_memory
 
     chunks = []
     original = core_metrics.MetricsSummary.update
@@ -67,15 +77,22 @@ def test_the_store_job_streams_the_same_metrics(in_memory, tmp_path, monkeypatch
     run_job(job(tmp_path / "run", store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}))
     streamed = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
     assert chunks == [4, 4, 2]
-    _, summary = in_memory
+    out, summary, (roots,) = in_memory
     for kind in ("actor", "critic", "random"):
         for key, value in summary["metrics"][kind].items():
             assert streamed[kind][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (kind, key)
     assert streamed["sanity"]["actor_spearman_all"] == pytest.approx(summary["metrics"]["sanity"]["actor_spearman_all"], rel=1e-6)
+    assert all(is_memory(root) for root in roots) and not [p for p in out.iterdir() if p.is_dir()]
+    maps, _ = load_arrays(out / "saliency.npz")
+    stored = SaliencyStore.open(tmp_path / "run" / "saliency_store").read()
+    assert maps.keys() == stored.keys() and all(np.array_equal(maps[k], stored[k]) for k in maps)
+    played, _ = load_arrays(out / "rollout.npz")
+    recorded = RolloutStore.open(tmp_path / "rollout_store").store.read_range(0, 10)
+    assert played.keys() == recorded.keys() and all(np.array_equal(played[k], recorded[k]) for k in played)
 
 
 def test_sweep_summary_gets_scalar_metric_columns(in_memory, tmp_path):
-    out, summary = in_memory
+    out, summary, _ = in_memory
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "summary.json").write_text(json.dumps(summary))
     rows = summary_rows(tmp_path)

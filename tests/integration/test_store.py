@@ -262,3 +262,32 @@ def test_store_of_any_policy_records_observations_and_replays_them(tmp_path, rec
     if recurrent:  # the recording agent's replayed states are its recorded ones, bit for bit
         again, _ = replay_states(agent, r.observations, r.dones, agent.initial_state(1), with_next=True)
         assert all(torch.equal(a, b) for a, b in zip(again, r.states))
+
+
+# --- stores in memory: the in-memory main job's ----------------------------------------------------------------
+
+
+def test_a_memory_recording_ends_with_max_episodes_like_a_rollout(tmp_path):
+    """``max_episodes`` stops the recording inside a chunk; the memory store is cut there and equals the rollout
+    that stopped after as many episodes. A store on disk keeps its length: there it is refused."""
+    from zarr.storage import MemoryStore
+
+    from tests.integration.test_rollout import TinyPolicy
+
+    agent = TinyPolicy("sb3_atari", seed=3)
+    options = dict(seed=6, max_episodes=2, episodic_life=True)
+    played = rollout(agent, "BreakoutNoFrameskip-v4", 400, progress=False, **options)
+    store = record_rollout(agent, "BreakoutNoFrameskip-v4", 400, MemoryStore(), chunk_steps=16, progress=False,
+                           **options)
+    assert 0 < len(played) < 400 and len(played) % 16 and store.complete and store.num_steps == len(played)
+    assert len(store.bounds) == -(-len(played) // 16) and store.store.marker.shape == (len(store.bounds),)
+    back = store.read()
+    for name in ("frames", "observations", "logits", "values", "actions", "rewards", "dones"):
+        assert torch.equal(getattr(back, name), getattr(played, name)), name
+    settings = SaliencyConfig(method="jacobian")  # scored from the memory store into another: the rollout's maps
+    maps = score_store(agent, store.store.root, MemoryStore(), settings, "e" * 64, frames_per_chunk=32, progress=False)
+    expected = compute_saliency(agent, played.observations, played.states, settings, actions=played.actions)
+    assert maps.complete and all(np.array_equal(maps.read()[k], expected[k].numpy()) for k in expected)
+    with pytest.raises(ValueError, match="needs a memory store"):
+        record_rollout(agent, "BreakoutNoFrameskip-v4", 400, tmp_path / "r", progress=False, **options)
+    assert not (tmp_path / "r").exists()

@@ -299,3 +299,35 @@ def test_read_only_store_fails_before_any_work_only_where_writing_is_needed(agen
         for p in base.rglob("*"):
             os.chmod(p, 0o755)
         shutil.rmtree(base)
+
+
+# --- a memory store (the in-memory job's) ------------------------------------------------------------------------
+
+
+def test_memory_store_is_created_in_place_and_never_adopts_foreign_keys(tmp_path):
+    """A MemoryStore root: created in it and reopened through it; one holding other keys, or a read-only one, is
+    refused before anything is written; the length of a memory store alone can be cut (max_episodes)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    from engine.storage.store import check_writable, is_memory, store_exists
+
+    layout = {"x": {"tail": [3], "dtype": "<f4", "dims": ["x_axis"], "per": "time"}}
+    root = MemoryStore()
+    created = ChunkStore.open_or_create(root, {"kind": "saliency", "radius": 3}, layout, 10, 4)
+    created.write(0, {"x": np.ones((4, 3), np.float32)})
+    assert is_memory(root) and store_exists(root) and ChunkStore(root).completed().tolist() == [True, False, False]
+    created.truncate(6)
+    again = ChunkStore(root)
+    assert again.length == 6 and again.bounds == [(0, 4), (4, 6)] and again.arrays["x"].shape == (6, 3)
+    assert np.array_equal(again.read(0)["x"], np.ones((4, 3), np.float32))
+    assert again.completed().tolist() == [True, False]
+    foreign = MemoryStore()
+    foreign.set_sync("notes.txt", default_buffer_prototype().buffer.from_bytes(b"not a store"))
+    with pytest.raises(EngineError, match="holds keys but no store manifest"):
+        ChunkStore.open_or_create(foreign, {"kind": "saliency"}, layout, 10, 4)
+    with pytest.raises(EngineError, match="read-only memory store"):
+        check_writable(MemoryStore(read_only=True))
+    on_disk = ChunkStore.open_or_create(tmp_path / "s", {"kind": "saliency", "radius": 3}, layout, 10, 4)
+    with pytest.raises(EngineError, match="only a memory store is truncated"):
+        on_disk.truncate(6)
