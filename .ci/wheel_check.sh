@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # CI: the package as `pip install .` gives it, not as the checkout has it.
 #
-# Builds the wheel from a copy of the files git would commit, installs it (no dependencies, forced, so it
-# shadows an editable install) into a fresh venv that reuses the installed dependencies
-# (--system-site-packages), then, from another directory, checks that `engine` is imported from that venv and
+# Builds the wheel from a copy of the files git would commit and installs it with its core dependencies (no
+# extra, with this workplace's pins: .ci/constraints.txt) into a fresh venv that shares nothing with the test
+# environment (no --system-site-packages), so a dependency the default job needs but only an extra brings fails
+# here; then, from another directory, checks that `engine` is imported from that venv and
 # that the shipped configs work and the report viewer's assets (engine/viz/assets) are there: a bad option is
 # refused with exit code 2, the training configs compose, and a 10-step main job on the built-in agent (shipped in
-# the package; no network, no ../shared) exits 0 and writes its arrays.
+# the package; no network, no ../shared) exits 0 and writes its arrays, and so does the default job as a user runs
+# it (`atari-saliency`, no option).
 # Usage: .ci/wheel_check.sh [python]   (default: python; KEEP=1 keeps the temporary folder)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,10 +33,16 @@ step "building the wheel"
 WHEEL="$(ls "$WORK"/dist/atari_saliency_engine-*.whl)"
 step "built $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1))"
 
-step "installing it into a venv with the installed dependencies"
-"$PY" -m venv --system-site-packages --without-pip "$WORK/venv"
+step "installing it with its core dependencies into a venv of its own"
+"$PY" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install --quiet --no-deps --no-index --force-reinstall "$WHEEL"
+"$VPY" -m pip install --quiet --disable-pip-version-check -c "$ROOT/.ci/constraints.txt" "$WHEEL"
+"$VPY" - <<'EOF'
+import importlib.util
+
+extras_only = [m for m in ("pytest", "stable_baselines3", "playwright", "s3fs", "mkdocs") if importlib.util.find_spec(m)]
+assert not extras_only, f"the core install brought test or extra packages: {extras_only}"
+EOF
 
 cd "$WORK/elsewhere"
 step "checking where engine is imported from"
@@ -103,3 +111,10 @@ assert venv in Path(settings["checkpoint"]).resolve().parents, settings["checkpo
 assert (run / "summary.json").is_file() and (run / "engine.log").is_file()
 print(f"wheel_check: ok: {run} holds saliency.npz {maps['actor'].shape}, rollout.npz, summary.json")
 EOF
+
+step "the default job, as a user runs it after pip install (atari-saliency, no option), from $PWD"
+env -u ATARI_SALIENCY_CHECKPOINTS "$WORK/venv/bin/atari-saliency" progress=false "hydra.run.dir=$WORK/default"
+for f in saliency.mp4 saliency.npz rollout.npz summary.json report.html; do
+    [[ -s "$WORK/default/$f" ]] || { echo "wheel_check: the default job wrote no $f"; exit 1; }
+done
+step "ok: the default job wrote its movie, arrays, summary and report"
