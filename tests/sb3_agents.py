@@ -104,8 +104,9 @@ def saved_bytes(obj) -> bytes:
 
 
 def rewrite_zip(src: Path, dst: Path, data=None, policy=None, version: str | None = None, drop=()) -> Path:
-    """Copy ``src`` to ``dst`` with ``data(dict) -> dict``, ``policy(state_dict) -> state_dict`` (or raw bytes
-    for policy.pth), the SB3 version string replaced, and the entries in ``drop`` left out."""
+    """Copy ``src`` to ``dst`` with ``data(dict) -> dict`` (or raw bytes for data), ``policy(state_dict) ->
+    state_dict`` (or raw bytes for policy.pth), the SB3 version string replaced, and the entries in ``drop`` left
+    out. Entries are deflated, so a long run of one byte takes little room in ``dst``."""
     old_data, old_policy = read_zip(src)
     with zipfile.ZipFile(src) as archive, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
         for name in archive.namelist():
@@ -113,7 +114,8 @@ def rewrite_zip(src: Path, dst: Path, data=None, policy=None, version: str | Non
                 continue
             content = archive.read(name)
             if name == "data" and data is not None:
-                content = json.dumps(data(old_data), indent=4).encode()
+                edited_data = data(old_data)
+                content = edited_data if isinstance(edited_data, bytes) else json.dumps(edited_data, indent=4).encode()
             elif name == "policy.pth" and policy is not None:
                 edited = policy(dict(old_policy))
                 content = edited if isinstance(edited, bytes) else saved_bytes(edited)

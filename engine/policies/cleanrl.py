@@ -39,7 +39,17 @@ from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
 from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
-from .checkpoint import check_keys_and_shapes, load_checked, MAX_ACTIONS, MAX_CHANNELS, MAX_HIDDEN, check_weights, read_state_dict
+from .checkpoint import (
+    MAX_ACTIONS,
+    MAX_CHANNELS,
+    MAX_HIDDEN,
+    OWN_NETWORK,
+    NotACheckpoint,
+    check_keys_and_shapes,
+    check_weights,
+    load_checked,
+    read_state_dict,
+)
 
 ARCHITECTURES = ("ppo_atari", "ppo_atari_lstm", "dqn_atari")
 PIPELINE = "cleanrl_atari"
@@ -278,7 +288,7 @@ def identify_cleanrl(state_dict: dict[str, torch.Tensor], source: str = "state d
     if first is None:
         raise CheckpointError(
             f"{source}: not a CleanRL Atari agent: no 'network.0.weight' (the Nature CNN's first convolution) among "
-            f"its keys {_keys(state_dict)}; {_SUPPORTED}"
+            f"its keys {_keys(state_dict)}; {_SUPPORTED}; {OWN_NETWORK}"
         )
     if first.ndim == 2 or (first.ndim == 4 and "network.7.weight" not in keys and "network.9.weight" not in keys):
         raise CheckpointError(
@@ -317,9 +327,12 @@ def identify_cleanrl(state_dict: dict[str, torch.Tensor], source: str = "state d
     return script, sizes
 
 
-def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> CleanRLPolicy:
+def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict", *,
+                                  device: str | torch.device | None = None,
+                                  dtype: str | torch.dtype | None = None) -> CleanRLPolicy:
     """Identify the script, check every key and shape against its module (before allocating it), check the weights
-    (dense, floating point, finite, plausible), load them and check the outputs on a test frame are finite."""
+    (dense, stored once, floating point, finite, plausible), load them, move the policy to ``device`` and ``dtype``
+    (default: the CPU, float32) and check its outputs on a test observation are finite there."""
     if not isinstance(state_dict, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
@@ -332,7 +345,8 @@ def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: s
     check_keys_and_shapes(state_dict, expected, source, architecture, supported=_SUPPORTED,
                           hint=" (network.7 takes the 64x7x7 features of an 84x84 observation)")
     check_weights(state_dict, source)
-    return load_checked(cls(**sizes), state_dict, source)
+    return load_checked(cls(**sizes), state_dict, source, device=None if device is None else resolve_device(device),
+                        dtype=None if dtype is None else resolve_dtype(dtype))
 
 
 def _looks_like_msgpack(path: str) -> bool:
@@ -353,22 +367,21 @@ def load_cleanrl(
     The file is read with ``torch.load(weights_only=True)``; the script, the action count, the observation channels
     (and the LSTM's width) are inferred from the keys and shapes and checked before anything is allocated. Anything
     else (a pickled module, a continuous-action or classic-control agent, unknown keys, wrong shapes, non-finite
-    weights, a JAX script's flax file) raises :class:`CheckpointError` saying what was found and what is supported.
-    The policy is returned in eval mode on ``device`` (``"auto"`` = CUDA when present) with ``dtype``.
+    weights or outputs, a JAX script's flax file) raises :class:`CheckpointError` saying what was found and what is
+    supported. The policy is returned in eval mode on ``device`` (``"auto"`` = CUDA when present) with ``dtype``.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     source = repr(os.fspath(path))
     try:
         state_dict = read_state_dict(path)
-    except CheckpointError as exc:
-        if "is not a torch checkpoint:" in str(exc) and _looks_like_msgpack(os.fspath(path)):
+    except NotACheckpoint as exc:
+        if _looks_like_msgpack(os.fspath(path)):
             raise CheckpointError(
                 f"{exc} (it looks like a msgpack file, which CleanRL's JAX scripts (*_jax.py) write with flax: only "
                 "the PyTorch scripts' torch.save(agent.state_dict(), path) files are supported)"
             ) from exc
         raise
-    policy = build_cleanrl_from_state_dict(state_dict, source=source)
-    return policy.to(device=device, dtype=dtype).eval()
+    return build_cleanrl_from_state_dict(state_dict, source=source, device=device, dtype=dtype)
 
 
 __all__ = [

@@ -13,7 +13,17 @@ from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
 from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
-from .checkpoint import MAX_ACTIONS, MAX_CHANNELS, MAX_HIDDEN, check_keys_and_shapes, check_weights, dims, load_checked, read_state_dict
+from .checkpoint import (
+    MAX_ACTIONS,
+    MAX_CHANNELS,
+    MAX_HIDDEN,
+    OWN_NETWORK,
+    check_keys_and_shapes,
+    check_weights,
+    dims,
+    load_checked,
+    read_state_dict,
+)
 
 CORES = ("lstm", "gru")
 CONV_FEATURES = 32 * 5 * 5
@@ -163,6 +173,7 @@ def _infer_sizes(state_dict: dict[str, torch.Tensor], source: str) -> tuple[str,
         raise CheckpointError(
             f"{source}: cannot tell the recurrent core: expected exactly one of 'lstm.weight_ih' or 'gru.weight_ih' "
             f"among its keys, found keys {sorted(state_dict)[:12]}{'...' if len(state_dict) > 12 else ''}"
+            + ("" if cores else f"; {OWN_NETWORK}")
         )
     core = cores[0]
     num_actions = dims(state_dict, "actor_linear.weight", 2, source)[0]
@@ -181,12 +192,15 @@ def _infer_sizes(state_dict: dict[str, torch.Tensor], source: str) -> tuple[str,
     return core, num_actions, hidden_size, channels
 
 
-def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> ActorCritic:
+def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict", *,
+                                device: str | torch.device | None = None,
+                                dtype: str | torch.dtype | None = None) -> ActorCritic:
     """Infer the core, actions, hidden size and channels from keys/shapes, build the agent, load the weights.
 
     Every size is checked (bounds, then each tensor's shape against the architecture they imply) before a
-    module is allocated; weights must be dense, floating point, finite and below ``MAX_ABS_WEIGHT``, and the
-    agent's outputs on a test frame finite. Anything else is a :class:`CheckpointError` naming ``source`` and the problem.
+    module is allocated; weights must be dense, stored once, floating point, finite and below ``MAX_ABS_WEIGHT``,
+    and the agent's outputs on a test observation finite on ``device`` in ``dtype`` (default: the CPU, float32),
+    where it is returned in eval mode. Anything else is a :class:`CheckpointError` naming ``source`` and the problem.
     """
     if not isinstance(state_dict, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
@@ -201,7 +215,8 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
     check_keys_and_shapes(state_dict, expected, source, f"the {core.upper()} actor-critic of the spec")
     check_weights(state_dict, source)
     agent = ActorCritic(num_actions=num_actions, core=core, hidden_size=hidden_size, channels=channels)
-    return load_checked(agent, state_dict, source)
+    return load_checked(agent, state_dict, source, device=None if device is None else resolve_device(device),
+                        dtype=None if dtype is None else resolve_dtype(dtype))
 
 
 def load_agent(
@@ -211,10 +226,10 @@ def load_agent(
 
     The core (LSTM or GRU), number of actions, hidden size and input channels are inferred from the keys and
     shapes, and checked before anything is allocated. Any problem with the file (missing, empty, not a
-    checkpoint, damaged, Python objects other than tensors, wrong architecture, non-finite, non-float or
-    absurdly large weights) raises :class:`CheckpointError` naming the file and the problem. The agent is returned in eval
-    mode on ``device`` (``"auto"`` = CUDA when present) with ``dtype``.
+    checkpoint, more work than its size warrants, damaged, Python objects other than tensors, wrong architecture,
+    expanded, non-finite, non-float or absurdly large weights, outputs that are not finite) raises
+    :class:`CheckpointError` naming the file and the problem. The agent is returned in eval mode on ``device``
+    (``"auto"`` = CUDA when present) with ``dtype``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
-    agent = build_agent_from_state_dict(read_state_dict(path), source=repr(os.fspath(path)))
-    return agent.to(device=device, dtype=dtype).eval()
+    return build_agent_from_state_dict(read_state_dict(path), source=repr(os.fspath(path)),
+                                       device=resolve_device(device), dtype=resolve_dtype(dtype))

@@ -3,8 +3,14 @@
 - a zip with ``policy.pth`` and ``data``: a Stable-Baselines3 / sb3-contrib model (:mod:`engine.policies.sb3`);
 - a ``torch.save``d state dict with CleanRL's parameter names (``network.*``, ``actor.*``, ``critic.*``, ``lstm.*``,
   ``q_network.*``): a CleanRL agent (:mod:`engine.policies.cleanrl`);
-- anything else is read as the 2017 actor-critic agents' state dict (:func:`engine.policies.greydanus2017.load_agent`), whose
-  errors say what was found.
+- a ``torch.save``d state dict with the 2017 agents' names (``conv1`` .. ``conv4``, ``lstm``/``gru``,
+  ``critic_linear``, ``actor_linear``): :func:`engine.policies.greydanus2017.load_agent`, whose errors say what
+  is missing or wrong.
+
+Anything else is a :class:`CheckpointError` that says what the file is (text, JSON, a zip that is no SB3 model, a
+state dict of no supported agent with its first keys, ...) and, for a network of your own, points to
+:func:`engine.policies.module.wrap_policy`. Only the file's structure is read to tell (tensors' shapes, no
+storage), with the bounds of :mod:`engine.policies.checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,30 +22,58 @@ import torch
 
 from ..core.errors import CheckpointError
 from ..core.policy import Policy
+from .checkpoint import OWN_NETWORK, NotACheckpoint, read_state_dict
 from .greydanus2017 import load_agent
 
 KINDS = ("auto", "greydanus2017", "sb3", "cleanrl")
+SUPPORTED_FILES = (
+    "load_policy reads a Stable-Baselines3 / sb3-contrib model zip (model.save(path)), or a CleanRL or 2017 "
+    f"agent's state dict (torch.save(agent.state_dict(), path)); {OWN_NETWORK}"
+)
+_CLEANRL_PREFIXES = ("network.", "q_network.", "actor.", "critic.")
+_GREYDANUS_KEYS = frozenset(
+    [f"conv{i}.weight" for i in range(1, 5)]
+    + ["lstm.weight_ih", "gru.weight_ih", "critic_linear.weight", "actor_linear.weight"]
+)
 
 
 def detect_kind(path) -> str:
-    """``"sb3"``, ``"cleanrl"`` or ``"greydanus2017"`` from the file's contents (no code from it runs)."""
+    """``"sb3"``, ``"cleanrl"`` or ``"greydanus2017"`` from the file's contents (no code from it runs, no
+    storage is read); a :class:`CheckpointError` saying what the file is when it is none of them."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path!r} does not exist (or is not a file): check the path")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
-                names = set(archive.namelist())
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path}: a damaged zip file ({exc})") from None
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise CheckpointError(
+                f"{path!r} is not an agent file: a damaged zip archive ({exc}); {SUPPORTED_FILES}"
+            ) from None
         if "policy.pth" in names and "data" in names:
             return "sb3"
-        try:
-            # memory-mapped: the keys are read, no storage is (the adapter checks sizes before it loads)
-            keys = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys())
-        except Exception:  # not a state dict of tensors: the 2017 loader names the problem
-            return "greydanus2017"
-        if any(k.startswith(("network.", "q_network.", "actor.", "critic.")) for k in keys) and "actor_linear.weight" not in keys:
-            return "cleanrl"
-    return "greydanus2017"
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointError(
+                f"{path!r} is not an agent file: it is a zip archive holding {sorted(names)[:8]}"
+                f"{' ...' if len(names) > 8 else ''}, not an SB3 model (model.save writes 'data' and 'policy.pth') "
+                f"nor a torch.save file (data.pkl); {SUPPORTED_FILES}"
+            )
+    try:
+        keys = sorted(read_state_dict(path, meta=True))
+    except NotACheckpoint as exc:  # text, JSON, empty, random bytes, TorchScript, ...
+        raise CheckpointError(f"{path!r} is not an agent file: {exc.found}; {SUPPORTED_FILES}") from None
+    if any(k.startswith(_CLEANRL_PREFIXES) for k in keys) and "actor_linear.weight" not in keys:
+        return "cleanrl"
+    if _GREYDANUS_KEYS.intersection(keys):
+        return "greydanus2017"
+    found = f"keys {keys[:8]}{' ...' if len(keys) > 8 else ''}" if keys else "no tensors at all"
+    raise CheckpointError(
+        f"{path!r} holds a state dict of no supported agent ({len(keys)} tensors, {found}): not an SB3 model, nor "
+        "CleanRL's (network.*, actor.*, critic.*, q_network.*) nor the 2017 agents' (conv1..conv4, lstm/gru, "
+        "actor_linear, critic_linear). For a network of your own, build it, load the state dict into it and wrap it "
+        "with engine.policies.module.wrap_policy(net, observation_shape=..., pipeline=...)"
+    )
 
 
 def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") -> Policy:

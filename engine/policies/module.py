@@ -27,7 +27,7 @@ State tensors are batch-first at the interface; ``state_batch_dim=1`` wraps a ne
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import EngineError
-from ..core.policy import PIPELINES, PolicyOutput, State
+from ..core.policy import PIPELINES, Policy, PolicyOutput, State
+from .checkpoint import check_finite_outputs
 
 OUTPUTS = ("actor_critic", "q_values", "logits")
 _OUTPUTS_DOC = (
@@ -254,7 +255,7 @@ def wrap_policy(
             ``obs`` float ``(N, *observation_shape)`` in [0, 1] (times ``input_scale``). It must treat rows
             independently (a module is put in eval mode) and be differentiable for Jacobian saliency.
         observation_shape: ``(C, H, W)`` of one observation, e.g. ``(4, 84, 84)`` for 4 stacked frames.
-        num_actions: size of the action-preference vector; by default inferred from one call on zero observations.
+        num_actions: size of the action-preference vector; by default inferred from the first call.
         pipeline: the environment pipeline the network was trained with, one of
             ``engine.core.policy.PIPELINES`` (``"gymnasium_atari"``, ``"sb3_atari"``, ``"cleanrl_atari"``,
             ``"greydanus2017"``): rollouts make the same observation bytes.
@@ -274,8 +275,9 @@ def wrap_policy(
             CPU, float32). A module is not moved: move it first (``net.to(device, dtype)``).
 
     Returns:
-        A :class:`ModulePolicy`; one call on zero observations has checked ``fn``'s outputs (shapes, state),
-        and every call checks them again (a wrong shape is an :class:`engine.core.errors.EngineError`).
+        A :class:`ModulePolicy`. One call on a black and a white observation has checked ``fn``'s outputs: their
+        shapes, the state, and that they are finite, as every loader checks its agents' (a wrong shape, NaN or inf
+        is an :class:`engine.core.errors.EngineError`); every later call checks the shapes again.
     """
     if not callable(fn):
         raise EngineError(f"fn must be a torch.nn.Module or a callable, got a {type(fn).__name__}")
@@ -339,11 +341,13 @@ def wrap_policy(
         device=resolved_device,
         dtype=resolved_dtype,
     )
-    # one call on two zero observations checks the outputs (and infers num_actions) now, not deep inside a run
-    obs = torch.zeros(2, *shape, device=resolved_device, dtype=resolved_dtype)
-    with torch.no_grad():
-        out = policy(obs, policy.initial_state(2), batch_invariant=False)
-        if policy.recurrent:
+    # one call on a black and a white observation checks the outputs (and infers num_actions) now, not deep
+    # inside a run: shapes, and finite values (a NaN weight would make every map NaN)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    # a Policy but for num_actions, which this first call infers when it was not given
+    out = check_finite_outputs(cast(Policy, policy), f"wrap_policy({name})", error=EngineError)
+    if policy.recurrent:
+        with torch.no_grad():
             policy.reset_state(out.state, torch.tensor([True, False]))
     return policy
 

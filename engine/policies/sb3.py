@@ -41,12 +41,8 @@ and what is supported.
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import pickle
 import re
-import warnings
 import zipfile
 from collections.abc import Callable
 from typing import cast
@@ -57,8 +53,17 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from .checkpoint import MAX_ACTIONS, MAX_CHANNELS, load_checked, check_weights, torch_reason
 from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
+from .checkpoint import (
+    MAX_ACTIONS,
+    MAX_CHANNELS,
+    check_layouts,
+    check_weights,
+    check_zip_entries,
+    load_checked,
+    load_torch_file,
+    parse_json,
+)
 
 SUPPORTED = (
     "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy, sb3-contrib RecurrentPPO with CnnLstmPolicy "
@@ -67,7 +72,8 @@ SUPPORTED = (
 )
 PIPELINE = "sb3_atari"
 # Bounds on what is read from the zip before it is parsed (a Nature-CNN agent is about 7 MB, its data JSON a few
-# hundred KB): a member beyond them is not an SB3 agent, and is never decompressed.
+# hundred KB): a member beyond them, or one that would inflate far beyond its compressed size
+# (checkpoint.check_zip_entries), is not an SB3 agent, and is never decompressed.
 MAX_DATA_BYTES = 64 << 20
 MAX_POLICY_BYTES = 2 << 30
 MAX_SIDE, MAX_WIDTH, MAX_QUANTILES = 1024, 16384, 10000  # image side, layer width, QRDQN quantiles
@@ -353,6 +359,7 @@ def _read_zip(path: str, source: str) -> tuple[dict, dict[str, torch.Tensor], st
                         f"{source}: its {name!r} entry is {infos[name].file_size} bytes, beyond any SB3 Atari agent's "
                         f"({bound} at most): not read"
                     )
+            check_zip_entries([infos["data"], infos["policy.pth"]], os.path.getsize(path), source)
             raw_data = archive.read("data")
             raw_policy = archive.read("policy.pth")
             version = None
@@ -366,34 +373,25 @@ def _read_zip(path: str, source: str) -> tuple[dict, dict[str, torch.Tensor], st
     except Exception as exc:  # zlib.error and the like from a corrupt entry
         raise CheckpointError(f"{source} is not a readable SB3 agent: a damaged zip entry ({type(exc).__name__}: {exc})") from exc
     try:
-        data = json.loads(raw_data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: its 'data' entry is not the JSON SB3 writes ({exc}); {SUPPORTED}") from exc
+        data = parse_json(raw_data, f"{source}: its 'data' entry", MAX_DATA_BYTES, expected="the JSON SB3 writes")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {SUPPORTED}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: its 'data' entry is JSON but not an object of SB3's fields; {SUPPORTED}")
     return data, _read_policy(raw_policy, source), version
 
 
 def _read_policy(raw: bytes, source: str) -> dict[str, torch.Tensor]:
-    """``policy.pth`` with ``weights_only=True``: tensors and plain containers only, nothing executed."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged files fail inside torch in many ways
-        reason = torch_reason(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{source}: its policy.pth holds Python objects other than tensors and plain containers ({reason}): "
-                "refused without loading them, since loading them could run code. SB3's model.save writes only "
-                "a state dict of tensors there"
-            ) from exc
-        raise CheckpointError(f"{source}: its policy.pth is damaged or not a torch file ({reason})") from exc
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    """``policy.pth`` with ``torch.load(weights_only=True)`` and bounded work (checkpoint.load_torch_file):
+    tensors and plain containers only, nothing executed; each tensor stored once (no expanded or overlapping
+    view, which the comparisons and arithmetic that follow would walk value by value)."""
+    obj = load_torch_file(raw, f"{source}: its policy.pth",
+                          fix="SB3's model.save writes only a state dict of tensors there")
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{source}: its policy.pth holds a {type(obj).__name__}, not a state dict of tensors")
-    return dict(obj)
+    state_dict = dict(obj)
+    check_layouts(state_dict, source)
+    return state_dict
 
 
 # --- what the JSON says ----------------------------------------------------------------------------------------

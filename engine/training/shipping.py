@@ -4,7 +4,10 @@
 ``step_<frames>.pt`` (the state dict with every floating tensor rounded to float16: half the bytes, and the
 agent is then exactly the shipped file, loaded into float32 by every loader) and a ``.json`` beside it (the
 training metadata, the source's sha256 and the precision). ``builtin/<name>`` then names the most trained file
-and ``builtin/<name>@<frames>`` each one (engine.policies.registry).
+and ``builtin/<name>@<frames>`` each one (engine.policies.registry). The checkpoint is read as every loader reads a
+file (:func:`engine.policies.checkpoint.read_state_dict`); a weight that is NaN or inf, or beyond float16's range,
+and metadata that is not a JSON object naming the game (and, if it says, the same frames) are refused before
+anything is written.
 """
 
 from __future__ import annotations
@@ -17,52 +20,87 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, EngineError
 from ..core.files import atomic_write
+from ..policies.checkpoint import check_layouts, parse_json, read_state_dict
 from ..policies.registry import sha256_of
 
 _STEP = re.compile(r"step_(?P<frames>[0-9]+)\.pt")
+MAX_METADATA_BYTES = 1 << 20  # the training writes a few hundred bytes
 
 
 def half_precision(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict[str, torch.Tensor]:
-    """Every floating tensor of ``state_dict`` as float16; refuses values beyond float16's range (they would
-    become infinite) rather than shipping a broken agent."""
-    out = {}
+    """Every floating tensor of ``state_dict`` as float16; refuses weights that are NaN or inf, or beyond float16's
+    range (they would become infinite), rather than shipping a broken agent."""
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, not a tensor: ship a plain state dict")
-        if value.is_floating_point():
-            largest = float(value.abs().max()) if value.numel() else 0.0
-            if largest > torch.finfo(torch.float16).max:
-                raise CheckpointError(f"{source}: {key} holds {largest:g}, beyond float16's range: it cannot ship in half precision")
-            value = value.to(torch.float16)
-        out[key] = value
+    check_layouts(state_dict, source)  # before any arithmetic walks an expanded tensor's values
+    floating = {key: value for key, value in state_dict.items() if value.is_floating_point()}
+    bad = [
+        f"{key} ({value.numel() - int(torch.isfinite(value).sum())} of {value.numel()})"
+        for key, value in floating.items()
+        if not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: NaN or inf weights in {', '.join(bad)}: the training diverged; ship an earlier checkpoint"
+        )
+    out = dict(state_dict)
+    for key, value in floating.items():
+        largest = float(value.abs().max()) if value.numel() else 0.0
+        if largest > torch.finfo(torch.float16).max:
+            raise CheckpointError(
+                f"{source}: {key} holds {largest:g}, beyond float16's range: it cannot ship in half precision"
+            )
+        out[key] = value.to(torch.float16)
     return out
+
+
+def read_metadata(path: Path, frames: int) -> dict:
+    """The training's metadata beside a checkpoint: a JSON object naming the ``game`` (the environment id) whose
+    ``frames``, if given, are the checkpoint's."""
+    example = '{"game": "PongNoFrameskip-v4", "frames": ' + str(frames) + "}"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no metadata: the training writes it beside each checkpoint; ship the checkpoint with its .json "
+            f"(at least {example})"
+        )
+    if path.stat().st_size > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, not the training's metadata (a few hundred bytes)")
+    meta = parse_json(path.read_bytes(), str(path), MAX_METADATA_BYTES)
+    if not isinstance(meta, dict):
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(meta), "null")
+        raise CheckpointError(f"{path}: the metadata is a JSON {kind}, not an object like {example}")
+    if not isinstance(meta.get("game"), str) or not meta["game"]:
+        raise CheckpointError(
+            f"{path}: the metadata has no 'game' (the environment id it was trained on, as in {example})"
+        )
+    if "frames" in meta and (type(meta["frames"]) is not int or meta["frames"] != frames):
+        raise CheckpointError(
+            f"{path}: the metadata says frames {meta['frames']!r} but the checkpoint is of {frames} frames: it belongs "
+            "to another checkpoint"
+        )
+    return meta
 
 
 def ship_checkpoint(source: str | os.PathLike, folder: str | os.PathLike, frames: int | None = None) -> Path:
     """Write ``source`` (a training checkpoint ``step_<frames>.pt``) into ``folder`` as ``step_<frames>.pt`` in half
-    precision, with its metadata; returns the written path."""
+    precision, with its metadata (``step_<frames>.json`` beside it); returns the written path. Everything is checked
+    before anything is written."""
     source, folder = Path(source), Path(folder)
     if frames is None:
         match = _STEP.fullmatch(source.name)
         if match is None:
             raise CheckpointError(f"{source}: name it step_<frames>.pt or give frames=")
         frames = int(match["frames"])
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{source} cannot be read as a state dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} holds a {type(state).__name__}, not a state dict")
-    half = half_precision(state, str(source))
+    half = half_precision(read_state_dict(source), str(source))
+    meta = read_metadata(source.with_suffix(".json"), frames)
+    meta.update(frames=frames, precision="float16", source_sha256=sha256_of(source))
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{frames}.pt"
     with atomic_write(target, ".pt") as tmp:
         torch.save(half, tmp)
-    meta_source = source.with_suffix(".json")
-    meta = json.loads(meta_source.read_text()) if meta_source.is_file() else {}
-    meta.update(frames=frames, precision="float16", source_sha256=sha256_of(source))
     with atomic_write(target.with_suffix(".json"), ".json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return target
@@ -74,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to", required=True, help="the package folder, e.g. engine/agents/pong_ppo")
     args = parser.parse_args(argv)
     for path in args.checkpoints:
-        written = ship_checkpoint(path, args.to)
+        try:
+            written = ship_checkpoint(path, args.to)
+        except EngineError as exc:  # one line saying what is wrong, not a traceback
+            parser.exit(2, f"{parser.prog}: error: {' '.join(str(exc).split())}\n")
         print(f"{path} -> {written} ({written.stat().st_size / 1e6:.2f} MB)")
 
 

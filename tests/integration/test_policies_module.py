@@ -222,6 +222,24 @@ def test_recurrent_errors(lstm):
         policy(torch.zeros(2, 4, 84, 84), policy.initial_state(2))
 
 
+def test_networks_with_non_finite_outputs_are_refused():
+    """NaN weights, or a network that overflows on a white frame only: refused with the loaders' message."""
+    torch.manual_seed(0)
+    broken = MyCNN()
+    with torch.no_grad():
+        broken.pi.weight[2, 5] = float("nan")
+    with pytest.raises(EngineError, match=r"outputs on a test observation \(a black and a white frame\) are not "
+                                          r"finite: NaN or inf in the logits.*parameters pi.weight hold NaN or inf"):
+        wrap_policy(broken, observation_shape=(4, 84, 84), pipeline="gymnasium_atari")
+
+    def log_of_darkness(obs):
+        darkness = 1 - obs.mean(dim=(1, 2, 3))
+        return torch.stack([darkness.log(), darkness], dim=1), darkness
+
+    with pytest.raises(EngineError, match=r"are not finite: NaN or inf in the logits \(the network computes them\)"):
+        wrap_policy(log_of_darkness, observation_shape=(1, 8, 8), pipeline="gymnasium_atari")
+
+
 def test_module_on_another_dtype_is_not_moved_silently(cnn):
     with pytest.raises(EngineError, match=r"move it first"):
         wrap_policy(cnn, (4, 84, 84), pipeline="gymnasium_atari", dtype="float64")

@@ -328,7 +328,8 @@ def test_damaged_and_foreign_files(agents, tmp_path):
         archive.writestr("hello.txt", "hi")
     _refused(other, "hello.txt", "not an SB3 agent")
     corrupt = rewrite_zip(path, tmp_path / "corrupt.zip", policy=lambda sd: b"not a torch file at all")
-    _refused(corrupt, "policy.pth is damaged")
+    _refused(corrupt, "policy.pth is not a torch checkpoint: it is a text file",
+             "(it starts with 'not a torch file at all')")
     bad_json = tmp_path / "bad_json.zip"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad_json, "w") as dst:
         for name in src.namelist():
@@ -374,6 +375,57 @@ def test_data_that_does_not_fit(agents, tmp_path):
     _refused(rewrite_zip(path, tmp_path / "e.zip", data=edit(
         "policy_class", __module__="stable_baselines3.sac.policies", __init__="<function CnnPolicy.__init__ at 0x1>")),
         "SAC")
+
+
+@pytest.fixture
+def inflated_bytes(monkeypatch):
+    """How many bytes were inflated from zip entries (every read of an entry goes through ZipExtFile.read)."""
+    count = [0]
+    real = zipfile.ZipExtFile.read
+
+    def counting(self, n=-1):
+        data = real(self, n)
+        count[0] += len(data)
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    return count
+
+
+def test_entries_that_inflate_are_refused_unread(agents, tmp_path, inflated_bytes):
+    """A policy.pth or data of 48 MiB of zeros, deflated to some 50 KB (a 1 MB zip whose policy.pth inflates to
+    1 GiB, in small): refused from the zip directory, before a byte is inflated."""
+    path = agents("ppo")[0]
+    for entry, edit in (("policy.pth", dict(policy=lambda sd: bytes(48 << 20))),
+                        ("data", dict(data=lambda d: b" " * (48 << 20) + b"{}"))):
+        bomb = rewrite_zip(path, tmp_path / f"{entry}_bomb.zip", **edit)
+        assert bomb.stat().st_size < path.stat().st_size + 200_000
+        inflated_bytes[0] = 0
+        _refused(bomb, f"'{entry}' would inflate from", "refused without inflating it")
+        assert inflated_bytes[0] == 0
+
+
+def test_expanded_tensors_are_refused_before_any_comparison(agents, tmp_path, monkeypatch):
+    """policy.pth with (10^6, 10^6) stride-0 tensors under both names of the actor's extractor: comparing them
+    would take 10^12 steps; they are refused from their strides first."""
+    huge = torch.zeros(1).expand(10**6, 10**6)
+    evil = rewrite_zip(agents("ppo")[0], tmp_path / "expanded.zip", policy=lambda sd: {
+        **sd, "features_extractor.huge": huge, "pi_features_extractor.huge": huge})
+    real_equal = torch.equal
+
+    def equal(a, b):
+        if 0 in a.stride() + b.stride():
+            raise AssertionError("compared an expanded tensor")
+        return real_equal(a, b)
+
+    monkeypatch.setattr(torch, "equal", equal)
+    _refused(evil, "huge (1000000, 1000000) has 1000000000000 values but only 1 are stored")
+
+
+def test_deeply_nested_data_is_refused(agents, tmp_path):
+    nested = b'{"policy_class": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _refused(rewrite_zip(agents("ppo")[0], tmp_path / "nested.zip", data=lambda d: nested),
+             "'data' entry nests 100001 levels deep", "at most 64")
 
 
 def test_pickle_in_policy_pth_is_never_executed(agents, tmp_path):

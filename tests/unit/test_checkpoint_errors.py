@@ -186,7 +186,9 @@ def test_weights_must_be_finite_floats_of_plausible_size(tmp_path, monkeypatch):
     _refused(_save(tmp_path, huge), r"\|w\| > 1e\+06\) in lstm.weight_ih \(max \|w\| 3.4e\+36\): the file is corrupt")
     # and should anything pass these checks yet overflow, a test step of the agent catches it
     monkeypatch.setattr(policy, "MAX_ABS_WEIGHT", float("inf"))
-    _refused(_save(tmp_path, {**sd, "conv1.weight": torch.full((32, 1, 3, 3), 3e38)}), "outputs on a test frame are not")
+    _refused(_save(tmp_path, {**sd, "conv1.weight": torch.full((32, 1, 3, 3), 3e38)}),
+             r"outputs on a test observation \(a black and a white frame\) are not finite: NaN or inf in the value, "
+             r"logits, state 0, state 1 \(its weights are finite but overflow through the layers\)")
     # other floating dtypes load (and are cast to the requested dtype)
     agent = load_agent(_save(tmp_path, {k: v.half() for k, v in sd.items()}, "half.pt"), device="cpu")
     assert agent.actor_linear.weight.dtype == torch.float32
@@ -201,3 +203,154 @@ def test_error_text_never_quotes_torch_advice():
         "your use case: WeightsUnpickler error: \n\nUnsupported operand 108\n\nCheck the documentation of torch.load"
     )
     assert policy.torch_reason(exc) == "UnpicklingError: Unsupported operand 108"
+
+
+# --- small files that would take huge work: refused from the zip directory and the tensors' shapes -------------
+
+
+def _repack(src: Path, dst: Path, edit=lambda name, content: content, compression=zipfile.ZIP_STORED) -> Path:
+    """Copy the torch zip ``src`` to ``dst`` record by record, ``edit(name, bytes) -> bytes`` applied to each."""
+    with zipfile.ZipFile(src) as archive, zipfile.ZipFile(dst, "w", compression) as out:
+        for info in archive.infolist():
+            out.writestr(info.filename, edit(info.filename, archive.read(info.filename)))
+    return dst
+
+
+def _write_deflated_zeros(archive: zipfile.ZipFile, name: str, head: bytes, zeros: int) -> None:
+    """A record of ``head`` then ``zeros`` zero bytes, deflated as it is written (the test never holds it whole)."""
+    chunk, info = bytes(1 << 20), zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w", force_zip64=True) as f:
+        f.write(head)
+        for _ in range(zeros // len(chunk)):
+            f.write(chunk)
+
+
+@pytest.fixture
+def torch_load_calls(monkeypatch):
+    """The map_location of every torch.load call, to show what was read before a refusal."""
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(str(kwargs.get("map_location")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_a_pickle_record_that_inflates_is_refused_unread(tmp_path, torch_load_calls):
+    """data.pkl padded with 64 MiB of zeros after its STOP opcode (a 6 MB file whose data.pkl inflates to 4 GiB,
+    in small): torch would inflate it whole and then load the agent; the zip directory refuses it unread."""
+    good = _save(tmp_path, _agent_state_dict(), "good.pt")
+    path = tmp_path / "inflating.pt"
+    with zipfile.ZipFile(good) as archive, zipfile.ZipFile(path, "w") as out:
+        for info in archive.infolist():
+            if info.filename.endswith("/data.pkl"):
+                _write_deflated_zeros(out, info.filename, archive.read(info.filename), 64 << 20)
+            else:
+                out.writestr(info.filename, archive.read(info.filename))
+    assert path.stat().st_size < good.stat().st_size + 200_000
+    _refused(path, r"data.pkl' declares 67\d{6} bytes.*at most 4194304.*refused without reading it")
+    assert torch_load_calls == []
+
+
+def test_records_that_inflate_or_outgrow_their_tensors_are_refused_unread(tmp_path, torch_load_calls):
+    # a storage record of 32 MiB of zeros, deflated to 32 KB: refused from the directory's sizes
+    zeros = _save(tmp_path, {"actor_linear.weight": torch.zeros(8 << 20)}, "zeros.pt")
+    deflated = _repack(zeros, tmp_path / "deflated.pt", compression=zipfile.ZIP_DEFLATED)
+    assert deflated.stat().st_size < 1_000_000
+    _refused(deflated, r"would inflate from \d+ to 33554432 bytes \(\d+:1, .*refused without inflating it")
+    assert torch_load_calls == []
+    # a 4 MB storage of which the state dict uses 1536 values: refused from the tensors' shapes, nothing read
+    sd = _agent_state_dict()
+    sd["actor_linear.weight"] = torch.randn(10**6)[:1536].view(6, 256)
+    _refused(_save(tmp_path, sd, "slice.pt"), r"storages hold 7\d{6} bytes of which its tensors use 3\d{6}")
+    assert torch_load_calls == ["meta"]  # the shapes were read, no storage was
+    # the same agent in a deflated copy of an honest file still loads
+    honest = _repack(_save(tmp_path, _agent_state_dict(), "honest.pt"), tmp_path / "honest_deflated.pt",
+                     compression=zipfile.ZIP_DEFLATED)
+    assert isinstance(load_agent(honest, device="cpu"), ActorCritic)
+
+
+def test_overlapping_views_are_refused(tmp_path):
+    """1536 stored values read as a (6, 256) weight with strides (1, 1): every value but the first 261 is read
+    several times. Nothing is missing from the storage, so only the strides tell."""
+    sd = _agent_state_dict()
+    sd["actor_linear.weight"] = torch.randn(1536).as_strided((6, 256), (1, 1))
+    _refused(_save(tmp_path, sd, "overlapping.pt"), r"actor_linear.weight \(6, 256\) with strides \(1, 1\) reads some "
+                                                     r"stored values more than once")
+
+
+def test_outputs_must_be_finite_in_the_dtype_asked_for(tmp_path):
+    """Weights of 1e5 are finite in float32 but not in float16: the test step runs in the dtype the agent is
+    loaded in."""
+    sd = _agent_state_dict()
+    sd["conv1.weight"] = torch.full_like(sd["conv1.weight"], 1e5)
+    path = _save(tmp_path, sd, "big.pt")
+    assert isinstance(load_agent(path, device="cpu"), ActorCritic)
+    with pytest.raises(CheckpointError, match=r"big.pt'.*outputs on a test observation \(a black and a white frame\) "
+                                              r"are not finite: NaN or inf in the value, logits"):
+        load_agent(path, device="cpu", dtype=torch.float16)
+
+
+# --- shipping a training checkpoint (python -m engine.training.shipping) -----------------------------------------
+
+
+def _training_checkpoint(tmp_path, meta='{"game": "PongNoFrameskip-v4", "frames": 1234}', **changes):
+    source = tmp_path / "run" / "step_1234.pt"
+    source.parent.mkdir(exist_ok=True)
+    sd = _agent_state_dict()
+    for key, value in changes.items():
+        sd[key.replace("__", ".")] = value
+    torch.save(sd, source)
+    if meta is not None:
+        source.with_suffix(".json").write_text(meta)
+    return source
+
+
+def _ship_refused(capsys, source, folder, *fragments):
+    """``python -m engine.training.shipping`` refuses with one line naming the problem, writing nothing."""
+    from engine.training.shipping import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(source), "--to", str(folder)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not folder.exists() or not any(folder.iterdir()), sorted(folder.iterdir())
+    return err
+
+
+def test_shipping_refuses_non_finite_weights(tmp_path, capsys):
+    for bad in (float("nan"), float("inf")):
+        weight = torch.zeros(6, 256)
+        weight[2, :3] = bad
+        source = _training_checkpoint(tmp_path, actor_linear__weight=weight)
+        _ship_refused(capsys, source, tmp_path / "agents", "step_1234.pt", "actor_linear.weight (3 of 1536)",
+                      "NaN or inf")
+
+
+def test_shipping_refuses_malformed_metadata(tmp_path, capsys):
+    folder = tmp_path / "agents"
+    for meta, fragment in (
+        ('["PongNoFrameskip-v4", 1234]', "a JSON list, not an object"),
+        ('{"frames": 1234}', "no 'game'"),
+        ('{"game": 7}', "no 'game'"),
+        ('{"game": "PongNoFrameskip-v4", "frames": 99}', "says frames 99"),
+        ('{"game": "PongNoFrameskip-v4",', "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nests 100000 levels deep"),
+        (None, "no metadata"),
+    ):
+        source = _training_checkpoint(tmp_path, meta=meta)
+        if meta is None:
+            source.with_suffix(".json").unlink(missing_ok=True)
+        _ship_refused(capsys, source, folder, "step_1234.json", fragment)
+    # and a well-formed one ships
+    from engine.training.shipping import main
+
+    main([str(_training_checkpoint(tmp_path)), "--to", str(folder)])
+    assert "step_1234.pt" in capsys.readouterr().out and (folder / "step_1234.json").is_file()
