@@ -17,6 +17,7 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -25,6 +26,9 @@ from engine.core.errors import CheckpointError
 from engine.policies.greydanus2017 import ActorCritic, load_agent
 from engine.env.rollout import rollout
 from engine.policies import registry
+
+if TYPE_CHECKING:
+    from engine.jobs.config import JobConfig
 
 # pytest imports this file as ``conftest``; test modules import its helpers as ``tests.conftest``: one module,
 # so that the download probe and the resolved checkpoints are shared by both
@@ -191,6 +195,18 @@ def pong_agent(pong_checkpoint) -> ActorCritic:
 def pong_rollout(pong_agent):
     """60 real Pong steps played by the real agent (seeded); later frames have a ball and non-zero states."""
     return rollout(pong_agent, "Pong-v4", 60, seed=0, progress=False)
+
+
+def tiny_job(out_dir, steps: int = 4, movie: bool = True, **sections) -> JobConfig:
+    """A main-job configuration of a few steps of the built-in 2017 agent at a coarse grid, written to ``out_dir``;
+    ``sections`` update the config's sections (``rollout={"steps": 10}``, ``store={...}``)."""
+    from engine.jobs.config import JobConfig
+
+    data: dict = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": steps}, "saliency": {"density": 20},
+                  "output": {"dir": str(out_dir), "movie": movie}, "progress": False}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return JobConfig.from_dict(data)
 
 
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])

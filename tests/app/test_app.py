@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.storage.arrays import load_arrays
-from tests.conftest import checkpoints_env
+from tests.conftest import checkpoints_env, tiny_job
 
 
 def run_app(*overrides: str, cwd, progress: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -169,15 +169,6 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
     assert recorded.complete and recorded.num_steps == 10 and len(recorded.bounds) == 1
     maps_40 = SaliencyStore.open(sweep / "0" / "saliency_store")
     assert maps_40.complete and maps_40.read()["actor"].shape == (10, 80, 80)
-
-
-def tiny_job(out_dir, **sections) -> "JobConfig":
-    from engine.jobs.config import JobConfig
-
-    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 4}, "saliency": {"density": 20}, "output": {"dir": str(out_dir)}, "progress": False}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return JobConfig.from_dict(data)
 
 
 def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):

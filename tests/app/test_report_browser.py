@@ -10,6 +10,7 @@ Set-up: ``apt-get install -y chromium`` and ``pip install playwright`` (never ``
 drives the system's /usr/bin/chromium).
 """
 
+import functools
 import base64
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import tiny_job as tiny_job_config
 
 CHROMIUM = os.environ.get("ATARI_SALIENCY_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -108,14 +110,7 @@ class Page:
         self.drawn(frame)
 
 
-def tiny_job(out_dir, **sections):
-    from engine.jobs.config import JobConfig
-
-    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 8}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
-            "progress": False}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return JobConfig.from_dict(data)
+tiny_job = functools.partial(tiny_job_config, steps=8, movie=False)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; links 
 and only the hashed viewer script may run; the app writes it for both job modes and for sweeps. The page in a real
 browser: tests/app/test_report_browser.py."""
 
+import functools
 import base64
 import hashlib
 import json
@@ -14,6 +15,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_job as tiny_job_config
 from engine.core.errors import EngineError
 from engine.viz.report import (
     Panel,
@@ -416,14 +418,7 @@ def test_only_the_hashed_viewer_script_can_run(tmp_path):
 
 # --- the app writes it ------------------------------------------------------------------------------------------
 
-def tiny_job(out_dir, **sections):
-    from engine.jobs.config import JobConfig
-
-    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 6}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
-            "progress": False}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return JobConfig.from_dict(data)
+tiny_job = functools.partial(tiny_job_config, steps=6, movie=False)
 
 
 def test_the_main_job_writes_a_report_of_its_arrays(tmp_path):

@@ -86,3 +86,29 @@ def test_the_package_states_its_version():
     import engine
 
     assert engine.__version__ == version("atari-saliency-engine")
+
+
+
+def os_calls(name: str) -> list[str]:
+    """The files of engine/ that call ``os.<name>(...)``, once per call."""
+    found = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and func.attr == name and getattr(func.value, "id", None) == "os":
+                found.append(str(path.relative_to(ENGINE.parent)))
+    return found
+
+
+def test_one_helper_writes_files_atomically():
+    """Write-to-temp-then-rename lives in engine/core/files.py only; the one other rename creates a store's
+    directory atomically."""
+    assert os_calls("replace") == ["engine/core/files.py"]
+    assert os_calls("rename") == ["engine/storage/store.py"]
+
+
+def test_one_replay_of_recurrent_states():
+    defined = {str(p.relative_to(ENGINE.parent)) for p in sorted(ENGINE.rglob("*.py"))
+               for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.FunctionDef) and node.name == "replay_states"}
+    assert defined == {"engine/core/replay.py"}
