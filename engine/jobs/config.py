@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -179,7 +180,7 @@ class JobConfig:
         wrong types and out-of-range values raise :class:`EngineError` with one line naming the key."""
         try:
             merged = OmegaConf.merge(OmegaConf.structured(cls), data or {})
-            config = OmegaConf.to_object(merged)
+            config = cast("JobConfig", OmegaConf.to_object(merged))  # a structured config converts to its dataclass
         except OmegaConfBaseException as exc:
             raise EngineError(config_error(exc)) from None
         check_config(config)

@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.policy import Policy, state_to
-from ..env.rollout import Player, rollout_from_steps
+from ..env.rollout import Player, Step, rollout_from_steps
 from ..storage.store import (
     FORMAT,
     ROLLOUT_FIELDS,
@@ -81,7 +81,7 @@ def record_rollout(
         episodes = 0
         for k in range(first, len(rstore.bounds)):
             a, b = rstore.bounds[k]
-            steps = []
+            steps: list[Step] = []
             while len(steps) < b - a and (max_episodes is None or episodes < max_episodes):
                 steps.append(player.step())
                 episodes += steps[-1].done

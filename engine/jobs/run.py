@@ -12,24 +12,26 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
+from zarr.storage import MemoryStore
 
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.policy import Policy, index_state
 from ..core.saliency import compute_saliency
 from ..env.pipelines import library_defaults
-from ..env.rollout import make_env
+from ..env.rollout import Rollout, make_env
 from ..policies.loading import load_policy
 from ..policies.registry import resolve_checkpoint, sha256_of
 from ..storage.arrays import save_arrays
 from ..storage.store import (
     ROLLOUT_FIELDS,
-    MemoryStore,
     RolloutStore,
     SaliencyStore,
     is_memory,
@@ -39,6 +41,11 @@ from ..storage.store import (
 from .config import JobConfig, check_config, engine_saliency
 from .record import record_rollout
 from .score import score_store, scored_states, uses_recorded_states
+
+if TYPE_CHECKING:
+    from gymnasium.spaces import Discrete
+
+    from ..viz.report import Panel, WindowedArray
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,7 @@ def validate_job(config: JobConfig) -> PreparedJob:
     check_config(config)
     quiet_emulator()
     env = make_env(config.env.id, full_action_space=config.env.full_action_space)  # an unknown id fails here
-    actions = env.action_space.n
+    actions = cast("Discrete", env.action_space).n  # the Atari environments' actions are discrete
     env.close()
     if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
         from ..viz.rendering import paper_gains
@@ -189,15 +196,13 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
         maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(0, n, ("actor", "critic")).items()}
         actor, critic = maps["actor"], maps["critic"]
         if r.style == "paper":
-            default_actor, default_critic = (None, None)
-            if r.actor_gain is None or r.critic_gain is None:
+            actor_gain, critic_gain = r.actor_gain, r.critic_gain
+            if actor_gain is None or critic_gain is None:
                 default_actor, default_critic = rendering.paper_gains(config.env.id)
-            overlays = rendering.paper_overlay_pair(
-                frames, actor, critic,
-                r.actor_gain if r.actor_gain is not None else default_actor,
-                r.critic_gain if r.critic_gain is not None else default_critic,
-                blur_sigma=r.blur_sigma,
-            )
+                actor_gain = default_actor if actor_gain is None else actor_gain
+                critic_gain = default_critic if critic_gain is None else critic_gain
+            overlays = rendering.paper_overlay_pair(frames, actor, critic, actor_gain, critic_gain,
+                                                    blur_sigma=r.blur_sigma)
         else:
             actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
             critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
@@ -240,8 +245,9 @@ def name_of(action: int, names) -> str:
     return names[action] if action < len(names) else str(action)
 
 
-def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path]:
-    """Run the main job into ``config.output.dir``; returns the paths written (and prints nothing).
+def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path | str]:
+    """Run the main job into ``config.output.dir``; returns the paths written (a store on object storage by its URL)
+    and prints nothing.
 
     One path for every job: the game is recorded (or resumed, or reused) into a rollout store, scored chunk by chunk
     into a saliency store (this shard's chunks), and the statistics, metrics, overlays, report and summary are read
@@ -286,7 +292,9 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
                     episode_returns=episode_returns(series["rewards"], series["dones"]),
                     pipeline=rstore.identity["pipeline"], action_names=list(names),
                     action_counts=action_counts(series["actions"], names), **streamed_statistics(sstore))
-    written: dict[str, Path] = {"rollout_store": rollout_root, "saliency_store": saliency_root} if st.rollout else {}
+    written: dict[str, Path | str] = {}
+    if st.rollout:  # then both stores are paths or URLs, never memory stores
+        written.update(cast("dict[str, Path | str]", {"rollout_store": rollout_root, "saliency_store": saliency_root}))
     if not st.rollout and config.output.arrays:  # the memory stores go with the job: their arrays stay
         played = rstore.read()
         arrays = {name: getattr(played, name) for name in ROLLOUT_FIELDS}
@@ -357,24 +365,29 @@ class StoreSeries:
     ``dones`` (each ``x[a:b]`` reads steps a..b-1 through ``RolloutStore.read``; the last window is kept, so the
     five fields of one window cost one read), and ``action_names``."""
 
-    def __init__(self, rstore):
+    def __init__(self, rstore: RolloutStore):
         from ..core.preprocessing import FRAME_SHAPE
         from ..viz.report import WindowedArray
 
-        self.rstore, self._last = rstore, (None, None)
+        self.rstore = rstore
+        self._last: tuple[tuple[int, int], Rollout] | None = None
         n = rstore.num_steps
         self.frames = WindowedArray(lambda a, b: self._window(a, b).frames, (n, *FRAME_SHAPE))
-        for name in ("values", "actions", "rewards", "dones"):
-            setattr(self, name, WindowedArray(lambda a, b, name=name: getattr(self._window(a, b), name), (n,)))
+
+        def per_step(name: str) -> WindowedArray:
+            return WindowedArray(lambda a, b: getattr(self._window(a, b), name), (n,))
+
+        self.values, self.actions = per_step("values"), per_step("actions")
+        self.rewards, self.dones = per_step("rewards"), per_step("dones")
         self.action_names = tuple(rstore.identity.get("action_names", ()))
 
-    def _window(self, a: int, b: int):
-        if self._last[0] != (a, b):
+    def _window(self, a: int, b: int) -> Rollout:
+        if self._last is None or self._last[0] != (a, b):
             self._last = ((a, b), self.rstore.read(a, b))
         return self._last[1]
 
 
-def store_maps(sstore, num_frames: int) -> dict:
+def store_maps(sstore, num_frames: int) -> dict[str, WindowedArray]:
     """The maps of a complete saliency store as array-likes (kind -> (T, H, W)) that read only the store chunks
     holding a window (through ``ChunkStore.read(k, keys)``, the call the statistics stream with too)."""
     from ..viz.report import MAP_KINDS, WindowedArray
@@ -382,12 +395,15 @@ def store_maps(sstore, num_frames: int) -> dict:
     first = sstore.store.read(0)
     bounds = sstore.bounds
 
-    def read(kind: str, a: int, b: int):
+    def read(kind: str, a: int, b: int) -> np.ndarray:
         parts = [(lo, sstore.store.read(k, (kind,))[kind]) for k, (lo, hi) in enumerate(bounds) if lo < b and hi > a]
         joined = parts[0][1] if len(parts) == 1 else np.concatenate([part for _, part in parts])
         return joined[a - parts[0][0] : b - parts[0][0]]
 
-    return {kind: WindowedArray(lambda a, b, kind=kind: read(kind, a, b), (num_frames, *first[kind].shape[1:]))
+    def reader(kind: str) -> Callable[[int, int], np.ndarray]:
+        return lambda a, b: read(kind, a, b)
+
+    return {kind: WindowedArray(reader(kind), (num_frames, *first[kind].shape[1:]))
             for kind in MAP_KINDS if kind in first}
 
 
@@ -458,7 +474,7 @@ def episode_returns(rewards, dones) -> list[float]:
     return np.diff(np.cumsum(np.asarray(rewards, dtype=np.float64))[ends], prepend=0.0).tolist()
 
 
-def _write_summary(out_dir: Path, settings: dict, written: dict) -> dict[str, Path]:
+def _write_summary(out_dir: Path, settings: dict, written: dict[str, Path | str]) -> dict[str, Path | str]:
     summary = out_dir / "summary.json"
     summary.write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
     return {**written, "summary": summary}
@@ -487,7 +503,9 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
         return write_sweep_report(path, rows, columns, links=links, title=f"sweep {sweep_dir.name}: {len(rows)} jobs")
     swept = [c for c in _SWEPT_COLUMNS if len({str(row.get(c)) for row in rows}) > 1]
     rstore = RolloutStore.open(next(iter(games)))
-    recorded, panels, seen = StoreSeries(rstore), [], {}
+    recorded = StoreSeries(rstore)
+    panels: list[Panel] = []
+    seen: dict[str, Panel] = {}  # saliency store -> its panel
     for row in rows:
         store = summaries[row["job"]]["saliency_store"]
         if store in seen:  # another shard of a store already shown

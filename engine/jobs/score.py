@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
+from typing import cast
 
+import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import EngineError
@@ -112,7 +114,8 @@ def scored_states(agent: Policy, rstore: RolloutStore, bounds, state_alignment: 
             states = part.states
         else:
             part = rstore.read(a, b)
-            states, next_carry = replay_states(agent, part.observations, part.dones, carry, with_next=True)
+            observations = cast(torch.Tensor, part.observations)  # a Rollout fills them in when it is made
+            states, next_carry = replay_states(agent, observations, part.dones, carry, with_next=True)
             previous = None if a == 0 else tuple(s.cpu() for s in last_used)
             last_used = tuple(s[-1:] for s in states)
             carry = next_carry

@@ -53,15 +53,20 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeGuard, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import zarr
+from zarr.abc.store import ByteRequest, Store
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
@@ -72,11 +77,17 @@ from ..core.policy import Policy
 from ..core.saliency import SaliencyConfig
 from ..env.rollout import Rollout
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 FORMAT = 3  # 3: zarr v3 groups (2: chunked .npz files with manifest.json)
 ROLLOUT_FIELDS = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
 MARKER = "complete"
 MANIFEST = "manifest"
 CHUNK_AXIS = "chunk"
+
+# what a store's ``root`` may be: a local path, an fsspec URL, or a memory store (module docstring)
+StoreRoot: TypeAlias = str | os.PathLike[str] | MemoryStore
 
 
 class StoreMismatchError(EngineError):
@@ -94,44 +105,46 @@ def engine_version() -> str:
         return "unknown"
 
 
-def is_url(root) -> bool:
+def is_url(root: object) -> TypeGuard[str]:
     """Whether ``root`` names object storage through fsspec (``s3://bucket/path``, ``gs://...``)."""
     return isinstance(root, str) and "://" in root
 
 
-def is_memory(root) -> bool:
+def is_memory(root: object) -> TypeIs[MemoryStore]:
     """Whether ``root`` is a store in memory (a :class:`zarr.storage.MemoryStore`)."""
     return isinstance(root, MemoryStore)
 
 
-def _is_local(root) -> bool:
+def _is_local(root: StoreRoot) -> TypeGuard[str | os.PathLike[str]]:
     return not (is_url(root) or is_memory(root))
 
 
-def store_root(root):
+def store_root(root: StoreRoot) -> Path | str | MemoryStore:
     """``root`` as the stores take it: a local path as a :class:`~pathlib.Path`; a URL or a memory store as it is."""
-    return Path(root) if _is_local(root) else root
+    if is_url(root) or is_memory(root):
+        return root
+    return Path(root)
 
 
 # --- the key-value layer under zarr ------------------------------------------------------------------------------
 
 
-class _Keys(WrapperStore):
+class _Keys(WrapperStore[Store]):
     """The zarr store under a store. On local paths every key is written to a temporary file beside it and renamed
     (so a reader or a killed writer never sees half a key, whatever zarr version). In strict mode an absent chunk
     key is an error instead of zarr's silent fill value: under a set marker every chunk key must be there.
     ``reads`` (when a list) records every key read (tests use it to see that a slice loads only its chunks)."""
 
-    def __init__(self, store, local_root: Path | None = None):
+    def __init__(self, store: Store, local_root: Path | None = None) -> None:
         super().__init__(store)
         self.local_root = local_root
         self.strict = False
         self.reads: list[str] | None = None
 
-    def _with_store(self, store):
+    def _with_store(self, store: Store) -> Self:
         return type(self)(store, self.local_root)
 
-    async def get(self, key, prototype, byte_range=None):
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         if self.reads is not None:
             self.reads.append(key)
         value = await self._store.get(key, prototype, byte_range)
@@ -139,7 +152,7 @@ class _Keys(WrapperStore):
             raise _MissingChunk(key)
         return value
 
-    async def set(self, key, value):
+    async def set(self, key: str, value: Buffer) -> None:
         if self.local_root is None:  # object storage: one PUT is atomic already
             return await self._store.set(key, value)
         from ..core.files import atomic_write
@@ -153,7 +166,7 @@ class _MissingChunk(KeyError):
     pass
 
 
-def _open_keys(root, storage_options: dict | None, read_only: bool) -> _Keys:
+def _open_keys(root: StoreRoot, storage_options: dict[str, Any] | None, read_only: bool) -> _Keys:
     if is_url(root):
         from zarr.storage import FsspecStore
 
@@ -163,30 +176,31 @@ def _open_keys(root, storage_options: dict | None, read_only: bool) -> _Keys:
     return _Keys(LocalStore(Path(root), read_only=read_only), Path(root))
 
 
-def _fs(root, storage_options):
+def _fs(root: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     import fsspec
 
-    return fsspec.core.url_to_fs(root, **(storage_options or {}))
+    # fsspec has no type information here; it returns (file system, path within it)
+    return cast("tuple[Any, str]", fsspec.core.url_to_fs(root, **(storage_options or {})))
 
 
-def store_exists(root, storage_options: dict | None = None) -> bool:
+def store_exists(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether a store (its group's ``zarr.json``) is at ``root`` (a path, an fsspec URL or a memory store)."""
     if is_memory(root):
         return root.get_sync("zarr.json") is not None
     if is_url(root):
         fs, path = _fs(root, storage_options)
-        return fs.exists(f"{path.rstrip('/')}/zarr.json")
+        return bool(fs.exists(f"{path.rstrip('/')}/zarr.json"))
     return (Path(root) / "zarr.json").is_file()
 
 
 # --- layout: which arrays a store holds, with their shapes, dtypes and dimension names ----------------------------
 
 
-def _entry(tail, dtype, dims, per="time") -> dict:
+def _entry(tail: Iterable[int], dtype: npt.DTypeLike, dims: Iterable[str], per: str = "time") -> dict[str, Any]:
     return {"tail": [int(n) for n in tail], "dtype": np.dtype(dtype).str, "dims": list(dims), "per": per}
 
 
-def _marker_entry() -> dict:
+def _marker_entry() -> dict[str, Any]:
     return _entry([], np.bool_, (), per="chunk")
 
 
@@ -194,7 +208,9 @@ def _torch_dtype_str(dtype: torch.dtype) -> str:
     return np.dtype(torch.empty((), dtype=dtype).numpy().dtype).str
 
 
-def rollout_layout(agent: Policy, frame_shape, observation_shape) -> dict:
+def rollout_layout(
+    agent: Policy, frame_shape: Sequence[int], observation_shape: Sequence[int]
+) -> dict[str, dict[str, Any]]:
     """The arrays of a rollout store: name -> {tail shape, dtype, dimension names, per time step or chunk}."""
     dtype = _torch_dtype_str(agent.dtype)
     layout = {
@@ -213,11 +229,11 @@ def rollout_layout(agent: Policy, frame_shape, observation_shape) -> dict:
     return layout
 
 
-def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict:
+def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict[str, dict[str, Any]]:
     """The arrays of a saliency store for ``saliency.method``: maps (H, W) of the observation, score grids."""
-    size = tuple(agent.observation_shape[1:])
+    size = cast("tuple[int, int]", tuple(agent.observation_shape[1:]))  # (H, W) of a (C, H, W) observation
     dtype = _torch_dtype_str(agent.dtype)
-    layout = {}
+    layout: dict[str, dict[str, Any]] = {}
     if saliency.method in ("perturbation", "both"):
         for key in ("actor", "critic"):
             layout[key] = _entry(size, dtype, ("map_y", "map_x"))
@@ -230,7 +246,7 @@ def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict:
     return layout
 
 
-def _compressors(dtype: np.dtype) -> tuple:
+def _compressors(dtype: np.dtype[Any]) -> tuple[BloscCodec | ZstdCodec, Crc32cCodec]:
     # floats compress far better byte-shuffled (Blosc); bytes and booleans (frames, observations) with plain zstd.
     # crc32c last: it checksums the stored bytes of every chunk.
     if dtype.kind == "f":
@@ -241,8 +257,8 @@ def _compressors(dtype: np.dtype) -> tuple:
 # --- the store ---------------------------------------------------------------------------------------------------
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
             out.update(_flat(v, f"{prefix}{k}."))
@@ -251,13 +267,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _difference(existing: dict, wanted: dict) -> str:
+def _difference(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     a, b = _flat(existing), _flat(wanted)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "; ".join(f"{k}: store has {a.get(k)!r}, this job {b.get(k)!r}" for k in keys)
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> Any:
     return json.loads(json.dumps(value, default=str))  # as it reads back from the attributes
 
 
@@ -268,7 +284,7 @@ class ChunkStore:
     :class:`zarr.storage.MemoryStore` (module docstring).
     """
 
-    def __init__(self, root, storage_options: dict | None = None, read_only: bool = False):
+    def __init__(self, root: StoreRoot, storage_options: dict[str, Any] | None = None, read_only: bool = False) -> None:
         self.root, self.storage_options, self.read_only = store_root(root), storage_options, read_only
         if not store_exists(self.root, storage_options):  # checked first: opening would create the directory
             raise EngineError(f"{self.root} is not a store (no zarr.json): record or score into it first")
@@ -280,21 +296,21 @@ class ChunkStore:
                 f"{self.root} is a zarr group without a store manifest (attribute {MANIFEST!r}): not adopting it; "
                 "delete it or use another path"
             )
-        self.manifest = manifest
+        self.manifest: dict[str, Any] = manifest
         self._open_arrays()
 
     def _open_arrays(self) -> None:
-        self.arrays = {name: self._checked_array(name, entry) for name, entry in self.layout.items()}
+        self.arrays: dict[str, zarr.Array[Any]] = {name: self._checked_array(name, entry) for name, entry in self.layout.items()}
         self.marker = self._checked_array(MARKER, _marker_entry())
 
     # manifest ---------------------------------------------------------------------------------------------
     @property
-    def identity(self) -> dict:
-        return self.manifest["identity"]
+    def identity(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.manifest["identity"])
 
     @property
-    def layout(self) -> dict:
-        return self.manifest["layout"]
+    def layout(self) -> dict[str, dict[str, Any]]:
+        return cast("dict[str, dict[str, Any]]", self.manifest["layout"])
 
     @property
     def length(self) -> int:
@@ -308,15 +324,24 @@ class ChunkStore:
     def bounds(self) -> list[tuple[int, int]]:
         return chunk_bounds(self.length, self.chunk)
 
-    def _expected(self, entry: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _expected(self, entry: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         lead, step = (self.length, self.chunk) if entry["per"] == "time" else (len(self.bounds), 1)
         return (lead, *entry["tail"]), (step, *entry["tail"])
 
-    def _checked_array(self, name: str, entry: dict):
+    def _array(self, name: str) -> zarr.Array[Any]:
+        """The group's array ``name``; a missing one, or a group in its place, is a damaged store."""
         try:
-            array = self.group[name]
+            node = self.group[name]
         except KeyError as exc:
             raise StoreIntegrityError(f"the store {self.root} lacks its array {name!r}: it is damaged; delete it and run again") from exc
+        if not isinstance(node, zarr.Array):
+            raise StoreIntegrityError(
+                f"the store {self.root}: {name!r} is a group, not an array: it is damaged; delete it and run again"
+            )
+        return node
+
+    def _checked_array(self, name: str, entry: Mapping[str, Any]) -> zarr.Array[Any]:
+        array = self._array(name)
         shape, chunks = self._expected(entry)
         found = (tuple(array.shape), tuple(array.chunks), np.dtype(array.dtype).str)
         if found != (shape, chunks, np.dtype(entry["dtype"]).str):
@@ -328,12 +353,13 @@ class ChunkStore:
 
     # creation ---------------------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, root, identity: dict, layout: dict, length: int, chunk: int, extra: dict | None = None,
-                       storage_options: dict | None = None) -> "ChunkStore":
+    def open_or_create(cls, root: StoreRoot, identity: dict[str, Any], layout: Mapping[str, Mapping[str, Any]],
+                       length: int, chunk: int, extra: dict[str, Any] | None = None,
+                       storage_options: dict[str, Any] | None = None) -> "ChunkStore":
         """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
         create it atomically (module docstring)."""
-        manifest = _jsonable(dict(kind=identity["kind"], format=FORMAT, identity=identity, layout=layout,
-                                  length=length, chunk=chunk, extra=extra or {}))
+        manifest: dict[str, Any] = _jsonable(dict(kind=identity["kind"], format=FORMAT, identity=identity,
+                                                  layout=layout, length=length, chunk=chunk, extra=extra or {}))
         root = store_root(root)
         if not store_exists(root, storage_options):
             _refuse_foreign(root, storage_options)
@@ -361,13 +387,14 @@ class ChunkStore:
             raise ValueError(f"cannot truncate the store {self.root} of {self.length} steps to {length}")
         self.manifest = {**self.manifest, "length": int(length)}
         for name, entry in {**self.layout, MARKER: _marker_entry()}.items():
-            self.group[name].resize(self._expected(entry)[0])
+            self._array(name).resize(self._expected(entry)[0])
         self.group.attrs[MANIFEST] = self.manifest
         _consolidate(self.keys)
         self._open_arrays()
 
     @classmethod
-    def open_kind(cls, root, kind: str, storage_options: dict | None = None, read_only: bool = False) -> "ChunkStore":
+    def open_kind(cls, root: StoreRoot, kind: str, storage_options: dict[str, Any] | None = None,
+                  read_only: bool = False) -> "ChunkStore":
         """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
         _refuse_old_format(store_root(root), storage_options)
         store = cls(root, storage_options, read_only=read_only)
@@ -395,17 +422,17 @@ class ChunkStore:
         except Exception:
             return False
 
-    def write(self, index: int, arrays: dict) -> None:
+    def write(self, index: int, arrays: Mapping[str, npt.ArrayLike | torch.Tensor]) -> None:
         """Write logical chunk ``index``: every array of the layout (``(b - a, ...)`` per time step, one row per
         chunk), then its marker."""
         a, b = self.bounds[index]
         missing, extra = set(self.layout) - set(arrays), set(arrays) - set(self.layout)
         if missing or extra:
             raise EngineError(f"chunk {index} of {self.root}: missing arrays {sorted(missing)}, unexpected {sorted(extra)}")
-        data = {}
+        data: dict[str, np.ndarray] = {}
         for name, entry in self.layout.items():
-            value = arrays[name]
-            value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            given = arrays[name]
+            value = given.detach().cpu().numpy() if isinstance(given, torch.Tensor) else np.asarray(given)
             want = ((b - a) if entry["per"] == "time" else 1, *entry["tail"])
             value = value.reshape(want) if entry["per"] == "chunk" and value.size == int(np.prod(want)) else value
             if value.shape != want or value.dtype.str != np.dtype(entry["dtype"]).str:
@@ -424,7 +451,7 @@ class ChunkStore:
     def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Logical chunk ``index``: per-step arrays ``(b - a, ...)``; per-chunk ones as their row ``(...)``."""
         a, b = self.bounds[index]
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name in keys or tuple(self.layout):
             if self.layout[name]["per"] == "time":
                 out[name] = self._read(name, a, b)
@@ -438,7 +465,7 @@ class ChunkStore:
         return {name: self._read(name, start, stop) for name in names}
 
     @contextmanager
-    def _strict(self):
+    def _strict(self) -> Iterator[None]:
         self.keys.strict = True
         try:
             yield
@@ -449,7 +476,8 @@ class ChunkStore:
         array = self.arrays[name]
         try:
             with self._strict():
-                return array[start:stop]
+                # zarr types a selection as any array-like or scalar: a slice of these arrays reads as an ndarray
+                return cast("np.ndarray", array[start:stop])
         except Exception as first:
             # find which chunk failed (zarr's error does not say), unmark it so the next run recomputes it
             per_time = self.layout[name]["per"] == "time"
@@ -479,7 +507,7 @@ class ChunkStore:
             return False
 
 
-def _refuse_old_format(root, storage_options) -> None:
+def _refuse_old_format(root: StoreRoot, storage_options: dict[str, Any] | None) -> None:
     if _is_local(root) and (Path(root) / "manifest.json").is_file():
         raise EngineError(
             f"{root} is a store of an older engine (format 2: .npz chunks and manifest.json): delete it or use "
@@ -487,7 +515,7 @@ def _refuse_old_format(root, storage_options) -> None:
         )
 
 
-def _refuse_foreign(root, storage_options) -> None:
+def _refuse_foreign(root: StoreRoot, storage_options: dict[str, Any] | None) -> None:
     """A path that holds something but no store is never adopted."""
     _refuse_old_format(root, storage_options)
     if is_memory(root):
@@ -510,7 +538,7 @@ def _refuse_foreign(root, storage_options) -> None:
         )
 
 
-def _build(keys, manifest: dict) -> None:
+def _build(keys: Store, manifest: Mapping[str, Any]) -> None:
     group = zarr.create_group(keys, zarr_format=3, attributes={MANIFEST: manifest})
     length, chunk = manifest["length"], manifest["chunk"]
     num_chunks = len(chunk_bounds(length, chunk))
@@ -529,13 +557,13 @@ def _build(keys, manifest: dict) -> None:
     _consolidate(keys)
 
 
-def _consolidate(keys) -> None:
+def _consolidate(keys: Store) -> None:
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray reads it
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(keys)
 
 
-def _create(root, manifest: dict, storage_options) -> None:
+def _create(root: StoreRoot, manifest: Mapping[str, Any], storage_options: dict[str, Any] | None) -> None:
     if is_memory(root):  # built in place: a memory store has one process and no half-written state to hide
         _build(_Keys(root), manifest)
         return
@@ -543,7 +571,7 @@ def _create(root, manifest: dict, storage_options) -> None:
         # no atomic rename on object storage: built in memory, then uploaded with the group's zarr.json (the
         # manifest) last, so a store whose manifest is visible has all its arrays. Two creators can still both
         # upload (each PUT wins alone): the identity check after creation catches most, not all, such races.
-        keys: dict = {}
+        keys: dict[str, Buffer] = {}
         _build(zarr.storage.MemoryStore(store_dict=keys), manifest)
         fs, path = _fs(root, storage_options)
         path = path.rstrip("/")
@@ -574,7 +602,7 @@ def _umask() -> int:
     return umask
 
 
-def check_writable(root, storage_options: dict | None = None) -> None:
+def check_writable(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> None:
     """Fail with one line, before any work, if ``root`` cannot hold a store that this job writes to: a file,
     something inside a file, or a read-only place. Local paths are probed by writing a temporary file."""
     if is_memory(root):
@@ -599,7 +627,7 @@ def check_writable(root, storage_options: dict | None = None) -> None:
         raise EngineError(f"the store path {root} is not writable ({place}: {exc.strerror or exc}): use a writable path") from None
 
 
-def writing_needed(root, kind: str, storage_options) -> bool:
+def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] | None) -> bool:
     """Whether a job would write to the store at ``root``: it is absent or not complete."""
     if not store_exists(root, storage_options):
         return True
@@ -620,11 +648,11 @@ class RolloutStore:
     store: ChunkStore
 
     @classmethod
-    def open(cls, root, storage_options: dict | None = None) -> "RolloutStore":
+    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> "RolloutStore":
         return cls(ChunkStore.open_kind(root, "rollout", storage_options))
 
     @property
-    def identity(self) -> dict:
+    def identity(self) -> dict[str, Any]:
         return self.store.identity
 
     @property
@@ -660,7 +688,9 @@ class RolloutStore:
         fields = {name: torch.from_numpy(cat[name]) for name in ROLLOUT_FIELDS}
         return Rollout(states=states, env_id=self.identity["env_id"], seed=self.identity["seed"],
                        greedy=self.identity["greedy"], action_names=tuple(self.identity["action_names"]),
-                       pipeline=self.identity["pipeline"], **fields)
+                       pipeline=self.identity["pipeline"], frames=fields["frames"],
+                       observations=fields["observations"], logits=fields["logits"], values=fields["values"],
+                       actions=fields["actions"], rewards=fields["rewards"], dones=fields["dones"])
 
 
 # --- saliency ------------------------------------------------------------------------------------------------------
@@ -676,7 +706,7 @@ class SaliencyStore:
     store: ChunkStore
 
     @classmethod
-    def open(cls, root, storage_options: dict | None = None) -> "SaliencyStore":
+    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> "SaliencyStore":
         return cls(ChunkStore.open_kind(root, "saliency", storage_options))
 
     @property
