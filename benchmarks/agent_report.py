@@ -37,7 +37,9 @@ def report(name: str, episodes: int, steps: int, distance: float, seed: int) -> 
     returns = play_episodes(agent, "Pong-v4", episodes, seed=seed, progress=True)
     played = rollout(agent, "Pong-v4", steps, seed=seed, progress=True)
     maps = perturbation_saliency(agent, played.frames, played.states, radius=5, density=5, progress=True)
-    shares = {kind: object_shares(played.frames, getattr(maps, kind), distance=distance) for kind in ("actor", "critic")}
+    shares = {
+        kind: object_shares(played.frames, getattr(maps, kind), distance=distance) for kind in ("actor", "critic")
+    }
     meta_path = Path(path).with_suffix(".json")
     return dict(
         agent=name,

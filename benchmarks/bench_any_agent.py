@@ -63,19 +63,33 @@ def main() -> dict:
     geometry = trunk_geometry(agent, conv_trunk_of(agent))
     masks_per_frame = len(range(0, 84, args.density)) ** 2
     chunk = resolve_perturbations_per_eval(agent, torch.float32, args.frames * masks_per_frame, None, None)
-    result = dict(machine=machine(), torch=torch.__version__, agent="NatureAgent (CleanRL ppo_atari network, seeded), 4x84x84, 6 actions",
-                  density=args.density, masks_per_frame=masks_per_frame, frames=args.frames,
-                  reference_frames=args.reference_frames, perturbations_per_eval=chunk, radii={})
-    print(f"{result['agent']}; density {args.density} ({masks_per_frame} masks per observation); {result['machine']}; torch {torch.__version__}")
+    result = dict(
+        machine=machine(),
+        torch=torch.__version__,
+        agent="NatureAgent (CleanRL ppo_atari network, seeded), 4x84x84, 6 actions",
+        density=args.density,
+        masks_per_frame=masks_per_frame,
+        frames=args.frames,
+        reference_frames=args.reference_frames,
+        perturbations_per_eval=chunk,
+        radii={},
+    )
+    print(
+        f"{result['agent']}; density {args.density} ({masks_per_frame} masks per observation); {result['machine']}; torch {torch.__version__}"
+    )
     for radius in args.radii:
         plan = window_plan(geometry, perturbation_masks(radius, args.density, size=(84, 84)))
 
         def engine(incremental, radius=radius):
-            return lambda: perturbation_saliency(agent, obs, states, radius=radius, density=args.density, incremental=incremental)
+            return lambda: perturbation_saliency(
+                agent, obs, states, radius=radius, density=args.density, incremental=incremental
+            )
 
         plain, windows = engine(False)(), engine(True)()
         error = float((windows.actor_scores - plain.actor_scores).abs().max() / plain.actor_scores.abs().max())
-        timings = best_of_interleaved(args.repeats, {"auto": engine("auto"), "plain": engine(False), "incremental": engine(True)})
+        timings = best_of_interleaved(
+            args.repeats, {"auto": engine("auto"), "plain": engine(False), "incremental": engine(True)}
+        )
         auto_s, plain_s, incremental_s = (timings[name] / args.frames for name in ("auto", "plain", "incremental"))
 
         def reference(radius=radius):
@@ -84,22 +98,36 @@ def main() -> dict:
 
         reference_s = best_of(1, reference, warmup=False) / args.reference_frames
         row = dict(
-            reference_s_per_frame=reference_s, engine_s_per_frame=auto_s, plain_s_per_frame=plain_s,
-            incremental_s_per_frame=incremental_s, engine_speedup_vs_reference=reference_s / auto_s,
-            plain_speedup_vs_reference=reference_s / plain_s, incremental_speedup_vs_reference=reference_s / incremental_s,
-            incremental_over_plain_speedup=plain_s / incremental_s, auto_uses_windows=worthwhile(plan),
-            windows=dict(structure=plan.structure, estimated_cost_vs_plain=plan.cost / plan.plain,
-                         regions=[s.region for s in plan.segments]),
+            reference_s_per_frame=reference_s,
+            engine_s_per_frame=auto_s,
+            plain_s_per_frame=plain_s,
+            incremental_s_per_frame=incremental_s,
+            engine_speedup_vs_reference=reference_s / auto_s,
+            plain_speedup_vs_reference=reference_s / plain_s,
+            incremental_speedup_vs_reference=reference_s / incremental_s,
+            incremental_over_plain_speedup=plain_s / incremental_s,
+            auto_uses_windows=worthwhile(plan),
+            windows=dict(
+                structure=plan.structure,
+                estimated_cost_vs_plain=plan.cost / plan.plain,
+                regions=[s.region for s in plan.segments],
+            ),
             incremental_vs_plain_max_relative_error=error,
         )
         result["radii"][str(radius)] = row
         print(f"radius {radius:g}:")
-        print(f"  loop reference          : {reference_s:8.4f} s/frame  ({masks_per_frame + 1} forward passes of one input each)")
-        print(f"  engine (auto: {'windows' if row['auto_uses_windows'] else 'plain':7s}): {auto_s:8.4f} s/frame  ({reference_s / auto_s:.1f}x the loop)")
+        print(
+            f"  loop reference          : {reference_s:8.4f} s/frame  ({masks_per_frame + 1} forward passes of one input each)"
+        )
+        print(
+            f"  engine (auto: {'windows' if row['auto_uses_windows'] else 'plain':7s}): {auto_s:8.4f} s/frame  ({reference_s / auto_s:.1f}x the loop)"
+        )
         print(f"  engine, plain passes    : {plain_s:8.4f} s/frame  ({reference_s / plain_s:.1f}x the loop)")
-        print(f"  engine, incremental     : {incremental_s:8.4f} s/frame  ({reference_s / incremental_s:.1f}x the loop; "
-              f"{plain_s / incremental_s:.2f}x the plain engine; windows {plan.structure}, estimated cost "
-              f"{plan.cost / plan.plain:.2f} of plain; scores within {error:.1e} of plain)")
+        print(
+            f"  engine, incremental     : {incremental_s:8.4f} s/frame  ({reference_s / incremental_s:.1f}x the loop; "
+            f"{plain_s / incremental_s:.2f}x the plain engine; windows {plan.structure}, estimated cost "
+            f"{plan.cost / plan.plain:.2f} of plain; scores within {error:.1e} of plain)"
+        )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

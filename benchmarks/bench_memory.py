@@ -52,10 +52,23 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name, steps in (("short", args.steps), ("long", args.steps * args.factor)):
             store = Path(tmp) / f"rollout_{name}"
-            record_rollout(agent, "Pong-v4", steps, store, seed=0, checkpoint_sha256=sha256_of(CHECKPOINT), progress=False)
+            record_rollout(
+                agent, "Pong-v4", steps, store, seed=0, checkpoint_sha256=sha256_of(CHECKPOINT), progress=False
+            )
             out = subprocess.run(
-                [sys.executable, "-c", SCORE, str(CHECKPOINT), str(store), str(Path(tmp) / f"saliency_{name}"), str(args.density)],
-                capture_output=True, text=True, check=True, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-c",
+                    SCORE,
+                    str(CHECKPOINT),
+                    str(store),
+                    str(Path(tmp) / f"saliency_{name}"),
+                    str(args.density),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
             ).stdout.split()
             seconds, peak_kb = float(out[-2]), int(out[-1])
             result[name] = dict(frames=steps, seconds=seconds, peak_rss_mb=peak_kb / 1024)

@@ -28,11 +28,8 @@ from engine.env.rollout import rollout
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
 from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
+
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
-
-
-
-
 
 
 def main() -> dict:
@@ -100,9 +97,13 @@ def main() -> dict:
         incremental_speedup=plain_s / engine_s,
     )
     print(f"loop reference      : {reference_s:8.4f} s/frame  ({masks + 1} forward passes of one input each)")
-    print(f"engine              : {engine_s:8.4f} s/frame  ({args.frames} frames x {masks} perturbations, chunks of {chunk}, incremental)")
+    print(
+        f"engine              : {engine_s:8.4f} s/frame  ({args.frames} frames x {masks} perturbations, chunks of {chunk}, incremental)"
+    )
     print(f"engine, plain passes: {plain_s:8.4f} s/frame  (incremental=False)")
-    print(f"bare forward        : {bare_s:8.4f} s/frame  (same inputs and chunks, agent only: the plain engine's floor)")
+    print(
+        f"bare forward        : {bare_s:8.4f} s/frame  (same inputs and chunks, agent only: the plain engine's floor)"
+    )
     print(
         f"speed-up vs reference: {result['speedup_vs_reference']:.1f}x (plain passes {result['plain_speedup_vs_reference']:.1f}x); "
         f"plain / bare forward: {result['plain_over_bare_forward']:.3f}; engine / bare forward: {result['engine_over_bare_forward']:.3f}"

@@ -71,7 +71,9 @@ def main() -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-steps", type=int, default=256)
     parser.add_argument("--frames-per-chunk", type=int, default=64)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / f"store_{time.strftime('%Y-%m-%d')}.md"))
+    parser.add_argument(
+        "--output", default=str(ROOT / "benchmarks" / "results" / f"store_{time.strftime('%Y-%m-%d')}.md")
+    )
     args = parser.parse_args()
 
     import torch
@@ -80,12 +82,21 @@ def main() -> dict:
     from engine.core.batching import chunk_bounds
     from engine.storage.arrays import load_arrays, save_arrays
     from engine.policies.registry import resolve_checkpoint
-    from engine.storage.store import ROLLOUT_FIELDS, ChunkStore, RolloutStore, SaliencyStore, rollout_layout, saliency_layout
+    from engine.storage.store import (
+        ROLLOUT_FIELDS,
+        ChunkStore,
+        RolloutStore,
+        SaliencyStore,
+        rollout_layout,
+        saliency_layout,
+    )
 
     agent = engine.load_agent(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
     played = engine.rollout(agent, "Pong-v4", args.steps, seed=0, progress=False)
     settings = engine.SaliencyConfig(density=args.density)
-    maps = {k: v.numpy() for k, v in engine.compute_saliency(agent, played.observations, played.states, settings).items()}
+    maps = {
+        k: v.numpy() for k, v in engine.compute_saliency(agent, played.observations, played.states, settings).items()
+    }
     steps = args.steps
     rollout_arrays = {name: getattr(played, name).numpy() for name in ROLLOUT_FIELDS}
     rollout_arrays.update({f"state_{i}": s.numpy() for i, s in enumerate(played.states)})
@@ -96,9 +107,16 @@ def main() -> dict:
     r_layout = rollout_layout(agent, played.frames.shape[1:], played.observations.shape[1:])
     s_layout = saliency_layout(agent, settings)
     identities = {  # what RolloutStore.read needs of a rollout's identity
-        "rollout": dict(kind="rollout", env_id="Pong-v4", seed=0, greedy=False, num_steps=steps,
-                        state_shapes=[list(x.shape[1:]) for x in played.states], action_names=list(played.action_names),
-                        pipeline=played.pipeline),
+        "rollout": dict(
+            kind="rollout",
+            env_id="Pong-v4",
+            seed=0,
+            greedy=False,
+            num_steps=steps,
+            state_shapes=[list(x.shape[1:]) for x in played.states],
+            action_names=list(played.action_names),
+            pipeline=played.pipeline,
+        ),
         "saliency": dict(kind="saliency", density=args.density),
     }
     raw = {"rollout": sum(v.nbytes for v in rollout_arrays.values()), "saliency": sum(v.nbytes for v in maps.values())}
@@ -111,7 +129,9 @@ def main() -> dict:
 
     def zarr_write(kind: str) -> Path:
         root = fresh(f"zarr_{kind}")
-        layout, chunks, size = (r_layout, r_chunks, args.chunk_steps) if kind == "rollout" else (s_layout, s_chunks, args.frames_per_chunk)
+        layout, chunks, size = (
+            (r_layout, r_chunks, args.chunk_steps) if kind == "rollout" else (s_layout, s_chunks, args.frames_per_chunk)
+        )
         store = ChunkStore.open_or_create(root, identities[kind], layout, steps, size)
         for k, arrays in enumerate(chunks):
             store.write(k, arrays)
@@ -142,40 +162,66 @@ def main() -> dict:
     # the stores read back what was written
     back = RolloutStore(ChunkStore(roots[("zarr (format 3)", "rollout")])).read()
     assert torch.equal(back.frames, played.frames) and torch.equal(back.states[0], played.states[0])
-    assert all(np.array_equal(SaliencyStore(ChunkStore(roots[("zarr (format 3)", "saliency")])).read()[k], maps[k]) for k in maps)
+    assert all(
+        np.array_equal(SaliencyStore(ChunkStore(roots[("zarr (format 3)", "saliency")])).read()[k], maps[k])
+        for k in maps
+    )
 
     r_keys, s_keys = tuple(rollout_arrays), tuple(maps)
     readers = {
         ("npz (format 2)", "rollout"): lambda: npz_store_read(roots[("npz (format 2)", "rollout")], r_keys),
         ("npz (format 2)", "saliency"): lambda: npz_store_read(roots[("npz (format 2)", "saliency")], s_keys),
         ("zarr (format 3)", "rollout"): lambda: RolloutStore(ChunkStore(roots[("zarr (format 3)", "rollout")])).read(),
-        ("zarr (format 3)", "saliency"): lambda: SaliencyStore(ChunkStore(roots[("zarr (format 3)", "saliency")])).read(),
+        ("zarr (format 3)", "saliency"): lambda: SaliencyStore(
+            ChunkStore(roots[("zarr (format 3)", "saliency")])
+        ).read(),
     }
     for kind in ("rollout", "saliency"):
         for label in ("in-memory job .npz, before (np.savez)", "in-memory job .npz, now (np.savez_compressed)"):
             readers[(label, kind)] = (lambda path: lambda: load_arrays(path))(roots[(label, kind)])
-    writers = {
-        ("npz (format 2)", kind): (lambda kind: lambda: npz_write(kind))(kind) for kind in ("rollout", "saliency")
-    } | {
-        ("zarr (format 3)", kind): (lambda kind: lambda: zarr_write(kind))(kind) for kind in ("rollout", "saliency")
-    } | {
-        (label, kind): (lambda kind, c: lambda: memory_write(kind, c))(kind, compressed)
-        for kind in ("rollout", "saliency")
-        for label, compressed in (("in-memory job .npz, before (np.savez)", False), ("in-memory job .npz, now (np.savez_compressed)", True))
-    }
+    writers = (
+        {("npz (format 2)", kind): (lambda kind: lambda: npz_write(kind))(kind) for kind in ("rollout", "saliency")}
+        | {("zarr (format 3)", kind): (lambda kind: lambda: zarr_write(kind))(kind) for kind in ("rollout", "saliency")}
+        | {
+            (label, kind): (lambda kind, c: lambda: memory_write(kind, c))(kind, compressed)
+            for kind in ("rollout", "saliency")
+            for label, compressed in (
+                ("in-memory job .npz, before (np.savez)", False),
+                ("in-memory job .npz, now (np.savez_compressed)", True),
+            )
+        }
+    )
     write_s = best_of_interleaved(args.repeats, writers)
     read_s = best_of_interleaved(args.repeats, readers)
 
     rows = []
     for (label, kind), root in roots.items():
         size = disk_bytes(root)
-        rows.append(dict(format=label, data=kind, bytes=size, bytes_per_frame=size / steps, ratio_to_raw=raw[kind] / size,
-                         write_s=write_s[(label, kind)], read_s=read_s[(label, kind)],
-                         write_frames_per_s=steps / write_s[(label, kind)], read_frames_per_s=steps / read_s[(label, kind)]))
+        rows.append(
+            dict(
+                format=label,
+                data=kind,
+                bytes=size,
+                bytes_per_frame=size / steps,
+                ratio_to_raw=raw[kind] / size,
+                write_s=write_s[(label, kind)],
+                read_s=read_s[(label, kind)],
+                write_frames_per_s=steps / write_s[(label, kind)],
+                read_frames_per_s=steps / read_s[(label, kind)],
+            )
+        )
     shutil.rmtree(work)
-    result = dict(machine=machine(), steps=steps, density=args.density, chunk_steps=args.chunk_steps,
-                  frames_per_chunk=args.frames_per_chunk, repeats=args.repeats, raw_bytes=raw, rows=rows,
-                  versions={p: version(p) for p in ("zarr", "numcodecs", "numpy")})
+    result = dict(
+        machine=machine(),
+        steps=steps,
+        density=args.density,
+        chunk_steps=args.chunk_steps,
+        frames_per_chunk=args.frames_per_chunk,
+        repeats=args.repeats,
+        raw_bytes=raw,
+        rows=rows,
+        versions={p: version(p) for p in ("zarr", "numcodecs", "numpy")},
+    )
     write_markdown(Path(args.output), result)
     print(Path(args.output).read_text())
     return result

@@ -45,4 +45,3 @@ def best_of_interleaved(repeats: int, fns: dict) -> dict:
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-

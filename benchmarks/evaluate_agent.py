@@ -101,12 +101,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--choose-seeds", default="0-4", type=seeds)
     parser.add_argument("--report-seeds", default="100-109", type=seeds)
-    parser.add_argument("--actions", default=["sampled"], type=actions,
-                        help="sampled (default), greedy (argmax), or sampled,greedy to choose between them too")
-    parser.add_argument("--max-steps", type=int, default=27_000,
-                        help="agent steps per game before it counts as failed (a greedy agent can rally forever)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="games played at once, in worker processes of one torch thread each")
+    parser.add_argument(
+        "--actions",
+        default=["sampled"],
+        type=actions,
+        help="sampled (default), greedy (argmax), or sampled,greedy to choose between them too",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=27_000,
+        help="agent steps per game before it counts as failed (a greedy agent can rally forever)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="games played at once, in worker processes of one torch thread each"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if set(args.choose_seeds) & set(args.report_seeds):
@@ -117,8 +126,16 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         shipped = {c: ship_checkpoint(c, Path(tmp) / c.stem) for c in args.checkpoints}
         pairs = [(c, mode) for c in args.checkpoints for mode in args.actions]
-        returns = iter(play([(shipped[c], args.env, seed, mode == "greedy", args.max_steps)
-                             for c, mode in pairs for seed in args.choose_seeds], args.jobs))
+        returns = iter(
+            play(
+                [
+                    (shipped[c], args.env, seed, mode == "greedy", args.max_steps)
+                    for c, mode in pairs
+                    for seed in args.choose_seeds
+                ],
+                args.jobs,
+            )
+        )
         candidates = []
         for checkpoint, mode in pairs:
             r = [next(returns) for _ in args.choose_seeds]
@@ -128,17 +145,32 @@ def main(argv: list[str] | None = None) -> dict:
         if not finished:
             raise SystemExit(f"no candidate finished all its games within {args.max_steps} steps")
         chosen = max(finished, key=lambda c: c["mean"])
-        reported = play([(shipped[Path(chosen["checkpoint"])], args.env, seed, chosen["actions"] == "greedy",
-                          args.max_steps) for seed in args.report_seeds], args.jobs)
+        reported = play(
+            [
+                (shipped[Path(chosen["checkpoint"])], args.env, seed, chosen["actions"] == "greedy", args.max_steps)
+                for seed in args.report_seeds
+            ],
+            args.jobs,
+        )
     result = dict(
-        env_id=args.env, pipeline="cleanrl_atari (engine), full games, rewards unclipped, no sticky actions",
-        precision="float16 (as shipped)", max_steps=args.max_steps, choose_seeds=args.choose_seeds,
-        candidates=candidates, chosen=chosen["checkpoint"], actions=chosen["actions"], report_seeds=args.report_seeds,
-        report_returns=reported, report_mean=mean(reported), machine=machine(),
+        env_id=args.env,
+        pipeline="cleanrl_atari (engine), full games, rewards unclipped, no sticky actions",
+        precision="float16 (as shipped)",
+        max_steps=args.max_steps,
+        choose_seeds=args.choose_seeds,
+        candidates=candidates,
+        chosen=chosen["checkpoint"],
+        actions=chosen["actions"],
+        report_seeds=args.report_seeds,
+        report_returns=reported,
+        report_mean=mean(reported),
+        machine=machine(),
         seconds=round(time.perf_counter() - started, 1),
     )
-    print(f"chosen {chosen['checkpoint']} ({chosen['actions']} actions): mean {_signed(result['report_mean'])} over "
-          f"seeds {args.report_seeds}: {reported}")
+    print(
+        f"chosen {chosen['checkpoint']} ({chosen['actions']} actions): mean {_signed(result['report_mean'])} over "
+        f"seeds {args.report_seeds}: {reported}"
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

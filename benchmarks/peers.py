@@ -56,6 +56,10 @@ def captum_saliency_map(agent, image: torch.Tensor, state: tuple, density: int, 
     occlusion = Occlusion(score)
     with torch.no_grad():
         return occlusion.attribute(
-            image, sliding_window_shapes=(1, density, density), strides=(1, density, density),
-            baselines=gaussian_blur(image, 3), additional_forward_args=tuple(state), perturbations_per_eval=chunk,
+            image,
+            sliding_window_shapes=(1, density, density),
+            strides=(1, density, density),
+            baselines=gaussian_blur(image, 3),
+            additional_forward_args=tuple(state),
+            perturbations_per_eval=chunk,
         )

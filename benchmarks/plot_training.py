@@ -1,6 +1,6 @@
 """The learning curve of a PPO run from its ``progress.csv`` (``python -m engine.train``), as a PNG.
 
-    python benchmarks/plot_training.py training/ppo_pong_lstm/progress.csv benchmarks/results/ppo_pong_learning_curve.png
+python benchmarks/plot_training.py training/ppo_pong_lstm/progress.csv benchmarks/results/ppo_pong_learning_curve.png
 """
 
 from __future__ import annotations
@@ -35,8 +35,13 @@ def windowed_speed(frames: list[float], seconds: list[float], window: int = 10) 
     return xs, ys
 
 
-def plot(progress: dict[str, list[float]], out: Path, title: str, target: float | None = 18.0,
-         ylim: tuple[float, float] | None = (-21.5, 21.5)) -> Path:
+def plot(
+    progress: dict[str, list[float]],
+    out: Path,
+    title: str,
+    target: float | None = 18.0,
+    ylim: tuple[float, float] | None = (-21.5, 21.5),
+) -> Path:
     frames = [f / 1e6 for f in progress["frames"]]
     hours = [s / 3600 for s in progress["wall_seconds"]]
     fig, (ax, speed) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
@@ -69,12 +74,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--title", default="PPO (CleanRL ppo_atari_lstm) on PongNoFrameskip-v4, 2-core CPU")
     parser.add_argument("--target", default="18", help="the target return drawn as a line, or none")
-    parser.add_argument("--pong-axis", action=argparse.BooleanOptionalAction, default=True,
-                        help="fix the return axis to Pong's -21..21 (--no-pong-axis: fit the data)")
+    parser.add_argument(
+        "--pong-axis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fix the return axis to Pong's -21..21 (--no-pong-axis: fit the data)",
+    )
     args = parser.parse_args(argv)
     target = None if args.target.lower() == "none" else float(args.target)
-    print(plot(read_progress(args.progress), args.out, args.title, target,
-               (-21.5, 21.5) if args.pong_axis else None))
+    print(plot(read_progress(args.progress), args.out, args.title, target, (-21.5, 21.5) if args.pong_axis else None))
 
 
 if __name__ == "__main__":

@@ -27,15 +27,22 @@ def load(path: Path) -> list[dict]:
 
 
 def table(runs: list[dict]) -> str:
-    head = "| density | radius | frames | chunk | dtype | threads | " + " | ".join(METHODS) + " | engine vs reference | incremental vs plain |"
+    head = (
+        "| density | radius | frames | chunk | dtype | threads | "
+        + " | ".join(METHODS)
+        + " | engine vs reference | incremental vs plain |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in sorted(runs, key=lambda r: (r["dtype"], -r["threads"], r["chunk_size"], r["frames"], r["radius"], r["density"])):
+    for r in sorted(
+        runs, key=lambda r: (r["dtype"], -r["threads"], r["chunk_size"], r["frames"], r["radius"], r["density"])
+    ):
         s = r["seconds_per_frame"]
         cells = [f"{s[m]:.4f}" if m in s else "" for m in METHODS]
         speed = r.get("speedup_vs_reference", {}).get("engine")
         inc = r.get("incremental_speedup_over_plain")
         rows.append(
-            f"| {r['density']} | {r['radius']:g} | {r['frames']} | {r['chunk_size']} | {r['dtype']} | {r['threads']} | " + " | ".join(cells)
+            f"| {r['density']} | {r['radius']:g} | {r['frames']} | {r['chunk_size']} | {r['dtype']} | {r['threads']} | "
+            + " | ".join(cells)
             + f" | {f'{speed:.1f}x' if speed else ''} | {f'{inc:.2f}x' if inc else ''} |"
         )
     return "\n".join(rows)
@@ -51,7 +58,9 @@ def plot(runs: list[dict], path: Path) -> None:
     default = [r for r in runs if r["dtype"] == "float32" and r["frames"] == 8 and r["threads"] == threads]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, axis, fixed in ((axes[0], "density", ("radius", 5)), (axes[1], "radius", ("density", 5))):
-        chosen = sorted((r for r in default if r[fixed[0]] == fixed[1] and r["chunk_size"] == 64), key=lambda r: r[axis])
+        chosen = sorted(
+            (r for r in default if r[fixed[0]] == fixed[1] and r["chunk_size"] == 64), key=lambda r: r[axis]
+        )
         for method in METHODS:
             points = [(r[axis], 1 / r["seconds_per_frame"][method]) for r in chosen if method in r["seconds_per_frame"]]
             if len(points) > 1:

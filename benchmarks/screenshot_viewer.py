@@ -24,8 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def make_run(out_dir: Path, steps: int, density: int) -> tuple[Path, float]:
@@ -36,17 +43,30 @@ def make_run(out_dir: Path, steps: int, density: int) -> tuple[Path, float]:
     from engine.storage.arrays import load_arrays
     from engine.viz.report import MAP_KINDS, write_report
 
-    config = JobConfig.from_dict({
-        "rollout": {"steps": steps}, "saliency": {"density": density, "method": "both"},
-        "output": {"dir": str(out_dir), "movie": False}, "progress": False,
-    })
+    config = JobConfig.from_dict(
+        {
+            "rollout": {"steps": steps},
+            "saliency": {"density": density, "method": "both"},
+            "output": {"dir": str(out_dir), "movie": False},
+            "progress": False,
+        }
+    )
     report = run_job(config)["report"]
     played, settings = load_arrays(out_dir / "rollout.npz")
     maps, _ = load_arrays(out_dir / "saliency.npz")
     started = time.perf_counter()
-    write_report(out_dir / "again.html", played["frames"], {k: maps[k] for k in MAP_KINDS}, values=played["values"],
-                 actions=played["actions"], rewards=played["rewards"], dones=played["dones"],
-                 action_names=settings["action_names"], settings=settings, checkpoint=settings["checkpoint"])
+    write_report(
+        out_dir / "again.html",
+        played["frames"],
+        {k: maps[k] for k in MAP_KINDS},
+        values=played["values"],
+        actions=played["actions"],
+        rewards=played["rewards"],
+        dones=played["dones"],
+        action_names=settings["action_names"],
+        settings=settings,
+        checkpoint=settings["checkpoint"],
+    )
     return report, time.perf_counter() - started
 
 
@@ -63,10 +83,13 @@ def screenshot(report: Path, out: Path, frame: int, width: int) -> int:
         page.goto(report.resolve().as_uri())
         page.locator("body[data-drawn='0']").wait_for(state="attached")
         page.locator("#frame-slider").evaluate(
-            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }", frame)
+            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }", frame
+        )
         page.locator(f"body[data-drawn='{frame}']").wait_for(state="attached")
         box = page.locator("#main").bounding_box()
-        png = page.screenshot(full_page=True, clip={"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 8})
+        png = page.screenshot(
+            full_page=True, clip={"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 8}
+        )
         browser.close()
     if errors:
         raise SystemExit(f"the page logged errors: {errors}")
@@ -93,8 +116,10 @@ def main() -> None:
         size = report.stat().st_size
         png = screenshot(report, args.out, args.frame, args.width)
     built = f", built in {seconds:.2f} s" if seconds is not None else ""
-    print(f"report.html: {size / 1e6:.2f} MB ({size / 1e3 / max(1, args.steps):.1f} kB a frame){built}; "
-          f"screenshot of frame {args.frame}: {args.out} ({png / 1e3:.0f} kB)")
+    print(
+        f"report.html: {size / 1e6:.2f} MB ({size / 1e3 / max(1, args.steps):.1f} kB a frame){built}; "
+        f"screenshot of frame {args.frame}: {args.out} ({png / 1e3:.0f} kB)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,38 @@ sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
 from benchmarks.common import machine  # noqa: E402
 
 COLUMNS = (
-    "method", "interp", "score", "radius", "density", "frames", "map_s_per_frame", "metrics_s_per_frame",
-    "deletion_prob_auc", "insertion_prob_auc", "deletion_kl_auc", "insertion_kl_auc", "random_deletion_kl_auc",
-    "random_insertion_kl_auc", "sanity_spearman_output", "sanity_spearman_all", "sanity_ssim_output", "sanity_ssim_all",
-    "sanity_flagged", "sanity_frames", "objects_share", "objects_area", "pointing", "stability_settings",
-    "stability_temporal", "agent", "env", "machine", "date", "checkpoint", "agent_frames", "pipeline",
+    "method",
+    "interp",
+    "score",
+    "radius",
+    "density",
+    "frames",
+    "map_s_per_frame",
+    "metrics_s_per_frame",
+    "deletion_prob_auc",
+    "insertion_prob_auc",
+    "deletion_kl_auc",
+    "insertion_kl_auc",
+    "random_deletion_kl_auc",
+    "random_insertion_kl_auc",
+    "sanity_spearman_output",
+    "sanity_spearman_all",
+    "sanity_ssim_output",
+    "sanity_ssim_all",
+    "sanity_flagged",
+    "sanity_frames",
+    "objects_share",
+    "objects_area",
+    "pointing",
+    "stability_settings",
+    "stability_temporal",
+    "agent",
+    "env",
+    "machine",
+    "date",
+    "checkpoint",
+    "agent_frames",
+    "pipeline",
     "observation_shape",
 )
 
@@ -69,8 +96,10 @@ def method_fn(cfg: DictConfig, radius: float | None = None):
         r = cfg.radius if radius is None else radius
 
         def maps(policy, obs, states, actions):
-            return perturbation_saliency(policy, obs, states, radius=r, density=cfg.density, interp=cfg.interp,
-                                         score=cfg.score, actions=actions).actor
+            return perturbation_saliency(
+                policy, obs, states, radius=r, density=cfg.density, interp=cfg.interp, score=cfg.score, actions=actions
+            ).actor
+
         return maps
     if method == "jacobian":
         return lambda policy, obs, states, actions: jacobian_saliency(policy, obs, states).actor
@@ -100,13 +129,17 @@ def captum_maps(cfg):
 
             with torch.no_grad():
                 attr = Occlusion(score).attribute(
-                    image, sliding_window_shapes=(image.shape[1], cfg.density, cfg.density),
-                    strides=(image.shape[1], cfg.density, cfg.density), baselines=gaussian_blur(image, 3),
-                    additional_forward_args=state, perturbations_per_eval=64,
+                    image,
+                    sliding_window_shapes=(image.shape[1], cfg.density, cfg.density),
+                    strides=(image.shape[1], cfg.density, cfg.density),
+                    baselines=gaussian_blur(image, 3),
+                    additional_forward_args=state,
+                    perturbations_per_eval=64,
                 )
             # Occlusion attributes f(input) - f(occluded) = 0 - score: negated, larger is more salient
             out.append(-attr.sum(1))
         return torch.cat(out)
+
     return maps
 
 
@@ -132,6 +165,7 @@ def rise_maps(cfg):
             sal = RISEScoring().generate(probs[0], probs[1:], masks)  # (actions, H, W)
             out.append(torch.as_tensor(sal[int(actions[i])]))
         return torch.stack(out).to(obs.dtype)
+
     return maps
 
 
@@ -142,7 +176,7 @@ def peer_missing(method: str) -> str | None:
     try:
         __import__(module)
     except ImportError as exc:
-        return f"{method} needs {module} (pip install -e \".[bench]\"): {exc}"
+        return f'{method} needs {module} (pip install -e ".[bench]"): {exc}'
     return None
 
 
@@ -176,7 +210,14 @@ def nanmean(t) -> float:
 
 def measure(cfg: DictConfig) -> dict:
     from engine.core.inputs import prepare_observations
-    from engine.metrics.faithfulness import deletion_insertion, object_agreement, random_maps, rank_stability, sanity_check, temporal_stability
+    from engine.metrics.faithfulness import (
+        deletion_insertion,
+        object_agreement,
+        random_maps,
+        rank_stability,
+        sanity_check,
+        temporal_stability,
+    )
     from engine.core.preprocessing import CROP_ROWS
     from engine.metrics.regions import game_object_cells, game_of
     from engine.env.rollout import rollout
@@ -194,7 +235,9 @@ def measure(cfg: DictConfig) -> dict:
     fn = method_fn(cfg)
 
     fn(agent, obs[:1], tuple(s[:1] for s in states), actions[:1])  # warm-up (first-call allocations), not timed
-    deletion_insertion(agent, obs[:1], tuple(s[:1] for s in states), torch.rand(1, *obs.shape[2:]), actions[:1], steps=cfg.steps)
+    deletion_insertion(
+        agent, obs[:1], tuple(s[:1] for s in states), torch.rand(1, *obs.shape[2:]), actions[:1], steps=cfg.steps
+    )
     started = time.perf_counter()
     maps = fn(agent, obs, states, actions).detach().cpu().float()
     map_s = (time.perf_counter() - started) / cfg.frames
@@ -215,29 +258,56 @@ def measure(cfg: DictConfig) -> dict:
     if cfg.method == "perturbation" and neighbour_radius(cfg.radius, cfg.radii) is not None:
         other = method_fn(cfg, neighbour_radius(cfg.radius, cfg.radii))(agent, obs, states, actions).cpu().float()
         settings_rho = nanmean(rank_stability(maps, other))
-    rand = deletion_insertion(agent, obs, states, random_maps(cfg.frames, tuple(maps.shape[1:]), seed=cfg.seed),
-                              actions, steps=cfg.steps).aucs()
+    rand = deletion_insertion(
+        agent, obs, states, random_maps(cfg.frames, tuple(maps.shape[1:]), seed=cfg.seed), actions, steps=cfg.steps
+    ).aucs()
 
-    picks = torch.linspace(cfg.warmup_steps, cfg.warmup_steps + cfg.frames - 1, cfg.sanity_frames).round().long().unique()
+    picks = (
+        torch.linspace(cfg.warmup_steps, cfg.warmup_steps + cfg.frames - 1, cfg.sanity_frames).round().long().unique()
+    )
     recorded = played.observations[: int(picks.max()) + 1]
     taken = played.actions[picks]
-    sanity = sanity_check(agent, recorded, lambda p, o, s: {"actor": fn(p, o, s, taken).detach().float()},
-                          dones=played.dones[: int(picks.max()) + 1], frames=picks, seed=cfg.seed).summary()
+    sanity = sanity_check(
+        agent,
+        recorded,
+        lambda p, o, s: {"actor": fn(p, o, s, taken).detach().float()},
+        dones=played.dones[: int(picks.max()) + 1],
+        frames=picks,
+        seed=cfg.seed,
+    ).summary()
     return dict(
-        method=cfg.method, interp=cfg.interp if cfg.method == "perturbation" else "",
-        score=cfg.score if cfg.method == "perturbation" else "", radius=cfg.radius if cfg.method == "perturbation" else "",
-        density=cfg.density if cfg.method in ("perturbation", "captum") else "", frames=cfg.frames,
-        map_s_per_frame=map_s, metrics_s_per_frame=metrics_s,
-        deletion_prob_auc=nanmean(curves["deletion_prob"]), insertion_prob_auc=nanmean(curves["insertion_prob"]),
-        deletion_kl_auc=nanmean(curves["deletion_kl"]), insertion_kl_auc=nanmean(curves["insertion_kl"]),
-        random_deletion_kl_auc=nanmean(rand["deletion_kl"]), random_insertion_kl_auc=nanmean(rand["insertion_kl"]),
-        sanity_spearman_output=sanity["actor_spearman_output"], sanity_spearman_all=sanity["actor_spearman_all"],
-        sanity_ssim_output=sanity["actor_ssim_output"], sanity_ssim_all=sanity["actor_ssim_all"],
-        sanity_flagged=sanity["actor_flagged"], sanity_frames=len(picks),
-        objects_share=objects.get("objects_share", float("nan")), objects_area=objects.get("objects_area", float("nan")),
-        pointing=objects.get("pointing", float("nan")), stability_settings=settings_rho, stability_temporal=temporal,
-        agent=cfg.agent, env=cfg.env, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M"),
-        checkpoint=str(path), agent_frames=trained_frames(path) or "", pipeline=agent.pipeline,
+        method=cfg.method,
+        interp=cfg.interp if cfg.method == "perturbation" else "",
+        score=cfg.score if cfg.method == "perturbation" else "",
+        radius=cfg.radius if cfg.method == "perturbation" else "",
+        density=cfg.density if cfg.method in ("perturbation", "captum") else "",
+        frames=cfg.frames,
+        map_s_per_frame=map_s,
+        metrics_s_per_frame=metrics_s,
+        deletion_prob_auc=nanmean(curves["deletion_prob"]),
+        insertion_prob_auc=nanmean(curves["insertion_prob"]),
+        deletion_kl_auc=nanmean(curves["deletion_kl"]),
+        insertion_kl_auc=nanmean(curves["insertion_kl"]),
+        random_deletion_kl_auc=nanmean(rand["deletion_kl"]),
+        random_insertion_kl_auc=nanmean(rand["insertion_kl"]),
+        sanity_spearman_output=sanity["actor_spearman_output"],
+        sanity_spearman_all=sanity["actor_spearman_all"],
+        sanity_ssim_output=sanity["actor_ssim_output"],
+        sanity_ssim_all=sanity["actor_ssim_all"],
+        sanity_flagged=sanity["actor_flagged"],
+        sanity_frames=len(picks),
+        objects_share=objects.get("objects_share", float("nan")),
+        objects_area=objects.get("objects_area", float("nan")),
+        pointing=objects.get("pointing", float("nan")),
+        stability_settings=settings_rho,
+        stability_temporal=temporal,
+        agent=cfg.agent,
+        env=cfg.env,
+        machine=machine(),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        checkpoint=str(path),
+        agent_frames=trained_frames(path) or "",
+        pipeline=agent.pipeline,
         observation_shape="x".join(str(d) for d in agent.observation_shape),
     )
 
@@ -261,20 +331,35 @@ def write_report(jsonl: Path) -> list[Path]:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shown = ("map_s_per_frame", "metrics_s_per_frame", "deletion_kl_auc", "insertion_kl_auc", "deletion_prob_auc",
-             "insertion_prob_auc", "sanity_spearman_output", "sanity_spearman_all", "sanity_flagged", "objects_share",
-             "pointing", "stability_settings", "stability_temporal")
+    shown = (
+        "map_s_per_frame",
+        "metrics_s_per_frame",
+        "deletion_kl_auc",
+        "insertion_kl_auc",
+        "deletion_prob_auc",
+        "insertion_prob_auc",
+        "sanity_spearman_output",
+        "sanity_spearman_all",
+        "sanity_flagged",
+        "objects_share",
+        "pointing",
+        "stability_settings",
+        "stability_temporal",
+    )
     first = rows[0]
     info = next((r for r in reversed(rows) if r.get("pipeline")), first)  # rows written before these columns lack them
     trained = f", trained on {int(info['agent_frames']):,} frames" if info.get("agent_frames") else ""
-    pipeline = (f" ({info['pipeline']} pipeline, observations {info['observation_shape']})"
-                if info.get("pipeline") else "")
+    pipeline = (
+        f" ({info['pipeline']} pipeline, observations {info['observation_shape']})" if info.get("pipeline") else ""
+    )
     lines = [
         f"Agent {first['agent']}{trained}{pipeline} on {first['env']}, {first['frames']} frames, sanity checks on "
         f"{rows[0]['sanity_frames']} of them; {rows[0]['machine']}. Random-order reference: deletion KL AUC "
         f"{fmt(rows[0]['random_deletion_kl_auc'])}, insertion KL AUC {fmt(rows[0]['random_insertion_kl_auc'])}; "
-        f"objects cover {fmt(rows[0]['objects_area'])} of the screen.", "",
-        "| setting | " + " | ".join(shown) + " |", "| --- " * (len(shown) + 1) + "|",
+        f"objects cover {fmt(rows[0]['objects_area'])} of the screen.",
+        "",
+        "| setting | " + " | ".join(shown) + " |",
+        "| --- " * (len(shown) + 1) + "|",
     ]
     lines += [f"| {setting_name(r)} | " + " | ".join(fmt(r[k]) for k in shown) + " |" for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -295,7 +380,9 @@ def write_report(jsonl: Path) -> list[Path]:
         axes[1].annotate(setting_name(r), (r["sanity_spearman_all"], r["insertion_kl_auc"]), fontsize=6)
     axes[0].set(xscale="log", xlabel="s / frame (map)", ylabel="deletion KL AUC (higher: more faithful)")
     axes[0].axhline(rows[0]["random_deletion_kl_auc"], ls="--", c="gray", lw=0.8)
-    axes[1].set(xlabel="Spearman after all layers randomised (x: flagged)", ylabel="insertion KL AUC (lower: more faithful)")
+    axes[1].set(
+        xlabel="Spearman after all layers randomised (x: flagged)", ylabel="insertion KL AUC (lower: more faithful)"
+    )
     axes[1].axvline(0.5, ls="--", c="gray", lw=0.8)
     fig.suptitle(f"{rows[0]['agent']}{trained} on {rows[0]['env']}: settings, {rows[0]['frames']} frames")
     fig.tight_layout()

@@ -23,13 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
 from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
+
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 # fp32 peaks for derived floors (dense, no tensor cores): what a GPU user can compare against
 GPU_FP32_TFLOPS = {"A100": 19.5, "H100 SXM": 67.0, "RTX 4090": 82.6}
-
-
-
-
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,11 +50,13 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.threads))
     dtype = getattr(torch, cfg.dtype)
     agent = load_agent(cfg.checkpoint or DEFAULT_CHECKPOINT, device="cpu", dtype=dtype)
-    played = rollout(agent, cfg.env, cfg.warmup_steps + cfg.frames, seed=cfg.seed, progress=False)[cfg.warmup_steps:]
+    played = rollout(agent, cfg.env, cfg.warmup_steps + cfg.frames, seed=cfg.seed, progress=False)[cfg.warmup_steps :]
     frames, states = played.frames, tuple(s.to(dtype) for s in played.states)
     masks = len(range(0, 80, cfg.density)) ** 2
     chunk = resolve_perturbations_per_eval(agent, dtype, cfg.frames * masks, cfg.perturbations_per_eval, None)
-    options = dict(radius=cfg.radius, density=cfg.density, interp=cfg.interp, perturbations_per_eval=cfg.perturbations_per_eval)
+    options = dict(
+        radius=cfg.radius, density=cfg.density, interp=cfg.interp, perturbations_per_eval=cfg.perturbations_per_eval
+    )
     methods = set(cfg.methods)
     n, k = cfg.frames, cfg.reference_frames
     seconds: dict[str, float] = {}
@@ -82,21 +81,53 @@ def main(cfg: DictConfig) -> None:
     seconds.update({("bare_forward" if m == "bare" else m): t / n for m, t in timed.items()})
     one = lambda t: tuple(s[t : t + 1] for s in states)  # noqa: E731
     if "reference" in methods:
-        seconds["reference"] = best_of(1, warmup=False, fn=lambda: [score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp) for t in range(k)]) / k
+        seconds["reference"] = (
+            best_of(
+                1,
+                warmup=False,
+                fn=lambda: [
+                    score_frame_np(agent, frames[t].numpy(), one(t), cfg.radius, cfg.density, cfg.interp)
+                    for t in range(k)
+                ],
+            )
+            / k
+        )
     if "xaitk" in methods:
         from benchmarks.peers import xaitk_saliency_map
 
         images = [x[t, 0].float().numpy() for t in range(k)]
-        seconds["xaitk"] = best_of(1, fn=lambda: [xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)]) / k
+        seconds["xaitk"] = (
+            best_of(
+                1,
+                fn=lambda: [
+                    xaitk_saliency_map(agent, images[t], one(t), cfg.radius, cfg.density, chunk) for t in range(k)
+                ],
+            )
+            / k
+        )
     if "captum" in methods:
         from benchmarks.peers import captum_saliency_map
 
-        seconds["captum"] = best_of(1, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]) / k
+        seconds["captum"] = (
+            best_of(
+                1, fn=lambda: [captum_saliency_map(agent, x[t : t + 1], one(t), cfg.density, chunk) for t in range(k)]
+            )
+            / k
+        )
 
     result = dict(
-        machine=machine(), torch=torch.__version__, density=cfg.density, radius=cfg.radius, interp=cfg.interp,
-        frames=n, masks_per_frame=masks, chunk_size=chunk, dtype=cfg.dtype, threads=torch.get_num_threads(),
-        seconds_per_frame=seconds, frames_per_second={m: 1 / s for m, s in seconds.items()},
+        machine=machine(),
+        torch=torch.__version__,
+        density=cfg.density,
+        radius=cfg.radius,
+        interp=cfg.interp,
+        frames=n,
+        masks_per_frame=masks,
+        chunk_size=chunk,
+        dtype=cfg.dtype,
+        threads=torch.get_num_threads(),
+        seconds_per_frame=seconds,
+        frames_per_second={m: 1 / s for m, s in seconds.items()},
     )
     if "reference" in seconds:
         result["speedup_vs_reference"] = {m: seconds["reference"] / s for m, s in seconds.items()}
@@ -130,8 +161,12 @@ def main(cfg: DictConfig) -> None:
             speedup_over_float32=seconds.get("engine", np.nan) / seconds["engine_bf16_autocast"],
             actor_spearman=spearman(low.actor_scores.float(), exact.actor_scores),
             critic_spearman=spearman(low.critic_scores.float(), exact.critic_scores),
-            actor_max_rel_error=float((low.actor_scores.float() - exact.actor_scores).abs().max() / exact.actor_scores.abs().max()),
-            critic_max_rel_error=float((low.critic_scores.float() - exact.critic_scores).abs().max() / exact.critic_scores.abs().max()),
+            actor_max_rel_error=float(
+                (low.actor_scores.float() - exact.actor_scores).abs().max() / exact.actor_scores.abs().max()
+            ),
+            critic_max_rel_error=float(
+                (low.critic_scores.float() - exact.critic_scores).abs().max() / exact.critic_scores.abs().max()
+            ),
         )
 
     print(json.dumps(result, indent=2))
@@ -139,7 +174,9 @@ def main(cfg: DictConfig) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(json.dumps(result) + "\n")
-    Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, "result.json").write_text(json.dumps(result, indent=2))
+    Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, "result.json").write_text(
+        json.dumps(result, indent=2)
+    )
     OmegaConf.save(cfg, Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir, "settings.yaml"))
 
 

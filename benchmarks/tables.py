@@ -82,8 +82,13 @@ class Source:
             raise self.fail(f"not valid JSON{where}: {exc}") from exc
 
 
-def get(record: Any, key: str, source: Source, kind: type | tuple[type, ...] = (int, float, str, bool, dict, list),
-        where: str = "") -> Any:
+def get(
+    record: Any,
+    key: str,
+    source: Source,
+    kind: type | tuple[type, ...] = (int, float, str, bool, dict, list),
+    where: str = "",
+) -> Any:
     """``record[key]`` (``a.b`` for nested keys), checked for presence and type."""
     value = record
     for part in key.split("."):
@@ -144,9 +149,15 @@ def banner(sources: list[Source]) -> str:
 # ---------------------------------------------------------------------------------------------------- tables
 
 
-SUITE_METHODS = [("engine", "engine"), ("plain", "plain batched"), ("bare_forward", "bare forward"),
-                 ("captum", "captum `Occlusion`"), ("xaitk", "xaitk-saliency"), ("reference", "loop reference"),
-                 ("jacobian", "Jacobian")]
+SUITE_METHODS = [
+    ("engine", "engine"),
+    ("plain", "plain batched"),
+    ("bare_forward", "bare forward"),
+    ("captum", "captum `Occlusion`"),
+    ("xaitk", "xaitk-saliency"),
+    ("reference", "loop reference"),
+    ("jacobian", "Jacobian"),
+]
 
 
 def suite_runs(results: Path) -> tuple[Source, list[dict]]:
@@ -155,8 +166,10 @@ def suite_runs(results: Path) -> tuple[Source, list[dict]]:
     latest: dict[tuple, dict] = {}
     for i, r in enumerate(src.jsonl(), 1):
         where = f" (line {i})"
-        key = tuple(get(r, k, src, where=where) for k in ("machine", "density", "radius", "chunk_size", "dtype",
-                                                           "threads", "frames", "interp"))
+        key = tuple(
+            get(r, k, src, where=where)
+            for k in ("machine", "density", "radius", "chunk_size", "dtype", "threads", "frames", "interp")
+        )
         get(r, "masks_per_frame", src, int, where)
         for m in get(r, "seconds_per_frame", src, dict, where):
             number(r, f"seconds_per_frame.{m}", src, where)
@@ -167,39 +180,83 @@ def suite_runs(results: Path) -> tuple[Source, list[dict]]:
 
 def suite_table(results: Path) -> str:
     src, runs = suite_runs(results)
-    parts = [banner([src]),
-             ("Seconds per frame, the latest run of each setting (`python benchmarks/suite.py`, a sweep with `-m`; "
-             "`pip install -e \".[bench]\"` for the peers). Agent: baby-a3c's Pong GRU agent (40M frames), 2017 "
-             "pipeline (80x80), occlude; every method of a row measured in the same run, on the same frames.")]
+    parts = [
+        banner([src]),
+        (
+            "Seconds per frame, the latest run of each setting (`python benchmarks/suite.py`, a sweep with `-m`; "
+            '`pip install -e ".[bench]"` for the peers). Agent: baby-a3c\'s Pong GRU agent (40M frames), 2017 '
+            "pipeline (80x80), occlude; every method of a row measured in the same run, on the same frames."
+        ),
+    ]
     for machine in sorted({r["machine"] for r in runs}):
-        mine = sorted((r for r in runs if r["machine"] == machine),
-                      key=lambda r: (r["dtype"], -r["threads"], (r["frames"], r["chunk_size"]) != (8, 64), r["frames"],
-                                     r["chunk_size"], r["radius"] != 5, r["radius"], -r["density"]))
+        mine = sorted(
+            (r for r in runs if r["machine"] == machine),
+            key=lambda r: (
+                r["dtype"],
+                -r["threads"],
+                (r["frames"], r["chunk_size"]) != (8, 64),
+                r["frames"],
+                r["chunk_size"],
+                r["radius"] != 5,
+                r["radius"],
+                -r["density"],
+            ),
+        )
         torch = ", ".join(sorted({str(r.get("torch", "?")) for r in mine}))
         rows = []
         for r in mine:
             s = r["seconds_per_frame"]
-            rows.append([f"{r['density']}", f"{r['radius']:g}", f"{r['masks_per_frame']}", f"{r['frames']}",
-                         f"{r['chunk_size']}", r["dtype"], f"{r['threads']}"]
-                        + [g(s.get(m)) for m, _ in SUITE_METHODS]
-                        + [times(r.get("speedup_vs_reference", {}).get("engine")),
-                           times(r.get("incremental_speedup_over_plain"))])
-        header = ["density", "radius", "masks", "frames", "chunk", "dtype", "threads"] \
-            + [name for _, name in SUITE_METHODS] + ["engine vs reference", "incremental vs plain"]
+            rows.append(
+                [
+                    f"{r['density']}",
+                    f"{r['radius']:g}",
+                    f"{r['masks_per_frame']}",
+                    f"{r['frames']}",
+                    f"{r['chunk_size']}",
+                    r["dtype"],
+                    f"{r['threads']}",
+                ]
+                + [g(s.get(m)) for m, _ in SUITE_METHODS]
+                + [
+                    times(r.get("speedup_vs_reference", {}).get("engine")),
+                    times(r.get("incremental_speedup_over_plain")),
+                ]
+            )
+        header = (
+            ["density", "radius", "masks", "frames", "chunk", "dtype", "threads"]
+            + [name for _, name in SUITE_METHODS]
+            + ["engine vs reference", "incremental vs plain"]
+        )
         parts += [f"**Machine** (as the result file records it): {machine}; torch {torch}.", table(header, rows)]
         bf16 = [r for r in mine if isinstance(r.get("bf16"), dict)]
         if bf16:
             brow = []
             for r in bf16:
                 b = r["bf16"]
-                brow.append([f"{r['density']}", f"{r['radius']:g}", g(number(b, "seconds_per_frame", src)),
-                             times(number(b, "speedup_over_float32", src)),
-                             f"{g(number(b, 'actor_spearman', src))} / {g(number(b, 'critic_spearman', src))}",
-                             (f"{g(number(b, 'actor_max_rel_error', src))} / "
-                             f"{g(number(b, 'critic_max_rel_error', src))}")])
-            parts += [f"bfloat16 autocast against float32 on the same machine ({machine}):",
-                      table(["density", "radius", "bf16 s / frame", "speed vs float32",
-                             "Spearman vs float32 (actor / critic)", "max relative error (actor / critic)"], brow)]
+                brow.append(
+                    [
+                        f"{r['density']}",
+                        f"{r['radius']:g}",
+                        g(number(b, "seconds_per_frame", src)),
+                        times(number(b, "speedup_over_float32", src)),
+                        f"{g(number(b, 'actor_spearman', src))} / {g(number(b, 'critic_spearman', src))}",
+                        (f"{g(number(b, 'actor_max_rel_error', src))} / {g(number(b, 'critic_max_rel_error', src))}"),
+                    ]
+                )
+            parts += [
+                f"bfloat16 autocast against float32 on the same machine ({machine}):",
+                table(
+                    [
+                        "density",
+                        "radius",
+                        "bf16 s / frame",
+                        "speed vs float32",
+                        "Spearman vs float32 (actor / critic)",
+                        "max relative error (actor / critic)",
+                    ],
+                    brow,
+                ),
+            ]
     return "\n\n".join(parts) + "\n"
 
 
@@ -209,32 +266,59 @@ def headline_rows(results: Path) -> list[list[str]]:
     seen: set[tuple[str, str]] = set()
     for src, _, env, bench in gpu_files(results):
         device = get(env, "gpu", src) if get(env, "device", src) == "cuda" else get(env, "cpu", src)
-        for name, agent in (("engine_d5_r5", "baby-a3c Pong (GRU, 1x80x80)"),
-                            ("nature:engine_d5_r5", "Nature CNN (CleanRL `ppo_atari`, 4x84x84)")):
+        for name, agent in (
+            ("engine_d5_r5", "baby-a3c Pong (GRU, 1x80x80)"),
+            ("nature:engine_d5_r5", "Nature CNN (CleanRL `ppo_atari`, 4x84x84)"),
+        ):
             if name in bench and (device, name) not in seen:
                 seen.add((device, name))
                 b = bench[name]
-                rows.append([f"{device} (torch {get(env, 'torch', src)})", agent,
-                             f"{number(b, 's_per_frame', src) * 1e3:.3g} ms", rate(number(b, "frames_per_s", src)),
-                             times(number(b, "vs_reference", src)), f"`{src.shown}` (`{name}`)",
-                             "`benchmarks/gpu/check.sh`"])
+                rows.append(
+                    [
+                        f"{device} (torch {get(env, 'torch', src)})",
+                        agent,
+                        f"{number(b, 's_per_frame', src) * 1e3:.3g} ms",
+                        rate(number(b, "frames_per_s", src)),
+                        times(number(b, "vs_reference", src)),
+                        f"`{src.shown}` (`{name}`)",
+                        "`benchmarks/gpu/check.sh`",
+                    ]
+                )
     src, runs = suite_runs(results)
-    default = [r for r in runs if (r["density"], r["radius"], r["dtype"], r["chunk_size"], r["frames"], r["interp"])
-               == (5, 5, "float32", 64, 8, "occlude")]
+    default = [
+        r
+        for r in runs
+        if (r["density"], r["radius"], r["dtype"], r["chunk_size"], r["frames"], r["interp"])
+        == (5, 5, "float32", 64, 8, "occlude")
+    ]
     if not default:
         raise src.fail("no run at density 5, radius 5, float32, chunks of 64, 8 frames (the headline setting)")
     r = max(default, key=lambda r: r["threads"])
-    rows.append([f"{r['machine']} (torch {r.get('torch', '?')})", "baby-a3c Pong (GRU, 1x80x80)",
-                 f"{r['seconds_per_frame']['engine'] * 1e3:.3g} ms", rate(1 / r["seconds_per_frame"]["engine"]),
-                 times(r.get("speedup_vs_reference", {}).get("engine")), f"`{src.shown}` (latest run of the setting)",
-                 "`python benchmarks/suite.py`"])
+    rows.append(
+        [
+            f"{r['machine']} (torch {r.get('torch', '?')})",
+            "baby-a3c Pong (GRU, 1x80x80)",
+            f"{r['seconds_per_frame']['engine'] * 1e3:.3g} ms",
+            rate(1 / r["seconds_per_frame"]["engine"]),
+            times(r.get("speedup_vs_reference", {}).get("engine")),
+            f"`{src.shown}` (latest run of the setting)",
+            "`python benchmarks/suite.py`",
+        ]
+    )
     return rows
 
 
 def headline_table(results: Path) -> str:
     rows = headline_rows(results)
-    header = ["device (as recorded)", "agent", "per frame", "frames / s", "vs the loop reference", "result file",
-              "command"]
+    header = [
+        "device (as recorded)",
+        "agent",
+        "per frame",
+        "frames / s",
+        "vs the loop reference",
+        "result file",
+        "command",
+    ]
     return table(header, rows) + "\n"
 
 
@@ -242,25 +326,45 @@ def perturbation_table(results: Path) -> str:
     src = Source(results / "perturbation.json", "benchmarks/results/perturbation.json")
     d = src.json()
     keys = ("reference_s_per_frame", "engine_s_per_frame", "engine_plain_s_per_frame", "bare_forward_s_per_frame")
-    row = [g(number(d, k, src)) for k in keys] + [times(number(d, "speedup_vs_reference", src)),
-                                                 times(number(d, "plain_speedup_vs_reference", src)),
-                                                 times(number(d, "incremental_speedup", src)),
-                                                 g(number(d, "plain_over_bare_forward", src))]
-    text = [banner([src]),
-            (f"`python benchmarks/bench_perturbation.py`: {get(d, 'env', src)}, baby-a3c Pong agent, "
+    row = [g(number(d, k, src)) for k in keys] + [
+        times(number(d, "speedup_vs_reference", src)),
+        times(number(d, "plain_speedup_vs_reference", src)),
+        times(number(d, "incremental_speedup", src)),
+        g(number(d, "plain_over_bare_forward", src)),
+    ]
+    text = [
+        banner([src]),
+        (
+            f"`python benchmarks/bench_perturbation.py`: {get(d, 'env', src)}, baby-a3c Pong agent, "
             f"density {get(d, 'density', src)} ({get(d, 'masks_per_frame', src)} masks per frame), radius "
             f"{get(d, 'radius', src)}, {get(d, 'frames', src)} frames ({get(d, 'reference_frames', src)} for the loop "
             f"reference), chunks of {get(d, 'chunk_size', src)}, seconds per frame. **Machine** (as recorded): "
-            f"{get(d, 'machine', src)}; torch {get(d, 'torch', src)}."),
-            table(["loop reference", "engine", "engine, plain passes", "bare forward (floor)", "engine vs reference",
-                   "plain vs reference", "incremental vs plain", "plain / bare forward"], [row])]
+            f"{get(d, 'machine', src)}; torch {get(d, 'torch', src)}."
+        ),
+        table(
+            [
+                "loop reference",
+                "engine",
+                "engine, plain passes",
+                "bare forward (floor)",
+                "engine vs reference",
+                "plain vs reference",
+                "incremental vs plain",
+                "plain / bare forward",
+            ],
+            [row],
+        ),
+    ]
     return "\n\n".join(text) + "\n"
 
 
 SETTINGS_COLUMNS = [
-    ("map_s_per_frame", "map s/frame"), ("metrics_s_per_frame", "metrics s/frame"),
-    ("deletion_kl_auc", "deletion KL AUC (higher better)"), ("insertion_kl_auc", "insertion KL AUC (lower better)"),
-    ("deletion_prob_auc", "deletion prob. AUC"), ("insertion_prob_auc", "insertion prob. AUC"),
+    ("map_s_per_frame", "map s/frame"),
+    ("metrics_s_per_frame", "metrics s/frame"),
+    ("deletion_kl_auc", "deletion KL AUC (higher better)"),
+    ("insertion_kl_auc", "insertion KL AUC (lower better)"),
+    ("deletion_prob_auc", "deletion prob. AUC"),
+    ("insertion_prob_auc", "insertion prob. AUC"),
 ]
 
 
@@ -273,9 +377,16 @@ def settings_label(r: dict) -> str:
 def settings_table(src: Source) -> str:
     rows_in = src.jsonl()
     needed = ["method", "frames", "sanity_frames", "machine", "agent", "env", "date"]
-    numbers = [k for k, _ in SETTINGS_COLUMNS] + ["random_deletion_kl_auc", "random_insertion_kl_auc",
-                                                  "sanity_spearman_output", "sanity_spearman_all", "objects_share",
-                                                  "objects_area", "pointing", "stability_temporal"]
+    numbers = [k for k, _ in SETTINGS_COLUMNS] + [
+        "random_deletion_kl_auc",
+        "random_insertion_kl_auc",
+        "sanity_spearman_output",
+        "sanity_spearman_all",
+        "objects_share",
+        "objects_area",
+        "pointing",
+        "stability_temporal",
+    ]
     for i, r in enumerate(rows_in, 1):
         for k in needed:
             get(r, k, src, where=f" (line {i})")
@@ -292,23 +403,49 @@ def settings_table(src: Source) -> str:
     first = rows_in[0]
     frames = sorted({r["agent_frames"] for r in rows_in if isinstance(r.get("agent_frames"), int)})
     trained = f", trained on {grouped(frames[0])} frames" if len(frames) == 1 else ""
-    pipeline = sorted({f"{r['pipeline']} pipeline, observations {r['observation_shape']}"
-                       for r in rows_in if r.get("pipeline") and r.get("observation_shape")})
+    pipeline = sorted(
+        {
+            f"{r['pipeline']} pipeline, observations {r['observation_shape']}"
+            for r in rows_in
+            if r.get("pipeline") and r.get("observation_shape")
+        }
+    )
     dates = sorted({r["date"] for r in rows_in})
-    header = ["setting"] + [name for _, name in SETTINGS_COLUMNS] + [
-        "Spearman after output / all layers", "flagged", "object share", "pointing", "settings stability",
-        "temporal stability"]
+    header = (
+        ["setting"]
+        + [name for _, name in SETTINGS_COLUMNS]
+        + [
+            "Spearman after output / all layers",
+            "flagged",
+            "object share",
+            "pointing",
+            "settings stability",
+            "temporal stability",
+        ]
+    )
     rows = []
     for r in rows_in:
-        rows.append([settings_label(r)] + [g(r[k]) for k, _ in SETTINGS_COLUMNS] + [
-            f"{g(r['sanity_spearman_output'])} / {g(r['sanity_spearman_all'])}", "yes" if r["sanity_flagged"] else "no",
-            g(r["objects_share"]), g(r["pointing"]), g(r.get("stability_settings")), g(r["stability_temporal"])])
-    intro = (f"Agent `{one('agent')}`{trained}" + (f" ({'; '.join(pipeline)})" if pipeline else "")
-             + f" on {one('env')}; {one('frames')} frames, sanity checks on {one('sanity_frames')} of them. "
-             f"Random pixel order: deletion KL AUC {g(first['random_deletion_kl_auc'])}, insertion KL AUC "
-             f"{g(first['random_insertion_kl_auc'])}; the game's objects cover {g(first['objects_area'])} of the "
-             f"screen. **Machine** (as recorded): {one('machine')}; run {dates[0]} to {dates[-1]}. "
-             f"Source: `{src.shown}` (`python benchmarks/settings.py -m ...`).")
+        rows.append(
+            [settings_label(r)]
+            + [g(r[k]) for k, _ in SETTINGS_COLUMNS]
+            + [
+                f"{g(r['sanity_spearman_output'])} / {g(r['sanity_spearman_all'])}",
+                "yes" if r["sanity_flagged"] else "no",
+                g(r["objects_share"]),
+                g(r["pointing"]),
+                g(r.get("stability_settings")),
+                g(r["stability_temporal"]),
+            ]
+        )
+    intro = (
+        f"Agent `{one('agent')}`{trained}"
+        + (f" ({'; '.join(pipeline)})" if pipeline else "")
+        + f" on {one('env')}; {one('frames')} frames, sanity checks on {one('sanity_frames')} of them. "
+        f"Random pixel order: deletion KL AUC {g(first['random_deletion_kl_auc'])}, insertion KL AUC "
+        f"{g(first['random_insertion_kl_auc'])}; the game's objects cover {g(first['objects_area'])} of the "
+        f"screen. **Machine** (as recorded): {one('machine')}; run {dates[0]} to {dates[-1]}. "
+        f"Source: `{src.shown}` (`python benchmarks/settings.py -m ...`)."
+    )
     return "\n\n".join([banner([src]), intro, table(header, rows)]) + "\n"
 
 
@@ -324,32 +461,58 @@ def agents_table(results: Path) -> str:
         share = {}
         for head in ("actor", "critic"):
             for region in ("ball", "paddle", "opponent"):
-                share[head, region] = (f"{number(a, f'shares.{head}.{region}.saliency', src, where):.1%} / "
-                                       f"{number(a, f'shares.{head}.{region}.area', src, where):.1%}")
+                share[head, region] = (
+                    f"{number(a, f'shares.{head}.{region}.saliency', src, where):.1%} / "
+                    f"{number(a, f'shares.{head}.{region}.area', src, where):.1%}"
+                )
         training = a.get("training") or {}
         frames = training.get("frames")
-        rows.append([f"`{get(a, 'agent', src, str, where)}` ({get(a, 'core', src, str, where).upper()})",
-                     grouped(frames) if isinstance(frames, (int, float)) else "-",
-                     f"{signed(number(a, 'mean_score', src, where))} ({', '.join(signed(e) for e in episodes)})",
-                     share["actor", "ball"], share["actor", "paddle"], share["actor", "opponent"],
-                     share["critic", "ball"]])
+        rows.append(
+            [
+                f"`{get(a, 'agent', src, str, where)}` ({get(a, 'core', src, str, where).upper()})",
+                grouped(frames) if isinstance(frames, (int, float)) else "-",
+                f"{signed(number(a, 'mean_score', src, where))} ({', '.join(signed(e) for e in episodes)})",
+                share["actor", "ball"],
+                share["actor", "paddle"],
+                share["actor", "opponent"],
+                share["critic", "ball"],
+            ]
+        )
     steps = ", ".join(sorted({str(get(a, "rollout_steps", src)) for a in data}))
     distance = ", ".join(sorted({g(number(a, "distance_px", src)) for a in data}))
-    return "\n\n".join([
-        banner([src]),
-        (f"`python benchmarks/agent_report.py`: mean score of sampled Pong-v4 episodes, and the share of perturbation "
-        f"saliency (radius 5, density 5) over a {steps}-step rollout within {distance} frame pixels of each object, "
-        "against the share of the screen that region covers. **Machine**: not recorded in the result file."),
-        table(["agent", "training frames", "mean score (episodes)", "actor near ball / area",
-               "actor near own paddle / area", "actor near opponent / area", "critic near ball / area"], rows),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                banner([src]),
+                (
+                    f"`python benchmarks/agent_report.py`: mean score of sampled Pong-v4 episodes, and the share of perturbation "
+                    f"saliency (radius 5, density 5) over a {steps}-step rollout within {distance} frame pixels of each object, "
+                    "against the share of the screen that region covers. **Machine**: not recorded in the result file."
+                ),
+                table(
+                    [
+                        "agent",
+                        "training frames",
+                        "mean score (episodes)",
+                        "actor near ball / area",
+                        "actor near own paddle / area",
+                        "actor near opponent / area",
+                        "critic near ball / area",
+                    ],
+                    rows,
+                ),
+            ]
+        )
+        + "\n"
+    )
 
 
 def evaluation_table(results: Path) -> str:
     files = sorted(results.glob("ppo_*_evaluation.json"))
     if not files:
-        raise TableError("benchmarks/results/ppo_*_evaluation.json: missing "
-                         "(python benchmarks/evaluate_agent.py writes them)")
+        raise TableError(
+            "benchmarks/results/ppo_*_evaluation.json: missing (python benchmarks/evaluate_agent.py writes them)"
+        )
     parts = []
     for path in files:
         src = Source(path, f"benchmarks/results/{path.name}")
@@ -360,17 +523,24 @@ def evaluation_table(results: Path) -> str:
         crow = []
         for i, c in enumerate(cands):
             where = f" (candidate {i})"
-            crow.append([f"`{get(c, 'checkpoint', src, str, where)}`", get(c, "actions", src, str, where),
-                         ", ".join(signed(x) for x in get(c, "returns", src, list, where)),
-                         signed(number(c, "mean", src, where))])
+            crow.append(
+                [
+                    f"`{get(c, 'checkpoint', src, str, where)}`",
+                    get(c, "actions", src, str, where),
+                    ", ".join(signed(x) for x in get(c, "returns", src, list, where)),
+                    signed(number(c, "mean", src, where)),
+                ]
+            )
         parts += [
             banner([src]),
-            (f"**{get(d, 'env_id', src)}** ({get(d, 'pipeline', src)}; {get(d, 'precision', src)}; at most "
-            f"{grouped(number(d, 'max_steps', src))} agent steps per game). Chosen: `{get(d, 'chosen', src)}`, "
-            f"{get(d, 'actions', src)} actions, on one game per seed {seed_range(get(d, 'choose_seeds', src, list))}; "
-            f"reported on seeds {seed_range(seeds)} (one game each): {', '.join(signed(x) for x in returns)}, mean "
-            f"**{signed(number(d, 'report_mean', src))}**. **Machine** (as recorded): {get(d, 'machine', src)}; "
-            f"{g(number(d, 'seconds', src))} s in all. Source: `{src.shown}` (`python benchmarks/evaluate_agent.py`)."),
+            (
+                f"**{get(d, 'env_id', src)}** ({get(d, 'pipeline', src)}; {get(d, 'precision', src)}; at most "
+                f"{grouped(number(d, 'max_steps', src))} agent steps per game). Chosen: `{get(d, 'chosen', src)}`, "
+                f"{get(d, 'actions', src)} actions, on one game per seed {seed_range(get(d, 'choose_seeds', src, list))}; "
+                f"reported on seeds {seed_range(seeds)} (one game each): {', '.join(signed(x) for x in returns)}, mean "
+                f"**{signed(number(d, 'report_mean', src))}**. **Machine** (as recorded): {get(d, 'machine', src)}; "
+                f"{g(number(d, 'seconds', src))} s in all. Source: `{src.shown}` (`python benchmarks/evaluate_agent.py`)."
+            ),
             "Candidates, scored on the choosing seeds:",
             table(["checkpoint", "actions", "games", "mean"], crow),
         ]
@@ -386,16 +556,30 @@ def seed_range(seeds: list) -> str:
 def memory_table(results: Path) -> str:
     src = Source(results / "memory.json", "benchmarks/results/memory.json")
     d = src.json()
-    rows = [[label, grouped(number(d, f"{k}.frames", src)), g(number(d, f"{k}.seconds", src)),
-             grouped(number(d, f"{k}.peak_rss_mb", src))] for k, label in (("short", "short"), ("long", "long"))]
-    return "\n\n".join([
-        banner([src]),
-        (f"`python benchmarks/bench_memory.py`: peak resident memory of scoring a rollout store in a fresh process "
-        f"(density {get(d, 'density', src)}, {get(d, 'frames_per_chunk', src)} frames per chunk); the longer store "
-        f"needs {number(d, 'peak_ratio', src):.2f}x the memory of the shorter. **Machine**: not recorded in the "
-        "result file."),
-        table(["store", "frames", "seconds", "peak RSS (MB)"], rows),
-    ]) + "\n"
+    rows = [
+        [
+            label,
+            grouped(number(d, f"{k}.frames", src)),
+            g(number(d, f"{k}.seconds", src)),
+            grouped(number(d, f"{k}.peak_rss_mb", src)),
+        ]
+        for k, label in (("short", "short"), ("long", "long"))
+    ]
+    return (
+        "\n\n".join(
+            [
+                banner([src]),
+                (
+                    f"`python benchmarks/bench_memory.py`: peak resident memory of scoring a rollout store in a fresh process "
+                    f"(density {get(d, 'density', src)}, {get(d, 'frames_per_chunk', src)} frames per chunk); the longer store "
+                    f"needs {number(d, 'peak_ratio', src):.2f}x the memory of the shorter. **Machine**: not recorded in the "
+                    "result file."
+                ),
+                table(["store", "frames", "seconds", "peak RSS (MB)"], rows),
+            ]
+        )
+        + "\n"
+    )
 
 
 def store_table(results: Path) -> str:
@@ -409,12 +593,17 @@ def store_table(results: Path) -> str:
         rows = []
         for i, r in enumerate(get(d, "rows", src, list)):
             where = f" (row {i})"
-            rows.append([get(r, "format", src, str, where), get(r, "data", src, str, where),
-                         f"{number(r, 'bytes', src, where) / 1e6:.2f} MB",
-                         grouped(number(r, "bytes_per_frame", src, where)),
-                         f"{number(r, 'ratio_to_raw', src, where):.1f}x",
-                         grouped(number(r, "write_frames_per_s", src, where)),
-                         grouped(number(r, "read_frames_per_s", src, where))])
+            rows.append(
+                [
+                    get(r, "format", src, str, where),
+                    get(r, "data", src, str, where),
+                    f"{number(r, 'bytes', src, where) / 1e6:.2f} MB",
+                    grouped(number(r, "bytes_per_frame", src, where)),
+                    f"{number(r, 'ratio_to_raw', src, where):.1f}x",
+                    grouped(number(r, "write_frames_per_s", src, where)),
+                    grouped(number(r, "read_frames_per_s", src, where)),
+                ]
+            )
         versions = get(d, "versions", src, dict)
         parts += [
             banner([src]),
@@ -423,8 +612,18 @@ def store_table(results: Path) -> str:
             f"(chunks of {get(d, 'chunk_steps', src)} steps and {get(d, 'frames_per_chunk', src)} frames; best of "
             f"{get(d, 'repeats', src)} interleaved rounds; reads from the page cache). **Machine** (as recorded): "
             f"{get(d, 'machine', src)}; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
-            table(["format", "data", "on disk", "bytes per frame", "raw / on disk", "write (frames/s)",
-                   "read (frames/s)"], rows),
+            table(
+                [
+                    "format",
+                    "data",
+                    "on disk",
+                    "bytes per frame",
+                    "raw / on disk",
+                    "write (frames/s)",
+                    "read (frames/s)",
+                ],
+                rows,
+            ),
         ]
     return "\n\n".join(parts) + "\n"
 
@@ -449,8 +648,12 @@ def gpu_files(results: Path) -> list[tuple[Source, dict, dict, dict[str, dict]]]
     return out
 
 
-BENCH_EXTRAS = [("vs_reference", "{} the loop reference"), ("vs_plain", "{} plain passes"),
-                ("peak_gib", "peak {} GiB"), ("threads", "{} CPU threads")]
+BENCH_EXTRAS = [
+    ("vs_reference", "{} the loop reference"),
+    ("vs_plain", "{} plain passes"),
+    ("peak_gib", "peak {} GiB"),
+    ("threads", "{} CPU threads"),
+]
 
 
 def gpu_table(results: Path) -> str:
@@ -458,30 +661,53 @@ def gpu_table(results: Path) -> str:
     for src, d, env, bench in gpu_files(results):
         device = get(env, "gpu", src) if get(env, "device", src) == "cuda" else f"CPU only ({get(env, 'cpu', src)})"
         memory = f", {g(number(env, 'gpu_memory_gib', src))} GiB" if "gpu_memory_gib" in env else ""
-        described = (f"**{device}**{memory}; CUDA {env.get('cuda', '-')}, cuDNN {env.get('cudnn', '-')}; "
-                     f"torch {get(env, 'torch', src)}, Python {get(env, 'python', src)}; "
-                     f"host CPU {get(env, 'cpu', src)}, {get(env, 'cpu_threads', src)} threads")
+        described = (
+            f"**{device}**{memory}; CUDA {env.get('cuda', '-')}, cuDNN {env.get('cudnn', '-')}; "
+            f"torch {get(env, 'torch', src)}, Python {get(env, 'python', src)}; "
+            f"host CPU {get(env, 'cpu', src)}, {get(env, 'cpu_threads', src)} threads"
+        )
         checks = d["checks"]
-        crow = [[f"`{c['name']}`", g(c.get("value")), g(c.get("threshold")), "yes" if c["passed"] else "**no**",
-                 str(c.get("note", ""))] for c in checks]
+        crow = [
+            [
+                f"`{c['name']}`",
+                g(c.get("value")),
+                g(c.get("threshold")),
+                "yes" if c["passed"] else "**no**",
+                str(c.get("note", "")),
+            ]
+            for c in checks
+        ]
         brow = []
         for b in d["benchmarks"]:
             src_b = f" ({b['name']})"
-            extra = [fmt.format(g(number(b, k, src, src_b)) if k in ("peak_gib", "threads")
-                                else times(number(b, k, src, src_b)))
-                     for k, fmt in BENCH_EXTRAS if k in b]
+            extra = [
+                fmt.format(
+                    g(number(b, k, src, src_b)) if k in ("peak_gib", "threads") else times(number(b, k, src, src_b))
+                )
+                for k, fmt in BENCH_EXTRAS
+                if k in b
+            ]
             if "actor_rel_error" in b:
-                extra.append(f"relative error vs float64 {g(b['actor_rel_error'], 2)} / {g(b['critic_rel_error'], 2)}, "
-                             f"Spearman {g(b['actor_spearman'])} / {g(b['critic_spearman'])} (actor / critic)")
-            brow.append([f"`{b['name']}`", grouped(number(b, "frames", src, src_b)),
-                         f"{number(b, 's_per_frame', src, src_b) * 1e3:.3g}",
-                         rate(number(b, "frames_per_s", src, src_b)),
-                         "; ".join(extra)])
+                extra.append(
+                    f"relative error vs float64 {g(b['actor_rel_error'], 2)} / {g(b['critic_rel_error'], 2)}, "
+                    f"Spearman {g(b['actor_spearman'])} / {g(b['critic_spearman'])} (actor / critic)"
+                )
+            brow.append(
+                [
+                    f"`{b['name']}`",
+                    grouped(number(b, "frames", src, src_b)),
+                    f"{number(b, 's_per_frame', src, src_b) * 1e3:.3g}",
+                    rate(number(b, "frames_per_s", src, src_b)),
+                    "; ".join(extra),
+                ]
+            )
         passed = sum(c["passed"] for c in checks)
         parts += [
             banner([src]),
-            (f"`benchmarks/gpu/check.sh` (after `python benchmarks/gpu/prepare.py`), `{src.shown}`. **Device** (as "
-            f"recorded): {described}. Checks passed: {passed} of {len(checks)}."),
+            (
+                f"`benchmarks/gpu/check.sh` (after `python benchmarks/gpu/prepare.py`), `{src.shown}`. **Device** (as "
+                f"recorded): {described}. Checks passed: {passed} of {len(checks)}."
+            ),
             table(["check", "value", "threshold", "passed", "what"], crow),
             table(["benchmark", "frames", "ms / frame", "frames / s", "notes"], brow),
         ]
@@ -505,16 +731,42 @@ def builtin_agents_table(agents: Path) -> str:
         else:
             mean = (number(d, "mean_episode_reward", src), get(d, "episodes", src, int))
             agent = f"2017 architecture ({get(d, 'core', src, str).upper()} core)"
-        rows.append([name, agent, get(d, "game", src, str), grouped(frames), f"{mean[0]:+.2f} ({mean[1]})",
-                     f"{number(d, 'wall_seconds', src) / 3600:.1f} h", get(d, "precision", src, str)])
-    return "\n\n".join([
-        "<!-- generated by benchmarks/tables.py from `engine/agents/*/step_*.json`: do not edit, rerun the script -->",
-        ("The metadata shipped beside each built-in checkpoint (`engine/agents/<name>/step_<frames>.json`): the mean "
-        "return of the last training games (rewards unclipped for the PPO agents) and the training wall time. "
-        "**Machine**: not recorded in the metadata."),
-        table(["name", "agent", "game", "training frames", "mean training return (games)", "training wall time",
-               "shipped as"], rows),
-    ]) + "\n"
+        rows.append(
+            [
+                name,
+                agent,
+                get(d, "game", src, str),
+                grouped(frames),
+                f"{mean[0]:+.2f} ({mean[1]})",
+                f"{number(d, 'wall_seconds', src) / 3600:.1f} h",
+                get(d, "precision", src, str),
+            ]
+        )
+    return (
+        "\n\n".join(
+            [
+                "<!-- generated by benchmarks/tables.py from `engine/agents/*/step_*.json`: do not edit, rerun the script -->",
+                (
+                    "The metadata shipped beside each built-in checkpoint (`engine/agents/<name>/step_<frames>.json`): the mean "
+                    "return of the last training games (rewards unclipped for the PPO agents) and the training wall time. "
+                    "**Machine**: not recorded in the metadata."
+                ),
+                table(
+                    [
+                        "name",
+                        "agent",
+                        "game",
+                        "training frames",
+                        "mean training return (games)",
+                        "training wall time",
+                        "shipped as",
+                    ],
+                    rows,
+                ),
+            ]
+        )
+        + "\n"
+    )
 
 
 def settings_files(results: Path) -> list[Source]:
@@ -546,8 +798,9 @@ def generate(results: Path = RESULTS, agents: Path = AGENTS) -> dict[str, str]:
         except TableError:
             raise
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a shape the checks above missed
-            raise TableError(f"a result file of the table {name} has an unexpected shape ({type(exc).__name__}: "
-                             f"{exc})") from exc
+            raise TableError(
+                f"a result file of the table {name} has an unexpected shape ({type(exc).__name__}: {exc})"
+            ) from exc
     return tables
 
 
@@ -575,16 +828,20 @@ def readme_headline(readme: str) -> str:
     start, end = readme.find(HEADLINE_START), readme.find(HEADLINE_END)
     if start < 0 or end < start:
         raise TableError(f"README.md: no headline block ({HEADLINE_START} ... {HEADLINE_END})")
-    return readme[start + len(HEADLINE_START):end].strip("\n") + "\n"
+    return readme[start + len(HEADLINE_START) : end].strip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="the result files (default benchmarks/results)")
     parser.add_argument("--agents", type=Path, default=AGENTS, help="the shipped agents (default engine/agents)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write the tables here, and leave README.md alone (default docs/benchmarks/generated, "
-                             "and README.md's headline block)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the tables here, and leave README.md alone (default docs/benchmarks/generated, "
+        "and README.md's headline block)",
+    )
     args = parser.parse_args(argv)
     try:
         tables = generate(args.results, args.agents)

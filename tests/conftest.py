@@ -94,7 +94,9 @@ _why_unavailable: list[str] = []  # the details, printed once at the end of the 
 
 def _unavailable(detail: str):
     if checkpoints_required():
-        pytest.fail(f"{REQUIRE_VAR}=1 but the real baby-a3c checkpoints are unavailable ({detail}). {HOW_TO}", pytrace=False)
+        pytest.fail(
+            f"{REQUIRE_VAR}=1 but the real baby-a3c checkpoints are unavailable ({detail}). {HOW_TO}", pytrace=False
+        )
     _why_unavailable[:] = [detail]
     pytest.skip(SKIP_REASON)
 
@@ -147,10 +149,14 @@ def checkpoints_env(*names: tuple[str, int], base: dict | None = None) -> dict:
     ``(game, frames)`` of ``names`` (default: every baby-a3c checkpoint), for ``python -m engine`` subprocesses.
     Skips like :func:`checkpoint` when they cannot be had."""
     if not names:  # registry names are "baby-a3c/<game>@<frames>"
-        names = tuple((game, int(frames)) for game, frames in (n.removeprefix("baby-a3c/").split("@") for n in registry.KNOWN))
+        names = tuple(
+            (game, int(frames)) for game, frames in (n.removeprefix("baby-a3c/").split("@") for n in registry.KNOWN)
+        )
     roots = list(dict.fromkeys(str(checkpoint_root(game, frames)) for game, frames in names))
     env = dict(os.environ if base is None else base)
-    env[registry.ENV_VAR] = os.pathsep.join(roots + [d for d in env.get(registry.ENV_VAR, "").split(os.pathsep) if d and d not in roots])
+    env[registry.ENV_VAR] = os.pathsep.join(
+        roots + [d for d in env.get(registry.ENV_VAR, "").split(os.pathsep) if d and d not in roots]
+    )
     return env
 
 
@@ -202,8 +208,13 @@ def tiny_job(out_dir, steps: int = 4, movie: bool = True, **sections) -> JobConf
     ``sections`` update the config's sections (``rollout={"steps": 10}``, ``store={...}``)."""
     from engine.jobs.config import JobConfig
 
-    data: dict = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": steps}, "saliency": {"density": 20},
-                  "output": {"dir": str(out_dir), "movie": movie}, "progress": False}
+    data: dict = {
+        "agent": {"checkpoint": "builtin/pong"},
+        "rollout": {"steps": steps},
+        "saliency": {"density": 20},
+        "output": {"dir": str(out_dir), "movie": movie},
+        "progress": False,
+    }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return JobConfig.from_dict(data)

@@ -49,24 +49,61 @@ def _constructor(kind: str):
         # channels-last env: SB3 wraps it in VecTransposeImage and saves the (4, 84, 84) space
         "ppo": (PPO, "CnnPolicy", ImageEnv((84, 84, 4)), dict(on_policy, batch_size=8)),
         "a2c": (A2C, "CnnPolicy", ImageEnv((4, 84, 84)), dict(n_steps=4)),
-        "ppo_separate": (PPO, "CnnPolicy", ImageEnv(), dict(on_policy, batch_size=8,
-                                                             policy_kwargs=dict(share_features_extractor=False))),
-        "ppo_mlp": (PPO, "CnnPolicy", ImageEnv(), dict(on_policy, batch_size=8, policy_kwargs=dict(
-            net_arch=dict(pi=[64], vf=[32]), activation_fn=nn.ReLU, normalize_images=False))),
-        "ppo_same_layers": (PPO, "CnnPolicy", ImageEnv(), dict(on_policy, batch_size=8,
-                                                                policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16])))),
+        "ppo_separate": (
+            PPO,
+            "CnnPolicy",
+            ImageEnv(),
+            dict(on_policy, batch_size=8, policy_kwargs=dict(share_features_extractor=False)),
+        ),
+        "ppo_mlp": (
+            PPO,
+            "CnnPolicy",
+            ImageEnv(),
+            dict(
+                on_policy,
+                batch_size=8,
+                policy_kwargs=dict(net_arch=dict(pi=[64], vf=[32]), activation_fn=nn.ReLU, normalize_images=False),
+            ),
+        ),
+        "ppo_same_layers": (
+            PPO,
+            "CnnPolicy",
+            ImageEnv(),
+            dict(on_policy, batch_size=8, policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16]))),
+        ),
         "dqn": (DQN, "CnnPolicy", ImageEnv(), off_policy),
         "qrdqn": (QRDQN, "CnnPolicy", ImageEnv(), dict(off_policy, policy_kwargs=dict(n_quantiles=7))),
         "rppo": (RecurrentPPO, "CnnLstmPolicy", ImageEnv(), recurrent),
-        "rppo_shared": (RecurrentPPO, "CnnLstmPolicy", ImageEnv(), dict(recurrent, policy_kwargs=dict(
-            shared_lstm=True, enable_critic_lstm=False, lstm_hidden_size=32))),
-        "rppo_linear": (RecurrentPPO, "CnnLstmPolicy", ImageEnv(), dict(recurrent, policy_kwargs=dict(
-            enable_critic_lstm=False, n_lstm_layers=2, lstm_hidden_size=32, share_features_extractor=False))),
+        "rppo_shared": (
+            RecurrentPPO,
+            "CnnLstmPolicy",
+            ImageEnv(),
+            dict(recurrent, policy_kwargs=dict(shared_lstm=True, enable_critic_lstm=False, lstm_hidden_size=32)),
+        ),
+        "rppo_linear": (
+            RecurrentPPO,
+            "CnnLstmPolicy",
+            ImageEnv(),
+            dict(
+                recurrent,
+                policy_kwargs=dict(
+                    enable_critic_lstm=False, n_lstm_layers=2, lstm_hidden_size=32, share_features_extractor=False
+                ),
+            ),
+        ),
         # unsupported ones
-        "ppo_mlppolicy": (PPO, "MlpPolicy", ImageEnv(observation_space=spaces.Box(0, 1, (8,), np.float32)),
-                          dict(on_policy, batch_size=8)),
-        "ppo_continuous": (PPO, "CnnPolicy", ImageEnv(action_space=spaces.Box(-1, 1, (2,), np.float32)),
-                           dict(on_policy, batch_size=8)),
+        "ppo_mlppolicy": (
+            PPO,
+            "MlpPolicy",
+            ImageEnv(observation_space=spaces.Box(0, 1, (8,), np.float32)),
+            dict(on_policy, batch_size=8),
+        ),
+        "ppo_continuous": (
+            PPO,
+            "CnnPolicy",
+            ImageEnv(action_space=spaces.Box(-1, 1, (2,), np.float32)),
+            dict(on_policy, batch_size=8),
+        ),
     }[kind]
 
 
@@ -77,7 +114,9 @@ def make_agent(kind: str, path: Path, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if kind == "ppo_same_layers":  # identical actor and critic layers: SB3 1.x saved them as shared_net
-            model.policy.mlp_extractor.value_net[0].load_state_dict(model.policy.mlp_extractor.policy_net[0].state_dict())
+            model.policy.mlp_extractor.value_net[0].load_state_dict(
+                model.policy.mlp_extractor.policy_net[0].state_dict()
+            )
         action_net = getattr(model.policy, "action_net", None)
         if action_net is not None and isinstance(action_net, nn.Linear):
             # SB3 initialises the action layer with gain 0.01: make the logits O(1), as in a trained agent
@@ -130,11 +169,20 @@ def gym_spaces_data(data: dict, shape: list[int]) -> dict:
     data = dict(data)
     box, discrete = data["observation_space"], data["action_space"]
     data["observation_space"] = {
-        ":type:": "<class 'gym.spaces.box.Box'>", ":serialized:": box[":serialized:"], "dtype": "uint8",
-        "shape": shape, "low": box["low"], "high": box["high"], "_np_random": None,
+        ":type:": "<class 'gym.spaces.box.Box'>",
+        ":serialized:": box[":serialized:"],
+        "dtype": "uint8",
+        "shape": shape,
+        "low": box["low"],
+        "high": box["high"],
+        "_np_random": None,
     }
     data["action_space"] = {
-        ":type:": "<class 'gym.spaces.discrete.Discrete'>", ":serialized:": discrete[":serialized:"],
-        "n": int(discrete["n"]), "shape": [], "dtype": "int64", "_np_random": None,
+        ":type:": "<class 'gym.spaces.discrete.Discrete'>",
+        ":serialized:": discrete[":serialized:"],
+        "n": int(discrete["n"]),
+        "shape": [],
+        "dtype": "int64",
+        "_np_random": None,
     }
     return data

@@ -95,11 +95,20 @@ class Check:
         print(f"[{'ok' if passed else 'FAIL'}] {name}: {value:.3g} (<= {threshold:g}) {note}", flush=True)
 
     def time(self, name: str, seconds: float, frames: int, **extra) -> dict:
-        row = dict(name=name, seconds=seconds, frames=frames, s_per_frame=seconds / frames,
-                   frames_per_s=frames / seconds, **extra)
+        row = dict(
+            name=name,
+            seconds=seconds,
+            frames=frames,
+            s_per_frame=seconds / frames,
+            frames_per_s=frames / seconds,
+            **extra,
+        )
         self.bench.append(row)
-        print(f"  {name}: {seconds / frames * 1e3:.3f} ms/frame, {frames / seconds:.0f} frames/s "
-              f"{' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
+        print(
+            f"  {name}: {seconds / frames * 1e3:.3f} ms/frame, {frames / seconds:.0f} frames/s "
+            f"{' '.join(f'{k}={v}' for k, v in extra.items())}",
+            flush=True,
+        )
         return row
 
 
@@ -127,8 +136,10 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
         x = preprocess_frames(arrays["frames"][:200], device=device)
         with torch.inference_mode():
             out = agents_dev[name](x, tuple(s.to(device) for s in states_of(arrays, slice(0, 200))))
-        err = max(rel_error(out.logits, torch.from_numpy(arrays["logits"][:200])),
-                  rel_error(out.value.reshape(-1), torch.from_numpy(arrays["values"][:200]).reshape(-1)))
+        err = max(
+            rel_error(out.logits, torch.from_numpy(arrays["logits"][:200])),
+            rel_error(out.value.reshape(-1), torch.from_numpy(arrays["values"][:200]).reshape(-1)),
+        )
         c.record(f"recorded_outputs[{name}]", err, 1e-5 if cuda else 0.0, "200 frames, recorded on the CPU")
     # 2. maps on the device equal maps on the CPU (float32, TF32 off)
     rows = slice(100, 104)
@@ -148,8 +159,10 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
         x = preprocess_frames(arrays["frames"][t : t + 1], dtype=torch.float64)  # both get the same input
         got = perturbation_saliency(agent64, x, states, density=10)
         ref = saliency_np(ref_agent, x[0, 0].numpy(), tuple(s.double() for s in states), density=10)
-        err = max(rel_error(got.actor_scores[0], torch.from_numpy(ref["actor_scores"])),
-                  rel_error(got.critic_scores[0], torch.from_numpy(ref["critic_scores"])))
+        err = max(
+            rel_error(got.actor_scores[0], torch.from_numpy(ref["actor_scores"])),
+            rel_error(got.critic_scores[0], torch.from_numpy(ref["critic_scores"])),
+        )
         c.record(f"float64_vs_loop_reference[{name}]", err, 1e-9, "1 frame, d10 r5")
         agents_dev[name].float()
         agents_cpu[name].float()
@@ -157,30 +170,59 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
     name, arrays = "gru", data["gru"]
     frames, states = arrays["frames"][200:204], states_of(arrays, slice(200, 204))
     for incremental in (True, False):
-        full = perturbation_saliency(agents_dev[name], frames, states, incremental=incremental, perturbations_per_eval=1024)
+        full = perturbation_saliency(
+            agents_dev[name], frames, states, incremental=incremental, perturbations_per_eval=1024
+        )
         worst, identical = 0.0, True
         for per_eval in (1, 7, 64, 300):
-            part = perturbation_saliency(agents_dev[name], frames[:1] if per_eval == 1 else frames,
-                                         tuple(s[:1] for s in states) if per_eval == 1 else states,
-                                         incremental=incremental, perturbations_per_eval=per_eval)
+            part = perturbation_saliency(
+                agents_dev[name],
+                frames[:1] if per_eval == 1 else frames,
+                tuple(s[:1] for s in states) if per_eval == 1 else states,
+                incremental=incremental,
+                perturbations_per_eval=per_eval,
+            )
             n = part.actor_scores.shape[0]
-            identical &= bool(torch.equal(part.actor_scores, full.actor_scores[:n]) and torch.equal(part.critic_scores, full.critic_scores[:n]))
-            worst = max(worst, rel_error(part.actor_scores, full.actor_scores[:n]), rel_error(part.critic_scores, full.critic_scores[:n]))
-        one_by_one = torch.cat([perturbation_saliency(agents_dev[name], frames[i : i + 1], tuple(s[i : i + 1] for s in states),
-                                                      incremental=incremental).actor_scores for i in range(4)])
+            identical &= bool(
+                torch.equal(part.actor_scores, full.actor_scores[:n])
+                and torch.equal(part.critic_scores, full.critic_scores[:n])
+            )
+            worst = max(
+                worst,
+                rel_error(part.actor_scores, full.actor_scores[:n]),
+                rel_error(part.critic_scores, full.critic_scores[:n]),
+            )
+        one_by_one = torch.cat(
+            [
+                perturbation_saliency(
+                    agents_dev[name], frames[i : i + 1], tuple(s[i : i + 1] for s in states), incremental=incremental
+                ).actor_scores
+                for i in range(4)
+            ]
+        )
         together = perturbation_saliency(agents_dev[name], frames, states, incremental=incremental).actor_scores
         identical &= bool(torch.equal(one_by_one, together))
         worst = max(worst, rel_error(one_by_one, together))
-        c.record(f"chunk_invariance[incremental={incremental}]", worst, 0.0 if not cuda else 1e-5,
-                 f"perturbations per pass 1/7/64/300/1024, frames 1 vs 4; bit-identical: {identical}")
+        c.record(
+            f"chunk_invariance[incremental={incremental}]",
+            worst,
+            0.0 if not cuda else 1e-5,
+            f"perturbations per pass 1/7/64/300/1024, frames 1 vs 4; bit-identical: {identical}",
+        )
     # 5. incremental inference equals plain passes
     for name, arrays in data.items():
         frames, states = arrays["frames"][rows], states_of(arrays, rows)
         for radius in (3, 5):
             for interp in ("occlude", "searchlight"):
-                inc = perturbation_saliency(agents_dev[name], frames, states, radius=radius, interp=interp, incremental=True)
-                plain = perturbation_saliency(agents_dev[name], frames, states, radius=radius, interp=interp, incremental=False)
-                err = max(rel_error(inc.actor_scores, plain.actor_scores), rel_error(inc.critic_scores, plain.critic_scores))
+                inc = perturbation_saliency(
+                    agents_dev[name], frames, states, radius=radius, interp=interp, incremental=True
+                )
+                plain = perturbation_saliency(
+                    agents_dev[name], frames, states, radius=radius, interp=interp, incremental=False
+                )
+                err = max(
+                    rel_error(inc.actor_scores, plain.actor_scores), rel_error(inc.critic_scores, plain.critic_scores)
+                )
                 c.record(f"incremental_vs_plain[{name},r{radius},{interp}]", err, 1e-5)
     # 6. Jacobians: batched equals a plain per-frame autograd loop; func equals autograd
     for name, arrays in data.items():
@@ -196,11 +238,16 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
             (gc,) = torch.autograd.grad(out.value.sum(), leaf)
             loop_actor.append(ga)
             loop_critic.append(gc)
-        err = max(rel_error(batched.actor_grad, torch.cat(loop_actor)), rel_error(batched.critic_grad, torch.cat(loop_critic)))
+        err = max(
+            rel_error(batched.actor_grad, torch.cat(loop_actor)), rel_error(batched.critic_grad, torch.cat(loop_critic))
+        )
         c.record(f"jacobian_vs_autograd_loop[{name}]", err, 1e-5, "4 frames")
         func = jacobian_saliency(agent, frames, states, backend="func")
         err = max(rel_error(func.actor_grad, batched.actor_grad), rel_error(func.critic_grad, batched.critic_grad))
-        err = max(err, rel_error(action_jacobian(agent, frames, states, backend="func"), action_jacobian(agent, frames, states)))
+        err = max(
+            err,
+            rel_error(action_jacobian(agent, frames, states, backend="func"), action_jacobian(agent, frames, states)),
+        )
         c.record(f"jacobian_func_vs_autograd[{name}]", err, 1e-5, "maps and the per-action Jacobian")
 
 
@@ -222,8 +269,12 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
     c.time("engine_d5_r5", t_engine, n, vs_reference=round(t_ref / (t_engine / n), 1))
     # incremental vs plain
     for radius in (3, 5, 8):
-        t_inc = timed(lambda: perturbation_saliency(agent, frames, states, radius=radius, incremental=True), device, repeats)
-        t_plain = timed(lambda: perturbation_saliency(agent, frames, states, radius=radius, incremental=False), device, repeats)
+        t_inc = timed(
+            lambda: perturbation_saliency(agent, frames, states, radius=radius, incremental=True), device, repeats
+        )
+        t_plain = timed(
+            lambda: perturbation_saliency(agent, frames, states, radius=radius, incremental=False), device, repeats
+        )
         c.time(f"incremental_d5_r{radius}", t_inc, n, vs_plain=round(t_plain / t_inc, 2))
         c.time(f"plain_d5_r{radius}", t_plain, n)
     # perturbations per forward pass, up to memory
@@ -231,13 +282,24 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
     for incremental in (True, False):
         for per_eval in sizes:
             try:
-                t = timed(lambda: perturbation_saliency(agent, frames, states, perturbations_per_eval=per_eval, incremental=incremental), device, repeats)
+                t = timed(
+                    lambda: perturbation_saliency(
+                        agent, frames, states, perturbations_per_eval=per_eval, incremental=incremental
+                    ),
+                    device,
+                    repeats,
+                )
             except torch.OutOfMemoryError:
                 c.bench.append(dict(name=f"per_eval_{per_eval}_incremental={incremental}", error="out of memory"))
                 torch.cuda.empty_cache()
                 break
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-            c.time(f"per_eval_{per_eval}_incremental={incremental}", t, n, peak_gib=None if peak is None else round(peak, 2))
+            c.time(
+                f"per_eval_{per_eval}_incremental={incremental}",
+                t,
+                n,
+                peak_gib=None if peak is None else round(peak, 2),
+            )
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
     t_auto = timed(lambda: perturbation_saliency(agent, frames, states), device, repeats)
@@ -261,25 +323,39 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
 
         got = run(sub, sub_states)
         accuracy = dict(
-            actor_rel_error=rel_error(got.actor, want.actor), critic_rel_error=rel_error(got.critic, want.critic),
-            actor_spearman=round(spearman(got.actor, want.actor), 4), critic_spearman=round(spearman(got.critic, want.critic), 4),
+            actor_rel_error=rel_error(got.actor, want.actor),
+            critic_rel_error=rel_error(got.critic, want.critic),
+            actor_spearman=round(spearman(got.actor, want.actor), 4),
+            critic_spearman=round(spearman(got.critic, want.critic), 4),
         )
         c.time(f"precision_{label}", timed(run, device, repeats), n, **accuracy)
     set_tf32(False)
     # frames/s at density 5 over all recorded frames (1000), default settings
     many = 32 if quick else total
-    t_all = timed(lambda: perturbation_saliency(agent, arrays["frames"][:many], states_of(arrays, slice(0, many))), device, repeats=1)
+    t_all = timed(
+        lambda: perturbation_saliency(agent, arrays["frames"][:many], states_of(arrays, slice(0, many))),
+        device,
+        repeats=1,
+    )
     c.time(f"engine_d5_r5_{many}_frames", t_all, many)
     # Jacobian backends
     jn = total if cuda else 64
     for backend in ("autograd", "func"):
-        t = timed(lambda: jacobian_saliency(agent, arrays["frames"][:jn], states_of(arrays, slice(0, jn)), backend=backend), device, repeats)
+        t = timed(
+            lambda: jacobian_saliency(agent, arrays["frames"][:jn], states_of(arrays, slice(0, jn)), backend=backend),
+            device,
+            repeats,
+        )
         c.time(f"jacobian_maps_{backend}", t, jn)
         t = timed(lambda: action_jacobian(agent, arrays["frames"][:n], states, backend=backend), device, repeats)
         c.time(f"action_jacobian_{backend}", t, n)
     # the same engine call on this machine's CPU, for scale
     cpu_n = 8
-    t_cpu = timed(lambda: perturbation_saliency(agents_cpu["gru"], frames[:cpu_n], tuple(s[:cpu_n] for s in states)), torch.device("cpu"), repeats=1)
+    t_cpu = timed(
+        lambda: perturbation_saliency(agents_cpu["gru"], frames[:cpu_n], tuple(s[:cpu_n] for s in states)),
+        torch.device("cpu"),
+        repeats=1,
+    )
     c.time("engine_d5_r5_on_this_cpu", t_cpu, cpu_n, threads=torch.get_num_threads())
 
 
@@ -296,23 +372,43 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
     set_tf32(False)
     with torch.inference_mode():
         out = agent(torch.from_numpy(obs[:200]).to(device).float() / 255, ())
-    err = max(rel_error(out.logits, torch.from_numpy(arrays["logits"][:200])),
-              rel_error(out.value, torch.from_numpy(arrays["values"][:200])))
-    c.record("nature:recorded_outputs", err, 1e-5 if device.type == "cuda" else 0.0, "200 observations, recorded on the CPU")
+    err = max(
+        rel_error(out.logits, torch.from_numpy(arrays["logits"][:200])),
+        rel_error(out.value, torch.from_numpy(arrays["values"][:200])),
+    )
+    c.record(
+        "nature:recorded_outputs", err, 1e-5 if device.type == "cuda" else 0.0, "200 observations, recorded on the CPU"
+    )
     rows = slice(100, 104)
     want = perturbation_saliency(cpu_agent, obs[rows], ())
     got = perturbation_saliency(agent, obs[rows], ())
-    c.record("nature:device_vs_cpu", max(rel_error(got.actor_scores, want.actor_scores), rel_error(got.critic_scores, want.critic_scores)),
-             1e-4, "4 observations 4x84x84, d5 r5, float32")
+    c.record(
+        "nature:device_vs_cpu",
+        max(rel_error(got.actor_scores, want.actor_scores), rel_error(got.critic_scores, want.critic_scores)),
+        1e-4,
+        "4 observations 4x84x84, d5 r5, float32",
+    )
     agent64 = load_cleanrl(data / "cleanrl-ppo.pt", device=device, dtype="float64")
     got64 = perturbation_saliency(agent64, obs[120:121], (), density=12)
     ref = saliency_np(load_cleanrl(data / "cleanrl-ppo.pt", device="cpu", dtype="float64"), obs[120], (), density=12)
-    c.record("nature:float64_vs_loop_reference", max(rel_error(got64.actor_scores[0], torch.from_numpy(ref["actor_scores"])),
-                                                     rel_error(got64.critic_scores[0], torch.from_numpy(ref["critic_scores"]))), 1e-9, "1 observation, d12 r5")
+    c.record(
+        "nature:float64_vs_loop_reference",
+        max(
+            rel_error(got64.actor_scores[0], torch.from_numpy(ref["actor_scores"])),
+            rel_error(got64.critic_scores[0], torch.from_numpy(ref["critic_scores"])),
+        ),
+        1e-9,
+        "1 observation, d12 r5",
+    )
     full = perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=1156)
-    worst = max(rel_error(perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=k).actor_scores, full.actor_scores) for k in (7, 300))
+    worst = max(
+        rel_error(perturbation_saliency(agent, obs[rows], (), perturbations_per_eval=k).actor_scores, full.actor_scores)
+        for k in (7, 300)
+    )
     # on CUDA, cuDNN picks the Nature CNN's convolution algorithms by batch size: float32 rounding, as device vs CPU
-    c.record("nature:chunk_invariance", worst, 0.0 if device.type != "cuda" else 1e-4, "perturbations per pass 7/300/1156")
+    c.record(
+        "nature:chunk_invariance", worst, 0.0 if device.type != "cuda" else 1e-4, "perturbations per pass 7/300/1156"
+    )
     try:
         inc = perturbation_saliency(agent, obs[rows], (), incremental=True)
         plain = perturbation_saliency(agent, obs[rows], (), incremental=False)
@@ -328,16 +424,30 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
     t_engine = timed(lambda: perturbation_saliency(agent, obs[:n], ()), device, repeats)
     c.time("nature:engine_d5_r5", t_engine, n, vs_reference=round(t_ref / (t_engine / n), 1))
     for radius in (3, 5):
-        t_plain = timed(lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=False), device, repeats)
+        t_plain = timed(
+            lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=False), device, repeats
+        )
         c.time(f"nature:plain_d5_r{radius}", t_plain, n)
         if has_windows:
-            t_inc = timed(lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=True), device, repeats)
+            t_inc = timed(
+                lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=True), device, repeats
+            )
             c.time(f"nature:incremental_d5_r{radius}", t_inc, n, vs_plain=round(t_plain / t_inc, 2))
     if not quick:
         for per_eval in (4096, 16384, 65536):
-            c.time(f"nature:per_eval_{per_eval}", timed(lambda: perturbation_saliency(agent, obs[:n], (), perturbations_per_eval=per_eval), device, repeats), n)
+            c.time(
+                f"nature:per_eval_{per_eval}",
+                timed(
+                    lambda: perturbation_saliency(agent, obs[:n], (), perturbations_per_eval=per_eval), device, repeats
+                ),
+                n,
+            )
     many = 32 if quick else total
-    c.time(f"nature:engine_d5_r5_{many}_frames", timed(lambda: perturbation_saliency(agent, obs[:many], ()), device, repeats=1), many)
+    c.time(
+        f"nature:engine_d5_r5_{many}_frames",
+        timed(lambda: perturbation_saliency(agent, obs[:many], ()), device, repeats=1),
+        many,
+    )
     t_jac = timed(lambda: jacobian_saliency(agent, obs[:many], ()), device, repeats)
     c.time("nature:jacobian_maps", t_jac, many)
 
@@ -345,28 +455,55 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
 def environment(device: torch.device) -> dict:
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    env = dict(python=platform.python_version(), torch=torch.__version__, cpu=cpu, cpu_threads=torch.get_num_threads(),
-               device=str(device), numpy=np.__version__)
+    env = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        cpu=cpu,
+        cpu_threads=torch.get_num_threads(),
+        device=str(device),
+        numpy=np.__version__,
+    )
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return env
 
 
 def markdown(env: dict, c: Check) -> str:
-    lines = [f"# GPU check: {env.get('gpu', 'no CUDA: CPU only')}", "", "```", json.dumps(env, indent=1), "```", "",
-             "| check | value | threshold | passed | note |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['name']} | {r['value']:.3g} | {r['threshold']:g} | {'yes' if r['passed'] else '**no**'} | {r['note']} |" for r in c.checks]
+    lines = [
+        f"# GPU check: {env.get('gpu', 'no CUDA: CPU only')}",
+        "",
+        "```",
+        json.dumps(env, indent=1),
+        "```",
+        "",
+        "| check | value | threshold | passed | note |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['name']} | {r['value']:.3g} | {r['threshold']:g} | {'yes' if r['passed'] else '**no**'} | {r['note']} |"
+        for r in c.checks
+    ]
     lines += ["", "| benchmark | ms/frame | frames/s | more |", "| --- | --- | --- | --- |"]
     for r in c.bench:
         if "error" in r:
             lines.append(f"| {r['name']} | - | - | {r['error']} |")
             continue
-        more = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("name", "seconds", "frames", "s_per_frame", "frames_per_s"))
+        more = ", ".join(
+            f"{k}={v}" for k, v in r.items() if k not in ("name", "seconds", "frames", "s_per_frame", "frames_per_s")
+        )
         lines.append(f"| {r['name']} | {r['s_per_frame'] * 1e3:.3f} | {r['frames_per_s']:.0f} | {more} |")
     return "\n".join(lines) + "\n"
 
@@ -401,7 +538,9 @@ def main() -> None:
         standard_pipeline(c, device, args.data, quick)
     finally:
         env["total_seconds"] = round(time.perf_counter() - started, 1)
-        (args.out / "check.json").write_text(json.dumps(dict(environment=env, checks=c.checks, benchmarks=c.bench), indent=1))
+        (args.out / "check.json").write_text(
+            json.dumps(dict(environment=env, checks=c.checks, benchmarks=c.bench), indent=1)
+        )
         report = markdown(env, c)
         (args.out / "check.md").write_text(report)
         print(report)

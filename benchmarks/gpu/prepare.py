@@ -67,14 +67,33 @@ def main() -> None:
     with torch.no_grad():  # logits of order 1, as in a trained agent (CleanRL initialises the actor with std 0.01)
         nature.actor.weight.mul_(100)
     torch.save(nature.state_dict(), out / "cleanrl-ppo.pt")
-    record(load_cleanrl(out / "cleanrl-ppo.pt", device="cpu"), "PongNoFrameskip-v4", args.steps, out / "pong_nature.npz")
+    record(
+        load_cleanrl(out / "cleanrl-ppo.pt", device="cpu"), "PongNoFrameskip-v4", args.steps, out / "pong_nature.npz"
+    )
     if args.no_wheels:
         print(f"ready: {out} (no wheels)")
         return
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    "-d", str(out / "wheels"), *WHEELS], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(out / "wheels"),
+            *WHEELS,
+        ],
+        check=True,
+    )
     print(f"ready: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 

@@ -104,8 +104,10 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
                 if not own_sweeper:
-                    raise ConfigError(f"{key}: Hydra's basic sweeper takes lists (a,b) and range(); an interval needs "
-                                      "a sweeper plugin (hydra/sweeper=...)")
+                    raise ConfigError(
+                        f"{key}: Hydra's basic sweeper takes lists (a,b) and range(); an interval needs "
+                        "a sweeper plugin (hydra/sweeper=...)"
+                    )
                 continue  # a sweeper's search space: left to the jobs' own checks
             lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
@@ -175,6 +177,7 @@ def precheck(argv: list[str]) -> None:
 
 # --- the Hydra job ------------------------------------------------------------------------------------------
 
+
 def remove_empty_run_dir() -> None:
     """Remove the run directory Hydra made for a job that wrote nothing (only ``.hydra/`` and its log)."""
     from hydra.core.hydra_config import HydraConfig
@@ -190,8 +193,12 @@ def remove_empty_run_dir() -> None:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     parent = run_dir.parent  # outputs/<date> of the default run directory, if this job left it empty
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and parent.parent.name == "outputs" and parent.is_dir() \
-            and not any(parent.iterdir()):
+    if (
+        re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name)
+        and parent.parent.name == "outputs"
+        and parent.is_dir()
+        and not any(parent.iterdir())
+    ):
         parent.rmdir()
         if not any(parent.parent.iterdir()):
             parent.parent.rmdir()
@@ -240,9 +247,26 @@ def main(argv: list[str] | None = None) -> None:
 # --- sweeps -------------------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = (
-    "job", "env", "checkpoint", "method", "radius", "density", "interp", "compat", "state_alignment", "shard",
-    "num_shards", "frames", "frames_scored", "seconds_per_frame", "actor_mean", "actor_max", "critic_mean",
-    "critic_max", "complete", "output_dir",
+    "job",
+    "env",
+    "checkpoint",
+    "method",
+    "radius",
+    "density",
+    "interp",
+    "compat",
+    "state_alignment",
+    "shard",
+    "num_shards",
+    "frames",
+    "frames_scored",
+    "seconds_per_frame",
+    "actor_mean",
+    "actor_max",
+    "critic_mean",
+    "critic_max",
+    "complete",
+    "output_dir",
 )
 
 
@@ -254,16 +278,31 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
     for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         s = json.loads(path.read_text())
         c = s["config"]
-        rows.append(dict(
-            job=path.parent.name, env=c["env"]["id"], checkpoint=s["checkpoint"], method=c["saliency"]["method"],
-            radius=c["saliency"]["radius"], density=c["saliency"]["density"], interp=c["saliency"]["interp"],
-            compat=c["saliency"]["compat"], state_alignment=c["saliency"]["state_alignment"],
-            shard=c["store"]["shard"], num_shards=c["store"]["num_shards"], frames=s["frames"],
-            frames_scored=s.get("frames_scored"), seconds_per_frame=s.get("seconds_per_frame"),
-            actor_mean=s.get("actor_mean"), actor_max=s.get("actor_max"), critic_mean=s.get("critic_mean"),
-            critic_max=s.get("critic_max"), complete=s.get("complete", True), output_dir=str(path.parent),
-            **scalar_columns(s.get("metrics") or {}),
-        ))
+        rows.append(
+            dict(
+                job=path.parent.name,
+                env=c["env"]["id"],
+                checkpoint=s["checkpoint"],
+                method=c["saliency"]["method"],
+                radius=c["saliency"]["radius"],
+                density=c["saliency"]["density"],
+                interp=c["saliency"]["interp"],
+                compat=c["saliency"]["compat"],
+                state_alignment=c["saliency"]["state_alignment"],
+                shard=c["store"]["shard"],
+                num_shards=c["store"]["num_shards"],
+                frames=s["frames"],
+                frames_scored=s.get("frames_scored"),
+                seconds_per_frame=s.get("seconds_per_frame"),
+                actor_mean=s.get("actor_mean"),
+                actor_max=s.get("actor_max"),
+                critic_mean=s.get("critic_mean"),
+                critic_max=s.get("critic_max"),
+                complete=s.get("complete", True),
+                output_dir=str(path.parent),
+                **scalar_columns(s.get("metrics") or {}),
+            )
+        )
     return rows
 
 

@@ -54,24 +54,39 @@ def args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, description="Hydra")
     parser.add_argument("--help", "-h", action="store_true", help="Application's help")
     parser.add_argument("--hydra-help", action="store_true", help="Hydra's help")
-    parser.add_argument("--version", action="version", help="Show Hydra's version and exit",
-                        version=f"Hydra {hydra.__version__}")
-    parser.add_argument("overrides", nargs="*",
-                        help="Any key=value arguments to override config values (use dots for.nested=overrides)")
-    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="Show config instead of running [job|hydra|all]")
-    parser.add_argument("--resolve", action="store_true",
-                        help="Used in conjunction with --cfg, resolve config interpolations before printing.")
+    parser.add_argument(
+        "--version", action="version", help="Show Hydra's version and exit", version=f"Hydra {hydra.__version__}"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Any key=value arguments to override config values (use dots for.nested=overrides)"
+    )
+    parser.add_argument(
+        "--cfg", "-c", choices=["job", "hydra", "all"], help="Show config instead of running [job|hydra|all]"
+    )
+    parser.add_argument(
+        "--resolve",
+        action="store_true",
+        help="Used in conjunction with --cfg, resolve config interpolations before printing.",
+    )
     parser.add_argument("--package", "-p", help="Config package to show")
     parser.add_argument("--run", "-r", action="store_true", help="Run a job")
-    parser.add_argument("--multirun", "-m", action="store_true",
-                        help="Run multiple jobs with the configured launcher and sweeper")
+    parser.add_argument(
+        "--multirun", "-m", action="store_true", help="Run multiple jobs with the configured launcher and sweeper"
+    )
     parser.add_argument("--shell-completion", "-sc", action="store_true", help="Install or Uninstall shell completion")
     parser.add_argument("--config-path", "-cp", help="Overrides the config_path specified in hydra.main()")
     parser.add_argument("--config-name", "-cn", help="Overrides the config_name specified in hydra.main()")
     parser.add_argument("--config-dir", "-cd", help="Adds an additional config dir to the config search path")
     parser.add_argument("--experimental-rerun", help="Rerun a job from a previous config pickle")
-    parser.add_argument("--info", "-i", const="all", nargs="?", action="store", choices=INFO_CHOICES,
-                        help=f"Print Hydra information [{'|'.join(INFO_CHOICES)}]")
+    parser.add_argument(
+        "--info",
+        "-i",
+        const="all",
+        nargs="?",
+        action="store",
+        choices=INFO_CHOICES,
+        help=f"Print Hydra information [{'|'.join(INFO_CHOICES)}]",
+    )
     return parser
 
 
@@ -83,20 +98,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def hydra_own_mode(args: argparse.Namespace) -> bool:
     """Whether Hydra answers the command itself (help, information, shell completion, a rerun) or composes from a
     config tree a check made here would not see (``--config-path``, ``--config-dir``): the job then checks itself."""
-    return bool(args.help or args.hydra_help or args.info or args.shell_completion or args.config_path
-                or args.config_dir or args.experimental_rerun)
+    return bool(
+        args.help
+        or args.hydra_help
+        or args.info
+        or args.shell_completion
+        or args.config_path
+        or args.config_dir
+        or args.experimental_rerun
+    )
 
 
 def check_one_mode(args: argparse.Namespace) -> None:
     """Hydra runs one mode at a time; refuse a command line that asks for several."""
-    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
-                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
+    modes = [
+        flag
+        for flag, on in (
+            ("--run", args.run),
+            ("--multirun", args.multirun),
+            ("--cfg", args.cfg),
+            ("--info", args.info),
+            ("--shell-completion", args.shell_completion),
+        )
+        if on
+    ]
     if len(modes) > 1:
-        raise ConfigError(f"only one of --run, --multirun, --cfg, --info and --shell-completion can be given, "
-                          f"got {' '.join(modes)}")
+        raise ConfigError(
+            f"only one of --run, --multirun, --cfg, --info and --shell-completion can be given, got {' '.join(modes)}"
+        )
 
 
 # --- configurations -----------------------------------------------------------------------------------------
+
 
 def compose(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """``configs/<config_name>.yaml`` with ``overrides``, composed outside a Hydra run (so no run folder is made)."""
@@ -110,8 +143,9 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
 def plain(cfg: DictConfig) -> dict:
     """A composed configuration as plain data, interpolations resolved, Hydra's own node left out (its run-time
     values are not known outside a run)."""
-    return cast(dict, OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]),
-                                             resolve=True))
+    return cast(
+        dict, OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]), resolve=True)
+    )
 
 
 def run_hydra(task: Callable[[DictConfig], Any], config_name: str, argv: list[str]) -> None:
@@ -123,6 +157,7 @@ def run_hydra(task: Callable[[DictConfig], Any], config_name: str, argv: list[st
 
 
 # --- errors -------------------------------------------------------------------------------------------------
+
 
 def one_line(exc: BaseException) -> str:
     """One line for the user: ours as raised, Hydra's override and missing-option errors, and OmegaConf's errors
@@ -150,4 +185,3 @@ def fail(message: str) -> NoReturn:
     """``error: <message>`` on stderr, exit code 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-

@@ -89,8 +89,9 @@ def precheck(argv: list[str], table: dict[str, Trainer]) -> Any:
 def remove_unfinished(run_dir: Path) -> None:
     """Remove ``run_dir`` (made by this command) where it holds no results: only Hydra's files and logs."""
     for folder in (run_dir / "hydra", run_dir / "checkpoints", run_dir):
-        if folder.is_dir() and not [p for p in folder.rglob("*")
-                                    if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"]:
+        if folder.is_dir() and not [
+            p for p in folder.rglob("*") if p.is_file() and p.parent.name != ".hydra" and p.suffix != ".log"
+        ]:
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -45,6 +45,7 @@ from .batching import padded_row_count
 from .masks import perturb
 from .policy import Activation, ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State
 
+
 class CostProfile(NamedTuple):
     """How a kind of device spends its time, for the cost estimate (:class:`Work`).
 
@@ -128,7 +129,9 @@ def conv_trunk_of(agent: Policy) -> ConvTrunk | None:
     name = type(agent).__name__
     layers = getattr(trunk, "layers", None)
     if not isinstance(layers, (tuple, list)) or not layers:
-        raise ValueError(f"{name}.conv_trunk() must return an engine.core.policy.ConvTrunk with at least one layer, got {trunk!r}")
+        raise ValueError(
+            f"{name}.conv_trunk() must return an engine.core.policy.ConvTrunk with at least one layer, got {trunk!r}"
+        )
     scale = getattr(trunk, "input_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{name}.conv_trunk().input_scale must be a finite number, got {scale!r}")
@@ -154,7 +157,9 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int]:
     if conv.padding == "same":
         total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
         if any(t % 2 for t in total):
-            raise ValueError(f"{conv}: padding='same' is asymmetric for this kernel; incremental inference needs symmetric padding")
+            raise ValueError(
+                f"{conv}: padding='same' is asymmetric for this kernel; incremental inference needs symmetric padding"
+            )
         return (total[0] // 2, total[1] // 2)
     return cast(tuple[int, int], tuple(int(p) for p in conv.padding))  # a Conv2d holds a pair
 
@@ -181,7 +186,9 @@ def trunk_geometry(agent: Policy, trunk: ConvTrunk) -> TrunkGeometry:
     geometry = TrunkGeometry(shape, convs, rest)
     for axis in (0, 1):
         if min(geometry.sizes(axis)) < 1:
-            raise ValueError(f"{type(agent).__name__}'s conv trunk maps {tuple(agent.observation_shape)} to nothing (sizes {geometry.sizes(axis)})")
+            raise ValueError(
+                f"{type(agent).__name__}'s conv trunk maps {tuple(agent.observation_shape)} to nothing (sizes {geometry.sizes(axis)})"
+            )
     return geometry
 
 
@@ -230,7 +237,9 @@ def _place(
             low, high = max(hi - side + 1, 0), min(lo, n - side)
             if previous is not None:
                 start, width = previous[0][m], previous[1]
-                low = max(low, -((region - shift - start - width) // scale))  # ceil((start + width - region + shift) / scale)
+                low = max(
+                    low, -((region - shift - start - width) // scale)
+                )  # ceil((start + width - region + shift) / scale)
                 high = min(high, (start + shift) // scale)
             if low > high:
                 break
@@ -334,13 +343,19 @@ def windows_work(
         r, c = rows[index], cols[index]
         if index:  # the region gathered from the shared activations, the previous window pasted in
             pr, pc = rows[index - 1], cols[index - 1]
-            work = work + Work(moved=geometry.channels(first - 1) * (r.sides[0] * c.sides[0] + pr.sides[-1] * pc.sides[-1]))
+            work = work + Work(
+                moved=geometry.channels(first - 1) * (r.sides[0] * c.sides[0] + pr.sides[-1] * pc.sides[-1])
+            )
         for offset, layer in enumerate(range(first, last + 1), start=1):
             elements = geometry.channels(layer) * r.sides[offset] * c.sides[offset]
-            work = work + Work(macs=elements * geometry.convs[layer - 1].macs, written=elements * (1 if layer == last else 2))
+            work = work + Work(
+                macs=elements * geometry.convs[layer - 1].macs, written=elements * (1 if layer == last else 2)
+            )
     full = (geometry.sizes(0)[stop], geometry.sizes(1)[stop])
     if (rows[-1].sides[-1], cols[-1].sides[-1]) != full:
-        work = work + Work(moved=geometry.channels(stop) * (full[0] * full[1] + rows[-1].sides[-1] * cols[-1].sides[-1]))
+        work = work + Work(
+            moved=geometry.channels(stop) * (full[0] * full[1] + rows[-1].sides[-1] * cols[-1].sides[-1])
+        )
     for layer in range(1, len(geometry.convs) + 1):
         full_work = _full_layer(geometry, layer)
         # the layers after the windows run on whole maps; those before, once per observation (shared)
@@ -439,7 +454,9 @@ def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure: Structu
     changed = [[changed_ranges(geometry, axis, lo, hi) for lo, hi in supports[axis]] for axis in (0, 1)]
     best: tuple[float, tuple[tuple[int, int], ...], int, tuple[list[_AxisSegment], list[_AxisSegment]]] | None = None
     profile = cost_profile(masks.device)
-    candidates = [s for s in _structures(len(geometry.convs)) if profile.segments is None or len(s[0]) <= profile.segments]
+    candidates = [
+        s for s in _structures(len(geometry.convs)) if profile.segments is None or len(s[0]) <= profile.segments
+    ]
     for segments, stop in [structure] if structure is not None else candidates:
         row_plan, col_plan = [_axis_plan(geometry, axis, segments, changed[axis]) for axis in (0, 1)]
         if row_plan is None or col_plan is None:
@@ -451,8 +468,10 @@ def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure: Structu
     if best is None:
         raise RuntimeError(f"no windows fit the structure {structure} (a bug): use incremental=False")
     cost, segments, stop, axes = best
-    rows, cols = ([_AxisSegment(a.sides, tuple(tuple(o[i] for i in inverse[axis]) for o in a.origins)) for a in axes[axis]]
-                  for axis in (0, 1))
+    rows, cols = (
+        [_AxisSegment(a.sides, tuple(tuple(o[i] for i in inverse[axis]) for o in a.origins)) for a in axes[axis]]
+        for axis in (0, 1)
+    )
     return _build(geometry, masks, segments, stop, rows, cols, cost, profile)
 
 
@@ -473,7 +492,11 @@ def _build(
         r, c = rows[index], cols[index]
         for offset, layer in enumerate(range(first - 1, last + 1)):
             if layer not in windows:  # a segment's last window, not the next segment's region around it
-                windows[layer] = (torch.tensor(r.origins[offset]), torch.tensor(c.origins[offset]), (r.sides[offset], c.sides[offset]))
+                windows[layer] = (
+                    torch.tensor(r.origins[offset]),
+                    torch.tensor(c.origins[offset]),
+                    (r.sides[offset], c.sides[offset]),
+                )
         steps = cast(tuple[int, int], tuple(_backward(geometry, axis, first, last)[0] for axis in (0, 1)))
         pads: list[tuple[int, int]] = []
         for axis, a in enumerate((r, c)):
@@ -498,14 +521,26 @@ def _build(
             offsets = [torch.tensor(p.origins[-1]) - torch.tensor(a.origins[0]) for p, a in ((pr, r), (pc, c))]
             at_r = offsets[0][:, None] + torch.arange(pr.sides[-1])
             at_c = offsets[1][:, None] + torch.arange(pc.sides[-1])
-            assert int(at_r.min()) >= 0 and int(at_r.max()) < r.sides[0] and int(at_c.min()) >= 0 and int(at_c.max()) < c.sides[0]
+            assert (
+                int(at_r.min()) >= 0
+                and int(at_r.max()) < r.sides[0]
+                and int(at_c.min()) >= 0
+                and int(at_c.max()) < c.sides[0]
+            )
             paste = (at_r[:, :, None] * c.sides[0] + at_c[:, None, :]).flatten(1).to(device)
-        built.append(Segment(
-            first=first, last=last, region=(r.sides[0], c.sides[0]), step=steps,
-            pad=(pads[1][0], pads[1][1], pads[0][0], pads[0][1]),
-            rows=torch.tensor(r.origins[-1], device=device), cols=torch.tensor(c.origins[-1], device=device),
-            valid=tuple(valid), paste_index=paste,
-        ))
+        built.append(
+            Segment(
+                first=first,
+                last=last,
+                region=(r.sides[0], c.sides[0]),
+                step=steps,
+                pad=(pads[1][0], pads[1][1], pads[0][0], pads[0][1]),
+                rows=torch.tensor(r.origins[-1], device=device),
+                cols=torch.tensor(c.origins[-1], device=device),
+                valid=tuple(valid),
+                paste_index=paste,
+            )
+        )
     head = built[0]
     padded = F.pad(masks, head.pad)
     patches = padded.unfold(1, head.region[0], head.step[0]).unfold(2, head.region[1], head.step[1])
@@ -520,8 +555,16 @@ def _build(
         at_r = torch.tensor(last_r.origins[-1])[:, None] + torch.arange(last_r.sides[-1])
         at_c = torch.tensor(last_c.origins[-1])[:, None] + torch.arange(last_c.sides[-1])
         final = (at_r[:, :, None] * full[1] + at_c[:, None, :]).flatten(1).to(device)
-    return WindowPlan(tuple(built), stop, patches.contiguous(), final, tuple(windows[layer] for layer in range(stop + 1)),
-                      cost, plain_work(geometry).cost(profile), profile)
+    return WindowPlan(
+        tuple(built),
+        stop,
+        patches.contiguous(),
+        final,
+        tuple(windows[layer] for layer in range(stop + 1)),
+        cost,
+        plain_work(geometry).cost(profile),
+        profile,
+    )
 
 
 # --- running the windows ----------------------------------------------------------------------------------------
@@ -546,7 +589,11 @@ class SharedActivations(NamedTuple):
 
 def _format(t: torch.Tensor) -> torch.memory_format:
     """The memory format of a (N, C, H, W) tensor (contiguous where both fit, as for C = 1)."""
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
 def shared_activations(trunk: ConvTrunk, plan: WindowPlan, x: torch.Tensor, n: int) -> SharedActivations:
@@ -613,14 +660,20 @@ def perturbed_outputs(
     # later layers: as the convolutions before return them), so that it runs the same kernel: a window's values
     # then equal the plain pass's bit for bit where the kernel does not depend on the map's size (so far, always).
     first = plan.segments[0]
-    x = perturb(_regions(images, first, frame, mask), _regions(blurred, first, frame, mask),
-                plan.mask_patches.index_select(0, mask)[:, None], interp).contiguous()
+    x = perturb(
+        _regions(images, first, frame, mask),
+        _regions(blurred, first, frame, mask),
+        plan.mask_patches.index_select(0, mask)[:, None],
+        interp,
+    ).contiguous()
     if trunk.input_scale != 1:
         x = x * trunk.input_scale
     for index, segment in enumerate(plan.segments):
         if index:  # the observation's own activations around the window, the previous window pasted in
             assert segment.paste_index is not None  # set for every segment after the first
-            region = _paste(_regions(shared.regions[index - 1], segment, frame, mask), segment.paste_index.index_select(0, mask), x)
+            region = _paste(
+                _regions(shared.regions[index - 1], segment, frame, mask), segment.paste_index.index_select(0, mask), x
+            )
             x = region.contiguous(memory_format=shared.formats[index - 1])
         for layer in range(segment.first, segment.last + 1):
             x = _layer(*trunk.layers[layer - 1], x, padded=False)

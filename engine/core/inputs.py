@@ -23,8 +23,20 @@ Actions = torch.Tensor | np.ndarray | Sequence[int]  # one action index per obse
 def check_policy(agent: object) -> None:
     """Raise ``TypeError`` unless ``agent`` implements :class:`engine.core.policy.Policy`."""
     if not isinstance(agent, Policy):
-        missing = [name for name in ("observation_shape", "num_actions", "pipeline", "frame_stack", "device", "dtype",
-                                     "initial_state", "reset_state") if not hasattr(agent, name)]
+        missing = [
+            name
+            for name in (
+                "observation_shape",
+                "num_actions",
+                "pipeline",
+                "frame_stack",
+                "device",
+                "dtype",
+                "initial_state",
+                "reset_state",
+            )
+            if not hasattr(agent, name)
+        ]
         raise TypeError(
             f"agent must implement engine.core.policy.Policy, got {type(agent).__name__} (missing: {', '.join(missing)}): "
             "load one with engine.load_agent(path), an adapter of engine.policies, or wrap your own network with "
@@ -50,8 +62,14 @@ def prepare_observations(agent: Policy, frames: Observations) -> torch.Tensor:
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"observations must be a numpy array or torch tensor, got {type(frames).__name__}")
     if frames.ndim == 3 and tuple(frames.shape) in (FRAME_SHAPE, shape):
-        raise ValueError(f"observations must be batched (N, ...); got one frame {tuple(frames.shape)}: use frames[None]")
-    raw_form = f"; or raw uint8 frames (N, {', '.join(map(str, FRAME_SHAPE))})" if agent.pipeline == RAW_FRAMES_PIPELINE else ""
+        raise ValueError(
+            f"observations must be batched (N, ...); got one frame {tuple(frames.shape)}: use frames[None]"
+        )
+    raw_form = (
+        f"; or raw uint8 frames (N, {', '.join(map(str, FRAME_SHAPE))})"
+        if agent.pipeline == RAW_FRAMES_PIPELINE
+        else ""
+    )
     if frames.ndim == 4 and tuple(frames.shape[1:]) == FRAME_SHAPE and frames.dtype == torch.uint8:
         if agent.pipeline != RAW_FRAMES_PIPELINE:
             raise ValueError(
@@ -100,13 +118,19 @@ def prepare_states(agent: Policy, states: StatesLike, n: int) -> State:
         raise TypeError(f"states must be a tuple of tensors, got {type(states).__name__}")
     if len(states) != len(template):
         shapes = ", ".join(f"(N, {', '.join(map(str, s.shape[1:]))})" for s in template)
-        kind = "a feed-forward agent takes the empty state ()" if not template else f"this agent's state has {len(template)} tensor(s) of shapes {shapes}"
+        kind = (
+            "a feed-forward agent takes the empty state ()"
+            if not template
+            else f"this agent's state has {len(template)} tensor(s) of shapes {shapes}"
+        )
         raise ValueError(f"{kind}, got {len(states)}")
     checked = []
     for i, (s, like) in enumerate(zip(states, template)):
         s = torch.as_tensor(s)
         if tuple(s.shape[1:]) != tuple(like.shape[1:]) or s.ndim != like.ndim:
-            raise ValueError(f"state tensor {i} must have shape (N, {', '.join(map(str, like.shape[1:]))}), got {tuple(s.shape)}")
+            raise ValueError(
+                f"state tensor {i} must have shape (N, {', '.join(map(str, like.shape[1:]))}), got {tuple(s.shape)}"
+            )
         if s.shape[0] != n:
             raise ValueError(
                 f"state/frame count mismatch: {n} frames but state tensor {i} has {s.shape[0]} rows; "

@@ -222,9 +222,7 @@ def jacobian_saliency(
     x, state = prepare_inputs(agent, frames, states)
     bounds = _chunks(x.shape[0], frames_per_eval)
 
-    def both_heads(
-        logits: torch.Tensor, value: torch.Tensor
-    ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    def both_heads(logits: torch.Tensor, value: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         return [(logits, None), (None, torch.ones_like(value))]
 
     with _autograd_on(), float32_matmul_precision(x.device, tf32):

@@ -43,12 +43,19 @@ def _masks_float64(radius: float, density: int, size: tuple[int, int]) -> torch.
 
 
 @lru_cache(maxsize=16)
-def _masks_on(radius: float, density: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _masks_on(
+    radius: float, density: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     return _masks_float64(radius, density, size).to(device=device, dtype=dtype)
 
 
-def perturbation_masks(radius: float, density: int, device: torch.device | str | None = None,
-                       dtype: torch.dtype = torch.float32, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
+def perturbation_masks(
+    radius: float,
+    density: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    size: tuple[int, int] = (SIZE, SIZE),
+) -> torch.Tensor:
     """All masks of the grid, ``(Gh * Gw, H, W)`` for an observation of ``size = (H, W)``, row-major by center.
 
     Cached per (radius, density, size, device, dtype): treat the result as read-only.

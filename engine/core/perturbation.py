@@ -24,7 +24,15 @@ from .blur import gaussian_blur
 from .device import float32_matmul_precision
 from .batching import chunk_bounds, pad_rows
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
-from .incremental import WindowPlan, conv_trunk_of, perturbed_outputs, shared_activations, trunk_geometry, window_plan, worthwhile
+from .incremental import (
+    WindowPlan,
+    conv_trunk_of,
+    perturbed_outputs,
+    shared_activations,
+    trunk_geometry,
+    window_plan,
+    worthwhile,
+)
 from .masks import center_coords, perturb, perturbation_masks
 from .masks import grid_shape
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
@@ -77,8 +85,14 @@ def resolve_perturbations_per_eval(
     """``perturbations_per_eval`` if given, else as many inputs as fit the memory budget (at least 1, at most ``total``),
     and on the CPU at most ``DEFAULT_CPU_CHUNK`` unless a budget was given."""
     if perturbations_per_eval is not None:
-        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
-            raise ValueError(f"perturbations_per_eval must be a positive integer or None (use the memory budget), got {perturbations_per_eval!r}")
+        if (
+            isinstance(perturbations_per_eval, bool)
+            or not isinstance(perturbations_per_eval, int)
+            or perturbations_per_eval < 1
+        ):
+            raise ValueError(
+                f"perturbations_per_eval must be a positive integer or None (use the memory budget), got {perturbations_per_eval!r}"
+            )
         return min(perturbations_per_eval, total)
     budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
     if not budget > 0:
@@ -120,7 +134,9 @@ def perturbation_scores(
 
         def evaluate(frame: torch.Tensor, mask: torch.Tensor) -> PolicyOutput:
             # index_select: several times faster than advanced indexing on the CPU
-            perturbed = perturb(x.index_select(0, frame), blurred.index_select(0, frame), plane_masks.index_select(0, mask), interp)
+            perturbed = perturb(
+                x.index_select(0, frame), blurred.index_select(0, frame), plane_masks.index_select(0, mask), interp
+            )
             return agent(perturbed, index_state(state, frame))
 
     else:
@@ -144,7 +160,9 @@ def perturbation_scores(
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
     bounds = chunk_bounds(n * m, perturbations_per_eval)
-    for start, stop in tqdm(bounds, desc="perturbations", unit="chunk", disable=True if not progress or len(bounds) < 2 else None):
+    for start, stop in tqdm(
+        bounds, desc="perturbations", unit="chunk", disable=True if not progress or len(bounds) < 2 else None
+    ):
         flat = torch.arange(start, stop, device=x.device)
         frame, mask = flat // m, flat % m
         out = evaluate(frame, mask)
@@ -185,7 +203,9 @@ def upsample_exact(scores: torch.Tensor, density: int, size: tuple[int, int] = (
     wx = _interpolation_matrix(density, w, scores.device, scores.dtype)
     n, gh, gw = scores.shape[0], wy.shape[1], wx.shape[1]
     if tuple(scores.shape[1:]) != (gh, gw):
-        raise ValueError(f"score grids of density {density} on {h}x{w} must be (N, {gh}, {gw}), got {tuple(scores.shape)}")
+        raise ValueError(
+            f"score grids of density {density} on {h}x{w} must be (N, {gh}, {gw}), got {tuple(scores.shape)}"
+        )
     cols = (pad_rows(scores.reshape(n * gh, gw)) @ wx.T)[: n * gh].view(n, gh, w)  # (N, Gh, W): along x
     rows = pad_rows(cols.transpose(1, 2).reshape(n * w, gh)) @ wy.T  # (N * W, H): along y, transposed
     return rows[: n * w].view(n, w, h).transpose(1, 2).contiguous()
@@ -295,7 +315,9 @@ def perturbation_saliency(
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))  # observations are (N, C, H, W)
     validate_settings(radius, density, interp, blur_sigma, compat, size)
     if compat == "paper" and size != (SIZE, SIZE):
-        raise ValueError(f"compat='paper' reproduces the 2017 upsampling of 80x80 maps; this agent's maps are {size[0]}x{size[1]}: use compat='exact'")
+        raise ValueError(
+            f"compat='paper' reproduces the 2017 upsampling of 80x80 maps; this agent's maps are {size[0]}x{size[1]}: use compat='exact'"
+        )
     device, dtype = agent_device_dtype(agent)
     taken = _check_actions(actions, n, agent.num_actions, device) if score == "action_logprob" else None
     masks = perturbation_masks(radius, density, device, dtype, size)
@@ -311,15 +333,23 @@ def perturbation_saliency(
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
-        actor, critic = perturbation_scores(agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken)
+        actor, critic = perturbation_scores(
+            agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken
+        )
         gh, gw = grid_shape(density, size)
         actor, critic = actor.view(-1, gh, gw), critic.view(-1, gh, gw)
         if compat == "paper":
             up_actor, up_critic = upsample_paper(actor, density), upsample_paper(critic, density)
         else:
             up_actor, up_critic = upsample_exact(actor, density, size), upsample_exact(critic, density, size)
-        settings: dict[str, float | str] = dict(radius=radius, density=density, interp=str(interp),
-                                                blur_sigma=blur_sigma, compat=str(compat), score=str(score))
+        settings: dict[str, float | str] = dict(
+            radius=radius,
+            density=density,
+            interp=str(interp),
+            blur_sigma=blur_sigma,
+            compat=str(compat),
+            score=str(score),
+        )
         return PerturbationResult(
             actor=up_actor,
             critic=up_critic,
@@ -336,7 +366,11 @@ def _check_actions(actions: Actions | None, n: int, num_actions: int, device: to
         raise ValueError("score='action_logprob' needs the action taken on each frame: pass actions=rollout.actions")
     actions = torch.as_tensor(actions)
     if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.shape != (n,):
-        raise ValueError(f"actions must be {n} integer action indices (one per frame), got {actions.dtype} {tuple(actions.shape)}")
+        raise ValueError(
+            f"actions must be {n} integer action indices (one per frame), got {actions.dtype} {tuple(actions.shape)}"
+        )
     if n and (int(actions.min()) < 0 or int(actions.max()) >= num_actions):
-        raise ValueError(f"actions must lie in 0..{num_actions - 1}, got values in {int(actions.min())}..{int(actions.max())}")
+        raise ValueError(
+            f"actions must lie in 0..{num_actions - 1}, got values in {int(actions.min())}..{int(actions.max())}"
+        )
     return actions.to(device=device, dtype=torch.long)

@@ -139,7 +139,10 @@ def reset_rows(state: State, done: torch.Tensor) -> State:
     if not state:
         return state
     done = done.to(device=state[0].device, dtype=torch.bool)
-    return tuple(torch.where(done.view(-1, *([1] * (s.ndim - 1))), torch.zeros((), dtype=s.dtype, device=s.device), s) for s in state)
+    return tuple(
+        torch.where(done.view(-1, *([1] * (s.ndim - 1))), torch.zeros((), dtype=s.dtype, device=s.device), s)
+        for s in state
+    )
 
 
 # --- recurrent-state helpers: the only place that knows a state is a tuple --------------------------------

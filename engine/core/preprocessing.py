@@ -21,7 +21,13 @@ from .settings import SIZE
 
 # SIZE is re-exported: the layers above take the side of the preprocessed observation from here
 __all__ = [
-    "CROP_ROWS", "FRAME_SHAPE", "SIZE", "as_frames_tensor", "byte_scale", "preprocess_bytes", "preprocess_frames",
+    "CROP_ROWS",
+    "FRAME_SHAPE",
+    "SIZE",
+    "as_frames_tensor",
+    "byte_scale",
+    "preprocess_bytes",
+    "preprocess_frames",
     "resize_uint8",
 ]
 
@@ -107,7 +113,7 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def preprocess_bytes(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Raw frames (N, 210, 160, 3) uint8 -> the 80x80 uint8 images the agents were trained on, (N, 80, 80)."""
     frames = as_frames_tensor(frames)
-    gray = frames[:, CROP_ROWS[0]:CROP_ROWS[1]].to(torch.float64).mean(dim=-1)
+    gray = frames[:, CROP_ROWS[0] : CROP_ROWS[1]].to(torch.float64).mean(dim=-1)
     return resize_uint8(byte_scale(gray), (SIZE, SIZE))
 
 

@@ -44,7 +44,7 @@ def preprocess_np(frame: np.ndarray) -> np.ndarray:
 def mask_np(center: tuple[int, int], radius: float, size: tuple[int, int] = (80, 80)) -> np.ndarray:
     """The mask of spec section 3 for one center: a 5-pixel plus blurred with sigma=radius, max 1, of ``size``."""
     h, w = size
-    y, x = np.ogrid[-center[0]:h - center[0], -center[1]:w - center[1]]
+    y, x = np.ogrid[-center[0] : h - center[0], -center[1] : w - center[1]]
     mask = np.zeros((h, w))
     mask[x * x + y * y <= 1] = 1
     blurred: np.ndarray = gaussian_filter(mask, sigma=radius)
@@ -153,8 +153,11 @@ def upsample_exact_np(scores: np.ndarray, density: int, size: tuple[int, int] = 
 
     rows, cols = (np.arange(0, n, density, dtype=np.float64) for n in size)
     interp = RegularGridInterpolator((rows, cols), scores, method="linear")
-    yy, xx = np.meshgrid(np.minimum(np.arange(size[0], dtype=np.float64), rows[-1]),
-                         np.minimum(np.arange(size[1], dtype=np.float64), cols[-1]), indexing="ij")
+    yy, xx = np.meshgrid(
+        np.minimum(np.arange(size[0], dtype=np.float64), rows[-1]),
+        np.minimum(np.arange(size[1], dtype=np.float64), cols[-1]),
+        indexing="ij",
+    )
     values: np.ndarray = interp(np.stack([yy, xx], axis=-1))
     return values
 

@@ -27,7 +27,10 @@ class _FeaturePolicy(Protocol):
 
 @overload
 def replay_states(
-    agent: Policy, observations: Observations, dones: Dones = ..., state: StatesLike = ...,
+    agent: Policy,
+    observations: Observations,
+    dones: Dones = ...,
+    state: StatesLike = ...,
     with_next: Literal[False] = ...,
 ) -> State: ...
 

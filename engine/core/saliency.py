@@ -39,9 +39,13 @@ def compute_saliency(
     if s.method not in tuple(Method):
         raise ValueError(f"method must be one of {', '.join(str(m) for m in Method)}, got {s.method!r}")
     if isinstance(s.frames_per_batch, bool) or not isinstance(s.frames_per_batch, int) or s.frames_per_batch < 1:
-        raise ValueError(f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}")
+        raise ValueError(
+            f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}"
+        )
     n = frames.shape[0]
-    rows = sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
+    rows = (
+        sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
+    )
     if rows and rows != [n]:  # () is a feed-forward agent's state
         raise ValueError(
             f"state/frame count mismatch: {n} frames but state rows {rows}; pass the state the agent used on each "
@@ -55,9 +59,19 @@ def compute_saliency(
         state = index_state(states, slice(a, b))
         if s.method in ("perturbation", "both"):
             result = perturbation_saliency(
-                agent, frames[a:b], state, radius=s.radius, density=s.density, interp=s.interp,
-                blur_sigma=s.blur_sigma, compat=s.compat, perturbations_per_eval=s.perturbations_per_eval,
-                memory_budget_mb=s.memory_budget_mb, incremental=incremental, tf32=s.tf32, score=str(s.score),
+                agent,
+                frames[a:b],
+                state,
+                radius=s.radius,
+                density=s.density,
+                interp=s.interp,
+                blur_sigma=s.blur_sigma,
+                compat=s.compat,
+                perturbations_per_eval=s.perturbations_per_eval,
+                memory_budget_mb=s.memory_budget_mb,
+                incremental=incremental,
+                tf32=s.tf32,
+                score=str(s.score),
                 actions=None if actions is None else actions[a:b],
             )
             for key in ("actor", "critic", "actor_scores", "critic_scores"):

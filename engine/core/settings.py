@@ -91,7 +91,9 @@ def validate_radius_density(radius: float, density: int, size: tuple[int, int] =
     if not 1 <= density <= side:
         raise ValueError(f"density must be in 1..{side} (pixels between mask centers; the paper uses 5), got {density}")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= side:
-        raise ValueError(f"radius must be a number in (0, {side:g}] (the mask blur sigma; the paper uses 5), got {radius!r}")
+        raise ValueError(
+            f"radius must be a number in (0, {side:g}] (the mask blur sigma; the paper uses 5), got {radius!r}"
+        )
 
 
 def validate_settings(

@@ -71,8 +71,9 @@ _SKIP_OPTIONS = dict(noop_max=30, frame_skip=4, screen_size=84)
 ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "greydanus2017": dict(_ENV_OPTIONS),
     "sb3_atari": dict(_ENV_OPTIONS, **_SKIP_OPTIONS, episodic_life=False, fire_reset=True, clip_rewards=False),
-    "cleanrl_atari": dict(_ENV_OPTIONS, **_SKIP_OPTIONS, episodic_life=False, fire_reset=True, clip_rewards=False,
-                          grayscale="cv2"),
+    "cleanrl_atari": dict(
+        _ENV_OPTIONS, **_SKIP_OPTIONS, episodic_life=False, fire_reset=True, clip_rewards=False, grayscale="cv2"
+    ),
     "gymnasium_atari": dict(_ENV_OPTIONS, **_SKIP_OPTIONS, episodic_life=False, stack_padding="reset"),
 }
 # Where a library's training environment differs from the engine's defaults.
@@ -277,8 +278,13 @@ def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **opti
     env = make_env(env_id, frameskip=1, **make_kwargs)
     try:
         if name == "gymnasium_atari":
-            env = AtariPreprocessing(env, noop_max=options["noop_max"], frame_skip=options["frame_skip"],
-                                     screen_size=options["screen_size"], terminal_on_life_loss=options["episodic_life"])
+            env = AtariPreprocessing(
+                env,
+                noop_max=options["noop_max"],
+                frame_skip=options["frame_skip"],
+                screen_size=options["screen_size"],
+                terminal_on_life_loss=options["episodic_life"],
+            )
             return AtariPipeline(spec, env, env, FrameStacker(frame_stack, options["stack_padding"]))
         if options["noop_max"] > 0:
             env = NoopResetEnv(env, noop_max=options["noop_max"])

@@ -66,8 +66,10 @@ class Rollout:
         if self.observations is None:
             name = self.pipeline.get("name", "greydanus2017")
             if name != "greydanus2017":
-                raise ValueError(f"a rollout of the {name} pipeline needs its observations (they cannot be "
-                                 "recomputed from the RGB frames)")
+                raise ValueError(
+                    f"a rollout of the {name} pipeline needs its observations (they cannot be "
+                    "recomputed from the RGB frames)"
+                )
             object.__setattr__(self, "observations", preprocess_bytes(self.frames)[:, None])
         object.__setattr__(self, "action_names", tuple(self.action_names))
 
@@ -126,8 +128,9 @@ class Player:
     def __init__(self, agent: Policy, env_id: str, seed: int = 0, greedy: bool = False, **pipeline_options):
         check_policy(agent)
         self.agent, self.env_id, self.greedy = agent, env_id, greedy
-        self.pipeline: AtariPipeline = make_pipeline(agent.pipeline, env_id, frame_stack=agent.frame_stack,
-                                                     **pipeline_options)
+        self.pipeline: AtariPipeline = make_pipeline(
+            agent.pipeline, env_id, frame_stack=agent.frame_stack, **pipeline_options
+        )
         self.env = self.pipeline.env
         self.env.action_space.seed(seed)
         if self.pipeline.num_actions != agent.num_actions:
@@ -182,12 +185,17 @@ class Player:
         the recorded actions (resetting after recorded episode ends). ``frames`` and ``observations`` (the
         recorded RGB frames / observations of the last steps, aligned to the end) are compared with what the
         environment shows, to catch divergence."""
-        checks = [(name, rec, len(actions) - len(rec)) for name, rec in (("frame", frames), ("observation", observations))
-                  if rec is not None]
+        checks = [
+            (name, rec, len(actions) - len(rec))
+            for name, rec in (("frame", frames), ("observation", observations))
+            if rec is not None
+        ]
         for t, (action, done) in enumerate(zip(actions, dones)):
             for name, recorded, first in checks:
                 if t >= first and not np.array_equal(getattr(self, name), np.asarray(recorded[t - first])):
-                    raise RuntimeError(f"replaying {self.env_id} diverged from the recording at step {t} ({name}s differ)")
+                    raise RuntimeError(
+                        f"replaying {self.env_id} diverged from the recording at step {t} ({name}s differ)"
+                    )
             result = self.pipeline.step(int(action))
             if bool(result.terminated or result.truncated) != bool(done):
                 raise RuntimeError(f"replaying {self.env_id} diverged from the recording at step {t} (episode end)")
@@ -272,8 +280,9 @@ def rollout(
     finally:
         bar.close()
         player.close()
-    return rollout_from_steps(steps, env_id=env_id, seed=seed, greedy=greedy, action_names=player.action_names,
-                              pipeline=player.spec.to_dict())
+    return rollout_from_steps(
+        steps, env_id=env_id, seed=seed, greedy=greedy, action_names=player.action_names, pipeline=player.spec.to_dict()
+    )
 
 
 class EpisodesUnfinished(RuntimeError):
@@ -281,8 +290,14 @@ class EpisodesUnfinished(RuntimeError):
 
 
 def play_episodes(
-    agent: Policy, env_id: str, episodes: int, seed: int = 0, greedy: bool = False, max_steps: int = 10**6,
-    progress: bool = False, **pipeline_options,
+    agent: Policy,
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    greedy: bool = False,
+    max_steps: int = 10**6,
+    progress: bool = False,
+    **pipeline_options,
 ) -> list[float]:
     """Returns of ``episodes`` full episodes played from one seeded environment in the agent's own pipeline
     (actions sampled unless ``greedy``; ``pipeline_options`` as for :func:`rollout`), keeping nothing else, so

@@ -232,7 +232,11 @@ class AtariPreprocessing(gym.Wrapper):
     """
 
     def __init__(
-        self, env: gym.Env, noop_max: int = 30, frame_skip: int = 4, screen_size: int = 84,
+        self,
+        env: gym.Env,
+        noop_max: int = 30,
+        frame_skip: int = 4,
+        screen_size: int = 84,
         terminal_on_life_loss: bool = False,
     ) -> None:
         super().__init__(env)

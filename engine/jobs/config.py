@@ -23,13 +23,45 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..core.errors import EngineError
-from ..core.settings import SIZE, Compat, Incremental, Interp, JacobianBackend, Method, SaliencyConfig, Score, StateAlignment, validate_settings
+from ..core.settings import (
+    SIZE,
+    Compat,
+    Incremental,
+    Interp,
+    JacobianBackend,
+    Method,
+    SaliencyConfig,
+    Score,
+    StateAlignment,
+    validate_settings,
+)
 
 __all__ = [
-    "AgentConfig", "AgentKind", "Compat", "Core", "DType", "Device", "EnvConfig", "Incremental", "Interp", "JobConfig", "Method",
+    "AgentConfig",
+    "AgentKind",
+    "Compat",
+    "Core",
+    "DType",
+    "Device",
+    "EnvConfig",
+    "Incremental",
+    "Interp",
+    "JobConfig",
+    "Method",
     "MetricsConfig",
-    "OutputConfig", "Preprocessing", "RENAMED", "RenderConfig", "RenderStyle", "RolloutConfig", "SaliencyConfig",
-    "StateAlignment", "StoreConfig", "check_config", "config_error", "engine_saliency", "register_configs",
+    "OutputConfig",
+    "Preprocessing",
+    "RENAMED",
+    "RenderConfig",
+    "RenderStyle",
+    "RolloutConfig",
+    "SaliencyConfig",
+    "StateAlignment",
+    "StoreConfig",
+    "check_config",
+    "config_error",
+    "engine_saliency",
+    "register_configs",
 ]
 
 # Options that were renamed: the old key (as written in an override or a YAML file) -> the new one.
@@ -250,24 +282,42 @@ def check_config(config: JobConfig) -> None:
     """Raise :class:`EngineError` (one line, naming the key) at the first setting out of range; cheap: nothing
     is loaded. ``engine.jobs.run.validate_job`` adds the checks that need the environment and the agent."""
     s, r, o, st, rend = config.saliency, config.rollout, config.output, config.store, config.render
-    for name, enum in (("method", Method), ("interp", Interp), ("compat", Compat), ("state_alignment", StateAlignment),
-                       ("incremental", Incremental), ("jacobian_backend", JacobianBackend), ("score", Score)):
+    for name, enum in (
+        ("method", Method),
+        ("interp", Interp),
+        ("compat", Compat),
+        ("state_alignment", StateAlignment),
+        ("incremental", Incremental),
+        ("jacobian_backend", JacobianBackend),
+        ("score", Score),
+    ):
         value = getattr(s, name)
         _check(value in tuple(enum), f"saliency.{name} must be one of {', '.join(enum)}, got {value!r}")
     _check(config.device in tuple(Device), f"device must be one of {', '.join(Device)}, got {config.device!r}")
     _check(config.dtype in tuple(DType), f"dtype must be one of {', '.join(DType)}, got {config.dtype!r}")
-    _check(rend.style in tuple(RenderStyle), f"render.style must be one of {', '.join(RenderStyle)}, got {rend.style!r}")
+    _check(
+        rend.style in tuple(RenderStyle), f"render.style must be one of {', '.join(RenderStyle)}, got {rend.style!r}"
+    )
     _check(config.agent.core in tuple(Core), f"agent.core must be one of {', '.join(Core)}, got {config.agent.core!r}")
-    _check(config.agent.kind in tuple(AgentKind), f"agent.kind must be one of {', '.join(AgentKind)}, got {config.agent.kind!r}")
+    _check(
+        config.agent.kind in tuple(AgentKind),
+        f"agent.kind must be one of {', '.join(AgentKind)}, got {config.agent.kind!r}",
+    )
     named = _registry_kind(config.agent.checkpoint)
-    _check(config.agent.kind in ("auto", "greydanus2017") or named in (None, config.agent.kind),
-           f"agent.kind={config.agent.kind} needs the file its library wrote: set agent.checkpoint=/path/to/the/file "
-           f"(now {config.agent.checkpoint!r}, the registry name of a {named} agent)")
+    _check(
+        config.agent.kind in ("auto", "greydanus2017") or named in (None, config.agent.kind),
+        f"agent.kind={config.agent.kind} needs the file its library wrote: set agent.checkpoint=/path/to/the/file "
+        f"(now {config.agent.checkpoint!r}, the registry name of a {named} agent)",
+    )
     rap = config.env.repeat_action_probability
-    _check(rap is None or (_is_number(rap) and 0 <= rap <= 1),
-           f"env.repeat_action_probability must be in [0, 1] (or null: the id's default), got {rap!r}")
-    _check(config.agent.preprocessing in tuple(Preprocessing),
-           f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017")
+    _check(
+        rap is None or (_is_number(rap) and 0 <= rap <= 1),
+        f"env.repeat_action_probability must be in [0, 1] (or null: the id's default), got {rap!r}",
+    )
+    _check(
+        config.agent.preprocessing in tuple(Preprocessing),
+        f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017",
+    )
     _check(bool(config.env.id), "env.id must name an ALE game, e.g. Pong-v4")
     _check(bool(config.agent.checkpoint), "agent.checkpoint must name a checkpoint file or a registry name")
 
@@ -277,28 +327,42 @@ def check_config(config: JobConfig) -> None:
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     ppe = s.perturbations_per_eval
-    _check(ppe is None or (_is_int(ppe) and ppe >= 1),
-           f"saliency.perturbations_per_eval must be >= 1 (or null: the device default), got {ppe!r}")
+    _check(
+        ppe is None or (_is_int(ppe) and ppe >= 1),
+        f"saliency.perturbations_per_eval must be >= 1 (or null: the device default), got {ppe!r}",
+    )
     budget = s.memory_budget_mb
-    _check(budget is None or _finite_positive(budget),
-           f"saliency.memory_budget_mb must be a finite number of megabytes > 0 (or null), got {budget!r}")
-    _check(_is_int(s.frames_per_batch) and s.frames_per_batch >= 1,
-           f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch!r}")
+    _check(
+        budget is None or _finite_positive(budget),
+        f"saliency.memory_budget_mb must be a finite number of megabytes > 0 (or null), got {budget!r}",
+    )
+    _check(
+        _is_int(s.frames_per_batch) and s.frames_per_batch >= 1,
+        f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch!r}",
+    )
 
     # rollout
     _check(_is_int(r.steps) and r.steps >= 1, f"rollout.steps must be >= 1, got {r.steps!r}")
     _check(_is_int(r.seed) and 0 <= r.seed < 2**32, f"rollout.seed must be in 0..2**32-1, got {r.seed!r}")
-    _check(r.max_episodes is None or (_is_int(r.max_episodes) and r.max_episodes >= 1),
-           f"rollout.max_episodes must be >= 1 (or null: play all rollout.steps), got {r.max_episodes!r}")
+    _check(
+        r.max_episodes is None or (_is_int(r.max_episodes) and r.max_episodes >= 1),
+        f"rollout.max_episodes must be >= 1 (or null: play all rollout.steps), got {r.max_episodes!r}",
+    )
 
     # render
     for name in ("actor_gain", "critic_gain"):
         gain = getattr(rend, name)
-        _check(gain is None or _finite_positive(gain), f"render.{name} must be a finite number > 0 (or null), got {gain!r}")
-    _check(_is_number(rend.blur_sigma) and math.isfinite(rend.blur_sigma) and 0 <= rend.blur_sigma <= 2 * SIZE,
-           f"render.blur_sigma must be in 0..{2 * SIZE}, got {rend.blur_sigma!r}")
-    _check(_is_number(rend.percentile) and 0 < rend.percentile <= 100,
-           f"render.percentile must be in (0, 100], got {rend.percentile!r}")
+        _check(
+            gain is None or _finite_positive(gain), f"render.{name} must be a finite number > 0 (or null), got {gain!r}"
+        )
+    _check(
+        _is_number(rend.blur_sigma) and math.isfinite(rend.blur_sigma) and 0 <= rend.blur_sigma <= 2 * SIZE,
+        f"render.blur_sigma must be in 0..{2 * SIZE}, got {rend.blur_sigma!r}",
+    )
+    _check(
+        _is_number(rend.percentile) and 0 < rend.percentile <= 100,
+        f"render.percentile must be in (0, 100], got {rend.percentile!r}",
+    )
     _check(_is_number(rend.alpha) and 0 <= rend.alpha <= 1, f"render.alpha must be in 0..1, got {rend.alpha!r}")
 
     # output
@@ -307,30 +371,53 @@ def check_config(config: JobConfig) -> None:
     _check(bool(o.dir), "output.dir must name a directory")
     last = r.steps - 1
     for index in o.stills:
-        _check(_is_int(index) and 0 <= index <= last, f"output.stills: frame {index!r} is outside the rollout's 0..{last}")
+        _check(
+            _is_int(index) and 0 <= index <= last, f"output.stills: frame {index!r} is outside the rollout's 0..{last}"
+        )
     if o.comparison_frame is not None:
-        _check(_is_int(o.comparison_frame) and 0 <= o.comparison_frame <= last,
-               f"output.comparison_frame {o.comparison_frame!r} is outside the rollout's 0..{last}")
+        _check(
+            _is_int(o.comparison_frame) and 0 <= o.comparison_frame <= last,
+            f"output.comparison_frame {o.comparison_frame!r} is outside the rollout's 0..{last}",
+        )
 
     # metrics
     m = config.metrics
-    _check(_is_int(m.steps) and 1 <= m.steps <= 4096, f"metrics.steps must be in 1..4096 (deletion/insertion steps), got {m.steps!r}")
-    _check(_is_int(m.sanity_frames) and m.sanity_frames >= 1, f"metrics.sanity_frames must be >= 1, got {m.sanity_frames!r}")
-    _check(_is_int(m.sanity_window) and m.sanity_window >= 1, f"metrics.sanity_window must be >= 1, got {m.sanity_window!r}")
-    _check(_is_number(m.distance) and math.isfinite(m.distance) and m.distance >= 0,
-           f"metrics.distance must be a finite number of pixels >= 0, got {m.distance!r}")
+    _check(
+        _is_int(m.steps) and 1 <= m.steps <= 4096,
+        f"metrics.steps must be in 1..4096 (deletion/insertion steps), got {m.steps!r}",
+    )
+    _check(
+        _is_int(m.sanity_frames) and m.sanity_frames >= 1,
+        f"metrics.sanity_frames must be >= 1, got {m.sanity_frames!r}",
+    )
+    _check(
+        _is_int(m.sanity_window) and m.sanity_window >= 1,
+        f"metrics.sanity_window must be >= 1, got {m.sanity_window!r}",
+    )
+    _check(
+        _is_number(m.distance) and math.isfinite(m.distance) and m.distance >= 0,
+        f"metrics.distance must be a finite number of pixels >= 0, got {m.distance!r}",
+    )
     known = ("actor", "critic", "jacobian_actor", "jacobian_critic")
-    _check(all(k in known for k in m.kinds), f"metrics.kinds must name maps among {', '.join(known)}, got {list(m.kinds)}")
+    _check(
+        all(k in known for k in m.kinds), f"metrics.kinds must name maps among {', '.join(known)}, got {list(m.kinds)}"
+    )
 
     # store
     _check(_is_int(st.chunk_steps) and st.chunk_steps >= 1, f"store.chunk_steps must be >= 1, got {st.chunk_steps!r}")
-    _check(_is_int(st.frames_per_chunk) and st.frames_per_chunk >= 1,
-           f"store.frames_per_chunk must be >= 1, got {st.frames_per_chunk!r}")
+    _check(
+        _is_int(st.frames_per_chunk) and st.frames_per_chunk >= 1,
+        f"store.frames_per_chunk must be >= 1, got {st.frames_per_chunk!r}",
+    )
     _check(_is_int(st.num_shards) and st.num_shards >= 1, f"store.num_shards must be >= 1, got {st.num_shards!r}")
-    _check(_is_int(st.shard) and 0 <= st.shard < st.num_shards,
-           f"store.shard must be in 0..store.num_shards-1, got shard={st.shard} num_shards={st.num_shards}")
-    _check(not (st.rollout and r.max_episodes is not None),
-           "rollout.max_episodes does not apply to a rollout store (it records rollout.steps steps): unset it")
+    _check(
+        _is_int(st.shard) and 0 <= st.shard < st.num_shards,
+        f"store.shard must be in 0..store.num_shards-1, got shard={st.shard} num_shards={st.num_shards}",
+    )
+    _check(
+        not (st.rollout and r.max_episodes is not None),
+        "rollout.max_episodes does not apply to a rollout store (it records rollout.steps steps): unset it",
+    )
 
 
 def engine_saliency(s: SaliencyConfig) -> SaliencyConfig:

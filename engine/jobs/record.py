@@ -52,21 +52,34 @@ def record_rollout(
     if num_steps < 1 or chunk_steps < 1:
         raise ValueError("num_steps and chunk_steps must be >= 1")
     if max_episodes is not None and (max_episodes < 1 or not is_memory(root)):
-        raise ValueError(f"max_episodes must be >= 1 and needs a memory store (its length is fixed otherwise), "
-                         f"got {max_episodes!r} for {root}")
+        raise ValueError(
+            f"max_episodes must be >= 1 and needs a memory store (its length is fixed otherwise), "
+            f"got {max_episodes!r} for {root}"
+        )
     if writing_needed(root, "rollout", storage_options):
         check_writable(root, storage_options)
     player = Player(agent, env_id, seed, greedy, **pipeline_options)
     identity = dict(
-        kind="rollout", format=FORMAT, engine=engine_version(), env_id=env_id, seed=seed, greedy=greedy,
-        num_steps=num_steps, chunk_steps=chunk_steps, checkpoint_sha256=checkpoint_sha256,
-        num_actions=agent.num_actions, state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
-        dtype=str(agent.dtype), pipeline=player.spec.to_dict(), action_names=list(player.action_names),
+        kind="rollout",
+        format=FORMAT,
+        engine=engine_version(),
+        env_id=env_id,
+        seed=seed,
+        greedy=greedy,
+        num_steps=num_steps,
+        chunk_steps=chunk_steps,
+        checkpoint_sha256=checkpoint_sha256,
+        num_actions=agent.num_actions,
+        state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
+        dtype=str(agent.dtype),
+        pipeline=player.spec.to_dict(),
+        action_names=list(player.action_names),
     )
     try:
         layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))
-        rstore = RolloutStore(ChunkStore.open_or_create(root, identity, layout, num_steps, chunk_steps,
-                                                        extra, storage_options))
+        rstore = RolloutStore(
+            ChunkStore.open_or_create(root, identity, layout, num_steps, chunk_steps, extra, storage_options)
+        )
         first = rstore.completed_chunks()
     except BaseException:
         player.close()
@@ -77,7 +90,13 @@ def record_rollout(
     try:
         if first > 0:
             _resume_player(player, rstore, first)
-        bar = tqdm(total=num_steps, initial=rstore.bounds[first][0], desc=f"record {env_id}", unit="step", disable=None if progress else True)
+        bar = tqdm(
+            total=num_steps,
+            initial=rstore.bounds[first][0],
+            desc=f"record {env_id}",
+            unit="step",
+            disable=None if progress else True,
+        )
         episodes = 0
         for k in range(first, len(rstore.bounds)):
             a, b = rstore.bounds[k]

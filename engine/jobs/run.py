@@ -177,8 +177,12 @@ def clear_owned_outputs(out_dir: Path) -> list[Path]:
     for path in found:
         path.unlink()
     if found:
-        log.warning("removed %d files of an earlier run from %s (%s)", len(found), out_dir,
-                    ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else ""))
+        log.warning(
+            "removed %d files of an earlier run from %s (%s)",
+            len(found),
+            out_dir,
+            ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else ""),
+        )
     return found
 
 
@@ -201,8 +205,9 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
                 default_actor, default_critic = rendering.paper_gains(config.env.id)
                 actor_gain = default_actor if actor_gain is None else actor_gain
                 critic_gain = default_critic if critic_gain is None else critic_gain
-            overlays = rendering.paper_overlay_pair(frames, actor, critic, actor_gain, critic_gain,
-                                                    blur_sigma=r.blur_sigma)
+            overlays = rendering.paper_overlay_pair(
+                frames, actor, critic, actor_gain, critic_gain, blur_sigma=r.blur_sigma
+            )
         else:
             actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
             critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
@@ -227,14 +232,20 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
             from ..core.jacobian import jacobian_saliency
 
             k = next(k for k, (a, b) in enumerate(sstore.bounds) if a <= t < b)
-            _, part, states = next(scored_states(agent, rstore, sstore.bounds, config.saliency.state_alignment,
-                                                 recorded_states, [k]))
+            _, part, states = next(
+                scored_states(agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, [k])
+            )
             i = t - sstore.bounds[k][0]
             one = jacobian_saliency(agent, part.observations[i : i + 1], index_state(states, slice(i, i + 1)))
             jac = (one.actor[0].detach().cpu(), one.critic[0].detach().cpu())
         frame = torch.from_numpy(rstore.store.read_range(t, t + 1, ("frames",))["frames"][0])
         written["comparison"] = rendering.comparison_figure(
-            out_dir / f"jacobian_vs_perturbation_{t:05d}.png", frame, jac[0], jac[1], maps["actor"], maps["critic"],
+            out_dir / f"jacobian_vs_perturbation_{t:05d}.png",
+            frame,
+            jac[0],
+            jac[1],
+            maps["actor"],
+            maps["critic"],
             title=f"{config.env.id}, frame {t}{taken[t]}: Jacobian vs perturbation saliency",
         )
     return {k: Path(v) for k, v in written.items()}
@@ -273,41 +284,69 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     rstore = recorded_game(config, prepared, rollout_root, sha)
     rollout_s = time.perf_counter() - started
     before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
-    sstore = score_store(agent, rollout_root, saliency_root, engine_saliency(config.saliency), sha, st.frames_per_chunk,
-                         shard, num_shards, config.progress)
+    sstore = score_store(
+        agent,
+        rollout_root,
+        saliency_root,
+        engine_saliency(config.saliency),
+        sha,
+        st.frames_per_chunk,
+        shard,
+        num_shards,
+        config.progress,
+    )
     saliency_s = time.perf_counter() - started - rollout_s
-    scored = sum(b - a for k, (a, b) in enumerate(sstore.bounds)
-                 if k % num_shards == shard and (before is None or k in before))
-    log.info("scored %d frames into %s in %.1f s (%.3f s per frame)", scored, saliency_root, saliency_s,
-             saliency_s / scored if scored else 0.0)
+    scored = sum(
+        b - a for k, (a, b) in enumerate(sstore.bounds) if k % num_shards == shard and (before is None or k in before)
+    )
+    log.info(
+        "scored %d frames into %s in %.1f s (%.3f s per frame)",
+        scored,
+        saliency_root,
+        saliency_s,
+        saliency_s / scored if scored else 0.0,
+    )
     recorded_states = uses_recorded_states(agent, rstore, sha)
     metrics = job_metrics(config, agent, rstore, sstore, recorded_states)
     series = rstore.store.read_range(0, rstore.num_steps, ("actions", "rewards", "dones"))
     names = rstore.identity["action_names"]
     stores = {"rollout_store": str(rollout_root), "saliency_store": str(saliency_root)} if st.rollout else {}
-    settings = dict(config=asdict(config), checkpoint=str(prepared.checkpoint), checkpoint_sha256=sha, **stores,
-                    frames=rstore.num_steps, **({"metrics": metrics} if metrics else {}), frames_scored=scored,
-                    complete=sstore.complete, rollout_seconds=rollout_s, saliency_seconds=saliency_s,
-                    seconds_per_frame=saliency_s / scored if scored else None,
-                    episode_returns=episode_returns(series["rewards"], series["dones"]),
-                    pipeline=rstore.identity["pipeline"], action_names=list(names),
-                    action_counts=action_counts(series["actions"], names), **streamed_statistics(sstore))
+    settings = dict(
+        config=asdict(config),
+        checkpoint=str(prepared.checkpoint),
+        checkpoint_sha256=sha,
+        **stores,
+        frames=rstore.num_steps,
+        **({"metrics": metrics} if metrics else {}),
+        frames_scored=scored,
+        complete=sstore.complete,
+        rollout_seconds=rollout_s,
+        saliency_seconds=saliency_s,
+        seconds_per_frame=saliency_s / scored if scored else None,
+        episode_returns=episode_returns(series["rewards"], series["dones"]),
+        pipeline=rstore.identity["pipeline"],
+        action_names=list(names),
+        action_counts=action_counts(series["actions"], names),
+        **streamed_statistics(sstore),
+    )
     written: dict[str, Path | str] = {}
     if st.rollout:  # then both stores are paths or URLs, never memory stores
         written.update(cast("dict[str, Path | str]", {"rollout_store": rollout_root, "saliency_store": saliency_root}))
     if not st.rollout and config.output.arrays:  # the memory stores go with the job: their arrays stay
         played = rstore.read()
         arrays = {name: getattr(played, name) for name in ROLLOUT_FIELDS}
-        written["rollout"] = save_arrays(out_dir / "rollout.npz",
-                                         {**arrays, **{f"state_{i}": s for i, s in enumerate(played.states)}}, settings)
+        written["rollout"] = save_arrays(
+            out_dir / "rollout.npz", {**arrays, **{f"state_{i}": s for i, s in enumerate(played.states)}}, settings
+        )
         written["saliency"] = save_arrays(out_dir / "saliency.npz", sstore.read(), settings)
     if sstore.complete:
         written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
         if config.output.report:  # streamed from the stores, one window of frames at a time
             written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore)
     elif config.output.report or config.output.movie or config.output.stills:
-        log.info("the movie, stills and report.html wait for the saliency store to be complete "
-                 "(the other shards' chunks)")
+        log.info(
+            "the movie, stills and report.html wait for the saliency store to be complete (the other shards' chunks)"
+        )
     return _write_summary(out_dir, settings, written)
 
 
@@ -327,10 +366,18 @@ def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha
             player, player_sha = load_job_agent(config, player_path), sha256_of(player_path)
         started = time.perf_counter()
         rstore = record_rollout(
-            player, config.env.id, config.rollout.steps, root, seed=config.rollout.seed,
-            greedy=config.rollout.greedy, chunk_steps=st.chunk_steps, checkpoint_sha256=player_sha,
-            extra={"checkpoint": str(player_path), "config": asdict(config)}, progress=config.progress,
-            max_episodes=config.rollout.max_episodes, **pipeline_options(config, player),
+            player,
+            config.env.id,
+            config.rollout.steps,
+            root,
+            seed=config.rollout.seed,
+            greedy=config.rollout.greedy,
+            chunk_steps=st.chunk_steps,
+            checkpoint_sha256=player_sha,
+            extra={"checkpoint": str(player_path), "config": asdict(config)},
+            progress=config.progress,
+            max_episodes=config.rollout.max_episodes,
+            **pipeline_options(config, player),
         )
         log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
     if rstore.identity["env_id"] != config.env.id:
@@ -353,10 +400,17 @@ def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) ->
     series = StoreSeries(rstore)
     shown = {k: v for k, v in settings.items() if k not in ("action_counts",)}
     return write_report(
-        path, series.frames, store_maps(sstore, rstore.num_steps), values=series.values, actions=series.actions,
-        rewards=series.rewards, dones=series.dones, action_names=series.action_names,
+        path,
+        series.frames,
+        store_maps(sstore, rstore.num_steps),
+        values=series.values,
+        actions=series.actions,
+        rewards=series.rewards,
+        dones=series.dones,
+        action_names=series.action_names,
         title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {config.saliency.method} saliency",
-        settings=shown, checkpoint=str(settings["checkpoint"]),
+        settings=shown,
+        checkpoint=str(settings["checkpoint"]),
     )
 
 
@@ -403,8 +457,9 @@ def store_maps(sstore, num_frames: int) -> dict[str, WindowedArray]:
     def reader(kind: str) -> Callable[[int, int], np.ndarray]:
         return lambda a, b: read(kind, a, b)
 
-    return {kind: WindowedArray(reader(kind), (num_frames, *first[kind].shape[1:]))
-            for kind in MAP_KINDS if kind in first}
+    return {
+        kind: WindowedArray(reader(kind), (num_frames, *first[kind].shape[1:])) for kind in MAP_KINDS if kind in first
+    }
 
 
 def metrics_summary(config: JobConfig, agent: Policy):
@@ -418,10 +473,21 @@ def metrics_summary(config: JobConfig, agent: Policy):
 
     game = game_of(config.env.id)
     if m.objects and game is None:
-        log.warning("metrics.objects: no object colours are known for %s (only Pong, Breakout, SpaceInvaders)", config.env.id)
-    return MetricsSummary(kinds=list(m.kinds), steps=m.steps, deletion_insertion=m.deletion_insertion,
-                          random_baseline=m.random_baseline, objects=m.objects, stability=m.stability, game=game,
-                          rows=CROP_ROWS if agent.pipeline == "greydanus2017" else None, distance=m.distance, seed=m.seed)
+        log.warning(
+            "metrics.objects: no object colours are known for %s (only Pong, Breakout, SpaceInvaders)", config.env.id
+        )
+    return MetricsSummary(
+        kinds=list(m.kinds),
+        steps=m.steps,
+        deletion_insertion=m.deletion_insertion,
+        random_baseline=m.random_baseline,
+        objects=m.objects,
+        stability=m.stability,
+        game=game,
+        rows=CROP_ROWS if agent.pipeline == "greydanus2017" else None,
+        distance=m.distance,
+        seed=m.seed,
+    )
 
 
 def sanity_metrics(config: JobConfig, agent: Policy, observations, dones, actions) -> dict:
@@ -451,8 +517,9 @@ def job_metrics(config: JobConfig, agent: Policy, rstore, sstore, recorded_state
     if summary is not None:
         kinds = tuple(k for k in config.metrics.kinds if k in sstore.store.layout)
         done = [k for k in range(len(sstore.bounds)) if sstore.store.has(k)] if kinds else []
-        for k, part, states in scored_states(agent, rstore, sstore.bounds, config.saliency.state_alignment,
-                                             recorded_states, done):
+        for k, part, states in scored_states(
+            agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, done
+        ):
             maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
             summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones)
         out.update(summary.result())
@@ -476,7 +543,9 @@ def episode_returns(rewards, dones) -> list[float]:
 
 def _write_summary(out_dir: Path, settings: dict, written: dict[str, Path | str]) -> dict[str, Path | str]:
     summary = out_dir / "summary.json"
-    summary.write_text(json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str))
+    summary.write_text(
+        json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str)
+    )
     return {**written, "summary": summary}
 
 
@@ -493,7 +562,9 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
     from ..viz.report import Panel, write_sweep_report
 
     sweep_dir = Path(sweep_dir)
-    links = {row["job"]: f"{row['job']}/report.html" for row in rows if (sweep_dir / row["job"] / "report.html").is_file()}
+    links = {
+        row["job"]: f"{row['job']}/report.html" for row in rows if (sweep_dir / row["job"] / "report.html").is_file()
+    }
     summaries = {row["job"]: json.loads((sweep_dir / row["job"] / "summary.json").read_text()) for row in rows}
     games = {s.get("rollout_store") for s in summaries.values()}
     path = sweep_dir / "report.html"
@@ -511,14 +582,26 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
         if store in seen:  # another shard of a store already shown
             seen[store].label += f", {row['job']}"
             continue
-        label = f"job {row['job']}: " + (", ".join(
-            f"{c}={Path(str(row[c])).name if c == 'checkpoint' else row[c]}" for c in swept) or "same settings")
-        seen[store] = Panel(row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label,
-                            link=links.get(row["job"]))
+        label = f"job {row['job']}: " + (
+            ", ".join(f"{c}={Path(str(row[c])).name if c == 'checkpoint' else row[c]}" for c in swept)
+            or "same settings"
+        )
+        seen[store] = Panel(
+            row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label, link=links.get(row["job"])
+        )
         panels.append(seen[store])
     return write_sweep_report(
-        path, rows, columns, frames=recorded.frames, panels=panels, values=recorded.values, actions=recorded.actions,
-        rewards=recorded.rewards, dones=recorded.dones, action_names=recorded.action_names, links=links,
+        path,
+        rows,
+        columns,
+        frames=recorded.frames,
+        panels=panels,
+        values=recorded.values,
+        actions=recorded.actions,
+        rewards=recorded.rewards,
+        dones=recorded.dones,
+        action_names=recorded.action_names,
+        links=links,
         title=f"sweep {sweep_dir.name}: {len(panels)} jobs on one recorded game of {rstore.identity['env_id']}",
         settings={"rollout_store": next(iter(games)), "swept": swept},
     )

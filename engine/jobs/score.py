@@ -64,18 +64,37 @@ def score_store(
     dtype = str(agent.dtype)
     settings = {k: v for k, v in asdict(saliency).items() if k not in RESULT_NEUTRAL}
     identity = dict(
-        kind="saliency", format=FORMAT, engine=engine_version(), rollout=rstore.identity,
-        checkpoint_sha256=checkpoint_sha256, dtype=dtype, saliency=settings,
+        kind="saliency",
+        format=FORMAT,
+        engine=engine_version(),
+        rollout=rstore.identity,
+        checkpoint_sha256=checkpoint_sha256,
+        dtype=dtype,
+        saliency=settings,
         frames_per_chunk=frames_per_chunk,
     )
-    out = SaliencyStore(ChunkStore.open_or_create(root, identity, saliency_layout(agent, saliency), rstore.num_steps,
-                                                  frames_per_chunk, storage_options=storage_options))
+    out = SaliencyStore(
+        ChunkStore.open_or_create(
+            root,
+            identity,
+            saliency_layout(agent, saliency),
+            rstore.num_steps,
+            frames_per_chunk,
+            storage_options=storage_options,
+        )
+    )
     bounds = out.bounds
     done = out.store.completed()
     todo = [k for k in range(len(bounds)) if k % num_shards == shard and not done[k]]
-    bar = tqdm(total=sum(b - a for a, b in (bounds[k] for k in todo)), desc="saliency", unit="frame", disable=None if progress else True)
-    for k, part, states in scored_states(agent, rstore, bounds, saliency.state_alignment,
-                                         uses_recorded_states(agent, rstore, checkpoint_sha256), todo):
+    bar = tqdm(
+        total=sum(b - a for a, b in (bounds[k] for k in todo)),
+        desc="saliency",
+        unit="frame",
+        disable=None if progress else True,
+    )
+    for k, part, states in scored_states(
+        agent, rstore, bounds, saliency.state_alignment, uses_recorded_states(agent, rstore, checkpoint_sha256), todo
+    ):
         maps = compute_saliency(agent, part.observations, states, saliency, actions=part.actions)
         out.store.write(k, {key: value.numpy() for key, value in maps.items()})
         bar.update(len(part))
@@ -91,8 +110,9 @@ def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256:
     return bool(checkpoint_sha256) and same
 
 
-def scored_states(agent: Policy, rstore: RolloutStore, bounds, state_alignment: str, recorded: bool,
-                  chunks) -> Iterator:
+def scored_states(
+    agent: Policy, rstore: RolloutStore, bounds, state_alignment: str, recorded: bool, chunks
+) -> Iterator:
     """``(k, steps, states)`` for each chunk ``k`` in ``chunks`` (of ``bounds``, frames ``a..b``): the recorded
     steps ``a..b`` (a :class:`engine.env.rollout.Rollout`) and the states that scoring uses on them: the recorded
     ones if ``recorded`` (:func:`uses_recorded_states`), else the agent's own, replayed from the first frame and

@@ -39,9 +39,25 @@ from ..core.perturbation import resolve_perturbations_per_eval, upsample_exact
 from ..core.policy import Policy, State, index_state
 
 __all__ = [
-    "BASELINES", "Curves", "DeletionInsertion", "MetricsSummary", "ObjectAgreement", "SanityResult", "auc", "cascade_stages",
-    "deletion_insertion", "object_agreement", "randomize_modules", "random_maps", "rank_stability",
-    "sanity_check", "scalar_columns", "spearman", "ssim", "temporal_stability", "upsample_maps",
+    "BASELINES",
+    "Curves",
+    "DeletionInsertion",
+    "MetricsSummary",
+    "ObjectAgreement",
+    "SanityResult",
+    "auc",
+    "cascade_stages",
+    "deletion_insertion",
+    "object_agreement",
+    "randomize_modules",
+    "random_maps",
+    "rank_stability",
+    "sanity_check",
+    "scalar_columns",
+    "spearman",
+    "ssim",
+    "temporal_stability",
+    "upsample_maps",
 ]
 
 BASELINES = ("blur", "black")
@@ -69,7 +85,9 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int], density: int | None
     engine.core.errors.EngineError: maps of shape (2, 2) are neither ... (fits: [2, 3]): pass density= ...
     """
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
-        raise EngineError(f"maps must be a tensor (N, H, W), got {type(maps).__name__} of shape {tuple(getattr(maps, 'shape', ()))}")
+        raise EngineError(
+            f"maps must be a tensor (N, H, W), got {type(maps).__name__} of shape {tuple(getattr(maps, 'shape', ()))}"
+        )
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     grid = tuple(maps.shape[1:])
@@ -82,7 +100,9 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int], density: int | None
             )
         density = fits[0]
     if grid_shape(density, size) != grid:
-        raise EngineError(f"score grids of density {density} on {size[0]}x{size[1]} are {grid_shape(density, size)}, got {grid}")
+        raise EngineError(
+            f"score grids of density {density} on {size[0]}x{size[1]} are {grid_shape(density, size)}, got {grid}"
+        )
     return upsample_exact(maps, density, cast(tuple[int, int], tuple(size)))
 
 
@@ -123,7 +143,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     [1.0]
     """
     if a.shape != b.shape or a.ndim < 2:
-        raise EngineError(f"maps to correlate must have the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise EngineError(
+            f"maps to correlate must have the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     ra, rb = _average_ranks(a.flatten(1).double()), _average_ranks(b.flatten(1).double())
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     denom = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
@@ -212,7 +234,9 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise EngineError(f"steps must be a positive integer (pixels are changed in that many equal steps; 32 is typical), got {steps!r}")
+        raise EngineError(
+            f"steps must be a positive integer (pixels are changed in that many equal steps; 32 is typical), got {steps!r}"
+        )
     return steps
 
 
@@ -287,7 +311,9 @@ def deletion_insertion(
     n, (h, w) = x.shape[0], x.shape[2:]
     device, dtype = agent_device_dtype(agent)
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != n:
-        raise EngineError(f"maps must be a tensor (N, H, W) with N = {n} (one map per observation), got {tuple(getattr(maps, 'shape', ()))}")
+        raise EngineError(
+            f"maps must be a tensor (N, H, W) with N = {n} (one map per observation), got {tuple(getattr(maps, 'shape', ()))}"
+        )
     maps = upsample_maps(maps.to(device), (h, w), density)
     if not bool(torch.isfinite(maps).all()):
         raise EngineError("maps hold NaN or infinite values: there is no saliency order to follow")
@@ -303,7 +329,9 @@ def deletion_insertion(
     # K and 0: the baseline and the observation). 2K forward passes per frame.
     kinds_per_frame = 2 * steps
     job_count = torch.cat([counts, counts[1:steps]])  # (2K,)
-    job_insert = torch.cat([torch.zeros(steps + 1, dtype=torch.bool), torch.ones(steps - 1, dtype=torch.bool)]).to(device)
+    job_insert = torch.cat([torch.zeros(steps + 1, dtype=torch.bool), torch.ones(steps - 1, dtype=torch.bool)]).to(
+        device
+    )
     total = n * kinds_per_frame
     chunk = resolve_perturbations_per_eval(agent, dtype, total, inputs_per_eval, memory_budget_mb)
     logp = x.new_empty(total, agent.num_actions)
@@ -383,11 +411,15 @@ def object_agreement(maps: torch.Tensor, objects: Mapping[str, torch.Tensor]) ->
     if maps.ndim != 3:
         raise EngineError(f"maps must be (N, H, W), got {tuple(maps.shape)}")
     if not objects:
-        raise EngineError("no objects given: pass {name: bool (N, H, W)} cells, e.g. engine.metrics.regions.game_object_cells")
+        raise EngineError(
+            "no objects given: pass {name: bool (N, H, W)} cells, e.g. engine.metrics.regions.game_object_cells"
+        )
     for name, given in objects.items():
         if tuple(given.shape) != tuple(maps.shape) or given.dtype != torch.bool:
-            raise EngineError(f"object {name!r} must be a bool tensor of the maps' shape {tuple(maps.shape)}, "
-                              f"got {given.dtype} {tuple(given.shape)}")
+            raise EngineError(
+                f"object {name!r} must be a bool tensor of the maps' shape {tuple(maps.shape)}, "
+                f"got {given.dtype} {tuple(given.shape)}"
+            )
     if "objects" in objects:
         raise EngineError("'objects' is the union of the objects given: name them otherwise")
     maps = maps.double()
@@ -469,11 +501,13 @@ def cascade_stages(agent: Policy) -> list[tuple[str, ...]]:
     seen: list[tuple[str, object]] = []
     handles = []
     for name, m in leaves.items():
+
         def hook(mod, inputs, name=name):
             if name not in {s for s, _ in seen}:
                 first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
                 key = None if first is None else (first.data_ptr(), tuple(first.shape))
                 seen.append((name, key))
+
         handles.append(m.register_forward_pre_hook(hook))
     try:
         x = torch.zeros(2, *agent.observation_shape, device=agent.device, dtype=agent.dtype)
@@ -483,7 +517,9 @@ def cascade_stages(agent: Policy) -> list[tuple[str, ...]]:
         for h in handles:
             h.remove()
     if not seen:
-        raise EngineError(f"no layer with parameters ran in a forward pass of {type(agent).__name__}: nothing to randomise")
+        raise EngineError(
+            f"no layer with parameters ran in a forward pass of {type(agent).__name__}: nothing to randomise"
+        )
     last_key = seen[-1][1]
     heads = 1
     while heads < len(seen) and last_key is not None and seen[-1 - heads][1] == last_key:
@@ -503,7 +539,9 @@ def randomize_modules(agent: Policy, names: Sequence[str], seed: int) -> None:
         torch.manual_seed(seed)
         for name in names:
             if name not in modules:
-                raise EngineError(f"the network has no module {name!r}: stages name modules of named_modules(), e.g. {cascade_stages(agent)[:2]}")
+                raise EngineError(
+                    f"the network has no module {name!r}: stages name modules of named_modules(), e.g. {cascade_stages(agent)[:2]}"
+                )
             m = modules[name]
             own = dict(m.named_parameters(recurse=False))
             if hasattr(m, "reset_parameters"):
@@ -626,8 +664,12 @@ def sanity_check(
             rho[kind].append(spearman(ref.detach(), maps[kind].detach()).cpu())
             sim[kind].append(ssim(ref.detach(), maps[kind].detach()).cpu())
     return SanityResult(
-        stage_names, {k: torch.stack(v) for k, v in rho.items()}, {k: torch.stack(v) for k, v in sim.items()},
-        index.cpu(), threshold, seed,
+        stage_names,
+        {k: torch.stack(v) for k, v in rho.items()},
+        {k: torch.stack(v) for k, v in sim.items()},
+        index.cpu(),
+        threshold,
+        seed,
     )
 
 
@@ -644,11 +686,26 @@ class MetricsSummary:
             frames; ``rows``: the frame rows a map covers (the 2017 crop) or None (the whole frame).
     """
 
-    def __init__(self, kinds=("actor", "critic"), steps: int = 32, deletion_insertion: bool = True,
-                 random_baseline: bool = True, objects: bool = True, stability: bool = True, game: str | None = None,
-                 rows: tuple[int, int] | None = None, distance: float = 4.0, seed: int = 0):
+    def __init__(
+        self,
+        kinds=("actor", "critic"),
+        steps: int = 32,
+        deletion_insertion: bool = True,
+        random_baseline: bool = True,
+        objects: bool = True,
+        stability: bool = True,
+        game: str | None = None,
+        rows: tuple[int, int] | None = None,
+        distance: float = 4.0,
+        seed: int = 0,
+    ):
         self.kinds, self.steps = tuple(kinds), _check_steps(steps)
-        self.use_curves, self.use_random, self.use_objects, self.use_stability = deletion_insertion, random_baseline, objects, stability
+        self.use_curves, self.use_random, self.use_objects, self.use_stability = (
+            deletion_insertion,
+            random_baseline,
+            objects,
+            stability,
+        )
         self.game, self.rows, self.distance, self.seed = game, rows, distance, seed
         self.sums: dict[str, dict[str, torch.Tensor | float]] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -667,8 +724,16 @@ class MetricsSummary:
         sums[key] = sums.get(key, 0.0) + total
         counts[key] = counts.get(key, 0) + count
 
-    def update(self, agent: Policy, observations, states, maps: Mapping[str, torch.Tensor], actions=None,
-               frames=None, dones=None) -> None:
+    def update(
+        self,
+        agent: Policy,
+        observations,
+        states,
+        maps: Mapping[str, torch.Tensor],
+        actions=None,
+        frames=None,
+        dones=None,
+    ) -> None:
         """One chunk: observations (n, C, H, W), the states used on them, maps ``{kind: (n, H, W)}``, actions (n,),
         raw frames (n, 210, 160, 3) for the objects, dones (n,) for the temporal stability."""
         import time
@@ -692,7 +757,9 @@ class MetricsSummary:
                 if self.use_random and kind == self.kinds[0]:
                     # one seeded random order for every frame, so chunking cannot change the reference
                     rand = random_maps(1, cast(tuple[int, int], tuple(m.shape[1:])), seed=self.seed).expand(n, -1, -1)
-                    for key, values in deletion_insertion(agent, observations, states, rand, actions, steps=self.steps).aucs().items():
+                    for key, values in (
+                        deletion_insertion(agent, observations, states, rand, actions, steps=self.steps).aucs().items()
+                    ):
                         self._add("random", f"{key}_auc", values)
             if self.use_objects and self.game is not None and frames is not None:
                 map_size = cast(tuple[int, int], tuple(m.shape[1:]))  # maps are (n, H, W)
@@ -702,7 +769,11 @@ class MetricsSummary:
                 self._add(kind, "objects_area", agreement.area["objects"])
                 self._add(kind, "pointing", agreement.pointing)
             if self.use_stability:
-                ended = torch.zeros(n, dtype=torch.bool) if dones is None else torch.as_tensor(dones).to(torch.bool).flatten().cpu()
+                ended = (
+                    torch.zeros(n, dtype=torch.bool)
+                    if dones is None
+                    else torch.as_tensor(dones).to(torch.bool).flatten().cpu()
+                )
                 if kind in self.last:  # the pair across the chunk boundary
                     previous, previous_end = self.last[kind]
                     if not previous_end:

@@ -82,9 +82,14 @@ def region_share(maps: torch.Tensor, region: torch.Tensor) -> RegionShare:
     return RegionShare(float(share.mean()), float(area.mean()), int(counted.sum()))
 
 
-def object_shares(frames, maps: torch.Tensor, objects: dict = PONG_OBJECTS, distance: float = 10) -> dict[str, RegionShare]:
+def object_shares(
+    frames, maps: torch.Tensor, objects: dict = PONG_OBJECTS, distance: float = 10
+) -> dict[str, RegionShare]:
     """:func:`region_share` of ``maps`` near each named object of ``objects`` (name -> colour) in ``frames``."""
-    return {name: region_share(maps.cpu(), near_cells(object_pixels(frames, color), distance)) for name, color in objects.items()}
+    return {
+        name: region_share(maps.cpu(), near_cells(object_pixels(frames, color), distance))
+        for name, color in objects.items()
+    }
 
 
 # --- objects of several games, on maps of any size ------------------------------------------------------------
@@ -108,8 +113,9 @@ GAME_OBJECTS: dict[str, dict[str, ObjectSpec]] = {
     "breakout": {
         "ball": ObjectSpec(((200, 72, 72),), (93, 189)),  # between the bricks and the paddle
         "paddle": ObjectSpec(((200, 72, 72),), (189, 194)),
-        "bricks": ObjectSpec(((200, 72, 72), (198, 108, 58), (180, 122, 48), (162, 162, 42), (72, 160, 72),
-                              (66, 72, 200)), (57, 93)),
+        "bricks": ObjectSpec(
+            ((200, 72, 72), (198, 108, 58), (180, 122, 48), (162, 162, 42), (72, 160, 72), (66, 72, 200)), (57, 93)
+        ),
     },
     "spaceinvaders": {
         "player": ObjectSpec(((50, 132, 50),), (185, 195)),  # the same green as the score digits at rows 10..19
@@ -130,8 +136,10 @@ def game_object_pixels(frames, game: str) -> dict[str, torch.Tensor]:
     """Raw uint8 frames (N, 210, 160, 3) -> ``{name: bool (N, 210, 160)}``, the pixels of each object of ``game``
     (a key of :data:`GAME_OBJECTS`) in full-frame coordinates."""
     if game not in GAME_OBJECTS:
-        raise ValueError(f"objects are known for the games {sorted(GAME_OBJECTS)}, got {game!r}: pass one of those "
-                         "(engine.metrics.regions.game_of(env_id) maps an ALE id to it)")
+        raise ValueError(
+            f"objects are known for the games {sorted(GAME_OBJECTS)}, got {game!r}: pass one of those "
+            "(engine.metrics.regions.game_of(env_id) maps an ALE id to it)"
+        )
     x = as_frames_tensor(frames)
     rows = torch.arange(x.shape[1], device=x.device)
     found = {}
@@ -143,8 +151,9 @@ def game_object_pixels(frames, game: str) -> dict[str, torch.Tensor]:
     return found
 
 
-def cells_near(pixels: torch.Tensor, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS,
-               distance: float = 0.0) -> torch.Tensor:
+def cells_near(
+    pixels: torch.Tensor, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS, distance: float = 0.0
+) -> torch.Tensor:
     """bool (N, 210, 160) object pixels -> bool (N, h, w): map cells that cover a frame pixel within ``distance``
     frame pixels (Euclidean) of the object.
 
@@ -166,7 +175,8 @@ def cells_near(pixels: torch.Tensor, map_size: tuple[int, int], rows: tuple[int,
     return F.adaptive_max_pool2d(mask, tuple(map_size))[:, 0] > 0
 
 
-def game_object_cells(frames, game: str, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS,
-                      distance: float = 0.0) -> dict[str, torch.Tensor]:
+def game_object_cells(
+    frames, game: str, map_size: tuple[int, int], rows: tuple[int, int] | None = CROP_ROWS, distance: float = 0.0
+) -> dict[str, torch.Tensor]:
     """``{name: bool (N, h, w)}``: :func:`cells_near` each object of ``game`` in raw frames (N, 210, 160, 3)."""
     return {name: cells_near(p, map_size, rows, distance) for name, p in game_object_pixels(frames, game).items()}

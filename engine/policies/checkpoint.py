@@ -153,21 +153,29 @@ def _check_format(file: str | bytes, name: str, fix: str) -> None:
             raise refuse(f"a damaged or truncated zip archive ({exc})") from exc
         names = [info.filename for info in infos]
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            raise refuse("it is a TorchScript archive (torch.jit.save), not a state dict",
-                         "save the agent with torch.save(model.state_dict(), path)")
+            raise refuse(
+                "it is a TorchScript archive (torch.jit.save), not a state dict",
+                "save the agent with torch.save(model.state_dict(), path)",
+            )
         if not any(n.endswith("data.pkl") for n in names):
-            raise refuse(f"a zip archive without torch.save's data.pkl (it holds {sorted(names)[:8]}"
-                         f"{' ...' if len(names) > 8 else ''})")
+            raise refuse(
+                f"a zip archive without torch.save's data.pkl (it holds {sorted(names)[:8]}"
+                f"{' ...' if len(names) > 8 else ''})"
+            )
         _check_torch_records(infos, size, name)
         return
     if _LEGACY_MAGIC in head[:32]:  # after the pickle's PROTO (and, from protocol 4, FRAME) opcodes
         return
     if head.startswith(b"L" + str(int.from_bytes(_LEGACY_MAGIC[2:], "little")).encode()):
-        raise refuse("a legacy torch.save file pickled with protocol 0 or 1, which torch cannot read safely",
-                     "re-save its state dict with torch.save(model.state_dict(), path) and the default protocol")
+        raise refuse(
+            "a legacy torch.save file pickled with protocol 0 or 1, which torch cannot read safely",
+            "re-save its state dict with torch.save(model.state_dict(), path) and the default protocol",
+        )
     if head[257:262] == b"ustar":
-        raise refuse("it is in torch's pre-1.0 tar format, which cannot be read without running the code it may "
-                     "contain", "re-save its state dict with torch.save(model.state_dict(), path) where you trust it")
+        raise refuse(
+            "it is in torch's pre-1.0 tar format, which cannot be read without running the code it may contain",
+            "re-save its state dict with torch.save(model.state_dict(), path) where you trust it",
+        )
     raise refuse(_describe_unknown(head))
 
 
@@ -177,8 +185,9 @@ def _torch_load(file: str | bytes, name: str, fix: str, map_location: str) -> ob
     try:
         with warnings.catch_warnings(record=True) as caught:  # a damaged file also makes torch warn (odd protocol)
             warnings.simplefilter("always")
-            obj = torch.load(io.BytesIO(file) if isinstance(file, bytes) else file, map_location=map_location,
-                             weights_only=True)
+            obj = torch.load(
+                io.BytesIO(file) if isinstance(file, bytes) else file, map_location=map_location, weights_only=True
+            )
     except Exception as exc:  # a damaged file fails in many ways inside torch (Unpickling/Runtime/Assertion...)
         reason = torch_reason(exc)
         if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
@@ -210,8 +219,9 @@ def _storages_in(obj: object) -> list[tuple[int | None, torch.UntypedStorage, in
         if isinstance(item, torch.Tensor):
             if item.layout == torch.strided:
                 storage = item.untyped_storage()
-                found.append((getattr(storage, "_checkpoint_offset", None), storage,
-                              _extent(item) * item.element_size()))
+                found.append(
+                    (getattr(storage, "_checkpoint_offset", None), storage, _extent(item) * item.element_size())
+                )
         elif isinstance(item, (torch.UntypedStorage, torch.TypedStorage)):
             storage = item if isinstance(item, torch.UntypedStorage) else item.untyped()
             found.append((getattr(storage, "_checkpoint_offset", None), storage, 0))
@@ -272,7 +282,7 @@ def read_state_dict(path: str | os.PathLike, *, meta: bool = False) -> dict[str,
         )
     # checkpoints saved from nn.DataParallel prefix every key with "module."
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -293,8 +303,9 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
-def parse_json(raw: bytes, name: str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH,
-               expected: str = "valid JSON") -> object:
+def parse_json(
+    raw: bytes, name: str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH, expected: str = "valid JSON"
+) -> object:
     """``json.loads`` of ``raw`` after checking its size and nesting (json.loads recurses once a level): every
     problem a :class:`CheckpointError` starting with ``name``; ``expected`` says what it should have been."""
     if len(raw) > max_bytes:
@@ -394,14 +405,17 @@ def load_checked(module: ModuleT, state_dict: dict, source: str, device=None, dt
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:  # unreachable after the shape checks, kept so nothing escapes as another type
-        raise CheckpointError(f"{source}: the weights do not load into {type(module).__name__} ({torch_reason(exc)})") from exc
+        raise CheckpointError(
+            f"{source}: the weights do not load into {type(module).__name__} ({torch_reason(exc)})"
+        ) from exc
     module = module.to(device=device, dtype=dtype).eval()
     check_finite_outputs(cast(Policy, module), source)  # every module loaded here is one of the engine's policies
     return module
 
 
-def check_keys_and_shapes(state_dict: dict, expected: dict[str, tuple], source: str, architecture: str, hint: str = "",
-                          supported: str = "") -> None:
+def check_keys_and_shapes(
+    state_dict: dict, expected: dict[str, tuple], source: str, architecture: str, hint: str = "", supported: str = ""
+) -> None:
     """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the keys of ``expected`` (name -> shape,
     e.g. from the architecture built on the ``meta`` device) with those shapes; ``supported`` (what the loader
     supports) is appended to a key error, ``hint`` to a shape error."""
@@ -436,16 +450,20 @@ def check_finite_outputs(policy: Policy, source: str, error: type[EngineError] =
             return out
         module = policy if isinstance(policy, nn.Module) else getattr(policy, "fn", None)
         broken = [
-            name for name, p in (module.named_parameters() if isinstance(module, nn.Module) else ())
+            name
+            for name, p in (module.named_parameters() if isinstance(module, nn.Module) else ())
             if p.is_floating_point() and not bool(torch.isfinite(p).all())
         ]
     cause = (
-        f"its parameters {', '.join(broken[:8])}{' ...' if len(broken) > 8 else ''} hold NaN or inf" if broken
-        else "its weights are finite but overflow through the layers" if isinstance(module, nn.Module)
+        f"its parameters {', '.join(broken[:8])}{' ...' if len(broken) > 8 else ''} hold NaN or inf"
+        if broken
+        else "its weights are finite but overflow through the layers"
+        if isinstance(module, nn.Module)
         else "the network computes them"
     )
     advice = (
-        "the file is corrupt, the training diverged, or it is not a trained agent" if error is CheckpointError
+        "the file is corrupt, the training diverged, or it is not a trained agent"
+        if error is CheckpointError
         else "fix the network's weights or forward pass before explaining it"
     )
     raise error(

@@ -261,8 +261,10 @@ def identify_cleanrl(state_dict: dict[str, torch.Tensor], source: str = "state d
     MLPs, C51) and anything else.
     """
     keys = set(state_dict)
-    if "actor_logstd" in keys or any(k.startswith("actor_mean.") for k in keys) or any(
-        k.startswith(("fc_mu.", "fc_mean.", "fc_logstd.")) for k in keys
+    if (
+        "actor_logstd" in keys
+        or any(k.startswith("actor_mean.") for k in keys)
+        or any(k.startswith(("fc_mu.", "fc_mean.", "fc_logstd.")) for k in keys)
     ):
         raise CheckpointError(
             f"{source}: a continuous-action agent (found {_keys(state_dict)}: CleanRL's ppo_continuous_action, ddpg, "
@@ -327,9 +329,13 @@ def identify_cleanrl(state_dict: dict[str, torch.Tensor], source: str = "state d
     return script, sizes
 
 
-def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict", *,
-                                  device: str | torch.device | None = None,
-                                  dtype: str | torch.dtype | None = None) -> CleanRLPolicy:
+def build_cleanrl_from_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    source: str = "state dict",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> CleanRLPolicy:
     """Identify the script, check every key and shape against its module (before allocating it), check the weights
     (dense, stored once, floating point, finite, plausible), load them, move the policy to ``device`` and ``dtype``
     (default: the CPU, float32) and check its outputs on a test observation are finite there."""
@@ -342,11 +348,22 @@ def build_cleanrl_from_state_dict(state_dict: dict[str, torch.Tensor], source: s
     with torch.device("meta"):  # the architecture's shapes, without allocating anything
         expected = {k: tuple(v.shape) for k, v in cls(**sizes).state_dict().items()}
     architecture = f"CleanRL's {script} ({sizes['num_actions']} actions, {sizes['channels']} channels)"
-    check_keys_and_shapes(state_dict, expected, source, architecture, supported=_SUPPORTED,
-                          hint=" (network.7 takes the 64x7x7 features of an 84x84 observation)")
+    check_keys_and_shapes(
+        state_dict,
+        expected,
+        source,
+        architecture,
+        supported=_SUPPORTED,
+        hint=" (network.7 takes the 64x7x7 features of an 84x84 observation)",
+    )
     check_weights(state_dict, source)
-    return load_checked(cls(**sizes), state_dict, source, device=None if device is None else resolve_device(device),
-                        dtype=None if dtype is None else resolve_dtype(dtype))
+    return load_checked(
+        cls(**sizes),
+        state_dict,
+        source,
+        device=None if device is None else resolve_device(device),
+        dtype=None if dtype is None else resolve_dtype(dtype),
+    )
 
 
 def _looks_like_msgpack(path: str) -> bool:

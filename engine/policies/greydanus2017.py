@@ -192,9 +192,13 @@ def _infer_sizes(state_dict: dict[str, torch.Tensor], source: str) -> tuple[str,
     return core, num_actions, hidden_size, channels
 
 
-def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict", *,
-                                device: str | torch.device | None = None,
-                                dtype: str | torch.dtype | None = None) -> ActorCritic:
+def build_agent_from_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    source: str = "state dict",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> ActorCritic:
     """Infer the core, actions, hidden size and channels from keys/shapes, build the agent, load the weights.
 
     Every size is checked (bounds, then each tensor's shape against the architecture they imply) before a
@@ -210,13 +214,20 @@ def build_agent_from_state_dict(state_dict: dict[str, torch.Tensor], source: str
     with torch.device("meta"):  # the architecture's shapes, without allocating anything
         expected = {
             k: tuple(v.shape)
-            for k, v in ActorCritic(num_actions, core=core, hidden_size=hidden_size, channels=channels).state_dict().items()
+            for k, v in ActorCritic(num_actions, core=core, hidden_size=hidden_size, channels=channels)
+            .state_dict()
+            .items()
         }
     check_keys_and_shapes(state_dict, expected, source, f"the {core.upper()} actor-critic of the spec")
     check_weights(state_dict, source)
     agent = ActorCritic(num_actions=num_actions, core=core, hidden_size=hidden_size, channels=channels)
-    return load_checked(agent, state_dict, source, device=None if device is None else resolve_device(device),
-                        dtype=None if dtype is None else resolve_dtype(dtype))
+    return load_checked(
+        agent,
+        state_dict,
+        source,
+        device=None if device is None else resolve_device(device),
+        dtype=None if dtype is None else resolve_dtype(dtype),
+    )
 
 
 def load_agent(
@@ -231,5 +242,6 @@ def load_agent(
     :class:`CheckpointError` naming the file and the problem. The agent is returned in eval mode on ``device``
     (``"auto"`` = CUDA when present) with ``dtype``.
     """
-    return build_agent_from_state_dict(read_state_dict(path), source=repr(os.fspath(path)),
-                                       device=resolve_device(device), dtype=resolve_dtype(dtype))
+    return build_agent_from_state_dict(
+        read_state_dict(path), source=repr(os.fspath(path)), device=resolve_device(device), dtype=resolve_dtype(dtype)
+    )

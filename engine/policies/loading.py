@@ -106,7 +106,9 @@ def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") ->
         raise CheckpointError(f"agent kind must be one of {KINDS}, got {kind!r}")
     found = detect_kind(path)
     if kind not in ("auto", found):
-        raise CheckpointError(f"{os.fspath(path)} holds a {found} agent, not a {kind} one: set the agent kind to {found} (or auto)")
+        raise CheckpointError(
+            f"{os.fspath(path)} holds a {found} agent, not a {kind} one: set the agent kind to {found} (or auto)"
+        )
     if found == "sb3":
         from .sb3 import load_sb3
 

@@ -115,9 +115,7 @@ class ModulePolicy:
             return tuple(s.to(device=self.device, dtype=self.dtype) for s in state)
         assert self._initial_state is not None  # recurrent
         template = self._to_interface(self._initial_state)
-        return tuple(
-            s.to(device=self.device, dtype=self.dtype).expand(batch, *s.shape[1:]).clone() for s in template
-        )
+        return tuple(s.to(device=self.device, dtype=self.dtype).expand(batch, *s.shape[1:]).clone() for s in template)
 
     def reset_state(self, state: State, done: torch.Tensor) -> State:
         """``state`` with the rows where ``done`` (N,) is true set to the episode-start state (or ``reset``'s)."""

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "ATARI_SALIENCY_CHECKPOINTS"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency" / "checkpoints"
-_BABY_A3C_URL = "https://github.com/greydanus/baby-a3c/raw/7f9734b96f5f89c27ddf87a642886d9a90883a35/{game}-v4/model.{frames}.tar"
+_BABY_A3C_URL = (
+    "https://github.com/greydanus/baby-a3c/raw/7f9734b96f5f89c27ddf87a642886d9a90883a35/{game}-v4/model.{frames}.tar"
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,12 @@ KNOWN = {
         _baby("pong", 80, "070942837671289755da61918afa47eef4cc24c60bc18e6cf03cfc07e4255bbd", "Pong-v4"),
         _baby("breakout", 40, "e82d5bc0d87d8e0da3772549b75efa6d486e7b47b8f7a914f0eabfb9441159b0", "Breakout-v4"),
         _baby("breakout", 80, "af6c793df878de5021e95af93028e11107b9840b7c92d81f770574af32f4df77", "Breakout-v4"),
-        _baby("spaceinvaders", 40, "01bd5946f34f51a9c8e285f89262c7d5cb53c29c373afec1fc4645750a3f7ea8", "SpaceInvaders-v4"),
-        _baby("spaceinvaders", 80, "72ec71ee5aaf555ee5ed25ec54e2d3778393a47e7164d3211fee55dd4a7de33b", "SpaceInvaders-v4"),
+        _baby(
+            "spaceinvaders", 40, "01bd5946f34f51a9c8e285f89262c7d5cb53c29c373afec1fc4645750a3f7ea8", "SpaceInvaders-v4"
+        ),
+        _baby(
+            "spaceinvaders", 80, "72ec71ee5aaf555ee5ed25ec54e2d3778393a47e7164d3211fee55dd4a7de33b", "SpaceInvaders-v4"
+        ),
     )
 }
 # short names without "@frames" mean the published 40M-frame agent (Pong's best: 18.2 mean reward)
@@ -125,7 +131,9 @@ def resolve_builtin(name: str, root: Path | None = None) -> Path:
     game, frames = match["game"], match["frames"]
     series = builtin_checkpoints(game, root)
     if not series:
-        raise CheckpointError(f"no built-in agent for {game!r}: the package ships {', '.join(builtin_names(root)) or 'none'}")
+        raise CheckpointError(
+            f"no built-in agent for {game!r}: the package ships {', '.join(builtin_names(root)) or 'none'}"
+        )
     if frames is None:
         return series[max(series)]
     if int(frames) not in series:
@@ -182,7 +190,9 @@ def resolve_checkpoint(
 ) -> Path:
     """A checkpoint file from a path or a registry name; raises :class:`CheckpointError` saying what to do."""
     if not name_or_path:
-        raise CheckpointError("no checkpoint given: set agent.checkpoint to a file path or a name such as baby-a3c/pong")
+        raise CheckpointError(
+            "no checkpoint given: set agent.checkpoint to a file path or a name such as baby-a3c/pong"
+        )
     if str(name_or_path).startswith(BUILTIN_PREFIX):
         return resolve_builtin(str(name_or_path))
     path = Path(str(name_or_path)).expanduser()

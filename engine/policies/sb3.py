@@ -99,8 +99,16 @@ _MODULE_ALGORITHMS = {
     "sb3_contrib.common.maskable.policies": "MaskablePPO",
 }
 _ACTIVATIONS = {
-    "ReLU": nn.ReLU, "Tanh": nn.Tanh, "ELU": nn.ELU, "LeakyReLU": nn.LeakyReLU, "GELU": nn.GELU,
-    "SiLU": nn.SiLU, "Sigmoid": nn.Sigmoid, "Softplus": nn.Softplus, "Mish": nn.Mish, "SELU": nn.SELU,
+    "ReLU": nn.ReLU,
+    "Tanh": nn.Tanh,
+    "ELU": nn.ELU,
+    "LeakyReLU": nn.LeakyReLU,
+    "GELU": nn.GELU,
+    "SiLU": nn.SiLU,
+    "Sigmoid": nn.Sigmoid,
+    "Softplus": nn.Softplus,
+    "Mish": nn.Mish,
+    "SELU": nn.SELU,
 }
 # NatureCNN (stable_baselines3.common.torch_layers): 8x8/4, 4x4/2, 3x3/1 convolutions with ReLUs, then a
 # linear layer with a ReLU. (out channels, kernel, stride) of each convolution.
@@ -234,7 +242,9 @@ class SB3Policy(nn.Module):
         return self.from_features(self.features(obs), tuple(state), n)
 
     def extra_repr(self) -> str:
-        return f"algorithm={self.algorithm!r}, observation_shape={self.observation_shape}, num_actions={self.num_actions}"
+        return (
+            f"algorithm={self.algorithm!r}, observation_shape={self.observation_shape}, num_actions={self.num_actions}"
+        )
 
 
 class SB3ActorCritic(SB3Policy):
@@ -246,9 +256,19 @@ class SB3ActorCritic(SB3Policy):
     (N, layers * hidden): SB3's (layers, N, hidden) tensors with the batch first and the layers side by side.
     """
 
-    def __init__(self, observation_shape, num_actions, *, features: int, separate_vf: bool, shared: list[int],
-                 pi: list[int], vf: list[int], activation: type[nn.Module] | None,
-                 lstm: tuple[int, int, str] | None = None):
+    def __init__(
+        self,
+        observation_shape,
+        num_actions,
+        *,
+        features: int,
+        separate_vf: bool,
+        shared: list[int],
+        pi: list[int],
+        vf: list[int],
+        activation: type[nn.Module] | None,
+        lstm: tuple[int, int, str] | None = None,
+    ):
         super().__init__(observation_shape, num_actions, towers=2 if separate_vf else 1)
         self.pi_linear = nn.Linear(self.flat, features)
         self.vf_linear = nn.Linear(self.flat, features) if separate_vf else None
@@ -307,8 +327,16 @@ class SB3QNetwork(SB3Policy):
 
     value_based = True
 
-    def __init__(self, observation_shape, num_actions, *, features: int, hidden: list[int],
-                 activation: type[nn.Module] | None, quantiles: int | None = None):
+    def __init__(
+        self,
+        observation_shape,
+        num_actions,
+        *,
+        features: int,
+        hidden: list[int],
+        activation: type[nn.Module] | None,
+        quantiles: int | None = None,
+    ):
         super().__init__(observation_shape, num_actions, towers=1)
         self.linear = nn.Linear(self.flat, features)
         self.quantiles = quantiles
@@ -369,9 +397,13 @@ def _read_zip(path: str, source: str) -> tuple[dict, dict[str, torch.Tensor], st
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
         # RuntimeError: an encrypted entry
-        raise CheckpointError(f"{source} is not a readable SB3 agent: a damaged or truncated zip archive ({exc})") from exc
+        raise CheckpointError(
+            f"{source} is not a readable SB3 agent: a damaged or truncated zip archive ({exc})"
+        ) from exc
     except Exception as exc:  # zlib.error and the like from a corrupt entry
-        raise CheckpointError(f"{source} is not a readable SB3 agent: a damaged zip entry ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{source} is not a readable SB3 agent: a damaged zip entry ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         data = parse_json(raw_data, f"{source}: its 'data' entry", MAX_DATA_BYTES, expected="the JSON SB3 writes")
     except CheckpointError as exc:
@@ -385,8 +417,9 @@ def _read_policy(raw: bytes, source: str) -> dict[str, torch.Tensor]:
     """``policy.pth`` with ``torch.load(weights_only=True)`` and bounded work (checkpoint.load_torch_file):
     tensors and plain containers only, nothing executed; each tensor stored once (no expanded or overlapping
     view, which the comparisons and arithmetic that follow would walk value by value)."""
-    obj = load_torch_file(raw, f"{source}: its policy.pth",
-                          fix="SB3's model.save writes only a state dict of tensors there")
+    obj = load_torch_file(
+        raw, f"{source}: its policy.pth", fix="SB3's model.save writes only a state dict of tensors there"
+    )
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{source}: its policy.pth holds a {type(obj).__name__}, not a state dict of tensors")
     state_dict = dict(obj)
@@ -471,7 +504,9 @@ def _observation_layout(data: dict, channels: int, flat: int, source: str) -> tu
     shape = space.get("_shape", space.get("shape"))
     dtype = str(space.get("dtype", ""))
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
-        raise CheckpointError(f"{source}: an observation space of shape {shape}, not an image (C, H, W) or (H, W, C); {SUPPORTED}")
+        raise CheckpointError(
+            f"{source}: an observation space of shape {shape}, not an image (C, H, W) or (H, W, C); {SUPPORTED}"
+        )
     if dtype != "uint8":
         raise CheckpointError(
             f"{source}: observations of dtype {dtype or 'unknown'}: SB3 scales only uint8 images by 1/255, and the "
@@ -534,14 +569,22 @@ class _Keys:
             previous = out
         features, flat = self.take(f"{prefix}.linear.0.weight", 2)
         if not 1 <= features <= MAX_WIDTH:
-            raise CheckpointError(f"{self.source}: {prefix}.linear.0.weight implies {features} features, outside 1..{MAX_WIDTH}")
+            raise CheckpointError(
+                f"{self.source}: {prefix}.linear.0.weight implies {features} features, outside 1..{MAX_WIDTH}"
+            )
         self.expect(f"{prefix}.linear.0.bias", (features,))
         return in0, flat, features
 
     def linears(self, prefix: str, width: int, step: int = 2) -> list[int]:
         """Output widths of the Linear layers ``prefix.0``, ``prefix.{step}``, ... (an ``nn.Sequential`` of
         Linear and activation layers), chained from ``width``; every key under ``prefix`` must be one of them."""
-        indices = sorted({int(m.group(1)) for k in self.sd if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(?:weight|bias)", k))})
+        indices = sorted(
+            {
+                int(m.group(1))
+                for k in self.sd
+                if (m := re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(?:weight|bias)", k))
+            }
+        )
         if indices != list(range(0, step * len(indices), step)):
             found = sorted(k for k in self.sd if k.startswith(prefix + "."))[:6]
             raise CheckpointError(
@@ -564,7 +607,9 @@ class _Keys:
         """(hidden, layers) of the ``nn.LSTM`` under ``prefix`` (unidirectional, with biases, no projection)."""
         _, hidden = self.take(f"{prefix}.weight_hh_l0", 2)
         if not 1 <= hidden <= MAX_WIDTH:
-            raise CheckpointError(f"{self.source}: {prefix}.weight_hh_l0 implies {hidden} hidden units, outside 1..{MAX_WIDTH}")
+            raise CheckpointError(
+                f"{self.source}: {prefix}.weight_hh_l0 implies {hidden} hidden units, outside 1..{MAX_WIDTH}"
+            )
         layers = 0
         while f"{prefix}.weight_ih_l{layers}" in self.sd:
             width = features if layers == 0 else hidden
@@ -589,8 +634,8 @@ class _Keys:
 def _same(sd: dict[str, torch.Tensor], a: str, b: str) -> bool:
     """Whether every tensor under prefix ``a`` equals the one under ``b`` (SB3 saves a shared module once per
     name it is registered under)."""
-    keys_a = sorted(k[len(a):] for k in sd if k.startswith(a + "."))
-    keys_b = sorted(k[len(b):] for k in sd if k.startswith(b + "."))
+    keys_a = sorted(k[len(a) :] for k in sd if k.startswith(a + "."))
+    keys_b = sorted(k[len(b) :] for k in sd if k.startswith(b + "."))
     return keys_a == keys_b and all(
         sd[a + k].shape == sd[b + k].shape and torch.equal(sd[a + k], sd[b + k]) for k in keys_a
     )
@@ -599,10 +644,14 @@ def _same(sd: dict[str, torch.Tensor], a: str, b: str) -> bool:
 def _family(data: dict, sd: dict[str, torch.Tensor], source: str) -> str:
     """``actor_critic``, ``recurrent``, ``dqn`` or ``qrdqn`` from the policy class, checked against the keys."""
     by_keys = (
-        "dqn" if any(k.startswith("q_net.") for k in sd)
-        else "qrdqn" if any(k.startswith("quantile_net.") for k in sd)
-        else "recurrent" if any(k.startswith("lstm_actor.") for k in sd)
-        else "actor_critic" if "action_net.weight" in sd
+        "dqn"
+        if any(k.startswith("q_net.") for k in sd)
+        else "qrdqn"
+        if any(k.startswith("quantile_net.") for k in sd)
+        else "recurrent"
+        if any(k.startswith("lstm_actor.") for k in sd)
+        else "actor_critic"
+        if "action_net.weight" in sd
         else None
     )
     cls = _policy_class(data)
@@ -618,7 +667,9 @@ def _family(data: dict, sd: dict[str, torch.Tensor], source: str) -> str:
             elif "Cnn" in name:
                 kind = f"a CnnPolicy ({name})"
             else:
-                kind = f"an {'MlpLstmPolicy' if 'Recurrent' in name else 'MlpPolicy'} ({name}, no convolutional network)"
+                kind = (
+                    f"an {'MlpLstmPolicy' if 'Recurrent' in name else 'MlpPolicy'} ({name}, no convolutional network)"
+                )
             raise CheckpointError(f"{source}: {algorithm} with {kind}, which is not supported; {SUPPORTED}")
         if by_keys is not None and by_keys != family:
             raise CheckpointError(
@@ -663,7 +714,9 @@ def _trunk_weights(sd: dict[str, torch.Tensor], towers: list[str], scale: float)
     return weights
 
 
-def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Policy, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _build(
+    data: dict, sd: dict[str, torch.Tensor], source: str
+) -> tuple[SB3Policy, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The rebuilt network (float32, CPU, untrained), the state dict to load into it, and the file's tensors it
     uses; every shape checked."""
     family = _family(data, sd, source)
@@ -684,7 +737,7 @@ def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Pol
     weights: dict[str, torch.Tensor] = {}
 
     def rename(ours: str, theirs: str) -> None:
-        weights.update({f"{ours}.{k[len(theirs) + 1:]}": v for k, v in sd.items() if k.startswith(theirs + ".")})
+        weights.update({f"{ours}.{k[len(theirs) + 1 :]}": v for k, v in sd.items() if k.startswith(theirs + ".")})
 
     if family in ("dqn", "qrdqn"):
         net = "q_net" if family == "dqn" else "quantile_net"
@@ -706,8 +759,9 @@ def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Pol
         keys.check_unknown(ignored=(f"{net}_target.",))
         shape = _observation_layout(data, channels, flat, source)
         activation = _activation(kwargs, nn.ReLU, source) if len(widths) > 1 else None
-        model: SB3Policy = SB3QNetwork(shape, num_actions, features=features, hidden=widths[:-1],
-                                       activation=activation, quantiles=quantiles)
+        model: SB3Policy = SB3QNetwork(
+            shape, num_actions, features=features, hidden=widths[:-1], activation=activation, quantiles=quantiles
+        )
         weights.update(_trunk_weights(sd, [f"{net}.features_extractor"], scale))
         rename("linear", f"{net}.features_extractor.linear.0")
         rename("q_net", f"{net}.{net}")
@@ -757,7 +811,9 @@ def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Pol
             latent = hidden
         shared = keys.linears("mlp_extractor.shared_net", latent)
         if shared and family == "recurrent":
-            raise CheckpointError(f"{source}: shared MLP layers in a recurrent policy, which sb3-contrib does not build")
+            raise CheckpointError(
+                f"{source}: shared MLP layers in a recurrent policy, which sb3-contrib does not build"
+            )
         top = shared[-1] if shared else latent
         pi = keys.linears("mlp_extractor.policy_net", top)
         vf = keys.linears("mlp_extractor.value_net", top)
@@ -768,16 +824,29 @@ def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Pol
         keys.check_unknown()
         shape = _observation_layout(data, channels, flat, source)
         activation = _activation(kwargs, nn.Tanh, source) if (shared or pi or vf) else None
-        model = SB3ActorCritic(shape, num_actions, features=features, separate_vf=separate_vf, shared=shared, pi=pi,
-                               vf=vf, activation=activation, lstm=lstm)
+        model = SB3ActorCritic(
+            shape,
+            num_actions,
+            features=features,
+            separate_vf=separate_vf,
+            shared=shared,
+            pi=pi,
+            vf=vf,
+            activation=activation,
+            lstm=lstm,
+        )
         towers = [pi_name, "vf_features_extractor"] if separate_vf else [pi_name]
         weights.update(_trunk_weights(sd, towers, scale))
         rename("pi_linear", f"{pi_name}.linear.0")
         if separate_vf:
             rename("vf_linear", "vf_features_extractor.linear.0")
-        for ours, theirs in (("shared_net", "mlp_extractor.shared_net"), ("policy_net", "mlp_extractor.policy_net"),
-                             ("value_net_mlp", "mlp_extractor.value_net"), ("action_net", "action_net"),
-                             ("value_net", "value_net")):
+        for ours, theirs in (
+            ("shared_net", "mlp_extractor.shared_net"),
+            ("policy_net", "mlp_extractor.policy_net"),
+            ("value_net_mlp", "mlp_extractor.value_net"),
+            ("action_net", "action_net"),
+            ("value_net", "value_net"),
+        ):
             rename(ours, theirs)
         described = f"{'separate actor and critic' if separate_vf else 'shared'} NatureCNN"
         if lstm is not None:
@@ -793,7 +862,9 @@ def _build(data: dict, sd: dict[str, torch.Tensor], source: str) -> tuple[SB3Pol
     return model, weights, {k: sd[k] for k in sorted(keys.used)}
 
 
-def load_sb3(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> SB3Policy:
+def load_sb3(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
+) -> SB3Policy:
     """Load a Stable-Baselines3 / sb3-contrib zip (``model.save(path)``) as a :class:`~engine.core.policy.Policy`.
 
     Nothing in the file is executed: ``policy.pth`` is read with ``torch.load(weights_only=True)`` and the

@@ -224,7 +224,9 @@ def rollout_layout(
     }
     for i, s in enumerate(agent.initial_state(1)):
         tail = list(s.shape[1:])
-        layout[f"state_{i}"] = _entry(tail, _torch_dtype_str(s.dtype), [f"state_{i}_axis_{j + 1}" for j in range(len(tail))])
+        layout[f"state_{i}"] = _entry(
+            tail, _torch_dtype_str(s.dtype), [f"state_{i}_axis_{j + 1}" for j in range(len(tail))]
+        )
     layout["sampler_state"] = _entry([torch.Generator().get_state().numel()], np.uint8, ("sampler_byte",), per="chunk")
     return layout
 
@@ -300,7 +302,9 @@ class ChunkStore:
         self._open_arrays()
 
     def _open_arrays(self) -> None:
-        self.arrays: dict[str, zarr.Array[Any]] = {name: self._checked_array(name, entry) for name, entry in self.layout.items()}
+        self.arrays: dict[str, zarr.Array[Any]] = {
+            name: self._checked_array(name, entry) for name, entry in self.layout.items()
+        }
         self.marker = self._checked_array(MARKER, _marker_entry())
 
     # manifest ---------------------------------------------------------------------------------------------
@@ -333,7 +337,9 @@ class ChunkStore:
         try:
             node = self.group[name]
         except KeyError as exc:
-            raise StoreIntegrityError(f"the store {self.root} lacks its array {name!r}: it is damaged; delete it and run again") from exc
+            raise StoreIntegrityError(
+                f"the store {self.root} lacks its array {name!r}: it is damaged; delete it and run again"
+            ) from exc
         if not isinstance(node, zarr.Array):
             raise StoreIntegrityError(
                 f"the store {self.root}: {name!r} is a group, not an array: it is damaged; delete it and run again"
@@ -353,13 +359,29 @@ class ChunkStore:
 
     # creation ---------------------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, root: StoreRoot, identity: dict[str, Any], layout: Mapping[str, Mapping[str, Any]],
-                       length: int, chunk: int, extra: dict[str, Any] | None = None,
-                       storage_options: dict[str, Any] | None = None) -> "ChunkStore":
+    def open_or_create(
+        cls,
+        root: StoreRoot,
+        identity: dict[str, Any],
+        layout: Mapping[str, Mapping[str, Any]],
+        length: int,
+        chunk: int,
+        extra: dict[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> "ChunkStore":
         """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
         create it atomically (module docstring)."""
-        manifest: dict[str, Any] = _jsonable(dict(kind=identity["kind"], format=FORMAT, identity=identity,
-                                                  layout=layout, length=length, chunk=chunk, extra=extra or {}))
+        manifest: dict[str, Any] = _jsonable(
+            dict(
+                kind=identity["kind"],
+                format=FORMAT,
+                identity=identity,
+                layout=layout,
+                length=length,
+                chunk=chunk,
+                extra=extra or {},
+            )
+        )
         root = store_root(root)
         if not store_exists(root, storage_options):
             _refuse_foreign(root, storage_options)
@@ -374,7 +396,9 @@ class ChunkStore:
                 "refusing to mix them; use another directory, or delete this one to start over"
             )
         if (store.layout, store.length, store.chunk) != (manifest["layout"], manifest["length"], manifest["chunk"]):
-            raise StoreMismatchError(f"the store {root} holds arrays of other shapes than this job makes: use another directory")
+            raise StoreMismatchError(
+                f"the store {root} holds arrays of other shapes than this job makes: use another directory"
+            )
         return store
 
     def truncate(self, length: int) -> None:
@@ -393,8 +417,9 @@ class ChunkStore:
         self._open_arrays()
 
     @classmethod
-    def open_kind(cls, root: StoreRoot, kind: str, storage_options: dict[str, Any] | None = None,
-                  read_only: bool = False) -> "ChunkStore":
+    def open_kind(
+        cls, root: StoreRoot, kind: str, storage_options: dict[str, Any] | None = None, read_only: bool = False
+    ) -> "ChunkStore":
         """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
         _refuse_old_format(store_root(root), storage_options)
         store = cls(root, storage_options, read_only=read_only)
@@ -428,7 +453,9 @@ class ChunkStore:
         a, b = self.bounds[index]
         missing, extra = set(self.layout) - set(arrays), set(arrays) - set(self.layout)
         if missing or extra:
-            raise EngineError(f"chunk {index} of {self.root}: missing arrays {sorted(missing)}, unexpected {sorted(extra)}")
+            raise EngineError(
+                f"chunk {index} of {self.root}: missing arrays {sorted(missing)}, unexpected {sorted(extra)}"
+            )
         data: dict[str, np.ndarray] = {}
         for name, entry in self.layout.items():
             given = arrays[name]
@@ -481,7 +508,9 @@ class ChunkStore:
         except Exception as first:
             # find which chunk failed (zarr's error does not say), unmark it so the next run recomputes it
             per_time = self.layout[name]["per"] == "time"
-            chunks = [k for k, (a, b) in enumerate(self.bounds) if (a < stop and b > start if per_time else start <= k < stop)]
+            chunks = [
+                k for k, (a, b) in enumerate(self.bounds) if (a < stop and b > start if per_time else start <= k < stop)
+            ]
             for k in chunks:
                 a, b = self.bounds[k] if per_time else (k, k + 1)
                 try:
@@ -493,8 +522,11 @@ class ChunkStore:
                     steps = f"steps {self.bounds[k][0]}..{self.bounds[k][1] - 1}"
                     raise StoreIntegrityError(
                         f"the store {self.root}: chunk {k} ({steps}) of {name!r} is damaged ({reason}); "
-                        + ("it is marked incomplete and will be recomputed by the next run" if cleared else
-                           "it could not be marked incomplete (read-only store): delete the store and run again")
+                        + (
+                            "it is marked incomplete and will be recomputed by the next run"
+                            if cleared
+                            else "it could not be marked incomplete (read-only store): delete the store and run again"
+                        )
                     ) from exc
             raise first
 
@@ -520,13 +552,16 @@ def _refuse_foreign(root: StoreRoot, storage_options: dict[str, Any] | None) -> 
     _refuse_old_format(root, storage_options)
     if is_memory(root):
         if not zarr_sync(root.is_empty("")):
-            raise EngineError(f"{root} holds keys but no store manifest (zarr.json): not adopting them; "
-                              "use an empty memory store")
+            raise EngineError(
+                f"{root} holds keys but no store manifest (zarr.json): not adopting them; use an empty memory store"
+            )
         return
     if is_url(root):
         fs, path = _fs(root, storage_options)
         if fs.exists(path) and fs.ls(path):
-            raise EngineError(f"{root} holds objects but no store manifest (zarr.json): not adopting them; delete them or use another path")
+            raise EngineError(
+                f"{root} holds objects but no store manifest (zarr.json): not adopting them; delete them or use another path"
+            )
         return
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -549,9 +584,12 @@ def _build(keys: Store, manifest: Mapping[str, Any]) -> None:
         per_time = entry["per"] == "time"
         dtype = np.dtype(entry["dtype"])
         group.create_array(
-            name, shape=((length if per_time else num_chunks), *entry["tail"]),
-            chunks=((chunk if per_time else 1), *entry["tail"]), dtype=dtype,
-            fill_value=False if dtype.kind == "b" else 0, compressors=_compressors(dtype),
+            name,
+            shape=((length if per_time else num_chunks), *entry["tail"]),
+            chunks=((chunk if per_time else 1), *entry["tail"]),
+            dtype=dtype,
+            fill_value=False if dtype.kind == "b" else 0,
+            compressors=_compressors(dtype),
             dimension_names=((time_dim if per_time else CHUNK_AXIS), *entry["dims"]),
         )
     _consolidate(keys)
@@ -624,7 +662,9 @@ def check_writable(root: StoreRoot, storage_options: dict[str, Any] | None = Non
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise EngineError(f"the store path {root} is not writable ({place}: {exc.strerror or exc}): use a writable path") from None
+        raise EngineError(
+            f"the store path {root} is not writable ({place}: {exc.strerror or exc}): use a writable path"
+        ) from None
 
 
 def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] | None) -> bool:
@@ -681,16 +721,28 @@ class RolloutStore:
         needed = [k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start]
         missing = [k for k in needed if not done[k]]
         if missing:
-            raise EngineError(f"the rollout store {self.store.root} is incomplete (chunk {missing[0]} missing): resume recording first")
+            raise EngineError(
+                f"the rollout store {self.store.root} is incomplete (chunk {missing[0]} missing): resume recording first"
+            )
         n_states = len(self.identity["state_shapes"])
         cat = self.store.read_range(start, stop, ROLLOUT_FIELDS + tuple(f"state_{i}" for i in range(n_states)))
         states = tuple(torch.from_numpy(cat[f"state_{i}"]) for i in range(n_states))
         fields = {name: torch.from_numpy(cat[name]) for name in ROLLOUT_FIELDS}
-        return Rollout(states=states, env_id=self.identity["env_id"], seed=self.identity["seed"],
-                       greedy=self.identity["greedy"], action_names=tuple(self.identity["action_names"]),
-                       pipeline=self.identity["pipeline"], frames=fields["frames"],
-                       observations=fields["observations"], logits=fields["logits"], values=fields["values"],
-                       actions=fields["actions"], rewards=fields["rewards"], dones=fields["dones"])
+        return Rollout(
+            states=states,
+            env_id=self.identity["env_id"],
+            seed=self.identity["seed"],
+            greedy=self.identity["greedy"],
+            action_names=tuple(self.identity["action_names"]),
+            pipeline=self.identity["pipeline"],
+            frames=fields["frames"],
+            observations=fields["observations"],
+            logits=fields["logits"],
+            values=fields["values"],
+            actions=fields["actions"],
+            rewards=fields["rewards"],
+            dones=fields["dones"],
+        )
 
 
 # --- saliency ------------------------------------------------------------------------------------------------------
@@ -727,5 +779,7 @@ class SaliencyStore:
         needed = {k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start}
         missing = [k for k in self.missing() if k in needed]
         if missing:
-            raise EngineError(f"the saliency store {self.store.root} lacks chunks {missing[:10]}: run the missing shards")
+            raise EngineError(
+                f"the saliency store {self.store.root} lacks chunks {missing[:10]}: run the missing shards"
+            )
         return self.store.read_range(start, stop)

@@ -130,7 +130,9 @@ def as_inputs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(agent.parameters(), lr=config.lr, alpha=config.rmsprop_alpha, eps=config.optimizer_eps)
+        return torch.optim.RMSprop(
+            agent.parameters(), lr=config.lr, alpha=config.rmsprop_alpha, eps=config.optimizer_eps
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(agent.parameters(), lr=config.lr, eps=config.optimizer_eps)
     raise EngineError(f"optimizer must be rmsprop or adam, got {config.optimizer!r}")
@@ -145,17 +147,43 @@ def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optim
 RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 2  # 1: the pickled (weights_only=False) format of earlier versions, no longer read
 _RESUME_FIELDS = {
-    "format": int, "agent": dict, "optimizer": dict, "frames": int, "next_checkpoint": int, "returns": list,
-    "config": dict, "wall_seconds": float, "rng": dict,
+    "format": int,
+    "agent": dict,
+    "optimizer": dict,
+    "frames": int,
+    "next_checkpoint": int,
+    "returns": list,
+    "config": dict,
+    "wall_seconds": float,
+    "rng": dict,
 }
 
 
-def save_resume(path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer, config: TrainConfig, frames: int,
-                next_checkpoint: int, returns, wall_seconds: float) -> None:
+def save_resume(
+    path: Path,
+    agent: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    frames: int,
+    next_checkpoint: int,
+    returns,
+    wall_seconds: float,
+) -> None:
     """Write everything a resumed run needs (atomically), in a form ``torch.load(weights_only=True)`` reads."""
-    save_torch(dict(format=RESUME_FORMAT, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
-                     frames=int(frames), next_checkpoint=int(next_checkpoint), returns=[float(r) for r in returns],
-                     config=asdict(config), wall_seconds=float(wall_seconds), rng=rng_state()), path)
+    save_torch(
+        dict(
+            format=RESUME_FORMAT,
+            agent=agent.state_dict(),
+            optimizer=optimizer.state_dict(),
+            frames=int(frames),
+            next_checkpoint=int(next_checkpoint),
+            returns=[float(r) for r in returns],
+            config=asdict(config),
+            wall_seconds=float(wall_seconds),
+            rng=rng_state(),
+        ),
+        path,
+    )
 
 
 def load_resume(path: Path) -> dict | None:
@@ -203,11 +231,19 @@ def train(config: TrainConfig) -> Path:
         except BaseException:
             envs.close()
             raise
-    obs, _ = envs.reset(seed=[config.seed + 1000 * (frames // config.checkpoint_every) + i for i in range(config.num_envs)])
+    obs, _ = envs.reset(
+        seed=[config.seed + 1000 * (frames // config.checkpoint_every) + i for i in range(config.num_envs)]
+    )
     state = agent.initial_state(config.num_envs)
     episode_return = np.zeros(config.num_envs)
     last_path = run_dir / "checkpoints" / f"step_{frames}.pt"
-    bar = tqdm(total=config.total_frames, initial=frames, desc=f"train {config.env_id}", unit="frame", disable=not config.progress)
+    bar = tqdm(
+        total=config.total_frames,
+        initial=frames,
+        desc=f"train {config.env_id}",
+        unit="frame",
+        disable=not config.progress,
+    )
     started = time.perf_counter()
     try:
         while frames < config.total_frames:
@@ -251,12 +287,17 @@ def train(config: TrainConfig) -> Path:
             frames += config.rollout_steps * config.num_envs
             bar.update(config.rollout_steps * config.num_envs)
             if returns:
-                bar.set_postfix(reward=f"{np.mean(returns):.2f}", fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}")
+                bar.set_postfix(
+                    reward=f"{np.mean(returns):.2f}",
+                    fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}",
+                )
             if frames >= next_checkpoint or frames >= config.total_frames:
                 wall_seconds = earlier_seconds + time.perf_counter() - started
                 last_path = save_checkpoint(run_dir, agent, config, frames, returns, wall_seconds)
                 next_checkpoint = (frames // config.checkpoint_every + 1) * config.checkpoint_every
-                save_resume(run_dir / RESUME_FILE, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds)
+                save_resume(
+                    run_dir / RESUME_FILE, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds
+                )
     finally:
         bar.close()
         envs.close()
@@ -267,8 +308,13 @@ def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, retu
     """``<run>/checkpoints/step_<frames>.pt`` (the agent's state dict) and its ``.json`` metadata."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
     save_torch(agent.state_dict(), path)
-    meta = dict(game=config.env_id, frames=frames, core=config.core,
-                mean_episode_reward=float(np.mean(returns)) if returns else None, episodes=len(returns),
-                wall_seconds=round(wall_seconds, 1))
+    meta = dict(
+        game=config.env_id,
+        frames=frames,
+        core=config.core,
+        mean_episode_reward=float(np.mean(returns)) if returns else None,
+        episodes=len(returns),
+        wall_seconds=round(wall_seconds, 1),
+    )
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return path

@@ -102,6 +102,7 @@ class PPOConfig:
 
     def check(self) -> None:
         """Raise :class:`EngineError` (one line, naming the option) at the first setting out of range."""
+
         def number(value) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -111,8 +112,15 @@ class PPOConfig:
         for name, options in self.CHOICES.items():
             if getattr(self, name) not in options:
                 raise EngineError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
-        for name in ("num_envs", "num_steps", "total_frames", "num_minibatches", "update_epochs", "checkpoint_every",
-                     "resume_every"):
+        for name in (
+            "num_envs",
+            "num_steps",
+            "total_frames",
+            "num_minibatches",
+            "update_epochs",
+            "checkpoint_every",
+            "resume_every",
+        ):
             if not integer(getattr(self, name)) or getattr(self, name) < 1:
                 raise EngineError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.num_envs % self.num_minibatches:
@@ -192,8 +200,10 @@ class PipelineEnvs:
     ``done`` is the first of the next episode (or of the next life)."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int):
-        self.pipes = [make_pipeline("cleanrl_atari", env_id, frame_stack=1, episodic_life=True, clip_rewards=False)
-                      for _ in range(num_envs)]
+        self.pipes = [
+            make_pipeline("cleanrl_atari", env_id, frame_stack=1, episodic_life=True, clip_rewards=False)
+            for _ in range(num_envs)
+        ]
         self.num_actions = self.pipes[0].num_actions
         self.seed = seed
 
@@ -230,9 +240,19 @@ class EnvpoolEnvs:
         except ImportError as exc:
             raise EngineError("envs=envpool needs envpool: pip install envpool (or use envs=gymnasium)") from exc
         task = env_id.replace("NoFrameskip-v4", "-v5").replace("ALE/", "")
-        self.env = envpool.make(task, env_type="gymnasium", num_envs=num_envs, batch_size=num_envs, seed=seed,
-                                episodic_life=True, reward_clip=False, stack_num=1, noop_max=30,
-                                repeat_action_probability=0.0, num_threads=1)
+        self.env = envpool.make(
+            task,
+            env_type="gymnasium",
+            num_envs=num_envs,
+            batch_size=num_envs,
+            seed=seed,
+            episodic_life=True,
+            reward_clip=False,
+            stack_num=1,
+            noop_max=30,
+            repeat_action_probability=0.0,
+            num_threads=1,
+        )
         self.num_actions = int(self.env.action_space.n)
 
     def reset(self) -> np.ndarray:
@@ -254,8 +274,21 @@ def make_envs(config: PPOConfig, seed: int):
 
 # --- logging and saving -------------------------------------------------------------------------------------------
 
-PROGRESS_FIELDS = ("update", "frames", "wall_seconds", "frames_per_second", "episodes", "mean_return_100", "lr",
-                   "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
+PROGRESS_FIELDS = (
+    "update",
+    "frames",
+    "wall_seconds",
+    "frames_per_second",
+    "episodes",
+    "mean_return_100",
+    "lr",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clipfrac",
+    "explained_variance",
+)
 
 
 class TrainingLog:
@@ -279,10 +312,14 @@ class TrainingLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise EngineError("tensorboard=true needs the tensorboard package: pip install tensorboard "
-                                  "(or set tensorboard=false; progress.csv is written either way)") from exc
+                raise EngineError(
+                    "tensorboard=true needs the tensorboard package: pip install tensorboard "
+                    "(or set tensorboard=false; progress.csv is written either way)"
+                ) from exc
             # purge_step: events after the resume point are dropped, as the CSV rows are
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_frames + 1 if first_update else None)
+            self.writer = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=first_frames + 1 if first_update else None
+            )
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
@@ -301,24 +338,60 @@ class TrainingLog:
 
 RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 1
-_RESUME_FIELDS = {"format": int, "kind": str, "agent": dict, "optimizer": dict, "update": int, "frames": int,
-                  "episodes": int, "returns": list, "config": dict, "wall_seconds": float, "rng": dict,
-                  "next_checkpoint": int}
+_RESUME_FIELDS = {
+    "format": int,
+    "kind": str,
+    "agent": dict,
+    "optimizer": dict,
+    "update": int,
+    "frames": int,
+    "episodes": int,
+    "returns": list,
+    "config": dict,
+    "wall_seconds": float,
+    "rng": dict,
+    "next_checkpoint": int,
+}
 
 
-def save_resume(path: Path, agent, optimizer, config: PPOConfig, update: int, frames: int, episodes: int, returns,
-                next_checkpoint: int, wall_seconds: float) -> None:
+def save_resume(
+    path: Path,
+    agent,
+    optimizer,
+    config: PPOConfig,
+    update: int,
+    frames: int,
+    episodes: int,
+    returns,
+    next_checkpoint: int,
+    wall_seconds: float,
+) -> None:
     """Everything a resumed run needs, atomically, as tensors and plain types (read with ``weights_only=True``)."""
-    save_torch(dict(format=RESUME_FORMAT, kind="ppo_atari_lstm", agent=agent.state_dict(),
-                     optimizer=optimizer.state_dict(), update=int(update), frames=int(frames), episodes=int(episodes),
-                     returns=[float(r) for r in returns], next_checkpoint=int(next_checkpoint),
-                     config=asdict(config), wall_seconds=float(wall_seconds), rng=rng_state()), path)
+    save_torch(
+        dict(
+            format=RESUME_FORMAT,
+            kind="ppo_atari_lstm",
+            agent=agent.state_dict(),
+            optimizer=optimizer.state_dict(),
+            update=int(update),
+            frames=int(frames),
+            episodes=int(episodes),
+            returns=[float(r) for r in returns],
+            next_checkpoint=int(next_checkpoint),
+            config=asdict(config),
+            wall_seconds=float(wall_seconds),
+            rng=rng_state(),
+        ),
+        path,
+    )
 
 
 def load_resume(path: Path) -> dict | None:
     resume = load_resume_file(path, _RESUME_FIELDS)
     if resume is not None and (resume["format"] != RESUME_FORMAT or resume["kind"] != "ppo_atari_lstm"):
-        raise EngineError(f"{path} is not a PPO resume state of this version: delete or move it, or use another run_dir")
+        raise EngineError(
+            f"{path} is not a PPO resume state of this version: delete or move it, or use another run_dir"
+        )
     return resume
 
 
@@ -328,9 +401,15 @@ def save_checkpoint(run_dir: Path, agent, config: PPOConfig, frames: int, return
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_torch(agent.state_dict(), path)
-    meta = dict(game=config.env_id, agent="cleanrl ppo_atari_lstm", frames=frames, envs=config.envs,
-                mean_return_100=float(np.mean(returns)) if returns else None, episodes_in_mean=len(returns),
-                wall_seconds=round(wall_seconds, 1))
+    meta = dict(
+        game=config.env_id,
+        agent="cleanrl ppo_atari_lstm",
+        frames=frames,
+        envs=config.envs,
+        mean_return_100=float(np.mean(returns)) if returns else None,
+        episodes_in_mean=len(returns),
+        wall_seconds=round(wall_seconds, 1),
+    )
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -385,8 +464,13 @@ def train_ppo(config: PPOConfig) -> Path:
     game_return = np.zeros(n)
     last_path = None
     started = time.perf_counter()
-    bar = tqdm(total=config.total_frames, initial=min(frames, config.total_frames), desc=f"ppo {config.env_id}",
-               unit="frame", disable=not config.progress)
+    bar = tqdm(
+        total=config.total_frames,
+        initial=min(frames, config.total_frames),
+        desc=f"ppo {config.env_id}",
+        unit="frame",
+        disable=not config.progress,
+    )
     try:
         while update < total_updates and not _reached(returns, config.target_return):
             initial_state = tuple(s.clone() for s in state)
@@ -396,8 +480,11 @@ def train_ppo(config: PPOConfig) -> Path:
             for t in range(T):
                 obs_buf[t], dones[t] = next_obs, next_done
                 with torch.no_grad():
-                    out = agent(next_obs.to(device, torch.float32) / 255.0, agent.reset_state(state, next_done.to(device).bool()),
-                                batch_invariant=False)
+                    out = agent(
+                        next_obs.to(device, torch.float32) / 255.0,
+                        agent.reset_state(state, next_done.to(device).bool()),
+                        batch_invariant=False,
+                    )
                     dist = torch.distributions.Categorical(logits=out.logits)
                     action = dist.sample()
                 state = out.state
@@ -411,11 +498,15 @@ def train_ppo(config: PPOConfig) -> Path:
                 rewards[t] = torch.from_numpy(np.sign(r))
                 next_obs, next_done = torch.from_numpy(o), torch.from_numpy(d.astype(np.float32))
             with torch.no_grad():
-                next_value = agent(next_obs.to(device, torch.float32) / 255.0,
-                                   agent.reset_state(state, next_done.to(device).bool()), batch_invariant=False).value.cpu()
+                next_value = agent(
+                    next_obs.to(device, torch.float32) / 255.0,
+                    agent.reset_state(state, next_done.to(device).bool()),
+                    batch_invariant=False,
+                ).value.cpu()
             advantages = gae(rewards, values, dones, next_value, next_done, config.gamma, config.gae_lambda)
-            stats = ppo_update(agent, optimizer, config, obs_buf, actions, logprobs, values, advantages, dones,
-                               initial_state, device)
+            stats = ppo_update(
+                agent, optimizer, config, obs_buf, actions, logprobs, values, advantages, dones, initial_state, device
+            )
             update += 1
             frames += config.frames_per_update
             wall = earlier_seconds + time.perf_counter() - started
@@ -424,16 +515,35 @@ def train_ppo(config: PPOConfig) -> Path:
             if mean_return is not None:
                 bar.set_postfix(ret=f"{mean_return:.2f}")
             session_frames = frames - (resume["frames"] if resume else 0)
-            log.write(dict(update=update, frames=frames, wall_seconds=round(wall, 1),
-                           frames_per_second=session_frames / (time.perf_counter() - started), episodes=episodes,
-                           mean_return_100=mean_return, lr=lr, **stats))
+            log.write(
+                dict(
+                    update=update,
+                    frames=frames,
+                    wall_seconds=round(wall, 1),
+                    frames_per_second=session_frames / (time.perf_counter() - started),
+                    episodes=episodes,
+                    mean_return_100=mean_return,
+                    lr=lr,
+                    **stats,
+                )
+            )
             finished = update >= total_updates or _reached(returns, config.target_return)
             if frames >= next_checkpoint or finished:
                 last_path = save_checkpoint(run_dir, agent, config, frames, returns, wall)
                 next_checkpoint = (frames // config.checkpoint_every + 1) * config.checkpoint_every
             if update % config.resume_every == 0 or finished:
-                save_resume(run_dir / RESUME_FILE, agent, optimizer, config, update, frames, episodes, returns,
-                            next_checkpoint, wall)
+                save_resume(
+                    run_dir / RESUME_FILE,
+                    agent,
+                    optimizer,
+                    config,
+                    update,
+                    frames,
+                    episodes,
+                    returns,
+                    next_checkpoint,
+                    wall,
+                )
     finally:
         bar.close()
         log.close()
@@ -462,8 +572,9 @@ def gae(rewards, values, dones, next_value, next_done, gamma: float, lam: float)
     return advantages
 
 
-def ppo_update(agent, optimizer, config: PPOConfig, obs, actions, logprobs, values, advantages, dones, initial_state,
-               device) -> dict:
+def ppo_update(
+    agent, optimizer, config: PPOConfig, obs, actions, logprobs, values, advantages, dones, initial_state, device
+) -> dict:
     """``update_epochs`` passes over minibatches of whole environments (CleanRL's ``envsperbatch``): each minibatch
     replays its environments' sequences through the LSTM from their initial states. Returns the last epoch's
     losses and diagnostics."""
@@ -476,8 +587,9 @@ def ppo_update(agent, optimizer, config: PPOConfig, obs, actions, logprobs, valu
         for start in range(0, n, per_batch):
             envs = order[start : start + per_batch]
             mb_obs = obs[:, envs].reshape(-1, 1, 84, 84).to(device, torch.float32) / 255.0
-            logits, new_values, _ = unroll(agent, mb_obs, tuple(s[envs] for s in initial_state),
-                                           dones[:, envs].reshape(-1).to(device))
+            logits, new_values, _ = unroll(
+                agent, mb_obs, tuple(s[envs] for s in initial_state), dones[:, envs].reshape(-1).to(device)
+            )
             dist = torch.distributions.Categorical(logits=logits)
             mb_actions = actions[:, envs].reshape(-1).to(device)
             new_logprob, entropy = dist.log_prob(mb_actions), dist.entropy()
@@ -489,7 +601,9 @@ def ppo_update(agent, optimizer, config: PPOConfig, obs, actions, logprobs, valu
             mb_adv = advantages[:, envs].reshape(-1).to(device)
             if config.norm_adv:
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
+            pg_loss = torch.max(
+                -mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
+            ).mean()
             mb_returns = returns[:, envs].reshape(-1).to(device)
             if config.clip_vloss:
                 old = values[:, envs].reshape(-1).to(device)
@@ -506,5 +620,11 @@ def ppo_update(agent, optimizer, config: PPOConfig, obs, actions, logprobs, valu
     flat_values, flat_returns = values.reshape(-1), returns.reshape(-1)
     variance = float(flat_returns.var())
     explained = float("nan") if variance == 0 else 1 - float((flat_returns - flat_values).var()) / variance
-    return dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy_loss.item(),
-                approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)), explained_variance=explained)
+    return dict(
+        policy_loss=pg_loss.item(),
+        value_loss=v_loss.item(),
+        entropy=entropy_loss.item(),
+        approx_kl=approx_kl.item(),
+        clipfrac=float(np.mean(clipfracs)),
+        explained_variance=explained,
+    )

@@ -32,8 +32,13 @@ def rng_state() -> dict:
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state = {
         "python": [int(version), [int(x) for x in internal], gauss_next],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -46,8 +51,15 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), None if gauss_next is None else float(gauss_next)))
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), int(numpy["pos"]),
-                         int(numpy["has_gauss"]), float(numpy["cached_gaussian"])))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            int(numpy["pos"]),
+            int(numpy["has_gauss"]),
+            float(numpy["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -74,7 +86,8 @@ def load_resume_file(path: Path, fields: dict[str, type]) -> dict | None:
     if not isinstance(resume, dict):
         raise EngineError(f"{path} holds a {type(resume).__name__}, not a resume state: delete or move it")
     wrong = [
-        name for name, kind in fields.items()
+        name
+        for name, kind in fields.items()
         if not isinstance(resume.get(name), kind) or isinstance(resume.get(name), bool)
     ]
     if wrong:
@@ -91,4 +104,6 @@ def load_training_state(resume: dict, agent: torch.nn.Module, optimizer: torch.o
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise EngineError(f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})") from exc
+        raise EngineError(
+            f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -30,8 +30,19 @@ from ..core.files import atomic_write
 from ..core.preprocessing import CROP_ROWS, FRAME_SHAPE, as_frames_tensor, byte_scale, resize_uint8
 
 __all__ = [
-    "ACTOR_CHANNEL", "CRITIC_CHANNEL", "PAPER_GAINS", "OVERLAY_CHUNK", "game_name", "paper_gains", "paper_overlay",
-    "paper_overlay_pair", "movie_scales", "clean_overlay", "write_movie", "save_png", "comparison_figure",
+    "ACTOR_CHANNEL",
+    "CRITIC_CHANNEL",
+    "PAPER_GAINS",
+    "OVERLAY_CHUNK",
+    "game_name",
+    "paper_gains",
+    "paper_overlay",
+    "paper_overlay_pair",
+    "movie_scales",
+    "clean_overlay",
+    "write_movie",
+    "save_png",
+    "comparison_figure",
 ]
 
 ACTOR_CHANNEL, CRITIC_CHANNEL = 2, 0  # blue, red (spec, section 6)
@@ -44,6 +55,7 @@ _INT32_LIMIT = 2.0**31
 
 
 # ----------------------------------------------------------------------------------------------- gains ---
+
 
 def game_name(env_id: str) -> str:
     """``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``PongDeterministic-v4``, ``Pong-v4`` -> ``pong``."""
@@ -68,6 +80,7 @@ def paper_gains(env_id: str) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- checks ---
+
 
 def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
@@ -108,6 +121,7 @@ def _check_number(value, name: str, low: float = 0.0) -> float:
 
 
 # ------------------------------------------------------------------------------------- paper overlay ---
+
 
 def _scipy_blur_float32(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """``scipy.ndimage.gaussian_filter`` on float32 ``(N, H, W)`` images, byte for byte.
@@ -190,19 +204,24 @@ def paper_overlay(frames, saliency, channel: int, gain: float, blur_sigma: float
     sigma = _check_number(blur_sigma, "blur_sigma")
     out, wrapped = torch.empty_like(frames), False
     for start, stop in chunk_bounds(frames.shape[0], OVERLAY_CHUNK):
-        out[start:stop], chunk_wrapped = _paper_overlay_chunk(frames[start:stop], maps[start:stop], channel, gain, sigma)
+        out[start:stop], chunk_wrapped = _paper_overlay_chunk(
+            frames[start:stop], maps[start:stop], channel, gain, sigma
+        )
         wrapped |= chunk_wrapped
     if wrapped:
         peak = float(maps.amax()) * gain
         warnings.warn(
             f"paper_overlay: gain * map max reaches {peak:.6g}, beyond uint16; like the original, the sum wraps "
             "around modulo 65536 and the hottest pixels come out dark. Lower the gain or use the clean style.",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
+            stacklevel=2,
         )
     return out
 
 
-def paper_overlay_pair(frames, actor, critic, actor_gain: float, critic_gain: float, blur_sigma: float = 0.0) -> torch.Tensor:
+def paper_overlay_pair(
+    frames, actor, critic, actor_gain: float, critic_gain: float, blur_sigma: float = 0.0
+) -> torch.Tensor:
     """The paper's movie frames: the actor map added to blue (channel 2), then the critic map to red (channel
     0) of the result, one after the other as the original did. Shapes as :func:`paper_overlay`."""
     with_actor = paper_overlay(frames, actor, ACTOR_CHANNEL, actor_gain, blur_sigma)
@@ -210,6 +229,7 @@ def paper_overlay_pair(frames, actor, critic, actor_gain: float, critic_gain: fl
 
 
 # ------------------------------------------------------------------------------------- clean overlay ---
+
 
 def movie_scales(maps, percentile: float = 99.5) -> float:
     """One normalisation for one kind of map over a whole movie: the ``percentile`` (nearest rank) of all its
@@ -286,7 +306,9 @@ def clean_overlay(frames, actor, critic, actor_scale: float, critic_scale: float
     actor = _check_maps(actor, frames.shape[0], "actor")
     critic = _check_maps(critic, frames.shape[0], "critic")
     if critic.shape != actor.shape:
-        raise ValueError(f"actor and critic maps must have one shape, got {tuple(actor.shape)} and {tuple(critic.shape)}")
+        raise ValueError(
+            f"actor and critic maps must have one shape, got {tuple(actor.shape)} and {tuple(critic.shape)}"
+        )
     if critic.device != actor.device:
         raise ValueError(f"actor and critic maps must be on one device, got {actor.device} and {critic.device}")
     for name, scale in (("actor_scale", actor_scale), ("critic_scale", critic_scale)):
@@ -308,6 +330,7 @@ def clean_overlay(frames, actor, critic, actor_scale: float, critic_scale: float
 
 
 # --------------------------------------------------------------------------------------------- output ---
+
 
 def _check_rgb(images, name: str, ndim: int) -> torch.Tensor:
     images = _as_tensor(images, name).detach()
@@ -364,8 +387,12 @@ def write_movie(
                 image = Image.fromarray(canvas)
                 if labels is not None:
                     ImageDraw.Draw(image).text(
-                        (3 * scale, 2 * scale), labels[t], fill=(255, 255, 255), font=font,
-                        stroke_width=max(1, scale // 2), stroke_fill=(0, 0, 0),
+                        (3 * scale, 2 * scale),
+                        labels[t],
+                        fill=(255, 255, 255),
+                        font=font,
+                        stroke_width=max(1, scale // 2),
+                        stroke_fill=(0, 0, 0),
                     )
                 for packet in stream.encode(av.VideoFrame.from_image(image)):
                     container.mux(packet)
@@ -388,7 +415,12 @@ def save_png(path, image) -> Path:
 
 
 def comparison_figure(
-    path, frame, jacobian_actor, jacobian_critic, perturbation_actor, perturbation_critic,
+    path,
+    frame,
+    jacobian_actor,
+    jacobian_critic,
+    perturbation_actor,
+    perturbation_critic,
     title: str = "Jacobian vs perturbation saliency",
 ) -> Path:
     """The 2017 paper's comparison for one frame, as an RGB PNG drawn with matplotlib's Agg canvas.
@@ -402,8 +434,10 @@ def comparison_figure(
 
     frame = as_frames_tensor(_as_tensor(frame, "frame")[None])[0].cpu()
     panels = {
-        ("actor", "Jacobian"): jacobian_actor, ("actor", "perturbation"): perturbation_actor,
-        ("critic", "Jacobian"): jacobian_critic, ("critic", "perturbation"): perturbation_critic,
+        ("actor", "Jacobian"): jacobian_actor,
+        ("actor", "perturbation"): perturbation_actor,
+        ("critic", "Jacobian"): jacobian_critic,
+        ("critic", "perturbation"): perturbation_critic,
     }
     fig = Figure(figsize=(5.6, 7.2), dpi=100)
     canvas = FigureCanvasAgg(fig)

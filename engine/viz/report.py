@@ -70,13 +70,25 @@ from .rendering import map_rows
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAP_KINDS", "Panel", "WindowedArray", "write_report", "write_sweep_report", "read_report_data",
-    "decode_sheet", "sheet_size", "relative_link", "content_security_policy",
+    "MAP_KINDS",
+    "Panel",
+    "WindowedArray",
+    "write_report",
+    "write_sweep_report",
+    "read_report_data",
+    "decode_sheet",
+    "sheet_size",
+    "relative_link",
+    "content_security_policy",
 ]
 
 MAP_KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
-MAP_LABELS = {"actor": "actor (perturbation)", "critic": "critic (perturbation)",
-              "jacobian_actor": "actor (Jacobian)", "jacobian_critic": "critic (Jacobian)"}
+MAP_LABELS = {
+    "actor": "actor (perturbation)",
+    "critic": "critic (perturbation)",
+    "jacobian_actor": "actor (Jacobian)",
+    "jacobian_critic": "critic (Jacobian)",
+}
 FRAMES_PER_SHEET = 32  # 32 x 210 rows: well inside WebP's 16383-pixel limit, and few decodes in the browser
 MAX_BYTES_PER_FRAME = 24_000  # frames + all maps, before base64: 2,000 frames stay under 50 MB with base64
 LOSSY_QUALITIES = (90, 75, 50, 30)  # tried in turn for a sheet over the budget (noise-like content)
@@ -126,6 +138,7 @@ class Panel:
 
 # ---------------------------------------------------------------------------------------------- links ---
 
+
 def _link_problem(link: str, root: Path) -> str | None:
     """Why ``link`` (a path relative to ``root``) cannot be a link of a page in ``root``, or None."""
     if not link:
@@ -167,8 +180,9 @@ def relative_link(link, root, owner: str = "") -> str | None:
     if isinstance(link, os.PathLike):
         link = os.fspath(link)
     if not isinstance(link, str):
-        raise EngineError(f"a link must be a path (str) relative to the page's directory, got {type(link).__name__} "
-                          f"{link!r}")
+        raise EngineError(
+            f"a link must be a path (str) relative to the page's directory, got {type(link).__name__} {link!r}"
+        )
     problem = _link_problem(link, Path(root))
     if problem:
         log.warning("report: %slink %r dropped: %s", f"{owner}: " if owner else "", link, problem)
@@ -180,6 +194,7 @@ def relative_link(link, root, owner: str = "") -> str | None:
 
 # --------------------------------------------------------------------------------------------- inputs ---
 
+
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is not imported here)
         x = x.detach().cpu().numpy()
@@ -189,8 +204,10 @@ def _numpy(x) -> np.ndarray:
 def _length(x, name: str) -> int:
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) == 0:
-        raise EngineError(f"{name} must be an array with time as its first axis (numpy, torch, zarr), got "
-                          f"{type(x).__name__}: pass an array, or a WindowedArray over a reader")
+        raise EngineError(
+            f"{name} must be an array with time as its first axis (numpy, torch, zarr), got "
+            f"{type(x).__name__}: pass an array, or a WindowedArray over a reader"
+        )
     return int(shape[0])
 
 
@@ -199,8 +216,10 @@ def _check_inputs(frames, panels: list[Panel], series: dict) -> int:
     if n < 1:
         raise EngineError("frames is empty: a report needs at least one frame")
     if tuple(frames.shape[1:]) != FRAME_SHAPE:
-        raise EngineError(f"frames must be raw ALE frames (T, 210, 160, 3) uint8, got shape {tuple(frames.shape)}: "
-                          "pass the rollout's frames, not its observations")
+        raise EngineError(
+            f"frames must be raw ALE frames (T, 210, 160, 3) uint8, got shape {tuple(frames.shape)}: "
+            "pass the rollout's frames, not its observations"
+        )
     for panel in panels:
         for kind, maps in panel.maps.items():
             if kind not in MAP_KINDS:
@@ -218,14 +237,15 @@ def _check_inputs(frames, panels: list[Panel], series: dict) -> int:
 
 # ------------------------------------------------------------------------------------------- encoding ---
 
+
 def _webp(image: np.ndarray, lossless: bool, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     mode = "L" if image.ndim == 2 else "RGB"
     # lossless: method 1 at effort ("quality") 10 is 2x faster than method 4 at 50 and within 3% of its size on
     # Atari frames and maps (measured on Pong frames, perturbation and Jacobian maps)
-    Image.fromarray(np.ascontiguousarray(image), mode).save(buffer, format="WEBP", lossless=lossless,
-                                                            quality=10 if lossless else quality,
-                                                            method=1 if lossless else 4)
+    Image.fromarray(np.ascontiguousarray(image), mode).save(
+        buffer, format="WEBP", lossless=lossless, quality=10 if lossless else quality, method=1 if lossless else 4
+    )
     return buffer.getvalue()
 
 
@@ -278,6 +298,7 @@ def decode_sheet(uri: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- page ---
 
+
 def _finite(value):
     """``value`` with every NaN or infinite float replaced by None (JSON has neither; the browser would refuse)."""
     if isinstance(value, float):
@@ -306,9 +327,12 @@ def _inline(name: str, element: str) -> str:
     byte for byte (its CSP hash would not match) or where it would end the element early."""
     text = viewer_asset(name)
     lowered = text.lower()
-    for bad, why in (("\x00", "a NUL character (the parser replaces it)"), ("\r", "a carriage return (the parser "
-                     "turns it into a newline)"), (f"</{element}", f"'</{element}' (it ends the element)"),
-                     ("<!--", "'<!--' (it changes how the parser reads the element)")):
+    for bad, why in (
+        ("\x00", "a NUL character (the parser replaces it)"),
+        ("\r", "a carriage return (the parser turns it into a newline)"),
+        (f"</{element}", f"'</{element}' (it ends the element)"),
+        ("<!--", "'<!--' (it changes how the parser reads the element)"),
+    ):
         if bad in lowered:
             raise EngineError(f"engine/viz/assets/{name} holds {why}: it cannot be inlined into report.html")
     return text
@@ -325,15 +349,17 @@ def content_security_policy() -> str:
     Styles: the one style element is allowed by its hash too, so no style from the data applies either; the
     viewer sets styles through CSSOM (``element.style``), which CSP does not restrict. Images: the sheets' data
     URIs. ``base-uri`` and ``form-action`` are not covered by ``default-src``: both are closed too."""
-    return (f"default-src 'none'; img-src data:; style-src {_sha256_source(_inline('report.css', 'style'))}; "
-            f"script-src {_sha256_source(_inline('report.js', 'script'))}; base-uri 'none'; form-action 'none'")
+    return (
+        f"default-src 'none'; img-src data:; style-src {_sha256_source(_inline('report.css', 'style'))}; "
+        f"script-src {_sha256_source(_inline('report.js', 'script'))}; base-uri 'none'; form-action 'none'"
+    )
 
 
 def _page_head(title: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{content_security_policy()}\">"
-        "<link rel=\"icon\" href=\"data:,\">"  # no favicon request (no network, no console error)
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy()}">'
+        '<link rel="icon" href="data:,">'  # no favicon request (no network, no console error)
         f"<title>{html.escape(title)}</title><style>{_inline('report.css', 'style')}</style></head>\n<body>\n"
         "<noscript>This page needs JavaScript to show the frames and plots.</noscript>\n"
     )
@@ -343,12 +369,22 @@ _SHEET_OPEN = '<script type="application/json" class="report-sheet">'
 _DATA_OPEN = '<script type="application/json" id="report-data">'
 
 
-def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, table: dict | None,
-                frames_per_sheet: int, max_bytes_per_frame: float) -> Path:
+def _write_page(
+    path,
+    frames,
+    panels: list[Panel],
+    series: dict,
+    meta: dict,
+    table: dict | None,
+    frames_per_sheet: int,
+    max_bytes_per_frame: float,
+) -> Path:
     """Stream the page to ``path`` (atomically). ``frames`` None: a page with the table and links only."""
     if not (isinstance(frames_per_sheet, int) and 1 <= frames_per_sheet <= _WEBP_MAX // FRAME_SHAPE[0]):
-        raise EngineError(f"frames_per_sheet must be in 1..{_WEBP_MAX // FRAME_SHAPE[0]} (WebP's size limit), "
-                          f"got {frames_per_sheet!r}")
+        raise EngineError(
+            f"frames_per_sheet must be in 1..{_WEBP_MAX // FRAME_SHAPE[0]} (WebP's size limit), "
+            f"got {frames_per_sheet!r}"
+        )
     if not (isinstance(max_bytes_per_frame, (int, float)) and max_bytes_per_frame > 0):
         raise EngineError(f"max_bytes_per_frame must be a number > 0, got {max_bytes_per_frame!r}")
     path = Path(path)
@@ -357,9 +393,18 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
     if table is not None:  # each job's page: a path inside this page's directory, or no link (logged)
         hrefs = {job: relative_link(link, path.parent, f"job {job!r}") for job, link in table["links"].items()}
         table = dict(table, links={job: href for job, href in hrefs.items() if href is not None})
-    data: dict = dict(meta, frames=n, frames_per_sheet=frames_per_sheet, frame_shape=list(FRAME_SHAPE),
-                      panels=[], kinds=kinds, labels={k: MAP_LABELS[k] for k in kinds}, lossy_sheets=[], table=table,
-                      series={})
+    data: dict = dict(
+        meta,
+        frames=n,
+        frames_per_sheet=frames_per_sheet,
+        frame_shape=list(FRAME_SHAPE),
+        panels=[],
+        kinds=kinds,
+        labels={k: MAP_LABELS[k] for k in kinds},
+        lossy_sheets=[],
+        table=table,
+        series={},
+    )
     stats: list[dict[str, dict[str, list[float | None]]]] = [
         {k: {"mean": [], "max": [], "lo": [], "hi": []} for k in p.maps} for p in panels
     ]
@@ -371,16 +416,20 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                 stop = min(n, start + frames_per_sheet)
                 window = _numpy(frames[start:stop])
                 if window.shape != (stop - start, *FRAME_SHAPE) or window.dtype != np.uint8:
-                    raise EngineError(f"frames[{start}:{stop}] gave {window.dtype} {window.shape}, expected uint8 "
-                                      f"{(stop - start, *FRAME_SHAPE)}: pass the raw uint8 frames")
+                    raise EngineError(
+                        f"frames[{start}:{stop}] gave {window.dtype} {window.shape}, expected uint8 "
+                        f"{(stop - start, *FRAME_SHAPE)}: pass the raw uint8 frames"
+                    )
                 strips = [_strip(window)]
                 targets: list[tuple[int, str] | None] = [None]
                 for i, panel in enumerate(panels):
                     for kind, maps in panel.maps.items():
                         block = _numpy(maps[start:stop])
                         if block.shape != (stop - start, *panel.maps[kind].shape[1:]):
-                            raise EngineError(f"{panel.name}: {kind}[{start}:{stop}] gave shape {block.shape}, "
-                                              f"expected {(stop - start, *panel.maps[kind].shape[1:])}")
+                            raise EngineError(
+                                f"{panel.name}: {kind}[{start}:{stop}] gave shape {block.shape}, "
+                                f"expected {(stop - start, *panel.maps[kind].shape[1:])}"
+                            )
                         q, lo, hi = quantise(block)
                         s = stats[i][kind]
                         s["mean"] += _clean(block.astype(np.float64).mean(axis=(1, 2)))
@@ -404,27 +453,57 @@ def _write_page(path, frames, panels: list[Panel], series: dict, meta: dict, tab
                 out.write(_SHEET_OPEN + _json_script(entry) + "</script>\n")
             for i, panel in enumerate(panels):
                 link = panel.link and relative_link(panel.link, path.parent, f"panel {panel.name!r}")
-                data["panels"].append(dict(
-                    name=str(panel.name), label=str(panel.label or panel.name), link=link or None,
-                    maps={k: dict(shape=list(panel.maps[k].shape[1:]), rows=list(map_rows(panel.maps[k].shape)),
-                                  **stats[i][k]) for k in panel.maps},
-                ))
+                data["panels"].append(
+                    dict(
+                        name=str(panel.name),
+                        label=str(panel.label or panel.name),
+                        link=link or None,
+                        maps={
+                            k: dict(
+                                shape=list(panel.maps[k].shape[1:]),
+                                rows=list(map_rows(panel.maps[k].shape)),
+                                **stats[i][k],
+                            )
+                            for k in panel.maps
+                        },
+                    )
+                )
             for name, values in columns.items():
-                data["series"][name] = (_clean(values) if name in ("values", "rewards")
-                                        else [int(v) for v in values] if name == "actions"
-                                        else [bool(v) for v in values])
+                data["series"][name] = (
+                    _clean(values)
+                    if name in ("values", "rewards")
+                    else [int(v) for v in values]
+                    if name == "actions"
+                    else [bool(v) for v in values]
+                )
             if data["lossy_sheets"]:
-                log.warning("report %s: %d sheets over %d bytes a frame were stored lossy", path,
-                            len(data["lossy_sheets"]), max_bytes_per_frame)
+                log.warning(
+                    "report %s: %d sheets over %d bytes a frame were stored lossy",
+                    path,
+                    len(data["lossy_sheets"]),
+                    max_bytes_per_frame,
+                )
             out.write(_DATA_OPEN + _json_script(data) + "</script>\n")
             out.write("<script>" + _inline("report.js", "script") + "</script>\n</body></html>\n")
     return path
 
 
-def write_report(path, frames, maps: dict, *, values=None, actions=None, rewards=None, dones=None,
-                 action_names: Sequence[str] = (), title: str = "", settings: dict | None = None,
-                 checkpoint: str = "", frames_per_sheet: int = FRAMES_PER_SHEET,
-                 max_bytes_per_frame: float = MAX_BYTES_PER_FRAME) -> Path:
+def write_report(
+    path,
+    frames,
+    maps: dict,
+    *,
+    values=None,
+    actions=None,
+    rewards=None,
+    dones=None,
+    action_names: Sequence[str] = (),
+    title: str = "",
+    settings: dict | None = None,
+    checkpoint: str = "",
+    frames_per_sheet: int = FRAMES_PER_SHEET,
+    max_bytes_per_frame: float = MAX_BYTES_PER_FRAME,
+) -> Path:
     """Write the viewer of one run to ``path`` (``report.html``) and return the path.
 
     Args:
@@ -437,17 +516,35 @@ def write_report(path, frames, maps: dict, *, values=None, actions=None, rewards
         max_bytes_per_frame: sheets above this (frames and maps together, before base64) are stored lossy.
     """
     panel = Panel("run", dict(maps), label=title or "run")
-    meta = dict(kind="run", title=title or "saliency report", action_names=list(action_names),
-                settings=settings or {}, checkpoint=str(checkpoint))
+    meta = dict(
+        kind="run",
+        title=title or "saliency report",
+        action_names=list(action_names),
+        settings=settings or {},
+        checkpoint=str(checkpoint),
+    )
     series = dict(values=values, actions=actions, rewards=rewards, dones=dones)
     return _write_page(path, frames, [panel], series, meta, None, frames_per_sheet, max_bytes_per_frame)
 
 
-def write_sweep_report(path, rows: list[dict], columns: Sequence[str], *, frames=None, panels: Sequence[Panel] = (),
-                       values=None, actions=None, rewards=None, dones=None, action_names: Sequence[str] = (),
-                       title: str = "", settings: dict | None = None, links: dict[str, str] | None = None,
-                       frames_per_sheet: int = FRAMES_PER_SHEET,
-                       max_bytes_per_frame: float = MAX_BYTES_PER_FRAME) -> Path:
+def write_sweep_report(
+    path,
+    rows: list[dict],
+    columns: Sequence[str],
+    *,
+    frames=None,
+    panels: Sequence[Panel] = (),
+    values=None,
+    actions=None,
+    rewards=None,
+    dones=None,
+    action_names: Sequence[str] = (),
+    title: str = "",
+    settings: dict | None = None,
+    links: dict[str, str] | None = None,
+    frames_per_sheet: int = FRAMES_PER_SHEET,
+    max_bytes_per_frame: float = MAX_BYTES_PER_FRAME,
+) -> Path:
     """Write a sweep's page to ``path``: ``rows`` (summary.csv's rows, ``columns`` its header) as a sortable
     table, with a link per job (``links``: job -> the path of its report relative to ``path``'s directory, e.g.
     ``"<job>/report.html"``, not URL-encoded: :func:`relative_link` encodes it, and drops one that leaves that
@@ -456,8 +553,13 @@ def write_sweep_report(path, rows: list[dict], columns: Sequence[str], *, frames
     Every string (job names, columns, cells, labels, settings) is shown as text."""
     columns = list(columns)
     table = dict(columns=columns, rows=[[row.get(c) for c in columns] for row in rows], links=dict(links or {}))
-    meta = dict(kind="sweep", title=title or "sweep report", action_names=list(action_names),
-                settings=settings or {}, checkpoint="")
+    meta = dict(
+        kind="sweep",
+        title=title or "sweep report",
+        action_names=list(action_names),
+        settings=settings or {},
+        checkpoint="",
+    )
     if frames is None:
         if panels:
             raise EngineError("panels need the frames they are drawn over: pass frames= (the shared rollout)")
@@ -471,7 +573,7 @@ def read_report_data(path) -> tuple[dict, dict]:
     (``{"frames": [...], "maps": [{kind: [...]}, ...]}``), for tests and tools; reads the page's text, runs nothing."""
     text = Path(path).read_text(encoding="utf-8")
     start = text.index(_DATA_OPEN) + len(_DATA_OPEN)
-    data = json.loads(text[start:text.index("</script>", start)])
+    data = json.loads(text[start : text.index("</script>", start)])
     sheets: dict[str, Any] = {"frames": [], "maps": [{k: [] for k in panel["maps"]} for panel in data["panels"]]}
     at = text.find(_SHEET_OPEN)
     while at != -1:

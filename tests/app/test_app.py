@@ -18,17 +18,35 @@ def run_app(*overrides: str, cwd, progress: bool = False, env: dict | None = Non
     """``python -m engine`` as a user runs it; baby-a3c agents only where ``env`` names their folders."""
     env = {**(os.environ if env is None else env), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "engine", *[o for o in overrides if o.startswith("-")], "agent.allow_download=false",
-         *([] if progress else ["progress=false"]), *[o for o in overrides if not o.startswith("-")]],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            *[o for o in overrides if o.startswith("-")],
+            "agent.allow_download=false",
+            *([] if progress else ["progress=false"]),
+            *[o for o in overrides if not o.startswith("-")],
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     out = tmp_path / "run"
     # progress bars on (the default), but the output is not a terminal: tqdm leaves them out of the logs
-    result = run_app("agent=builtin_pong", "rollout.steps=6", "saliency.density=10", "output.stills=[2]",
-                     f"hydra.run.dir={out}", cwd=tmp_path, progress=True)
+    result = run_app(
+        "agent=builtin_pong",
+        "rollout.steps=6",
+        "saliency.density=10",
+        "output.stills=[2]",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        progress=True,
+    )
     assert result.returncode == 0, result.stderr
     assert f"written to {out}" in result.stdout
     assert "\r" not in result.stderr and "frame/s" not in result.stderr and "A.L.E" not in result.stderr
@@ -62,8 +80,13 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
 def test_tiny_multirun_sweeps_radius(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_app(
-        "-m", "saliency.radius=3,5", "rollout.steps=2", "saliency.density=20", "output.movie=false",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "-m",
+        "saliency.radius=3,5",
+        "rollout.steps=2",
+        "saliency.density=20",
+        "output.movie=false",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     radii = []
@@ -80,9 +103,21 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "ATARI_SALIENCY_CHECKPOINTS"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "rollout.steps=3", "saliency.density=20",
-         "output.movie=false", "progress=false", f"hydra.run.dir={out}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "rollout.steps=3",
+            "saliency.density=20",
+            "output.movie=false",
+            "progress=false",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     arrays, settings = load_arrays(out / "saliency.npz")
@@ -97,8 +132,12 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
 
     agent = load_policy(settings["checkpoint"], device="cpu")
     states = (torch.from_numpy(rollout_arrays["state_0"]), torch.from_numpy(rollout_arrays["state_1"]))
-    again = compute_saliency(agent, torch.from_numpy(rollout_arrays["observations"]), states, SaliencyConfig(density=20))
-    assert np.array_equal(again["actor"].numpy(), arrays["actor"]) and np.array_equal(again["critic"].numpy(), arrays["critic"])
+    again = compute_saliency(
+        agent, torch.from_numpy(rollout_arrays["observations"]), states, SaliencyConfig(density=20)
+    )
+    assert np.array_equal(again["actor"].numpy(), arrays["actor"]) and np.array_equal(
+        again["critic"].numpy(), arrays["critic"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +163,9 @@ def test_bad_overrides_fail_before_heavy_work(tmp_path, override, message):
 
 def test_bad_multirun_fails_before_any_job(tmp_path):
     result = run_app("-m", "saliency.radius=3,5", "rollout.steps=2", "rollout.seed=0,-1", cwd=tmp_path)
-    assert result.returncode == 2 and "rollout.seed must be in" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert (
+        result.returncode == 2 and "rollout.seed must be in" in result.stderr and len(result.stderr.splitlines()) == 1
+    )
     assert not (tmp_path / "multirun").exists()
 
 
@@ -133,8 +174,9 @@ def test_a_job_refused_inside_hydra_leaves_no_run_directory(tmp_path):
     that directory (holding only .hydra/) is removed again."""
     extra = tmp_path / "extra_configs"
     extra.mkdir()
-    result = run_app(f"--config-dir={extra}", "saliency.memory_budget_mb=-5", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=tmp_path)
+    result = run_app(
+        f"--config-dir={extra}", "saliency.memory_budget_mb=-5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     assert result.returncode == 2 and "memory_budget_mb must be a finite number" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "run").exists()
     # Hydra's default run directory (outputs/<date>/<time>) goes too
@@ -150,17 +192,30 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
     sweep, store = tmp_path / "sweep", tmp_path / "rollout_store"
     flags = ["-m"] + ([] if launcher == "basic" else [f"hydra/launcher={launcher}"])
     result = run_app(
-        *flags, "agent=baby_a3c_pong", "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80", "saliency.radius=3,5", "saliency.density=20",
-        "rollout.steps=10", f"store.rollout={store}", "store.player=baby-a3c/pong@40", "store.frames_per_chunk=4",
+        *flags,
+        "agent=baby_a3c_pong",
+        "agent.checkpoint=baby-a3c/pong@40,baby-a3c/pong@80",
+        "saliency.radius=3,5",
+        "saliency.density=20",
+        "rollout.steps=10",
+        f"store.rollout={store}",
+        "store.player=baby-a3c/pong@40",
+        "store.frames_per_chunk=4",
         "output.movie=false",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=checkpoints_env(("pong", 40), ("pong", 80)),
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env=checkpoints_env(("pong", 40), ("pong", 80)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     assert {(r["checkpoint"].rsplit("/", 1)[-1], float(r["radius"])) for r in rows} == {
-        ("model.40.tar", 3.0), ("model.40.tar", 5.0), ("model.80.tar", 3.0), ("model.80.tar", 5.0)}
+        ("model.40.tar", 3.0),
+        ("model.40.tar", 5.0),
+        ("model.80.tar", 3.0),
+        ("model.80.tar", 5.0),
+    }
     assert all(r["frames"] == "10" and r["complete"] == "True" and float(r["actor_max"]) > 0 for r in rows)
     # one recorded game for all: a single rollout store, each job its own saliency store
     from engine.storage.store import RolloutStore, SaliencyStore
@@ -180,10 +235,21 @@ def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):
     (tmp_path / "notes.txt").write_text("not the job's")
     second = run_job(tiny_job(tmp_path, output={"movie": False, "comparison_frame": 3}))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["jacobian_vs_perturbation_00003.png", "notes.txt", "report.html", "rollout.npz", "saliency.npz",
-                     "summary.json"]
+    assert names == [
+        "jacobian_vs_perturbation_00003.png",
+        "notes.txt",
+        "report.html",
+        "rollout.npz",
+        "saliency.npz",
+        "summary.json",
+    ]
     assert set(second) == {"rollout", "saliency", "comparison", "report", "summary"}
-    assert json.loads((tmp_path / "summary.json").read_text())["written"].keys() == {"rollout", "saliency", "comparison", "report"}
+    assert json.loads((tmp_path / "summary.json").read_text())["written"].keys() == {
+        "rollout",
+        "saliency",
+        "comparison",
+        "report",
+    }
 
 
 def test_statistics_are_streamed_chunk_by_chunk():
@@ -210,9 +276,15 @@ def test_store_job_statistics_equal_the_full_computation(tmp_path, monkeypatch):
 
     reads = []
     original = pipeline.MapStatistics.update
-    monkeypatch.setattr(pipeline.MapStatistics, "update", lambda self, maps: (reads.append(len(maps["actor"])), original(self, maps)))
-    config = tiny_job(tmp_path / "run", rollout={"steps": 10}, output={"movie": False},
-                      store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4})
+    monkeypatch.setattr(
+        pipeline.MapStatistics, "update", lambda self, maps: (reads.append(len(maps["actor"])), original(self, maps))
+    )
+    config = tiny_job(
+        tmp_path / "run",
+        rollout={"steps": 10},
+        output={"movie": False},
+        store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4},
+    )
     pipeline.run_job(config)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     maps = SaliencyStore.open(tmp_path / "run" / "saliency_store").read()
@@ -238,8 +310,17 @@ def test_main_job_explains_a_library_agent(tmp_path, kind):
         checkpoint = tmp_path / "agent.cleanrl_model"
         cleanrl_scripts.save_like_cleanrl(cleanrl_scripts.make_agent("ppo_atari"), checkpoint)
     out = tmp_path / "run"
-    result = run_app(f"agent={kind}", f"agent.checkpoint={checkpoint}", "env=pong", "rollout.steps=6",
-                     "saliency=both", "saliency.density=20", "output.stills=[2]", f"hydra.run.dir={out}", cwd=tmp_path)
+    result = run_app(
+        f"agent={kind}",
+        f"agent.checkpoint={checkpoint}",
+        "env=pong",
+        "rollout.steps=6",
+        "saliency=both",
+        "saliency.density=20",
+        "output.stills=[2]",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     maps, settings = load_arrays(out / "saliency.npz")
     assert maps["actor"].shape == (6, 84, 84) and maps["actor_scores"].shape == (6, 5, 5)

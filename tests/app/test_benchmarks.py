@@ -62,8 +62,15 @@ def baby_a3c_forward_flops(inputs: int, actions: int = 6) -> int:
 def test_tiny_suite_run_appends_a_result(tmp_path, pong_checkpoint):
     results = tmp_path / "suite.jsonl"
     command = [
-        sys.executable, "benchmarks/suite.py", f"checkpoint='{pong_checkpoint}'", "density=20", "frames=2",
-        "warmup_steps=2", "repeats=1", "methods=[engine,plain,bare,reference]", f"results_file={results}",
+        sys.executable,
+        "benchmarks/suite.py",
+        f"checkpoint='{pong_checkpoint}'",
+        "density=20",
+        "frames=2",
+        "warmup_steps=2",
+        "repeats=1",
+        "methods=[engine,plain,bare,reference]",
+        f"results_file={results}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -108,7 +115,8 @@ def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
     # two worker processes play the same seeded games
     parallel = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--jobs", "2"])
     assert {k: v for k, v in parallel.items() if k not in ("seconds",)} == {
-        k: v for k, v in result.items() if k not in ("seconds",)}
+        k: v for k, v in result.items() if k not in ("seconds",)
+    }
 
 
 def test_evaluate_agent_chooses_how_to_act_and_rules_out_unfinished_games(tmp_path, monkeypatch):
@@ -130,10 +138,13 @@ def test_evaluate_agent_chooses_how_to_act_and_rules_out_unfinished_games(tmp_pa
         return [float(seed) + (5.0 if greedy else 0.0)]
 
     monkeypatch.setattr(evaluate_agent, "play_episodes", fake_play)
-    result = evaluate_agent.main([str(path), "--actions", "sampled,greedy", "--choose-seeds", "0-1",
-                                  "--report-seeds", "7"])
+    result = evaluate_agent.main(
+        [str(path), "--actions", "sampled,greedy", "--choose-seeds", "0-1", "--report-seeds", "7"]
+    )
     assert [(c["actions"], c["returns"], c["mean"]) for c in result["candidates"]] == [
-        ("sampled", [0.0, 1.0], 0.5), ("greedy", [5.0, None], None)]
+        ("sampled", [0.0, 1.0], 0.5),
+        ("greedy", [5.0, None], None),
+    ]
     assert result["actions"] == "sampled" and result["report_returns"] == [7.0] and result["report_mean"] == 7.0
     assert played[-1] == (7, False)
     with pytest.raises(SystemExit):
@@ -144,8 +155,10 @@ def test_learning_curve_is_drawn_from_progress_csv(tmp_path):
     from benchmarks import plot_training
 
     csv_path = tmp_path / "progress.csv"
-    csv_path.write_text("update,frames,wall_seconds,frames_per_second,mean_return_100\n"
-                        "1,4096,4.0,1000,\n2,8192,8.0,1010,-20.5\n3,12288,12.0,990,-19.0\n")
+    csv_path.write_text(
+        "update,frames,wall_seconds,frames_per_second,mean_return_100\n"
+        "1,4096,4.0,1000,\n2,8192,8.0,1010,-20.5\n3,12288,12.0,990,-19.0\n"
+    )
     out = plot_training.plot(plot_training.read_progress(csv_path), tmp_path / "curve.png", "test")
     assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # speed over a window of updates, not the CSV's since-start average: 4096 frames in 2 s, then in 4 s
@@ -174,15 +187,42 @@ def test_settings_benchmark_writes_a_finite_row_and_its_tables(tmp_path):
     (tmp_path / "step_1000.json").write_text(json.dumps({"frames": 1000}))
     cfg = OmegaConf.load(ROOT / "benchmarks" / "settings_configs" / "settings.yaml")
     del cfg["hydra"]
-    cfg = OmegaConf.merge(cfg, dict(
-        agent=str(agent), env="PongNoFrameskip-v4", tag="smoke", frames=2, sanity_frames=1, warmup_steps=20,
-        radius=5, density=10, steps=8, threads=1, checkpoint_dirs=[], results_dir=str(tmp_path / "results"),
-    ))
+    cfg = OmegaConf.merge(
+        cfg,
+        dict(
+            agent=str(agent),
+            env="PongNoFrameskip-v4",
+            tag="smoke",
+            frames=2,
+            sanity_frames=1,
+            warmup_steps=20,
+            radius=5,
+            density=10,
+            steps=8,
+            threads=1,
+            checkpoint_dirs=[],
+            results_dir=str(tmp_path / "results"),
+        ),
+    )
     row, written = settings.run(cfg)
-    measured = ("map_s_per_frame", "metrics_s_per_frame", "deletion_prob_auc", "insertion_prob_auc", "deletion_kl_auc",
-                "insertion_kl_auc", "random_deletion_kl_auc", "random_insertion_kl_auc", "sanity_spearman_output",
-                "sanity_spearman_all", "sanity_ssim_output", "sanity_ssim_all", "objects_share", "objects_area",
-                "stability_settings", "stability_temporal")
+    measured = (
+        "map_s_per_frame",
+        "metrics_s_per_frame",
+        "deletion_prob_auc",
+        "insertion_prob_auc",
+        "deletion_kl_auc",
+        "insertion_kl_auc",
+        "random_deletion_kl_auc",
+        "random_insertion_kl_auc",
+        "sanity_spearman_output",
+        "sanity_spearman_all",
+        "sanity_ssim_output",
+        "sanity_ssim_all",
+        "objects_share",
+        "objects_area",
+        "stability_settings",
+        "stability_temporal",
+    )
     assert all(math.isfinite(row[k]) for k in measured), {k: row[k] for k in measured}
     assert 0 < row["objects_area"] < 0.2 and 0 <= row["objects_share"] <= 1 and row["pointing"] in (0.0, 0.5, 1.0)
     assert -1 <= row["sanity_spearman_all"] <= 1 and row["map_s_per_frame"] > 0 and row["sanity_frames"] == 1

@@ -10,7 +10,17 @@ from hydra import compose, initialize_config_dir
 
 from engine.cli import app as cli
 from engine.cli.app import CONFIG_DIR, ConfigError, job_config, precheck, quote_enum_bools
-from engine.jobs.config import RENAMED, Compat, DType, Incremental, Interp, JobConfig, OutputConfig, check_config, engine_saliency
+from engine.jobs.config import (
+    RENAMED,
+    Compat,
+    DType,
+    Incremental,
+    Interp,
+    JobConfig,
+    OutputConfig,
+    check_config,
+    engine_saliency,
+)
 from engine.jobs.run import validate_job
 from engine.core.errors import EngineError
 from engine.core.settings import SaliencyConfig
@@ -19,7 +29,8 @@ from engine.core.settings import SaliencyConfig
 # configs/algo/ the trainers' (train_entry.yaml), each composed separately.
 GROUPS = {
     g.name: sorted(p.stem for p in g.glob("*.yaml"))
-    for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "algo", "__pycache__")
+    for g in CONFIG_DIR.iterdir()
+    if g.is_dir() and g.name not in ("hydra", "algo", "__pycache__")
 }
 LAUNCHERS = sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
 
@@ -137,7 +148,10 @@ def test_enums_match_the_engine_choices():
         (["saliency.density=0"], "density must be in 1..80"),
         (["saliency.radius=-1"], "radius must be a number"),
         (["saliency.radius=nan"], "radius must be a number"),
-        (["saliency.method=gradcam"], "saliency.method: Invalid value 'gradcam', expected one of [perturbation, jacobian, both]"),
+        (
+            ["saliency.method=gradcam"],
+            "saliency.method: Invalid value 'gradcam', expected one of [perturbation, jacobian, both]",
+        ),
         (["env=breakout"], "Breakout-v4 has 4 actions but the agent"),
         (["render.style=fancy"], "render.style: Invalid value 'fancy'"),
         (["rollout.steps=0"], "rollout.steps must be >= 1"),
@@ -148,8 +162,14 @@ def test_enums_match_the_engine_choices():
         (["saliency.memory_budget_mb=nan"], "saliency.memory_budget_mb must be a finite number"),
         (["saliency.memory_budget_mb=-5"], "saliency.memory_budget_mb must be a finite number"),
         (["saliency.memory_budget_mb=inf"], "saliency.memory_budget_mb must be a finite number"),
-        (["saliency.incremental=maybe"], "saliency.incremental: Invalid value 'maybe', expected one of [auto, true, false]"),
-        (["output.comparison_frame=500", "rollout.steps=200"], "output.comparison_frame 500 is outside the rollout's 0..199"),
+        (
+            ["saliency.incremental=maybe"],
+            "saliency.incremental: Invalid value 'maybe', expected one of [auto, true, false]",
+        ),
+        (
+            ["output.comparison_frame=500", "rollout.steps=200"],
+            "output.comparison_frame 500 is outside the rollout's 0..199",
+        ),
         (["output.stills=[3,250]"], "output.stills: frame 250 is outside the rollout's 0..199"),
         (["rollout.max_episodes=0"], "rollout.max_episodes must be >= 1"),
         (["rollout.seed=-1"], "rollout.seed must be in 0..2**32-1"),
@@ -210,7 +230,9 @@ def test_renamed_options_name_the_new_one():
 def test_from_dict_rejects_unknown_keys_types_and_ranges():
     with pytest.raises(EngineError, match="saliency.radus: Key 'radus' not in 'SaliencyConfig'"):
         JobConfig.from_dict({"saliency": {"radus": 3}})
-    with pytest.raises(EngineError, match="saliency.density: Value 'five' of type 'str' could not be converted to Integer"):
+    with pytest.raises(
+        EngineError, match="saliency.density: Value 'five' of type 'str' could not be converted to Integer"
+    ):
         JobConfig.from_dict({"saliency": {"density": "five"}})
     with pytest.raises(EngineError, match="saliency.memory_budget_mb must be a finite number"):
         JobConfig.from_dict({"saliency": {"memory_budget_mb": math.nan}})

@@ -20,22 +20,45 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     env = {**checkpoints_env(("pong", 40)), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     data, out = tmp_path / "data", tmp_path / "out"
-    prepared = subprocess.run([sys.executable, "benchmarks/gpu/prepare.py", str(data), "--steps", "210", "--no-wheels"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    prepared = subprocess.run(
+        [sys.executable, "benchmarks/gpu/prepare.py", str(data), "--steps", "210", "--no-wheels"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert prepared.returncode == 0, prepared.stderr[-2000:]
-    result = subprocess.run([sys.executable, "benchmarks/gpu/check.py", "--out", str(out), "--data", str(data)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu/check.py", "--out", str(out), "--data", str(data)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "no CUDA here" in result.stdout
     report = json.loads((out / "check.json").read_text())
     names = {c["name"] for c in report["checks"]}
-    assert {"preprocessing_bytes_device_vs_cpu", "float64_vs_loop_reference[gru]", "float64_vs_loop_reference[lstm]",
-            "chunk_invariance[incremental=True]", "jacobian_func_vs_autograd[lstm]"} <= names
+    assert {
+        "preprocessing_bytes_device_vs_cpu",
+        "float64_vs_loop_reference[gru]",
+        "float64_vs_loop_reference[lstm]",
+        "chunk_invariance[incremental=True]",
+        "jacobian_func_vs_autograd[lstm]",
+    } <= names
     assert all(c["passed"] for c in report["checks"]) and len(report["checks"]) >= 28
     assert {"nature:float64_vs_loop_reference", "nature:device_vs_cpu", "nature:chunk_invariance"} <= names
     # on the CPU the device is the CPU: chunking and device parity are bit for bit
     assert all(c["value"] == 0 for c in report["checks"] if c["name"].startswith(("chunk_invariance", "device_vs_cpu")))
     timed = {b["name"]: b for b in report["benchmarks"]}
-    assert {"engine_d5_r5", "loop_reference_d5_r5", "jacobian_maps_func", "precision_float32", "nature:engine_d5_r5"} <= set(timed)
+    assert {
+        "engine_d5_r5",
+        "loop_reference_d5_r5",
+        "jacobian_maps_func",
+        "precision_float32",
+        "nature:engine_d5_r5",
+    } <= set(timed)
     assert timed["engine_d5_r5"]["vs_reference"] > 1 and 0 < timed["precision_float32"]["actor_rel_error"] < 1e-4
     assert (out / "check.md").read_text().startswith("# GPU check: no CUDA")

@@ -17,13 +17,27 @@ from engine.storage.arrays import load_arrays
 from engine.policies.loading import load_policy
 from engine.policies.registry import resolve_checkpoint
 
-METRICS = {"deletion_insertion": True, "objects": True, "stability": True, "sanity": True, "steps": 4,
-           "sanity_frames": 2, "sanity_window": 10}
+METRICS = {
+    "deletion_insertion": True,
+    "objects": True,
+    "stability": True,
+    "sanity": True,
+    "steps": 4,
+    "sanity_frames": 2,
+    "sanity_window": 10,
+}
 
 
 def job(out_dir, **sections) -> JobConfig:
-    data = {"agent": {"checkpoint": "builtin/pong"}, "rollout": {"steps": 10}, "saliency": {"density": 20}, "output": {"dir": str(out_dir), "movie": False},
-            "metrics": METRICS, "progress": False, "device": "cpu"}
+    data = {
+        "agent": {"checkpoint": "builtin/pong"},
+        "rollout": {"steps": 10},
+        "saliency": {"density": 20},
+        "output": {"dir": str(out_dir), "movie": False},
+        "metrics": METRICS,
+        "progress": False,
+        "device": "cpu",
+    }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return JobConfig.from_dict(data)
@@ -37,8 +51,11 @@ def in_memory(tmp_path_factory):
 
     out, roots, score = tmp_path_factory.mktemp("job"), [], job_module.score_store
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(job_module, "score_store",
-                      lambda agent, *args, **kwargs: (roots.append(args[:2]), score(agent, *args, **kwargs))[1])
+        patch.setattr(
+            job_module,
+            "score_store",
+            lambda agent, *args, **kwargs: (roots.append(args[:2]), score(agent, *args, **kwargs))[1],
+        )
         run_job(job(out))
     return out, json.loads((out / "summary.json").read_text()), roots
 
@@ -50,8 +67,14 @@ def test_summary_holds_the_metrics_of_the_job(in_memory):
     maps, _ = load_arrays(out / "saliency.npz")
     agent = load_policy(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
     states = tuple(torch.from_numpy(arrays[f"state_{i}"]) for i in range(2))
-    direct = deletion_insertion(agent, torch.from_numpy(arrays["observations"]), states, torch.from_numpy(maps["actor"]),
-                                torch.from_numpy(arrays["actions"]), steps=4)
+    direct = deletion_insertion(
+        agent,
+        torch.from_numpy(arrays["observations"]),
+        states,
+        torch.from_numpy(maps["actor"]),
+        torch.from_numpy(arrays["actions"]),
+        steps=4,
+    )
     for key, values in direct.aucs().items():
         assert metrics["actor"][f"{key}_auc"] == pytest.approx(float(values.double().mean()), rel=1e-9)
     assert len(metrics["actor"]["deletion_kl_curve"]) == 5 and metrics["actor"]["deletion_kl_curve"][0] == 0
@@ -72,8 +95,11 @@ def test_the_store_job_streams_the_same_metrics_and_maps(in_memory, tmp_path, mo
 
     chunks = []
     original = core_metrics.MetricsSummary.update
-    monkeypatch.setattr(core_metrics.MetricsSummary, "update",
-                        lambda self, agent, obs, *a, **k: (chunks.append(len(obs)), original(self, agent, obs, *a, **k)))
+    monkeypatch.setattr(
+        core_metrics.MetricsSummary,
+        "update",
+        lambda self, agent, obs, *a, **k: (chunks.append(len(obs)), original(self, agent, obs, *a, **k)),
+    )
     run_job(job(tmp_path / "run", store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}))
     streamed = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
     assert chunks == [4, 4, 2]
@@ -81,7 +107,9 @@ def test_the_store_job_streams_the_same_metrics_and_maps(in_memory, tmp_path, mo
     for kind in ("actor", "critic", "random"):
         for key, value in summary["metrics"][kind].items():
             assert streamed[kind][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (kind, key)
-    assert streamed["sanity"]["actor_spearman_all"] == pytest.approx(summary["metrics"]["sanity"]["actor_spearman_all"], rel=1e-6)
+    assert streamed["sanity"]["actor_spearman_all"] == pytest.approx(
+        summary["metrics"]["sanity"]["actor_spearman_all"], rel=1e-6
+    )
     assert all(is_memory(root) for root in roots) and not [p for p in out.iterdir() if p.is_dir()]
     maps, _ = load_arrays(out / "saliency.npz")
     stored = SaliencyStore.open(tmp_path / "run" / "saliency_store").read()

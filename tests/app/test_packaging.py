@@ -19,7 +19,9 @@ SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 
 def test_every_engine_package_is_in_the_wheel():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "engine").rglob("__init__.py")}
-    assert found <= set(SETUPTOOLS["packages"]), f"missing from pyproject packages: {sorted(found - set(SETUPTOOLS['packages']))}"
+    assert found <= set(SETUPTOOLS["packages"]), (
+        f"missing from pyproject packages: {sorted(found - set(SETUPTOOLS['packages']))}"
+    )
 
 
 def test_the_configs_ship_inside_the_package():
@@ -50,12 +52,13 @@ def test_requires_python_covers_the_versions_run(version):
     assert version in SpecifierSet(PYPROJECT["project"]["requires-python"])
 
 
-@pytest.mark.parametrize("name,version", [("torch", "2.14.1"), ("torch", "2.11.0"), ("torchvision", "0.29.1"),
-                                          ("torchvision", "0.26.0")])
+@pytest.mark.parametrize(
+    "name,version", [("torch", "2.14.1"), ("torch", "2.11.0"), ("torchvision", "0.29.1"), ("torchvision", "0.26.0")]
+)
 def test_dependency_ranges_cover_the_versions_run(name, version):
     (spec,) = [d for d in PYPROJECT["project"]["dependencies"] if d.split(">")[0].split("<")[0].split("=")[0] == name]
     assert "==" not in spec, f"{spec}: exact pins belong in .ci/constraints.txt"
-    assert version in SpecifierSet(spec[len(name):])
+    assert version in SpecifierSet(spec[len(name) :])
 
 
 @pytest.mark.parametrize("layer", ["core", "env", "io"])
@@ -63,8 +66,16 @@ def test_the_engine_layers_never_import_hydra(layer):
     offenders = []
     for path in sorted((ROOT / "engine" / layer).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
-                          if n.split(".")[0] in ("hydra", "omegaconf")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(ROOT)}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] in ("hydra", "omegaconf")
+            ]
     assert offenders == []

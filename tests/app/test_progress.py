@@ -28,12 +28,15 @@ def agent():
     return load_agent(resolve_checkpoint("builtin/pong"), device="cpu")
 
 
-@pytest.mark.parametrize("stream,progress,shown", [
-    (Terminal, None, False),  # the default from Python: no bar
-    (Terminal, True, True),
-    (Pipe, True, False),      # asked for, but not a terminal: tqdm leaves it out
-    (Terminal, False, False),
-])
+@pytest.mark.parametrize(
+    "stream,progress,shown",
+    [
+        (Terminal, None, False),  # the default from Python: no bar
+        (Terminal, True, True),
+        (Pipe, True, False),  # asked for, but not a terminal: tqdm leaves it out
+        (Terminal, False, False),
+    ],
+)
 def test_rollout_bar(agent, monkeypatch, stream, progress, shown):
     err = stream()
     monkeypatch.setattr(sys, "stderr", err)

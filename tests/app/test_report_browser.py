@@ -23,8 +23,15 @@ import pytest
 from tests.conftest import tiny_job as tiny_job_config
 
 CHROMIUM = os.environ.get("ATARI_SALIENCY_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _missing() -> str | None:
@@ -63,9 +70,14 @@ class Page:
         self.requests: list[str] = []
         self.dialogs: list[str] = []
         self.page.on("dialog", lambda d: (self.dialogs.append(f"{d.type}: {d.message}"), d.dismiss()))
-        self.page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else self.requests.append(r.url))
+        self.page.on(
+            "request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else self.requests.append(r.url)
+        )
         self.page.goto(path.as_uri())
 
     def clean(self) -> bool:
@@ -84,12 +96,15 @@ class Page:
             """i => { const c = document.querySelectorAll("canvas.view")[i];
                       const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
                       let s = ""; for (let k = 0; k < d.length; k += 8192) s += String.fromCharCode(...d.subarray(k, k + 8192));
-                      return btoa(s); }""", panel)
+                      return btoa(s); }""",
+            panel,
+        )
         return np.frombuffer(base64.b64decode(encoded), np.uint8).reshape(210, 160, 4)
 
     def slide_to(self, frame: int) -> None:
         self.page.locator("#frame-slider").evaluate(
-            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }", frame)
+            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input', {bubbles: true})); }", frame
+        )
         self.drawn(frame)
 
     def set_overlay(self, kind: str, on: bool) -> None:
@@ -123,8 +138,13 @@ def run(tmp_path_factory, browser):
     written = run_job(tiny_job(out, saliency={"method": "both"}))
     played, settings = load_arrays(out / "rollout.npz")
     maps, _ = load_arrays(out / "saliency.npz")
-    return dict(report=written["report"], frames=played["frames"], actions=played["actions"],
-                names=settings["action_names"], maps=maps)
+    return dict(
+        report=written["report"],
+        frames=played["frames"],
+        actions=played["actions"],
+        names=settings["action_names"],
+        maps=maps,
+    )
 
 
 def test_viewer_slider_overlays_plots_and_play(browser, run):
@@ -134,8 +154,9 @@ def test_viewer_slider_overlays_plots_and_play(browser, run):
     assert page.text("#frame-label") == "frame 0 / 7" and page.text("#action-name") == names[actions[0]]
     assert page.page.title().startswith("Pong-v4: step_") and "checkpoint" in page.text("header")
     # actor and critic overlays are on by default, the Jacobian ones off
-    assert [page.page.locator(f"#toggle-{k}").is_checked() for k in ("actor", "critic", "jacobian_actor", "jacobian_critic")] \
-        == [True, True, False, False]
+    assert [
+        page.page.locator(f"#toggle-{k}").is_checked() for k in ("actor", "critic", "jacobian_actor", "jacobian_critic")
+    ] == [True, True, False, False]
 
     page.slide_to(5)
     assert page.text("#frame-label") == "frame 5 / 7" and page.text("#action-name") == names[actions[5]]
@@ -193,8 +214,17 @@ def test_sweep_page_shows_jobs_side_by_side_and_sorts_its_table(browser, tmp_pat
 
     sweep, game = tmp_path / "sweep", str(tmp_path / "game")
     for job, radius in (("0", 5), ("1", 3)):
-        run_job(tiny_job(sweep / job, rollout={"steps": 6}, saliency={"radius": radius}, store={"rollout": game, "frames_per_chunk": 4}))
-    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}}))
+        run_job(
+            tiny_job(
+                sweep / job,
+                rollout={"steps": 6},
+                saliency={"radius": radius},
+                store={"rollout": game, "frames_per_chunk": 4},
+            )
+        )
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}})
+    )
     page = Page(browser, sweep / "report.html")
     page.drawn(0)
     assert page.page.locator("canvas.view").count() == 2
@@ -206,8 +236,12 @@ def test_sweep_page_shows_jobs_side_by_side_and_sorts_its_table(browser, tmp_pat
     assert np.array_equal(page.pixels(0), page.pixels(1))  # the same recorded frame under both
 
     def column(name):
-        index = page.page.evaluate(f"[...document.querySelectorAll('#summary th')].findIndex(t => t.textContent === '{name}')")
-        return page.page.evaluate(f"[...document.querySelectorAll('#summary tbody tr')].map(r => r.children[{index}].textContent)")
+        index = page.page.evaluate(
+            f"[...document.querySelectorAll('#summary th')].findIndex(t => t.textContent === '{name}')"
+        )
+        return page.page.evaluate(
+            f"[...document.querySelectorAll('#summary tbody tr')].map(r => r.children[{index}].textContent)"
+        )
 
     assert column("radius") == ["5", "3"] and column("job") == ["0", "1"]
     page.page.click('#summary th[data-column="radius"]')
@@ -254,17 +288,29 @@ def hostile_run_page(path: Path, job: str) -> Path:
     frames = np.zeros((3, 210, 160, 3), np.uint8)
     frames[:, 50:60, 70:90] = (236, 236, 236)
     maps = {"actor": np.random.default_rng(0).random((3, 80, 80), dtype=np.float32)}
-    return write_report(path, frames, maps, title=f"ALE/{XSS}-v5 {job}",
-                        action_names=["NOOP", XSS, "javascript:alert(3)"], actions=np.array([1, 2, 0]),
-                        values=np.array([0.5, 0.25, 0.0]), checkpoint=f"{XSS}.pt",
-                        settings={"tags": [XSS, "javascript:alert(4)"], "overrides": [f"saliency.radius={XSS}"]})
+    return write_report(
+        path,
+        frames,
+        maps,
+        title=f"ALE/{XSS}-v5 {job}",
+        action_names=["NOOP", XSS, "javascript:alert(3)"],
+        actions=np.array([1, 2, 0]),
+        values=np.array([0.5, 0.25, 0.0]),
+        checkpoint=f"{XSS}.pt",
+        settings={"tags": [XSS, "javascript:alert(4)"], "overrides": [f"saliency.radius={XSS}"]},
+    )
 
 
 def no_markup_from_data(page: Page) -> None:
     """No element the viewer did not make: no img, iframe, object or embed, and no inline event handler."""
     assert page.page.evaluate("document.querySelectorAll('img, iframe, object, embed, svg, base, form').length") == 0
-    assert page.page.evaluate("[...document.querySelectorAll('*')].flatMap(e => e.getAttributeNames())"
-                              ".filter(a => a.toLowerCase().startsWith('on'))") == []
+    assert (
+        page.page.evaluate(
+            "[...document.querySelectorAll('*')].flatMap(e => e.getAttributeNames())"
+            ".filter(a => a.toLowerCase().startsWith('on'))"
+        )
+        == []
+    )
     assert page.page.evaluate("document.querySelectorAll('script:not([type=\"application/json\"])').length") == 1
 
 
@@ -284,12 +330,23 @@ def hostile_sweep(tmp_path):
     rows = [{"job": job, f"override {XSS}": f"{XSS} {i}", "radius": i} for i, job in enumerate(HOSTILE_JOBS)]
     frames = np.zeros((4, 210, 160, 3), np.uint8)
     rng = np.random.default_rng(1)
-    panels = [Panel(job, {"actor": rng.random((4, 80, 80), dtype=np.float32)}, label=f"job {job}: {XSS}",
-                    link=links[job]) for job in HOSTILE_JOBS[:4]]
-    path = write_sweep_report(sweep / "report.html", rows, ["job", f"override {XSS}", "radius"], frames=frames,
-                              panels=panels, values=np.zeros(4), actions=np.array([0, 1, 2, 1]),
-                              action_names=["NOOP", XSS, "javascript:alert(3)"], title=f"sweep of ALE/{XSS}-v5",
-                              settings={"swept": [XSS], "tags": ["javascript:alert(5)"]}, links=links)
+    panels = [
+        Panel(job, {"actor": rng.random((4, 80, 80), dtype=np.float32)}, label=f"job {job}: {XSS}", link=links[job])
+        for job in HOSTILE_JOBS[:4]
+    ]
+    path = write_sweep_report(
+        sweep / "report.html",
+        rows,
+        ["job", f"override {XSS}", "radius"],
+        frames=frames,
+        panels=panels,
+        values=np.zeros(4),
+        actions=np.array([0, 1, 2, 1]),
+        action_names=["NOOP", XSS, "javascript:alert(3)"],
+        title=f"sweep of ALE/{XSS}-v5",
+        settings={"swept": [XSS], "tags": ["javascript:alert(5)"]},
+        links=links,
+    )
     return dict(sweep=sweep, path=path)
 
 
@@ -301,10 +358,14 @@ def test_hostile_names_show_as_text_and_links_stay_in_the_sweep(browser, hostile
     assert f"1 {XSS}" in page.text("header")  # the action names, literally
     cells = "[...document.querySelectorAll('#summary tbody tr')].map(r => r.children[0].textContent)"
     assert page.page.evaluate(cells) == HOSTILE_JOBS  # each folder name literally, as text
-    assert page.page.evaluate("[...document.querySelectorAll('#summary th')].map(t => t.textContent)") \
-        == ["job", f"override {XSS}", "radius"]
-    assert page.page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)") \
-        == [f"job {job}: {XSS}" for job in HOSTILE_JOBS[:4]]
+    assert page.page.evaluate("[...document.querySelectorAll('#summary th')].map(t => t.textContent)") == [
+        "job",
+        f"override {XSS}",
+        "radius",
+    ]
+    assert page.page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.textContent)") == [
+        f"job {job}: {XSS}" for job in HOSTILE_JOBS[:4]
+    ]
     assert json.loads(page.page.evaluate("document.getElementById('settings-json').textContent"))["swept"] == [XSS]
     no_markup_from_data(page)
 
@@ -347,9 +408,22 @@ def test_the_viewer_refuses_hostile_links_written_into_the_data_block(browser, h
     start = text.index(marker) + len(marker)
     end = text.index("</script>", start)
     data = json.loads(text[start:end])
-    hostile = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "\tjavascript:alert(1)", " javascript:alert(1)",
-               "data:text/html,<script>alert(1)</script>", "vbscript:msgbox(1)", "file://host/x", "//example.com/x",
-               "https://example.com/x", "/etc/passwd", "../x", "%2e%2e/x", "0/%2E./x", "a\\b"]
+    hostile = [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        "\tjavascript:alert(1)",
+        " javascript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "file://host/x",
+        "//example.com/x",
+        "https://example.com/x",
+        "/etc/passwd",
+        "../x",
+        "%2e%2e/x",
+        "0/%2E./x",
+        "a\\b",
+    ]
     jobs = [row[0] for row in data["table"]["rows"]]
     data["table"]["links"] = {job: hostile[i % len(hostile)] for i, job in enumerate(jobs)}
     for i, panel in enumerate(data["panels"]):
@@ -370,8 +444,10 @@ def test_script_planted_in_the_page_does_not_run(browser, tmp_path):
     hash, still draws."""
     path = hostile_run_page(tmp_path / "report.html", "planted")
     text = path.read_text(encoding="utf-8")
-    planted = ('<script>alert("inline")</script><img src="x" onerror="alert(\'handler\')">'
-               '<a id="planted" href="javascript:alert(\'link\')">planted</a>')
+    planted = (
+        '<script>alert("inline")</script><img src="x" onerror="alert(\'handler\')">'
+        '<a id="planted" href="javascript:alert(\'link\')">planted</a>'
+    )
     path.write_text(text.replace("<body>\n", "<body>\n" + planted, 1), encoding="utf-8")
     page = Page(browser, path)
     page.drawn(0)

@@ -8,10 +8,19 @@ import sys
 import pytest
 
 
-def train_cli(*overrides: str, cwd, algo: str | None = "a2c", module: str = "engine.train") -> subprocess.CompletedProcess:
+def train_cli(
+    *overrides: str, cwd, algo: str | None = "a2c", module: str = "engine.train"
+) -> subprocess.CompletedProcess:
     algo_override = [f"algo={algo}"] if algo else []
-    return subprocess.run([sys.executable, "-m", module, *algo_override, *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *algo_override, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("algo,schema", [("a2c", "TrainConfig"), ("ppo", "PPOConfig"), (None, "PPOConfig")])
@@ -56,13 +65,16 @@ def test_the_old_command_names_the_new_one(tmp_path):
     assert "python -m engine.train algo=a2c" in result.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("lr=nan", "lr must be a finite number > 0, got nan"),
-    ("num_envs=0", "num_envs must be an integer >= 1, got 0"),
-    ("core=transformer", "core must be one of lstm, gru, got 'transformer'"),
-    ("env_id=Pongg-v4", "unknown environment id 'Pongg-v4'"),
-    ("hidden=3", "Key 'hidden' not in 'TrainConfig'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("lr=nan", "lr must be a finite number > 0, got nan"),
+        ("num_envs=0", "num_envs must be an integer >= 1, got 0"),
+        ("core=transformer", "core must be one of lstm, gru, got 'transformer'"),
+        ("env_id=Pongg-v4", "unknown environment id 'Pongg-v4'"),
+        ("hidden=3", "Key 'hidden' not in 'TrainConfig'"),
+    ],
+)
 def test_bad_training_settings_fail_in_one_line(tmp_path, override, message):
     result = train_cli(override, f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
@@ -71,14 +83,31 @@ def test_bad_training_settings_fail_in_one_line(tmp_path, override, message):
 
 def test_training_logs_its_result(tmp_path):
     run = tmp_path / "run"
-    result = train_cli("num_envs=1", "vector=sync", "rollout_steps=5", "total_frames=5", "checkpoint_every=5",
-                       "progress=false", f"run_dir={run}", cwd=tmp_path)
+    result = train_cli(
+        "num_envs=1",
+        "vector=sync",
+        "rollout_steps=5",
+        "total_frames=5",
+        "checkpoint_every=5",
+        "progress=false",
+        f"run_dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert f"last checkpoint: {run / 'checkpoints' / 'step_5.pt'}" in result.stdout
     assert "last checkpoint" in (run / "hydra" / "train.log").read_text()
     # a second run into the same folder on another game is refused in one line, and the run is kept
-    again = train_cli("num_envs=1", "vector=sync", "rollout_steps=5", "total_frames=10", "checkpoint_every=5",
-                      "env_id=Breakout-v4", "progress=false", f"run_dir={run}", cwd=tmp_path)
+    again = train_cli(
+        "num_envs=1",
+        "vector=sync",
+        "rollout_steps=5",
+        "total_frames=10",
+        "checkpoint_every=5",
+        "env_id=Breakout-v4",
+        "progress=false",
+        f"run_dir={run}",
+        cwd=tmp_path,
+    )
     assert again.returncode == 2 and "Pong-v4" in again.stderr and len(again.stderr.splitlines()) == 1
     assert (run / "checkpoints" / "step_5.pt").is_file() and (run / "hydra" / "train.log").is_file()
 

@@ -32,8 +32,15 @@ class NatureAgent(nn.Module):
         super().__init__()
         self.observation_shape, self.num_actions = (channels, 84, 84), num_actions
         self.network = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 512),
+            nn.ReLU(),
         )
         self.lstm = nn.LSTMCell(512, 128) if recurrent else None
         width = 128 if recurrent else 512
@@ -100,7 +107,9 @@ def test_scores_equal_the_loop_reference_in_float64(case, score, interp):
     _, agent64, obs, states, actions = case
     t = 2
     state = tuple(s[t : t + 1].double() for s in states)
-    got = perturbation_saliency(agent64, obs[t : t + 1], state, density=12, interp=interp, score=score, actions=actions[t : t + 1])
+    got = perturbation_saliency(
+        agent64, obs[t : t + 1], state, density=12, interp=interp, score=score, actions=actions[t : t + 1]
+    )
     ref = saliency_np(agent64, obs[t], state, density=12, interp=interp, score=score, action=int(actions[t]))
     assert got.actor_scores.shape == (1, 7, 7) and got.actor.shape == (1, 84, 84)  # range(0, 84, 12): 7 centers
     for key in ("actor_scores", "critic_scores", "actor", "critic"):
@@ -129,8 +138,10 @@ def test_float32_maps_are_close_to_the_loop_reference(case):
     the measurement's (twice again)."""
     agent, agent64, obs, states, _ = case
     if states:
-        pytest.skip("the seeded LSTM agent barely responds to a perturbation (scores ~1e-8, below float32's "
-                    "resolution of its logits); the float64 test checks it exactly")
+        pytest.skip(
+            "the seeded LSTM agent barely responds to a perturbation (scores ~1e-8, below float32's "
+            "resolution of its logits); the float64 test checks it exactly"
+        )
     got = perturbation_saliency(agent, obs[:2], (), density=7)
     e = 2 * np.sqrt(agent.num_actions) * float32_logit_rounding(agent, agent64, obs[:2], density=7)
     for t in range(2):
@@ -153,12 +164,19 @@ def test_perturbations_per_pass_and_frames_together_never_change_maps(case):
     full = perturbation_saliency(agent, obs, states, density=12, score="action_logprob", actions=actions)
     assert float(full.actor_scores.max()) > 0
     for per_eval in (1, 7, 1000):
-        part = perturbation_saliency(agent, obs, states, density=12, perturbations_per_eval=per_eval,
-                                     score="action_logprob", actions=actions)
+        part = perturbation_saliency(
+            agent, obs, states, density=12, perturbations_per_eval=per_eval, score="action_logprob", actions=actions
+        )
         assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
     for t in range(len(obs)):
-        alone = perturbation_saliency(agent, obs[t : t + 1], tuple(s[t : t + 1] for s in states), density=12,
-                                      score="action_logprob", actions=actions[t : t + 1])
+        alone = perturbation_saliency(
+            agent,
+            obs[t : t + 1],
+            tuple(s[t : t + 1] for s in states),
+            density=12,
+            score="action_logprob",
+            actions=actions[t : t + 1],
+        )
         assert torch.equal(alone.actor_scores[0], full.actor_scores[t])
 
 
@@ -181,8 +199,10 @@ def test_one_mask_on_every_channel(case):
     first_only = copy.deepcopy(agent)
     with torch.no_grad():
         first_only.network[0].weight[:, 1:] = 0
-    assert not torch.equal(perturbation_saliency(first_only, obs[:1], tuple(s[:1] for s in states), density=12).actor_scores,
-                           maps.actor_scores)
+    assert not torch.equal(
+        perturbation_saliency(first_only, obs[:1], tuple(s[:1] for s in states), density=12).actor_scores,
+        maps.actor_scores,
+    )
 
 
 def test_jacobians_equal_a_plain_autograd_loop(case):
@@ -204,8 +224,13 @@ def test_jacobians_equal_a_plain_autograd_loop(case):
 
 def test_compute_saliency_with_the_action_logprob_score(case):
     agent, _, obs, states, actions = case
-    maps = compute_saliency(agent, obs, states, SaliencyConfig(method="both", density=20, score="action_logprob", frames_per_batch=2),
-                            actions=actions)
+    maps = compute_saliency(
+        agent,
+        obs,
+        states,
+        SaliencyConfig(method="both", density=20, score="action_logprob", frames_per_batch=2),
+        actions=actions,
+    )
     alone = perturbation_saliency(agent, obs, states, density=20, score="action_logprob", actions=actions)
     assert torch.equal(maps["actor_scores"], alone.actor_scores) and maps["jacobian_actor"].shape == (5, 84, 84)
 
@@ -252,9 +277,13 @@ def test_incremental_equals_the_plain_pass(case, interp, radius, density):
 def test_incremental_chunking_is_bit_identical(case):
     agent, _, obs, states, _ = case
     state = tuple(s[:2] for s in states)
-    full = perturbation_saliency(agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=10**6)
+    full = perturbation_saliency(
+        agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=10**6
+    )
     for chunk in (1, 7):
-        part = perturbation_saliency(agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=chunk)
+        part = perturbation_saliency(
+            agent, obs[:2], state, radius=3, density=7, incremental=True, perturbations_per_eval=chunk
+        )
         assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
 
 

@@ -119,7 +119,11 @@ def test_the_package_ships_a_ppo_series_chosen_and_scored():
         returns.append(meta["mean_return_100"])
     assert returns == sorted(returns) and returns[-1] > 10
     agent = load_policy(series[max(series)])
-    assert type(agent).__name__ == "CleanRLPPOLSTM" and agent.pipeline == "cleanrl_atari" and len(agent.initial_state(1)) == 2
+    assert (
+        type(agent).__name__ == "CleanRLPPOLSTM"
+        and agent.pipeline == "cleanrl_atari"
+        and len(agent.initial_state(1)) == 2
+    )
 
 
 def test_the_package_ships_a_breakout_ppo_agent():

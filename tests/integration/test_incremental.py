@@ -21,9 +21,17 @@ from engine.core.policy import ConvTrunk, IncrementalPolicy, PolicyOutput, reset
 
 @pytest.mark.parametrize(
     "core,interp,radius,density",
-    [("gru", "occlude", 5, 5), ("gru", "searchlight", 3, 7), ("lstm", "occlude", 2, 9), ("lstm", "searchlight", 5, 10), ("gru", "occlude", 8, 16)],
+    [
+        ("gru", "occlude", 5, 5),
+        ("gru", "searchlight", 3, 7),
+        ("lstm", "occlude", 2, 9),
+        ("lstm", "searchlight", 5, 10),
+        ("gru", "occlude", 8, 16),
+    ],
 )
-def test_incremental_equals_plain_pass(core, interp, radius, density, pong_agent, pong_lstm_agent, pong_rollout, lstm_states):
+def test_incremental_equals_plain_pass(
+    core, interp, radius, density, pong_agent, pong_lstm_agent, pong_rollout, lstm_states
+):
     agent, states = (pong_agent, pong_rollout.states) if core == "gru" else (pong_lstm_agent, lstm_states)
     frames, state = pong_rollout.frames[40:43], tuple(s[40:43] for s in states)
     options = dict(radius=radius, density=density, interp=interp)
@@ -40,7 +48,9 @@ def test_incremental_chunking_is_bit_identical(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[40:42], tuple(s[40:42] for s in pong_rollout.states)
     full = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, perturbations_per_eval=10**6)
     for chunk in (1, 7):
-        part = perturbation_saliency(pong_agent, frames, states, density=10, incremental=True, perturbations_per_eval=chunk)
+        part = perturbation_saliency(
+            pong_agent, frames, states, density=10, incremental=True, perturbations_per_eval=chunk
+        )
         assert torch.equal(part.actor_scores, full.actor_scores) and torch.equal(part.critic_scores, full.critic_scores)
 
 
@@ -145,10 +155,13 @@ class OddAgent(nn.Module):
     def __init__(self):
         super().__init__()
         self.observation_shape, self.num_actions = (3, 50, 37), 4
-        self.convs = nn.ModuleList([
-            nn.Conv2d(3, 8, 5, padding=4, dilation=2), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
-            nn.Conv2d(8, 6, 4, stride=3),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(3, 8, 5, padding=4, dilation=2),
+                nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+                nn.Conv2d(8, 6, 4, stride=3),
+            ]
+        )
         self.head = nn.Linear(6 * 8 * 6, 5)
 
     device = property(lambda self: self.head.weight.device)
@@ -161,7 +174,9 @@ class OddAgent(nn.Module):
         return reset_rows(state, done)
 
     def conv_trunk(self):
-        return ConvTrunk(((self.convs[0], torch.relu), (self.convs[1], torch.tanh), (self.convs[2], None)), input_scale=2.0)
+        return ConvTrunk(
+            ((self.convs[0], torch.relu), (self.convs[1], torch.tanh), (self.convs[2], None)), input_scale=2.0
+        )
 
     def from_trunk(self, activations, state, n=None):
         out = self.head(activations.flatten(1))
@@ -178,7 +193,9 @@ class OddAgent(nn.Module):
 def odd():
     torch.manual_seed(1)
     agent = OddAgent().double().eval()
-    obs = (torch.rand(2, 3, 13, 10) * 255).repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :50, :37].to(torch.uint8)
+    obs = (
+        (torch.rand(2, 3, 13, 10) * 255).repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :50, :37].to(torch.uint8)
+    )
     return agent, obs
 
 
@@ -190,7 +207,9 @@ def test_any_geometry_equals_the_plain_pass(odd, interp, radius, density):
     assert plain.actor_scores.shape == (2, len(range(0, 50, density)), len(range(0, 37, density)))
     _check_structures(agent, obs, (), radius, density, plain, interp)
     windows = perturbation_saliency(agent, obs, (), radius=radius, density=density, interp=interp, incremental=True)
-    assert torch.allclose(windows.actor_scores, plain.actor_scores, rtol=0, atol=1e-12 * float(plain.actor_scores.abs().max()))
+    assert torch.allclose(
+        windows.actor_scores, plain.actor_scores, rtol=0, atol=1e-12 * float(plain.actor_scores.abs().max())
+    )
 
 
 def test_any_geometry_windows_cover_every_mask(odd):
@@ -198,7 +217,9 @@ def test_any_geometry_windows_cover_every_mask(odd):
     masks = perturbation_masks(2, 3, size=(50, 37), dtype=torch.float64)
     geometry = trunk_geometry(agent, agent.conv_trunk())
     for structure in _structures(3):
-        assert_changes_lie_in_windows(agent, window_plan(geometry, masks, structure), obs[:1].double() / 255, masks, "occlude")
+        assert_changes_lie_in_windows(
+            agent, window_plan(geometry, masks, structure), obs[:1].double() / 255, masks, "occlude"
+        )
 
 
 def test_a_policy_without_the_declaration_runs_plain_passes(odd):
@@ -222,7 +243,9 @@ def test_a_policy_without_the_declaration_runs_plain_passes(odd):
     with pytest.raises(ValueError, match=r"incremental inference needs a policy that declares its conv trunk"):
         perturbation_saliency(plain, obs, (), density=6, incremental=True)
     auto = perturbation_saliency(plain, obs, (), density=6)
-    assert torch.equal(auto.actor_scores, perturbation_saliency(agent, obs, (), density=6, incremental=False).actor_scores)
+    assert torch.equal(
+        auto.actor_scores, perturbation_saliency(agent, obs, (), density=6, incremental=False).actor_scores
+    )
 
 
 def test_a_declared_trunk_that_cannot_be_windowed_is_a_clear_error(odd):

@@ -18,7 +18,9 @@ from engine.core.jacobian import BACKENDS, JacobianResult, action_jacobian, jaco
 from engine.policies.greydanus2017 import ActorCritic, load_agent
 from engine.core.preprocessing import preprocess_frames
 
-CHECKPOINT = __import__("tests.conftest", fromlist=["lazy_checkpoint"]).lazy_checkpoint("pong", 40)  # via the registry; skips offline
+CHECKPOINT = __import__("tests.conftest", fromlist=["lazy_checkpoint"]).lazy_checkpoint(
+    "pong", 40
+)  # via the registry; skips offline
 STEPS = 24  # real Pong steps played (random actions)
 PICK = slice(16, 22)  # the frames scored: late enough that the states are far from zero
 TOL = 1e-10  # float64, relative to the max abs of the reference
@@ -122,7 +124,9 @@ def test_maps_equal_autograd_loop(case, backend):
     critic = _loop_grads(agent, frames, states, lambda logits, value, t: value)
     assert _rel(got.actor_grad, actor) <= TOL
     assert _rel(got.critic_grad, critic) <= TOL
-    assert torch.equal(got.actor, got.actor_grad.square().sum(1)) and torch.equal(got.critic, got.critic_grad.square().sum(1))
+    assert torch.equal(got.actor, got.actor_grad.square().sum(1)) and torch.equal(
+        got.critic, got.critic_grad.square().sum(1)
+    )
     assert got.actor.shape == (len(frames), 80, 80) and got.actor_grad.shape == (len(frames), 1, 80, 80)
     # frames differ, so their maps must too (a map broadcast from one frame would fail here)
     assert not torch.allclose(got.critic_grad[0], got.critic_grad[-1])
@@ -237,23 +241,71 @@ def test_bad_inputs_raise_clear_errors(jac_gru_agent, jac_pong_frames):
     frames = jac_pong_frames[:3]
     states = (torch.zeros(3, 256),)
     cases = [
-        (lambda: logprob_gradient(agent, frames, states, torch.tensor([0, 1, 6])), EngineError, r"actions must lie in 0\.\.5.*got values in 0\.\.6"),
-        (lambda: logprob_gradient(agent, frames, states, torch.tensor([-1, 1, 2])), EngineError, r"actions must lie in 0\.\.5"),
+        (
+            lambda: logprob_gradient(agent, frames, states, torch.tensor([0, 1, 6])),
+            EngineError,
+            r"actions must lie in 0\.\.5.*got values in 0\.\.6",
+        ),
+        (
+            lambda: logprob_gradient(agent, frames, states, torch.tensor([-1, 1, 2])),
+            EngineError,
+            r"actions must lie in 0\.\.5",
+        ),
         (lambda: logprob_gradient(agent, frames, states, torch.tensor([0, 1])), EngineError, r"3 frames but 2 actions"),
-        (lambda: logprob_gradient(agent, frames, states, torch.tensor([[0, 1, 2]])), EngineError, r"1-D tensor of shape \(3,\)"),
-        (lambda: logprob_gradient(agent, frames, states, torch.tensor([0.0, 1.0, 2.0])), EngineError, r"integer action indices"),
-        (lambda: logprob_gradient(agent, frames, states, np.array([True, False, True])), EngineError, r"integer action indices"),
+        (
+            lambda: logprob_gradient(agent, frames, states, torch.tensor([[0, 1, 2]])),
+            EngineError,
+            r"1-D tensor of shape \(3,\)",
+        ),
+        (
+            lambda: logprob_gradient(agent, frames, states, torch.tensor([0.0, 1.0, 2.0])),
+            EngineError,
+            r"integer action indices",
+        ),
+        (
+            lambda: logprob_gradient(agent, frames, states, np.array([True, False, True])),
+            EngineError,
+            r"integer action indices",
+        ),
         (lambda: logprob_gradient(agent, frames, states, "left"), TypeError, r"actions must be a tensor"),
-        (lambda: jacobian_saliency(agent, frames, states, backend="jax"), EngineError, r"backend must be one of \('autograd', 'func'\), got 'jax'"),
-        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=0), EngineError, r"frames_per_eval must be a positive integer.*got 0"),
-        (lambda: action_jacobian(agent, frames, states, frames_per_eval=-2), EngineError, r"frames_per_eval must be a positive integer"),
-        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=1.5), EngineError, r"frames_per_eval must be a positive integer"),
-        (lambda: jacobian_saliency(agent, frames, states, frames_per_eval=True), EngineError, r"frames_per_eval must be a positive integer"),
+        (
+            lambda: jacobian_saliency(agent, frames, states, backend="jax"),
+            EngineError,
+            r"backend must be one of \('autograd', 'func'\), got 'jax'",
+        ),
+        (
+            lambda: jacobian_saliency(agent, frames, states, frames_per_eval=0),
+            EngineError,
+            r"frames_per_eval must be a positive integer.*got 0",
+        ),
+        (
+            lambda: action_jacobian(agent, frames, states, frames_per_eval=-2),
+            EngineError,
+            r"frames_per_eval must be a positive integer",
+        ),
+        (
+            lambda: jacobian_saliency(agent, frames, states, frames_per_eval=1.5),
+            EngineError,
+            r"frames_per_eval must be a positive integer",
+        ),
+        (
+            lambda: jacobian_saliency(agent, frames, states, frames_per_eval=True),
+            EngineError,
+            r"frames_per_eval must be a positive integer",
+        ),
         (lambda: jacobian_saliency(agent, frames, (torch.zeros(2, 256),)), ValueError, r"state/frame count mismatch"),
-        (lambda: jacobian_saliency(agent, frames, (torch.zeros(3, 256), torch.zeros(3, 256))), ValueError, r"this agent.s state has 1 tensor\(s\) of shapes \(N, 256\), got 2"),
+        (
+            lambda: jacobian_saliency(agent, frames, (torch.zeros(3, 256), torch.zeros(3, 256))),
+            ValueError,
+            r"this agent.s state has 1 tensor\(s\) of shapes \(N, 256\), got 2",
+        ),
         (lambda: jacobian_saliency(agent, frames[0], (torch.zeros(1, 256),)), ValueError, r"use frames\[None\]"),
         (lambda: jacobian_saliency(agent, torch.zeros(3, 1, 84, 84), states), ValueError, r"\(N, 1, 80, 80\)"),
-        (lambda: jacobian_saliency(torch.nn.Linear(2, 2), frames, states), TypeError, r"agent must implement engine\.core\.policy\.Policy, got Linear \(missing: observation_shape"),
+        (
+            lambda: jacobian_saliency(torch.nn.Linear(2, 2), frames, states),
+            TypeError,
+            r"agent must implement engine\.core\.policy\.Policy, got Linear \(missing: observation_shape",
+        ),
     ]
     for call, exc, message in cases:
         with pytest.raises(exc, match=message):

@@ -11,11 +11,31 @@ from torch import nn
 from engine.core.errors import EngineError
 from engine.core.jacobian import jacobian_saliency
 from engine.core.replay import replay_states
-from engine.metrics.faithfulness import auc, cascade_stages, deletion_insertion, object_agreement, random_maps, randomize_modules, rank_stability, sanity_check, spearman, ssim, temporal_stability, upsample_maps
+from engine.metrics.faithfulness import (
+    auc,
+    cascade_stages,
+    deletion_insertion,
+    object_agreement,
+    random_maps,
+    randomize_modules,
+    rank_stability,
+    sanity_check,
+    spearman,
+    ssim,
+    temporal_stability,
+    upsample_maps,
+)
 from engine.core.perturbation import perturbation_saliency, upsample_exact
 from engine.policies.greydanus2017 import load_agent
 from engine.core.preprocessing import preprocess_frames
-from engine.metrics.regions import PONG_OBJECTS, cells_near, game_object_cells, game_object_pixels, near_cells, object_pixels
+from engine.metrics.regions import (
+    PONG_OBJECTS,
+    cells_near,
+    game_object_cells,
+    game_object_pixels,
+    near_cells,
+    object_pixels,
+)
 from engine.env.rollout import rollout
 from engine.policies.registry import resolve_checkpoint
 from engine.policies.module import wrap_policy
@@ -85,15 +105,25 @@ def test_deletion_insertion_equals_the_loop_for_the_builtin_lstm_agent(builtin_p
 
 
 def test_chunking_and_grids_do_not_change_the_curves(pong_agent, pong_rollout):
-    x, states, actions = pong_rollout.observations[FRAMES], tuple(s[FRAMES] for s in pong_rollout.states), pong_rollout.actions[FRAMES]
+    x, states, actions = (
+        pong_rollout.observations[FRAMES],
+        tuple(s[FRAMES] for s in pong_rollout.states),
+        pong_rollout.actions[FRAMES],
+    )
     result = perturbation_saliency(pong_agent, x, states, density=5)
     whole = deletion_insertion(pong_agent, x, states, result.actor, actions, steps=16)
     for per_eval in (1, 7, 1000):
         chunked = deletion_insertion(pong_agent, x, states, result.actor, actions, steps=16, inputs_per_eval=per_eval)
         for kind in ("deletion", "insertion"):
             for key in ("prob", "kl", "value"):
-                assert getattr(getattr(chunked, kind), key).equal(getattr(getattr(whole, kind), key)), (per_eval, kind, key)
-    one = deletion_insertion(pong_agent, x[2:3], tuple(s[2:3] for s in states), result.actor[2:3], actions[2:3], steps=16)
+                assert getattr(getattr(chunked, kind), key).equal(getattr(getattr(whole, kind), key)), (
+                    per_eval,
+                    kind,
+                    key,
+                )
+    one = deletion_insertion(
+        pong_agent, x[2:3], tuple(s[2:3] for s in states), result.actor[2:3], actions[2:3], steps=16
+    )
     assert one.deletion.prob[0].equal(whole.deletion.prob[2])  # a frame's curves do not depend on the others
     # a score grid is upsampled as the engine does: the same order as the map
     grid = deletion_insertion(pong_agent, x, states, result.actor_scores, actions, steps=16)
@@ -102,7 +132,11 @@ def test_chunking_and_grids_do_not_change_the_curves(pong_agent, pong_rollout):
 
 
 def test_a_map_on_ignored_pixels_scores_worse_than_the_agents_own(pong_agent, pong_rollout):
-    x, states, actions = pong_rollout.observations[FRAMES], tuple(s[FRAMES] for s in pong_rollout.states), pong_rollout.actions[FRAMES]
+    x, states, actions = (
+        pong_rollout.observations[FRAMES],
+        tuple(s[FRAMES] for s in pong_rollout.states),
+        pong_rollout.actions[FRAMES],
+    )
     own = perturbation_saliency(pong_agent, x, states).actor
     ignored = own.amax(dim=(1, 2), keepdim=True) - own  # all mass where the agent does not react
     good = deletion_insertion(pong_agent, x, states, own, actions).aucs()
@@ -210,7 +244,14 @@ def test_replay_reproduces_the_recorded_states(pong_agent, pong_rollout):
 
 
 def test_cascade_stages_go_from_the_heads_down(pong_agent):
-    assert cascade_stages(pong_agent) == [("critic_linear", "actor_linear"), ("gru",), ("conv4",), ("conv3",), ("conv2",), ("conv1",)]
+    assert cascade_stages(pong_agent) == [
+        ("critic_linear", "actor_linear"),
+        ("gru",),
+        ("conv4",),
+        ("conv3",),
+        ("conv2",),
+        ("conv1",),
+    ]
 
 
 def test_randomisation_is_seeded_and_leaves_the_agent_alone(pong_agent):
@@ -220,8 +261,12 @@ def test_randomisation_is_seeded_and_leaves_the_agent_alone(pong_agent):
     a, b = copy.deepcopy(pong_agent), copy.deepcopy(pong_agent).double()
     randomize_modules(a, ["conv2", "actor_linear"], seed=3)
     randomize_modules(b, ["conv2", "actor_linear"], seed=3)
-    assert torch.equal(a.conv2.weight, b.conv2.weight.float())  # drawn on the CPU in float32, whatever the agent's dtype
-    assert not torch.equal(a.conv2.weight, pong_agent.conv2.weight) and torch.equal(a.conv3.weight, pong_agent.conv3.weight)
+    assert torch.equal(
+        a.conv2.weight, b.conv2.weight.float()
+    )  # drawn on the CPU in float32, whatever the agent's dtype
+    assert not torch.equal(a.conv2.weight, pong_agent.conv2.weight) and torch.equal(
+        a.conv3.weight, pong_agent.conv3.weight
+    )
     assert all(torch.equal(v, before[k]) for k, v in pong_agent.state_dict().items())
 
 
@@ -243,7 +288,9 @@ def test_jacobian_maps_pass_the_sanity_check(pong_agent, pong_rollout):
         return {"actor": j.actor, "critic": j.critic}
 
     obs, dones = pong_rollout.observations[:44], pong_rollout.dones[:44]
-    result = sanity_check(pong_agent, obs, jacobian, dones=dones, frames=[40, 43], states=tuple(s[:44] for s in pong_rollout.states))
+    result = sanity_check(
+        pong_agent, obs, jacobian, dones=dones, frames=[40, 43], states=tuple(s[:44] for s in pong_rollout.states)
+    )
     summary = result.summary()
     assert not result.flagged("actor") and not result.flagged("critic")
     assert summary["actor_spearman_all"] < 0.5 and summary["actor_spearman_all"] < summary["actor_spearman_output"]
@@ -255,7 +302,9 @@ def test_jacobian_maps_pass_the_sanity_check(pong_agent, pong_rollout):
 class TinyCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(2, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 16), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(2, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 16), nn.ReLU()
+        )
         self.pi, self.v = nn.Linear(16, 3), nn.Linear(16, 1)
 
     def forward(self, obs):
@@ -279,5 +328,8 @@ def test_sanity_check_of_a_wrapped_network():
     assert result.flagged("actor") == bool(rho[0].mean() >= 0.5 and rho[-1].mean() >= 0.5)
     assert torch.equal(policy.fn.pi.weight, net.pi.weight)  # the wrapped network is untouched
     with pytest.raises(EngineError, match="must be a torch nn.Module"):
-        sanity_check(wrap_policy(lambda o: net(o), observation_shape=(2, 24, 24), num_actions=3,
-                                 pipeline="gymnasium_atari"), obs, jacobian)
+        sanity_check(
+            wrap_policy(lambda o: net(o), observation_shape=(2, 24, 24), num_actions=3, pipeline="gymnasium_atari"),
+            obs,
+            jacobian,
+        )

@@ -35,7 +35,9 @@ CASES = [  # (core, interp, radius, density): radii 3/5/8, densities dividing 80
 
 
 @pytest.mark.parametrize("core,interp,radius,density", CASES)
-def test_scores_equal_loop_reference_float32(core, interp, radius, density, pong_agent, pong_lstm_agent, pong_rollout, lstm_states):
+def test_scores_equal_loop_reference_float32(
+    core, interp, radius, density, pong_agent, pong_lstm_agent, pong_rollout, lstm_states
+):
     agent, states = _agent_and_states(core, pong_agent, pong_lstm_agent, pong_rollout, lstm_states)
     frames = pong_rollout.frames[FRAME : FRAME + 2]
     state = tuple(s[FRAME : FRAME + 2] for s in states)
@@ -90,7 +92,9 @@ def test_exact_upsampling_hits_nodes_and_matches_scipy():
 def test_chunk_size_never_changes_results(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[40:43], tuple(s[40:43] for s in pong_rollout.states)
     everything = perturbation_saliency(pong_agent, frames, states, density=8, perturbations_per_eval=10**9)
-    assert float(everything.actor_scores.amax((1, 2)).min()) > 0 and float(everything.critic_scores.amax((1, 2)).min()) > 0
+    assert (
+        float(everything.actor_scores.amax((1, 2)).min()) > 0 and float(everything.critic_scores.amax((1, 2)).min()) > 0
+    )
     for options in (dict(perturbations_per_eval=1), dict(perturbations_per_eval=7), dict(memory_budget_mb=5)):
         chunked = perturbation_saliency(pong_agent, frames, states, density=8, **options)
         for key in ("actor", "critic", "actor_scores", "critic_scores"):
@@ -159,7 +163,9 @@ def test_bad_inputs_fail_clearly(random_agents, random_frames):
         perturbation_saliency(pong_agent, frames[:, :200], states)
     with pytest.raises(ValueError, match="uint8"):
         perturbation_saliency(pong_agent, frames.to(torch.int32), states)
-    with pytest.raises(ValueError, match=r"this agent.s state has 2 tensor\(s\) of shapes \(N, 256\), \(N, 256\), got 1"):
+    with pytest.raises(
+        ValueError, match=r"this agent.s state has 2 tensor\(s\) of shapes \(N, 256\), \(N, 256\), got 1"
+    ):
         perturbation_saliency(pong_lstm_agent, frames, states)
     with pytest.raises(ValueError, match=r"shape \(N, 256\)"):
         perturbation_saliency(pong_agent, frames, (states[0][:, :100],))

@@ -43,10 +43,12 @@ class SB3Reference:
     """SB3's own Atari environment: one env, stacked and transposed as its algorithms see it."""
 
     def __init__(self, env_id, seed, wrapper_kwargs=None, env_kwargs=None):
-        self.venv = VecTransposeImage(VecFrameStack(
-            make_atari_env(env_id, n_envs=1, seed=seed, wrapper_kwargs=wrapper_kwargs, env_kwargs=env_kwargs),
-            n_stack=4,
-        ))
+        self.venv = VecTransposeImage(
+            VecFrameStack(
+                make_atari_env(env_id, n_envs=1, seed=seed, wrapper_kwargs=wrapper_kwargs, env_kwargs=env_kwargs),
+                n_stack=4,
+            )
+        )
 
     def reset(self):
         return self.venv.reset()[0]
@@ -195,10 +197,22 @@ def compare(pipeline, reference, steps, seed):
 SB3_CASES = {
     # id: (env_id, seed, steps, engine options, SB3 wrapper_kwargs, env_kwargs)
     "breakout-v4-training": ("BreakoutNoFrameskip-v4", 0, 300, library_defaults("sb3_atari"), {}, None),
-    "breakout-v4-full-games": ("BreakoutNoFrameskip-v4", 1, 400, {},
-                               dict(terminal_on_life_loss=False, clip_reward=False), None),
-    "breakout-v5-sticky": ("ALE/Breakout-v5", 2, 400, {}, dict(terminal_on_life_loss=False, clip_reward=False),
-                           dict(frameskip=1)),
+    "breakout-v4-full-games": (
+        "BreakoutNoFrameskip-v4",
+        1,
+        400,
+        {},
+        dict(terminal_on_life_loss=False, clip_reward=False),
+        None,
+    ),
+    "breakout-v5-sticky": (
+        "ALE/Breakout-v5",
+        2,
+        400,
+        {},
+        dict(terminal_on_life_loss=False, clip_reward=False),
+        dict(frameskip=1),
+    ),
     "spaceinvaders-v4-training": ("SpaceInvadersNoFrameskip-v4", 3, 200, library_defaults("sb3_atari"), {}, None),
 }
 
@@ -245,12 +259,27 @@ def test_cleanrl_pipeline_equals_cleanrl_scripts_env(case):
 
 GYMNASIUM_CASES = {
     # id: (env_id, seed, steps, engine options, reference kwargs)
-    "breakout-v5-no-sticky": ("ALE/Breakout-v5", 9, 400, dict(repeat_action_probability=0.0),
-                              dict(repeat_action_probability=0.0)),
-    "breakout-v5-sticky-life-loss": ("ALE/Breakout-v5", 10, 300, dict(episodic_life=True),
-                                     dict(terminal_on_life_loss=True)),
-    "breakout-v4-zero-padding": ("BreakoutNoFrameskip-v4", 11, 300, dict(episodic_life=True, stack_padding="zero"),
-                                 dict(terminal_on_life_loss=True, padding_type="zero")),
+    "breakout-v5-no-sticky": (
+        "ALE/Breakout-v5",
+        9,
+        400,
+        dict(repeat_action_probability=0.0),
+        dict(repeat_action_probability=0.0),
+    ),
+    "breakout-v5-sticky-life-loss": (
+        "ALE/Breakout-v5",
+        10,
+        300,
+        dict(episodic_life=True),
+        dict(terminal_on_life_loss=True),
+    ),
+    "breakout-v4-zero-padding": (
+        "BreakoutNoFrameskip-v4",
+        11,
+        300,
+        dict(episodic_life=True, stack_padding="zero"),
+        dict(terminal_on_life_loss=True, padding_type="zero"),
+    ),
 }
 
 
@@ -258,7 +287,9 @@ GYMNASIUM_CASES = {
 def test_gymnasium_pipeline_equals_atari_preprocessing(case):
     env_id, seed, steps, options, reference_kwargs = GYMNASIUM_CASES[case]
     pipeline = make_pipeline("gymnasium_atari", env_id, 4, **options)
-    observations, _, ends = compare(pipeline, GymReference(gymnasium_env(env_id, **reference_kwargs), seed), steps, seed)
+    observations, _, ends = compare(
+        pipeline, GymReference(gymnasium_env(env_id, **reference_kwargs), seed), steps, seed
+    )
     assert ends >= 1 and observations.shape == (steps + 1, 4, 84, 84)
 
 
@@ -316,7 +347,9 @@ def test_greydanus2017_pipeline_is_the_raw_game_and_its_preprocessing():
 
 def test_options_defaults_and_errors():
     # the engine plays full games with the game's score; the libraries train with lives as episodes and clipping
-    assert ENGINE_DEFAULTS["sb3_atari"]["episodic_life"] is False and ENGINE_DEFAULTS["sb3_atari"]["clip_rewards"] is False
+    assert (
+        ENGINE_DEFAULTS["sb3_atari"]["episodic_life"] is False and ENGINE_DEFAULTS["sb3_atari"]["clip_rewards"] is False
+    )
     assert library_defaults("sb3_atari") == dict(ENGINE_DEFAULTS["sb3_atari"], episodic_life=True, clip_rewards=True)
     assert library_defaults("gymnasium_atari") == ENGINE_DEFAULTS["gymnasium_atari"]
     pipeline = make_pipeline("sb3_atari", "BreakoutNoFrameskip-v4", 4, full_action_space=True)

@@ -16,7 +16,14 @@ import torch
 from engine.core.errors import CheckpointError
 from engine.policies.greydanus2017 import ActorCritic
 from engine.core.policy import Policy
-from engine.policies.cleanrl import ARCHITECTURES, CleanRLDQN, CleanRLPPO, CleanRLPPOLSTM, identify_cleanrl, load_cleanrl
+from engine.policies.cleanrl import (
+    ARCHITECTURES,
+    CleanRLDQN,
+    CleanRLPPO,
+    CleanRLPPOLSTM,
+    identify_cleanrl,
+    load_cleanrl,
+)
 from tests.cleanrl_scripts import (
     CHANNELS,
     ContinuousAgent,
@@ -284,7 +291,9 @@ def test_incremental_inference_equals_plain_passes(saved, script):
 
     policy = load_cleanrl(saved[script][1], device="cpu")
     obs = random_bytes(2, policy.observation_shape[0])
-    state = tuple(torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1))
+    state = tuple(
+        torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1)
+    )
     windows = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=True)
     plain = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=False)
     assert float(plain.actor_scores.max()) > 0

@@ -20,8 +20,11 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("agents")
     sb3_agents.make_agent("ppo", folder / "ppo.zip")
     cleanrl_scripts.save_like_cleanrl(cleanrl_scripts.make_agent("ppo_atari"), folder / "agent.cleanrl_model")
-    return {"sb3": folder / "ppo.zip", "cleanrl": folder / "agent.cleanrl_model",
-            "greydanus2017": resolve_checkpoint("builtin/pong")}
+    return {
+        "sb3": folder / "ppo.zip",
+        "cleanrl": folder / "agent.cleanrl_model",
+        "greydanus2017": resolve_checkpoint("builtin/pong"),
+    }
 
 
 @pytest.mark.parametrize("kind,cls", [("sb3", SB3Policy), ("cleanrl", CleanRLPolicy), ("greydanus2017", ActorCritic)])
@@ -59,8 +62,13 @@ def test_files_of_no_agent_kind_are_named_for_what_they_are(tmp_path, kind):
     """Whatever kind was asked for, the answer says what the file is, never that it is an agent of another kind."""
     wrong = ("greydanus2017 agent", "cleanrl agent", "sb3 agent", "set the agent kind")
     (text := tmp_path / "notes.txt").write_text("not an agent\n")
-    _refused(text, kind, "is not an agent file: it is a text file (it starts with 'not an agent')", "wrap_policy",
-             absent=wrong)
+    _refused(
+        text,
+        kind,
+        "is not an agent file: it is a text file (it starts with 'not an agent')",
+        "wrap_policy",
+        absent=wrong,
+    )
     (js := tmp_path / "config.json").write_text('{"game": "Pong", "frames": 3}')
     _refused(js, kind, "it is a JSON file", absent=wrong)
     (empty := tmp_path / "empty.pt").write_bytes(b"")
@@ -68,16 +76,24 @@ def test_files_of_no_agent_kind_are_named_for_what_they_are(tmp_path, kind):
     with zipfile.ZipFile(archive := tmp_path / "bundle.zip", "w") as out:
         out.writestr("readme.txt", "hello")
         out.writestr("weights/model.bin", b"\0" * 8)
-    _refused(archive, kind, "a zip archive holding ['readme.txt', 'weights/model.bin']", "not an SB3 model",
-             absent=wrong)
+    _refused(
+        archive, kind, "a zip archive holding ['readme.txt', 'weights/model.bin']", "not an SB3 model", absent=wrong
+    )
     _refused(tmp_path / "missing.pt", kind, "does not exist", absent=wrong)
 
 
 @pytest.mark.parametrize("kind", ["auto", "sb3", "cleanrl", "greydanus2017"])
 def test_an_unknown_state_dict_points_to_wrap_policy(tmp_path, kind):
     torch.save({f"encoder.layer{i}.weight": torch.zeros(3) for i in range(8)}, path := tmp_path / "mine.pt")
-    _refused(path, kind, "a state dict of no supported agent", "encoder.layer0.weight", "encoder.layer4.weight",
-             "engine.policies.module.wrap_policy", absent=("greydanus2017 agent", "set the agent kind"))
+    _refused(
+        path,
+        kind,
+        "a state dict of no supported agent",
+        "encoder.layer0.weight",
+        "encoder.layer4.weight",
+        "engine.policies.module.wrap_policy",
+        absent=("greydanus2017 agent", "set the agent kind"),
+    )
     torch.save([torch.zeros(3)], listed := tmp_path / "list.pt")
     _refused(listed, kind, "holds a list, not a state dict")
 

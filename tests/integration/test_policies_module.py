@@ -228,8 +228,11 @@ def test_networks_with_non_finite_outputs_are_refused():
     broken = MyCNN()
     with torch.no_grad():
         broken.pi.weight[2, 5] = float("nan")
-    with pytest.raises(EngineError, match=r"outputs on a test observation \(a black and a white frame\) are not "
-                                          r"finite: NaN or inf in the logits.*parameters pi.weight hold NaN or inf"):
+    with pytest.raises(
+        EngineError,
+        match=r"outputs on a test observation \(a black and a white frame\) are not "
+        r"finite: NaN or inf in the logits.*parameters pi.weight hold NaN or inf",
+    ):
         wrap_policy(broken, observation_shape=(4, 84, 84), pipeline="gymnasium_atari")
 
     def log_of_darkness(obs):

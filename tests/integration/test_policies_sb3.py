@@ -244,7 +244,9 @@ def _compare_with(policy, model, kind="ppo"):
 
 def _sb3_1x_keys(state_dict):
     """SB3 < 1.7 had one features extractor (no pi_/vf_ copies)."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(("pi_features_extractor.", "vf_features_extractor."))}
+    return {
+        k: v for k, v in state_dict.items() if not k.startswith(("pi_features_extractor.", "vf_features_extractor."))
+    }
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
@@ -253,8 +255,14 @@ def test_sb3_1x_and_rl_zoo_zips(agents, tmp_path, layout):
     observation space saved channel-first (after VecTransposeImage) or channel-last (VecFrameStack's (84, 84, 4))."""
     path, model = agents("ppo")
     shape = [4, 84, 84] if layout == "channels_first" else [84, 84, 4]
-    old = rewrite_zip(path, tmp_path / "old.zip", data=lambda d: gym_spaces_data(d, shape), policy=_sb3_1x_keys,
-                      version="1.5.0", drop=("system_info.txt",))
+    old = rewrite_zip(
+        path,
+        tmp_path / "old.zip",
+        data=lambda d: gym_spaces_data(d, shape),
+        policy=_sb3_1x_keys,
+        version="1.5.0",
+        drop=("system_info.txt",),
+    )
     policy = load_sb3(old)
     assert policy.observation_shape == (4, 84, 84) and policy.sb3_version == "1.5.0"
     _compare_with(policy, model)
@@ -280,7 +288,9 @@ def test_sb3_1x_shared_mlp_layers(agents, tmp_path):
 def test_zip_without_readable_policy_class(agents, tmp_path):
     """``model.save(path, exclude=[...])`` or an unknown field layout: the network is told by its keys."""
     path, model = agents("ppo_separate")
-    edited = rewrite_zip(path, tmp_path / "bare.zip", data=lambda d: {k: v for k, v in d.items() if k != "policy_class"})
+    edited = rewrite_zip(
+        path, tmp_path / "bare.zip", data=lambda d: {k: v for k, v in d.items() if k != "policy_class"}
+    )
     _compare_with(load_sb3(edited), model)
 
 
@@ -306,7 +316,9 @@ class _Payload:
         return (open, (self.target, "w"))
 
 
-@pytest.mark.parametrize("kind, found", [("ppo_mlppolicy", "MlpPolicy"), ("ppo_continuous", "continuous (Box) action space")])
+@pytest.mark.parametrize(
+    "kind, found", [("ppo_mlppolicy", "MlpPolicy"), ("ppo_continuous", "continuous (Box) action space")]
+)
 def test_unsupported_policies(agents, kind, found):
     message = _refused(agents(kind)[0], found, "supported: Stable-Baselines3 PPO, A2C and DQN with CnnPolicy")
     assert "RecurrentPPO" in message
@@ -328,8 +340,9 @@ def test_damaged_and_foreign_files(agents, tmp_path):
         archive.writestr("hello.txt", "hi")
     _refused(other, "hello.txt", "not an SB3 agent")
     corrupt = rewrite_zip(path, tmp_path / "corrupt.zip", policy=lambda sd: b"not a torch file at all")
-    _refused(corrupt, "policy.pth is not a torch checkpoint: it is a text file",
-             "(it starts with 'not a torch file at all')")
+    _refused(
+        corrupt, "policy.pth is not a torch checkpoint: it is a text file", "(it starts with 'not a torch file at all')"
+    )
     bad_json = tmp_path / "bad_json.zip"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad_json, "w") as dst:
         for name in src.namelist():
@@ -339,13 +352,19 @@ def test_damaged_and_foreign_files(agents, tmp_path):
 
 def test_unknown_and_inconsistent_tensors(agents, tmp_path):
     path = agents("ppo")[0]
-    extra = rewrite_zip(path, tmp_path / "extra.zip", policy=lambda sd: {**sd, "extra_head.weight": torch.zeros(3, 512)})
+    extra = rewrite_zip(
+        path, tmp_path / "extra.zip", policy=lambda sd: {**sd, "extra_head.weight": torch.zeros(3, 512)}
+    )
     _refused(extra, "unexpected tensors ['extra_head.weight']", "supported:")
-    missing = rewrite_zip(path, tmp_path / "missing.zip",
-                          policy=lambda sd: {k: v for k, v in sd.items() if not k.startswith("value_net")})
+    missing = rewrite_zip(
+        path, tmp_path / "missing.zip", policy=lambda sd: {k: v for k, v in sd.items() if not k.startswith("value_net")}
+    )
     _refused(missing, "missing tensor 'value_net.weight'")
-    nan = rewrite_zip(path, tmp_path / "nan.zip",
-                      policy=lambda sd: {**sd, "action_net.bias": torch.full_like(sd["action_net.bias"], float("nan"))})
+    nan = rewrite_zip(
+        path,
+        tmp_path / "nan.zip",
+        policy=lambda sd: {**sd, "action_net.bias": torch.full_like(sd["action_net.bias"], float("nan"))},
+    )
     _refused(nan, "non-finite")
     # a PPO's data with a DQN's tensors
 
@@ -370,11 +389,27 @@ def test_data_that_does_not_fit(agents, tmp_path):
     _refused(rewrite_zip(path, tmp_path / "a.zip", data=edit("observation_space", _shape=[3, 84, 84])), "does not fit")
     _refused(rewrite_zip(path, tmp_path / "b.zip", data=edit("observation_space", dtype="float32")), "dtype float32")
     _refused(rewrite_zip(path, tmp_path / "c.zip", data=edit("action_space", n="9")), "action_net.weight")
-    _refused(rewrite_zip(path, tmp_path / "d.zip", data=edit(
-        "policy_kwargs", features_extractor_class="<class 'my_project.CustomCNN'>")), "CustomCNN", "NatureCNN")
-    _refused(rewrite_zip(path, tmp_path / "e.zip", data=edit(
-        "policy_class", __module__="stable_baselines3.sac.policies", __init__="<function CnnPolicy.__init__ at 0x1>")),
-        "SAC")
+    _refused(
+        rewrite_zip(
+            path,
+            tmp_path / "d.zip",
+            data=edit("policy_kwargs", features_extractor_class="<class 'my_project.CustomCNN'>"),
+        ),
+        "CustomCNN",
+        "NatureCNN",
+    )
+    _refused(
+        rewrite_zip(
+            path,
+            tmp_path / "e.zip",
+            data=edit(
+                "policy_class",
+                __module__="stable_baselines3.sac.policies",
+                __init__="<function CnnPolicy.__init__ at 0x1>",
+            ),
+        ),
+        "SAC",
+    )
 
 
 @pytest.fixture
@@ -396,8 +431,10 @@ def test_entries_that_inflate_are_refused_unread(agents, tmp_path, inflated_byte
     """A policy.pth or data of 48 MiB of zeros, deflated to some 50 KB (a 1 MB zip whose policy.pth inflates to
     1 GiB, in small): refused from the zip directory, before a byte is inflated."""
     path = agents("ppo")[0]
-    for entry, edit in (("policy.pth", dict(policy=lambda sd: bytes(48 << 20))),
-                        ("data", dict(data=lambda d: b" " * (48 << 20) + b"{}"))):
+    for entry, edit in (
+        ("policy.pth", dict(policy=lambda sd: bytes(48 << 20))),
+        ("data", dict(data=lambda d: b" " * (48 << 20) + b"{}")),
+    ):
         bomb = rewrite_zip(path, tmp_path / f"{entry}_bomb.zip", **edit)
         assert bomb.stat().st_size < path.stat().st_size + 200_000
         inflated_bytes[0] = 0
@@ -409,8 +446,11 @@ def test_expanded_tensors_are_refused_before_any_comparison(agents, tmp_path, mo
     """policy.pth with (10^6, 10^6) stride-0 tensors under both names of the actor's extractor: comparing them
     would take 10^12 steps; they are refused from their strides first."""
     huge = torch.zeros(1).expand(10**6, 10**6)
-    evil = rewrite_zip(agents("ppo")[0], tmp_path / "expanded.zip", policy=lambda sd: {
-        **sd, "features_extractor.huge": huge, "pi_features_extractor.huge": huge})
+    evil = rewrite_zip(
+        agents("ppo")[0],
+        tmp_path / "expanded.zip",
+        policy=lambda sd: {**sd, "features_extractor.huge": huge, "pi_features_extractor.huge": huge},
+    )
     real_equal = torch.equal
 
     def equal(a, b):
@@ -424,8 +464,11 @@ def test_expanded_tensors_are_refused_before_any_comparison(agents, tmp_path, mo
 
 def test_deeply_nested_data_is_refused(agents, tmp_path):
     nested = b'{"policy_class": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    _refused(rewrite_zip(agents("ppo")[0], tmp_path / "nested.zip", data=lambda d: nested),
-             "'data' entry nests 100001 levels deep", "at most 64")
+    _refused(
+        rewrite_zip(agents("ppo")[0], tmp_path / "nested.zip", data=lambda d: nested),
+        "'data' entry nests 100001 levels deep",
+        "at most 64",
+    )
 
 
 def test_pickle_in_policy_pth_is_never_executed(agents, tmp_path):
@@ -450,7 +493,10 @@ def test_serialized_json_entries_are_never_unpickled(agents, tmp_path):
     assert live.exists()
 
     def poison(data):
-        return {k: ({**v, ":serialized:": blob} if isinstance(v, dict) and ":serialized:" in v else v) for k, v in data.items()}
+        return {
+            k: ({**v, ":serialized:": blob} if isinstance(v, dict) and ":serialized:" in v else v)
+            for k, v in data.items()
+        }
 
     policy = load_sb3(rewrite_zip(path, tmp_path / "poisoned.zip", data=poison))
     assert not marker.exists()
@@ -471,7 +517,9 @@ def test_saliency_equals_the_loop_reference(agents, kind):
     policy = load_sb3(agents(kind)[0], dtype=torch.float64)
     obs = observations(3, seed=4)
     generator = torch.Generator().manual_seed(1)
-    state = tuple(torch.randn(3, *s.shape[1:], generator=generator, dtype=torch.float64) * 0.5 for s in policy.initial_state(1))
+    state = tuple(
+        torch.randn(3, *s.shape[1:], generator=generator, dtype=torch.float64) * 0.5 for s in policy.initial_state(1)
+    )
     got = perturbation_saliency(policy, obs, state, density=21)
     for t in range(3):
         ref = saliency_np(policy, obs[t].numpy(), tuple(s[t : t + 1] for s in state), density=21)
@@ -499,7 +547,9 @@ def test_incremental_inference_equals_plain_passes(agents, kind):
 
     policy = load_sb3(agents(kind)[0])
     obs = observations(2, seed=7)
-    state = tuple(torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1))
+    state = tuple(
+        torch.randn(2, *s.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5 for s in policy.initial_state(1)
+    )
     windows = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=True)
     plain = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=False)
     assert float(plain.actor_scores.max()) > 0

@@ -44,7 +44,9 @@ def test_unresolvable_names_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
     with pytest.raises(CheckpointError, match=r"neither an existing file nor a known name \(baby-a3c/breakout"):
         resolve_checkpoint("baby-a3c/tetris")
-    with pytest.raises(CheckpointError, match=r"not found in the local directories .*export ATARI_SALIENCY_CHECKPOINTS="):
+    with pytest.raises(
+        CheckpointError, match=r"not found in the local directories .*export ATARI_SALIENCY_CHECKPOINTS="
+    ):
         resolve_checkpoint("baby-a3c/pong", [str(tmp_path)], cache_dir=tmp_path / "cache", allow_download=False)
 
 
@@ -89,7 +91,9 @@ def loopback_server(tmp_path):
 
 def _point_registry_at(monkeypatch, base_url: str, sha256: str):
     entry = registry.KNOWN["baby-a3c/pong@40"]
-    patched = registry.KnownCheckpoint(entry.name, entry.relative_path, f"{base_url}/model.40.tar", sha256, entry.env_id)
+    patched = registry.KnownCheckpoint(
+        entry.name, entry.relative_path, f"{base_url}/model.40.tar", sha256, entry.env_id
+    )
     monkeypatch.setitem(registry.KNOWN, entry.name, patched)
     return patched
 
@@ -114,7 +118,10 @@ def test_cached_file_with_another_hash_says_so_and_is_not_used(loopback_server, 
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
         path = resolve_checkpoint("baby-a3c/pong", [], cache_dir=cache)
     assert path == stale and path.read_bytes() == published
-    assert f"the cached copy {stale} has sha256 {found}" in caplog.text and "downloading baby-a3c/pong@40 again" in caplog.text
+    assert (
+        f"the cached copy {stale} has sha256 {found}" in caplog.text
+        and "downloading baby-a3c/pong@40 again" in caplog.text
+    )
 
 
 def test_download_checks_sha256_and_caches(loopback_server, tmp_path, monkeypatch):
@@ -158,7 +165,10 @@ def test_builtin_names_resolve_inside_the_package(tmp_path, monkeypatch):
     assert resolve_checkpoint("builtin/pong", allow_download=False) == tmp_path / "pong" / "step_3500000.pt"
     assert resolve_checkpoint("builtin/pong@250000") == tmp_path / "pong" / "step_250000.pt"
     assert registry.builtin_names() == [
-        "builtin/pong", "builtin/pong@250000", "builtin/pong@1000000", "builtin/pong@3500000"
+        "builtin/pong",
+        "builtin/pong@250000",
+        "builtin/pong@1000000",
+        "builtin/pong@3500000",
     ]
     with pytest.raises(CheckpointError, match=r"checkpoints at 250000, 1000000, 3500000 frames"):
         resolve_checkpoint("builtin/pong@2000000")
@@ -177,17 +187,34 @@ def test_builtin_names_cannot_leave_the_package(tmp_path, monkeypatch):
         (outside / "step_5.pt").write_bytes(b"not packaged")
     monkeypatch.setattr(registry, "BUILTIN_DIR", agents)
     for name in (
-        "builtin/../elsewhere", "builtin/../../x", "builtin/../agents/pong", "builtin/pong/../pong", "builtin/..",
-        "builtin/./pong", "builtin//pong", "builtin/" + str(tmp_path / "x"), "builtin/", "builtin/Pong",
-        "builtin/pong@", "builtin/pong@5x", "builtin/pong@-1", "builtin/pong@100/..", "builtin/po ng",
-        "builtin/pong\n", "builtin/pong@１００",
+        "builtin/../elsewhere",
+        "builtin/../../x",
+        "builtin/../agents/pong",
+        "builtin/pong/../pong",
+        "builtin/..",
+        "builtin/./pong",
+        "builtin//pong",
+        "builtin/" + str(tmp_path / "x"),
+        "builtin/",
+        "builtin/Pong",
+        "builtin/pong@",
+        "builtin/pong@5x",
+        "builtin/pong@-1",
+        "builtin/pong@100/..",
+        "builtin/po ng",
+        "builtin/pong\n",
+        "builtin/pong@１００",
     ):
-        with pytest.raises(CheckpointError, match=r"is not a built-in agent name: use builtin/<game> or builtin/<game>@"):
+        with pytest.raises(
+            CheckpointError, match=r"is not a built-in agent name: use builtin/<game> or builtin/<game>@"
+        ):
             resolve_checkpoint(name, allow_download=False)
     # links inside the package that point outside it are not followed
     os.symlink(tmp_path / "x", agents / "linked")
     os.symlink(tmp_path / "x" / "step_5.pt", agents / "pong" / "step_5.pt")
-    with pytest.raises(CheckpointError, match=r"built-in game 'linked' resolves to .*/x, outside the package's .*agents"):
+    with pytest.raises(
+        CheckpointError, match=r"built-in game 'linked' resolves to .*/x, outside the package's .*agents"
+    ):
         resolve_checkpoint("builtin/linked", allow_download=False)
     with pytest.raises(CheckpointError, match=r"the built-in pong agent has checkpoints at 100 frames"):
         resolve_checkpoint("builtin/pong@5", allow_download=False)

@@ -35,6 +35,7 @@ KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
 
 # --- synthetic Atari-like runs, generated window by window (a 2,000-frame run never exists in memory at once) ---
 
+
 def pong_like_frames(start: int, stop: int) -> np.ndarray:
     """Frames start..stop-1 of a Pong-like game (uint8 (N, 210, 160, 3)): background, walls, two paddles and a
     ball that move every frame, a score that changes every 97 frames; deterministic in the frame index."""
@@ -44,7 +45,10 @@ def pong_like_frames(start: int, stop: int) -> np.ndarray:
     frames[:] = (144, 72, 17)
     frames[:, 24:34] = frames[:, 194:210] = (236, 236, 236)
     rows = np.arange(210)[None, :]
-    for col, centre in ((16, 110 + (70 * np.sin(t / 17)).astype(int)), (140, 110 + (70 * np.sin(t / 11 + 1)).astype(int))):
+    for col, centre in (
+        (16, 110 + (70 * np.sin(t / 17)).astype(int)),
+        (140, 110 + (70 * np.sin(t / 11 + 1)).astype(int)),
+    ):
         hit = (rows >= centre[:, None] - 8) & (rows < centre[:, None] + 8)  # (N, 210)
         frames[:, :, col : col + 4][hit] = (92, 186, 92) if col > 80 else (213, 130, 74)
     by = 40 + np.abs((t * 3) % 300 - 150)  # bouncing between the walls
@@ -69,7 +73,9 @@ def maps_like(kind: str, start: int, stop: int) -> np.ndarray:
     yy, xx = np.mgrid[0:80, 0:80]
     blob = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * 6.0**2))
     if not kind.startswith("jacobian"):
-        return (blob * (1 + 0.5 * np.sin(t / 5))[:, None, None] + 0.02 * np.exp(-((yy - 40) ** 2) / 800.0)).astype(np.float32)
+        return (blob * (1 + 0.5 * np.sin(t / 5))[:, None, None] + 0.02 * np.exp(-((yy - 40) ** 2) / 800.0)).astype(
+            np.float32
+        )
     rng = np.random.default_rng([start, KINDS.index(kind)])
     return (np.abs(rng.standard_normal((len(t), 80, 80))) * (0.2 + blob)).astype(np.float32)
 
@@ -79,8 +85,12 @@ def synthetic_run(n: int, kinds=KINDS):
     frames = WindowedArray(pong_like_frames, (n, 210, 160, 3))
     maps = {k: WindowedArray(lambda a, b, k=k: maps_like(k, a, b), (n, 80, 80)) for k in kinds}
     t = np.arange(n)
-    series = dict(values=np.sin(t / 9.0).astype(np.float32), actions=(t // 3) % 6, rewards=np.where(t % 50 == 49, 1.0, 0.0),
-                  dones=t % 400 == 399)
+    series = dict(
+        values=np.sin(t / 9.0).astype(np.float32),
+        actions=(t // 3) % 6,
+        rewards=np.where(t % 50 == 49, 1.0, 0.0),
+        dones=t % 400 == 399,
+    )
     return frames, maps, series
 
 
@@ -98,6 +108,7 @@ def dequantised(data: dict, sheets: dict, panel: int, kind: str) -> np.ndarray:
 
 # --- the page's content -------------------------------------------------------------------------------------
 
+
 def test_every_frame_map_and_series_is_in_the_page(tmp_path):
     """70 frames = sheets of 32, 32 and 6: every frame decodes to the recorded pixels exactly; each map is within
     half a quantisation step of its float values; the statistics and series are those of the arrays."""
@@ -106,8 +117,16 @@ def test_every_frame_map_and_series_is_in_the_page(tmp_path):
     maps = {k: maps_like(k, 0, n) for k in KINDS}
     maps["critic"][5] = 0.0  # a map that is zero everywhere survives quantisation (no division by zero)
     _, _, series = synthetic_run(n)
-    path = write_report(tmp_path / "report.html", frames, maps, action_names=NAMES, title="synthetic", checkpoint="ck.pt",
-                        settings={"radius": 5}, **series)
+    path = write_report(
+        tmp_path / "report.html",
+        frames,
+        maps,
+        action_names=NAMES,
+        title="synthetic",
+        checkpoint="ck.pt",
+        settings={"radius": 5},
+        **series,
+    )
     data, sheets = read_report_data(path)
     assert data["frames"] == n and data["frames_per_sheet"] == 32 and len(sheets["frames"]) == 3
     assert data["lossy_sheets"] == [] and data["kinds"] == list(KINDS)
@@ -133,8 +152,10 @@ def test_the_page_is_built_one_window_at_a_time(tmp_path):
     """Frames and maps are read in windows of frames_per_sheet, each once; nothing reads the whole run."""
     n, reads = 50, []
     frames = WindowedArray(lambda a, b: (reads.append(("frames", a, b)), pong_like_frames(a, b))[1], (n, 210, 160, 3))
-    maps = {k: WindowedArray(lambda a, b, k=k: (reads.append((k, a, b)), maps_like(k, a, b))[1], (n, 80, 80))
-            for k in ("actor", "critic")}
+    maps = {
+        k: WindowedArray(lambda a, b, k=k: (reads.append((k, a, b)), maps_like(k, a, b))[1], (n, 80, 80))
+        for k in ("actor", "critic")
+    }
     write_report(tmp_path / "r.html", frames, maps, frames_per_sheet=16)
     windows = [(0, 16), (16, 32), (32, 48), (48, 50)]
     assert reads == [(name, a, b) for a, b in windows for name in ("frames", "actor", "critic")]
@@ -189,6 +210,7 @@ def test_a_rewrite_that_fails_halfway_keeps_the_previous_page(tmp_path):
 
 # --- size ------------------------------------------------------------------------------------------------------
 
+
 def test_2000_frames_stay_under_50_mb_with_every_frame_present(tmp_path):
     """A synthetic 2,000-frame Pong-like run with actor and critic maps (the main job's): under 50 MB, stored
     lossless (no sheet needed the lossy fallback), and every one of the 2,000 frames and maps is in the page."""
@@ -242,18 +264,32 @@ def test_noise_falls_back_to_lossy_within_the_budget_and_keeps_every_frame(tmp_p
 
 # --- bad inputs ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("frames,maps,kwargs,message", [
-    (np.zeros((4, 84, 84), np.uint8), {}, {}, "raw ALE frames (T, 210, 160, 3)"),
-    (np.zeros((0, 210, 160, 3), np.uint8), {}, {}, "frames is empty"),
-    ([1, 2, 3], {}, {}, "must be an array with time as its first axis"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((3, 80, 80), np.float32)}, {}, "3 maps for 4 frames"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {"saliency": np.zeros((4, 80, 80), np.float32)}, {}, "unknown map kind 'saliency'"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((4, 80), np.float32)}, {}, "must be (T, H, W)"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.full((4, 80, 80), np.nan, np.float32)}, {}, "NaN or infinite"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {}, {"values": np.zeros(5)}, "values holds 5 values for 4 frames"),
-    (np.zeros((4, 210, 160, 3), np.float32), {}, {}, "expected uint8"),
-    (np.zeros((4, 210, 160, 3), np.uint8), {}, {"frames_per_sheet": 100}, "frames_per_sheet must be in 1..78"),
-])
+
+@pytest.mark.parametrize(
+    "frames,maps,kwargs,message",
+    [
+        (np.zeros((4, 84, 84), np.uint8), {}, {}, "raw ALE frames (T, 210, 160, 3)"),
+        (np.zeros((0, 210, 160, 3), np.uint8), {}, {}, "frames is empty"),
+        ([1, 2, 3], {}, {}, "must be an array with time as its first axis"),
+        (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((3, 80, 80), np.float32)}, {}, "3 maps for 4 frames"),
+        (
+            np.zeros((4, 210, 160, 3), np.uint8),
+            {"saliency": np.zeros((4, 80, 80), np.float32)},
+            {},
+            "unknown map kind 'saliency'",
+        ),
+        (np.zeros((4, 210, 160, 3), np.uint8), {"actor": np.zeros((4, 80), np.float32)}, {}, "must be (T, H, W)"),
+        (
+            np.zeros((4, 210, 160, 3), np.uint8),
+            {"actor": np.full((4, 80, 80), np.nan, np.float32)},
+            {},
+            "NaN or infinite",
+        ),
+        (np.zeros((4, 210, 160, 3), np.uint8), {}, {"values": np.zeros(5)}, "values holds 5 values for 4 frames"),
+        (np.zeros((4, 210, 160, 3), np.float32), {}, {}, "expected uint8"),
+        (np.zeros((4, 210, 160, 3), np.uint8), {}, {"frames_per_sheet": 100}, "frames_per_sheet must be in 1..78"),
+    ],
+)
 def test_bad_inputs_are_refused_with_the_problem_named(tmp_path, frames, maps, kwargs, message):
     with pytest.raises(EngineError, match=message.replace("(", r"\(").replace(")", r"\)")):
         write_report(tmp_path / "r.html", frames, maps, **kwargs)
@@ -262,11 +298,16 @@ def test_bad_inputs_are_refused_with_the_problem_named(tmp_path, frames, maps, k
 
 def test_sweep_page_without_a_shared_game_is_the_table_and_links(tmp_path):
     rows = [{"job": "0", "radius": 3, "actor_max": 0.5}, {"job": "1", "radius": 5, "actor_max": None}]
-    path = write_sweep_report(tmp_path / "report.html", rows, ["job", "radius", "actor_max"], links={"0": "0/report.html"})
+    path = write_sweep_report(
+        tmp_path / "report.html", rows, ["job", "radius", "actor_max"], links={"0": "0/report.html"}
+    )
     data, sheets = read_report_data(path)
     assert data["frames"] == 0 and sheets["frames"] == [] and data["kind"] == "sweep"
-    assert data["table"] == {"columns": ["job", "radius", "actor_max"], "rows": [["0", 3, 0.5], ["1", 5, None]],
-                             "links": {"0": "0/report.html"}}
+    assert data["table"] == {
+        "columns": ["job", "radius", "actor_max"],
+        "rows": [["0", 3, 0.5], ["1", 5, None]],
+        "links": {"0": "0/report.html"},
+    }
     with pytest.raises(EngineError, match="panels need the frames"):
         write_sweep_report(tmp_path / "x.html", rows, ["job"], panels=[Panel("0", {})])
 
@@ -276,41 +317,50 @@ def test_sweep_page_without_a_shared_game_is_the_table_and_links(tmp_path):
 HREF = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+(?:/(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+)*$")  # what a link may be
 
 
-@pytest.mark.parametrize("link,href", [
-    ("0/report.html", "0/report.html"),
-    ("job 7/report.html", "job%207/report.html"),
-    ("a#b?c%d/report.html", "a%23b%3Fc%25d/report.html"),  # a folder name, never a fragment, query or escape
-    ('"><img src=x onerror=alert(1)>/report.html', "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html"),
-    ("x/./y/../report.html", "x/report.html"),  # normalised, and inside
-    ("x\\..\\..\\etc/report.html", "x%5C..%5C..%5Cetc/report.html"),  # a backslash is part of a name here
-    ("sweep=1,tag=<b>/report.html", "sweep%3D1%2Ctag%3D%3Cb%3E/report.html"),  # a Hydra override_dirname
-])
+@pytest.mark.parametrize(
+    "link,href",
+    [
+        ("0/report.html", "0/report.html"),
+        ("job 7/report.html", "job%207/report.html"),
+        ("a#b?c%d/report.html", "a%23b%3Fc%25d/report.html"),  # a folder name, never a fragment, query or escape
+        (
+            '"><img src=x onerror=alert(1)>/report.html',
+            "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html",
+        ),
+        ("x/./y/../report.html", "x/report.html"),  # normalised, and inside
+        ("x\\..\\..\\etc/report.html", "x%5C..%5C..%5Cetc/report.html"),  # a backslash is part of a name here
+        ("sweep=1,tag=<b>/report.html", "sweep%3D1%2Ctag%3D%3Cb%3E/report.html"),  # a Hydra override_dirname
+    ],
+)
 def test_a_link_inside_the_page_directory_is_kept_url_encoded(tmp_path, link, href):
     assert relative_link(link, tmp_path) == href
     assert HREF.match(href) and ":" not in href
 
 
-@pytest.mark.parametrize("link,problem", [
-    ("javascript:alert(1)", "scheme"),
-    ("JaVaScRiPt:alert(1)", "scheme"),
-    (" javascript:alert(1)", "scheme"),  # browsers strip the space: so does the check
-    ("java\tscript:alert(1)", "scheme"),  # browsers drop the tab: so does the check
-    ("javascript:alert(1)/report.html", "scheme"),
-    ("data:text/html,<script>alert(1)</script>", "scheme"),
-    ("vbscript:msgbox(1)", "scheme"),
-    ("file://host/share/report.html", "scheme or a host"),
-    ("file:///etc/passwd", "scheme"),
-    ("https://example.com/report.html", "scheme"),
-    ("//example.com/report.html", "host"),
-    ("/etc/passwd", "absolute"),
-    ("../../etc", "leaves the page's directory"),
-    ("../../etc/report.html", "leaves the page's directory"),
-    ("0/../../etc/report.html", "leaves the page's directory"),
-    ("..", "leaves the page's directory"),
-    (".", "own directory"),
-    ("", "empty"),
-    ("a\x00b/report.html", "NUL"),
-])
+@pytest.mark.parametrize(
+    "link,problem",
+    [
+        ("javascript:alert(1)", "scheme"),
+        ("JaVaScRiPt:alert(1)", "scheme"),
+        (" javascript:alert(1)", "scheme"),  # browsers strip the space: so does the check
+        ("java\tscript:alert(1)", "scheme"),  # browsers drop the tab: so does the check
+        ("javascript:alert(1)/report.html", "scheme"),
+        ("data:text/html,<script>alert(1)</script>", "scheme"),
+        ("vbscript:msgbox(1)", "scheme"),
+        ("file://host/share/report.html", "scheme or a host"),
+        ("file:///etc/passwd", "scheme"),
+        ("https://example.com/report.html", "scheme"),
+        ("//example.com/report.html", "host"),
+        ("/etc/passwd", "absolute"),
+        ("../../etc", "leaves the page's directory"),
+        ("../../etc/report.html", "leaves the page's directory"),
+        ("0/../../etc/report.html", "leaves the page's directory"),
+        ("..", "leaves the page's directory"),
+        (".", "own directory"),
+        ("", "empty"),
+        ("a\x00b/report.html", "NUL"),
+    ],
+)
 def test_a_link_that_could_lead_elsewhere_is_dropped_and_logged(tmp_path, caplog, link, problem):
     with caplog.at_level(logging.WARNING, logger="engine.viz.report"):
         assert relative_link(link, tmp_path, "job 'x'") is None
@@ -349,8 +399,11 @@ def test_sweep_links_from_data_are_checked_where_the_page_is_written(tmp_path, c
     data, _ = read_report_data(path)
     assert [row[0] for row in data["table"]["rows"]] == jobs
     img = '"><img src=x onerror=alert(1)>'
-    assert data["table"]["links"] == {"0": "0/report.html", "a#b?c%d": "a%23b%3Fc%25d/report.html",
-                                      img: "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html"}
+    assert data["table"]["links"] == {
+        "0": "0/report.html",
+        "a#b?c%d": "a%23b%3Fc%25d/report.html",
+        img: "%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/report.html",
+    }
     assert "job 'javascript:alert(1)'" in caplog.text and "job '../../etc'" in caplog.text
 
     frames = pong_like_frames(0, 2)
@@ -392,17 +445,35 @@ def test_only_the_hashed_viewer_script_can_run(tmp_path):
     style-src the hash of the one style element; every other script element is a JSON data block; no element has
     an inline event handler, and markup in the data (title, names, settings) opens no element."""
     evil = '"><img src=x onerror=alert(1)><script>alert(1)</script>'
-    path = write_report(tmp_path / "r.html", pong_like_frames(0, 3), {"actor": maps_like("actor", 0, 3)},
-                        title=f"ALE/{evil}-v5", action_names=[evil, "FIRE"], checkpoint=evil,
-                        settings={"tags": [evil], "overrides": [f"saliency.radius={evil}"]},
-                        actions=np.array([0, 1, 0]))
+    path = write_report(
+        tmp_path / "r.html",
+        pong_like_frames(0, 3),
+        {"actor": maps_like("actor", 0, 3)},
+        title=f"ALE/{evil}-v5",
+        action_names=[evil, "FIRE"],
+        checkpoint=evil,
+        settings={"tags": [evil], "overrides": [f"saliency.radius={evil}"]},
+        actions=np.array([0, 1, 0]),
+    )
     markup = _Markup()
     markup.feed(path.read_text(encoding="utf-8"))
-    assert {tag for tag, _ in markup.tags} == {"html", "head", "meta", "link", "title", "style", "body", "noscript",
-                                               "script"}
+    assert {tag for tag, _ in markup.tags} == {
+        "html",
+        "head",
+        "meta",
+        "link",
+        "title",
+        "style",
+        "body",
+        "noscript",
+        "script",
+    }
     assert not [(tag, a) for tag, attrs in markup.tags for a in attrs if a.lower().startswith("on")]
-    csp = next(attrs["content"] for tag, attrs in markup.tags
-               if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy")
+    csp = next(
+        attrs["content"]
+        for tag, attrs in markup.tags
+        if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy"
+    )
     policy = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
     code = [text for tag, attrs, text in markup.texts if tag == "script" and attrs.get("type") != "application/json"]
     styles = [text for tag, _, text in markup.texts if tag == "style"]
@@ -466,8 +537,14 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path):
 
     sweep, game = tmp_path / "sweep", str(tmp_path / "game")
     for job, radius in (("0", 3), ("1", 5)):
-        run_job(tiny_job(sweep / job, rollout={"steps": 10}, saliency={"radius": radius},
-                         store={"rollout": game, "frames_per_chunk": 4}))
+        run_job(
+            tiny_job(
+                sweep / job,
+                rollout={"steps": 10},
+                saliency={"radius": radius},
+                store={"rollout": game, "frames_per_chunk": 4},
+            )
+        )
     recorded = RolloutStore.open(game).read()
     for job in ("0", "1"):
         data, sheets = read_report_data(sweep / job / "report.html")
@@ -476,8 +553,12 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path):
         assert data["series"]["actions"] == recorded.actions.tolist()
         maps = SaliencyStore.open(sweep / job / "saliency_store").read()
         span = maps["actor"].max(axis=(1, 2)) - maps["actor"].min(axis=(1, 2))
-        assert np.all(np.abs(dequantised(data, sheets, 0, "actor") - maps["actor"]).max(axis=(1, 2)) <= span / 510 * 1.001 + 1e-12)
-    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}}))
+        assert np.all(
+            np.abs(dequantised(data, sheets, 0, "actor") - maps["actor"]).max(axis=(1, 2)) <= span / 510 * 1.001 + 1e-12
+        )
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}})
+    )
     data, sheets = read_report_data(sweep / "report.html")
     assert data["kind"] == "sweep" and data["frames"] == 10 and [p["name"] for p in data["panels"]] == ["0", "1"]
     assert [p["label"] for p in data["panels"]] == ["job 0: radius=3.0", "job 1: radius=5.0"]

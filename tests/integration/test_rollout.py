@@ -26,7 +26,9 @@ def test_recorded_states_reproduce_recorded_outputs_bit_for_bit(pong_agent, pong
 def test_slicing(pong_rollout):
     part = pong_rollout[10:20]
     assert len(part) == 10 and part.env_id == "Pong-v4"
-    assert torch.equal(part.frames, pong_rollout.frames[10:20]) and torch.equal(part.states[0], pong_rollout.states[0][10:20])
+    assert torch.equal(part.frames, pong_rollout.frames[10:20]) and torch.equal(
+        part.states[0], pong_rollout.states[0][10:20]
+    )
     one = pong_rollout[5]
     assert len(one) == 1 and torch.equal(one.logits[0], pong_rollout.logits[5])
     picked = pong_rollout[torch.tensor([3, 7])]
@@ -164,7 +166,9 @@ def test_feed_forward_policy_rollout_in_its_pipeline(pipeline):
     env = make_pipeline(spec.name, spec.env_id, spec.frame_stack, **spec.options)
     step = env.reset(seed=3)
     for t in range(len(r)):
-        assert np.array_equal(step.observation, r.observations[t].numpy()) and np.array_equal(step.frame, r.frames[t].numpy())
+        assert np.array_equal(step.observation, r.observations[t].numpy()) and np.array_equal(
+            step.frame, r.frames[t].numpy()
+        )
         step = env.step(int(r.actions[t]))
         assert step.reward == r.rewards[t] and (step.terminated or step.truncated) == bool(r.dones[t])
         if r.dones[t]:
@@ -262,7 +266,9 @@ def test_player_replay_reaches_the_recorded_position():
     assert r.dones[:100].any()
     player = Player(agent, "BreakoutNoFrameskip-v4", seed=8, episodic_life=True)
     player.replay(r.actions[:100], r.dones[:100], frames=r.frames[90:100], observations=r.observations[90:100].numpy())
-    assert np.array_equal(player.observation, r.observations[100].numpy()) and np.array_equal(player.frame, r.frames[100].numpy())
+    assert np.array_equal(player.observation, r.observations[100].numpy()) and np.array_equal(
+        player.frame, r.frames[100].numpy()
+    )
     player.close()
     tampered = r.observations[:10].numpy().copy()
     tampered[5, 0, 40, 40] ^= 1

@@ -29,7 +29,9 @@ SETTINGS = SaliencyConfig(density=10)
 def recorded(tmp_path_factory, pong_agent, pong_checkpoint):
     root = tmp_path_factory.mktemp("rollout")
     sha = sha256_of(pong_checkpoint)
-    return record_rollout(pong_agent, "Pong-v4", STEPS, root, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False), sha
+    return record_rollout(
+        pong_agent, "Pong-v4", STEPS, root, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
+    ), sha
 
 
 def test_rollout_store_round_trip(recorded, pong_agent):
@@ -63,7 +65,9 @@ def test_recording_resumes_to_the_same_arrays(recorded, pong_agent, tmp_path):
     half = copy / "observations" / "c" / "1" / "0" / "0" / ".0.killed.partial"
     half.write_bytes(b"half a chunk")
     assert RolloutStore.open(copy).completed_chunks() == 1
-    resumed = record_rollout(pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False)
+    resumed = record_rollout(
+        pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
+    )
     assert resumed.complete
     for k in range(3):
         a, b = chunk_arrays(resumed, k), chunk_arrays(store, k)
@@ -75,12 +79,34 @@ def test_saliency_store_equals_in_memory_and_shards_union(recorded, pong_agent, 
     store, sha = recorded
     r = store.read()
     expected = compute_saliency(pong_agent, r.frames, r.states, SETTINGS)
-    single = score_store(pong_agent, store.store.root, tmp_path / "one", SETTINGS, sha, frames_per_chunk=16, progress=False).read()
+    single = score_store(
+        pong_agent, store.store.root, tmp_path / "one", SETTINGS, sha, frames_per_chunk=16, progress=False
+    ).read()
     assert np.array_equal(single["actor"], expected["actor"].numpy())
     assert np.array_equal(single["critic_scores"], expected["critic_scores"].numpy())
-    score_store(pong_agent, store.store.root, tmp_path / "sharded", SETTINGS, sha, frames_per_chunk=16, shard=1, num_shards=2, progress=False)
+    score_store(
+        pong_agent,
+        store.store.root,
+        tmp_path / "sharded",
+        SETTINGS,
+        sha,
+        frames_per_chunk=16,
+        shard=1,
+        num_shards=2,
+        progress=False,
+    )
     assert SaliencyStore.open(tmp_path / "sharded").missing() == [0, 2, 4]  # disjoint: shard 1 wrote 1 and 3
-    union = score_store(pong_agent, store.store.root, tmp_path / "sharded", SETTINGS, sha, frames_per_chunk=16, shard=0, num_shards=2, progress=False)
+    union = score_store(
+        pong_agent,
+        store.store.root,
+        tmp_path / "sharded",
+        SETTINGS,
+        sha,
+        frames_per_chunk=16,
+        shard=0,
+        num_shards=2,
+        progress=False,
+    )
     assert all(np.array_equal(union.read()[k], single[k]) for k in single)
 
 
@@ -92,7 +118,15 @@ def test_other_checkpoint_replays_the_same_game(recorded, tmp_path):
     assert not torch.equal(own[0], r.states[0])  # its own memory of the same frames
     for alignment in ("exact", "paper"):
         settings = SaliencyConfig(density=10, state_alignment=alignment)
-        got = score_store(later, store.store.root, tmp_path / alignment, settings, sha256_of(checkpoint("pong", 80)), frames_per_chunk=16, progress=False)
+        got = score_store(
+            later,
+            store.store.root,
+            tmp_path / alignment,
+            settings,
+            sha256_of(checkpoint("pong", 80)),
+            frames_per_chunk=16,
+            progress=False,
+        )
         states = own if alignment == "exact" else paper_shift(own)
         assert np.array_equal(got.read()["actor"], compute_saliency(later, r.frames, states, settings)["actor"].numpy())
 
@@ -107,19 +141,52 @@ def test_paper_alignment_across_chunks(recorded, pong_agent, tmp_path):
     store, sha = recorded
     r = store.read()
     settings = SaliencyConfig(density=10, state_alignment="paper")
-    got = score_store(pong_agent, store.store.root, tmp_path / "p", settings, sha, frames_per_chunk=16, progress=False).read()
-    assert np.array_equal(got["actor"], compute_saliency(pong_agent, r.frames, paper_shift(r.states), settings)["actor"].numpy())
+    got = score_store(
+        pong_agent, store.store.root, tmp_path / "p", settings, sha, frames_per_chunk=16, progress=False
+    ).read()
+    assert np.array_equal(
+        got["actor"], compute_saliency(pong_agent, r.frames, paper_shift(r.states), settings)["actor"].numpy()
+    )
 
 
 def test_mismatched_stores_are_refused(recorded, pong_agent, tmp_path):
     store, sha = recorded
-    score_store(pong_agent, store.store.root, tmp_path / "s", SETTINGS, sha, frames_per_chunk=16, shard=0, num_shards=5, progress=False)
+    score_store(
+        pong_agent,
+        store.store.root,
+        tmp_path / "s",
+        SETTINGS,
+        sha,
+        frames_per_chunk=16,
+        shard=0,
+        num_shards=5,
+        progress=False,
+    )
     with pytest.raises(StoreMismatchError, match=r"density: store has 10, this job 5|'density': 10"):
-        score_store(pong_agent, store.store.root, tmp_path / "s", SaliencyConfig(density=5), sha, frames_per_chunk=16, progress=False)
+        score_store(
+            pong_agent,
+            store.store.root,
+            tmp_path / "s",
+            SaliencyConfig(density=5),
+            sha,
+            frames_per_chunk=16,
+            progress=False,
+        )
     with pytest.raises(StoreMismatchError, match="checkpoint_sha256"):
-        score_store(pong_agent, store.store.root, tmp_path / "s", SETTINGS, "0" * 64, frames_per_chunk=16, progress=False)
+        score_store(
+            pong_agent, store.store.root, tmp_path / "s", SETTINGS, "0" * 64, frames_per_chunk=16, progress=False
+        )
     with pytest.raises(StoreMismatchError, match="seed: store has 3, this job 4"):
-        record_rollout(pong_agent, "Pong-v4", STEPS, store.store.root, seed=4, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False)
+        record_rollout(
+            pong_agent,
+            "Pong-v4",
+            STEPS,
+            store.store.root,
+            seed=4,
+            chunk_steps=CHUNK,
+            checkpoint_sha256=sha,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="shard"):
         score_store(pong_agent, store.store.root, tmp_path / "t", SETTINGS, sha, shard=2, num_shards=2, progress=False)
 
@@ -163,8 +230,20 @@ def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, p
     target, ready, log = tmp_path / "killed", tmp_path / "ready", tmp_path / "job.log"
     with open(log, "wb") as output:
         job = subprocess.Popen(
-            [sys.executable, "-c", KILLED_JOB, str(pong_checkpoint), str(store.store.root), str(target), sha, "3", str(ready)],
-            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-c",
+                KILLED_JOB,
+                str(pong_checkpoint),
+                str(store.store.root),
+                str(target),
+                sha,
+                "3",
+                str(ready),
+            ],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         hang_guard = time.monotonic() + 600  # only against a hung job; how fast it gets there does not matter
@@ -185,7 +264,9 @@ def test_killed_saliency_job_resumes_to_identical_arrays(recorded, pong_agent, p
     assert SaliencyStore.open(target).missing() == list(range(3, 18))
     settings = SaliencyConfig(density=10)
     resumed = score_store(pong_agent, store.store.root, target, settings, sha, frames_per_chunk=4, progress=False)
-    fresh = score_store(pong_agent, store.store.root, tmp_path / "fresh", settings, sha, frames_per_chunk=4, progress=False)
+    fresh = score_store(
+        pong_agent, store.store.root, tmp_path / "fresh", settings, sha, frames_per_chunk=4, progress=False
+    )
     a, b = resumed.read(), fresh.read()
     assert a.keys() == b.keys() == {"actor", "critic", "actor_scores", "critic_scores"}
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -200,7 +281,9 @@ def test_xarray_opens_each_store_with_named_dimensions(recorded, pong_agent, tmp
 
     xr = pytest.importorskip("xarray", reason="xarray is not installed (pip install xarray)")
     store, sha = recorded
-    scored = score_store(pong_agent, store.store.root, tmp_path / "s", SETTINGS, sha, frames_per_chunk=16, progress=False)
+    scored = score_store(
+        pong_agent, store.store.root, tmp_path / "s", SETTINGS, sha, frames_per_chunk=16, progress=False
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. xarray's "no consolidated metadata" warning
         played, maps = xr.open_zarr(store.store.root), xr.open_zarr(tmp_path / "s")
@@ -208,10 +291,28 @@ def test_xarray_opens_each_store_with_named_dimensions(recorded, pong_agent, tmp
     assert played["observations"].dims == ("step", "obs_channel", "obs_y", "obs_x")
     assert played["logits"].dims == ("step", "action") and played["state_0"].dims == ("step", "state_0_axis_1")
     assert played["sampler_state"].dims == ("chunk", "sampler_byte") and played.sizes["chunk"] == 3
-    assert dict(played.sizes) == {"step": STEPS, "chunk": 3, "frame_y": 210, "frame_x": 160, "frame_rgb": 3, "action": 6,
-                              "obs_channel": 1, "obs_y": 80, "obs_x": 80, "state_0_axis_1": 256, "sampler_byte": 5056}
-    assert maps["actor"].dims == ("frame", "map_y", "map_x") and maps["actor_scores"].dims == ("frame", "grid_y", "grid_x")
-    assert played.attrs["manifest"]["identity"]["seed"] == 3 and maps.attrs["manifest"]["identity"]["saliency"]["density"] == 10
+    assert dict(played.sizes) == {
+        "step": STEPS,
+        "chunk": 3,
+        "frame_y": 210,
+        "frame_x": 160,
+        "frame_rgb": 3,
+        "action": 6,
+        "obs_channel": 1,
+        "obs_y": 80,
+        "obs_x": 80,
+        "state_0_axis_1": 256,
+        "sampler_byte": 5056,
+    }
+    assert maps["actor"].dims == ("frame", "map_y", "map_x") and maps["actor_scores"].dims == (
+        "frame",
+        "grid_y",
+        "grid_x",
+    )
+    assert (
+        played.attrs["manifest"]["identity"]["seed"] == 3
+        and maps.attrs["manifest"]["identity"]["saliency"]["density"] == 10
+    )
     r, m = store.read(), scored.read()
     assert np.array_equal(played["frames"][40:45].values, r.frames[40:45].numpy())  # lazy: loads one chunk
     assert np.array_equal(played["state_0"].values, r.states[0].numpy())
@@ -224,7 +325,16 @@ def test_reading_a_slice_loads_only_its_chunks(recorded):
     opened.store.keys.reads = []
     part = opened.read(30, 40)  # chunks 0 (steps 0..31) and 1 (32..63), not 2
     chunk_keys = {k for k in opened.store.keys.reads if "/c/" in k and not k.startswith("complete/")}
-    assert {k.split("/")[0] for k in chunk_keys} == {"frames", "observations", "logits", "values", "actions", "rewards", "dones", "state_0"}
+    assert {k.split("/")[0] for k in chunk_keys} == {
+        "frames",
+        "observations",
+        "logits",
+        "values",
+        "actions",
+        "rewards",
+        "dones",
+        "state_0",
+    }
     assert {k.split("/")[2] for k in chunk_keys} == {"0", "1"}
     assert torch.equal(part.frames, store.read().frames[30:40])
     opened.store.keys.reads = []
@@ -241,24 +351,42 @@ def test_store_of_any_policy_records_observations_and_replays_them(tmp_path, rec
 
     torch.manual_seed(5)
     agent = NatureAgent(recurrent=recurrent, num_actions=4).eval()  # Breakout's 4 actions
-    store = record_rollout(agent, "BreakoutNoFrameskip-v4", 12, tmp_path / "r", seed=2, chunk_steps=5,
-                           checkpoint_sha256="a" * 64, progress=False)
+    store = record_rollout(
+        agent,
+        "BreakoutNoFrameskip-v4",
+        12,
+        tmp_path / "r",
+        seed=2,
+        chunk_steps=5,
+        checkpoint_sha256="a" * 64,
+        progress=False,
+    )
     r = store.read()
-    assert r.observations.shape == (12, 4, 84, 84) and r.observations.dtype == torch.uint8 and r.frames.shape == (12, 210, 160, 3)
+    assert (
+        r.observations.shape == (12, 4, 84, 84)
+        and r.observations.dtype == torch.uint8
+        and r.frames.shape == (12, 210, 160, 3)
+    )
     assert r.action_names[:2] == ("NOOP", "FIRE") and r.pipeline["name"] == "cleanrl_atari"
     assert len(r.states) == (2 if recurrent else 0)
     settings = SaliencyConfig(density=28, score="action_logprob")
-    scored = score_store(agent, store.store.root, tmp_path / "s", settings, "a" * 64, frames_per_chunk=4, progress=False)
+    scored = score_store(
+        agent, store.store.root, tmp_path / "s", settings, "a" * 64, frames_per_chunk=4, progress=False
+    )
     expected = compute_saliency(agent, r.observations, r.states, settings, actions=r.actions)
     assert np.array_equal(scored.read()["actor_scores"], expected["actor_scores"].numpy())
     assert float(expected["actor_scores"].max()) > 0
     # another agent replays the recorded observations to get its own states, chunk boundaries included
     torch.manual_seed(6)
     other = NatureAgent(recurrent=recurrent, num_actions=4).eval()
-    replayed = score_store(other, store.store.root, tmp_path / "s2", settings, "b" * 64, frames_per_chunk=4, progress=False)
+    replayed = score_store(
+        other, store.store.root, tmp_path / "s2", settings, "b" * 64, frames_per_chunk=4, progress=False
+    )
     own, _ = replay_states(other, r.observations, r.dones, other.initial_state(1), with_next=True)
-    assert np.array_equal(replayed.read()["actor_scores"],
-                          compute_saliency(other, r.observations, own, settings, actions=r.actions)["actor_scores"].numpy())
+    assert np.array_equal(
+        replayed.read()["actor_scores"],
+        compute_saliency(other, r.observations, own, settings, actions=r.actions)["actor_scores"].numpy(),
+    )
     if recurrent:  # the recording agent's replayed states are its recorded ones, bit for bit
         again, _ = replay_states(agent, r.observations, r.dones, agent.initial_state(1), with_next=True)
         assert all(torch.equal(a, b) for a, b in zip(again, r.states))
@@ -277,8 +405,9 @@ def test_a_memory_recording_ends_with_max_episodes_like_a_rollout(tmp_path):
     agent = TinyPolicy("sb3_atari", seed=3)
     options = dict(seed=6, max_episodes=2, episodic_life=True)
     played = rollout(agent, "BreakoutNoFrameskip-v4", 400, progress=False, **options)
-    store = record_rollout(agent, "BreakoutNoFrameskip-v4", 400, MemoryStore(), chunk_steps=16, progress=False,
-                           **options)
+    store = record_rollout(
+        agent, "BreakoutNoFrameskip-v4", 400, MemoryStore(), chunk_steps=16, progress=False, **options
+    )
     assert 0 < len(played) < 400 and len(played) % 16 and store.complete and store.num_steps == len(played)
     assert len(store.bounds) == -(-len(played) // 16) and store.store.marker.shape == (len(store.bounds),)
     back = store.read()

@@ -74,7 +74,9 @@ def test_array_of_another_length_is_detected(reference, tmp_path):
     assert data["shape"] == [STEPS, 80, 80]
     data["shape"] = [16, 80, 80]
     meta.write_text(json.dumps(data))
-    with pytest.raises(StoreIntegrityError, match=r"array 'actor' has shape \(16, 80, 80\).*manifest says shape \(20, 80, 80\)"):
+    with pytest.raises(
+        StoreIntegrityError, match=r"array 'actor' has shape \(16, 80, 80\).*manifest says shape \(20, 80, 80\)"
+    ):
         SaliencyStore.open(copy)
 
 
@@ -87,7 +89,9 @@ def test_chunk_of_another_shape_is_named_and_recomputed(agent, played, reference
     shutil.copy(chunk_key(other, "actor", 0), chunk_key(copy, "actor", 1))
     damaged = SaliencyStore.open(copy)
     assert damaged.complete  # the marker alone cannot tell
-    with pytest.raises(StoreIntegrityError, match=r"chunk 1 \(steps 4\.\.7\) of 'actor' is damaged .*recomputed by the next run"):
+    with pytest.raises(
+        StoreIntegrityError, match=r"chunk 1 \(steps 4\.\.7\) of 'actor' is damaged .*recomputed by the next run"
+    ):
         damaged.read()
     assert SaliencyStore.open(copy).missing() == [1]
     assert_equal_maps(score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK).read(), reference[1])
@@ -109,10 +113,14 @@ def test_corrupt_chunk_is_named_and_recomputed_on_the_next_run(agent, played, re
     else:
         key.unlink()  # zarr alone would read the fill value (zeros) here
     reason = {"bit-flip": "checksum", "truncated": "", "deleted": "is missing"}[damage]
-    with pytest.raises(StoreIntegrityError, match=rf"chunk 3 \(steps 12\.\.15\) of 'critic_scores' is damaged \(.*{reason}"):
+    with pytest.raises(
+        StoreIntegrityError, match=rf"chunk 3 \(steps 12\.\.15\) of 'critic_scores' is damaged \(.*{reason}"
+    ):
         SaliencyStore.open(copy).read()
     assert SaliencyStore.open(copy).missing() == [3]
-    np.testing.assert_array_equal(SaliencyStore.open(copy).read(0, 12)["critic_scores"], reference[1]["critic_scores"][:12])
+    np.testing.assert_array_equal(
+        SaliencyStore.open(copy).read(0, 12)["critic_scores"], reference[1]["critic_scores"][:12]
+    )
     again = score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)  # the next run
     assert again.complete
     assert_equal_maps(again.read(), reference[1])
@@ -130,7 +138,10 @@ def test_corrupt_rollout_chunk_is_named_and_rerecorded(agent, played, tmp_path):
     assert RolloutStore.open(copy).completed_chunks() == 1
     again = record_rollout(agent, "Pong-v4", STEPS, copy, seed=1, chunk_steps=8, checkpoint_sha256="c" * 64)
     a, b = again.read(), RolloutStore.open(played).read()
-    assert all(np.array_equal(getattr(a, f).numpy(), getattr(b, f).numpy()) for f in ("frames", "observations", "logits", "actions"))
+    assert all(
+        np.array_equal(getattr(a, f).numpy(), getattr(b, f).numpy())
+        for f in ("frames", "observations", "logits", "actions")
+    )
     assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.states, b.states))
 
 
@@ -193,9 +204,16 @@ print(json.dumps(outcome))
 def test_two_creators_with_other_settings_race_and_exactly_one_wins(tmp_path):
     """Format 2 accepted both of two jobs with different radii in 9 of 30 tries."""
     rounds = 20
-    jobs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), me, other, str(rounds)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for me, other in (("3", "5"), ("5", "3"))]
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), me, other, str(rounds)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("3", "5"), ("5", "3"))
+    ]
     results = []
     for job in jobs:
         out, err = job.communicate(timeout=300)
@@ -235,6 +253,7 @@ def test_opening_a_store_leaves_another_writers_chunk_alone(agent, played, tmp_p
 @pytest.fixture
 def no_work(monkeypatch):
     """Fails the test if a job gets as far as playing or scoring."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the store path was checked")
 
@@ -245,9 +264,11 @@ def no_work(monkeypatch):
 def test_store_path_that_is_a_file_fails_before_any_work(agent, played, tmp_path, no_work):
     path = tmp_path / "results"
     path.write_text("not a store")
-    for job in (lambda: record_rollout(agent, "Pong-v4", STEPS, path),
-                lambda: score_store(agent, played, path, SETTINGS),
-                lambda: score_store(agent, played, path / "inside", SETTINGS)):
+    for job in (
+        lambda: record_rollout(agent, "Pong-v4", STEPS, path),
+        lambda: score_store(agent, played, path, SETTINGS),
+        lambda: score_store(agent, played, path / "inside", SETTINGS),
+    ):
         with pytest.raises(EngineError) as caught:
             job()
         message = str(caught.value)
@@ -284,11 +305,15 @@ def test_read_only_store_fails_before_any_work_only_where_writing_is_needed(agen
             os.chmod(p, 0o555 if p.is_dir() else 0o444)
         with monkeypatch.context() as patched:
             patched.setattr(record_module, "Player", lambda *a, **k: (_ for _ in ()).throw(AssertionError("played")))
-            patched.setattr(score_module, "compute_saliency", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+            patched.setattr(
+                score_module, "compute_saliency", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored"))
+            )
             with unprivileged():
-                for target, job in ((partial, lambda: score_store(agent, game, partial, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)),
-                                    (fresh_parent / "s", lambda: score_store(agent, game, fresh_parent / "s", SETTINGS)),
-                                    (fresh_parent / "r", lambda: record_rollout(agent, "Pong-v4", STEPS, fresh_parent / "r"))):
+                for target, job in (
+                    (partial, lambda: score_store(agent, game, partial, SETTINGS, "c" * 64, FRAMES_PER_CHUNK)),
+                    (fresh_parent / "s", lambda: score_store(agent, game, fresh_parent / "s", SETTINGS)),
+                    (fresh_parent / "r", lambda: record_rollout(agent, "Pong-v4", STEPS, fresh_parent / "r")),
+                ):
                     with pytest.raises(EngineError, match="is not writable") as caught:
                         job()
                     assert "\n" not in str(caught.value) and str(target) in str(caught.value)

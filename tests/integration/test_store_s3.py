@@ -30,11 +30,20 @@ def s3(tmp_path_factory):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"}}
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"},
+    }
     import boto3
 
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="saliency-test")
+    boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="saliency-test")
     fs = s3fs.S3FileSystem(**options)
     try:
         yield fs, options
@@ -78,16 +87,22 @@ def test_recording_on_s3_equals_a_local_one_and_resumes(agent, s3, game, local):
     fs.rm("saliency-test/game/complete/c/1")
     fs.rm("saliency-test/game/frames/c/1", recursive=True)
     assert RolloutStore.open(game, options).completed_chunks() == 1
-    again = record_rollout(agent, "Pong-v4", STEPS, game, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options)
+    again = record_rollout(
+        agent, "Pong-v4", STEPS, game, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options
+    )
     assert again.complete and np.array_equal(again.read().frames.numpy(), local[0].frames.numpy())
 
 
 def test_shards_fill_one_s3_store_and_the_union_equals_a_local_run(agent, s3, game, local):
     fs, options = s3
     url = "s3://saliency-test/maps"
-    first = score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=1, num_shards=2, storage_options=options)
+    first = score_store(
+        agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=1, num_shards=2, storage_options=options
+    )
     assert first.missing() == [0, 2, 4]
-    union = score_store(agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=0, num_shards=2, storage_options=options)
+    union = score_store(
+        agent, game, url, SETTINGS, SHA, frames_per_chunk=4, shard=0, num_shards=2, storage_options=options
+    )
     assert union.complete and equal_maps(union.read(), local[1])
     with pytest.raises(StoreMismatchError, match="saliency.density: store has 20, this job 10"):
         score_store(agent, game, url, SaliencyConfig(density=10), SHA, frames_per_chunk=4, storage_options=options)
@@ -115,7 +130,15 @@ def test_objects_without_a_manifest_are_never_adopted(agent, s3, game):
     fs.rm("saliency-test/orphan/zarr.json")
     fs.invalidate_cache()
     with pytest.raises(EngineError, match="holds objects but no store manifest"):
-        score_store(agent, game, url, SaliencyConfig(density=20, radius=3), "d" * 64, frames_per_chunk=4, storage_options=options)
+        score_store(
+            agent,
+            game,
+            url,
+            SaliencyConfig(density=20, radius=3),
+            "d" * 64,
+            frames_per_chunk=4,
+            storage_options=options,
+        )
 
 
 def test_xarray_opens_an_s3_store(s3, game, local):

@@ -22,8 +22,15 @@ from engine.training.a2c import TrainConfig, train
 
 
 def _tiny(run_dir, **overrides) -> TrainConfig:
-    settings = dict(num_envs=2, rollout_steps=5, total_frames=20, checkpoint_every=10, vector="sync",
-                    run_dir=str(run_dir), progress=False)
+    settings = dict(
+        num_envs=2,
+        rollout_steps=5,
+        total_frames=20,
+        checkpoint_every=10,
+        vector="sync",
+        run_dir=str(run_dir),
+        progress=False,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -58,14 +65,26 @@ def test_train_checkpoint_and_resume_restores_everything(tmp_path, monkeypatch):
     real_save, real_restore = a2c.save_resume, a2c.restore_resume
 
     def spy_save(path, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds):
-        saved.append(dict(agent=copy.deepcopy(agent.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
-                          counters=(frames, next_checkpoint, list(returns)), rng=_global_rng_states()))
+        saved.append(
+            dict(
+                agent=copy.deepcopy(agent.state_dict()),
+                optimizer=copy.deepcopy(optimizer.state_dict()),
+                counters=(frames, next_checkpoint, list(returns)),
+                rng=_global_rng_states(),
+            )
+        )
         real_save(path, agent, optimizer, config, frames, next_checkpoint, returns, wall_seconds)
 
     def spy_restore(resume, agent, optimizer):
         frames, next_checkpoint, returns, seconds = real_restore(resume, agent, optimizer)
-        restored.append(dict(agent=copy.deepcopy(agent.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
-                             counters=(frames, next_checkpoint, list(returns)), rng=_global_rng_states()))
+        restored.append(
+            dict(
+                agent=copy.deepcopy(agent.state_dict()),
+                optimizer=copy.deepcopy(optimizer.state_dict()),
+                counters=(frames, next_checkpoint, list(returns)),
+                rng=_global_rng_states(),
+            )
+        )
         return frames, next_checkpoint, returns, seconds
 
     monkeypatch.setattr(a2c, "save_resume", spy_save)
@@ -136,8 +155,12 @@ def test_resume_file_with_pickled_objects_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "code_ran"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    torch.save({"format": a2c.RESUME_FORMAT, "frames": 10, "payload": _RunsCodeWhenUnpickled(marker)}, run_dir / "resume.pt")
-    with pytest.raises(EngineError, match=r"resume.pt holds a pickled \S*open: refusing to load it, because unpickling"):
+    torch.save(
+        {"format": a2c.RESUME_FORMAT, "frames": 10, "payload": _RunsCodeWhenUnpickled(marker)}, run_dir / "resume.pt"
+    )
+    with pytest.raises(
+        EngineError, match=r"resume.pt holds a pickled \S*open: refusing to load it, because unpickling"
+    ):
         train(_tiny(run_dir))
     assert not marker.exists()
     # the format of earlier versions (numpy RNG state as an array) is refused the same way
@@ -151,6 +174,20 @@ def test_resume_file_with_pickled_objects_is_refused_and_not_run(tmp_path):
 
 
 def test_resume_refuses_another_game(tmp_path):
-    train(TrainConfig(num_envs=1, rollout_steps=5, total_frames=5, checkpoint_every=5, run_dir=str(tmp_path), progress=False))
+    train(
+        TrainConfig(
+            num_envs=1, rollout_steps=5, total_frames=5, checkpoint_every=5, run_dir=str(tmp_path), progress=False
+        )
+    )
     with pytest.raises(EngineError, match="holds a lstm run on Pong-v4"):
-        train(TrainConfig(env_id="Breakout-v4", num_envs=1, rollout_steps=5, total_frames=10, checkpoint_every=5, run_dir=str(tmp_path), progress=False))
+        train(
+            TrainConfig(
+                env_id="Breakout-v4",
+                num_envs=1,
+                rollout_steps=5,
+                total_frames=10,
+                checkpoint_every=5,
+                run_dir=str(tmp_path),
+                progress=False,
+            )
+        )

@@ -20,9 +20,20 @@ from tests.cleanrl_scripts import PPOLSTMAgent, fake_envs
 
 
 def _tiny(run_dir, **overrides) -> PPOConfig:
-    settings = dict(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=2, total_frames=2 * 64,
-                    checkpoint_every=64, resume_every=1, run_dir=str(run_dir), progress=False, tensorboard=False,
-                    target_return=None, threads=1)
+    settings = dict(
+        num_envs=2,
+        num_steps=8,
+        num_minibatches=2,
+        update_epochs=2,
+        total_frames=2 * 64,
+        checkpoint_every=64,
+        resume_every=1,
+        run_dir=str(run_dir),
+        progress=False,
+        tensorboard=False,
+        target_return=None,
+        threads=1,
+    )
     return PPOConfig(**{**settings, **overrides})
 
 
@@ -61,7 +72,7 @@ def test_unroll_equals_cleanrls_step_by_step_lstm():
 
 def test_initialisation_is_cleanrls():
     agent = make_agent(6)
-    for layer, gain in [(agent.network[i], 2.0) for i in (0, 2, 4, 7)] + [(agent.actor, 0.01 ** 2), (agent.critic, 1.0)]:
+    for layer, gain in [(agent.network[i], 2.0) for i in (0, 2, 4, 7)] + [(agent.actor, 0.01**2), (agent.critic, 1.0)]:
         w = layer.weight.reshape(layer.weight.shape[0], -1)
         small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
         torch.testing.assert_close(small, gain * torch.eye(small.shape[0]), atol=1e-4, rtol=1e-4)
@@ -97,12 +108,18 @@ def test_train_save_resume_restores_everything_and_goes_on(tmp_path, monkeypatch
 
     def spy(agent, optimizer, config, *args, **kwargs):
         if not seen:  # the first update of the resumed run starts from exactly what was saved
-            seen.append((
-                {k: v.clone() for k, v in agent.state_dict().items()},
-                {"state": {k: {n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in s.items()}
-                           for k, s in optimizer.state_dict()["state"].items()},
-                 "param_groups": optimizer.state_dict()["param_groups"]},
-            ))
+            seen.append(
+                (
+                    {k: v.clone() for k, v in agent.state_dict().items()},
+                    {
+                        "state": {
+                            k: {n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in s.items()}
+                            for k, s in optimizer.state_dict()["state"].items()
+                        },
+                        "param_groups": optimizer.state_dict()["param_groups"],
+                    },
+                )
+            )
         return real_update(agent, optimizer, config, *args, **kwargs)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
@@ -161,12 +178,15 @@ def test_target_return_stops_training(tmp_path, monkeypatch):
     assert resume["update"] == 2 and last.name == "step_128.pt"  # saved where it stopped, not at 10 updates
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(num_envs=6, num_minibatches=4), "must be a multiple of num_minibatches"),
-    (dict(envs="vizdoom"), "envs must be one of gymnasium, envpool"),
-    (dict(gamma=1.5), "gamma must be in 0..1"),
-    (dict(target_return=float("nan")), "target_return must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_envs=6, num_minibatches=4), "must be a multiple of num_minibatches"),
+        (dict(envs="vizdoom"), "envs must be one of gymnasium, envpool"),
+        (dict(gamma=1.5), "gamma must be in 0..1"),
+        (dict(target_return=float("nan")), "target_return must be a finite number"),
+    ],
+)
 def test_bad_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(EngineError, match=message):
         train_ppo(_tiny(tmp_path / "run", **overrides))
@@ -182,14 +202,20 @@ def test_a_resume_file_of_another_trainer_is_refused(tmp_path):
 
 
 def test_command_line_refuses_bad_settings_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engine.train", "num_envs=6", f"run_dir={tmp_path / 'r'}"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.train", "num_envs=6", f"run_dir={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "num_minibatches" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_envpool_back_end_trains_when_installed(tmp_path):
-    pytest.importorskip("envpool", reason="envpool is not installed (pip install envpool); the gymnasium back end is tested")
+    pytest.importorskip(
+        "envpool", reason="envpool is not installed (pip install envpool); the gymnasium back end is tested"
+    )
     path = train_ppo(_tiny(tmp_path / "run", envs="envpool", total_frames=64))
     assert load_policy(path).num_actions == 6
     assert np.isfinite(np.loadtxt(tmp_path / "run" / "progress.csv", delimiter=",", skiprows=1, usecols=7))

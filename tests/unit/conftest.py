@@ -20,8 +20,14 @@ class SinglePixelPolicy:
     frame_stack = 1
     num_actions = 2
 
-    def __init__(self, size: int = 64, pixel: tuple[int, int] = (30, 30), w: float = 3.0, v: float = -2.0,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        size: int = 64,
+        pixel: tuple[int, int] = (30, 30),
+        w: float = 3.0,
+        v: float = -2.0,
+        dtype: torch.dtype = torch.float64,
+    ):
         self.observation_shape = (1, size, size)
         self.pixel, self.w, self.v = pixel, w, v
         self.device, self.dtype = torch.device("cpu"), dtype

@@ -37,8 +37,9 @@ def mask_value(dy: int, dx: int, radius: float) -> float:
 @pytest.mark.parametrize("chunk", [1, 7, None])
 def test_scores_equal_the_hand_computed_ones(single_pixel_policy, single_pixel_frame, chunk):
     policy = single_pixel_policy
-    result = perturbation_saliency(policy, single_pixel_frame, (), radius=RADIUS, density=DENSITY, blur_sigma=SIGMA,
-                                   perturbations_per_eval=chunk)
+    result = perturbation_saliency(
+        policy, single_pixel_frame, (), radius=RADIUS, density=DENSITY, blur_sigma=SIGMA, perturbations_per_eval=chunk
+    )
     change = 1 - kernel(SIGMA)[0] ** 2
     r, c = policy.pixel
     centres = range(0, policy.observation_shape[1], DENSITY)
@@ -50,11 +51,17 @@ def test_scores_equal_the_hand_computed_ones(single_pixel_policy, single_pixel_f
             if not (interior or far):
                 continue
             m = 0.0 if far else mask_value(r - cy, c - cx, RADIUS)
-            assert float(result.actor_scores[0, i, j]) == pytest.approx(0.5 * (policy.w * m * change) ** 2, rel=1e-12, abs=0)
-            assert float(result.critic_scores[0, i, j]) == pytest.approx(0.5 * (policy.v * m * change) ** 2, rel=1e-12, abs=0)
+            assert float(result.actor_scores[0, i, j]) == pytest.approx(
+                0.5 * (policy.w * m * change) ** 2, rel=1e-12, abs=0
+            )
+            assert float(result.critic_scores[0, i, j]) == pytest.approx(
+                0.5 * (policy.v * m * change) ** 2, rel=1e-12, abs=0
+            )
             checked += 1
     assert checked >= 16 + 4
-    assert float(result.actor_scores[0, r // DENSITY, c // DENSITY]) == pytest.approx(0.5 * (policy.w * change) ** 2, rel=1e-12)
+    assert float(result.actor_scores[0, r // DENSITY, c // DENSITY]) == pytest.approx(
+        0.5 * (policy.w * change) ** 2, rel=1e-12
+    )
 
 
 def test_jacobian_is_the_hand_computed_gradient(single_pixel_policy, single_pixel_frame):

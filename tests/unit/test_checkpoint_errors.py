@@ -90,7 +90,10 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
             return (open, (str(marker), "w"))
 
     path = _save(tmp_path, {**_agent_state_dict(), "extra": RunsCode()})
-    _refused(path, r"holds Python objects other than tensors and plain containers \(UnpicklingError: Unsupported global: GLOBAL [^ ]*open")
+    _refused(
+        path,
+        r"holds Python objects other than tensors and plain containers \(UnpicklingError: Unsupported global: GLOBAL [^ ]*open",
+    )
     assert not marker.exists()
 
 
@@ -151,8 +154,11 @@ def test_sizes_are_checked_before_allocation(tmp_path, monkeypatch):
 
     sd = _agent_state_dict()
     monkeypatch.setattr(ActorCritic, "__init__", watch)
-    huge = {**sd, "actor_linear.weight": torch.zeros(1, 256).expand(10**9, 256),
-            "actor_linear.bias": torch.zeros(1).expand(10**9)}
+    huge = {
+        **sd,
+        "actor_linear.weight": torch.zeros(1, 256).expand(10**9, 256),
+        "actor_linear.bias": torch.zeros(1).expand(10**9),
+    }
     path = _save(tmp_path, huge, "huge_actions.pt")
     assert path.stat().st_size < 4_000_000
     _refused(path, r"actor_linear.weight \(1000000000, 256\) implies 1000000000 actions, outside 1..1024")
@@ -163,7 +169,10 @@ def test_sizes_are_checked_before_allocation(tmp_path, monkeypatch):
     assert built == []  # refused from the shapes alone: no module was built, not even on the meta device
     # within bounds, but a stride-0 view is not stored weights
     expanded = {**sd, "actor_linear.weight": torch.zeros(1, 256).expand(6, 256)}
-    _refused(_save(tmp_path, expanded, "expanded.pt"), r"actor_linear.weight \(6, 256\) has 1536 values but only 256 are stored")
+    _refused(
+        _save(tmp_path, expanded, "expanded.pt"),
+        r"actor_linear.weight \(6, 256\) has 1536 values but only 256 are stored",
+    )
     # sizes that disagree with each other: 6 actions, but a head of width 128 for a 256-wide core
     narrow = {**sd, "actor_linear.weight": torch.zeros(6, 128)}
     _refused(_save(tmp_path, narrow, "narrow.pt"), r"actor_linear.weight: \(6, 128\) \(expected \(6, 256\)\)")
@@ -177,18 +186,26 @@ def test_weights_must_be_finite_floats_of_plausible_size(tmp_path, monkeypatch):
         weights = {k: v.clone() for k, v in sd.items()}
         weights["conv2.weight"][3, 1, 0, 2] = bad_value
         weights["lstm.bias_hh"][:5] = bad_value
-        _refused(_save(tmp_path, weights), r"non-finite \(NaN or inf\) weights in conv2.weight \(1 of 9216\), lstm.bias_hh \(5 of 1024\)")
+        _refused(
+            _save(tmp_path, weights),
+            r"non-finite \(NaN or inf\) weights in conv2.weight \(1 of 9216\), lstm.bias_hh \(5 of 1024\)",
+        )
     for dtype in (torch.int64, torch.bool, torch.complex64):
-        _refused(_save(tmp_path, {**sd, "conv1.bias": torch.zeros(32, dtype=dtype)}), f"conv1.bias has dtype {dtype}; an agent's weights are floating point")
+        _refused(
+            _save(tmp_path, {**sd, "conv1.bias": torch.zeros(32, dtype=dtype)}),
+            f"conv1.bias has dtype {dtype}; an agent's weights are floating point",
+        )
     # finite but absurd: a flipped top exponent bit makes 3.4e36 of 0.01 (the largest published weight is 296)
     huge = {k: v.clone() for k, v in sd.items()}
     huge["lstm.weight_ih"][7, 11] = 0.01 * 2.0**128
     _refused(_save(tmp_path, huge), r"\|w\| > 1e\+06\) in lstm.weight_ih \(max \|w\| 3.4e\+36\): the file is corrupt")
     # and should anything pass these checks yet overflow, a test step of the agent catches it
     monkeypatch.setattr(policy, "MAX_ABS_WEIGHT", float("inf"))
-    _refused(_save(tmp_path, {**sd, "conv1.weight": torch.full((32, 1, 3, 3), 3e38)}),
-             r"outputs on a test observation \(a black and a white frame\) are not finite: NaN or inf in the value, "
-             r"logits, state 0, state 1 \(its weights are finite but overflow through the layers\)")
+    _refused(
+        _save(tmp_path, {**sd, "conv1.weight": torch.full((32, 1, 3, 3), 3e38)}),
+        r"outputs on a test observation \(a black and a white frame\) are not finite: NaN or inf in the value, "
+        r"logits, state 0, state 1 \(its weights are finite but overflow through the layers\)",
+    )
     # other floating dtypes load (and are cast to the requested dtype)
     agent = load_agent(_save(tmp_path, {k: v.half() for k, v in sd.items()}, "half.pt"), device="cpu")
     assert agent.actor_linear.weight.dtype == torch.float32
@@ -269,8 +286,11 @@ def test_records_that_inflate_or_outgrow_their_tensors_are_refused_unread(tmp_pa
     _refused(_save(tmp_path, sd, "slice.pt"), r"storages hold 7\d{6} bytes of which its tensors use 3\d{6}")
     assert torch_load_calls == ["meta"]  # the shapes were read, no storage was
     # the same agent in a deflated copy of an honest file still loads
-    honest = _repack(_save(tmp_path, _agent_state_dict(), "honest.pt"), tmp_path / "honest_deflated.pt",
-                     compression=zipfile.ZIP_DEFLATED)
+    honest = _repack(
+        _save(tmp_path, _agent_state_dict(), "honest.pt"),
+        tmp_path / "honest_deflated.pt",
+        compression=zipfile.ZIP_DEFLATED,
+    )
     assert isinstance(load_agent(honest, device="cpu"), ActorCritic)
 
 
@@ -279,8 +299,11 @@ def test_overlapping_views_are_refused(tmp_path):
     several times. Nothing is missing from the storage, so only the strides tell."""
     sd = _agent_state_dict()
     sd["actor_linear.weight"] = torch.randn(1536).as_strided((6, 256), (1, 1))
-    _refused(_save(tmp_path, sd, "overlapping.pt"), r"actor_linear.weight \(6, 256\) with strides \(1, 1\) reads some "
-                                                     r"stored values more than once")
+    _refused(
+        _save(tmp_path, sd, "overlapping.pt"),
+        r"actor_linear.weight \(6, 256\) with strides \(1, 1\) reads some "
+        r"stored values more than once",
+    )
 
 
 def test_outputs_must_be_finite_in_the_dtype_asked_for(tmp_path):
@@ -290,8 +313,11 @@ def test_outputs_must_be_finite_in_the_dtype_asked_for(tmp_path):
     sd["conv1.weight"] = torch.full_like(sd["conv1.weight"], 1e5)
     path = _save(tmp_path, sd, "big.pt")
     assert isinstance(load_agent(path, device="cpu"), ActorCritic)
-    with pytest.raises(CheckpointError, match=r"big.pt'.*outputs on a test observation \(a black and a white frame\) "
-                                              r"are not finite: NaN or inf in the value, logits"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"big.pt'.*outputs on a test observation \(a black and a white frame\) "
+        r"are not finite: NaN or inf in the value, logits",
+    ):
         load_agent(path, device="cpu", dtype=torch.float16)
 
 
@@ -330,8 +356,9 @@ def test_shipping_refuses_non_finite_weights(tmp_path, capsys):
         weight = torch.zeros(6, 256)
         weight[2, :3] = bad
         source = _training_checkpoint(tmp_path, actor_linear__weight=weight)
-        _ship_refused(capsys, source, tmp_path / "agents", "step_1234.pt", "actor_linear.weight (3 of 1536)",
-                      "NaN or inf")
+        _ship_refused(
+            capsys, source, tmp_path / "agents", "step_1234.pt", "actor_linear.weight (3 of 1536)", "NaN or inf"
+        )
 
 
 def test_shipping_refuses_malformed_metadata(tmp_path, capsys):

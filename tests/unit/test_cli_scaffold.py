@@ -38,13 +38,30 @@ COMMAND_LINES = [
 ]
 
 # the overrides are one positional argument: argparse refuses a second run of them after an option
-BAD_COMMAND_LINES = [["--cfg", "nope"], ["--info", "nope"], ["--cfg"], ["--no-such-option"], ["-cn"], ["a=1", "-m", "b=2"]]
+BAD_COMMAND_LINES = [
+    ["--cfg", "nope"],
+    ["--info", "nope"],
+    ["--cfg"],
+    ["--no-such-option"],
+    ["-cn"],
+    ["a=1", "-m", "b=2"],
+]
 
 
 def options(parser: argparse.ArgumentParser) -> dict:
     """Each argument's names, destination, arity, choices, constant, default and kind of action."""
-    return {a.dest: (sorted(a.option_strings), a.nargs, a.choices and list(a.choices), a.const, a.default,
-                     type(a).__name__, a.required) for a in parser._actions}
+    return {
+        a.dest: (
+            sorted(a.option_strings),
+            a.nargs,
+            a.choices and list(a.choices),
+            a.const,
+            a.default,
+            type(a).__name__,
+            a.required,
+        )
+        for a in parser._actions
+    }
 
 
 def test_our_parser_defines_hydras_arguments():
@@ -68,8 +85,18 @@ def test_our_parser_refuses_what_hydra_refuses(argv, capsys):
 def test_hydras_own_modes_and_one_mode_at_a_time():
     parse = args_parser().parse_args
     assert not hydra_own_mode(parse(["--cfg", "job", "-m", "a=1,2"]))
-    assert all(hydra_own_mode(parse(argv)) for argv in (["-h"], ["--hydra-help"], ["-i"], ["-sc"], ["-cp", "c"],
-                                                         ["-cd", "c"], ["--experimental-rerun", "x.pickle"]))
+    assert all(
+        hydra_own_mode(parse(argv))
+        for argv in (
+            ["-h"],
+            ["--hydra-help"],
+            ["-i"],
+            ["-sc"],
+            ["-cp", "c"],
+            ["-cd", "c"],
+            ["--experimental-rerun", "x.pickle"],
+        )
+    )
     check_one_mode(parse(["--cfg", "job"]))
     with pytest.raises(ConfigError, match="^only one of .* got --multirun --cfg$"):
         check_one_mode(parse(["-m", "--cfg", "job"]))
@@ -93,6 +120,7 @@ def test_errors_are_one_line():
 
 
 def test_the_engine_never_imports_hydras_private_modules():
-    found = subprocess.run(["git", "grep", "-n", "hydra._internal", "--", "engine/"], cwd=ROOT, capture_output=True,
-                           text=True, check=False)
+    found = subprocess.run(
+        ["git", "grep", "-n", "hydra._internal", "--", "engine/"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert found.returncode == 1 and found.stdout == "", found.stdout  # 1: no match

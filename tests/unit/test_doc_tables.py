@@ -70,6 +70,7 @@ def _drop_key(key: str):
         row = json.loads(lines[0])
         del row[key]
         path.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+
     return damage
 
 
@@ -78,6 +79,7 @@ def _json_edit(edit):
         data = json.loads(path.read_text())
         edit(data)
         path.write_text(json.dumps(data))
+
     return damage
 
 
@@ -85,17 +87,32 @@ DAMAGE = {
     "suite missing": ("suite.jsonl", Path.unlink, "benchmarks/results/suite.jsonl: missing"),
     "perturbation missing": ("perturbation.json", Path.unlink, "benchmarks/results/perturbation.json: missing"),
     "GPU result truncated": ("gpu/h200_2026-11-27.json", _truncate, "gpu/h200_2026-11-27.json: not valid JSON"),
-    "settings row without a metric": ("settings_pong_ppo_lstm.jsonl", _drop_key("deletion_kl_auc"),
-                                      "settings_pong_ppo_lstm.jsonl: no 'deletion_kl_auc' \\(line 1\\)"),
-    "suite line not JSON": ("suite.jsonl", lambda p: p.write_text(p.read_text() + "{oops\n"),
-                            "suite.jsonl: not valid JSON \\(line 28\\)"),
-    "evaluation mean not a number": ("ppo_pong_evaluation.json", _json_edit(lambda d: d.update(report_mean="19.5")),
-                                     "ppo_pong_evaluation.json: 'report_mean' is '19.5', not a number"),
+    "settings row without a metric": (
+        "settings_pong_ppo_lstm.jsonl",
+        _drop_key("deletion_kl_auc"),
+        "settings_pong_ppo_lstm.jsonl: no 'deletion_kl_auc' \\(line 1\\)",
+    ),
+    "suite line not JSON": (
+        "suite.jsonl",
+        lambda p: p.write_text(p.read_text() + "{oops\n"),
+        "suite.jsonl: not valid JSON \\(line 28\\)",
+    ),
+    "evaluation mean not a number": (
+        "ppo_pong_evaluation.json",
+        _json_edit(lambda d: d.update(report_mean="19.5")),
+        "ppo_pong_evaluation.json: 'report_mean' is '19.5', not a number",
+    ),
     "agents not a list": ("agents.json", lambda p: p.write_text("{}"), "agents.json: not a non-empty list"),
-    "store result without its json": ("store_2026-11-27.md", lambda p: p.write_text("# a table only\n"),
-                                      "store_2026-11-27.md: no ```json block"),
-    "memory without the long run": ("memory.json", _json_edit(lambda d: d.pop("long")),
-                                    "memory.json: no 'long.frames'"),
+    "store result without its json": (
+        "store_2026-11-27.md",
+        lambda p: p.write_text("# a table only\n"),
+        "store_2026-11-27.md: no ```json block",
+    ),
+    "memory without the long run": (
+        "memory.json",
+        _json_edit(lambda d: d.pop("long")),
+        "memory.json: no 'long.frames'",
+    ),
 }
 
 
@@ -117,11 +134,18 @@ def test_no_settings_tables_at_all_fails(results):
 def test_the_script_exits_2_with_one_line_and_writes_nothing(results, tmp_path):
     (results / "suite.jsonl").unlink()
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tables.py"), "--results", str(results),
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tables.py"), "--results", str(results), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [("error: benchmarks/results/suite.jsonl: missing (rerun the command "
-                                                "that writes it, or restore it from git)")]
+    assert done.stderr.strip().splitlines() == [
+        ("error: benchmarks/results/suite.jsonl: missing (rerun the command that writes it, or restore it from git)")
+    ]
     assert not out.exists()
 
 
@@ -130,8 +154,14 @@ def test_the_script_writes_into_out_and_leaves_readme_alone(results, tmp_path):
     (out).mkdir()
     (out / "stale_table.md").write_text("from a result file that is gone\n")
     readme = (ROOT / "README.md").read_text()
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tables.py"), "--results", str(results),
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tables.py"), "--results", str(results), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("*.md")) == sorted(p.name for p in COMMITTED.glob("*.md"))
     assert (ROOT / "README.md").read_text() == readme

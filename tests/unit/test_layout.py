@@ -53,7 +53,9 @@ def layer_violations() -> list[str]:
             if target == "top" and module != "engine":
                 bad.append(f"{path.relative_to(ENGINE.parent)}:{line} imports {module} (outside the layers)")
             elif target in LAYERS and LAYERS.index(target) > LAYERS.index(own):
-                bad.append(f"{path.relative_to(ENGINE.parent)}:{line} ({own}) imports {module} ({target}, a layer above)")
+                bad.append(
+                    f"{path.relative_to(ENGINE.parent)}:{line} ({own}) imports {module} ({target}, a layer above)"
+                )
     return bad
 
 
@@ -88,7 +90,6 @@ def test_the_package_states_its_version():
     assert engine.__version__ == version("atari-saliency-engine")
 
 
-
 def os_calls(name: str) -> list[str]:
     """The files of engine/ that call ``os.<name>(...)``, once per call."""
     found = []
@@ -108,7 +109,10 @@ def test_one_helper_writes_files_atomically():
 
 
 def test_one_replay_of_recurrent_states():
-    defined = {str(p.relative_to(ENGINE.parent)) for p in sorted(ENGINE.rglob("*.py"))
-               for node in ast.walk(ast.parse(p.read_text()))
-               if isinstance(node, ast.FunctionDef) and node.name == "replay_states"}
+    defined = {
+        str(p.relative_to(ENGINE.parent))
+        for p in sorted(ENGINE.rglob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "replay_states"
+    }
     assert defined == {"engine/core/replay.py"}

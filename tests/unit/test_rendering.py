@@ -10,7 +10,16 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from engine.viz import rendering
-from engine.viz.rendering import clean_overlay, comparison_figure, movie_scales, paper_gains, paper_overlay, paper_overlay_pair, save_png, write_movie
+from engine.viz.rendering import (
+    clean_overlay,
+    comparison_figure,
+    movie_scales,
+    paper_gains,
+    paper_overlay,
+    paper_overlay_pair,
+    save_png,
+    write_movie,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +71,7 @@ def blob_maps(n, seed=0):
 
 
 # ------------------------------------------------------------------------------------- paper overlay ---
+
 
 @pytest.mark.parametrize("sigma", [0, 1.5, 3])
 @pytest.mark.parametrize("channel,gain", [(2, 500), (0, 600), (2, 37.3)])
@@ -122,6 +132,7 @@ def test_paper_gains():
 
 # ------------------------------------------------------------------------------------- clean overlay ---
 
+
 def test_movie_scales():
     maps = torch.arange(1, 1001, dtype=torch.float32).reshape(10, 10, 10)
     assert movie_scales(maps, percentile=100) == 1000
@@ -163,6 +174,7 @@ def test_clean_overlay_saturates_above_the_scale(frames):
 
 
 # --------------------------------------------------------------------------------------------- output ---
+
 
 def test_movie_decodes_with_blue_at_the_actor_peak(tmp_path, frames):
     import av
@@ -226,6 +238,7 @@ def test_save_png_and_comparison_figure(tmp_path, frames):
 
 # --------------------------------------------------------------------------------------------- errors ---
 
+
 def test_bad_inputs_say_what_to_fix(frames, tmp_path):
     maps = torch.zeros(8, 80, 80)
     with pytest.raises(ValueError, match="one map per frame: 3 maps for 8 frames"):
@@ -264,6 +277,7 @@ def test_bad_inputs_say_what_to_fix(frames, tmp_path):
 
 
 # ------------------------------------------------------------------------------- standard pipelines ---
+
 
 def test_maps_of_the_standard_pipeline_cover_the_whole_frame(frames):
     """84x84 maps come from a resize of the full 210x160 frame (spec: any agent, "Overlays"): a hot spot at the

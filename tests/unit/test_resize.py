@@ -8,7 +8,15 @@ from PIL import Image
 
 from engine.core.preprocessing import preprocess_bytes, resize_uint8
 
-SIZES = [(160, 160, 80, 80), (17, 17, 80, 80), (9, 9, 80, 80), (80, 80, 160, 160), (33, 21, 80, 80), (160, 160, 79, 81), (210, 160, 84, 84)]
+SIZES = [
+    (160, 160, 80, 80),
+    (17, 17, 80, 80),
+    (9, 9, 80, 80),
+    (80, 80, 160, 160),
+    (33, 21, 80, 80),
+    (160, 160, 79, 81),
+    (210, 160, 84, 84),
+]
 
 
 def pillow(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -5,12 +5,15 @@ import pytest
 from engine.core.saliency import SaliencyConfig, compute_saliency
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(method="foo"), "method must be one of perturbation, jacobian, both"),
-    (dict(frames_per_batch=-1), "frames_per_batch must be an integer >= 1"),
-    (dict(frames_per_batch=0), "frames_per_batch must be an integer >= 1"),
-    (dict(frames_per_batch=2.5), "frames_per_batch must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(method="foo"), "method must be one of perturbation, jacobian, both"),
+        (dict(frames_per_batch=-1), "frames_per_batch must be an integer >= 1"),
+        (dict(frames_per_batch=0), "frames_per_batch must be an integer >= 1"),
+        (dict(frames_per_batch=2.5), "frames_per_batch must be an integer >= 1"),
+    ],
+)
 def test_settings_that_would_give_no_maps_are_refused(single_pixel_policy, single_pixel_frame, change, match):
     with pytest.raises(ValueError, match=match):
         compute_saliency(single_pixel_policy, single_pixel_frame, (), SaliencyConfig(**change))

@@ -51,13 +51,15 @@ def _savez_that_stops_halfway(monkeypatch, error: BaseException, seen: list):
     monkeypatch.setattr(arrays_module.np, "savez_compressed", halfway)
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"])
+@pytest.mark.parametrize(
+    "error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"]
+)
 def test_failed_write_leaves_no_temporary_and_no_target(tmp_path, monkeypatch, error):
     seen = []
     _savez_that_stops_halfway(monkeypatch, error, seen)
     with pytest.raises(type(error)):
         save_arrays(tmp_path / "s.npz", dict(actor=torch.rand(4, 80, 80)), dict(radius=5))
-    (temporary, written), = seen  # the write really started, into a temporary file beside the target ...
+    ((temporary, written),) = seen  # the write really started, into a temporary file beside the target ...
     assert os.path.dirname(temporary) == str(tmp_path) and os.path.basename(temporary) != "s.npz" and written > 1000
     assert list(tmp_path.iterdir()) == []  # ... which is gone, and nothing took the target's name
 
@@ -97,8 +99,9 @@ def test_atomic_write_renames_into_place_on_success(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open would make it, not mkstemp's 0o600
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()],
-                         ids=["disk-full", "interrupt"])
+@pytest.mark.parametrize(
+    "error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"]
+)
 def test_atomic_write_leaves_nothing_and_the_old_file_on_an_exception(tmp_path, error):
     target = tmp_path / "out.txt"
     target.write_text("old")
