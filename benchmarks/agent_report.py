@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from engine import load_agent  # noqa: E402
 from engine.core.perturbation import perturbation_saliency  # noqa: E402
+from engine.env.rollout import play_episodes, rollout  # noqa: E402
 from engine.metrics.regions import object_shares  # noqa: E402
 from engine.policies.registry import ALIASES, resolve_checkpoint  # noqa: E402
-from engine.env.rollout import play_episodes, rollout  # noqa: E402
 
 CHECKPOINT_DIRS = [str(ROOT.parent / "shared" / "checkpoints")]
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +41,9 @@ def main() -> dict:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     args = parser.parse_args()
 
+    from engine.jobs.record import record_rollout
     from engine.policies.greydanus2017 import load_agent
     from engine.policies.registry import sha256_of
-    from engine.jobs.record import record_rollout
 
     agent = load_agent(CHECKPOINT, device="cpu")
     result = dict(checkpoint=str(CHECKPOINT), density=args.density, frames_per_chunk=64)

@@ -20,10 +20,10 @@ import torch
 
 from engine.core.batching import chunk_bounds
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval
-from engine.policies.greydanus2017 import load_agent
 from engine.core.preprocessing import preprocess_frames
 from engine.core.reference import score_frame_np
 from engine.env.rollout import rollout
+from engine.policies.greydanus2017 import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script

@@ -80,8 +80,8 @@ def main() -> dict:
 
     import engine
     from engine.core.batching import chunk_bounds
-    from engine.storage.arrays import load_arrays, save_arrays
     from engine.policies.registry import resolve_checkpoint
+    from engine.storage.arrays import load_arrays, save_arrays
     from engine.storage.store import (
         ROLLOUT_FIELDS,
         ChunkStore,

@@ -210,6 +210,8 @@ def nanmean(t) -> float:
 
 def measure(cfg: DictConfig) -> dict:
     from engine.core.inputs import prepare_observations
+    from engine.core.preprocessing import CROP_ROWS
+    from engine.env.rollout import rollout
     from engine.metrics.faithfulness import (
         deletion_insertion,
         object_agreement,
@@ -218,11 +220,9 @@ def measure(cfg: DictConfig) -> dict:
         sanity_check,
         temporal_stability,
     )
-    from engine.core.preprocessing import CROP_ROWS
     from engine.metrics.regions import game_object_cells, game_of
-    from engine.env.rollout import rollout
-    from engine.policies.registry import resolve_checkpoint
     from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

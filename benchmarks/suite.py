@@ -41,10 +41,10 @@ def main(cfg: DictConfig) -> None:
     from engine.core.batching import chunk_bounds
     from engine.core.jacobian import jacobian_saliency
     from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval
-    from engine.policies.greydanus2017 import load_agent
     from engine.core.preprocessing import preprocess_frames
     from engine.core.reference import score_frame_np
     from engine.env.rollout import rollout
+    from engine.policies.greydanus2017 import load_agent
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

@@ -658,7 +658,7 @@ BENCH_EXTRAS = [
 
 def gpu_table(results: Path) -> str:
     parts = []
-    for src, d, env, bench in gpu_files(results):
+    for src, d, env, _bench in gpu_files(results):
         device = get(env, "gpu", src) if get(env, "device", src) == "cuda" else f"CPU only ({get(env, 'cpu', src)})"
         memory = f", {g(number(env, 'gpu_memory_gib', src))} GiB" if "gpu_memory_gib" in env else ""
         described = (

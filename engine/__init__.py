@@ -10,8 +10,10 @@ __version__ = "0.1.0"
 # set is kept. See engine.core.batching.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .core.errors import CheckpointError, EngineError, UnknownEnvironmentError
-from .core.settings import SaliencyConfig
+from .core.errors import CheckpointError as CheckpointError
+from .core.errors import EngineError as EngineError
+from .core.errors import UnknownEnvironmentError as UnknownEnvironmentError
+from .core.settings import SaliencyConfig as SaliencyConfig
 
 # The rest is imported on first use: importing torch takes seconds, and the app checks its settings before that.
 _LAZY = {

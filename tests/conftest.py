@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from engine.core.errors import CheckpointError
-from engine.policies.greydanus2017 import ActorCritic, load_agent
 from engine.env.rollout import rollout
 from engine.policies import registry
+from engine.policies.greydanus2017 import ActorCritic, load_agent
 
 if TYPE_CHECKING:
     from engine.jobs.config import JobConfig

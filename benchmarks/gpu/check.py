@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from engine.core.jacobian import action_jacobian, jacobian_saliency  # noqa: E402
 from engine.core.perturbation import perturbation_saliency  # noqa: E402
-from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.core.preprocessing import preprocess_bytes, preprocess_frames  # noqa: E402
 from engine.core.reference import saliency_np  # noqa: E402
-from engine.policies.registry import resolve_checkpoint  # noqa: E402
 from engine.policies.cleanrl import load_cleanrl  # noqa: E402
+from engine.policies.greydanus2017 import load_agent  # noqa: E402
+from engine.policies.registry import resolve_checkpoint  # noqa: E402
 
 
 def set_tf32(on: bool) -> None:

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.policies.greydanus2017 import load_agent
 from engine.env.rollout import rollout
-from engine.policies.registry import resolve_checkpoint
 from engine.policies.cleanrl import CleanRLPPO, load_cleanrl
+from engine.policies.greydanus2017 import load_agent
+from engine.policies.registry import resolve_checkpoint
 
 WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]

@@ -32,8 +32,7 @@ import torch
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .errors import EngineError
-from .inputs import Actions, Observations, StatesLike, prepare_inputs
-from .inputs import check_policy
+from .inputs import Actions, Observations, StatesLike, check_policy, prepare_inputs
 from .policy import Policy, PolicyOutput, State
 
 DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None

@@ -15,7 +15,6 @@ import torch
 from .blur import gaussian_blur
 from .settings import INTERPS, SIZE, validate_radius_density
 
-
 MASK_BLOCK = 256  # masks blurred together while the cache is built
 
 

@@ -20,10 +20,9 @@ from typing import cast
 import torch
 from tqdm.auto import tqdm
 
+from .batching import chunk_bounds, pad_rows
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
-from .batching import chunk_bounds, pad_rows
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .incremental import (
     WindowPlan,
     conv_trunk_of,
@@ -33,11 +32,11 @@ from .incremental import (
     window_plan,
     worthwhile,
 )
-from .masks import center_coords, perturb, perturbation_masks
-from .masks import grid_shape
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .masks import center_coords, grid_shape, perturb, perturbation_masks
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
-from .settings import COMPATS, SCORES, validate_settings
+from .settings import SCORES, validate_settings
 
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose

@@ -10,7 +10,8 @@ treat it as an opaque tuple (index it, repeat it, move it) and never ask what pr
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn

@@ -111,7 +111,7 @@ class PipelineSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PipelineSpec":
+    def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
         return cls(data["name"], data["env_id"], int(data["frame_stack"]), dict(data.get("options", {})))
 
 

@@ -80,7 +80,7 @@ class Rollout:
     def __len__(self) -> int:
         return self.frames.shape[0]
 
-    def __getitem__(self, index) -> "Rollout":
+    def __getitem__(self, index) -> Rollout:
         """Slice (or index with an int, list or index tensor) by step; always returns a Rollout."""
         if isinstance(index, int):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)

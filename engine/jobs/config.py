@@ -207,7 +207,7 @@ class JobConfig:
     progress: bool = True  # progress bars where the output is a terminal (tqdm decides); false: never
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "JobConfig":
+    def from_dict(cls, data: dict | None) -> JobConfig:
         """A checked config from a nested dict (what ``OmegaConf.to_container`` gives): unknown or renamed keys,
         wrong types and out-of-range values raise :class:`EngineError` with one line naming the key."""
         try:

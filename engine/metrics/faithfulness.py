@@ -23,8 +23,9 @@ score grids of a coarser grid ``(N, Gh, Gw)`` are upsampled as the engine does (
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,11 +33,11 @@ from torch import nn
 from ..core.batching import chunk_bounds
 from ..core.blur import gaussian_blur
 from ..core.errors import EngineError
-from ..core.replay import replay_states
 from ..core.inputs import agent_device_dtype, prepare_inputs, prepare_observations, prepare_states
 from ..core.masks import grid_shape
 from ..core.perturbation import resolve_perturbations_per_eval, upsample_exact
 from ..core.policy import Policy, State, index_state
+from ..core.replay import replay_states
 
 __all__ = [
     "BASELINES",

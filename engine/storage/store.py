@@ -368,7 +368,7 @@ class ChunkStore:
         chunk: int,
         extra: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
-    ) -> "ChunkStore":
+    ) -> ChunkStore:
         """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
         create it atomically (module docstring)."""
         manifest: dict[str, Any] = _jsonable(
@@ -419,7 +419,7 @@ class ChunkStore:
     @classmethod
     def open_kind(
         cls, root: StoreRoot, kind: str, storage_options: dict[str, Any] | None = None, read_only: bool = False
-    ) -> "ChunkStore":
+    ) -> ChunkStore:
         """Open an existing store and check that it holds ``kind`` ("rollout" or "saliency")."""
         _refuse_old_format(store_root(root), storage_options)
         store = cls(root, storage_options, read_only=read_only)
@@ -688,7 +688,7 @@ class RolloutStore:
     store: ChunkStore
 
     @classmethod
-    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> "RolloutStore":
+    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> RolloutStore:
         return cls(ChunkStore.open_kind(root, "rollout", storage_options))
 
     @property
@@ -758,7 +758,7 @@ class SaliencyStore:
     store: ChunkStore
 
     @classmethod
-    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> "SaliencyStore":
+    def open(cls, root: StoreRoot, storage_options: dict[str, Any] | None = None) -> SaliencyStore:
         return cls(ChunkStore.open_kind(root, "saliency", storage_options))
 
     @property

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..core.errors import EngineError
-from ..policies.greydanus2017 import ActorCritic
 from ..core.preprocessing import SIZE, preprocess_bytes
 from ..env.rollout import make_env
+from ..policies.greydanus2017 import ActorCritic
 from .resume import load_resume_file, load_training_state, rng_state, save_torch
 
 

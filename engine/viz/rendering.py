@@ -442,8 +442,8 @@ def comparison_figure(
     fig = Figure(figsize=(5.6, 7.2), dpi=100)
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
-    for (row, kind), ax_row in zip(enumerate(("actor", "critic")), axes):
-        for (col, method), ax in zip(enumerate(("Jacobian", "perturbation")), ax_row):
+    for kind, ax_row in zip(("actor", "critic"), axes):
+        for method, ax in zip(("Jacobian", "perturbation"), ax_row):
             name = f"{method.lower()}_{kind}"
             maps = _as_tensor(panels[kind, method], name)
             if maps.ndim != 2:

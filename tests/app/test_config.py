@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 
 from engine.cli import app as cli
 from engine.cli.app import CONFIG_DIR, ConfigError, job_config, precheck, quote_enum_bools
+from engine.core.errors import EngineError
+from engine.core.settings import SaliencyConfig
 from engine.jobs.config import (
     RENAMED,
     Compat,
@@ -22,8 +24,6 @@ from engine.jobs.config import (
     engine_saliency,
 )
 from engine.jobs.run import validate_job
-from engine.core.errors import EngineError
-from engine.core.settings import SaliencyConfig
 
 # The main job's config groups; configs/hydra/ holds options for Hydra's own groups (launchers, logging) and
 # configs/algo/ the trainers' (train_entry.yaml), each composed separately.

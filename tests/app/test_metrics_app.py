@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from engine.cli.app import summary_columns, summary_rows
-from engine.metrics.faithfulness import scalar_columns
+from engine.core.errors import EngineError
 from engine.jobs.config import JobConfig
 from engine.jobs.run import run_job
-from engine.core.errors import EngineError
-from engine.metrics.faithfulness import deletion_insertion, temporal_stability
-from engine.storage.arrays import load_arrays
+from engine.metrics.faithfulness import deletion_insertion, scalar_columns, temporal_stability
 from engine.policies.loading import load_policy
 from engine.policies.registry import resolve_checkpoint
+from engine.storage.arrays import load_arrays
 
 METRICS = {
     "deletion_insertion": True,

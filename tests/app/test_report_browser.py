@@ -10,8 +10,8 @@ Set-up: ``apt-get install -y chromium`` and ``pip install playwright`` (never ``
 drives the system's /usr/bin/chromium).
 """
 
-import functools
 import base64
+import functools
 import json
 import os
 import re
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.conftest import tiny_job as tiny_job_config
 
 CHROMIUM = os.environ.get("ATARI_SALIENCY_CHROMIUM", "/usr/bin/chromium")

@@ -9,8 +9,8 @@ from engine import load_agent
 from engine.core.perturbation import perturbation_saliency
 from engine.core.preprocessing import preprocess_frames
 from engine.core.reference import score_frame_np
-from engine.policies.registry import builtin_checkpoints, builtin_names, resolve_checkpoint
 from engine.env.rollout import rollout
+from engine.policies.registry import builtin_checkpoints, builtin_names, resolve_checkpoint
 
 
 def test_the_package_ships_a_pong_series_with_metadata():

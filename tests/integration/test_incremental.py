@@ -15,8 +15,8 @@ from engine.core.blur import gaussian_blur
 from engine.core.incremental import _structures, conv_trunk_of, trunk_geometry, window_plan, worthwhile
 from engine.core.masks import perturb, perturbation_masks
 from engine.core.perturbation import perturbation_saliency
-from engine.policies.greydanus2017 import ActorCritic
 from engine.core.policy import ConvTrunk, IncrementalPolicy, PolicyOutput, reset_rows
+from engine.policies.greydanus2017 import ActorCritic
 
 
 @pytest.mark.parametrize(

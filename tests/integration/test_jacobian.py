@@ -15,8 +15,8 @@ import torch
 
 from engine.core.errors import EngineError
 from engine.core.jacobian import BACKENDS, JacobianResult, action_jacobian, jacobian_saliency, logprob_gradient
-from engine.policies.greydanus2017 import ActorCritic, load_agent
 from engine.core.preprocessing import preprocess_frames
+from engine.policies.greydanus2017 import ActorCritic, load_agent
 
 CHECKPOINT = __import__("tests.conftest", fromlist=["lazy_checkpoint"]).lazy_checkpoint(
     "pong", 40

@@ -10,7 +10,9 @@ from torch import nn
 
 from engine.core.errors import EngineError
 from engine.core.jacobian import jacobian_saliency
+from engine.core.perturbation import perturbation_saliency, upsample_exact
 from engine.core.replay import replay_states
+from engine.env.rollout import rollout
 from engine.metrics.faithfulness import (
     auc,
     cascade_stages,
@@ -25,9 +27,6 @@ from engine.metrics.faithfulness import (
     temporal_stability,
     upsample_maps,
 )
-from engine.core.perturbation import perturbation_saliency, upsample_exact
-from engine.policies.greydanus2017 import load_agent
-from engine.core.preprocessing import preprocess_frames
 from engine.metrics.regions import (
     PONG_OBJECTS,
     cells_near,
@@ -36,9 +35,9 @@ from engine.metrics.regions import (
     near_cells,
     object_pixels,
 )
-from engine.env.rollout import rollout
-from engine.policies.registry import resolve_checkpoint
+from engine.policies.greydanus2017 import load_agent
 from engine.policies.module import wrap_policy
+from engine.policies.registry import resolve_checkpoint
 
 FRAMES = slice(40, 46)  # frames with the ball in play
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from engine.core.perturbation import perturbation_saliency, upsample_exact
-from engine.policies.greydanus2017 import ActorCritic
 from engine.core.preprocessing import preprocess_frames
 from engine.core.reference import saliency_np, upsample_exact_np
+from engine.policies.greydanus2017 import ActorCritic
 
 FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
 

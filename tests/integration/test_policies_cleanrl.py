@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from engine.core.errors import CheckpointError
-from engine.policies.greydanus2017 import ActorCritic
 from engine.core.policy import Policy
 from engine.policies.cleanrl import (
     ARCHITECTURES,
@@ -24,6 +23,7 @@ from engine.policies.cleanrl import (
     identify_cleanrl,
     load_cleanrl,
 )
+from engine.policies.greydanus2017 import ActorCritic
 from tests.cleanrl_scripts import (
     CHANNELS,
     ContinuousAgent,

@@ -3,8 +3,8 @@ one window at a time; at most 50 MB for 2,000 frames; bad inputs refused; links 
 and only the hashed viewer script may run; the app writes it for both job modes and for sweeps. The page in a real
 browser: tests/app/test_report_browser.py."""
 
-import functools
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -15,7 +15,6 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_job as tiny_job_config
 from engine.core.errors import EngineError
 from engine.viz.report import (
     Panel,
@@ -28,6 +27,7 @@ from engine.viz.report import (
     write_report,
     write_sweep_report,
 )
+from tests.conftest import tiny_job as tiny_job_config
 
 MB = 1_000_000
 KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")

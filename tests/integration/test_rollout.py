@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from engine import UnknownEnvironmentError
-from engine.policies.greydanus2017 import ActorCritic
 from engine.core.preprocessing import preprocess_frames
 from engine.env.rollout import EpisodesUnfinished, play_episodes, rollout
+from engine.policies.greydanus2017 import ActorCritic
 
 
 def test_recorded_states_reproduce_recorded_outputs_bit_for_bit(pong_agent, pong_rollout):

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from engine.core.errors import EngineError
-from engine.policies.greydanus2017 import load_agent
 from engine.core.settings import SaliencyConfig
 from engine.jobs import record as record_module
 from engine.jobs import score as score_module
-from engine.policies.registry import resolve_checkpoint
 from engine.jobs.record import record_rollout
 from engine.jobs.score import score_store
+from engine.policies.greydanus2017 import load_agent
+from engine.policies.registry import resolve_checkpoint
 from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore, StoreIntegrityError
 from tests.conftest import ROOT
 

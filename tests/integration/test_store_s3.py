@@ -12,11 +12,11 @@ pytest.importorskip("moto.server", reason="moto's S3 server is not installed: pi
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'moto[server]' s3fs")
 
 from engine.core.errors import EngineError  # noqa: E402
-from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.core.settings import SaliencyConfig  # noqa: E402
-from engine.policies.registry import resolve_checkpoint  # noqa: E402
 from engine.jobs.record import record_rollout  # noqa: E402
 from engine.jobs.score import score_store  # noqa: E402
+from engine.policies.greydanus2017 import load_agent  # noqa: E402
+from engine.policies.registry import resolve_checkpoint  # noqa: E402
 from engine.storage.store import RolloutStore, SaliencyStore, StoreIntegrityError, StoreMismatchError, store_exists  # noqa: E402
 
 STEPS, SETTINGS, SHA = 20, SaliencyConfig(density=20), "c" * 64

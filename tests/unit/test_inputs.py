@@ -6,8 +6,8 @@ import torch
 
 from engine.core.jacobian import jacobian_saliency
 from engine.core.perturbation import perturbation_saliency
-from engine.policies.greydanus2017 import ActorCritic
 from engine.core.saliency import SaliencyConfig, compute_saliency
+from engine.policies.greydanus2017 import ActorCritic
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def overlay_ref(saliency, atari, fudge_factor, channel, sigma=0):
     S = S if sigma == 0 else gaussian_filter(S, sigma=sigma)
     S -= S.min()
     S = fudge_factor * pmax * S / S.max()
-    I = atari.astype("uint16")
+    I = atari.astype("uint16")  # noqa: E741  (the original code's name for the image)
     I[35:195, :, channel] += S.astype("uint16")
     return I.clip(1, 255).astype("uint8")
 
