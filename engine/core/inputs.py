@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,9 +59,16 @@ def prepare_observations(agent: Policy, frames: Observations) -> torch.Tensor:
     device, dtype = agent_device_dtype(agent)
     shape = tuple(agent.observation_shape)
     if isinstance(frames, np.ndarray):
+        if frames.ndim >= 1:  # before a contiguous copy of a broadcast view could allocate what it claims
+            _check_fits(
+                frames.shape[0] * int(np.prod(shape)) * dtype.itemsize, device, f"{frames.shape[0]} observations"
+            )
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"observations must be a numpy array or torch tensor, got {type(frames).__name__}")
+    _check_dense(frames, "observations")
+    if frames.ndim >= 1:
+        _check_fits(frames.shape[0] * int(np.prod(shape)) * dtype.itemsize, device, f"{frames.shape[0]} observations")
     if frames.ndim == 3 and tuple(frames.shape) in (FRAME_SHAPE, shape):
         raise ValueError(
             f"observations must be batched (N, ...); got one frame {tuple(frames.shape)}: use frames[None]"
@@ -127,6 +135,7 @@ def prepare_states(agent: Policy, states: StatesLike, n: int) -> State:
     checked = []
     for i, (s, like) in enumerate(zip(states, template)):
         s = torch.as_tensor(s)
+        _check_dense(s, f"state tensor {i}")
         if tuple(s.shape[1:]) != tuple(like.shape[1:]) or s.ndim != like.ndim:
             raise ValueError(
                 f"state tensor {i} must have shape (N, {', '.join(map(str, like.shape[1:]))}), got {tuple(s.shape)}"
@@ -160,6 +169,32 @@ def prepare_inputs(agent: Policy, frames: Observations, states: StatesLike) -> t
     check_policy(agent)
     x = prepare_observations(agent, frames)
     return x, prepare_states(agent, states, x.shape[0])
+
+
+def _check_dense(t: torch.Tensor, what: str) -> None:
+    """Refuse tensors without values to compute on: sparse or other non-strided layouts, and the meta device."""
+    if t.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense tensor, got a {t.layout} tensor: pass tensor.to_dense()")
+    if t.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device (a shape without values): pass a tensor that holds values")
+
+
+def _memory_of(device: torch.device) -> int:
+    """Bytes of memory on ``device``: the GPU's total, or the machine's physical memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_fits(nbytes: int, device: torch.device, what: str) -> None:
+    """Refuse inputs whose copy in the agent's dtype could never fit the device's memory (a broadcast view claims
+    frames it does not hold), before anything is allocated."""
+    memory = _memory_of(device)
+    if nbytes > memory:
+        raise ValueError(
+            f"{what} would take {nbytes / 2**30:.1f} GiB in the agent's dtype, more than the {memory / 2**30:.1f} GiB "
+            f"of {device.type} memory: score fewer at a time (engine.compute_saliency scores frames_per_batch at a time)"
+        )
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:

@@ -71,3 +71,32 @@ def test_compute_saliency_pairs_each_frame_with_its_state(agent):
         alone = perturbation_saliency(agent, x[t : t + 1], tuple(s[t : t + 1] for s in state), density=20)
         assert torch.equal(together["actor_scores"][t], alone.actor_scores[0].cpu())
         assert float(alone.actor_scores.max()) > 0
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_states_without_values_are_refused(agent, kind):
+    x, state = inputs(1, agent)
+    bad = tuple(s.to("meta") if kind == "meta" else s.to_sparse() for s in state)
+    with pytest.raises(ValueError, match=r"state tensor 0 (is on the meta device|must be a dense tensor)"):
+        perturbation_saliency(agent, x, bad, density=20)
+
+
+def test_sparse_observations_are_refused(agent):
+    x, state = inputs(1, agent)
+    with pytest.raises(ValueError, match="observations must be a dense tensor"):
+        perturbation_saliency(agent, x.to_sparse(), state, density=20)
+
+
+@pytest.mark.parametrize("library", ["torch", "numpy"])
+def test_a_broadcast_view_claiming_more_frames_than_memory_holds_is_refused_unallocated(agent, library):
+    """A stride-0 view of one frame claiming 10^8 frames: its float copy would need 2.4 TiB; refused from the
+    shape alone, before a byte of it is allocated."""
+    one = np.zeros((1, 1, 80, 80), np.uint8)
+    frames = (
+        np.broadcast_to(one, (10**8, 1, 80, 80))
+        if library == "numpy"
+        else torch.from_numpy(one).expand(10**8, 1, 80, 80)
+    )
+    states = tuple(torch.zeros(1, 256).expand(10**8, 256) for _ in agent.initial_state(1))
+    with pytest.raises(ValueError, match=r"10{8} observations would take .* GiB .* more than the .* GiB of cpu memory"):
+        perturbation_saliency(agent, frames, states, density=20)
