@@ -2,10 +2,10 @@
 
 Before Hydra creates a run directory, :func:`precheck` composes the configuration of every job the command
 line asks for (each combination of a ``--multirun`` sweep) against the typed schema (:mod:`engine.jobs.config`),
-checks ranges, the environment id and the checkpoint, and so refuses a bad command in about a second with one
-line on stderr and exit code 2: Hydra's own errors (unknown key, bad override syntax, missing group option)
-included. Results and progress messages go through ``logging`` (Hydra writes them to the console and to
-``<run dir>/engine.log``).
+checks ranges, the environment id, the checkpoint and the stores, and so refuses a bad command in about a second
+with one line on stderr and exit code 2, before Hydra writes into a run directory (an earlier run there stays as it
+was): Hydra's own errors (unknown key, bad override syntax, missing group option) included. Results and progress
+messages go through ``logging`` (Hydra writes them to the console and to ``<run dir>/engine.log``).
 
 Where the configs are, Hydra's command line and the one-line errors are :mod:`engine.cli.scaffold`'s, shared with
 the trainers' command line.
@@ -14,6 +14,7 @@ the trainers' command line.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import logging
@@ -124,13 +125,20 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return jobs
 
 
-def compose_job(config_name: str, overrides: list[str]) -> JobConfig:
-    """Compose one job's configuration outside a Hydra run (so its run directory is not needed)."""
-    cfg = compose(config_name, overrides)
+def compose_job(config_name: str, overrides: list[str], multirun: bool = False) -> tuple[JobConfig, bool]:
+    """Compose one job's configuration outside a Hydra run (so its run directory is not made), and say whether its
+    ``output.dir`` is the job's: the run directory where the command line names it (``hydra.run.dir=...``); one
+    named by the clock, or a multirun's job directory, is known once Hydra runs the job."""
+    cfg = compose(config_name, overrides, return_hydra_config=True)
     output = OmegaConf.to_container(cfg.output, resolve=False)
-    if isinstance(output, dict) and "${hydra:" in str(output.get("dir", "")):
-        cfg.output.dir = "."  # the run directory, known once Hydra runs the job
-    return job_config(cfg)
+    out_dir = str(output.get("dir", "")) if isinstance(output, dict) else ""
+    if "${hydra:" not in out_dir:
+        return job_config(cfg), True
+    run = OmegaConf.to_container(cfg.hydra.run, resolve=False)
+    run_dir = str(run.get("dir", "")) if isinstance(run, dict) else ""
+    known = not multirun and out_dir == "${hydra:runtime.output_dir}" and bool(run_dir) and "${" not in run_dir
+    cfg.output.dir = run_dir if known else "."
+    return job_config(cfg), known
 
 
 def _agent_key(config: JobConfig) -> str:
@@ -154,23 +162,24 @@ def precheck(argv: list[str]) -> None:
     multirun = args.multirun or any(o.replace(" ", "") in ("hydra.mode=MULTIRUN",) for o in overrides)
     try:
         jobs = sweep_jobs(overrides, multirun)
-        configs = [compose_job(args.config_name or "main", job) for job in jobs]
+        configs = [compose_job(args.config_name or "main", job, multirun) for job in jobs]
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's and OmegaConf's composition errors, the schema's checks
         raise ConfigError(one_line(exc)) from None
     if args.cfg:
         return  # --cfg prints the configuration: nothing is loaded
-    from ..jobs.run import validate_job
+    from ..jobs.run import check_stores, validate_job
 
     checked: set[str] = set()
-    for config in configs:
+    for config, output_known in configs:
         key = _agent_key(config)
-        if key in checked or len(checked) >= MAX_PRECHECKED_AGENTS:
-            continue
-        checked.add(key)
         try:
-            _PREPARED[key] = validate_job(config)
+            if key in checked:  # the agents are checked: this job's stores
+                check_stores(dataclasses.replace(_PREPARED[key], config=config), output_known)
+            elif len(checked) < MAX_PRECHECKED_AGENTS:
+                checked.add(key)
+                _PREPARED[key] = validate_job(config, output_known)
         except ValueError as exc:  # EngineError, CheckpointError and the engine's argument checks
             raise ConfigError(str(exc)) from None
 
@@ -178,17 +187,34 @@ def precheck(argv: list[str]) -> None:
 # --- the Hydra job ------------------------------------------------------------------------------------------
 
 
-def remove_empty_run_dir() -> None:
-    """Remove the run directory Hydra made for a job that wrote nothing (only ``.hydra/`` and its log)."""
+def _hydras_own() -> set[str]:
+    """What Hydra writes into a run directory before the job starts: ``.hydra/`` and the job's log."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return {".hydra", f"{HydraConfig.get().job.name}.log"}
+
+
+def new_run_dir() -> Path | None:
+    """The run directory, if Hydra made it for this job: called as the job starts, it then holds Hydra's own files
+    only, the log still empty. None for a directory that holds an earlier run (or anything else)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    except Exception:
+        ours = _hydras_own()
+        entries = list(run_dir.iterdir())
+    except Exception:  # no Hydra run, or no directory
+        return None
+    fresh = all(p.name in ours and (p.is_dir() or p.stat().st_size == 0) for p in entries)
+    return run_dir if fresh else None
+
+
+def remove_empty_run_dir(run_dir: Path | None) -> None:
+    """Remove the run directory Hydra made for this job (:func:`new_run_dir`) if the job wrote nothing there (only
+    ``.hydra/`` and its log); a directory that held an earlier run is never removed."""
+    if run_dir is None or not run_dir.is_dir():
         return
-    if not run_dir.is_dir():
-        return
-    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    ours = _hydras_own()
     if any(p.name not in ours for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -205,12 +231,12 @@ def remove_empty_run_dir() -> None:
 
 
 def _prepared_job(config: JobConfig):
-    from ..jobs.run import PreparedJob, validate_job
+    from ..jobs.run import validate_job
 
     cached = _PREPARED.get(_agent_key(config))
     if cached is None:
         return validate_job(config)
-    return PreparedJob(config, cached.checkpoint, cached.agent)
+    return dataclasses.replace(cached, config=config)  # run_job checks this job's stores
 
 
 def hydra_main(cfg: DictConfig) -> None:
@@ -218,16 +244,17 @@ def hydra_main(cfg: DictConfig) -> None:
     from ..core.errors import EngineError
     from ..jobs.run import run_job
 
+    run_dir = new_run_dir()
     try:
         config = job_config(cfg)
         prepared = _prepared_job(config)
     except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
-        remove_empty_run_dir()
+        remove_empty_run_dir(run_dir)
         fail(one_line(exc))
     try:
         written = run_job(config, prepared)
     except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
-        remove_empty_run_dir()
+        remove_empty_run_dir(run_dir)
         fail(str(exc))
     log.info("saliency of %s by %s written to %s:", config.env.id, prepared.checkpoint, config.output.dir)
     for name, path in written.items():
@@ -250,6 +277,7 @@ SUMMARY_COLUMNS = (
     "job",
     "env",
     "checkpoint",
+    "checkpoint_file",
     "method",
     "radius",
     "density",
@@ -271,7 +299,8 @@ SUMMARY_COLUMNS = (
 
 
 def summary_rows(sweep_dir: Path) -> list[dict]:
-    """One row per job of a sweep directory, from each job's summary.json."""
+    """One row per job of a sweep directory, from each job's summary.json: its checkpoint as the command line named
+    it (a registry name, a path as given), the file that resolved to in ``checkpoint_file``."""
     from ..metrics.faithfulness import scalar_columns  # torch: not on the path of a command line that fails early
 
     rows = []
@@ -282,7 +311,8 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
             dict(
                 job=path.parent.name,
                 env=c["env"]["id"],
-                checkpoint=s["checkpoint"],
+                checkpoint=c["agent"]["checkpoint"],  # as the user gave it
+                checkpoint_file=s["checkpoint"],
                 method=c["saliency"]["method"],
                 radius=c["saliency"]["radius"],
                 density=c["saliency"]["density"],

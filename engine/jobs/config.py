@@ -58,7 +58,9 @@ __all__ = [
     "SaliencyConfig",
     "StateAlignment",
     "StoreConfig",
+    "bundled_envs",
     "check_config",
+    "config_dir",
     "config_error",
     "engine_saliency",
     "register_configs",
@@ -217,6 +219,28 @@ class JobConfig:
             raise EngineError(config_error(exc)) from None
         check_config(config)
         return config
+
+
+def config_dir() -> Path:
+    """The configs that ship with the engine: ``engine/configs`` of an installed wheel, else the checkout's top-level
+    ``configs/``."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "configs"
+    return shipped if (shipped / "main.yaml").is_file() else package.parent / "configs"
+
+
+def bundled_envs() -> dict[str, str]:
+    """``{option: environment id}`` of the bundled environment configs (``configs/env/<option>.yaml``, chosen on the
+    command line as ``env=<option>``)."""
+    found = {}
+    for path in sorted((config_dir() / "env").glob("*.yaml")):
+        try:
+            env_id = OmegaConf.select(OmegaConf.load(path), "id")
+        except (OSError, OmegaConfBaseException):
+            continue
+        if isinstance(env_id, str) and env_id:
+            found[path.stem] = env_id
+    return found
 
 
 def register_configs() -> None:

@@ -1,19 +1,22 @@
 """The main job as plain functions: checkpoint -> rollout store -> saliency store -> statistics, metrics, arrays,
 overlays, movie, figures, report, summary (:func:`run_job`: one path, the stores on disk or in memory).
 
-``validate_job`` checks everything cheap first (settings, environment id, checkpoint, agent/game match) so a
-bad override fails in a second with a clear message, before any rollout or scoring starts. Progress and results
-are logged (``logging``); the end-of-run statistics are accumulated chunk by chunk (:class:`MapStatistics`).
+``validate_job`` checks everything cheap first (settings, environment id, checkpoints, the agent's game and
+actions, the stores' manifests) so a bad override fails in a second with a clear message, before any rollout or
+scoring starts and before anything in the output directory is touched: a refused job leaves an earlier run there as
+it was. Progress and results are logged (``logging``); the end-of-run statistics are accumulated chunk by chunk
+(:class:`MapStatistics`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -28,17 +31,34 @@ from ..core.saliency import compute_saliency
 from ..env.pipelines import library_defaults
 from ..env.rollout import Rollout, make_env
 from ..policies.loading import load_policy
-from ..policies.registry import resolve_checkpoint, sha256_of
+from ..policies.registry import (
+    BUILTIN_PREFIX,
+    TrainedGame,
+    ale_game,
+    known_checkpoint,
+    resolve_checkpoint,
+    same_game,
+    sha256_of,
+    trained_game,
+)
 from ..storage.arrays import save_arrays
 from ..storage.store import (
+    FORMAT,
+    RESULT_NEUTRAL,
     ROLLOUT_FIELDS,
+    ChunkStore,
     RolloutStore,
     SaliencyStore,
+    StoreMismatchError,
+    check_writable,
+    engine_version,
     is_memory,
+    is_url,
     store_exists,
     store_root,
+    writing_needed,
 )
-from .config import JobConfig, check_config, engine_saliency
+from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .record import record_rollout
 from .score import score_store, scored_states, uses_recorded_states
 
@@ -56,9 +76,16 @@ OWNED_PATTERNS = ("frame_[0-9][0-9][0-9][0-9][0-9].png", "jacobian_vs_perturbati
 
 @dataclass
 class PreparedJob:
+    """A job whose settings, environment, agents and stores are checked (:func:`validate_job`): its agent loaded,
+    ``store.player``'s too (None: the agent plays), and what the job says once it runs (``warnings``: logged, and
+    kept in summary.json)."""
+
     config: JobConfig
     checkpoint: Path
     agent: Policy
+    player: Policy | None = None
+    player_checkpoint: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def pipeline_options(config: JobConfig, agent: Policy) -> dict:
@@ -81,32 +108,222 @@ def load_job_agent(config: JobConfig, path) -> Policy:
     return agent
 
 
-def validate_job(config: JobConfig) -> PreparedJob:
-    """Check the settings (:func:`engine.jobs.config.check_config`), the environment id and the checkpoints, and
-    load the agent; no rollout yet."""
+def validate_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
+    """Check the settings (:func:`engine.jobs.config.check_config`), the environment id, the checkpoints (the game
+    each was trained on, where known, and their actions), load the agent and ``store.player``'s, and check the stores
+    the job would open (:func:`check_stores`; ``output_known=False`` while ``output.dir`` is not the job's yet);
+    nothing is played or written."""
     check_config(config)
     quiet_emulator()
-    env = make_env(config.env.id, full_action_space=config.env.full_action_space)  # an unknown id fails here
-    actions = cast("Discrete", env.action_space).n  # the Atari environments' actions are discrete
-    env.close()
+    e = config.env
+    actions = env_actions(e.id, e.full_action_space)  # an unknown id fails here
     if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
         from ..viz.rendering import paper_gains
 
         try:
-            paper_gains(config.env.id)
+            paper_gains(e.id)
         except ValueError as exc:  # a game without published gains
             raise EngineError(str(exc)) from None
-    a = config.agent
+    a, st = config.agent, config.store
     path = resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
-    if config.store.player:
-        resolve_checkpoint(config.store.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+    warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
     agent = load_job_agent(config, path)
-    if agent.num_actions != actions:
+    check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
+    player, player_path = None, None
+    if st.player:
+        player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+        warnings += checked_game("store.player", st.player, player_path, e.id)
+        player = agent if player_path == path else load_job_agent(config, player_path)
+        check_actions("store.player", st.player, player_path, player, config, actions)
+        if (player.pipeline, player.frame_stack) != (agent.pipeline, agent.frame_stack):
+            raise EngineError(
+                f"store.player {st.player} plays in the {player.pipeline} pipeline ({player.frame_stack} frames "
+                f"stacked) but agent.checkpoint {a.checkpoint} sees the {agent.pipeline} pipeline "
+                f"({agent.frame_stack}): the game it records would not fit the agent; choose a player of the agent's "
+                "kind, or unset store.player"
+            )
+    prepared = PreparedJob(config, path, agent, player, player_path, warnings)
+    check_stores(prepared, output_known)
+    return prepared
+
+
+@functools.cache
+def env_actions(env_id: str, full_action_space: bool) -> int:
+    """How many actions ``env_id`` has (all 18 of the ALE with ``full_action_space``)."""
+    env = make_env(env_id, full_action_space=full_action_space)
+    try:
+        return int(cast("Discrete", env.action_space).n)  # the Atari environments' actions are discrete
+    finally:
+        env.close()
+
+
+def env_choice(env_id: str) -> str:
+    """How to choose ``env_id``'s game on the command line: ``env=<option>`` of a bundled environment config of that
+    game (of that very id, if one is), else ``env.id=<env_id>``."""
+    options = sorted(
+        ((other != env_id, option) for option, other in bundled_envs().items() if same_game(other, env_id)),
+    )
+    return f"env={options[0][1]}" if options else f"env.id={env_id}"
+
+
+def checked_game(key: str, name: str, path: Path, env_id: str) -> list[str]:
+    """Refuse the checkpoint ``name`` (setting ``key``) where its registry entry or built-in metadata names another
+    game than ``env_id``; where a user's file has metadata that does, the warning (one, returned) that says so."""
+    trained = trained_game(name, path)
+    if trained is None or same_game(trained.env_id, env_id):
+        return []
+    fix, game = env_choice(trained.env_id), ale_game(env_id)
+    if trained.source != "metadata":
         raise EngineError(
-            f"{config.env.id} has {actions} actions but the agent from {path} has {agent.num_actions}: "
-            "pair the checkpoint with the game it was trained on (e.g. env=breakout agent=baby_a3c_breakout)"
+            f"{key} {name} was trained on {ale_game(trained.env_id)} ({trained.env_id}), but env.id is {env_id}: "
+            f"set {fix} to run it on its own game, or choose an agent trained on {game}"
         )
-    return PreparedJob(config, path, agent)
+    return [
+        f"{key} {name} was trained on {trained.env_id} (its metadata {path.with_suffix('.json')} says so), not on "
+        f"{env_id}: its maps show it playing a game it never learned; set {fix} to run it on its own game"
+    ]
+
+
+def check_actions(key: str, name: str, path: Path, agent: Policy, config: JobConfig, actions: int) -> None:
+    """Refuse an agent whose action count is not the environment's, naming an environment that fits it."""
+    if agent.num_actions == actions:
+        return
+    e = config.env
+    where = f"{e.id} with env.full_action_space=true" if e.full_action_space else e.id
+    file = "" if Path(name).expanduser().resolve() == path.resolve() else f" ({path})"
+    raise EngineError(
+        f"{where} has {actions} actions but {key} {name}{file} has {agent.num_actions}: "
+        f"{fitting_env(agent.num_actions, trained_game(name, path), e.id, e.full_action_space)}"
+    )
+
+
+def fitting_env(num_actions: int, trained: TrainedGame | None, env_id: str, full_action_space: bool) -> str:
+    """What to set for an agent of ``num_actions`` actions (trained on ``trained``, where known) instead of
+    ``env_id``: its own game, the other action set of this one, or the bundled games with that many actions."""
+    if trained is not None and not same_game(trained.env_id, env_id):
+        return f"it was trained on {trained.env_id}: set {env_choice(trained.env_id)}"
+    if env_actions(env_id, not full_action_space) == num_actions:
+        return f"set env.full_action_space={str(not full_action_space).lower()}"
+    if trained is not None:
+        return f"it was trained on {trained.env_id}, whose action sets have other sizes: check the checkpoint"
+    counts = {option: env_actions(other, full_action_space) for option, other in bundled_envs().items()}
+    games = bundled_envs()
+    fits = [f"env={option} ({games[option]})" for option, n in counts.items() if n == num_actions]
+    if fits:
+        return f"of the bundled games, {' and '.join(fits)} {'has' if len(fits) == 1 else 'have'} {num_actions} " + (
+            "actions: set the one it was trained on (or env.id=<its game>)"
+        )
+    sizes = ", ".join(f"env={option}: {n}" for option, n in counts.items())
+    return f"no bundled game has {num_actions} actions ({sizes}): set env.id to the game it was trained on"
+
+
+def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
+    """Refuse what the job's stores would refuse once it runs, before anything is written or removed: a path holding
+    something that is no store, a store of another kind, an old format or damaged, a store written with other
+    settings, a recorded game of another environment or pipeline, a place that is not writable. Reads manifests
+    only. The default saliency store lies in ``output.dir``: checked where ``output_known``."""
+    config, st = prepared.config, prepared.config.store
+    if not st.rollout:
+        return
+    rollout_root = store_root(st.rollout)
+    recorded = existing_store(rollout_root, "rollout")
+    if recorded is not None and RolloutStore(recorded).complete:
+        check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
+    elif recorded is not None:
+        player = prepared.player or prepared.agent
+        played_by = prepared.player_checkpoint or prepared.checkpoint
+        wanted = dict(
+            format=FORMAT,
+            engine=engine_version(),
+            env_id=config.env.id,
+            seed=config.rollout.seed,
+            greedy=config.rollout.greedy,
+            num_steps=config.rollout.steps,
+            chunk_steps=st.chunk_steps,
+            checkpoint_sha256=sha256_of(played_by),
+            num_actions=player.num_actions,
+            dtype=str(player.dtype),
+        )
+        check_identity(rollout_root, recorded.identity, wanted)
+    if writing_needed(rollout_root, "rollout", None):
+        check_writable(rollout_root)
+    if not (st.saliency or output_known):
+        return
+    saliency_root = store_root(st.saliency) if st.saliency else Path(config.output.dir) / "saliency_store"
+    scored = existing_store(saliency_root, "saliency")
+    if scored is not None:
+        settings = {k: v for k, v in asdict(engine_saliency(config.saliency)).items() if k not in RESULT_NEUTRAL}
+        wanted = dict(
+            format=FORMAT,
+            engine=engine_version(),
+            checkpoint_sha256=sha256_of(prepared.checkpoint),
+            dtype=str(prepared.agent.dtype),
+            saliency=settings,
+            frames_per_chunk=st.frames_per_chunk,
+        )
+        if recorded is not None:
+            wanted["rollout"] = recorded.identity
+        check_identity(saliency_root, scored.identity, wanted)
+    if writing_needed(saliency_root, "saliency", None):
+        check_writable(saliency_root)
+
+
+def existing_store(root, kind: str) -> ChunkStore | None:
+    """The store of ``kind`` at ``root``, opened read-only (an old format, a group without a manifest, a store of
+    another kind or a damaged one refused as opening it refuses), or None where there is none yet; a local path that
+    holds a file, or a folder of other files, is refused: a store never adopts them."""
+    if store_exists(root):
+        return ChunkStore.open_kind(root, kind, read_only=True)
+    if is_memory(root) or is_url(root):
+        return None  # the store's own check refuses foreign keys or objects when the job creates it
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise EngineError(f"the store path {path} is a file, not a directory: use another path")
+    if path.is_dir() and any(path.iterdir()):
+        if (path / "manifest.json").is_file():
+            ChunkStore.open_kind(path, kind, read_only=True)  # refuses an older engine's store, saying so
+        raise EngineError(
+            f"{path} is not empty but has no store manifest (zarr.json): not adopting its files; delete it or use "
+            "another path"
+        )
+    return None
+
+
+def check_identity(root, found: dict, wanted: dict) -> None:
+    """Refuse a store whose manifest differs from this job's settings in any of ``wanted`` (nested dicts compared
+    key by key)."""
+    wanted = json.loads(json.dumps(wanted, default=str))  # as a manifest reads back
+    differences = identity_differences(found, wanted)
+    if differences:
+        raise StoreMismatchError(
+            f"the store {root} was written with other settings ({'; '.join(differences)}): refusing to mix them; use "
+            "another directory, or delete this one to start over"
+        )
+
+
+def identity_differences(found: dict, wanted: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key, value in wanted.items():
+        have = found.get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            differences += identity_differences(have, value, f"{prefix}{key}.")
+        elif have != value:
+            differences.append(f"{prefix}{key}: store has {have!r}, this job {value!r}")
+    return differences
+
+
+def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy) -> None:
+    """Refuse a recorded game of another environment than the job's, or recorded in another pipeline than the
+    agent's."""
+    if rstore.identity["env_id"] != config.env.id:
+        raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    recorded = rstore.identity["pipeline"]
+    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
+        raise EngineError(
+            f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
+            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
+            "recorded for agents of the same kind"
+        )
 
 
 def quiet_emulator() -> None:
@@ -268,11 +485,19 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     (:class:`zarr.storage.MemoryStore`) that live as long as the job, and ``output.arrays`` writes their arrays to
     ``rollout.npz`` and ``saliency.npz``.
 
-    Files that an earlier job wrote there are removed first (:func:`clear_owned_outputs`)."""
-    prepared = prepared or validate_job(config)
+    Everything that can refuse the job is checked before anything is written (:func:`validate_job`, and
+    :func:`check_stores` again for a job prepared earlier); the files an earlier job wrote into ``output.dir`` are
+    removed once this one's results are ready to be written (:func:`clear_owned_outputs`), so that a refused or
+    failed job leaves them as they were."""
+    if prepared is None:
+        prepared = validate_job(config)
+    else:
+        check_stores(prepared)  # the stores may have changed since the job was prepared
+    warnings = list(prepared.warnings)
+    for warning in warnings:
+        log.warning("%s", warning)
     agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_owned_outputs(out_dir)
     sha = sha256_of(prepared.checkpoint)
     if st.rollout:  # a path or an fsspec URL (s3://...)
         rollout_root = store_root(st.rollout)
@@ -311,8 +536,12 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     series = rstore.store.read_range(0, rstore.num_steps, ("actions", "rewards", "dones"))
     names = rstore.identity["action_names"]
     stores = {"rollout_store": str(rollout_root), "saliency_store": str(saliency_root)} if st.rollout else {}
+    statistics = streamed_statistics(sstore)
+    for warning in zero_map_warnings(statistics):
+        log.warning("%s", warning)
+        warnings.append(warning)
     settings = dict(
-        config=asdict(config),
+        config={**asdict(config), "agent": agent_settings(config, agent)},
         checkpoint=str(prepared.checkpoint),
         checkpoint_sha256=sha,
         **stores,
@@ -327,8 +556,10 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         pipeline=rstore.identity["pipeline"],
         action_names=list(names),
         action_counts=action_counts(series["actions"], names),
-        **streamed_statistics(sstore),
+        warnings=warnings,
+        **statistics,
     )
+    clear_owned_outputs(out_dir)  # the job has run: the earlier run's files go now, before this one's are written
     written: dict[str, Path | str] = {}
     if st.rollout:  # then both stores are paths or URLs, never memory stores
         written.update(cast("dict[str, Path | str]", {"rollout_store": rollout_root, "saliency_store": saliency_root}))
@@ -354,16 +585,15 @@ def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha
     """The job's game in the rollout store at ``root``: reused if that store is complete (whoever played it), else
     recorded or resumed there by ``store.player`` (a store on disk) or the job's agent; checked against the job's
     game and the agent's pipeline."""
-    agent, st = prepared.agent, config.store
+    agent = prepared.agent
     if store_exists(root) and RolloutStore.open(root).complete:
         rstore = RolloutStore.open(root)  # replay one recorded game, whoever played it
         log.info("replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], root)
     else:
         player, player_path, player_sha = agent, prepared.checkpoint, checkpoint_sha256
-        if st.player and not is_memory(root):
-            a = config.agent
-            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
-            player, player_sha = load_job_agent(config, player_path), sha256_of(player_path)
+        if prepared.player is not None and prepared.player_checkpoint is not None and not is_memory(root):
+            player, player_path = prepared.player, prepared.player_checkpoint
+            player_sha = sha256_of(player_path)
         started = time.perf_counter()
         rstore = record_rollout(
             player,
@@ -372,7 +602,7 @@ def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha
             root,
             seed=config.rollout.seed,
             greedy=config.rollout.greedy,
-            chunk_steps=st.chunk_steps,
+            chunk_steps=config.store.chunk_steps,
             checkpoint_sha256=player_sha,
             extra={"checkpoint": str(player_path), "config": asdict(config)},
             progress=config.progress,
@@ -380,16 +610,57 @@ def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha
             **pipeline_options(config, player),
         )
         log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
-    if rstore.identity["env_id"] != config.env.id:
-        raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
-    recorded = rstore.identity["pipeline"]
-    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
-        raise EngineError(
-            f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
-            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
-            "recorded for agents of the same kind"
-        )
+    check_recorded(rstore, root, config, agent)
     return rstore
+
+
+def agent_kind(agent: Policy) -> str:
+    """The kind of agent: ``greydanus2017``, ``sb3``, ``cleanrl`` or ``module`` (a network wrapped with
+    :func:`engine.policies.module.wrap_policy`); another :class:`Policy` by its class."""
+    from ..policies.cleanrl import CleanRLPolicy
+    from ..policies.greydanus2017 import ActorCritic
+    from ..policies.module import ModulePolicy
+    from ..policies.sb3 import SB3Policy
+
+    kinds = ((ActorCritic, "greydanus2017"), (SB3Policy, "sb3"), (CleanRLPolicy, "cleanrl"), (ModulePolicy, "module"))
+    return next(
+        (kind for cls, kind in kinds if isinstance(agent, cls)), f"{type(agent).__module__}.{type(agent).__name__}"
+    )
+
+
+def agent_settings(config: JobConfig, agent: Policy) -> dict:
+    """``config.agent`` as the job used it, for the summary: the agent's kind and pipeline, and the core only where it
+    applies (a 2017 agent's); ``preprocessing``, a 2017 agent's pipeline, is in ``pipeline``."""
+    settings = {k: v for k, v in asdict(config.agent).items() if k not in ("core", "preprocessing")}
+    kind = agent_kind(agent)
+    settings["kind"] = kind
+    if kind == "greydanus2017":
+        settings["core"] = getattr(agent, "core", config.agent.core)
+    settings["pipeline"] = agent.pipeline
+    return settings
+
+
+def zero_map_warnings(statistics: dict[str, float]) -> list[str]:
+    """What to say where every map of a method is zero (their maxima in ``statistics``): no perturbation, or no
+    gradient, changed any output."""
+    said = []
+    for kinds, what in (
+        (("actor", "critic"), "no perturbation changed any output"),
+        (("jacobian_actor", "jacobian_critic"), "no output has a gradient with respect to the input"),
+    ):
+        maxima = {k: statistics[f"{k}_max"] for k in kinds if f"{k}_max" in statistics}
+        if maxima and all(v == 0 for v in maxima.values()):
+            said.append(
+                f"{what}: the {' and '.join(maxima)} maps are zero everywhere; the agent's outputs do not depend on "
+                "its input (saturated units: check the checkpoint's weights) or the settings cannot show it "
+                "(saliency.radius, saliency.interp)"
+            )
+    return said
+
+
+def checkpoint_label(name: str) -> str:
+    """A checkpoint as a label: a registry name as it is, a path by its file name."""
+    return name if name.startswith(BUILTIN_PREFIX) or known_checkpoint(name) else Path(name).name
 
 
 def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) -> Path:
@@ -583,7 +854,7 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
             seen[store].label += f", {row['job']}"
             continue
         label = f"job {row['job']}: " + (
-            ", ".join(f"{c}={Path(str(row[c])).name if c == 'checkpoint' else row[c]}" for c in swept)
+            ", ".join(f"{c}={checkpoint_label(str(row[c])) if c == 'checkpoint' else row[c]}" for c in swept)
             or "same settings"
         )
         seen[store] = Panel(

@@ -13,6 +13,11 @@ Resolution order for a baby-a3c name: each local directory (config ``agent.check
 ``ATARI_SALIENCY_CHECKPOINTS`` environment variable, a ``:``-separated list), then the download cache, then a
 download from the public address. Wherever the file comes from, its sha256 must be the registry's: a local or
 cached file that differs is reported (file, expected and found hash) and never used.
+
+The game a checkpoint was trained on is known for registry names (the entry's ``env_id``), built-in agents (their
+metadata's ``game``) and a user's file with the training's metadata beside it (``<file>.json``, as
+``python -m engine.training`` writes it): :func:`trained_game`. Games compare by their ALE name (:func:`ale_game`:
+``Pong-v4``, ``PongNoFrameskip-v4`` and ``ALE/Pong-v5`` are all Pong).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, EngineError
 from ..core.files import atomic_write
+from .checkpoint import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,58 @@ def resolve_builtin(name: str, root: Path | None = None) -> Path:
             f"use builtin/{game}@<one of those> or builtin/{game} for the most trained"
         )
     return series[int(frames)]
+
+
+MAX_METADATA_BYTES = 1 << 20  # the training's metadata is a few hundred bytes
+
+
+@dataclass(frozen=True)
+class TrainedGame:
+    """The environment id a checkpoint was trained on, and who says so: ``"registry"`` (a registry name's entry),
+    ``"builtin"`` (a built-in agent's metadata) or ``"metadata"`` (the training's metadata beside a user's file)."""
+
+    env_id: str
+    source: str
+
+
+def ale_game(env_id: str) -> str:
+    """The ALE game of a gymnasium id, for comparing games: ``Pong`` for ``Pong-v4``, ``PongNoFrameskip-v4``,
+    ``ALE/Pong-v5`` and ``Pong-ramDeterministic-v4`` alike."""
+    name = re.sub(r"-v[0-9]+$", "", env_id.rsplit("/", 1)[-1])
+    for suffix in ("NoFrameskip", "Deterministic"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix("-ram")
+
+
+def same_game(env_id: str, other: str) -> bool:
+    """Whether two gymnasium ids are one ALE game (case aside)."""
+    return ale_game(env_id).lower() == ale_game(other).lower()
+
+
+def metadata_game(checkpoint: str | os.PathLike) -> str | None:
+    """The ``game`` of the training's metadata beside ``checkpoint`` (``step_<frames>.json`` beside
+    ``step_<frames>.pt``), or None where there is none, it cannot be read or it names no game."""
+    meta = Path(checkpoint).with_suffix(".json")
+    try:
+        if not meta.is_file() or meta.stat().st_size > MAX_METADATA_BYTES:
+            return None
+        data = parse_json(meta.read_bytes(), str(meta), MAX_METADATA_BYTES)
+    except (OSError, EngineError):
+        return None
+    game = data.get("game") if isinstance(data, dict) else None
+    return game if isinstance(game, str) and game else None
+
+
+def trained_game(name_or_path: str, path: str | os.PathLike | None = None) -> TrainedGame | None:
+    """The game the checkpoint ``name_or_path`` (resolved to ``path``) was trained on, where it is known (module
+    docstring), else None."""
+    entry = known_checkpoint(str(name_or_path))
+    if entry is not None:
+        return TrainedGame(entry.env_id, "registry")
+    builtin = str(name_or_path).startswith(BUILTIN_PREFIX)
+    file = path if path is not None else (resolve_builtin(str(name_or_path)) if builtin else name_or_path)
+    game = metadata_game(Path(file).expanduser())
+    return TrainedGame(game, "builtin" if builtin else "metadata") if game else None
 
 
 def sha256_of(path: str | os.PathLike) -> str:

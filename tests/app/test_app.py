@@ -65,6 +65,16 @@ def test_main_job_writes_movie_arrays_and_figures(tmp_path):
     assert rollout_arrays["frames"].shape == (6, 210, 160, 3) and rollout_arrays["state_0"].shape == (6, 256)
     assert (out / "frame_00002.png").exists() and (out / "jacobian_vs_perturbation_00003.png").exists()
     assert json.loads((out / "summary.json").read_text())["frames"] == 6
+    # what was used: a 2017 agent (its core), in its own pipeline
+    assert settings["config"]["agent"] | {"checkpoint_dirs": None} == {
+        "checkpoint": "builtin/pong",
+        "checkpoint_dirs": None,
+        "cache_dir": None,
+        "allow_download": False,
+        "kind": "greydanus2017",
+        "core": "lstm",
+        "pipeline": "greydanus2017",
+    }
     # the saved maps are those of the engine on the saved frames and states
     import torch
 
@@ -210,12 +220,14 @@ def test_checkpoint_by_radius_sweep_over_one_recorded_rollout(tmp_path, launcher
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {(r["checkpoint"].rsplit("/", 1)[-1], float(r["radius"])) for r in rows} == {
-        ("model.40.tar", 3.0),
-        ("model.40.tar", 5.0),
-        ("model.80.tar", 3.0),
-        ("model.80.tar", 5.0),
+    # the checkpoints by the names the command line gave, and the files they resolved to
+    assert {(r["checkpoint"], float(r["radius"])) for r in rows} == {
+        ("baby-a3c/pong@40", 3.0),
+        ("baby-a3c/pong@40", 5.0),
+        ("baby-a3c/pong@80", 3.0),
+        ("baby-a3c/pong@80", 5.0),
     }
+    assert all(r["checkpoint_file"].endswith(f"model.{r['checkpoint'][-2:]}.tar") for r in rows)
     assert all(r["frames"] == "10" and r["complete"] == "True" and float(r["actor_max"]) > 0 for r in rows)
     # one recorded game for all: a single rollout store, each job its own saliency store
     from engine.storage.store import RolloutStore, SaliencyStore
@@ -250,6 +262,48 @@ def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):
         "comparison",
         "report",
     }
+    assert json.loads((tmp_path / "summary.json").read_text())["warnings"] == []
+
+
+def test_all_zero_maps_are_said(tmp_path, caplog):
+    """An agent whose outputs no perturbation changes (its LSTM saturated by biases of 9e5, within the loaders'
+    bound on weights) has maps that are zero everywhere: the job says so in its log and in summary.json."""
+    from engine.jobs.run import run_job
+    from engine.policies.registry import resolve_checkpoint
+
+    state = torch.load(resolve_checkpoint("builtin/pong@500160"), weights_only=True)
+    saturated = {
+        k: v.float() * (9e5 / float(v.float().abs().max())) if k.startswith("lstm.bias") else v
+        for k, v in state.items()
+    }
+    torch.save(saturated, tmp_path / "saturated.pt")
+    config = tiny_job(tmp_path / "run", movie=False, agent={"checkpoint": str(tmp_path / "saturated.pt")})
+    with caplog.at_level("WARNING", logger="engine"):
+        run_job(config)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["actor_max"] == summary["critic_max"] == 0
+    (warning,) = summary["warnings"]
+    assert warning.startswith("no perturbation changed any output") and "actor" in warning and "critic" in warning
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+
+
+def test_sweep_summary_names_checkpoints_as_given(tmp_path):
+    """summary.csv's checkpoint column is what the user typed (a registry name, a relative path); the file it
+    resolved to is in checkpoint_file."""
+    from dataclasses import asdict
+
+    from engine.cli.app import summary_columns, summary_rows
+
+    given = {"baby-a3c/pong@40": "/data/baby-a3c/pong-v4/model.40.tar", "runs/mine.pt": "/home/me/runs/mine.pt"}
+    for job, (name, file) in enumerate(given.items()):
+        (tmp_path / str(job)).mkdir()
+        config = asdict(tiny_job(tmp_path / str(job), agent={"checkpoint": name}))
+        summary = {"config": config, "checkpoint": file, "frames": 4}
+        (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary, default=str))
+    rows = summary_rows(tmp_path)
+    assert [(r["checkpoint"], r["checkpoint_file"]) for r in rows] == list(given.items())
+    columns = summary_columns(rows)
+    assert columns.index("checkpoint_file") == columns.index("checkpoint") + 1
 
 
 def test_statistics_are_streamed_chunk_by_chunk():
@@ -331,6 +385,10 @@ def test_main_job_explains_a_library_agent(tmp_path, kind):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["action_names"][:2] == ["NOOP", "FIRE"] and sum(summary["action_counts"].values()) == 6
     assert summary["pipeline"]["name"] == ("sb3_atari" if kind == "sb3" else "cleanrl_atari")
+    # the agent as it was used: its kind and pipeline, no 2017 core or preprocessing
+    agent_settings = summary["config"]["agent"]
+    assert agent_settings["kind"] == kind and agent_settings["pipeline"] == summary["pipeline"]["name"]
+    assert "core" not in agent_settings and "preprocessing" not in agent_settings
     assert (out / "frame_00002.png").is_file() and (out / "saliency.mp4").is_file()
     # the saved maps are the engine's maps of the saved observations and states
     from engine.core.saliency import compute_saliency

@@ -131,7 +131,7 @@ def test_paper_preset_sets_the_2017_quirks():
 
 def test_enums_match_the_engine_choices():
     from engine.core.masks import INTERPS
-    from engine.core.perturbation import COMPATS
+    from engine.core.settings import COMPATS
     from engine.core.settings import SaliencyConfig as CoreSaliencyConfig
 
     assert SaliencyConfig is CoreSaliencyConfig
@@ -152,7 +152,15 @@ def test_enums_match_the_engine_choices():
             ["saliency.method=gradcam"],
             "saliency.method: Invalid value 'gradcam', expected one of [perturbation, jacobian, both]",
         ),
-        (["env=breakout"], "Breakout-v4 has 4 actions but the agent"),
+        # the default agent plays Pong: its game is named, and how to choose it
+        (
+            ["env=breakout"],
+            "builtin/pong_ppo was trained on Pong (PongNoFrameskip-v4), but env.id is Breakout-v4: set env=pong",
+        ),
+        (
+            ["store.rollout=/nonexistent/store", "store.player=builtin/breakout_ppo"],
+            "store.player builtin/breakout_ppo was trained on Breakout",
+        ),
         (["render.style=fancy"], "render.style: Invalid value 'fancy'"),
         (["rollout.steps=0"], "rollout.steps must be >= 1"),
         (["env.id=ALE/Tetris-v5", "render.style=paper"], "Tetris"),

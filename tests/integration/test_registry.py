@@ -226,3 +226,26 @@ def test_builtin_resolves_in_the_real_package():
     path = resolve_checkpoint("builtin/pong", allow_download=False)
     assert path.parent.parent == registry.BUILTIN_DIR.resolve() and path.is_file()
     assert Path(registry.__file__).resolve().parents[1] / "agents" == registry.BUILTIN_DIR
+
+
+def test_games_compare_by_their_ale_name():
+    for env_id in ("Pong-v4", "PongNoFrameskip-v4", "ALE/Pong-v5", "PongDeterministic-v4", "Pong-ramNoFrameskip-v4"):
+        assert registry.ale_game(env_id) == "Pong" and registry.same_game(env_id, "ALE/pong-v5")
+    assert registry.ale_game("ALE/SpaceInvaders-v5") == "SpaceInvaders"
+    assert not registry.same_game("Pong-v4", "SpaceInvaders-v4")
+
+
+def test_the_game_a_checkpoint_was_trained_on(tmp_path):
+    """Registry names by their entry, built-in agents by their metadata, a user's file by the training's metadata
+    beside it; where nothing says, None."""
+    assert registry.trained_game("baby-a3c/spaceinvaders@80") == registry.TrainedGame("SpaceInvaders-v4", "registry")
+    assert registry.trained_game("builtin/pong") == registry.TrainedGame("Pong-v4", "builtin")
+    assert registry.trained_game("builtin/breakout_ppo").env_id == "BreakoutNoFrameskip-v4"
+    mine = tmp_path / "step_100.pt"
+    mine.write_bytes(b"weights")
+    assert registry.trained_game(str(mine)) is None
+    for unreadable in ("not json", "[" * 10000, '{"frames": 100}', '["Pong-v4"]', '{"game": ""}'):
+        mine.with_suffix(".json").write_text(unreadable)
+        assert registry.trained_game(str(mine)) is None
+    mine.with_suffix(".json").write_text('{"game": "ALE/Breakout-v5", "frames": 100}')
+    assert registry.trained_game(str(mine)) == registry.TrainedGame("ALE/Breakout-v5", "metadata")

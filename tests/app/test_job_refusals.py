@@ -1,0 +1,198 @@
+"""A job that is refused touches nothing: the finished run it would have replaced stays byte for byte, in process
+and through the command line. An agent of another game than ``env.id`` is refused (registry names and built-in
+agents) or named in a warning (a user's file whose metadata names its game), and an agent with another number of
+actions is answered with an environment that fits it."""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.core.errors import EngineError
+from engine.jobs.run import run_job, validate_job
+from engine.policies.registry import resolve_checkpoint
+from tests.app.test_app import run_app
+from tests.conftest import checkpoint_root, tiny_job
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``root``, by relative path."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """``run/``: a finished in-memory job (arrays, a still, the comparison figure, report, summary); ``other/``: a
+    finished store job (its saliency store inside) whose game is recorded in ``rollout_store/``; ``stray/``: a
+    folder of someone else's files; ``notes.txt``: a file that is no agent."""
+    root = tmp_path_factory.mktemp("finished")
+    run_job(tiny_job(root / "run", movie=False, output={"stills": [1]}))
+    run_job(tiny_job(root / "other", movie=False, store={"rollout": str(root / "rollout_store")}))
+    (root / "stray").mkdir()
+    (root / "stray" / "results.csv").write_text("someone else's\n")
+    (root / "notes.txt").write_text("not an agent\n")
+    return root
+
+
+def refusals(root: Path) -> dict[str, tuple[dict, str]]:
+    """Reruns into ``root/run`` that are refused: the sections of each job's settings and its message."""
+    rollout, new = str(root / "rollout_store"), str(root / "new_store")
+    return {
+        "store without manifest": ({"store": {"rollout": str(root / "stray")}}, "not adopting"),
+        "store of other settings": (
+            {
+                "store": {"rollout": rollout, "saliency": str(root / "other" / "saliency_store")},
+                "saliency": {"radius": 3},
+            },
+            "written with other settings",
+        ),
+        "player not an agent": ({"store": {"rollout": new, "player": str(root / "notes.txt")}}, "not an agent file"),
+        "player of another pipeline": (
+            {"store": {"rollout": new, "player": "builtin/pong_ppo"}},
+            "store.player builtin/pong_ppo plays in the cleanrl_atari pipeline",
+        ),
+        "recorded for another pipeline": (
+            {"store": {"rollout": rollout}, "agent": {"checkpoint": "builtin/pong_ppo"}},
+            "recorded in the greydanus2017 pipeline",
+        ),
+        "agent not an agent": ({"agent": {"checkpoint": str(root / "notes.txt")}}, "not an agent file"),
+    }
+
+
+@pytest.mark.parametrize("refusal", list(refusals(Path("."))))
+def test_a_refused_rerun_leaves_the_finished_run_as_it_was(finished, tmp_path, refusal):
+    root = tmp_path / "root"
+    shutil.copytree(finished, root)
+    before = tree(root)
+    sections, message = refusals(root)[refusal]
+    config = tiny_job(root / "run", movie=False, output={"stills": [1]}, **sections)
+    with pytest.raises(EngineError, match=message):
+        run_job(config)
+    assert tree(root) == before  # no output removed, no store made
+
+
+@pytest.mark.parametrize("refusal", ["store without manifest", "store of other settings"])
+def test_a_store_refused_as_the_job_opens_it_leaves_the_finished_run(finished, tmp_path, monkeypatch, refusal):
+    """Without the checks up front, the stores refuse as the job opens them: the earlier run's files are removed
+    only once the job has its results, so they stay too."""
+    from engine.jobs import run as job
+
+    monkeypatch.setattr(job, "check_stores", lambda prepared, output_known=True: None)
+    root = tmp_path / "root"
+    shutil.copytree(finished, root)
+    before = {k: v for k, v in tree(root).items() if k.startswith("run/")}
+    sections, message = refusals(root)[refusal]
+    config = tiny_job(root / "run", movie=False, output={"stills": [1]}, **sections)
+    with pytest.raises(EngineError, match=message):
+        run_job(config)
+    assert {k: v for k, v in tree(root).items() if k.startswith("run/")} == before
+
+
+def test_a_refused_rerun_through_the_command_line_leaves_the_run_directory(tmp_path):
+    """Refused by the check before Hydra starts, the run directory is untouched (its .hydra/ and log included);
+    refused by the job inside Hydra (--config-dir), its results stay and so does the directory."""
+    run, store = tmp_path / "run", tmp_path / "rollout_store"
+    common = [
+        "agent=builtin_pong",
+        "rollout.steps=4",
+        "saliency.density=20",
+        "output.movie=false",
+        f"hydra.run.dir={run}",
+    ]
+    result = run_app(*common, "output.stills=[1]", f"store.rollout={store}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "results.csv").write_text("someone else's\n")
+    before = tree(run)
+    assert {"report.html", "summary.json", "frame_00001.png", "saliency_store", ".hydra", "engine.log"} <= set(before)
+    for overrides, message in (
+        ([f"store.rollout={tmp_path / 'stray'}"], "not adopting"),
+        ([f"store.rollout={store}", "saliency.radius=3"], "written with other settings"),
+    ):
+        result = run_app(*common, *overrides, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+        assert tree(run) == before
+    extra = tmp_path / "extra_configs"
+    extra.mkdir()
+    result = run_app(*common, f"--config-dir={extra}", f"store.rollout={tmp_path / 'stray'}", cwd=tmp_path)
+    assert result.returncode == 2 and "not adopting" in result.stderr
+    after = tree(run)  # Hydra itself rewrote .hydra/ and the log before the job refused
+    assert {k: v for k, v in after.items() if k != "engine.log" and not k.startswith(".hydra")} == {
+        k: v for k, v in before.items() if k != "engine.log" and not k.startswith(".hydra")
+    }
+
+
+# --- the agent's game ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "checkpoint,env_id,words",
+    [
+        ("baby-a3c/spaceinvaders", "Pong-v4", ("SpaceInvaders", "Pong-v4", "env=spaceinvaders")),
+        ("builtin/pong", "SpaceInvaders-v4", ("Pong", "SpaceInvaders-v4", "env=pong")),
+        ("builtin/breakout_ppo", "ALE/Pong-v5", ("BreakoutNoFrameskip-v4", "ALE/Pong-v5", "env=breakout")),
+    ],
+)
+def test_an_agent_of_another_game_is_refused(checkpoint, env_id, words):
+    dirs = [str(checkpoint_root("spaceinvaders"))] if checkpoint.startswith("baby-a3c/") else []
+    config = tiny_job(
+        ".", env={"id": env_id}, agent={"checkpoint": checkpoint, "checkpoint_dirs": dirs, "core": "auto"}
+    )
+    with pytest.raises(EngineError) as refused:
+        validate_job(config)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and all(w in message for w in words), message
+
+
+def test_the_same_game_under_another_id_is_accepted():
+    for env_id in ("Pong-v4", "PongNoFrameskip-v4", "ALE/Pong-v5"):
+        assert validate_job(tiny_job(".", env={"id": env_id}, agent={"checkpoint": "builtin/pong_ppo"})).warnings == []
+
+
+def user_copy(tmp_path: Path, name: str, metadata: bool) -> Path:
+    """The file of built-in agent ``name`` copied as a user's file, with its metadata beside it or without."""
+    source = resolve_checkpoint(name)
+    target = tmp_path / "mine.pt"
+    shutil.copyfile(source, target)
+    if metadata:
+        shutil.copyfile(source.with_suffix(".json"), target.with_suffix(".json"))
+    return target
+
+
+def test_a_users_agent_of_another_game_is_named_in_a_warning(tmp_path, caplog):
+    agent = user_copy(tmp_path, "builtin/pong@500160", metadata=True)
+    config = tiny_job(tmp_path / "run", movie=False, env={"id": "SpaceInvaders-v4"}, agent={"checkpoint": str(agent)})
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        run_job(config)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "trained on" in r.getMessage()]
+    assert len(said) == 1 and "Pong-v4" in said[0] and "SpaceInvaders-v4" in said[0], said
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == said
+
+
+@pytest.mark.parametrize(
+    "agent,metadata,env,expected,not_expected",
+    [
+        # a 6-action agent of no known game on Breakout (4): the bundled games with 6 actions
+        ("builtin/pong@500160", False, {"id": "Breakout-v4"}, ("env=pong", "env=spaceinvaders"), "env=breakout"),
+        # its metadata names the game: that one
+        ("builtin/pong@500160", True, {"id": "Breakout-v4"}, ("env=pong",), "env=spaceinvaders"),
+        # a 4-action agent of no known game on Pong (6)
+        ("builtin/breakout_ppo", False, {"id": "Pong-v4"}, ("env=breakout",), "env=pong"),
+        # its own game with all 18 actions
+        (
+            "builtin/pong@500160",
+            True,
+            {"id": "Pong-v4", "full_action_space": True},
+            ("env.full_action_space=false",),
+            "env=",
+        ),
+    ],
+)
+def test_an_agent_with_other_actions_is_told_which_env_fits(tmp_path, agent, metadata, env, expected, not_expected):
+    config = tiny_job(".", env=env, agent={"checkpoint": str(user_copy(tmp_path, agent, metadata))})
+    with pytest.raises(EngineError, match="actions") as refused:
+        validate_job(config)
+    message = str(refused.value)
+    assert all(w in message for w in expected) and not_expected not in message.replace("env.id", ""), message
