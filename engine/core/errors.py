@@ -17,3 +17,7 @@ class CheckpointError(EngineError):
 
 class UnknownEnvironmentError(EngineError):
     """An environment id that gymnasium / ale-py does not know."""
+
+
+class MissingDependencyError(EngineError):
+    """An optional package that a feature needs is not installed; the message says what to ``pip install``."""

@@ -13,12 +13,18 @@ from ..storage.store import (
     ROLLOUT_FIELDS,
     ChunkStore,
     RolloutStore,
+    check_chunk_count,
     check_writable,
     engine_version,
     is_memory,
     rollout_layout,
+    store_exists,
     writing_needed,
 )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value >= 1)
 
 
 def record_rollout(
@@ -48,14 +54,23 @@ def record_rollout(
     Resuming replays the recorded actions in a fresh environment (seeded as before; checked against the
     recorded frames of the last chunk), restores the action sampler's saved state and recomputes the
     recurrent state from the last recorded step, so the finished store equals an uninterrupted recording.
+
+    A store holds at most :data:`engine.storage.store.MAX_CHUNKS` chunks of at most
+    :data:`engine.storage.store.MAX_CHUNK_BYTES` each (a memory store: what fits the memory available); more steps,
+    or larger chunks, are refused before anything is played. An existing store that is damaged, edited or not a
+    rollout store is refused before anything is played too.
     """
-    if num_steps < 1 or chunk_steps < 1:
-        raise ValueError("num_steps and chunk_steps must be >= 1")
+    if not (_is_count(num_steps) and _is_count(chunk_steps)):
+        raise ValueError(f"num_steps and chunk_steps must be integers >= 1, got {num_steps!r} and {chunk_steps!r}")
+    num_steps, chunk_steps = int(num_steps), int(chunk_steps)
     if max_episodes is not None and (max_episodes < 1 or not is_memory(root)):
         raise ValueError(
             f"max_episodes must be >= 1 and needs a memory store (its length is fixed otherwise), "
             f"got {max_episodes!r} for {root}"
         )
+    check_chunk_count("rollout", num_steps, chunk_steps, f"recording into {root}")
+    if store_exists(root, storage_options):
+        RolloutStore.open(root, storage_options)  # refuses a damaged, edited or foreign store before playing
     if writing_needed(root, "rollout", storage_options):
         check_writable(root, storage_options)
     player = Player(agent, env_id, seed, greedy, **pipeline_options)

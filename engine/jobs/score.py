@@ -20,6 +20,7 @@ from ..storage.store import (
     ChunkStore,
     RolloutStore,
     SaliencyStore,
+    check_scoring_chunk,
     check_writable,
     engine_version,
     saliency_layout,
@@ -50,17 +51,21 @@ def score_store(
         shard, num_shards: this job scores chunks ``k`` with ``k % num_shards == shard``; shards write
             disjoint chunks of the same store, and their union equals a single run.
 
-    Chunks already in the store are skipped, so a killed job started again continues where it stopped.
+    Chunks already in the store are skipped, so a killed job started again continues where it stopped. A chunk
+    of frames with their recorded steps and maps must fit :data:`engine.storage.store.MAX_CHUNK_BYTES`: a larger
+    ``frames_per_chunk`` is refused before anything is scored.
     """
     if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
-    if frames_per_chunk < 1:
-        raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+    if isinstance(frames_per_chunk, bool) or not isinstance(frames_per_chunk, int) or frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be an integer >= 1, got {frames_per_chunk!r}")
     if writing_needed(root, "saliency", storage_options):
         check_writable(root, storage_options)
     rstore = RolloutStore.open(rollout_root, storage_options)
     if not rstore.complete:
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
+    layout = saliency_layout(agent, saliency)
+    check_scoring_chunk(rstore.store.layout, layout, frames_per_chunk)
     dtype = str(agent.dtype)
     settings = {k: v for k, v in asdict(saliency).items() if k not in RESULT_NEUTRAL}
     identity = dict(
@@ -77,7 +82,7 @@ def score_store(
         ChunkStore.open_or_create(
             root,
             identity,
-            saliency_layout(agent, saliency),
+            layout,
             rstore.num_steps,
             frames_per_chunk,
             storage_options=storage_options,
@@ -106,7 +111,7 @@ def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256:
     """Whether ``agent`` (``checkpoint_sha256``) recorded the game, in the same dtype: then its recorded states are
     the ones it used, and nothing is replayed."""
     identity = rstore.identity
-    same = checkpoint_sha256 == identity["checkpoint_sha256"] and str(agent.dtype) == identity["dtype"]
+    same = checkpoint_sha256 == identity.get("checkpoint_sha256") and str(agent.dtype) == identity.get("dtype")
     return bool(checkpoint_sha256) and same
 
 

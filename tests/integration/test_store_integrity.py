@@ -1,7 +1,8 @@
-"""Integrity of the zarr stores, each failure reproduced: a chunk of the wrong length or shape, a corrupt chunk
-(named, then recomputed by the next run), a store without its manifest (never adopted), two creators racing
-(exactly one wins), another writer's in-progress chunk (never deleted), a store path that is a file or read-only
-(one line, before any work)."""
+"""Integrity of the zarr stores, each failure reproduced: a chunk of the wrong length or shape, a corrupt chunk, a
+chunk moved within its array or copied from another store (named, then recomputed by the next run), an edited
+manifest or array metadata (refused), a malformed manifest (one line), a store without its manifest (never adopted),
+two creators racing (exactly one wins), another writer's in-progress chunk (never deleted), a store path that is a
+file or read-only (one line, before any work), chunks and stores larger than they may be (refused before any work)."""
 
 import json
 import os
@@ -23,6 +24,7 @@ from engine.jobs.record import record_rollout
 from engine.jobs.score import score_store
 from engine.policies.greydanus2017 import load_agent
 from engine.policies.registry import resolve_checkpoint
+from engine.storage import store as store_module
 from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore, StoreIntegrityError
 from tests.conftest import ROOT
 
@@ -299,7 +301,7 @@ def test_read_only_store_fails_before_any_work_only_where_writing_is_needed(agen
         shutil.copytree(played, game)  # readable by the unprivileged user
         shutil.copytree(reference[0], partial)
         shutil.copytree(reference[0], complete)
-        (partial / "complete" / "c" / "2").unlink()  # chunk 2 to do
+        shutil.rmtree(partial / "complete" / "c" / "2")  # chunk 2 to do: its marker gone
         fresh_parent.mkdir()
         for p in [*partial.rglob("*"), partial, *complete.rglob("*"), complete, fresh_parent]:
             os.chmod(p, 0o555 if p.is_dir() else 0o444)
@@ -356,3 +358,259 @@ def test_memory_store_is_created_in_place_and_never_adopts_foreign_keys(tmp_path
     on_disk = ChunkStore.open_or_create(tmp_path / "s", {"kind": "saliency", "radius": 3}, layout, 10, 4)
     with pytest.raises(EngineError, match="only a memory store is truncated"):
         on_disk.truncate(6)
+
+
+# --- a chunk moved within its array, or copied from another store: named, then recomputed ------------------------
+
+
+def copy_chunk(source: Path, target: Path, name: str, k: int, to: int | None = None) -> None:
+    """Copy every key of chunk ``k`` of array ``name`` (its file, or its folder of files) from ``source`` to
+    position ``to`` (``k`` by default) of ``target``."""
+    src, dst = source / name / "c" / str(k), target / name / "c" / str(k if to is None else to)
+    if src.is_dir():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy(src, dst)
+
+
+def test_a_chunk_moved_within_its_array_is_named_and_recomputed(agent, played, reference, tmp_path):
+    """Chunk 2 of the actor maps copied over chunk 1: same shape, valid checksum, other frames' maps."""
+    copy = fresh_copy(reference, tmp_path)
+    copy_chunk(copy, copy, "actor", 2, to=1)
+    damaged = SaliencyStore.open(copy)
+    assert damaged.complete  # the marker alone cannot tell
+    np.testing.assert_array_equal(damaged.read(8, 12)["actor"], reference[1]["actor"][8:12])  # other chunks read
+    with pytest.raises(StoreIntegrityError) as caught:
+        damaged.read()
+    message = str(caught.value)
+    assert "\n" not in message and "chunk 1 (steps 4..7) of 'actor' is damaged" in message
+    assert "not what its marker recorded" in message and "recomputed by the next run" in message
+    assert SaliencyStore.open(copy).missing() == [1]
+    assert_equal_maps(score_store(agent, played, copy, SETTINGS, "c" * 64, FRAMES_PER_CHUNK).read(), reference[1])
+
+
+@pytest.fixture(scope="module")
+def other_game(agent, tmp_path_factory):
+    """A game of the same shape as ``played``, by another seed."""
+    root = tmp_path_factory.mktemp("other") / "rollout"
+    record_rollout(agent, "Pong-v4", STEPS, root, seed=2, chunk_steps=8, checkpoint_sha256="c" * 64)
+    return root
+
+
+def test_a_rollout_chunk_copied_from_another_store_is_named_and_rerecorded(agent, played, other_game, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    copy_chunk(other_game, copy, "observations", 1)
+    with pytest.raises(
+        StoreIntegrityError, match=r"chunk 1 \(steps 8\.\.15\) of 'observations' is damaged \(.*not what its marker"
+    ):
+        RolloutStore.open(copy).read()
+    assert RolloutStore.open(copy).completed_chunks() == 1
+    again = record_rollout(agent, "Pong-v4", STEPS, copy, seed=1, chunk_steps=8, checkpoint_sha256="c" * 64)
+    a, b = again.read(), RolloutStore.open(played).read()
+    assert all(np.array_equal(getattr(a, f).numpy(), getattr(b, f).numpy()) for f in ("frames", "observations"))
+
+
+def test_a_whole_chunk_with_its_marker_copied_from_another_store_is_named_and_rerecorded(
+    agent, played, other_game, tmp_path
+):
+    """Every array of chunk 1 and its marker from a game of another seed: each key is intact and consistent with the
+    others, but the marker was written under the other store's manifest."""
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    for name in [p.name for p in other_game.iterdir() if (p / "zarr.json").is_file()]:
+        copy_chunk(other_game, copy, name, 1)
+    assert ChunkStore(copy, read_only=True).completed().tolist() == [True, False, True]  # a reader: not complete
+    with pytest.raises(StoreIntegrityError) as caught:  # a writer: named, and cleared
+        RolloutStore.open(copy)
+    message = str(caught.value)
+    assert "\n" not in message and "chunk 1 (steps 8..15)" in message and "another store" in message
+    assert RolloutStore.open(copy).completed_chunks() == 1
+    again = record_rollout(agent, "Pong-v4", STEPS, copy, seed=1, chunk_steps=8, checkpoint_sha256="c" * 64)
+    assert np.array_equal(again.read().frames.numpy(), RolloutStore.open(played).read().frames.numpy())
+
+
+# --- an edited manifest or array metadata: refused --------------------------------------------------------------
+
+
+def edit_manifest(root: Path, change) -> None:
+    meta = json.loads((root / "zarr.json").read_text())
+    change(meta["attributes"]["manifest"])
+    (root / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field, value", [("seed", 5), ("checkpoint_sha256", "d" * 64)])
+def test_an_edited_rollout_manifest_is_refused(agent, played, tmp_path, no_work, field, value):
+    """The game's identity edited after recording (another seed, another agent's checkpoint): a scorer would take
+    the recorded states for that agent's, and a recording job of those settings would adopt the store."""
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    edit_manifest(copy, lambda manifest: manifest["identity"].__setitem__(field, value))
+    identity = {"seed": 1, "checkpoint_sha256": "c" * 64, field: value}
+    for job in (
+        lambda: RolloutStore.open(copy),
+        lambda: score_store(agent, copy, tmp_path / "s", SETTINGS, identity["checkpoint_sha256"], FRAMES_PER_CHUNK),
+        lambda: record_rollout(agent, "Pong-v4", STEPS, copy, chunk_steps=8, **identity),
+    ):
+        with pytest.raises(StoreIntegrityError) as caught:
+            job()
+        message = str(caught.value)
+        assert "\n" not in message and str(copy) in message and "manifest" in message
+        assert "cannot be recomputed without replaying" in message and "record" in message
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_edited_saliency_manifest_is_refused(agent, played, reference, tmp_path):
+    copy = fresh_copy(reference, tmp_path)
+    edit_manifest(copy, lambda manifest: manifest["identity"]["saliency"].__setitem__("radius", 3))
+    with pytest.raises(StoreIntegrityError, match="manifest.*delete the store and score again"):
+        score_store(agent, played, copy, SaliencyConfig(density=20, radius=3), "c" * 64, FRAMES_PER_CHUNK)
+
+
+@pytest.mark.parametrize("where", ["array", "consolidated"])
+def test_array_metadata_of_another_byte_order_is_refused(reference, tmp_path, where):
+    """The actor array's byte order flipped in its zarr.json (what the engine reads) or in the group's consolidated
+    metadata (what xarray reads): either decodes every map to other numbers."""
+    copy = fresh_copy(reference, tmp_path)
+    path = copy / "actor" / "zarr.json" if where == "array" else copy / "zarr.json"
+    document = json.loads(path.read_text())
+    meta = document if where == "array" else document["consolidated_metadata"]["metadata"]["actor"]
+    (codec,) = [c for c in meta["codecs"] if c["name"] == "bytes"]
+    assert codec["configuration"]["endian"] == "little"
+    codec["configuration"]["endian"] = "big"
+    path.write_text(json.dumps(document))
+    with pytest.raises(StoreIntegrityError) as caught:
+        SaliencyStore.open(copy)
+    message = str(caught.value)
+    assert "\n" not in message and "'actor'" in message and "big" in message and "little" in message
+    assert ("consolidated" in message) == (where == "consolidated")
+
+
+def test_a_store_of_the_previous_zarr_format_is_refused(reference, tmp_path):
+    copy = fresh_copy(reference, tmp_path)
+    edit_manifest(copy, lambda manifest: manifest.__setitem__("format", 3))
+    with pytest.raises(EngineError, match=r"older engine \(format 3.*delete it or use another path"):
+        SaliencyStore.open(copy)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda m: m["layout"]["frames"].pop("per"), "layout entry 'frames' has no 'per'"),
+        (lambda m: m.__setitem__("identity", [1, 2]), "identity is a list"),
+        (lambda m: m["layout"]["values"].__setitem__("tail", "x"), "layout entry 'values'"),
+        (lambda m: m.__setitem__("chunk", 0), "chunk"),
+        (lambda m: m["identity"].pop("state_shapes"), "state_shapes"),
+    ],
+    ids=["no-per", "identity-list", "tail-string", "chunk-0", "no-state-shapes"],
+)
+def test_a_malformed_manifest_fails_with_one_line(played, tmp_path, change, problem):
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    edit_manifest(copy, change)
+    with pytest.raises(StoreIntegrityError) as caught:
+        RolloutStore.open(copy).read()
+    message = str(caught.value)
+    assert "\n" not in message and str(copy) in message and "malformed manifest" in message and problem in message
+
+
+# --- chunks and stores larger than they may be: refused with the numbers, before any work ---------------------
+
+
+@pytest.fixture
+def bounded_loops(monkeypatch):
+    """Fails the test where the store would loop over more than a million chunks (instead of hanging)."""
+    real = store_module.chunk_bounds
+
+    def bounded(total, size):
+        if total // size > 10**6:
+            raise AssertionError(f"looping over {total // size} chunks")
+        return real(total, size)
+
+    monkeypatch.setattr(store_module, "chunk_bounds", bounded)
+
+
+def test_a_chunk_larger_than_a_chunk_may_be_is_refused_before_any_work(agent, played, tmp_path, monkeypatch):
+    """``chunk_steps=1e9`` would make zarr allocate a chunk of a billion frames at the first write."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the chunk size was checked")
+
+    monkeypatch.setattr(record_module.Player, "step", refuse)
+    monkeypatch.setattr(score_module, "compute_saliency", refuse)
+    for root, job, setting in (
+        (
+            tmp_path / "r",
+            lambda: record_rollout(agent, "Pong-v4", STEPS, tmp_path / "r", chunk_steps=10**9),
+            "chunk_steps",
+        ),
+        (
+            tmp_path / "s",
+            lambda: score_store(agent, played, tmp_path / "s", SETTINGS, "c" * 64, frames_per_chunk=10**9),
+            "frames_per_chunk",
+        ),
+    ):
+        with pytest.raises(EngineError) as caught:
+            job()
+        message = str(caught.value)
+        assert "\n" not in message and "1000000000" in message and "GiB" in message, message
+        most = int(message.rsplit(f"{setting} <= ", 1)[1].split()[0].rstrip(".:;,)"))
+        assert 1000 < most < 20000, message  # a chunk of 1 GiB: about 9,700 steps of Pong, or 6,000 scored frames
+        assert not root.exists()
+
+
+def test_recording_more_steps_than_a_store_can_hold_is_refused_before_playing(agent, tmp_path, no_work, bounded_loops):
+    """``rollout.steps=1e23`` hung, making 4e20 chunks."""
+    with pytest.raises(EngineError) as caught:
+        record_rollout(agent, "Pong-v4", 10**23, tmp_path / "r")
+    message = str(caught.value)
+    assert "\n" not in message and str(10**23) in message and "at most" in message and "chunks" in message, message
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_memory_store_larger_than_the_memory_available_is_refused_before_playing(agent, monkeypatch):
+    from zarr.storage import MemoryStore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("played before the store's size was checked")
+
+    monkeypatch.setattr(record_module.Player, "step", refuse)
+    monkeypatch.setattr(store_module, "available_memory", lambda: 10**9)
+    root = MemoryStore()
+    with pytest.raises(EngineError) as caught:
+        record_rollout(agent, "Pong-v4", 100_000, root, chunk_steps=256)
+    message = str(caught.value)
+    assert "\n" not in message and "100000 steps" in message and "memory" in message and "at most" in message
+    assert not store_module.store_exists(root)
+
+
+@pytest.mark.parametrize("arrays", [False, True], ids=["manifest", "manifest-and-array-metadata"])
+def test_a_store_claiming_more_steps_than_a_store_holds_is_refused(agent, played, tmp_path, bounded_loops, arrays):
+    """A rollout manifest claiming 1e12 steps (and array metadata to match): scoring it looped over 2.5e11 chunks."""
+    claimed = 10**12
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+
+    def claim(manifest):
+        manifest["length"] = manifest["identity"]["num_steps"] = claimed
+
+    edit_manifest(copy, claim)
+    if arrays:
+        for meta in copy.glob("*/zarr.json"):
+            data = json.loads(meta.read_text())
+            per_time = data["dimension_names"][0] == "step"
+            data["shape"][0] = claimed if per_time else -(-claimed // 8)
+            meta.write_text(json.dumps(data))
+    with pytest.raises(StoreIntegrityError) as caught:
+        score_store(agent, copy, tmp_path / "s", SETTINGS, "c" * 64, FRAMES_PER_CHUNK)
+    message = str(caught.value)
+    assert "\n" not in message and str(claimed) in message and "at most" in message, message
+
+
+def test_a_manifest_length_other_than_its_arrays_is_refused(played, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(played, copy)
+    edit_manifest(copy, lambda manifest: manifest.__setitem__("length", 24))
+    with pytest.raises(StoreIntegrityError, match=r"'frames' has shape \(20, 210, 160, 3\).*manifest says shape \(24,"):
+        RolloutStore.open(copy)

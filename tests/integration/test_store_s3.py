@@ -1,9 +1,13 @@
 """The stores on object storage (S3 through fsspec), against moto's S3 server on loopback: record, shard, resume,
-refuse to mix, name and recompute a corrupt chunk, never adopt objects without a manifest, open with xarray.
+refuse to mix, name and recompute a corrupt chunk, never adopt objects without a manifest, open with xarray, fail with
+one line (library and command line) where no credentials are found.
 
 Not tested here because it does not hold on S3: creation is not atomic against a concurrent creator (docs/stores.md)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +21,15 @@ from engine.jobs.record import record_rollout  # noqa: E402
 from engine.jobs.score import score_store  # noqa: E402
 from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.policies.registry import resolve_checkpoint  # noqa: E402
-from engine.storage.store import RolloutStore, SaliencyStore, StoreIntegrityError, StoreMismatchError, store_exists  # noqa: E402
+from engine.storage.store import (  # noqa: E402
+    FORMAT,
+    RolloutStore,
+    SaliencyStore,
+    StoreIntegrityError,
+    StoreMismatchError,
+    store_exists,
+)
+from tests.conftest import ROOT  # noqa: E402
 
 STEPS, SETTINGS, SHA = 20, SaliencyConfig(density=20), "c" * 64
 
@@ -84,7 +96,7 @@ def test_recording_on_s3_equals_a_local_one_and_resumes(agent, s3, game, local):
         assert np.array_equal(getattr(back, name).numpy(), getattr(local[0], name).numpy()), name
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(back.states, local[0].states))
     # as if killed in chunk 1: its marker and frames gone; the next run re-records from there
-    fs.rm("saliency-test/game/complete/c/1")
+    fs.rm("saliency-test/game/complete/c/1", recursive=True)
     fs.rm("saliency-test/game/frames/c/1", recursive=True)
     assert RolloutStore.open(game, options).completed_chunks() == 1
     again = record_rollout(
@@ -148,4 +160,59 @@ def test_xarray_opens_an_s3_store(s3, game, local):
     assert ds["frames"].dims == ("step", "frame_y", "frame_x", "frame_rgb") and ds.sizes["step"] == STEPS
     assert ds.attrs["manifest"]["identity"]["seed"] == 1
     assert np.array_equal(ds["observations"][8:16].values, local[0].observations[8:16].numpy())
-    assert json.loads(fs.cat("saliency-test/game/zarr.json"))["attributes"]["manifest"]["format"] == 3
+    assert json.loads(fs.cat("saliency-test/game/zarr.json"))["attributes"]["manifest"]["format"] == FORMAT
+
+
+def without_credentials(tmp_path) -> dict[str, str]:
+    """The environment with no AWS credentials anywhere botocore looks (variables, files, instance metadata)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
+
+
+def test_a_store_without_credentials_fails_with_one_line(agent, s3, game, tmp_path, monkeypatch):
+    """botocore's NoCredentialsError (a traceback) became one line naming the store and how to give credentials."""
+    fs, options = s3
+    monkeypatch.setattr(os, "environ", without_credentials(tmp_path))
+    no_keys = {"client_kwargs": options["client_kwargs"]}
+    for job in (
+        lambda: record_rollout(agent, "Pong-v4", STEPS, "s3://saliency-test/no-keys", storage_options=no_keys),
+        lambda: SaliencyStore.open("s3://saliency-test/corrupt", no_keys),
+        lambda: score_store(agent, game, "s3://saliency-test/no-keys-maps", SETTINGS, SHA, storage_options=no_keys),
+    ):
+        with pytest.raises(EngineError) as caught:
+            job()
+        message = str(caught.value)
+        assert "\n" not in message and "s3://saliency-test/" in message and "credentials" in message, message
+        assert "AWS_ACCESS_KEY_ID" in message
+
+
+def test_the_command_line_without_credentials_says_so_in_one_line(s3, tmp_path):
+    fs, options = s3
+    env = without_credentials(tmp_path)
+    env.update(AWS_ENDPOINT_URL=options["client_kwargs"]["endpoint_url"], AWS_DEFAULT_REGION="us-east-1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "agent.checkpoint=builtin/pong",
+            "rollout.steps=4",
+            "saliency.density=20",
+            "output.movie=false",
+            f"output.dir={tmp_path / 'out'}",
+            "store.rollout=s3://saliency-test/cli-no-keys",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and "credentials" in lines[-1], result.stderr[-3000:]

@@ -1,7 +1,9 @@
 """Saliency arrays saved with their settings, compressed and atomically: a failed or interrupted write leaves
-neither a temporary file nor a partial file under the target's name (and an older file there stays as it was)."""
+neither a temporary file nor a partial file under the target's name (and an older file there stays as it was). A
+store on object storage without its fsspec package fails with one line naming what to install."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +112,26 @@ def test_atomic_write_leaves_nothing_and_the_old_file_on_an_exception(tmp_path, 
             tmp.write_text("half of the new")
             raise error
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_an_object_store_url_without_its_package_names_what_to_install(monkeypatch, tmp_path):
+    """``s3://`` without s3fs installed: fsspec's ImportError (a traceback) became one line naming the package."""
+    import fsspec  # noqa: F401  (its registry module, below)
+
+    from engine.core.errors import EngineError, MissingDependencyError
+    from engine.jobs.record import record_rollout
+    from engine.storage.store import ChunkStore, store_exists
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs raises ImportError
+    monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, "s3", raising=False)  # not registered yet
+    assert issubclass(MissingDependencyError, EngineError)
+    for job in (
+        lambda: store_exists("s3://bucket/game"),
+        lambda: ChunkStore("s3://bucket/game"),
+        lambda: record_rollout(None, "Pong-v4", 10, "s3://bucket/game"),
+    ):
+        with pytest.raises(MissingDependencyError) as caught:
+            job()
+        message = str(caught.value)
+        assert "\n" not in message and "s3://bucket/game" in message and "pip install s3fs" in message, message
+        assert "[store]" in message
