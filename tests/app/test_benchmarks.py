@@ -103,6 +103,8 @@ def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
         torch.manual_seed(i)
         paths.append(tmp_path / f"step_{i + 1}.pt")
         torch.save(make_agent(6).state_dict(), paths[-1])
+        # the metadata the trainer writes beside each checkpoint (shipping requires it)
+        paths[-1].with_suffix(".json").write_text(json.dumps({"game": "PongNoFrameskip-v4", "frames": i + 1}))
     out = tmp_path / "evaluation.json"
     # sampled actions: an untrained greedy agent can hold a rally forever
     result = evaluate_agent.main([*map(str, paths), "--choose-seeds", "0", "--report-seeds", "100", "--out", str(out)])
@@ -129,6 +131,7 @@ def test_evaluate_agent_chooses_how_to_act_and_rules_out_unfinished_games(tmp_pa
 
     path = tmp_path / "step_1.pt"
     torch.save(make_agent(6).state_dict(), path)
+    path.with_suffix(".json").write_text('{"game": "PongNoFrameskip-v4", "frames": 1}')
     played = []
 
     def fake_play(agent, env_id, episodes, seed, greedy, max_steps):
