@@ -22,6 +22,7 @@ _LAZY = {
     "load_agent": ".policies.greydanus2017",
     "preprocess_frames": ".core.preprocessing",
     "perturbation_saliency": ".core.perturbation",
+    "occlusion_sensitivity": ".core.occlusion",
     "jacobian_saliency": ".core.jacobian",
     "compute_saliency": ".core.saliency",
     "rollout": ".env.rollout",  # needs gymnasium and ale-py, which the core does not
