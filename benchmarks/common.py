@@ -20,6 +20,17 @@ def machine() -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions that decide which kernels torch runs (empty where unknown)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in wanted if f in flags]
+
+
 def best_of(repeats: int, fn, warmup: bool = True) -> float:
     """Shortest of ``repeats`` timings of ``fn()`` in seconds (after one untimed warm-up call)."""
     if warmup:

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import cpu_flags, machine  # noqa: E402
 from benchmarks.gpu.check import set_tf32, sync  # noqa: E402
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
@@ -74,6 +74,7 @@ def observations(shape: tuple[int, int, int], frames: int, seed: int = 0) -> np.
 def environment(device: torch.device) -> dict:
     env = dict(
         machine=machine(),
+        cpu_flags=cpu_flags(),
         python=platform.python_version(),
         torch=torch.__version__,
         device=device.type,
