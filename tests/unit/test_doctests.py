@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "engine.core.perturbation",
+    "engine.core.occlusion",
     "engine.policies.loading",
     "engine.env.rollout",
     "engine.metrics.faithfulness",
