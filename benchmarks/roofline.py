@@ -7,9 +7,10 @@ On the device it runs on (CUDA if there is one, else the CPU) it measures the pe
 a large float32 matrix product with TF32 off, and bytes/s of a large device copy (read + write). Then it times
 ``engine.perturbation_saliency`` (plain and incremental, float32, TF32 off) on ``--frames`` observations of zeros
 plus noise (the cost of a pass does not depend on the pixels) for two agents with random weights: the 2017
-agent (``ActorCritic(6, "gru")``, 1x80x80) and CleanRL's PPO-LSTM network (``engine.training.ppo.make_agent(6)``,
-1x84x84). For each agent and plan it prints the FLOPs and bytes per perturbed input from
-:func:`engine.core.roofline.roofline` (weights read once per forward pass of the engine's perturbations per
+agent (``ActorCritic(6, "gru")``, 1x80x80) and CleanRL's PPO-LSTM network
+(``engine.policies.cleanrl.CleanRLPPOLSTM(6, channels=1)``, 1x84x84; no gymnasium needed, so it runs in the GPU
+machines' bare Python, from ``benchmarks/gpu/check.sh``). For each agent and plan it prints the FLOPs and bytes per
+perturbed input from :func:`engine.core.roofline.roofline` (weights read once per forward pass of the engine's perturbations per
 pass), the intensity, the achieved perturbed inputs/s and frames/s, and the fraction of the roofline bound
 ``min(peak FLOP/s, intensity * peak bytes/s)``; it writes the result as JSON to ``--out``.
 """
@@ -33,8 +34,8 @@ from benchmarks.gpu.check import set_tf32, sync  # noqa: E402
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
 from engine.core.roofline import roofline, roofline_fraction  # noqa: E402
+from engine.policies.cleanrl import CleanRLPPOLSTM  # noqa: E402
 from engine.policies.greydanus2017 import ActorCritic  # noqa: E402
-from engine.training.ppo import make_agent  # noqa: E402
 
 
 def best_seconds(fn, device: torch.device, repeats: int) -> float:
@@ -107,9 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     flops_peak = peak_flops(device, args.peak_size or (4096 if cuda else 1024), args.repeats)
     bandwidth_peak = peak_bandwidth(device, args.copy_mib or (1024 if cuda else 256), args.repeats)
     print(f"peaks: {flops_peak / 1e9:.1f} GFLOP/s (float32 matmul, TF32 off), {bandwidth_peak / 1e9:.1f} GB/s (copy)")
+    torch.manual_seed(0)
     agents = {
         "greydanus2017 ActorCritic(6, gru)": ActorCritic(6, "gru"),
-        "CleanRL ppo_atari_lstm make_agent(6)": make_agent(6),
+        "CleanRL ppo_atari_lstm (6 actions)": CleanRLPPOLSTM(6, channels=1),
     }
     rows = []
     header = (

@@ -6,7 +6,7 @@
 #
 # The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
 # this tree (PYTHONPATH) with the carried kornia wheels, on pre-recorded rollouts. Writes OUT_DIR/check.json,
-# check.md, check.log and nvidia-smi.txt.
+# check.md, check.log, roofline.json and nvidia-smi.txt.
 set -euo pipefail
 out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [DATA_DIR]}
 data=${2:-.gpu_carry}
@@ -21,3 +21,5 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || echo "no nvidia-smi: CPU only") > "$out/nvidia-smi.txt" 2>&1
 python3 benchmarks/gpu/check.py --out "$out" --data "$data" 2>&1 | tee "$out/check.log"
+# the roofline of each agent on this device, its peaks measured in the same run (issue 19, item 1)
+python3 benchmarks/roofline.py --out "$out/roofline.json" 2>&1 | tee -a "$out/check.log"
