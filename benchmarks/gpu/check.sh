@@ -6,7 +6,8 @@
 #
 # The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
 # this tree (PYTHONPATH) with the carried kornia wheels, on pre-recorded rollouts. Writes OUT_DIR/check.json,
-# check.md, check.log, roofline.json and nvidia-smi.txt.
+# check.md, check.log, roofline.json, speed.json, speed.log and nvidia-smi.txt: 7 files, about 4 minutes on an
+# H200 or H100 (SPEED_BUDGET_S, default 150, bounds the speed variants).
 set -euo pipefail
 out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [DATA_DIR]}
 data=${2:-.gpu_carry}
@@ -20,6 +21,12 @@ if ! python3 -c "import kornia" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || echo "no nvidia-smi: CPU only") > "$out/nvidia-smi.txt" 2>&1
-python3 benchmarks/gpu/check.py --out "$out" --data "$data" 2>&1 | tee "$out/check.log"
+# a failed check does not stop the benchmarks below (one device call has to bring back everything)
+status=0
+python3 benchmarks/gpu/check.py --out "$out" --data "$data" 2>&1 | tee "$out/check.log" || status=$?
 # the roofline of each agent on this device, its peaks measured in the same run (issue 19, item 1)
 python3 benchmarks/roofline.py --out "$out/roofline.json" 2>&1 | tee -a "$out/check.log"
+# the exact path's speed-ups side by side: cuDNN autotuning, torch.compile, CUDA graphs, split TF32 (issue 19, item 2)
+python3 benchmarks/gpu/speed.py --out "$out" --data "$data" --budget-s "${SPEED_BUDGET_S:-150}" 2>&1 \
+  | grep -v "^W[0-9]" | tee "$out/speed.log"
+exit "$status"

@@ -11,6 +11,8 @@ git-ignored through ``.git/info/exclude``). It writes into DIR:
 - ``cleanrl-ppo.pt`` and ``pong_nature.npz``: a seeded CleanRL ``ppo_atari`` agent (Nature CNN on 4 stacked 84x84
   frames, saved as CleanRL saves it) and 1000 PongNoFrameskip-v4 steps it played in CleanRL's pipeline (the
   observations it saw, logits, values);
+- ``pong_ppo.npz``: 300 PongNoFrameskip-v4 steps played by the built-in ``builtin/pong_ppo`` (Nature CNN + LSTM
+  on one 84x84 frame; states ``(hx, cx)``);
 - ``wheels/``: kornia and kornia-rs wheels for the GPU machine's Python (3.12), downloaded with pip.
 
 Then carry DIR along: ``benchmarks/gpu/check.sh $OUT DIR`` on the GPU machine.
@@ -30,6 +32,7 @@ import torch
 from engine.env.rollout import rollout
 from engine.policies.cleanrl import CleanRLPPO, load_cleanrl
 from engine.policies.greydanus2017 import load_agent
+from engine.policies.loading import load_policy
 from engine.policies.registry import resolve_checkpoint
 
 WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0"]
@@ -62,6 +65,12 @@ def main() -> None:
     shutil.copyfile(baby, out / "baby-a3c-pong.tar")
     record(load_agent(baby, device="cpu"), "Pong-v4", args.steps, out / "pong_gru.npz")
     record(load_agent(resolve_checkpoint("builtin/pong"), device="cpu"), "Pong-v4", 200, out / "pong_lstm.npz")
+    record(
+        load_policy(resolve_checkpoint("builtin/pong_ppo"), device="cpu"),
+        "PongNoFrameskip-v4",
+        300,
+        out / "pong_ppo.npz",
+    )
     torch.manual_seed(0)
     nature = CleanRLPPO(num_actions=6)
     with torch.no_grad():  # logits of order 1, as in a trained agent (CleanRL initialises the actor with std 0.01)

@@ -13,6 +13,7 @@ the memory budget) are split into passes; a pass boundary never changes a result
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import cast
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .batching import chunk_bounds, pad_rows
 from .blur import gaussian_blur
+from .compiled import CompiledPass, compile_mode
 from .device import float32_matmul_precision
 from .incremental import (
     WindowPlan,
@@ -114,6 +116,9 @@ def perturbation_scores(
     progress: bool = False,
     score: str = "logit_l2",
     actions: torch.Tensor | None = None,
+    compile: str | None = None,
+    fill: torch.Tensor | None = None,
+    actor_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actor and critic scores (N, M) of every mask on every observation.
 
@@ -124,10 +129,15 @@ def perturbation_scores(
         plan: windows for exact incremental inference (``engine.core.incremental``; policies that declare a conv
             trunk, :class:`engine.core.policy.IncrementalPolicy`), or None.
         score: ``"logit_l2"`` or ``"action_logprob"`` (then ``actions`` (N,) holds the action taken on each).
+        compile: an inductor mode (``engine.core.compiled``): each pass compiled, all passes of one size; or None.
+        fill: (N, C, H, W) what the masks blend in instead of the observations' blur (SARFA's black disc: zeros).
+        actor_score: replaces ``score``: a function of the unperturbed logits of each copy's observation and the
+            copy's logits, both (B, A), giving its actor score (B,) (SARFA, ``engine.core.sarfa``).
     """
     n, m = x.shape[0], masks.shape[0]
     base = agent(x, state)  # the unperturbed outputs, once per observation
-    blurred = gaussian_blur(x, blur_sigma).to(x.dtype)  # once per observation (autocast may lower the conv)
+    # once per observation (autocast may lower the conv)
+    blurred = gaussian_blur(x, blur_sigma).to(x.dtype) if fill is None else fill
     if plan is None:
         plane_masks = masks[:, None]  # (M, 1, H, W): one mask on every channel
 
@@ -156,22 +166,34 @@ def perturbation_scores(
     if score == "action_logprob":
         assert actions is not None  # action_logprob comes with the actions taken
         base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
+
+    def pass_scores(frame: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the perturbed copies (frame[k], mask[k]) and their actor and critic scores: one forward pass
+        out = evaluate(frame, mask)
+        if actor_score is not None:
+            actor_scores = actor_score(base.logits.index_select(0, frame), out.logits)
+        elif score == "action_logprob":
+            assert actions is not None
+            logp = torch.log_softmax(out.logits, dim=-1).gather(1, actions.index_select(0, frame).view(-1, 1))[:, 0]
+            actor_scores = (base_logp.index_select(0, frame) - logp).abs()
+        else:
+            actor_scores = 0.5 * (base.logits.index_select(0, frame) - out.logits).pow(2).sum(dim=-1)
+        return actor_scores, 0.5 * (base.value.index_select(0, frame) - out.value).pow(2)
+
+    run_pass = CompiledPass(pass_scores, compile) if compile is not None else pass_scores
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
     bounds = chunk_bounds(n * m, perturbations_per_eval)
     for start, stop in tqdm(
         bounds, desc="perturbations", unit="chunk", disable=True if not progress or len(bounds) < 2 else None
     ):
-        flat = torch.arange(start, stop, device=x.device)
+        # compiled passes all have one size (the last one padded with copies of its last row): compiled once per job
+        size = perturbations_per_eval if compile is not None else stop - start
+        flat = torch.arange(start, start + size, device=x.device).clamp_(max=stop - 1)
         frame, mask = flat // m, flat % m
-        out = evaluate(frame, mask)
-        if score == "action_logprob":
-            assert actions is not None
-            logp = torch.log_softmax(out.logits, dim=-1).gather(1, actions.index_select(0, frame).view(-1, 1))[:, 0]
-            actor[start:stop] = (base_logp.index_select(0, frame) - logp).abs()
-        else:
-            actor[start:stop] = 0.5 * (base.logits[frame] - out.logits).pow(2).sum(dim=-1)
-        critic[start:stop] = 0.5 * (base.value[frame] - out.value).pow(2)
+        pass_actor, pass_critic = run_pass(frame, mask)
+        actor[start:stop] = pass_actor[: stop - start]
+        critic[start:stop] = pass_critic[: stop - start]
     return actor.view(n, m), critic.view(n, m)
 
 
@@ -240,6 +262,7 @@ def perturbation_saliency(
     tf32: bool = False,
     score: str = "logit_l2",
     actions: Actions | None = None,
+    compile: bool | str = False,
 ) -> PerturbationResult:
     """Perturbation saliency (the 2017 paper's method, for any policy) of many observations at once.
 
@@ -267,6 +290,9 @@ def perturbation_saliency(
             ``"action_logprob"`` (``|log pi(a|I) - log pi(a|I')|`` for the action taken, softmax of the
             preferences; needs ``actions``). The critic score is the paper's either way.
         actions: (N,) the action the agent took on each observation (``rollout.actions``), for ``action_logprob``.
+        compile: compile each forward pass with ``torch.compile`` (``True`` or an inductor mode of
+            ``engine.core.compiled.COMPILE_MODES``; ``"reduce-overhead"`` adds CUDA graphs). All passes then have
+            one size, so it compiles once; maps equal the eager ones to float32 rounding.
 
     Returns:
         :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
@@ -310,6 +336,7 @@ def perturbation_saliency(
         raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {tuple(str(s) for s in SCORES)}, got {score!r}")
+    mode = compile_mode(compile)
     x, state = prepare_inputs(agent, frames, states)
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))  # observations are (N, C, H, W)
     validate_settings(radius, density, interp, blur_sigma, compat, size)
@@ -333,7 +360,7 @@ def perturbation_saliency(
         plan = None
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
         actor, critic = perturbation_scores(
-            agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken
+            agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken, mode
         )
         gh, gw = grid_shape(density, size)
         actor, critic = actor.view(-1, gh, gw), critic.view(-1, gh, gw)

@@ -72,6 +72,7 @@ def compute_saliency(
                 incremental=incremental,
                 tf32=s.tf32,
                 score=str(s.score),
+                compile=s.compile,
                 actions=None if actions is None else actions[a:b],
             )
             for key in ("actor", "critic", "actor_scores", "critic_scores"):

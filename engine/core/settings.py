@@ -75,6 +75,7 @@ class SaliencyConfig:
     frames_per_batch: int = 32  # frames scored together (progress and memory granularity)
     jacobian_backend: JacobianBackend = JacobianBackend.autograd
     tf32: bool = False  # CUDA only: TF32 convolutions and products (faster, ~6e-4 relative error)
+    compile: bool = False  # torch.compile each perturbed forward pass (inductor; a C++ compiler on the CPU)
 
 
 INTERPS = tuple(Interp)

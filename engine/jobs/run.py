@@ -44,7 +44,6 @@ from ..policies.registry import (
 from ..storage.arrays import save_arrays
 from ..storage.store import (
     FORMAT,
-    RESULT_NEUTRAL,
     ROLLOUT_FIELDS,
     ChunkStore,
     RolloutStore,
@@ -52,6 +51,7 @@ from ..storage.store import (
     StoreMismatchError,
     check_writable,
     engine_version,
+    identity_settings,
     is_memory,
     is_url,
     store_exists,
@@ -252,7 +252,7 @@ def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     saliency_root = store_root(st.saliency) if st.saliency else Path(config.output.dir) / "saliency_store"
     scored = existing_store(saliency_root, "saliency")
     if scored is not None:
-        settings = {k: v for k, v in asdict(engine_saliency(config.saliency)).items() if k not in RESULT_NEUTRAL}
+        settings = identity_settings(asdict(engine_saliency(config.saliency)))
         wanted = dict(
             format=FORMAT,
             engine=engine_version(),

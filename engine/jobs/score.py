@@ -16,13 +16,13 @@ from ..core.replay import replay_states
 from ..core.saliency import compute_saliency, paper_shift
 from ..storage.store import (
     FORMAT,
-    RESULT_NEUTRAL,
     ChunkStore,
     RolloutStore,
     SaliencyStore,
     check_scoring_chunk,
     check_writable,
     engine_version,
+    identity_settings,
     saliency_layout,
     writing_needed,
 )
@@ -67,7 +67,7 @@ def score_store(
     layout = saliency_layout(agent, saliency)
     check_scoring_chunk(rstore.store.layout, layout, frames_per_chunk)
     dtype = str(agent.dtype)
-    settings = {k: v for k, v in asdict(saliency).items() if k not in RESULT_NEUTRAL}
+    settings = identity_settings(asdict(saliency))
     identity = dict(
         kind="saliency",
         format=FORMAT,

@@ -1304,6 +1304,13 @@ class RolloutStore:
 RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batch")
 
 
+def identity_settings(saliency: dict[str, Any]) -> dict[str, Any]:
+    """The saliency settings a store's identity records: all but the :data:`RESULT_NEUTRAL` ones, and ``compile``
+    only where it is on (compiled passes change maps by float32 rounding, so a resumed run must compile too;
+    left out when off, a store written before the setting existed still resumes)."""
+    return {k: v for k, v in saliency.items() if k not in RESULT_NEUTRAL and not (k == "compile" and v is False)}
+
+
 @dataclass
 class SaliencyStore:
     """Maps and score grids of a rollout store, chunk by chunk (``actor``, ``critic``, ``actor_scores``, ...)."""

@@ -62,3 +62,20 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     } <= set(timed)
     assert timed["engine_d5_r5"]["vs_reference"] > 1 and 0 < timed["precision_float32"]["actor_rel_error"] < 1e-4
     assert (out / "check.md").read_text().startswith("# GPU check: no CUDA")
+    # the speed variants (benchmarks/gpu/speed.py), cut short by their time budget: the rows it measured, the
+    # variants it skipped, each map compared with float64
+    speed = subprocess.run(
+        [sys.executable, "benchmarks/gpu/speed.py", "--out", str(out), "--data", str(data), "--frames", "1"]
+        + ["--agents", "baby-a3c_gru", "--budget-s", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert speed.returncode == 0, (speed.stdout + speed.stderr)[-3000:]
+    rows = json.loads((out / "speed.json").read_text())
+    first = rows["rows"][0]
+    assert (first["agent"], first["variant"], first["plan"]) == ("baby-a3c_gru", "eager", "plain")
+    assert 0 < first["actor_rel_error"] < 1e-4 and first["actor_top5_overlap"] == 1.0
+    assert "baby-a3c_gru:compile:plain" in rows["skipped"]

@@ -1,0 +1,273 @@
+"""The exact path's speed-ups, tried and measured side by side (issue 19, item 2; a benchmark, not a test).
+
+    python benchmarks/gpu/speed.py --out DIR [--data .gpu_carry] [--frames 256] [--budget-s 300]
+
+For three agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL ``ppo_atari``, Nature CNN on
+4x84x84; the built-in ``builtin/pong_ppo``, Nature CNN + LSTM on 1x84x84), d5 r5 occlude, it times
+``perturbation_saliency`` in float32 with TF32 off under each variant, plain and incremental passes:
+
+- ``eager``: today's engine; ``cudnn_benchmark``: cuDNN autotuning (``torch.backends.cudnn.benchmark``);
+- ``compile``: the engine's ``compile=True`` (inductor, one static pass size, the mask application and score
+  reduction inside the compiled region), its compilation time reported apart; ``compile_cudagraphs``:
+  ``compile="reduce-overhead"`` (CUDA graphs on top);
+- ``tf32``: TF32 convolutions (not exact: for scale) and ``split3_tf32``: each trunk convolution as three TF32
+  products (``hi*hi + lo*hi + hi*lo``, float32 accumulation and output): a prototype of the fast mode's
+  arithmetic on the tensor cores.
+
+Each variant's maps are compared with float64 maps of the same frames (max |error| / max |map|, and the overlap
+of the top 5% cells). Without CUDA it runs with small sizes on the CPU. Writes DIR/speed.json after every
+variant (a run cut short keeps what it measured) and prints a table last. Each agent gets its share of ``--budget-s``:
+its variants past it (all but the eager baseline) are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
+from engine.core.batching import pad_rows  # noqa: E402
+from engine.core.incremental import conv_trunk_of  # noqa: E402
+from engine.core.perturbation import perturbation_saliency  # noqa: E402
+from engine.core.policy import PolicyOutput  # noqa: E402
+from engine.policies.cleanrl import load_cleanrl  # noqa: E402
+from engine.policies.greydanus2017 import load_agent  # noqa: E402
+from engine.policies.loading import load_policy  # noqa: E402
+from engine.policies.registry import resolve_checkpoint  # noqa: E402
+
+TF32_MASK = -8192  # 0xFFFFE000 as int32: sign, exponent and TF32's 10 mantissa bits
+
+
+def tf32_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t = hi + lo`` with ``hi`` exactly representable in TF32 (``lo`` is what TF32 would drop)."""
+    hi = (t.contiguous().view(torch.int32) & TF32_MASK).view(torch.float32).view_as(t)
+    return hi, t - hi
+
+
+class Split3TF32:
+    """A policy whose trunk convolutions run as three TF32 products each (the prototype of the fast mode's
+    arithmetic): conv(x_hi, W_hi) + conv(x_lo, W_hi) + conv(x_hi, W_lo); everything else as the agent runs it.
+    It declares no trunk, so the engine runs plain passes on it."""
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+        trunk = conv_trunk_of(agent)
+        if trunk is None:
+            raise ValueError(f"{type(agent).__name__} declares no conv trunk")
+        self.trunk = trunk
+        self.split = [(tf32_split(conv.weight.detach()), conv) for conv, _ in trunk.layers]
+        for name in ("observation_shape", "num_actions", "pipeline", "frame_stack", "device", "dtype"):
+            setattr(self, name, getattr(agent, name))
+
+    def initial_state(self, batch: int = 1):
+        return self.agent.initial_state(batch)
+
+    def reset_state(self, state, done):
+        return self.agent.reset_state(state, done)
+
+    def __call__(self, obs: torch.Tensor, state) -> PolicyOutput:
+        n = obs.shape[0]
+        x, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
+        if self.trunk.input_scale != 1:
+            x = x * self.trunk.input_scale
+        for ((w_hi, w_lo), conv), (_, act) in zip(self.split, self.trunk.layers, strict=True):
+            x_hi, x_lo = tf32_split(x)
+            args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+            y = F.conv2d(x_hi, w_hi, conv.bias, *args) + F.conv2d(x_lo, w_hi, None, *args)
+            y = y + F.conv2d(x_hi, w_lo, None, *args)
+            x = y if act is None else act(y)
+        return self.agent.from_trunk(x, state, n)
+
+
+def apply(settings: dict) -> dict:
+    """Set the process-wide switches a variant asks for (cuDNN autotuning, TF32); the rest are keyword arguments
+    of ``perturbation_saliency``."""
+    kwargs = dict(settings)
+    torch.backends.cudnn.benchmark = bool(kwargs.pop("cudnn_benchmark", False))
+    split3 = bool(kwargs.pop("split3", False))
+    set_tf32(bool(kwargs.get("tf32", False)))
+    if split3:  # TF32 for the split convolutions only: the GRU/LSTM and head products stay float32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    return kwargs
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-300))
+
+
+def top_overlap(got: torch.Tensor, want: torch.Tensor, share: float = 0.05) -> float:
+    """Mean over frames of |top cells of got & top cells of want| / |top cells|, the top ``share`` of each map."""
+    got, want = got.detach().double().cpu().flatten(1), want.detach().double().cpu().flatten(1)
+    k = max(1, int(share * got.shape[1]))
+    a, b = got.topk(k, dim=1).indices, want.topk(k, dim=1).indices
+    same = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b, strict=True)]
+    return float(np.mean(same))
+
+
+def load_agents(data: Path, device: torch.device) -> dict:
+    """name -> (loader(dtype) -> agent on ``device``, observations or frames, states)"""
+    gru = dict(np.load(data / "pong_gru.npz"))
+    nature = dict(np.load(data / "pong_nature.npz"))
+    ppo = dict(np.load(data / "pong_ppo.npz"))
+
+    def states(arrays: dict) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(arrays[k]) for k in sorted(arrays) if k.startswith("state_"))
+
+    ppo_file = resolve_checkpoint("builtin/pong_ppo")
+    return {
+        "baby-a3c_gru": (
+            lambda dtype: load_agent(data / "baby-a3c-pong.tar", device=device, dtype=dtype),
+            gru["frames"],
+            states(gru),
+        ),
+        "cleanrl_ppo_atari": (
+            lambda dtype: load_cleanrl(data / "cleanrl-ppo.pt", device=device, dtype=dtype),
+            nature["observations"],
+            (),
+        ),
+        "builtin_pong_ppo": (
+            lambda dtype: load_policy(ppo_file, device=device, dtype=dtype),
+            ppo["observations"],
+            states(ppo),
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--data", default=ROOT / ".gpu_carry", type=Path)
+    parser.add_argument("--frames", type=int, default=None, help="frames timed per agent (256 on CUDA, 8 on a CPU)")
+    parser.add_argument("--budget-s", type=float, default=300.0, help="start no variant after this many seconds")
+    parser.add_argument("--agents", default=None, help="comma-separated subset of the agents")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (3 on CUDA, 5 on a CPU)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    n = args.frames or (256 if cuda else 8)
+    rounds = args.rounds or (3 if cuda else 5)
+    env = environment(device)
+    print(json.dumps(env), flush=True)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    skipped: list[str] = []
+
+    def save() -> None:
+        env["seconds"] = round(time.perf_counter() - started, 1)
+        (args.out / "speed.json").write_text(json.dumps(dict(environment=env, rows=rows, skipped=skipped), indent=1))
+
+    agents = load_agents(args.data, device)
+    if args.agents:
+        agents = {k: v for k, v in agents.items() if k in args.agents.split(",")}
+    for index, (name, (load, frames, states)) in enumerate(agents.items()):
+        frames_n, states_n = frames[:n], tuple(s[:n] for s in states)
+        k = 4  # frames compared with float64
+        set_tf32(False)
+        want = perturbation_saliency(load(torch.float64), frames[:k], tuple(s[:k] for s in states), incremental=False)
+        agent = load(torch.float32)
+        # most telling first: each agent gets its share of the budget, and what does not fit is skipped
+        plain, inc = dict(incremental=False), dict(incremental=True)
+        variants: list[tuple[str, object, dict]] = [
+            ("eager", agent, plain),
+            ("eager", agent, inc),
+            ("cudnn_benchmark", agent, dict(plain, cudnn_benchmark=True)),
+            ("cudnn_benchmark", agent, dict(inc, cudnn_benchmark=True)),
+            ("compile", agent, dict(inc, compile=True)),
+            ("compile", agent, dict(plain, compile=True)),
+            ("split3_tf32", Split3TF32(agent), dict(plain, tf32=True, split3=True)),
+            ("tf32", agent, dict(plain, tf32=True)),
+        ]
+        if cuda:
+            variants.append(("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead")))
+        variants += [
+            ("compile+cudnn_benchmark", agent, dict(inc, compile=True, cudnn_benchmark=True)),
+            ("compile+cudnn_benchmark", agent, dict(plain, compile=True, cudnn_benchmark=True)),
+        ]
+        if args.variants:
+            variants = [v for v in variants if v[0] in args.variants.split(",")]
+        agent_deadline = started + args.budget_s * (index + 1) / len(agents)
+        ready: list[tuple[dict, object, dict]] = []  # (row so far, policy, settings) of the variants that ran
+        for number, (label, policy, settings) in enumerate(variants):
+            plan = "incremental" if settings.get("incremental") else "plain"
+            if number and time.perf_counter() > agent_deadline:  # the eager baseline always runs
+                skipped.append(f"{name}:{label}:{plan}")
+                continue
+            row: dict = dict(agent=name, variant=label, plan=plan)
+            try:
+                sync(device)
+                t0 = time.perf_counter()
+                got = perturbation_saliency(policy, frames[:k], tuple(s[:k] for s in states), **apply(settings))
+                sync(device)
+                row["first_call_s"] = round(time.perf_counter() - t0, 2)  # compilation included
+                perturbation_saliency(policy, frames_n, states_n, **apply(settings))  # warm-up at the timed size
+                row.update(
+                    actor_rel_error=rel_error(got.actor, want.actor),
+                    critic_rel_error=rel_error(got.critic, want.critic),
+                    actor_top5_overlap=round(top_overlap(got.actor, want.actor), 4),
+                    critic_top5_overlap=round(top_overlap(got.critic, want.critic), 4),
+                )
+                ready.append((row, policy, settings))
+            except Exception as exc:  # a variant that fails is a result too
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        # timed in rounds, each round every variant once, so that a slow spell of the machine hits all of them
+        times: list[list[float]] = [[] for _ in ready]
+        for _ in range(rounds):
+            for (_row, policy, settings), spent in zip(ready, times, strict=True):
+                kwargs = apply(settings)
+                sync(device)
+                t0 = time.perf_counter()
+                perturbation_saliency(policy, frames_n, states_n, **kwargs)
+                sync(device)
+                spent.append(time.perf_counter() - t0)
+        for (row, _, _), spent in zip(ready, times, strict=True):
+            seconds = float(np.median(spent))
+            row.update(
+                frames=n,
+                frames_per_s=round(n / seconds, 1),
+                ms_per_frame=round(seconds / n * 1e3, 4),
+                spread=round((max(spent) - min(spent)) / seconds, 3),
+                rounds=rounds,
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        save()
+        torch.backends.cudnn.benchmark = False
+        set_tf32(False)
+        if cuda:
+            torch.cuda.empty_cache()
+    save()
+    print(f"\n# speed variants on {env.get('gpu', env.get('cpu'))}\n")
+    print("| agent | variant | plan | frames/s | vs eager | first call s | actor err | critic err | top5 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    base = {(r["agent"], r["plan"]): r["frames_per_s"] for r in rows if r.get("variant") == "eager"}
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['agent']} | {r['variant']} | - | - | - | - | {r['error'][:80]} | | |")
+            continue
+        ratio = r["frames_per_s"] / base.get((r["agent"], r["plan"]), float("nan"))
+        print(
+            f"| {r['agent']} | {r['variant']} | {r['plan']} | {r['frames_per_s']:.0f} | {ratio:.2f} | "
+            f"{r['first_call_s']} | {r['actor_rel_error']:.1e} | {r['critic_rel_error']:.1e} | "
+            f"{min(r['actor_top5_overlap'], r['critic_top5_overlap']):.3f} |"
+        )
+    if skipped:
+        print(f"\nskipped (budget spent): {', '.join(skipped)}")
+
+
+if __name__ == "__main__":
+    main()

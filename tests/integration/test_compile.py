@@ -1,0 +1,138 @@
+"""``compile=True`` (``saliency.compile``): each perturbed forward pass compiled by inductor, with one static pass
+size. Compiled maps equal eager ones to float32 rounding, one compilation serves every pass of a job, and pass
+sizes or frames scored together never change a compiled map. Compiling costs seconds per shape on this CPU, so
+these tests use few shapes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from engine.core.compiled import compile_mode, compile_seconds
+from engine.core.perturbation import perturbation_saliency
+from engine.core.policy import index_state
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None and shutil.which("c++") is None,
+    reason="torch.compile's CPU code generation needs a C++ compiler, and this machine has none",
+)
+
+ROWS = slice(40, 42)  # frames with the ball in play and a non-zero recurrent state
+DENSITY = 10  # 8 x 8 masks per frame: few passes, quick to compile
+
+
+@pytest.fixture(scope="module")
+def frames_states(pong_rollout):
+    return pong_rollout.frames[ROWS], index_state(pong_rollout.states, ROWS)
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["plain", "incremental"])
+def test_compiled_maps_equal_eager_ones_to_float32_rounding(pong_agent, frames_states, incremental):
+    """The bound comes from the computation: the eager float32 maps' own distance to float64 maps of the same
+    frames (this CPU's float32 rounding of these passes); compiled kernels round in other orders, so their distance
+    may be a few times larger, and nothing larger (a wrong row, a padded row leaking into a score)."""
+    frames, states = frames_states
+    want = perturbation_saliency(pong_agent.double(), frames, states, density=DENSITY, incremental=incremental)
+    pong_agent.float()
+    eager = perturbation_saliency(pong_agent, frames, states, density=DENSITY, incremental=incremental)
+    compiled = perturbation_saliency(
+        pong_agent, frames, states, density=DENSITY, incremental=incremental, compile=True, perturbations_per_eval=48
+    )
+    for key in ("actor_scores", "critic_scores"):
+        reference = getattr(want, key)
+        rounding = (getattr(eager, key).double() - reference).abs().max()
+        scale = reference.abs().max()
+        assert 0 < rounding < 1e-4 * scale, "the bound would not catch a wrong map"
+        error = (getattr(compiled, key).double() - reference).abs().max()
+        assert error <= 8 * rounding, (key, float(error), float(rounding))
+
+
+def test_one_compilation_serves_every_pass_and_later_calls(pong_agent, pong_rollout):
+    """Passes of 48 copies over 2 x 64 copies: three passes, the last padded, one compiled graph; a later call
+    on other frames of the same count compiles nothing."""
+    before, seconds = graphs(), compile_seconds()
+    for rows in (slice(10, 12), slice(20, 22), slice(30, 32)):
+        perturbation_saliency(
+            pong_agent,
+            pong_rollout.frames[rows],
+            index_state(pong_rollout.states, rows),
+            density=DENSITY,
+            incremental=False,
+            compile=True,
+            perturbations_per_eval=40,
+        )
+    assert graphs() - before == 1
+    assert compile_seconds() > seconds  # the compilation was timed (and logged)
+
+
+def test_pass_sizes_and_frames_together_never_change_a_compiled_map(pong_agent, frames_states):
+    frames, states = frames_states
+
+    def scores(frames_, states_, per_eval):
+        result = perturbation_saliency(
+            pong_agent, frames_, states_, density=DENSITY, compile=True, perturbations_per_eval=per_eval
+        )
+        return torch.cat([result.actor_scores, result.critic_scores])
+
+    together = scores(frames, states, 48)
+    assert torch.equal(scores(frames, states, 7), together)
+    assert torch.equal(scores(frames, states, 128), together)
+    one_at_a_time = [scores(frames[t : t + 1], index_state(states, slice(t, t + 1)), 48) for t in range(2)]
+    assert torch.equal(torch.stack(one_at_a_time, 1).flatten(0, 1), together.view(2, 2, 8, 8).flatten(0, 1))
+
+
+@pytest.mark.parametrize("bad", ["fast", 1, None, "true"])
+def test_an_unknown_compile_setting_is_refused(bad):
+    with pytest.raises(ValueError, match="compile must be False, True or one of"):
+        compile_mode(bad)
+
+
+def test_a_store_records_compiled_scoring_and_a_rerun_must_match(tmp_path):
+    """``saliency.compile=true`` in a store job: maps equal the eager job's to float32 rounding; the saliency
+    store's identity records it (a rerun with it off is refused), and a store scored eagerly does not record the
+    setting at all (stores written before it existed resume)."""
+    from engine.core.errors import EngineError
+    from engine.jobs.run import run_job
+    from engine.storage.store import SaliencyStore
+    from tests.conftest import tiny_job
+
+    def job(name: str, compiled: bool):
+        store = {"rollout": str(tmp_path / f"{name}_rollout"), "saliency": str(tmp_path / f"{name}_saliency")}
+        return tiny_job(tmp_path / name, movie=False, saliency={"compile": compiled}, store=store)
+
+    run_job(job("eager", False))
+    run_job(job("compiled", True))
+    eager = SaliencyStore.open(tmp_path / "eager_saliency").read()
+    compiled = SaliencyStore.open(tmp_path / "compiled_saliency").read()
+    scale = np.abs(eager["actor_scores"]).max()
+    assert scale > 0 and np.abs(compiled["actor_scores"] - eager["actor_scores"]).max() <= 1e-4 * scale
+    assert SaliencyStore.open(tmp_path / "compiled_saliency").store.identity["saliency"]["compile"] is True
+    assert "compile" not in SaliencyStore.open(tmp_path / "eager_saliency").store.identity["saliency"]
+    with pytest.raises(EngineError, match="compile"):
+        run_job(job("compiled", False))
+
+
+def test_without_a_working_compiler_the_error_says_how_to_go_on(pong_agent, pong_rollout, tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from engine.core.errors import EngineError
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing cached: it must compile
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
+    with pytest.raises(EngineError, match="needs a working C\\+\\+ compiler.*saliency.compile=false"):
+        perturbation_saliency(
+            pong_agent,
+            pong_rollout.frames[:1],
+            index_state(pong_rollout.states, slice(0, 1)),
+            density=20,
+            compile=True,
+            perturbations_per_eval=5,
+        )
