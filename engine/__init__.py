@@ -23,6 +23,9 @@ _LAZY = {
     "preprocess_frames": ".core.preprocessing",
     "perturbation_saliency": ".core.perturbation",
     "occlusion_sensitivity": ".core.occlusion",
+    "sarfa_saliency": ".core.sarfa",
+    "rise_saliency": ".core.rise",
+    "lime_saliency": ".core.lime",
     "jacobian_saliency": ".core.jacobian",
     "compute_saliency": ".core.saliency",
     "rollout": ".env.rollout",  # needs gymnasium and ale-py, which the core does not

@@ -10,6 +10,9 @@ import pytest
 MODULES = [
     "engine.core.perturbation",
     "engine.core.occlusion",
+    "engine.core.sarfa",
+    "engine.core.rise",
+    "engine.core.lime",
     "engine.policies.loading",
     "engine.env.rollout",
     "engine.metrics.faithfulness",

@@ -1,0 +1,188 @@
+"""RISE (Petsiuk et al. 2018) on the real baby-a3c Pong agents: the paper's masks (skimage's bilinear upsampling and
+random crops, as xaitk-saliency's ``RISEGrid``), equal to a loop reference and to xaitk-saliency's RISE scoring on
+the same masks, seeded per frame, independent of how it is batched; recurrent agents at each frame's state."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from engine.core.policy import PolicyOutput
+from engine.core.preprocessing import preprocess_frames
+from engine.core.rise import build_masks, grid_cells, mask_draws, rise_masks, rise_saliency
+
+FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
+MASKS, P, CELL = 40, 0.5, 8  # few masks: the loop reference stays short
+
+
+@pytest.fixture(scope="module")
+def agent64(pong_agent):
+    return copy.deepcopy(pong_agent).double()
+
+
+@pytest.fixture(scope="module")
+def inputs(pong_rollout):
+    frames = pong_rollout.frames[FRAME : FRAME + 2]
+    states = tuple(s[FRAME : FRAME + 2] for s in pong_rollout.states)
+    return frames, states, pong_rollout.actions[FRAME : FRAME + 2]
+
+
+@pytest.mark.parametrize("size, cell", [((80, 80), 8), ((84, 60), 7), ((20, 30), 20), ((9, 9), 1)])
+def test_masks_are_the_papers(size, cell):
+    """Each mask is skimage's bilinear resize of its grid to ((s+1) * cell) pixels per axis, cropped at its offset:
+    the original code's and xaitk-saliency's RISEGrid's masks for the same grid and offsets."""
+    from skimage.transform import resize
+
+    grids, offsets = mask_draws(12, 0.4, cell, size, seed=3, frame_index=5)
+    sh, sw = grid_cells(size, cell)
+    assert grids.shape == (12, sh, sw) and offsets.shape == (12, 2) and int(offsets.max()) < cell
+    masks = rise_masks(12, 0.4, cell, size, seed=3, frame_index=5)
+    assert torch.equal(masks, build_masks(grids, offsets, cell, size, torch.float64))
+    for grid, (y, x), mask in zip(grids.double().numpy(), offsets.tolist(), masks):
+        up = resize(grid, ((sh + 1) * cell, (sw + 1) * cell), order=1, mode="reflect", anti_aliasing=False)
+        np.testing.assert_allclose(mask.numpy(), up[y : y + size[0], x : x + size[1]], rtol=0, atol=1e-12)
+    # the draws are the frame's own: another frame index or seed draws other masks
+    assert not torch.equal(masks, rise_masks(12, 0.4, cell, size, seed=3, frame_index=6))
+    assert not torch.equal(masks, rise_masks(12, 0.4, cell, size, seed=4, frame_index=5))
+
+
+def test_equals_a_loop_reference(agent64, pong_rollout):
+    x = preprocess_frames(pong_rollout.frames[FRAME : FRAME + 1], dtype=torch.float64)
+    state = tuple(s[FRAME : FRAME + 1].double() for s in pong_rollout.states)
+    action = int(pong_rollout.actions[FRAME])
+    baseline = 0.25
+    got = rise_saliency(agent64, x, state, MASKS, P, CELL, seed=7, actions=[action], baseline=baseline)
+    masks = rise_masks(MASKS, P, CELL, (80, 80), seed=7, frame_index=0)
+    actor, critic = torch.zeros(80, 80, dtype=torch.float64), torch.zeros(80, 80, dtype=torch.float64)
+    with torch.no_grad():
+        for mask in masks:  # one masked copy at a time, the paper's formula
+            out = agent64(mask * x + (1 - mask) * baseline, state)
+            actor += float(torch.softmax(out.logits[0], 0)[action]) * mask
+            critic += float(out.value[0]) * mask
+    actor, critic = actor / (MASKS * P), critic / (MASKS * P)
+    assert actor.std() > 0 and critic.abs().max() > 0
+    torch.testing.assert_close(got.actor[0], actor, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.critic[0], critic, rtol=1e-9, atol=1e-12)
+    value = rise_saliency(agent64, x, state, MASKS, P, CELL, seed=7, response="value", baseline=baseline)
+    assert torch.equal(value.actor, value.critic) and torch.equal(value.critic, got.critic)
+
+
+def test_equals_xaitks_rise_on_the_same_masks(agent64, pong_rollout):
+    """xaitk-saliency occludes the observation with our masks (its ``occlude_image_batch``), we run the agent on its
+    images, and its ``RISEScoring`` makes the map: ours divided by its largest absolute value (xaitk's
+    normalisation; ours is the paper's ``/ (N p)``)."""
+    from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScoring
+    from xaitk_saliency.utils.masking import occlude_image_batch
+
+    frames = pong_rollout.frames[FRAME : FRAME + 2]
+    states = tuple(s[FRAME : FRAME + 2].double() for s in pong_rollout.states)
+    actions = pong_rollout.actions[FRAME : FRAME + 2]
+    baseline = 0.5
+    got = rise_saliency(agent64, frames, states, MASKS, P, CELL, seed=1, actions=actions, baseline=baseline)
+    x = preprocess_frames(frames, dtype=torch.float64)
+    for k in range(2):
+        image = x[k].permute(1, 2, 0).numpy()  # (H, W, C), xaitk's layout
+        masks = rise_masks(MASKS, P, CELL, (80, 80), seed=1, frame_index=k).numpy()
+        occluded = occlude_image_batch(image, masks, fill=[baseline])  # (M, H, W, C)
+        batch = torch.as_tensor(np.concatenate([image[None], occluded])).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            out = agent64(batch, tuple(s[k : k + 1].expand(batch.shape[0], -1) for s in states))
+        probs, values = torch.softmax(out.logits, -1).numpy(), out.value.numpy()[:, None]
+        want_actor = RISEScoring().generate(probs[0], probs[1:], masks)[int(actions[k])]
+        want_critic = RISEScoring().generate(values[0], values[1:], masks)[0]
+        for ours, want in ((got.actor[k], want_actor), (got.critic[k], want_critic)):
+            assert np.abs(want).max() > 0
+            torch.testing.assert_close(ours / ours.abs().max(), torch.as_tensor(want), rtol=1e-9, atol=1e-12)
+
+
+def test_batching_never_changes_a_bit(pong_agent, inputs):
+    frames, states, actions = inputs
+    n = frames.shape[0]
+
+    def run(f, s, a, per_eval, indices=None):
+        return rise_saliency(
+            pong_agent, f, s, MASKS, P, CELL, actions=a, frame_indices=indices, perturbations_per_eval=per_eval
+        )
+
+    reference = run(frames, states, actions, n * MASKS)
+    for per_eval in (1, 7):
+        again = run(frames, states, actions, per_eval)
+        assert torch.equal(again.actor, reference.actor) and torch.equal(again.critic, reference.critic)
+    for k in range(n):  # one at a time, with the frame's index: its masks, its maps
+        alone = run(frames[k : k + 1], tuple(s[k : k + 1] for s in states), actions[k : k + 1], 7, [k])
+        assert torch.equal(alone.actor[0], reference.actor[k]) and torch.equal(alone.critic[0], reference.critic[k])
+    # the second frame alone at the default index 0 gets the first frame's masks, so other maps
+    shifted = run(frames[1:], tuple(s[1:] for s in states), actions[1:], 7)
+    assert not torch.equal(shifted.actor[0], reference.actor[1])
+
+
+def test_the_restored_state_matters(pong_lstm_agent, pong_rollout, lstm_states):
+    frames = pong_rollout.frames[FRAME : FRAME + 2]
+    states = tuple(s[FRAME : FRAME + 2] for s in lstm_states)
+    actions = pong_rollout.actions[FRAME : FRAME + 2]
+    right = rise_saliency(pong_lstm_agent, frames, states, MASKS, P, CELL, actions=actions)
+    zeros = tuple(torch.zeros_like(s) for s in states)
+    wrong = rise_saliency(pong_lstm_agent, frames, zeros, MASKS, P, CELL, actions=actions)
+    assert all(float(s.abs().max()) > 0 for s in states)
+    for k in range(2):
+        assert not torch.allclose(right.actor[k], wrong.actor[k], rtol=1e-3, atol=1e-6)
+        assert not torch.allclose(right.critic[k], wrong.critic[k], rtol=1e-3, atol=1e-6)
+
+
+class _TopLeftPixel:
+    """A policy that reads the top-left pixel x of a 16x16 observation: value x, logits (x, -x)."""
+
+    observation_shape, num_actions, pipeline, frame_stack = (1, 16, 16), 2, "gymnasium_atari", 1
+    device, dtype = torch.device("cpu"), torch.float64
+
+    def __call__(self, obs, state):
+        x = obs[:, 0, 0, 0]
+        return PolicyOutput(x, torch.stack([x, -x], dim=1), ())
+
+    def initial_state(self, batch=1):
+        return ()
+
+    def reset_state(self, state, done):
+        return state
+
+
+def test_a_tiny_policy_by_hand():
+    agent = _TopLeftPixel()
+    frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    frames[0, 0, 0, 0] = 255
+    # p = 1: every mask is all ones, the copy is the observation: the map is f(x) = 1 everywhere
+    kept = rise_saliency(agent, frames, (), num_masks=5, p=1.0, cell=4, response="value")
+    torch.testing.assert_close(kept.critic, torch.ones(1, 16, 16, dtype=torch.float64), rtol=1e-12, atol=0)
+    # p = 0.5: f(M_i x) = M_i(0, 0), so the map is sum_i M_i(0, 0) M_i / (N p)
+    result = rise_saliency(agent, frames, (), num_masks=30, p=0.5, cell=4, response="value", baseline=0.0)
+    masks = rise_masks(30, 0.5, 4, (16, 16))
+    want = (masks[:, :1, :1] * masks).sum(0) / 15
+    torch.testing.assert_close(result.critic[0], want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(p=0.0), r"p \(the probability that a cell is kept\) must be in \(0, 1\]"),
+        (dict(p=1.5), r"p \(the probability that a cell is kept\) must be in \(0, 1\]"),
+        (dict(num_masks=0), "num_masks must be a positive integer"),
+        (dict(num_masks=2.5), "num_masks must be a positive integer"),
+        (dict(cell=0), "cell must be an integer side"),
+        (dict(cell=17), "cell must be an integer side"),
+        (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(baseline=float("nan")), "baseline must be a finite number"),
+        (dict(response="q"), "response must be one of"),
+        (dict(response="action_prob", actions=None), "needs the action taken"),
+        (dict(response="action_prob", actions=[0, 1]), "actions must be 1 integer action indices"),
+        (dict(frame_indices=[0, 1]), "frame_indices must be 1 integer frame indices"),
+        (dict(frame_indices=[-1]), "frame_indices must be non-negative"),
+        (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
+    ],
+)
+def test_bad_input_is_refused(kwargs, message):
+    frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=message):
+        rise_saliency(_TopLeftPixel(), frames, (), **{"num_masks": 4, "cell": 4, "response": "value", **kwargs})
