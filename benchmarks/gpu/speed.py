@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import cpu_flags, machine  # noqa: E402
 from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
 from engine.core.batching import pad_rows  # noqa: E402
 from engine.core.incremental import conv_trunk_of  # noqa: E402
@@ -153,13 +154,23 @@ def main() -> None:
     parser.add_argument("--agents", default=None, help="comma-separated subset of the agents")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (3 on CUDA, 5 on a CPU)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="time with the wall clock or, on a CPU shared with other work, this process's CPU time (use --threads 1)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     n = args.frames or (256 if cuda else 8)
     rounds = args.rounds or (3 if cuda else 5)
-    env = environment(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    env = dict(environment(device), machine=machine(), cpu_flags=cpu_flags())
     print(json.dumps(env), flush=True)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -230,10 +241,10 @@ def main() -> None:
             for (_row, policy, settings), spent in zip(ready, times, strict=True):
                 kwargs = apply(settings)
                 sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 perturbation_saliency(policy, frames_n, states_n, **kwargs)
                 sync(device)
-                spent.append(time.perf_counter() - t0)
+                spent.append(clock() - t0)
         for (row, _, _), spent in zip(ready, times, strict=True):
             seconds = float(np.median(spent))
             row.update(
@@ -242,6 +253,8 @@ def main() -> None:
                 ms_per_frame=round(seconds / n * 1e3, 4),
                 spread=round((max(spent) - min(spent)) / seconds, 3),
                 rounds=rounds,
+                clock=args.clock,
+                threads=torch.get_num_threads(),
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
