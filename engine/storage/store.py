@@ -228,8 +228,9 @@ def _credentials_error(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _object_storage(root: StoreRoot) -> Iterator[None]:
-    """What the user must fix about object storage as one line: a missing fsspec package, missing credentials."""
+def _object_storage(root: StoreRoot, resume: bool = False) -> Iterator[None]:
+    """What the user must fix about object storage as one line: a missing fsspec package, missing credentials
+    (with ``resume``, around writes of a run under way: also that the run resumes where it stopped)."""
     try:
         yield
     except ImportError as exc:
@@ -242,6 +243,11 @@ def _object_storage(root: StoreRoot) -> Iterator[None]:
         raise EngineError(
             f"no credentials for the store {root} ({type(exc).__name__}: {exc}): set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or key and secret in storage_options)"
+            + (
+                "; the chunks written so far are kept: rerun the same command with fresh credentials to resume"
+                if resume
+                else ""
+            )
         ) from None
 
 
@@ -978,11 +984,16 @@ class ChunkStore:
         written: dict[str, bytes] = {}
         self.keys.written = written
         try:
-            for name, value in data.items():
-                if self.layout[name]["per"] == "time":
-                    self.arrays[name][a:b] = value
-                else:
-                    self.arrays[name][index : index + 1] = value
+            with _object_storage(self.root, resume=True):
+                for name, value in data.items():
+                    if self.layout[name]["per"] == "time":
+                        self.arrays[name][a:b] = value
+                    else:
+                        self.arrays[name][index : index + 1] = value
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise EngineError(self._full_disk(index, data)) from None
         finally:
             self.keys.written = None
         contents = {}
@@ -990,6 +1001,18 @@ class ChunkStore:
             key = self._chunk_key(name, index)
             contents[name] = written.get(key) or self._stored_digest(key)
         self.marker[index] = self._row(index, contents)
+
+    def _full_disk(self, index: int, data: Mapping[str, np.ndarray]) -> str:
+        """What to do when the disk holding the store filled up while chunk ``index`` was written (chunk files are
+        written atomically and its marker after them, so the chunk simply stays missing)."""
+        done = int(self.completed().sum())
+        left = sum(value.nbytes for value in data.values()) * (self.num_chunks - done)
+        free = f" ({_size(shutil.disk_usage(self.root).free)} free)" if _is_local(self.root) else ""
+        return (
+            f"the disk holding the store {self.root} is full{free}: chunk {index} was not written; the {done} "
+            f"complete chunk(s) are kept. Free up to {_size(left)} (the {self.num_chunks - done} missing chunks, "
+            "uncompressed) or move the store, then rerun the same command: it resumes at the missing chunks"
+        )
 
     def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Logical chunk ``index``: per-step arrays ``(b - a, ...)``; per-chunk ones as their row ``(...)``."""

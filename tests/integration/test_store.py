@@ -422,3 +422,38 @@ def test_a_memory_recording_ends_with_max_episodes_like_a_rollout(tmp_path):
     with pytest.raises(ValueError, match="needs a memory store"):
         record_rollout(agent, "BreakoutNoFrameskip-v4", 400, tmp_path / "r", progress=False, **options)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_stops_recording_with_what_to_do_and_the_rerun_resumes(recorded, pong_agent, tmp_path, monkeypatch):
+    """The disk fills up while chunk 1 is written: one clear error (what is kept, how much more is needed, how to
+    resume), chunk 0 kept, nothing half-written adopted; after space is freed, the same call finishes the store
+    with exactly the arrays of an uninterrupted recording."""
+    import errno
+    from pathlib import Path
+
+    from engine.core.errors import EngineError
+
+    store, sha = recorded
+    real_write_bytes = Path.write_bytes
+
+    def full_from_chunk_1(path, data):
+        if "/c/1/" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_bytes(path, data)
+
+    copy = tmp_path / "copy"
+    monkeypatch.setattr(Path, "write_bytes", full_from_chunk_1)
+    with pytest.raises(
+        EngineError, match=r"is full .* chunk 1 was not written; the 1 complete chunk\(s\) are kept.*resumes"
+    ):
+        record_rollout(
+            pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
+        )
+    monkeypatch.undo()
+    assert RolloutStore.open(copy).completed_chunks() == 1
+    resumed = record_rollout(
+        pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
+    )
+    for k in range(3):
+        a, b = chunk_arrays(resumed, k), chunk_arrays(store, k)
+        assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in b), k

@@ -216,3 +216,35 @@ def test_the_command_line_without_credentials_says_so_in_one_line(s3, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert lines[-1].startswith("error: ") and "credentials" in lines[-1], result.stderr[-3000:]
+
+
+def test_credentials_that_expire_mid_run_stop_it_with_one_line_and_the_rerun_resumes(agent, s3, local, monkeypatch):
+    """The credentials stop working while chunk 1 is written: one line naming the store, the fix and that the
+    chunks written are kept; with credentials back, the same call finishes the store as an uninterrupted run."""
+    from botocore.exceptions import NoCredentialsError
+
+    from engine.storage import store as stores
+
+    fs, options = s3
+    url = "s3://saliency-test/expiring"
+    real_set = stores._Keys.set
+
+    async def expired_from_chunk_1(self, key, value):
+        if "/c/1/" in f"/{key}":
+            raise NoCredentialsError()
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(stores._Keys, "set", expired_from_chunk_1)
+    with pytest.raises(EngineError) as caught:
+        record_rollout(
+            agent, "Pong-v4", STEPS, url, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options
+        )
+    message = str(caught.value)
+    assert "\n" not in message and url in message and "AWS_ACCESS_KEY_ID" in message, message
+    assert "chunks written so far are kept" in message and "resume" in message
+    monkeypatch.undo()
+    assert RolloutStore.open(url, options).completed_chunks() == 1
+    again = record_rollout(
+        agent, "Pong-v4", STEPS, url, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options
+    )
+    assert again.complete and np.array_equal(again.read().frames.numpy(), local[0].frames.numpy())
