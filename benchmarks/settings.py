@@ -107,7 +107,49 @@ def method_fn(cfg: DictConfig, radius: float | None = None):
         return captum_maps(cfg)
     if method == "rise":
         return rise_maps(cfg)
-    raise SystemExit(f"method must be perturbation, jacobian, captum or rise, got {method!r}")
+    if method in ENGINE_PEERS:
+        return engine_maps(cfg)
+    raise SystemExit(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+# the other methods as the engine batches them (issue 21); "captum" and "rise" are the peers' own code
+ENGINE_PEERS = ("occlusion", "rise_engine", "lime", "sarfa")
+METHODS = ("perturbation", "jacobian", "captum", "rise", *ENGINE_PEERS)
+
+
+def engine_maps(cfg):
+    """The engine's occlusion sensitivity (windows filled with the blur), RISE (masks filled with 0, a grid of
+    ``rise_cells`` per side as xaitk's), LIME (square superpixels of ``lime_cell`` pixels) and SARFA (the 2017
+    method's masks at ``radius``/``density``): each the map of the probability of the action taken (SARFA: of the
+    most likely action, as its paper defines it)."""
+    from engine.core.lime import lime_saliency
+    from engine.core.occlusion import occlusion_sensitivity
+    from engine.core.rise import rise_saliency
+    from engine.core.sarfa import sarfa_saliency
+
+    def maps(policy, obs, states, actions):
+        if cfg.method == "occlusion":
+            return occlusion_sensitivity(
+                policy,
+                obs,
+                states,
+                window=cfg.occlusion_window,
+                stride=cfg.occlusion_stride,
+                baseline="blur",
+                actions=actions,
+            ).actor
+        if cfg.method == "rise_engine":
+            cell = math.ceil(max(obs.shape[-2:]) / cfg.rise_cells)
+            return rise_saliency(
+                policy, obs, states, num_masks=cfg.rise_masks, cell=cell, seed=cfg.seed, actions=actions
+            ).actor
+        if cfg.method == "lime":
+            return lime_saliency(
+                policy, obs, states, num_samples=cfg.lime_samples, cell=cfg.lime_cell, seed=cfg.seed, actions=actions
+            ).actor
+        return sarfa_saliency(policy, obs, states, radius=cfg.radius, density=cfg.density).actor
+
+    return maps
 
 
 def captum_maps(cfg):
