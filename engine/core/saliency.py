@@ -1,17 +1,24 @@
-"""Saliency of many frames with one set of settings: the engine's own entry point over perturbation and
-Jacobian saliency, used by the app, the stores and the benchmarks.
+"""Saliency of many frames with one set of settings: the engine's own entry point over its methods (the 2017
+perturbation method, the Jacobian, occlusion sensitivity, RISE, LIME, SARFA; several at once), used by the app, the
+stores and the benchmarks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .jacobian import jacobian_saliency
+from .lime import lime_saliency
+from .occlusion import occlusion_sensitivity
 from .perturbation import perturbation_saliency
 from .policy import Policy, State, index_state
-from .settings import Incremental, Method, SaliencyConfig
+from .rise import rise_saliency
+from .sarfa import sarfa_saliency
+from .settings import Incremental, SaliencyConfig, map_prefix, sarfa_geometry, selected_methods
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
 
@@ -32,12 +39,23 @@ def compute_saliency(
     s: SaliencyConfig,
     progress: bool = False,
     actions: np.ndarray | torch.Tensor | None = None,
+    frame_indices: Sequence[int] | np.ndarray | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Maps (and score grids) of every frame, scored ``s.frames_per_batch`` frames at a time (CPU tensors).
+    """Maps (and score grids) of every frame for every method ``s.method`` selects, scored ``s.frames_per_batch``
+    frames at a time (CPU tensors).
 
-    ``actions`` (N,): the action taken on each frame, needed by ``score="action_logprob"``."""
-    if s.method not in tuple(Method):
-        raise ValueError(f"method must be one of {', '.join(str(m) for m in Method)}, got {s.method!r}")
+    Arrays, by method (:func:`engine.core.settings.map_names`): the 2017 method's ``actor``, ``critic``,
+    ``actor_scores``, ``critic_scores``; the Jacobian's ``jacobian_actor``, ``jacobian_critic`` (``actor`` and
+    ``critic`` when it runs alone); ``occlusion_actor``, ``occlusion_critic`` and their window scores
+    ``occlusion_actor_scores``, ``occlusion_critic_scores``; ``rise_actor``, ``rise_critic``; ``lime_actor``,
+    ``lime_critic``; ``sarfa_actor`` and its score grid ``sarfa_actor_scores`` (no critic map). Each equals its
+    engine function called with ``s``'s settings on all the frames at once.
+
+    ``actions`` (N,): the action taken on each frame, needed by ``score="action_logprob"`` and the responses of
+    the action taken (occlusion, RISE, LIME). ``frame_indices`` (N,): each frame's index in its rollout, which
+    seeds its RISE masks and LIME samples (default ``0..N-1``), so that a rollout's frames scored in several
+    calls get the maps of one call."""
+    methods = selected_methods(s.method)
     if isinstance(s.frames_per_batch, bool) or not isinstance(s.frames_per_batch, int) or s.frames_per_batch < 1:
         raise ValueError(
             f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}"
@@ -51,13 +69,24 @@ def compute_saliency(
             f"state/frame count mismatch: {n} frames but state rows {rows}; pass the state the agent used on each "
             "frame (e.g. rollout.states for rollout.frames)"
         )
+    indices = torch.arange(n) if frame_indices is None else torch.as_tensor(frame_indices)
+    if indices.shape != (n,):
+        raise ValueError(f"frame_indices must hold one index per frame ({n}), got shape {tuple(indices.shape)}")
     incremental = s.incremental.setting if isinstance(s.incremental, Incremental) else s.incremental
+    ppe, budget = s.perturbations_per_eval, s.memory_budget_mb
     batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
     parts: dict[str, list[torch.Tensor]] = {}
+
+    def keep(method: str, result: object, keys: tuple[str, ...]) -> None:
+        prefix = map_prefix(method, methods)
+        for key in keys:
+            parts.setdefault(prefix + key, []).append(getattr(result, key).detach().cpu())
+
     bar = tqdm(total=n, desc="saliency", unit="frame", disable=None if progress else True)
     for a, b in batches:
         state = index_state(states, slice(a, b))
-        if s.method in ("perturbation", "both"):
+        taken = None if actions is None else actions[a:b]
+        if "perturbation" in methods:
             result = perturbation_saliency(
                 agent,
                 frames[a:b],
@@ -67,21 +96,88 @@ def compute_saliency(
                 interp=s.interp,
                 blur_sigma=s.blur_sigma,
                 compat=s.compat,
-                perturbations_per_eval=s.perturbations_per_eval,
-                memory_budget_mb=s.memory_budget_mb,
                 incremental=incremental,
                 tf32=s.tf32,
                 score=str(s.score),
                 compile=s.compile,
-                actions=None if actions is None else actions[a:b],
+                actions=taken,
+                perturbations_per_eval=ppe,
+                memory_budget_mb=budget,
             )
-            for key in ("actor", "critic", "actor_scores", "critic_scores"):
-                parts.setdefault(key, []).append(getattr(result, key).cpu())
-        if s.method in ("jacobian", "both"):
+            keep("perturbation", result, ("actor", "critic", "actor_scores", "critic_scores"))
+        if "jacobian" in methods:
             jac = jacobian_saliency(agent, frames[a:b], state, backend=s.jacobian_backend, tf32=s.tf32)
-            prefix = "" if s.method == "jacobian" else "jacobian_"
-            parts.setdefault(prefix + "actor", []).append(jac.actor.detach().cpu())
-            parts.setdefault(prefix + "critic", []).append(jac.critic.detach().cpu())
+            keep("jacobian", jac, ("actor", "critic"))
+        if "occlusion" in methods:
+            o = s.occlusion
+            occluded = occlusion_sensitivity(
+                agent,
+                frames[a:b],
+                state,
+                window=o.window,
+                stride=o.stride,
+                baseline=str(o.baseline),
+                value=o.value,
+                response=str(o.response),
+                actions=taken,
+                perturbations_per_eval=ppe,
+                memory_budget_mb=budget,
+            )
+            keep("occlusion", occluded, ("actor", "critic", "actor_scores", "critic_scores"))
+        if "rise" in methods:
+            r = s.rise
+            rise = rise_saliency(
+                agent,
+                frames[a:b],
+                state,
+                num_masks=r.num_masks,
+                p=r.p,
+                cell=r.cell,
+                seed=r.seed,
+                response=str(r.response),
+                actions=taken,
+                baseline=r.baseline,
+                frame_indices=indices[a:b],
+                perturbations_per_eval=ppe,
+                memory_budget_mb=budget,
+            )
+            keep("rise", rise, ("actor", "critic"))
+        if "lime" in methods:
+            li = s.lime
+            lime = lime_saliency(
+                agent,
+                frames[a:b],
+                state,
+                num_samples=li.num_samples,
+                cell=li.cell,
+                seed=li.seed,
+                response=str(li.response),
+                actions=taken,
+                hide_value=li.hide_value,
+                kernel_width=li.kernel_width,
+                alpha=li.alpha,
+                frame_indices=indices[a:b],
+                perturbations_per_eval=ppe,
+                memory_budget_mb=budget,
+            )
+            keep("lime", lime, ("actor", "critic"))
+        if "sarfa" in methods:
+            radius, density = sarfa_geometry(s)
+            sarfa = sarfa_saliency(
+                agent,
+                frames[a:b],
+                state,
+                radius=radius,
+                density=density,
+                interp=str(s.interp),
+                blur_sigma=s.blur_sigma,
+                perturbation=str(s.sarfa.perturbation),
+                incremental=incremental,
+                tf32=s.tf32,
+                perturbations_per_eval=ppe,
+                memory_budget_mb=budget,
+            )
+            keep("sarfa", sarfa, ("actor", "actor_scores"))
         bar.update(b - a)
     bar.close()
     return {k: torch.cat(v) for k, v in parts.items()}

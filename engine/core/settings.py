@@ -5,16 +5,101 @@ Choices are string enums, so plain strings compare equal to them and Hydra's str
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 SIZE = 80  # side of the 2017 agents' square observation, in pixels
 
 
 class Method(StrEnum):
-    perturbation = "perturbation"
-    jacobian = "jacobian"
-    both = "both"  # perturbation maps, with the Jacobian maps beside them
+    """The saliency methods; ``saliency.method`` takes one of them, or a list of them (several at once)."""
+
+    perturbation = "perturbation"  # the 2017 method (Greydanus et al.), engine.core.perturbation
+    jacobian = "jacobian"  # squared input gradients, engine.core.jacobian
+    both = "both"  # perturbation maps, with the Jacobian maps beside them: [perturbation, jacobian]
+    occlusion = "occlusion"  # occlusion sensitivity (Zeiler and Fergus; captum's Occlusion), engine.core.occlusion
+    rise = "rise"  # RISE (Petsiuk et al.), engine.core.rise
+    lime = "lime"  # LIME (Ribeiro et al.), engine.core.lime
+    sarfa = "sarfa"  # SARFA (Puri et al.), engine.core.sarfa; an actor map only
+
+
+# the methods that compute maps, in the order they run and are listed (``both`` is perturbation + jacobian)
+METHODS = ("perturbation", "jacobian", "occlusion", "rise", "lime", "sarfa")
+PREFIXED = ("occlusion", "rise", "lime", "sarfa")  # the methods with settings of their own (``saliency.<method>.*``)
+
+
+class OcclusionBaseline(StrEnum):
+    constant = "constant"  # occlusion.value, in the [0, 1] observation scale
+    mean = "mean"  # the frame's mean
+    blur = "blur"  # the frame's Gaussian blur (sigma 3)
+
+
+class OcclusionResponse(StrEnum):
+    action_prob = "action_prob"  # softmax probability of the action taken (captum on the policy's probabilities)
+    logits = "logits"  # 0.5 * ||L - l||^2 over the action preferences (the 2017 method's score)
+    value = "value"  # the critic's value
+
+
+class Response(StrEnum):
+    """What RISE's and LIME's actor maps explain."""
+
+    action_prob = "action_prob"  # softmax probability of the action taken (the papers' class probability)
+    action_logit = "action_logit"  # its preference (a Q-network's Q-value)
+    value = "value"  # the critic's value
+
+
+class SarfaPerturbation(StrEnum):
+    blur = "blur"  # the 2017 method's masks and blur (Puri et al.'s code)
+    disc = "disc"  # black discs (Huber, Limmer and André's benchmark: radius 2, every 2 pixels)
+
+
+@dataclass
+class OcclusionSettings:
+    """``saliency.occlusion``: :func:`engine.core.occlusion.occlusion_sensitivity`'s settings (its defaults)."""
+
+    window: int = 8  # side of the square windows, in observation pixels
+    stride: int = 4  # step between windows (<= window)
+    baseline: OcclusionBaseline = OcclusionBaseline.constant
+    value: float = 0.0  # the constant baseline
+    response: OcclusionResponse = OcclusionResponse.action_prob
+
+
+@dataclass
+class RiseSettings:
+    """``saliency.rise``: :func:`engine.core.rise.rise_saliency`'s settings (its defaults)."""
+
+    num_masks: int = 1000  # masks per frame (N)
+    p: float = 0.5  # probability that a cell is kept
+    cell: int = 8  # side of a grid cell, in observation pixels
+    seed: int = 0  # with each frame's index in the rollout, seeds that frame's masks
+    response: Response = Response.action_prob
+    baseline: float = 0.0  # what a masked-out pixel becomes (0: black)
+
+
+@dataclass
+class LimeSettings:
+    """``saliency.lime``: :func:`engine.core.lime.lime_saliency`'s settings (its defaults)."""
+
+    num_samples: int = 1000  # on/off samples per frame (the first is the frame itself)
+    cell: int = 10  # side of the square superpixels, in observation pixels
+    seed: int = 0  # with each frame's index in the rollout, seeds that frame's samples
+    response: Response = Response.action_prob
+    hide_value: float = 0.0  # what a hidden superpixel becomes (lime's hide_color)
+    kernel_width: float = 0.25
+    alpha: float = 1.0  # ridge penalty
+
+
+@dataclass
+class SarfaSettings:
+    """``saliency.sarfa``: :func:`engine.core.sarfa.sarfa_saliency`'s settings. ``interp`` and ``blur_sigma`` are
+    the 2017 method's (``saliency.interp``, ``saliency.blur_sigma``)."""
+
+    perturbation: SarfaPerturbation = SarfaPerturbation.blur
+    radius: float | None = None  # null: saliency.radius with the blur (the 2017 method's masks), 2 with the disc
+    density: int | None = None  # null: saliency.density with the blur, 2 with the disc
 
 
 class Interp(StrEnum):
@@ -61,7 +146,9 @@ class SaliencyConfig:
     """Settings of :func:`compute_saliency`; also the schema of the app's ``saliency`` config group (the
     choices are string enums, so plain strings compare equal to them)."""
 
-    method: Method = Method.perturbation
+    # a Method or a list of them (OmegaConf's structured configs cannot type a "name or list of names": checked by
+    # selected_methods, and by engine.jobs.config.check_config with one line naming the key)
+    method: Any = Method.perturbation
     radius: float = 5.0  # mask sigma, in observation pixels
     density: int = 5  # grid step in observation pixels: 16x16 = 256 perturbations per 80x80 frame, 17x17 on 84x84
     interp: Interp = Interp.occlude
@@ -76,6 +163,10 @@ class SaliencyConfig:
     jacobian_backend: JacobianBackend = JacobianBackend.autograd
     tf32: bool = False  # CUDA only: TF32 convolutions and products (faster, ~6e-4 relative error)
     compile: bool = False  # torch.compile each perturbed forward pass (inductor; a C++ compiler on the CPU)
+    occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
+    rise: RiseSettings = field(default_factory=RiseSettings)
+    lime: LimeSettings = field(default_factory=LimeSettings)
+    sarfa: SarfaSettings = field(default_factory=SarfaSettings)
 
 
 INTERPS = tuple(Interp)
@@ -108,3 +199,163 @@ def validate_settings(
         raise ValueError(f"compat must be one of {tuple(str(c) for c in COMPATS)}, got {compat!r}")
     if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not 0 < blur_sigma <= max(size):
         raise ValueError(f"blur_sigma must be a number in (0, {max(size)}] (the paper uses 3), got {blur_sigma!r}")
+
+
+# --- the methods a config selects, their arrays and their settings ----------------------------------------------
+
+METHOD_CHOICES = tuple(str(m) for m in Method)
+# every map array a saliency computation can give (maps (H, W) of the observation), in the order they are listed
+MAP_KINDS = (
+    "actor",
+    "critic",
+    "jacobian_actor",
+    "jacobian_critic",
+    "occlusion_actor",
+    "occlusion_critic",
+    "rise_actor",
+    "rise_critic",
+    "lime_actor",
+    "lime_critic",
+    "sarfa_actor",
+)
+
+
+def selected_methods(method: object) -> tuple[str, ...]:
+    """The methods ``method`` selects, each once, in :data:`METHODS` order: a name of :class:`Method` (``"both"``:
+    perturbation and jacobian) or a non-empty list of names. Raise ``ValueError`` naming the bad entry."""
+    names = [method] if isinstance(method, str) else method
+    if not isinstance(names, Sequence) or not names:
+        raise ValueError(
+            f"method must be one of {', '.join(METHOD_CHOICES)} or a non-empty list of them, got {method!r}"
+        )
+    chosen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or name not in METHOD_CHOICES:
+            where = "" if names is not method else f" in {list(names)!r}"
+            raise ValueError(
+                f"method must be one of {', '.join(METHOD_CHOICES)} (or a list of them), got {name!r}{where}"
+            )
+        chosen.update(("perturbation", "jacobian") if name == "both" else (str(name),))
+    return tuple(m for m in METHODS if m in chosen)
+
+
+def method_label(methods: Sequence[str]) -> str | list[str]:
+    """The canonical form of a selection of methods (:func:`selected_methods`), as stores record it: one name, ``both``
+    for perturbation and jacobian (so stores written before the list form resume), else the list."""
+    methods = tuple(methods)
+    if methods == ("perturbation", "jacobian"):
+        return "both"
+    return methods[0] if len(methods) == 1 else list(methods)
+
+
+def map_prefix(method: str, methods: Sequence[str]) -> str:
+    """The prefix of ``method``'s arrays among ``methods``: none for the 2017 method (``actor``, ``critic``,
+    ``actor_scores``, ``critic_scores``) and for the Jacobian on its own (``method=jacobian``, as before), else
+    ``<method>_`` (``jacobian_actor``, ``rise_critic``, ``sarfa_actor``, ...)."""
+    if method == "perturbation" or (method == "jacobian" and tuple(methods) == ("jacobian",)):
+        return ""
+    return f"{method}_"
+
+
+def map_names(methods: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each selected method's map arrays: its actor map, then its critic map (SARFA has none)."""
+    heads = {m: ("actor",) if m == "sarfa" else ("actor", "critic") for m in methods}
+    return {m: tuple(map_prefix(m, methods) + head for head in heads[m]) for m in methods}
+
+
+def occlusion_grid(size: tuple[int, int], window: int, stride: int) -> tuple[int, int]:
+    """Occlusion windows along the rows and the columns of an (H, W) observation, placed as captum places them."""
+    return tuple(math.ceil((n - window) / stride) + 1 for n in size)  # type: ignore[return-value]
+
+
+def sarfa_geometry(s: SaliencyConfig) -> tuple[float, int]:
+    """SARFA's ``(radius, density)``: ``saliency.sarfa``'s where set; else with the blur the 2017 method's own
+    (``saliency.radius``, ``saliency.density``: the same masks), with the disc Huber et al.'s 2 and 2."""
+    default_radius, default_density = (s.radius, s.density) if s.sarfa.perturbation == "blur" else (2.0, 2)
+    radius = default_radius if s.sarfa.radius is None else s.sarfa.radius
+    density = default_density if s.sarfa.density is None else s.sarfa.density
+    return radius, density
+
+
+def _integer(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(name: str, value: object, enum: type[StrEnum]) -> None:
+    choices = tuple(str(c) for c in enum)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = None) -> None:
+    """Raise ``ValueError`` naming the first bad per-method setting (``rise.num_masks must be ...``). Checks that
+    depend on the observation's (H, W) ``size`` (a window larger than the observation, ...) need it; without it
+    they wait for the agent (:func:`engine.jobs.run.validate_job`) or the engine function."""
+    o, r, li, sa = s.occlusion, s.rise, s.lime, s.sarfa
+    side = max(size) if size else None
+    # occlusion
+    for name, value in (("window", o.window), ("stride", o.stride)):
+        if not _integer(value, 1):
+            raise ValueError(f"occlusion.{name} must be an integer >= 1 (pixels), got {value!r}")
+    if size and o.window > min(size):
+        raise ValueError(f"occlusion.window {o.window} is larger than the {size[0]}x{size[1]} observation")
+    if o.stride > o.window:
+        raise ValueError(
+            f"occlusion.stride {o.stride} is larger than occlusion.window {o.window}: pixels between windows would "
+            "have no attribution"
+        )
+    _choice("occlusion.baseline", o.baseline, OcclusionBaseline)
+    if not _finite(o.value):
+        raise ValueError(f"occlusion.value must be a finite number (the constant baseline), got {o.value!r}")
+    _choice("occlusion.response", o.response, OcclusionResponse)
+    # RISE
+    if not _integer(r.num_masks, 1):
+        raise ValueError(f"rise.num_masks must be an integer >= 1, got {r.num_masks!r}")
+    if not (_finite(r.p) and 0 < r.p <= 1):
+        raise ValueError(f"rise.p (the probability that a cell is kept) must be in (0, 1], got {r.p!r}")
+    # LIME
+    if not _integer(li.num_samples, 2):
+        raise ValueError(f"lime.num_samples must be an integer >= 2, got {li.num_samples!r}")
+    for method, cell in (("rise", r.cell), ("lime", li.cell)):
+        if not _integer(cell, 1) or (side is not None and cell > side):
+            bound = f"in 1..{side}" if side is not None else ">= 1"
+            raise ValueError(f"{method}.cell must be an integer {bound} (pixels), got {cell!r}")
+    for method, seed in (("rise", r.seed), ("lime", li.seed)):
+        if not _integer(seed, 0):
+            raise ValueError(f"{method}.seed must be an integer >= 0, got {seed!r}")
+    _choice("rise.response", r.response, Response)
+    _choice("lime.response", li.response, Response)
+    if not _finite(r.baseline):
+        raise ValueError(f"rise.baseline must be a finite number (a masked-out pixel's value), got {r.baseline!r}")
+    if not _finite(li.hide_value):
+        raise ValueError(f"lime.hide_value must be a finite number, got {li.hide_value!r}")
+    if not (_finite(li.kernel_width) and li.kernel_width > 0):
+        raise ValueError(f"lime.kernel_width must be a finite number > 0, got {li.kernel_width!r}")
+    if not (_finite(li.alpha) and li.alpha >= 0):
+        raise ValueError(f"lime.alpha must be a finite number >= 0 (the ridge penalty), got {li.alpha!r}")
+    # SARFA
+    _choice("sarfa.perturbation", sa.perturbation, SarfaPerturbation)
+    if sa.radius is not None and not (_finite(sa.radius) and sa.radius > 0):
+        raise ValueError(f"sarfa.radius must be a number > 0 (or null: the default), got {sa.radius!r}")
+    if sa.density is not None and not _integer(sa.density, 1):
+        raise ValueError(f"sarfa.density must be an integer >= 1 (or null: the default), got {sa.density!r}")
+    if size:
+        radius, density = sarfa_geometry(s)
+        try:
+            validate_radius_density(radius, density, size)
+        except ValueError as exc:
+            raise ValueError(f"sarfa.{exc}") from None
+
+
+def identity_view(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Saliency settings (a dict of :class:`SaliencyConfig`'s fields) as a store's identity records them: ``method``
+    in its canonical form (:func:`method_label`) and the settings of the selected methods only, so that a store
+    written before a method existed, or with other settings of a method it never ran, still resumes."""
+    methods = selected_methods(settings["method"])
+    view = {k: v for k, v in settings.items() if k not in PREFIXED or k in methods}
+    view["method"] = method_label(methods)
+    return view

@@ -24,15 +24,22 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..core.errors import EngineError
 from ..core.settings import (
+    MAP_KINDS,
     SIZE,
     Compat,
     Incremental,
     Interp,
     JacobianBackend,
+    LimeSettings,
     Method,
+    OcclusionSettings,
+    RiseSettings,
     SaliencyConfig,
+    SarfaSettings,
     Score,
     StateAlignment,
+    selected_methods,
+    validate_method_settings,
     validate_settings,
 )
 
@@ -47,15 +54,19 @@ __all__ = [
     "Incremental",
     "Interp",
     "JobConfig",
+    "LimeSettings",
     "Method",
     "MetricsConfig",
+    "OcclusionSettings",
     "OutputConfig",
     "Preprocessing",
     "RENAMED",
     "RenderConfig",
     "RenderStyle",
+    "RiseSettings",
     "RolloutConfig",
     "SaliencyConfig",
+    "SarfaSettings",
     "StateAlignment",
     "StoreConfig",
     "bundled_envs",
@@ -306,8 +317,11 @@ def check_config(config: JobConfig) -> None:
     """Raise :class:`EngineError` (one line, naming the key) at the first setting out of range; cheap: nothing
     is loaded. ``engine.jobs.run.validate_job`` adds the checks that need the environment and the agent."""
     s, r, o, st, rend = config.saliency, config.rollout, config.output, config.store, config.render
+    try:
+        selected_methods(s.method)
+    except ValueError as exc:
+        raise EngineError(f"saliency.{exc}") from None
     for name, enum in (
-        ("method", Method),
         ("interp", Interp),
         ("compat", Compat),
         ("state_alignment", StateAlignment),
@@ -348,6 +362,10 @@ def check_config(config: JobConfig) -> None:
     # saliency
     try:
         validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat))
+    except ValueError as exc:
+        raise EngineError(f"saliency.{exc}") from None
+    try:
+        validate_method_settings(s)  # the checks that need the observation's size wait for the agent (validate_job)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     ppe = s.perturbations_per_eval
@@ -422,7 +440,7 @@ def check_config(config: JobConfig) -> None:
         _is_number(m.distance) and math.isfinite(m.distance) and m.distance >= 0,
         f"metrics.distance must be a finite number of pixels >= 0, got {m.distance!r}",
     )
-    known = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+    known = MAP_KINDS
     _check(
         all(k in known for k in m.kinds), f"metrics.kinds must name maps among {', '.join(known)}, got {list(m.kinds)}"
     )
@@ -445,12 +463,19 @@ def check_config(config: JobConfig) -> None:
 
 
 def engine_saliency(s: SaliencyConfig) -> SaliencyConfig:
-    """The saliency settings as the engine functions take them: plain strings, and ``incremental`` as
-    True, False or "auto" (what the stores record in their manifests)."""
-    values = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
-    for name, value in values.items():
+    """The saliency settings as the engine functions take them: plain strings (in the methods' own settings too),
+    ``method`` a name or a list of names, and ``incremental`` as True, False or "auto" (what the stores record in
+    their manifests)."""
+
+    def plain(value):
         if isinstance(value, Incremental):
-            values[name] = value.setting
-        elif isinstance(value, StrEnum):
-            values[name] = value.value
-    return SaliencyConfig(**values)
+            return value.setting
+        if isinstance(value, StrEnum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return type(value)(**{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
+        return value
+
+    return cast(SaliencyConfig, plain(s))

@@ -28,6 +28,7 @@ from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.policy import Policy, index_state
 from ..core.saliency import compute_saliency
+from ..core.settings import MAP_KINDS, map_names, selected_methods, validate_method_settings
 from ..env.pipelines import library_defaults
 from ..env.rollout import Rollout, make_env
 from ..policies.loading import load_policy
@@ -129,6 +130,10 @@ def validate_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
     warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
     agent = load_job_agent(config, path)
     check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
+    try:  # the methods' settings that depend on the observation's size (a window larger than it, ...)
+        validate_method_settings(config.saliency, cast("tuple[int, int]", tuple(agent.observation_shape[1:])))
+    except ValueError as exc:
+        raise EngineError(f"saliency.{exc}") from None
     player, player_path = None, None
     if st.player:
         player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
@@ -340,7 +345,7 @@ class MapStatistics:
     """Mean and max of each kind of map, accumulated chunk by chunk (a running float64 sum, count and max), so a
     long store job never holds all its maps at once."""
 
-    KEYS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+    KEYS = MAP_KINDS  # every method's maps (engine.core.settings.map_names)
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -405,17 +410,22 @@ def clear_owned_outputs(out_dir: Path) -> list[Path]:
 
 def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, recorded_states: bool) -> dict[str, Path]:
     """Overlays of every frame of complete stores -> movie and stills, and the Jacobian-vs-perturbation figure of
-    one frame. Movie frames are labelled with the action taken, by name. The movie and stills hold every frame and
+    one frame (where the 2017 method ran). Movie frames are labelled with the action taken, by name. The movie and
+    stills show the first method's maps (in the order of ``engine.core.settings.METHODS``: the 2017 method's
+    ``actor`` and ``critic`` whenever it ran; SARFA's actor map alone where it is first), and hold every frame and
     map in memory at once (set output.movie=false and no stills for very long rollouts); the figure reads its frame."""
     from ..viz import rendering
 
     r, o, written = config.render, config.output, {}
     n, names = rstore.num_steps, tuple(rstore.identity["action_names"])
     taken = [f"  {name_of(a, names)}" for a in rstore.store.read_range(0, n, ("actions",))["actions"].tolist()]
+    methods = selected_methods(config.saliency.method)
     if o.movie or o.stills:
         frames = torch.from_numpy(rstore.store.read_range(0, n, ("frames",))["frames"])
-        maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(0, n, ("actor", "critic")).items()}
-        actor, critic = maps["actor"], maps["critic"]
+        shown = map_names(methods)[methods[0]]  # (actor,) or (actor, critic) of the first method
+        maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(0, n, shown).items()}
+        actor = maps[shown[0]]
+        critic = maps[shown[1]] if len(shown) > 1 else torch.zeros_like(actor)
         if r.style == "paper":
             actor_gain, critic_gain = r.actor_gain, r.critic_gain
             if actor_gain is None or critic_gain is None:
@@ -442,7 +452,7 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
     t = o.comparison_frame if o.comparison_frame is not None else n // 2
     if t >= n:
         log.warning("output.comparison_frame: frame %d was not played (the rollout ended after %d frames)", t, n)
-    elif config.saliency.method != "jacobian":
+    elif "perturbation" in methods:
         maps = {k: torch.from_numpy(v[0]) for k, v in sstore.read(t, t + 1).items()}
         jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
         if jac[0] is None:  # no Jacobian maps stored: this frame's, on the states its maps were scored with
@@ -537,7 +547,8 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     names = rstore.identity["action_names"]
     stores = {"rollout_store": str(rollout_root), "saliency_store": str(saliency_root)} if st.rollout else {}
     statistics = streamed_statistics(sstore)
-    for warning in zero_map_warnings(statistics):
+    methods = selected_methods(config.saliency.method)
+    for warning in zero_map_warnings(statistics, methods):
         log.warning("%s", warning)
         warnings.append(warning)
     settings = dict(
@@ -557,6 +568,8 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         action_names=list(names),
         action_counts=action_counts(series["actions"], names),
         warnings=warnings,
+        methods=list(methods),  # the methods that ran, and the arrays that hold each one's maps
+        maps={method: list(kinds) for method, kinds in map_names(methods).items()},
         **statistics,
     )
     clear_owned_outputs(out_dir)  # the job has run: the earlier run's files go now, before this one's are written
@@ -640,20 +653,28 @@ def agent_settings(config: JobConfig, agent: Policy) -> dict:
     return settings
 
 
-def zero_map_warnings(statistics: dict[str, float]) -> list[str]:
+def zero_map_warnings(
+    statistics: dict[str, float], methods: tuple[str, ...] = ("perturbation", "jacobian")
+) -> list[str]:
     """What to say where every map of a method is zero (their maxima in ``statistics``): no perturbation, or no
-    gradient, changed any output."""
+    gradient, changed any output. Only the methods whose maps are never negative (the 2017 method, the Jacobian,
+    SARFA) are judged so: a zero maximum of the others' signed maps does not mean zero maps."""
     said = []
-    for kinds, what in (
-        (("actor", "critic"), "no perturbation changed any output"),
-        (("jacobian_actor", "jacobian_critic"), "no output has a gradient with respect to the input"),
-    ):
+    hints = {
+        "perturbation": ("no perturbation changed any output", "saliency.radius, saliency.interp"),
+        "jacobian": ("no output has a gradient with respect to the input", "saliency.method"),
+        "sarfa": ("no perturbation lowered the most likely action's probability", "saliency.sarfa.*"),
+    }
+    for method, kinds in map_names(methods).items():
+        if method not in hints:
+            continue
+        what, settings = hints[method]
         maxima = {k: statistics[f"{k}_max"] for k in kinds if f"{k}_max" in statistics}
         if maxima and all(v == 0 for v in maxima.values()):
             said.append(
                 f"{what}: the {' and '.join(maxima)} maps are zero everywhere; the agent's outputs do not depend on "
                 "its input (saturated units: check the checkpoint's weights) or the settings cannot show it "
-                "(saliency.radius, saliency.interp)"
+                f"({settings})"
             )
     return said
 
@@ -679,10 +700,16 @@ def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) ->
         rewards=series.rewards,
         dones=series.dones,
         action_names=series.action_names,
-        title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {config.saliency.method} saliency",
+        title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {method_title(config)} saliency",
         settings=shown,
         checkpoint=str(settings["checkpoint"]),
     )
+
+
+def method_title(config: JobConfig) -> str:
+    """The methods of a job in a title: ``perturbation``, ``both`` (perturbation and Jacobian), ``perturbation+rise``."""
+    methods = selected_methods(config.saliency.method)
+    return "both" if methods == ("perturbation", "jacobian") else "+".join(methods)
 
 
 class StoreSeries:
@@ -771,8 +798,8 @@ def sanity_metrics(config: JobConfig, agent: Policy, observations, dones, action
     picks = torch.linspace(0, n - 1, min(m.sanity_frames, n)).round().long().unique()
     taken = torch.as_tensor(actions)[picks]
 
-    def maps_fn(policy, obs, states):
-        maps = compute_saliency(policy, obs, states, s, actions=taken)
+    def maps_fn(policy, obs, states):  # RISE masks and LIME samples seeded by each frame's index, as in the job
+        maps = compute_saliency(policy, obs, states, s, actions=taken, frame_indices=picks)
         return {k: maps[k] for k in m.kinds if k in maps}
 
     result = sanity_check(agent, observations, maps_fn, dones=dones, frames=picks, seed=m.seed)

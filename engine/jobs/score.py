@@ -100,7 +100,10 @@ def score_store(
     for k, part, states in scored_states(
         agent, rstore, bounds, saliency.state_alignment, uses_recorded_states(agent, rstore, checkpoint_sha256), todo
     ):
-        maps = compute_saliency(agent, part.observations, states, saliency, actions=part.actions)
+        a, b = bounds[k]  # each frame's index in the rollout seeds its RISE masks and LIME samples: chunk-invariant
+        maps = compute_saliency(
+            agent, part.observations, states, saliency, actions=part.actions, frame_indices=range(a, b)
+        )
         out.store.write(k, {key: value.numpy() for key, value in maps.items()})
         bar.update(len(part))
     bar.close()

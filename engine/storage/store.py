@@ -93,6 +93,7 @@ from ..core.errors import EngineError, MissingDependencyError
 from ..core.masks import grid_shape
 from ..core.policy import Policy
 from ..core.saliency import SaliencyConfig
+from ..core.settings import identity_view, map_names, map_prefix, occlusion_grid, sarfa_geometry, selected_methods
 from ..env.rollout import Rollout
 
 if TYPE_CHECKING:
@@ -372,19 +373,29 @@ def rollout_layout(
 
 
 def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict[str, dict[str, Any]]:
-    """The arrays of a saliency store for ``saliency.method``: maps (H, W) of the observation, score grids."""
+    """The arrays of a saliency store for the methods ``saliency.method`` selects (named as
+    :func:`engine.core.saliency.compute_saliency` names them): maps (H, W) of the observation, and the score
+    grids of the grid methods (the 2017 method's, occlusion's windows, SARFA's)."""
     size = cast("tuple[int, int]", tuple(agent.observation_shape[1:]))  # (H, W) of a (C, H, W) observation
     dtype = _torch_dtype_str(agent.dtype)
+    methods = selected_methods(saliency.method)
     layout: dict[str, dict[str, Any]] = {}
-    if saliency.method in ("perturbation", "both"):
-        for key in ("actor", "critic"):
-            layout[key] = _entry(size, dtype, ("map_y", "map_x"))
-        for key in ("actor_scores", "critic_scores"):
-            layout[key] = _entry(grid_shape(saliency.density, size), dtype, ("grid_y", "grid_x"))
-    if saliency.method in ("jacobian", "both"):
-        prefix = "" if saliency.method == "jacobian" else "jacobian_"
-        for key in ("actor", "critic"):
-            layout[prefix + key] = _entry(size, dtype, ("map_y", "map_x"))
+    heads: tuple[str, ...]
+    for method, names in map_names(methods).items():
+        for name in names:
+            layout[name] = _entry(size, dtype, ("map_y", "map_x"))
+        prefix = map_prefix(method, methods)
+        if method == "perturbation":
+            grid, dims, heads = grid_shape(saliency.density, size), ("grid_y", "grid_x"), ("actor", "critic")
+        elif method == "occlusion":
+            o = saliency.occlusion
+            grid, dims, heads = occlusion_grid(size, o.window, o.stride), ("window_y", "window_x"), ("actor", "critic")
+        elif method == "sarfa":
+            grid, dims, heads = grid_shape(sarfa_geometry(saliency)[1], size), ("sarfa_y", "sarfa_x"), ("actor",)
+        else:
+            continue
+        for head in heads:
+            layout[f"{prefix}{head}_scores"] = _entry(grid, dtype, dims)
     return layout
 
 
@@ -1330,8 +1341,13 @@ RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batc
 def identity_settings(saliency: dict[str, Any]) -> dict[str, Any]:
     """The saliency settings a store's identity records: all but the :data:`RESULT_NEUTRAL` ones, and ``compile``
     only where it is on (compiled passes change maps by float32 rounding, so a resumed run must compile too;
-    left out when off, a store written before the setting existed still resumes)."""
-    return {k: v for k, v in saliency.items() if k not in RESULT_NEUTRAL and not (k == "compile" and v is False)}
+    left out when off, a store written before the setting existed still resumes); ``method`` in its canonical
+    form, with the settings of the selected methods only (:func:`engine.core.settings.identity_view`)."""
+    return {
+        k: v
+        for k, v in identity_view(saliency).items()
+        if k not in RESULT_NEUTRAL and not (k == "compile" and v is False)
+    }
 
 
 @dataclass

@@ -65,6 +65,7 @@ from PIL import Image
 from ..core.errors import EngineError
 from ..core.files import atomic_write
 from ..core.preprocessing import FRAME_SHAPE
+from ..core.settings import MAP_KINDS
 from .rendering import map_rows
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,20 @@ __all__ = [
     "content_security_policy",
 ]
 
-MAP_KINDS = ("actor", "critic", "jacobian_actor", "jacobian_critic")
+# every method's maps (engine.core.settings.map_names): the 2017 method's actor and critic, the Jacobian's,
+# occlusion's, RISE's, LIME's and SARFA's (an actor map only)
 MAP_LABELS = {
     "actor": "actor (perturbation)",
     "critic": "critic (perturbation)",
     "jacobian_actor": "actor (Jacobian)",
     "jacobian_critic": "critic (Jacobian)",
+    "occlusion_actor": "actor (occlusion)",
+    "occlusion_critic": "critic (occlusion)",
+    "rise_actor": "actor (RISE)",
+    "rise_critic": "critic (RISE)",
+    "lime_actor": "actor (LIME)",
+    "lime_critic": "critic (LIME)",
+    "sarfa_actor": "actor (SARFA)",
 }
 FRAMES_PER_SHEET = 32  # 32 x 210 rows: well inside WebP's 16383-pixel limit, and few decodes in the browser
 MAX_BYTES_PER_FRAME = 24_000  # frames + all maps, before base64: 2,000 frames stay under 50 MB with base64
@@ -390,6 +399,10 @@ def _write_page(
     path = Path(path)
     n = 0 if frames is None else _check_inputs(frames, panels, series)
     kinds = [k for k in MAP_KINDS if any(k in p.maps for p in panels)]
+    # the overlays on when the page opens: the first method's (the 2017 method's actor and critic whenever they
+    # are there); the other methods' toggles start off
+    method = kinds[0].rpartition("_")[0] if kinds else ""
+    shown = [k for k in kinds if k.rpartition("_")[0] == method]
     if table is not None:  # each job's page: a path inside this page's directory, or no link (logged)
         hrefs = {job: relative_link(link, path.parent, f"job {job!r}") for job, link in table["links"].items()}
         table = dict(table, links={job: href for job, href in hrefs.items() if href is not None})
@@ -400,6 +413,7 @@ def _write_page(
         frame_shape=list(FRAME_SHAPE),
         panels=[],
         kinds=kinds,
+        shown=shown,
         labels={k: MAP_LABELS[k] for k in kinds},
         lossy_sheets=[],
         table=table,
@@ -508,8 +522,9 @@ def write_report(
 
     Args:
         frames: uint8 ``(T, 210, 160, 3)``, any array-like sliced along time (read ``frames_per_sheet`` at a time).
-        maps: kind (``actor``, ``critic``, ``jacobian_actor``, ``jacobian_critic``) -> float ``(T, H, W)``;
-            whichever the run has.
+        maps: kind (:data:`MAP_KINDS`: ``actor``, ``critic``, ``jacobian_actor``, ``jacobian_critic``,
+            ``occlusion_actor``, ..., ``sarfa_actor``) -> float ``(T, H, W)``; whichever the run has. The first
+            method's overlays are on when the page opens, the others' toggles off.
         values, rewards: ``(T,)`` floats; actions: ``(T,)`` ints; dones: ``(T,)`` bools (episode ended there).
         action_names: the game's action meanings, indexed by action.
         settings: JSON-able settings shown on the page (the job's configuration); checkpoint: path or name.

@@ -150,8 +150,11 @@ def test_enums_match_the_engine_choices():
         (["saliency.radius=nan"], "radius must be a number"),
         (
             ["saliency.method=gradcam"],
-            "saliency.method: Invalid value 'gradcam', expected one of [perturbation, jacobian, both]",
+            "saliency.method must be one of perturbation, jacobian, both, occlusion, rise, lime, sarfa (or a list of "
+            "them), got 'gradcam'",
         ),
+        (["saliency.method=[rise,gradcam]"], "got 'gradcam' in ['rise', 'gradcam']"),
+        (["saliency.rise.num_masks=0"], "saliency.rise.num_masks must be an integer >= 1, got 0"),
         # the default agent plays Pong: its game is named, and how to choose it
         (
             ["env=breakout"],

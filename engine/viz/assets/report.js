@@ -10,15 +10,19 @@ document.querySelectorAll('script[type="application/json"].report-sheet').forEac
   block.maps.forEach((m, p) => Object.entries(m).forEach(([k, uri]) => sheets.maps[p][k].push(uri)));
 });
 const T = data.frames, S = data.frames_per_sheet, FH = data.frame_shape[0], FW = data.frame_shape[1];
+// each kind of map's colour (report.py's MAP_LABELS lists the kinds): actors cool, critics warm
 const COLORS = {actor: [40, 110, 255], critic: [255, 45, 30], jacobian_actor: [0, 220, 110],
-                jacobian_critic: [255, 200, 0]};
+                jacobian_critic: [255, 200, 0], occlusion_actor: [150, 70, 255], occlusion_critic: [255, 120, 200],
+                rise_actor: [0, 200, 235], rise_critic: [255, 140, 0], lime_actor: [150, 230, 0],
+                lime_critic: [220, 0, 140], sarfa_actor: [0, 150, 140]};
 const PANEL_COLORS = ["#2f6fdb", "#d9480f", "#2b8a3e", "#ae3ec9", "#e67700", "#0c8599", "#c2255c", "#5c940d",
                       "#364fc7", "#862e9c"];
 const series = data.series || {};
 const names = data.action_names || [];
 const state = {frame: 0, playing: false, on: {}, normalise: "frame", opacity: 0.8, stat: "max", fps: 8};
-const hasPerturbation = data.kinds.includes("actor") || data.kinds.includes("critic");
-data.kinds.forEach(k => { state.on[k] = !hasPerturbation || !k.startsWith("jacobian"); });
+// on at first: the first method's overlays (data.shown); the other methods' toggles start off
+const shown = data.shown || data.kinds;
+data.kinds.forEach(k => { state.on[k] = shown.includes(k); });
 
 // A link from the data becomes an href only as what report.py writes: a relative path of URL-encoded segments
 // (letters, digits, "._~-", %XX), so no scheme (no ":" at all), no host ("//"), no absolute path, no "..", whatever
