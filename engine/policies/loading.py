@@ -7,6 +7,10 @@
   ``critic_linear``, ``actor_linear``): :func:`engine.policies.greydanus2017.load_agent`, whose errors say what
   is missing or wrong.
 
+An ``hf://<owner>/<name>[@<revision>]`` name (an RL Zoo repository on the Hugging Face Hub, e.g.
+``hf://sb3/ppo-BreakoutNoFrameskip-v4``) is fetched and checked by :mod:`engine.policies.hub` (the optional
+``huggingface_hub``), then loaded as the SB3 zip it holds.
+
 Anything else is a :class:`CheckpointError` that says what the file is (text, JSON, a zip that is no SB3 model, a
 state dict of no supported agent with its first keys, ...) and, for a network of your own, points to
 :func:`engine.policies.module.wrap_policy`. Only the file's structure is read to tell (tensors' shapes, no
@@ -76,13 +80,16 @@ def detect_kind(path) -> str:
     )
 
 
-def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") -> Policy:
+def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto", cache_dir=None) -> Policy:
     """Load any supported agent file as a :class:`engine.core.policy.Policy` (``kind="auto"`` recognises it).
 
     Args:
-        path: the file a library wrote (an SB3 ``.zip``, a CleanRL state dict, a 2017 ``.tar``/``.pt``).
+        path: the file a library wrote (an SB3 ``.zip``, a CleanRL state dict, a 2017 ``.tar``/``.pt``), or an
+            ``hf://<owner>/<name>[@<revision>]`` name of an RL Zoo agent on the Hugging Face Hub
+            (:mod:`engine.policies.hub`; the policy keeps what was fetched as ``policy.hub``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``; dtype: the floating dtype to compute in.
         kind: one of :data:`KINDS`; name it to refuse files of another kind.
+        cache_dir: where ``hf://`` agents are cached (default: the registry's checkpoint cache).
 
     Example: the built-in recurrent PPO agent for Pong, a CleanRL ``ppo_atari_lstm`` state dict that ships inside
     the package (the registry turns its name into the file's path):
@@ -104,6 +111,11 @@ def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") ->
     """
     if kind not in KINDS:
         raise CheckpointError(f"agent kind must be one of {KINDS}, got {kind!r}")
+    from .hub import configure, fetch_hub_agent, fetched_agent, is_hub_name
+
+    hub = fetch_hub_agent(path, cache_dir=cache_dir) if is_hub_name(path) else fetched_agent(path)
+    if hub is not None:
+        path = hub.model
     found = detect_kind(path)
     if kind not in ("auto", found):
         raise CheckpointError(
@@ -112,7 +124,10 @@ def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto") ->
     if found == "sb3":
         from .sb3 import load_sb3
 
-        return load_sb3(path, device=_device(device), dtype=dtype)
+        policy = load_sb3(path, device=_device(device), dtype=dtype)
+        return configure(policy, hub) if hub is not None else policy
+    if hub is not None:
+        raise CheckpointError(f"{hub.name}: its model {hub.model.name} holds a {found} agent, not an SB3 one")
     if found == "cleanrl":
         from .cleanrl import load_cleanrl
 

@@ -14,6 +14,11 @@ Resolution order for a baby-a3c name: each local directory (config ``agent.check
 download from the public address. Wherever the file comes from, its sha256 must be the registry's: a local or
 cached file that differs is reported (file, expected and found hash) and never used.
 
+``hf://<owner>/<name>[@<revision>]`` names an RL Zoo agent on the Hugging Face Hub: :mod:`engine.policies.hub`
+fetches it into ``<cache>/huggingface`` (the cache below, or ``agent.cache_dir``) with each file's sha256 recorded
+and checked on every later load, and resolves to its model zip (offline: the cached copy; never without
+``huggingface_hub``, the ``hub`` extra).
+
 The game a checkpoint was trained on is known for registry names (the entry's ``env_id``), built-in agents (their
 metadata's ``game``) and a user's file with the training's metadata beside it (``<file>.json``, as
 ``python -m engine.training`` writes it): :func:`trained_game`. Games compare by their ALE name (:func:`ale_game`:
@@ -81,6 +86,7 @@ ALIASES = {name.split("@")[0]: name for name in KNOWN if name.endswith("@40")}
 
 
 BUILTIN_PREFIX = "builtin/"
+HF_PREFIX = "hf://"  # engine.policies.hub
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "agents"
 
 
@@ -156,7 +162,8 @@ MAX_METADATA_BYTES = 1 << 20  # the training's metadata is a few hundred bytes
 @dataclass(frozen=True)
 class TrainedGame:
     """The environment id a checkpoint was trained on, and who says so: ``"registry"`` (a registry name's entry),
-    ``"builtin"`` (a built-in agent's metadata) or ``"metadata"`` (the training's metadata beside a user's file)."""
+    ``"builtin"`` (a built-in agent's metadata), ``"hub"`` (an ``hf://`` agent's model name, ``<algo>-<env>.zip``)
+    or ``"metadata"`` (the training's metadata beside a user's file)."""
 
     env_id: str
     source: str
@@ -196,6 +203,11 @@ def trained_game(name_or_path: str, path: str | os.PathLike | None = None) -> Tr
     entry = known_checkpoint(str(name_or_path))
     if entry is not None:
         return TrainedGame(entry.env_id, "registry")
+    if str(name_or_path).startswith(HF_PREFIX):
+        from .hub import hub_env_id
+
+        env_id = hub_env_id(str(name_or_path), path)
+        return TrainedGame(env_id, "hub") if env_id else None
     builtin = str(name_or_path).startswith(BUILTIN_PREFIX)
     file = path if path is not None else (resolve_builtin(str(name_or_path)) if builtin else name_or_path)
     game = metadata_game(Path(file).expanduser())
@@ -253,13 +265,20 @@ def resolve_checkpoint(
         )
     if str(name_or_path).startswith(BUILTIN_PREFIX):
         return resolve_builtin(str(name_or_path))
+    if str(name_or_path).startswith(HF_PREFIX):
+        from .hub import fetch_hub_agent
+
+        return fetch_hub_agent(str(name_or_path), cache_dir=cache_dir, allow_download=allow_download).model
     path = Path(str(name_or_path)).expanduser()
     entry = known_checkpoint(str(name_or_path))
     if entry is None:
         if path.is_file():
             return path.resolve()
         known = ", ".join(sorted(ALIASES) + sorted(KNOWN) + builtin_names())
-        raise CheckpointError(f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known})")
+        raise CheckpointError(
+            f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known}), nor an "
+            "hf://<owner>/<name> agent on the Hugging Face Hub"
+        )
     searched = checkpoint_dirs(dirs)
     for directory in searched:
         candidate = directory / entry.relative_path
