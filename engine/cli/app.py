@@ -313,7 +313,10 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
                 env=c["env"]["id"],
                 checkpoint=c["agent"]["checkpoint"],  # as the user gave it
                 checkpoint_file=s["checkpoint"],
-                method=c["saliency"]["method"],
+                # one name, or a list written as CSV readers expect one cell: "perturbation+rise"
+                method=c["saliency"]["method"]
+                if isinstance(c["saliency"]["method"], str)
+                else "+".join(c["saliency"]["method"]),
                 radius=c["saliency"]["radius"],
                 density=c["saliency"]["density"],
                 interp=c["saliency"]["interp"],

@@ -295,13 +295,15 @@ def test_sweep_summary_names_checkpoints_as_given(tmp_path):
     from engine.cli.app import summary_columns, summary_rows
 
     given = {"baby-a3c/pong@40": "/data/baby-a3c/pong-v4/model.40.tar", "runs/mine.pt": "/home/me/runs/mine.pt"}
+    methods = ["both", ["perturbation", "rise"]]
     for job, (name, file) in enumerate(given.items()):
         (tmp_path / str(job)).mkdir()
-        config = asdict(tiny_job(tmp_path / str(job), agent={"checkpoint": name}))
+        config = asdict(tiny_job(tmp_path / str(job), agent={"checkpoint": name}, saliency={"method": methods[job]}))
         summary = {"config": config, "checkpoint": file, "frames": 4}
         (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary, default=str))
     rows = summary_rows(tmp_path)
     assert [(r["checkpoint"], r["checkpoint_file"]) for r in rows] == list(given.items())
+    assert [r["method"] for r in rows] == ["both", "perturbation+rise"]  # one CSV cell each
     columns = summary_columns(rows)
     assert columns.index("checkpoint_file") == columns.index("checkpoint") + 1
 
