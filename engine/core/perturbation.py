@@ -13,7 +13,7 @@ the memory budget) are split into passes; a pass boundary never changes a result
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import cast
@@ -40,6 +40,9 @@ from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, i
 from .preprocessing import SIZE, byte_scale, resize_uint8
 from .settings import SCORES, validate_settings
 
+# a score of perturbed copies from the unperturbed logits of each copy's observation and the copy's own, (B, A) -> (B,)
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose
 # passes far too large there (the README's benchmark tables show the sweep).
@@ -56,6 +59,7 @@ class PerturbationResult:
             pixel ``(centers[a], centers[b])`` (rows, then columns; the same along both axes of a square grid).
         centers: pixel coordinates of the centers along the rows, (Gh,).
         settings: the parameters that produced the maps.
+        extra_scores: the score grids (N, Gh, Gw) of ``extra_actor_scores``, by name.
     """
 
     actor: torch.Tensor
@@ -64,6 +68,7 @@ class PerturbationResult:
     critic_scores: torch.Tensor
     centers: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
+    extra_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.actor.shape[0]
@@ -118,7 +123,9 @@ def perturbation_scores(
     actions: torch.Tensor | None = None,
     compile: str | None = None,
     fill: torch.Tensor | None = None,
-    actor_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    actor_score: ScoreFn | None = None,
+    extra_scores: Mapping[str, ScoreFn] | None = None,
+    extra_out: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actor and critic scores (N, M) of every mask on every observation.
 
@@ -133,7 +140,12 @@ def perturbation_scores(
         fill: (N, C, H, W) what the masks blend in instead of the observations' blur (SARFA's black disc: zeros).
         actor_score: replaces ``score``: a function of the unperturbed logits of each copy's observation and the
             copy's logits, both (B, A), giving its actor score (B,) (SARFA, ``engine.core.sarfa``).
+        extra_scores: more such functions, by name, computed from the same passes; their scores (N, M) are put
+            into ``extra_out[name]`` (SARFA beside the 2017 method: no pass of its own).
     """
+    extra = dict(extra_scores or {})
+    if extra and extra_out is None:
+        raise ValueError("extra_scores needs extra_out, the dict their scores are put into")
     n, m = x.shape[0], masks.shape[0]
     base = agent(x, state)  # the unperturbed outputs, once per observation
     # once per observation (autocast may lower the conv)
@@ -167,9 +179,10 @@ def perturbation_scores(
         assert actions is not None  # action_logprob comes with the actions taken
         base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
 
-    def pass_scores(frame: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # the perturbed copies (frame[k], mask[k]) and their actor and critic scores: one forward pass
+    def pass_scores(frame: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the perturbed copies (frame[k], mask[k]): their actor and critic scores, then the extra ones; one pass
         out = evaluate(frame, mask)
+        extras = tuple(fn(base.logits.index_select(0, frame), out.logits) for fn in extra.values())
         if actor_score is not None:
             actor_scores = actor_score(base.logits.index_select(0, frame), out.logits)
         elif score == "action_logprob":
@@ -178,11 +191,12 @@ def perturbation_scores(
             actor_scores = (base_logp.index_select(0, frame) - logp).abs()
         else:
             actor_scores = 0.5 * (base.logits.index_select(0, frame) - out.logits).pow(2).sum(dim=-1)
-        return actor_scores, 0.5 * (base.value.index_select(0, frame) - out.value).pow(2)
+        return actor_scores, 0.5 * (base.value.index_select(0, frame) - out.value).pow(2), *extras
 
     run_pass = CompiledPass(pass_scores, compile) if compile is not None else pass_scores
     actor = x.new_empty(n * m)
     critic = x.new_empty(n * m)
+    extra_scores_ = [x.new_empty(n * m) for _ in extra]
     bounds = chunk_bounds(n * m, perturbations_per_eval)
     for start, stop in tqdm(
         bounds, desc="perturbations", unit="chunk", disable=True if not progress or len(bounds) < 2 else None
@@ -191,9 +205,10 @@ def perturbation_scores(
         size = perturbations_per_eval if compile is not None else stop - start
         flat = torch.arange(start, start + size, device=x.device).clamp_(max=stop - 1)
         frame, mask = flat // m, flat % m
-        pass_actor, pass_critic = run_pass(frame, mask)
-        actor[start:stop] = pass_actor[: stop - start]
-        critic[start:stop] = pass_critic[: stop - start]
+        for into, scores in zip((actor, critic, *extra_scores_), run_pass(frame, mask), strict=True):
+            into[start:stop] = scores[: stop - start]
+    if extra_out is not None:
+        extra_out.update({name: t.view(n, m) for name, t in zip(extra, extra_scores_, strict=True)})
     return actor.view(n, m), critic.view(n, m)
 
 
@@ -263,6 +278,7 @@ def perturbation_saliency(
     score: str = "logit_l2",
     actions: Actions | None = None,
     compile: bool | str = False,
+    extra_actor_scores: Mapping[str, ScoreFn] | None = None,
 ) -> PerturbationResult:
     """Perturbation saliency (the 2017 paper's method, for any policy) of many observations at once.
 
@@ -293,6 +309,9 @@ def perturbation_saliency(
         compile: compile each forward pass with ``torch.compile`` (``True`` or an inductor mode of
             ``engine.core.compiled.COMPILE_MODES``; ``"reduce-overhead"`` adds CUDA graphs). All passes then have
             one size, so it compiles once; maps equal the eager ones to float32 rounding.
+        extra_actor_scores: more actor scores from the same forward passes, by name: functions of the
+            unperturbed and the perturbed logits, (B, A) -> (B,) (``engine.core.sarfa.sarfa_scores``); their grids
+            are in ``extra_scores``.
 
     Returns:
         :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
@@ -358,9 +377,23 @@ def perturbation_saliency(
     plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
+    extra: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
         actor, critic = perturbation_scores(
-            agent, x, state, masks, interp, blur_sigma, chunk, plan, progress, str(score), taken, mode
+            agent,
+            x,
+            state,
+            masks,
+            interp,
+            blur_sigma,
+            chunk,
+            plan,
+            progress,
+            str(score),
+            taken,
+            mode,
+            extra_scores=extra_actor_scores,
+            extra_out=extra,
         )
         gh, gw = grid_shape(density, size)
         actor, critic = actor.view(-1, gh, gw), critic.view(-1, gh, gw)
@@ -383,6 +416,7 @@ def perturbation_saliency(
             critic_scores=critic,
             centers=center_coords(density, size[0]).to(device),
             settings=settings,
+            extra_scores={name: grid.view(-1, gh, gw) for name, grid in extra.items()},
         )
 
 

@@ -6,6 +6,7 @@ stores and the benchmarks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from .occlusion import occlusion_sensitivity
 from .perturbation import perturbation_saliency
 from .policy import Policy, State, index_state
 from .rise import rise_saliency
-from .sarfa import sarfa_saliency
+from .sarfa import check_sarfa_agent, sarfa_result, sarfa_saliency, sarfa_scores
 from .settings import Incremental, SaliencyConfig, map_prefix, sarfa_geometry, selected_methods
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
@@ -82,6 +83,16 @@ def compute_saliency(
         for key in keys:
             parts.setdefault(prefix + key, []).append(getattr(result, key).detach().cpu())
 
+    # SARFA with the 2017 method's blur and masks reads its scores off that method's passes: no pass of its own
+    sarfa_shares = (
+        "perturbation" in methods
+        and "sarfa" in methods
+        and s.sarfa.perturbation == "blur"
+        and sarfa_geometry(s) == (s.radius, s.density)
+    )
+    if sarfa_shares:
+        check_sarfa_agent(agent)
+    grid_size = cast(tuple[int, int], tuple(agent.observation_shape[1:]))
     bar = tqdm(total=n, desc="saliency", unit="frame", disable=None if progress else True)
     for a, b in batches:
         state = index_state(states, slice(a, b))
@@ -103,6 +114,7 @@ def compute_saliency(
                 actions=taken,
                 perturbations_per_eval=ppe,
                 memory_budget_mb=budget,
+                extra_actor_scores={"sarfa": sarfa_scores} if sarfa_shares else None,
             )
             keep("perturbation", result, ("actor", "critic", "actor_scores", "critic_scores"))
         if "jacobian" in methods:
@@ -161,7 +173,11 @@ def compute_saliency(
                 memory_budget_mb=budget,
             )
             keep("lime", lime, ("actor", "critic"))
-        if "sarfa" in methods:
+        if sarfa_shares:  # from the 2017 method's passes above
+            grid = result.extra_scores["sarfa"]
+            sarfa = sarfa_result(grid, s.radius, s.density, str(s.interp), s.blur_sigma, "blur", grid_size)
+            keep("sarfa", sarfa, ("actor", "actor_scores"))
+        elif "sarfa" in methods:
             radius, density = sarfa_geometry(s)
             sarfa = sarfa_saliency(
                 agent,

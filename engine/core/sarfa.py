@@ -162,8 +162,7 @@ def sarfa_saliency(
     x, state = prepare_inputs(agent, frames, states)
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))
     validate_settings(radius, density, interp, blur_sigma, "exact", size)
-    if agent.num_actions < 2:
-        raise ValueError(f"SARFA compares an action with the others: this agent has {agent.num_actions} action")
+    check_sarfa_agent(agent)
     device, dtype = agent_device_dtype(agent)
     if perturbation == "blur":
         masks = perturbation_masks(radius, density, device, dtype, size)
@@ -197,13 +196,33 @@ def sarfa_saliency(
             actor_score=sarfa_scores,
         )
         gh, gw = grid_shape(density, size)
-        grid = scores.view(-1, gh, gw)
+        return sarfa_result(scores.view(-1, gh, gw), radius, density, interp, blur_sigma, perturbation, size)
+
+
+def check_sarfa_agent(agent: Policy) -> None:
+    """SARFA needs at least two actions (its specificity compares the explained action with the others)."""
+    if agent.num_actions < 2:
+        raise ValueError(f"SARFA compares an action with the others: this agent has {agent.num_actions} action")
+
+
+def sarfa_result(
+    grid: torch.Tensor,
+    radius: float,
+    density: int,
+    interp: str,
+    blur_sigma: float,
+    perturbation: str,
+    size: tuple[int, int],
+) -> SarfaResult:
+    """A :class:`SarfaResult` from its score grid (N, Gh, Gw): also for a grid computed from the 2017 method's own
+    passes (``perturbation_saliency(..., extra_actor_scores={"sarfa": sarfa_scores})``)."""
+    with torch.inference_mode():
         settings: dict[str, float | str] = dict(
             radius=radius, density=density, interp=str(interp), blur_sigma=blur_sigma, perturbation=str(perturbation)
         )
         return SarfaResult(
             actor=upsample_exact(grid, density, size),
             actor_scores=grid,
-            centers=center_coords(density, size[0]).to(device),
+            centers=center_coords(density, size[0]).to(grid.device),
             settings=settings,
         )

@@ -254,3 +254,23 @@ def test_bad_input_is_refused(kwargs, message):
 def test_one_action_is_refused():
     with pytest.raises(ValueError, match="SARFA compares an action with the others"):
         sarfa_saliency(_OneAction(), torch.zeros(1, 1, 20, 20, dtype=torch.uint8), (), density=10)
+
+
+def test_beside_the_2017_method_sarfa_adds_no_pass(pong_agent, inputs, monkeypatch):
+    """``saliency.method=[perturbation,sarfa]`` with SARFA's blur at the 2017 settings: SARFA's grid and map are
+    read off the 2017 method's passes (no pass more than the 2017 method alone makes), equal to SARFA alone."""
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import SaliencyConfig
+
+    frames, states = inputs
+    settings = dict(density=DENSITY, perturbations_per_eval=50)
+    alone = sarfa_saliency(pong_agent, frames, states, radius=5, density=DENSITY, perturbations_per_eval=50)
+    counter = _Counting(pong_agent, monkeypatch)
+    only_2017 = compute_saliency(pong_agent, frames, states, SaliencyConfig(method="perturbation", **settings))
+    passes_2017 = len(counter.calls)
+    counter.calls.clear()
+    both = compute_saliency(pong_agent, frames, states, SaliencyConfig(method=["perturbation", "sarfa"], **settings))
+    assert len(counter.calls) == passes_2017
+    assert torch.equal(both["actor"], only_2017["actor"])
+    assert torch.equal(both["sarfa_actor_scores"], alone.actor_scores) and torch.equal(both["sarfa_actor"], alone.actor)
+    assert alone.actor_scores.max() > 1e-3
