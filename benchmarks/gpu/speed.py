@@ -12,7 +12,9 @@ For three agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL `
   ``compile="reduce-overhead"`` (CUDA graphs on top);
 - ``tf32``: TF32 convolutions (not exact: for scale) and ``split3_tf32``: each trunk convolution as three TF32
   products (``hi*hi + lo*hi + hi*lo``, float32 accumulation and output): a prototype of the fast mode's
-  arithmetic on the tensor cores.
+  arithmetic on the tensor cores;
+- ``fast``: ``precision="fast"`` (delta propagation, each linear product as three bfloat16 products with float32
+  accumulation: engine.core.delta), plain passes.
 
 Each variant's maps are compared with float64 maps of the same frames (max |error| / max |map|, and the overlap
 of the top 5% cells). Without CUDA it runs with small sizes on the CPU. Writes DIR/speed.json after every
@@ -200,6 +202,7 @@ def main() -> None:
             ("compile", agent, dict(plain, compile=True)),
             ("split3_tf32", Split3TF32(agent), dict(plain, tf32=True, split3=True)),
             ("tf32", agent, dict(plain, tf32=True)),
+            ("fast", agent, dict(plain, precision="fast")),
         ]
         if cuda:
             variants.append(("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead")))

@@ -13,6 +13,7 @@ the memory budget) are split into passes; a pass boundary never changes a result
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from .batching import chunk_bounds, pad_rows
 from .blur import gaussian_blur
 from .compiled import CompiledPass, compile_mode
+from .delta import delta_scores, delta_unsupported
 from .device import float32_matmul_precision
 from .incremental import (
     WindowPlan,
@@ -42,6 +44,11 @@ from .settings import SCORES, validate_settings
 
 # a score of perturbed copies from the unperturbed logits of each copy's observation and the copy's own, (B, A) -> (B,)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+PRECISIONS = ("exact", "fast")
+FAST_ARITHMETIC = "bfloat16x3"  # engine.core.delta: measured ~1e-5 of the map max on every agent (docs/method.md)
+_log = logging.getLogger(__name__)
+_fast_refusals_logged: set[str] = set()
 
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose
@@ -83,6 +90,22 @@ def bytes_per_input(agent: Policy, dtype: torch.dtype) -> int:
     c, h, w = agent.observation_shape
     elements = 3 * c * h * w + getattr(agent, "activation_elements", 5 * c * h * w) + 4 * agent.num_actions
     return elements * torch.finfo(dtype).bits // 8
+
+
+def _fast_path(agent: Policy, score: str, extra: Mapping[str, ScoreFn] | None, mode: str | None) -> bool:
+    """Whether ``precision="fast"`` can run delta propagation here; if not, say why once per reason (the exact path
+    runs instead)."""
+    reason = delta_unsupported(agent)
+    if reason is None and score != "logit_l2":
+        reason = f"score={score!r} (delta propagation gives the logit_l2 score only)"
+    if reason is None and extra:
+        reason = "extra actor scores (SARFA beside the 2017 method) have no delta form"
+    if reason is None and mode is not None:
+        reason = "compile is for the exact path"
+    if reason is not None and reason not in _fast_refusals_logged:
+        _fast_refusals_logged.add(reason)
+        _log.warning("precision='fast' runs the exact path: %s", reason)
+    return reason is None
 
 
 def resolve_perturbations_per_eval(
@@ -279,6 +302,7 @@ def perturbation_saliency(
     actions: Actions | None = None,
     compile: bool | str = False,
     extra_actor_scores: Mapping[str, ScoreFn] | None = None,
+    precision: str = "exact",
 ) -> PerturbationResult:
     """Perturbation saliency (the 2017 paper's method, for any policy) of many observations at once.
 
@@ -312,6 +336,12 @@ def perturbation_saliency(
         extra_actor_scores: more actor scores from the same forward passes, by name: functions of the
             unperturbed and the perturbed logits, (B, A) -> (B,) (``engine.core.sarfa.sarfa_scores``); their grids
             are in ``extra_scores``.
+        precision: ``"exact"`` (float32 forward passes of the perturbed copies) or ``"fast"``: delta propagation
+            (``engine.core.delta``: the frame's own activations once in float32, only the perturbations' differences
+            through the network, each linear product as three bfloat16 products with float32 accumulation), about
+            1e-5 of the map max from float64 maps; for agents that declare their whole network
+            (:class:`engine.core.policy.DeltaPolicy`) and the ``logit_l2`` score, else the exact path with one log
+            line. Made for GPUs' bfloat16 units: on a CPU it is slower than the exact path.
 
     Returns:
         :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
@@ -355,6 +385,8 @@ def perturbation_saliency(
         raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {tuple(str(s) for s in SCORES)}, got {score!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     mode = compile_mode(compile)
     x, state = prepare_inputs(agent, frames, states)
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))  # observations are (N, C, H, W)
@@ -377,24 +409,30 @@ def perturbation_saliency(
     plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
+    fast = precision == "fast" and _fast_path(agent, str(score), extra_actor_scores, mode)
+    if fast and perturbations_per_eval is None:
+        chunk = max(1, chunk // 2)  # a copy holds its frame's activations and the split parts too
     extra: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
-        actor, critic = perturbation_scores(
-            agent,
-            x,
-            state,
-            masks,
-            interp,
-            blur_sigma,
-            chunk,
-            plan,
-            progress,
-            str(score),
-            taken,
-            mode,
-            extra_scores=extra_actor_scores,
-            extra_out=extra,
-        )
+        if fast:
+            actor, critic = delta_scores(agent, x, state, masks, interp, blur_sigma, chunk, arithmetic=FAST_ARITHMETIC)
+        else:
+            actor, critic = perturbation_scores(
+                agent,
+                x,
+                state,
+                masks,
+                interp,
+                blur_sigma,
+                chunk,
+                plan,
+                progress,
+                str(score),
+                taken,
+                mode,
+                extra_scores=extra_actor_scores,
+                extra_out=extra,
+            )
         gh, gw = grid_shape(density, size)
         actor, critic = actor.view(-1, gh, gw), critic.view(-1, gh, gw)
         if compat == "paper":

@@ -1,6 +1,7 @@
 """The policy interface every part of the engine uses: what a policy is (:class:`Policy`), what one forward pass
 returns (:class:`PolicyOutput`), what an agent may declare for exact incremental inference (:class:`ConvTrunk`,
-:class:`IncrementalPolicy`), and the helpers that treat a recurrent state as an opaque tuple.
+:class:`IncrementalPolicy`) and for delta propagation (:class:`DeltaNetwork`, :class:`DeltaPolicy`), and the helpers
+that treat a recurrent state as an opaque tuple.
 
 The recurrent state is always a tuple of batch-first tensors: ``(hx, cx)`` for an LSTM core, ``(hx,)`` for a GRU
 core, ``()`` for a feed-forward agent, four tensors for an agent with separate actor and critic LSTMs. Other modules
@@ -131,6 +132,50 @@ class IncrementalPolicy(Policy, Protocol):
     def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The rest of the network on the last trunk layer's activations (N, C', H', W') and the state before
         the step; only the first ``n`` rows of the outputs are returned."""
+        ...
+
+
+RecurrentCore = nn.GRUCell | nn.LSTMCell | nn.LSTM
+
+
+class DeltaNetwork(NamedTuple):
+    """What follows a :class:`ConvTrunk`, as :class:`DeltaPolicy` declares it, for delta propagation
+    (``engine.core.delta``): the network after the trunk, written as linear maps and pointwise functions.
+
+    Evaluated on the trunk's last activations ``a`` (N, C', H', W') and the state before the step:
+    ``h = a.flatten(1)``; ``h = activation(linear(h))`` for each ``(linear, activation)`` of ``body`` in order;
+    with a ``core``, ``h`` is the next hidden state of the cell on input ``h`` and the state's hidden (and, for an
+    LSTM, cell) tensors ``state[0]`` (``state[1]``); then ``logits = actor(h)`` and ``value = critic(h)[:, 0]``,
+    or ``value = logits.amax(-1)`` when ``critic`` is None (a Q-network: ``actor`` is its Q head).
+
+    Attributes:
+        body: ``((linear, activation), ...)``: ``nn.Linear`` layers, each followed by a pointwise function
+            (``None`` for none), called on a fresh tensor it may overwrite.
+        core: the recurrent cell (``nn.GRUCell``, ``nn.LSTMCell``, or a one-layer unidirectional ``nn.LSTM`` run
+            for one step), or None for a feed-forward agent.
+        actor: the ``nn.Linear`` head giving the action preferences (logits or Q-values).
+        critic: the ``nn.Linear`` value head (one output), or None for a Q-network.
+    """
+
+    body: tuple[tuple[nn.Linear, Activation | None], ...]
+    core: RecurrentCore | None
+    actor: nn.Linear
+    critic: nn.Linear | None
+
+
+@runtime_checkable
+class DeltaPolicy(IncrementalPolicy, Protocol):
+    """Optional: an :class:`IncrementalPolicy` that also declares the rest of its network (:class:`DeltaNetwork`)
+    gets delta propagation (``engine.core.delta``): the perturbed copies' differences from their observation run
+    through the linear layers alone, in a selectable arithmetic, with the nonlinearities evaluated around the
+    observation's own activations.
+
+    Contract: ``policy(obs, state)`` equals the :class:`ConvTrunk` on ``obs * input_scale`` followed by the
+    :class:`DeltaNetwork` as described there, up to float rounding.
+    """
+
+    def delta_network(self) -> DeltaNetwork:
+        """The layers after the trunk (the modules themselves, not copies: called once per saliency call)."""
         ...
 
 

@@ -111,6 +111,7 @@ def compute_saliency(
                 tf32=s.tf32,
                 score=str(s.score),
                 compile=s.compile,
+                precision=str(s.precision),
                 actions=taken,
                 perturbations_per_eval=ppe,
                 memory_budget_mb=budget,

@@ -117,6 +117,11 @@ class Score(StrEnum):
     action_logprob = "action_logprob"  # |log pi(a|I) - log pi(a|I')| for the action the agent took
 
 
+class Precision(StrEnum):
+    exact = "exact"  # float32 forward passes of every perturbed copy
+    fast = "fast"  # delta propagation, linear products as three bfloat16 products (engine.core.delta; GPUs)
+
+
 class StateAlignment(StrEnum):
     exact = "exact"
     paper = "paper"  # the original code's off-by-one recurrent state
@@ -163,6 +168,7 @@ class SaliencyConfig:
     jacobian_backend: JacobianBackend = JacobianBackend.autograd
     tf32: bool = False  # CUDA only: TF32 convolutions and products (faster, ~6e-4 relative error)
     compile: bool = False  # torch.compile each perturbed forward pass (inductor; a C++ compiler on the CPU)
+    precision: Precision = Precision.exact  # fast: delta propagation in split bfloat16 (~1e-5 of the map max)
     occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
     rise: RiseSettings = field(default_factory=RiseSettings)
     lime: LimeSettings = field(default_factory=LimeSettings)

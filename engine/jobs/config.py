@@ -33,6 +33,7 @@ from ..core.settings import (
     LimeSettings,
     Method,
     OcclusionSettings,
+    Precision,
     RiseSettings,
     SaliencyConfig,
     SarfaSettings,
@@ -328,6 +329,7 @@ def check_config(config: JobConfig) -> None:
         ("incremental", Incremental),
         ("jacobian_backend", JacobianBackend),
         ("score", Score),
+        ("precision", Precision),
     ):
         value = getattr(s, name)
         _check(value in tuple(enum), f"saliency.{name} must be one of {', '.join(enum)}, got {value!r}")

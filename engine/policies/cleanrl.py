@@ -38,7 +38,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
+from ..core.policy import Activation, ConvTrunk, DeltaNetwork, PolicyOutput, State, reset_rows
 from .checkpoint import (
     MAX_ACTIONS,
     MAX_CHANNELS,
@@ -144,6 +144,10 @@ class CleanRLPolicy(nn.Module):
         """The rest of the network on the last convolution's activations (N, 64, 7, 7)."""
         return self.from_features(activations.flatten(1), state, n)
 
+    def nature_body(self) -> tuple[tuple[nn.Linear, Activation], ...]:
+        """The Nature CNN after its convolutions, for :meth:`delta_network`: Linear(3136, 512) and its ReLU."""
+        return ((cast(nn.Linear, self.network[7]), self.network[8]),)
+
     def initial_state(self, batch: int = 1) -> State:
         return ()
 
@@ -180,6 +184,10 @@ class CleanRLPPO(CleanRLPolicy):
         hidden = self.network[8](self.network[7](features))
         return PolicyOutput(self.critic(hidden).squeeze(-1)[:n], self.actor(hidden)[:n], ())
 
+    def delta_network(self) -> DeltaNetwork:
+        """For delta propagation (:class:`engine.core.policy.DeltaPolicy`): the linear layer and both heads."""
+        return DeltaNetwork(body=self.nature_body(), core=None, actor=self.actor, critic=self.critic)
+
 
 class CleanRLPPOLSTM(CleanRLPolicy):
     """``ppo_atari_lstm``'s ``Agent``: ``network`` (Nature CNN on one frame), ``lstm`` LSTM(512, 128), ``actor``
@@ -213,6 +221,11 @@ class CleanRLPPOLSTM(CleanRLPolicy):
         out = out[0]
         return PolicyOutput(self.critic(out).squeeze(-1)[:n], self.actor(out)[:n], (h[0][:n], c[0][:n]))
 
+    def delta_network(self) -> DeltaNetwork:
+        """For delta propagation (:class:`engine.core.policy.DeltaPolicy`): the linear layer, the LSTM and both
+        heads."""
+        return DeltaNetwork(body=self.nature_body(), core=self.lstm, actor=self.actor, critic=self.critic)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_size={self.hidden_size}"
 
@@ -230,6 +243,11 @@ class CleanRLDQN(CleanRLPolicy):
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         q = self.network[9](self.network[8](self.network[7](features)))[:n]
         return PolicyOutput(q.amax(dim=-1), q, ())
+
+    def delta_network(self) -> DeltaNetwork:
+        """For delta propagation (:class:`engine.core.policy.DeltaPolicy`): the linear layer and the Q head (the
+        value is ``max_a Q``: no critic)."""
+        return DeltaNetwork(body=self.nature_body(), core=None, actor=cast(nn.Linear, self.network[9]), critic=None)
 
 
 _CLASSES = {"ppo_atari": CleanRLPPO, "ppo_atari_lstm": CleanRLPPOLSTM, "dqn_atari": CleanRLDQN}

@@ -12,7 +12,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError
-from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
+from ..core.policy import ConvTrunk, DeltaNetwork, PolicyOutput, State, reset_rows
 from .checkpoint import (
     MAX_ACTIONS,
     MAX_CHANNELS,
@@ -158,6 +158,12 @@ class ActorCritic(nn.Module):
     def from_trunk(self, activations: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The recurrent core and both heads on conv4's activations (N, 32, 5, 5)."""
         return self.from_features(activations.flatten(1), state, n)
+
+    def delta_network(self) -> DeltaNetwork:
+        """The recurrent cell and both heads after the trunk, for delta propagation
+        (:class:`engine.core.policy.DeltaPolicy`)."""
+        cell: nn.GRUCell | nn.LSTMCell = self.lstm if self.core == "lstm" else self.gru
+        return DeltaNetwork(body=(), core=cell, actor=self.actor_linear, critic=self.critic_linear)
 
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         """The recurrent core and both heads on (N, 800) features; only the first ``n`` rows are returned."""

@@ -1340,13 +1340,14 @@ RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batc
 
 def identity_settings(saliency: dict[str, Any]) -> dict[str, Any]:
     """The saliency settings a store's identity records: all but the :data:`RESULT_NEUTRAL` ones, and ``compile``
-    only where it is on (compiled passes change maps by float32 rounding, so a resumed run must compile too;
-    left out when off, a store written before the setting existed still resumes); ``method`` in its canonical
-    form, with the settings of the selected methods only (:func:`engine.core.settings.identity_view`)."""
+    and ``precision`` only where they are not the default (they change maps by rounding, so a resumed run must
+    use them too; left out at their defaults, a store written before they existed still resumes); ``method`` in its
+    canonical form, with the settings of the selected methods only (:func:`engine.core.settings.identity_view`)."""
+    defaults = {"compile": False, "precision": "exact"}
     return {
         k: v
         for k, v in identity_view(saliency).items()
-        if k not in RESULT_NEUTRAL and not (k == "compile" and v is False)
+        if k not in RESULT_NEUTRAL and not (k in defaults and v == defaults[k])
     }
 
 

@@ -1,0 +1,414 @@
+"""Delta propagation for perturbation saliency: the perturbed copies' differences from their observation, run
+through the linear layers alone, in a selectable arithmetic (the fast precision of issue 19, item 3).
+
+A perturbed copy differs from its observation ``x`` by ``dx = M * (B - x)`` (occlude: ``lerp(x, B, M)``; searchlight:
+``lerp(B, x, M)``, so ``dx = (1 - M) * (B - x)``), ``B`` the observation's blur. The observation's own forward runs
+once, in the working dtype (float32, or the agent's float64), keeping each layer's pre-activation ``z`` and
+activation ``a``. Through the copies only differences propagate: a linear layer (convolution, linear layer, the
+input product ``W_ih`` of a GRU/LSTM cell, a head) maps ``d`` to ``W d`` without its bias, in the chosen
+arithmetic; a pointwise function ``f`` gives ``f(z + W d) - a`` in the working dtype; a recurrent cell's hidden
+term ``W_hh h + b_hh`` is the observation's (the same for every copy), so its gates are the observation's plus
+``W_ih d``, evaluated in the working dtype, and ``d_h = h' - h'_observation``. The heads give ``d_logits`` and
+``d_value`` directly, so the actor score ``0.5 * |d_logits|^2`` and the critic score ``0.5 * d_value^2`` come with
+no cancellation of two nearly equal outputs (a Q-network's value ``max_a Q`` is a pointwise function of its Q
+head: ``d_value = max(q + d_q) - max(q)``).
+
+The algebra is exact: in float64 arithmetic the scores equal the plain pass's to about 1e-12. What differs is the
+rounding of the products (``ARITHMETICS``):
+
+- ``"float64"``, ``"float32"``: the product in that dtype (deltas and weights cast to it), output in the working
+  dtype.
+- ``"bfloat16"``, ``"float16"``: deltas and weights rounded once to that type, products accumulated and returned
+  in float32 (about 1e-2 and 2e-3 of the map's max on baby-a3c: ``../shared/notes/fast-precision.md``).
+- ``"bfloat16x3"``: each of delta and weight split into ``hi = bf16(t)``, ``lo = bf16(t - hi)``; the product is
+  ``hi*hi + lo*hi + hi*lo`` with float32 accumulation and float32 output (about 16 significant bits; 2e-5 there).
+
+Only :func:`round_to`, :func:`split_bfloat16` and :func:`linear_product` know the arithmetic; a GPU kernel
+replaces them without touching the walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import chunk_bounds, pad_rows, padded_row_count
+from .blur import gaussian_blur
+from .device import float32_matmul_precision
+from .incremental import conv_trunk_of
+from .policy import Activation, ConvTrunk, DeltaNetwork, DeltaPolicy, Policy, State
+
+ARITHMETICS = ("float64", "float32", "bfloat16", "float16", "bfloat16x3")
+_DIRECT = {"float64": torch.float64, "float32": torch.float32}
+_ROUNDED = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# (input, weight) -> the layer's linear map of the input, without bias (F.conv2d with the layer's geometry, F.linear)
+Apply = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- the arithmetic: small and separate, so that a GPU kernel can replace it ---------------------------------------
+
+
+def round_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` rounded (to nearest, ties to even) to ``dtype`` and held in ``t``'s dtype."""
+    return t.to(dtype).to(t.dtype)
+
+
+def split_bfloat16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, lo)``: ``hi = bf16(t)``, ``lo = bf16(t - hi)``, both held in ``t``'s dtype (float32):
+    ``hi + lo`` keeps about 16 significant bits of ``t``."""
+    hi = round_to(t, torch.bfloat16)
+    return hi, round_to(t - hi, torch.bfloat16)
+
+
+def prepare_weight(weight: torch.Tensor, arithmetic: str) -> tuple[torch.Tensor, ...]:
+    """A layer's weight in the form :func:`linear_product` takes for ``arithmetic`` (prepared once per call)."""
+    if arithmetic in _DIRECT:
+        return (weight.to(_DIRECT[arithmetic]),)
+    if arithmetic in _ROUNDED:
+        return (round_to(weight.float(), _ROUNDED[arithmetic]),)
+    return split_bfloat16(weight.float())
+
+
+def linear_product(d: torch.Tensor, weights: tuple[torch.Tensor, ...], apply: Apply, arithmetic: str) -> torch.Tensor:
+    """``W d`` (no bias) in ``arithmetic``: in the direct dtypes, the product in that dtype; otherwise in float32
+    (the products of the rounded parts are exact in float32, accumulated and returned in float32).
+
+    On the CPU the low-precision forms are emulated as float32 products of bf16/fp16-representable values. On CUDA
+    this is the same code path for now; the kernel that does it natively (``torch.mm(..., out_dtype=torch.float32)``
+    on bf16 im2col patches, or a Triton kernel with bf16 inputs and float32 accumulation and output) is chosen by
+    measurement in a GPU session. Whatever replaces this must keep float32 accumulation AND float32 output: the
+    same split with bfloat16 outputs measured 1e-2 of the map's max.
+    """
+    if arithmetic in _DIRECT:
+        return apply(d.to(weights[0].dtype), weights[0])
+    if arithmetic in _ROUNDED:
+        return apply(round_to(d.float(), _ROUNDED[arithmetic]), weights[0])
+    hi, lo = split_bfloat16(d.float())
+    w_hi, w_lo = weights
+    # hi*w_hi + lo*w_hi + hi*w_lo as two float32 products: hi + lo is exact in float32, and (hi + lo) * w_hi is
+    # exact or within one float32 rounding, as the tensor cores' float32 accumulation of the three would be.
+    return apply(hi.add(lo), w_hi).add_(apply(hi, w_lo))
+
+
+# --- the network, as delta propagation walks it ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """One linear layer: its map (``apply``), weight and bias in the working dtype for the observation's own
+    forward, the weight prepared for the deltas' arithmetic, and the pointwise function after it."""
+
+    apply: Apply
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    delta_weights: tuple[torch.Tensor, ...]
+    arithmetic: str
+    activation: Activation | None = None
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """The layer on the observation's own activations: ``W a + b`` in the working dtype."""
+        z = self.apply(a, self.weight)
+        return z if self.bias is None else z + self.bias.view(-1, *([1] * (z.ndim - 2)))
+
+    def product(self, d: torch.Tensor) -> torch.Tensor:
+        """``W d`` in the arithmetic, returned in the working dtype."""
+        return linear_product(d, self.delta_weights, self.apply, self.arithmetic).to(self.weight.dtype)
+
+    def activate(self, z: torch.Tensor) -> torch.Tensor:
+        """The pointwise function on ``z`` (left intact: the function gets a copy it may overwrite)."""
+        return z if self.activation is None else self.activation(z.clone())
+
+
+def _linear(
+    layer: nn.Conv2d | nn.Linear, activation: Activation | None, arithmetic: str, dtype: torch.dtype
+) -> _Linear:
+    apply: Apply
+    if isinstance(layer, nn.Conv2d):
+        apply = cast(
+            Apply,
+            partial(F.conv2d, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups),
+        )
+    else:
+        apply = cast(Apply, F.linear)
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+    return _Linear(apply, weight.to(dtype), bias, prepare_weight(weight, arithmetic), arithmetic, activation)
+
+
+def _weight_linear(weight: torch.Tensor, bias: torch.Tensor | None, arithmetic: str, dtype: torch.dtype) -> _Linear:
+    """A bare ``(weight, bias)`` pair (a recurrent cell's input or hidden product) as a linear layer."""
+    weight = weight.detach()
+    bias = None if bias is None else bias.detach().to(dtype)
+    return _Linear(cast(Apply, F.linear), weight.to(dtype), bias, prepare_weight(weight, arithmetic), arithmetic)
+
+
+@dataclass(frozen=True)
+class _Core:
+    """A GRU or LSTM cell: ``kind``, its input product (on the deltas) and hidden product (the observation's only)."""
+
+    kind: str
+    input: _Linear
+    hidden: _Linear
+
+    def step(self, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The next hidden state from the input term ``gi = W_ih x + b_ih``, the hidden term ``gh = W_hh h + b_hh``
+        and the state (torch's GRUCell / LSTMCell equations, gate order r, z, n / i, f, g, o)."""
+        if self.kind == "gru":
+            r_i, z_i, n_i = gi.chunk(3, dim=1)
+            r_h, z_h, n_h = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+            new = torch.tanh(n_i + r * n_h)
+            return (1 - z) * new + z * h
+        assert c is not None  # an LSTM's state was checked to hold (h, c)
+        i, f, g, o = (gi + gh).chunk(4, dim=1)
+        cell = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell)
+
+
+def _core(core: nn.Module, arithmetic: str, dtype: torch.dtype, name: str) -> _Core:
+    if isinstance(core, nn.LSTM):
+        if core.num_layers != 1 or core.bidirectional or core.proj_size:
+            raise ValueError(
+                f"{name}.delta_network(): delta propagation takes a one-layer unidirectional nn.LSTM without "
+                f"projection, got {core}"
+            )
+        suffix, kind = "_l0", "lstm"
+    elif isinstance(core, (nn.GRUCell, nn.LSTMCell)):
+        suffix, kind = "", "gru" if isinstance(core, nn.GRUCell) else "lstm"
+    else:
+        raise ValueError(
+            f"{name}.delta_network(): core must be an nn.GRUCell, nn.LSTMCell, nn.LSTM or None, got {type(core).__name__}"
+        )
+    weights = {k: getattr(core, f"{k}{suffix}", None) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    return _Core(
+        kind,
+        _weight_linear(cast(torch.Tensor, weights["weight_ih"]), weights["bias_ih"], arithmetic, dtype),
+        _weight_linear(cast(torch.Tensor, weights["weight_hh"]), weights["bias_hh"], arithmetic, dtype),
+    )
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """The whole network as delta propagation walks it."""
+
+    input_scale: float
+    trunk: tuple[_Linear, ...]
+    body: tuple[_Linear, ...]
+    core: _Core | None
+    actor: _Linear
+    critic: _Linear | None
+
+
+def delta_unsupported(agent: Policy) -> str | None:
+    """Why delta propagation cannot run on ``agent`` (a sentence naming what it lacks), or None if it can."""
+    name = type(agent).__name__
+    if not (callable(getattr(agent, "conv_trunk", None)) and callable(getattr(agent, "from_trunk", None))):
+        return (
+            f"{name} declares no conv trunk (conv_trunk() and from_trunk(), engine.core.policy.IncrementalPolicy) "
+            "nor the network after it (delta_network(), engine.core.policy.DeltaPolicy)"
+        )
+    if not callable(getattr(agent, "delta_network", None)):
+        return (
+            f"{name} declares its conv trunk but not the network after it (delta_network() returning an "
+            "engine.core.policy.DeltaNetwork, engine.core.policy.DeltaPolicy)"
+        )
+    return None
+
+
+def _walk(agent: Policy, arithmetic: str, dtype: torch.dtype) -> _Walk:
+    """The agent's declared trunk and :class:`DeltaNetwork`, checked, with weights prepared for ``arithmetic``."""
+    reason = delta_unsupported(agent)
+    if reason is not None:
+        raise ValueError(f"delta propagation needs an agent that declares its whole network: {reason}")
+    name = type(agent).__name__
+    trunk = cast(ConvTrunk, conv_trunk_of(agent))
+    network: object = cast(DeltaPolicy, agent).delta_network()
+    if not isinstance(network, DeltaNetwork):
+        raise ValueError(f"{name}.delta_network() must return an engine.core.policy.DeltaNetwork, got {network!r}")
+    for index, layer in enumerate(network.body):
+        linear, act = layer
+        if not isinstance(linear, nn.Linear) or (act is not None and not callable(act)):
+            raise ValueError(
+                f"{name}.delta_network() body layer {index + 1}: expected (nn.Linear, a pointwise callable or None), "
+                f"got ({type(linear).__name__}, {act!r})"
+            )
+    if not isinstance(network.actor, nn.Linear):
+        raise ValueError(f"{name}.delta_network().actor must be an nn.Linear, got {type(network.actor).__name__}")
+    if network.critic is not None and not (isinstance(network.critic, nn.Linear) and network.critic.out_features == 1):
+        raise ValueError(
+            f"{name}.delta_network().critic must be an nn.Linear with one output or None, got {network.critic}"
+        )
+    return _Walk(
+        input_scale=trunk.input_scale,
+        trunk=tuple(_linear(conv, act, arithmetic, dtype) for conv, act in trunk.layers),
+        body=tuple(_linear(linear, act, arithmetic, dtype) for linear, act in network.body),
+        core=None if network.core is None else _core(network.core, arithmetic, dtype, name),
+        actor=_linear(network.actor, None, arithmetic, dtype),
+        critic=None if network.critic is None else _linear(network.critic, None, arithmetic, dtype),
+    )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The observations' own forward: each trunk and body layer's ``(z, a)``, the cell's terms and next hidden
+    state, the Q-values (a Q-network) and the value."""
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None
+    logits: torch.Tensor
+    value: torch.Tensor
+
+
+def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
+    """Batch-invariant (rows padded as ``engine.core.batching`` does); every tensor keeps the padded rows."""
+    a = pad_rows(x) if walk.input_scale == 1.0 else pad_rows(x) * walk.input_scale
+    layers = []
+    for index, layer in enumerate(walk.trunk + walk.body):
+        if index == len(walk.trunk):
+            a = a.flatten(1)
+        z = layer.forward(a)
+        a = layer.activate(z)
+        layers.append((z, a))
+    if not walk.body:
+        a = a.flatten(1)
+    gates = None
+    if walk.core is not None:
+        h = pad_rows(state[0].to(a.dtype))
+        c = pad_rows(state[1].to(a.dtype)) if walk.core.kind == "lstm" else None
+        gi, gh = walk.core.input.forward(a), walk.core.hidden.forward(h)
+        a = walk.core.step(gi, gh, h, c)
+        gates = (gi, gh, h, c, a)
+    logits = walk.actor.forward(a)
+    value = logits.amax(dim=-1) if walk.critic is None else walk.critic.forward(a)[:, 0]
+    return _Frame(tuple(layers), gates, logits, value)
+
+
+def _rows(t: torch.Tensor, frame: torch.Tensor, single: int | None) -> torch.Tensor:
+    """The rows of ``t`` (per observation) for the copies of a pass: ``t[single]`` as a broadcasting view when
+    every copy of the pass is of observation ``single`` (no copy made), else ``t.index_select(0, frame)`` in
+    ``t``'s memory layout (a channels-last map gathered through its contiguous (N, H, W, C) view: index_select on
+    the channels-last layout itself takes a slow strided path). Elementwise results are the same either way."""
+    if single is not None:
+        return t[single : single + 1]
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).index_select(0, frame).permute(0, 3, 1, 2)
+    return t.index_select(0, frame)
+
+
+def _pass_scores(
+    walk: _Walk, frame_out: _Frame, d: torch.Tensor, frame: torch.Tensor, single: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor and critic scores of the copies whose input deltas are ``d``, copy ``k`` of observation ``frame[k]``
+    (all of observation ``single`` where not None)."""
+    layers = walk.trunk + walk.body
+    for index, (layer, (z, a)) in enumerate(zip(layers, frame_out.layers)):
+        if index == len(walk.trunk):
+            d = d.flatten(1)
+        dz = layer.product(d)
+        # f(z + dz) - f(z), in place on the fresh product (the activation may overwrite its input)
+        if layer.activation is None:
+            d = dz
+        else:
+            d = layer.activation(dz.add_(_rows(z, frame, single))).sub_(_rows(a, frame, single))
+    if not walk.body:
+        d = d.flatten(1)
+    if walk.core is not None and frame_out.gates is not None:
+        gi, gh, h, c, h_next = frame_out.gates
+        gates = walk.core.input.product(d).add_(_rows(gi, frame, single))
+        rows = (_rows(gh, frame, single), _rows(h, frame, single), None if c is None else _rows(c, frame, single))
+        d = walk.core.step(gates, *rows) - _rows(h_next, frame, single)
+    d_logits = walk.actor.product(d)
+    if walk.critic is None:  # a Q-network: value = max_a Q, a pointwise function of the Q head
+        q = _rows(frame_out.logits, frame, single)
+        d_value = (q + d_logits).amax(dim=-1) - _rows(frame_out.value, frame, single)
+    else:
+        d_value = walk.critic.product(d)[:, 0]
+    return 0.5 * d_logits.pow(2).sum(dim=-1), 0.5 * d_value.pow(2)
+
+
+def delta_scores(
+    agent: Policy,
+    x: torch.Tensor,
+    state: State,
+    masks: torch.Tensor,
+    interp: str,
+    blur_sigma: float,
+    perturbations_per_eval: int,
+    arithmetic: str = "float32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor and critic scores (N, M) of every mask on every observation by delta propagation: the ``logit_l2``
+    scores of ``engine.core.perturbation.perturbation_scores`` (same masks, blur, interpolation and chunking), with
+    the linear layers' products in ``arithmetic`` (one of ``ARITHMETICS``).
+
+    Args:
+        agent: a policy declaring its conv trunk and the network after it (:class:`engine.core.policy.DeltaPolicy`);
+            any other is a ValueError saying what it lacks (:func:`delta_unsupported` tells beforehand).
+        x: observations (N, C, H, W) in [0, 1] on the agent's device and dtype.
+        state: tuple of batch-first tensors: the state restored for each observation.
+        masks: (M, H, W), each applied to every channel.
+        interp: ``"occlude"`` or ``"searchlight"``; blur_sigma: the image blur's sigma.
+        perturbations_per_eval: perturbed copies per pass; rows are padded as in ``engine.core.batching``, so the
+            scores do not depend on it (bit for bit on the CPU).
+    """
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+    if interp not in ("occlude", "searchlight"):
+        raise ValueError(f"interp must be 'occlude' or 'searchlight', got {interp!r}")
+    if x.ndim != 4 or masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(x.shape[2:]):
+        raise ValueError(
+            f"x must be (N, C, H, W) and masks (M, H, W) of the same H, W, got {tuple(x.shape)} and {tuple(masks.shape)}"
+        )
+    if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int):
+        raise ValueError(f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval!r}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must hold floats in [0, 1], got {x.dtype}")
+    dtype = torch.promote_types(x.dtype, torch.float32)  # the working dtype: nonlinearities never below float32
+    walk = _walk(agent, arithmetic, dtype)
+    n, m = x.shape[0], masks.shape[0]
+    needed = 0 if walk.core is None else (2 if walk.core.kind == "lstm" else 1)
+    if len(state) < needed or any(s.shape[0] != n for s in state[:needed]):
+        raise ValueError(
+            f"{type(agent).__name__}'s {walk.core.kind.upper() if walk.core else ''} core needs a state of at least "
+            f"{needed} tensors of {n} rows, got {[tuple(s.shape) for s in state]}"
+        )
+    # the products are exactly the arithmetic's: no TF32 (it would round the split's float32 parts to 10 bits) and
+    # no autocast around them
+    with (
+        torch.inference_mode(),
+        float32_matmul_precision(x.device, False),
+        torch.autocast(x.device.type, enabled=False),
+    ):
+        frame_out = _frame_forward(walk, x.to(dtype), state)
+        # the frame's outputs must be the agent's: a wrong declaration is refused, not scored
+        if n:
+            own = agent(x, state).logits.to(dtype)
+            gap = float((own - frame_out.logits[:n]).abs().max())
+            tolerance = max(1e-3, 16 * torch.finfo(x.dtype).eps) * (1.0 + float(own.abs().max()))
+            if not gap <= tolerance:
+                raise ValueError(
+                    f"{type(agent).__name__}.delta_network() does not reproduce the agent's outputs (its logits "
+                    f"differ by {gap:.3g}, more than {tolerance:.3g}): check its conv_trunk() and delta_network()"
+                )
+        blurred = gaussian_blur(x, blur_sigma).to(dtype)
+        diff = (blurred - x.to(dtype)) * walk.input_scale  # (N, C, H, W): a copy's input delta is diff * weight
+        weights = (masks if interp == "occlude" else 1 - masks).to(dtype)[:, None]  # (M, 1, H, W)
+        actor = x.new_empty(n * m, dtype=dtype)
+        critic = x.new_empty(n * m, dtype=dtype)
+        for start, stop in chunk_bounds(n * m, perturbations_per_eval):
+            # each pass padded to the row count pad_rows gives (copies of its last row): results are batch-invariant
+            rows = padded_row_count(stop - start)
+            flat = torch.arange(start, start + rows, device=x.device).clamp_(max=stop - 1)
+            frame, mask = flat // m, flat % m
+            single = start // m if start // m == (stop - 1) // m else None  # one observation's copies (host ints)
+            d = _rows(diff, frame, single) * weights.index_select(0, mask)
+            pass_actor, pass_critic = _pass_scores(walk, frame_out, d, frame, single)
+            actor[start:stop] = pass_actor[: stop - start]
+            critic[start:stop] = pass_critic[: stop - start]
+    return actor.view(n, m).to(x.dtype), critic.view(n, m).to(x.dtype)
