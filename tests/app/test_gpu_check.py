@@ -66,7 +66,7 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     # variants it skipped, each map compared with float64
     speed = subprocess.run(
         [sys.executable, "benchmarks/gpu/speed.py", "--out", str(out), "--data", str(data), "--frames", "1"]
-        + ["--agents", "baby-a3c_gru", "--budget-s", "1"],
+        + ["--agents", "baby-a3c_gru", "--budget-s", "1", "--rounds", "1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
