@@ -108,6 +108,23 @@ def _fast_path(agent: Policy, score: str, extra: Mapping[str, ScoreFn] | None, m
     return reason is None
 
 
+def incremental_plan(agent: Policy, masks: torch.Tensor, incremental: bool | str) -> WindowPlan | None:
+    """The windows of incremental inference for ``masks`` (None: plain passes): with ``incremental="auto"`` where
+    the agent declares its conv trunk and the windows pay, with ``True`` always (a ValueError for an agent that
+    declares no trunk)."""
+    trunk = conv_trunk_of(agent) if incremental is not False else None
+    if incremental is True and trunk is None:
+        raise ValueError(
+            f"incremental inference needs a policy that declares its conv trunk (conv_trunk() and from_trunk(), "
+            f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
+            "use incremental='auto' or False"
+        )
+    plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
+    if plan is not None and incremental == "auto" and not worthwhile(plan):
+        plan = None
+    return plan
+
+
 def resolve_perturbations_per_eval(
     agent: Policy, dtype: torch.dtype, total: int, perturbations_per_eval: int | None, memory_budget_mb: float | None
 ) -> int:
@@ -399,16 +416,7 @@ def perturbation_saliency(
     taken = _check_actions(actions, n, agent.num_actions, device) if score == "action_logprob" else None
     masks = perturbation_masks(radius, density, device, dtype, size)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * masks.shape[0], perturbations_per_eval, memory_budget_mb)
-    trunk = conv_trunk_of(agent) if incremental is not False else None
-    if incremental is True and trunk is None:
-        raise ValueError(
-            f"incremental inference needs a policy that declares its conv trunk (conv_trunk() and from_trunk(), "
-            f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
-            "use incremental='auto' or False"
-        )
-    plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
-    if plan is not None and incremental == "auto" and not worthwhile(plan):
-        plan = None
+    plan = incremental_plan(agent, masks, incremental)
     fast = precision == "fast" and _fast_path(agent, str(score), extra_actor_scores, mode)
     if fast and perturbations_per_eval is None:
         chunk = max(1, chunk // 2)  # a copy holds its frame's activations and the split parts too

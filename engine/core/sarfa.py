@@ -27,10 +27,9 @@ from typing import cast
 import torch
 
 from .device import float32_matmul_precision
-from .incremental import conv_trunk_of, trunk_geometry, window_plan, worthwhile
 from .inputs import Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .masks import center_coords, grid_shape, perturbation_masks
-from .perturbation import perturbation_scores, resolve_perturbations_per_eval, upsample_exact
+from .perturbation import incremental_plan, perturbation_scores, resolve_perturbations_per_eval, upsample_exact
 from .policy import Policy
 from .settings import validate_settings
 
@@ -169,17 +168,7 @@ def sarfa_saliency(
     else:
         masks = disc_masks(radius, density, size, device, dtype)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * masks.shape[0], perturbations_per_eval, memory_budget_mb)
-    # the windows of incremental inference, exactly as perturbation_saliency chooses them
-    trunk = conv_trunk_of(agent) if incremental is not False else None
-    if incremental is True and trunk is None:
-        raise ValueError(
-            f"incremental inference needs a policy that declares its conv trunk (conv_trunk() and from_trunk(), "
-            f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
-            "use incremental='auto' or False"
-        )
-    plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
-    if plan is not None and incremental == "auto" and not worthwhile(plan):
-        plan = None
+    plan = incremental_plan(agent, masks, incremental)  # as perturbation_saliency chooses them
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
         fill = None if perturbation == "blur" else torch.zeros_like(x)
         scores, _ = perturbation_scores(
