@@ -40,6 +40,7 @@ gives the options of each library's training environment, e.g. ``rollout(agent, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -214,30 +215,112 @@ class AtariPipeline:
     def num_actions(self) -> int:
         return int(cast(gym.spaces.Discrete, self.env.action_space).n)
 
+    @property
+    def observes_raw_frames(self) -> bool:
+        """Whether the observation is computed from the raw frame alone (the 2017 pipeline), so that a
+        :class:`PipelineBatch` computes it for all its environments in one call."""
+        return self._stacker is None
+
     def _observe(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._stacker is None:  # the 2017 pipeline: the raw frame and its preprocessing
             frame = np.asarray(obs)
             return preprocess_bytes(frame[None]).numpy(), frame
         return obs, np.array(self._frame_source.frame, copy=True)
 
-    def reset(self, seed: int | None = None) -> PipelineStep:
-        """Start an episode (seeded: the emulator, its sticky actions and the noop count; unseeded: the RNGs
-        continue). With ``episodic_life`` (SB3/CleanRL) a reset after a lost life continues the same game."""
+    def _restart(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        """The reset before the observation is made: the (stacked) frame and the info."""
         obs, info = self.env.reset(seed=seed)
         if self._stacker is not None:
             obs = self._stacker.reset(obs)
+        return obs, info
+
+    def _advance(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """The step before the observation is made."""
+        obs, reward, terminated, truncated, info = self.env.step(int(action))
+        if self._stacker is not None:
+            obs = self._stacker.step(obs)
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def reset(self, seed: int | None = None) -> PipelineStep:
+        """Start an episode (seeded: the emulator, its sticky actions and the noop count; unseeded: the RNGs
+        continue). With ``episodic_life`` (SB3/CleanRL) a reset after a lost life continues the same game."""
+        obs, info = self._restart(seed)
         observation, frame = self._observe(obs)
         return PipelineStep(observation, frame, 0.0, False, False, info)
 
     def step(self, action: int) -> PipelineStep:
-        obs, reward, terminated, truncated, info = self.env.step(int(action))
-        if self._stacker is not None:
-            obs = self._stacker.step(obs)
+        obs, reward, terminated, truncated, info = self._advance(action)
         observation, frame = self._observe(obs)
-        return PipelineStep(observation, frame, float(reward), bool(terminated), bool(truncated), info)
+        return PipelineStep(observation, frame, reward, terminated, truncated, info)
 
     def close(self) -> None:
         self.env.close()
+
+
+class BatchStep(NamedTuple):
+    """What a :class:`PipelineBatch` gives after a step of some of its environments (lists in the order of the
+    indices stepped): the next ``observations`` and ``frames`` (after a reset where the episode ended), the
+    ``rewards`` and ``dones`` (terminated or truncated) of the step."""
+
+    observations: list[np.ndarray]
+    frames: list[np.ndarray]
+    rewards: list[float]
+    dones: list[bool]
+
+
+class PipelineBatch:
+    """Several pipelines of one spec stepped together, each its own game (a Python list of environments: the
+    emulator steps one game at a time anyway). A step ends with a reset of every environment whose episode
+    ended in it (same-step reset: no step of any game is spent on a reset), so each environment's sequence is
+    exactly the one its :class:`AtariPipeline` gives played alone. The 2017 preprocessing runs once over the
+    frames of all the environments stepped (:func:`engine.core.preprocessing.preprocess_bytes` computes each
+    frame on its own, so its bytes do not depend on the batch).
+    """
+
+    def __init__(self, pipelines: list[AtariPipeline]):
+        if not pipelines:
+            raise ValueError("a PipelineBatch needs at least one pipeline")
+        if any(p.spec != pipelines[0].spec for p in pipelines):
+            raise ValueError("the pipelines of a PipelineBatch must share one spec")
+        self.pipelines = pipelines
+
+    def __len__(self) -> int:
+        return len(self.pipelines)
+
+    def _observe(self, indices: Sequence[int], raw: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if self.pipelines[0].observes_raw_frames:
+            frames = [np.asarray(obs) for obs in raw]
+            observations = preprocess_bytes(np.stack(frames)).numpy()[:, None]
+            return list(observations), frames
+        pairs = [self.pipelines[i]._observe(obs) for i, obs in zip(indices, raw)]
+        return [o for o, _ in pairs], [f for _, f in pairs]
+
+    def reset(self, seeds: Sequence[int | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Reset every environment (``seeds[i]`` for environment i, as :meth:`AtariPipeline.reset`): the
+        observations and frames."""
+        if len(seeds) != len(self.pipelines):
+            raise ValueError(f"{len(seeds)} seeds for {len(self.pipelines)} environments")
+        raw = [p._restart(seed)[0] for p, seed in zip(self.pipelines, seeds)]
+        return self._observe(range(len(self.pipelines)), raw)
+
+    def step(self, indices: Sequence[int], actions: Sequence[int]) -> BatchStep:
+        """Step environment ``indices[k]`` with ``actions[k]``, resetting (unseeded) those whose episode ended."""
+        raw, rewards, dones = [], [], []
+        for i, action in zip(indices, actions):
+            pipeline = self.pipelines[i]
+            obs, reward, terminated, truncated, _ = pipeline._advance(action)
+            done = terminated or truncated
+            if done:
+                obs, _ = pipeline._restart()
+            raw.append(obs)
+            rewards.append(reward)
+            dones.append(done)
+        observations, frames = self._observe(indices, raw)
+        return BatchStep(observations, frames, rewards, dones)
+
+    def close(self) -> None:
+        for pipeline in self.pipelines:
+            pipeline.close()
 
 
 def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **options) -> AtariPipeline:

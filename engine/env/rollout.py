@@ -8,11 +8,19 @@ it used on that observation (the state the previous step produced, or the episod
 episode ended with that step. So ``agent(observations[t] / 255, states[t])`` reproduces ``logits[t]`` and
 ``values[t]`` bit for bit on the same device (for a batch-invariant policy, also in one batched call), and
 ``rollout[a:b]`` can be scored without replaying anything.
+
+Many games at once: ``rollout(..., num_envs=N)`` plays N environments of the agent's pipeline together
+(:class:`VectorPlayer`), game ``i`` seeded with ``seed + i``, and returns N rollouts, game ``i`` equal to the
+single-env rollout with seed ``seed + i``: one forward pass per step over the N games' observations and states
+makes recording about as fast per step as the emulator allows, where a batch-1 forward costs nearly what a batch
+of 16 does (the engine's agents pad rows to 16 for batch invariance). ``num_steps`` and ``max_episodes`` are per
+game, so each game is exactly what it would be alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import overload
 
 import numpy as np
 import torch
@@ -21,7 +29,7 @@ from tqdm.auto import tqdm
 from ..core.inputs import check_policy
 from ..core.policy import Policy, State, index_state, stack_states, state_to
 from ..core.preprocessing import preprocess_bytes
-from .pipelines import AtariPipeline, PipelineSpec, make_env, make_pipeline  # noqa: F401  (make_env: re-exported)
+from .pipelines import AtariPipeline, PipelineBatch, PipelineSpec, make_env, make_pipeline  # noqa: F401  (make_env: re-exported)
 
 _PER_STEP = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
 
@@ -116,6 +124,33 @@ class Step:
     observation: np.ndarray | None = None
 
 
+def _agent_pipeline(agent: Policy, env_id: str, seed: int, pipeline_options: dict) -> AtariPipeline:
+    """The agent's own pipeline on ``env_id`` (its action space seeded with ``seed``), checked against the agent."""
+    pipeline = make_pipeline(agent.pipeline, env_id, frame_stack=agent.frame_stack, **pipeline_options)
+    pipeline.env.action_space.seed(seed)
+    if pipeline.num_actions != agent.num_actions:
+        pipeline.close()
+        raise ValueError(
+            f"{env_id!r} has {pipeline.num_actions} actions but the agent has {agent.num_actions}: "
+            "use the game (and action set: full_action_space) the agent was trained on"
+        )
+    if tuple(pipeline.observation_shape) != tuple(agent.observation_shape):
+        pipeline.close()
+        raise ValueError(
+            f"the {agent.pipeline} pipeline makes observations {tuple(pipeline.observation_shape)} but the "
+            f"agent takes {tuple(agent.observation_shape)}: check screen_size and the agent's frame_stack"
+        )
+    return pipeline
+
+
+def _choose(logits: torch.Tensor, greedy: bool, sampler: torch.Generator) -> int:
+    """The action for one row of logits (on the CPU): the argmax, or a sample from softmax(logits) drawn in
+    float64 with ``sampler``."""
+    if greedy:
+        return int(logits.argmax())
+    return int(torch.multinomial(torch.softmax(logits.double(), dim=-1), 1, generator=sampler))
+
+
 class Player:
     """An agent playing one environment in its own pipeline: current observation, recurrent state and action
     sampler.
@@ -128,23 +163,8 @@ class Player:
     def __init__(self, agent: Policy, env_id: str, seed: int = 0, greedy: bool = False, **pipeline_options):
         check_policy(agent)
         self.agent, self.env_id, self.greedy = agent, env_id, greedy
-        self.pipeline: AtariPipeline = make_pipeline(
-            agent.pipeline, env_id, frame_stack=agent.frame_stack, **pipeline_options
-        )
+        self.pipeline: AtariPipeline = _agent_pipeline(agent, env_id, seed, pipeline_options)
         self.env = self.pipeline.env
-        self.env.action_space.seed(seed)
-        if self.pipeline.num_actions != agent.num_actions:
-            self.close()
-            raise ValueError(
-                f"{env_id!r} has {self.pipeline.num_actions} actions but the agent has {agent.num_actions}: "
-                "use the game (and action set: full_action_space) the agent was trained on"
-            )
-        if tuple(self.pipeline.observation_shape) != tuple(agent.observation_shape):
-            self.close()
-            raise ValueError(
-                f"the {agent.pipeline} pipeline makes observations {tuple(self.pipeline.observation_shape)} but the "
-                f"agent takes {tuple(agent.observation_shape)}: check screen_size and the agent's frame_stack"
-            )
         self.device, self.dtype = torch.device(agent.device), agent.dtype
         self.sampler = torch.Generator().manual_seed(seed)  # CPU generator: same actions on every device
         first = self.pipeline.reset(seed=seed)
@@ -166,10 +186,7 @@ class Player:
             x = torch.from_numpy(observation)[None].to(self.device).to(self.dtype) / 255
             out = self.agent(x, state)
             logits = out.logits[0].cpu()
-            if self.greedy:
-                action = int(logits.argmax())
-            else:
-                action = int(torch.multinomial(torch.softmax(logits.double(), dim=-1), 1, generator=self.sampler))
+            action = _choose(logits, self.greedy, self.sampler)
             result = self.pipeline.step(action)
             reward, done = result.reward, result.terminated or result.truncated
             if done:
@@ -207,6 +224,144 @@ class Player:
         self.pipeline.close()
 
 
+def check_num_envs(num_envs: object) -> int:
+    """``num_envs`` as an int, or a ValueError naming the setting."""
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer (environments played together), got {num_envs!r}")
+    return int(num_envs)
+
+
+class VectorPlayer:
+    """An agent playing ``num_envs`` environments of its own pipeline together, environment ``i`` seeded with
+    ``seed + i`` and with its own action sampler (a CPU generator seeded with ``seed + i``), as a :class:`Player`
+    with that seed would play it alone.
+
+    One step runs the agent's forward once over the observations and states of the environments still playing
+    (:attr:`active`), on its device, then steps each of them (:class:`engine.env.pipelines.PipelineBatch`) and
+    resets the state rows of those whose episode ended (``agent.reset_state``). Each environment's game equals
+    the :class:`Player` one's bit for bit when the agent's outputs for a row do not depend on the batch it is in:
+    the engine's agents pad rows as in :mod:`engine.core.batching` for that (``batch_invariant``), exact on the
+    CPU; on CUDA a kernel chosen by batch size can change a logit in its last bit, and so a sampled action.
+    :meth:`stop` takes a game out of the batch (e.g. after its last episode); the others go on unchanged.
+    """
+
+    def __init__(
+        self,
+        agent: Policy,
+        env_id: str,
+        num_envs: int,
+        seed: int = 0,
+        greedy: bool = False,
+        **pipeline_options,
+    ):
+        num_envs = check_num_envs(num_envs)
+        check_policy(agent)
+        self.agent, self.env_id, self.greedy, self.num_envs = agent, env_id, greedy, num_envs
+        self.seeds = [seed + i for i in range(num_envs)]
+        pipelines: list[AtariPipeline] = []
+        try:
+            for s in self.seeds:
+                pipelines.append(_agent_pipeline(agent, env_id, s, pipeline_options))
+        except BaseException:
+            for made in pipelines:
+                made.close()
+            raise
+        self.pipelines = PipelineBatch(pipelines)
+        self.device, self.dtype = torch.device(agent.device), agent.dtype
+        self.samplers = [torch.Generator().manual_seed(s) for s in self.seeds]  # CPU: same actions on every device
+        self.observations, self.frames = self.pipelines.reset(self.seeds)
+        self.active: list[int] = list(range(num_envs))
+        self.state: State = agent.initial_state(num_envs)  # the rows of the active environments, in order
+
+    @property
+    def spec(self) -> PipelineSpec:
+        return self.pipelines.pipelines[0].spec
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return self.pipelines.pipelines[0].action_names
+
+    def step(self) -> dict[int, Step]:
+        """Act on the active environments' observations in one forward pass, advance each of them (resetting
+        those whose episode ended): each one's :class:`Step`, by environment index."""
+        active = self.active
+        if not active:
+            raise RuntimeError("every environment was stopped")
+        with torch.inference_mode():
+            state = self.state
+            observations = np.stack([self.observations[i] for i in active])
+            x = torch.from_numpy(observations).to(self.device).to(self.dtype) / 255
+            out = self.agent(x, state)
+            if self.device.type == "cpu":
+                logits, values = out.logits, out.value
+            else:  # one copy to the host per step, for all the environments
+                both = torch.cat([out.logits, out.value[:, None].to(out.logits.dtype)], dim=1).cpu()
+                logits, values = both[:, :-1], both[:, -1].to(out.value.dtype)
+            if self.greedy:  # the argmax of a row does not depend on the others (ties: the first, as alone)
+                actions = logits.argmax(dim=-1).tolist()
+            else:
+                actions = [_choose(logits[k], False, self.samplers[i]) for k, i in enumerate(active)]
+            result = self.pipelines.step(active, actions)
+            if any(result.dones):
+                done = torch.tensor(result.dones, dtype=torch.bool, device=self.device)
+                self.state = self.agent.reset_state(out.state, done)
+            else:
+                self.state = out.state
+        steps = {}
+        for k, i in enumerate(active):
+            steps[i] = Step(
+                self.frames[i],
+                tuple(s[k : k + 1] for s in state),
+                logits[k],
+                values[k],
+                actions[k],
+                result.rewards[k],
+                result.dones[k],
+                self.observations[i],
+            )
+            self.observations[i], self.frames[i] = result.observations[k], result.frames[k]
+        return steps
+
+    def stop(self, index: int) -> None:
+        """Stop playing environment ``index``: later steps leave it out of the batch."""
+        if index in self.active:
+            keep = [k for k, i in enumerate(self.active) if i != index]
+            self.state = index_state(self.state, torch.tensor(keep, dtype=torch.long, device=self.device))
+            self.active = [i for i in self.active if i != index]
+
+    def close(self) -> None:
+        self.pipelines.close()
+
+
+@overload
+def rollout(
+    agent: Policy,
+    env_id: str,
+    num_steps: int,
+    seed: int = ...,
+    greedy: bool = ...,
+    max_episodes: int | None = ...,
+    progress: bool = ...,
+    num_envs: None = ...,
+    **pipeline_options,
+) -> Rollout: ...
+
+
+@overload
+def rollout(
+    agent: Policy,
+    env_id: str,
+    num_steps: int,
+    seed: int = ...,
+    greedy: bool = ...,
+    max_episodes: int | None = ...,
+    progress: bool = ...,
+    *,
+    num_envs: int,
+    **pipeline_options,
+) -> list[Rollout]: ...
+
+
 def rollout(
     agent: Policy,
     env_id: str,
@@ -215,21 +370,31 @@ def rollout(
     greedy: bool = False,
     max_episodes: int | None = None,
     progress: bool = False,
+    num_envs: int | None = None,
     **pipeline_options,
-) -> Rollout:
+) -> Rollout | list[Rollout]:
     """Play ``agent`` in its own environment pipeline for ``num_steps`` steps (or until ``max_episodes``
-    episodes end) and record them.
+    episodes end) and record them; with ``num_envs``, play that many games together.
 
     Args:
         agent: any :class:`engine.core.policy.Policy` (its device/dtype are used; it is not modified). It plays
             in ``agent.pipeline`` with ``agent.frame_stack`` frames.
         env_id: a gymnasium ALE id: ``"Pong-v4"`` for the 2017/baby-a3c agents; ``"BreakoutNoFrameskip-v4"`` or
             ``"ALE/Breakout-v5"`` (sticky actions) for the standard pipelines, which skip frames themselves.
-        num_steps: most steps to record (>= 1).
-        seed: seeds the environment's first reset and the action sampler.
+        num_steps: most steps to record (>= 1); with ``num_envs``, of each game.
+        seed: seeds the environment's first reset and the action sampler; with ``num_envs``, game ``i`` is
+            seeded with ``seed + i``.
         greedy: take the argmax action instead of sampling from softmax(logits).
-        max_episodes: stop after this many episodes end (``None``: only ``num_steps`` limits). With
+        max_episodes: stop after this many episodes end (``None``: only ``num_steps`` limits); with
+            ``num_envs``, each game stops after its own ``max_episodes`` (the others go on). With
             ``episodic_life`` every lost life ends an episode.
+        num_envs: ``None`` (the default): one game, returned as a :class:`Rollout`. An integer N >= 1: N games
+            played together (:class:`VectorPlayer`: one batched forward per step over the N games' observations
+            and states, on the agent's device), returned as a list of N rollouts, game ``i`` exactly the
+            rollout ``rollout(agent, env_id, num_steps, seed + i, ...)`` would record on its own (on the CPU bit
+            for bit, greedy or sampled: each game has its own sampler, and the engine's agents compute each row
+            independently of the batch; on CUDA up to the last bit of a logit, see :class:`VectorPlayer`).
+            Games may differ in length where ``max_episodes`` ends some earlier.
         progress: show a progress bar with the step rate (where stderr is a terminal).
         pipeline_options: the pipeline's options (:func:`engine.env.pipelines.make_pipeline`):
             ``repeat_action_probability``, ``full_action_space``, and for the standard pipelines
@@ -256,11 +421,18 @@ def rollout(
     (True, True)
     >>> torch.equal(rollout(agent, "PongNoFrameskip-v4", num_steps=5, seed=0).actions, r.actions)  # same seed
     True
+    >>> games = rollout(agent, "PongNoFrameskip-v4", num_steps=5, seed=0, num_envs=3)  # seeds 0, 1, 2 together
+    >>> [g.seed for g in games], torch.equal(games[0].logits, r.logits), torch.equal(games[0].states[0], r.states[0])
+    ([0, 1, 2], True, True)
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes must be >= 1 or None, got {max_episodes!r}")
+    if num_envs is not None:
+        return _rollout_games(
+            agent, env_id, num_steps, seed, greedy, max_episodes, progress, check_num_envs(num_envs), pipeline_options
+        )
     player = Player(agent, env_id, seed, greedy, **pipeline_options)
     steps: list[Step] = []
     episodes, episode_return = 0, 0.0
@@ -283,6 +455,47 @@ def rollout(
     return rollout_from_steps(
         steps, env_id=env_id, seed=seed, greedy=greedy, action_names=player.action_names, pipeline=player.spec.to_dict()
     )
+
+
+def _rollout_games(
+    agent: Policy,
+    env_id: str,
+    num_steps: int,
+    seed: int,
+    greedy: bool,
+    max_episodes: int | None,
+    progress: bool,
+    num_envs: int,
+    pipeline_options: dict,
+) -> list[Rollout]:
+    """:func:`rollout` of ``num_envs`` games played together."""
+    player = VectorPlayer(agent, env_id, num_envs, seed, greedy, **pipeline_options)
+    steps: list[list[Step]] = [[] for _ in range(num_envs)]
+    episodes = [0] * num_envs
+    bar = tqdm(
+        total=num_steps * num_envs,
+        desc=f"rollout {env_id} x{num_envs}",
+        unit="step",
+        disable=None if progress else True,
+    )
+    try:
+        for _ in range(num_steps):
+            played = player.step()
+            for i, step in played.items():
+                steps[i].append(step)
+                if step.done:
+                    episodes[i] += 1
+                    if max_episodes is not None and episodes[i] >= max_episodes:
+                        player.stop(i)
+            bar.update(len(played))
+            bar.set_postfix(episodes=sum(episodes))
+            if not player.active:
+                break
+    finally:
+        bar.close()
+        player.close()
+    meta = dict(env_id=env_id, greedy=greedy, action_names=player.action_names, pipeline=player.spec.to_dict())
+    return [rollout_from_steps(steps[i], seed=player.seeds[i], **meta) for i in range(num_envs)]
 
 
 class EpisodesUnfinished(RuntimeError):
