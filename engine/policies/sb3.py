@@ -45,14 +45,14 @@ import os
 import re
 import zipfile
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, MissingDependencyError
 from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
 from .checkpoint import (
     MAX_ACTIONS,
@@ -295,6 +295,45 @@ class SB3ActorCritic(SB3Policy):
         inside = [s.reshape(n, layers, hidden).transpose(0, 1).contiguous() for s in (h, c)]
         out, (h2, c2) = lstm(features.unsqueeze(0), (inside[0], inside[1]))
         return out[0], h2.transpose(0, 1).reshape(n, -1), c2.transpose(0, 1).reshape(n, -1)
+
+    # --- sb3-contrib's RNNStates <-> the engine's state tuple -------------------------------------------------------
+
+    def state_from_rnn_states(self, rnn_states: Any) -> State:
+        """sb3-contrib's ``RNNStates`` (``pi=(h, c)``, ``vf=(h, c)``, each (layers, n_envs, hidden), as
+        ``RecurrentPPO.predict`` returns and takes them) -> this agent's state tuple ``(h_pi, c_pi[, h_vf, c_vf])``,
+        each (n_envs, layers * hidden): what :func:`engine.perturbation_saliency` and ``engine.rollout`` use."""
+        if self.lstm_mode is None:
+            raise ValueError(f"this {self.algorithm} agent is feed-forward: its state is (), it has no RNNStates")
+        parts = (*rnn_states.pi, *rnn_states.vf) if self.lstm_mode == "lstm" else tuple(rnn_states.pi)
+        want = (self.lstm_layers, self.lstm_hidden)
+        flat = []
+        for t in parts:
+            t = torch.as_tensor(t)
+            if t.dim() != 3 or (t.shape[0], t.shape[2]) != want:
+                raise ValueError(
+                    f"RNNStates tensors must be (layers={want[0]}, n_envs, hidden={want[1]}) for this agent, got "
+                    f"{tuple(t.shape)}"
+                )
+            flat.append(t.transpose(0, 1).reshape(t.shape[1], -1).to(device=self.device, dtype=self.dtype))
+        return tuple(flat)
+
+    def rnn_states_from_state(self, state: State) -> Any:
+        """The inverse of :meth:`state_from_rnn_states`: sb3-contrib's ``RNNStates`` (``vf`` is ``pi`` where the
+        critic has no LSTM of its own, as sb3-contrib holds them; needs sb3-contrib)."""
+        if self.lstm_mode is None:
+            raise ValueError(f"this {self.algorithm} agent is feed-forward: its state is (), it has no RNNStates")
+        try:
+            from sb3_contrib.common.recurrent.type_aliases import RNNStates
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"RNNStates come from sb3-contrib, which is not installed ({exc}): pip install 'atari-saliency-engine[sb3]'"
+            ) from None
+        if len(state) != len(self.state_widths):
+            raise ValueError(f"this agent's state holds {len(self.state_widths)} tensors, got {len(state)}")
+        layers, hidden = self.lstm_layers, self.lstm_hidden
+        inside = tuple(s.reshape(s.shape[0], layers, hidden).transpose(0, 1).contiguous() for s in state)
+        pi = inside[:2]
+        return RNNStates(pi=pi, vf=inside[2:] if self.lstm_mode == "lstm" else pi)
 
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         pi_features = torch.relu(self.pi_linear(features[:, : self.flat]))

@@ -555,3 +555,27 @@ def test_incremental_inference_equals_plain_passes(agents, kind):
     assert float(plain.actor_scores.max()) > 0
     assert float((windows.actor_scores - plain.actor_scores).abs().max()) <= 1e-6 * float(plain.actor_scores.max())
     assert float((windows.critic_scores - plain.critic_scores).abs().max()) <= 1e-6 * float(plain.critic_scores.max())
+
+
+@pytest.mark.parametrize("kind", RECURRENT)
+def test_rnn_states_convert_both_ways(agents, kind):
+    """sb3-contrib's RNNStates -> the engine's state tuple (the layout the sequence test above checks against SB3)
+    and back, exactly; a feed-forward agent and wrong shapes are refused with what is expected."""
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    path, model = agents(kind)
+    policy = load_sb3(path)
+    layers, _, hidden = model.policy.lstm_hidden_state_shape
+    critic_lstm = model.policy.lstm_critic is not None
+    generator = torch.Generator().manual_seed(2)
+    pi = tuple(torch.randn(layers, 3, hidden, generator=generator) for _ in range(2))
+    vf = tuple(torch.randn(layers, 3, hidden, generator=generator) for _ in range(2)) if critic_lstm else pi
+    state = policy.state_from_rnn_states(RNNStates(pi, vf))
+    flat = tuple(s.transpose(0, 1).reshape(3, -1) for s in ((*pi, *vf) if critic_lstm else pi))
+    assert len(state) == len(policy.state_widths) and all(torch.equal(a, b) for a, b in zip(state, flat))
+    back = policy.rnn_states_from_state(state)
+    assert all(torch.equal(a, b) for a, b in zip((*back.pi, *back.vf), (*pi, *vf)))
+    with pytest.raises(ValueError, match=r"RNNStates tensors must be \(layers="):
+        policy.state_from_rnn_states(RNNStates(tuple(t[..., :-1] for t in pi), vf))
+    with pytest.raises(ValueError, match="feed-forward"):
+        load_sb3(agents("ppo")[0]).state_from_rnn_states(RNNStates(pi, vf))
