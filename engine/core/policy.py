@@ -17,6 +17,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .settings import PIPELINES as PIPELINES  # the pipelines an agent can declare (Policy.pipeline)
+
 State = tuple[torch.Tensor, ...]
 
 
@@ -30,11 +32,6 @@ class PolicyOutput(NamedTuple):
     value: torch.Tensor
     logits: torch.Tensor
     state: State
-
-
-# Environment pipelines an agent can declare (``Policy.pipeline``); engine.env builds each one exactly as its
-# library does, since the observation bytes differ between them.
-PIPELINES = ("greydanus2017", "sb3_atari", "cleanrl_atari", "gymnasium_atari")
 
 
 @runtime_checkable

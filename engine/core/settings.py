@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# Environment pipelines an agent can declare (``Policy.pipeline``); engine.env builds each one exactly as its
+# library does, since the observation bytes differ between them.
+PIPELINES = ("greydanus2017", "sb3_atari", "cleanrl_atari", "gymnasium_atari")
+
 SIZE = 80  # side of the 2017 agents' square observation, in pixels
 
 

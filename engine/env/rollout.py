@@ -19,6 +19,7 @@ game, so each game is exactly what it would be alone.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import overload
 
@@ -27,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.inputs import check_policy
-from ..core.policy import Policy, State, index_state, stack_states, state_to
+from ..core.policy import PIPELINES, Policy, State, index_state, stack_states, state_to
 from ..core.preprocessing import preprocess_bytes
 from .pipelines import AtariPipeline, PipelineBatch, PipelineSpec, make_env, make_pipeline  # noqa: F401  (make_env: re-exported)
 
@@ -125,8 +126,20 @@ class Step:
 
 
 def _agent_pipeline(agent: Policy, env_id: str, seed: int, pipeline_options: dict) -> AtariPipeline:
-    """The agent's own pipeline on ``env_id`` (its action space seeded with ``seed``), checked against the agent."""
-    pipeline = make_pipeline(agent.pipeline, env_id, frame_stack=agent.frame_stack, **pipeline_options)
+    """The agent's own pipeline on ``env_id`` (its action space seeded with ``seed``), checked against the agent;
+    ``pipeline_options["pipeline"]`` plays it in another supported pipeline instead (with a warning: the agent then
+    sees inputs prepared otherwise than in its training)."""
+    options = dict(pipeline_options)
+    name = options.pop("pipeline", None) or agent.pipeline
+    if name not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)} (or None: the agent's own), got {name!r}")
+    if name != agent.pipeline:
+        warnings.warn(
+            f"playing a {agent.pipeline} agent in the {name} pipeline: its maps explain how it acts on inputs "
+            "prepared otherwise than in its training",
+            stacklevel=3,
+        )
+    pipeline = make_pipeline(name, env_id, frame_stack=agent.frame_stack, **options)
     pipeline.env.action_space.seed(seed)
     if pipeline.num_actions != agent.num_actions:
         pipeline.close()
@@ -137,8 +150,9 @@ def _agent_pipeline(agent: Policy, env_id: str, seed: int, pipeline_options: dic
     if tuple(pipeline.observation_shape) != tuple(agent.observation_shape):
         pipeline.close()
         raise ValueError(
-            f"the {agent.pipeline} pipeline makes observations {tuple(pipeline.observation_shape)} but the "
+            f"the {name} pipeline makes observations {tuple(pipeline.observation_shape)} but the "
             f"agent takes {tuple(agent.observation_shape)}: check screen_size and the agent's frame_stack"
+            + (f", or play it in its own pipeline ({agent.pipeline})" if name != agent.pipeline else "")
         )
     return pipeline
 

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..core.errors import EngineError
 from ..core.settings import (
     MAP_KINDS,
+    PIPELINES,
     SIZE,
     Compat,
     Incremental,
@@ -125,6 +126,7 @@ class EnvConfig:
     id: str = "Pong-v4"  # any gymnasium ALE id: Pong-v4, Breakout-v4, BreakoutNoFrameskip-v4, ALE/SpaceInvaders-v5, ...
     repeat_action_probability: float | None = None  # sticky actions; None: the id's default (0 for v4, 0.25 for v5)
     full_action_space: bool = False  # all 18 ALE actions instead of the game's minimal set
+    pipeline: str | None = None  # another supported pipeline to play the agent in (a warning says so); null: its own
     training_wrappers: bool = False  # the library's training wrappers (episodic life, clipped rewards) instead
     # of full games with real scores (SB3 and CleanRL pipelines)
 
@@ -348,6 +350,10 @@ def check_config(config: JobConfig) -> None:
         config.agent.kind in ("auto", "greydanus2017") or named in (None, config.agent.kind),
         f"agent.kind={config.agent.kind} needs the file its library wrote: set agent.checkpoint=/path/to/the/file "
         f"(now {config.agent.checkpoint!r}, the registry name of a {named} agent)",
+    )
+    _check(
+        config.env.pipeline is None or config.env.pipeline in PIPELINES,
+        f"env.pipeline must be one of {', '.join(PIPELINES)} (or null: the agent's own), got {config.env.pipeline!r}",
     )
     rap = config.env.repeat_action_probability
     _check(

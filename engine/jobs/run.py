@@ -92,9 +92,13 @@ class PreparedJob:
 def pipeline_options(config: JobConfig, agent: Policy) -> dict:
     """The environment-pipeline options of the job for ``agent``'s pipeline (``engine.env.pipelines``)."""
     e = config.env
-    options = dict(repeat_action_probability=e.repeat_action_probability, full_action_space=e.full_action_space)
+    options: dict[str, object] = dict(
+        repeat_action_probability=e.repeat_action_probability, full_action_space=e.full_action_space
+    )
+    if e.pipeline:
+        options["pipeline"] = e.pipeline
     if e.training_wrappers:
-        trained = library_defaults(agent.pipeline)
+        trained = library_defaults(e.pipeline or agent.pipeline)
         options.update({k: trained[k] for k in ("episodic_life", "clip_rewards") if k in trained})
     return options
 
@@ -322,12 +326,12 @@ def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy)
     agent's."""
     if rstore.identity["env_id"] != config.env.id:
         raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
-    recorded = rstore.identity["pipeline"]
-    if (recorded["name"], recorded["frame_stack"]) != (agent.pipeline, agent.frame_stack):
+    recorded, played = rstore.identity["pipeline"], config.env.pipeline or agent.pipeline
+    if (recorded["name"], recorded["frame_stack"]) != (played, agent.frame_stack):
         raise EngineError(
             f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
-            f"frames stacked), but this agent sees the {agent.pipeline} pipeline ({agent.frame_stack}): replay a game "
-            "recorded for agents of the same kind"
+            f"frames stacked), but this job plays the agent in the {played} pipeline ({agent.frame_stack}): replay a "
+            "game recorded for agents of the same kind (or set env.pipeline to the store's)"
         )
 
 
@@ -782,7 +786,7 @@ def metrics_summary(config: JobConfig, agent: Policy):
         objects=m.objects,
         stability=m.stability,
         game=game,
-        rows=CROP_ROWS if agent.pipeline == "greydanus2017" else None,
+        rows=CROP_ROWS if (config.env.pipeline or agent.pipeline) == "greydanus2017" else None,
         distance=m.distance,
         seed=m.seed,
     )
