@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.core.policy import PolicyOutput
 from engine.policies.greydanus2017 import ActorCritic
 
 
@@ -37,3 +38,21 @@ def lstm_states(pong_lstm_agent, pong_rollout):
             states.append(state)
             state = pong_lstm_agent(x[t : t + 1], state).state
     return tuple(torch.cat(parts) for parts in zip(*states))
+
+
+class TopLeftPixel:
+    """A policy that reads the top-left pixel x of a 16x16 observation: value x, logits (x, -x) (the RISE and LIME
+    tests' hand-computed cases)."""
+
+    observation_shape, num_actions, pipeline, frame_stack = (1, 16, 16), 2, "gymnasium_atari", 1
+    device, dtype = torch.device("cpu"), torch.float64
+
+    def __call__(self, obs, state):
+        x = obs[:, 0, 0, 0]
+        return PolicyOutput(x, torch.stack([x, -x], dim=1), ())
+
+    def initial_state(self, batch=1):
+        return ()
+
+    def reset_state(self, state, done):
+        return state

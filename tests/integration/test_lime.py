@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from engine.core.lime import grid_segments, lime_saliency, lime_samples, lime_seed
-from engine.core.policy import PolicyOutput
 from engine.core.preprocessing import preprocess_frames
+from tests.integration.conftest import TopLeftPixel
 
 FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
 SAMPLES, CELL = 40, 20  # 4 x 4 superpixels on 80x80 and few samples: the references stay short
@@ -146,29 +146,12 @@ def test_the_restored_state_matters(pong_lstm_agent, pong_rollout, lstm_states):
         assert not torch.allclose(right.critic[k], wrong.critic[k], rtol=1e-3, atol=1e-6)
 
 
-class _TopLeftPixel:
-    """A policy that reads the top-left pixel x of a 16x16 observation: value x, logits (x, -x)."""
-
-    observation_shape, num_actions, pipeline, frame_stack = (1, 16, 16), 2, "gymnasium_atari", 1
-    device, dtype = torch.device("cpu"), torch.float64
-
-    def __call__(self, obs, state):
-        x = obs[:, 0, 0, 0]
-        return PolicyOutput(x, torch.stack([x, -x], dim=1), ())
-
-    def initial_state(self, batch=1):
-        return ()
-
-    def reset_state(self, state, done):
-        return state
-
-
 def test_a_tiny_policy_by_hand():
     # the value is 1 where superpixel 0 is on, else 0: an exact linear model, y = z_0; with no penalty the fit
     # finds it (coefficient 1 on superpixel 0, 0 elsewhere, intercept 0)
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     frames[0, 0, 0, 0] = 255
-    result = lime_saliency(_TopLeftPixel(), frames, (), num_samples=40, cell=8, response="value", alpha=0.0)
+    result = lime_saliency(TopLeftPixel(), frames, (), num_samples=40, cell=8, response="value", alpha=0.0)
     want = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     torch.testing.assert_close(result.critic_weights[0], want, rtol=0, atol=1e-12)
     assert abs(float(result.critic_intercept[0])) < 1e-12
@@ -194,4 +177,4 @@ def test_a_tiny_policy_by_hand():
 def test_bad_input_is_refused(kwargs, message):
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match=message):
-        lime_saliency(_TopLeftPixel(), frames, (), **{"num_samples": 4, "cell": 8, "response": "value", **kwargs})
+        lime_saliency(TopLeftPixel(), frames, (), **{"num_samples": 4, "cell": 8, "response": "value", **kwargs})

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.policy import PolicyOutput
 from engine.core.preprocessing import preprocess_frames
 from engine.core.rise import build_masks, grid_cells, mask_draws, rise_masks, rise_saliency
+from tests.integration.conftest import TopLeftPixel
 
 FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
 MASKS, P, CELL = 40, 0.5, 8  # few masks: the loop reference stays short
@@ -132,25 +132,8 @@ def test_the_restored_state_matters(pong_lstm_agent, pong_rollout, lstm_states):
         assert not torch.allclose(right.critic[k], wrong.critic[k], rtol=1e-3, atol=1e-6)
 
 
-class _TopLeftPixel:
-    """A policy that reads the top-left pixel x of a 16x16 observation: value x, logits (x, -x)."""
-
-    observation_shape, num_actions, pipeline, frame_stack = (1, 16, 16), 2, "gymnasium_atari", 1
-    device, dtype = torch.device("cpu"), torch.float64
-
-    def __call__(self, obs, state):
-        x = obs[:, 0, 0, 0]
-        return PolicyOutput(x, torch.stack([x, -x], dim=1), ())
-
-    def initial_state(self, batch=1):
-        return ()
-
-    def reset_state(self, state, done):
-        return state
-
-
 def test_a_tiny_policy_by_hand():
-    agent = _TopLeftPixel()
+    agent = TopLeftPixel()
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     frames[0, 0, 0, 0] = 255
     # p = 1: every mask is all ones, the copy is the observation: the map is f(x) = 1 everywhere
@@ -185,4 +168,4 @@ def test_a_tiny_policy_by_hand():
 def test_bad_input_is_refused(kwargs, message):
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match=message):
-        rise_saliency(_TopLeftPixel(), frames, (), **{"num_masks": 4, "cell": 4, "response": "value", **kwargs})
+        rise_saliency(TopLeftPixel(), frames, (), **{"num_masks": 4, "cell": 4, "response": "value", **kwargs})
