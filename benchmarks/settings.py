@@ -113,15 +113,16 @@ def method_fn(cfg: DictConfig, radius: float | None = None):
 
 
 # the other methods as the engine batches them (issue 21); "captum" and "rise" are the peers' own code
-ENGINE_PEERS = ("occlusion", "rise_engine", "lime", "sarfa")
+ENGINE_PEERS = ("occlusion", "rise_engine", "lime", "sarfa", "sarfa_disc")
 METHODS = ("perturbation", "jacobian", "captum", "rise", *ENGINE_PEERS)
 
 
 def engine_maps(cfg):
     """The engine's occlusion sensitivity (windows filled with the blur), RISE (masks filled with 0, a grid of
     ``rise_cells`` per side as xaitk's), LIME (square superpixels of ``lime_cell`` pixels) and SARFA (the 2017
-    method's masks at ``radius``/``density``): each the map of the probability of the action taken (SARFA: of the
-    most likely action, as its paper defines it)."""
+    method's masks at ``radius``/``density``; ``sarfa_disc``: Huber et al.'s black discs, radius 2 every 2 pixels):
+    each the map of the probability of the action taken (SARFA: of the most likely action, as its paper defines
+    it)."""
     from engine.core.lime import lime_saliency
     from engine.core.occlusion import occlusion_sensitivity
     from engine.core.rise import rise_saliency
@@ -147,6 +148,8 @@ def engine_maps(cfg):
             return lime_saliency(
                 policy, obs, states, num_samples=cfg.lime_samples, cell=cfg.lime_cell, seed=cfg.seed, actions=actions
             ).actor
+        if cfg.method == "sarfa_disc":  # Huber et al.'s variant: black discs of radius 2 every 2 pixels
+            return sarfa_saliency(policy, obs, states, perturbation="disc").actor
         return sarfa_saliency(policy, obs, states, radius=cfg.radius, density=cfg.density).actor
 
     return maps

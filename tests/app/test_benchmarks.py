@@ -237,3 +237,59 @@ def test_settings_benchmark_writes_a_finite_row_and_its_tables(tmp_path):
     md = md_path.read_text()
     assert "trained on 1,000 frames (cleanrl_atari pipeline, observations 1x84x84)" in md
     assert "| occlude/logit_l2 r5 d10 |" in md
+
+
+def test_settings_benchmark_runs_the_engines_methods_with_the_documented_settings(tmp_path, monkeypatch):
+    """Each of the engine's batched methods in the settings benchmark is the engine function with the settings its
+    table documents: occlusion with the blur in 8x8 windows every 4 pixels, RISE with square cells from
+    ``rise_cells``, LIME with ``lime_cell``, SARFA on the 2017 masks and SARFA with Huber et al.'s discs."""
+    import math
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from benchmarks import settings
+    from engine.core.lime import lime_saliency
+    from engine.core.occlusion import occlusion_sensitivity
+    from engine.core.rise import rise_saliency
+    from engine.core.sarfa import sarfa_saliency
+    from engine.policies.loading import load_policy
+    from engine.training.ppo import make_agent
+
+    torch.manual_seed(0)
+    path = tmp_path / "step_1000.pt"
+    torch.save(make_agent(6).state_dict(), path)
+    policy = load_policy(path)
+    obs = torch.rand(2, 1, 84, 84)
+    states = tuple(torch.randn_like(s) for s in policy.initial_state(2))
+    actions = torch.tensor([1, 4])
+    cfg = OmegaConf.load(ROOT / "benchmarks" / "settings_configs" / "settings.yaml")
+    del cfg["hydra"]
+    cfg = OmegaConf.merge(cfg, dict(rise_masks=8, lime_samples=8, radius=5, density=10))
+    expected = {
+        "occlusion": occlusion_sensitivity(
+            policy, obs, states, window=8, stride=4, baseline="blur", actions=actions
+        ).actor,
+        "rise_engine": rise_saliency(
+            policy, obs, states, num_masks=8, cell=math.ceil(84 / 8), seed=0, actions=actions
+        ).actor,
+        "lime": lime_saliency(policy, obs, states, num_samples=8, cell=10, seed=0, actions=actions).actor,
+        "sarfa": sarfa_saliency(policy, obs, states, radius=5, density=10).actor,
+    }
+    for method, want in expected.items():
+        got = settings.method_fn(OmegaConf.merge(cfg, {"method": method}))(policy, obs, states, actions)
+        assert torch.equal(got, want), method
+    # the discs (1,764 passes a frame at 84x84, their values tested in tests/integration/test_sarfa.py): the call
+    import engine.core.sarfa
+
+    class Called(Exception):
+        pass
+
+    def recorded(*args, **kwargs):
+        raise Called(kwargs)
+
+    monkeypatch.setattr(engine.core.sarfa, "sarfa_saliency", recorded)
+    with pytest.raises(Called) as called:
+        settings.method_fn(OmegaConf.merge(cfg, {"method": "sarfa_disc"}))(policy, obs, states, actions)
+    assert called.value.args == ({"perturbation": "disc"},)
+    assert set(expected) | {"sarfa_disc"} == set(settings.ENGINE_PEERS)
