@@ -19,13 +19,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from .batching import chunk_bounds, pad_rows
+from .batching import pad_rows
 from .blur import gaussian_blur
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
-from .perturbation import _check_actions, resolve_perturbations_per_eval
-from .policy import Policy, index_state
+from .perturbation import _check_actions, incremental_plan, perturbation_scores, resolve_perturbations_per_eval
+from .policy import Policy, PolicyOutput
 
 BASELINES = ("constant", "mean", "blur")
 RESPONSES = ("action_prob", "logits", "value")
@@ -115,6 +114,7 @@ def occlusion_sensitivity(
     actions: Actions | None = None,
     perturbations_per_eval: int | None = None,
     memory_budget_mb: float | None = None,
+    incremental: bool | str = "auto",
     progress: bool = False,
 ) -> OcclusionResult:
     """Occlusion sensitivity (captum's ``Occlusion``) of many observations at once, actor and critic together.
@@ -131,6 +131,11 @@ def occlusion_sensitivity(
         actions: (N,) the action the agent took on each observation (``rollout.actions``).
         perturbations_per_eval: most occluded inputs per forward pass; ``None`` derives it from
             ``memory_budget_mb`` (default 1024 MB). Results do not depend on it.
+        incremental: run the convolutional trunk only on each window's receptive field, the rest of its
+            activations shared with the observation's (``engine.core.incremental``), as
+            :func:`engine.core.perturbation.perturbation_saliency` does: ``"auto"`` where the agent declares its
+            trunk and the windows pay, ``True`` always, ``False`` never. The maps equal the plain passes' to
+            float rounding.
         progress: show a progress bar over passes (where stderr is a terminal).
 
     Returns:
@@ -175,39 +180,44 @@ def occlusion_sensitivity(
     rows, cols = _covers(h, row_starts, window, device), _covers(w, col_starts, window, device)
     gh, gw = len(row_starts), len(col_starts)
     m = gh * gw
+    # each window as a 0/1 mask: lerp(x, fill, mask) is x outside it and the fill inside it, exactly
+    masks = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(m, h, w).to(dtype)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * m, perturbations_per_eval, memory_budget_mb)
 
     with torch.inference_mode():
-        base = agent(x, state)  # the unoccluded outputs, once per observation
         if baseline == "blur":
             fill = gaussian_blur(x, BLUR_SIGMA).to(x.dtype)
         elif baseline == "mean":
-            fill = x.mean(dim=(1, 2, 3), keepdim=True)
+            fill = x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
         else:
-            fill = x.new_full((1, 1, 1, 1), float(value))
-        base_prob = None if taken is None else torch.softmax(base.logits, dim=-1).gather(1, taken.view(-1, 1))[:, 0]
-        actor = x.new_empty(n * m)
-        critic = x.new_empty(n * m)
-        bounds = chunk_bounds(n * m, chunk)
-        for start, stop in tqdm(
-            bounds, desc="occlusions", unit="chunk", disable=True if not progress or len(bounds) < 2 else None
-        ):
-            flat = torch.arange(start, stop, device=device)
-            frame, cell = flat // m, flat % m
-            inside = (
-                rows.index_select(0, cell // gw)[:, None, :, None] & cols.index_select(0, cell % gw)[:, None, None, :]
-            )
-            filler = fill.index_select(0, frame) if fill.shape[0] == n else fill
-            occluded = torch.where(inside, filler, x.index_select(0, frame))  # (B, C, H, W): the window on all channels
-            out = agent(occluded, index_state(state, frame))
-            if taken is not None and base_prob is not None:  # response == "action_prob"
-                prob = torch.softmax(out.logits, dim=-1).gather(1, taken.index_select(0, frame).view(-1, 1))[:, 0]
-                actor[start:stop] = base_prob.index_select(0, frame) - prob
-            elif response == "logits":
-                actor[start:stop] = 0.5 * (base.logits.index_select(0, frame) - out.logits).pow(2).sum(dim=-1)
-            else:
-                actor[start:stop] = base.value.index_select(0, frame) - out.value
-            critic[start:stop] = base.value.index_select(0, frame) - out.value
+            fill = x.new_full((1, 1, 1, 1), float(value)).expand_as(x)
+        base_prob: torch.Tensor | None = None
+
+        def scores(base: PolicyOutput, out: PolicyOutput, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal base_prob
+            critic = base.value.index_select(0, frame) - out.value
+            if taken is not None:  # response == "action_prob"
+                if base_prob is None:  # the unoccluded probabilities, once per call
+                    base_prob = torch.softmax(base.logits, dim=-1).gather(1, taken.view(-1, 1))[:, 0]
+                at = taken.index_select(0, frame).view(-1, 1)
+                return base_prob.index_select(0, frame) - torch.softmax(out.logits, dim=-1).gather(1, at)[:, 0], critic
+            if response == "logits":
+                return 0.5 * (base.logits.index_select(0, frame) - out.logits).pow(2).sum(dim=-1), critic
+            return critic, critic
+
+        actor, critic = perturbation_scores(
+            agent,
+            x,
+            state,
+            masks,
+            "occlude",
+            BLUR_SIGMA,
+            chunk,
+            plan=incremental_plan(agent, masks, incremental),
+            progress=progress,
+            fill=fill,
+            output_scores=scores,
+        )
         actor_scores, critic_scores = actor.view(n, gh, gw), critic.view(n, gh, gw)
         settings: dict[str, float | str] = dict(
             window=window, stride=stride, baseline=str(baseline), value=float(value), response=str(response)

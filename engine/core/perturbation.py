@@ -44,6 +44,8 @@ from .settings import SCORES, validate_settings
 
 # a score of perturbed copies from the unperturbed logits of each copy's observation and the copy's own, (B, A) -> (B,)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (unperturbed outputs, copies' outputs, each copy's observation index) -> (actor scores, critic scores) of the copies
+OutputScoresFn = Callable[[PolicyOutput, PolicyOutput, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 PRECISIONS = ("exact", "fast")
 FAST_ARITHMETIC = "bfloat16x3"  # engine.core.delta: measured ~1e-5 of the map max on every agent (docs/method.md)
@@ -166,6 +168,7 @@ def perturbation_scores(
     actor_score: ScoreFn | None = None,
     extra_scores: Mapping[str, ScoreFn] | None = None,
     extra_out: dict[str, torch.Tensor] | None = None,
+    output_scores: OutputScoresFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actor and critic scores (N, M) of every mask on every observation.
 
@@ -182,6 +185,9 @@ def perturbation_scores(
             copy's logits, both (B, A), giving its actor score (B,) (SARFA, ``engine.core.sarfa``).
         extra_scores: more such functions, by name, computed from the same passes; their scores (N, M) are put
             into ``extra_out[name]`` (SARFA beside the 2017 method: no pass of its own).
+        output_scores: replaces both scores: a function of the unperturbed outputs (N rows), the copies' outputs
+            (B rows) and each copy's observation index (B,), giving the actor and critic scores (B,) each
+            (occlusion sensitivity's responses, ``engine.core.occlusion``).
     """
     extra = dict(extra_scores or {})
     if extra and extra_out is None:
@@ -223,6 +229,8 @@ def perturbation_scores(
         # the perturbed copies (frame[k], mask[k]): their actor and critic scores, then the extra ones; one pass
         out = evaluate(frame, mask)
         extras = tuple(fn(base.logits.index_select(0, frame), out.logits) for fn in extra.values())
+        if output_scores is not None:
+            return *output_scores(base, out, frame), *extras
         if actor_score is not None:
             actor_scores = actor_score(base.logits.index_select(0, frame), out.logits)
         elif score == "action_logprob":

@@ -135,6 +135,7 @@ def compute_saliency(
                 actions=taken,
                 perturbations_per_eval=ppe,
                 memory_budget_mb=budget,
+                incremental=incremental,
             )
             keep("occlusion", occluded, ("actor", "critic", "actor_scores", "critic_scores"))
         if "rise" in methods:

@@ -130,6 +130,26 @@ def test_batching_never_changes_a_bit(agent, inputs):
         assert torch.equal(alone.actor[0], reference.actor[k]) and torch.equal(alone.critic[0], reference.critic[k])
 
 
+def test_incremental_windows_equal_plain_passes_bit_for_bit(agent, inputs):
+    """The trunk run on each window's receptive field only, the rest shared with the observation's activations:
+    the same maps and window scores as whole-observation passes, for each baseline and in passes of any size."""
+    frames, states, actions = inputs
+    for baseline in ("blur", "mean", "constant"):
+        plain, windows = (
+            occlusion_sensitivity(
+                agent, frames, states, WINDOW, STRIDE, baseline, 0.25, actions=actions, incremental=incremental
+            )
+            for incremental in (False, True)
+        )
+        assert torch.equal(windows.actor_scores, plain.actor_scores), baseline
+        assert torch.equal(windows.critic_scores, plain.critic_scores), baseline
+    small = occlusion_sensitivity(
+        agent, frames, states, WINDOW, STRIDE, actions=actions, incremental=True, perturbations_per_eval=7
+    )
+    whole = occlusion_sensitivity(agent, frames, states, WINDOW, STRIDE, actions=actions, incremental=False)
+    assert torch.equal(small.actor, whole.actor) and torch.equal(small.critic, whole.critic)
+
+
 def test_the_restored_state_matters(agent, inputs):
     frames, states, actions = inputs
     right = occlusion_sensitivity(agent, frames, states, WINDOW, STRIDE, response="action_prob", actions=actions)
