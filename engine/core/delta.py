@@ -11,7 +11,9 @@ term ``W_hh h + b_hh`` is the observation's (the same for every copy), so its ga
 ``W_ih d``, evaluated in the working dtype, and ``d_h = h' - h'_observation``. The heads give ``d_logits`` and
 ``d_value`` directly, so the actor score ``0.5 * |d_logits|^2`` and the critic score ``0.5 * d_value^2`` come with
 no cancellation of two nearly equal outputs (a Q-network's value ``max_a Q`` is a pointwise function of its Q
-head: ``d_value = max(q + d_q) - max(q)``).
+head: ``d_value = max(q + d_q) - max(q)``). The actor and the critic may be separate branches after the shared
+body (:class:`engine.core.policy.DeltaNetwork`: their own layers, the critic's own cell, or their own columns of
+the body's output); each branch's deltas propagate the same way.
 
 The algebra is exact: in float64 arithmetic the scores equal the plain pass's to about 1e-12. What differs is the
 rounding of the products (``ARITHMETICS``):
@@ -196,18 +198,44 @@ def _core(core: nn.Module, arithmetic: str, dtype: torch.dtype, name: str) -> _C
 
 @dataclass(frozen=True)
 class _Walk:
-    """The whole network as delta propagation walks it."""
+    """The whole network as delta propagation walks it (:class:`engine.core.policy.DeltaNetwork`)."""
 
     input_scale: float
     trunk: tuple[_Linear, ...]
     body: tuple[_Linear, ...]
     core: _Core | None
+    actor_layers: tuple[_Linear, ...]
     actor: _Linear
+    critic_core: _Core | None
+    critic_from_body: bool
+    critic_layers: tuple[_Linear, ...]
     critic: _Linear | None
+    split: int | None
+
+    @property
+    def state_count(self) -> int:
+        """How many state tensors the cores read (the actor's first, then the critic's)."""
+        return sum(0 if c is None else 2 if c.kind == "lstm" else 1 for c in (self.core, self.critic_core))
 
 
 def delta_unsupported(agent: Policy) -> str | None:
     """Why delta propagation cannot run on ``agent`` (a sentence naming what it lacks), or None if it can."""
+    reason, _ = _declared(agent)
+    return reason
+
+
+def _declared(agent: Policy) -> tuple[str | None, object]:
+    """``(why delta propagation cannot run on agent, None)`` or ``(None, what its delta_network() returned)``."""
+    reason = _undeclared(agent)
+    if reason is not None:
+        return reason, None
+    try:
+        return None, cast(DeltaPolicy, agent).delta_network()
+    except NotImplementedError as exc:
+        return f"{type(agent).__name__} has no delta form in this configuration: {exc}", None
+
+
+def _undeclared(agent: Policy) -> str | None:
     name = type(agent).__name__
     if not (callable(getattr(agent, "conv_trunk", None)) and callable(getattr(agent, "from_trunk", None))):
         return (
@@ -222,48 +250,102 @@ def delta_unsupported(agent: Policy) -> str | None:
     return None
 
 
+def _check_layers(layers: object, name: str, what: str) -> tuple[tuple[nn.Linear, Activation | None], ...]:
+    checked = []
+    for index, layer in enumerate(cast(tuple[object, ...], layers)):
+        linear, act = cast(tuple[object, object], layer)
+        if not isinstance(linear, nn.Linear) or (act is not None and not callable(act)):
+            raise ValueError(
+                f"{name}.delta_network() {what} layer {index + 1}: expected (nn.Linear, a pointwise callable or "
+                f"None), got ({type(linear).__name__}, {act!r})"
+            )
+        checked.append((linear, cast(Activation | None, act)))
+    return tuple(checked)
+
+
 def _walk(agent: Policy, arithmetic: str, dtype: torch.dtype) -> _Walk:
     """The agent's declared trunk and :class:`DeltaNetwork`, checked, with weights prepared for ``arithmetic``."""
-    reason = delta_unsupported(agent)
+    reason, network = _declared(agent)
     if reason is not None:
         raise ValueError(f"delta propagation needs an agent that declares its whole network: {reason}")
     name = type(agent).__name__
     trunk = cast(ConvTrunk, conv_trunk_of(agent))
-    network: object = cast(DeltaPolicy, agent).delta_network()
     if not isinstance(network, DeltaNetwork):
         raise ValueError(f"{name}.delta_network() must return an engine.core.policy.DeltaNetwork, got {network!r}")
-    for index, layer in enumerate(network.body):
-        linear, act = layer
-        if not isinstance(linear, nn.Linear) or (act is not None and not callable(act)):
-            raise ValueError(
-                f"{name}.delta_network() body layer {index + 1}: expected (nn.Linear, a pointwise callable or None), "
-                f"got ({type(linear).__name__}, {act!r})"
-            )
+    body = _check_layers(network.body, name, "body")
+    actor_layers = _check_layers(network.actor_layers, name, "actor_layers")
+    critic_layers = _check_layers(network.critic_layers, name, "critic_layers")
     if not isinstance(network.actor, nn.Linear):
         raise ValueError(f"{name}.delta_network().actor must be an nn.Linear, got {type(network.actor).__name__}")
     if network.critic is not None and not (isinstance(network.critic, nn.Linear) and network.critic.out_features == 1):
         raise ValueError(
             f"{name}.delta_network().critic must be an nn.Linear with one output or None, got {network.critic}"
         )
+    critic_from_body = bool(network.critic_from_body) or network.critic_core is not None
+    if network.critic is None and (critic_layers or network.critic_core is not None or critic_from_body):
+        raise ValueError(f"{name}.delta_network(): a critic branch (layers, core or input) without a critic head")
+    split = network.split
+    if split is not None and (
+        isinstance(split, bool) or not isinstance(split, int) or split < 1 or not critic_from_body
+    ):
+        raise ValueError(
+            f"{name}.delta_network().split must be a positive int, with a critic branch that reads the body "
+            f"(critic_core or critic_from_body), got split={split!r}"
+        )
+
+    def linears(layers: tuple[tuple[nn.Linear, Activation | None], ...]) -> tuple[_Linear, ...]:
+        return tuple(_linear(linear, act, arithmetic, dtype) for linear, act in layers)
+
     return _Walk(
         input_scale=trunk.input_scale,
         trunk=tuple(_linear(conv, act, arithmetic, dtype) for conv, act in trunk.layers),
-        body=tuple(_linear(linear, act, arithmetic, dtype) for linear, act in network.body),
+        body=linears(body),
         core=None if network.core is None else _core(network.core, arithmetic, dtype, name),
+        actor_layers=linears(actor_layers),
         actor=_linear(network.actor, None, arithmetic, dtype),
+        critic_core=None if network.critic_core is None else _core(network.critic_core, arithmetic, dtype, name),
+        critic_from_body=critic_from_body,
+        critic_layers=linears(critic_layers),
         critic=None if network.critic is None else _linear(network.critic, None, arithmetic, dtype),
+        split=split,
     )
+
+
+# a cell's saved terms on the observations: (gi, gh, h, c, h_next)
+_Gates = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class _Frame:
-    """The observations' own forward: each trunk and body layer's ``(z, a)``, the cell's terms and next hidden
-    state, the Q-values (a Q-network) and the value."""
+    """The observations' own forward: each trunk and body layer's ``(z, a)``, each branch's cell terms and
+    layers' ``(z, a)``, the Q-values (a Q-network) and the value."""
 
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None
+    gates: _Gates | None
+    actor_layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    critic_gates: _Gates | None
+    critic_layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     logits: torch.Tensor
     value: torch.Tensor
+
+
+def _layers_forward(
+    layers: tuple[_Linear, ...], a: torch.Tensor
+) -> tuple[torch.Tensor, tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+    saved = []
+    for layer in layers:
+        z = layer.forward(a)
+        a = layer.activate(z)
+        saved.append((z, a))
+    return a, tuple(saved)
+
+
+def _core_forward(core: _Core, a: torch.Tensor, state: State, first: int) -> _Gates:
+    """The cell's terms on input ``a`` with the state tensors from ``state[first]`` on."""
+    h = pad_rows(state[first].to(a.dtype))
+    c = pad_rows(state[first + 1].to(a.dtype)) if core.kind == "lstm" else None
+    gi, gh = core.input.forward(a), core.hidden.forward(h)
+    return gi, gh, h, c, core.step(gi, gh, h, c)
 
 
 def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
@@ -278,16 +360,31 @@ def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
         layers.append((z, a))
     if not walk.body:
         a = a.flatten(1)
+    body_out = a
+    if walk.split is not None:
+        a = body_out[:, : walk.split]
     gates = None
     if walk.core is not None:
-        h = pad_rows(state[0].to(a.dtype))
-        c = pad_rows(state[1].to(a.dtype)) if walk.core.kind == "lstm" else None
-        gi, gh = walk.core.input.forward(a), walk.core.hidden.forward(h)
-        a = walk.core.step(gi, gh, h, c)
-        gates = (gi, gh, h, c, a)
+        gates = _core_forward(walk.core, a, state, 0)
+        a = gates[4]
+    core_out = a
+    a, actor_layers = _layers_forward(walk.actor_layers, a)
     logits = walk.actor.forward(a)
-    value = logits.amax(dim=-1) if walk.critic is None else walk.critic.forward(a)[:, 0]
-    return _Frame(tuple(layers), gates, logits, value)
+    critic_gates: _Gates | None = None
+    critic_layers: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+    if walk.critic is None:
+        value = logits.amax(dim=-1)
+    else:
+        a = core_out
+        if walk.critic_from_body:
+            a = body_out if walk.split is None else body_out[:, walk.split :]
+        if walk.critic_core is not None:
+            first = 0 if walk.core is None else 2 if walk.core.kind == "lstm" else 1
+            critic_gates = _core_forward(walk.critic_core, a, state, first)
+            a = critic_gates[4]
+        a, critic_layers = _layers_forward(walk.critic_layers, a)
+        value = walk.critic.forward(a)[:, 0]
+    return _Frame(tuple(layers), gates, actor_layers, critic_gates, critic_layers, logits, value)
 
 
 def _rows(t: torch.Tensor, frame: torch.Tensor, single: int | None) -> torch.Tensor:
@@ -302,14 +399,18 @@ def _rows(t: torch.Tensor, frame: torch.Tensor, single: int | None) -> torch.Ten
     return t.index_select(0, frame)
 
 
-def _pass_scores(
-    walk: _Walk, frame_out: _Frame, d: torch.Tensor, frame: torch.Tensor, single: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor and critic scores of the copies whose input deltas are ``d``, copy ``k`` of observation ``frame[k]``
-    (all of observation ``single`` where not None)."""
-    layers = walk.trunk + walk.body
-    for index, (layer, (z, a)) in enumerate(zip(layers, frame_out.layers)):
-        if index == len(walk.trunk):
+def _layer_deltas(
+    layers: tuple[_Linear, ...],
+    saved: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    d: torch.Tensor,
+    frame: torch.Tensor,
+    single: int | None,
+    flatten_at: int = -1,
+) -> torch.Tensor:
+    """The deltas through ``layers`` around the observations' saved ``(z, a)`` (flattened before layer
+    ``flatten_at``)."""
+    for index, (layer, (z, a)) in enumerate(zip(layers, saved)):
+        if index == flatten_at:
             d = d.flatten(1)
         dz = layer.product(d)
         # f(z + dz) - f(z), in place on the fresh product (the activation may overwrite its input)
@@ -317,18 +418,43 @@ def _pass_scores(
             d = dz
         else:
             d = layer.activation(dz.add_(_rows(z, frame, single))).sub_(_rows(a, frame, single))
+    return d
+
+
+def _core_deltas(core: _Core, gates: _Gates, d: torch.Tensor, frame: torch.Tensor, single: int | None) -> torch.Tensor:
+    """The next hidden state's deltas from the input's: the input product on ``d`` plus the observation's terms."""
+    gi, gh, h, c, h_next = gates
+    gate_in = core.input.product(d).add_(_rows(gi, frame, single))
+    rows = (_rows(gh, frame, single), _rows(h, frame, single), None if c is None else _rows(c, frame, single))
+    return core.step(gate_in, *rows) - _rows(h_next, frame, single)
+
+
+def _pass_scores(
+    walk: _Walk, frame_out: _Frame, d: torch.Tensor, frame: torch.Tensor, single: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor and critic scores of the copies whose input deltas are ``d``, copy ``k`` of observation ``frame[k]``
+    (all of observation ``single`` where not None)."""
+    d = _layer_deltas(walk.trunk + walk.body, frame_out.layers, d, frame, single, len(walk.trunk))
     if not walk.body:
         d = d.flatten(1)
+    d_body = d
+    if walk.split is not None:
+        d = d_body[:, : walk.split]
     if walk.core is not None and frame_out.gates is not None:
-        gi, gh, h, c, h_next = frame_out.gates
-        gates = walk.core.input.product(d).add_(_rows(gi, frame, single))
-        rows = (_rows(gh, frame, single), _rows(h, frame, single), None if c is None else _rows(c, frame, single))
-        d = walk.core.step(gates, *rows) - _rows(h_next, frame, single)
+        d = _core_deltas(walk.core, frame_out.gates, d, frame, single)
+    d_core = d
+    d = _layer_deltas(walk.actor_layers, frame_out.actor_layers, d, frame, single)
     d_logits = walk.actor.product(d)
     if walk.critic is None:  # a Q-network: value = max_a Q, a pointwise function of the Q head
         q = _rows(frame_out.logits, frame, single)
         d_value = (q + d_logits).amax(dim=-1) - _rows(frame_out.value, frame, single)
     else:
+        d = d_core
+        if walk.critic_from_body:
+            d = d_body if walk.split is None else d_body[:, walk.split :]
+        if walk.critic_core is not None and frame_out.critic_gates is not None:
+            d = _core_deltas(walk.critic_core, frame_out.critic_gates, d, frame, single)
+        d = _layer_deltas(walk.critic_layers, frame_out.critic_layers, d, frame, single)
         d_value = walk.critic.product(d)[:, 0]
     return 0.5 * d_logits.pow(2).sum(dim=-1), 0.5 * d_value.pow(2)
 
@@ -372,11 +498,12 @@ def delta_scores(
     dtype = torch.promote_types(x.dtype, torch.float32)  # the working dtype: nonlinearities never below float32
     walk = _walk(agent, arithmetic, dtype)
     n, m = x.shape[0], masks.shape[0]
-    needed = 0 if walk.core is None else (2 if walk.core.kind == "lstm" else 1)
+    needed = walk.state_count
     if len(state) < needed or any(s.shape[0] != n for s in state[:needed]):
+        kinds = " and ".join(c.kind.upper() for c in (walk.core, walk.critic_core) if c is not None)
         raise ValueError(
-            f"{type(agent).__name__}'s {walk.core.kind.upper() if walk.core else ''} core needs a state of at least "
-            f"{needed} tensors of {n} rows, got {[tuple(s.shape) for s in state]}"
+            f"{type(agent).__name__}'s {kinds} core needs a state of at least {needed} tensors of {n} rows, got "
+            f"{[tuple(s.shape) for s in state]}"
         )
     # the products are exactly the arithmetic's: no TF32 (it would round the split's float32 parts to 10 bits) and
     # no autocast around them
@@ -388,14 +515,19 @@ def delta_scores(
         frame_out = _frame_forward(walk, x.to(dtype), state)
         # the frame's outputs must be the agent's: a wrong declaration is refused, not scored
         if n:
-            own = agent(x, state).logits.to(dtype)
-            gap = float((own - frame_out.logits[:n]).abs().max())
-            tolerance = max(1e-3, 16 * torch.finfo(x.dtype).eps) * (1.0 + float(own.abs().max()))
-            if not gap <= tolerance:
-                raise ValueError(
-                    f"{type(agent).__name__}.delta_network() does not reproduce the agent's outputs (its logits "
-                    f"differ by {gap:.3g}, more than {tolerance:.3g}): check its conv_trunk() and delta_network()"
-                )
+            outputs = agent(x, state)
+            for what, own, declared in (
+                ("logits", outputs.logits, frame_out.logits),
+                ("value", outputs.value, frame_out.value),
+            ):
+                own = own.to(dtype)
+                gap = float((own - declared[:n]).abs().max())
+                tolerance = max(1e-3, 16 * torch.finfo(x.dtype).eps) * (1.0 + float(own.abs().max()))
+                if not gap <= tolerance:
+                    raise ValueError(
+                        f"{type(agent).__name__}.delta_network() does not reproduce the agent's outputs (its {what} "
+                        f"differ by {gap:.3g}, more than {tolerance:.3g}): check its conv_trunk() and delta_network()"
+                    )
         blurred = gaussian_blur(x, blur_sigma).to(dtype)
         diff = (blurred - x.to(dtype)) * walk.input_scale  # (N, C, H, W): a copy's input delta is diff * weight
         weights = (masks if interp == "occlude" else 1 - masks).to(dtype)[:, None]  # (M, 1, H, W)

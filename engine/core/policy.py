@@ -140,10 +140,15 @@ class DeltaNetwork(NamedTuple):
     (``engine.core.delta``): the network after the trunk, written as linear maps and pointwise functions.
 
     Evaluated on the trunk's last activations ``a`` (N, C', H', W') and the state before the step:
-    ``h = a.flatten(1)``; ``h = activation(linear(h))`` for each ``(linear, activation)`` of ``body`` in order;
-    with a ``core``, ``h`` is the next hidden state of the cell on input ``h`` and the state's hidden (and, for an
-    LSTM, cell) tensors ``state[0]`` (``state[1]``); then ``logits = actor(h)`` and ``value = critic(h)[:, 0]``,
-    or ``value = logits.amax(-1)`` when ``critic`` is None (a Q-network: ``actor`` is its Q head).
+    ``h = a.flatten(1)``; ``h = activation(linear(h))`` for each ``(linear, activation)`` of ``body`` in order
+    (the body's output ``b``). The actor's branch reads ``b`` (its first ``split`` columns where ``split`` is
+    set): with a ``core``, ``h`` is the next hidden state of the cell on that input and the state's hidden (and,
+    for an LSTM, cell) tensors ``state[0]`` (``state[1]``); then ``actor_layers`` as the body's, and
+    ``logits = actor(h)``. The critic's branch reads the actor's branch after its core (before ``actor_layers``),
+    unless ``critic_core`` or ``critic_from_body`` makes it read ``b`` (its columns from ``split`` on where
+    ``split`` is set): through ``critic_core`` when given (its state tensors follow the core's: ``state[2]``,
+    ``state[3]`` after an LSTM core), then ``critic_layers`` and ``value = critic(h)[:, 0]``; or
+    ``value = logits.amax(-1)`` when ``critic`` is None (a Q-network: ``actor`` is its Q head).
 
     Attributes:
         body: ``((linear, activation), ...)``: ``nn.Linear`` layers, each followed by a pointwise function
@@ -152,12 +157,23 @@ class DeltaNetwork(NamedTuple):
             for one step), or None for a feed-forward agent.
         actor: the ``nn.Linear`` head giving the action preferences (logits or Q-values).
         critic: the ``nn.Linear`` value head (one output), or None for a Q-network.
+        actor_layers, critic_layers: layers as ``body``'s, between a branch's input (after its core) and its head.
+        critic_core: the critic's own cell (as ``core``), on the body's output, or None.
+        critic_from_body: the critic's branch reads the body's output, not the actor's core's (implied by
+            ``critic_core``).
+        split: where set, the body's output holds the actor's input in its first ``split`` columns and the
+            critic's in the rest (separate actor and critic networks side by side).
     """
 
     body: tuple[tuple[nn.Linear, Activation | None], ...]
     core: RecurrentCore | None
     actor: nn.Linear
     critic: nn.Linear | None
+    actor_layers: tuple[tuple[nn.Linear, Activation | None], ...] = ()
+    critic_layers: tuple[tuple[nn.Linear, Activation | None], ...] = ()
+    critic_core: RecurrentCore | None = None
+    critic_from_body: bool = False
+    split: int | None = None
 
 
 @runtime_checkable
@@ -172,7 +188,9 @@ class DeltaPolicy(IncrementalPolicy, Protocol):
     """
 
     def delta_network(self) -> DeltaNetwork:
-        """The layers after the trunk (the modules themselves, not copies: called once per saliency call)."""
+        """The layers after the trunk (the modules themselves, or layers derived from them on their device and
+        dtype: called once per saliency call). An agent whose configuration has no such form raises
+        ``NotImplementedError`` saying why: it runs the exact path (``engine.core.delta.delta_unsupported``)."""
         ...
 
 

@@ -33,7 +33,8 @@ division, so the rebuilt network skips that division and its outputs equal SB3's
 saved with ``normalize_images=False`` saw raw bytes: its first convolution's weights are multiplied by 255.)
 The convolutional trunk is exposed for exact incremental inference as in the other adapters (``convs``,
 ``conv_activations``, ``features``, ``from_features``); separate actor and critic extractors are fused into one
-grouped trunk (see :class:`SB3Policy`).
+grouped trunk (see :class:`SB3Policy`). The layers after it are declared for delta propagation
+(``delta_network``, ``precision="fast"``), except an LSTM of several layers, which runs the exact path.
 Anything else (an ``MlpPolicy``, a continuous action space, a custom features extractor, unknown keys, a
 damaged or foreign zip, Python objects in ``policy.pth``) is a :class:`CheckpointError` that says what was found
 and what is supported.
@@ -53,7 +54,7 @@ from torch import nn
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, MissingDependencyError
-from ..core.policy import ConvTrunk, PolicyOutput, State, reset_rows
+from ..core.policy import Activation, ConvTrunk, DeltaNetwork, PolicyOutput, State, reset_rows
 from .checkpoint import (
     MAX_ACTIONS,
     MAX_CHANNELS,
@@ -137,6 +138,29 @@ def _mlp(dims: list[int], activation: type[nn.Module] | None, final_activation: 
             assert activation is not None  # the loaders pass one whenever a layer takes it
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+Layers = tuple[tuple[nn.Linear, Activation | None], ...]
+
+
+def _linear_pairs(sequential: nn.Sequential) -> Layers:
+    """``_mlp``'s layers as ``((linear, activation or None), ...)``, for :class:`DeltaNetwork`."""
+    pairs: list[tuple[nn.Linear, Activation | None]] = []
+    for module in sequential:
+        if isinstance(module, nn.Linear):
+            pairs.append((module, None))
+        else:
+            pairs[-1] = (pairs[-1][0], module)
+    return tuple(pairs)
+
+
+def _derived_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` holding ``weight`` and ``bias`` (derived from an agent's layers, on their device and dtype)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.requires_grad_(False)
 
 
 class SB3Policy(nn.Module):
@@ -335,6 +359,47 @@ class SB3ActorCritic(SB3Policy):
         pi = inside[:2]
         return RNNStates(pi=pi, vf=inside[2:] if self.lstm_mode == "lstm" else pi)
 
+    def delta_network(self) -> DeltaNetwork:
+        """For delta propagation (:class:`engine.core.policy.DeltaPolicy`): NatureCNN's linear layer, the LSTM(s),
+        the ``mlp_extractor`` layers and the heads, in every critic mode (its own LSTM, the actor's, or a linear
+        layer on the features). Separate actor and critic extractors become one block-diagonal linear layer whose
+        output holds both feature vectors side by side (``split``; its product costs twice theirs). An LSTM of
+        several layers (``n_lstm_layers`` > 1) has no delta form here: NotImplementedError."""
+        if self.lstm_mode is not None and self.lstm_layers != 1:
+            raise NotImplementedError(
+                f"an LSTM of {self.lstm_layers} layers (n_lstm_layers={self.lstm_layers}): delta propagation takes "
+                "one-layer recurrent cores"
+            )
+        shared = _linear_pairs(self.shared_net)
+        split = None
+        if self.vf_linear is None:
+            body: Layers = ((self.pi_linear, torch.relu),)
+            if self.lstm_mode is None:  # the shared layers on the one feature vector (SB3 1.x, feed-forward)
+                body, shared = body + shared, ()
+        else:  # relu([W_pi 0; 0 W_vf] [f_pi; f_vf] + [b_pi; b_vf]) = [pi_features; vf_features]
+            fused = _derived_linear(
+                torch.block_diag(self.pi_linear.weight, self.vf_linear.weight),
+                torch.cat([self.pi_linear.bias, self.vf_linear.bias]),
+            )
+            body, split = ((fused, torch.relu),), self.pi_linear.out_features
+            if self.lstm_mode == "shared":  # the loader refuses it: the critic would read the actor's features
+                raise NotImplementedError("separate extractors with a shared LSTM")
+        critic_layers = shared + _linear_pairs(self.value_net_mlp)
+        if self.lstm_mode == "linear":
+            assert self.critic is not None  # built for this mode
+            critic_layers = ((self.critic, None),) + critic_layers
+        return DeltaNetwork(
+            body=body,
+            core=None if self.lstm_mode is None else self.lstm_actor,
+            actor=self.action_net,
+            critic=self.value_net,
+            actor_layers=shared + _linear_pairs(self.policy_net),
+            critic_layers=critic_layers,
+            critic_core=self.lstm_critic if self.lstm_mode == "lstm" else None,
+            critic_from_body=self.lstm_mode == "linear" or split is not None,
+            split=split,
+        )
+
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         pi_features = torch.relu(self.pi_linear(features[:, : self.flat]))
         vf_features = pi_features if self.vf_linear is None else torch.relu(self.vf_linear(features[:, self.flat :]))
@@ -380,6 +445,19 @@ class SB3QNetwork(SB3Policy):
         self.linear = nn.Linear(self.flat, features)
         self.quantiles = quantiles
         self.q_net = _mlp([features, *hidden, num_actions * (quantiles or 1)], activation, False)
+
+    def delta_network(self) -> DeltaNetwork:
+        """For delta propagation (:class:`engine.core.policy.DeltaPolicy`): NatureCNN's linear layer, the hidden
+        layers and the Q head; QRDQN's mean over quantiles is linear, so its head is one derived layer (the
+        quantile layer's weights and biases averaged over the quantiles)."""
+        layers = _linear_pairs(self.q_net)
+        head = layers[-1][0]
+        if self.quantiles is not None:
+            k, a = self.quantiles, self.num_actions
+            head = _derived_linear(
+                head.weight.view(k, a, -1).mean(dim=0), cast(torch.Tensor, head.bias).view(k, a).mean(dim=0)
+            )
+        return DeltaNetwork(body=((self.linear, torch.relu), *layers[:-1]), core=None, actor=head, critic=None)
 
     def from_features(self, features: torch.Tensor, state: State, n: int | None = None) -> PolicyOutput:
         q = self.q_net(torch.relu(self.linear(features)))

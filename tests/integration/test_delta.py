@@ -5,7 +5,11 @@ not declare its network.
 
 Agents: baby-a3c Pong (GRU), the paper's LSTM architecture on its trained layers (tests/integration/conftest.py),
 and CleanRL networks on real frames of the cleanrl_atari pipeline: builtin/pong_ppo (ppo_atari_lstm) and, on its
-trained Nature CNN with seeded heads, a feed-forward ppo_atari agent and a dqn_atari Q-network (one frame each)."""
+trained Nature CNN with seeded heads, a feed-forward ppo_atari agent and a dqn_atari Q-network (one frame each).
+The SB3 adapter's networks (engine.policies.sb3, the classes load_sb3 builds) run on the same frames with the same
+trained Nature CNN and seeded layers after it: PPO/A2C (shared extractor; separate extractors with MLP layers),
+DQN, QRDQN, and RecurrentPPO in its three critic modes; a two-layer LSTM has no delta form and runs the exact
+path."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from engine.core.delta import delta_scores, delta_unsupported
 from engine.core.inputs import prepare_inputs
@@ -21,11 +26,45 @@ from engine.core.masks import grid_shape, perturbation_masks
 from engine.core.perturbation import perturbation_saliency, perturbation_scores
 from engine.core.policy import DeltaNetwork, DeltaPolicy, PolicyOutput
 from engine.policies.cleanrl import CleanRLDQN, CleanRLPolicy, CleanRLPPO
+from engine.policies.sb3 import SB3ActorCritic, SB3Policy, SB3QNetwork
 
 RADIUS, DENSITY, SIGMA = 5, 10, 3.0
 FRAMES = slice(40, 42)  # two real frames with the ball in play
-AGENTS = ("gru", "lstm", "cleanrl_lstm", "cleanrl_ff", "cleanrl_dqn")
-# the bound of issue 19 for the fast precision, against float64: max |error| / max |map|, top-5% overlap
+# the SB3 adapter's networks: (class, keyword arguments) after NatureCNN on one 84x84 frame
+SB3_KINDS = {
+    "sb3_ppo": (SB3ActorCritic, dict(separate_vf=False, shared=[], pi=[], vf=[], activation=None)),
+    # SB3 1.x shared layers, then pi and vf layers, on separate actor and critic extractors
+    "sb3_ppo_mlp": (SB3ActorCritic, dict(separate_vf=True, shared=[64], pi=[32], vf=[16], activation=nn.Tanh)),
+    "sb3_dqn": (SB3QNetwork, dict(hidden=[], activation=None)),
+    "sb3_qrdqn": (SB3QNetwork, dict(hidden=[64], activation=nn.ReLU, quantiles=7)),
+    # RecurrentPPO: the critic's own LSTM (the default), the actor's LSTM, a linear layer on separate features
+    "sb3_rppo": (
+        SB3ActorCritic,
+        dict(separate_vf=False, shared=[], pi=[], vf=[], activation=None, lstm=(256, 1, "lstm")),
+    ),
+    "sb3_rppo_shared": (
+        SB3ActorCritic,
+        dict(separate_vf=False, shared=[], pi=[32], vf=[], activation=nn.ReLU, lstm=(64, 1, "shared")),
+    ),
+    "sb3_rppo_linear": (
+        SB3ActorCritic,
+        dict(separate_vf=True, shared=[], pi=[], vf=[32], activation=nn.Tanh, lstm=(64, 1, "linear")),
+    ),
+    # no delta form: n_lstm_layers=2
+    "sb3_rppo_2layers": (
+        SB3ActorCritic,
+        dict(separate_vf=False, shared=[], pi=[], vf=[], activation=None, lstm=(32, 2, "lstm")),
+    ),
+}
+SB3_AGENTS = tuple(name for name in SB3_KINDS if name != "sb3_rppo_2layers")
+AGENTS = ("gru", "lstm", "cleanrl_lstm", "cleanrl_ff", "cleanrl_dqn", *SB3_AGENTS)
+# the bound of issue 19 for the fast precision, against float64: max |error| / max |map|, top-5% overlap.
+# Measured here (bfloat16x3, the two frames, d10 r5; actor / critic): baby-a3c and the CleanRL agents <= 2.3e-5;
+# SB3 sb3_ppo 5.5e-6 / 1.4e-5, sb3_ppo_mlp 1.2e-5 / 1.4e-5, sb3_dqn 1.2e-5 / 1.2e-5, sb3_qrdqn 5.3e-6 / 1.5e-5,
+# sb3_rppo 9.2e-6 / 3.1e-5, sb3_rppo_shared 1.6e-5 / 5.2e-6, sb3_rppo_linear 1.3e-5 / 4.5e-5, overlap 1.0 in all.
+# The split keeps about 16 bits of each product (2^-16 = 1.5e-5 relative to the terms summed), amplified where a
+# layer's terms cancel (the seeded SB3 critics most: up to 3x): 1e-4 holds every agent with a margin of 2.2x or more
+# (the CPU's products are deterministic; only the float32 accumulation order may change with the kernels).
 MAX_ERROR, MIN_OVERLAP = 1e-4, 0.99
 
 
@@ -40,6 +79,41 @@ def _with_trained_trunk(cls: type[CleanRLPolicy], source: CleanRLPolicy, seed: i
     return agent.eval()
 
 
+def _sb3_agent(name: str, source: CleanRLPolicy, seed: int) -> SB3Policy:
+    """An SB3 adapter network on one 84x84 frame: ``source``'s trained Nature CNN (both towers where the actor and
+    critic extractors are separate: the critic's weights scaled by a seeded 1 +- 10% per weight), seeded layers
+    after it."""
+    torch.manual_seed(seed)
+    cls, kwargs = SB3_KINDS[name]
+    agent = cls((1, 84, 84), source.num_actions, features=512, **kwargs)
+    trained = source.state_dict()
+
+    def tower(key: str, again: bool) -> torch.Tensor:
+        w = trained[key]
+        return w * (1 + 0.1 * torch.randn_like(w)) if again else w
+
+    own = agent.state_dict()
+    for index, theirs in enumerate((0, 2, 4)):
+        for part in ("weight", "bias"):
+            key = f"network.{theirs}.{part}"
+            own[f"trunk.{index}.{part}"] = torch.cat([tower(key, again) for again in range(agent.towers)])
+    for ours, again in (("pi_linear", False), ("linear", False), ("vf_linear", True)):
+        if f"{ours}.weight" in own:
+            own.update({f"{ours}.{part}": tower(f"network.7.{part}", again) for part in ("weight", "bias")})
+    agent.load_state_dict(own)
+    return agent.eval()
+
+
+def _states_over(agent: SB3Policy, observations: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The recurrent states an agent has before each of ``observations`` (uint8), played in order from the start."""
+    state, states = agent.initial_state(1), []
+    with torch.inference_mode():
+        for obs in observations:
+            states.append(state)
+            state = agent(obs[None].float() / 255, state).state
+    return tuple(torch.cat(parts) for parts in zip(*states))
+
+
 @pytest.fixture(scope="module")
 def cleanrl_cases():
     from engine.env.rollout import rollout
@@ -49,10 +123,16 @@ def cleanrl_cases():
     lstm = load_policy(resolve_checkpoint("builtin/pong_ppo"), device="cpu")
     played = rollout(lstm, "PongNoFrameskip-v4", FRAMES.stop, seed=0)
     obs, states = played.observations[FRAMES], tuple(s[FRAMES] for s in played.states)
+    sb3 = {}
+    for seed, name in enumerate(SB3_KINDS, start=3):
+        agent = _sb3_agent(name, lstm, seed)
+        sb3_states = tuple(s[FRAMES] for s in _states_over(agent, played.observations[: FRAMES.stop]))
+        sb3[name] = (agent, obs, sb3_states)
     return {
         "cleanrl_lstm": (lstm, obs, states),
         "cleanrl_ff": (_with_trained_trunk(CleanRLPPO, lstm, 1), obs, ()),
         "cleanrl_dqn": (_with_trained_trunk(CleanRLDQN, lstm, 2), obs, ()),
+        **sb3,
     }
 
 
@@ -152,7 +232,7 @@ def test_split_bfloat16_stays_within_the_bound(cases, exact, name):
         assert error <= MAX_ERROR and overlap >= MIN_OVERLAP, (head, error, overlap)
 
 
-@pytest.mark.parametrize("name", ["gru", "cleanrl_lstm"])
+@pytest.mark.parametrize("name", ["gru", "cleanrl_lstm", "sb3_rppo_linear"])
 def test_one_bfloat16_rounding_and_a_bfloat16_forward_are_worse(cases, exact, name):
     """The test that can fail: the bound above is the split's doing, not a loose comparison. One bfloat16
     rounding of the deltas is far worse, and a plain bfloat16 forward of the perturbed copies (autocast: the two
@@ -178,7 +258,8 @@ def test_one_bfloat16_rounding_and_a_bfloat16_forward_are_worse(cases, exact, na
 
 
 @pytest.mark.parametrize(
-    ("name", "arithmetic"), [("gru", "float32"), ("gru", "bfloat16x3"), ("cleanrl_lstm", "float32")]
+    ("name", "arithmetic"),
+    [("gru", "float32"), ("gru", "bfloat16x3"), ("cleanrl_lstm", "float32"), ("sb3_rppo_linear", "bfloat16x3")],
 )
 def test_chunk_sizes_give_identical_scores(cases, name, arithmetic):
     agent, _, obs, states = cases[name]
@@ -289,3 +370,54 @@ def test_fast_precision_without_a_delta_form_runs_the_exact_path_and_says_why_on
     assert len(lines) == 2 and "conv trunk" in lines[0] and "logit_l2" in lines[1], lines
     with pytest.raises(ValueError, match="precision must be one of"):
         perturbation_saliency(agent, obs, states, precision="bfloat16")
+
+
+# --- SB3: a configuration without a delta form, and the zips SB3 itself writes ---------------------------------
+
+
+def test_an_sb3_agent_without_a_delta_form_runs_the_exact_path_and_says_why(cases, caplog):
+    from engine.core import perturbation
+
+    agent, _, obs, states = cases["sb3_rppo_2layers"]
+    reason = delta_unsupported(agent)
+    assert reason is not None and "n_lstm_layers=2" in reason
+    x, state, masks = _inputs(agent, obs, states)
+    with pytest.raises(ValueError, match="n_lstm_layers=2"):
+        delta_scores(agent, x, state, masks, "occlude", SIGMA, 64)
+    perturbation._fast_refusals_logged.clear()
+    settings = dict(radius=RADIUS, density=DENSITY)
+    want = perturbation_saliency(agent, obs, states, **settings)
+    with caplog.at_level("WARNING", logger="engine.core.perturbation"):
+        got = perturbation_saliency(agent, obs, states, precision="fast", **settings)
+    assert torch.equal(got.actor_scores, want.actor_scores) and torch.equal(got.critic_scores, want.critic_scores)
+    lines = [r.getMessage() for r in caplog.records if "precision='fast' runs the exact path" in r.getMessage()]
+    assert len(lines) == 1 and "n_lstm_layers=2" in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["ppo_mlp", "ppo_separate", "qrdqn", "rppo", "rppo_shared", "rppo_linear"])
+def test_sb3_zips_delta_equals_the_plain_pass_in_float64(tmp_path, kind):
+    """The networks load_sb3 rebuilds from SB3's own zips (``normalize_images=False`` in ppo_mlp: its first
+    convolution scaled by 255) give the plain pass's scores by delta propagation; rppo_linear's two-layer LSTM is
+    refused with its reason."""
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("sb3_contrib")
+    from engine.policies.sb3 import load_sb3
+    from tests.sb3_agents import make_agent
+
+    make_agent(kind, tmp_path / "agent.zip")
+    agent = load_sb3(tmp_path / "agent.zip", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, *agent.observation_shape), generator=generator).double() / 255
+    state = tuple(0.5 * torch.randn(2, w, generator=generator, dtype=torch.float64) for w in agent.state_widths)
+    masks = perturbation_masks(RADIUS, 2 * DENSITY, x.device, x.dtype, tuple(x.shape[2:]))
+    if kind == "rppo_linear":
+        reason = delta_unsupported(agent)
+        assert reason is not None and "n_lstm_layers=2" in reason
+        return
+    assert delta_unsupported(agent) is None
+    got = delta_scores(agent, x, state, masks, "occlude", SIGMA, 64, "float64")
+    with torch.inference_mode():
+        want = perturbation_scores(agent, x, state, masks, "occlude", SIGMA, 64)
+    for g, w in zip(got, want):
+        assert float(w.abs().max()) > 1e-8
+        assert float((g - w).abs().max() / w.abs().max()) <= 1e-9
