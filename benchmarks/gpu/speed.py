@@ -2,8 +2,9 @@
 
     python benchmarks/gpu/speed.py --out DIR [--data .gpu_carry] [--frames 256] [--budget-s 300]
 
-For three agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL ``ppo_atari``, Nature CNN on
-4x84x84; the built-in ``builtin/pong_ppo``, Nature CNN + LSTM on 1x84x84), d5 r5 occlude, it times
+For four agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL ``ppo_atari``, Nature CNN on
+4x84x84; the built-in ``builtin/pong_ppo``, Nature CNN + LSTM on 1x84x84; a seeded SB3 ``PPO("CnnPolicy")`` on
+4x84x84, where prepared), d5 r5 occlude, it times
 ``perturbation_saliency`` in float32 with TF32 off under each variant, plain and incremental passes:
 
 - ``eager``: today's engine; ``cudnn_benchmark``: cuDNN autotuning (``torch.backends.cudnn.benchmark``);
@@ -14,7 +15,7 @@ For three agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL `
   products (``hi*hi + lo*hi + hi*lo``, float32 accumulation and output): a prototype of the fast mode's
   arithmetic on the tensor cores;
 - ``fast``: ``precision="fast"`` (delta propagation, each linear product as three bfloat16 products with float32
-  accumulation: engine.core.delta), plain passes.
+  accumulation: engine.core.delta), plain and incremental passes.
 
 Each variant's maps are compared with float64 maps of the same frames (max |error| / max |map|, and the overlap
 of the top 5% cells). Without CUDA it runs with small sizes on the CPU. Writes DIR/speed.json after every
@@ -128,7 +129,7 @@ def load_agents(data: Path, device: torch.device) -> dict:
         return tuple(torch.from_numpy(arrays[k]) for k in sorted(arrays) if k.startswith("state_"))
 
     ppo_file = resolve_checkpoint("builtin/pong_ppo")
-    return {
+    agents = {
         "baby-a3c_gru": (
             lambda dtype: load_agent(data / "baby-a3c-pong.tar", device=device, dtype=dtype),
             gru["frames"],
@@ -145,6 +146,14 @@ def load_agents(data: Path, device: torch.device) -> dict:
             states(ppo),
         ),
     }
+    if (data / "sb3-ppo.zip").exists():  # prepared since issue 19's benchmarks (older carries lack it)
+        sb3 = dict(np.load(data / "pong_sb3.npz"))
+        agents["sb3_ppo"] = (
+            lambda dtype: load_policy(data / "sb3-ppo.zip", device=device, dtype=dtype),
+            sb3["observations"],
+            (),
+        )
+    return agents
 
 
 def main() -> None:
@@ -203,6 +212,7 @@ def main() -> None:
             ("split3_tf32", Split3TF32(agent), dict(plain, tf32=True, split3=True)),
             ("tf32", agent, dict(plain, tf32=True)),
             ("fast", agent, dict(plain, precision="fast")),
+            ("fast", agent, dict(inc, precision="fast")),
         ]
         if cuda:
             variants.append(("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead")))

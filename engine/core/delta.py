@@ -15,6 +15,16 @@ head: ``d_value = max(q + d_q) - max(q)``). The actor and the critic may be sepa
 body (:class:`engine.core.policy.DeltaNetwork`: their own layers, the critic's own cell, or their own columns of
 the body's output); each branch's deltas propagate the same way.
 
+With a window plan (``engine.core.incremental``: ``incremental`` "auto" or True) the first ``plan.stop`` trunk
+layers run on each mask's windows: a copy's delta is zero outside its mask's box, and each layer's delta outside the
+box's window there (the window a convolution's receptive fields give), so a window's ``f(z + W d) - a`` is computed
+with the observation's ``z`` and ``a`` on that window (gathered from maps padded once per call), set to zero on the
+next convolution's zero padding, and carried from segment to segment pasted into zeros; the last window, pasted
+into a zero map, continues through the rest of the walk as above. For searchlight a copy equals the blurred
+observation outside the box, so the windows carry the deltas from the blur (``M * (x - B)``, around the blur's own
+``z`` and ``a``), and the blur's layer-``stop`` activations minus the observation's turn them into deltas from the
+observation. In float64 this equals the whole-map walk to about 1e-15.
+
 The algebra is exact: in float64 arithmetic the scores equal the plain pass's to about 1e-12. What differs is the
 rounding of the products (``ARITHMETICS``):
 
@@ -32,7 +42,7 @@ replaces them without touching the walk.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import cast
 
@@ -43,7 +53,14 @@ from torch import nn
 from .batching import chunk_bounds, pad_rows, padded_row_count
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
-from .incremental import conv_trunk_of
+from .incremental import (
+    WindowPlan,
+    conv_trunk_of,
+    padded_windows,
+    paste_windows,
+    segment_regions,
+    window_regions,
+)
 from .policy import Activation, ConvTrunk, DeltaNetwork, DeltaPolicy, Policy, State
 
 ARITHMETICS = ("float64", "float32", "bfloat16", "float16", "bfloat16x3")
@@ -430,11 +447,12 @@ def _core_deltas(core: _Core, gates: _Gates, d: torch.Tensor, frame: torch.Tenso
 
 
 def _pass_scores(
-    walk: _Walk, frame_out: _Frame, d: torch.Tensor, frame: torch.Tensor, single: int | None
+    walk: _Walk, frame_out: _Frame, d: torch.Tensor, frame: torch.Tensor, single: int | None, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor and critic scores of the copies whose input deltas are ``d``, copy ``k`` of observation ``frame[k]``
-    (all of observation ``single`` where not None)."""
-    d = _layer_deltas(walk.trunk + walk.body, frame_out.layers, d, frame, single, len(walk.trunk))
+    """Actor and critic scores of the copies whose deltas at the output of trunk layer ``start`` (0: the input)
+    are ``d``, copy ``k`` of observation ``frame[k]`` (all of observation ``single`` where not None)."""
+    layers = walk.trunk[start:] + walk.body
+    d = _layer_deltas(layers, frame_out.layers[start:], d, frame, single, len(walk.trunk) - start)
     if not walk.body:
         d = d.flatten(1)
     d_body = d
@@ -459,6 +477,115 @@ def _pass_scores(
     return 0.5 * d_logits.pow(2).sum(dim=-1), 0.5 * d_value.pow(2)
 
 
+# --- the first trunk layers on the incremental windows ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Delta propagation through the first ``plan.stop`` trunk layers on the windows of
+    :mod:`engine.core.incremental` (a copy's delta is zero outside its mask's box, and each layer's delta outside
+    the box's window there), for N observations.
+
+    Attributes:
+        plan: the windows. trunk: layers ``1..stop``, their convolutions without padding (a window's region holds
+            what the padding would give).
+        diff: the input difference ``(B - x) * input_scale`` (N, C, H', W'), zero-padded by the first segment's
+            padding. patches: (M, 1, h, w) what multiplies it on the first region: the mask (occlude), minus the
+            mask (searchlight: the deltas are from the blurred observation, ``M * (x - B)``).
+        saved: per layer ``1..stop``: the base's ``z`` and ``a`` zero-padded for every window there
+            (:func:`engine.core.incremental.padded_windows`), and the windows' origins in them. The base is the
+            observation (occlude) or its blur (searchlight: outside the box a copy is the blur).
+        valid: per layer ``1..stop``: (M, 1, h, w) 0 on the next convolution's zero padding, or None.
+        full: the layer-``stop`` map's (rows, columns).
+        offset: searchlight only: the blur's layer-``stop`` activations minus the observation's (N rows), which
+            turns the deltas from the blur into deltas from the observation for the rest of the walk.
+    """
+
+    plan: WindowPlan
+    trunk: tuple[_Linear, ...]
+    diff: torch.Tensor
+    patches: torch.Tensor
+    saved: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], ...]
+    valid: tuple[torch.Tensor | None, ...]
+    offset: torch.Tensor | None
+    full: tuple[int, int]
+
+
+def _windows(
+    walk: _Walk,
+    trunk: ConvTrunk,
+    plan: WindowPlan,
+    frame_out: _Frame,
+    blurred: torch.Tensor,
+    diff: torch.Tensor,
+    interp: str,
+) -> _Windows:
+    """:class:`_Windows` of N observations from their blur and ``diff`` (N rows each), in the working dtype."""
+    n, dtype = diff.shape[0], diff.dtype
+    layers = []
+    for index in range(plan.stop):
+        conv = trunk.layers[index][0]
+        apply = partial(F.conv2d, stride=conv.stride, padding=0, dilation=conv.dilation, groups=conv.groups)
+        layers.append(replace(walk.trunk[index], apply=cast(Apply, apply)))
+    if interp == "occlude":
+        base = [(z[:n], a[:n]) for z, a in frame_out.layers[: plan.stop]]
+        patches, offset = plan.mask_patches.to(dtype)[:, None], None
+    else:
+        a = pad_rows(blurred) if walk.input_scale == 1.0 else pad_rows(blurred) * walk.input_scale
+        base = []
+        for linear in walk.trunk[: plan.stop]:
+            z = linear.forward(a)
+            a = linear.activate(z)
+            base.append((z[:n], a[:n]))
+        patches = -plan.mask_patches.to(dtype)[:, None]
+        offset = base[-1][1] - frame_out.layers[plan.stop - 1][1][:n]
+    saved = []
+    for layer, (z, a) in enumerate(base, start=1):
+        padded_z, rows, cols = padded_windows(z, plan, layer)
+        saved.append((padded_z, padded_windows(a, plan, layer)[0], rows, cols))
+    valid: list[torch.Tensor | None] = []
+    for segment in plan.segments:
+        valid += [None if v is None else v.to(dtype) for v in segment.valid] + [None]
+    full = cast(tuple[int, int], tuple(frame_out.layers[plan.stop - 1][1].shape[2:]))
+    return _Windows(plan, tuple(layers), plan.pad_input(diff), patches, tuple(saved), tuple(valid), offset, full)
+
+
+def _zeros(d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zero maps (K, C, *size) of ``d``'s rows, channels and dtype, channels last (the fast paste)."""
+    shape = (d.shape[0], d.shape[1], *size)
+    return torch.empty(shape, dtype=d.dtype, device=d.device, memory_format=torch.channels_last).zero_()
+
+
+def _window_deltas(windows: _Windows, frame: torch.Tensor, mask: torch.Tensor, single: int | None) -> torch.Tensor:
+    """The layer-``stop`` deltas (K, C, H, W) of the copies (frame[k], mask[k]): each segment's layers on its
+    windows, the previous segment's window pasted into zeros, the last window pasted into a zero map."""
+    plan = windows.plan
+    d = segment_regions(windows.diff, plan.segments[0], frame, mask) * windows.patches.index_select(0, mask)
+    for index, segment in enumerate(plan.segments):
+        if index:  # zero outside the previous window
+            assert segment.paste_index is not None  # set for every segment after the first
+            d = paste_windows(_zeros(d, segment.region), segment.paste_index.index_select(0, mask), d)
+        for layer in range(segment.first, segment.last + 1):
+            linear = windows.trunk[layer - 1]
+            dz = linear.product(d)
+            if linear.activation is None:
+                d = dz
+            else:
+                z, a, rows, cols = windows.saved[layer - 1]
+                size = plan.windows[layer][2]
+                z_window = window_regions(z, size, (1, 1), rows, cols, frame, mask)
+                a_window = window_regions(a, size, (1, 1), rows, cols, frame, mask)
+                d = linear.activation(dz.add_(z_window)).sub_(a_window)
+            valid = windows.valid[layer - 1]
+            if valid is not None:
+                d = d * valid.index_select(0, mask)
+    if plan.final_index is not None:
+        d = paste_windows(_zeros(d, windows.full), plan.final_index.index_select(0, mask), d)
+    if windows.offset is not None:
+        d = d + _rows(windows.offset, frame, single)
+    return d
+
+
 def delta_scores(
     agent: Policy,
     x: torch.Tensor,
@@ -468,6 +595,7 @@ def delta_scores(
     blur_sigma: float,
     perturbations_per_eval: int,
     arithmetic: str = "float32",
+    plan: WindowPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actor and critic scores (N, M) of every mask on every observation by delta propagation: the ``logit_l2``
     scores of ``engine.core.perturbation.perturbation_scores`` (same masks, blur, interpolation and chunking), with
@@ -482,6 +610,9 @@ def delta_scores(
         interp: ``"occlude"`` or ``"searchlight"``; blur_sigma: the image blur's sigma.
         perturbations_per_eval: perturbed copies per pass; rows are padded as in ``engine.core.batching``, so the
             scores do not depend on it (bit for bit on the CPU).
+        plan: windows of exact incremental inference for these masks on the agent's conv trunk
+            (``engine.core.perturbation.incremental_plan``), or None: the first ``plan.stop`` trunk layers'
+            deltas are then computed only on each mask's windows (zero outside them), the rest as without.
     """
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
@@ -498,6 +629,8 @@ def delta_scores(
     dtype = torch.promote_types(x.dtype, torch.float32)  # the working dtype: nonlinearities never below float32
     walk = _walk(agent, arithmetic, dtype)
     n, m = x.shape[0], masks.shape[0]
+    if plan is not None and tuple(plan.mask_patches.shape[:1]) != (m,):
+        raise ValueError(f"plan is for {plan.mask_patches.shape[0]} masks, got {m}")
     needed = walk.state_count
     if len(state) < needed or any(s.shape[0] != n for s in state[:needed]):
         kinds = " and ".join(c.kind.upper() for c in (walk.core, walk.critic_core) if c is not None)
@@ -531,6 +664,10 @@ def delta_scores(
         blurred = gaussian_blur(x, blur_sigma).to(dtype)
         diff = (blurred - x.to(dtype)) * walk.input_scale  # (N, C, H, W): a copy's input delta is diff * weight
         weights = (masks if interp == "occlude" else 1 - masks).to(dtype)[:, None]  # (M, 1, H, W)
+        windows = None
+        if plan is not None and n:
+            trunk = cast(ConvTrunk, conv_trunk_of(agent))
+            windows = _windows(walk, trunk, plan, frame_out, blurred, diff, interp)
         actor = x.new_empty(n * m, dtype=dtype)
         critic = x.new_empty(n * m, dtype=dtype)
         for start, stop in chunk_bounds(n * m, perturbations_per_eval):
@@ -539,8 +676,12 @@ def delta_scores(
             flat = torch.arange(start, start + rows, device=x.device).clamp_(max=stop - 1)
             frame, mask = flat // m, flat % m
             single = start // m if start // m == (stop - 1) // m else None  # one observation's copies (host ints)
-            d = _rows(diff, frame, single) * weights.index_select(0, mask)
-            pass_actor, pass_critic = _pass_scores(walk, frame_out, d, frame, single)
+            if windows is None:
+                d = _rows(diff, frame, single) * weights.index_select(0, mask)
+                pass_actor, pass_critic = _pass_scores(walk, frame_out, d, frame, single)
+            else:
+                d = _window_deltas(windows, frame, mask, single)
+                pass_actor, pass_critic = _pass_scores(walk, frame_out, d, frame, single, windows.plan.stop)
             actor[start:stop] = pass_actor[: stop - start]
             critic[start:stop] = pass_critic[: stop - start]
     return actor.view(n, m).to(x.dtype), critic.view(n, m).to(x.dtype)

@@ -632,6 +632,46 @@ def _regions(t: torch.Tensor, segment: Segment, frame: torch.Tensor, mask: torch
     return t.unfold(2, h, sh).unfold(3, w, sw)[frame, :, rows, cols]
 
 
+def window_regions(
+    t: torch.Tensor,
+    size: tuple[int, int],
+    step: tuple[int, int],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    frame: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The windows (K, C, h, w) of side ``size`` for (frame[k], mask[k]) in the maps ``t`` (N, C, H', W'): window
+    ``(rows[m], cols[m])`` of ``t.unfold(2, h, step[0]).unfold(3, w, step[1])`` (as :func:`_regions` gathers a
+    segment's regions; fastest from a channels-last ``t``)."""
+    (h, w), (sh, sw) = size, step
+    return t.unfold(2, h, sh).unfold(3, w, sw)[frame, :, rows.index_select(0, mask), cols.index_select(0, mask)]
+
+
+def segment_regions(t: torch.Tensor, segment: Segment, frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The regions (K, C, h, w) of ``segment`` for (frame[k], mask[k]) in the padded maps ``t`` (N, C, H', W')
+    (the regions :func:`perturbed_outputs` reads)."""
+    return _regions(t, segment, frame, mask)
+
+
+def padded_windows(t: torch.Tensor, plan: WindowPlan, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``t`` (N, C, H, W), maps of trunk layer ``layer`` (0: the input), zero-padded so that every mask's window
+    there (``plan.windows[layer]``, positions on the convolutions' zero padding included) lies inside it, channels
+    last (fast gathers), and each mask's window origin in it, rows and columns (M,) on ``t``'s device: window m of
+    frame f is ``window_regions(padded, plan.windows[layer][2], (1, 1), rows, cols, f, m)``."""
+    rows, cols, (h, w) = plan.windows[layer]
+    top, left = max(-int(rows.min()), 0), max(-int(cols.min()), 0)
+    bottom, right = max(int(rows.max()) + h - t.shape[2], 0), max(int(cols.max()) + w - t.shape[3], 0)
+    padded = F.pad(t, (left, right, top, bottom)).contiguous(memory_format=torch.channels_last)
+    return padded, (rows + top).to(t.device), (cols + left).to(t.device)
+
+
+def paste_windows(base: torch.Tensor, index: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """``base`` (K, C, H, W), a fresh tensor (channels last is faster), with ``window`` (K, C, h, w) written at flat
+    positions ``index`` (K, h*w) of each map (as :func:`perturbed_outputs` pastes a segment's windows)."""
+    return _paste(base, index, window)
+
+
 def perturbed_outputs(
     agent: IncrementalPolicy,
     trunk: ConvTrunk,

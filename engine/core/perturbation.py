@@ -366,7 +366,8 @@ def perturbation_saliency(
             through the network, each linear product as three bfloat16 products with float32 accumulation), about
             1e-5 of the map max from float64 maps; for agents that declare their whole network
             (:class:`engine.core.policy.DeltaPolicy`) and the ``logit_l2`` score, else the exact path with one log
-            line. Made for GPUs' bfloat16 units: on a CPU it is slower than the exact path.
+            line. With ``incremental`` it runs on the same windows (the first convolutions' deltas only there).
+            Made for GPUs' bfloat16 units: on a CPU it is slower than the exact path.
 
     Returns:
         :class:`PerturbationResult` with maps (N, H, W) and score grids (N, Gh, Gw).
@@ -431,7 +432,9 @@ def perturbation_saliency(
     extra: dict[str, torch.Tensor] = {}
     with torch.inference_mode(), float32_matmul_precision(device, tf32):
         if fast:
-            actor, critic = delta_scores(agent, x, state, masks, interp, blur_sigma, chunk, arithmetic=FAST_ARITHMETIC)
+            actor, critic = delta_scores(
+                agent, x, state, masks, interp, blur_sigma, chunk, arithmetic=FAST_ARITHMETIC, plan=plan
+            )
         else:
             actor, critic = perturbation_scores(
                 agent,

@@ -9,7 +9,9 @@ trained Nature CNN with seeded heads, a feed-forward ppo_atari agent and a dqn_a
 The SB3 adapter's networks (engine.policies.sb3, the classes load_sb3 builds) run on the same frames with the same
 trained Nature CNN and seeded layers after it: PPO/A2C (shared extractor; separate extractors with MLP layers),
 DQN, QRDQN, and RecurrentPPO in its three critic modes; a two-layer LSTM has no delta form and runs the exact
-path."""
+path. Delta propagation on the incremental windows (the first trunk layers' deltas only where a copy differs)
+equals it on whole maps: in float64 to 1e-9 (every window structure of the 2017 trunk, masks whose windows clip at
+the border), within the same bound in bfloat16x3, chunk-invariant."""
 
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ import torch
 from torch import nn
 
 from engine.core.delta import delta_scores, delta_unsupported
+from engine.core.incremental import _structures, conv_trunk_of, trunk_geometry, window_plan
 from engine.core.inputs import prepare_inputs
 from engine.core.masks import grid_shape, perturbation_masks
-from engine.core.perturbation import perturbation_saliency, perturbation_scores
+from engine.core.perturbation import incremental_plan, perturbation_saliency, perturbation_scores
 from engine.core.policy import DeltaNetwork, DeltaPolicy, PolicyOutput
 from engine.policies.cleanrl import CleanRLDQN, CleanRLPolicy, CleanRLPPO
 from engine.policies.sb3 import SB3ActorCritic, SB3Policy, SB3QNetwork
@@ -421,3 +424,129 @@ def test_sb3_zips_delta_equals_the_plain_pass_in_float64(tmp_path, kind):
     for g, w in zip(got, want):
         assert float(w.abs().max()) > 1e-8
         assert float((g - w).abs().max() / w.abs().max()) <= 1e-9
+
+
+# --- (f) delta propagation on the incremental windows -----------------------------------------------------------
+# A copy's delta is zero outside its mask's box, and each trunk layer's outside the box's window there: the first
+# plan.stop layers' deltas are computed on the windows only (engine.core.delta._window_deltas).
+
+WINDOWED = ("gru", "cleanrl_lstm")  # the 2017 trunk (3x3/2, padding 1) and the Nature CNN (8x8/4, 4x4/2, 3x3/1)
+
+
+def _plan(agent, masks, structure=None):
+    if structure is None:
+        return incremental_plan(agent, masks, True)
+    return window_plan(trunk_geometry(agent, conv_trunk_of(agent)), masks, structure)
+
+
+def _windowed(agent, obs, states, interp, arithmetic, chunk=64, structure=None):
+    x, state, masks = _inputs(agent, obs, states)
+    plan = _plan(agent, masks, structure)
+    scores = delta_scores(agent, x, state, masks, interp, SIGMA, chunk, arithmetic, plan=plan)
+    return _grids(*scores, tuple(x.shape[2:]))
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    assert got.shape == want.shape and float(want.abs().max()) > 1e-8
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("interp", ["occlude", "searchlight"])
+@pytest.mark.parametrize("name", WINDOWED)
+def test_windowed_deltas_equal_plain_deltas_and_the_exact_path_in_float64(cases, name, interp):
+    _, agent64, obs, states = cases[name]
+    windowed = _windowed(agent64, obs, states, interp, "float64")
+    plain = _delta(agent64, obs, states, interp, "float64")
+    x, state, masks = _inputs(agent64, obs, states)
+    with torch.inference_mode():  # the exact incremental path (float64 forward passes on the same windows)
+        exact_incremental = _grids(
+            *perturbation_scores(agent64, x, state, masks, interp, SIGMA, 64, _plan(agent64, masks)),
+            tuple(x.shape[2:]),
+        )
+    for w, p, e in zip(windowed, plain, exact_incremental):
+        assert w.dtype == torch.float64
+        assert _relative(w, p) <= 1e-9 and _relative(w, e) <= 1e-9
+
+
+@pytest.mark.parametrize("interp", ["occlude", "searchlight"])
+def test_every_window_structure_gives_the_plain_deltas_in_float64(cases, interp):
+    """Windows of one segment or several (regions pasted into zeros), stopping at every trunk layer."""
+    _, agent64, obs, states = cases["gru"]
+    obs, states = obs[:1], tuple(s[:1] for s in states)
+    plain = _delta(agent64, obs, states, interp, "float64")
+    layers = len(agent64.conv_trunk().layers)
+    # one segment stopping at each layer; one segment per layer; two or three segments, stopping early or not
+    chosen = [s for s in _structures(layers) if len(s[0]) == 1 or len(s[0]) == s[1] == layers]
+    chosen += [(((1, 2), (3, layers)), layers), (((1, 1), (2, 3)), 3)]
+    for structure in chosen:
+        windowed = _windowed(agent64, obs, states, interp, "float64", structure=structure)
+        assert all(_relative(w, p) <= 1e-9 for w, p in zip(windowed, plain)), structure
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_windows_clipped_at_the_border_give_the_plain_deltas(cases, name):
+    """Masks at the corners and edges: their windows reach past the maps (the convolutions' zero padding, where
+    the window deltas are set to zero) or are pushed inside them."""
+    _, agent64, obs, states = cases[name]
+    x, state, _ = _inputs(agent64, obs[:1], tuple(s[:1] for s in states))
+    grid = perturbation_masks(2, DENSITY, x.device, x.dtype, tuple(x.shape[2:]))
+    g = grid_shape(DENSITY, tuple(x.shape[2:]))[1]
+    edge = [0, g - 1, g * (g - 1), g * g - 1, g * (g // 2)]  # corners, then the left edge's middle
+    masks = torch.cat([grid[edge], grid[edge[:2]].flip(1, 2)])  # and masks at the far corners, flipped
+    layers = len(agent64.conv_trunk().layers)
+    structures = [((tuple((i, i) for i in range(1, layers + 1))), layers), (((1, layers),), layers)]
+    for interp in ("occlude", "searchlight"):
+        plain = delta_scores(agent64, x, state, masks, interp, SIGMA, 64, "float64")
+        for structure in structures:
+            plan = _plan(agent64, masks, structure)
+            if structure[0] == ((1, layers),) and name == "gru":  # the 3x3/2 padded trunk: windows on padding
+                assert any(v is not None for v in plan.segments[0].valid)
+            got = delta_scores(agent64, x, state, masks, interp, SIGMA, 64, "float64", plan=plan)
+            assert all(_relative(w, p) <= 1e-9 for w, p in zip(got, plain)), (interp, structure)
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_windowed_split_bfloat16_stays_within_the_bound(cases, exact, name):
+    agent, _, obs, states = cases[name]
+    for interp in ("occlude", "searchlight"):
+        windowed = _windowed(agent, obs, states, interp, "bfloat16x3")
+        plain = _delta(agent, obs, states, interp, "bfloat16x3")
+        for head, w, p, want in zip(("actor", "critic"), windowed, plain, exact(name, interp)):
+            (error, overlap), (plain_error, _) = _accuracy(w, want), _accuracy(p, want)
+            print(f"{name} {interp} {head} windowed {error:.2e} (plain {plain_error:.2e}), overlap {overlap:.3f}")
+            assert error <= MAX_ERROR and overlap >= MIN_OVERLAP, (interp, head, error, overlap)
+
+
+def test_windowed_chunk_sizes_give_identical_scores(cases):
+    agent, _, obs, states = cases["gru"]
+    x, state, masks = _inputs(agent, obs, states)
+    masks = masks[::3]
+    plan = _plan(agent, masks)
+
+    def run(x, state, chunk):
+        return delta_scores(agent, x, state, masks, "occlude", SIGMA, chunk, "bfloat16x3", plan=plan)
+
+    runs = [run(x, state, chunk) for chunk in (1, 7, 10_000)]
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+    alone = [run(x[i : i + 1], tuple(s[i : i + 1] for s in state), 7) for i in (0, 1)]
+    assert all(torch.equal(torch.cat([a[h] for a in alone]), runs[0][h]) for h in (0, 1))
+
+
+def test_fast_precision_takes_the_windows_where_incremental_does(cases, monkeypatch):
+    from engine.core import delta
+
+    agent, _, obs, states = cases["gru"]
+    settings = dict(radius=RADIUS, density=DENSITY, precision="fast")
+    windowed = _windowed(agent, obs, states, "occlude", "bfloat16x3")
+    plain = _delta(agent, obs, states, "occlude", "bfloat16x3")
+    passes = []  # the windowed passes run (the 2017 trunk's windows give the plain deltas bit for bit here)
+    window_deltas = delta._window_deltas
+    monkeypatch.setattr(delta, "_window_deltas", lambda *args: passes.append(1) or window_deltas(*args))
+    x, _, masks = _inputs(agent, obs, states)
+    auto = incremental_plan(agent, masks, "auto") is not None
+    for incremental, want, windows in ((True, windowed, True), (False, plain, False), ("auto", windowed, auto)):
+        passes.clear()
+        got = perturbation_saliency(agent, obs, states, incremental=incremental, **settings)
+        assert torch.equal(got.actor_scores, want[0]) and torch.equal(got.critic_scores, want[1]), incremental
+        assert bool(passes) == windows, incremental
