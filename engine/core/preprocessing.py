@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .device import to_device
-from .settings import SIZE
+from .settings import FRAME_SHAPE, SIZE
 
-# SIZE is re-exported: the layers above take the side of the preprocessed observation from here
+# SIZE and FRAME_SHAPE are re-exported: the layers above take the side of the preprocessed observation from here
 __all__ = [
     "CROP_ROWS",
     "FRAME_SHAPE",
@@ -31,7 +31,6 @@ __all__ = [
     "resize_uint8",
 ]
 
-FRAME_SHAPE = (210, 160, 3)
 CROP_ROWS = (35, 195)
 
 

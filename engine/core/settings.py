@@ -16,6 +16,7 @@ from typing import Any
 PIPELINES = ("greydanus2017", "sb3_atari", "cleanrl_atari", "gymnasium_atari")
 
 SIZE = 80  # side of the 2017 agents' square observation, in pixels
+FRAME_SHAPE = (210, 160, 3)  # an Atari RGB frame (rows, columns, colours)
 
 
 class Method(StrEnum):

@@ -48,8 +48,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..core.errors import UnknownEnvironmentError
-from ..core.policy import PIPELINES
-from ..core.preprocessing import FRAME_SHAPE, preprocess_bytes
+from ..core.settings import FRAME_SHAPE, PIPELINES  # no torch here: environment workers import this module
 from .wrappers import (
     GRAYSCALES,
     STACK_PADDINGS,
@@ -223,6 +222,8 @@ class AtariPipeline:
 
     def _observe(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._stacker is None:  # the 2017 pipeline: the raw frame and its preprocessing
+            from ..core.preprocessing import preprocess_bytes
+
             frame = np.asarray(obs)
             return preprocess_bytes(frame[None]).numpy(), frame
         return obs, np.array(self._frame_source.frame, copy=True)
@@ -289,6 +290,8 @@ class PipelineBatch:
 
     def _observe(self, indices: Sequence[int], raw: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if self.pipelines[0].observes_raw_frames:
+            from ..core.preprocessing import preprocess_bytes
+
             frames = [np.asarray(obs) for obs in raw]
             observations = preprocess_bytes(np.stack(frames)).numpy()[:, None]
             return list(observations), frames

@@ -266,21 +266,31 @@ class VectorPlayer:
         num_envs: int,
         seed: int = 0,
         greedy: bool = False,
+        workers: int = 0,
         **pipeline_options,
     ):
+        from .workers import WorkerPipelines, check_workers
+
         num_envs = check_num_envs(num_envs)
+        workers = check_workers(workers, num_envs)
         check_policy(agent)
         self.agent, self.env_id, self.greedy, self.num_envs = agent, env_id, greedy, num_envs
         self.seeds = [seed + i for i in range(num_envs)]
-        pipelines: list[AtariPipeline] = []
-        try:
-            for s in self.seeds:
-                pipelines.append(_agent_pipeline(agent, env_id, s, pipeline_options))
-        except BaseException:
-            for made in pipelines:
-                made.close()
-            raise
-        self.pipelines = PipelineBatch(pipelines)
+        self.pipelines: PipelineBatch | WorkerPipelines
+        if workers:  # the pipeline is checked against the agent here (one made and closed), then built in each worker
+            first = _agent_pipeline(agent, env_id, self.seeds[0], pipeline_options)
+            first.close()
+            self.pipelines = WorkerPipelines(first.spec, self.seeds, workers)
+        else:
+            pipelines: list[AtariPipeline] = []
+            try:
+                for s in self.seeds:
+                    pipelines.append(_agent_pipeline(agent, env_id, s, pipeline_options))
+            except BaseException:
+                for made in pipelines:
+                    made.close()
+                raise
+            self.pipelines = PipelineBatch(pipelines)
         self.device, self.dtype = torch.device(agent.device), agent.dtype
         self.samplers = [torch.Generator().manual_seed(s) for s in self.seeds]  # CPU: same actions on every device
         self.observations, self.frames = self.pipelines.reset(self.seeds)
@@ -336,6 +346,57 @@ class VectorPlayer:
             self.observations[i], self.frames[i] = result.observations[k], result.frames[k]
         return steps
 
+    def replay(
+        self,
+        index: int,
+        actions,
+        dones,
+        frames=None,
+        observations=None,
+        sampler_state: torch.Tensor | None = None,
+        last_state: State | None = None,
+    ) -> None:
+        """Bring game ``index`` to where a recording of its first ``len(actions)`` steps left it, the others not
+        moving: step its environment alone with the recorded actions (resetting after recorded episode ends) as
+        :meth:`Player.replay` does, comparing the recorded ``frames`` and ``observations`` of the last steps
+        (aligned to the end) with what it shows, to catch divergence. Then ``sampler_state`` (the sampler's state
+        saved after the last recorded step) is restored, and the game's row of :attr:`state` set to the state the
+        agent passes on after the last recorded step: its output on the last recorded observation
+        (``observations[-1]``) and state (``last_state``, a tuple of (1, ...) tensors), or the episode-start state
+        where that step ended an episode (or nothing was replayed)."""
+        if index not in self.active:
+            raise ValueError(f"environment {index} is not playing (active: {self.active})")
+        checks = [
+            (name, rec, len(actions) - len(rec))
+            for name, rec in (("frame", frames), ("observation", observations))
+            if rec is not None
+        ]
+        for t, (action, done) in enumerate(zip(actions, dones)):
+            for name, recorded, first in checks:
+                shown = self.frames[index] if name == "frame" else self.observations[index]
+                if t >= first and not np.array_equal(shown, np.asarray(recorded[t - first])):
+                    raise RuntimeError(
+                        f"replaying game {index} of {self.env_id} diverged from the recording at step {t} "
+                        f"({name}s differ)"
+                    )
+            result = self.pipelines.step([index], [int(action)])
+            if bool(result.dones[0]) != bool(done):
+                raise RuntimeError(
+                    f"replaying game {index} of {self.env_id} diverged from the recording at step {t} (episode end)"
+                )
+            self.observations[index], self.frames[index] = result.observations[0], result.frames[0]
+        if sampler_state is not None:
+            self.samplers[index].set_state(sampler_state)
+        with torch.inference_mode():
+            row = self.agent.initial_state(1)
+            if len(actions) and not bool(dones[-1]) and last_state is not None and observations is not None:
+                x = torch.from_numpy(np.asarray(observations[-1:])).to(device=self.device, dtype=self.dtype) / 255
+                row = self.agent(x, state_to(last_state, self.device, self.dtype)).state
+            k = self.active.index(index)
+            self.state = tuple(
+                torch.cat([s[:k], r.to(device=s.device, dtype=s.dtype), s[k + 1 :]]) for s, r in zip(self.state, row)
+            )
+
     def stop(self, index: int) -> None:
         """Stop playing environment ``index``: later steps leave it out of the batch."""
         if index in self.active:
@@ -357,6 +418,7 @@ def rollout(
     max_episodes: int | None = ...,
     progress: bool = ...,
     num_envs: None = ...,
+    workers: int = ...,
     **pipeline_options,
 ) -> Rollout: ...
 
@@ -372,6 +434,7 @@ def rollout(
     progress: bool = ...,
     *,
     num_envs: int,
+    workers: int = ...,
     **pipeline_options,
 ) -> list[Rollout]: ...
 
@@ -385,6 +448,7 @@ def rollout(
     max_episodes: int | None = None,
     progress: bool = False,
     num_envs: int | None = None,
+    workers: int = 0,
     **pipeline_options,
 ) -> Rollout | list[Rollout]:
     """Play ``agent`` in its own environment pipeline for ``num_steps`` steps (or until ``max_episodes``
@@ -409,6 +473,9 @@ def rollout(
             for bit, greedy or sampled: each game has its own sampler, and the engine's agents compute each row
             independently of the batch; on CUDA up to the last bit of a logit, see :class:`VectorPlayer`).
             Games may differ in length where ``max_episodes`` ends some earlier.
+        workers: with ``num_envs``, the processes that step the games' environments (0, the default: this
+            process; W from 1 to ``num_envs``: :class:`engine.env.workers.WorkerPipelines`, W processes each
+            stepping its share of the games while this one runs the agent's forward; the same games bit for bit).
         progress: show a progress bar with the step rate (where stderr is a terminal).
         pipeline_options: the pipeline's options (:func:`engine.env.pipelines.make_pipeline`):
             ``repeat_action_probability``, ``full_action_space``, and for the standard pipelines
@@ -445,8 +512,19 @@ def rollout(
         raise ValueError(f"max_episodes must be >= 1 or None, got {max_episodes!r}")
     if num_envs is not None:
         return _rollout_games(
-            agent, env_id, num_steps, seed, greedy, max_episodes, progress, check_num_envs(num_envs), pipeline_options
+            agent,
+            env_id,
+            num_steps,
+            seed,
+            greedy,
+            max_episodes,
+            progress,
+            check_num_envs(num_envs),
+            pipeline_options,
+            workers,
         )
+    if workers != 0:
+        raise ValueError(f"workers={workers!r} steps the environments of num_envs games: give num_envs too")
     player = Player(agent, env_id, seed, greedy, **pipeline_options)
     steps: list[Step] = []
     episodes, episode_return = 0, 0.0
@@ -481,9 +559,10 @@ def _rollout_games(
     progress: bool,
     num_envs: int,
     pipeline_options: dict,
+    workers: int = 0,
 ) -> list[Rollout]:
     """:func:`rollout` of ``num_envs`` games played together."""
-    player = VectorPlayer(agent, env_id, num_envs, seed, greedy, **pipeline_options)
+    player = VectorPlayer(agent, env_id, num_envs, seed, greedy, workers, **pipeline_options)
     steps: list[list[Step]] = [[] for _ in range(num_envs)]
     episodes = [0] * num_envs
     bar = tqdm(

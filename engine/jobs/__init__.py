@@ -1,2 +1,3 @@
 """Jobs: the typed job configuration (``config``), recording a game into a store (``record``), scoring a store
-(``score``), and the main job over a store (``run``), as plain functions the command line calls."""
+(``score``), both at once (``overlap``), and the main job over a store (``run``), as plain functions the command
+line calls."""

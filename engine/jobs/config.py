@@ -149,7 +149,12 @@ class RolloutConfig:
     steps: int = 200  # frames played and scored
     seed: int = 0  # seeds the environment and the action sampler
     greedy: bool = False  # argmax actions instead of sampling
-    max_episodes: int | None = None  # stop after this many episodes (None: play all the steps)
+    max_episodes: int | None = None  # stop after this many episodes (None: play all the steps); per game with num_envs
+    num_envs: int | None = None  # N games played together (game i seeded seed + i), each recorded and scored as its
+    # own game (one store group and output folder game_000i per game); steps and max_episodes are per game.
+    # None: one game, as before
+    workers: int = 0  # with num_envs: processes that step the games' emulators (0: this process; at most num_envs);
+    # the games are the same bit for bit with any number
 
 
 @dataclass
@@ -188,6 +193,7 @@ class StoreConfig:
     frames_per_chunk: int = 64  # frames per saliency chunk (the memory bound and the unit of resume)
     shard: int = 0
     num_shards: int = 1
+    overlap: bool = True  # score saliency chunks while later rollout chunks are recorded (docs/stores.md)
 
 
 @dataclass
@@ -397,6 +403,21 @@ def check_config(config: JobConfig) -> None:
     _check(
         r.max_episodes is None or (_is_int(r.max_episodes) and r.max_episodes >= 1),
         f"rollout.max_episodes must be >= 1 (or null: play all rollout.steps), got {r.max_episodes!r}",
+    )
+    _check(
+        r.num_envs is None or (_is_int(r.num_envs) and r.num_envs >= 1),
+        f"rollout.num_envs must be an integer >= 1 (games played together; or null: one game), got {r.num_envs!r}",
+    )
+    _check(
+        _is_int(r.workers)
+        and 0 <= r.workers
+        and (r.workers == 0 or (r.num_envs is not None and r.workers <= r.num_envs)),
+        f"rollout.workers must be an integer from 0 to rollout.num_envs (processes stepping the games; 0: this one), "
+        f"and needs rollout.num_envs; got workers={r.workers!r}, num_envs={r.num_envs!r}",
+    )
+    _check(
+        r.num_envs is None or r.seed + r.num_envs - 1 < 2**32,
+        f"rollout.seed + rollout.num_envs - 1 (the last game's seed) must be < 2**32, got {r.seed} + {r.num_envs} - 1",
     )
 
     # render

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -59,7 +61,46 @@ def record_rollout(
     :data:`engine.storage.store.MAX_CHUNK_BYTES` each (a memory store: what fits the memory available); more steps,
     or larger chunks, are refused before anything is played. An existing store that is damaged, edited or not a
     rollout store is refused before anything is played too.
+
+    :func:`open_recording` and :meth:`Recording.run` are the two halves of this function (the overlapped job,
+    :mod:`engine.jobs.overlap`, scores the store while :meth:`Recording.run` fills it).
     """
+    return open_recording(
+        agent,
+        env_id,
+        num_steps,
+        root,
+        seed=seed,
+        greedy=greedy,
+        chunk_steps=chunk_steps,
+        checkpoint_sha256=checkpoint_sha256,
+        extra=extra,
+        progress=progress,
+        storage_options=storage_options,
+        max_episodes=max_episodes,
+        **pipeline_options,
+    ).run()
+
+
+def open_recording(
+    agent: Policy,
+    env_id: str,
+    num_steps: int,
+    root,
+    seed: int = 0,
+    greedy: bool = False,
+    chunk_steps: int = 256,
+    checkpoint_sha256: str = "",
+    extra: dict | None = None,
+    progress: bool = False,
+    storage_options: dict | None = None,
+    max_episodes: int | None = None,
+    **pipeline_options,
+) -> Recording:
+    """The first half of :func:`record_rollout` (same arguments): the settings and the store checked, the store
+    opened or created (its manifest written), the environment made; nothing played yet. :meth:`Recording.run`
+    plays and records the missing chunks; :meth:`Recording.close` closes the environment of a recording that will
+    not run."""
     if not (_is_count(num_steps) and _is_count(chunk_steps)):
         raise ValueError(f"num_steps and chunk_steps must be integers >= 1, got {num_steps!r} and {chunk_steps!r}")
     num_steps, chunk_steps = int(num_steps), int(chunk_steps)
@@ -99,41 +140,78 @@ def record_rollout(
     except BaseException:
         player.close()
         raise
-    if first == len(rstore.bounds):
-        player.close()
+    return Recording(player, rstore, first, progress, max_episodes)
+
+
+class Recording:
+    """A recording opened by :func:`open_recording`: its store (``rstore``), the first chunk still to record
+    (``first``; ``len(rstore.bounds)`` when the store is complete) and the environment that will play them."""
+
+    def __init__(
+        self, player: Player, rstore: RolloutStore, first: int, progress: bool, max_episodes: int | None
+    ) -> None:
+        self.player, self.rstore, self.first = player, rstore, first
+        self.progress, self.max_episodes = progress, max_episodes
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.player.close()
+
+    def run(
+        self,
+        before_chunk: Callable[[int], None] | None = None,
+        after_chunk: Callable[[int], None] | None = None,
+        each_step: Callable[[], None] | None = None,
+    ) -> RolloutStore:
+        """Play and record chunks ``first..`` in order (resuming the game first where ``first > 0``), then close
+        the environment. ``before_chunk(k)`` is called before chunk k is played, ``after_chunk(k)`` once it is
+        written (marker included), ``each_step()`` before every step; an exception from any of them stops the
+        recording there (the chunks written are kept, as after a kill)."""
+        rstore, player, max_episodes = self.rstore, self.player, self.max_episodes
+        try:
+            if self._closed:
+                raise RuntimeError("this recording's environment is closed")
+            if self.first == len(rstore.bounds):
+                return rstore
+            if self.first > 0:
+                _resume_player(player, rstore, self.first)
+            bar = tqdm(
+                total=rstore.num_steps,
+                initial=rstore.bounds[self.first][0],
+                desc=f"record {player.env_id}",
+                unit="step",
+                disable=None if self.progress else True,
+            )
+            episodes = 0
+            for k in range(self.first, len(rstore.bounds)):
+                if before_chunk is not None:
+                    before_chunk(k)
+                a, b = rstore.bounds[k]
+                steps: list[Step] = []
+                while len(steps) < b - a and (max_episodes is None or episodes < max_episodes):
+                    if each_step is not None:
+                        each_step()
+                    steps.append(player.step())
+                    episodes += steps[-1].done
+                ended = max_episodes is not None and episodes >= max_episodes
+                if ended and a + len(steps) < rstore.num_steps:  # the store ends with the last episode
+                    rstore.store.truncate(a + len(steps))
+                r = rollout_from_steps(steps)
+                arrays = {name: getattr(r, name) for name in ROLLOUT_FIELDS}
+                arrays.update({f"state_{i}": s for i, s in enumerate(r.states)})
+                arrays["sampler_state"] = player.sampler.get_state()
+                rstore.store.write(k, arrays)
+                bar.update(len(steps))
+                if after_chunk is not None:
+                    after_chunk(k)
+                if ended:
+                    break
+            bar.close()
+        finally:
+            self.close()
         return rstore
-    try:
-        if first > 0:
-            _resume_player(player, rstore, first)
-        bar = tqdm(
-            total=num_steps,
-            initial=rstore.bounds[first][0],
-            desc=f"record {env_id}",
-            unit="step",
-            disable=None if progress else True,
-        )
-        episodes = 0
-        for k in range(first, len(rstore.bounds)):
-            a, b = rstore.bounds[k]
-            steps: list[Step] = []
-            while len(steps) < b - a and (max_episodes is None or episodes < max_episodes):
-                steps.append(player.step())
-                episodes += steps[-1].done
-            ended = max_episodes is not None and episodes >= max_episodes
-            if ended and a + len(steps) < rstore.num_steps:  # the store ends with the last episode
-                rstore.store.truncate(a + len(steps))
-            r = rollout_from_steps(steps)
-            arrays = {name: getattr(r, name) for name in ROLLOUT_FIELDS}
-            arrays.update({f"state_{i}": s for i, s in enumerate(r.states)})
-            arrays["sampler_state"] = player.sampler.get_state()
-            rstore.store.write(k, arrays)
-            bar.update(len(steps))
-            if ended:
-                break
-        bar.close()
-    finally:
-        player.close()
-    return rstore
 
 
 def _resume_player(player: Player, rstore: RolloutStore, done_chunks: int) -> None:

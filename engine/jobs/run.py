@@ -60,8 +60,9 @@ from ..storage.store import (
     writing_needed,
 )
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
-from .record import record_rollout
-from .score import score_store, scored_states, uses_recorded_states
+from .overlap import run_overlapped
+from .record import Recording, open_recording
+from .score import Scoring, open_scoring, scored_states, uses_recorded_states
 
 if TYPE_CHECKING:
     from gymnasium.spaces import Discrete
@@ -118,6 +119,10 @@ def validate_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
     each was trained on, where known, and their actions), load the agent and ``store.player``'s, and check the stores
     the job would open (:func:`check_stores`; ``output_known=False`` while ``output.dir`` is not the job's yet);
     nothing is played or written."""
+    if config.rollout.num_envs is not None:  # many games at once: engine/jobs/games.py
+        from .games import validate_games_job
+
+        return validate_games_job(config, output_known)
     check_config(config)
     quiet_emulator()
     e = config.env
@@ -231,6 +236,10 @@ def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     something that is no store, a store of another kind, an old format or damaged, a store written with other
     settings, a recorded game of another environment or pipeline, a place that is not writable. Reads manifests
     only. The default saliency store lies in ``output.dir``: checked where ``output_known``."""
+    if prepared.config.rollout.num_envs is not None:  # many games at once: engine/jobs/games.py
+        from .games import check_games_stores
+
+        return check_games_stores(prepared, output_known)
     config, st = prepared.config, prepared.config.store
     if not st.rollout:
         return
@@ -503,6 +512,10 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     :func:`check_stores` again for a job prepared earlier); the files an earlier job wrote into ``output.dir`` are
     removed once this one's results are ready to be written (:func:`clear_owned_outputs`), so that a refused or
     failed job leaves them as they were."""
+    if config.rollout.num_envs is not None:  # many games at once: engine/jobs/games.py
+        from .games import run_games_job
+
+        return run_games_job(config, prepared)
     if prepared is None:
         prepared = validate_job(config)
     else:
@@ -519,31 +532,19 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         shard, num_shards = st.shard, st.num_shards
     else:
         rollout_root, saliency_root, shard, num_shards = MemoryStore(), MemoryStore(), 0, 1
-    started = time.perf_counter()
-    rstore = recorded_game(config, prepared, rollout_root, sha)
-    rollout_s = time.perf_counter() - started
     before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
-    sstore = score_store(
-        agent,
-        rollout_root,
-        saliency_root,
-        engine_saliency(config.saliency),
-        sha,
-        st.frames_per_chunk,
-        shard,
-        num_shards,
-        config.progress,
-    )
-    saliency_s = time.perf_counter() - started - rollout_s
+    rstore, sstore, timing = record_and_score(config, prepared, rollout_root, saliency_root, sha, shard, num_shards)
+    saliency_s = timing["saliency_seconds"]
     scored = sum(
         b - a for k, (a, b) in enumerate(sstore.bounds) if k % num_shards == shard and (before is None or k in before)
     )
     log.info(
-        "scored %d frames into %s in %.1f s (%.3f s per frame)",
+        "scored %d frames into %s in %.1f s (%.3f s per frame%s)",
         scored,
         saliency_root,
         saliency_s,
         saliency_s / scored if scored else 0.0,
+        f"; {timing['waited_seconds']:.1f} s more waiting for the recording" if timing["overlapped"] else "",
     )
     recorded_states = uses_recorded_states(agent, rstore, sha)
     metrics = job_metrics(config, agent, rstore, sstore, recorded_states)
@@ -564,8 +565,7 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         **({"metrics": metrics} if metrics else {}),
         frames_scored=scored,
         complete=sstore.complete,
-        rollout_seconds=rollout_s,
-        saliency_seconds=saliency_s,
+        **timing,
         seconds_per_frame=saliency_s / scored if scored else None,
         episode_returns=episode_returns(series["rewards"], series["dones"]),
         pipeline=rstore.identity["pipeline"],
@@ -602,33 +602,118 @@ def recorded_game(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha
     """The job's game in the rollout store at ``root``: reused if that store is complete (whoever played it), else
     recorded or resumed there by ``store.player`` (a store on disk) or the job's agent; checked against the job's
     game and the agent's pipeline."""
-    agent = prepared.agent
-    if store_exists(root) and RolloutStore.open(root).complete:
+    recording = game_recording(config, prepared, root, checkpoint_sha256)
+    if recording is None:
         rstore = RolloutStore.open(root)  # replay one recorded game, whoever played it
-        log.info("replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], root)
     else:
-        player, player_path, player_sha = agent, prepared.checkpoint, checkpoint_sha256
-        if prepared.player is not None and prepared.player_checkpoint is not None and not is_memory(root):
-            player, player_path = prepared.player, prepared.player_checkpoint
-            player_sha = sha256_of(player_path)
         started = time.perf_counter()
-        rstore = record_rollout(
-            player,
-            config.env.id,
-            config.rollout.steps,
-            root,
-            seed=config.rollout.seed,
-            greedy=config.rollout.greedy,
-            chunk_steps=config.store.chunk_steps,
-            checkpoint_sha256=player_sha,
-            extra={"checkpoint": str(player_path), "config": asdict(config)},
-            progress=config.progress,
-            max_episodes=config.rollout.max_episodes,
-            **pipeline_options(config, player),
-        )
+        rstore = recording.run()
         log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
-    check_recorded(rstore, root, config, agent)
+    check_recorded(rstore, root, config, prepared.agent)
     return rstore
+
+
+def game_recording(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha256: str) -> Recording | None:
+    """The recording of the job's game into the rollout store at ``root``, opened (:func:`open_recording`: by
+    ``store.player`` for a store on disk, else the job's agent), or None where that store is complete (replayed)."""
+    if store_exists(root) and RolloutStore.open(root).complete:
+        rstore = RolloutStore.open(root)
+        log.info("replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], root)
+        return None
+    player, player_path, player_sha = prepared.agent, prepared.checkpoint, checkpoint_sha256
+    if prepared.player is not None and prepared.player_checkpoint is not None and not is_memory(root):
+        player, player_path = prepared.player, prepared.player_checkpoint
+        player_sha = sha256_of(player_path)
+    return open_recording(
+        player,
+        config.env.id,
+        config.rollout.steps,
+        root,
+        seed=config.rollout.seed,
+        greedy=config.rollout.greedy,
+        chunk_steps=config.store.chunk_steps,
+        checkpoint_sha256=player_sha,
+        extra={"checkpoint": str(player_path), "config": asdict(config)},
+        progress=config.progress,
+        max_episodes=config.rollout.max_episodes,
+        **pipeline_options(config, player),
+    )
+
+
+def record_and_score(
+    config: JobConfig, prepared: PreparedJob, rollout_root, saliency_root, checkpoint_sha256: str, shard, num_shards
+) -> tuple[RolloutStore, SaliencyStore, dict]:
+    """The job's game recorded (or resumed, or reused) into the rollout store and scored into the saliency store:
+    both at once where the game is recorded and ``store.overlap`` is on (:mod:`engine.jobs.overlap`), else one
+    after the other; the results are the same, bit for bit. Also returns the timing for the summary: the seconds
+    each stage ran (``saliency_seconds`` without its waits for the recording, ``waited_seconds``), the seconds
+    of both together, and whether they overlapped."""
+    agent, st = prepared.agent, config.store
+    started = time.perf_counter()
+
+    def scoring(recording: bool) -> Scoring:
+        return open_scoring(
+            agent,
+            rollout_root,
+            saliency_root,
+            engine_saliency(config.saliency),
+            checkpoint_sha256,
+            st.frames_per_chunk,
+            shard,
+            num_shards,
+            config.progress,
+            recording=recording,
+        )
+
+    recording = game_recording(config, prepared, rollout_root, checkpoint_sha256)
+    if recording is not None and st.overlap and config.rollout.max_episodes is not None:
+        log.info(
+            "store.overlap: the game is recorded before it is scored (with rollout.max_episodes its length is known "
+            "only once it ends)"
+        )
+    elif recording is not None and st.overlap:
+        try:
+            check_recorded(recording.rstore, rollout_root, config, agent)
+            scorer = scoring(recording=True)
+        except BaseException:
+            recording.close()
+            raise
+        done = run_overlapped(recording, scorer)
+        log.info(
+            "played %d steps of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder "
+            "was up to %d chunks ahead)",
+            done.rstore.num_steps,
+            config.env.id,
+            done.wall_s,
+            done.rollout_s,
+            done.saliency_s,
+            done.max_lead,
+        )
+        timing = dict(
+            overlapped=True,
+            rollout_seconds=done.rollout_s,
+            saliency_seconds=done.saliency_s,
+            waited_seconds=done.waited_s,
+            total_seconds=done.wall_s,
+        )
+        return done.rstore, done.sstore, timing
+    if recording is None:
+        rstore = RolloutStore.open(rollout_root)
+    else:
+        rstore = recording.run()
+        log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
+    rollout_s = time.perf_counter() - started
+    check_recorded(rstore, rollout_root, config, agent)
+    sstore = scoring(recording=False).run()
+    total_s = time.perf_counter() - started
+    timing = dict(
+        overlapped=False,
+        rollout_seconds=rollout_s,
+        saliency_seconds=total_s - rollout_s,
+        waited_seconds=0.0,
+        total_seconds=total_s,
+    )
+    return rstore, sstore, timing
 
 
 def agent_kind(agent: Policy) -> str:

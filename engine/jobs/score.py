@@ -3,7 +3,7 @@ store, resumable and shardable."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import cast
 
@@ -53,8 +53,40 @@ def score_store(
 
     Chunks already in the store are skipped, so a killed job started again continues where it stopped. A chunk
     of frames with their recorded steps and maps must fit :data:`engine.storage.store.MAX_CHUNK_BYTES`: a larger
-    ``frames_per_chunk`` is refused before anything is scored.
+    ``frames_per_chunk`` is refused before anything is scored. :func:`open_scoring` and :meth:`Scoring.run` are
+    its two halves.
     """
+    return open_scoring(
+        agent,
+        rollout_root,
+        root,
+        saliency,
+        checkpoint_sha256,
+        frames_per_chunk,
+        shard,
+        num_shards,
+        progress,
+        storage_options,
+    ).run()
+
+
+def open_scoring(
+    agent: Policy,
+    rollout_root,
+    root,
+    saliency,
+    checkpoint_sha256: str = "",
+    frames_per_chunk: int = 64,
+    shard: int = 0,
+    num_shards: int = 1,
+    progress: bool = False,
+    storage_options: dict | None = None,
+    recording: bool = False,
+) -> Scoring:
+    """The first half of :func:`score_store` (same arguments): the settings and stores checked, the saliency store
+    opened or created; nothing scored yet (:meth:`Scoring.run`). The rollout store must be complete, unless
+    ``recording``: then it is being recorded while it is scored (:mod:`engine.jobs.overlap`), and
+    :meth:`Scoring.run` must be given a ``wait`` that returns once the steps it names are written."""
     if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
     if isinstance(frames_per_chunk, bool) or not isinstance(frames_per_chunk, int) or frames_per_chunk < 1:
@@ -62,7 +94,7 @@ def score_store(
     if writing_needed(root, "saliency", storage_options):
         check_writable(root, storage_options)
     rstore = RolloutStore.open(rollout_root, storage_options)
-    if not rstore.complete:
+    if not (recording or rstore.complete):
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
     layout = saliency_layout(agent, saliency)
     check_scoring_chunk(rstore.store.layout, layout, frames_per_chunk)
@@ -88,26 +120,52 @@ def score_store(
             storage_options=storage_options,
         )
     )
-    bounds = out.bounds
     done = out.store.completed()
-    todo = [k for k in range(len(bounds)) if k % num_shards == shard and not done[k]]
-    bar = tqdm(
-        total=sum(b - a for a, b in (bounds[k] for k in todo)),
-        desc="saliency",
-        unit="frame",
-        disable=None if progress else True,
-    )
-    for k, part, states in scored_states(
-        agent, rstore, bounds, saliency.state_alignment, uses_recorded_states(agent, rstore, checkpoint_sha256), todo
-    ):
-        a, b = bounds[k]  # each frame's index in the rollout seeds its RISE masks and LIME samples: chunk-invariant
-        maps = compute_saliency(
-            agent, part.observations, states, saliency, actions=part.actions, frame_indices=range(a, b)
+    todo = [k for k in range(len(out.bounds)) if k % num_shards == shard and not done[k]]
+    recorded = uses_recorded_states(agent, rstore, checkpoint_sha256)
+    return Scoring(agent, rstore, out, saliency, todo, recorded, progress)
+
+
+class Scoring:
+    """A scoring opened by :func:`open_scoring`: the rollout store read (``rstore``), the saliency store written
+    (``out``) and the chunks of it still to score (``todo``), on the recorded states or replayed ones
+    (``recorded``, :func:`uses_recorded_states`)."""
+
+    def __init__(
+        self,
+        agent: Policy,
+        rstore: RolloutStore,
+        out: SaliencyStore,
+        saliency,
+        todo: list[int],
+        recorded: bool,
+        progress: bool,
+    ) -> None:
+        self.agent, self.rstore, self.out, self.saliency = agent, rstore, out, saliency
+        self.todo, self.recorded, self.progress = todo, recorded, progress
+
+    def run(self, wait: Callable[[int], None] | None = None) -> SaliencyStore:
+        """Score the chunks of ``todo`` in order; ``wait(stop)`` (see :func:`scored_states`) is called before the
+        rollout's steps up to ``stop`` are read."""
+        agent, saliency, out = self.agent, self.saliency, self.out
+        bounds = out.bounds
+        bar = tqdm(
+            total=sum(b - a for a, b in (bounds[k] for k in self.todo)),
+            desc="saliency",
+            unit="frame",
+            disable=None if self.progress else True,
         )
-        out.store.write(k, {key: value.numpy() for key, value in maps.items()})
-        bar.update(len(part))
-    bar.close()
-    return out
+        for k, part, states in scored_states(
+            agent, self.rstore, bounds, saliency.state_alignment, self.recorded, self.todo, wait
+        ):
+            a, b = bounds[k]  # each frame's index in the rollout seeds its RISE masks and LIME samples: chunk-invariant
+            maps = compute_saliency(
+                agent, part.observations, states, saliency, actions=part.actions, frame_indices=range(a, b)
+            )
+            out.store.write(k, {key: value.numpy() for key, value in maps.items()})
+            bar.update(len(part))
+        bar.close()
+        return out
 
 
 def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256: str) -> bool:
@@ -119,13 +177,21 @@ def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256:
 
 
 def scored_states(
-    agent: Policy, rstore: RolloutStore, bounds, state_alignment: str, recorded: bool, chunks
+    agent: Policy,
+    rstore: RolloutStore,
+    bounds,
+    state_alignment: str,
+    recorded: bool,
+    chunks,
+    wait: Callable[[int], None] | None = None,
 ) -> Iterator:
     """``(k, steps, states)`` for each chunk ``k`` in ``chunks`` (of ``bounds``, frames ``a..b``): the recorded
     steps ``a..b`` (a :class:`engine.env.rollout.Rollout`) and the states that scoring uses on them: the recorded
     ones if ``recorded`` (:func:`uses_recorded_states`), else the agent's own, replayed from the first frame and
     carried across chunks; shifted one frame back for ``state_alignment="paper"`` (the chunk before included).
-    Saliency, its metrics and the comparison figure all take their states from here."""
+    Saliency, its metrics and the comparison figure all take their states from here. ``wait(b)``, where given, is
+    called before steps up to ``b`` (exclusive) are read: they are read only once it returns (a rollout store
+    being recorded while it is scored, :mod:`engine.jobs.overlap`); chunks are read in order, so ``b`` grows."""
     wanted = set(chunks)
     last = max(wanted, default=-1)
     carry = agent.initial_state(1)
@@ -136,11 +202,15 @@ def scored_states(
         if recorded:
             if k not in wanted:
                 continue
+            if wait is not None:
+                wait(b)
             part = rstore.read(max(a - 1, 0), b)
             previous = None if a == 0 else index_state(part.states, slice(0, 1))
             part = part if a == 0 else part[1:]
             states = part.states
         else:
+            if wait is not None:
+                wait(b)
             part = rstore.read(a, b)
             observations = cast(torch.Tensor, part.observations)  # a Rollout fills them in when it is made
             states, next_carry = replay_states(agent, observations, part.dones, carry, with_next=True)

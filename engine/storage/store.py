@@ -13,6 +13,9 @@ Layout (``xarray.open_zarr(root)`` opens either kind as one Dataset with named d
     <root>/<array>/c/<k>/0/...    chunk k of that array: zstd (Blosc+zstd for floats) and a crc32c checksum
     <root>/complete/c/<k>/0       the marker of logical chunk k, written after all of k's arrays
 
+Many games (``rollout.num_envs``) are a root group whose manifest has kind ``games`` (:func:`games_manifest`), with one
+store per game in ``<root>/game_0000/``, ``<root>/game_0001/``, ... (:func:`open_games`, :func:`game_root`).
+
 A rollout store holds ``frames`` (step, frame_y, frame_x, frame_rgb) uint8, ``observations`` (step, obs_channel,
 obs_y, obs_x) uint8, ``logits`` (step, action), ``values``, ``actions``, ``rewards``, ``dones`` (step,), the agent's
 state tuple as ``state_0`` .. ``state_{n-1}`` (step, state_i_axis_1, ...) (none for a feed-forward agent), and
@@ -673,6 +676,8 @@ class ChunkStore:
         self.keys = _open_keys(self.root, self.storage_options, self.read_only)
         self.group = zarr.open_group(self.keys, mode="r" if self.read_only else "r+", use_consolidated=False)
         manifest = self.group.attrs.get(MANIFEST)
+        if isinstance(manifest, dict) and manifest.get("kind") == GAMES:
+            raise EngineError(_games_refusal(self.root, manifest))
         if not isinstance(manifest, dict) or "identity" not in manifest or "layout" not in manifest:
             raise EngineError(
                 f"{self.root} is a zarr group without a store manifest (attribute {MANIFEST!r}): not adopting it; "
@@ -1263,6 +1268,113 @@ def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] |
     except EngineError:
         return True  # the open proper reports it
     return not store.completed().all()
+
+
+# --- games: one store per game under a root group ----------------------------------------------------------------
+
+GAMES = "games"  # the root manifest's kind: a group of games, one store each in game_0000/, game_0001/, ...
+
+
+def game_name(index: int) -> str:
+    """The group of game ``index`` under a games root: ``game_0000``, ``game_0001``, ..."""
+    return f"game_{index:04d}"
+
+
+def game_root(root: str | os.PathLike[str], index: int) -> Path | str:
+    """The store of game ``index`` under the games root ``root`` (a path or an fsspec URL)."""
+    if is_url(root):
+        return f"{root.rstrip('/')}/{game_name(index)}"
+    return Path(root) / game_name(index)
+
+
+def _games_refusal(root: StoreRoot, manifest: Mapping[str, Any]) -> str:
+    n = manifest.get("num_envs")
+    first = game_root(root, 0) if not is_memory(root) else game_name(0)
+    return (
+        f"{root} holds {n} games, one {manifest.get('store', '')} store each ({first}, ...): open one game's store "
+        f"(or, in a job, set rollout.num_envs={n})"
+    )
+
+
+def games_manifest(
+    store: str, env_id: str, seed: int, num_envs: int, identity: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The root manifest of ``num_envs`` games of ``store`` kind ("rollout" or "saliency"): game ``i`` (group
+    :func:`game_name`) seeded ``seed + i``. ``identity`` adds what else must match for a job to reuse the root."""
+    return cast(
+        "dict[str, Any]",
+        _jsonable(
+            dict(
+                kind=GAMES,
+                format=FORMAT,
+                store=store,
+                env_id=env_id,
+                num_envs=num_envs,
+                seeds=[seed + i for i in range(num_envs)],
+                games=[game_name(i) for i in range(num_envs)],
+                identity=dict(identity or {}),
+            )
+        ),
+    )
+
+
+def root_manifest(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of the group at ``root`` (a games root's or a store's), None where there is no group or no
+    manifest. Reads the group's ``zarr.json`` only."""
+    if is_memory(root) or not store_exists(root, storage_options):
+        return None
+    with _object_storage(root):
+        group = zarr.open_group(_open_keys(root, storage_options, True), mode="r", use_consolidated=False)
+        manifest = group.attrs.get(MANIFEST)
+    return cast("dict[str, Any]", manifest) if isinstance(manifest, dict) else None
+
+
+def open_games(
+    root: str | os.PathLike[str], manifest: Mapping[str, Any], storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The games root at ``root`` with ``manifest`` (:func:`games_manifest`): created (atomically on a local path:
+    built beside it and renamed, like a store) where absent, else checked against it (:class:`StoreMismatchError`
+    naming the difference). The root group has no consolidated metadata, so readers list its games:
+    ``xarray.open_datatree(root, engine="zarr")`` opens every game as a node."""
+    root = cast("Path | str", store_root(root))
+    wanted: dict[str, Any] = _jsonable(dict(manifest))
+    with _object_storage(root):
+        if not store_exists(root, storage_options):
+            _refuse_foreign(root, storage_options)
+            try:
+                _create_games(root, wanted, storage_options)
+            except OSError as exc:
+                raise EngineError(f"cannot create the games root {root}: {exc.strerror or exc}") from exc
+    found = root_manifest(root, storage_options)
+    if found is None or found.get("kind") != GAMES:
+        kind = (found or {}).get("kind", "no engine")
+        raise StoreMismatchError(f"{root} is a {kind} store of one game, not a group of games: use another directory")
+    if found != wanted:
+        raise StoreMismatchError(
+            f"the games root {root} was written with other settings ({_difference(found, wanted)}): refusing to mix "
+            "them; use another directory, or delete this one to start over"
+        )
+    return found
+
+
+def _create_games(root: Path | str, manifest: Mapping[str, Any], storage_options: dict[str, Any] | None) -> None:
+    if is_url(root):  # one PUT of zarr.json: nothing to hide
+        zarr.create_group(_open_keys(root, storage_options, False), zarr_format=3, attributes={MANIFEST: manifest})
+        return
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.creating-{uuid.uuid4().hex[:8]}-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        zarr.create_group(_Keys(LocalStore(tmp), tmp), zarr_format=3, attributes={MANIFEST: manifest})
+        try:
+            os.rename(tmp, root)  # atomic; replaces only an absent or empty directory
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- rollouts ------------------------------------------------------------------------------------------------------

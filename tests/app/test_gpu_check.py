@@ -79,3 +79,21 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     assert (first["agent"], first["variant"], first["plan"]) == ("baby-a3c_gru", "eager", "plain")
     assert 0 < first["actor_rel_error"] < 1e-4 and first["actor_top5_overlap"] == 1.0
     assert "baby-a3c_gru:compile:plain" in rows["skipped"]
+
+
+def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_path):
+    """benchmarks/gpu/end_to_end.py (the GPU script's end-to-end job) at the smallest size on the CPU: two games
+    played together and scored; the stages' rates and the job's rate against scoring alone are reported."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu/end_to_end.py", "--out", str(tmp_path), "--games", "2", "--max-steps", "12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((tmp_path / "end_to_end.json").read_text())
+    assert report["device"] == "cpu" and report["games"] == 2 and report["game_lengths"] == [12, 12]
+    assert report["frames"] == report["frames_scored"] == 24
+    assert report["rollout_seconds"] > 0 and report["saliency_seconds"] > 0
+    assert 0 < report["job_vs_scoring"] <= 1  # the job's wall clock holds its scoring
