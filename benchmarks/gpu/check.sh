@@ -5,19 +5,21 @@
 #   benchmarks/gpu/check.sh OUT_DIR [.gpu_carry]         # there: results into OUT_DIR
 #
 # The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
-# this tree (PYTHONPATH) with the carried kornia wheels, on pre-recorded rollouts. Writes OUT_DIR/check.json,
-# check.md, check.log, roofline.json, speed.json, speed.log and nvidia-smi.txt: 7 files, about 4 minutes on an
-# H200 or H100 (SPEED_BUDGET_S, default 150, bounds the speed variants).
+# this tree (PYTHONPATH) with the carried wheels, on pre-recorded rollouts, then the main job end to end on 50
+# games. Writes OUT_DIR/check.json, check.md, check.log, roofline.json, speed.json, speed.log, end_to_end.json and
+# nvidia-smi.txt: 8 files, about 7 minutes on an H200 or H100 (SPEED_BUDGET_S, default 120, bounds the speed
+# variants; END_TO_END_S, default 240, the end-to-end job).
 set -euo pipefail
 out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [DATA_DIR]}
 data=${2:-.gpu_carry}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if ! python3 -c "import kornia" 2>/dev/null; then
-  ls "$data"/wheels/*.whl >/dev/null 2>&1 || { echo "error: no kornia here and no wheels in $data/wheels: run benchmarks/gpu/prepare.py" >&2; exit 2; }
+if ls "$data"/wheels/*.whl >/dev/null 2>&1; then  # kornia, and the end-to-end job's games, stores and config
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu-check-site "$data"/wheels/*.whl
   export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+elif ! python3 -c "import kornia" 2>/dev/null; then
+  echo "error: no kornia here and no wheels in $data/wheels: run benchmarks/gpu/prepare.py" >&2; exit 2
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || echo "no nvidia-smi: CPU only") > "$out/nvidia-smi.txt" 2>&1
@@ -27,6 +29,13 @@ python3 benchmarks/gpu/check.py --out "$out" --data "$data" 2>&1 | tee "$out/che
 # the roofline of each agent on this device, its peaks measured in the same run (issue 19, item 1)
 python3 benchmarks/roofline.py --out "$out/roofline.json" 2>&1 | tee -a "$out/check.log"
 # the exact path's speed-ups side by side: cuDNN autotuning, torch.compile, CUDA graphs, split TF32 (issue 19, item 2)
-python3 benchmarks/gpu/speed.py --out "$out" --data "$data" --budget-s "${SPEED_BUDGET_S:-150}" 2>&1 \
+python3 benchmarks/gpu/speed.py --out "$out" --data "$data" --budget-s "${SPEED_BUDGET_S:-120}" 2>&1 \
   | grep -v "^W[0-9]" | tee "$out/speed.log"
+# the main job end to end: 50 full games recorded together and scored, against scoring alone (issue 23, item 4)
+if python3 -c "import gymnasium, ale_py, zarr, omegaconf" 2>/dev/null; then
+  timeout "${END_TO_END_S:-240}" python3 benchmarks/gpu/end_to_end.py --out "$out" --games "${GAMES:-50}" \
+    --workers "${WORKERS:-8}" 2>&1 | tail -n 40 >> "$out/speed.log" || echo "end_to_end: exit $?" >> "$out/speed.log"
+else
+  echo "end_to_end: skipped (no gymnasium, ale-py, zarr or omegaconf: run benchmarks/gpu/prepare.py)" >> "$out/speed.log"
+fi
 exit "$status"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -146,14 +147,31 @@ def load_agents(data: Path, device: torch.device) -> dict:
             states(ppo),
         ),
     }
-    if (data / "sb3-ppo.zip").exists():  # prepared since issue 19's benchmarks (older carries lack it)
+    if (data / "sb3-ppo-shell.zip").exists():  # prepared since issue 19's benchmarks (older carries lack it)
         sb3 = dict(np.load(data / "pong_sb3.npz"))
+        sb3_file = sb3_zip(data, Path(tempfile.mkdtemp()) / "sb3-ppo.zip")
         agents["sb3_ppo"] = (
-            lambda dtype: load_policy(data / "sb3-ppo.zip", device=device, dtype=dtype),
+            lambda dtype: load_policy(sb3_file, device=device, dtype=dtype),
             sb3["observations"],
             (),
         )
     return agents
+
+
+def sb3_zip(data: Path, path: Path) -> Path:
+    """The SB3 agent's zip rebuilt from what travelled (benchmarks/gpu/prepare.py): its zip without the weights,
+    and ``policy.pth`` as SB3 writes it (``torch.save`` of the state dict) from ``cleanrl-ppo.pt`` by the key map."""
+    import io
+    import zipfile
+
+    weights = torch.load(data / "cleanrl-ppo.pt", map_location="cpu", weights_only=True)
+    policy = io.BytesIO()
+    torch.save({k: weights[v] for k, v in json.loads((data / "sb3-ppo-keys.json").read_text())}, policy)
+    with zipfile.ZipFile(data / "sb3-ppo-shell.zip") as shell, zipfile.ZipFile(path, "w") as out:
+        for info in shell.infolist():
+            out.writestr(info, shell.read(info.filename))
+        out.writestr("policy.pth", policy.getvalue())
+    return path
 
 
 def main() -> None:
