@@ -62,6 +62,7 @@ from ..storage.store import (
     writing_needed,
 )
 from .config import JobConfig, check_config, engine_saliency
+from .record import rollout_identity
 from .score import score_store, uses_recorded_states
 
 if TYPE_CHECKING:
@@ -119,21 +120,16 @@ def record_games(
         layout = rollout_layout(agent, np.shape(player.frames[0]), np.shape(player.observations[0]))
         rstores = []
         for i, root in enumerate(roots):
-            identity = dict(
-                kind="rollout",
-                format=FORMAT,
-                engine=engine_version(),
-                env_id=env_id,
-                seed=seed + i,
-                greedy=greedy,
-                num_steps=num_steps,
-                chunk_steps=chunk_steps,
-                checkpoint_sha256=checkpoint_sha256,
-                num_actions=agent.num_actions,
-                state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
-                dtype=str(agent.dtype),
-                pipeline=player.spec.to_dict(),
-                action_names=list(player.action_names),
+            identity = rollout_identity(
+                agent,
+                env_id,
+                seed + i,
+                greedy,
+                num_steps,
+                chunk_steps,
+                checkpoint_sha256,
+                player.spec,
+                player.action_names,
             )
             store = ChunkStore.open_or_create(
                 root, identity, layout, num_steps, chunk_steps, extras[i], storage_options

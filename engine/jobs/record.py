@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..core.policy import Policy, state_to
+from ..env.pipelines import PipelineSpec
 from ..env.rollout import Player, Step, rollout_from_steps
 from ..storage.store import (
     FORMAT,
@@ -82,6 +83,41 @@ def record_rollout(
     ).run()
 
 
+def rollout_identity(
+    agent: Policy,
+    env_id: str,
+    seed: int,
+    greedy: bool,
+    num_steps: int,
+    chunk_steps: int,
+    checkpoint_sha256: str,
+    spec: PipelineSpec | None = None,
+    action_names: Sequence[str] | None = None,
+) -> dict:
+    """The identity a rollout store's manifest records for a game (a store of other settings is refused on
+    resume). ``spec`` and ``action_names`` come from the game's environment; without them, the part a job can check
+    before any environment is made (``engine.jobs.run.check_stores``)."""
+    identity = dict(
+        kind="rollout",
+        format=FORMAT,
+        engine=engine_version(),
+        env_id=env_id,
+        seed=seed,
+        greedy=greedy,
+        num_steps=num_steps,
+        chunk_steps=chunk_steps,
+        checkpoint_sha256=checkpoint_sha256,
+        num_actions=agent.num_actions,
+        state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
+        dtype=str(agent.dtype),
+    )
+    if spec is not None:
+        identity["pipeline"] = spec.to_dict()
+    if action_names is not None:
+        identity["action_names"] = list(action_names)
+    return identity
+
+
 def open_recording(
     agent: Policy,
     env_id: str,
@@ -115,21 +151,8 @@ def open_recording(
     if writing_needed(root, "rollout", storage_options):
         check_writable(root, storage_options)
     player = Player(agent, env_id, seed, greedy, **pipeline_options)
-    identity = dict(
-        kind="rollout",
-        format=FORMAT,
-        engine=engine_version(),
-        env_id=env_id,
-        seed=seed,
-        greedy=greedy,
-        num_steps=num_steps,
-        chunk_steps=chunk_steps,
-        checkpoint_sha256=checkpoint_sha256,
-        num_actions=agent.num_actions,
-        state_shapes=[list(s.shape[1:]) for s in agent.initial_state(1)],
-        dtype=str(agent.dtype),
-        pipeline=player.spec.to_dict(),
-        action_names=list(player.action_names),
+    identity = rollout_identity(
+        agent, env_id, seed, greedy, num_steps, chunk_steps, checkpoint_sha256, player.spec, player.action_names
     )
     try:
         layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))

@@ -44,15 +44,12 @@ from ..policies.registry import (
 )
 from ..storage.arrays import save_arrays
 from ..storage.store import (
-    FORMAT,
     ROLLOUT_FIELDS,
     ChunkStore,
     RolloutStore,
     SaliencyStore,
     StoreMismatchError,
     check_writable,
-    engine_version,
-    identity_settings,
     is_memory,
     is_url,
     store_exists,
@@ -61,8 +58,8 @@ from ..storage.store import (
 )
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .overlap import run_overlapped
-from .record import Recording, open_recording
-from .score import Scoring, open_scoring, scored_states, uses_recorded_states
+from .record import Recording, open_recording, rollout_identity
+from .score import Scoring, open_scoring, saliency_identity, scored_states, uses_recorded_states
 
 if TYPE_CHECKING:
     from gymnasium.spaces import Discrete
@@ -250,17 +247,9 @@ def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     elif recorded is not None:
         player = prepared.player or prepared.agent
         played_by = prepared.player_checkpoint or prepared.checkpoint
-        wanted = dict(
-            format=FORMAT,
-            engine=engine_version(),
-            env_id=config.env.id,
-            seed=config.rollout.seed,
-            greedy=config.rollout.greedy,
-            num_steps=config.rollout.steps,
-            chunk_steps=st.chunk_steps,
-            checkpoint_sha256=sha256_of(played_by),
-            num_actions=player.num_actions,
-            dtype=str(player.dtype),
+        r = config.rollout
+        wanted = rollout_identity(
+            player, config.env.id, r.seed, r.greedy, r.steps, st.chunk_steps, sha256_of(played_by)
         )
         check_identity(rollout_root, recorded.identity, wanted)
     if writing_needed(rollout_root, "rollout", None):
@@ -270,17 +259,13 @@ def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     saliency_root = store_root(st.saliency) if st.saliency else Path(config.output.dir) / "saliency_store"
     scored = existing_store(saliency_root, "saliency")
     if scored is not None:
-        settings = identity_settings(asdict(engine_saliency(config.saliency)))
-        wanted = dict(
-            format=FORMAT,
-            engine=engine_version(),
-            checkpoint_sha256=sha256_of(prepared.checkpoint),
-            dtype=str(prepared.agent.dtype),
-            saliency=settings,
-            frames_per_chunk=st.frames_per_chunk,
+        wanted = saliency_identity(
+            prepared.agent,
+            engine_saliency(config.saliency),
+            sha256_of(prepared.checkpoint),
+            st.frames_per_chunk,
+            None if recorded is None else recorded.identity,
         )
-        if recorded is not None:
-            wanted["rollout"] = recorded.identity
         check_identity(saliency_root, scored.identity, wanted)
     if writing_needed(saliency_root, "saliency", None):
         check_writable(saliency_root)

@@ -70,6 +70,26 @@ def score_store(
     ).run()
 
 
+def saliency_identity(
+    agent: Policy, saliency, checkpoint_sha256: str, frames_per_chunk: int, rollout: dict | None = None
+) -> dict:
+    """The identity a saliency store's manifest records (a store of other settings is refused on resume): the
+    scoring agent, the settings that change maps (``engine.storage.store.identity_settings``), the chunking and
+    the scored game's own identity (``rollout``; without it, the part checked before the game is known)."""
+    identity = dict(
+        kind="saliency",
+        format=FORMAT,
+        engine=engine_version(),
+        checkpoint_sha256=checkpoint_sha256,
+        dtype=str(agent.dtype),
+        saliency=identity_settings(asdict(saliency)),
+        frames_per_chunk=frames_per_chunk,
+    )
+    if rollout is not None:
+        identity["rollout"] = rollout
+    return identity
+
+
 def open_scoring(
     agent: Policy,
     rollout_root,
@@ -98,18 +118,7 @@ def open_scoring(
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
     layout = saliency_layout(agent, saliency)
     check_scoring_chunk(rstore.store.layout, layout, frames_per_chunk)
-    dtype = str(agent.dtype)
-    settings = identity_settings(asdict(saliency))
-    identity = dict(
-        kind="saliency",
-        format=FORMAT,
-        engine=engine_version(),
-        rollout=rstore.identity,
-        checkpoint_sha256=checkpoint_sha256,
-        dtype=dtype,
-        saliency=settings,
-        frames_per_chunk=frames_per_chunk,
-    )
+    identity = saliency_identity(agent, saliency, checkpoint_sha256, frames_per_chunk, rstore.identity)
     out = SaliencyStore(
         ChunkStore.open_or_create(
             root,

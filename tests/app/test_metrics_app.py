@@ -48,12 +48,12 @@ def in_memory(tmp_path_factory):
     scored with."""
     from engine.jobs import run as job_module
 
-    out, roots, score = tmp_path_factory.mktemp("job"), [], job_module.score_store
+    out, roots, record_and_score = tmp_path_factory.mktemp("job"), [], job_module.record_and_score
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
+        patch.setattr(  # (config, prepared, rollout_root, saliency_root, ...): the memory stores of the job
             job_module,
-            "score_store",
-            lambda agent, *args, **kwargs: (roots.append(args[:2]), score(agent, *args, **kwargs))[1],
+            "record_and_score",
+            lambda *args, **kwargs: (roots.append(args[2:4]), record_and_score(*args, **kwargs))[1],
         )
         run_job(job(out))
     return out, json.loads((out / "summary.json").read_text()), roots
