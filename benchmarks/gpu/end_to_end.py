@@ -32,7 +32,9 @@ from engine.jobs.config import JobConfig, RolloutConfig  # noqa: E402
 from engine.jobs.run import run_job  # noqa: E402
 
 
-def job_config(out_dir: Path, games: int, max_steps: int, workers: int | None, device: str) -> JobConfig:
+def job_config(
+    out_dir: Path, games: int, max_steps: int, workers: int | None, device: str, density: int = 5
+) -> JobConfig:
     rollout: dict = dict(steps=max_steps, seed=0, num_envs=games, max_episodes=1)
     if workers is not None and "workers" in RolloutConfig.__dataclass_fields__:
         rollout["workers"] = workers
@@ -41,7 +43,7 @@ def job_config(out_dir: Path, games: int, max_steps: int, workers: int | None, d
             agent=dict(checkpoint="builtin/pong_ppo"),
             env=dict(id="PongNoFrameskip-v4"),
             rollout=rollout,
-            saliency=dict(method="perturbation", radius=5, density=5),
+            saliency=dict(method="perturbation", radius=5, density=density),
             output=dict(dir=str(out_dir), movie=False, stills=[], arrays=False, report=False),
             device=device,
             progress=False,
@@ -55,12 +57,13 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=5000, help="steps per game at most (a Pong game ends first)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes stepping the games")
+    parser.add_argument("--density", type=int, default=5, help="the 2017 method's grid step (radius 5)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        config = job_config(Path(tmp) / "job", args.games, args.max_steps, args.workers, device)
+        config = job_config(Path(tmp) / "job", args.games, args.max_steps, args.workers, device, args.density)
         started = time.perf_counter()
         run_job(config)
         wall = time.perf_counter() - started
@@ -74,6 +77,7 @@ def main() -> None:
         cpu_threads=torch.get_num_threads(),
         games=args.games,
         workers=args.workers,
+        density=args.density,
         max_steps=args.max_steps,
         frames=frames,
         frames_scored=scored,

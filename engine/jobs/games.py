@@ -35,17 +35,14 @@ from zarr.storage import MemoryStore
 
 from ..core.errors import EngineError
 from ..core.policy import Policy
-from ..core.settings import map_names, selected_methods
 from ..env.rollout import Step, VectorPlayer, check_num_envs, rollout_from_steps
 from ..policies.registry import sha256_of
-from ..storage.arrays import save_arrays
 from ..storage.store import (
     FORMAT,
     GAMES,
     ROLLOUT_FIELDS,
     ChunkStore,
     RolloutStore,
-    SaliencyStore,
     check_chunk_count,
     check_writable,
     engine_version,
@@ -61,9 +58,8 @@ from ..storage.store import (
     store_root,
     writing_needed,
 )
-from .config import JobConfig, check_config, engine_saliency
+from .config import JobConfig, check_config
 from .record import rollout_identity
-from .score import score_store, uses_recorded_states
 
 if TYPE_CHECKING:
     from .run import PreparedJob
@@ -410,12 +406,10 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     summaries, written_games = [], []
     for i, game in enumerate(games):
         log.info("game %d of %d (seed %d) into %s", i + 1, n, game.rollout.seed, game.output.dir)
-        if st.rollout:
-            from .run import run_job
+        from .run import run_job
 
-            written = run_job(game, dataclasses.replace(prepared, config=game))
-        else:
-            written = _memory_game(game, prepared, roots[i], rstores[i])
+        # each game's own job on its recorded store: on disk by its path, in memory handed over
+        written = run_job(game, dataclasses.replace(prepared, config=game), None if st.rollout else roots[i])
         summary_path = Path(written["summary"])
         summaries.append(json.loads(summary_path.read_text()))
         written_games.append(summary_path)
@@ -479,87 +473,3 @@ def _games_summary(
         warnings=list(prepared.warnings),
         **statistics,
     )
-
-
-def _memory_game(
-    config: JobConfig, prepared: PreparedJob, rollout_root: MemoryStore, rstore: RolloutStore
-) -> dict[str, Path | str]:
-    """The single-game job's scoring and outputs (``engine.jobs.run.run_job`` without ``store.rollout``) for a game
-    recorded into the memory store ``rollout_root``."""
-    from .run import (
-        _write_summary,
-        action_counts,
-        agent_settings,
-        clear_owned_outputs,
-        episode_returns,
-        job_metrics,
-        job_report,
-        render_outputs,
-        streamed_statistics,
-        zero_map_warnings,
-    )
-
-    agent, out_dir = prepared.agent, Path(config.output.dir)
-    for warning in prepared.warnings:
-        log.warning("%s", warning)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sha = sha256_of(prepared.checkpoint)
-    started = time.perf_counter()
-    saliency_root = MemoryStore()
-    sstore: SaliencyStore = score_store(
-        agent,
-        rollout_root,
-        saliency_root,
-        engine_saliency(config.saliency),
-        sha,
-        config.store.frames_per_chunk,
-        0,
-        1,
-        config.progress,
-    )
-    saliency_s = time.perf_counter() - started
-    scored = rstore.num_steps
-    log.info("scored %d frames in %.1f s (%.3f s per frame)", scored, saliency_s, saliency_s / scored)
-    recorded_states = uses_recorded_states(agent, rstore, sha)
-    metrics = job_metrics(config, agent, rstore, sstore, recorded_states)
-    series = rstore.store.read_range(0, rstore.num_steps, ("actions", "rewards", "dones"))
-    names = rstore.identity["action_names"]
-    statistics = streamed_statistics(sstore)
-    methods = selected_methods(config.saliency.method)
-    warnings = list(prepared.warnings)
-    for warning in zero_map_warnings(statistics, methods):
-        log.warning("%s", warning)
-        warnings.append(warning)
-    settings = dict(
-        config={**asdict(config), "agent": agent_settings(config, agent)},
-        checkpoint=str(prepared.checkpoint),
-        checkpoint_sha256=sha,
-        frames=rstore.num_steps,
-        **({"metrics": metrics} if metrics else {}),
-        frames_scored=scored,
-        complete=sstore.complete,
-        rollout_seconds=0.0,  # the games were recorded together: the root summary has the time
-        saliency_seconds=saliency_s,
-        seconds_per_frame=saliency_s / scored if scored else None,
-        episode_returns=episode_returns(series["rewards"], series["dones"]),
-        pipeline=rstore.identity["pipeline"],
-        action_names=list(names),
-        action_counts=action_counts(series["actions"], names),
-        warnings=warnings,
-        methods=list(methods),
-        maps={method: list(kinds) for method, kinds in map_names(methods).items()},
-        **statistics,
-    )
-    clear_owned_outputs(out_dir)
-    written: dict[str, Path | str] = {}
-    if config.output.arrays:
-        played = rstore.read()
-        arrays = {name: getattr(played, name) for name in ROLLOUT_FIELDS}
-        written["rollout"] = save_arrays(
-            out_dir / "rollout.npz", {**arrays, **{f"state_{i}": s for i, s in enumerate(played.states)}}, settings
-        )
-        written["saliency"] = save_arrays(out_dir / "saliency.npz", sstore.read(), settings)
-    written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
-    if config.output.report:
-        written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore)
-    return _write_summary(out_dir, settings, written)

@@ -481,7 +481,9 @@ def name_of(action: int, names) -> str:
     return names[action] if action < len(names) else str(action)
 
 
-def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str, Path | str]:
+def run_job(
+    config: JobConfig, prepared: PreparedJob | None = None, recorded: MemoryStore | None = None
+) -> dict[str, Path | str]:
     """Run the main job into ``config.output.dir``; returns the paths written (a store on object storage by its URL)
     and prints nothing.
 
@@ -496,7 +498,13 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
     Everything that can refuse the job is checked before anything is written (:func:`validate_job`, and
     :func:`check_stores` again for a job prepared earlier); the files an earlier job wrote into ``output.dir`` are
     removed once this one's results are ready to be written (:func:`clear_owned_outputs`), so that a refused or
-    failed job leaves them as they were."""
+    failed job leaves them as they were.
+
+    ``recorded``: a memory store that already holds this job's game (:mod:`engine.jobs.games` records many games
+    at once, then runs each one's job on its store), scored instead of a game recorded here; jobs without
+    ``store.rollout`` only."""
+    if recorded is not None and config.store.rollout:
+        raise ValueError("recorded (a memory store) is for jobs without store.rollout, whose stores are in memory")
     if config.rollout.num_envs is not None:  # many games at once: engine/jobs/games.py
         from .games import run_games_job
 
@@ -516,7 +524,8 @@ def run_job(config: JobConfig, prepared: PreparedJob | None = None) -> dict[str,
         saliency_root = store_root(st.saliency) if st.saliency else out_dir / "saliency_store"
         shard, num_shards = st.shard, st.num_shards
     else:
-        rollout_root, saliency_root, shard, num_shards = MemoryStore(), MemoryStore(), 0, 1
+        rollout_root = MemoryStore() if recorded is None else recorded
+        saliency_root, shard, num_shards = MemoryStore(), 0, 1
     before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
     rstore, sstore, timing = record_and_score(config, prepared, rollout_root, saliency_root, sha, shard, num_shards)
     saliency_s = timing["saliency_seconds"]

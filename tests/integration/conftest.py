@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.core.policy import PolicyOutput
+from engine.env import pipelines
 from engine.policies.greydanus2017 import ActorCritic
 
 
@@ -56,3 +57,21 @@ class TopLeftPixel:
 
     def reset_state(self, state, done):
         return state
+
+
+@pytest.fixture
+def time_limits(monkeypatch):
+    """``time_limits(a, b, ...)``: the environments made from now on get gymnasium's ``max_episode_steps`` a, b, ...
+    in the order they are made (a VectorPlayer makes game 0 first), so episodes end early and at different steps
+    in different games (ALE steps: agent steps for the 2017 pipeline, frames for the standard ones)."""
+    original = pipelines.make_env
+
+    def set_limits(*limits: int) -> None:
+        left = iter(limits)
+
+        def make_env(env_id, seed=None, **kwargs):
+            return original(env_id, seed, max_episode_steps=next(left), **kwargs)
+
+        monkeypatch.setattr(pipelines, "make_env", make_env)
+
+    return set_limits

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from engine.core.errors import EngineError
-from engine.env import pipelines
 from engine.jobs import games as games_module
 from engine.jobs.games import record_games
 from engine.jobs.record import record_rollout
@@ -43,23 +42,6 @@ def assert_same_store(a: ChunkStore, b: ChunkStore) -> None:
         assert x.keys() == y.keys()
         for name in x:
             assert np.array_equal(x[name], y[name]), (k, name)
-
-
-@pytest.fixture
-def time_limits(monkeypatch):
-    """``time_limits(a, b, ...)``: the environments made from now on get ``max_episode_steps`` a, b, ... in the
-    order they are made (game 0 first), so episodes end after a few steps, at different steps in different games."""
-    original = pipelines.make_env
-
-    def set_limits(*limits: int) -> None:
-        left = iter(limits)
-
-        def make_env(env_id, seed=None, **kwargs):
-            return original(env_id, seed, max_episode_steps=next(left), **kwargs)
-
-        monkeypatch.setattr(pipelines, "make_env", make_env)
-
-    return set_limits
 
 
 def test_each_games_stores_equal_the_single_game_job(tmp_path):

@@ -5,7 +5,6 @@ with episodes ending at different steps in different games."""
 import pytest
 import torch
 
-from engine.env import pipelines
 from engine.env.rollout import Rollout, VectorPlayer, rollout
 from engine.policies.cleanrl import CleanRLPPO
 from engine.policies.loading import load_policy
@@ -23,24 +22,6 @@ def assert_same_game(game: Rollout, alone: Rollout) -> None:
     assert all(torch.equal(a, b) for a, b in zip(game.states, alone.states)), "states"
     assert (game.seed, game.env_id, game.greedy) == (alone.seed, alone.env_id, alone.greedy)
     assert game.pipeline == alone.pipeline and game.action_names == alone.action_names
-
-
-@pytest.fixture
-def time_limits(monkeypatch):
-    """``time_limits(a, b, ...)``: the environments made from now on get gymnasium's ``max_episode_steps`` a, b, ...
-    in the order they are made (a VectorPlayer makes game 0 first), so episodes end early and at different steps
-    in different games (ALE steps: agent steps for the 2017 pipeline, frames for the standard ones)."""
-    original = pipelines.make_env
-
-    def set_limits(*limits: int) -> None:
-        left = iter(limits)
-
-        def make_env(env_id, seed=None, **kwargs):
-            return original(env_id, seed, max_episode_steps=next(left), **kwargs)
-
-        monkeypatch.setattr(pipelines, "make_env", make_env)
-
-    return set_limits
 
 
 def _feed_forward_2017():
