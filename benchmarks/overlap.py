@@ -5,7 +5,7 @@ against one stage after the other and against scoring alone (a benchmark, not a 
                                  [--agent builtin/pong_ppo] [--out benchmarks/results/overlap_cpu.json]
 
 Each round runs three store jobs (:func:`engine.jobs.run.run_job`, fresh stores, no movie, report or arrays) of
-``--steps`` steps of Pong: ``overlapped`` (``store.overlap=true``, the default: saliency chunks scored while later
+``--steps`` steps of Pong: ``overlapped`` (``store.overlap=true``, the default on CUDA: saliency chunks scored while later
 rollout chunks are recorded), ``sequential`` (``store.overlap=false``: the whole game recorded, then scored) and
 ``scoring`` (the same job over a complete rollout store, recorded before the round: the scoring stage alone). The
 configurations are interleaved (one run of each per round, after a short warm-up round) and repeated; the best

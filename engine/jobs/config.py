@@ -193,7 +193,8 @@ class StoreConfig:
     frames_per_chunk: int = 64  # frames per saliency chunk (the memory bound and the unit of resume)
     shard: int = 0
     num_shards: int = 1
-    overlap: bool = True  # score saliency chunks while later rollout chunks are recorded (docs/stores.md)
+    overlap: bool | None = None  # score saliency chunks while later rollout chunks are recorded (docs/stores.md);
+    # null: where the agent runs on CUDA (on a CPU both stages share the cores, and overlap measured slower there)
 
 
 @dataclass

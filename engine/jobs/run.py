@@ -638,7 +638,8 @@ def record_and_score(
     config: JobConfig, prepared: PreparedJob, rollout_root, saliency_root, checkpoint_sha256: str, shard, num_shards
 ) -> tuple[RolloutStore, SaliencyStore, dict]:
     """The job's game recorded (or resumed, or reused) into the rollout store and scored into the saliency store:
-    both at once where the game is recorded and ``store.overlap`` is on (:mod:`engine.jobs.overlap`), else one
+    both at once where the game is recorded and ``store.overlap`` is on (by default where the agent runs on CUDA:
+    :mod:`engine.jobs.overlap`), else one
     after the other; the results are the same, bit for bit. Also returns the timing for the summary: the seconds
     each stage ran (``saliency_seconds`` without its waits for the recording, ``waited_seconds``), the seconds
     of both together, and whether they overlapped."""
@@ -659,13 +660,14 @@ def record_and_score(
             recording=recording,
         )
 
+    overlap = st.overlap if st.overlap is not None else torch.device(agent.device).type == "cuda"
     recording = game_recording(config, prepared, rollout_root, checkpoint_sha256)
-    if recording is not None and st.overlap and config.rollout.max_episodes is not None:
+    if recording is not None and overlap and config.rollout.max_episodes is not None:
         log.info(
             "store.overlap: the game is recorded before it is scored (with rollout.max_episodes its length is known "
             "only once it ends)"
         )
-    elif recording is not None and st.overlap:
+    elif recording is not None and overlap:
         try:
             check_recorded(recording.rstore, rollout_root, config, agent)
             scorer = scoring(recording=True)

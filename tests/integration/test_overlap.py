@@ -25,7 +25,7 @@ from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore
 from tests.conftest import ROOT, checkpoint, tiny_job
 
 STEPS, CHUNK, FRAMES = 48, 8, 4  # 6 rollout chunks, 12 saliency chunks
-STORE = {"chunk_steps": CHUNK, "frames_per_chunk": FRAMES}
+STORE = {"chunk_steps": CHUNK, "frames_per_chunk": FRAMES, "overlap": True}  # on the CPU it is off by default
 
 
 def job(out_dir, settings: dict | None = None, agent: dict | None = None, steps: int = STEPS, **store):
@@ -259,3 +259,12 @@ def test_the_recorder_stays_within_its_lead(tmp_path, monkeypatch, lead):
     monkeypatch.setattr(scoring, "compute_saliency", slow)
     run_guarded(job(tmp_path / "out", rollout=str(tmp_path / "rollout")))
     assert len(leads) == STEPS // CHUNK and max(leads) == lead, leads
+
+
+def test_overlap_is_on_by_default_only_where_the_agent_runs_on_cuda(tmp_path):
+    """store.overlap unset: a job whose agent runs on the CPU records, then scores (both stages would share its
+    cores); set, it is obeyed."""
+    run.run_job(job(tmp_path / "default", rollout=str(tmp_path / "r1"), overlap=None))
+    assert json.loads((tmp_path / "default" / "summary.json").read_text())["overlapped"] is False
+    run.run_job(job(tmp_path / "asked", rollout=str(tmp_path / "r2"), overlap=True))
+    assert json.loads((tmp_path / "asked" / "summary.json").read_text())["overlapped"] is True
