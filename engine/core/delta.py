@@ -53,6 +53,7 @@ from torch import nn
 from .batching import chunk_bounds, pad_rows, padded_row_count
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
+from .errors import NoDeltaForm
 from .incremental import (
     WindowPlan,
     conv_trunk_of,
@@ -248,7 +249,7 @@ def _declared(agent: Policy) -> tuple[str | None, object]:
         return reason, None
     try:
         return None, cast(DeltaPolicy, agent).delta_network()
-    except NotImplementedError as exc:
+    except NoDeltaForm as exc:
         return f"{type(agent).__name__} has no delta form in this configuration: {exc}", None
 
 

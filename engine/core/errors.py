@@ -21,3 +21,8 @@ class UnknownEnvironmentError(EngineError):
 
 class MissingDependencyError(EngineError):
     """An optional package that a feature needs is not installed; the message says what to ``pip install``."""
+
+
+class NoDeltaForm(EngineError):
+    """An agent whose configuration has no delta form (``delta_network()``, engine.core.policy.DeltaPolicy): the
+    message says why, and ``precision="fast"`` runs the exact path on it with one log line saying so."""

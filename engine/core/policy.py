@@ -190,7 +190,8 @@ class DeltaPolicy(IncrementalPolicy, Protocol):
     def delta_network(self) -> DeltaNetwork:
         """The layers after the trunk (the modules themselves, or layers derived from them on their device and
         dtype: called once per saliency call). An agent whose configuration has no such form raises
-        ``NotImplementedError`` saying why: it runs the exact path (``engine.core.delta.delta_unsupported``)."""
+        :class:`engine.core.errors.NoDeltaForm` saying why: it runs the exact path
+        (``engine.core.delta.delta_unsupported``)."""
         ...
 
 

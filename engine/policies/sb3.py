@@ -53,7 +53,7 @@ from torch import nn
 
 from ..core.batching import pad_rows
 from ..core.device import resolve_device, resolve_dtype
-from ..core.errors import CheckpointError, MissingDependencyError
+from ..core.errors import CheckpointError, MissingDependencyError, NoDeltaForm
 from ..core.policy import Activation, ConvTrunk, DeltaNetwork, PolicyOutput, State, reset_rows
 from .checkpoint import (
     MAX_ACTIONS,
@@ -364,9 +364,9 @@ class SB3ActorCritic(SB3Policy):
         the ``mlp_extractor`` layers and the heads, in every critic mode (its own LSTM, the actor's, or a linear
         layer on the features). Separate actor and critic extractors become one block-diagonal linear layer whose
         output holds both feature vectors side by side (``split``; its product costs twice theirs). An LSTM of
-        several layers (``n_lstm_layers`` > 1) has no delta form here: NotImplementedError."""
+        several layers (``n_lstm_layers`` > 1) has no delta form here: :class:`engine.core.errors.NoDeltaForm`."""
         if self.lstm_mode is not None and self.lstm_layers != 1:
-            raise NotImplementedError(
+            raise NoDeltaForm(
                 f"an LSTM of {self.lstm_layers} layers (n_lstm_layers={self.lstm_layers}): delta propagation takes "
                 "one-layer recurrent cores"
             )
@@ -383,7 +383,7 @@ class SB3ActorCritic(SB3Policy):
             )
             body, split = ((fused, torch.relu),), self.pi_linear.out_features
             if self.lstm_mode == "shared":  # the loader refuses it: the critic would read the actor's features
-                raise NotImplementedError("separate extractors with a shared LSTM")
+                raise NoDeltaForm("separate extractors with a shared LSTM")
         critic_layers = shared + _linear_pairs(self.value_net_mlp)
         if self.lstm_mode == "linear":
             assert self.critic is not None  # built for this mode
