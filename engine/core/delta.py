@@ -8,10 +8,14 @@ activation ``a``. Through the copies only differences propagate: a linear layer 
 input product ``W_ih`` of a GRU/LSTM cell, a head) maps ``d`` to ``W d`` without its bias, in the chosen
 arithmetic; a pointwise function ``f`` gives ``f(z + W d) - a`` in the working dtype; a recurrent cell's hidden
 term ``W_hh h + b_hh`` is the observation's (the same for every copy), so its gates are the observation's plus
-``W_ih d``, evaluated in the working dtype, and ``d_h = h' - h'_observation``. The heads give ``d_logits`` and
-``d_value`` directly, so the actor score ``0.5 * |d_logits|^2`` and the critic score ``0.5 * d_value^2`` come with
-no cancellation of two nearly equal outputs (a Q-network's value ``max_a Q`` is a pointwise function of its Q
-head: ``d_value = max(q + d_q) - max(q)``). The actor and the critic may be separate branches after the shared
+``W_ih d``, evaluated in the working dtype, and ``d_h = h' - h'_observation``. A multi-layer ``nn.LSTM``
+(unidirectional, no projection) is its layers in turn: layer ``l >= 1`` reads layer ``l - 1``'s next hidden state,
+so its gates are the observation's plus ``W_ih_l d_h(l - 1)`` and its hidden term is the observation's on the
+layer's own ``(h_l, c_l)``: columns ``l * hidden`` to ``(l + 1) * hidden`` of the state tensors, which hold the
+layers side by side, ``(N, layers * hidden)``. The heads give ``d_logits`` and ``d_value`` directly, so the actor
+score ``0.5 * |d_logits|^2`` and the critic score ``0.5 * d_value^2`` come with no cancellation of two nearly
+equal outputs (a Q-network's value ``max_a Q`` is a pointwise function of its Q head:
+``d_value = max(q + d_q) - max(q)``). The actor and the critic may be separate branches after the shared
 body (:class:`engine.core.policy.DeltaNetwork`: their own layers, the critic's own cell, or their own columns of
 the body's output); each branch's deltas propagate the same way.
 
@@ -171,15 +175,21 @@ def _weight_linear(weight: torch.Tensor, bias: torch.Tensor | None, arithmetic: 
 
 @dataclass(frozen=True)
 class _Core:
-    """A GRU or LSTM cell: ``kind``, its input product (on the deltas) and hidden product (the observation's only)."""
+    """A GRU or LSTM cell, or a stack of LSTM layers (``nn.LSTM``, unidirectional, no projection): ``kind``, each
+    layer's input product (on the deltas) and hidden product (the observation's only), and the hidden size.
+
+    The state tensors hold the layers side by side: layer ``l``'s hidden (and cell) state is columns
+    ``l * size : (l + 1) * size`` of its tensor, ``(N, layers * size)`` (nn.LSTM's ``(layers, N, size)`` with the
+    batch first, as the adapters keep it)."""
 
     kind: str
-    input: _Linear
-    hidden: _Linear
+    layers: tuple[tuple[_Linear, _Linear], ...]
+    size: int
 
     def step(self, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """The next hidden state from the input term ``gi = W_ih x + b_ih``, the hidden term ``gh = W_hh h + b_hh``
-        and the state (torch's GRUCell / LSTMCell equations, gate order r, z, n / i, f, g, o)."""
+        """A layer's next hidden state from the input term ``gi = W_ih x + b_ih``, the hidden term
+        ``gh = W_hh h + b_hh`` and the state (torch's GRUCell / LSTMCell equations, gate order r, z, n / i, f, g,
+        o)."""
         if self.kind == "gru":
             r_i, z_i, n_i = gi.chunk(3, dim=1)
             r_h, z_h, n_h = gh.chunk(3, dim=1)
@@ -191,27 +201,36 @@ class _Core:
         cell = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(cell)
 
+    @property
+    def state_width(self) -> int:
+        """The width of each of its state tensors: every layer's state side by side."""
+        return len(self.layers) * self.size
+
 
 def _core(core: nn.Module, arithmetic: str, dtype: torch.dtype, name: str) -> _Core:
     if isinstance(core, nn.LSTM):
-        if core.num_layers != 1 or core.bidirectional or core.proj_size:
+        if core.bidirectional or core.proj_size:
             raise ValueError(
-                f"{name}.delta_network(): delta propagation takes a one-layer unidirectional nn.LSTM without "
-                f"projection, got {core}"
+                f"{name}.delta_network(): delta propagation takes a unidirectional nn.LSTM without projection "
+                f"(bidirectional=False, proj_size=0), got {core}"
             )
-        suffix, kind = "_l0", "lstm"
+        suffixes, kind = tuple(f"_l{layer}" for layer in range(core.num_layers)), "lstm"
     elif isinstance(core, (nn.GRUCell, nn.LSTMCell)):
-        suffix, kind = "", "gru" if isinstance(core, nn.GRUCell) else "lstm"
+        suffixes, kind = ("",), "gru" if isinstance(core, nn.GRUCell) else "lstm"
     else:
         raise ValueError(
             f"{name}.delta_network(): core must be an nn.GRUCell, nn.LSTMCell, nn.LSTM or None, got {type(core).__name__}"
         )
-    weights = {k: getattr(core, f"{k}{suffix}", None) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-    return _Core(
-        kind,
-        _weight_linear(cast(torch.Tensor, weights["weight_ih"]), weights["bias_ih"], arithmetic, dtype),
-        _weight_linear(cast(torch.Tensor, weights["weight_hh"]), weights["bias_hh"], arithmetic, dtype),
-    )
+    layers = []
+    for suffix in suffixes:
+        weights = {k: getattr(core, f"{k}{suffix}", None) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        layers.append(
+            (
+                _weight_linear(cast(torch.Tensor, weights["weight_ih"]), weights["bias_ih"], arithmetic, dtype),
+                _weight_linear(cast(torch.Tensor, weights["weight_hh"]), weights["bias_hh"], arithmetic, dtype),
+            )
+        )
+    return _Core(kind, tuple(layers), core.hidden_size)
 
 
 @dataclass(frozen=True)
@@ -231,9 +250,14 @@ class _Walk:
     split: int | None
 
     @property
-    def state_count(self) -> int:
-        """How many state tensors the cores read (the actor's first, then the critic's)."""
-        return sum(0 if c is None else 2 if c.kind == "lstm" else 1 for c in (self.core, self.critic_core))
+    def state_widths(self) -> tuple[int, ...]:
+        """The widths of the state tensors the cores read (the actor's first, then the critic's): ``h``, or ``h``
+        and ``c`` for an LSTM, each holding its core's layers side by side."""
+        widths: tuple[int, ...] = ()
+        for core in (self.core, self.critic_core):
+            if core is not None:
+                widths += (core.state_width,) * (2 if core.kind == "lstm" else 1)
+        return widths
 
 
 def delta_unsupported(agent: Policy) -> str | None:
@@ -329,8 +353,9 @@ def _walk(agent: Policy, arithmetic: str, dtype: torch.dtype) -> _Walk:
     )
 
 
-# a cell's saved terms on the observations: (gi, gh, h, c, h_next)
-_Gates = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
+# a cell layer's saved terms on the observations: (gi, gh, h, c, h_next); a core's: one per layer
+_LayerGates = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
+_Gates = tuple[_LayerGates, ...]
 
 
 @dataclass(frozen=True)
@@ -359,11 +384,19 @@ def _layers_forward(
 
 
 def _core_forward(core: _Core, a: torch.Tensor, state: State, first: int) -> _Gates:
-    """The cell's terms on input ``a`` with the state tensors from ``state[first]`` on."""
-    h = pad_rows(state[first].to(a.dtype))
-    c = pad_rows(state[first + 1].to(a.dtype)) if core.kind == "lstm" else None
-    gi, gh = core.input.forward(a), core.hidden.forward(h)
-    return gi, gh, h, c, core.step(gi, gh, h, c)
+    """Each layer's terms on input ``a`` (layer 0) or the layer below's next hidden state, with that layer's
+    columns of the state tensors from ``state[first]`` on."""
+    h_all = pad_rows(state[first].to(a.dtype))
+    c_all = pad_rows(state[first + 1].to(a.dtype)) if core.kind == "lstm" else None
+    gates = []
+    for layer, (input_product, hidden_product) in enumerate(core.layers):
+        columns = slice(layer * core.size, (layer + 1) * core.size)
+        h = h_all[:, columns]
+        c = None if c_all is None else c_all[:, columns]
+        gi, gh = input_product.forward(a), hidden_product.forward(h)
+        a = core.step(gi, gh, h, c)
+        gates.append((gi, gh, h, c, a))
+    return tuple(gates)
 
 
 def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
@@ -384,7 +417,7 @@ def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
     gates = None
     if walk.core is not None:
         gates = _core_forward(walk.core, a, state, 0)
-        a = gates[4]
+        a = gates[-1][4]
     core_out = a
     a, actor_layers = _layers_forward(walk.actor_layers, a)
     logits = walk.actor.forward(a)
@@ -399,7 +432,7 @@ def _frame_forward(walk: _Walk, x: torch.Tensor, state: State) -> _Frame:
         if walk.critic_core is not None:
             first = 0 if walk.core is None else 2 if walk.core.kind == "lstm" else 1
             critic_gates = _core_forward(walk.critic_core, a, state, first)
-            a = critic_gates[4]
+            a = critic_gates[-1][4]
         a, critic_layers = _layers_forward(walk.critic_layers, a)
         value = walk.critic.forward(a)[:, 0]
     return _Frame(tuple(layers), gates, actor_layers, critic_gates, critic_layers, logits, value)
@@ -440,11 +473,13 @@ def _layer_deltas(
 
 
 def _core_deltas(core: _Core, gates: _Gates, d: torch.Tensor, frame: torch.Tensor, single: int | None) -> torch.Tensor:
-    """The next hidden state's deltas from the input's: the input product on ``d`` plus the observation's terms."""
-    gi, gh, h, c, h_next = gates
-    gate_in = core.input.product(d).add_(_rows(gi, frame, single))
-    rows = (_rows(gh, frame, single), _rows(h, frame, single), None if c is None else _rows(c, frame, single))
-    return core.step(gate_in, *rows) - _rows(h_next, frame, single)
+    """The top layer's next hidden state's deltas from the input's: layer by layer, the input product on the
+    deltas below (the core's input, then the layer below's ``d_h``) plus the observation's terms."""
+    for (input_product, _), (gi, gh, h, c, h_next) in zip(core.layers, gates):
+        gate_in = input_product.product(d).add_(_rows(gi, frame, single))
+        rows = (_rows(gh, frame, single), _rows(h, frame, single), None if c is None else _rows(c, frame, single))
+        d = core.step(gate_in, *rows) - _rows(h_next, frame, single)
+    return d
 
 
 def _pass_scores(
@@ -632,12 +667,13 @@ def delta_scores(
     n, m = x.shape[0], masks.shape[0]
     if plan is not None and tuple(plan.mask_patches.shape[:1]) != (m,):
         raise ValueError(f"plan is for {plan.mask_patches.shape[0]} masks, got {m}")
-    needed = walk.state_count
-    if len(state) < needed or any(s.shape[0] != n for s in state[:needed]):
+    widths = walk.state_widths
+    needed = len(widths)
+    if len(state) < needed or any(tuple(s.shape) != (n, w) for s, w in zip(state, widths)):
         kinds = " and ".join(c.kind.upper() for c in (walk.core, walk.critic_core) if c is not None)
         raise ValueError(
-            f"{type(agent).__name__}'s {kinds} core needs a state of at least {needed} tensors of {n} rows, got "
-            f"{[tuple(s.shape) for s in state]}"
+            f"{type(agent).__name__}'s {kinds} core needs a state of at least {needed} tensors of {n} rows and "
+            f"{list(widths)} columns (each layer's state side by side), got {[tuple(s.shape) for s in state]}"
         )
     # the products are exactly the arithmetic's: no TF32 (it would round the split's float32 parts to 10 bits) and
     # no autocast around them

@@ -143,7 +143,8 @@ class DeltaNetwork(NamedTuple):
     ``h = a.flatten(1)``; ``h = activation(linear(h))`` for each ``(linear, activation)`` of ``body`` in order
     (the body's output ``b``). The actor's branch reads ``b`` (its first ``split`` columns where ``split`` is
     set): with a ``core``, ``h`` is the next hidden state of the cell on that input and the state's hidden (and,
-    for an LSTM, cell) tensors ``state[0]`` (``state[1]``); then ``actor_layers`` as the body's, and
+    for an LSTM, cell) tensors ``state[0]`` (``state[1]``), which hold a stacked LSTM's layers side by side,
+    ``(N, num_layers * hidden)``; then ``actor_layers`` as the body's, and
     ``logits = actor(h)``. The critic's branch reads the actor's branch after its core (before ``actor_layers``),
     unless ``critic_core`` or ``critic_from_body`` makes it read ``b`` (its columns from ``split`` on where
     ``split`` is set): through ``critic_core`` when given (its state tensors follow the core's: ``state[2]``,
@@ -153,8 +154,8 @@ class DeltaNetwork(NamedTuple):
     Attributes:
         body: ``((linear, activation), ...)``: ``nn.Linear`` layers, each followed by a pointwise function
             (``None`` for none), called on a fresh tensor it may overwrite.
-        core: the recurrent cell (``nn.GRUCell``, ``nn.LSTMCell``, or a one-layer unidirectional ``nn.LSTM`` run
-            for one step), or None for a feed-forward agent.
+        core: the recurrent cell (``nn.GRUCell``, ``nn.LSTMCell``, or an ``nn.LSTM`` of any ``num_layers``,
+            unidirectional and without projection, run for one step), or None for a feed-forward agent.
         actor: the ``nn.Linear`` head giving the action preferences (logits or Q-values).
         critic: the ``nn.Linear`` value head (one output), or None for a Q-network.
         actor_layers, critic_layers: layers as ``body``'s, between a branch's input (after its core) and its head.

@@ -34,10 +34,9 @@ saved with ``normalize_images=False`` saw raw bytes: its first convolution's wei
 The convolutional trunk is exposed for exact incremental inference as in the other adapters (``convs``,
 ``conv_activations``, ``features``, ``from_features``); separate actor and critic extractors are fused into one
 grouped trunk (see :class:`SB3Policy`). The layers after it are declared for delta propagation
-(``delta_network``, ``precision="fast"``), except an LSTM of several layers, which runs the exact path.
-Anything else (an ``MlpPolicy``, a continuous action space, a custom features extractor, unknown keys, a
-damaged or foreign zip, Python objects in ``policy.pth``) is a :class:`CheckpointError` that says what was found
-and what is supported.
+(``delta_network``, ``precision="fast"``), LSTMs of any ``n_lstm_layers`` among them. Anything else (an
+``MlpPolicy``, a continuous action space, a custom features extractor, unknown keys, a damaged or foreign zip,
+Python objects in ``policy.pth``) is a :class:`CheckpointError` that says what was found and what is supported.
 """
 
 from __future__ import annotations
@@ -364,12 +363,8 @@ class SB3ActorCritic(SB3Policy):
         the ``mlp_extractor`` layers and the heads, in every critic mode (its own LSTM, the actor's, or a linear
         layer on the features). Separate actor and critic extractors become one block-diagonal linear layer whose
         output holds both feature vectors side by side (``split``; its product costs twice theirs). An LSTM of
-        several layers (``n_lstm_layers`` > 1) has no delta form here: :class:`engine.core.errors.NoDeltaForm`."""
-        if self.lstm_mode is not None and self.lstm_layers != 1:
-            raise NoDeltaForm(
-                f"an LSTM of {self.lstm_layers} layers (n_lstm_layers={self.lstm_layers}): delta propagation takes "
-                "one-layer recurrent cores"
-            )
+        several layers (``n_lstm_layers`` > 1) is the ``nn.LSTM`` itself: its state tensors already hold the layers
+        side by side, as delta propagation reads them."""
         shared = _linear_pairs(self.shared_net)
         split = None
         if self.vf_linear is None:
