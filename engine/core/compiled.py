@@ -3,15 +3,21 @@ the score reduction of one pass as one ``torch.compile`` (inductor) region, with
 
 Every pass of a call has the same size (the last one padded), so a job compiles once per agent, pass size and
 observation count. Inductor keeps what it compiled in a cache on disk, ``TORCHINDUCTOR_CACHE_DIR``: unless the user
-set it, the engine puts it beside its checkpoint cache (``$XDG_CACHE_HOME/atari-saliency/inductor``, not the
+set it, the engine puts it beside its checkpoint cache (``$XDG_CACHE_HOME/atari-saliency/inductor/<key>``, not the
 system's temporary folder), so a later job with the same shapes, after a reboot too, reuses it: on a 2-core
-Xeon its first pass took 17 s with an empty cache and 2 s with a filled one.
+Xeon its first pass took 17 s with an empty cache and 2 s with a filled one. The key (:func:`cache_dir`) names the
+torch version, ATen's CPU capability and the CPU's instruction set, which inductor's own cache keys leave out: a
+home folder shared by machines of different CPUs (a cluster), or a job run with ``ATEN_CPU_CAPABILITY`` set, would
+otherwise load code compiled for another capability, which gave NaN maps or aborted the process (torch 2.14,
+AVX-512 and AVX2 on one Xeon).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +33,29 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "at
 
 _log = logging.getLogger(__name__)
 _compile_seconds = [0.0]
+
+
+def cpu_instruction_set() -> str:
+    """The CPU's model and instruction-set flags as the system reports them (Linux: ``/proc/cpuinfo``'s first
+    ``model name`` and ``flags`` lines), else the platform's processor and machine names."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    wanted = ("model name", "flags")
+    found = {key: line.split(":", 1)[1].strip() for line in reversed(lines) for key in wanted if line.startswith(key)}
+    if found:
+        return "; ".join(f"{key}: {found[key]}" for key in wanted if key in found)
+    return f"{platform.processor()} {platform.machine()}"
+
+
+def cache_dir() -> Path:
+    """The engine's inductor cache for this process: :data:`CACHE_DIR` / ``torch-<version>-<capability>-<cpu>``,
+    ``capability`` ATen's CPU capability (``ATEN_CPU_CAPABILITY`` lowers it) and ``cpu`` a digest of
+    :func:`cpu_instruction_set`, so code compiled for one CPU and capability is never loaded for another."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    cpu = hashlib.sha256(cpu_instruction_set().encode()).hexdigest()[:12]
+    return CACHE_DIR / f"torch-{torch.__version__}-{capability}-{cpu}"
 
 
 def compile_seconds() -> float:
@@ -45,6 +74,21 @@ def compile_mode(compile: bool | str) -> str | None:
     raise ValueError(f"compile must be False, True or one of {COMPILE_MODES}, got {compile!r}")
 
 
+def use_engine_cache() -> None:
+    """Point inductor at :func:`cache_dir` unless the user chose a cache (``TORCHINDUCTOR_CACHE_DIR``): also where
+    inductor already set that variable to its own default (its first use in this process does), a folder of the
+    system's temporary directory shared by every capability."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        inductor_default: str | None = os.path.abspath(default_cache_dir())
+    except ImportError:  # another torch layout: only an unset variable is known to be nobody's choice
+        inductor_default = None
+    if current is None or os.path.abspath(current) == inductor_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
+
+
 class CompiledPass:
     """``fn`` compiled by inductor for static shapes (``mode``: one of :data:`COMPILE_MODES`); the first call that
     compiles is timed and logged.
@@ -55,7 +99,7 @@ class CompiledPass:
 
     def __init__(self, fn: Callable[..., Any], mode: str) -> None:
         self.started = time.perf_counter()  # importing the compiler stack counts too: seconds, once per process
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
+        use_engine_cache()
         dynamo_config = torch._dynamo.config
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         self.fn = torch.compile(fn, dynamic=False, mode=mode)

@@ -132,3 +132,40 @@ def test_without_a_working_compiler_the_error_says_how_to_go_on(pong_agent, pong
             compile=True,
             perturbations_per_eval=5,
         )
+
+
+def test_the_cache_is_kept_apart_per_torch_version_cpu_capability_and_cpu(monkeypatch):
+    """Inductor's cache keys leave out ATen's CPU capability: code cached under AVX-512 gave NaN maps under
+    ``ATEN_CPU_CAPABILITY=avx2`` and the reverse aborted the process, so the engine's cache has a folder per torch
+    version, capability and CPU instruction set."""
+    from engine.core import compiled
+
+    def folder(capability: str, cpu: str):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(compiled, "cpu_instruction_set", lambda: cpu)
+        return compiled.cache_dir()
+
+    here = folder("AVX512", "flags: avx512f avx512_bf16 amx_tile")
+    assert here.parent == compiled.CACHE_DIR and torch.__version__ in here.name and "avx512" in here.name
+    assert here == folder("AVX512", "flags: avx512f avx512_bf16 amx_tile")
+    assert len({here, folder("AVX2", "flags: avx512f avx512_bf16 amx_tile"), folder("AVX512", "flags: avx512f")}) == 3
+    assert "flags:" in compiled.cpu_instruction_set() or compiled.cpu_instruction_set().strip()
+
+
+def test_a_users_cache_is_kept_and_inductors_shared_default_is_not(monkeypatch, tmp_path):
+    """TORCHINDUCTOR_CACHE_DIR set by the user is obeyed; unset, or set by inductor itself to its default (a
+    temporary folder shared by every capability), the engine's folder for this CPU replaces it."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from engine.core import compiled
+
+    for before in (None, default_cache_dir()):
+        if before is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", before)
+        compiled.use_engine_cache()
+        assert compiled.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(compiled.cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compiled.use_engine_cache()
+    assert compiled.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
