@@ -16,6 +16,12 @@ game's store works unchanged and ``xarray.open_datatree(root, engine="zarr")`` o
 Recording is chunk by chunk: chunk k of every game is written once all N games played its steps (a game that ended,
 ``max_episodes``, leaves the batch). Resume after an interruption starts at the fewest complete chunks of any game,
 replaying each game's recorded actions (:meth:`VectorPlayer.replay`) and skipping the chunks already complete.
+
+With ``store.overlap`` (by default where the agent runs on CUDA) the games are scored while they are recorded
+(:func:`_record_and_score_games`): saliency chunk j of every game, round after round, once the recorder (in its
+thread, within :data:`engine.jobs.overlap.LEAD` rollout chunks) wrote its steps; each game's outputs are written in
+a thread of their own once its last chunk is scored. Otherwise the games are recorded, then each one's job runs on
+its store in turn (:func:`_score_games_in_turn`). Both give the same stores, bit for bit.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -58,8 +67,10 @@ from ..storage.store import (
     store_root,
     writing_needed,
 )
-from .config import JobConfig, check_config
+from .config import JobConfig, check_config, engine_saliency
+from .overlap import HandOff, overlapped
 from .record import rollout_identity
+from .score import open_scoring
 
 if TYPE_CHECKING:
     from .run import PreparedJob
@@ -67,7 +78,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def record_games(
+def record_games(*args, **kwargs) -> list[RolloutStore]:
+    """Play ``len(roots)`` games together and record game ``i`` (seed ``seed + i``) into the rollout store at
+    ``roots[i]``, chunk by chunk; resumes an interrupted recording (the arguments of
+    :func:`open_games_recording`, whose :meth:`GamesRecording.run` does the playing)."""
+    return open_games_recording(*args, **kwargs).run()
+
+
+def open_games_recording(
     agent: Policy,
     env_id: str,
     num_steps: int,
@@ -82,9 +100,11 @@ def record_games(
     max_episodes: int | None = None,
     workers: int = 0,
     **pipeline_options,
-) -> list[RolloutStore]:
-    """Play ``len(roots)`` games together and record game ``i`` (seed ``seed + i``) into the rollout store at
-    ``roots[i]``, chunk by chunk; resumes an interrupted recording.
+) -> GamesRecording:
+    """``len(roots)`` games opened for recording together, game ``i`` (seed ``seed + i``) into the rollout store at
+    ``roots[i]``: the settings and stores checked, the stores opened or created, the environments made; nothing
+    played yet (:meth:`GamesRecording.run` plays and records the missing chunks, resuming an interrupted
+    recording).
 
     Each store is the one :func:`engine.jobs.record.record_rollout` records with seed ``seed + i`` (its identity,
     layout, chunks and sampler states; ``extras[i]`` is its manifest's ``extra``), bit for bit where the agent's rows
@@ -131,16 +151,53 @@ def record_games(
                 root, identity, layout, num_steps, chunk_steps, extras[i], storage_options
             )
             rstores.append(RolloutStore(store))
-        first = min(r.completed_chunks() for r in rstores)
-        num_chunks = len(rstores[0].bounds)
-        if first < num_chunks:
-            if first > 0:
-                for i, rstore in enumerate(rstores):
-                    _resume_game(player, i, rstore, first)
-            _play_chunks(player, rstores, first, max_episodes, progress)
-    finally:
+    except BaseException:
         player.close()
-    return rstores
+        raise
+    return GamesRecording(player, rstores, max_episodes, progress)
+
+
+class GamesRecording:
+    """N games opened for recording by :func:`open_games_recording`: their stores (``rstores``), the first chunk
+    still to record in some game (``first``: the fewest complete leading chunks of any game; the number of chunks
+    when every store is complete) and the player of all of them."""
+
+    def __init__(
+        self, player: VectorPlayer, rstores: list[RolloutStore], max_episodes: int | None, progress: bool
+    ) -> None:
+        self.player, self.rstores, self.max_episodes, self.progress = player, rstores, max_episodes, progress
+        self.bounds = list(rstores[0].bounds)  # every game's, until a game that ends early shortens its own
+        self.first = min(r.completed_chunks() for r in rstores)
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.player.close()
+
+    def run(
+        self,
+        before_chunk: Callable[[int], None] | None = None,
+        after_chunk: Callable[[int], None] | None = None,
+        each_step: Callable[[], None] | None = None,
+    ) -> list[RolloutStore]:
+        """Play and record chunks ``first..`` of every game (each game resumed first where ``first > 0``), then
+        close the environments. ``before_chunk(k)`` is called before chunk k is played, ``after_chunk(k)`` once it
+        is written in every game still playing (a game that ended wrote its last chunk, its store truncated, by
+        then), ``each_step()`` before every step; an exception from any of them stops the recording there (the
+        chunks written are kept, as after a kill)."""
+        try:
+            if self._closed:
+                raise RuntimeError("these games' environments are closed")
+            if self.first < len(self.bounds):
+                if self.first > 0:
+                    for i, rstore in enumerate(self.rstores):
+                        _resume_game(self.player, i, rstore, self.first)
+                hooks = (before_chunk, after_chunk, each_step)
+                _play_chunks(self.player, self.rstores, self.first, self.max_episodes, self.progress, *hooks)
+        finally:
+            self.close()
+        return self.rstores
 
 
 def _resume_game(player: VectorPlayer, index: int, rstore: RolloutStore, done_chunks: int) -> None:
@@ -161,7 +218,14 @@ def _resume_game(player: VectorPlayer, index: int, rstore: RolloutStore, done_ch
 
 
 def _play_chunks(
-    player: VectorPlayer, rstores: list[RolloutStore], first: int, max_episodes: int | None, progress: bool
+    player: VectorPlayer,
+    rstores: list[RolloutStore],
+    first: int,
+    max_episodes: int | None,
+    progress: bool,
+    before_chunk: Callable[[int], None] | None = None,
+    after_chunk: Callable[[int], None] | None = None,
+    each_step: Callable[[], None] | None = None,
 ) -> None:
     bounds = list(rstores[0].bounds)  # a game that ends early (max_episodes) shortens its own store only
     total = rstores[0].num_steps * len(rstores)
@@ -175,11 +239,15 @@ def _play_chunks(
     episodes = [0] * len(rstores)
     try:
         for k in range(first, len(bounds)):
+            if before_chunk is not None:
+                before_chunk(k)
             a, b = bounds[k]
             steps: dict[int, list[Step]] = {i: [] for i in player.active}
             for _ in range(b - a):
                 if not player.active:
                     break
+                if each_step is not None:
+                    each_step()
                 for i, step in player.step().items():
                     steps[i].append(step)
                     if step.done:
@@ -197,6 +265,8 @@ def _play_chunks(
                     arrays["sampler_state"] = player.samplers[i].get_state()
                     rstore.store.write(k, arrays)
                 bar.update(len(played))
+            if after_chunk is not None:
+                after_chunk(k)
             if not player.active:
                 break
     finally:
@@ -354,7 +424,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     """The main job for ``rollout.num_envs`` games (module docstring): record them together, then each game's
     single-game job on its recorded stores (scoring, outputs in ``<output.dir>/game_000i``), then the root
     ``summary.json``. Returns the paths written."""
-    from .run import check_recorded, clear_owned_outputs
+    from .run import clear_owned_outputs
 
     if prepared is None:
         prepared = validate_games_job(config)
@@ -372,6 +442,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     else:
         roots = [MemoryStore() for _ in range(n)]
     agent = prepared.agent
+    at_once = False  # recorded and scored at once (store.overlap)
     if all(store_exists(root) and RolloutStore.open(root).complete for root in roots):
         rstores = [RolloutStore.open(root) for root in roots]
         log.info("replaying %d recorded games of %s in %s", n, config.env.id, st.rollout)
@@ -381,7 +452,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
         player, player_path = agent, prepared.checkpoint
         if prepared.player is not None and prepared.player_checkpoint is not None and st.rollout:
             player, player_path = prepared.player, prepared.player_checkpoint
-        rstores = record_games(
+        recording = open_games_recording(
             player,
             config.env.id,
             r.steps,
@@ -396,25 +467,30 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             workers=r.workers,
             **pipeline_options(config, player),
         )
-        played = sum(s.num_steps for s in rstores)
-        log.info(
-            "played %d games of %s, %d steps in all, in %.1f s", n, config.env.id, played, time.perf_counter() - started
-        )
-    for root, rstore in zip(roots, rstores):
-        check_recorded(rstore, root, config, agent)
-    rollout_s = time.perf_counter() - started
-    summaries, written_games = [], []
-    for i, game in enumerate(games):
-        log.info("game %d of %d (seed %d) into %s", i + 1, n, game.rollout.seed, game.output.dir)
-        from .run import run_job
-
-        # each game's own job on its recorded store: on disk by its path, in memory handed over
-        written = run_job(game, dataclasses.replace(prepared, config=game), None if st.rollout else roots[i])
-        summary_path = Path(written["summary"])
-        summaries.append(json.loads(summary_path.read_text()))
-        written_games.append(summary_path)
+        overlap = st.overlap if st.overlap is not None else torch.device(agent.device).type == "cuda"
+        if overlap and player is not agent:
+            log.info("store.overlap: the games are recorded before they are scored (store.player plays them)")
+        if overlap and player is agent:
+            at_once = True
+            written, rollout_s = _record_and_score_games(config, prepared, games, recording, roots)
+            summaries = [json.loads(Path(w["summary"]).read_text()) for w in written]
+            written_games = [Path(w["summary"]) for w in written]
+        else:
+            rstores = recording.run()
+            played = sum(s.num_steps for s in rstores)
+            log.info(
+                "played %d games of %s, %d steps in all, in %.1f s",
+                n,
+                config.env.id,
+                played,
+                time.perf_counter() - started,
+            )
+    if not at_once:
+        rollout_s = time.perf_counter() - started
+        summaries, written_games = _score_games_in_turn(config, prepared, games, roots, rstores)
     clear_owned_outputs(out_dir)
     settings = _games_summary(config, prepared, summaries, written_games, rollout_s, time.perf_counter() - started)
+    settings["overlapped"] = at_once
     if st.rollout:
         settings["stores"] = {"rollout": str(_root(st.rollout)), "saliency": str(saliency_games_root(config))}
     path = out_dir / "summary.json"
@@ -425,6 +501,157 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     settings["written"] = {k: str(v) for k, v in done.items()}
     path.write_text(json.dumps(settings, indent=2, default=str))
     return {**done, "summary": path}
+
+
+def _score_games_in_turn(
+    config: JobConfig, prepared: PreparedJob, games: list[JobConfig], roots: list, rstores: list[RolloutStore]
+) -> tuple[list[dict], list[Path]]:
+    """Each game's own job on its recorded store (on disk by its path, in memory handed over), one after the other:
+    their summaries and the paths of those."""
+    from .run import check_recorded, run_job
+
+    for root, rstore in zip(roots, rstores):
+        check_recorded(rstore, root, config, prepared.agent)
+    summaries, paths = [], []
+    for i, game in enumerate(games):
+        log.info("game %d of %d (seed %d) into %s", i + 1, len(games), game.rollout.seed, game.output.dir)
+        written = run_job(game, dataclasses.replace(prepared, config=game), None if config.store.rollout else roots[i])
+        paths.append(Path(written["summary"]))
+        summaries.append(json.loads(paths[-1].read_text()))
+    return summaries, paths
+
+
+def _record_and_score_games(
+    config: JobConfig, prepared: PreparedJob, games: list[JobConfig], recording: GamesRecording, roots: list
+) -> tuple[list[dict[str, Path | str]], float]:
+    """The games recorded (in a thread) and scored (here) at once: saliency chunk j of every game is scored once
+    the games' rollout steps it reads are written, while the recorder plays on, at most :data:`engine.jobs.overlap.LEAD` rollout chunks
+    ahead (:class:`engine.jobs.overlap.HandOff`), so the slower stage sets the pace and the steps recorded but not
+    scored stay bounded by the chunk sizes, not the games' length. A game that ends early (``max_episodes``) has its
+    saliency store end with it. Each game's outputs (:func:`engine.jobs.run.finish_job`) are written in another thread
+    as soon as its last chunk is scored, while the other games are scored. The stores are the ones
+    :func:`_score_games_in_turn` gives, bit for bit. Returns what each game's job wrote, and the recorder's
+    seconds."""
+    from .run import check_recorded, finish_job
+
+    agent, st = prepared.agent, config.store
+    sha = sha256_of(prepared.checkpoint)
+    shard, num_shards = (st.shard, st.num_shards) if st.rollout else (0, 1)
+    saliency_roots: list = (
+        [_root(str(g.store.saliency)) for g in games] if st.rollout else [MemoryStore() for _ in games]
+    )
+    try:
+        scorings = []
+        for root, rstore, saliency_root in zip(roots, recording.rstores, saliency_roots):
+            check_recorded(rstore, root, config, agent)
+            scorings.append(
+                open_scoring(
+                    agent,
+                    root,
+                    saliency_root,
+                    engine_saliency(config.saliency),
+                    sha,
+                    st.frames_per_chunk,
+                    shard,
+                    num_shards,
+                    recording=True,
+                    rstore=rstore,
+                )
+            )
+    except BaseException:
+        recording.close()
+        raise
+    hand = HandOff(recording.bounds, recording.first)
+    seconds, waited, scored = [0.0] * len(games), [0.0] * len(games), [0] * len(games)
+    todo = [set(s.todo) for s in scorings]
+    bar = tqdm(
+        total=sum(b - a for s in scorings for k, (a, b) in enumerate(s.out.bounds) if k in s.todo),
+        desc=f"saliency x{len(games)}",
+        unit="frame",
+        disable=None if config.progress else True,
+    )
+
+    done: list[set[int]] = [set() for _ in games]
+    finishing: dict[int, Future] = {}
+    finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  # one: matplotlib is not thread-safe
+    started = time.perf_counter()
+
+    def finish(i: int) -> dict[str, Path | str]:
+        game = games[i]
+        log.info("game %d of %d (seed %d) into %s", i + 1, len(games), game.rollout.seed, game.output.dir)
+        timing = dict(
+            overlapped=True,
+            rollout_seconds=recorded_at[i] - started,  # until this game's last step was written
+            saliency_seconds=seconds[i],
+            waited_seconds=waited[i],
+            total_seconds=time.perf_counter() - started,
+        )
+        sstore = scorings[i].out
+        game_prepared = dataclasses.replace(prepared, config=game)
+        return finish_job(
+            game, game_prepared, roots[i], saliency_roots[i], recording.rstores[i], sstore, timing, scored[i]
+        )
+
+    recorded_at = [0.0] * len(games)
+
+    def finish_if_complete(i: int) -> None:
+        """Hand game ``i`` to the finisher once its last step is written and every chunk of it this job scores is
+        scored (its saliency store cut to its length where it ended early)."""
+        scoring = scorings[i]
+        if i in finishing or hand.recorded < scoring.rstore.num_steps:
+            return
+        if not recorded_at[i]:
+            recorded_at[i] = time.perf_counter()
+        if scoring.rstore.num_steps < scoring.out.store.length:  # it ended early: its saliency store ends with it
+            scoring.out.store.truncate(scoring.rstore.num_steps)
+        if all(k in done[i] for k in todo[i] if k < len(scoring.out.bounds)):
+            finishing[i] = finisher.submit(finish, i)
+
+    def score_all() -> None:
+        for j in range(max(len(s.out.bounds) for s in scorings)):
+            for i, scoring in enumerate(scorings):
+                if j in todo[i] and j < len(scoring.out.bounds) and i not in finishing:
+                    waiting = time.perf_counter()
+                    hand.wait_for(scoring.out.bounds[j][1], length=partial(getattr, scoring.rstore, "num_steps"))
+                    ready = time.perf_counter()
+                    waited[i] += ready - waiting
+                    if scoring.rstore.num_steps < scoring.out.store.length:  # ended early: the store ends with it
+                        scoring.out.store.truncate(scoring.rstore.num_steps)
+                    if j < len(scoring.out.bounds):
+                        frames = scoring.score_chunk(j)
+                        done[i].add(j)
+                        scored[i] += frames
+                        seconds[i] += time.perf_counter() - ready
+                        bar.update(frames)
+                finish_if_complete(i)
+            for future in finishing.values():  # a game's outputs failed: stop here, with its error
+                if future.done() and future.exception() is not None:
+                    raise cast(BaseException, future.exception())
+        for i, scoring in enumerate(scorings):  # games whose last chunks are another shard's
+            if i not in finishing:
+                hand.wait_for(scoring.rstore.num_steps, length=partial(getattr, scoring.rstore, "num_steps"))
+                finish_if_complete(i)
+            if i not in finishing:
+                raise RuntimeError(f"game {i}'s chunks {sorted(set(todo[i]) - done[i])} were not scored")
+
+    try:
+        _, rollout_s, _, wall_s = overlapped(recording.run, score_all, hand)
+        written = [finishing[i].result() for i in range(len(games))]
+    finally:
+        recording.close()
+        bar.close()
+        finisher.shutdown(wait=True, cancel_futures=True)
+    log.info(
+        "played %d games of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder was "
+        "up to %d chunks ahead); their outputs were written as each game was scored",
+        len(games),
+        config.env.id,
+        wall_s,
+        rollout_s,
+        sum(seconds),
+        hand.max_lead,
+    )
+    return written, rollout_s
 
 
 def _games_summary(

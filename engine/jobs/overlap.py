@@ -26,7 +26,9 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from ..core.errors import EngineError
 from ..storage.store import RolloutStore, SaliencyStore
@@ -34,6 +36,8 @@ from .record import Recording
 from .score import Scoring
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LEAD = 2  # rollout chunks the recorder may be ahead of the steps the scorer needs next
 
@@ -63,7 +67,8 @@ class HandOff:
     the scorer reads next (it only grows; ``inf`` once the scorer is done). The recorder may start chunk ``j``
     while ``j`` is below the count of chunks the scorer needs plus ``lead``."""
 
-    def __init__(self, bounds: list[tuple[int, int]], first: int, lead: int = LEAD) -> None:
+    def __init__(self, bounds: list[tuple[int, int]], first: int, lead: int | None = None) -> None:
+        lead = LEAD if lead is None else lead  # read when made: tests set a module-wide lead
         if lead < 1:
             raise ValueError(f"the recorder's lead must be >= 1 rollout chunk, got {lead}")
         self.bounds, self.lead = bounds, lead
@@ -106,16 +111,24 @@ class HandOff:
             self._condition.notify_all()
 
     # the scorer's side -------------------------------------------------------------------------------------------
-    def wait_for(self, stop: int) -> None:
-        """Return once rollout steps ``..stop-1`` are written; :class:`Stopped` if the recorder failed."""
+    def wait_for(self, stop: int, length: Callable[[], int] | None = None) -> None:
+        """Return once rollout steps ``..stop-1`` are written; :class:`Stopped` if the recorder failed.
+        ``length()``: the store's length now, for a game that may end early (``max_episodes``, a store the recorder
+        truncates): then the wait ends once its last step is written."""
         started = time.perf_counter()
         with self._condition:
             self.needed = max(self.needed, stop)
             self._condition.notify_all()
-            while self.failed is None and self.recorded < stop and not self.recorder_done:
+            while (
+                self.failed is None
+                and self.recorded < (stop if length is None else min(stop, length()))
+                and not self.recorder_done
+            ):
                 self._condition.wait()
             if self.failed is not None:
                 raise Stopped
+            if length is not None:
+                stop = min(stop, length())
             if self.recorded < stop:  # the recorder ended without these steps: never waits forever
                 raise EngineError(
                     f"the recording ended after step {self.recorded} but scoring needs the steps up to {stop}"
@@ -141,13 +154,26 @@ def run_overlapped(recording: Recording, scoring: Scoring, lead: int | None = No
     ``scoring`` must score the store ``recording`` writes (:func:`engine.jobs.score.open_scoring` with
     ``recording=True``); ``lead``: :data:`LEAD` by default. The first exception of either is raised here, after
     both stopped."""
-    hand = HandOff(recording.rstore.bounds, recording.first, LEAD if lead is None else lead)
+    hand = HandOff(recording.rstore.bounds, recording.first, lead)
+    try:
+        sstore, rollout_s, score_s, wall_s = overlapped(recording.run, lambda: scoring.run(wait=hand.wait_for), hand)
+    finally:
+        recording.close()  # closed by its run already, unless the recorder never started
+    return Overlapped(
+        recording.rstore, sstore, rollout_s, score_s - hand.waited_s, hand.waited_s, wall_s, hand.max_lead
+    )
+
+
+def overlapped(record: Callable[..., object], score: Callable[[], T], hand: HandOff) -> tuple[T, float, float, float]:
+    """``record(before_chunk=, after_chunk=, each_step=)`` in a thread and ``score()`` here, at once, tied by
+    ``hand`` (``score`` waits with ``hand.wait_for``): ``(what score returned, the recorder's seconds, the
+    scorer's seconds (its waits included), the seconds of both)``. The first exception of either is raised here, after both stopped."""
     times = {"rollout": 0.0}
 
-    def record() -> None:
+    def recorder_work() -> None:
         started = time.perf_counter()
         try:
-            recording.run(before_chunk=hand.may_record, after_chunk=hand.written, each_step=hand.check)
+            record(before_chunk=hand.may_record, after_chunk=hand.written, each_step=hand.check)
         except Stopped:
             pass
         except BaseException as exc:  # raised again in the caller's thread
@@ -157,21 +183,18 @@ def run_overlapped(recording: Recording, scoring: Scoring, lead: int | None = No
             hand.recorder_finished()
 
     started = time.perf_counter()
-    recorder = threading.Thread(target=record, name="record", daemon=True)
+    recorder = threading.Thread(target=recorder_work, name="record", daemon=True)
+    recorder.start()
+    result: T | None = None
+    scored = False
     try:
-        recorder.start()
-    except BaseException:
-        recording.close()
-        raise
-    sstore = None
-    try:
-        sstore = scoring.run(wait=hand.wait_for)
+        result, scored = score(), True
     except Stopped:
         pass
     except BaseException as exc:  # an error, or KeyboardInterrupt: the recorder stops at its next step
         hand.fail(exc)
     finally:
-        saliency_s = time.perf_counter() - started
+        score_s = time.perf_counter() - started
         hand.scorer_finished()
         while recorder.is_alive():
             try:
@@ -180,13 +203,6 @@ def run_overlapped(recording: Recording, scoring: Scoring, lead: int | None = No
                 hand.fail(exc)
     if hand.failed is not None:
         raise hand.failed
-    assert sstore is not None  # the scorer ended without an exception
-    return Overlapped(
-        recording.rstore,
-        sstore,
-        times["rollout"],
-        saliency_s - hand.waited_s,
-        hand.waited_s,
-        time.perf_counter() - started,
-        hand.max_lead,
-    )
+    if not scored:  # the scorer stopped only because the recorder failed, which was raised above
+        raise RuntimeError("the scorer stopped without an error of either worker")
+    return cast(T, result), times["rollout"], score_s, time.perf_counter() - started

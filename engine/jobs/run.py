@@ -513,10 +513,9 @@ def run_job(
         prepared = validate_job(config)
     else:
         check_stores(prepared)  # the stores may have changed since the job was prepared
-    warnings = list(prepared.warnings)
-    for warning in warnings:
+    for warning in prepared.warnings:
         log.warning("%s", warning)
-    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
+    out_dir, st = Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
     sha = sha256_of(prepared.checkpoint)
     if st.rollout:  # a path or an fsspec URL (s3://...)
@@ -528,10 +527,30 @@ def run_job(
         saliency_root, shard, num_shards = MemoryStore(), 0, 1
     before = set(SaliencyStore.open(saliency_root).missing()) if store_exists(saliency_root) else None
     rstore, sstore, timing = record_and_score(config, prepared, rollout_root, saliency_root, sha, shard, num_shards)
-    saliency_s = timing["saliency_seconds"]
     scored = sum(
         b - a for k, (a, b) in enumerate(sstore.bounds) if k % num_shards == shard and (before is None or k in before)
     )
+    return finish_job(config, prepared, rollout_root, saliency_root, rstore, sstore, timing, scored)
+
+
+def finish_job(
+    config: JobConfig,
+    prepared: PreparedJob,
+    rollout_root,
+    saliency_root,
+    rstore: RolloutStore,
+    sstore: SaliencyStore,
+    timing: dict,
+    scored: int,
+) -> dict[str, Path | str]:
+    """The end of :func:`run_job`, once its game is recorded and scored (``scored`` frames by this job, ``timing``
+    as :func:`record_and_score` returns it): the statistics, metrics, arrays, overlays, movie, figures, report and
+    summary.json in ``config.output.dir``, read back from the stores. Returns the paths written."""
+    agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warnings = list(prepared.warnings)
+    sha = sha256_of(prepared.checkpoint)
+    saliency_s = timing["saliency_seconds"]
     log.info(
         "scored %d frames into %s in %.1f s (%.3f s per frame%s)",
         scored,

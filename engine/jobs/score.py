@@ -11,9 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import EngineError
-from ..core.policy import Policy, index_state
+from ..core.policy import Policy, State, index_state
 from ..core.replay import replay_states
 from ..core.saliency import compute_saliency, paper_shift
+from ..env.rollout import Rollout
 from ..storage.store import (
     FORMAT,
     ChunkStore,
@@ -102,18 +103,22 @@ def open_scoring(
     progress: bool = False,
     storage_options: dict | None = None,
     recording: bool = False,
+    rstore: RolloutStore | None = None,
 ) -> Scoring:
     """The first half of :func:`score_store` (same arguments): the settings and stores checked, the saliency store
     opened or created; nothing scored yet (:meth:`Scoring.run`). The rollout store must be complete, unless
     ``recording``: then it is being recorded while it is scored (:mod:`engine.jobs.overlap`), and
-    :meth:`Scoring.run` must be given a ``wait`` that returns once the steps it names are written."""
+    :meth:`Scoring.run` must be given a ``wait`` that returns once the steps it names are written. ``rstore``: the
+    rollout store at ``rollout_root`` as its recorder holds it (so a recording that ends early, and truncates it,
+    is seen here); opened from ``rollout_root`` otherwise."""
     if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
     if isinstance(frames_per_chunk, bool) or not isinstance(frames_per_chunk, int) or frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be an integer >= 1, got {frames_per_chunk!r}")
     if writing_needed(root, "saliency", storage_options):
         check_writable(root, storage_options)
-    rstore = RolloutStore.open(rollout_root, storage_options)
+    if rstore is None:
+        rstore = RolloutStore.open(rollout_root, storage_options)
     if not (recording or rstore.complete):
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
     layout = saliency_layout(agent, saliency)
@@ -176,6 +181,34 @@ class Scoring:
         bar.close()
         return out
 
+    def score_chunk(self, k: int) -> int:
+        """Score chunk ``k`` of the saliency store as it is now (its bounds follow a truncated store), on the
+        recorded states (``recorded`` must hold: nothing is replayed), once the rollout steps it reads are written
+        (the caller waits for them); returns the frames scored. :mod:`engine.jobs.games` interleaves the games'
+        chunks with it; :meth:`run` gives the same arrays."""
+        if not self.recorded:
+            raise ValueError("score_chunk scores on the recorded states; replayed states are carried by run()")
+        a, b = self.out.bounds[k]
+        part, states = recorded_chunk(self.rstore, a, b, self.saliency.state_alignment)
+        observations = cast(torch.Tensor, part.observations)  # a Rollout fills them in when it is made
+        maps = compute_saliency(
+            self.agent, observations, states, self.saliency, actions=part.actions, frame_indices=range(a, b)
+        )
+        self.out.store.write(k, {key: value.numpy() for key, value in maps.items()})
+        return b - a
+
+
+def recorded_chunk(rstore: RolloutStore, a: int, b: int, state_alignment: str) -> tuple[Rollout, State]:
+    """The recorded steps ``a..b`` and the recorded states scoring uses on them (shifted one frame back for
+    ``state_alignment="paper"``, the step before read for it)."""
+    part = rstore.read(max(a - 1, 0), b)
+    previous = None if a == 0 else index_state(part.states, slice(0, 1))
+    part = part if a == 0 else part[1:]
+    states = part.states
+    if state_alignment == "paper":
+        states = paper_shift(states, previous)
+    return part, states
+
 
 def uses_recorded_states(agent: Policy, rstore: RolloutStore, checkpoint_sha256: str) -> bool:
     """Whether ``agent`` (``checkpoint_sha256``) recorded the game, in the same dtype: then its recorded states are
@@ -213,21 +246,18 @@ def scored_states(
                 continue
             if wait is not None:
                 wait(b)
-            part = rstore.read(max(a - 1, 0), b)
-            previous = None if a == 0 else index_state(part.states, slice(0, 1))
-            part = part if a == 0 else part[1:]
-            states = part.states
-        else:
-            if wait is not None:
-                wait(b)
-            part = rstore.read(a, b)
-            observations = cast(torch.Tensor, part.observations)  # a Rollout fills them in when it is made
-            states, next_carry = replay_states(agent, observations, part.dones, carry, with_next=True)
-            previous = None if a == 0 else tuple(s.cpu() for s in last_used)
-            last_used = tuple(s[-1:] for s in states)
-            carry = next_carry
-            if k not in wanted:
-                continue
+            yield (k, *recorded_chunk(rstore, a, b, state_alignment))
+            continue
+        if wait is not None:
+            wait(b)
+        part = rstore.read(a, b)
+        observations = cast(torch.Tensor, part.observations)  # a Rollout fills them in when it is made
+        states, next_carry = replay_states(agent, observations, part.dones, carry, with_next=True)
+        previous = None if a == 0 else tuple(s.cpu() for s in last_used)
+        last_used = tuple(s[-1:] for s in states)
+        carry = next_carry
+        if k not in wanted:
+            continue
         if state_alignment == "paper":
             states = paper_shift(states, previous)
         yield k, part, states

@@ -83,7 +83,8 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
 
 def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_path):
     """benchmarks/gpu/end_to_end.py (the GPU script's end-to-end job) at the smallest size on the CPU: two games
-    played together and scored; the stages' rates and the job's rate against scoring alone are reported."""
+    played together and scored, while recorded and then in turn; the stages' rates and the overlapped job's rate
+    against scoring alone are reported."""
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu/end_to_end.py", "--out", str(tmp_path), "--games", "2", "--max-steps", "12"],
         cwd=ROOT,
@@ -94,6 +95,9 @@ def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_p
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     report = json.loads((tmp_path / "end_to_end.json").read_text())
     assert report["device"] == "cpu" and report["games"] == 2 and report["game_lengths"] == [12, 12]
-    assert report["frames"] == report["frames_scored"] == 24
-    assert report["rollout_seconds"] > 0 and report["saliency_seconds"] > 0
-    assert 0 < report["job_vs_scoring"] <= 1  # the job's wall clock holds its scoring
+    assert report["frames"] == report["frames_scored"] == 24 and set(report["jobs"]) == {"overlapped", "sequential"}
+    for name, job in report["jobs"].items():
+        assert job["overlapped"] is (name == "overlapped") and job["frames_scored"] == 24
+        assert job["rollout_seconds"] > 0 and job["saliency_seconds"] > 0 and 0 < job["job_vs_own_scoring"] <= 1
+    scoring = max(job["scoring_frames_per_s"] for job in report["jobs"].values())
+    assert report["job_vs_scoring"] == round(report["jobs"]["overlapped"]["job_frames_per_s"] / scoring, 3)  # the job's wall clock holds its scoring
