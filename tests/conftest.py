@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 if __name__ == "conftest":
     sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 
+# pytest-xdist's workers share the cores: each runs torch on its share, so that N workers do not start N x cores
+# threads that wait on one another
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_VAR = "ATARI_SALIENCY_REQUIRE_CHECKPOINTS"
 PROBE_SECONDS = 5.0  # per network operation; the whole probe gives up after twice that

@@ -190,6 +190,10 @@ def main() -> None:
         help="time with the wall clock or, on a CPU shared with other work, this process's CPU time (use --threads 1)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--density", type=int, default=5, help="the 2017 method's grid step (radius 5)")
+    parser.add_argument(
+        "--warmup-frames", type=int, default=None, help="frames of the warm-up call (default: the timed count)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
@@ -216,7 +220,9 @@ def main() -> None:
         frames_n, states_n = frames[:n], tuple(s[:n] for s in states)
         k = 4  # frames compared with float64
         set_tf32(False)
-        want = perturbation_saliency(load(torch.float64), frames[:k], tuple(s[:k] for s in states), incremental=False)
+        want = perturbation_saliency(
+            load(torch.float64), frames[:k], tuple(s[:k] for s in states), incremental=False, density=args.density
+        )
         agent = load(torch.float32)
         # most telling first: each agent gets its share of the budget, and what does not fit is skipped
         plain, inc = dict(incremental=False), dict(incremental=True)
@@ -251,10 +257,15 @@ def main() -> None:
             try:
                 sync(device)
                 t0 = time.perf_counter()
-                got = perturbation_saliency(policy, frames[:k], tuple(s[:k] for s in states), **apply(settings))
+                got = perturbation_saliency(
+                    policy, frames[:k], tuple(s[:k] for s in states), density=args.density, **apply(settings)
+                )
                 sync(device)
                 row["first_call_s"] = round(time.perf_counter() - t0, 2)  # compilation included
-                perturbation_saliency(policy, frames_n, states_n, **apply(settings))  # warm-up at the timed size
+                warm = args.warmup_frames or n  # at the timed size by default
+                perturbation_saliency(
+                    policy, frames_n[:warm], tuple(s[:warm] for s in states_n), density=args.density, **apply(settings)
+                )
                 row.update(
                     actor_rel_error=rel_error(got.actor, want.actor),
                     critic_rel_error=rel_error(got.critic, want.critic),
@@ -273,15 +284,16 @@ def main() -> None:
                 kwargs = apply(settings)
                 sync(device)
                 t0 = clock()
-                perturbation_saliency(policy, frames_n, states_n, **kwargs)
+                perturbation_saliency(policy, frames_n, states_n, density=args.density, **kwargs)
                 sync(device)
                 spent.append(clock() - t0)
         for (row, _, _), spent in zip(ready, times, strict=True):
             seconds = float(np.median(spent))
             row.update(
-                frames=n,
-                frames_per_s=round(n / seconds, 1),
-                ms_per_frame=round(seconds / n * 1e3, 4),
+                frames=len(frames_n),
+                density=args.density,
+                frames_per_s=round(len(frames_n) / seconds, 1),
+                ms_per_frame=round(seconds / len(frames_n) * 1e3, 4),
                 spread=round((max(spent) - min(spent)) / seconds, 3),
                 rounds=rounds,
                 clock=args.clock,
