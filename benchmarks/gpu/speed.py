@@ -40,10 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import cpu_flags, machine  # noqa: E402
 from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
+from benchmarks.roofline import peak_bandwidth, peak_flops  # noqa: E402
 from engine.core.batching import pad_rows  # noqa: E402
 from engine.core.incremental import conv_trunk_of  # noqa: E402
-from engine.core.perturbation import perturbation_saliency  # noqa: E402
+from engine.core.masks import perturbation_masks  # noqa: E402
+from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
 from engine.core.policy import PolicyOutput  # noqa: E402
+from engine.core.roofline import roofline, roofline_fraction  # noqa: E402
 from engine.policies.cleanrl import load_cleanrl  # noqa: E402
 from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.policies.loading import load_policy  # noqa: E402
@@ -104,6 +107,22 @@ def apply(settings: dict) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
     return kwargs
+
+
+def roofline_share(
+    agent, plan: str, density: int, frames_per_s: float, frames: int, device: torch.device, peaks: tuple[float, float]
+) -> dict:
+    """The float32 roofline of ``agent``'s ``plan`` (engine.core.roofline: FLOPs and bytes per perturbed input at
+    the engine's pass size) and the share of it that ``frames_per_s`` achieves, against ``peaks`` (FLOP/s, bytes/s)
+    measured in the same run; fast-mode rows are measured against the same float32 roofline."""
+    masks = perturbation_masks(5, density, device, torch.float32, tuple(agent.observation_shape[1:])).shape[0]
+    batch = resolve_perturbations_per_eval(agent, torch.float32, frames * masks, None, None)
+    table = roofline(agent, plan, 5, density, batch=batch, device=device)
+    return dict(
+        flops_per_input=table.flops,
+        bytes_per_input=table.bytes,
+        roofline_fraction=round(roofline_fraction(frames_per_s * masks, table, *peaks), 4),
+    )
 
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -204,6 +223,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "process" else time.perf_counter
     env = dict(environment(device), machine=machine(), cpu_flags=cpu_flags())
+    peaks = (peak_flops(device, 4096 if cuda else 1024, 3), peak_bandwidth(device, 1024 if cuda else 256, 3))
+    env.update(peak_flops_per_s=peaks[0], peak_bytes_per_s=peaks[1])
     print(json.dumps(env), flush=True)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -299,6 +320,10 @@ def main() -> None:
                 clock=args.clock,
                 threads=torch.get_num_threads(),
             )
+            try:  # a variant of another network (split3_tf32's wrapper) has no roofline of its own
+                row.update(roofline_share(agent, row["plan"], args.density, row["frames_per_s"], n, device, peaks))
+            except ValueError:
+                pass
             rows.append(row)
             print(json.dumps(row), flush=True)
         save()
@@ -308,17 +333,19 @@ def main() -> None:
             torch.cuda.empty_cache()
     save()
     print(f"\n# speed variants on {env.get('gpu', env.get('cpu'))}\n")
-    print("| agent | variant | plan | frames/s | vs eager | first call s | actor err | critic err | top5 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| agent | variant | plan | frames/s | vs eager | of roofline | first call s | actor err | critic err | top5 |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     base = {(r["agent"], r["plan"]): r["frames_per_s"] for r in rows if r.get("variant") == "eager"}
     for r in rows:
         if "error" in r:
-            print(f"| {r['agent']} | {r['variant']} | - | - | - | - | {r['error'][:80]} | | |")
+            print(f"| {r['agent']} | {r['variant']} | - | - | - | - | - | {r['error'][:80]} | | |")
             continue
         ratio = r["frames_per_s"] / base.get((r["agent"], r["plan"]), float("nan"))
         print(
             f"| {r['agent']} | {r['variant']} | {r['plan']} | {r['frames_per_s']:.0f} | {ratio:.2f} | "
-            f"{r['first_call_s']} | {r['actor_rel_error']:.1e} | {r['critic_rel_error']:.1e} | "
+            f"{r.get('roofline_fraction', float('nan')):.1%} | {r['first_call_s']} | {r['actor_rel_error']:.1e} | {r['critic_rel_error']:.1e} | "
             f"{min(r['actor_top5_overlap'], r['critic_top5_overlap']):.3f} |"
         )
     if skipped:
