@@ -71,6 +71,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -667,6 +668,9 @@ class ChunkStore:
 
     def __init__(self, root: StoreRoot, storage_options: dict[str, Any] | None = None, read_only: bool = False) -> None:
         self.root, self.storage_options, self.read_only = store_root(root), storage_options, read_only
+        # truncate() rewrites the manifest and signs the markers again: a reader in another thread (a games job
+        # scoring while it records) must see the store before or after, never between
+        self._lock = threading.RLock()
         with _object_storage(self.root):
             self._open()
 
@@ -943,6 +947,10 @@ class ChunkStore:
             raise EngineError(f"the store {self.root} has its length in its manifest: only a memory store is truncated")
         if not 1 <= length <= self.length:
             raise ValueError(f"cannot truncate the store {self.root} of {self.length} steps to {length}")
+        with self._lock:
+            self._truncate(length)
+
+    def _truncate(self, length: int) -> None:
         old_hash, done = self.hash, self.completed()
         self.manifest = {**self.manifest, "length": int(length)}
         for name, entry in {**self.layout, MARKER: _marker_entry(self.layout)}.items():
@@ -971,10 +979,12 @@ class ChunkStore:
     # chunks -------------------------------------------------------------------------------------------------
     def completed(self) -> np.ndarray:
         """(num_chunks,) bool: which logical chunks are marked complete under this store's manifest."""
-        return self._ours(self._marker_rows(0, self.num_chunks))
+        with self._lock:
+            return self._ours(self._marker_rows(0, self.num_chunks))
 
     def has(self, index: int) -> bool:
-        return bool(self._ours(self._marker_rows(index, index + 1))[0])
+        with self._lock:
+            return bool(self._ours(self._marker_rows(index, index + 1))[0])
 
     def write(self, index: int, arrays: Mapping[str, npt.ArrayLike | torch.Tensor]) -> None:
         """Write logical chunk ``index``: every array of the layout (``(b - a, ...)`` per time step, one row per
@@ -1032,19 +1042,21 @@ class ChunkStore:
 
     def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Logical chunk ``index``: per-step arrays ``(b - a, ...)``; per-chunk ones as their row ``(...)``."""
-        a, b = self.bounds[index]
-        out: dict[str, np.ndarray] = {}
-        for name in keys or tuple(self.layout):
-            if self.layout[name]["per"] == "time":
-                out[name] = self._read(name, a, b)
-            else:
-                out[name] = self._read(name, index, index + 1)[0]
-        return out
+        with self._lock:
+            a, b = self.bounds[index]
+            out: dict[str, np.ndarray] = {}
+            for name in keys or tuple(self.layout):
+                if self.layout[name]["per"] == "time":
+                    out[name] = self._read(name, a, b)
+                else:
+                    out[name] = self._read(name, index, index + 1)[0]
+            return out
 
     def read_range(self, start: int, stop: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Steps ``start..stop-1`` of the per-step arrays, loading only the chunks that hold them."""
-        names = keys or tuple(k for k, e in self.layout.items() if e["per"] == "time")
-        return {name: self._read(name, start, stop) for name in names}
+        with self._lock:
+            names = keys or tuple(k for k, e in self.layout.items() if e["per"] == "time")
+            return {name: self._read(name, start, stop) for name in names}
 
     @contextmanager
     def _strict(self, seen: dict[str, bytes] | None = None) -> Iterator[None]:

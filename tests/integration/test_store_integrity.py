@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -614,3 +615,31 @@ def test_a_manifest_length_other_than_its_arrays_is_refused(played, tmp_path):
     edit_manifest(copy, lambda manifest: manifest.__setitem__("length", 24))
     with pytest.raises(StoreIntegrityError, match=r"'frames' has shape \(20, 210, 160, 3\).*manifest says shape \(24,"):
         RolloutStore.open(copy)
+
+
+def test_a_reader_in_another_thread_never_sees_a_store_being_truncated():
+    """A games job reads a game's rollout store while the recorder cuts it where the game ended: every read made
+    while truncate() rewrites the manifest and signs the markers again sees chunk 0 complete, before or after."""
+    from zarr.storage import MemoryStore
+
+    layout = {"x": {"tail": [3], "dtype": "<f4", "dims": ["x_axis"], "per": "time"}}
+    seen, failures = [], []
+    for _ in range(20):
+        store = ChunkStore.open_or_create(MemoryStore(), {"kind": "saliency", "radius": 3}, layout, 12, 4)
+        store.write(0, {"x": np.ones((4, 3), np.float32)})
+        store.write(1, {"x": np.ones((4, 3), np.float32)})
+        stop = threading.Event()
+
+        def read(store=store, stop=stop):
+            while not stop.is_set():
+                try:
+                    seen.append(bool(store.completed()[0]) and float(store.read(0)["x"].sum()) == 12.0)
+                except Exception as exc:  # a read between the manifest's rewrite and the markers' signing
+                    failures.append(repr(exc))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        store.truncate(6)
+        stop.set()
+        reader.join()
+    assert not failures and seen and all(seen), (failures[:3], seen.count(False))
