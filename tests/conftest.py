@@ -233,3 +233,33 @@ def dtype(request) -> torch.dtype:
 @pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+def float32_rounding(module: torch.nn.Module, *inputs) -> float:
+    """How far one float32 pass of ``module`` on ``inputs`` rounds, measured with this machine's kernels: the
+    largest difference between its floating outputs (tensors, nested in tuples, lists or dicts) and those of the same
+    module cast to float64 on the same inputs. Two float32 programs of one computation (a batch padded or not,
+    sums in other orders) each round by about this much, in orders that differ: :func:`assert_float32_close`
+    allows four times it, a bound derived where the test runs rather than a tolerance tuned on one CPU."""
+    import copy
+
+    from torch.utils._pytree import tree_leaves, tree_map
+
+    def double(t):
+        return t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    exact = copy.deepcopy(module).double()
+    with torch.no_grad():
+        got, want = tree_leaves(module(*inputs)), tree_leaves(exact(*tree_map(double, inputs)))
+    pairs = [(g, w) for g, w in zip(got, want) if isinstance(g, torch.Tensor) and g.is_floating_point()]
+    return max((float((g.double() - w).abs().max()) for g, w in pairs), default=0.0)
+
+
+def assert_float32_close(ours: torch.Tensor, reference: torch.Tensor, rounding: float) -> None:
+    """``ours`` equals ``reference`` to four times ``rounding`` (:func:`float32_rounding`), a bound that must be far
+    below the values' size, so that a wrong output does not pass."""
+    ours, reference = ours.detach().double(), reference.detach().double()
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    scale = float(reference.abs().max())
+    assert rounding < 1e-4 * scale or scale == 0, "the rounding measured would not catch a wrong output"
+    assert float((ours - reference).abs().max()) <= 4 * rounding, (float((ours - reference).abs().max()), rounding)
