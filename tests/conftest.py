@@ -263,3 +263,17 @@ def assert_float32_close(ours: torch.Tensor, reference: torch.Tensor, rounding: 
     scale = float(reference.abs().max())
     assert rounding < 1e-4 * scale or scale == 0, "the rounding measured would not catch a wrong output"
     assert float((ours - reference).abs().max()) <= 4 * rounding, (float((ours - reference).abs().max()), rounding)
+
+
+def saliency_rounding(saliency, policy, observations, states, keys, **options) -> dict[str, float]:
+    """How far ``saliency(policy, observations, states, **options)`` rounds each result in ``keys`` (e.g.
+    ``actor_scores``) in float32, measured with this machine's kernels: the largest difference from the same
+    call on ``policy`` cast to float64 (:func:`float32_rounding` for maps; bound comparisons with
+    :func:`assert_float32_close`)."""
+    import copy
+
+    exact = copy.deepcopy(policy).double()
+    with torch.no_grad():
+        got = saliency(policy, observations, states, **options)
+        want = saliency(exact, observations, tuple(s.double() for s in states), **options)
+    return {key: float((getattr(got, key).double() - getattr(want, key).double()).abs().max()) for key in keys}

@@ -27,6 +27,7 @@ from stable_baselines3.common.policies import BaseModel  # noqa: E402  (the acto
 from engine.core.errors import CheckpointError  # noqa: E402
 from engine.core.policy import Policy  # noqa: E402
 from engine.policies.sb3 import SB3Policy, load_sb3  # noqa: E402
+from tests.conftest import assert_float32_close, saliency_rounding  # noqa: E402
 from tests.sb3_agents import NUM_ACTIONS, gym_spaces_data, make_agent, rewrite_zip, saved_bytes  # noqa: E402
 
 ACTOR_CRITIC = ("ppo", "a2c", "ppo_separate", "ppo_mlp")
@@ -582,8 +583,12 @@ def test_incremental_inference_equals_plain_passes(agents, kind):
     windows = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=True)
     plain = perturbation_saliency(policy, obs, state, radius=3, density=7, incremental=False)
     assert float(plain.actor_scores.max()) > 0
-    assert float((windows.actor_scores - plain.actor_scores).abs().max()) <= 1e-6 * float(plain.actor_scores.max())
-    assert float((windows.critic_scores - plain.critic_scores).abs().max()) <= 1e-6 * float(plain.critic_scores.max())
+    options = dict(radius=3, density=7, incremental=False)
+    rounding = saliency_rounding(
+        perturbation_saliency, policy, obs, state, ("actor_scores", "critic_scores"), **options
+    )
+    assert_float32_close(windows.actor_scores, plain.actor_scores, rounding["actor_scores"])
+    assert_float32_close(windows.critic_scores, plain.critic_scores, rounding["critic_scores"])
 
 
 @pytest.mark.parametrize("kind", RECURRENT)

@@ -16,6 +16,7 @@ from engine.core.perturbation import perturbation_saliency, upsample_exact
 from engine.core.policy import PolicyOutput
 from engine.core.preprocessing import preprocess_frames
 from engine.core.sarfa import disc_masks, sarfa_saliency, sarfa_scores
+from tests.conftest import assert_float32_close, saliency_rounding
 
 FRAME = 45  # a frame of the seeded rollout with the ball in play and a non-zero state
 DENSITY = 10  # 8 x 8 perturbations on 80x80: the loop references stay short
@@ -186,7 +187,16 @@ def test_incremental_equals_plain_passes(pong_agent, inputs):
         windows = sarfa_saliency(
             pong_agent, frames, states, radius, density, perturbation=perturbation, incremental=True
         )
-        torch.testing.assert_close(windows.actor_scores, plain.actor_scores, rtol=1e-4, atol=1e-6)
+        options = dict(perturbation=perturbation, incremental=False)
+        exact = saliency_rounding(
+            lambda p, f, s, r=radius, d=density, **o: sarfa_saliency(p, f, s, r, d, **o),
+            pong_agent,
+            frames,
+            states,
+            ("actor_scores",),
+            **options,
+        )
+        assert_float32_close(windows.actor_scores, plain.actor_scores, exact["actor_scores"])
 
 
 @pytest.mark.parametrize("perturbation", ["blur", "disc"])
