@@ -54,12 +54,12 @@ def observations(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 4, 84, 84), dtype=np.uint8))
 
 
-def float32_rounding(policy, obs: torch.Tensor, state=()) -> dict[str, float]:
+def rounding_by_output(policy, obs: torch.Tensor, state=()) -> dict[str, float]:
     """How far one float32 pass of ``policy`` rounds, measured on these inputs with this machine's kernels: the
     largest difference between its outputs (``logits``, ``value``, ``state``) and those of the same network cast
     to float64. The library computes the same sums in float32 in orders of its own, so the two float32 programs
     may differ by the rounding of each, in orders that differ: four times this (the bound of
-    :func:`assert_close`), and never a fixed tolerance tuned on one CPU."""
+    :func:`tests.conftest.assert_float32_close`), and never a fixed tolerance tuned on one CPU."""
     exact = copy.deepcopy(policy).double()
     with torch.no_grad():
         got = policy(obs, state)
@@ -73,16 +73,6 @@ def float32_rounding(policy, obs: torch.Tensor, state=()) -> dict[str, float]:
         value=largest([got.value], [want.value]),
         state=largest(got.state, want.state),
     )
-
-
-def assert_close(ours: torch.Tensor, reference: torch.Tensor, rounding: float) -> None:
-    """Equal to float32 rounding: within four times ``rounding`` (:func:`float32_rounding`), which must itself be
-    far below the outputs' size (so a wrong output would not pass)."""
-    ours, reference = ours.detach().double(), reference.detach().double()
-    assert ours.shape == reference.shape
-    scale = float(reference.abs().max())
-    assert rounding < 1e-4 * scale or scale == 0, "the rounding measured would not catch a wrong output"
-    assert float((ours - reference).abs().max()) <= 4 * rounding
 
 
 def sb3_actor_critic(policy, obs: torch.Tensor):
@@ -108,10 +98,12 @@ def test_actor_critic_outputs_equal_sb3(agents, kind):
     raw, logits, values = sb3_actor_critic(model.policy, obs)
     with torch.inference_mode():
         out = policy(obs.float() / 255, ())
-    rounding = float32_rounding(policy, obs.float() / 255)
-    assert_close(out.logits, raw, rounding["logits"])
-    assert_close(torch.log_softmax(out.logits, -1), logits, 2 * rounding["logits"])  # log-sum-exp: one more logit
-    assert_close(out.value, values, rounding["value"])
+    rounding = rounding_by_output(policy, obs.float() / 255)
+    assert_float32_close(out.logits, raw, rounding["logits"])
+    assert_float32_close(
+        torch.log_softmax(out.logits, -1), logits, 2 * rounding["logits"]
+    )  # log-sum-exp: one more logit
+    assert_float32_close(out.value, values, rounding["value"])
     assert out.state == ()
 
 
@@ -126,9 +118,9 @@ def test_q_values_equal_sb3(agents, kind):
         greedy = model.policy._predict(obs, deterministic=True)
     with torch.inference_mode():
         out = policy(obs.float() / 255, ())
-    rounding = float32_rounding(policy, obs.float() / 255)
-    assert_close(out.logits, q, rounding["logits"])
-    assert_close(out.value, q.max(dim=1).values, rounding["logits"])
+    rounding = rounding_by_output(policy, obs.float() / 255)
+    assert_float32_close(out.logits, q, rounding["logits"])
+    assert_float32_close(out.value, q.max(dim=1).values, rounding["logits"])
     assert torch.equal(out.logits.argmax(dim=1), greedy)
 
 
@@ -166,15 +158,15 @@ def test_recurrent_ppo_sequence_equals_sb3(agents, kind):
             raw = sb3.action_net(sb3.mlp_extractor.forward_actor(latent))
         with torch.inference_mode():
             out = policy(obs.float() / 255, policy.reset_state(ours, starts[t].bool()))
-        rounding = float32_rounding(policy, obs.float() / 255, policy.reset_state(ours, starts[t].bool()))
-        assert_close(out.logits, raw, rounding["logits"])
-        assert_close(torch.log_softmax(out.logits, -1), dist.distribution.logits, 2 * rounding["logits"])
-        assert_close(out.value, values[:, 0], rounding["value"])
-        assert_close(out.value, predicted[:, 0], rounding["value"])
+        rounding = rounding_by_output(policy, obs.float() / 255, policy.reset_state(ours, starts[t].bool()))
+        assert_float32_close(out.logits, raw, rounding["logits"])
+        assert_float32_close(torch.log_softmax(out.logits, -1), dist.distribution.logits, 2 * rounding["logits"])
+        assert_float32_close(out.value, values[:, 0], rounding["value"])
+        assert_float32_close(out.value, predicted[:, 0], rounding["value"])
         expected = (*new_states.pi, *new_states.vf) if critic_lstm else new_states.pi
         assert len(out.state) == len(expected)
         for mine, theirs in zip(out.state, expected):
-            assert_close(mine, flat(theirs), rounding["state"])
+            assert_float32_close(mine, flat(theirs), rounding["state"])
         states, ours = new_states, out.state
 
 
@@ -227,9 +219,9 @@ def test_float64(agents, kind):
     assert torch.equal(out.logits, cast.logits) and torch.equal(out.value, cast.value)
     if kind == "ppo_separate":  # and against the library (float32 only: its preprocess_obs casts to float)
         raw, _, values = sb3_actor_critic(model.policy, obs)
-        rounding = float32_rounding(single, obs.float() / 255)
-        assert_close(out.logits, raw, rounding["logits"] / 2)  # only the library's pass rounds here
-        assert_close(out.value, values, rounding["value"] / 2)
+        rounding = rounding_by_output(single, obs.float() / 255)
+        assert_float32_close(out.logits, raw, rounding["logits"] / 2)  # only the library's pass rounds here
+        assert_float32_close(out.value, values, rounding["value"] / 2)
 
 
 def test_gradients_reach_the_observation(agents):
@@ -267,9 +259,9 @@ def _compare_with(policy, model, kind="ppo"):
     raw, _, values = sb3_actor_critic(model.policy, obs)
     with torch.inference_mode():
         out = policy(obs.float() / 255, ())
-    rounding = float32_rounding(policy, obs.float() / 255)
-    assert_close(out.logits, raw, rounding["logits"])
-    assert_close(out.value, values, rounding["value"])
+    rounding = rounding_by_output(policy, obs.float() / 255)
+    assert_float32_close(out.logits, raw, rounding["logits"])
+    assert_float32_close(out.value, values, rounding["value"])
 
 
 def _sb3_1x_keys(state_dict):
