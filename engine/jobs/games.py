@@ -70,7 +70,7 @@ from ..storage.store import (
 from .config import JobConfig, check_config, engine_saliency
 from .overlap import HandOff, overlapped
 from .record import rollout_identity
-from .score import open_scoring
+from .score import Scoring, open_scoring
 
 if TYPE_CHECKING:
     from .run import PreparedJob
@@ -473,8 +473,6 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
         if overlap and player is agent:
             at_once = True
             written, rollout_s = _record_and_score_games(config, prepared, games, recording, roots)
-            summaries = [json.loads(Path(w["summary"]).read_text()) for w in written]
-            written_games = [Path(w["summary"]) for w in written]
         else:
             rstores = recording.run()
             played = sum(s.num_steps for s in rstores)
@@ -487,7 +485,9 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             )
     if not at_once:
         rollout_s = time.perf_counter() - started
-        summaries, written_games = _score_games_in_turn(config, prepared, games, roots, rstores)
+        written = _score_games_in_turn(config, prepared, games, roots, rstores)
+    written_games = [Path(w["summary"]) for w in written]
+    summaries = [json.loads(path.read_text()) for path in written_games]
     clear_owned_outputs(out_dir)
     settings = _games_summary(config, prepared, summaries, written_games, rollout_s, time.perf_counter() - started)
     settings["overlapped"] = at_once
@@ -505,20 +505,20 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
 
 def _score_games_in_turn(
     config: JobConfig, prepared: PreparedJob, games: list[JobConfig], roots: list, rstores: list[RolloutStore]
-) -> tuple[list[dict], list[Path]]:
+) -> list[dict[str, Path | str]]:
     """Each game's own job on its recorded store (on disk by its path, in memory handed over), one after the other:
-    their summaries and the paths of those."""
+    what each one wrote."""
     from .run import check_recorded, run_job
 
     for root, rstore in zip(roots, rstores):
         check_recorded(rstore, root, config, prepared.agent)
-    summaries, paths = [], []
+    written = []
     for i, game in enumerate(games):
         log.info("game %d of %d (seed %d) into %s", i + 1, len(games), game.rollout.seed, game.output.dir)
-        written = run_job(game, dataclasses.replace(prepared, config=game), None if config.store.rollout else roots[i])
-        paths.append(Path(written["summary"]))
-        summaries.append(json.loads(paths[-1].read_text()))
-    return summaries, paths
+        written.append(
+            run_job(game, dataclasses.replace(prepared, config=game), None if config.store.rollout else roots[i])
+        )
+    return written
 
 
 def _record_and_score_games(
@@ -572,6 +572,7 @@ def _record_and_score_games(
     )
 
     done: list[set[int]] = [set() for _ in games]
+    recorded_at = [0.0] * len(games)
     finishing: dict[int, Future] = {}
     finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  # one: matplotlib is not thread-safe
     started = time.perf_counter()
@@ -592,7 +593,13 @@ def _record_and_score_games(
             game, game_prepared, roots[i], saliency_roots[i], recording.rstores[i], sstore, timing, scored[i]
         )
 
-    recorded_at = [0.0] * len(games)
+    def wait(scoring: Scoring, stop: int) -> None:
+        """Until the game's steps ``..stop-1`` are written, or its last step where it ended before them."""
+        hand.wait_for(stop, length=partial(getattr, scoring.rstore, "num_steps"))
+
+    def end_where_the_game_ended(scoring: Scoring) -> None:
+        if scoring.rstore.num_steps < scoring.out.store.length:  # it ended early: its saliency store ends with it
+            scoring.out.store.truncate(scoring.rstore.num_steps)
 
     def finish_if_complete(i: int) -> None:
         """Hand game ``i`` to the finisher once its last step is written and every chunk of it this job scores is
@@ -602,8 +609,7 @@ def _record_and_score_games(
             return
         if not recorded_at[i]:
             recorded_at[i] = time.perf_counter()
-        if scoring.rstore.num_steps < scoring.out.store.length:  # it ended early: its saliency store ends with it
-            scoring.out.store.truncate(scoring.rstore.num_steps)
+        end_where_the_game_ended(scoring)
         if all(k in done[i] for k in todo[i] if k < len(scoring.out.bounds)):
             finishing[i] = finisher.submit(finish, i)
 
@@ -612,11 +618,10 @@ def _record_and_score_games(
             for i, scoring in enumerate(scorings):
                 if j in todo[i] and j < len(scoring.out.bounds) and i not in finishing:
                     waiting = time.perf_counter()
-                    hand.wait_for(scoring.out.bounds[j][1], length=partial(getattr, scoring.rstore, "num_steps"))
+                    wait(scoring, scoring.out.bounds[j][1])
                     ready = time.perf_counter()
                     waited[i] += ready - waiting
-                    if scoring.rstore.num_steps < scoring.out.store.length:  # ended early: the store ends with it
-                        scoring.out.store.truncate(scoring.rstore.num_steps)
+                    end_where_the_game_ended(scoring)
                     if j < len(scoring.out.bounds):
                         frames = scoring.score_chunk(j)
                         done[i].add(j)
@@ -629,7 +634,7 @@ def _record_and_score_games(
                     raise cast(BaseException, future.exception())
         for i, scoring in enumerate(scorings):  # games whose last chunks are another shard's
             if i not in finishing:
-                hand.wait_for(scoring.rstore.num_steps, length=partial(getattr, scoring.rstore, "num_steps"))
+                wait(scoring, scoring.rstore.num_steps)
                 finish_if_complete(i)
             if i not in finishing:
                 raise RuntimeError(f"game {i}'s chunks {sorted(set(todo[i]) - done[i])} were not scored")
