@@ -66,7 +66,9 @@ def job_config(
 def run_once(args: argparse.Namespace, device: str, overlap: bool) -> dict:
     """One job: its stages' seconds and rates, from its own summary and wall clock."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = job_config(Path(tmp) / "job", args.games, args.max_steps, args.workers, device, args.density, overlap)
+        config = job_config(
+            Path(tmp) / "job", args.games, args.max_steps, args.workers, device, args.density, overlap, args.chunk_steps
+        )
         started = time.perf_counter()
         run_job(config)
         wall = time.perf_counter() - started
@@ -75,6 +77,7 @@ def run_once(args: argparse.Namespace, device: str, overlap: bool) -> dict:
     rollout_s, saliency_s = float(summary["rollout_seconds"]), float(summary["saliency_seconds"])
     job = dict(
         overlapped=summary.get("overlapped", False),
+        chunk_steps=summary["config"]["store"]["chunk_steps"],  # as the job ran
         frames=frames,
         frames_scored=scored,
         game_lengths=[g.get("steps") for g in summary.get("games", [])],

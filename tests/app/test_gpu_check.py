@@ -86,7 +86,10 @@ def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_p
     played together and scored, while recorded and then in turn; the stages' rates and the overlapped job's rate
     against scoring alone are reported."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/gpu/end_to_end.py", "--out", str(tmp_path), "--games", "2", "--max-steps", "12"],
+        [
+            *(sys.executable, "benchmarks/gpu/end_to_end.py", "--out", str(tmp_path)),
+            *("--games", "2", "--max-steps", "12", "--chunk-steps", "5"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -97,7 +100,7 @@ def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_p
     assert report["device"] == "cpu" and report["games"] == 2 and report["game_lengths"] == [12, 12]
     assert report["frames"] == report["frames_scored"] == 24 and set(report["jobs"]) == {"overlapped", "sequential"}
     for name, job in report["jobs"].items():
-        assert job["overlapped"] is (name == "overlapped") and job["frames_scored"] == 24
+        assert job["overlapped"] is (name == "overlapped") and job["frames_scored"] == 24 and job["chunk_steps"] == 5
         assert job["rollout_seconds"] > 0 and job["saliency_seconds"] > 0 and 0 < job["job_vs_own_scoring"] <= 1
     scoring = max(job["scoring_frames_per_s"] for job in report["jobs"].values())
     assert report["job_vs_scoring"] == round(report["jobs"]["overlapped"]["job_frames_per_s"] / scoring, 3)
