@@ -41,7 +41,8 @@ gives the options of each library's training environment, e.g. ``rollout(agent, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
@@ -142,9 +143,50 @@ def resolve_options(pipeline: str, **options) -> dict[str, Any]:
     return resolved
 
 
-def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
+@lru_cache(maxsize=1)
+def _once_loaded_atari_env() -> type:
+    """ale_py's ``AtariEnv`` made for its first seeded reset (a class made once, on first use: importing ale_py
+    takes a while).
+
+    ale_py loads the game's ROM in the constructor, with a random seed, and again on ``reset(seed=s)``, with ``s``:
+    about 90 ms each, holding the GIL. Made with ``first_seed=s``, this class seeds the constructor's load with
+    ``s``, and a first reset with ``seed=s`` finds the ROM loaded with that very seed: the emulator, its random
+    generator and ``np_random`` are as after the second load, so the episode is the same, once loaded. A first
+    reset with another seed, and every later reset, load the ROM as ale_py does (gymnasium's ``OrderEnforcing``
+    makes the first call a reset)."""
+    from ale_py.env import AtariEnv
+
+    class OnceLoadedAtariEnv(AtariEnv):
+        def __init__(self, *args: Any, first_seed: int | None = None, **kwargs: Any) -> None:
+            self._first_seed: int | None = first_seed
+            self._skip_load = False
+            super().__init__(*args, **kwargs)
+            self._loaded_with, self._first_seed = first_seed, None
+
+        def seed_game(self, seed: int | None = None) -> tuple[int, int]:
+            # the constructor seeds with None (a random seed): the first seed instead, where one was given
+            return super().seed_game(self._first_seed if seed is None else seed)
+
+        def load_game(self) -> None:
+            if not self._skip_load:
+                super().load_game()
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            loaded_with, self._loaded_with = self._loaded_with, None
+            self._skip_load = seed is not None and seed == loaded_with
+            try:
+                return super().reset(seed=seed, options=options)
+            finally:
+                self._skip_load = False
+
+    return OnceLoadedAtariEnv
+
+
+def make_env(env_id: str, seed: int | None = None, first_seed: int | None = None, **kwargs) -> gym.Env:
     """A gymnasium ALE environment by id (``Pong-v4``, ``ALE/Breakout-v5``, ...) with RGB observations;
     ``kwargs`` go to ``gym.make`` (``frameskip``, ``repeat_action_probability``, ``full_action_space``).
+    ``seed`` seeds the action space; ``first_seed``: the seed of the environment's first reset, which then loads
+    no ROM again (:func:`_once_loaded_atari_env`; the same episode as ``gym.make(env_id).reset(seed=first_seed)``).
     Unknown ids are a clear :class:`UnknownEnvironmentError`, and so is gymnasium's ``module:EnvId`` form, which
     would import ``module`` (from the working directory, say) before anything is checked: an id is data, never code."""
     import ale_py
@@ -156,7 +198,11 @@ def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
         )
     gym.register_envs(ale_py)
     try:
-        env = gym.make(env_id, **kwargs)
+        made: str | gym.envs.registration.EnvSpec = env_id
+        if first_seed is not None and env_id in gym.registry and gym.spec(env_id).entry_point == "ale_py.env:AtariEnv":
+            made = replace(gym.spec(env_id), entry_point=cast(Any, _once_loaded_atari_env()))
+            kwargs = dict(kwargs, first_seed=first_seed)
+        env = gym.make(made, **kwargs)
     except (gym.error.Error, ValueError, TypeError) as exc:
         known = sorted(k for k in gym.registry if "Pong" in k)[:6]
         raise UnknownEnvironmentError(
@@ -326,7 +372,9 @@ class PipelineBatch:
             pipeline.close()
 
 
-def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **options) -> AtariPipeline:
+def make_pipeline(
+    name: str, env_id: str, frame_stack: int | None = None, *, first_seed: int | None = None, **options
+) -> AtariPipeline:
     """Build environment pipeline ``name`` (one of :data:`engine.core.policy.PIPELINES`) on ``env_id``.
 
     Args:
@@ -336,6 +384,8 @@ def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **opti
             agents).
         frame_stack: frames stacked along C (``Policy.frame_stack``): 1 for the 2017 pipeline; default 4 for
             the others.
+        first_seed: the seed of the pipeline's first reset, if known: the emulator then loads its ROM once, not
+            twice (:func:`make_env`).
         options (keyword only; defaults :data:`ENGINE_DEFAULTS`, the libraries' training values
             :func:`library_defaults`):
             ``repeat_action_probability`` (ALE's sticky actions; None: the id's default, 0.25 for v5, 0 for v4),
@@ -359,9 +409,9 @@ def make_pipeline(name: str, env_id: str, frame_stack: int | None = None, **opti
     if options["full_action_space"]:
         make_kwargs["full_action_space"] = True
     if name == "greydanus2017":
-        env = make_env(env_id, **make_kwargs)
+        env = make_env(env_id, first_seed=first_seed, **make_kwargs)
         return AtariPipeline(spec, env, None, None)
-    env = make_env(env_id, frameskip=1, **make_kwargs)
+    env = make_env(env_id, frameskip=1, first_seed=first_seed, **make_kwargs)
     try:
         if name == "gymnasium_atari":
             env = AtariPreprocessing(

@@ -139,7 +139,7 @@ def _agent_pipeline(agent: Policy, env_id: str, seed: int, pipeline_options: dic
             "prepared otherwise than in its training",
             stacklevel=3,
         )
-    pipeline = make_pipeline(name, env_id, frame_stack=agent.frame_stack, **options)
+    pipeline = make_pipeline(name, env_id, frame_stack=agent.frame_stack, first_seed=seed, **options)
     pipeline.env.action_space.seed(seed)
     if pipeline.num_actions != agent.num_actions:
         pipeline.close()

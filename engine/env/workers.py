@@ -88,12 +88,14 @@ def build_pipeline(spec: dict[str, Any], seed: int, time_limit: int | None = Non
     original = pipelines.make_env
     if time_limit is not None:  # this process only: a worker builds its environments one at a time
 
-        def make_env(env_id, seed=None, **kwargs):
-            return original(env_id, seed, max_episode_steps=time_limit, **kwargs)
+        def make_env(env_id, seed=None, first_seed=None, **kwargs):
+            return original(env_id, seed, first_seed, max_episode_steps=time_limit, **kwargs)
 
         pipelines.make_env = make_env
     try:
-        pipeline = make_pipeline(spec_.name, spec_.env_id, frame_stack=spec_.frame_stack, **spec_.options)
+        pipeline = make_pipeline(
+            spec_.name, spec_.env_id, frame_stack=spec_.frame_stack, first_seed=seed, **spec_.options
+        )
     finally:
         pipelines.make_env = original
     pipeline.env.action_space.seed(seed)
