@@ -70,15 +70,25 @@ class CostProfile(NamedTuple):
 # on a GPU (an H200) arithmetic is almost free and every segment boundary (a region gathered from the shared
 # activations, a window pasted, a layout converted) costs more than it saves, so plans there have one segment
 # (within 4% of the fastest). Near the threshold the two paths take about the same time.
+# Fast precision (delta propagation, engine.core.delta) walks the same windows with about twice the work per layer
+# (two products per linear layer on a CPU, the observation's activations read beside each delta) and the same
+# fixed cost per copy, so windows pay relatively more: on the CPU its profile halves the per-copy cost and draws the
+# line at 0.95 (fitted on baby-a3c, builtin/pong_ppo and CleanRL ppo_atari at radius 2-8, density 5:
+# benchmarks/incremental_choice.py, benchmarks/results/incremental_choice_cpu.json). Fast mode on a GPU has not
+# been timed yet: it uses the GPU's exact profile.
 PROFILES = {
     "cpu": CostProfile((1.0, 100.0, 25.0, 25.0), 4.0e6, 0.8, None),
     "cuda": CostProfile((0.1, 25.0, 10.0, 25.0), 1.0e6, 1.0, 1),
+    "cpu_fast": CostProfile((1.0, 100.0, 25.0, 25.0), 2.0e6, 0.95, None),
+    "cuda_fast": CostProfile((0.1, 25.0, 10.0, 25.0), 1.0e6, 1.0, 1),
 }
 
 
-def cost_profile(device: torch.device) -> CostProfile:
-    """The profile of a device: the CPU's for the CPU, the GPU's for any accelerator."""
-    return PROFILES["cpu" if torch.device(device).type == "cpu" else "cuda"]
+def cost_profile(device: torch.device, fast: bool = False) -> CostProfile:
+    """The profile of a device: the CPU's for the CPU, the GPU's for any accelerator; ``fast``: for fast
+    precision's delta propagation."""
+    kind = "cpu" if torch.device(device).type == "cpu" else "cuda"
+    return PROFILES[f"{kind}_fast" if fast else kind]
 
 
 @dataclass(frozen=True)
@@ -437,9 +447,12 @@ def _support(masks: torch.Tensor, axis: int) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=16)
-def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure: Structure | None = None) -> WindowPlan:
+def window_plan(
+    geometry: TrunkGeometry, masks: torch.Tensor, structure: Structure | None = None, fast: bool = False
+) -> WindowPlan:
     """The cheapest windows (by the cost estimate) for ``masks`` (M, H, W) on this trunk; ``structure``
-    ``(segments, stop)`` forces one (tests). Cached per (geometry, mask set)."""
+    ``(segments, stop)`` forces one (tests); ``fast``: estimated for fast precision (:func:`cost_profile`). Cached
+    per (geometry, mask set, fast)."""
     m = masks.shape[0]
     # along each axis a mask's windows depend only on its support there: place them once per distinct support
     supports: list[list[tuple[int, int]]] = []
@@ -453,7 +466,7 @@ def window_plan(geometry: TrunkGeometry, masks: torch.Tensor, structure: Structu
         inverse.append([distinct.index(s) for s in support])
     changed = [[changed_ranges(geometry, axis, lo, hi) for lo, hi in supports[axis]] for axis in (0, 1)]
     best: tuple[float, tuple[tuple[int, int], ...], int, tuple[list[_AxisSegment], list[_AxisSegment]]] | None = None
-    profile = cost_profile(masks.device)
+    profile = cost_profile(masks.device, fast)
     candidates = [
         s for s in _structures(len(geometry.convs)) if profile.segments is None or len(s[0]) <= profile.segments
     ]

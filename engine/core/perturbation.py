@@ -110,10 +110,12 @@ def _fast_path(agent: Policy, score: str, extra: Mapping[str, ScoreFn] | None, m
     return reason is None
 
 
-def incremental_plan(agent: Policy, masks: torch.Tensor, incremental: bool | str) -> WindowPlan | None:
+def incremental_plan(
+    agent: Policy, masks: torch.Tensor, incremental: bool | str, fast: bool = False
+) -> WindowPlan | None:
     """The windows of incremental inference for ``masks`` (None: plain passes): with ``incremental="auto"`` where
     the agent declares its conv trunk and the windows pay, with ``True`` always (a ValueError for an agent that
-    declares no trunk)."""
+    declares no trunk); ``fast``: chosen for fast precision's delta propagation, whose cost differs."""
     trunk = conv_trunk_of(agent) if incremental is not False else None
     if incremental is True and trunk is None:
         raise ValueError(
@@ -121,7 +123,7 @@ def incremental_plan(agent: Policy, masks: torch.Tensor, incremental: bool | str
             f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
             "use incremental='auto' or False"
         )
-    plan = window_plan(trunk_geometry(agent, trunk), masks) if trunk is not None else None
+    plan = window_plan(trunk_geometry(agent, trunk), masks, fast=fast) if trunk is not None else None
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
     return plan
@@ -425,8 +427,8 @@ def perturbation_saliency(
     taken = _check_actions(actions, n, agent.num_actions, device) if score == "action_logprob" else None
     masks = perturbation_masks(radius, density, device, dtype, size)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * masks.shape[0], perturbations_per_eval, memory_budget_mb)
-    plan = incremental_plan(agent, masks, incremental)
     fast = precision == "fast" and _fast_path(agent, str(score), extra_actor_scores, mode)
+    plan = incremental_plan(agent, masks, incremental, fast)
     if fast and perturbations_per_eval is None:
         chunk = max(1, chunk // 2)  # a copy holds its frame's activations and the split parts too
     extra: dict[str, torch.Tensor] = {}

@@ -607,7 +607,7 @@ def test_fast_precision_takes_the_windows_where_incremental_does(cases, monkeypa
     window_deltas = delta._window_deltas
     monkeypatch.setattr(delta, "_window_deltas", lambda *args: passes.append(1) or window_deltas(*args))
     x, _, masks = _inputs(agent, obs, states)
-    auto = incremental_plan(agent, masks, "auto") is not None
+    auto = incremental_plan(agent, masks, "auto", fast=True) is not None
     for incremental, want, windows in ((True, windowed, True), (False, plain, False), ("auto", windowed, auto)):
         passes.clear()
         got = perturbation_saliency(agent, obs, states, incremental=incremental, **settings)

@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.core.batching import pad_rows
 from engine.core.blur import gaussian_blur
-from engine.core.incremental import _structures, conv_trunk_of, trunk_geometry, window_plan, worthwhile
+from engine.core.incremental import _structures, conv_trunk_of, cost_profile, trunk_geometry, window_plan, worthwhile
 from engine.core.masks import perturb, perturbation_masks
 from engine.core.perturbation import perturbation_saliency
 from engine.core.policy import ConvTrunk, IncrementalPolicy, PolicyOutput, reset_rows
@@ -118,6 +118,26 @@ def test_auto_uses_windows_only_where_they_pay():
     assert not pays(8, 5) and not pays(10, 5)
     with pytest.raises(ValueError, match="incremental must be"):
         perturbation_saliency(None, None, None, incremental="yes")
+
+
+def test_fast_precision_uses_windows_where_they_pay_for_it():
+    """Delta propagation does about twice the work per layer for the same fixed cost per copy, so on the CPU its
+    windows pay where the exact path's break even: the Nature CNN at radius 5 (measured 1.1-1.2x faster windowed in
+    fast mode, 0.97-1.05x exact: benchmarks/results/incremental_choice_cpu.json); neither pays at radius 8."""
+    from tests.integration.test_any_policy import NatureAgent
+
+    agent = NatureAgent()
+    geometry = trunk_geometry(agent, conv_trunk_of(agent))
+
+    def pays(radius, fast):
+        return worthwhile(window_plan(geometry, perturbation_masks(radius, 5, size=(84, 84)), fast=fast))
+
+    assert pays(3, False) and pays(3, True)
+    assert not pays(5, False) and pays(5, True)
+    assert not pays(8, False) and not pays(8, True)
+    # the GPU's fast profile is its exact one until a GPU session times fast mode
+    assert cost_profile(torch.device("cuda"), fast=True) == cost_profile(torch.device("cuda"))
+    assert cost_profile(torch.device("cpu"), fast=True) != cost_profile(torch.device("cpu"))
 
 
 def test_every_window_structure_equals_the_plain_pass_on_the_2017_agent(pong_rollout):
@@ -273,7 +293,7 @@ def test_gpu_plans_have_one_segment(monkeypatch):
     window_plan.cache_clear()
     assert len(window_plan(geometry, masks).segments) > 1  # the CPU's choice
     window_plan.cache_clear()
-    monkeypatch.setattr(incremental, "cost_profile", lambda device: incremental.PROFILES["cuda"])
+    monkeypatch.setattr(incremental, "cost_profile", lambda device, fast=False: incremental.PROFILES["cuda"])
     plan = window_plan(geometry, masks)
     assert len(plan.segments) == 1 and worthwhile(plan)
     window_plan.cache_clear()
