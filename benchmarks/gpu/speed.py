@@ -15,21 +15,26 @@ For four agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL ``
   products (``hi*hi + lo*hi + hi*lo``, float32 accumulation and output): a prototype of the fast mode's
   arithmetic on the tensor cores;
 - ``fast``: ``precision="fast"`` (delta propagation, each linear product as three bfloat16 products with float32
-  accumulation: engine.core.delta), plain and incremental passes.
+  accumulation: engine.core.delta), plain and incremental passes; ``fast_triton``: the same under
+  ``use_split_kernel("triton")`` (the three products on the Triton kernels of engine.core.split_kernels, bfloat16
+  inputs with float32 accumulation and output, instead of the float32 emulation), skipped without CUDA or triton.
 
 Each variant's maps are compared with float64 maps of the same frames (max |error| / max |map|, and the overlap
 of the top 5% cells). Without CUDA it runs with small sizes on the CPU. Writes DIR/speed.json after every
 variant (a run cut short keeps what it measured) and prints a table last. Each agent gets its share of ``--budget-s``:
-its variants past it (all but the eager baseline) are skipped and listed.
+its variants past it (all but the eager baseline) are skipped and listed, as are variants this machine cannot run
+(with the reason).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,7 @@ from benchmarks.common import cpu_flags, machine  # noqa: E402
 from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
 from benchmarks.roofline import peak_bandwidth, peak_flops  # noqa: E402
 from engine.core.batching import pad_rows  # noqa: E402
+from engine.core.delta import use_split_kernel  # noqa: E402
 from engine.core.incremental import conv_trunk_of  # noqa: E402
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
@@ -52,6 +58,7 @@ from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.policies.loading import load_policy  # noqa: E402
 from engine.policies.registry import resolve_checkpoint  # noqa: E402
 
+SPLIT_KERNEL = ExitStack()  # holds the split kernel a variant chose (use_split_kernel) until the next apply
 TF32_MASK = -8192  # 0xFFFFE000 as int32: sign, exponent and TF32's 10 mantissa bits
 
 
@@ -97,9 +104,11 @@ class Split3TF32:
 
 
 def apply(settings: dict) -> dict:
-    """Set the process-wide switches a variant asks for (cuDNN autotuning, TF32); the rest are keyword arguments
-    of ``perturbation_saliency``."""
+    """Set the process-wide switches a variant asks for (cuDNN autotuning, TF32, the fast mode's split kernel); the
+    rest are keyword arguments of ``perturbation_saliency``."""
     kwargs = dict(settings)
+    SPLIT_KERNEL.close()
+    SPLIT_KERNEL.enter_context(use_split_kernel(kwargs.pop("split_kernel", "torch")))
     torch.backends.cudnn.benchmark = bool(kwargs.pop("cudnn_benchmark", False))
     split3 = bool(kwargs.pop("split3", False))
     set_tf32(bool(kwargs.get("tf32", False)))
@@ -229,6 +238,9 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[dict] = []
     skipped: list[str] = []
+    # variant -> why this machine cannot run it
+    triton_missing = None if importlib.util.find_spec("triton") else "no triton"
+    unavailable = {"fast_triton": triton_missing if cuda else "no CUDA"}
 
     def save() -> None:
         env["seconds"] = round(time.perf_counter() - started, 1)
@@ -258,6 +270,8 @@ def main() -> None:
             ("tf32", agent, dict(plain, tf32=True)),
             ("fast", agent, dict(plain, precision="fast")),
             ("fast", agent, dict(inc, precision="fast")),
+            ("fast_triton", agent, dict(plain, precision="fast", split_kernel="triton")),
+            ("fast_triton", agent, dict(inc, precision="fast", split_kernel="triton")),
         ]
         if cuda:
             variants.append(("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead")))
@@ -271,6 +285,9 @@ def main() -> None:
         ready: list[tuple[dict, object, dict]] = []  # (row so far, policy, settings) of the variants that ran
         for number, (label, policy, settings) in enumerate(variants):
             plan = "incremental" if settings.get("incremental") else "plain"
+            if unavailable.get(label):
+                skipped.append(f"{name}:{label}:{plan} ({unavailable[label]})")
+                continue
             if number and time.perf_counter() > agent_deadline:  # the eager baseline always runs
                 skipped.append(f"{name}:{label}:{plan}")
                 continue
@@ -329,6 +346,7 @@ def main() -> None:
         save()
         torch.backends.cudnn.benchmark = False
         set_tf32(False)
+        SPLIT_KERNEL.close()
         if cuda:
             torch.cuda.empty_cache()
     save()
@@ -349,7 +367,7 @@ def main() -> None:
             f"{min(r['actor_top5_overlap'], r['critic_top5_overlap']):.3f} |"
         )
     if skipped:
-        print(f"\nskipped (budget spent): {', '.join(skipped)}")
+        print(f"\nskipped (budget spent, or the reason given): {', '.join(skipped)}")
 
 
 if __name__ == "__main__":

@@ -40,12 +40,16 @@ rounding of the products (``ARITHMETICS``):
   ``hi*hi + lo*hi + hi*lo`` with float32 accumulation and float32 output (about 16 significant bits; 2e-5 there).
 
 Only :func:`round_to`, :func:`split_bfloat16` and :func:`linear_product` know the arithmetic; a GPU kernel
-replaces them without touching the walk.
+replaces them without touching the walk. For ``"bfloat16x3"`` :func:`use_split_kernel` chooses the kernel:
+``"torch"`` (the default: two float32 products of bf16-representable values, on the CPU and CUDA alike) or
+``"triton"`` (engine.core.split_kernels: three bfloat16 ``tl.dot`` with float32 accumulation and output, on CUDA
+tensors, or CPU tensors in triton's interpreter), until a GPU session has measured which to use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import cast
@@ -100,20 +104,65 @@ def prepare_weight(weight: torch.Tensor, arithmetic: str) -> tuple[torch.Tensor,
     return split_bfloat16(weight.float())
 
 
+SPLIT_KERNELS = ("torch", "triton")
+_split_kernel = "torch"  # process-wide: see use_split_kernel
+
+
+@contextmanager
+def use_split_kernel(name: str) -> Iterator[None]:
+    """Within the block, ``"bfloat16x3"`` products run on the kernel ``name`` (:data:`SPLIT_KERNELS`): ``"torch"``,
+    the emulation by two float32 products, or ``"triton"``, engine.core.split_kernels (CUDA tensors, or CPU tensors
+    in triton's interpreter; other tensors keep the emulation). The choice is process-wide, not per thread."""
+    global _split_kernel
+    if name not in SPLIT_KERNELS:
+        raise ValueError(f"unknown split kernel {name!r}: choose one of {SPLIT_KERNELS}")
+    previous, _split_kernel = _split_kernel, name
+    try:
+        yield
+    finally:
+        _split_kernel = previous
+
+
+def _triton_split3(d: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, apply: Apply) -> torch.Tensor | None:
+    """The bfloat16x3 product on the Triton kernels, or None where they do not apply: tensors neither on CUDA nor
+    in triton's interpreter, a map other than F.linear and F.conv2d, grouped convolutions (the kernels run
+    ``groups=1``; the trunks of the agents here have no groups, so the emulation serves them) and padding given by
+    name (``"same"``)."""
+    from . import split_kernels  # triton is imported only when its kernels are chosen
+
+    if d.device.type != "cuda" and not split_kernels.interpreting():
+        return None
+    if apply is F.linear:
+        rows = d.reshape(-1, d.shape[-1])
+        return split_kernels.split3_linear(rows, w_hi, w_lo).reshape(*d.shape[:-1], w_hi.shape[0])
+    if isinstance(apply, partial) and apply.func is F.conv2d and not apply.args and d.dim() == 4:
+        geometry = dict(stride=1, padding=0, dilation=1, groups=1) | apply.keywords
+        if geometry["groups"] != 1 or isinstance(geometry["padding"], str):
+            return None
+        return split_kernels.split3_conv2d(
+            d, w_hi, w_lo, stride=geometry["stride"], padding=geometry["padding"], dilation=geometry["dilation"]
+        )
+    return None
+
+
 def linear_product(d: torch.Tensor, weights: tuple[torch.Tensor, ...], apply: Apply, arithmetic: str) -> torch.Tensor:
     """``W d`` (no bias) in ``arithmetic``: in the direct dtypes, the product in that dtype; otherwise in float32
     (the products of the rounded parts are exact in float32, accumulated and returned in float32).
 
-    On the CPU the low-precision forms are emulated as float32 products of bf16/fp16-representable values. On CUDA
-    this is the same code path for now; the kernel that does it natively (``torch.mm(..., out_dtype=torch.float32)``
-    on bf16 im2col patches, or a Triton kernel with bf16 inputs and float32 accumulation and output) is chosen by
-    measurement in a GPU session. Whatever replaces this must keep float32 accumulation AND float32 output: the
-    same split with bfloat16 outputs measured 1e-2 of the map's max.
+    The low-precision forms are emulated as float32 products of bf16/fp16-representable values, on the CPU and
+    CUDA alike; under ``use_split_kernel("triton")`` the ``"bfloat16x3"`` products of F.linear and ``groups=1``
+    F.conv2d run on the Triton kernels (bf16 inputs, float32 accumulation and output) instead. Whatever replaces the
+    emulation must keep float32 accumulation AND float32 output: the same split with bfloat16 outputs measured 1e-2
+    of the map's max.
     """
     if arithmetic in _DIRECT:
         return apply(d.to(weights[0].dtype), weights[0])
     if arithmetic in _ROUNDED:
         return apply(round_to(d.float(), _ROUNDED[arithmetic]), weights[0])
+    if _split_kernel == "triton":
+        product = _triton_split3(d.float(), weights[0], weights[1], apply)
+        if product is not None:
+            return product
     hi, lo = split_bfloat16(d.float())
     w_hi, w_lo = weights
     # hi*w_hi + lo*w_hi + hi*w_lo as two float32 products: hi + lo is exact in float32, and (hi + lo) * w_hi is
