@@ -141,6 +141,23 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
             rel_error(out.value.reshape(-1), torch.from_numpy(arrays["values"][:200]).reshape(-1)),
         )
         c.record(f"recorded_outputs[{name}]", err, 1e-5 if cuda else 0.0, "200 frames, recorded on the CPU")
+    # 1b. a row's outputs in a batch of 32 against the row alone: what rollout.num_envs can rely on here (on the
+    # CPU the engine's row padding makes them equal bit for bit; on CUDA a kernel chosen by batch size may not)
+    for name, arrays in data.items():
+        x = preprocess_frames(arrays["frames"][:32], device=device)
+        states = tuple(s.to(device) for s in states_of(arrays, slice(0, 32)))
+        with torch.inference_mode():
+            batch = agents_dev[name](x, states).logits
+            alone = torch.cat(
+                [agents_dev[name](x[i : i + 1], tuple(s[i : i + 1] for s in states)).logits for i in range(32)]
+            )
+        differ = int((batch != alone).any(dim=1).sum())
+        c.record(
+            f"batch_vs_single_rows[{name}]",
+            rel_error(batch, alone),
+            1e-5 if cuda else 0.0,
+            f"logits of 32 rows batched and one at a time; {differ} of 32 rows differ in some bit",
+        )
     # 2. maps on the device equal maps on the CPU (float32, TF32 off)
     rows = slice(100, 104)
     for name, arrays in data.items():

@@ -6,9 +6,10 @@
 #
 # The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
 # this tree (PYTHONPATH) with the carried wheels, on pre-recorded rollouts, then the main job end to end on 50
-# games. Writes OUT_DIR/check.json, check.md, check.log, roofline.json, speed.json, speed.log, end_to_end.json and
-# nvidia-smi.txt: 8 files, about 7 minutes on an H200 or H100 (SPEED_BUDGET_S, default 120, bounds the speed
-# variants; END_TO_END_S, default 240, the end-to-end job).
+# games. Writes OUT_DIR/check.json, check.md, check.log, roofline.json, speed.json, speed.log,
+# incremental_choice.json, end_to_end.json and nvidia-smi.txt: 9 files, about 7 minutes on an H200 or H100
+# (SPEED_BUDGET_S, default 120, bounds the speed variants; CHOICE_S, default 60, the incremental choice;
+# END_TO_END_S, default 240, the end-to-end job).
 set -euo pipefail
 out=${1:?usage: benchmarks/gpu/check.sh OUT_DIR [DATA_DIR]}
 data=${2:-.gpu_carry}
@@ -31,6 +32,9 @@ python3 benchmarks/roofline.py --out "$out/roofline.json" 2>&1 | tee -a "$out/ch
 # the exact path's speed-ups side by side: cuDNN autotuning, torch.compile, CUDA graphs, split TF32 (issue 19, item 2)
 python3 benchmarks/gpu/speed.py --out "$out" --data "$data" --budget-s "${SPEED_BUDGET_S:-120}" 2>&1 \
   | grep -v "^W[0-9]" | tee "$out/speed.log"
+# whether incremental="auto" picks the faster of windows and plain passes, exact and fast (issue 19)
+timeout "${CHOICE_S:-60}" python3 benchmarks/incremental_choice.py --out "$out/incremental_choice.json" --data "$data" \
+  --frames 64 2>&1 | tee -a "$out/speed.log" || echo "incremental_choice: exit $?" >> "$out/speed.log"
 # the main job end to end: 50 full games recorded together and scored, against scoring alone (issue 23, item 4)
 if python3 -c "import gymnasium, ale_py, zarr, omegaconf" 2>/dev/null; then
   timeout "${END_TO_END_S:-240}" python3 benchmarks/gpu/end_to_end.py --out "$out" --games "${GAMES:-50}" \

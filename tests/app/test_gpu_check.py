@@ -47,11 +47,17 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
         "float64_vs_loop_reference[lstm]",
         "chunk_invariance[incremental=True]",
         "jacobian_func_vs_autograd[lstm]",
+        "batch_vs_single_rows[gru]",
+        "batch_vs_single_rows[lstm]",
     } <= names
     assert all(c["passed"] for c in report["checks"]) and len(report["checks"]) >= 28
     assert {"nature:float64_vs_loop_reference", "nature:device_vs_cpu", "nature:chunk_invariance"} <= names
     # on the CPU the device is the CPU: chunking and device parity are bit for bit
-    assert all(c["value"] == 0 for c in report["checks"] if c["name"].startswith(("chunk_invariance", "device_vs_cpu")))
+    assert all(
+        c["value"] == 0
+        for c in report["checks"]
+        if c["name"].startswith(("chunk_invariance", "device_vs_cpu", "batch_vs_single_rows"))
+    )
     timed = {b["name"]: b for b in report["benchmarks"]}
     assert {
         "engine_d5_r5",
@@ -79,6 +85,29 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     assert (first["agent"], first["variant"], first["plan"]) == ("baby-a3c_gru", "eager", "plain")
     assert 0 < first["actor_rel_error"] < 1e-4 and first["actor_top5_overlap"] == 1.0
     assert "baby-a3c_gru:compile:plain" in rows["skipped"]
+    # whether incremental="auto" picks the faster of windows and plain passes (benchmarks/incremental_choice.py)
+    choice = subprocess.run(
+        [sys.executable, "benchmarks/incremental_choice.py", "--out", str(out / "choice.json"), "--data", str(data)]
+        + ["--agents", "baby-a3c_gru", "--radii", "2,8", "--frames", "1", "--repeats", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert choice.returncode == 0, (choice.stdout + choice.stderr)[-3000:]
+    rows = json.loads((out / "choice.json").read_text())["rows"]
+    assert [(r["precision"], r["radius"]) for r in rows] == [("exact", 2), ("exact", 8), ("fast", 2), ("fast", 8)]
+    # the 2017 agent's small masks are windowed, its large ones not (the cost estimate, whatever the timings)
+    assert [r["auto_runs"] for r in rows] == ["windows", "plain"] * 2
+    for r in rows:
+        chosen, other = (
+            r[f"{r['auto_runs']}_frames_per_s"],
+            r[f"{'plain' if r['auto_runs'] == 'windows' else 'windows'}_frames_per_s"],
+        )
+        assert r["loss"] == round(max(0.0, 1 - chosen / other), 3) and (r["loss"] == 0) == (
+            r["faster"] == r["auto_runs"]
+        )
 
 
 def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_path):
