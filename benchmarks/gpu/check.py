@@ -17,6 +17,7 @@ Without CUDA it runs the same program on the CPU with smaller sizes and says so.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -30,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from engine.core.delta import use_split_kernel  # noqa: E402
 from engine.core.jacobian import action_jacobian, jacobian_saliency  # noqa: E402
 from engine.core.perturbation import perturbation_saliency  # noqa: E402
 from engine.core.preprocessing import preprocess_bytes, preprocess_frames  # noqa: E402
@@ -266,6 +268,21 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
             rel_error(action_jacobian(agent, frames, states, backend="func"), action_jacobian(agent, frames, states)),
         )
         c.record(f"jacobian_func_vs_autograd[{name}]", err, 1e-5, "maps and the per-action Jacobian")
+    # 7. fast precision's Triton kernels (bfloat16 parts, float32 accumulation and output) against its float32
+    # emulation of the same products: they differ by the order of float32 sums only. CUDA only: triton's CPU
+    # interpreter computes bfloat16 wrongly (tests/integration/test_split_kernels.py checks the kernels with
+    # float16 parts there)
+    if cuda and importlib.util.find_spec("triton") is not None:
+        for name, arrays in data.items():
+            frames, states = arrays["frames"][rows], states_of(arrays, rows)
+            emulated = perturbation_saliency(agents_dev[name], frames, states, precision="fast")
+            with use_split_kernel("triton"):
+                kernel = perturbation_saliency(agents_dev[name], frames, states, precision="fast")
+            err = max(
+                rel_error(kernel.actor_scores, emulated.actor_scores),
+                rel_error(kernel.critic_scores, emulated.critic_scores),
+            )
+            c.record(f"fast_triton_vs_emulation[{name}]", err, 1e-5, "4 frames, d5 r5: the same split products")
 
 
 def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> None:
