@@ -15,29 +15,20 @@ from tests.conftest import checkpoints_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _script(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python args...`` from the repository root; its exit status must be 0 (the output's tail says why not)."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the full check: use benchmarks/gpu/check.sh")
 def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     env = {**checkpoints_env(("pong", 40)), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     data, out = tmp_path / "data", tmp_path / "out"
-    prepared = subprocess.run(
-        [sys.executable, "benchmarks/gpu/prepare.py", str(data), "--steps", "210", "--no-wheels"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert prepared.returncode == 0, prepared.stderr[-2000:]
-    result = subprocess.run(
-        [sys.executable, "benchmarks/gpu/check.py", "--out", str(out), "--data", str(data)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    _script("benchmarks/gpu/prepare.py", str(data), "--steps", "210", "--no-wheels", env=env)
+    result = _script("benchmarks/gpu/check.py", "--out", str(out), "--data", str(data), env=env, timeout=900)
     assert "no CUDA here" in result.stdout
     report = json.loads((out / "check.json").read_text())
     names = {c["name"] for c in report["checks"]}
@@ -70,32 +61,22 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     assert (out / "check.md").read_text().startswith("# GPU check: no CUDA")
     # the speed variants (benchmarks/gpu/speed.py), cut short by their time budget: the rows it measured, the
     # variants it skipped, each map compared with float64
-    speed = subprocess.run(
-        [sys.executable, "benchmarks/gpu/speed.py", "--out", str(out), "--data", str(data), "--frames", "1"]
-        + ["--agents", "baby-a3c_gru", "--budget-s", "1", "--rounds", "1"],
-        cwd=ROOT,
+    _script(
+        *("benchmarks/gpu/speed.py", "--out", str(out), "--data", str(data), "--frames", "1"),
+        *("--agents", "baby-a3c_gru", "--budget-s", "1", "--rounds", "1"),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert speed.returncode == 0, (speed.stdout + speed.stderr)[-3000:]
     rows = json.loads((out / "speed.json").read_text())
     first = rows["rows"][0]
     assert (first["agent"], first["variant"], first["plan"]) == ("baby-a3c_gru", "eager", "plain")
     assert 0 < first["actor_rel_error"] < 1e-4 and first["actor_top5_overlap"] == 1.0
     assert "baby-a3c_gru:compile:plain" in rows["skipped"]
     # whether incremental="auto" picks the faster of windows and plain passes (benchmarks/incremental_choice.py)
-    choice = subprocess.run(
-        [sys.executable, "benchmarks/incremental_choice.py", "--out", str(out / "choice.json"), "--data", str(data)]
-        + ["--agents", "baby-a3c_gru", "--radii", "2,8", "--frames", "1", "--repeats", "1"],
-        cwd=ROOT,
+    _script(
+        *("benchmarks/incremental_choice.py", "--out", str(out / "choice.json"), "--data", str(data)),
+        *("--agents", "baby-a3c_gru", "--radii", "2,8", "--frames", "1", "--repeats", "1"),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert choice.returncode == 0, (choice.stdout + choice.stderr)[-3000:]
     rows = json.loads((out / "choice.json").read_text())["rows"]
     assert [(r["precision"], r["radius"]) for r in rows] == [("exact", 2), ("exact", 8), ("fast", 2), ("fast", 8)]
     # the 2017 agent's small masks are windowed, its large ones not (the cost estimate, whatever the timings)
@@ -114,17 +95,10 @@ def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_p
     """benchmarks/gpu/end_to_end.py (the GPU script's end-to-end job) at the smallest size on the CPU: two games
     played together and scored, while recorded and then in turn; the stages' rates and the overlapped job's rate
     against scoring alone are reported."""
-    result = subprocess.run(
-        [
-            *(sys.executable, "benchmarks/gpu/end_to_end.py", "--out", str(tmp_path)),
-            *("--games", "2", "--max-steps", "12", "--chunk-steps", "5"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _script(
+        *("benchmarks/gpu/end_to_end.py", "--out", str(tmp_path)),
+        *("--games", "2", "--max-steps", "12", "--chunk-steps", "5"),
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     report = json.loads((tmp_path / "end_to_end.json").read_text())
     assert report["device"] == "cpu" and report["games"] == 2 and report["game_lengths"] == [12, 12]
     assert report["frames"] == report["frames_scored"] == 24 and set(report["jobs"]) == {"overlapped", "sequential"}
