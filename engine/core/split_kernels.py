@@ -22,8 +22,8 @@ for each mode (:func:`_kernel`): a test may set ``TRITON_INTERPRET=1`` (pytest's
 kernels in the same process on CPU tensors, and this module imports without triton (``import engine.core.delta``
 never needs it; the kernels raise a clear error when it is missing). The kernel calls triton's builtins only
 (``tl.full``, not ``tl.zeros``): triton.language's own ``@jit`` helpers are jitted when triton is imported, in the
-mode of that moment, and a compiled helper cannot run inside an interpreted kernel. Compiled, the kernels take CUDA tensors only
-and are autotuned over a few block shapes keyed on the GEMM's sizes; interpreted, they take CPU tensors with one
+mode of that moment, and a compiled helper cannot run inside an interpreted kernel. Compiled, the kernels take CUDA tensors only,
+with a block shape chosen from the layer's sizes (:func:`gpu_blocks`); interpreted, they take CPU tensors with one
 small fixed block shape, so that the tests stay fast.
 
 The part type. ``part`` is ``torch.bfloat16`` by default (:data:`PART_DTYPE`, read at each call when ``part`` is
@@ -54,15 +54,12 @@ PARTS = (torch.bfloat16, torch.float16)
 # the part type the kernels use when a call names none (tests set float16: the interpreter's bfloat16 is wrong)
 PART_DTYPE: torch.dtype = torch.bfloat16
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) tried on the GPU: rows are output positions (many), columns output
-# channels (32 or 64 in the trunks, hundreds in the linear layers), the reduction 9 to 800 long
-_GPU_BLOCKS = (
-    (64, 32, 32, 4, 4),
-    (128, 32, 32, 4, 3),
-    (128, 64, 32, 4, 3),
-    (64, 64, 64, 4, 3),
-    (256, 32, 32, 8, 3),
-    (128, 128, 32, 8, 3),
+# the sizes and strides change with every layer and pass: specialising the compiled kernel on them (triton's default:
+# divisibility by 16, equality to 1) would compile it anew for many layers on first use
+_SIZE_ARGUMENTS = (
+    *("M", "N_OUT", "K", "C", "H", "W", "OH", "OW", "KW"),
+    *("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"),
+    *("d_sn", "d_sc", "d_sh", "d_sw", "w_so", "w_sc", "w_sh", "w_sw", "out_sn", "out_sc", "out_sh", "out_sw"),
 )
 _INTERPRETER_BLOCK = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)  # tl.dot needs every side >= 16
 
@@ -157,14 +154,20 @@ def interpreting() -> bool:
 @functools.cache
 def _kernel(interpret: bool) -> Any:
     """The kernel jitted for one mode (``interpret`` is the mode ``triton.jit`` sees now: it is the cache key)."""
-    kernel = triton.jit(_split3_conv2d_kernel)
     if interpret:
-        return kernel
-    configs = [
-        triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=warps, num_stages=stages)
-        for m, n, k, warps, stages in _GPU_BLOCKS
-    ]
-    return triton.autotune(configs=configs, key=["M", "N_OUT", "K"])(kernel)
+        return triton.jit(_split3_conv2d_kernel)
+    return triton.jit(_split3_conv2d_kernel, do_not_specialize=_SIZE_ARGUMENTS)
+
+
+def gpu_blocks(n_out: int, k: int) -> dict[str, int]:
+    """The block shape of a layer on the GPU, from its sizes: rows are output positions (thousands), columns output
+    channels (32 or 64 in the trunks, hundreds in the linear layers), the reduction 9 to 3,136 long. Chosen, not
+    autotuned: autotuning keyed on the sizes compiles every candidate for every layer and pass size on first use
+    (a minute or more on an agent's few layers), so a few fixed shapes keep the compiled kernels few; speed.py's
+    ``fast_triton`` rows say whether to tune them."""
+    return dict(
+        BLOCK_M=128, BLOCK_N=32 if n_out <= 32 else 64, BLOCK_K=32 if k >= 32 else 16, num_warps=4, num_stages=3
+    )
 
 
 def _resolve_part(part: torch.dtype | None) -> tuple[torch.dtype, Any]:
@@ -219,10 +222,8 @@ def _launch(
     if k == 0:
         return out.zero_()
 
-    def grid(meta: dict[str, int]) -> tuple[int, int]:  # the block shape is the autotuner's choice on the GPU
-        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(o, meta["BLOCK_N"])
-
-    blocks = _INTERPRETER_BLOCK if interpret else {}
+    blocks = _INTERPRETER_BLOCK if interpret else gpu_blocks(o, k)
+    grid = (triton.cdiv(m, blocks["BLOCK_M"]), triton.cdiv(o, blocks["BLOCK_N"]))
     _kernel(interpret)[grid](
         d,
         w_hi,
