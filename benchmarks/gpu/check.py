@@ -268,21 +268,24 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
             rel_error(action_jacobian(agent, frames, states, backend="func"), action_jacobian(agent, frames, states)),
         )
         c.record(f"jacobian_func_vs_autograd[{name}]", err, 1e-5, "maps and the per-action Jacobian")
-    # 7. fast precision's Triton kernels (bfloat16 parts, float32 accumulation and output) against its float32
-    # emulation of the same products: they differ by the order of float32 sums only. CUDA only: triton's CPU
-    # interpreter computes bfloat16 wrongly (tests/integration/test_split_kernels.py checks the kernels with
-    # float16 parts there)
-    if cuda and importlib.util.find_spec("triton") is not None:
+    # 7. fast precision's split products on the GPU's own kernels against its float32 emulation: the Triton kernels
+    # (bfloat16 parts, float32 accumulation and output) and three TF32 products (TF32 holds bfloat16 parts exactly,
+    # unless a cuDNN algorithm transforms its inputs first). Both differ from the emulation by the order of float32
+    # sums only where they compute what they should. CUDA only: on the CPU TF32 changes nothing, and triton's CPU
+    # interpreter computes bfloat16 wrongly (tests/integration/test_split_kernels.py checks the kernels with float16
+    # parts there)
+    kernels = ["tf32"] + (["triton"] if importlib.util.find_spec("triton") is not None else [])
+    for kernel in kernels if cuda else []:
         for name, arrays in data.items():
             frames, states = arrays["frames"][rows], states_of(arrays, rows)
             emulated = perturbation_saliency(agents_dev[name], frames, states, precision="fast")
-            with use_split_kernel("triton"):
-                kernel = perturbation_saliency(agents_dev[name], frames, states, precision="fast")
+            with use_split_kernel(kernel):
+                got = perturbation_saliency(agents_dev[name], frames, states, precision="fast")
             err = max(
-                rel_error(kernel.actor_scores, emulated.actor_scores),
-                rel_error(kernel.critic_scores, emulated.critic_scores),
+                rel_error(got.actor_scores, emulated.actor_scores),
+                rel_error(got.critic_scores, emulated.critic_scores),
             )
-            c.record(f"fast_triton_vs_emulation[{name}]", err, 1e-5, "4 frames, d5 r5: the same split products")
+            c.record(f"fast_{kernel}_vs_emulation[{name}]", err, 1e-5, "4 frames, d5 r5: the same split products")
 
 
 def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> None:

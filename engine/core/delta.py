@@ -41,9 +41,10 @@ rounding of the products (``ARITHMETICS``):
 
 Only :func:`round_to`, :func:`split_bfloat16` and :func:`linear_product` know the arithmetic; a GPU kernel
 replaces them without touching the walk. For ``"bfloat16x3"`` :func:`use_split_kernel` chooses the kernel:
-``"torch"`` (the default: two float32 products of bf16-representable values, on the CPU and CUDA alike) or
+``"torch"`` (the default: two float32 products of bf16-representable values, on the CPU and CUDA alike),
 ``"triton"`` (engine.core.split_kernels: three bfloat16 ``tl.dot`` with float32 accumulation and output, on CUDA
-tensors, or CPU tensors in triton's interpreter), until a GPU session has measured which to use.
+tensors, or CPU tensors in triton's interpreter) or ``"tf32"`` (the three products on TF32 tensor cores, which hold
+bfloat16 parts exactly: :func:`split_products_tf32`), until a GPU session has measured which to use.
 """
 
 from __future__ import annotations
@@ -104,15 +105,16 @@ def prepare_weight(weight: torch.Tensor, arithmetic: str) -> tuple[torch.Tensor,
     return split_bfloat16(weight.float())
 
 
-SPLIT_KERNELS = ("torch", "triton")
+SPLIT_KERNELS = ("torch", "triton", "tf32")
 _split_kernel = "torch"  # process-wide: see use_split_kernel
 
 
 @contextmanager
 def use_split_kernel(name: str) -> Iterator[None]:
     """Within the block, ``"bfloat16x3"`` products run on the kernel ``name`` (:data:`SPLIT_KERNELS`): ``"torch"``,
-    the emulation by two float32 products, or ``"triton"``, engine.core.split_kernels (CUDA tensors, or CPU tensors
-    in triton's interpreter; other tensors keep the emulation). The choice is process-wide, not per thread."""
+    the emulation by two float32 products; ``"triton"``, engine.core.split_kernels (CUDA tensors, or CPU tensors
+    in triton's interpreter; other tensors keep the emulation); or ``"tf32"``, the three products as three float32
+    products with TF32 allowed on CUDA (:func:`split_products_tf32`). The choice is process-wide, not per thread."""
     global _split_kernel
     if name not in SPLIT_KERNELS:
         raise ValueError(f"unknown split kernel {name!r}: choose one of {SPLIT_KERNELS}")
@@ -145,6 +147,18 @@ def _triton_split3(d: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, appl
     return None
 
 
+def split_products_tf32(d: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, apply: Apply) -> torch.Tensor:
+    """``hi*w_hi + lo*w_hi + hi*w_lo`` (``hi, lo = split_bfloat16(d)``) as three float32 products, TF32 allowed on
+    CUDA. Every operand is bfloat16-representable, so TF32's 10-bit mantissa holds it exactly and each product and
+    its float32 accumulation are what bfloat16 tensor-core products give, on cuDNN's and cuBLAS's TF32 kernels
+    (three TF32 products cost less than one float32 product there). Whether every cuDNN algorithm keeps the inputs
+    as they are (a Winograd transform would round its transformed inputs to TF32) is what the GPU check measures
+    (``fast_tf32_vs_emulation``). On the CPU TF32 changes nothing: the three products are float32 products."""
+    hi, lo = split_bfloat16(d)
+    with float32_matmul_precision(d.device, True):
+        return apply(hi, w_hi).add_(apply(lo, w_hi)).add_(apply(hi, w_lo))
+
+
 def linear_product(d: torch.Tensor, weights: tuple[torch.Tensor, ...], apply: Apply, arithmetic: str) -> torch.Tensor:
     """``W d`` (no bias) in ``arithmetic``: in the direct dtypes, the product in that dtype; otherwise in float32
     (the products of the rounded parts are exact in float32, accumulated and returned in float32).
@@ -163,6 +177,8 @@ def linear_product(d: torch.Tensor, weights: tuple[torch.Tensor, ...], apply: Ap
         product = _triton_split3(d.float(), weights[0], weights[1], apply)
         if product is not None:
             return product
+    if _split_kernel == "tf32":
+        return split_products_tf32(d.float(), weights[0], weights[1], apply)
     hi, lo = split_bfloat16(d.float())
     w_hi, w_lo = weights
     # hi*w_hi + lo*w_hi + hi*w_lo as two float32 products: hi + lo is exact in float32, and (hi + lo) * w_hi is
