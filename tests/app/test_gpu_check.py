@@ -89,6 +89,20 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
         assert r["loss"] == round(max(0.0, 1 - chosen / other), 3) and (r["loss"] == 0) == (
             r["faster"] == r["auto_runs"]
         )
+    # this tree against a commit (here itself), side by side (benchmarks/against_commit.py)
+    _script(
+        *("benchmarks/against_commit.py", "--commit", "HEAD", "--out", str(out / "against.json")),
+        *("--data", str(data), "--agents", "baby-a3c", "--variants", "eager", "--frames", "1", "--rounds", "1"),
+        env=env,
+    )
+    against = json.loads((out / "against.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert against["earlier_commit"] == against["this_commit"] == head
+    (rates,) = against["rounds"]
+    assert set(rates) == {"baby-a3c:earlier:eager", "baby-a3c:this:eager"} and min(rates.values()) > 0
+    assert against["vs_earlier"] == {
+        "baby-a3c:this:eager": round(rates["baby-a3c:this:eager"] / rates["baby-a3c:earlier:eager"], 3)
+    }
 
 
 def test_end_to_end_benchmark_runs_a_many_games_job_and_reports_its_stages(tmp_path):
