@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
@@ -143,50 +142,12 @@ def resolve_options(pipeline: str, **options) -> dict[str, Any]:
     return resolved
 
 
-@lru_cache(maxsize=1)
-def _once_loaded_atari_env() -> type:
-    """ale_py's ``AtariEnv`` made for its first seeded reset (a class made once, on first use: importing ale_py
-    takes a while).
-
-    ale_py loads the game's ROM in the constructor, with a random seed, and again on ``reset(seed=s)``, with ``s``:
-    about 90 ms each, holding the GIL. Made with ``first_seed=s``, this class seeds the constructor's load with
-    ``s``, and a first reset with ``seed=s`` finds the ROM loaded with that very seed: the emulator, its random
-    generator and ``np_random`` are as after the second load, so the episode is the same, once loaded. A first
-    reset with another seed, and every later reset, load the ROM as ale_py does (gymnasium's ``OrderEnforcing``
-    makes the first call a reset)."""
-    from ale_py.env import AtariEnv
-
-    class OnceLoadedAtariEnv(AtariEnv):
-        def __init__(self, *args: Any, first_seed: int | None = None, **kwargs: Any) -> None:
-            self._first_seed: int | None = first_seed
-            self._skip_load = False
-            super().__init__(*args, **kwargs)
-            self._loaded_with, self._first_seed = first_seed, None
-
-        def seed_game(self, seed: int | None = None) -> tuple[int, int]:
-            # the constructor seeds with None (a random seed): the first seed instead, where one was given
-            return super().seed_game(self._first_seed if seed is None else seed)
-
-        def load_game(self) -> None:
-            if not self._skip_load:
-                super().load_game()
-
-        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-            loaded_with, self._loaded_with = self._loaded_with, None
-            self._skip_load = seed is not None and seed == loaded_with
-            try:
-                return super().reset(seed=seed, options=options)
-            finally:
-                self._skip_load = False
-
-    return OnceLoadedAtariEnv
-
-
 def make_env(env_id: str, seed: int | None = None, first_seed: int | None = None, **kwargs) -> gym.Env:
     """A gymnasium ALE environment by id (``Pong-v4``, ``ALE/Breakout-v5``, ...) with RGB observations;
     ``kwargs`` go to ``gym.make`` (``frameskip``, ``repeat_action_probability``, ``full_action_space``).
     ``seed`` seeds the action space; ``first_seed``: the seed of the environment's first reset, which then loads
-    no ROM again (:func:`_once_loaded_atari_env`; the same episode as ``gym.make(env_id).reset(seed=first_seed)``).
+    no ROM again (:class:`engine.env.ale.OnceLoadedAtariEnv`; the same episode as
+    ``gym.make(env_id).reset(seed=first_seed)``).
     Unknown ids are a clear :class:`UnknownEnvironmentError`, and so is gymnasium's ``module:EnvId`` form, which
     would import ``module`` (from the working directory, say) before anything is checked: an id is data, never code."""
     import ale_py
@@ -200,7 +161,9 @@ def make_env(env_id: str, seed: int | None = None, first_seed: int | None = None
     try:
         made: str | gym.envs.registration.EnvSpec = env_id
         if first_seed is not None and env_id in gym.registry and gym.spec(env_id).entry_point == "ale_py.env:AtariEnv":
-            made = replace(gym.spec(env_id), entry_point=cast(Any, _once_loaded_atari_env()))
+            from .ale import ENTRY_POINT
+
+            made = replace(gym.spec(env_id), entry_point=ENTRY_POINT)
             kwargs = dict(kwargs, first_seed=first_seed)
         env = gym.make(made, **kwargs)
     except (gym.error.Error, ValueError, TypeError) as exc:
