@@ -24,7 +24,7 @@ SCORE = """
 import resource, sys, time
 from engine.core.settings import SaliencyConfig
 from engine.policies.greydanus2017 import load_agent
-from engine.policies.registry import sha256_of
+from engine.core.files import sha256_of
 from engine.jobs.score import score_store
 agent = load_agent(sys.argv[1], device="cpu")
 start = time.perf_counter()
@@ -41,9 +41,9 @@ def main() -> dict:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     args = parser.parse_args()
 
+    from engine.core.files import sha256_of
     from engine.jobs.record import record_rollout
     from engine.policies.greydanus2017 import load_agent
-    from engine.policies.registry import sha256_of
 
     agent = load_agent(CHECKPOINT, device="cpu")
     result = dict(checkpoint=str(CHECKPOINT), density=args.density, frames_per_chunk=64)

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from engine.core.errors import CheckpointError
+from engine.core.files import CHECKPOINT_CACHE
 from engine.env.rollout import rollout
 from engine.policies import registry
 from engine.policies.greydanus2017 import ActorCritic, load_agent
@@ -49,7 +50,7 @@ def _configured_root() -> Path:
     for directory in registry.checkpoint_dirs():
         if (directory / "baby-a3c").is_dir():
             return directory
-    return registry.DEFAULT_CACHE
+    return CHECKPOINT_CACHE
 
 
 # A folder laid out like ../shared/checkpoints: the first of $ATARI_SALIENCY_CHECKPOINTS that has baby-a3c/, else
@@ -131,7 +132,7 @@ def checkpoint(game: str, frames: int = 40) -> Path:
             # a local file is there but the registry refused it (e.g. its sha256): a real problem, not a skip
             raise CheckpointError(f"{name} exists locally but the registry refused it: {exc}") from exc
     configured = f"={os.environ[registry.ENV_VAR]}" if os.environ.get(registry.ENV_VAR) else " (unset)"
-    where = f"not under ${registry.ENV_VAR}{configured}, not in the cache {registry.DEFAULT_CACHE}"
+    where = f"not under ${registry.ENV_VAR}{configured}, not in the cache {CHECKPOINT_CACHE}"
     offline = download_probe()
     if offline is not None:
         _unavailable(f"{where}, download address unreachable: {offline}")

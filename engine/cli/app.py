@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..jobs.config import JobConfig, register_configs
 
 if TYPE_CHECKING:  # jobs.run imports torch (seconds): only once a command line is known to be good
-    from ..jobs.run import PreparedJob
+    from ..jobs.prepare import PreparedJob
 from .scaffold import (  # noqa: F401  (the app's names for where the configs are)
     CONFIG_DIR,
     PROJECT_ROOT,
@@ -358,7 +358,7 @@ class SweepSummary(Callback):
         log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
         if rows and OmegaConf.select(config, "output.report", default=True):
             from ..core.errors import EngineError
-            from ..jobs.run import sweep_report
+            from ..jobs.outputs import sweep_report
 
             try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
                 log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     of the 2017 agent."""
     from hydra.core.hydra_config import HydraConfig
 
-    from ..jobs.run import quiet_emulator
+    from ..jobs.prepare import quiet_emulator
 
     quiet_emulator()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from .errors import EngineError
+from .files import CACHE_HOME
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 RECOMPILE_LIMIT = 64
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency" / "inductor"
+CACHE_DIR = CACHE_HOME / "inductor"
 
 _log = logging.getLogger(__name__)
 _compile_seconds = [0.0]

@@ -1,4 +1,6 @@
-"""Writing a file atomically: into a temporary file beside it, renamed over it once complete, so a reader or a
+"""Files: where the engine caches what it fetches or compiles, a file's sha256, and writing a file atomically.
+
+Writing atomically: into a temporary file beside it, renamed over it once complete, so a reader or a
 killed writer never sees half a file under the final name, and a failed write leaves an older file as it was.
 
 The temporary files are named ``.<name>.<random><suffix>.partial`` (hidden, and readers of a folder or a store
@@ -9,15 +11,29 @@ engine that writes this way: arrays, checkpoints, movies, figures, report pages,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["PARTIAL", "atomic_path", "atomic_write"]
+__all__ = ["CACHE_HOME", "CHECKPOINT_CACHE", "PARTIAL", "atomic_path", "atomic_write", "sha256_of"]
 
 PARTIAL = ".partial"
+# the engine's caches, one folder each: checkpoints (engine.policies.registry; the Hub's agents in its huggingface/
+# folder, engine.policies.hub) and compiled code (engine.core.compiled)
+CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency"
+CHECKPOINT_CACHE = CACHE_HOME / "checkpoints"
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Path:

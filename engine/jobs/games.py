@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
 from ..core.errors import EngineError
+from ..core.files import sha256_of
 from ..core.policy import Policy
 from ..env.rollout import Step, VectorPlayer, check_num_envs, rollout_from_steps
-from ..policies.registry import sha256_of
 from ..storage.store import (
     FORMAT,
     GAMES,
@@ -68,12 +68,20 @@ from ..storage.store import (
     writing_needed,
 )
 from .config import JobConfig, check_config, engine_saliency
+from .game import run_game_job
+from .outputs import agent_settings, clear_owned_outputs, finish_job
 from .overlap import HandOff, overlapped
+from .prepare import (
+    PreparedJob,
+    check_game_stores,
+    check_identity,
+    check_recorded,
+    existing_store,
+    pipeline_options,
+    validate_game_job,
+)
 from .record import rollout_identity
 from .score import Scoring, open_scoring
-
-if TYPE_CHECKING:
-    from .run import PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -372,24 +380,20 @@ def check_games_roots(config: JobConfig, output_known: bool = True) -> None:
 
 
 def validate_games_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
-    """:func:`engine.jobs.run.validate_job` for a job of ``rollout.num_envs`` games: the settings, the games roots
+    """:func:`engine.jobs.prepare.validate_game_job` for a job of ``rollout.num_envs`` games: the settings, the games roots
     (:func:`check_games_roots`), the agent (checked as game 0's job) and every game's stores; nothing is played or
     written."""
-    from .run import validate_job
-
     check_config(config)
     check_num_envs(config.rollout.num_envs)
     check_games_roots(config, output_known)
-    prepared = validate_job(game_config(config, 0, output_known), output_known)
+    prepared = validate_game_job(game_config(config, 0, output_known), output_known)
     prepared = dataclasses.replace(prepared, config=config)
     check_games_stores(prepared, output_known, roots_checked=True)
     return prepared
 
 
 def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_checked: bool = False) -> None:
-    """:func:`engine.jobs.run.check_stores` for a job of games: the roots, then each game's stores."""
-    from .run import check_identity, check_stores, existing_store
-
+    """:func:`engine.jobs.prepare.check_game_stores` for a job of games: the roots, then each game's stores."""
     config = prepared.config
     if not roots_checked:
         check_games_roots(config, output_known)
@@ -397,7 +401,7 @@ def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_c
         return
     games = [game_config(config, i, output_known) for i in range(check_num_envs(config.rollout.num_envs))]
     for game in games:
-        check_stores(dataclasses.replace(prepared, config=game), output_known)
+        check_game_stores(dataclasses.replace(prepared, config=game), output_known)
     recorded = [existing_store(store_root(str(g.store.rollout)), "rollout") for g in games]
     done = [store is not None and RolloutStore(store).complete for store in recorded]
     if all(done):
@@ -424,8 +428,6 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     """The main job for ``rollout.num_envs`` games (module docstring): record them together, then each game's
     single-game job on its recorded stores (scoring, outputs in ``<output.dir>/game_000i``), then the root
     ``summary.json``. Returns the paths written."""
-    from .run import clear_owned_outputs
-
     if prepared is None:
         prepared = validate_games_job(config)
     else:
@@ -447,8 +449,6 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
         rstores = [RolloutStore.open(root) for root in roots]
         log.info("replaying %d recorded games of %s in %s", n, config.env.id, st.rollout)
     else:
-        from .run import pipeline_options
-
         player, player_path = agent, prepared.checkpoint
         if prepared.player is not None and prepared.player_checkpoint is not None and st.rollout:
             player, player_path = prepared.player, prepared.player_checkpoint
@@ -508,15 +508,13 @@ def _score_games_in_turn(
 ) -> list[dict[str, Path | str]]:
     """Each game's own job on its recorded store (on disk by its path, in memory handed over), one after the other:
     what each one wrote."""
-    from .run import check_recorded, run_job
-
     for root, rstore in zip(roots, rstores):
         check_recorded(rstore, root, config, prepared.agent)
     written = []
     for i, game in enumerate(games):
         log.info("game %d of %d (seed %d) into %s", i + 1, len(games), game.rollout.seed, game.output.dir)
         written.append(
-            run_job(game, dataclasses.replace(prepared, config=game), None if config.store.rollout else roots[i])
+            run_game_job(game, dataclasses.replace(prepared, config=game), None if config.store.rollout else roots[i])
         )
     return written
 
@@ -528,12 +526,10 @@ def _record_and_score_games(
     the games' rollout steps it reads are written, while the recorder plays on, at most :data:`engine.jobs.overlap.LEAD` rollout chunks
     ahead (:class:`engine.jobs.overlap.HandOff`), so the slower stage sets the pace and the steps recorded but not
     scored stay bounded by the chunk sizes, not the games' length. A game that ends early (``max_episodes``) has its
-    saliency store end with it. Each game's outputs (:func:`engine.jobs.run.finish_job`) are written in another thread
+    saliency store end with it. Each game's outputs (:func:`engine.jobs.outputs.finish_job`) are written in another thread
     as soon as its last chunk is scored, while the other games are scored. The stores are the ones
     :func:`_score_games_in_turn` gives, bit for bit. Returns what each game's job wrote, and the recorder's
     seconds."""
-    from .run import check_recorded, finish_job
-
     agent, st = prepared.agent, config.store
     sha = sha256_of(prepared.checkpoint)
     shard, num_shards = (st.shard, st.num_shards) if st.rollout else (0, 1)
@@ -663,8 +659,6 @@ def _games_summary(
     config: JobConfig, prepared: PreparedJob, summaries: list[dict], paths: list[Path], rollout_s: float, seconds: float
 ) -> dict:
     """The root summary: the games (seed, steps, returns, frames scored, their summary) and the totals."""
-    from .run import agent_settings
-
     games = [
         dict(
             game=game_name(i),

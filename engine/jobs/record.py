@@ -96,7 +96,7 @@ def rollout_identity(
 ) -> dict:
     """The identity a rollout store's manifest records for a game (a store of other settings is refused on
     resume). ``spec`` and ``action_names`` come from the game's environment; without them, the part a job can check
-    before any environment is made (``engine.jobs.run.check_stores``)."""
+    before any environment is made (``engine.jobs.prepare.check_game_stores``)."""
     identity = dict(
         kind="rollout",
         format=FORMAT,

@@ -19,7 +19,7 @@ when an ``hf://`` name is loaded) the files the engine reads, and nothing else:
 normalises rewards only sees what the engine feeds it, and the pickle is ignored.
 
 Cache: the files go to ``<cache>/huggingface`` (``<cache>`` is the registry's checkpoint cache,
-:data:`engine.policies.registry.DEFAULT_CACHE`, or ``agent.cache_dir``), in ``huggingface_hub``'s own layout
+:data:`engine.core.files.CHECKPOINT_CACHE`, or ``agent.cache_dir``), in ``huggingface_hub``'s own layout
 (``models--<owner>--<name>/snapshots/<commit>/...``), and beside them ``models--<owner>--<name>/atari-saliency.json``
 records, per commit, each file's sha256 as it was downloaded, and which commit each revision named. A later load
 asks the Hub for the revision's commit (one small request) and downloads only what is not cached; every file used,
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from ..core.errors import CheckpointError, MissingDependencyError
-from ..core.files import atomic_write
+from ..core.files import CHECKPOINT_CACHE, atomic_write, sha256_of
 from .checkpoint import parse_json
 
 if TYPE_CHECKING:
@@ -152,9 +152,7 @@ def parse_hub_name(name: str) -> tuple[str, str]:
 
 def hub_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where ``hf://`` agents are cached: ``<cache>/huggingface``, ``<cache>`` the registry's checkpoint cache."""
-    from .registry import DEFAULT_CACHE
-
-    return (Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE) / CACHE_FOLDER
+    return (Path(cache_dir).expanduser() if cache_dir else CHECKPOINT_CACHE) / CACHE_FOLDER
 
 
 def repo_folder(root: Path, repo_id: str) -> Path:
@@ -318,8 +316,6 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    from .registry import sha256_of
-
     try:
         return sha256_of(path)
     except OSError as exc:

@@ -27,7 +27,6 @@ metadata's ``game``) and a user's file with the training's metadata beside it (`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -35,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import CheckpointError, EngineError
-from ..core.files import atomic_write
+from ..core.files import CHECKPOINT_CACHE, atomic_write, sha256_of
 from .checkpoint import parse_json
+from .hub import fetch_hub_agent, hub_env_id
 
 log = logging.getLogger(__name__)
 
 ENV_VAR = "ATARI_SALIENCY_CHECKPOINTS"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atari-saliency" / "checkpoints"
 _BABY_A3C_URL = (
     "https://github.com/greydanus/baby-a3c/raw/7f9734b96f5f89c27ddf87a642886d9a90883a35/{game}-v4/model.{frames}.tar"
 )
@@ -204,23 +203,12 @@ def trained_game(name_or_path: str, path: str | os.PathLike | None = None) -> Tr
     if entry is not None:
         return TrainedGame(entry.env_id, "registry")
     if str(name_or_path).startswith(HF_PREFIX):
-        from .hub import hub_env_id
-
         env_id = hub_env_id(str(name_or_path), path)
         return TrainedGame(env_id, "hub") if env_id else None
     builtin = str(name_or_path).startswith(BUILTIN_PREFIX)
     file = path if path is not None else (resolve_builtin(str(name_or_path)) if builtin else name_or_path)
     game = metadata_game(Path(file).expanduser())
     return TrainedGame(game, "builtin" if builtin else "metadata") if game else None
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def known_checkpoint(name: str) -> KnownCheckpoint | None:
@@ -266,8 +254,6 @@ def resolve_checkpoint(
     if str(name_or_path).startswith(BUILTIN_PREFIX):
         return resolve_builtin(str(name_or_path))
     if str(name_or_path).startswith(HF_PREFIX):
-        from .hub import fetch_hub_agent
-
         return fetch_hub_agent(str(name_or_path), cache_dir=cache_dir, allow_download=allow_download).model
     path = Path(str(name_or_path)).expanduser()
     entry = known_checkpoint(str(name_or_path))
@@ -291,7 +277,7 @@ def resolve_checkpoint(
                     "load it anyway"
                 )
             return candidate.resolve()
-    cache = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
+    cache = Path(cache_dir).expanduser() if cache_dir else CHECKPOINT_CACHE
     cached = cache / entry.relative_path
     stale = None
     if cached.is_file():

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from ..core.errors import CheckpointError, EngineError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, sha256_of
 from ..policies.checkpoint import check_layouts, parse_json, read_state_dict
-from ..policies.registry import sha256_of
 
 _STEP = re.compile(r"step_(?P<frames>[0-9]+)\.pt")
 MAX_METADATA_BYTES = 1 << 20  # the training writes a few hundred bytes

@@ -312,7 +312,7 @@ def test_statistics_are_streamed_chunk_by_chunk():
     """MapStatistics over chunks equals the statistics of all maps at once."""
     import torch
 
-    from engine.jobs.run import MapStatistics, map_statistics
+    from engine.jobs.outputs import MapStatistics, map_statistics
 
     generator = torch.Generator().manual_seed(0)
     maps = {k: torch.rand(23, 80, 80, generator=generator, dtype=torch.float32) ** 3 for k in ("actor", "critic")}
@@ -327,13 +327,14 @@ def test_statistics_are_streamed_chunk_by_chunk():
 
 def test_store_job_statistics_equal_the_full_computation(tmp_path, monkeypatch):
     """A store job reads its maps one chunk at a time for the summary; the result equals all maps at once."""
-    from engine.jobs import run as pipeline
+    from engine.jobs.outputs import MapStatistics
+    from engine.jobs.run import run_job
     from engine.storage.store import SaliencyStore
 
     reads = []
-    original = pipeline.MapStatistics.update
+    original = MapStatistics.update
     monkeypatch.setattr(
-        pipeline.MapStatistics, "update", lambda self, maps: (reads.append(len(maps["actor"])), original(self, maps))
+        MapStatistics, "update", lambda self, maps: (reads.append(len(maps["actor"])), original(self, maps))
     )
     config = tiny_job(
         tmp_path / "run",
@@ -341,7 +342,7 @@ def test_store_job_statistics_equal_the_full_computation(tmp_path, monkeypatch):
         output={"movie": False},
         store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4},
     )
-    pipeline.run_job(config)
+    run_job(config)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     maps = SaliencyStore.open(tmp_path / "run" / "saliency_store").read()
     assert reads == [4, 4, 2]  # one chunk at a time

@@ -77,9 +77,10 @@ def test_a_refused_rerun_leaves_the_finished_run_as_it_was(finished, tmp_path, r
 def test_a_store_refused_as_the_job_opens_it_leaves_the_finished_run(finished, tmp_path, monkeypatch, refusal):
     """Without the checks up front, the stores refuse as the job opens them: the earlier run's files are removed
     only once the job has its results, so they stay too."""
-    from engine.jobs import run as job
+    from engine.jobs import game, prepare
 
-    monkeypatch.setattr(job, "check_stores", lambda prepared, output_known=True: None)
+    for module in (game, prepare):  # as the job is validated, and again before it runs
+        monkeypatch.setattr(module, "check_game_stores", lambda prepared, output_known=True: None)
     root = tmp_path / "root"
     shutil.copytree(finished, root)
     before = {k: v for k, v in tree(root).items() if k.startswith("run/")}

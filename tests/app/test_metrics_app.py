@@ -46,7 +46,7 @@ def job(out_dir, **sections) -> JobConfig:
 def in_memory(tmp_path_factory):
     """The job without ``store.rollout``: its output directory, summary and the (rollout, saliency) store roots it
     scored with."""
-    from engine.jobs import run as job_module
+    from engine.jobs import game as job_module
 
     out, roots, record_and_score = tmp_path_factory.mktemp("job"), [], job_module.record_and_score
     with pytest.MonkeyPatch.context() as patch:

@@ -327,7 +327,7 @@ def hostile_sweep(tmp_path):
         hostile_run_page(sweep / job / "report.html", job)
     hostile_run_page(outside / "report.html", "outside")
     (sweep / "out").symlink_to(outside)
-    links = {job: f"{job}/report.html" for job in HOSTILE_JOBS}  # as engine.jobs.run.sweep_report builds them
+    links = {job: f"{job}/report.html" for job in HOSTILE_JOBS}  # as engine.jobs.outputs.sweep_report builds them
     rows = [{"job": job, f"override {XSS}": f"{XSS} {i}", "radius": i} for i, job in enumerate(HOSTILE_JOBS)]
     frames = np.zeros((4, 210, 160, 3), np.uint8)
     rng = np.random.default_rng(1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.core.errors import EngineError
-from engine.jobs import overlap, run
+from engine.jobs import games, overlap, run
 from engine.jobs import score as scoring
 from engine.storage.arrays import load_arrays
 from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore
@@ -197,7 +197,7 @@ def test_a_game_that_ended_has_its_outputs_written_while_the_others_are_scored(t
     def broken(*args, **kwargs):
         raise RuntimeError("the disk is full: summary.json was not written")
 
-    monkeypatch.setattr(run, "finish_job", broken)
+    monkeypatch.setattr(games, "finish_job", broken)
     time_limits(3, 12)
     with pytest.raises(RuntimeError, match="^the disk is full"):
         run_guarded(

@@ -130,7 +130,7 @@ def test_an_overlapped_shard_and_the_next_one_fill_the_store(sequential, tmp_pat
 
 
 def test_overlap_does_not_apply_to_max_episodes_and_says_so(tmp_path, caplog):
-    caplog.set_level("INFO", logger="engine.jobs.run")
+    caplog.set_level("INFO", logger="engine.jobs.game")
     config = tiny_job(tmp_path / "out", steps=12, movie=False, rollout={"max_episodes": 1}, store=STORE)
     run.run_job(config)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["overlapped"] is False

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from engine import CheckpointError
+from engine.core.files import sha256_of
 from engine.policies import registry
-from engine.policies.registry import known_checkpoint, resolve_checkpoint, sha256_of
+from engine.policies.registry import known_checkpoint, resolve_checkpoint
 from tests.conftest import checkpoint, checkpoint_root
 
 

@@ -393,7 +393,7 @@ def test_sweep_links_from_data_are_checked_where_the_page_is_written(tmp_path, c
     sweep = tmp_path / "sweep"
     jobs = ["0", "javascript:alert(1)", '"><img src=x onerror=alert(1)>', "../../etc", "a#b?c%d"]
     rows = [{"job": job, "radius": 3} for job in jobs]
-    links = {job: f"{job}/report.html" for job in jobs}  # as engine.jobs.run.sweep_report builds them
+    links = {job: f"{job}/report.html" for job in jobs}  # as engine.jobs.outputs.sweep_report builds them
     with caplog.at_level(logging.WARNING, logger="engine.viz.report"):
         path = write_sweep_report(sweep / "report.html", rows, ["job", "radius"], links=links)
     data, _ = read_report_data(path)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.core.files import sha256_of
 from engine.core.replay import replay_states
 from engine.core.saliency import compute_saliency, paper_shift
 from engine.core.settings import SaliencyConfig
@@ -17,7 +18,6 @@ from engine.env.rollout import rollout
 from engine.jobs.record import record_rollout
 from engine.jobs.score import score_store
 from engine.policies.greydanus2017 import load_agent
-from engine.policies.registry import sha256_of
 from engine.storage.store import RolloutStore, SaliencyStore, StoreMismatchError
 from tests.conftest import ROOT, checkpoint
 

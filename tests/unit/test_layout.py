@@ -77,6 +77,55 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     assert layer_violations() == ["engine/core/bad.py:2 (core) imports engine.jobs.run (jobs, a layer above)"]
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ENGINE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_cycles() -> list[list[str]]:
+    """Every loop of engine modules that import each other (lazy imports inside functions included; a package's
+    ``__init__`` only hands names on and is left out), each as the modules along it, the first one again last."""
+    modules = {module_name(p): p for p in sorted(ENGINE.rglob("*.py")) if p.name != "__init__.py"}
+    graph = {
+        name: sorted({m for _, m in imported_modules(path) if m in modules and m != name})
+        for name, path in modules.items()
+    }
+    cycles, done, path = [], set(), []
+
+    def visit(name: str) -> None:  # depth first; a module on the current path reached again closes a loop
+        if name in path:
+            cycles.append(path[path.index(name) :] + [name])
+            return
+        if name in done:
+            return
+        path.append(name)
+        for target in graph[name]:
+            visit(target)
+        path.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+    return cycles
+
+
+def test_no_modules_import_each_other():
+    """Inside a layer too, imports go one way: a module that needs another's names sits below it, and an import
+    moved into a function to dodge a loop still counts."""
+    assert import_cycles() == []
+
+
+def test_the_cycle_finder_sees_a_lazy_loop(tmp_path, monkeypatch):
+    jobs = tmp_path / "engine" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "__init__.py").write_text("")
+    (jobs / "a.py").write_text("from .b import f\n")
+    (jobs / "b.py").write_text("def f():\n    from .a import g\n")
+    (jobs / "c.py").write_text("from . import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "ENGINE", tmp_path / "engine")
+    assert import_cycles() == [["engine.jobs.a", "engine.jobs.b", "engine.jobs.a"]]
+
+
 @pytest.mark.parametrize("layer", LAYERS)
 def test_layer_package_documents_itself(layer):
     assert ast.get_docstring(ast.parse((ENGINE / layer / "__init__.py").read_text()))

@@ -1,0 +1,305 @@
+"""A job checked before anything runs: its settings, environment id, checkpoints (the game each was trained on,
+where known, and their actions), its agents loaded, and the manifests of the stores it would open
+(:func:`validate_game_job`, :func:`check_game_stores`; :mod:`engine.jobs.games` checks a job of many games with
+them, game by game). A bad override fails here in a second, with a message that names the fix, before any rollout
+or scoring starts and before anything in the output directory is touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from ..core.device import resolve_device, resolve_dtype
+from ..core.errors import CheckpointError, EngineError
+from ..core.files import sha256_of
+from ..core.policy import Policy
+from ..core.settings import validate_method_settings
+from ..env.pipelines import library_defaults
+from ..env.rollout import make_env
+from ..policies.loading import load_policy
+from ..policies.registry import (
+    TrainedGame,
+    ale_game,
+    resolve_checkpoint,
+    same_game,
+    trained_game,
+)
+from ..storage.store import (
+    ChunkStore,
+    RolloutStore,
+    StoreMismatchError,
+    check_writable,
+    is_memory,
+    is_url,
+    store_exists,
+    store_root,
+    writing_needed,
+)
+from .config import JobConfig, bundled_envs, check_config, engine_saliency
+from .record import rollout_identity
+from .score import saliency_identity
+
+if TYPE_CHECKING:
+    from gymnasium.spaces import Discrete
+
+
+@dataclass
+class PreparedJob:
+    """A job whose settings, environment, agents and stores are checked (:func:`validate_job`): its agent loaded,
+    ``store.player``'s too (None: the agent plays), and what the job says once it runs (``warnings``: logged, and
+    kept in summary.json)."""
+
+    config: JobConfig
+    checkpoint: Path
+    agent: Policy
+    player: Policy | None = None
+    player_checkpoint: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def pipeline_options(config: JobConfig, agent: Policy) -> dict:
+    """The environment-pipeline options of the job for ``agent``'s pipeline (``engine.env.pipelines``)."""
+    e = config.env
+    options: dict[str, object] = dict(
+        repeat_action_probability=e.repeat_action_probability, full_action_space=e.full_action_space
+    )
+    if e.pipeline:
+        options["pipeline"] = e.pipeline
+    if e.training_wrappers:
+        trained = library_defaults(e.pipeline or agent.pipeline)
+        options.update({k: trained[k] for k in ("episodic_life", "clip_rewards") if k in trained})
+    return options
+
+
+def load_job_agent(config: JobConfig, path) -> Policy:
+    """The agent of ``path`` as the job's settings ask (kind, device, dtype; the core of a 2017 agent)."""
+    device, dtype = resolve_device(str(config.device)), resolve_dtype(str(config.dtype))
+    agent = load_policy(path, device=device, dtype=dtype, kind=str(config.agent.kind))
+    core = getattr(agent, "core", None)
+    if core is not None and config.agent.core not in ("auto", core):
+        raise CheckpointError(f"agent.core is {str(config.agent.core)!r} but {path} holds a {core.upper()} agent")
+    return agent
+
+
+def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
+    """Check the settings (:func:`engine.jobs.config.check_config`), the environment id, the checkpoints (the game
+    each was trained on, where known, and their actions), load the agent and ``store.player``'s, and check the stores
+    the job would open (:func:`check_stores`; ``output_known=False`` while ``output.dir`` is not the job's yet);
+    nothing is played or written."""
+    check_config(config)
+    quiet_emulator()
+    e = config.env
+    actions = env_actions(e.id, e.full_action_space)  # an unknown id fails here
+    if config.render.style == "paper" and (config.render.actor_gain is None or config.render.critic_gain is None):
+        from ..viz.rendering import paper_gains
+
+        try:
+            paper_gains(e.id)
+        except ValueError as exc:  # a game without published gains
+            raise EngineError(str(exc)) from None
+    a, st = config.agent, config.store
+    path = resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+    warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
+    agent = load_job_agent(config, path)
+    check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
+    try:  # the methods' settings that depend on the observation's size (a window larger than it, ...)
+        validate_method_settings(config.saliency, cast("tuple[int, int]", tuple(agent.observation_shape[1:])))
+    except ValueError as exc:
+        raise EngineError(f"saliency.{exc}") from None
+    player, player_path = None, None
+    if st.player:
+        player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+        warnings += checked_game("store.player", st.player, player_path, e.id)
+        player = agent if player_path == path else load_job_agent(config, player_path)
+        check_actions("store.player", st.player, player_path, player, config, actions)
+        if (player.pipeline, player.frame_stack) != (agent.pipeline, agent.frame_stack):
+            raise EngineError(
+                f"store.player {st.player} plays in the {player.pipeline} pipeline ({player.frame_stack} frames "
+                f"stacked) but agent.checkpoint {a.checkpoint} sees the {agent.pipeline} pipeline "
+                f"({agent.frame_stack}): the game it records would not fit the agent; choose a player of the agent's "
+                "kind, or unset store.player"
+            )
+    prepared = PreparedJob(config, path, agent, player, player_path, warnings)
+    check_game_stores(prepared, output_known)
+    return prepared
+
+
+@functools.cache
+def env_actions(env_id: str, full_action_space: bool) -> int:
+    """How many actions ``env_id`` has (all 18 of the ALE with ``full_action_space``)."""
+    env = make_env(env_id, full_action_space=full_action_space)
+    try:
+        return int(cast("Discrete", env.action_space).n)  # the Atari environments' actions are discrete
+    finally:
+        env.close()
+
+
+def env_choice(env_id: str) -> str:
+    """How to choose ``env_id``'s game on the command line: ``env=<option>`` of a bundled environment config of that
+    game (of that very id, if one is), else ``env.id=<env_id>``."""
+    options = sorted(
+        ((other != env_id, option) for option, other in bundled_envs().items() if same_game(other, env_id)),
+    )
+    return f"env={options[0][1]}" if options else f"env.id={env_id}"
+
+
+def checked_game(key: str, name: str, path: Path, env_id: str) -> list[str]:
+    """Refuse the checkpoint ``name`` (setting ``key``) where its registry entry or built-in metadata names another
+    game than ``env_id``; where a user's file has metadata that does, the warning (one, returned) that says so."""
+    trained = trained_game(name, path)
+    if trained is None or same_game(trained.env_id, env_id):
+        return []
+    fix, game = env_choice(trained.env_id), ale_game(env_id)
+    if trained.source != "metadata":
+        raise EngineError(
+            f"{key} {name} was trained on {ale_game(trained.env_id)} ({trained.env_id}), but env.id is {env_id}: "
+            f"set {fix} to run it on its own game, or choose an agent trained on {game}"
+        )
+    return [
+        f"{key} {name} was trained on {trained.env_id} (its metadata {path.with_suffix('.json')} says so), not on "
+        f"{env_id}: its maps show it playing a game it never learned; set {fix} to run it on its own game"
+    ]
+
+
+def check_actions(key: str, name: str, path: Path, agent: Policy, config: JobConfig, actions: int) -> None:
+    """Refuse an agent whose action count is not the environment's, naming an environment that fits it."""
+    if agent.num_actions == actions:
+        return
+    e = config.env
+    where = f"{e.id} with env.full_action_space=true" if e.full_action_space else e.id
+    file = "" if Path(name).expanduser().resolve() == path.resolve() else f" ({path})"
+    raise EngineError(
+        f"{where} has {actions} actions but {key} {name}{file} has {agent.num_actions}: "
+        f"{fitting_env(agent.num_actions, trained_game(name, path), e.id, e.full_action_space)}"
+    )
+
+
+def fitting_env(num_actions: int, trained: TrainedGame | None, env_id: str, full_action_space: bool) -> str:
+    """What to set for an agent of ``num_actions`` actions (trained on ``trained``, where known) instead of
+    ``env_id``: its own game, the other action set of this one, or the bundled games with that many actions."""
+    if trained is not None and not same_game(trained.env_id, env_id):
+        return f"it was trained on {trained.env_id}: set {env_choice(trained.env_id)}"
+    if env_actions(env_id, not full_action_space) == num_actions:
+        return f"set env.full_action_space={str(not full_action_space).lower()}"
+    if trained is not None:
+        return f"it was trained on {trained.env_id}, whose action sets have other sizes: check the checkpoint"
+    counts = {option: env_actions(other, full_action_space) for option, other in bundled_envs().items()}
+    games = bundled_envs()
+    fits = [f"env={option} ({games[option]})" for option, n in counts.items() if n == num_actions]
+    if fits:
+        return f"of the bundled games, {' and '.join(fits)} {'has' if len(fits) == 1 else 'have'} {num_actions} " + (
+            "actions: set the one it was trained on (or env.id=<its game>)"
+        )
+    sizes = ", ".join(f"env={option}: {n}" for option, n in counts.items())
+    return f"no bundled game has {num_actions} actions ({sizes}): set env.id to the game it was trained on"
+
+
+def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
+    """Refuse what the job's stores would refuse once it runs, before anything is written or removed: a path holding
+    something that is no store, a store of another kind, an old format or damaged, a store written with other
+    settings, a recorded game of another environment or pipeline, a place that is not writable. Reads manifests
+    only. The default saliency store lies in ``output.dir``: checked where ``output_known``."""
+    config, st = prepared.config, prepared.config.store
+    if not st.rollout:
+        return
+    rollout_root = store_root(st.rollout)
+    recorded = existing_store(rollout_root, "rollout")
+    if recorded is not None and RolloutStore(recorded).complete:
+        check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
+    elif recorded is not None:
+        player = prepared.player or prepared.agent
+        played_by = prepared.player_checkpoint or prepared.checkpoint
+        r = config.rollout
+        wanted = rollout_identity(
+            player, config.env.id, r.seed, r.greedy, r.steps, st.chunk_steps, sha256_of(played_by)
+        )
+        check_identity(rollout_root, recorded.identity, wanted)
+    if writing_needed(rollout_root, "rollout", None):
+        check_writable(rollout_root)
+    if not (st.saliency or output_known):
+        return
+    saliency_root = store_root(st.saliency) if st.saliency else Path(config.output.dir) / "saliency_store"
+    scored = existing_store(saliency_root, "saliency")
+    if scored is not None:
+        wanted = saliency_identity(
+            prepared.agent,
+            engine_saliency(config.saliency),
+            sha256_of(prepared.checkpoint),
+            st.frames_per_chunk,
+            None if recorded is None else recorded.identity,
+        )
+        check_identity(saliency_root, scored.identity, wanted)
+    if writing_needed(saliency_root, "saliency", None):
+        check_writable(saliency_root)
+
+
+def existing_store(root, kind: str) -> ChunkStore | None:
+    """The store of ``kind`` at ``root``, opened read-only (an old format, a group without a manifest, a store of
+    another kind or a damaged one refused as opening it refuses), or None where there is none yet; a local path that
+    holds a file, or a folder of other files, is refused: a store never adopts them."""
+    if store_exists(root):
+        return ChunkStore.open_kind(root, kind, read_only=True)
+    if is_memory(root) or is_url(root):
+        return None  # the store's own check refuses foreign keys or objects when the job creates it
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise EngineError(f"the store path {path} is a file, not a directory: use another path")
+    if path.is_dir() and any(path.iterdir()):
+        if (path / "manifest.json").is_file():
+            ChunkStore.open_kind(path, kind, read_only=True)  # refuses an older engine's store, saying so
+        raise EngineError(
+            f"{path} is not empty but has no store manifest (zarr.json): not adopting its files; delete it or use "
+            "another path"
+        )
+    return None
+
+
+def check_identity(root, found: dict, wanted: dict) -> None:
+    """Refuse a store whose manifest differs from this job's settings in any of ``wanted`` (nested dicts compared
+    key by key)."""
+    wanted = json.loads(json.dumps(wanted, default=str))  # as a manifest reads back
+    differences = identity_differences(found, wanted)
+    if differences:
+        raise StoreMismatchError(
+            f"the store {root} was written with other settings ({'; '.join(differences)}): refusing to mix them; use "
+            "another directory, or delete this one to start over"
+        )
+
+
+def identity_differences(found: dict, wanted: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key, value in wanted.items():
+        have = found.get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            differences += identity_differences(have, value, f"{prefix}{key}.")
+        elif have != value:
+            differences.append(f"{prefix}{key}: store has {have!r}, this job {value!r}")
+    return differences
+
+
+def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy) -> None:
+    """Refuse a recorded game of another environment than the job's, or recorded in another pipeline than the
+    agent's."""
+    if rstore.identity["env_id"] != config.env.id:
+        raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
+    recorded, played = rstore.identity["pipeline"], config.env.pipeline or agent.pipeline
+    if (recorded["name"], recorded["frame_stack"]) != (played, agent.frame_stack):
+        raise EngineError(
+            f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
+            f"frames stacked), but this job plays the agent in the {played} pipeline ({agent.frame_stack}): replay a "
+            "game recorded for agents of the same kind (or set env.pipeline to the store's)"
+        )
+
+
+def quiet_emulator() -> None:
+    """Keep the Arcade Learning Environment's banner off stderr (its warnings and errors still show)."""
+    try:
+        import ale_py
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    except (ImportError, AttributeError):
+        pass
