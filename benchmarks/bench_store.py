@@ -82,14 +82,8 @@ def main() -> dict:
     from engine.core.batching import chunk_bounds
     from engine.policies.registry import resolve_checkpoint
     from engine.storage.arrays import load_arrays, save_arrays
-    from engine.storage.store import (
-        ROLLOUT_FIELDS,
-        ChunkStore,
-        RolloutStore,
-        SaliencyStore,
-        rollout_layout,
-        saliency_layout,
-    )
+    from engine.storage.layout import ROLLOUT_FIELDS, rollout_layout, saliency_layout
+    from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore
 
     agent = engine.load_agent(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
     played = engine.rollout(agent, "Pong-v4", args.steps, seed=0, progress=False)

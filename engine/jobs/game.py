@@ -17,13 +17,8 @@ import torch
 from zarr.storage import MemoryStore
 
 from ..core.files import sha256_of
-from ..storage.store import (
-    RolloutStore,
-    SaliencyStore,
-    is_memory,
-    store_exists,
-    store_root,
-)
+from ..storage.keys import is_memory, store_exists, store_root
+from ..storage.store import RolloutStore, SaliencyStore
 from .config import JobConfig, engine_saliency
 from .outputs import finish_job
 from .overlap import run_overlapped

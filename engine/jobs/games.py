@@ -7,7 +7,7 @@ same arrays, bit for bit on the CPU), scored into its own saliency store with :f
 and gets its own output folder ``<output.dir>/game_000i/`` with the single-game job's outputs (summary, arrays,
 movie, stills, report). ``<output.dir>/summary.json`` lists the games and the totals.
 
-On disk (``store.rollout``) the stores are groups of games (:func:`engine.storage.store.open_games`): the root
+On disk (``store.rollout``) the stores are groups of games (:func:`engine.storage.games.open_games`): the root
 holds a small manifest (kind ``games``, ``num_envs``, the seeds) and one store per game in ``game_0000/``,
 ``game_0001/``, ... (the saliency store likewise, default ``<output.dir>/saliency_store``), so every reader of one
 game's store works unchanged and ``xarray.open_datatree(root, engine="zarr")`` opens them all. In memory (no
@@ -46,27 +46,10 @@ from ..core.errors import EngineError
 from ..core.files import sha256_of
 from ..core.policy import Policy
 from ..env.rollout import Step, VectorPlayer, check_num_envs, rollout_from_steps
-from ..storage.store import (
-    FORMAT,
-    GAMES,
-    ROLLOUT_FIELDS,
-    ChunkStore,
-    RolloutStore,
-    check_chunk_count,
-    check_writable,
-    engine_version,
-    game_name,
-    game_root,
-    games_manifest,
-    is_memory,
-    is_url,
-    open_games,
-    rollout_layout,
-    root_manifest,
-    store_exists,
-    store_root,
-    writing_needed,
-)
+from ..storage.games import games_manifest, open_games, root_manifest
+from ..storage.keys import is_memory, is_url, store_exists, store_root
+from ..storage.layout import FORMAT, GAMES, ROLLOUT_FIELDS, check_chunk_count, game_name, game_root, rollout_layout
+from ..storage.store import ChunkStore, RolloutStore, check_writable, engine_version, writing_needed
 from .config import JobConfig, check_config, engine_saliency
 from .game import run_game_job
 from .outputs import agent_settings, clear_owned_outputs, finish_job

@@ -28,11 +28,8 @@ from ..policies.registry import (
     known_checkpoint,
 )
 from ..storage.arrays import save_arrays
-from ..storage.store import (
-    ROLLOUT_FIELDS,
-    RolloutStore,
-    SaliencyStore,
-)
+from ..storage.layout import ROLLOUT_FIELDS
+from ..storage.store import RolloutStore, SaliencyStore
 from .config import JobConfig, engine_saliency
 from .prepare import PreparedJob
 from .score import scored_states, uses_recorded_states

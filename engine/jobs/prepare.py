@@ -28,17 +28,8 @@ from ..policies.registry import (
     same_game,
     trained_game,
 )
-from ..storage.store import (
-    ChunkStore,
-    RolloutStore,
-    StoreMismatchError,
-    check_writable,
-    is_memory,
-    is_url,
-    store_exists,
-    store_root,
-    writing_needed,
-)
+from ..storage.keys import is_memory, is_url, store_exists, store_root
+from ..storage.store import ChunkStore, RolloutStore, StoreMismatchError, check_writable, writing_needed
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .record import rollout_identity
 from .score import saliency_identity

@@ -11,19 +11,9 @@ from tqdm.auto import tqdm
 from ..core.policy import Policy, state_to
 from ..env.pipelines import PipelineSpec
 from ..env.rollout import Player, Step, rollout_from_steps
-from ..storage.store import (
-    FORMAT,
-    ROLLOUT_FIELDS,
-    ChunkStore,
-    RolloutStore,
-    check_chunk_count,
-    check_writable,
-    engine_version,
-    is_memory,
-    rollout_layout,
-    store_exists,
-    writing_needed,
-)
+from ..storage.keys import is_memory, store_exists
+from ..storage.layout import FORMAT, ROLLOUT_FIELDS, check_chunk_count, rollout_layout
+from ..storage.store import ChunkStore, RolloutStore, check_writable, engine_version, writing_needed
 
 
 def _is_count(value: object) -> bool:
@@ -58,8 +48,8 @@ def record_rollout(
     recorded frames of the last chunk), restores the action sampler's saved state and recomputes the
     recurrent state from the last recorded step, so the finished store equals an uninterrupted recording.
 
-    A store holds at most :data:`engine.storage.store.MAX_CHUNKS` chunks of at most
-    :data:`engine.storage.store.MAX_CHUNK_BYTES` each (a memory store: what fits the memory available); more steps,
+    A store holds at most :data:`engine.storage.layout.MAX_CHUNKS` chunks of at most
+    :data:`engine.storage.layout.MAX_CHUNK_BYTES` each (a memory store: what fits the memory available); more steps,
     or larger chunks, are refused before anything is played. An existing store that is damaged, edited or not a
     rollout store is refused before anything is played too.
 

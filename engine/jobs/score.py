@@ -15,16 +15,14 @@ from ..core.policy import Policy, State, index_state
 from ..core.replay import replay_states
 from ..core.saliency import compute_saliency, paper_shift
 from ..env.rollout import Rollout
+from ..storage.layout import FORMAT, check_scoring_chunk, saliency_layout
 from ..storage.store import (
-    FORMAT,
     ChunkStore,
     RolloutStore,
     SaliencyStore,
-    check_scoring_chunk,
     check_writable,
     engine_version,
     identity_settings,
-    saliency_layout,
     writing_needed,
 )
 
@@ -53,7 +51,7 @@ def score_store(
             disjoint chunks of the same store, and their union equals a single run.
 
     Chunks already in the store are skipped, so a killed job started again continues where it stopped. A chunk
-    of frames with their recorded steps and maps must fit :data:`engine.storage.store.MAX_CHUNK_BYTES`: a larger
+    of frames with their recorded steps and maps must fit :data:`engine.storage.layout.MAX_CHUNK_BYTES`: a larger
     ``frames_per_chunk`` is refused before anything is scored. :func:`open_scoring` and :meth:`Scoring.run` are
     its two halves.
     """

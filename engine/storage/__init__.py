@@ -1,2 +1,3 @@
-"""Storage only: chunked zarr stores of rollouts and saliency (``store``), arrays with their settings and the one
-atomic-write helper (``arrays``). Playing games and scoring them live in :mod:`engine.jobs`."""
+"""Storage only: chunked zarr stores of rollouts and saliency (``store``; where they live and their keys: ``keys``;
+what they hold and its limits: ``layout``; many games' stores under one root: ``games``), arrays with their settings
+(``arrays``). Playing games and scoring them live in :mod:`engine.jobs`."""

@@ -13,8 +13,8 @@ Layout (``xarray.open_zarr(root)`` opens either kind as one Dataset with named d
     <root>/<array>/c/<k>/0/...    chunk k of that array: zstd (Blosc+zstd for floats) and a crc32c checksum
     <root>/complete/c/<k>/0       the marker of logical chunk k, written after all of k's arrays
 
-Many games (``rollout.num_envs``) are a root group whose manifest has kind ``games`` (:func:`games_manifest`), with one
-store per game in ``<root>/game_0000/``, ``<root>/game_0001/``, ... (:func:`open_games`, :func:`game_root`).
+Many games (``rollout.num_envs``) are a root group whose manifest has kind ``games`` (:mod:`engine.storage.games`), with one
+store per game in ``<root>/game_0000/``, ``<root>/game_0001/``, ....
 
 A rollout store holds ``frames`` (step, frame_y, frame_x, frame_rgb) uint8, ``observations`` (step, obs_channel,
 obs_y, obs_x) uint8, ``logits`` (step, action), ``values``, ``actions``, ``rewards``, ``dones`` (step,), the agent's
@@ -40,7 +40,7 @@ Guarantees (local paths; see docs/stores.md for object storage):
 - **Refusal to mix.** The manifest's identity (environment, seed, checkpoint sha256, settings, chunk sizes, engine
   version, pipeline, state shapes, action names) must match exactly; a difference is named in the error.
 - **Integrity.** At open: the manifest's structure, the chunk count and a chunk's bytes (at most
-  :data:`MAX_CHUNKS` and :data:`MAX_CHUNK_BYTES`), and each array's metadata (shape, chunking, dtype with its byte
+  :data:`~engine.storage.layout.MAX_CHUNKS` and :data:`~engine.storage.layout.MAX_CHUNK_BYTES`), and each array's metadata (shape, chunking, dtype with its byte
   order, codecs, fill value; in the group's consolidated copy too, which xarray reads) against what the manifest
   implies; and the markers against the manifest: one edited after chunks were written names none of them and is
   refused (a rollout cannot be recomputed without replaying it). At read: a chunk that fails its checksum, decodes
@@ -58,69 +58,73 @@ creation (:meth:`ChunkStore.truncate`, a recording that ends with ``max_episodes
 under the new manifest). Its arrays must fit the memory available when it is created.
 
 Memory: recording holds one chunk of steps; scoring holds one chunk of frames, its maps and one batch of
-perturbations, whatever the rollout length; a chunk is at most :data:`MAX_CHUNK_BYTES`.
+perturbations, whatever the rollout length; a chunk is at most :data:`~engine.storage.layout.MAX_CHUNK_BYTES`.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeGuard, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import zarr
-from zarr.abc.store import ByteRequest, Store
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.abc.store import Store
+from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync as zarr_sync
-from zarr.storage import LocalStore, MemoryStore, WrapperStore
+from zarr.storage import LocalStore, MemoryStore
 
 from ..core.batching import chunk_bounds
-from ..core.errors import EngineError, MissingDependencyError
-from ..core.masks import grid_shape
-from ..core.policy import Policy
-from ..core.saliency import SaliencyConfig
-from ..core.settings import identity_view, map_names, map_prefix, occlusion_grid, sarfa_geometry, selected_methods
+from ..core.errors import EngineError
+from ..core.settings import identity_view
 from ..env.rollout import Rollout
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeIs
-
-# 4: markers hold the manifest's hash and each chunk's content hash (3: boolean markers; 2: .npz chunks, manifest.json)
-FORMAT = 4
-ROLLOUT_FIELDS = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
-MARKER = "complete"
-MANIFEST = "manifest"
-CHUNK_AXIS = "chunk"
-DIGEST = 32  # bytes of a sha256
-# A logical chunk (all its arrays) is held in memory whole by whoever writes or reads it, and zarr allocates a full
-# chunk even for a store shorter than one: this bounds both.
-MAX_CHUNK_BYTES = 1 << 30
-# Every job reads all markers of a store (which chunks are complete) and walks its list of chunks.
-MAX_CHUNKS = 100_000
-# what the chunk size of each kind of store is called where it is set
-CHUNK_SETTING = {"rollout": "chunk_steps", "saliency": "frames_per_chunk"}
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-# what a store's ``root`` may be: a local path, an fsspec URL, or a memory store (module docstring)
-StoreRoot: TypeAlias = str | os.PathLike[str] | MemoryStore
+from .keys import (
+    Keys,
+    MissingChunk,
+    StoreRoot,
+    file_system,
+    is_local,
+    is_memory,
+    is_url,
+    object_storage,
+    open_keys,
+    sha256_digest,
+    store_exists,
+    store_root,
+)
+from .layout import (
+    CHUNK_AXIS,
+    DIGEST,
+    FORMAT,
+    GAMES,
+    MANIFEST,
+    MARKER,
+    ROLLOUT_FIELDS,
+    compressors,
+    games_refusal,
+    manifest_hash,
+    manifest_problem,
+    marker_entry,
+    memory_problem,
+    num_chunks,
+    size_problem,
+    size_text,
+)
 
 
 class StoreMismatchError(EngineError):
@@ -139,458 +143,6 @@ def engine_version() -> str:
         return "unknown"
 
 
-def is_url(root: object) -> TypeGuard[str]:
-    """Whether ``root`` names object storage through fsspec (``s3://bucket/path``, ``gs://...``)."""
-    return isinstance(root, str) and "://" in root
-
-
-def is_memory(root: object) -> TypeIs[MemoryStore]:
-    """Whether ``root`` is a store in memory (a :class:`zarr.storage.MemoryStore`)."""
-    return isinstance(root, MemoryStore)
-
-
-def _is_local(root: StoreRoot) -> TypeGuard[str | os.PathLike[str]]:
-    return not (is_url(root) or is_memory(root))
-
-
-def store_root(root: StoreRoot) -> Path | str | MemoryStore:
-    """``root`` as the stores take it: a local path as a :class:`~pathlib.Path`; a URL or a memory store as it is."""
-    if is_url(root) or is_memory(root):
-        return root
-    return Path(root)
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def manifest_hash(manifest: Mapping[str, Any]) -> bytes:
-    """The sha256 of a manifest's canonical JSON (sorted keys, no spaces): what every marker of its store holds."""
-    return _sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
-
-
-def _size(n: float) -> str:
-    """Bytes as people read them: ``1 GiB``, ``93.9 TiB``."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024:
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} EiB"
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process may still take (Linux: MemAvailable, within its cgroup's limit), or None where
-    that is not known."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return None
-    try:  # a container's limit (cgroup v2)
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            available = min(available, max(int(limit) - used, 0))
-    except (OSError, ValueError):
-        pass
-    return available
-
-
-# --- object storage: fsspec, its packages and its credentials ------------------------------------------------------
-
-
-def _missing_package(root: str, exc: ImportError) -> MissingDependencyError:
-    protocol = root.split("://", 1)[0]
-    package = "fsspec"
-    try:
-        from fsspec.registry import known_implementations
-
-        package = str(known_implementations[protocol]["class"]).split(".")[0]
-    except (ImportError, KeyError):
-        pass
-    extra = " (or the engine's [store] extra: pip install 'atari-saliency-engine[store]')" if package == "s3fs" else ""
-    return MissingDependencyError(
-        f"the store {root} is on {protocol}://, which needs the package {package} ({exc}): pip install {package}{extra}"
-    )
-
-
-_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
-
-
-def _credentials_error(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if any(cls.__name__ in _CREDENTIAL_ERRORS for cls in type(current).__mro__):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-@contextmanager
-def _object_storage(root: StoreRoot, resume: bool = False) -> Iterator[None]:
-    """What the user must fix about object storage as one line: a missing fsspec package, missing credentials
-    (with ``resume``, around writes of a run under way: also that the run resumes where it stopped)."""
-    try:
-        yield
-    except ImportError as exc:
-        if not is_url(root):
-            raise
-        raise _missing_package(root, exc) from None
-    except Exception as exc:
-        if not (is_url(root) and _credentials_error(exc)):
-            raise
-        raise EngineError(
-            f"no credentials for the store {root} ({type(exc).__name__}: {exc}): set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or key and secret in storage_options)"
-            + (
-                "; the chunks written so far are kept: rerun the same command with fresh credentials to resume"
-                if resume
-                else ""
-            )
-        ) from None
-
-
-# --- the key-value layer under zarr ------------------------------------------------------------------------------
-
-
-def _is_chunk_key(key: str) -> bool:
-    return "/c/" in key
-
-
-class _Keys(WrapperStore[Store]):
-    """The zarr store under a store. On local paths every key is written to a temporary file beside it and renamed
-    (so a reader or a killed writer never sees half a key, whatever zarr version). In strict mode an absent chunk
-    key is an error instead of zarr's silent fill value: under a set marker every chunk key must be there.
-    ``seen`` and ``written`` (when dicts) take the sha256 of every chunk key's stored bytes as it is read or written:
-    what the markers hold, without reading a key twice. ``reads`` (when a list) records every key read (tests use it
-    to see that a slice loads only its chunks)."""
-
-    def __init__(self, store: Store, local_root: Path | None = None) -> None:
-        super().__init__(store)
-        self.local_root = local_root
-        self.strict = False
-        self.reads: list[str] | None = None
-        self.seen: dict[str, bytes] | None = None
-        self.written: dict[str, bytes] | None = None
-
-    def _with_store(self, store: Store) -> Self:
-        return type(self)(store, self.local_root)
-
-    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
-        if self.reads is not None:
-            self.reads.append(key)
-        value = await self._store.get(key, prototype, byte_range)
-        if value is None and self.strict and _is_chunk_key(key):
-            raise _MissingChunk(key)
-        if value is not None and self.seen is not None and byte_range is None and _is_chunk_key(key):
-            self.seen[key] = _sha256(value.to_bytes())
-        return value
-
-    async def set(self, key: str, value: Buffer) -> None:
-        if self.written is not None and _is_chunk_key(key):
-            self.written[key] = _sha256(value.to_bytes())
-        if self.local_root is None:  # object storage: one PUT is atomic already
-            return await self._store.set(key, value)
-        from ..core.files import atomic_write
-
-        self._check_writable()
-        with atomic_write(self.local_root / key) as tmp:
-            tmp.write_bytes(value.to_bytes())
-
-
-class _MissingChunk(KeyError):
-    pass
-
-
-def _open_keys(root: StoreRoot, storage_options: dict[str, Any] | None, read_only: bool) -> _Keys:
-    if is_url(root):
-        from zarr.storage import FsspecStore
-
-        with _object_storage(root):
-            return _Keys(FsspecStore.from_url(root, storage_options=storage_options or {}, read_only=read_only))
-    if is_memory(root):  # a view of the same keys: what one view writes, the others read
-        return _Keys(root.with_read_only(read_only))
-    return _Keys(LocalStore(Path(root), read_only=read_only), Path(root))
-
-
-def _fs(root: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    with _object_storage(root):
-        import fsspec
-
-        # fsspec has no type information here; it returns (file system, path within it)
-        return cast("tuple[Any, str]", fsspec.core.url_to_fs(root, **(storage_options or {})))
-
-
-def store_exists(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> bool:
-    """Whether a store (its group's ``zarr.json``) is at ``root`` (a path, an fsspec URL or a memory store)."""
-    if is_memory(root):
-        return root.get_sync("zarr.json") is not None
-    if is_url(root):
-        fs, path = _fs(root, storage_options)
-        with _object_storage(root):
-            return bool(fs.exists(f"{path.rstrip('/')}/zarr.json"))
-    return (Path(root) / "zarr.json").is_file()
-
-
-# --- layout: which arrays a store holds, with their shapes, dtypes and dimension names ----------------------------
-
-
-def _entry(tail: Iterable[int], dtype: npt.DTypeLike, dims: Iterable[str], per: str = "time") -> dict[str, Any]:
-    return {"tail": [int(n) for n in tail], "dtype": np.dtype(dtype).str, "dims": list(dims), "per": per}
-
-
-def _marker_entry(layout: Mapping[str, Any]) -> dict[str, Any]:
-    return _entry([DIGEST * (1 + len(layout))], np.uint8, ("marker_byte",), per="chunk")
-
-
-def _torch_dtype_str(dtype: torch.dtype) -> str:
-    return np.dtype(torch.empty((), dtype=dtype).numpy().dtype).str
-
-
-def rollout_layout(
-    agent: Policy, frame_shape: Sequence[int], observation_shape: Sequence[int]
-) -> dict[str, dict[str, Any]]:
-    """The arrays of a rollout store: name -> {tail shape, dtype, dimension names, per time step or chunk}."""
-    dtype = _torch_dtype_str(agent.dtype)
-    layout = {
-        "frames": _entry(frame_shape, np.uint8, ("frame_y", "frame_x", "frame_rgb")),
-        "observations": _entry(observation_shape, np.uint8, ("obs_channel", "obs_y", "obs_x")),
-        "logits": _entry([agent.num_actions], dtype, ("action",)),
-        "values": _entry([], dtype, ()),
-        "actions": _entry([], np.int64, ()),
-        "rewards": _entry([], np.float32, ()),
-        "dones": _entry([], np.bool_, ()),
-    }
-    for i, s in enumerate(agent.initial_state(1)):
-        tail = list(s.shape[1:])
-        layout[f"state_{i}"] = _entry(
-            tail, _torch_dtype_str(s.dtype), [f"state_{i}_axis_{j + 1}" for j in range(len(tail))]
-        )
-    layout["sampler_state"] = _entry([torch.Generator().get_state().numel()], np.uint8, ("sampler_byte",), per="chunk")
-    return layout
-
-
-def saliency_layout(agent: Policy, saliency: SaliencyConfig) -> dict[str, dict[str, Any]]:
-    """The arrays of a saliency store for the methods ``saliency.method`` selects (named as
-    :func:`engine.core.saliency.compute_saliency` names them): maps (H, W) of the observation, and the score
-    grids of the grid methods (the 2017 method's, occlusion's windows, SARFA's)."""
-    size = cast("tuple[int, int]", tuple(agent.observation_shape[1:]))  # (H, W) of a (C, H, W) observation
-    dtype = _torch_dtype_str(agent.dtype)
-    methods = selected_methods(saliency.method)
-    layout: dict[str, dict[str, Any]] = {}
-    heads: tuple[str, ...]
-    for method, names in map_names(methods).items():
-        for name in names:
-            layout[name] = _entry(size, dtype, ("map_y", "map_x"))
-        prefix = map_prefix(method, methods)
-        if method == "perturbation":
-            grid, dims, heads = grid_shape(saliency.density, size), ("grid_y", "grid_x"), ("actor", "critic")
-        elif method == "occlusion":
-            o = saliency.occlusion
-            grid, dims, heads = occlusion_grid(size, o.window, o.stride), ("window_y", "window_x"), ("actor", "critic")
-        elif method == "sarfa":
-            grid, dims, heads = grid_shape(sarfa_geometry(saliency)[1], size), ("sarfa_y", "sarfa_x"), ("actor",)
-        else:
-            continue
-        for head in heads:
-            layout[f"{prefix}{head}_scores"] = _entry(grid, dtype, dims)
-    return layout
-
-
-def _compressors(dtype: np.dtype[Any]) -> tuple[BloscCodec | ZstdCodec, Crc32cCodec]:
-    # floats compress far better byte-shuffled (Blosc); bytes and booleans (frames, observations) with plain zstd.
-    # crc32c last: it checksums the stored bytes of every chunk.
-    if dtype.kind == "f":
-        return (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=dtype.itemsize), Crc32cCodec())
-    return (ZstdCodec(level=3), Crc32cCodec())
-
-
-def _entry_bytes(entry: Mapping[str, Any]) -> int:
-    size = int(np.dtype(entry["dtype"]).itemsize)
-    for n in entry["tail"]:
-        size *= int(n)
-    return size
-
-
-def step_bytes(layout: Mapping[str, Mapping[str, Any]]) -> int:
-    """Bytes of one step (frame) of a store's per-step arrays, uncompressed."""
-    return sum(_entry_bytes(e) for e in layout.values() if e["per"] == "time")
-
-
-def _row_bytes(layout: Mapping[str, Mapping[str, Any]]) -> int:
-    """Bytes of one chunk's per-chunk arrays and its marker."""
-    return sum(_entry_bytes(e) for e in layout.values() if e["per"] == "chunk") + _entry_bytes(_marker_entry(layout))
-
-
-def _num_chunks(length: int, chunk: int) -> int:
-    return -(-length // chunk)
-
-
-def check_chunk_count(kind: str, length: int, chunk: int, where: str) -> None:
-    """Refuse (:class:`EngineError`) a store of more chunks than :data:`MAX_CHUNKS`, before it is made."""
-    unit, setting = ("step", "chunk_steps") if kind == "rollout" else ("frame", CHUNK_SETTING.get(kind, "chunk"))
-    n = _num_chunks(length, chunk)
-    if n > MAX_CHUNKS:
-        raise EngineError(
-            f"{where}: {length} {unit}s in chunks of {chunk} make {n} chunks, more than the {MAX_CHUNKS} a store may "
-            f"have (every job reads all its chunk markers): at most {MAX_CHUNKS * chunk} {unit}s in chunks of "
-            f"{chunk}; use fewer {unit}s or a larger {setting}"
-        )
-
-
-def _size_problem(kind: str, layout: Mapping[str, Mapping[str, Any]], length: int, chunk: int) -> str | None:
-    """Why a store of ``length`` steps in chunks of ``chunk`` may not be made, in numbers; None if it may."""
-    unit, setting = ("step", "chunk_steps") if kind == "rollout" else ("frame", CHUNK_SETTING.get(kind, "chunk"))
-    per_step, per_row = step_bytes(layout), _row_bytes(layout)
-    most = (MAX_CHUNK_BYTES - per_row) // per_step if per_step else MAX_CHUNKS * length
-    if chunk * per_step + per_row > MAX_CHUNK_BYTES:
-        return (
-            f"a chunk of {chunk} {unit}s takes {_size(chunk * per_step + per_row)} ({per_step} bytes a {unit}), more "
-            f"than the {_size(MAX_CHUNK_BYTES)} a chunk may take (it is held in memory whole): use {setting} <= {most}"
-        )
-    n = _num_chunks(length, chunk)
-    if n > MAX_CHUNKS:
-        needed = -(-length // MAX_CHUNKS)
-        fix = (
-            f"use {setting} >= {needed}"
-            if needed <= most
-            else f"a store holds at most {MAX_CHUNKS * most} {unit}s ({MAX_CHUNKS} chunks of at most {most})"
-        )
-        return (
-            f"{length} {unit}s in chunks of {chunk} make {n} chunks, more than the {MAX_CHUNKS} a store may have "
-            f"(every job reads all its chunk markers): {fix}"
-        )
-    return None
-
-
-def check_scoring_chunk(
-    rollout: Mapping[str, Mapping[str, Any]], saliency: Mapping[str, Mapping[str, Any]], frames_per_chunk: int
-) -> None:
-    """Refuse (:class:`EngineError`) a ``frames_per_chunk`` whose chunk of frames (the recorded steps of
-    ``rollout``'s layout and the maps of ``saliency``'s) would take more than :data:`MAX_CHUNK_BYTES`."""
-    per_frame = step_bytes(rollout) + step_bytes(saliency) + 1  # + 1: never divide by zero
-    if frames_per_chunk * per_frame > MAX_CHUNK_BYTES:
-        raise EngineError(
-            f"frames_per_chunk={frames_per_chunk}: scoring holds a chunk of frames with their recorded steps and "
-            f"their maps, {_size(frames_per_chunk * per_frame)} ({per_frame} bytes a frame), more than the "
-            f"{_size(MAX_CHUNK_BYTES)} a chunk may take: use frames_per_chunk <= {MAX_CHUNK_BYTES // per_frame}"
-        )
-
-
-def _memory_problem(kind: str, layout: Mapping[str, Mapping[str, Any]], length: int, chunk: int) -> str | None:
-    """Why a memory store of ``length`` steps does not fit the memory available; None if it does (or is not known)."""
-    available = available_memory()
-    unit = "step" if kind == "rollout" else "frame"
-    per_step, per_row = step_bytes(layout), _row_bytes(layout)
-    total = length * per_step + _num_chunks(length, chunk) * per_row
-    if available is None or total <= available:
-        return None
-    fit = available // (per_step + -(-per_row // chunk)) if per_step or per_row else 0
-    return (
-        f"a memory store of {length} {unit}s holds up to {_size(total)} ({per_step} bytes a {unit}, as a job reads "
-        f"them back), more than the {_size(available)} of memory available: at most {fit} {unit}s fit; use fewer, "
-        "or a store on disk"
-    )
-
-
-# --- the manifest ------------------------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _a(value: object) -> str:
-    name = type(value).__name__
-    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
-
-
-_MANIFEST_FIELDS: tuple[tuple[str, type, str], ...] = (
-    ("kind", str, "a string"),
-    ("identity", dict, "a mapping"),
-    ("layout", dict, "a mapping"),
-    ("length", int, "an integer"),
-    ("chunk", int, "an integer"),
-    ("extra", dict, "a mapping"),
-)
-# what RolloutStore.read takes from a rollout's identity
-_ROLLOUT_IDENTITY: tuple[tuple[str, type, str], ...] = (
-    ("env_id", str, "a string"),
-    ("seed", int, "an integer"),
-    ("greedy", bool, "a boolean"),
-    ("action_names", list, "a list"),
-    ("state_shapes", list, "a list"),
-    ("pipeline", dict, "a mapping"),
-)
-
-
-def _entry_problem(name: object, entry: object) -> str | None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == MARKER:
-        return f"layout entry {name!r} is not a plain array name"
-    if not isinstance(entry, dict):
-        return f"layout entry {name!r} is {_a(entry)}, not a mapping"
-    for field in ("tail", "dtype", "dims", "per"):
-        if field not in entry:
-            return f"layout entry {name!r} has no {field!r} field"
-    tail, dims = entry["tail"], entry["dims"]
-    if not (isinstance(tail, list) and all(_is_int(n) and n >= 1 for n in tail)):
-        return f"layout entry {name!r} has tail {tail!r}, not a list of sizes >= 1"
-    if not (isinstance(dims, list) and len(dims) == len(tail) and all(isinstance(d, str) and d for d in dims)):
-        return f"layout entry {name!r} has dims {dims!r}, not {len(tail)} dimension names"
-    try:
-        dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "biuf":
-        return f"layout entry {name!r} has dtype {entry['dtype']!r}, not a numeric dtype"
-    if entry["per"] not in ("time", "chunk"):
-        return f"layout entry {name!r} has per {entry['per']!r}, not 'time' or 'chunk'"
-    return None
-
-
-def _manifest_problem(manifest: Mapping[str, Any]) -> str | None:
-    """What is wrong with the structure of a manifest, for one line; None if nothing is."""
-    for key, kind, what in _MANIFEST_FIELDS:
-        if key not in manifest:
-            return f"it has no {key!r}"
-        value = manifest[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"its {key} is {_a(value)}, not {what}"
-    if manifest["length"] < 1 or manifest["chunk"] < 1:
-        return f"its length {manifest['length']} and chunk {manifest['chunk']} must be >= 1"
-    identity, layout = manifest["identity"], manifest["layout"]
-    if identity.get("kind") != manifest["kind"]:
-        return f"its identity's kind {identity.get('kind')!r} is not its kind {manifest['kind']!r}"
-    if not layout:
-        return "its layout is empty"
-    for name, entry in layout.items():
-        problem = _entry_problem(name, entry)
-        if problem:
-            return problem
-    if manifest["kind"] == "rollout":
-        for key, wanted, what in _ROLLOUT_IDENTITY:
-            if key not in identity:
-                return f"its identity has no {key!r}"
-            if not isinstance(identity[key], wanted) or (wanted is int and isinstance(identity[key], bool)):
-                return f"its identity's {key} is {_a(identity[key])}, not {what}"
-        if not all(isinstance(n, str) for n in identity["action_names"]):
-            return "its identity's action_names are not all strings"
-        fields = (*ROLLOUT_FIELDS, *(f"state_{i}" for i in range(len(identity["state_shapes"]))), "sampler_state")
-        missing = [f for f in fields if f not in layout]
-        if missing:
-            return f"its layout lacks the rollout arrays {missing}"
-    return None
-
-
-# --- the store ---------------------------------------------------------------------------------------------------
-
-
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -601,7 +153,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _difference(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+def difference(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     a, b = _flat(existing), _flat(wanted)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "; ".join(f"{k}: store has {a.get(k)!r}, this job {b.get(k)!r}" for k in keys)
@@ -615,7 +167,7 @@ def _metadata_difference(found: Mapping[str, Any], wanted: Mapping[str, Any], so
     return "; ".join(f"{k}: store has {text(found.get(k))}, {source} {text(wanted.get(k))}" for k in keys)
 
 
-def _jsonable(value: object) -> Any:
+def jsonable(value: object) -> Any:
     return json.loads(json.dumps(value, default=str))  # as it reads back from the attributes
 
 
@@ -624,11 +176,11 @@ def _array_spec(entry: Mapping[str, Any], length: int, chunk: int, time_dim: str
     per_time = entry["per"] == "time"
     dtype = np.dtype(entry["dtype"])
     return dict(
-        shape=((length if per_time else _num_chunks(length, chunk)), *entry["tail"]),
+        shape=((length if per_time else num_chunks(length, chunk)), *entry["tail"]),
         chunks=(chunk if per_time else 1, *entry["tail"]),
         dtype=dtype,
         fill_value=False if dtype.kind == "b" else 0,
-        compressors=_compressors(dtype),
+        compressors=compressors(dtype),
         dimension_names=((time_dim if per_time else CHUNK_AXIS), *entry["dims"]),
     )
 
@@ -643,7 +195,7 @@ def _made_metadata(spec_json: str) -> str:
         chunks=tuple(spec["chunks"]),
         dtype=dtype,
         fill_value=spec["fill_value"],
-        compressors=_compressors(dtype),
+        compressors=compressors(dtype),
         dimension_names=tuple(spec["dimension_names"]),
     )
     return json.dumps(array.metadata.to_dict(), default=list)
@@ -671,31 +223,31 @@ class ChunkStore:
         # truncate() rewrites the manifest and signs the markers again: a reader in another thread (a games job
         # scoring while it records) must see the store before or after, never between
         self._lock = threading.RLock()
-        with _object_storage(self.root):
+        with object_storage(self.root):
             self._open()
 
     def _open(self) -> None:
         if not store_exists(self.root, self.storage_options):  # checked first: opening would create the directory
             raise EngineError(f"{self.root} is not a store (no zarr.json): record or score into it first")
-        self.keys = _open_keys(self.root, self.storage_options, self.read_only)
+        self.keys = open_keys(self.root, self.storage_options, self.read_only)
         self.group = zarr.open_group(self.keys, mode="r" if self.read_only else "r+", use_consolidated=False)
         manifest = self.group.attrs.get(MANIFEST)
         if isinstance(manifest, dict) and manifest.get("kind") == GAMES:
-            raise EngineError(_games_refusal(self.root, manifest))
+            raise EngineError(games_refusal(self.root, manifest))
         if not isinstance(manifest, dict) or "identity" not in manifest or "layout" not in manifest:
             raise EngineError(
                 f"{self.root} is a zarr group without a store manifest (attribute {MANIFEST!r}): not adopting it; "
                 "delete it or use another path"
             )
         _refuse_other_format(self.root, manifest)
-        problem = _manifest_problem(manifest)
+        problem = manifest_problem(manifest)
         if problem:
             raise StoreIntegrityError(
                 f"the store {self.root} has a malformed manifest ({problem}): it is damaged or not an engine store; "
                 "delete it and run again"
             )
         self.manifest: dict[str, Any] = manifest
-        problem = _size_problem(self.kind, self.layout, self.length, self.chunk)
+        problem = size_problem(self.kind, self.layout, self.length, self.chunk)
         if problem:
             raise StoreIntegrityError(
                 f"the store {self.root}: its manifest claims more than a store may hold ({problem}): it is damaged; "
@@ -710,7 +262,7 @@ class ChunkStore:
         self.arrays: dict[str, zarr.Array[Any]] = {
             name: self._checked_array(name, entry) for name, entry in self.layout.items()
         }
-        self.marker = self._checked_array(MARKER, _marker_entry(self.layout))
+        self.marker = self._checked_array(MARKER, marker_entry(self.layout))
         self._check_consolidated()
 
     # manifest ---------------------------------------------------------------------------------------------
@@ -736,7 +288,7 @@ class ChunkStore:
 
     @property
     def num_chunks(self) -> int:
-        return _num_chunks(self.length, self.chunk)
+        return num_chunks(self.length, self.chunk)
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -810,7 +362,7 @@ class ChunkStore:
     # markers ----------------------------------------------------------------------------------------------
     def _marker_rows(self, start: int, stop: int) -> np.ndarray:
         """Markers ``start..stop-1`` as ``(n, width)`` bytes; a damaged one reads as zeros (not complete)."""
-        width = _marker_entry(self.layout)["tail"][0]
+        width = marker_entry(self.layout)["tail"][0]
         try:
             return np.asarray(self.marker[start:stop], dtype=np.uint8).reshape(-1, width)
         except Exception:
@@ -828,7 +380,7 @@ class ChunkStore:
 
     def _bind(self, digest: bytes, name: str, k: int, content: bytes) -> bytes:
         """The hash a marker holds for chunk ``k`` of array ``name``: its content bound to its place and manifest."""
-        return _sha256(digest + name.encode() + b"\0" + k.to_bytes(8, "little") + content)
+        return sha256_digest(digest + name.encode() + b"\0" + k.to_bytes(8, "little") + content)
 
     def _chunk_key(self, name: str, k: int) -> str:
         tail = self.layout[name]["tail"] if name != MARKER else [0]
@@ -836,7 +388,7 @@ class ChunkStore:
 
     def _stored_digest(self, key: str) -> bytes | None:
         value = zarr_sync(self.keys.get(key, default_buffer_prototype()))
-        return None if value is None else _sha256(value.to_bytes())
+        return None if value is None else sha256_digest(value.to_bytes())
 
     def _row(self, k: int, contents: Mapping[str, bytes | None], digest: bytes | None = None) -> np.ndarray:
         """The marker of chunk ``k`` whose arrays' stored bytes hash to ``contents`` (by array name)."""
@@ -898,7 +450,7 @@ class ChunkStore:
         """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
         create it atomically (module docstring). A store of more than :data:`MAX_CHUNKS` chunks, of chunks over
         :data:`MAX_CHUNK_BYTES`, or (in memory) over the memory available is refused before anything is written."""
-        manifest: dict[str, Any] = _jsonable(
+        manifest: dict[str, Any] = jsonable(
             dict(
                 kind=identity["kind"],
                 format=FORMAT,
@@ -910,18 +462,18 @@ class ChunkStore:
             )
         )
         root = store_root(root)
-        problem = _manifest_problem(manifest)
+        problem = manifest_problem(manifest)
         if problem:
             raise EngineError(f"cannot make the store {root}: its manifest would be malformed ({problem})")
         kind = manifest["kind"]
-        problem = _size_problem(kind, manifest["layout"], length, chunk) or (
-            _memory_problem(kind, manifest["layout"], length, chunk) if is_memory(root) else None
+        problem = size_problem(kind, manifest["layout"], length, chunk) or (
+            memory_problem(kind, manifest["layout"], length, chunk) if is_memory(root) else None
         )
         if problem:
             raise EngineError(f"the {kind} store {root}: {problem}")
-        with _object_storage(root):
+        with object_storage(root):
             if not store_exists(root, storage_options):
-                _refuse_foreign(root, storage_options)
+                refuse_foreign(root, storage_options)
                 try:
                     _create(root, manifest, storage_options)
                 except OSError as exc:
@@ -929,7 +481,7 @@ class ChunkStore:
         store = cls(root, storage_options)
         if store.identity != manifest["identity"]:
             raise StoreMismatchError(
-                f"the store {root} was written with other settings ({_difference(store.identity, manifest['identity'])}): "
+                f"the store {root} was written with other settings ({difference(store.identity, manifest['identity'])}): "
                 "refusing to mix them; use another directory, or delete this one to start over"
             )
         if (store.layout, store.length, store.chunk) != (manifest["layout"], manifest["length"], manifest["chunk"]):
@@ -953,7 +505,7 @@ class ChunkStore:
     def _truncate(self, length: int) -> None:
         old_hash, done = self.hash, self.completed()
         self.manifest = {**self.manifest, "length": int(length)}
-        for name, entry in {**self.layout, MARKER: _marker_entry(self.layout)}.items():
+        for name, entry in {**self.layout, MARKER: marker_entry(self.layout)}.items():
             self._array(name).resize(self._spec(entry)["shape"])
         self.group.attrs[MANIFEST] = self.manifest
         _consolidate(self.keys)
@@ -1010,7 +562,7 @@ class ChunkStore:
         written: dict[str, bytes] = {}
         self.keys.written = written
         try:
-            with _object_storage(self.root, resume=True):
+            with object_storage(self.root, resume=True):
                 for name, value in data.items():
                     if self.layout[name]["per"] == "time":
                         self.arrays[name][a:b] = value
@@ -1033,10 +585,10 @@ class ChunkStore:
         written atomically and its marker after them, so the chunk simply stays missing)."""
         done = int(self.completed().sum())
         left = sum(value.nbytes for value in data.values()) * (self.num_chunks - done)
-        free = f" ({_size(shutil.disk_usage(self.root).free)} free)" if _is_local(self.root) else ""
+        free = f" ({size_text(shutil.disk_usage(self.root).free)} free)" if is_local(self.root) else ""
         return (
             f"the disk holding the store {self.root} is full{free}: chunk {index} was not written; the {done} "
-            f"complete chunk(s) are kept. Free up to {_size(left)} (the {self.num_chunks - done} missing chunks, "
+            f"complete chunk(s) are kept. Free up to {size_text(left)} (the {self.num_chunks - done} missing chunks, "
             "uncompressed) or move the store, then rerun the same command: it resumes at the missing chunks"
         )
 
@@ -1071,7 +623,7 @@ class ChunkStore:
         if stop <= start:
             return range(0)
         if self.layout[name]["per"] == "time":
-            return range(max(start, 0) // self.chunk, min(_num_chunks(stop, self.chunk), self.num_chunks))
+            return range(max(start, 0) // self.chunk, min(num_chunks(stop, self.chunk), self.num_chunks))
         return range(max(start, 0), min(stop, self.num_chunks))
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -1093,7 +645,7 @@ class ChunkStore:
                     with self._strict():
                         array[a:b]
                 except Exception as exc:
-                    reason = f"its key {exc.args[0]!r} is missing" if isinstance(exc, _MissingChunk) else str(exc)
+                    reason = f"its key {exc.args[0]!r} is missing" if isinstance(exc, MissingChunk) else str(exc)
                     raise self._damaged(name, k, reason) from exc
             raise first
         width = DIGEST * (1 + list(self.layout).index(name))
@@ -1122,10 +674,10 @@ class ChunkStore:
         )
 
     def _unmark(self, index: int) -> bool:
-        width = _marker_entry(self.layout)["tail"][0]
+        width = marker_entry(self.layout)["tail"][0]
         try:
             if self.read_only:
-                keys = _open_keys(self.root, self.storage_options, read_only=False)
+                keys = open_keys(self.root, self.storage_options, read_only=False)
                 marker = zarr.open_array(keys, path=MARKER, mode="r+", zarr_format=3)
             else:
                 marker = self.marker
@@ -1136,7 +688,7 @@ class ChunkStore:
 
 
 def _refuse_old_format(root: StoreRoot, storage_options: dict[str, Any] | None) -> None:
-    if _is_local(root) and (Path(root) / "manifest.json").is_file():
+    if is_local(root) and (Path(root) / "manifest.json").is_file():
         raise EngineError(
             f"{root} is a store of an older engine (format 2: .npz chunks and manifest.json): delete it or use "
             "another path; this engine writes zarr stores"
@@ -1162,7 +714,7 @@ def _refuse_other_format(root: StoreRoot, manifest: Mapping[str, Any]) -> None:
     )
 
 
-def _refuse_foreign(root: StoreRoot, storage_options: dict[str, Any] | None) -> None:
+def refuse_foreign(root: StoreRoot, storage_options: dict[str, Any] | None) -> None:
     """A path that holds something but no store is never adopted."""
     _refuse_old_format(root, storage_options)
     if is_memory(root):
@@ -1172,7 +724,7 @@ def _refuse_foreign(root: StoreRoot, storage_options: dict[str, Any] | None) -> 
             )
         return
     if is_url(root):
-        fs, path = _fs(root, storage_options)
+        fs, path = file_system(root, storage_options)
         if fs.exists(path) and fs.ls(path):
             raise EngineError(
                 f"{root} holds objects but no store manifest (zarr.json): not adopting them; delete them or use another path"
@@ -1193,7 +745,7 @@ def _build(keys: Store, manifest: Mapping[str, Any]) -> None:
     length, chunk = manifest["length"], manifest["chunk"]
     time_dim = "step" if manifest["kind"] == "rollout" else "frame"
     entries = dict(manifest["layout"])
-    entries[MARKER] = _marker_entry(manifest["layout"])
+    entries[MARKER] = marker_entry(manifest["layout"])
     for name, entry in entries.items():
         group.create_array(name, **_array_spec(entry, length, chunk, time_dim))
     _consolidate(keys)
@@ -1207,7 +759,7 @@ def _consolidate(keys: Store) -> None:
 
 def _create(root: StoreRoot, manifest: Mapping[str, Any], storage_options: dict[str, Any] | None) -> None:
     if is_memory(root):  # built in place: a memory store has one process and no half-written state to hide
-        _build(_Keys(root), manifest)
+        _build(Keys(root), manifest)
         return
     if is_url(root):
         # no atomic rename on object storage: built in memory, then uploaded with the group's zarr.json (the
@@ -1215,33 +767,38 @@ def _create(root: StoreRoot, manifest: Mapping[str, Any], storage_options: dict[
         # upload (each PUT wins alone): the identity check after creation catches most, not all, such races.
         keys: dict[str, Buffer] = {}
         _build(zarr.storage.MemoryStore(store_dict=keys), manifest)
-        fs, path = _fs(root, storage_options)
+        fs, path = file_system(root, storage_options)
         path = path.rstrip("/")
         fs.pipe({f"{path}/{k}": v.to_bytes() for k, v in keys.items() if k != "zarr.json"})
         fs.pipe_file(f"{path}/zarr.json", keys["zarr.json"].to_bytes())
         fs.invalidate_cache()
         return
-    root = Path(root)
+    create_atomically(Path(root), lambda keys: _build(keys, manifest))
+
+
+def create_atomically(root: Path, build: Callable[[Keys], object]) -> None:
+    """A group at the local path ``root``, ``build`` (given the keys of an empty directory) writing it: built in a
+    temporary directory beside ``root`` and renamed into place, atomically, where ``root`` is absent or empty. Of two
+    creators exactly one wins; the other returns, and its caller opens the winner's group and compares."""
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.creating-{uuid.uuid4().hex[:8]}-"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        _build(_Keys(LocalStore(tmp), tmp), manifest)
+        build(Keys(LocalStore(tmp), tmp))
         try:
             os.rename(tmp, root)  # atomic; replaces only an absent or empty directory
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            # another creator won: the caller opens its store and compares identities
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> None:
@@ -1280,116 +837,6 @@ def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] |
     except EngineError:
         return True  # the open proper reports it
     return not store.completed().all()
-
-
-# --- games: one store per game under a root group ----------------------------------------------------------------
-
-GAMES = "games"  # the root manifest's kind: a group of games, one store each in game_0000/, game_0001/, ...
-
-
-def game_name(index: int) -> str:
-    """The group of game ``index`` under a games root: ``game_0000``, ``game_0001``, ..."""
-    return f"game_{index:04d}"
-
-
-def game_root(root: str | os.PathLike[str], index: int) -> Path | str:
-    """The store of game ``index`` under the games root ``root`` (a path or an fsspec URL)."""
-    if is_url(root):
-        return f"{root.rstrip('/')}/{game_name(index)}"
-    return Path(root) / game_name(index)
-
-
-def _games_refusal(root: StoreRoot, manifest: Mapping[str, Any]) -> str:
-    n = manifest.get("num_envs")
-    first = game_root(root, 0) if not is_memory(root) else game_name(0)
-    return (
-        f"{root} holds {n} games, one {manifest.get('store', '')} store each ({first}, ...): open one game's store "
-        f"(or, in a job, set rollout.num_envs={n})"
-    )
-
-
-def games_manifest(
-    store: str, env_id: str, seed: int, num_envs: int, identity: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The root manifest of ``num_envs`` games of ``store`` kind ("rollout" or "saliency"): game ``i`` (group
-    :func:`game_name`) seeded ``seed + i``. ``identity`` adds what else must match for a job to reuse the root."""
-    return cast(
-        "dict[str, Any]",
-        _jsonable(
-            dict(
-                kind=GAMES,
-                format=FORMAT,
-                store=store,
-                env_id=env_id,
-                num_envs=num_envs,
-                seeds=[seed + i for i in range(num_envs)],
-                games=[game_name(i) for i in range(num_envs)],
-                identity=dict(identity or {}),
-            )
-        ),
-    )
-
-
-def root_manifest(root: StoreRoot, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The manifest of the group at ``root`` (a games root's or a store's), None where there is no group or no
-    manifest. Reads the group's ``zarr.json`` only."""
-    if is_memory(root) or not store_exists(root, storage_options):
-        return None
-    with _object_storage(root):
-        group = zarr.open_group(_open_keys(root, storage_options, True), mode="r", use_consolidated=False)
-        manifest = group.attrs.get(MANIFEST)
-    return cast("dict[str, Any]", manifest) if isinstance(manifest, dict) else None
-
-
-def open_games(
-    root: str | os.PathLike[str], manifest: Mapping[str, Any], storage_options: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The games root at ``root`` with ``manifest`` (:func:`games_manifest`): created (atomically on a local path:
-    built beside it and renamed, like a store) where absent, else checked against it (:class:`StoreMismatchError`
-    naming the difference). The root group has no consolidated metadata, so readers list its games:
-    ``xarray.open_datatree(root, engine="zarr")`` opens every game as a node."""
-    root = cast("Path | str", store_root(root))
-    wanted: dict[str, Any] = _jsonable(dict(manifest))
-    with _object_storage(root):
-        if not store_exists(root, storage_options):
-            _refuse_foreign(root, storage_options)
-            try:
-                _create_games(root, wanted, storage_options)
-            except OSError as exc:
-                raise EngineError(f"cannot create the games root {root}: {exc.strerror or exc}") from exc
-    found = root_manifest(root, storage_options)
-    if found is None or found.get("kind") != GAMES:
-        kind = (found or {}).get("kind", "no engine")
-        raise StoreMismatchError(f"{root} is a {kind} store of one game, not a group of games: use another directory")
-    if found != wanted:
-        raise StoreMismatchError(
-            f"the games root {root} was written with other settings ({_difference(found, wanted)}): refusing to mix "
-            "them; use another directory, or delete this one to start over"
-        )
-    return found
-
-
-def _create_games(root: Path | str, manifest: Mapping[str, Any], storage_options: dict[str, Any] | None) -> None:
-    if is_url(root):  # one PUT of zarr.json: nothing to hide
-        zarr.create_group(_open_keys(root, storage_options, False), zarr_format=3, attributes={MANIFEST: manifest})
-        return
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.creating-{uuid.uuid4().hex[:8]}-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        zarr.create_group(_Keys(LocalStore(tmp), tmp), zarr_format=3, attributes={MANIFEST: manifest})
-        try:
-            os.rename(tmp, root)  # atomic; replaces only an absent or empty directory
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- rollouts ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -1455,8 +902,6 @@ class RolloutStore:
             dones=fields["dones"],
         )
 
-
-# --- saliency ------------------------------------------------------------------------------------------------------
 
 # settings that do not change a single bit of the maps (tested) and so may differ between resumed runs
 RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batch")

@@ -90,7 +90,8 @@ def test_the_store_job_streams_the_same_metrics_and_maps(in_memory, tmp_path, mo
     """The job on disk stores and the in-memory job (the same path, its stores in memory) give the same arrays
     bit for bit and the same metrics."""
     from engine.metrics import faithfulness as core_metrics
-    from engine.storage.store import RolloutStore, SaliencyStore, is_memory
+    from engine.storage.keys import is_memory
+    from engine.storage.store import RolloutStore, SaliencyStore
 
     chunks = []
     original = core_metrics.MetricsSummary.update

@@ -17,7 +17,8 @@ from engine.jobs.run import run_job, validate_job
 from engine.policies.loading import load_policy
 from engine.policies.registry import resolve_checkpoint
 from engine.storage.arrays import load_arrays
-from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore, games_manifest, open_games
+from engine.storage.games import games_manifest, open_games
+from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore
 from tests.app.test_app import run_app
 from tests.conftest import tiny_job
 

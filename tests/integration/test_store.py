@@ -197,11 +197,11 @@ import sys, time
 from engine.policies.greydanus2017 import load_agent
 from engine.core.settings import SaliencyConfig
 from engine.jobs import score
-from engine.storage import store
 from engine.storage.arrays import atomic_path
+from engine.storage.keys import Keys
 
 checkpoint, rollout_root, target, sha, stop_after, ready = sys.argv[1:]
-real_set, markers = store._Keys.set, []
+real_set, markers = Keys.set, []
 
 
 async def keyset(self, key, value):  # the store's write of one key (atomic: a temporary file, then renamed)
@@ -216,7 +216,7 @@ async def keyset(self, key, value):  # the store's write of one key (atomic: a t
     await real_set(self, key, value)
 
 
-store._Keys.set = keyset
+Keys.set = keyset
 agent = load_agent(checkpoint, device="cpu")
 score.score_store(agent, rollout_root, target, SaliencyConfig(density=10), sha, frames_per_chunk=4, progress=False)
 """

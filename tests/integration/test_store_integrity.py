@@ -25,7 +25,9 @@ from engine.jobs.record import record_rollout
 from engine.jobs.score import score_store
 from engine.policies.greydanus2017 import load_agent
 from engine.policies.registry import resolve_checkpoint
+from engine.storage import layout as layout_module
 from engine.storage import store as store_module
+from engine.storage.keys import store_exists
 from engine.storage.store import ChunkStore, RolloutStore, SaliencyStore, StoreIntegrityError
 from tests.conftest import ROOT
 
@@ -338,7 +340,8 @@ def test_memory_store_is_created_in_place_and_never_adopts_foreign_keys(tmp_path
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore
 
-    from engine.storage.store import check_writable, is_memory, store_exists
+    from engine.storage.keys import is_memory, store_exists
+    from engine.storage.store import check_writable
 
     layout = {"x": {"tail": [3], "dtype": "<f4", "dims": ["x_axis"], "per": "time"}}
     root = MemoryStore()
@@ -577,13 +580,13 @@ def test_a_memory_store_larger_than_the_memory_available_is_refused_before_playi
         raise AssertionError("played before the store's size was checked")
 
     monkeypatch.setattr(record_module.Player, "step", refuse)
-    monkeypatch.setattr(store_module, "available_memory", lambda: 10**9)
+    monkeypatch.setattr(layout_module, "available_memory", lambda: 10**9)
     root = MemoryStore()
     with pytest.raises(EngineError) as caught:
         record_rollout(agent, "Pong-v4", 100_000, root, chunk_steps=256)
     message = str(caught.value)
     assert "\n" not in message and "100000 steps" in message and "memory" in message and "at most" in message
-    assert not store_module.store_exists(root)
+    assert not store_exists(root)
 
 
 @pytest.mark.parametrize("arrays", [False, True], ids=["manifest", "manifest-and-array-metadata"])

@@ -21,14 +21,9 @@ from engine.jobs.record import record_rollout  # noqa: E402
 from engine.jobs.score import score_store  # noqa: E402
 from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.policies.registry import resolve_checkpoint  # noqa: E402
-from engine.storage.store import (  # noqa: E402
-    FORMAT,
-    RolloutStore,
-    SaliencyStore,
-    StoreIntegrityError,
-    StoreMismatchError,
-    store_exists,
-)
+from engine.storage.keys import store_exists  # noqa: E402
+from engine.storage.layout import FORMAT  # noqa: E402
+from engine.storage.store import RolloutStore, SaliencyStore, StoreIntegrityError, StoreMismatchError  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 STEPS, SETTINGS, SHA = 20, SaliencyConfig(density=20), "c" * 64
@@ -223,18 +218,18 @@ def test_credentials_that_expire_mid_run_stop_it_with_one_line_and_the_rerun_res
     chunks written are kept; with credentials back, the same call finishes the store as an uninterrupted run."""
     from botocore.exceptions import NoCredentialsError
 
-    from engine.storage import store as stores
+    from engine.storage.keys import Keys
 
     fs, options = s3
     url = "s3://saliency-test/expiring"
-    real_set = stores._Keys.set
+    real_set = Keys.set
 
     async def expired_from_chunk_1(self, key, value):
         if "/c/1/" in f"/{key}":
             raise NoCredentialsError()
         return await real_set(self, key, value)
 
-    monkeypatch.setattr(stores._Keys, "set", expired_from_chunk_1)
+    monkeypatch.setattr(Keys, "set", expired_from_chunk_1)
     with pytest.raises(EngineError) as caught:
         record_rollout(
             agent, "Pong-v4", STEPS, url, seed=1, chunk_steps=8, checkpoint_sha256=SHA, storage_options=options

@@ -151,10 +151,10 @@ def os_calls(name: str) -> list[str]:
 
 
 def test_one_helper_writes_files_atomically():
-    """Write-to-temp-then-rename lives in engine/core/files.py only; the two other renames create a store's
-    directory and a games root's (engine/storage/store.py: _create, _create_games) atomically."""
+    """Write-to-temp-then-rename lives in engine/core/files.py only; the one other rename creates a group's directory
+    atomically, a store's and a games root's alike (engine/storage/store.py: create_atomically)."""
     assert os_calls("replace") == ["engine/core/files.py"]
-    assert os_calls("rename") == ["engine/storage/store.py"] * 2
+    assert os_calls("rename") == ["engine/storage/store.py"]
 
 
 def test_one_replay_of_recurrent_states():

@@ -120,7 +120,8 @@ def test_an_object_store_url_without_its_package_names_what_to_install(monkeypat
 
     from engine.core.errors import EngineError, MissingDependencyError
     from engine.jobs.record import record_rollout
-    from engine.storage.store import ChunkStore, store_exists
+    from engine.storage.keys import store_exists
+    from engine.storage.store import ChunkStore
 
     monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs raises ImportError
     monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, "s3", raising=False)  # not registered yet
