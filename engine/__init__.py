@@ -30,7 +30,7 @@ _LAZY = {
     "compute_saliency": ".core.saliency",
     "rollout": ".env.rollout",  # needs gymnasium and ale-py, which the core does not
     "load_policy": ".policies.loading",
-    "load_sb3": ".policies.sb3",
+    "load_sb3": ".policies.sb3_zip",
     "load_cleanrl": ".policies.cleanrl",
     "wrap_policy": ".policies.module",
     "Policy": ".core.policy",

@@ -6,7 +6,7 @@ through ``huggingface_hub`` (the optional ``hub`` extra: ``pip install huggingfa
 when an ``hf://`` name is loaded) the files the engine reads, and nothing else:
 
 - the model, ``<algo>-<env>.zip`` (the zip named after the repository, else its only other ``.zip`` beside RL Zoo's
-  ``train_eval_metrics.zip``), read as every SB3 zip is (:mod:`engine.policies.sb3`: never unpickled);
+  ``train_eval_metrics.zip``), read as every SB3 zip is (:mod:`engine.policies.sb3_zip`: never unpickled);
 - ``config.yml``, RL Zoo's hyperparameters: a ``yaml.dump`` of an ``OrderedDict``, read by :func:`read_config`
   with yaml's ``SafeLoader`` plus that one tag (``!!python/object/apply:collections.OrderedDict``, built from its
   ``[key, value]`` pairs) and no other; its ``policy_kwargs`` (a string of Python) is never evaluated, only its

@@ -1,6 +1,6 @@
 """One loader for every supported file: it recognises the format from the file itself and hands it to its adapter.
 
-- a zip with ``policy.pth`` and ``data``: a Stable-Baselines3 / sb3-contrib model (:mod:`engine.policies.sb3`);
+- a zip with ``policy.pth`` and ``data``: a Stable-Baselines3 / sb3-contrib model (:mod:`engine.policies.sb3_zip`);
 - a ``torch.save``d state dict with CleanRL's parameter names (``network.*``, ``actor.*``, ``critic.*``, ``lstm.*``,
   ``q_network.*``): a CleanRL agent (:mod:`engine.policies.cleanrl`);
 - a ``torch.save``d state dict with the 2017 agents' names (``conv1`` .. ``conv4``, ``lstm``/``gru``,
@@ -122,7 +122,7 @@ def load_policy(path, device="auto", dtype=torch.float32, kind: str = "auto", ca
             f"{os.fspath(path)} holds a {found} agent, not a {kind} one: set the agent kind to {found} (or auto)"
         )
     if found == "sb3":
-        from .sb3 import load_sb3
+        from .sb3_zip import load_sb3
 
         policy = load_sb3(path, device=_device(device), dtype=dtype)
         return configure(policy, hub) if hub is not None else policy

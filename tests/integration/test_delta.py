@@ -464,7 +464,7 @@ def test_sb3_zips_delta_equals_the_plain_pass_in_float64(tmp_path, monkeypatch, 
     (rppo_linear's, with separate extractors, has two) among them."""
     pytest.importorskip("stable_baselines3")
     pytest.importorskip("sb3_contrib")
-    from engine.policies.sb3 import load_sb3
+    from engine.policies.sb3_zip import load_sb3
     from tests import sb3_agents
 
     if kind in MULTI_LAYER_ZIPS:

@@ -26,7 +26,8 @@ from stable_baselines3.common.policies import BaseModel  # noqa: E402  (the acto
 
 from engine.core.errors import CheckpointError  # noqa: E402
 from engine.core.policy import Policy  # noqa: E402
-from engine.policies.sb3 import SB3Policy, load_sb3  # noqa: E402
+from engine.policies.sb3 import SB3Policy  # noqa: E402
+from engine.policies.sb3_zip import load_sb3  # noqa: E402
 from tests.conftest import assert_float32_close, saliency_rounding  # noqa: E402
 from tests.sb3_agents import NUM_ACTIONS, gym_spaces_data, make_agent, rewrite_zip, saved_bytes  # noqa: E402
 
