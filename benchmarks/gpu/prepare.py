@@ -9,8 +9,9 @@ git-ignored through ``.git/info/exclude``). It writes into DIR:
 - ``baby-a3c-pong.tar``: the baby-a3c checkpoint, resolved through the registry (``ATARI_SALIENCY_CHECKPOINTS``,
   the cache or the sha256-checked download);
 - ``cleanrl-ppo.pt`` and ``pong_nature.npz``: a seeded CleanRL ``ppo_atari`` agent (Nature CNN on 4 stacked 84x84
-  frames, saved as CleanRL saves it) and 1000 PongNoFrameskip-v4 steps it played in CleanRL's pipeline (the
-  observations it saw, logits, values);
+  frames, saved as CleanRL saves it, in float16: its weights are rounded to float16 first, so the file holds
+  exactly the agent that played, in half the bytes the device tool carries) and 1000 PongNoFrameskip-v4 steps it
+  played in CleanRL's pipeline (the observations it saw, logits, values);
 - ``pong_ppo.npz``: 300 PongNoFrameskip-v4 steps played by the built-in ``builtin/pong_ppo`` (Nature CNN + LSTM
   on one 84x84 frame; states ``(hx, cx)``);
 - ``sb3-ppo-shell.zip``, ``sb3-ppo-keys.json`` and ``pong_sb3.npz``: an SB3 ``PPO("CnnPolicy")`` saved by SB3
@@ -145,7 +146,9 @@ def main() -> None:
     nature = CleanRLPPO(num_actions=6)
     with torch.no_grad():  # logits of order 1, as in a trained agent (CleanRL initialises the actor with std 0.01)
         nature.actor.weight.mul_(100)
-    torch.save(nature.state_dict(), out / "cleanrl-ppo.pt")
+        for parameter in nature.parameters():  # float16 values: the float16 file below holds them exactly
+            parameter.copy_(parameter.half().float())
+    torch.save({k: v.half() for k, v in nature.state_dict().items()}, out / "cleanrl-ppo.pt")
     record(
         load_cleanrl(out / "cleanrl-ppo.pt", device="cpu"), "PongNoFrameskip-v4", args.steps, out / "pong_nature.npz"
     )

@@ -190,13 +190,15 @@ def load_agents(data: Path, device: torch.device) -> dict:
 
 def sb3_zip(data: Path, path: Path) -> Path:
     """The SB3 agent's zip rebuilt from what travelled (benchmarks/gpu/prepare.py): its zip without the weights,
-    and ``policy.pth`` as SB3 writes it (``torch.save`` of the state dict) from ``cleanrl-ppo.pt`` by the key map."""
+    and ``policy.pth`` as SB3 writes it (``torch.save`` of the float32 state dict) from ``cleanrl-ppo.pt`` (float16
+    values) by the key map."""
     import io
     import zipfile
 
     weights = torch.load(data / "cleanrl-ppo.pt", map_location="cpu", weights_only=True)
     policy = io.BytesIO()
-    torch.save({k: weights[v] for k, v in json.loads((data / "sb3-ppo-keys.json").read_text())}, policy)
+    keys = json.loads((data / "sb3-ppo-keys.json").read_text())
+    torch.save({k: weights[v].float() for k, v in keys}, policy)
     with zipfile.ZipFile(data / "sb3-ppo-shell.zip") as shell, zipfile.ZipFile(path, "w") as out:
         for info in shell.infolist():
             out.writestr(info, shell.read(info.filename))
