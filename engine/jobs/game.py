@@ -35,20 +35,20 @@ log = logging.getLogger(__name__)
 def run_game_job(
     config: JobConfig, prepared: PreparedJob | None = None, recorded: MemoryStore | None = None
 ) -> dict[str, Path | str]:
-    """Run the main job into ``config.output.dir``; returns the paths written (a store on object storage by its URL)
+    """Run the main job of one game into ``config.output.dir``; returns the paths written (a store on object storage by its URL)
     and prints nothing.
 
     One path for every job: the game is recorded (or resumed, or reused) into a rollout store, scored chunk by chunk
     into a saliency store (this shard's chunks), and the statistics, metrics, overlays, report and summary are read
-    back from the stores, one chunk or window at a time (but the movie: :func:`render_outputs`). With
+    back from the stores, one chunk or window at a time (but the movie: :func:`engine.jobs.outputs.render_outputs`). With
     ``store.rollout`` the stores are on disk or object storage: resumable, shardable, replayed by other jobs; the
     overlays and the report wait for the saliency store to be complete. Without it they are memory stores
     (:class:`zarr.storage.MemoryStore`) that live as long as the job, and ``output.arrays`` writes their arrays to
     ``rollout.npz`` and ``saliency.npz``.
 
-    Everything that can refuse the job is checked before anything is written (:func:`validate_job`, and
-    :func:`check_stores` again for a job prepared earlier); the files an earlier job wrote into ``output.dir`` are
-    removed once this one's results are ready to be written (:func:`clear_owned_outputs`), so that a refused or
+    Everything that can refuse the job is checked before anything is written (:func:`engine.jobs.prepare.validate_game_job`,
+    and :func:`engine.jobs.prepare.check_game_stores` again for a job prepared earlier); the files an earlier job wrote into ``output.dir`` are
+    removed once this one's results are ready to be written (:func:`engine.jobs.outputs.clear_owned_outputs`), so that a refused or
     failed job leaves them as they were.
 
     ``recorded``: a memory store that already holds this job's game (:mod:`engine.jobs.games` records many games
@@ -81,7 +81,7 @@ def run_game_job(
 
 
 def game_recording(config: JobConfig, prepared: PreparedJob, root, checkpoint_sha256: str) -> Recording | None:
-    """The recording of the job's game into the rollout store at ``root``, opened (:func:`open_recording`: by
+    """The recording of the job's game into the rollout store at ``root``, opened (:func:`engine.jobs.record.open_recording`: by
     ``store.player`` for a store on disk, else the job's agent), or None where that store is complete (replayed)."""
     if store_exists(root) and RolloutStore.open(root).complete:
         rstore = RolloutStore.open(root)

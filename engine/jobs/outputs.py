@@ -199,8 +199,8 @@ def finish_job(
     timing: dict,
     scored: int,
 ) -> dict[str, Path | str]:
-    """The end of :func:`run_job`, once its game is recorded and scored (``scored`` frames by this job, ``timing``
-    as :func:`record_and_score` returns it): the statistics, metrics, arrays, overlays, movie, figures, report and
+    """The end of a game's job (:func:`engine.jobs.game.run_game_job`), once its game is recorded and scored
+    (``scored`` frames by this job, ``timing`` as :func:`engine.jobs.game.record_and_score` returns it): the statistics, metrics, arrays, overlays, movie, figures, report and
     summary.json in ``config.output.dir``, read back from the stores. Returns the paths written."""
     agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)

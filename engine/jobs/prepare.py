@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class PreparedJob:
-    """A job whose settings, environment, agents and stores are checked (:func:`validate_job`): its agent loaded,
-    ``store.player``'s too (None: the agent plays), and what the job says once it runs (``warnings``: logged, and
-    kept in summary.json)."""
+    """A job whose settings, environment, agents and stores are checked (:func:`validate_game_job`, or
+    :func:`engine.jobs.games.validate_games_job`): its agent loaded, ``store.player``'s too (None: the agent plays),
+    and what the job says once it runs (``warnings``: logged, and kept in summary.json)."""
 
     config: JobConfig
     checkpoint: Path
@@ -79,7 +79,7 @@ def load_job_agent(config: JobConfig, path) -> Policy:
 def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
     """Check the settings (:func:`engine.jobs.config.check_config`), the environment id, the checkpoints (the game
     each was trained on, where known, and their actions), load the agent and ``store.player``'s, and check the stores
-    the job would open (:func:`check_stores`; ``output_known=False`` while ``output.dir`` is not the job's yet);
+    the job would open (:func:`check_game_stores`; ``output_known=False`` while ``output.dir`` is not the job's yet);
     nothing is played or written."""
     check_config(config)
     quiet_emulator()

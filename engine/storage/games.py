@@ -23,7 +23,7 @@ def games_manifest(
     store: str, env_id: str, seed: int, num_envs: int, identity: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The root manifest of ``num_envs`` games of ``store`` kind ("rollout" or "saliency"): game ``i`` (group
-    :func:`game_name`) seeded ``seed + i``. ``identity`` adds what else must match for a job to reuse the root."""
+    :func:`engine.storage.layout.game_name`) seeded ``seed + i``. ``identity`` adds what else must match for a job to reuse the root."""
     return cast(
         "dict[str, Any]",
         jsonable(
