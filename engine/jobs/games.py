@@ -13,9 +13,10 @@ holds a small manifest (kind ``games``, ``num_envs``, the seeds) and one store p
 game's store works unchanged and ``xarray.open_datatree(root, engine="zarr")`` opens them all. In memory (no
 ``store.rollout``) each game has its own memory store.
 
-Recording is chunk by chunk: chunk k of every game is written once all N games played its steps (a game that ended,
-``max_episodes``, leaves the batch). Resume after an interruption starts at the fewest complete chunks of any game,
-replaying each game's recorded actions (:meth:`VectorPlayer.replay`) and skipping the chunks already complete.
+Recording is chunk by chunk (:func:`engine.jobs.record.open_games_recording`): chunk k of every game is written once
+all N games played its steps (a game that ended, ``max_episodes``, leaves the batch). Resume after an interruption
+starts at the fewest complete chunks of any game, replaying each game's recorded actions
+(:meth:`engine.env.rollout.VectorPlayer.replay`) and skipping the chunks already complete.
 
 With ``store.overlap`` (by default where the agent runs on CUDA) the games are scored while they are recorded
 (:func:`_record_and_score_games`): saliency chunk j of every game, round after round, once the recorder (in its
@@ -30,26 +31,23 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
 from ..core.errors import EngineError
 from ..core.files import sha256_of
-from ..core.policy import Policy
-from ..env.rollout import Step, VectorPlayer, check_num_envs, rollout_from_steps
+from ..env.rollout import check_num_envs
 from ..storage.games import games_manifest, open_games, root_manifest
-from ..storage.keys import is_memory, is_url, store_exists, store_root
-from ..storage.layout import FORMAT, GAMES, ROLLOUT_FIELDS, check_chunk_count, game_name, game_root, rollout_layout
-from ..storage.store import ChunkStore, RolloutStore, check_writable, engine_version, writing_needed
+from ..storage.keys import is_url, store_exists, store_root
+from ..storage.layout import FORMAT, GAMES, game_name, game_root
+from ..storage.store import RolloutStore, check_writable, engine_version
 from .config import JobConfig, check_config, engine_saliency
 from .game import run_game_job
 from .outputs import agent_settings, clear_owned_outputs, finish_job
@@ -63,208 +61,10 @@ from .prepare import (
     pipeline_options,
     validate_game_job,
 )
-from .record import rollout_identity
+from .record import GamesRecording, open_games_recording
 from .score import Scoring, open_scoring
 
 log = logging.getLogger(__name__)
-
-
-def record_games(*args, **kwargs) -> list[RolloutStore]:
-    """Play ``len(roots)`` games together and record game ``i`` (seed ``seed + i``) into the rollout store at
-    ``roots[i]``, chunk by chunk; resumes an interrupted recording (the arguments of
-    :func:`open_games_recording`, whose :meth:`GamesRecording.run` does the playing)."""
-    return open_games_recording(*args, **kwargs).run()
-
-
-def open_games_recording(
-    agent: Policy,
-    env_id: str,
-    num_steps: int,
-    roots: list,
-    seed: int = 0,
-    greedy: bool = False,
-    chunk_steps: int = 256,
-    checkpoint_sha256: str = "",
-    extras: list[dict] | None = None,
-    progress: bool = False,
-    storage_options: dict | None = None,
-    max_episodes: int | None = None,
-    workers: int = 0,
-    **pipeline_options,
-) -> GamesRecording:
-    """``len(roots)`` games opened for recording together, game ``i`` (seed ``seed + i``) into the rollout store at
-    ``roots[i]``: the settings and stores checked, the stores opened or created, the environments made; nothing
-    played yet (:meth:`GamesRecording.run` plays and records the missing chunks, resuming an interrupted
-    recording).
-
-    Each store is the one :func:`engine.jobs.record.record_rollout` records with seed ``seed + i`` (its identity,
-    layout, chunks and sampler states; ``extras[i]`` is its manifest's ``extra``), bit for bit where the agent's rows
-    do not depend on the batch (the engine's agents on the CPU). ``num_steps`` and ``max_episodes`` are per game;
-    ``max_episodes`` needs memory stores, as for one game. ``workers`` processes step the emulators
-    (:class:`engine.env.workers.WorkerPipelines`; 0: this process): the games do not depend on it. Chunk k of every game is written once the games still
-    playing have played its steps. Resuming starts at the fewest complete leading chunks of any game: each game's
-    recorded actions are replayed, its sampler and recurrent state restored, and chunks already complete are not
-    written again.
-    """
-    num_envs = check_num_envs(len(roots))
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
-    if max_episodes is not None and (max_episodes < 1 or not all(is_memory(r) for r in roots)):
-        raise ValueError(
-            f"max_episodes must be >= 1 and needs memory stores (their length is fixed otherwise), got {max_episodes!r}"
-        )
-    extras = extras or [{} for _ in roots]
-    check_chunk_count("rollout", num_steps, chunk_steps, f"recording into {roots[0]}")
-    for root in roots:
-        if store_exists(root, storage_options):
-            RolloutStore.open(root, storage_options)  # refuses a damaged, edited or foreign store before playing
-        if writing_needed(root, "rollout", storage_options):
-            check_writable(root, storage_options)
-    player = VectorPlayer(agent, env_id, num_envs, seed, greedy, workers=workers, **pipeline_options)
-    try:
-        layout = rollout_layout(agent, np.shape(player.frames[0]), np.shape(player.observations[0]))
-        rstores = []
-        for i, root in enumerate(roots):
-            identity = rollout_identity(
-                agent,
-                env_id,
-                seed + i,
-                greedy,
-                num_steps,
-                chunk_steps,
-                checkpoint_sha256,
-                player.spec,
-                player.action_names,
-            )
-            store = ChunkStore.open_or_create(
-                root, identity, layout, num_steps, chunk_steps, extras[i], storage_options
-            )
-            rstores.append(RolloutStore(store))
-    except BaseException:
-        player.close()
-        raise
-    return GamesRecording(player, rstores, max_episodes, progress)
-
-
-class GamesRecording:
-    """N games opened for recording by :func:`open_games_recording`: their stores (``rstores``), the first chunk
-    still to record in some game (``first``: the fewest complete leading chunks of any game; the number of chunks
-    when every store is complete) and the player of all of them."""
-
-    def __init__(
-        self, player: VectorPlayer, rstores: list[RolloutStore], max_episodes: int | None, progress: bool
-    ) -> None:
-        self.player, self.rstores, self.max_episodes, self.progress = player, rstores, max_episodes, progress
-        self.bounds = list(rstores[0].bounds)  # every game's, until a game that ends early shortens its own
-        self.first = min(r.completed_chunks() for r in rstores)
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.player.close()
-
-    def run(
-        self,
-        before_chunk: Callable[[int], None] | None = None,
-        after_chunk: Callable[[int], None] | None = None,
-        each_step: Callable[[], None] | None = None,
-    ) -> list[RolloutStore]:
-        """Play and record chunks ``first..`` of every game (each game resumed first where ``first > 0``), then
-        close the environments. ``before_chunk(k)`` is called before chunk k is played, ``after_chunk(k)`` once it
-        is written in every game still playing (a game that ended wrote its last chunk, its store truncated, by
-        then), ``each_step()`` before every step; an exception from any of them stops the recording there (the
-        chunks written are kept, as after a kill)."""
-        try:
-            if self._closed:
-                raise RuntimeError("these games' environments are closed")
-            if self.first < len(self.bounds):
-                if self.first > 0:
-                    for i, rstore in enumerate(self.rstores):
-                        _resume_game(self.player, i, rstore, self.first)
-                hooks = (before_chunk, after_chunk, each_step)
-                _play_chunks(self.player, self.rstores, self.first, self.max_episodes, self.progress, *hooks)
-        finally:
-            self.close()
-        return self.rstores
-
-
-def _resume_game(player: VectorPlayer, index: int, rstore: RolloutStore, done_chunks: int) -> None:
-    """Game ``index`` brought to the end of its chunk ``done_chunks - 1`` (as ``record._resume_player`` does for
-    one game)."""
-    played = rstore.store.read_range(0, rstore.bounds[done_chunks][0], ("actions", "dones"))
-    last = rstore.store.read(done_chunks - 1)
-    state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(len(rstore.identity["state_shapes"])))
-    player.replay(
-        index,
-        played["actions"],
-        played["dones"],
-        frames=last["frames"],
-        observations=last["observations"],
-        sampler_state=torch.from_numpy(np.ascontiguousarray(last["sampler_state"])),
-        last_state=state,
-    )
-
-
-def _play_chunks(
-    player: VectorPlayer,
-    rstores: list[RolloutStore],
-    first: int,
-    max_episodes: int | None,
-    progress: bool,
-    before_chunk: Callable[[int], None] | None = None,
-    after_chunk: Callable[[int], None] | None = None,
-    each_step: Callable[[], None] | None = None,
-) -> None:
-    bounds = list(rstores[0].bounds)  # a game that ends early (max_episodes) shortens its own store only
-    total = rstores[0].num_steps * len(rstores)
-    bar = tqdm(
-        total=total,
-        initial=bounds[first][0] * len(rstores),
-        desc=f"record {player.env_id} x{len(rstores)}",
-        unit="step",
-        disable=None if progress else True,
-    )
-    episodes = [0] * len(rstores)
-    try:
-        for k in range(first, len(bounds)):
-            if before_chunk is not None:
-                before_chunk(k)
-            a, b = bounds[k]
-            steps: dict[int, list[Step]] = {i: [] for i in player.active}
-            for _ in range(b - a):
-                if not player.active:
-                    break
-                if each_step is not None:
-                    each_step()
-                for i, step in player.step().items():
-                    steps[i].append(step)
-                    if step.done:
-                        episodes[i] += 1
-                        if max_episodes is not None and episodes[i] >= max_episodes:
-                            player.stop(i)
-            for i, played in steps.items():
-                rstore = rstores[i]
-                if i not in player.active and a + len(played) < rstore.num_steps:  # ends with its last episode
-                    rstore.store.truncate(a + len(played))
-                if not rstore.store.has(k):  # a chunk complete before an interruption is this very chunk
-                    r = rollout_from_steps(played)
-                    arrays = {name: getattr(r, name) for name in ROLLOUT_FIELDS}
-                    arrays.update({f"state_{j}": s for j, s in enumerate(r.states)})
-                    arrays["sampler_state"] = player.samplers[i].get_state()
-                    rstore.store.write(k, arrays)
-                bar.update(len(played))
-            if after_chunk is not None:
-                after_chunk(k)
-            if not player.active:
-                break
-    finally:
-        bar.close()
-
-
-# --- the job ---------------------------------------------------------------------------------------------------
 
 
 def _root(path: str) -> Path | str:

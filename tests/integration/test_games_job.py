@@ -11,8 +11,7 @@ import pytest
 
 from engine.core.errors import EngineError
 from engine.jobs import games as games_module
-from engine.jobs.games import record_games
-from engine.jobs.record import record_rollout
+from engine.jobs.record import record_games, record_rollout
 from engine.jobs.run import run_job, validate_job
 from engine.policies.loading import load_policy
 from engine.policies.registry import resolve_checkpoint
