@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -158,7 +159,23 @@ def open_recording(
     return Recording(player, rstore, first, progress, max_episodes)
 
 
-class Recording:
+PlayerT = TypeVar("PlayerT", Player, VectorPlayer)
+
+
+class _PlayerRecording(Generic[PlayerT]):
+    """What both recordings share: the player whose environments they own, closed once (by ``run`` when it ends, or
+    by ``close``)."""
+
+    player: PlayerT
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.player.close()
+
+
+class Recording(_PlayerRecording[Player]):
     """A recording opened by :func:`open_recording`: its store (``rstore``), the first chunk still to record
     (``first``; ``len(rstore.bounds)`` when the store is complete) and the environment that will play them."""
 
@@ -167,12 +184,6 @@ class Recording:
     ) -> None:
         self.player, self.rstore, self.first = player, rstore, first
         self.progress, self.max_episodes = progress, max_episodes
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.player.close()
 
     def run(
         self,
@@ -323,7 +334,7 @@ def open_games_recording(
     return GamesRecording(player, rstores, max_episodes, progress)
 
 
-class GamesRecording:
+class GamesRecording(_PlayerRecording[VectorPlayer]):
     """N games opened for recording by :func:`open_games_recording`: their stores (``rstores``), the first chunk
     still to record in some game (``first``: the fewest complete leading chunks of any game; the number of chunks
     when every store is complete) and the player of all of them."""
@@ -334,12 +345,6 @@ class GamesRecording:
         self.player, self.rstores, self.max_episodes, self.progress = player, rstores, max_episodes, progress
         self.bounds = list(rstores[0].bounds)  # every game's, until a game that ends early shortens its own
         self.first = min(r.completed_chunks() for r in rstores)
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.player.close()
 
     def run(
         self,
