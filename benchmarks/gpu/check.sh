@@ -7,7 +7,8 @@
 # The GPU machines have no network and no kornia, hydra, gymnasium, ale-py or av: the engine core runs from
 # this tree (PYTHONPATH) with the carried wheels, on pre-recorded rollouts, then the main job end to end on 50
 # games. Writes OUT_DIR/check.json, check.md, check.log, roofline.json, speed.json, speed.log,
-# incremental_choice.json, end_to_end.json and nvidia-smi.txt: 9 files, about 7 minutes on an H200 or H100
+# incremental_choice.json, end_to_end.json, nvidia-smi.txt and verdict.md (each goal against its figure, and the
+# defaults the figures favour): 10 files, about 7 minutes on an H200 or H100
 # (SPEED_BUDGET_S, default 120, bounds the speed variants; CHOICE_S, default 60, the incremental choice;
 # END_TO_END_S, default 240, the end-to-end job).
 set -euo pipefail
@@ -42,4 +43,6 @@ if python3 -c "import gymnasium, ale_py, zarr, omegaconf" 2>/dev/null; then
 else
   echo "end_to_end: skipped (no gymnasium, ale-py, zarr or omegaconf: run benchmarks/gpu/prepare.py)" >> "$out/speed.log"
 fi
+# what the figures say: each goal of issues 19 and 23 against its figure, the defaults they favour (verdict.md)
+python3 benchmarks/gpu/verdict.py "$out" || echo "verdict: exit $?" >> "$out/speed.log"
 exit "$status"
