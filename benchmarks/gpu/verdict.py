@@ -9,7 +9,7 @@ library: it runs wherever the results are, the GPU machine or here. A decision n
 the value today and the value the figures favour, with the figures that decide it; making the change stays a
 person's step (the docs quote the figures).
 
-On a run without CUDA the figures are the CPU's small-size ones: the GPU goals are shown but not judged.
+On a run without CUDA the figures are the CPU's small-size ones: the GPU goals and defaults are shown but not judged.
 """
 
 from __future__ import annotations
@@ -251,7 +251,11 @@ def render(results: dict[str, dict], missing: list[str]) -> str:
     if missing:
         lines += [f"Missing from the results: {', '.join(missing)} (what needs them is left out).", ""]
     if not judged:
-        lines += ["No CUDA in this run: the goals below are the GPU's, shown but not judged.", ""]
+        lines += [
+            "No CUDA in this run: the goals and the defaults below are the GPU's, shown with this run's figures but "
+            "not judged.",
+            "",
+        ]
     failed = [c["name"] for c in results.get("check.json", {}).get("checks", []) if not c["passed"]]
     if "check.json" in results:
         lines += [
@@ -272,7 +276,10 @@ def render(results: dict[str, dict], missing: list[str]) -> str:
     decisions.append(num_envs_decision(results))
     lines += ["", "## Defaults waiting on these figures", "", "| setting | where | today | favoured | figures |"]
     lines.append("| --- | --- | --- | --- | --- |")
-    lines += [f"| {d.setting} | {d.where} | {d.today} | {d.favoured} | {d.evidence} |" for d in decisions]
+    lines += [
+        f"| {d.setting} | {d.where} | {d.today} | {d.favoured if judged else '- (no CUDA)'} | {d.evidence} |"
+        for d in decisions
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -92,7 +92,7 @@ def test_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     # what the figures say (benchmarks/gpu/verdict.py, check.sh's last step): on a CPU run, shown and not judged
     (out / "choice.json").rename(out / "incremental_choice.json")
     verdict = _script("benchmarks/gpu/verdict.py", str(out), env=env).stdout
-    assert "Missing from the results: end_to_end.json" in verdict and "shown but not judged" in verdict
+    assert "Missing from the results: end_to_end.json" in verdict and "but not judged" in verdict
     assert "Every correctness check passed." in verdict and "| 19 | exact d5 r5, baby-a3c: frames/s |" in verdict
     # this tree against a commit (here itself), side by side (benchmarks/against_commit.py)
     _script(

@@ -154,8 +154,11 @@ def test_cpu_results_are_shown_not_judged_and_missing_files_are_named(results, t
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "verdict.md").read_text()
     assert text == out.stdout
-    assert "Missing from the results: end_to_end.json" in text and "shown but not judged" in text
+    assert "Missing from the results: end_to_end.json" in text and "but not judged" in text
     assert "| yes |" not in text and "| no |" not in text
+    # a CPU's figures favour no GPU default: every row of the defaults table says so
+    defaults = text.split("## Defaults waiting on these figures")[1].strip().splitlines()[2:]
+    assert len(defaults) == 6 and all("| - (no CUDA) |" in row for row in defaults)
     assert "Correctness checks failed: fast_tf32_vs_emulation[gru]" in text
 
 
