@@ -96,7 +96,12 @@ class CompiledPass:
 
     Dynamo keeps compiled versions per function body and silently runs it uncompiled past its recompile limit
     (8): a process that scores several agents, observation counts or settings (a sweep) would pass it, so the
-    limit is raised to :data:`RECOMPILE_LIMIT` (a user's higher setting is kept)."""
+    limit is raised to :data:`RECOMPILE_LIMIT` (a user's higher setting is kept).
+
+    Dynamo also stops its graph at an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` module unless ``allow_rnn`` is set, which
+    leaves the LSTM agents' (SB3-contrib's, CleanRL's ``ppo_atari_lstm``, ``builtin/pong_ppo``) recurrent core
+    running eagerly between compiled pieces, and CUDA graphs in pieces: every call runs with it set, so the pass is
+    one graph (the core traced by its decomposition; maps equal eager ones to float32 rounding, tested)."""
 
     def __init__(self, fn: Callable[..., Any], mode: str) -> None:
         self.started = time.perf_counter()  # importing the compiler stack counts too: seconds, once per process
@@ -107,6 +112,10 @@ class CompiledPass:
         self.timed = False
 
     def __call__(self, *args: Any) -> Any:
+        with torch._dynamo.config.patch(allow_rnn=True):
+            return self._call(*args)
+
+    def _call(self, *args: Any) -> Any:
         if self.timed:
             return self.fn(*args)
         self.timed = True

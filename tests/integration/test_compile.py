@@ -5,6 +5,7 @@ these tests use few shapes."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import numpy as np
@@ -83,6 +84,36 @@ def test_one_compilation_per_shape_and_pass_sizes_or_frames_together_never_chang
     assert graphs() - before == 2  # frame 1 reused frame 0's graph
     scores(frames, states, 7)
     assert graphs() - before == 2
+
+
+def test_an_lstm_agents_pass_compiles_into_one_graph_with_eager_maps():
+    """``builtin/pong_ppo`` keeps its recurrent core in an ``nn.LSTM``, where dynamo would end the graph and run the
+    LSTM eagerly between compiled pieces: the pass compiles into one graph with no break, and its maps equal eager
+    ones to float32 rounding (the bound measured against float64 maps, as above)."""
+    from engine.core.policy import index_state as rows
+    from engine.env.rollout import rollout
+    from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
+
+    agent = load_policy(resolve_checkpoint("builtin/pong_ppo"), device="cpu")
+    played = rollout(agent, "PongNoFrameskip-v4", 60, seed=0)
+    observations, states = played.observations[58:60], rows(played.states, slice(58, 60))
+    assert any(isinstance(m, torch.nn.LSTM) for m in agent.modules())
+    options = dict(density=DENSITY, incremental=False)
+    want = perturbation_saliency(
+        copy.deepcopy(agent).double(), observations, tuple(s.double() for s in states), **options
+    )
+    eager = perturbation_saliency(agent, observations, states, **options)
+    counters.clear()
+    compiled = perturbation_saliency(agent, observations, states, **options, compile=True, perturbations_per_eval=32)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
+    for key in ("actor_scores", "critic_scores"):
+        reference = getattr(want, key)
+        rounding = (getattr(eager, key).double() - reference).abs().max()
+        assert 0 < rounding < 1e-4 * reference.abs().max(), "the bound would not catch a wrong map"
+        error = (getattr(compiled, key).double() - reference).abs().max()
+        assert error <= 8 * rounding, (key, float(error), float(rounding))
 
 
 @pytest.mark.parametrize("bad", ["fast", 1, None, "true"])
