@@ -324,6 +324,8 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
     sizes = [64, 512] if quick else [256, 1024, 4096, 16384, 65536]
     for incremental in (True, False):
         for per_eval in sizes:
+            if cuda:  # each row's peak is its own, not an earlier part's of the process
+                torch.cuda.reset_peak_memory_stats(device)
             try:
                 t = timed(
                     lambda: perturbation_saliency(
@@ -343,8 +345,6 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
                 n,
                 peak_gib=None if peak is None else round(peak, 2),
             )
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
     t_auto = timed(lambda: perturbation_saliency(agent, frames, states), device, repeats)
     c.time("per_eval_default(memory budget)", t_auto, n)
     # precision: float32 (TF32 off / on), bf16 autocast; accuracy against float64 maps of the same frames

@@ -23,9 +23,10 @@ For four agents on real recorded frames (baby-a3c Pong, GRU, 1x80x80; CleanRL ``
 
 Each variant's maps are compared with float64 maps of the same frames (max |error| / max |map|, and the overlap
 of the top 5% cells). Without CUDA it runs with small sizes on the CPU. Writes DIR/speed.json after every
-variant (a run cut short keeps what it measured) and prints a table last. Each agent gets its share of ``--budget-s``:
-its variants past it (all but the eager baseline) are skipped and listed, as are variants this machine cannot run
-(with the reason).
+agent (a run cut short keeps what it measured) and prints a table last. Each agent gets an equal share of what is
+left of ``--budget-s`` when it starts: its variants past it (all but the eager baseline) are skipped and listed, as
+are variants this machine cannot run (with the reason). A variant, or an agent, that fails gets a row with its error,
+and the rest go on.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
 from benchmarks.roofline import peak_bandwidth, peak_flops  # noqa: E402
 from engine.core.batching import pad_rows  # noqa: E402
 from engine.core.delta import use_split_kernel  # noqa: E402
+from engine.core.device import float32_matmul_precision  # noqa: E402
 from engine.core.incremental import conv_trunk_of  # noqa: E402
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
@@ -96,12 +98,15 @@ class Split3TF32:
         x, state = pad_rows(obs), tuple(pad_rows(s) for s in state)
         if self.trunk.input_scale != 1:
             x = x * self.trunk.input_scale
-        for ((w_hi, w_lo), conv), (_, act) in zip(self.split, self.trunk.layers, strict=True):
-            x_hi, x_lo = tf32_split(x)
-            args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-            y = F.conv2d(x_hi, w_hi, conv.bias, *args) + F.conv2d(x_lo, w_hi, None, *args)
-            y = y + F.conv2d(x_hi, w_lo, None, *args)
-            x = y if act is None else act(y)
+        # TF32 for these convolutions alone: the engine's saliency call keeps it off for the rest (the recurrent
+        # core and the heads stay float32)
+        with float32_matmul_precision(x.device, True):
+            for ((w_hi, w_lo), conv), (_, act) in zip(self.split, self.trunk.layers, strict=True):
+                x_hi, x_lo = tf32_split(x)
+                args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+                y = F.conv2d(x_hi, w_hi, conv.bias, *args) + F.conv2d(x_lo, w_hi, None, *args)
+                y = y + F.conv2d(x_hi, w_lo, None, *args)
+                x = y if act is None else act(y)
         return self.agent.from_trunk(x, state, n)
 
 
@@ -112,11 +117,7 @@ def apply(settings: dict) -> dict:
     SPLIT_KERNEL.close()
     SPLIT_KERNEL.enter_context(use_split_kernel(kwargs.pop("split_kernel", "torch")))
     torch.backends.cudnn.benchmark = bool(kwargs.pop("cudnn_benchmark", False))
-    split3 = bool(kwargs.pop("split3", False))
     set_tf32(bool(kwargs.get("tf32", False)))
-    if split3:  # TF32 for the split convolutions only: the GRU/LSTM and head products stay float32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
     return kwargs
 
 
@@ -206,6 +207,130 @@ def sb3_zip(data: Path, path: Path) -> Path:
     return path
 
 
+def measure_agent(
+    name: str,
+    load,
+    frames: np.ndarray,
+    states: tuple,
+    deadline: float,
+    args: argparse.Namespace,
+    n: int,
+    rounds: int,
+    clock,
+    device: torch.device,
+    peaks: tuple[float, float],
+    rows: list[dict],
+    skipped: list[str],
+) -> None:
+    """One agent's variants: each one's first call (compilation included) and its maps against float64 ones, in
+    order until ``deadline`` (the eager baseline always runs), then every variant that ran timed in ``rounds``
+    rounds; appends a row per variant to ``rows`` (a variant that fails gets its error instead) and the names of
+    those not run to ``skipped``."""
+    cuda = device.type == "cuda"
+    triton_missing = None if importlib.util.find_spec("triton") else "no triton"
+    unavailable = {"fast_triton": triton_missing if cuda else "no CUDA", "fast_tf32": None if cuda else "no CUDA"}
+    frames_n, states_n = frames[:n], tuple(s[:n] for s in states)
+    k = 4  # frames compared with float64
+    set_tf32(False)
+    want = perturbation_saliency(
+        load(torch.float64), frames[:k], tuple(s[:k] for s in states), incremental=False, density=args.density
+    )
+    agent = load(torch.float32)
+    # most telling first, cheapest to start first: what does not fit in the agent's share of the budget is skipped
+    plain, inc = dict(incremental=False), dict(incremental=True)
+    variants: list[tuple[str, object, dict]] = [
+        ("eager", agent, plain),
+        ("eager", agent, inc),
+        # fast precision on the device's own kernels: they compile little, and are what is unmeasured
+        ("fast", agent, dict(inc, precision="fast")),
+        ("fast_tf32", agent, dict(inc, precision="fast", split_kernel="tf32")),
+        ("fast_triton", agent, dict(inc, precision="fast", split_kernel="triton")),
+        # cuDNN autotuning: seconds to tune each shape
+        ("cudnn_benchmark", agent, dict(plain, cudnn_benchmark=True)),
+        ("cudnn_benchmark", agent, dict(inc, cudnn_benchmark=True)),
+        # compiled: tens of seconds each the first time; CUDA graphs right after the same plan compiled without them
+        ("compile", agent, dict(inc, compile=True)),
+        *([("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead"))] if cuda else []),
+        ("compile", agent, dict(plain, compile=True)),
+        ("split3_tf32", Split3TF32(agent), dict(plain)),
+        ("tf32", agent, dict(plain, tf32=True)),
+        ("fast", agent, dict(plain, precision="fast")),
+        ("fast_tf32", agent, dict(plain, precision="fast", split_kernel="tf32")),
+        ("fast_triton", agent, dict(plain, precision="fast", split_kernel="triton")),
+        ("compile+cudnn_benchmark", agent, dict(inc, compile=True, cudnn_benchmark=True)),
+        ("compile+cudnn_benchmark", agent, dict(plain, compile=True, cudnn_benchmark=True)),
+    ]
+    if args.variants:
+        variants = [v for v in variants if v[0] in args.variants.split(",")]
+    ready: list[tuple[dict, object, dict]] = []  # (row so far, policy, settings) of the variants that ran
+    for number, (label, policy, settings) in enumerate(variants):
+        plan = "incremental" if settings.get("incremental") else "plain"
+        if unavailable.get(label):
+            skipped.append(f"{name}:{label}:{plan} ({unavailable[label]})")
+            continue
+        if number and time.perf_counter() > deadline:  # the eager baseline always runs
+            skipped.append(f"{name}:{label}:{plan}")
+            continue
+        row: dict = dict(agent=name, variant=label, plan=plan)
+        try:
+            sync(device)
+            t0 = time.perf_counter()
+            got = perturbation_saliency(
+                policy, frames[:k], tuple(s[:k] for s in states), density=args.density, **apply(settings)
+            )
+            sync(device)
+            row["first_call_s"] = round(time.perf_counter() - t0, 2)  # compilation included
+            warm = args.warmup_frames or n  # at the timed size by default
+            perturbation_saliency(
+                policy, frames_n[:warm], tuple(s[:warm] for s in states_n), density=args.density, **apply(settings)
+            )
+            row.update(
+                actor_rel_error=rel_error(got.actor, want.actor),
+                critic_rel_error=rel_error(got.critic, want.critic),
+                actor_top5_overlap=round(top_overlap(got.actor, want.actor), 4),
+                critic_top5_overlap=round(top_overlap(got.critic, want.critic), 4),
+            )
+            ready.append((row, policy, settings))
+        except Exception as exc:  # a variant that fails is a result too
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    # timed in rounds, each round every variant once, so that a slow spell of the machine hits all of them
+    times: list[list[float]] = [[] for _ in ready]
+    for _ in range(rounds):
+        for (row, policy, settings), spent in zip(ready, times, strict=True):
+            if "error" in row:
+                continue
+            try:
+                kwargs = apply(settings)
+                sync(device)
+                t0 = clock()
+                perturbation_saliency(policy, frames_n, states_n, density=args.density, **kwargs)
+                sync(device)
+                spent.append(clock() - t0)
+            except Exception as exc:  # failing on the larger timed size is a result too
+                row["error"] = f"timed: {type(exc).__name__}: {str(exc)[:300]}"
+    for (row, _, _), spent in zip(ready, times, strict=True):
+        if "error" not in row:
+            seconds = float(np.median(spent))
+            row.update(
+                frames=len(frames_n),
+                density=args.density,
+                frames_per_s=round(len(frames_n) / seconds, 1),
+                ms_per_frame=round(seconds / len(frames_n) * 1e3, 4),
+                spread=round((max(spent) - min(spent)) / seconds, 3),
+                rounds=rounds,
+                clock=args.clock,
+                threads=torch.get_num_threads(),
+            )
+            try:  # a variant of another network (split3_tf32's wrapper) has no roofline of its own
+                row.update(roofline_share(agent, row["plan"], args.density, row["frames_per_s"], n, device, peaks))
+            except ValueError:
+                pass
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -243,8 +368,6 @@ def main() -> None:
     rows: list[dict] = []
     skipped: list[str] = []
     # variant -> why this machine cannot run it
-    triton_missing = None if importlib.util.find_spec("triton") else "no triton"
-    unavailable = {"fast_triton": triton_missing if cuda else "no CUDA", "fast_tf32": None if cuda else "no CUDA"}
 
     def save() -> None:
         env["seconds"] = round(time.perf_counter() - started, 1)
@@ -254,100 +377,13 @@ def main() -> None:
     if args.agents:
         agents = {k: v for k, v in agents.items() if k in args.agents.split(",")}
     for index, (name, (load, frames, states)) in enumerate(agents.items()):
-        frames_n, states_n = frames[:n], tuple(s[:n] for s in states)
-        k = 4  # frames compared with float64
-        set_tf32(False)
-        want = perturbation_saliency(
-            load(torch.float64), frames[:k], tuple(s[:k] for s in states), incremental=False, density=args.density
-        )
-        agent = load(torch.float32)
-        # most telling first: each agent gets its share of the budget, and what does not fit is skipped
-        plain, inc = dict(incremental=False), dict(incremental=True)
-        variants: list[tuple[str, object, dict]] = [
-            ("eager", agent, plain),
-            ("eager", agent, inc),
-            # fast precision on the device's own kernels first: they compile little, and are what is unmeasured
-            ("fast", agent, dict(inc, precision="fast")),
-            ("fast_tf32", agent, dict(inc, precision="fast", split_kernel="tf32")),
-            ("fast_triton", agent, dict(inc, precision="fast", split_kernel="triton")),
-            ("cudnn_benchmark", agent, dict(plain, cudnn_benchmark=True)),
-            ("cudnn_benchmark", agent, dict(inc, cudnn_benchmark=True)),
-            ("compile", agent, dict(inc, compile=True)),
-            ("compile", agent, dict(plain, compile=True)),
-            ("split3_tf32", Split3TF32(agent), dict(plain, tf32=True, split3=True)),
-            ("tf32", agent, dict(plain, tf32=True)),
-            ("fast", agent, dict(plain, precision="fast")),
-            ("fast_tf32", agent, dict(plain, precision="fast", split_kernel="tf32")),
-            ("fast_triton", agent, dict(plain, precision="fast", split_kernel="triton")),
-        ]
-        if cuda:
-            variants.append(("compile_cudagraphs", agent, dict(inc, compile="reduce-overhead")))
-        variants += [
-            ("compile+cudnn_benchmark", agent, dict(inc, compile=True, cudnn_benchmark=True)),
-            ("compile+cudnn_benchmark", agent, dict(plain, compile=True, cudnn_benchmark=True)),
-        ]
-        if args.variants:
-            variants = [v for v in variants if v[0] in args.variants.split(",")]
-        agent_deadline = started + args.budget_s * (index + 1) / len(agents)
-        ready: list[tuple[dict, object, dict]] = []  # (row so far, policy, settings) of the variants that ran
-        for number, (label, policy, settings) in enumerate(variants):
-            plan = "incremental" if settings.get("incremental") else "plain"
-            if unavailable.get(label):
-                skipped.append(f"{name}:{label}:{plan} ({unavailable[label]})")
-                continue
-            if number and time.perf_counter() > agent_deadline:  # the eager baseline always runs
-                skipped.append(f"{name}:{label}:{plan}")
-                continue
-            row: dict = dict(agent=name, variant=label, plan=plan)
-            try:
-                sync(device)
-                t0 = time.perf_counter()
-                got = perturbation_saliency(
-                    policy, frames[:k], tuple(s[:k] for s in states), density=args.density, **apply(settings)
-                )
-                sync(device)
-                row["first_call_s"] = round(time.perf_counter() - t0, 2)  # compilation included
-                warm = args.warmup_frames or n  # at the timed size by default
-                perturbation_saliency(
-                    policy, frames_n[:warm], tuple(s[:warm] for s in states_n), density=args.density, **apply(settings)
-                )
-                row.update(
-                    actor_rel_error=rel_error(got.actor, want.actor),
-                    critic_rel_error=rel_error(got.critic, want.critic),
-                    actor_top5_overlap=round(top_overlap(got.actor, want.actor), 4),
-                    critic_top5_overlap=round(top_overlap(got.critic, want.critic), 4),
-                )
-                ready.append((row, policy, settings))
-            except Exception as exc:  # a variant that fails is a result too
-                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        # timed in rounds, each round every variant once, so that a slow spell of the machine hits all of them
-        times: list[list[float]] = [[] for _ in ready]
-        for _ in range(rounds):
-            for (_row, policy, settings), spent in zip(ready, times, strict=True):
-                kwargs = apply(settings)
-                sync(device)
-                t0 = clock()
-                perturbation_saliency(policy, frames_n, states_n, density=args.density, **kwargs)
-                sync(device)
-                spent.append(clock() - t0)
-        for (row, _, _), spent in zip(ready, times, strict=True):
-            seconds = float(np.median(spent))
-            row.update(
-                frames=len(frames_n),
-                density=args.density,
-                frames_per_s=round(len(frames_n) / seconds, 1),
-                ms_per_frame=round(seconds / len(frames_n) * 1e3, 4),
-                spread=round((max(spent) - min(spent)) / seconds, 3),
-                rounds=rounds,
-                clock=args.clock,
-                threads=torch.get_num_threads(),
-            )
-            try:  # a variant of another network (split3_tf32's wrapper) has no roofline of its own
-                row.update(roofline_share(agent, row["plan"], args.density, row["frames_per_s"], n, device, peaks))
-            except ValueError:
-                pass
+        # each agent gets an equal share of what is left of the budget, so one that overran shortens all the rest
+        now = time.perf_counter()
+        deadline = now + (started + args.budget_s - now) / (len(agents) - index)
+        try:
+            measure_agent(name, load, frames, states, deadline, args, n, rounds, clock, device, peaks, rows, skipped)
+        except Exception as exc:  # one agent's failure (its float64 reference, say) leaves the others to run
+            row = dict(agent=name, variant="(agent)", plan="-", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             rows.append(row)
             print(json.dumps(row), flush=True)
         save()
@@ -362,7 +398,7 @@ def main() -> None:
         "| agent | variant | plan | frames/s | vs eager | of roofline | first call s | actor err | critic err | top5 |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    base = {(r["agent"], r["plan"]): r["frames_per_s"] for r in rows if r.get("variant") == "eager"}
+    base = {(r["agent"], r["plan"]): r["frames_per_s"] for r in rows if r["variant"] == "eager" and "error" not in r}
     for r in rows:
         if "error" in r:
             print(f"| {r['agent']} | {r['variant']} | - | - | - | - | - | {r['error'][:80]} | | |")

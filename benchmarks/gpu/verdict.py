@@ -243,10 +243,12 @@ def num_envs_decision(results: dict[str, dict]) -> Decision:
 
 def render(results: dict[str, dict], missing: list[str]) -> str:
     speed_env = results.get("speed.json", {}).get("environment", {})
-    device = (
-        speed_env.get("gpu") or results.get("end_to_end.json", {}).get("device") or speed_env.get("cpu") or "unknown"
-    )
-    judged = "gpu" in speed_env
+    check_env = results.get("check.json", {}).get("environment", {})
+    job_device = results.get("end_to_end.json", {}).get("device")
+    # the run was on a GPU if any of its parts says so (a part that failed early wrote nothing)
+    gpu = speed_env.get("gpu") or check_env.get("gpu") or (job_device if job_device not in (None, "cpu") else None)
+    device = gpu or speed_env.get("cpu") or check_env.get("cpu") or "unknown"
+    judged = gpu is not None
     lines = [f"# What the GPU check's figures say: {device}", ""]
     if missing:
         lines += [f"Missing from the results: {', '.join(missing)} (what needs them is left out).", ""]

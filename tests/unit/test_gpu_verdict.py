@@ -61,12 +61,13 @@ def results() -> dict:
             ],
         ),
         "check.json": dict(
+            environment=dict(gpu="NVIDIA H100 80GB HBM3"),
             checks=[
                 check("fast_tf32_vs_emulation[gru]", 3e-3, False),
                 check("fast_triton_vs_emulation[gru]", 2e-7, True),
                 check("batch_vs_single_rows[gru]", 0.0, True, "0 of 32 rows differ in some bit"),
                 check("batch_vs_single_rows[lstm]", 3e-7, True, "5 of 32 rows differ in some bit"),
-            ]
+            ],
         ),
         "incremental_choice.json": dict(
             rows=[
@@ -145,7 +146,7 @@ def test_num_envs_promise_follows_the_batch_check(results):
 
 def test_cpu_results_are_shown_not_judged_and_missing_files_are_named(results, tmp_path):
     del results["end_to_end.json"]
-    results["speed.json"]["environment"] = dict(cpu="Intel(R) Xeon(R) Processor")
+    results["speed.json"]["environment"] = results["check.json"]["environment"] = dict(cpu="Intel(R) Xeon(R) Processor")
     for name, content in results.items():
         (tmp_path / name).write_text(json.dumps(content))
     out = subprocess.run(
@@ -160,6 +161,18 @@ def test_cpu_results_are_shown_not_judged_and_missing_files_are_named(results, t
     defaults = text.split("## Defaults waiting on these figures")[1].strip().splitlines()[2:]
     assert len(defaults) == 6 and all("| - (no CUDA) |" in row for row in defaults)
     assert "Correctness checks failed: fast_tf32_vs_emulation[gru]" in text
+
+
+def test_a_gpu_run_whose_speed_part_wrote_nothing_is_still_judged_as_the_gpus(results):
+    """speed.py may fail before its first save: check.json (or the end-to-end job) still says the run had a GPU."""
+    del results["speed.json"]
+    text = verdict.render(results, ["speed.json"])
+    assert text.startswith("# What the GPU check's figures say: NVIDIA H100 80GB HBM3")
+    assert "not judged" not in text and "| 23 | end to end" in text and "| yes |" in text
+    results["end_to_end.json"]["device"] = "cpu"
+    assert "not judged" not in verdict.render(results, ["speed.json"])  # check.json alone says so
+    del results["check.json"]["environment"]
+    assert "not judged" in verdict.render(results, ["speed.json"])
 
 
 def test_an_empty_folder_is_refused_with_what_to_run(tmp_path):
