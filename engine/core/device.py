@@ -52,14 +52,33 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
     return t.to(device)
 
 
+# oneDNN's float32 products on the CPU (torch.backends.mkldnn.*.fp32_precision): a user's
+# torch.set_float32_matmul_precision("medium") sets the matrix products to bfloat16, which moved baby-a3c's maps by
+# 4e-3 of their max on an AMX Xeon
+_CPU_FLOAT32_BACKENDS = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+
+
 @contextlib.contextmanager
 def float32_matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
-    """Inside the block, CUDA float32 convolutions and matrix products use TF32 only if ``tf32`` (restored after).
+    """Inside the block the device's float32 convolutions and matrix products are exact float32, except that on
+    CUDA they use TF32 if ``tf32``; every setting is restored after.
 
     cuDNN allows TF32 convolutions by default, which moves float32 maps about 6e-4 (relative) away from float64
     ones on an H200, against 8e-7 without it (benchmarks/results/gpu/): the engine keeps float32 exact unless
-    asked. Nothing changes on other devices.
+    asked. On the CPU, oneDNN's reduced float32 modes (bfloat16 or TF32 products, which a process may have set with
+    ``torch.set_float32_matmul_precision`` or ``torch.backends.mkldnn``'s ``fp32_precision``) are off whatever
+    ``tf32`` says. The settings are process-wide: work on other threads of the process meanwhile sees them too.
     """
+    if torch.device(device).type == "cpu":
+        saved_cpu = [backend.fp32_precision for backend in _CPU_FLOAT32_BACKENDS]
+        for backend in _CPU_FLOAT32_BACKENDS:
+            backend.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for backend, precision in zip(_CPU_FLOAT32_BACKENDS, saved_cpu, strict=True):
+                backend.fp32_precision = precision
+        return
     if torch.device(device).type != "cuda":
         yield
         return

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
+from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
@@ -210,7 +211,7 @@ def lime_saliency(
     chunk = resolve_perturbations_per_eval(agent, dtype, n * k, perturbations_per_eval, memory_budget_mb)
     pixel_segments = segments.flatten()
 
-    with torch.inference_mode():
+    with torch.inference_mode(), float32_matmul_precision(device, False):
         hide = torch.full((1, 1, 1, 1), float(hide_value), dtype=dtype, device=device)
         actor = x.new_empty(n * k)
         critic = x.new_empty(n * k)

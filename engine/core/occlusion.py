@@ -22,6 +22,7 @@ import torch
 
 from .batching import pad_rows
 from .blur import gaussian_blur
+from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .perturbation import _check_actions, incremental_plan, perturbation_scores, resolve_perturbations_per_eval
 from .policy import Policy, PolicyOutput
@@ -184,7 +185,7 @@ def occlusion_sensitivity(
     masks = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(m, h, w).to(dtype)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * m, perturbations_per_eval, memory_budget_mb)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), float32_matmul_precision(device, False):
         if baseline == "blur":
             fill = gaussian_blur(x, BLUR_SIGMA).to(x.dtype)
         elif baseline == "mean":

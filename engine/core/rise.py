@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
+from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
@@ -254,7 +255,7 @@ def rise_saliency(
     m = num_masks
     chunk = resolve_perturbations_per_eval(agent, dtype, n * m, perturbations_per_eval, memory_budget_mb)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), float32_matmul_precision(device, False):
         fill = torch.full((1, 1, 1, 1), float(baseline), dtype=dtype, device=device)
         actor = x.new_empty(n * m)
         critic = x.new_empty(n * m)

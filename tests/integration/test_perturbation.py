@@ -116,6 +116,44 @@ def test_many_frames_equal_one_at_a_time(pong_agent, pong_rollout):
         assert torch.equal(alone.actor[0], together.actor[i]) and torch.equal(alone.critic[0], together.critic[i])
 
 
+def _methods():
+    from engine.core.lime import lime_saliency
+    from engine.core.occlusion import occlusion_sensitivity
+    from engine.core.rise import rise_saliency
+
+    return {
+        "perturbation": lambda *a: perturbation_saliency(*a, density=10, incremental=False),
+        "perturbation_incremental": lambda *a: perturbation_saliency(*a, density=10, incremental=True),
+        "occlusion": lambda *a: occlusion_sensitivity(*a, window=16, stride=16, response="value"),
+        "rise": lambda *a: rise_saliency(*a, num_masks=32, response="value"),
+        "lime": lambda *a: lime_saliency(*a, num_samples=32, response="value"),
+    }
+
+
+@pytest.mark.parametrize("method", list(_methods()))
+def test_a_process_wide_bfloat16_setting_leaves_the_maps_exact(method, pong_agent, pong_rollout):
+    """``torch.set_float32_matmul_precision("medium")`` and oneDNN's bfloat16 convolutions, set by the user's
+    process, would round the agent's products to bfloat16 on a CPU that has them (4e-3 of the map's max on an AMX
+    Xeon): each method's call gives the maps of the default settings bit for bit, and leaves the settings as it
+    found them."""
+    run = _methods()[method]
+    frames, states = pong_rollout.frames[40:42], tuple(s[40:42] for s in pong_rollout.states)
+    want = run(pong_agent, frames, states)
+    saved = torch.get_float32_matmul_precision(), torch.backends.mkldnn.conv.fp32_precision
+    try:
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        got = run(pong_agent, frames, states)
+        assert torch.get_float32_matmul_precision() == "medium"
+        assert torch.backends.mkldnn.conv.fp32_precision == "bf16"
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.mkldnn.conv.fp32_precision = saved[1]
+    for key in ("actor", "critic"):
+        assert float(getattr(want, key).abs().max()) > 0, key
+        assert torch.equal(getattr(got, key), getattr(want, key)), key
+
+
 def test_accepts_preprocessed_frames_and_numpy(pong_agent, pong_rollout):
     frames, states = pong_rollout.frames[40:42], tuple(s[40:42] for s in pong_rollout.states)
     a = perturbation_saliency(pong_agent, frames.numpy(), states, density=10)

@@ -1,4 +1,5 @@
-"""Device helpers: the TF32 switch around the engine's CUDA work sets and restores torch's flags."""
+"""Device helpers: the precision switch around the engine's work sets and restores torch's flags: TF32 on CUDA, and
+oneDNN's reduced float32 modes on the CPU."""
 
 import pytest
 import torch
@@ -33,6 +34,34 @@ def test_other_devices_are_left_alone(tf32_flags):
     torch.backends.cudnn.allow_tf32 = True
     with float32_matmul_precision(torch.device("cpu"), False):
         assert torch.backends.cudnn.allow_tf32 is True
+
+
+CPU_BACKENDS = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+
+
+@pytest.fixture
+def cpu_precision():
+    saved = [backend.fp32_precision for backend in CPU_BACKENDS], torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(saved[1])
+    for backend, precision in zip(CPU_BACKENDS, saved[0], strict=True):
+        backend.fp32_precision = precision
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_cpu_block_turns_onednn_reduced_precision_off_and_restores_it(cpu_precision, tf32):
+    """A process that asked for bfloat16 float32 products (``torch.set_float32_matmul_precision("medium")``, or
+    oneDNN's own settings) gets exact float32 inside the block, TF32 asked for or not, and its settings back after,
+    also after an error."""
+    torch.set_float32_matmul_precision("medium")
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    before = [backend.fp32_precision for backend in CPU_BACKENDS]
+    assert before[:2] == ["bf16", "bf16"]
+    with pytest.raises(RuntimeError, match="boom"), float32_matmul_precision(torch.device("cpu"), tf32):
+        assert [backend.fp32_precision for backend in CPU_BACKENDS] == ["ieee"] * 3
+        raise RuntimeError("boom")
+    assert [backend.fp32_precision for backend in CPU_BACKENDS] == before
+    assert torch.get_float32_matmul_precision() == "medium"
 
 
 def test_bad_device_and_dtype_names():
