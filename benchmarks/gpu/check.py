@@ -54,6 +54,13 @@ def set_tf32(on: bool) -> None:
             module.fp32_precision = precision
 
 
+def precision_settings() -> tuple:
+    """The process's float32 precision settings as strings (reading the legacy flags can raise in a mixed state)."""
+    backends = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    backends += tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+    return tuple(getattr(b, "fp32_precision", None) for b in backends)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -169,6 +176,33 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
             got = perturbation_saliency(agents_dev[name], frames, states, interp=interp)
             err = max(rel_error(got.actor_scores, want.actor_scores), rel_error(got.critic_scores, want.critic_scores))
             c.record(f"device_vs_cpu[{name},{interp}]", err, 1e-4, "4 frames, d5 r5, float32")
+    # 2b. a process's own TF32 / reduced-precision settings stay out of a saliency call, which leaves them as found:
+    # torch.set_float32_matmul_precision("high") and the per-backend fp32_precision settings of newer torch
+    frames, states = data["gru"]["frames"][rows], states_of(data["gru"], rows)
+    want = perturbation_saliency(agents_dev["gru"], frames, states)
+    user_settings = {
+        "matmul_precision_high": lambda: torch.set_float32_matmul_precision("high"),
+        "legacy_allow_tf32": lambda: (
+            setattr(torch.backends.cudnn, "allow_tf32", True) or setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+        ),
+        "fp32_precision_tf32": lambda: [
+            setattr(backend, "fp32_precision", "tf32")
+            for backend in (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.conv)
+        ],
+    }
+    for label, apply_setting in user_settings.items():
+        set_tf32(False)
+        apply_setting()
+        before = precision_settings()
+        try:
+            got = perturbation_saliency(agents_dev["gru"], frames, states)
+            err = max(rel_error(got.actor, want.actor), rel_error(got.critic, want.critic))
+            kept = precision_settings() == before
+            note = "4 frames, d5 r5: maps against the default settings'" + ("" if kept else "; NOT RESTORED")
+            c.record(f"user_precision_kept_out[{label}]", err if kept else float("inf"), 1e-6, note)
+        except Exception as exc:  # a raising call under a user's settings is a failed check
+            c.record(f"user_precision_kept_out[{label}]", float("nan"), 1e-6, f"{type(exc).__name__}: {exc}"[:200])
+    set_tf32(False)
     # 3. float64 on the device equals the loop reference (numpy/scipy masks, one pass per perturbation)
     for name, arrays in data.items():
         agent64 = agents_dev[name].double()

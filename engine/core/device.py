@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -52,10 +53,28 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
     return t.to(device)
 
 
-# oneDNN's float32 products on the CPU (torch.backends.mkldnn.*.fp32_precision): a user's
-# torch.set_float32_matmul_precision("medium") sets the matrix products to bfloat16, which moved baby-a3c's maps by
-# 4e-3 of their max on an AMX Xeon
-_CPU_FLOAT32_BACKENDS = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+# the per-backend float32 precision settings (``fp32_precision``: "ieee", "tf32", "bf16" or "none", inherit): what
+# the kernels and inductor read. oneDNN's on the CPU: a process's torch.set_float32_matmul_precision("medium") sets
+# its matrix products to bfloat16, which moved baby-a3c's maps by 4e-3 of their max on an AMX Xeon
+_CPU_FLOAT32_BACKENDS: tuple[Any, ...] = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+_CUDA_FLOAT32_BACKENDS: tuple[Any, ...] = (
+    torch.backends.cuda.matmul,
+    *(getattr(torch.backends.cudnn, op) for op in ("conv", "rnn")),
+)
+
+
+def _legacy_tf32() -> tuple[bool, str] | None:
+    """The older TF32 switches (cuDNN's ``allow_tf32`` and the float32 matmul precision), or None where torch
+    refuses to read them: a process that set the per-backend settings to disagree with them."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32), torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+
+
+def _set_legacy_tf32(cudnn: bool, matmul: str) -> None:
+    torch.backends.cudnn.allow_tf32 = cudnn
+    torch.set_float32_matmul_precision(matmul)
 
 
 @contextlib.contextmanager
@@ -67,24 +86,29 @@ def float32_matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]
     ones on an H200, against 8e-7 without it (benchmarks/results/gpu/): the engine keeps float32 exact unless
     asked. On the CPU, oneDNN's reduced float32 modes (bfloat16 or TF32 products, which a process may have set with
     ``torch.set_float32_matmul_precision`` or ``torch.backends.mkldnn``'s ``fp32_precision``) are off whatever
-    ``tf32`` says. The settings are process-wide: work on other threads of the process meanwhile sees them too.
+    ``tf32`` says. Both the per-backend settings (``fp32_precision``, what the kernels and inductor read) and, where
+    the process left them readable, the older switches they replace are set, so neither view disagrees inside; the
+    per-backend ones are restored last, as they were. The settings are process-wide: work on other threads of the
+    process meanwhile sees them too.
     """
-    if torch.device(device).type == "cpu":
-        saved_cpu = [backend.fp32_precision for backend in _CPU_FLOAT32_BACKENDS]
-        for backend in _CPU_FLOAT32_BACKENDS:
-            backend.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            for backend, precision in zip(_CPU_FLOAT32_BACKENDS, saved_cpu, strict=True):
-                backend.fp32_precision = precision
-        return
-    if torch.device(device).type != "cuda":
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
         yield
         return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    backends = _CPU_FLOAT32_BACKENDS if kind == "cpu" else _CUDA_FLOAT32_BACKENDS
+    # the older matmul switch also sets oneDNN's matrix products: kept as they were too
+    touched = backends if kind == "cpu" else backends + _CPU_FLOAT32_BACKENDS[:1]
+    saved = [backend.fp32_precision for backend in touched]
+    legacy = _legacy_tf32() if kind == "cuda" else None
     try:
+        if legacy is not None:
+            _set_legacy_tf32(tf32, "high" if tf32 else "highest")
+        wanted = "tf32" if kind == "cuda" and tf32 else "ieee"
+        for backend in backends:
+            backend.fp32_precision = wanted
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        if legacy is not None:
+            _set_legacy_tf32(*legacy)
+        for backend, precision in zip(touched, saved, strict=True):
+            backend.fp32_precision = precision

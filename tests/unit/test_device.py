@@ -64,6 +64,80 @@ def test_cpu_block_turns_onednn_reduced_precision_off_and_restores_it(cpu_precis
     assert torch.get_float32_matmul_precision() == "medium"
 
 
+BACKENDS = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn)
+BACKENDS += tuple(getattr(torch.backends.cudnn, op) for op in ("conv", "rnn"))
+BACKENDS += tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
+
+
+def _read(getter):
+    try:
+        return getter()
+    except RuntimeError:  # torch refuses to read an older switch that disagrees with the per-backend settings
+        return "refused"
+
+
+def precision_state() -> tuple:
+    """Every float32 precision setting a process can make, as torch reports it."""
+    return (
+        tuple(backend.fp32_precision for backend in BACKENDS),
+        _read(torch.get_float32_matmul_precision),
+        _read(lambda: torch.backends.cuda.matmul.allow_tf32),
+        _read(lambda: torch.backends.cudnn.allow_tf32),
+    )
+
+
+@pytest.fixture
+def fresh_precision():
+    """Torch's defaults before the test, and the settings the process had restored after it."""
+    saved = [backend.fp32_precision for backend in BACKENDS]
+    legacy = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    yield
+    torch.backends.cudnn.allow_tf32 = legacy[0]
+    torch.set_float32_matmul_precision(legacy[1])
+    for backend, precision in zip(BACKENDS, saved, strict=True):
+        backend.fp32_precision = precision
+
+
+USER_SETTINGS = {  # what a process may have set before calling the engine, old API and new
+    "defaults": lambda: None,
+    "matmul_precision_high": lambda: torch.set_float32_matmul_precision("high"),
+    "matmul_precision_medium": lambda: torch.set_float32_matmul_precision("medium"),
+    "allow_tf32_both": lambda: [
+        setattr(torch.backends.cuda.matmul, "allow_tf32", True),
+        setattr(torch.backends.cudnn, "allow_tf32", True),
+    ],
+    "cudnn_allow_tf32_off": lambda: setattr(torch.backends.cudnn, "allow_tf32", False),
+    "fp32_precision_tf32": lambda: [
+        setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"),
+        setattr(torch.backends.cudnn.conv, "fp32_precision", "tf32"),
+    ],
+    "global_fp32_precision_tf32": lambda: setattr(torch.backends, "fp32_precision", "tf32"),
+    "onednn_conv_bf16": lambda: setattr(torch.backends.mkldnn.conv, "fp32_precision", "bf16"),
+}
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("kind", ["cuda", "cpu"])
+@pytest.mark.parametrize("setting", list(USER_SETTINGS))
+def test_any_process_setting_is_overridden_inside_and_restored_exactly(fresh_precision, setting, kind, tf32):
+    """Whatever the process set, through torch's older switches or the per-backend ``fp32_precision`` that replace
+    them (which torch refuses to mix in some reads): entering never raises; inside, the device's per-backend
+    settings (what kernels and inductor read) are exact float32, or TF32 on CUDA when asked, and the older switches,
+    where readable, agree; after, every setting reads as before. The flags are plain settings, so this runs without a
+    GPU."""
+    USER_SETTINGS[setting]()
+    before = precision_state()
+    with float32_matmul_precision(torch.device(kind), tf32):
+        inside = [backend.fp32_precision for backend in BACKENDS]
+        if kind == "cuda":
+            want = "tf32" if tf32 else "ieee"
+            assert [inside[1], inside[4], inside[5]] == [want] * 3  # cuBLAS matmul, cuDNN conv and rnn
+            assert _read(lambda: torch.backends.cudnn.allow_tf32) in (tf32, "refused")
+        else:
+            assert inside[6:] == ["ieee"] * 3  # oneDNN matmul, conv and rnn, TF32 asked for or not
+    assert precision_state() == before
+
+
 def test_bad_device_and_dtype_names():
     with pytest.raises(EngineError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
