@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from engine.core.delta import use_split_kernel  # noqa: E402
+from engine.core.device import FLOAT32_BACKENDS, float32_precision_settings  # noqa: E402
 from engine.core.jacobian import action_jacobian, jacobian_saliency  # noqa: E402
 from engine.core.perturbation import perturbation_saliency  # noqa: E402
 from engine.core.preprocessing import preprocess_bytes, preprocess_frames  # noqa: E402
@@ -52,13 +53,6 @@ def set_tf32(on: bool) -> None:
         module = eval(backend)  # noqa: S307 (fixed names)
         if hasattr(module, "fp32_precision"):
             module.fp32_precision = precision
-
-
-def precision_settings() -> tuple:
-    """The process's float32 precision settings as strings (reading the legacy flags can raise in a mixed state)."""
-    backends = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
-    backends += tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
-    return tuple(getattr(b, "fp32_precision", None) for b in backends)
 
 
 def sync(device: torch.device) -> None:
@@ -180,24 +174,20 @@ def correctness(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> 
     # torch.set_float32_matmul_precision("high") and the per-backend fp32_precision settings of newer torch
     frames, states = data["gru"]["frames"][rows], states_of(data["gru"], rows)
     want = perturbation_saliency(agents_dev["gru"], frames, states)
-    user_settings = {
-        "matmul_precision_high": lambda: torch.set_float32_matmul_precision("high"),
-        "legacy_allow_tf32": lambda: (
-            setattr(torch.backends.cudnn, "allow_tf32", True) or setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-        ),
-        "fp32_precision_tf32": lambda: [
-            setattr(backend, "fp32_precision", "tf32")
-            for backend in (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.conv)
-        ],
-    }
-    for label, apply_setting in user_settings.items():
+    for label in ("matmul_precision_high", "legacy_allow_tf32", "fp32_precision_tf32"):
         set_tf32(False)
-        apply_setting()
-        before = precision_settings()
+        if label == "matmul_precision_high":
+            torch.set_float32_matmul_precision("high")
+        elif label == "legacy_allow_tf32":
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        else:
+            for name in ("cuda.matmul", "cudnn.conv", "mkldnn.conv"):
+                FLOAT32_BACKENDS[name].fp32_precision = "tf32"
+        before = float32_precision_settings()
         try:
             got = perturbation_saliency(agents_dev["gru"], frames, states)
             err = max(rel_error(got.actor, want.actor), rel_error(got.critic, want.critic))
-            kept = precision_settings() == before
+            kept = float32_precision_settings() == before
             note = "4 frames, d5 r5: maps against the default settings'" + ("" if kept else "; NOT RESTORED")
             c.record(f"user_precision_kept_out[{label}]", err if kept else float("inf"), 1e-6, note)
         except Exception as exc:  # a raising call under a user's settings is a failed check

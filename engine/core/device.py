@@ -56,11 +56,22 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
 # the per-backend float32 precision settings (``fp32_precision``: "ieee", "tf32", "bf16" or "none", inherit): what
 # the kernels and inductor read. oneDNN's on the CPU: a process's torch.set_float32_matmul_precision("medium") sets
 # its matrix products to bfloat16, which moved baby-a3c's maps by 4e-3 of their max on an AMX Xeon
-_CPU_FLOAT32_BACKENDS: tuple[Any, ...] = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
-_CUDA_FLOAT32_BACKENDS: tuple[Any, ...] = (
-    torch.backends.cuda.matmul,
-    *(getattr(torch.backends.cudnn, op) for op in ("conv", "rnn")),
-)
+FLOAT32_BACKENDS: dict[str, Any] = {
+    "all": torch.backends,
+    "cuda.matmul": torch.backends.cuda.matmul,
+    "cudnn": torch.backends.cudnn,
+    **{f"cudnn.{op}": getattr(torch.backends.cudnn, op) for op in ("conv", "rnn")},
+    "mkldnn": torch.backends.mkldnn,
+    **{f"mkldnn.{op}": getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn")},
+}
+_CPU_FLOAT32_BACKENDS = tuple(FLOAT32_BACKENDS[f"mkldnn.{op}"] for op in ("matmul", "conv", "rnn"))
+_CUDA_FLOAT32_BACKENDS = tuple(FLOAT32_BACKENDS[name] for name in ("cuda.matmul", "cudnn.conv", "cudnn.rnn"))
+
+
+def float32_precision_settings() -> dict[str, str]:
+    """The process's per-backend float32 precision settings by backend (:data:`FLOAT32_BACKENDS`), which torch
+    always reads back (its older switches it may refuse to)."""
+    return {name: backend.fp32_precision for name, backend in FLOAT32_BACKENDS.items()}
 
 
 def _legacy_tf32() -> tuple[bool, str] | None:

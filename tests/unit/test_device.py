@@ -4,7 +4,13 @@ oneDNN's reduced float32 modes on the CPU."""
 import pytest
 import torch
 
-from engine.core.device import float32_matmul_precision, resolve_device, resolve_dtype
+from engine.core.device import (
+    FLOAT32_BACKENDS,
+    float32_matmul_precision,
+    float32_precision_settings,
+    resolve_device,
+    resolve_dtype,
+)
 from engine.core.errors import EngineError
 
 
@@ -36,39 +42,6 @@ def test_other_devices_are_left_alone(tf32_flags):
         assert torch.backends.cudnn.allow_tf32 is True
 
 
-CPU_BACKENDS = tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
-
-
-@pytest.fixture
-def cpu_precision():
-    saved = [backend.fp32_precision for backend in CPU_BACKENDS], torch.get_float32_matmul_precision()
-    yield
-    torch.set_float32_matmul_precision(saved[1])
-    for backend, precision in zip(CPU_BACKENDS, saved[0], strict=True):
-        backend.fp32_precision = precision
-
-
-@pytest.mark.parametrize("tf32", [True, False])
-def test_cpu_block_turns_onednn_reduced_precision_off_and_restores_it(cpu_precision, tf32):
-    """A process that asked for bfloat16 float32 products (``torch.set_float32_matmul_precision("medium")``, or
-    oneDNN's own settings) gets exact float32 inside the block, TF32 asked for or not, and its settings back after,
-    also after an error."""
-    torch.set_float32_matmul_precision("medium")
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
-    before = [backend.fp32_precision for backend in CPU_BACKENDS]
-    assert before[:2] == ["bf16", "bf16"]
-    with pytest.raises(RuntimeError, match="boom"), float32_matmul_precision(torch.device("cpu"), tf32):
-        assert [backend.fp32_precision for backend in CPU_BACKENDS] == ["ieee"] * 3
-        raise RuntimeError("boom")
-    assert [backend.fp32_precision for backend in CPU_BACKENDS] == before
-    assert torch.get_float32_matmul_precision() == "medium"
-
-
-BACKENDS = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn)
-BACKENDS += tuple(getattr(torch.backends.cudnn, op) for op in ("conv", "rnn"))
-BACKENDS += tuple(getattr(torch.backends.mkldnn, op) for op in ("matmul", "conv", "rnn"))
-
-
 def _read(getter):
     try:
         return getter()
@@ -79,7 +52,7 @@ def _read(getter):
 def precision_state() -> tuple:
     """Every float32 precision setting a process can make, as torch reports it."""
     return (
-        tuple(backend.fp32_precision for backend in BACKENDS),
+        float32_precision_settings(),
         _read(torch.get_float32_matmul_precision),
         _read(lambda: torch.backends.cuda.matmul.allow_tf32),
         _read(lambda: torch.backends.cudnn.allow_tf32),
@@ -88,14 +61,31 @@ def precision_state() -> tuple:
 
 @pytest.fixture
 def fresh_precision():
-    """Torch's defaults before the test, and the settings the process had restored after it."""
-    saved = [backend.fp32_precision for backend in BACKENDS]
+    """The process's settings put back after the test, whatever it set."""
+    saved = float32_precision_settings()
     legacy = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     yield
     torch.backends.cudnn.allow_tf32 = legacy[0]
     torch.set_float32_matmul_precision(legacy[1])
-    for backend, precision in zip(BACKENDS, saved, strict=True):
-        backend.fp32_precision = precision
+    for name, precision in saved.items():
+        FLOAT32_BACKENDS[name].fp32_precision = precision
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_cpu_block_turns_onednn_reduced_precision_off_and_restores_it(fresh_precision, tf32):
+    """A process that asked for bfloat16 float32 products (``torch.set_float32_matmul_precision("medium")``, or
+    oneDNN's own settings) gets exact float32 inside the block, TF32 asked for or not, and its settings back after,
+    also after an error."""
+    torch.set_float32_matmul_precision("medium")
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    before = float32_precision_settings()
+    assert (before["mkldnn.matmul"], before["mkldnn.conv"]) == ("bf16", "bf16")
+    with pytest.raises(RuntimeError, match="boom"), float32_matmul_precision(torch.device("cpu"), tf32):
+        inside = float32_precision_settings()
+        assert [inside[f"mkldnn.{op}"] for op in ("matmul", "conv", "rnn")] == ["ieee"] * 3
+        raise RuntimeError("boom")
+    assert float32_precision_settings() == before
+    assert torch.get_float32_matmul_precision() == "medium"
 
 
 USER_SETTINGS = {  # what a process may have set before calling the engine, old API and new
@@ -128,13 +118,13 @@ def test_any_process_setting_is_overridden_inside_and_restored_exactly(fresh_pre
     USER_SETTINGS[setting]()
     before = precision_state()
     with float32_matmul_precision(torch.device(kind), tf32):
-        inside = [backend.fp32_precision for backend in BACKENDS]
+        inside = float32_precision_settings()
         if kind == "cuda":
             want = "tf32" if tf32 else "ieee"
-            assert [inside[1], inside[4], inside[5]] == [want] * 3  # cuBLAS matmul, cuDNN conv and rnn
+            assert [inside[name] for name in ("cuda.matmul", "cudnn.conv", "cudnn.rnn")] == [want] * 3
             assert _read(lambda: torch.backends.cudnn.allow_tf32) in (tf32, "refused")
-        else:
-            assert inside[6:] == ["ieee"] * 3  # oneDNN matmul, conv and rnn, TF32 asked for or not
+        else:  # TF32 asked for or not
+            assert [inside[f"mkldnn.{op}"] for op in ("matmul", "conv", "rnn")] == ["ieee"] * 3
     assert precision_state() == before
 
 
