@@ -27,7 +27,7 @@ from engine.policies.greydanus2017 import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
+from benchmarks.common import best_of, best_of_interleaved, machine, measured_peaks, roofline_share  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 
@@ -74,6 +74,14 @@ def main() -> dict:
             score_frame_np(agent, frames[t].numpy(), tuple(s[t : t + 1] for s in states), args.radius, args.density)
 
     reference_s = best_of(1, reference, warmup=False) / args.reference_frames
+    # each figure's share of this machine's float32 roofline (engine.core.roofline), with its peaks measured now
+    peaks = measured_peaks(torch.device("cpu"))
+    shares = {
+        name: roofline_share(
+            agent, incremental, args.radius, args.density, 1 / s, args.frames, peaks, args.perturbations_per_eval
+        )
+        for name, incremental, s in (("engine", "auto", engine_s), ("engine_plain", False, plain_s))
+    }
 
     result = dict(
         machine=machine(),
@@ -95,6 +103,11 @@ def main() -> dict:
         plain_over_bare_forward=plain_s / bare_s,
         engine_over_bare_forward=engine_s / bare_s,
         incremental_speedup=plain_s / engine_s,
+        peak_flops_per_s=peaks[0],
+        peak_bytes_per_s=peaks[1],
+        engine_plan=shares["engine"]["plan"],
+        engine_roofline_fraction=shares["engine"]["roofline_fraction"],
+        engine_plain_roofline_fraction=shares["engine_plain"]["roofline_fraction"],
     )
     print(f"loop reference      : {reference_s:8.4f} s/frame  ({masks + 1} forward passes of one input each)")
     print(
@@ -107,6 +120,11 @@ def main() -> dict:
     print(
         f"speed-up vs reference: {result['speedup_vs_reference']:.1f}x (plain passes {result['plain_speedup_vs_reference']:.1f}x); "
         f"plain / bare forward: {result['plain_over_bare_forward']:.3f}; engine / bare forward: {result['engine_over_bare_forward']:.3f}"
+    )
+    print(
+        f"of the float32 roofline ({peaks[0] / 1e9:.0f} GFLOP/s, {peaks[1] / 1e9:.0f} GB/s measured now): engine "
+        f"{result['engine_roofline_fraction']:.0%} ({result['engine_plan']}), plain passes "
+        f"{result['engine_plain_roofline_fraction']:.0%}"
     )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,40 +28,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import cpu_flags, machine  # noqa: E402
-from benchmarks.gpu.check import set_tf32, sync  # noqa: E402
+from benchmarks.common import best_seconds, cpu_flags, machine, peak_bandwidth, peak_flops  # noqa: E402
+from benchmarks.gpu.check import set_tf32  # noqa: E402
 from engine.core.masks import perturbation_masks  # noqa: E402
 from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
 from engine.core.roofline import roofline, roofline_fraction  # noqa: E402
 from engine.policies.cleanrl import CleanRLPPOLSTM  # noqa: E402
 from engine.policies.greydanus2017 import ActorCritic  # noqa: E402
-
-
-def best_seconds(fn, device: torch.device, repeats: int) -> float:
-    """Shortest of ``repeats`` timings of ``fn()`` (after one warm-up call; the device synchronised around each)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def peak_flops(device: torch.device, size: int, repeats: int) -> float:
-    """FLOP/s of a float32 ``size`` x ``size`` matrix product (2 size^3 FLOPs)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), device, repeats)
-
-
-def peak_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
-    """Bytes/s of a device copy of ``mib`` MiB (each byte read once and written once)."""
-    src = torch.empty(mib * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    return 2.0 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), device, repeats)
 
 
 def observations(shape: tuple[int, int, int], frames: int, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.* when run as a script
-from benchmarks.common import best_of, best_of_interleaved, machine  # noqa: E402
+from benchmarks.common import best_of, best_of_interleaved, machine, measured_peaks, roofline_share  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT.parent / "shared" / "checkpoints" / "baby-a3c" / "pong-v4" / "model.40.tar"
 # fp32 peaks for derived floors (dense, no tensor cores): what a GPU user can compare against
@@ -135,6 +135,20 @@ def main(cfg: DictConfig) -> None:
         result["incremental_speedup_over_plain"] = seconds["plain"] / seconds["engine"]
     if "plain" in seconds and "bare_forward" in seconds:
         result["plain_over_bare_forward"] = seconds["plain"] / seconds["bare_forward"]
+
+    # each saliency figure's share of this machine's float32 roofline (engine.core.roofline), peaks measured now;
+    # the bare forward runs the plain plan's copies (and each frame once more, which the roofline leaves out)
+    if dtype == torch.float32:
+        peaks = measured_peaks(torch.device("cpu"))
+        result["peak_flops_per_s"], result["peak_bytes_per_s"] = peaks
+        shares = {}
+        for m, incremental in (("engine", "auto"), ("plain", False), ("bare_forward", False)):
+            if m in seconds:
+                share = roofline_share(agent, incremental, cfg.radius, cfg.density, 1 / seconds[m], n, peaks, chunk)
+                shares[m] = share["roofline_fraction"]
+                if m == "engine":
+                    result["engine_plan"] = share["plan"]
+        result["roofline_fraction"] = shares
 
     # FLOPs of the bare forward pass per frame, and the floor they imply on a few GPUs
     from torch.utils.flop_counter import FlopCounterMode

@@ -135,6 +135,17 @@ def grouped(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def share(x: float | None) -> str:
+    """A share of the float32 roofline (engine.core.roofline, the device's peaks measured in the same run); '-' where
+    the run recorded none (runs made before the roofline existed)."""
+    return "-" if x is None else f"{x:.0%}"
+
+
+def optional_number(record: dict, key: str, source: Source, where: str = "") -> float | None:
+    """``record[key]`` as a number where the record has it, else None (a field newer than some result files)."""
+    return number(record, key, source, where) if key in record else None
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -161,7 +172,7 @@ SUITE_METHODS = [
 
 
 def suite_runs(results: Path) -> tuple[Source, list[dict]]:
-    """The latest run of each setting in suite.jsonl (the rule of benchmarks/report.py)."""
+    """The latest run of each setting in suite.jsonl (the rule of benchmarks/report.py), in the order of those runs."""
     src = Source(results / "suite.jsonl", "benchmarks/results/suite.jsonl")
     latest: dict[tuple, dict] = {}
     for i, r in enumerate(src.jsonl(), 1):
@@ -174,6 +185,7 @@ def suite_runs(results: Path) -> tuple[Source, list[dict]]:
         for m in get(r, "seconds_per_frame", src, dict, where):
             number(r, f"seconds_per_frame.{m}", src, where)
         number(r, "seconds_per_frame.engine", src, where)
+        latest.pop(key, None)  # the runs in the order of their latest line
         latest[key] = r
     return src, list(latest.values())
 
@@ -185,7 +197,9 @@ def suite_table(results: Path) -> str:
         (
             "Seconds per frame, the latest run of each setting (`python benchmarks/suite.py`, a sweep with `-m`; "
             '`pip install -e ".[bench]"` for the peers). Agent: baby-a3c\'s Pong GRU agent (40M frames), 2017 '
-            "pipeline (80x80), occlude; every method of a row measured in the same run, on the same frames."
+            "pipeline (80x80), occlude; every method of a row measured in the same run, on the same frames. "
+            '"engine of roofline": the share of the machine\'s float32 roofline that the engine reaches on the plan '
+            "it ran (engine.core.roofline, with peaks measured in the same run; '-' for runs made before the roofline)."
         ),
     ]
     for machine in sorted({r["machine"] for r in runs}):
@@ -220,12 +234,13 @@ def suite_table(results: Path) -> str:
                 + [
                     times(r.get("speedup_vs_reference", {}).get("engine")),
                     times(r.get("incremental_speedup_over_plain")),
+                    share(optional_number(r.get("roofline_fraction", {}), "engine", src)),
                 ]
             )
         header = (
             ["density", "radius", "masks", "frames", "chunk", "dtype", "threads"]
             + [name for _, name in SUITE_METHODS]
-            + ["engine vs reference", "incremental vs plain"]
+            + ["engine vs reference", "incremental vs plain", "engine of roofline"]
         )
         parts += [f"**Machine** (as the result file records it): {machine}; torch {torch}.", table(header, rows)]
         bf16 = [r for r in mine if isinstance(r.get("bf16"), dict)]
@@ -279,6 +294,7 @@ def headline_rows(results: Path) -> list[list[str]]:
                         agent,
                         f"{number(b, 's_per_frame', src) * 1e3:.3g} ms",
                         rate(number(b, "frames_per_s", src)),
+                        share(optional_number(b, "of_roofline", src)),
                         times(number(b, "vs_reference", src)),
                         f"`{src.shown}` (`{name}`)",
                         "`benchmarks/gpu/check.sh`",
@@ -293,13 +309,14 @@ def headline_rows(results: Path) -> list[list[str]]:
     ]
     if not default:
         raise src.fail("no run at density 5, radius 5, float32, chunks of 64, 8 frames (the headline setting)")
-    r = max(default, key=lambda r: r["threads"])
+    r = max(reversed(default), key=lambda r: r["threads"])  # the most threads; of those, the latest run
     rows.append(
         [
             f"{r['machine']} (torch {r.get('torch', '?')})",
             "baby-a3c Pong (GRU, 1x80x80)",
             f"{r['seconds_per_frame']['engine'] * 1e3:.3g} ms",
             rate(1 / r["seconds_per_frame"]["engine"]),
+            share(optional_number(r.get("roofline_fraction", {}), "engine", src)),
             times(r.get("speedup_vs_reference", {}).get("engine")),
             f"`{src.shown}` (latest run of the setting)",
             "`python benchmarks/suite.py`",
@@ -315,6 +332,7 @@ def headline_table(results: Path) -> str:
         "agent",
         "per frame",
         "frames / s",
+        "of roofline",
         "vs the loop reference",
         "result file",
         "command",
@@ -331,6 +349,8 @@ def perturbation_table(results: Path) -> str:
         times(number(d, "plain_speedup_vs_reference", src)),
         times(number(d, "incremental_speedup", src)),
         g(number(d, "plain_over_bare_forward", src)),
+        f"{share(optional_number(d, 'engine_roofline_fraction', src))} / "
+        f"{share(optional_number(d, 'engine_plain_roofline_fraction', src))}",
     ]
     text = [
         banner([src]),
@@ -351,6 +371,7 @@ def perturbation_table(results: Path) -> str:
                 "plain vs reference",
                 "incremental vs plain",
                 "plain / bare forward",
+                "of roofline: engine / plain",
             ],
             [row],
         ),
@@ -687,6 +708,10 @@ def gpu_table(results: Path) -> str:
                 for k, fmt in BENCH_EXTRAS
                 if k in b
             ]
+            if "of_roofline" in b:
+                extra.append(
+                    f"{share(number(b, 'of_roofline', src, src_b))} of the float32 roofline ({b.get('plan', '?')})"
+                )
             if "actor_rel_error" in b:
                 extra.append(
                     f"relative error vs float64 {g(b['actor_rel_error'], 2)} / {g(b['critic_rel_error'], 2)}, "

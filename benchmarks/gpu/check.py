@@ -8,7 +8,9 @@ float64 maps on the device equal the loop reference; perturbations per forward p
 never change a map; incremental equals plain passes; batched Jacobians equal a plain per-frame autograd loop,
 and the ``func`` backend equals ``autograd``. Speed: engine vs the loop reference, incremental vs plain,
 perturbations per forward pass up to memory, float32 with TF32 off and on and bf16 autocast with each one's
-accuracy against float64, frames/s at density 5 over 1000 frames, the two Jacobian backends.
+accuracy against float64, frames/s at density 5 over 1000 frames, the two Jacobian backends. Each saliency
+speed figure in float32 also gets its share of the float32 roofline (``of_roofline``; engine.core.roofline, with
+the device's peaks measured in the same run: ``peak_flops_per_s`` and ``peak_bytes_per_s`` in the environment).
 
 Without CUDA it runs the same program on the CPU with smaller sizes and says so. It writes ``check.json``
 (every number) and ``check.md`` (tables) into DIR and prints the tables last.
@@ -24,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import measured_peaks, roofline_share  # noqa: E402
 from engine.core.delta import use_split_kernel  # noqa: E402
 from engine.core.device import FLOAT32_BACKENDS, float32_precision_settings  # noqa: E402
 from engine.core.jacobian import action_jacobian, jacobian_saliency  # noqa: E402
@@ -87,17 +91,42 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).mean())
 
 
+class Roofline(NamedTuple):
+    """The engine call a speed figure timed, as far as its roofline needs it (:func:`benchmarks.common.roofline_share`)."""
+
+    agent: Any
+    incremental: bool | str = "auto"
+    radius: float = 5
+    per_eval: int | None = None
+
+
 class Check:
     def __init__(self) -> None:
         self.checks: list[dict] = []
         self.bench: list[dict] = []
+        self.peaks: tuple[float, float] | None = None  # (FLOP/s, bytes/s), measured before the speed figures
 
     def record(self, name: str, value: float, threshold: float, note: str = "") -> None:
         passed = bool(value <= threshold)
         self.checks.append(dict(name=name, value=value, threshold=threshold, passed=passed, note=note))
         print(f"[{'ok' if passed else 'FAIL'}] {name}: {value:.3g} (<= {threshold:g}) {note}", flush=True)
 
-    def time(self, name: str, seconds: float, frames: int, **extra) -> dict:
+    def time(self, name: str, seconds: float, frames: int, roofline: Roofline | None = None, **extra) -> dict:
+        if roofline is not None and self.peaks is not None:
+            try:  # a figure without its roofline is still a figure
+                share = roofline_share(
+                    roofline.agent,
+                    roofline.incremental,
+                    roofline.radius,
+                    5,
+                    frames / seconds,
+                    frames,
+                    self.peaks,
+                    roofline.per_eval,
+                )
+                extra.update(plan=share["plan"], of_roofline=share["roofline_fraction"])
+            except Exception as exc:  # noqa: BLE001 (reported in the row)
+                extra.update(of_roofline_error=f"{type(exc).__name__}: {exc}")
         row = dict(
             name=name,
             seconds=seconds,
@@ -333,7 +362,7 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
     t_ref = timed(lambda: saliency_np(agent, arrays["frames"][150], ref_state), device, repeats=1)
     c.time("loop_reference_d5_r5", t_ref, ref_frames)
     t_engine = timed(lambda: perturbation_saliency(agent, frames, states), device)
-    c.time("engine_d5_r5", t_engine, n, vs_reference=round(t_ref / (t_engine / n), 1))
+    c.time("engine_d5_r5", t_engine, n, Roofline(agent), vs_reference=round(t_ref / (t_engine / n), 1))
     # incremental vs plain
     for radius in (3, 5, 8):
         t_inc = timed(
@@ -342,8 +371,8 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
         t_plain = timed(
             lambda: perturbation_saliency(agent, frames, states, radius=radius, incremental=False), device, repeats
         )
-        c.time(f"incremental_d5_r{radius}", t_inc, n, vs_plain=round(t_plain / t_inc, 2))
-        c.time(f"plain_d5_r{radius}", t_plain, n)
+        c.time(f"incremental_d5_r{radius}", t_inc, n, Roofline(agent, True, radius), vs_plain=round(t_plain / t_inc, 2))
+        c.time(f"plain_d5_r{radius}", t_plain, n, Roofline(agent, False, radius))
     # perturbations per forward pass, up to memory
     sizes = [64, 512] if quick else [256, 1024, 4096, 16384, 65536]
     for incremental in (True, False):
@@ -367,10 +396,11 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
                 f"per_eval_{per_eval}_incremental={incremental}",
                 t,
                 n,
+                Roofline(agent, incremental, per_eval=per_eval),
                 peak_gib=None if peak is None else round(peak, 2),
             )
     t_auto = timed(lambda: perturbation_saliency(agent, frames, states), device, repeats)
-    c.time("per_eval_default(memory budget)", t_auto, n)
+    c.time("per_eval_default(memory budget)", t_auto, n, Roofline(agent))
     # precision: float32 (TF32 off / on), bf16 autocast; accuracy against float64 maps of the same frames
     k = 4 if quick else 16
     sub, sub_states = frames[:k], tuple(s[:k] for s in states)
@@ -404,7 +434,7 @@ def benchmark(c: Check, device, agents_cpu, agents_dev, data, quick: bool) -> No
         device,
         repeats=1,
     )
-    c.time(f"engine_d5_r5_{many}_frames", t_all, many)
+    c.time(f"engine_d5_r5_{many}_frames", t_all, many, Roofline(agent))
     # Jacobian backends
     jn = total if cuda else 64
     for backend in ("autograd", "func"):
@@ -489,17 +519,23 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
     t_ref = timed(lambda: saliency_np(agent, obs[150], ()), device, repeats=1)
     c.time("nature:loop_reference_d5_r5", t_ref, 1)
     t_engine = timed(lambda: perturbation_saliency(agent, obs[:n], ()), device, repeats)
-    c.time("nature:engine_d5_r5", t_engine, n, vs_reference=round(t_ref / (t_engine / n), 1))
+    c.time("nature:engine_d5_r5", t_engine, n, Roofline(agent), vs_reference=round(t_ref / (t_engine / n), 1))
     for radius in (3, 5):
         t_plain = timed(
             lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=False), device, repeats
         )
-        c.time(f"nature:plain_d5_r{radius}", t_plain, n)
+        c.time(f"nature:plain_d5_r{radius}", t_plain, n, Roofline(agent, False, radius))
         if has_windows:
             t_inc = timed(
                 lambda: perturbation_saliency(agent, obs[:n], (), radius=radius, incremental=True), device, repeats
             )
-            c.time(f"nature:incremental_d5_r{radius}", t_inc, n, vs_plain=round(t_plain / t_inc, 2))
+            c.time(
+                f"nature:incremental_d5_r{radius}",
+                t_inc,
+                n,
+                Roofline(agent, True, radius),
+                vs_plain=round(t_plain / t_inc, 2),
+            )
     if not quick:
         for per_eval in (4096, 16384, 65536):
             c.time(
@@ -508,12 +544,14 @@ def standard_pipeline(c: Check, device, data: Path, quick: bool) -> None:
                     lambda: perturbation_saliency(agent, obs[:n], (), perturbations_per_eval=per_eval), device, repeats
                 ),
                 n,
+                Roofline(agent, per_eval=per_eval),
             )
     many = 32 if quick else total
     c.time(
         f"nature:engine_d5_r5_{many}_frames",
         timed(lambda: perturbation_saliency(agent, obs[:many], ()), device, repeats=1),
         many,
+        Roofline(agent),
     )
     t_jac = timed(lambda: jacobian_saliency(agent, obs[:many], ()), device, repeats)
     c.time("nature:jacobian_maps", t_jac, many)
@@ -601,6 +639,9 @@ def main() -> None:
     try:
         correctness(c, device, agents_cpu, agents_dev, data, quick)
         env["correctness_seconds"] = round(time.perf_counter() - started, 1)
+        set_tf32(False)
+        c.peaks = measured_peaks(device)
+        env.update(peak_flops_per_s=c.peaks[0], peak_bytes_per_s=c.peaks[1])
         benchmark(c, device, agents_cpu, agents_dev, data, quick)
         standard_pipeline(c, device, args.data, quick)
     finally:

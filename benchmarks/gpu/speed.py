@@ -46,17 +46,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import cpu_flags, machine  # noqa: E402
+from benchmarks.common import cpu_flags, machine, measured_peaks, roofline_share  # noqa: E402
 from benchmarks.gpu.check import environment, set_tf32, sync  # noqa: E402
-from benchmarks.roofline import peak_bandwidth, peak_flops  # noqa: E402
 from engine.core.batching import pad_rows  # noqa: E402
 from engine.core.delta import use_split_kernel  # noqa: E402
 from engine.core.device import float32_matmul_precision  # noqa: E402
 from engine.core.incremental import conv_trunk_of  # noqa: E402
-from engine.core.masks import perturbation_masks  # noqa: E402
-from engine.core.perturbation import perturbation_saliency, resolve_perturbations_per_eval  # noqa: E402
+from engine.core.perturbation import perturbation_saliency  # noqa: E402
 from engine.core.policy import PolicyOutput  # noqa: E402
-from engine.core.roofline import roofline, roofline_fraction  # noqa: E402
 from engine.policies.cleanrl import load_cleanrl  # noqa: E402
 from engine.policies.greydanus2017 import load_agent  # noqa: E402
 from engine.policies.loading import load_policy  # noqa: E402
@@ -119,22 +116,6 @@ def apply(settings: dict) -> dict:
     torch.backends.cudnn.benchmark = bool(kwargs.pop("cudnn_benchmark", False))
     set_tf32(bool(kwargs.get("tf32", False)))
     return kwargs
-
-
-def roofline_share(
-    agent, plan: str, density: int, frames_per_s: float, frames: int, device: torch.device, peaks: tuple[float, float]
-) -> dict:
-    """The float32 roofline of ``agent``'s ``plan`` (engine.core.roofline: FLOPs and bytes per perturbed input at
-    the engine's pass size) and the share of it that ``frames_per_s`` achieves, against ``peaks`` (FLOP/s, bytes/s)
-    measured in the same run; fast-mode rows are measured against the same float32 roofline."""
-    masks = perturbation_masks(5, density, device, torch.float32, tuple(agent.observation_shape[1:])).shape[0]
-    batch = resolve_perturbations_per_eval(agent, torch.float32, frames * masks, None, None)
-    table = roofline(agent, plan, 5, density, batch=batch, device=device)
-    return dict(
-        flops_per_input=table.flops,
-        bytes_per_input=table.bytes,
-        roofline_fraction=round(roofline_fraction(frames_per_s * masks, table, *peaks), 4),
-    )
 
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -324,7 +305,11 @@ def measure_agent(
                 threads=torch.get_num_threads(),
             )
             try:  # a variant of another network (split3_tf32's wrapper) has no roofline of its own
-                row.update(roofline_share(agent, row["plan"], args.density, row["frames_per_s"], n, device, peaks))
+                share = roofline_share(
+                    agent, row["plan"] == "incremental", 5, args.density, row["frames_per_s"], n, peaks
+                )
+                row.update(flops_per_input=share["flops_per_input"], bytes_per_input=share["bytes_per_input"])
+                row.update(roofline_fraction=share["roofline_fraction"])
             except ValueError:
                 pass
         rows.append(row)
@@ -361,7 +346,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "process" else time.perf_counter
     env = dict(environment(device), machine=machine(), cpu_flags=cpu_flags())
-    peaks = (peak_flops(device, 4096 if cuda else 1024, 3), peak_bandwidth(device, 1024 if cuda else 256, 3))
+    peaks = measured_peaks(device)
     env.update(peak_flops_per_s=peaks[0], peak_bytes_per_s=peaks[1])
     print(json.dumps(env), flush=True)
     started = time.perf_counter()

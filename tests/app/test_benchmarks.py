@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import common
-from benchmarks.common import best_of, best_of_interleaved
+from benchmarks.common import best_of, best_of_interleaved, roofline_share
 from engine.core.batching import padded_row_count
+from engine.core.masks import perturbation_masks
+from engine.core.perturbation import incremental_plan
+from engine.policies.greydanus2017 import ActorCritic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +63,26 @@ def baby_a3c_forward_flops(inputs: int, actions: int = 6) -> int:
     return 2 * inputs * (convs + gru + heads)
 
 
+def test_a_speed_figures_roofline_share_by_hand():
+    """baby-a3c's plain pass, 2 frames at density 20 (16 masks): 2 frames/s are 32 perturbed inputs/s of the
+    FLOPs counted by hand; with a bandwidth too large to bind, the share is their FLOP/s over the FLOP peak."""
+    agent = ActorCritic(6, "gru")
+    per_input = baby_a3c_forward_flops(1)
+    share = roofline_share(agent, False, 5, 20, 2.0, 2, (1e9, 1e30))
+    assert share["plan"] == "plain" and share["flops_per_input"] == per_input
+    assert share["roofline_fraction"] == pytest.approx(round(32 * per_input / 1e9, 4))
+    # memory bound: the bound is intensity * bandwidth, so halving the bandwidth doubles the share
+    low = roofline_share(agent, False, 5, 20, 2.0, 2, (1e30, 1e6))
+    assert roofline_share(agent, False, 5, 20, 2.0, 2, (1e30, 5e5))["roofline_fraction"] == pytest.approx(
+        2 * low["roofline_fraction"], rel=1e-3
+    )
+    # "auto" is the plan the engine runs: windows here, fewer FLOPs per input than the plain pass
+    masks = perturbation_masks(5, 5, "cpu", torch.float32, (80, 80))
+    auto = roofline_share(agent, "auto", 5, 5, 2.0, 2, (1e9, 1e30))
+    assert incremental_plan(agent, masks, "auto") is not None and auto["plan"] == "incremental"
+    assert auto["flops_per_input"] < per_input
+
+
 def test_tiny_suite_run_appends_a_result(tmp_path, pong_checkpoint):
     results = tmp_path / "suite.jsonl"
     command = [
@@ -87,6 +111,15 @@ def test_tiny_suite_run_appends_a_result(tmp_path, pong_checkpoint):
     ratio = run["seconds_per_frame"]["plain"] / run["seconds_per_frame"]["engine"]
     assert run["incremental_speedup_over_plain"] == pytest.approx(ratio)
     assert json.loads((tmp_path / "run" / "result.json").read_text()) == run
+    # each saliency figure's share of the roofline, against the peaks the run measured
+    assert run["peak_flops_per_s"] > 0 and run["peak_bytes_per_s"] > 0
+    assert set(run["roofline_fraction"]) == {"engine", "plain", "bare_forward"}
+    agent = ActorCritic(6, "gru")
+    peaks = (run["peak_flops_per_s"], run["peak_bytes_per_s"])
+    for m, incremental in (("engine", "auto"), ("plain", False), ("bare_forward", False)):
+        want = roofline_share(agent, incremental, 5, 20, run["frames_per_second"][m], 2, peaks, run["chunk_size"])
+        assert run["roofline_fraction"][m] == want["roofline_fraction"] > 0
+    assert run["engine_plan"] == roofline_share(agent, "auto", 5, 20, 1.0, 2, peaks)["plan"]
 
 
 def test_agent_evaluation_chooses_on_some_seeds_and_reports_on_others(tmp_path):
