@@ -358,7 +358,7 @@ def perturbation_table(results: Path) -> str:
             f"`python benchmarks/bench_perturbation.py`: {get(d, 'env', src)}, baby-a3c Pong agent, "
             f"density {get(d, 'density', src)} ({get(d, 'masks_per_frame', src)} masks per frame), radius "
             f"{get(d, 'radius', src)}, {get(d, 'frames', src)} frames ({get(d, 'reference_frames', src)} for the loop "
-            f"reference), chunks of {get(d, 'chunk_size', src)}, seconds per frame. **Machine** (as recorded): "
+            f"reference), chunks of {get(d, 'perturbations_per_eval', src)}, seconds per frame. **Machine** (as recorded): "
             f"{get(d, 'machine', src)}; torch {get(d, 'torch', src)}."
         ),
         table(

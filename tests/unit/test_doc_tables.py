@@ -83,6 +83,7 @@ def _json_edit(edit):
     return damage
 
 
+SUITE_LINES = len((ROOT / "benchmarks" / "results" / "suite.jsonl").read_text().splitlines())
 DAMAGE = {
     "suite missing": ("suite.jsonl", Path.unlink, "benchmarks/results/suite.jsonl: missing"),
     "perturbation missing": ("perturbation.json", Path.unlink, "benchmarks/results/perturbation.json: missing"),
@@ -95,7 +96,7 @@ DAMAGE = {
     "suite line not JSON": (
         "suite.jsonl",
         lambda p: p.write_text(p.read_text() + "{oops\n"),
-        "suite.jsonl: not valid JSON \\(line 28\\)",
+        f"suite.jsonl: not valid JSON \\(line {SUITE_LINES + 1}\\)",
     ),
     "evaluation mean not a number": (
         "ppo_pong_evaluation.json",
