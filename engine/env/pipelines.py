@@ -213,11 +213,7 @@ class AtariPipeline:
     def __init__(self, spec: PipelineSpec, env: gym.Env, frame_source, stacker: FrameStacker | None):
         self.spec, self.env, self._frame_source, self._stacker = spec, env, frame_source, stacker
         self.action_names: tuple[str, ...] = tuple(ale_env(env).get_action_meanings())
-        if spec.name == "greydanus2017":
-            self.observation_shape = (1, 80, 80)
-        else:
-            size = spec.options["screen_size"]
-            self.observation_shape = (spec.frame_stack, size, size)
+        self.observation_shape = _observation_shape(spec.name, spec.frame_stack, spec.options)
 
     @property
     def num_actions(self) -> int:
@@ -335,6 +331,32 @@ class PipelineBatch:
             pipeline.close()
 
 
+def _observation_shape(name: str, frame_stack: int, options: dict[str, Any]) -> tuple[int, int, int]:
+    if name == "greydanus2017":
+        return (1, 80, 80)
+    size = options["screen_size"]
+    return (frame_stack, size, size)
+
+
+def _frame_stack(name: str, frame_stack: int | None) -> int:
+    """``frame_stack`` checked for pipeline ``name`` (None: 1 for the 2017 pipeline, 4 for the others)."""
+    if frame_stack is None:
+        frame_stack = 1 if name == "greydanus2017" else 4
+    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
+        raise ValueError(f"frame_stack must be a positive integer, got {frame_stack!r}")
+    if name == "greydanus2017" and frame_stack != 1:
+        raise ValueError(f"the greydanus2017 pipeline sees one frame (frame_stack=1), got frame_stack={frame_stack}")
+    return frame_stack
+
+
+def pipeline_observation_shape(name: str, frame_stack: int | None = None, **options) -> tuple[int, int, int]:
+    """The (C, H, W) observations that :func:`make_pipeline` with these arguments would make, without making it
+    (no emulator is started): a job checks its agent against them before anything is played. Raises as
+    :func:`make_pipeline` does for a bad name, option or frame stack."""
+    options = resolve_options(name, **options)
+    return _observation_shape(name, _frame_stack(name, frame_stack), options)
+
+
 def make_pipeline(
     name: str, env_id: str, frame_stack: int | None = None, *, first_seed: int | None = None, **options
 ) -> AtariPipeline:
@@ -359,12 +381,7 @@ def make_pipeline(
             ``stack_padding`` (gymnasium: ``"reset"``, FrameStackObservation's default, or ``"zero"``).
     """
     options = resolve_options(name, **options)
-    if frame_stack is None:
-        frame_stack = 1 if name == "greydanus2017" else 4
-    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
-        raise ValueError(f"frame_stack must be a positive integer, got {frame_stack!r}")
-    if name == "greydanus2017" and frame_stack != 1:
-        raise ValueError(f"the greydanus2017 pipeline sees one frame (frame_stack=1), got frame_stack={frame_stack}")
+    frame_stack = _frame_stack(name, frame_stack)
     spec = PipelineSpec(name, env_id, frame_stack, options)
     make_kwargs: dict[str, Any] = {}
     if options["repeat_action_probability"] is not None:

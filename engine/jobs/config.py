@@ -40,6 +40,7 @@ from ..core.settings import (
     SarfaSettings,
     Score,
     StateAlignment,
+    map_names,
     selected_methods,
     validate_method_settings,
     validate_settings,
@@ -474,6 +475,15 @@ def check_config(config: JobConfig) -> None:
     _check(
         all(k in known for k in m.kinds), f"metrics.kinds must name maps among {', '.join(known)}, got {list(m.kinds)}"
     )
+    if m.deletion_insertion or m.objects or m.stability or m.sanity:  # metrics of maps the job does not make: none
+        methods = selected_methods(s.method)
+        given = [k for names in map_names(methods).values() for k in names]
+        missing = [k for k in m.kinds if k not in given]
+        _check(
+            not missing,
+            f"metrics.kinds names maps that saliency.method={','.join(methods)} does not make: {', '.join(missing)} "
+            f"(it makes {', '.join(given)}): set metrics.kinds=[{','.join(given)}] or a part of it",
+        )
 
     # store
     _check(_is_int(st.chunk_steps) and st.chunk_steps >= 1, f"store.chunk_steps must be >= 1, got {st.chunk_steps!r}")

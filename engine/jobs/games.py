@@ -54,6 +54,7 @@ from .outputs import agent_settings, clear_owned_outputs, finish_job
 from .overlap import HandOff, overlapped
 from .prepare import (
     PreparedJob,
+    check_agent_settings,
     check_game_stores,
     check_identity,
     check_recorded,
@@ -176,7 +177,9 @@ def validate_games_job(config: JobConfig, output_known: bool = True) -> Prepared
 
 
 def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_checked: bool = False) -> None:
-    """:func:`engine.jobs.prepare.check_game_stores` for a job of games: the roots, then each game's stores."""
+    """:func:`engine.jobs.prepare.check_game_stores` for a job of games: its settings against the agent, the roots,
+    then each game's stores."""
+    check_agent_settings(prepared)
     config = prepared.config
     if not roots_checked:
         check_games_roots(config, output_known)

@@ -18,7 +18,7 @@ from ..core.errors import CheckpointError, EngineError
 from ..core.files import sha256_of
 from ..core.policy import Policy
 from ..core.settings import validate_method_settings
-from ..env.pipelines import library_defaults
+from ..env.pipelines import library_defaults, pipeline_observation_shape
 from ..env.rollout import make_env
 from ..policies.loading import load_policy
 from ..policies.registry import (
@@ -97,10 +97,6 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
     warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
     agent = load_job_agent(config, path)
     check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
-    try:  # the methods' settings that depend on the observation's size (a window larger than it, ...)
-        validate_method_settings(config.saliency, cast("tuple[int, int]", tuple(agent.observation_shape[1:])))
-    except ValueError as exc:
-        raise EngineError(f"saliency.{exc}") from None
     player, player_path = None, None
     if st.player:
         player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
@@ -189,11 +185,43 @@ def fitting_env(num_actions: int, trained: TrainedGame | None, env_id: str, full
     return f"no bundled game has {num_actions} actions ({sizes}): set env.id to the game it was trained on"
 
 
+def check_agent_settings(prepared: PreparedJob) -> None:
+    """Refuse the job's settings that do not fit its (loaded) agent: the methods' settings that depend on the
+    observation's size (an occlusion window larger than it, ...), ``saliency.compat=paper`` on observations that are
+    not the 2017 agents' 80x80, an ``env.pipeline`` whose observations the agent cannot take. Cheap (nothing is
+    played): every job of a sweep runs it, also where the jobs share one loaded agent."""
+    config, agent = prepared.config, prepared.agent
+    size = cast("tuple[int, int]", tuple(agent.observation_shape[1:]))
+    try:
+        validate_method_settings(config.saliency, size)
+    except ValueError as exc:
+        raise EngineError(f"saliency.{exc}") from None
+    if str(config.saliency.compat) == "paper" and size != (80, 80):
+        raise EngineError(
+            f"saliency.compat=paper reproduces the 2017 code's upsampling of 80x80 maps, but the observations of "
+            f"agent.checkpoint {config.agent.checkpoint} are {size[0]}x{size[1]}: use saliency.compat=exact with this "
+            "agent"
+        )
+    options = pipeline_options(config, agent)
+    name = str(options.pop("pipeline", None) or agent.pipeline)
+    try:
+        shape = pipeline_observation_shape(name, agent.frame_stack, **options)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"env.pipeline {name}: {exc}") from None
+    if shape != tuple(agent.observation_shape):
+        raise EngineError(
+            f"env.pipeline={name} makes observations {shape} but agent.checkpoint {config.agent.checkpoint} takes "
+            f"{tuple(agent.observation_shape)}: unset env.pipeline to play it in its own pipeline ({agent.pipeline})"
+        )
+
+
 def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
-    """Refuse what the job's stores would refuse once it runs, before anything is written or removed: a path holding
-    something that is no store, a store of another kind, an old format or damaged, a store written with other
-    settings, a recorded game of another environment or pipeline, a place that is not writable. Reads manifests
-    only. The default saliency store lies in ``output.dir``: checked where ``output_known``."""
+    """Refuse what the job's settings (:func:`check_agent_settings`) and its stores would refuse once it runs, before
+    anything is written or removed: a path holding something that is no store, a store of another kind, an old
+    format or damaged, a store written with other settings, a recorded game of another environment or pipeline, a
+    place that is not writable. Reads manifests only. The default saliency store lies in ``output.dir``: checked
+    where ``output_known``."""
+    check_agent_settings(prepared)
     config, st = prepared.config, prepared.config.store
     if not st.rollout:
         return

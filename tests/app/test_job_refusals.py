@@ -3,6 +3,7 @@ and through the command line. An agent of another game than ``env.id`` is refuse
 agents) or named in a warning (a user's file whose metadata names its game), and an agent with another number of
 actions is answered with an environment that fits it."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -197,3 +198,64 @@ def test_an_agent_with_other_actions_is_told_which_env_fits(tmp_path, agent, met
         validate_job(config)
     message = str(refused.value)
     assert all(w in message for w in expected) and not_expected not in message.replace("env.id", ""), message
+
+
+# --- settings that do not fit the agent, refused before anything runs --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        (
+            {"saliency": {"method": "occlusion", "occlusion": {"window": 100}}},
+            "saliency.occlusion.window 100 is larger than the 84x84 observation",
+        ),
+        ({"saliency": {"compat": "paper"}}, "saliency.compat=paper .* are 84x84: use saliency.compat=exact"),
+        (
+            {"env": {"pipeline": "greydanus2017"}},
+            r"env.pipeline=greydanus2017 makes observations \(1, 80, 80\) but .* takes \(1, 84, 84\)",
+        ),
+        ({"rollout": {"num_envs": 2}, "saliency": {"compat": "paper"}}, "saliency.compat=paper"),
+    ],
+    ids=["window", "compat paper", "2017 pipeline", "compat paper, games"],
+)
+def test_settings_that_do_not_fit_the_agent_are_refused_before_anything_runs(tmp_path, sections, message):
+    """builtin/pong_ppo sees one 84x84 frame: each setting is refused by validate_job, and by the check of a job
+    that reuses an agent validated for other settings (the jobs of a sweep), with nothing written."""
+    from engine.jobs.run import check_stores
+
+    config = tiny_job(tmp_path / "run", movie=False, agent={"checkpoint": "builtin/pong_ppo"}, **sections)
+    with pytest.raises(EngineError, match=message):
+        validate_job(config)
+    fine = validate_job(tiny_job(tmp_path / "run", movie=False, agent={"checkpoint": "builtin/pong_ppo"}))
+    with pytest.raises(EngineError, match=message):
+        check_stores(dataclasses.replace(fine, config=config))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_whose_second_job_does_not_fit_the_agent_runs_no_job(tmp_path):
+    """The size-dependent settings of every job of a sweep are checked before the first job runs."""
+    sweep = tmp_path / "sweep"
+    result = run_app(
+        "-m",
+        "saliency=occlusion",
+        "saliency.occlusion.window=8,100",
+        "rollout.steps=2",
+        "output.movie=false",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == "error: saliency.occlusion.window 100 is larger than the 84x84 observation"
+    assert not sweep.exists()
+
+
+def test_metrics_of_maps_the_methods_do_not_make_are_refused(tmp_path):
+    """metrics.kinds (default actor, critic) must name maps of the selected methods: occlusion's are prefixed."""
+    with pytest.raises(EngineError, match=r"saliency.method=occlusion does not make: actor, critic .*occlusion_actor"):
+        validate_job(tiny_job(tmp_path, saliency={"method": "occlusion"}, metrics={"stability": True}))
+    validate_job(tiny_job(tmp_path, saliency={"method": "occlusion"}))  # no metrics asked: nothing to refuse
+    validate_job(
+        tiny_job(tmp_path, saliency={"method": "occlusion"}, metrics={"stability": True, "kinds": ["occlusion_actor"]})
+    )
+    validate_job(tiny_job(tmp_path, saliency={"method": "both"}, metrics={"stability": True}))
