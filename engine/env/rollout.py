@@ -362,8 +362,8 @@ class VectorPlayer:
         (aligned to the end) with what it shows, to catch divergence. Then ``sampler_state`` (the sampler's state
         saved after the last recorded step) is restored, and the game's row of :attr:`state` set to the state the
         agent passes on after the last recorded step: its output on the last recorded observation
-        (``observations[-1]``) and state (``last_state``, a tuple of (1, ...) tensors), or the episode-start state
-        where that step ended an episode (or nothing was replayed)."""
+        (``observations[-1]``) and state (``last_state``, a tuple of (1, ...) tensors), reset by
+        ``agent.reset_state`` where that step ended an episode (the initial state where nothing was replayed)."""
         if index not in self.active:
             raise ValueError(f"environment {index} is not playing (active: {self.active})")
         checks = [
@@ -389,9 +389,11 @@ class VectorPlayer:
             self.samplers[index].set_state(sampler_state)
         with torch.inference_mode():
             row = self.agent.initial_state(1)
-            if len(actions) and not bool(dones[-1]) and last_state is not None and observations is not None:
+            if len(actions) and last_state is not None and observations is not None:
                 x = torch.from_numpy(np.asarray(observations[-1:])).to(device=self.device, dtype=self.dtype) / 255
                 row = self.agent(x, state_to(last_state, self.device, self.dtype)).state
+                if bool(dones[-1]):  # as in play: a reset need not give the initial state
+                    row = self.agent.reset_state(row, torch.ones(1, dtype=torch.bool, device=self.device))
             k = self.active.index(index)
             self.state = tuple(
                 torch.cat([s[:k], r.to(device=s.device, dtype=s.dtype), s[k + 1 :]]) for s, r in zip(self.state, row)

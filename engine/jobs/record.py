@@ -245,14 +245,18 @@ def _resume_player(player: Player, rstore: RolloutStore, done_chunks: int) -> No
     last = rstore.store.read(done_chunks - 1)
     player.replay(played["actions"], played["dones"], frames=last["frames"], observations=last["observations"])
     player.sampler.set_state(torch.from_numpy(np.ascontiguousarray(last["sampler_state"])))
-    if not last["dones"][-1]:
-        agent = player.agent
-        state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(len(rstore.identity["state_shapes"])))
-        device, dtype = torch.device(agent.device), agent.dtype
-        with torch.inference_mode():
-            obs = torch.from_numpy(last["observations"][-1:]).to(device=device, dtype=dtype) / 255
-            out = agent(obs, state_to(state, device, dtype))
-        player.state = out.state
+    # the state the agent passed on after the last recorded step: its output there, reset where the step ended an
+    # episode (agent.reset_state, as in play: a reset need not give the initial state)
+    agent = player.agent
+    state = tuple(torch.from_numpy(last[f"state_{i}"][-1:]) for i in range(len(rstore.identity["state_shapes"])))
+    device, dtype = torch.device(agent.device), agent.dtype
+    with torch.inference_mode():
+        obs = torch.from_numpy(last["observations"][-1:]).to(device=device, dtype=dtype) / 255
+        out = agent(obs, state_to(state, device, dtype))
+        ended = bool(last["dones"][-1])
+        player.state = (
+            agent.reset_state(out.state, torch.ones(1, dtype=torch.bool, device=device)) if ended else out.state
+        )
 
 
 def record_games(*args, **kwargs) -> list[RolloutStore]:

@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from engine.core.errors import EngineError
 from engine.jobs import games as games_module
 from engine.jobs.record import record_games, record_rollout
 from engine.jobs.run import run_job, validate_job
 from engine.policies.loading import load_policy
+from engine.policies.module import wrap_policy
 from engine.policies.registry import resolve_checkpoint
 from engine.storage.arrays import load_arrays
 from engine.storage.games import games_manifest, open_games
@@ -113,7 +115,39 @@ RESUME_CASES = {
     # state is the episode-start state), game 1's do not (the state after the last recorded step)
     "2017_lstm_episodes": ("builtin/pong", "Pong-v4", (4, 6)),
     "cleanrl_lstm": ("builtin/pong_ppo", "PongNoFrameskip-v4", None),  # a standard pipeline, 4 stacked frames
+    # a user's recurrent network whose reset keeps half the state: the resumed state is its reset, not the initial one
+    "custom_reset_episodes": ("custom_reset", "Pong-v4", (4, 6)),
 }
+
+
+def half_reset_agent():
+    """A small recurrent network (GRU cell on a linear encoding of the 2017 pipeline's 80x80 frame) wrapped with a
+    reset that halves the state where an episode ends instead of zeroing it."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encode, self.cell = torch.nn.Linear(80 * 80, 8), torch.nn.GRUCell(8, 8)
+            self.actor, self.critic = torch.nn.Linear(8, 6), torch.nn.Linear(8, 1)
+
+        def forward(self, obs, state):
+            h = self.cell(torch.tanh(self.encode(obs.flatten(1))), state[0])
+            return self.actor(h), self.critic(h)[:, 0], (h,)
+
+    def reset(state, done):
+        return tuple(torch.where(done[:, None], 0.5 * s, s) for s in state)
+
+    initial = (torch.zeros(1, 8),)
+    return wrap_policy(Net(), (1, 80, 80), 6, pipeline="greydanus2017", initial_state=initial, reset=reset)
+
+
+def resume_agent(checkpoint):
+    return (
+        half_reset_agent()
+        if checkpoint == "custom_reset"
+        else load_policy(resolve_checkpoint(checkpoint), device="cpu")
+    )
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
@@ -122,7 +156,7 @@ def test_an_interrupted_recording_resumes_to_the_same_arrays(tmp_path, monkeypat
     recording resumes from the fewest, replaying each game, writes only the missing chunks and ends with the arrays
     of an uninterrupted recording, and of the single-game recording (recurrent agents, sampled actions)."""
     checkpoint, env_id, limits = RESUME_CASES[case]
-    agent = load_policy(resolve_checkpoint(checkpoint), device="cpu")
+    agent = resume_agent(checkpoint)
     roots = [tmp_path / "cut" / f"game_{i:04d}" for i in range(2)]
     write, writes = ChunkStore.write, []
     fail_at = 6  # chunks 0 and 1 of both games, chunk 2 of game 0, then the kill
@@ -153,6 +187,33 @@ def test_an_interrupted_recording_resumes_to_the_same_arrays(tmp_path, monkeypat
         time_limits(limits[1])
     alone = record_rollout(agent, env_id, 20, tmp_path / "alone", seed=SEED + 1, chunk_steps=4)
     assert_same_store(resumed[1].store, alone.store)  # and each game is the single-game recording
+
+
+@pytest.mark.parametrize("case", ["2017_lstm_episodes", "custom_reset_episodes"])
+def test_an_interrupted_single_game_recording_resumes_to_the_same_arrays(tmp_path, monkeypatch, time_limits, case):
+    """One game whose episodes end on chunk ends (every 4 steps, chunks of 4): killed after chunk 2, resumed, the
+    recording equals an uninterrupted one, the state after an episode end being the agent's reset."""
+    checkpoint, env_id, _ = RESUME_CASES[case]
+    agent = resume_agent(checkpoint)
+    write, writes = ChunkStore.write, []
+
+    def counted(self, index, arrays):
+        writes.append(index)
+        if len(writes) == 3:
+            raise KeyboardInterrupt("killed")
+        return write(self, index, arrays)
+
+    def record(root):
+        time_limits(4)
+        return record_rollout(agent, env_id, 16, root, seed=SEED, chunk_steps=4)
+
+    monkeypatch.setattr(ChunkStore, "write", counted)
+    with pytest.raises(KeyboardInterrupt):
+        record(tmp_path / "cut")
+    monkeypatch.setattr(ChunkStore, "write", write)
+    resumed, whole = record(tmp_path / "cut"), record(tmp_path / "whole")
+    assert resumed.read(0, 16).dones[[3, 7, 11]].all()
+    assert_same_store(resumed.store, whole.store)
 
 
 def test_an_interrupted_games_job_resumes_to_the_same_stores(tmp_path, monkeypatch):
