@@ -57,6 +57,7 @@ from .prepare import (
     check_agent_settings,
     check_game_stores,
     check_identity,
+    check_memory_fits,
     check_recorded,
     existing_store,
     pipeline_options,
@@ -180,6 +181,7 @@ def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_c
     """:func:`engine.jobs.prepare.check_game_stores` for a job of games: its settings against the agent, the roots,
     then each game's stores."""
     check_agent_settings(prepared)
+    check_memory_fits(prepared, check_num_envs(prepared.config.rollout.num_envs))
     config = prepared.config
     if not roots_checked:
         check_games_roots(config, output_known)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import torch
+
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.files import sha256_of
@@ -29,6 +31,7 @@ from ..policies.registry import (
     trained_game,
 )
 from ..storage.keys import is_memory, is_url, store_exists, store_root
+from ..storage.layout import available_memory, memory_bytes, rollout_layout, saliency_layout, size_text
 from ..storage.store import ChunkStore, RolloutStore, StoreMismatchError, check_writable, writing_needed
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .record import rollout_identity
@@ -111,6 +114,7 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
                 "kind, or unset store.player"
             )
     prepared = PreparedJob(config, path, agent, player, player_path, warnings)
+    check_memory_fits(prepared)
     check_game_stores(prepared, output_known)
     return prepared
 
@@ -213,6 +217,38 @@ def check_agent_settings(prepared: PreparedJob) -> None:
             f"env.pipeline={name} makes observations {shape} but agent.checkpoint {config.agent.checkpoint} takes "
             f"{tuple(agent.observation_shape)}: unset env.pipeline to play it in its own pipeline ({agent.pipeline})"
         )
+
+
+ALE_SCREEN = (210, 160, 3)  # the RGB frame every Atari game shows, recorded beside the observations
+
+
+def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
+    """Refuse a job without ``store.rollout``, whose stores are in memory, where they would not fit the memory
+    available (as a store does when it is made, but for all of them together, before any is made): each of the
+    ``games`` games' rollout store, and the saliency stores alive at once (one game's, or every game's where the
+    games are scored as they are recorded, ``store.overlap``)."""
+    config, agent = prepared.config, prepared.agent
+    st, r = config.store, config.rollout
+    if st.rollout:
+        return
+    available = available_memory()
+    if available is None:
+        return
+    rollout = memory_bytes(rollout_layout(agent, ALE_SCREEN, agent.observation_shape), r.steps, st.chunk_steps)
+    saliency = memory_bytes(saliency_layout(agent, config.saliency), r.steps, st.frames_per_chunk)
+    at_once = games > 1 and (st.overlap if st.overlap is not None else torch.device(agent.device).type == "cuda")
+    need = games * rollout + (games if at_once else 1) * saliency
+    if need <= available:
+        return
+    per_step = -(-need // r.steps)
+    what = f"{games} games of rollout.steps={r.steps}" if games > 1 else f"rollout.steps={r.steps}"
+    raise EngineError(
+        f"{what} held in memory (no store.rollout) need up to {size_text(need)} for their rollout and saliency "
+        f"stores ({size_text(per_step)} a step), more than the {size_text(available)} of memory available: at most "
+        f"{available // per_step} steps fit; use fewer rollout.steps"
+        + (" or rollout.num_envs" if games > 1 else "")
+        + ", or set store.rollout to a path to keep the stores on disk"
+    )
 
 
 def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import JobConfig
 from .game import run_game_job
 from .games import check_games_stores, run_games_job, validate_games_job
-from .prepare import PreparedJob, check_game_stores, validate_game_job
+from .prepare import PreparedJob, check_game_stores, check_memory_fits, validate_game_job
 
 
 def validate_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
@@ -33,6 +33,7 @@ def check_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     only): :func:`engine.jobs.prepare.check_game_stores`, or :func:`engine.jobs.games.check_games_stores`."""
     if prepared.config.rollout.num_envs is not None:
         return check_games_stores(prepared, output_known)
+    check_memory_fits(prepared)  # a job prepared for other settings: its memory stores may not fit
     return check_game_stores(prepared, output_known)
 
 

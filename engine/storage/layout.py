@@ -219,12 +219,18 @@ def check_scoring_chunk(
         )
 
 
+def memory_bytes(layout: Mapping[str, Mapping[str, Any]], length: int, chunk: int) -> int:
+    """Bytes a memory store of ``length`` steps in chunks of ``chunk`` holds at most, uncompressed (as a job reads
+    its chunks back)."""
+    return length * step_bytes(layout) + num_chunks(length, chunk) * row_bytes(layout)
+
+
 def memory_problem(kind: str, layout: Mapping[str, Mapping[str, Any]], length: int, chunk: int) -> str | None:
     """Why a memory store of ``length`` steps does not fit the memory available; None if it does (or is not known)."""
     available = available_memory()
     unit = "step" if kind == "rollout" else "frame"
     per_step, per_row = step_bytes(layout), row_bytes(layout)
-    total = length * per_step + num_chunks(length, chunk) * per_row
+    total = memory_bytes(layout, length, chunk)
     if available is None or total <= available:
         return None
     fit = available // (per_step + -(-per_row // chunk)) if per_step or per_row else 0

@@ -344,3 +344,26 @@ def test_worker_processes_record_the_same_games(tmp_path):
         assert alone.keys() == stepped.keys()
         for name in alone:
             assert np.array_equal(alone[name], stepped[name]), name
+
+
+def test_games_in_memory_that_do_not_fit_together_are_refused_before_anything_is_played(tmp_path, monkeypatch):
+    """Without store.rollout every game's rollout store is held in memory (and, scored in turn on the CPU, one
+    game's saliency store at a time): the job is refused where they do not fit together, though each fits alone."""
+    from engine.jobs import prepare
+    from engine.storage.layout import memory_bytes, rollout_layout, saliency_layout
+
+    config = job(tmp_path / "out", rollout={"num_envs": 3})
+    agent = validate_job(job(tmp_path / "one")).agent
+    st = config.store
+    rollout = memory_bytes(rollout_layout(agent, (210, 160, 3), agent.observation_shape), 6, st.chunk_steps)
+    saliency = memory_bytes(saliency_layout(agent, config.saliency), 6, st.frames_per_chunk)
+    monkeypatch.setattr(prepare, "available_memory", lambda: 3 * rollout + saliency)
+    validate_job(config)  # just fits
+    monkeypatch.setattr(prepare, "available_memory", lambda: 3 * rollout + saliency - 1)
+    with pytest.raises(EngineError, match="3 games of rollout.steps=6 held in memory .* or rollout.num_envs, or set"):
+        validate_job(config)
+    validate_job(job(tmp_path / "one"))  # one game alone fits
+    with pytest.raises(EngineError, match="^rollout.steps=6 held in memory"):
+        monkeypatch.setattr(prepare, "available_memory", lambda: rollout + saliency - 1)
+        validate_job(job(tmp_path / "one"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "one").exists()
