@@ -381,3 +381,19 @@ def test_shipping_refuses_malformed_metadata(tmp_path, capsys):
 
     main([str(_training_checkpoint(tmp_path)), "--to", str(folder)])
     assert "step_1234.pt" in capsys.readouterr().out and (folder / "step_1234.json").is_file()
+
+
+def test_a_changed_weight_in_a_zip_checkpoint_fails_its_checksum(tmp_path):
+    """torch's reader does not check the zip's CRC-32s: one flipped bit in a weight record is refused, not loaded as
+    another agent; the intact file loads."""
+    path = _save(tmp_path, _agent_state_dict(), name="agent.pt")
+    load_agent(path, device="cpu")
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)  # a weight record, stored uncompressed
+    data = bytearray(path.read_bytes())
+    local = record.header_offset  # the record's bytes follow its local header: 30 bytes, its name, its extra field
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+    start += int.from_bytes(data[local + 28 : local + 30], "little")
+    data[start + 1000] ^= 0x10
+    path.write_bytes(bytes(data))
+    _refused(path, f"record '{record.filename}' does not match the checksum \\(CRC-32\\)")
