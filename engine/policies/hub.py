@@ -79,6 +79,7 @@ ATARI_WRAPPER_DEFAULTS: dict[str, Any] = dict(
 # AtariWrapper's arguments that change what the agent sees -> the sb3_atari pipeline's option of the same effect;
 # terminal_on_life_loss and clip_reward are training-only (the engine plays full games with the game's score)
 _PLAY_OPTIONS = {"noop_max": "noop_max", "frame_skip": "frame_skip", "screen_size": "screen_size"}
+_LEAST = {"noop_max": 0, "frame_skip": 1, "screen_size": 1}  # the smallest value each one can take
 _ENV_KWARGS_OPTIONS = ("full_action_space", "repeat_action_probability")  # gym.make arguments the pipeline takes
 MAX_YAML_BYTES = 1 << 20  # RL Zoo's config.yml is about 1 KB
 MAX_RECORD_BYTES = 4 << 20
@@ -502,6 +503,11 @@ def _model_name(model: str) -> tuple[str | None, str | None]:
     return algorithm or None, rest if _ENV_ID.fullmatch(rest) else None
 
 
+def _probability(value: object) -> bool:
+    """Whether ``value`` is a number in [0, 1] (a bool is not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 def _settings(name: str, paths: dict[str, Path], vec_normalize: bool) -> dict[str, Any]:
     """The :class:`HubAgent` fields that ``config.yml`` and ``env_kwargs.yml`` (``paths``) give, read and checked."""
     config = read_config(paths[CONFIG].read_bytes(), f"{CONFIG} of {name}") if CONFIG in paths else {}
@@ -526,16 +532,24 @@ def _settings(name: str, paths: dict[str, Path], vec_normalize: bool) -> dict[st
     options: dict[str, Any] = {}
     for key, option in _PLAY_OPTIONS.items():
         value = wrapper[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise HubError(f"{CONFIG} of {name}: AtariWrapper's {key} is {value!r}, not a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < _LEAST[key]:
+            raise HubError(f"{CONFIG} of {name}: AtariWrapper's {key} is {value!r}, not an integer >= {_LEAST[key]}")
         if value != ATARI_WRAPPER_DEFAULTS[key]:
             options[option] = value
     sticky = wrapper["action_repeat_probability"]
+    if not _probability(sticky):
+        raise HubError(
+            f"{CONFIG} of {name}: AtariWrapper's action_repeat_probability is {sticky!r}, not a probability in [0, 1]"
+        )
     if sticky:
         options["repeat_action_probability"] = float(sticky)
         notes.append(f"AtariWrapper's action_repeat_probability={sticky} is played as ALE's repeat_action_probability")
     for key, value in env_kwargs.items():
         if key in _ENV_KWARGS_OPTIONS:
+            if key == "repeat_action_probability" and not (value is None or _probability(value)):
+                raise HubError(f"{ENV_KWARGS} of {name}: {key} is {value!r}, not a probability in [0, 1]")
+            if key == "full_action_space" and not isinstance(value, bool):
+                raise HubError(f"{ENV_KWARGS} of {name}: {key} is {value!r}, not true or false")
             options[key] = value
         else:
             notes.append(f"{ENV_KWARGS}'s {key}={value!r} is not a pipeline option and is not applied")

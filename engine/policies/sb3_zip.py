@@ -198,11 +198,13 @@ def _class_name(value) -> str:
 
 
 def _int(value, what: str, source: str) -> int:
-    try:
-        number = int(value)  # gymnasium writes Discrete.n as a string, gym as an int
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: the {what} {value!r} is not an integer") from None
-    return number
+    """An integer written as a JSON int or a string of digits (gymnasium writes ``Discrete.n`` as a string, gym as
+    an int); a float, a bool, infinity or anything else is refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
+        return int(value)
+    raise CheckpointError(f"{source}: the {what} {value!r} is not an integer")
 
 
 def _action_count(data: dict, source: str) -> int:

@@ -492,3 +492,36 @@ def test_bad_names(name):
     with pytest.raises(CheckpointError, match="not a Hugging Face Hub agent name"):
         hub.parse_hub_name(name)
     assert hub.parse_hub_name(f"{NAME}@{COMMIT}") == (REPO, COMMIT)
+
+
+@pytest.mark.parametrize(
+    "wrapper, env_kwargs, fragment",
+    [
+        ({"action_repeat_probability": "high"}, None, "action_repeat_probability is 'high', not a probability"),
+        ({"action_repeat_probability": [1]}, None, r"action_repeat_probability is \[1\], not a probability"),
+        ({"action_repeat_probability": 7.5}, None, "action_repeat_probability is 7.5, not a probability"),
+        ({"frame_skip": 0}, None, "frame_skip is 0, not an integer >= 1"),
+        ({"screen_size": 0}, None, "screen_size is 0, not an integer >= 1"),
+        ({"noop_max": -1}, None, "noop_max is -1, not an integer >= 0"),
+        (None, "repeat_action_probability: -3\n", "env_kwargs.yml of hf://x/y: repeat_action_probability is -3"),
+        (None, "full_action_space: maybe\n", "full_action_space is 'maybe', not true or false"),
+    ],
+)
+def test_play_settings_out_of_range_are_refused(tmp_path, wrapper, env_kwargs, fragment):
+    """config.yml's AtariWrapper arguments and env_kwargs.yml are checked as they are read: a value the pipeline
+    cannot play is one HubError line, never a traceback or an option passed on."""
+    paths = {}
+    if wrapper is not None:
+        config = tmp_path / hub.CONFIG
+        config.write_bytes(rl_zoo_config(env_wrapper=[{hub.ATARI_WRAPPER: wrapper}]))
+        paths[hub.CONFIG] = config
+    if env_kwargs is not None:
+        kwargs = tmp_path / hub.ENV_KWARGS
+        kwargs.write_text(env_kwargs)
+        paths[hub.ENV_KWARGS] = kwargs
+    with pytest.raises(hub.HubError, match=fragment):
+        hub._settings("hf://x/y", paths, False)  # noqa: SLF001 (the reader fetch_hub_agent calls)
+    good = tmp_path / "good.yml"
+    good.write_bytes(rl_zoo_config(env_wrapper=[{hub.ATARI_WRAPPER: {"action_repeat_probability": 0.25}}]))
+    options = hub._settings("hf://x/y", {hub.CONFIG: good}, False)["pipeline_options"]  # noqa: SLF001
+    assert options == {"repeat_action_probability": 0.25}

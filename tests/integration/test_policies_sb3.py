@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 import pickle
 import zipfile
 
@@ -606,3 +607,20 @@ def test_rnn_states_convert_both_ways(agents, kind):
         policy.state_from_rnn_states(RNNStates(tuple(t[..., :-1] for t in pi), vf))
     with pytest.raises(ValueError, match="feed-forward"):
         load_sb3(agents("ppo")[0]).state_from_rnn_states(RNNStates(pi, vf))
+
+
+@pytest.mark.parametrize("raw, shown", [("Infinity", "inf"), ("NaN", "nan"), ("6.9", "6.9"), ("true", "True")])
+def test_an_action_count_that_is_no_integer_is_refused(agents, tmp_path, raw, shown):
+    """data's Discrete n is an int (gym) or a string of digits (gymnasium): a float, a bool or JSON's Infinity (which
+    Python's json reads) is refused in one line, not rounded to an action count or raised as an OverflowError."""
+    path = agents("ppo")[0]
+
+    def edit(data):
+        space = dict(data["action_space"], n="__N__")
+        return json.dumps(dict(data, action_space=space)).replace('"__N__"', raw).encode()
+
+    _refused(rewrite_zip(path, tmp_path / "n.zip", data=edit), f"the action space size {shown} is not an integer")
+    as_text = rewrite_zip(
+        path, tmp_path / "text.zip", data=lambda d: dict(d, action_space=dict(d["action_space"], n=str(NUM_ACTIONS)))
+    )
+    assert load_sb3(as_text).num_actions == NUM_ACTIONS
