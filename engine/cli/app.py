@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..core.files import atomic_write
 from ..jobs.config import JobConfig, register_configs
 
 if TYPE_CHECKING:  # jobs.run imports torch (seconds): only once a command line is known to be good
@@ -351,7 +352,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = summary_rows(sweep_dir)
-        with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        with atomic_write(sweep_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
             writer.writeheader()
             writer.writerows(rows)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
 from ..core.errors import EngineError
-from ..core.files import sha256_of
+from ..core.files import atomic_write, sha256_of
 from ..env.rollout import check_num_envs
 from ..storage.games import games_manifest, open_games, root_manifest
 from ..storage.keys import is_url, store_exists, store_root
@@ -287,7 +287,8 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
         done.update({"rollout_store": _root(st.rollout), "saliency_store": saliency_games_root(config)})
     done.update({game_name(i): Path(g.output.dir) for i, g in enumerate(games)})
     settings["written"] = {k: str(v) for k, v in done.items()}
-    path.write_text(json.dumps(settings, indent=2, default=str))
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2, default=str))
     return {**done, "summary": path}
 
 

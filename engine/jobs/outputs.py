@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from ..core.files import sha256_of
+from ..core.files import atomic_write, sha256_of
 from ..core.policy import Policy, index_state
 from ..core.saliency import compute_saliency
 from ..core.settings import MAP_KINDS, map_names, selected_methods
@@ -481,9 +481,10 @@ def episode_returns(rewards, dones) -> list[float]:
 
 def _write_summary(out_dir: Path, settings: dict, written: dict[str, Path | str]) -> dict[str, Path | str]:
     summary = out_dir / "summary.json"
-    summary.write_text(
-        json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str)
-    )
+    with atomic_write(summary) as tmp:  # an interrupted write leaves the earlier summary, never half of one
+        tmp.write_text(
+            json.dumps({**settings, "written": {k: str(v) for k, v in written.items()}}, indent=2, default=str)
+        )
     return {**written, "summary": summary}
 
 

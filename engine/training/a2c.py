@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..core.errors import EngineError
+from ..core.files import atomic_write
 from ..core.preprocessing import SIZE, preprocess_bytes
 from ..env.rollout import make_env
 from ..policies.greydanus2017 import ActorCritic
@@ -316,5 +317,6 @@ def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, retu
         episodes=len(returns),
         wall_seconds=round(wall_seconds, 1),
     )
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    with atomic_write(path.with_suffix(".json")) as tmp:  # read by registry.metadata_game: never half written
+        tmp.write_text(json.dumps(meta, indent=2))
     return path

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..core.errors import EngineError
+from ..core.files import atomic_write
 from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
 from ..env.wrappers import ale_env
@@ -410,7 +411,8 @@ def save_checkpoint(run_dir: Path, agent, config: PPOConfig, frames: int, return
         episodes_in_mean=len(returns),
         wall_seconds=round(wall_seconds, 1),
     )
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    with atomic_write(path.with_suffix(".json")) as tmp:  # read by registry.metadata_game: never half written
+        tmp.write_text(json.dumps(meta, indent=2))
     return path
 
 

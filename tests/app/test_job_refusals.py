@@ -259,3 +259,21 @@ def test_metrics_of_maps_the_methods_do_not_make_are_refused(tmp_path):
         tiny_job(tmp_path, saliency={"method": "occlusion"}, metrics={"stability": True, "kinds": ["occlusion_actor"]})
     )
     validate_job(tiny_job(tmp_path, saliency={"method": "both"}, metrics={"stability": True}))
+
+
+def test_a_job_interrupted_while_writing_its_summary_leaves_no_half_written_file(tmp_path, monkeypatch):
+    """summary.json (read back by a sweep's summary.csv and page) is written beside itself and renamed into place:
+    interrupted, the job leaves neither a truncated summary.json nor its temporary file."""
+    write_text = Path.write_text
+
+    def interrupted(self, data, *args, **kwargs):
+        if self.name.startswith(".summary.json."):
+            write_text(self, data[: len(data) // 2], *args, **kwargs)
+            raise KeyboardInterrupt("stopped while writing the summary")
+        return write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(tiny_job(tmp_path / "run", movie=False))
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".summary.json")]
