@@ -45,6 +45,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -486,12 +488,34 @@ def fetch_hub_agent(name: str, cache_dir: str | os.PathLike | None = None, allow
 def _write_record(
     path: Path, record: dict, revision: str, commit: str, model: str, files: dict[str, str], vec_normalize: bool
 ) -> None:
-    record = dict(record, refs=dict(record["refs"]), commits=dict(record["commits"]))
-    record["refs"][revision] = commit
-    record["commits"][commit] = {"model": model, "files": files, "vec_normalize": vec_normalize}
+    """Add ``revision``'s commit and files to the repository's record. The record on disk is read again under a
+    lock and added to, so that jobs fetching other revisions of the repository at the same time (a sweep's
+    parallel jobs) keep each other's entries; ``record`` (read before the download) stands in where none is."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as partial:
-        partial.write_text(json.dumps(record, indent=1, sort_keys=True))
+    with _locked(path.with_name(path.name + ".lock")):
+        current = _read_record(path) if path.is_file() else record
+        record = dict(current, refs=dict(current["refs"]), commits=dict(current["commits"]))
+        record["refs"][revision] = commit
+        record["commits"][commit] = {"model": model, "files": files, "vec_normalize": vec_normalize}
+        with atomic_write(path) as partial:
+            partial.write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+@contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``lock`` (made if missing) between processes, where the system has ``fcntl``
+    (POSIX); elsewhere nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _model_name(model: str) -> tuple[str | None, str | None]:

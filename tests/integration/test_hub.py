@@ -525,3 +525,21 @@ def test_play_settings_out_of_range_are_refused(tmp_path, wrapper, env_kwargs, f
     good.write_bytes(rl_zoo_config(env_wrapper=[{hub.ATARI_WRAPPER: {"action_repeat_probability": 0.25}}]))
     options = hub._settings("hf://x/y", {hub.CONFIG: good}, False)["pipeline_options"]  # noqa: SLF001
     assert options == {"repeat_action_probability": 0.25}
+
+
+def test_jobs_recording_other_revisions_at_once_keep_each_others_entries(tmp_path):
+    """Each job reads the repository's record before its download and adds its revision after: written at once
+    (threads standing in for a sweep's processes), every revision stays recorded."""
+    path = tmp_path / "models--sb3--x" / hub.RECORD_NAME
+    stale = {"refs": {}, "commits": {}}  # what each job read before the others wrote
+
+    def record(i):
+        hub._write_record(path, stale, f"v{i}", f"{i:040x}", "m.zip", {"m.zip": "0" * 64}, False)  # noqa: SLF001
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    written = json.loads(path.read_text())
+    assert written["refs"] == {f"v{i}": f"{i:040x}" for i in range(16)} and len(written["commits"]) == 16
