@@ -58,7 +58,16 @@ def prepare_observations(agent: Policy, frames: Observations) -> torch.Tensor:
     """
     device, dtype = agent_device_dtype(agent)
     shape = tuple(agent.observation_shape)
+    if isinstance(frames, np.ma.MaskedArray):
+        raise TypeError(
+            "observations must be a plain numpy array, got a masked array (its mask would be ignored): pass "
+            "frames.filled(value) with the value masked pixels should have"
+        )
     if isinstance(frames, np.ndarray):
+        if frames.dtype.kind not in "biuf":  # before torch.from_numpy's own TypeError on objects or strings
+            raise TypeError(
+                f"observations must be uint8 bytes or floats in [0, 1], got a numpy array of dtype {frames.dtype}"
+            )
         if frames.ndim >= 1:  # before a contiguous copy of a broadcast view could allocate what it claims
             _check_fits(
                 frames.shape[0] * int(np.prod(shape)) * dtype.itemsize, device, f"{frames.shape[0]} observations"

@@ -19,7 +19,7 @@ from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.files import sha256_of
 from ..core.policy import Policy
-from ..core.settings import validate_method_settings
+from ..core.settings import validate_method_settings, validate_settings
 from ..env.pipelines import library_defaults, pipeline_observation_shape
 from ..env.rollout import make_env
 from ..policies.loading import load_policy
@@ -196,8 +196,10 @@ def check_agent_settings(prepared: PreparedJob) -> None:
     played): every job of a sweep runs it, also where the jobs share one loaded agent."""
     config, agent = prepared.config, prepared.agent
     size = cast("tuple[int, int]", tuple(agent.observation_shape[1:]))
+    s = config.saliency
     try:
-        validate_method_settings(config.saliency, size)
+        validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat), size)
+        validate_method_settings(s, size)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     if str(config.saliency.compat) == "paper" and size != (80, 80):

@@ -230,7 +230,13 @@ class ChunkStore:
         if not store_exists(self.root, self.storage_options):  # checked first: opening would create the directory
             raise EngineError(f"{self.root} is not a store (no zarr.json): record or score into it first")
         self.keys = open_keys(self.root, self.storage_options, self.read_only)
-        self.group = zarr.open_group(self.keys, mode="r" if self.read_only else "r+", use_consolidated=False)
+        try:
+            self.group = zarr.open_group(self.keys, mode="r" if self.read_only else "r+", use_consolidated=False)
+        except (ValueError, TypeError, KeyError) as exc:  # zarr.json cut short, not JSON, or not zarr's metadata
+            raise StoreIntegrityError(
+                f"the store {self.root}: its zarr.json cannot be read ({type(exc).__name__}: {exc}): it is damaged; "
+                "delete it and run again"
+            ) from exc
         manifest = self.group.attrs.get(MANIFEST)
         if isinstance(manifest, dict) and manifest.get("kind") == GAMES:
             raise EngineError(games_refusal(self.root, manifest))
@@ -308,6 +314,11 @@ class ChunkStore:
         except KeyError as exc:
             raise StoreIntegrityError(
                 f"the store {self.root} lacks its array {name!r}: it is damaged; delete it and run again"
+            ) from exc
+        except (ValueError, TypeError) as exc:  # its zarr.json cut short, not JSON, or naming no zarr data type
+            raise StoreIntegrityError(
+                f"the store {self.root}: {name}/zarr.json cannot be read ({type(exc).__name__}: {exc}): it is "
+                "damaged; delete it and run again"
             ) from exc
         if not isinstance(node, zarr.Array):
             raise StoreIntegrityError(

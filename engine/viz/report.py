@@ -365,6 +365,8 @@ def content_security_policy() -> str:
 
 
 def _page_head(title: str) -> str:
+    # a file name that is not UTF-8 (Linux allows any bytes) reaches the title as surrogates: shown as U+FFFD
+    title = title.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy()}">'

@@ -277,3 +277,20 @@ def test_a_job_interrupted_while_writing_its_summary_leaves_no_half_written_file
         run_job(tiny_job(tmp_path / "run", movie=False))
     assert not (tmp_path / "run" / "summary.json").exists()
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".summary.json")]
+
+
+def test_a_grid_larger_than_a_small_agents_observation_is_refused(tmp_path):
+    """The mask grid's density and radius are checked against the agent's own observation (here 40x40) before the
+    game is played, not when its first frames are scored."""
+    import torch
+
+    from engine.jobs.prepare import PreparedJob, check_agent_settings
+    from engine.policies.module import wrap_policy
+
+    def network(obs):
+        return torch.zeros(obs.shape[0], 6), torch.zeros(obs.shape[0])
+
+    agent = wrap_policy(network, (1, 40, 40), 6, pipeline="gymnasium_atari", device="cpu")
+    config = tiny_job(tmp_path, saliency={"density": 60})
+    with pytest.raises(EngineError, match=r"saliency.density must be in 1..40"):
+        check_agent_settings(PreparedJob(config, Path("agent.pt"), agent))

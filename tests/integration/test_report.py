@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 from html.parser import HTMLParser
 from importlib import resources
@@ -179,6 +180,16 @@ def test_settings_cannot_break_out_of_the_page(tmp_path):
     # one sheet, the JSON block, the viewer: no element opened by the setting's text
     assert text.count("<script") == 3 and text.count("</script>") == 3
     assert "&lt;/script&gt;" in text.split("</title>")[0]  # the title is escaped HTML
+
+
+def test_a_file_name_that_is_not_utf8_can_be_in_the_title(tmp_path):
+    """Linux file names may hold any bytes, which Python keeps as surrogates: a checkpoint named so is in the title
+    as U+FFFD (the page is UTF-8) and in the data as its escaped text."""
+    name = os.fsdecode(b"pong_\xff.pt")
+    path = write_report(tmp_path / "r.html", pong_like_frames(0, 2), {}, title=f"Pong-v4: {name}", checkpoint=name)
+    assert "<title>Pong-v4: pong_\ufffd.pt</title>" in path.read_text(encoding="utf-8")
+    data, _ = read_report_data(path)
+    assert data["title"] == f"Pong-v4: {name}"
 
 
 def test_the_viewer_is_the_package_assets_inlined_verbatim(tmp_path):

@@ -85,6 +85,30 @@ def test_array_of_another_length_is_detected(reference, tmp_path):
         SaliencyStore.open(copy)
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: (root / "zarr.json").write_text((root / "zarr.json").read_text()[:100]), "its zarr.json cannot"),
+        (lambda root: (root / "actor" / "zarr.json").write_text("{"), "actor/zarr.json cannot be read"),
+        (
+            lambda root: (root / "actor" / "zarr.json").write_text(
+                (root / "actor" / "zarr.json").read_text().replace('"float32"', '"float33"')
+            ),
+            r"actor/zarr.json cannot be read \(ValueError: .*float33",
+        ),
+    ],
+    ids=["group cut short", "array not JSON", "unknown data type"],
+)
+def test_unreadable_metadata_is_refused_naming_the_store_and_file(reference, tmp_path, damage, message):
+    """A zarr.json cut short or naming no zarr data type: one StoreIntegrityError naming the store, the file and
+    what to do, not zarr's or json's own error."""
+    copy = fresh_copy(reference, tmp_path)
+    damage(copy)
+    with pytest.raises(StoreIntegrityError, match=message) as info:
+        SaliencyStore.open(copy).read()
+    assert str(copy) in str(info.value) and "delete it and run again" in str(info.value)
+
+
 def test_chunk_of_another_shape_is_named_and_recomputed(agent, played, reference, tmp_path):
     """A chunk file from a store chunked by 8 frames put in the place of a 4-frame chunk: its checksum is valid,
     but it decodes to 8 maps. Reading names the array and the chunk; the next run recomputes it."""

@@ -100,3 +100,20 @@ def test_a_broadcast_view_claiming_more_frames_than_memory_holds_is_refused_unal
     states = tuple(torch.zeros(1, 256).expand(10**8, 256) for _ in agent.initial_state(1))
     with pytest.raises(ValueError, match=r"10{8} observations would take .* GiB .* more than the .* GiB of cpu memory"):
         perturbation_saliency(agent, frames, states, density=20)
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        (np.zeros((1, 1, 80, 80), dtype=object), "a numpy array of dtype object"),
+        (np.zeros((1, 1, 80, 80), dtype="U1"), "a numpy array of dtype <U1"),
+        (np.ma.masked_array(np.zeros((1, 1, 80, 80), np.uint8), mask=True), r"masked array .*frames.filled\(value\)"),
+    ],
+    ids=["objects", "strings", "masked"],
+)
+@pytest.mark.parametrize("method", [perturbation_saliency, jacobian_saliency])
+def test_observations_that_are_not_numbers_are_refused(agent, method, frames, match):
+    """Objects and strings are refused by name (not torch's own TypeError); a masked array, whose mask the engine
+    would ignore, is refused with how to fill it."""
+    with pytest.raises(TypeError, match=match):
+        method(agent, frames, agent.initial_state(1))
