@@ -284,7 +284,7 @@ def logprob_gradient(
     x, state = prepare_inputs(agent, frames, states)
     actions = _check_actions(actions, x.shape[0], agent.num_actions, x.device)
     bounds = _chunks(x.shape[0], frames_per_eval)
-    with _autograd_on():
+    with _autograd_on(), float32_matmul_precision(x.device, False):
         grad = x.new_empty(x.shape)
         for a, b in bounds:
             leaf, out = _forward(agent, x[a:b], tuple(s[a:b] for s in state))

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..core.batching import chunk_bounds
 from ..core.blur import gaussian_blur
+from ..core.device import float32_matmul_precision
 from ..core.errors import EngineError
 from ..core.inputs import agent_device_dtype, prepare_inputs, prepare_observations, prepare_states
 from ..core.masks import grid_shape
@@ -319,7 +320,8 @@ def deletion_insertion(
     if not bool(torch.isfinite(maps).all()):
         raise EngineError("maps hold NaN or infinite values: there is no saliency order to follow")
     if baseline == "blur":
-        base = gaussian_blur(x, blur_sigma).to(dtype)
+        with float32_matmul_precision(device, False):  # a convolution: as the passes below
+            base = gaussian_blur(x, blur_sigma).to(dtype)
     else:
         base = torch.zeros_like(x)
     pixels = h * w
@@ -337,7 +339,9 @@ def deletion_insertion(
     chunk = resolve_perturbations_per_eval(agent, dtype, total, inputs_per_eval, memory_budget_mb)
     logp = x.new_empty(total, agent.num_actions)
     value = x.new_empty(total)
-    with torch.inference_mode():
+    # the curves are differences of nearly equal outputs, as the maps are: the process's reduced float32 modes
+    # (bfloat16 products on a CPU, TF32 on CUDA) are off here (and for the blur above) as in every saliency call
+    with torch.inference_mode(), float32_matmul_precision(device, False):
         for start, stop in chunk_bounds(total, chunk):
             flat = torch.arange(start, stop, device=device)
             frame, kind = flat // kinds_per_frame, flat % kinds_per_frame

@@ -130,6 +130,29 @@ def test_chunking_and_grids_do_not_change_the_curves(pong_agent, pong_rollout):
     assert upsample_maps(result.actor_scores, (80, 80)).equal(upsample_exact(result.actor_scores, 5))
 
 
+def test_a_process_wide_bfloat16_setting_leaves_the_curves_exact(pong_agent, pong_rollout):
+    """The curves are differences of nearly equal outputs: under the process's torch.set_float32_matmul_precision
+    ("medium") and oneDNN's bfloat16 convolutions they equal the default settings' bit for bit."""
+    x, states, actions = (
+        pong_rollout.observations[FRAMES],
+        tuple(s[FRAMES] for s in pong_rollout.states),
+        pong_rollout.actions[FRAMES],
+    )
+    maps = perturbation_saliency(pong_agent, x, states, density=10).actor
+    want = deletion_insertion(pong_agent, x, states, maps, actions, steps=8)
+    saved = torch.get_float32_matmul_precision(), torch.backends.mkldnn.conv.fp32_precision
+    try:
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        got = deletion_insertion(pong_agent, x, states, maps, actions, steps=8)
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.mkldnn.conv.fp32_precision = saved[1]
+    for kind in ("deletion", "insertion"):
+        for key in ("prob", "kl", "value"):
+            assert getattr(getattr(got, kind), key).equal(getattr(getattr(want, kind), key)), (kind, key)
+
+
 def test_a_map_on_ignored_pixels_scores_worse_than_the_agents_own(pong_agent, pong_rollout):
     x, states, actions = (
         pong_rollout.observations[FRAMES],

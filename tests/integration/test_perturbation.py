@@ -117,9 +117,16 @@ def test_many_frames_equal_one_at_a_time(pong_agent, pong_rollout):
 
 
 def _methods():
+    from types import SimpleNamespace
+
+    from engine.core.jacobian import jacobian_saliency, logprob_gradient
     from engine.core.lime import lime_saliency
     from engine.core.occlusion import occlusion_sensitivity
     from engine.core.rise import rise_saliency
+
+    def gradient(agent, frames, states):
+        grad = logprob_gradient(agent, frames, states, torch.tensor([0, 1]))
+        return SimpleNamespace(actor=grad, critic=grad)
 
     return {
         "perturbation": lambda *a: perturbation_saliency(*a, density=10, incremental=False),
@@ -127,6 +134,8 @@ def _methods():
         "occlusion": lambda *a: occlusion_sensitivity(*a, window=16, stride=16, response="value"),
         "rise": lambda *a: rise_saliency(*a, num_masks=32, response="value"),
         "lime": lambda *a: lime_saliency(*a, num_samples=32, response="value"),
+        "jacobian": jacobian_saliency,
+        "logprob_gradient": gradient,
     }
 
 
