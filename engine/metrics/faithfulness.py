@@ -401,8 +401,13 @@ def _nanmean(t: torch.Tensor) -> float:
 
 
 def object_agreement(maps: torch.Tensor, objects: Mapping[str, torch.Tensor]) -> ObjectAgreement:
-    """maps (N, H, W) non-negative saliency; objects ``{name: bool (N, H, W)}`` (the cells of each object, e.g.
+    """maps (N, H, W) saliency; objects ``{name: bool (N, H, W)}`` (the cells of each object, e.g.
     :func:`engine.metrics.regions.game_object_cells`) -> :class:`ObjectAgreement`; ``"objects"`` is their union.
+
+    A share is the part of the map's positive mass on the object's cells (a signed map, as occlusion, RISE and LIME
+    give, counts its evidence for the output; a non-negative map, all of it); it is NaN where the object is off
+    screen or the map has no positive mass. Pointing: whether the map's peak is on an object, NaN where no object is
+    on screen or the map is constant (it has no peak).
 
     Example: three quarters of a 2x2 map's mass on the ball's cell, a quarter of the screen:
 
@@ -431,17 +436,20 @@ def object_agreement(maps: torch.Tensor, objects: Mapping[str, torch.Tensor]) ->
     cells = dict(objects)
     union = torch.stack([c.to(maps.device) for c in objects.values()]).any(dim=0)
     cells["objects"] = union
-    total = maps.sum(dim=(1, 2))
+    positive = maps.clamp(min=0)
+    total = positive.sum(dim=(1, 2))
     nan = torch.full_like(total, float("nan"))
     share, area = {}, {}
     for name, c in cells.items():
         c = c.to(maps.device)
         present = c.any(dim=2).any(dim=1)
-        share[name] = torch.where(present & (total > 0), (maps * c).sum(dim=(1, 2)) / total.clamp(min=1e-300), nan)
+        share[name] = torch.where(present & (total > 0), (positive * c).sum(dim=(1, 2)) / total.clamp(min=1e-300), nan)
         area[name] = torch.where(present, c.double().mean(dim=(1, 2)), nan)
     peak = maps.flatten(1).argmax(dim=1)
     hit = union.flatten(1).gather(1, peak[:, None])[:, 0].double()
-    pointing = torch.where(union.flatten(1).any(dim=1) & (total > 0), hit, nan)
+    flat = maps.flatten(1)
+    has_peak = flat.amax(dim=1) > flat.amin(dim=1)
+    pointing = torch.where(union.flatten(1).any(dim=1) & has_peak, hit, nan)
     return ObjectAgreement(share, area, pointing)
 
 

@@ -65,13 +65,15 @@ class RegionShare:
 
 
 def region_share(maps: torch.Tensor, region: torch.Tensor) -> RegionShare:
-    """maps (N, 80, 80) non-negative saliency, region bool (N, 80, 80) -> :class:`RegionShare`.
+    """maps (N, 80, 80) saliency, region bool (N, 80, 80) -> :class:`RegionShare`: the part of each map's positive
+    mass inside the region (a signed map counts its positive part; see
+    :func:`engine.metrics.faithfulness.object_agreement`).
 
-    Frames where the region is empty (the object is off screen) or the map is all zero are left out.
+    Frames where the region is empty (the object is off screen) or the map has no positive mass are left out.
     """
     if maps.shape != region.shape or maps.dim() != 3:
         raise ValueError(f"maps and region must both be (N, 80, 80), got {tuple(maps.shape)} and {tuple(region.shape)}")
-    maps = maps.double()
+    maps = maps.double().clamp(min=0)
     total = maps.sum(dim=(1, 2))
     counted = region.any(dim=2).any(dim=1) & (total > 0)
     if not bool(counted.any()):

@@ -241,6 +241,20 @@ def test_object_agreement_values():
         object_agreement(maps, {"ball": ball[:2]})
 
 
+def test_object_agreement_of_signed_maps():
+    """Occlusion, RISE and LIME maps are signed: their peak points whatever the map's sum, a share is of the
+    positive mass (never above 1), and a constant map has no peak."""
+    ball = torch.zeros(3, 4, 4, dtype=torch.bool)
+    ball[:, 0, 0] = True
+    maps = torch.full((3, 4, 4), -0.2)
+    maps[:, 0, 0] = 1.0  # frame 0: the peak on the ball, the sum negative
+    maps[1, 3, 3] = 3.0  # frame 1: the peak elsewhere; positive mass 1 + 3
+    maps[2] = 0.5  # frame 2: constant
+    result = object_agreement(maps, {"ball": ball})
+    assert result.pointing[:2].tolist() == [1.0, 0.0] and torch.isnan(result.pointing[2])
+    assert result.share["ball"].tolist() == pytest.approx([1.0, 0.25, 1 / 16])
+
+
 def test_object_cells_on_real_frames_match_the_regions_module(pong_rollout):
     frames = pong_rollout.frames[40:50]
     for name, color in PONG_OBJECTS.items():
