@@ -507,11 +507,14 @@ def _parameterised_leaves(module: nn.Module) -> dict[str, nn.Module]:
 def cascade_stages(agent: Policy) -> list[tuple[str, ...]]:
     """The order of cascading randomisation: stages of module names (of the network, ``named_modules``), from the
     output down. The modules that hold parameters themselves are ordered by when one forward pass runs them,
-    last first; the first stage holds all the output layers (the last modules run, that read the same tensor:
-    the actor and critic heads together), every other stage one module."""
+    last first; the first stage holds all the output layers, every other stage one module. The output layers are
+    those whose outputs the policy returns as its logits or value (the actor and critic heads, wherever each sits
+    in the order: separate actor and critic paths run one head well before the other); where the policy returns
+    tensors of its own making, the last modules run that read the same tensor."""
     net = _network(agent)
     leaves = _parameterised_leaves(net)
     seen: list[tuple[str, object]] = []
+    outputs: dict[str, list[torch.Tensor]] = {}  # kept alive: no later tensor can reuse their memory
     handles = []
     for name, m in leaves.items():
 
@@ -521,11 +524,16 @@ def cascade_stages(agent: Policy) -> list[tuple[str, ...]]:
                 key = None if first is None else (first.data_ptr(), tuple(first.shape))
                 seen.append((name, key))
 
+        def keep(mod, inputs, output, name=name):
+            tensors = output if isinstance(output, tuple) else (output,)
+            outputs.setdefault(name, []).extend(t for t in tensors if isinstance(t, torch.Tensor))
+
         handles.append(m.register_forward_pre_hook(hook))
+        handles.append(m.register_forward_hook(keep))
     try:
         x = torch.zeros(2, *agent.observation_shape, device=agent.device, dtype=agent.dtype)
         with torch.inference_mode():
-            agent(x, agent.initial_state(2))
+            out = agent(x, agent.initial_state(2))
     finally:
         for h in handles:
             h.remove()
@@ -533,13 +541,22 @@ def cascade_stages(agent: Policy) -> list[tuple[str, ...]]:
         raise EngineError(
             f"no layer with parameters ran in a forward pass of {type(agent).__name__}: nothing to randomise"
         )
-    last_key = seen[-1][1]
-    heads = 1
-    while heads < len(seen) and last_key is not None and seen[-1 - heads][1] == last_key:
-        heads += 1
-    stages = [tuple(name for name, _ in seen[len(seen) - heads :])]
-    stages += [(name,) for name, _ in reversed(seen[: len(seen) - heads])]
+    returned = {_storage(t) for t in (out.logits, out.value)}
+    heads = [name for name, _ in seen if any(_storage(t) in returned for t in outputs.get(name, ()))]
+    if not heads:
+        last_key = seen[-1][1]
+        count = 1
+        while count < len(seen) and last_key is not None and seen[-1 - count][1] == last_key:
+            count += 1
+        heads = [name for name, _ in seen[len(seen) - count :]]
+    stages = [tuple(heads)]
+    stages += [(name,) for name, _ in reversed(seen) if name not in heads]
     return stages
+
+
+def _storage(t: torch.Tensor) -> int:
+    """Where ``t``'s memory starts: the same for a tensor and every view of it (``value[:, 0]``, ``logits[:n]``)."""
+    return t.untyped_storage().data_ptr()
 
 
 def randomize_modules(agent: Policy, names: Sequence[str], seed: int) -> None:

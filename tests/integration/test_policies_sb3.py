@@ -624,3 +624,16 @@ def test_an_action_count_that_is_no_integer_is_refused(agents, tmp_path, raw, sh
         path, tmp_path / "text.zip", data=lambda d: dict(d, action_space=dict(d["action_space"], n=str(NUM_ACTIONS)))
     )
     assert load_sb3(as_text).num_actions == NUM_ACTIONS
+
+
+@pytest.mark.parametrize("kind", ["rppo", "ppo_separate", "ppo_mlp", "ppo", "dqn"])
+def test_the_sanity_checks_first_stage_randomises_both_heads(agents, kind):
+    """The cascade's first stage is the output layers the policy returns logits and values from, also where the
+    actor and critic run separate layers (a critic LSTM, separate extractors, MLP layers of their own), so that
+    "after the output layer" the actor's map has lost its head."""
+    from engine.metrics.faithfulness import cascade_stages
+
+    stages = cascade_stages(load_sb3(agents(kind)[0]))
+    assert set(stages[0]) == ({"q_net.0"} if kind == "dqn" else {"action_net", "value_net"}), stages
+    names = [name for stage in stages for name in stage]
+    assert all(len(stage) == 1 for stage in stages[1:]) and len(set(names)) == len(names)
