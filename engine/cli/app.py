@@ -170,7 +170,9 @@ def precheck(argv: list[str]) -> None:
         raise ConfigError(one_line(exc)) from None
     if args.cfg:
         return  # --cfg prints the configuration: nothing is loaded
+    from ..jobs.config import check_config
     from ..jobs.run import check_stores, validate_job
+    from ..policies.registry import resolve_checkpoint
 
     checked: set[str] = set()
     for config, output_known in configs:
@@ -181,6 +183,10 @@ def precheck(argv: list[str]) -> None:
             elif len(checked) < MAX_PRECHECKED_AGENTS:
                 checked.add(key)
                 _PREPARED[key] = validate_job(config, output_known)
+            else:  # beyond the agents loaded here: the settings and that each checkpoint is there (loaded as it runs)
+                check_config(config)
+                a = config.agent
+                resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
         except ValueError as exc:  # EngineError, CheckpointError and the engine's argument checks
             raise ConfigError(str(exc)) from None
 

@@ -214,6 +214,14 @@ def test_a_multirun_is_checked_job_by_job():
     assert len(jobs) == 4 and ["saliency.radius=5", "saliency.density=10", "rollout.steps=2"] in jobs
 
 
+def test_a_sweep_over_more_agents_than_are_loaded_still_finds_a_missing_checkpoint(monkeypatch, tmp_path):
+    """The precheck loads at most MAX_PRECHECKED_AGENTS agents; each further checkpoint is still looked up."""
+    monkeypatch.setattr(cli, "MAX_PRECHECKED_AGENTS", 1)
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ConfigError, match="missing.pt"):
+        precheck(["-m", f"agent.checkpoint=builtin/pong_ppo,{missing}", "rollout.steps=2"])
+
+
 def test_good_command_lines_pass_the_check():
     precheck(["rollout.steps=2", "saliency.density=20"])
     precheck(["-m", "saliency.radius=3,5", "saliency.interp=occlude,searchlight", "rollout.steps=2"])
