@@ -224,8 +224,10 @@ def perturbation_scores(
             )
 
     if score == "action_logprob":
-        assert actions is not None  # action_logprob comes with the actions taken
-        base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, actions.view(-1, 1))[:, 0]  # (N,)
+        if actions is None:
+            raise ValueError("score='action_logprob' needs the action taken on each observation: pass actions=")
+        taken = actions
+        base_logp = torch.log_softmax(base.logits, dim=-1).gather(1, taken.view(-1, 1))[:, 0]  # (N,)
 
     def pass_scores(frame: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the perturbed copies (frame[k], mask[k]): their actor and critic scores, then the extra ones; one pass
@@ -236,8 +238,7 @@ def perturbation_scores(
         if actor_score is not None:
             actor_scores = actor_score(base.logits.index_select(0, frame), out.logits)
         elif score == "action_logprob":
-            assert actions is not None
-            logp = torch.log_softmax(out.logits, dim=-1).gather(1, actions.index_select(0, frame).view(-1, 1))[:, 0]
+            logp = torch.log_softmax(out.logits, dim=-1).gather(1, taken.index_select(0, frame).view(-1, 1))[:, 0]
             actor_scores = (base_logp.index_select(0, frame) - logp).abs()
         else:
             actor_scores = 0.5 * (base.logits.index_select(0, frame) - out.logits).pow(2).sum(dim=-1)
