@@ -126,6 +126,11 @@ def resolve_options(pipeline: str, **options) -> dict[str, Any]:
             f"{', '.join(sorted(known))}"
         )
     resolved = dict(known, **options)
+    for name in ("full_action_space", "episodic_life", "fire_reset", "clip_rewards"):
+        if name in resolved and not isinstance(resolved[name], bool | np.bool_):
+            raise ValueError(f"{name} must be True or False, got {resolved[name]!r}")
+        if name in resolved:
+            resolved[name] = bool(resolved[name])
     rap = resolved["repeat_action_probability"]
     if rap is not None and not (isinstance(rap, (int, float)) and not isinstance(rap, bool) and 0 <= rap <= 1):
         raise ValueError(f"repeat_action_probability must be in [0, 1] or None (the id's default), got {rap!r}")
@@ -357,6 +362,20 @@ def pipeline_observation_shape(name: str, frame_stack: int | None = None, **opti
     return _observation_shape(name, _frame_stack(name, frame_stack), options)
 
 
+MAX_SEED = 2**63 - 1  # the emulator's seeding and gymnasium's take non-negative 64-bit integers
+
+
+def check_seed(seed: object, games: int = 1) -> int:
+    """``seed`` as a Python int (a numpy integer too), or a ValueError naming it: the seeds of ``games`` games,
+    ``seed`` to ``seed + games - 1``, must lie in 0..2**63-1."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED - (games - 1):
+        last = f" (games seeded {seed}..{int(seed) + games - 1})" if games > 1 else ""
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}{last}")
+    return int(seed)
+
+
 def make_pipeline(
     name: str, env_id: str, frame_stack: int | None = None, *, first_seed: int | None = None, **options
 ) -> AtariPipeline:
@@ -382,6 +401,8 @@ def make_pipeline(
     """
     options = resolve_options(name, **options)
     frame_stack = _frame_stack(name, frame_stack)
+    if first_seed is not None:
+        first_seed = check_seed(first_seed)
     spec = PipelineSpec(name, env_id, frame_stack, options)
     make_kwargs: dict[str, Any] = {}
     if options["repeat_action_probability"] is not None:

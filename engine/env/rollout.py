@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from ..core.inputs import check_policy
 from ..core.policy import PIPELINES, Policy, State, index_state, stack_states, state_to
 from ..core.preprocessing import preprocess_bytes
-from .pipelines import AtariPipeline, PipelineBatch, PipelineSpec, make_env, make_pipeline  # noqa: F401  (make_env: re-exported)
+from .pipelines import (  # noqa: F401  (make_env: re-exported)
+    AtariPipeline,
+    PipelineBatch,
+    PipelineSpec,
+    check_seed,
+    make_env,
+    make_pipeline,
+)
 
 _PER_STEP = ("frames", "observations", "logits", "values", "actions", "rewards", "dones")
 
@@ -175,6 +182,7 @@ class Player:
     """
 
     def __init__(self, agent: Policy, env_id: str, seed: int = 0, greedy: bool = False, **pipeline_options):
+        seed = check_seed(seed)
         check_policy(agent)
         self.agent, self.env_id, self.greedy = agent, env_id, greedy
         self.pipeline: AtariPipeline = _agent_pipeline(agent, env_id, seed, pipeline_options)
@@ -273,6 +281,7 @@ class VectorPlayer:
 
         num_envs = check_num_envs(num_envs)
         workers = check_workers(workers, num_envs)
+        seed = check_seed(seed, num_envs)
         check_policy(agent)
         self.agent, self.env_id, self.greedy, self.num_envs = agent, env_id, greedy, num_envs
         self.seeds = [seed + i for i in range(num_envs)]
@@ -512,6 +521,7 @@ def rollout(
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes must be >= 1 or None, got {max_episodes!r}")
+    seed = check_seed(seed, 1 if num_envs is None else check_num_envs(num_envs))
     if num_envs is not None:
         return _rollout_games(
             agent,

@@ -367,6 +367,11 @@ def test_options_defaults_and_errors():
         make_pipeline("sb3_atari", "PongNoFrameskip-v4", repeat_action_probability=1.5)
     with pytest.raises(ValueError, match="frame_stack=1"):
         make_pipeline("greydanus2017", "Pong-v4", frame_stack=4)
+    for option in ("full_action_space", "episodic_life", "fire_reset", "clip_rewards"):  # "no" would switch it on
+        with pytest.raises(ValueError, match=f"{option} must be True or False, got 'no'"):
+            make_pipeline("sb3_atari", "BreakoutNoFrameskip-v4", **{option: "no"})
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        make_pipeline("sb3_atari", "BreakoutNoFrameskip-v4", first_seed=-1)
     from engine import UnknownEnvironmentError
 
     with pytest.raises(UnknownEnvironmentError, match="Breakoutt"):

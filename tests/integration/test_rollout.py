@@ -86,6 +86,25 @@ def test_bad_environment_and_arguments():
         rollout(pong_agent, "Pong-v4", 0, progress=False)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True])
+def test_a_seed_that_is_no_64_bit_integer_is_named(seed):
+    """A bad seed is refused as a seed (it was reported as an unknown environment id, or gymnasium's own error),
+    before an emulator starts; with num_envs the last game's seed must fit too."""
+    agent = ActorCritic(num_actions=6, core="gru").eval()
+    with pytest.raises(ValueError, match=r"seed must be an integer in 0\.\.9223372036854775807"):
+        rollout(agent, "Pong-v4", 2, seed=seed, progress=False)
+    with pytest.raises(ValueError, match=r"games seeded 9223372036854775807\.\.9223372036854775808"):
+        rollout(agent, "Pong-v4", 2, seed=2**63 - 1, num_envs=2, progress=False)
+
+
+def test_a_numpy_integer_seed_plays_the_same_game():
+    torch.manual_seed(0)
+    agent = ActorCritic(num_actions=6, core="gru").eval()
+    ours = rollout(agent, "Pong-v4", 6, seed=np.int64(3), progress=False)
+    assert ours.seed == 3 and type(ours.seed) is int
+    assert torch.equal(ours.actions, rollout(agent, "Pong-v4", 6, seed=3, progress=False).actions)
+
+
 @pytest.mark.slow
 def test_real_pong_agent_wins_a_full_episode(pong_agent):
     """Loading, preprocessing and state handling together: the published agent averages 18.2."""
