@@ -149,9 +149,10 @@ def open_recording(
     )
     try:
         layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))
-        rstore = RolloutStore(
-            ChunkStore.open_or_create(root, identity, layout, num_steps, chunk_steps, extra, storage_options)
+        store = ChunkStore.open_or_create(
+            root, identity, layout, num_steps, chunk_steps, extra, storage_options, shortened=max_episodes is not None
         )
+        rstore = RolloutStore(store)
         first = rstore.completed_chunks()
     except BaseException:
         player.close()
@@ -210,7 +211,7 @@ class Recording(_PlayerRecording[Player]):
                 unit="step",
                 disable=None if self.progress else True,
             )
-            episodes = 0
+            episodes = _episodes_before(rstore, self.first)  # a resumed recording counts those it holds
             for k in range(self.first, len(rstore.bounds)):
                 if before_chunk is not None:
                     before_chunk(k)
@@ -257,6 +258,14 @@ def _resume_player(player: Player, rstore: RolloutStore, done_chunks: int) -> No
         player.state = (
             agent.reset_state(out.state, torch.ones(1, dtype=torch.bool, device=device)) if ended else out.state
         )
+
+
+def _episodes_before(rstore: RolloutStore, first: int) -> int:
+    """How many episodes the recording in ``rstore`` ended before its chunk ``first`` (a resumed recording goes on
+    counting towards ``max_episodes`` from there)."""
+    if first == 0:
+        return 0
+    return int(rstore.store.read_range(0, rstore.bounds[first - 1][1], ("dones",))["dones"].sum())
 
 
 def record_games(*args, **kwargs) -> list[RolloutStore]:
@@ -329,7 +338,7 @@ def open_games_recording(
                 player.action_names,
             )
             store = ChunkStore.open_or_create(
-                root, identity, layout, num_steps, chunk_steps, extras[i], storage_options
+                root, identity, layout, num_steps, chunk_steps, extras[i], storage_options, max_episodes is not None
             )
             rstores.append(RolloutStore(store))
     except BaseException:
@@ -347,8 +356,12 @@ class GamesRecording(_PlayerRecording[VectorPlayer]):
         self, player: VectorPlayer, rstores: list[RolloutStore], max_episodes: int | None, progress: bool
     ) -> None:
         self.player, self.rstores, self.max_episodes, self.progress = player, rstores, max_episodes, progress
-        self.bounds = list(rstores[0].bounds)  # every game's, until a game that ends early shortens its own
-        self.first = min(r.completed_chunks() for r in rstores)
+        # every game's, but a game that ended early (max_episodes) shortened its own: the longest store's
+        self.bounds = max((list(r.bounds) for r in rstores), key=len)
+        self.finished = [r.complete for r in rstores]  # recorded to their end (resumed: not played again)
+        self.first = min(
+            (r.completed_chunks() for r, f in zip(rstores, self.finished) if not f), default=len(self.bounds)
+        )
 
     def run(
         self,
@@ -365,11 +378,24 @@ class GamesRecording(_PlayerRecording[VectorPlayer]):
             if self._closed:
                 raise RuntimeError("these games' environments are closed")
             if self.first < len(self.bounds):
-                if self.first > 0:
-                    for i, rstore in enumerate(self.rstores):
+                episodes = []
+                for i, rstore in enumerate(self.rstores):
+                    if self.finished[i]:
+                        self.player.stop(i)
+                    elif self.first > 0:
                         _resume_game(self.player, i, rstore, self.first)
+                    episodes.append(0 if self.finished[i] else _episodes_before(rstore, self.first))
                 hooks = (before_chunk, after_chunk, each_step)
-                _play_chunks(self.player, self.rstores, self.first, self.max_episodes, self.progress, *hooks)
+                _play_chunks(
+                    self.player,
+                    self.rstores,
+                    self.bounds,
+                    self.first,
+                    episodes,
+                    self.max_episodes,
+                    self.progress,
+                    *hooks,
+                )
         finally:
             self.close()
         return self.rstores
@@ -395,15 +421,16 @@ def _resume_game(player: VectorPlayer, index: int, rstore: RolloutStore, done_ch
 def _play_chunks(
     player: VectorPlayer,
     rstores: list[RolloutStore],
+    bounds: list[tuple[int, int]],
     first: int,
+    episodes: list[int],
     max_episodes: int | None,
     progress: bool,
     before_chunk: Callable[[int], None] | None = None,
     after_chunk: Callable[[int], None] | None = None,
     each_step: Callable[[], None] | None = None,
 ) -> None:
-    bounds = list(rstores[0].bounds)  # a game that ends early (max_episodes) shortens its own store only
-    total = rstores[0].num_steps * len(rstores)
+    total = bounds[-1][1] * len(rstores)
     bar = tqdm(
         total=total,
         initial=bounds[first][0] * len(rstores),
@@ -411,7 +438,6 @@ def _play_chunks(
         unit="step",
         disable=None if progress else True,
     )
-    episodes = [0] * len(rstores)
     try:
         for k in range(first, len(bounds)):
             if before_chunk is not None:

@@ -457,10 +457,13 @@ class ChunkStore:
         chunk: int,
         extra: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
+        shortened: bool = False,
     ) -> ChunkStore:
         """Open the store at ``root`` if its identity equals ``identity`` (else :class:`StoreMismatchError`), or
         create it atomically (module docstring). A store of more than :data:`MAX_CHUNKS` chunks, of chunks over
-        :data:`MAX_CHUNK_BYTES`, or (in memory) over the memory available is refused before anything is written."""
+        :data:`MAX_CHUNK_BYTES`, or (in memory) over the memory available is refused before anything is written.
+        ``shortened``: a memory store may hold fewer than ``length`` steps, where :meth:`truncate` ended it (a
+        recording that stopped after ``max_episodes``)."""
         manifest: dict[str, Any] = jsonable(
             dict(
                 kind=identity["kind"],
@@ -495,7 +498,8 @@ class ChunkStore:
                 f"the store {root} was written with other settings ({difference(store.identity, manifest['identity'])}): "
                 "refusing to mix them; use another directory, or delete this one to start over"
             )
-        if (store.layout, store.length, store.chunk) != (manifest["layout"], manifest["length"], manifest["chunk"]):
+        length_fits = store.length == length or (shortened and is_memory(root) and store.length < length)
+        if (store.layout, store.chunk) != (manifest["layout"], manifest["chunk"]) or not length_fits:
             raise StoreMismatchError(
                 f"the store {root} holds arrays of other shapes than this job makes: use another directory"
             )

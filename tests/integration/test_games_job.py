@@ -367,3 +367,50 @@ def test_games_in_memory_that_do_not_fit_together_are_refused_before_anything_is
         monkeypatch.setattr(prepare, "available_memory", lambda: rollout + saliency - 1)
         validate_job(job(tmp_path / "one"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "one").exists()
+
+
+def test_recordings_with_max_episodes_resume_and_rerun_to_the_uninterrupted_stores(time_limits):
+    """Memory stores with max_episodes, stopped by a hook mid-recording and recorded again: the resumed recording
+    counts the episodes it already holds, a game that ended before the stop is not played again, and a rerun of the
+    finished recording gives its stores back (one game, then three ending at different steps)."""
+    from zarr.storage import MemoryStore
+
+    from engine.jobs.record import open_games_recording, open_recording
+
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    kwargs = dict(seed=SEED, chunk_steps=5)
+
+    def stop_after(steps):
+        count = [0]
+
+        def each_step():
+            count[0] += 1
+            if count[0] > steps:
+                raise KeyboardInterrupt("stopped")
+
+        return each_step
+
+    time_limits(4)  # an episode every 4 steps: 3 episodes end at step 12, in chunk 2
+    whole = record_rollout(agent, "Pong-v4", 40, MemoryStore(), max_episodes=3, **kwargs)
+    assert whole.num_steps == 12
+    store = MemoryStore()
+    time_limits(4)
+    with pytest.raises(KeyboardInterrupt):
+        open_recording(agent, "Pong-v4", 40, store, max_episodes=3, **kwargs).run(each_step=stop_after(7))
+    for _ in range(2):  # resumed, then run again once finished
+        time_limits(4)
+        assert_same_store(record_rollout(agent, "Pong-v4", 40, store, max_episodes=3, **kwargs).store, whole.store)
+
+    limits = (4, 6, 9)  # two episodes each: games of 8, 12 and 18 steps
+    time_limits(*limits)
+    wholes = record_games(agent, "Pong-v4", 40, [MemoryStore() for _ in limits], max_episodes=2, **kwargs)
+    assert [r.num_steps for r in wholes] == [8, 12, 18]
+    stores = [MemoryStore() for _ in limits]
+    time_limits(*limits)
+    with pytest.raises(KeyboardInterrupt):  # game 0 has ended, game 1 is in its second chunk
+        open_games_recording(agent, "Pong-v4", 40, stores, max_episodes=2, **kwargs).run(each_step=stop_after(9))
+    for _ in range(2):
+        time_limits(*limits)
+        resumed = record_games(agent, "Pong-v4", 40, stores, max_episodes=2, **kwargs)
+        for a, b in zip(resumed, wholes):
+            assert_same_store(a.store, b.store)
