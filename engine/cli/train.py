@@ -6,7 +6,8 @@ the trainer's own config (``ppo.yaml`` on :class:`~engine.training.ppo.PPOConfig
 and applies the other overrides to its schema. The chosen option (``hydra.runtime.choices.algo``) then names the
 schema the composed configuration is checked against and the function that trains.
 
-The command line is composed and checked (ranges, the environment id) before Hydra creates ``<run_dir>/hydra``:
+The command line is composed and checked (ranges, the environment id, the settings of a run it would resume) before
+Hydra creates or rewrites ``<run_dir>/hydra``:
 a bad one prints one line on stderr and exits with code 2. A run folder this command created and left without
 results is removed again when the trainer refuses a setting. Progress and the result are logged.
 """
@@ -38,16 +39,19 @@ class Trainer:
     schema: type  # a dataclass with env_id, run_dir and a check() method
     schema_name: str  # its name in Hydra's ConfigStore, the first default of its config
     train: Callable[[Any], Path]  # trains (or resumes) into run_dir; returns the last checkpoint's path
+    check_resume: Callable[[Any], Any]  # refuses a run_dir whose run was trained with other settings
 
 
 def trainers() -> dict[str, Trainer]:
     """``algo`` -> its trainer (the options of ``configs/algo/``), the schemas put into Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
-    from ..training.a2c import TrainConfig, train
-    from ..training.ppo import PPOConfig, train_ppo
+    from ..training import a2c, ppo
 
-    table = {"ppo": Trainer(PPOConfig, "ppo_schema", train_ppo), "a2c": Trainer(TrainConfig, "train_schema", train)}
+    table = {
+        "ppo": Trainer(ppo.PPOConfig, "ppo_schema", ppo.train_ppo, ppo.check_resume),
+        "a2c": Trainer(a2c.TrainConfig, "train_schema", a2c.train, a2c.check_resume),
+    }
     for trainer in table.values():
         ConfigStore.instance().store(name=trainer.schema_name, node=trainer.schema)
     return table
@@ -76,9 +80,11 @@ def precheck(argv: list[str], table: dict[str, Trainer]) -> Any:
     check_one_mode(args)
     try:
         cfg = compose(args.config_name or ENTRY, args.overrides, return_hydra_config=True)
-        config = checked(trainer_of(cfg.hydra.runtime.choices.get("algo"), table), cfg)
+        trainer = trainer_of(cfg.hydra.runtime.choices.get("algo"), table)
+        config = checked(trainer, cfg)
         if not args.cfg:
             make_env(config.env_id).close()  # an unknown id fails here
+            trainer.check_resume(config)  # before Hydra rewrites the run's record in <run_dir>/hydra
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours

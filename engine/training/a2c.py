@@ -30,7 +30,7 @@ from ..core.files import atomic_write
 from ..core.preprocessing import SIZE, preprocess_bytes
 from ..env.rollout import make_env
 from ..policies.greydanus2017 import ActorCritic
-from .resume import load_resume_file, load_training_state, rng_state, save_torch
+from .resume import check_resume_settings, load_resume_file, load_training_state, rng_state, save_torch
 
 
 @dataclass
@@ -121,7 +121,11 @@ def make_vector_env(config: TrainConfig):
 
     make_env(config.env_id).close()  # a clear error for an unknown id, before any worker starts
     fns = [lambda: make_preprocessed_env(config.env_id) for _ in range(config.num_envs)]
-    return gym.vector.AsyncVectorEnv(fns) if config.vector == "async" else gym.vector.SyncVectorEnv(fns)
+    # an environment whose episode ends is reset in the same step: the next step's observation is the new
+    # episode's (gymnasium's default, the next step, would step with an action it ignores and train on it)
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    vector = gym.vector.AsyncVectorEnv if config.vector == "async" else gym.vector.SyncVectorEnv
+    return vector(fns, autoreset_mode=mode)
 
 
 def as_inputs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -201,6 +205,19 @@ def restore_resume(resume: dict, agent: ActorCritic, optimizer: torch.optim.Opti
     return resume["frames"], resume["next_checkpoint"], deque(resume["returns"], maxlen=100), resume["wall_seconds"]
 
 
+RESUMABLE = frozenset({"total_frames", "device", "run_dir", "progress"})  # what may change when a run goes on
+
+
+def check_resume(config: TrainConfig) -> dict | None:
+    """The resume state in ``config.run_dir`` (None: a new run), refused where it was trained with other settings
+    than ``config`` beyond :data:`RESUMABLE`."""
+    run_dir = Path(config.run_dir)
+    resume = load_resume(run_dir / RESUME_FILE)
+    if resume is not None:
+        check_resume_settings(run_dir, resume["config"], asdict(config), RESUMABLE)
+    return resume
+
+
 def train(config: TrainConfig) -> Path:
     """Train (or resume) into ``config.run_dir``; returns the path of the last checkpoint written."""
     if config.core not in ("lstm", "gru"):
@@ -212,11 +229,7 @@ def train(config: TrainConfig) -> Path:
     if config.num_envs < 1 or config.rollout_steps < 1 or config.total_frames < 1 or config.checkpoint_every < 1:
         raise EngineError("num_envs, rollout_steps, total_frames and checkpoint_every must be >= 1")
     run_dir = Path(config.run_dir)
-    resume = load_resume(run_dir / RESUME_FILE)  # checked before any environment worker starts
-    if resume is not None:
-        held = {k: resume["config"].get(k) for k in ("env_id", "core")}
-        if held != {"env_id": config.env_id, "core": config.core}:
-            raise EngineError(f"{run_dir} holds a {held['core']} run on {held['env_id']}: use another run_dir")
+    resume = check_resume(config)  # before any environment worker starts
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     seed_all(config.seed)
@@ -245,7 +258,7 @@ def train(config: TrainConfig) -> Path:
         unit="frame",
         disable=not config.progress,
     )
-    started = time.perf_counter()
+    started, first_frames = time.perf_counter(), frames
     try:
         while frames < config.total_frames:
             state = tuple(s.detach() for s in state)
@@ -290,7 +303,7 @@ def train(config: TrainConfig) -> Path:
             if returns:
                 bar.set_postfix(
                     reward=f"{np.mean(returns):.2f}",
-                    fps=f"{(frames - bar.initial) / (time.perf_counter() - started):.0f}",
+                    fps=f"{(frames - first_frames) / (time.perf_counter() - started):.0f}",
                 )
             if frames >= next_checkpoint or frames >= config.total_frames:
                 wall_seconds = earlier_seconds + time.perf_counter() - started

@@ -28,6 +28,7 @@ derived from the seed and the update counter (recorded in the resume state), and
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import random
@@ -50,9 +51,15 @@ from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
 from ..env.wrappers import ale_env
 from ..policies.cleanrl import CleanRLPPOLSTM
-from .resume import load_resume_file, load_training_state, rng_state, save_torch
+from .resume import check_resume_settings, load_resume_file, load_training_state, rng_state, save_torch
 
 FRAME_SKIP = 4  # frames per agent step in both environment back ends
+
+
+TENSORBOARD_MISSING = (
+    "tensorboard=true needs the tensorboard package: pip install tensorboard "
+    "(or set tensorboard=false; progress.csv is written either way)"
+)
 
 
 @dataclass
@@ -113,6 +120,8 @@ class PPOConfig:
         for name, options in self.CHOICES.items():
             if getattr(self, name) not in options:
                 raise EngineError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before anything is written
+            raise EngineError(TENSORBOARD_MISSING)
         for name in (
             "num_envs",
             "num_steps",
@@ -313,10 +322,7 @@ class TrainingLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise EngineError(
-                    "tensorboard=true needs the tensorboard package: pip install tensorboard "
-                    "(or set tensorboard=false; progress.csv is written either way)"
-                ) from exc
+                raise EngineError(TENSORBOARD_MISSING) from exc
             # purge_step: events after the resume point are dropped, as the CSV rows are
             self.writer = SummaryWriter(
                 str(run_dir / "tensorboard"), purge_step=first_frames + 1 if first_update else None
@@ -426,14 +432,29 @@ def seed_all(seed: int) -> None:
 # --- training ------------------------------------------------------------------------------------------------------
 
 
+# what may change when a run goes on (the learning rate's annealing follows the new total_frames)
+RESUMABLE = frozenset(
+    {"total_frames", "target_return", "checkpoint_every", "resume_every", "threads", "device", "run_dir"}
+    | {"tensorboard", "progress"}
+)
+
+
+def check_resume(config: PPOConfig) -> dict | None:
+    """The resume state in ``config.run_dir`` (None: a new run), refused where it was trained with other settings
+    than ``config`` beyond :data:`RESUMABLE`."""
+    run_dir = Path(config.run_dir)
+    resume = load_resume(run_dir / RESUME_FILE)
+    if resume is not None:
+        check_resume_settings(run_dir, resume["config"], asdict(config), RESUMABLE)
+    return resume
+
+
 def train_ppo(config: PPOConfig) -> Path:
     """Train (or resume) into ``config.run_dir`` until ``total_frames`` or ``target_return``; returns the path of
     the last checkpoint written."""
     config.check()
     run_dir = Path(config.run_dir)
-    resume = load_resume(run_dir / RESUME_FILE)  # checked before any environment starts
-    if resume is not None and resume["config"].get("env_id") != config.env_id:
-        raise EngineError(f"{run_dir} holds a run on {resume['config'].get('env_id')}: use another run_dir")
+    resume = check_resume(config)  # before any environment starts
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -107,3 +107,21 @@ def load_training_state(resume: dict, agent: torch.nn.Module, optimizer: torch.o
         raise EngineError(
             f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def check_resume_settings(run_dir: Path, held: dict, wanted: dict, may_change: frozenset[str]) -> None:
+    """Refuse to resume the run in ``run_dir``, trained with the settings ``held`` (its resume file's), with other
+    settings than ``may_change``: they would be ignored (the optimizer's own are restored with its state) or mix two
+    runs in one (another seed in a sweep whose jobs share a run_dir). Keys the resume file lacks (an older version)
+    are not compared."""
+    changed = [
+        f"{key} {held[key]!r} -> {value!r}"
+        for key, value in wanted.items()
+        if key in held and key not in may_change and held[key] != value
+    ]
+    if changed:
+        raise EngineError(
+            f"{run_dir} holds a run trained with other settings ({'; '.join(changed)}): resume it with its own (only "
+            f"{', '.join(sorted(may_change))} may change), or use another run_dir (a sweep over seeds: a run_dir per "
+            "seed, e.g. run_dir=runs/<name>_seed${seed})"
+        )

@@ -110,6 +110,8 @@ def test_training_logs_its_result(tmp_path):
     )
     assert again.returncode == 2 and "Pong-v4" in again.stderr and len(again.stderr.splitlines()) == 1
     assert (run / "checkpoints" / "step_5.pt").is_file() and (run / "hydra" / "train.log").is_file()
+    # refused before Hydra runs: the record of how the run was trained is the first command's
+    assert "env_id: Pong-v4" in (run / "hydra" / ".hydra" / "config.yaml").read_text()
 
 
 def test_a_refusal_inside_the_run_removes_the_folder_it_made(tmp_path):

@@ -8,6 +8,7 @@ states that were saved, and a file holding any other pickled object is refused w
 import copy
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,21 +174,37 @@ def test_resume_file_with_pickled_objects_is_refused_and_not_run(tmp_path):
     assert not (run_dir / "checkpoints").exists()  # refused before anything was written or started
 
 
-def test_resume_refuses_another_game(tmp_path):
-    train(
-        TrainConfig(
-            num_envs=1, rollout_steps=5, total_frames=5, checkpoint_every=5, run_dir=str(tmp_path), progress=False
-        )
-    )
-    with pytest.raises(EngineError, match="holds a lstm run on Pong-v4"):
-        train(
-            TrainConfig(
-                env_id="Breakout-v4",
-                num_envs=1,
-                rollout_steps=5,
-                total_frames=10,
-                checkpoint_every=5,
-                run_dir=str(tmp_path),
-                progress=False,
-            )
-        )
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"env_id": "Breakout-v4"}, "env_id 'Pong-v4' -> 'Breakout-v4'"),
+        ({"lr": 0.1}, "lr 0.0007 -> 0.1"),  # the optimizer's state would bring back its own
+        ({"optimizer": "adam"}, "optimizer 'rmsprop' -> 'adam'"),  # its state would not load
+        ({"seed": 2}, "seed 0 -> 2"),  # a sweep over seeds sharing a run_dir: two runs in one
+    ],
+)
+def test_resume_refuses_other_settings_and_goes_on_with_more_frames(tmp_path, change, words):
+    train(_tiny(tmp_path, num_envs=1, total_frames=5, checkpoint_every=5))
+    with pytest.raises(EngineError, match=f"holds a run trained with other settings \\({re.escape(words)}\\)"):
+        train(_tiny(tmp_path, num_envs=1, total_frames=10, checkpoint_every=5, **change))
+    train(_tiny(tmp_path, num_envs=1, total_frames=10, checkpoint_every=5))  # more frames: it goes on
+    assert (tmp_path / "checkpoints" / "step_10.pt").is_file()
+
+
+def test_episodes_end_in_the_step_that_ends_them(tmp_path, monkeypatch):
+    """Environments reset in the step whose episode ends: every frame trained on is a step the agent took (the
+    vector env's default, the next step, would add a step whose action it ignores), and a run without a progress bar
+    goes past its episode ends."""
+    import gymnasium as gym
+
+    steps = [0]
+
+    class Counted(gym.Wrapper):
+        def step(self, action):
+            steps[0] += 1
+            return self.env.step(action)
+
+    made = a2c.make_preprocessed_env
+    monkeypatch.setattr(a2c, "make_preprocessed_env", lambda env_id: Counted(gym.wrappers.TimeLimit(made(env_id), 3)))
+    train(_tiny(tmp_path, total_frames=20, progress=False))
+    assert steps[0] == 20  # 2 environments x 10 steps, 6 episodes ended

@@ -196,6 +196,16 @@ def test_bad_settings_are_refused(tmp_path, overrides, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_with_other_settings_is_refused_and_with_more_frames_goes_on(tmp_path):
+    run = tmp_path / "run"
+    train_ppo(_tiny(run, total_frames=64))
+    for change, words in (({"lr": 1e-3}, "lr 0.00025 -> 0.001"), ({"seed": 2}, "seed 1 -> 2")):
+        with pytest.raises(EngineError, match=f"holds a run trained with other settings \\({words}\\)"):
+            train_ppo(_tiny(run, total_frames=128, **change))
+    train_ppo(_tiny(run, total_frames=128, checkpoint_every=128))  # the frames and checkpoints may change
+    assert json.loads((run / "checkpoints" / "step_128.json").read_text())["frames"] == 128
+
+
 def test_a_resume_file_of_another_trainer_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
