@@ -36,6 +36,9 @@ def test_cfg_job_prints_the_trainers_configuration(tmp_path, algo, schema):
     printed = yaml.safe_load(result.stdout)
     defaults = {"TrainConfig": TrainConfig, "PPOConfig": PPOConfig}[schema]()
     assert set(printed) == set(vars(defaults)) and printed["seed"] == 7 and printed["env_id"] == defaults.env_id
+    assert printed["device"] == "auto"
+    on_cpu = train_cli("device=cpu", "--cfg", "job", cwd=tmp_path, algo=algo)  # as the main job takes it
+    assert on_cpu.returncode == 0 and yaml.safe_load(on_cpu.stdout)["device"] == "cpu", on_cpu.stderr
     assert list(tmp_path.iterdir()) == []
 
 
