@@ -87,7 +87,16 @@ def ship_checkpoint(source: str | os.PathLike, folder: str | os.PathLike, frames
     """Write ``source`` (a training checkpoint ``step_<frames>.pt``) into ``folder`` as ``step_<frames>.pt`` in half
     precision, with its metadata (``step_<frames>.json`` beside it); returns the written path. Everything is checked
     before anything is written."""
+    return _write(*_prepare(source, folder, frames))
+
+
+def _prepare(
+    source: str | os.PathLike, folder: str | os.PathLike, frames: int | None = None
+) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    """Everything :func:`ship_checkpoint` checks: the target path, the half-precision state dict and the metadata."""
     source, folder = Path(source), Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"--to {folder} is a file: name the package folder, e.g. engine/agents/<name>")
     if frames is None:
         match = _STEP.fullmatch(source.name)
         if match is None:
@@ -96,8 +105,11 @@ def ship_checkpoint(source: str | os.PathLike, folder: str | os.PathLike, frames
     half = half_precision(read_state_dict(source), str(source))
     meta = read_metadata(source.with_suffix(".json"), frames)
     meta.update(frames=frames, precision="float16", source_sha256=sha256_of(source))
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"step_{frames}.pt"
+    return folder / f"step_{frames}.pt", half, meta
+
+
+def _write(target: Path, half: dict[str, torch.Tensor], meta: dict) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target, ".pt") as tmp:
         torch.save(half, tmp)
     with atomic_write(target.with_suffix(".json"), ".json") as tmp:
@@ -110,11 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoints", nargs="+", help="training checkpoints step_<frames>.pt")
     parser.add_argument("--to", required=True, help="the package folder, e.g. engine/agents/pong_ppo")
     args = parser.parse_args(argv)
-    for path in args.checkpoints:
-        try:
-            written = ship_checkpoint(path, args.to)
-        except EngineError as exc:  # one line saying what is wrong, not a traceback
-            parser.exit(2, f"{parser.prog}: error: {' '.join(str(exc).split())}\n")
+    try:  # every checkpoint is checked before the first is written: a bad one ships none
+        prepared = [_prepare(path, args.to) for path in args.checkpoints]
+    except EngineError as exc:  # one line saying what is wrong, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(exc).split())}\n")
+    for path, shipping in zip(args.checkpoints, prepared):
+        written = _write(*shipping)
         print(f"{path} -> {written} ({written.stat().st_size / 1e6:.2f} MB)")
 
 

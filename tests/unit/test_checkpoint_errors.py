@@ -383,6 +383,25 @@ def test_shipping_refuses_malformed_metadata(tmp_path, capsys):
     assert "step_1234.pt" in capsys.readouterr().out and (folder / "step_1234.json").is_file()
 
 
+def test_shipping_checks_every_checkpoint_and_the_folder_before_writing(tmp_path, capsys):
+    """A bad checkpoint among several ships none of them; a --to that is a file is one line, not a traceback."""
+    from engine.training.shipping import main
+
+    good = _training_checkpoint(tmp_path)
+    bad = tmp_path / "other" / "step_99.pt"
+    bad.parent.mkdir()
+    bad.write_text("not a checkpoint")
+    folder = tmp_path / "agents"
+    with pytest.raises(SystemExit) as info:
+        main([str(good), str(bad), "--to", str(folder)])
+    assert info.value.code == 2 and "step_99.pt" in capsys.readouterr().err and not folder.exists()
+    (afile := tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as info:
+        main([str(good), "--to", str(afile)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and f"--to {afile} is a file" in err and "Traceback" not in err
+
+
 def test_a_changed_weight_in_a_zip_checkpoint_fails_its_checksum(tmp_path):
     """torch's reader does not check the zip's CRC-32s: one flipped bit in a weight record is refused, not loaded as
     another agent; the intact file loads."""
