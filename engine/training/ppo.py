@@ -313,7 +313,7 @@ class TrainingLog:
                 rows = [r for r in csv.DictReader(f) if int(r["update"]) <= first_update]
         else:
             rows = []
-        with open(self.path, "w", newline="") as f:
+        with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as f:  # a kill here keeps the old rows
             writer = csv.DictWriter(f, PROGRESS_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
