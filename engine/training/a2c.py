@@ -30,7 +30,7 @@ from ..core.files import atomic_write
 from ..core.preprocessing import SIZE, preprocess_bytes
 from ..env.rollout import make_env
 from ..policies.greydanus2017 import ActorCritic
-from .resume import check_resume_settings, load_resume_file, load_training_state, rng_state, save_torch
+from .resume import RESUME_FILE, load_resume_file, load_training_state, resume_of, rng_state, save_torch
 
 
 @dataclass
@@ -149,7 +149,6 @@ def make_optimizer(agent: ActorCritic, config: TrainConfig) -> torch.optim.Optim
 # bool and None only. So the RNG states are stored as such (numpy's MT19937 key as an int64 tensor, python's
 # state as nested lists of ints), not as the numpy arrays and tuples the RNG APIs hand out.
 
-RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 2  # 1: the pickled (weights_only=False) format of earlier versions, no longer read
 _RESUME_FIELDS = {
     "format": int,
@@ -211,11 +210,7 @@ RESUMABLE = frozenset({"total_frames", "device", "run_dir", "progress"})  # what
 def check_resume(config: TrainConfig) -> dict | None:
     """The resume state in ``config.run_dir`` (None: a new run), refused where it was trained with other settings
     than ``config`` beyond :data:`RESUMABLE`."""
-    run_dir = Path(config.run_dir)
-    resume = load_resume(run_dir / RESUME_FILE)
-    if resume is not None:
-        check_resume_settings(run_dir, resume["config"], asdict(config), RESUMABLE)
-    return resume
+    return resume_of(Path(config.run_dir), load_resume, config, RESUMABLE)
 
 
 def train(config: TrainConfig) -> Path:

@@ -51,7 +51,7 @@ from ..env.pipelines import make_pipeline
 from ..env.rollout import make_env
 from ..env.wrappers import ale_env
 from ..policies.cleanrl import CleanRLPPOLSTM
-from .resume import check_resume_settings, load_resume_file, load_training_state, rng_state, save_torch
+from .resume import RESUME_FILE, load_resume_file, load_training_state, resume_of, rng_state, save_torch
 
 FRAME_SKIP = 4  # frames per agent step in both environment back ends
 
@@ -343,7 +343,6 @@ class TrainingLog:
             self.writer.close()
 
 
-RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 1
 _RESUME_FIELDS = {
     "format": int,
@@ -442,11 +441,7 @@ RESUMABLE = frozenset(
 def check_resume(config: PPOConfig) -> dict | None:
     """The resume state in ``config.run_dir`` (None: a new run), refused where it was trained with other settings
     than ``config`` beyond :data:`RESUMABLE`."""
-    run_dir = Path(config.run_dir)
-    resume = load_resume(run_dir / RESUME_FILE)
-    if resume is not None:
-        check_resume_settings(run_dir, resume["config"], asdict(config), RESUMABLE)
-    return resume
+    return resume_of(Path(config.run_dir), load_resume, config, RESUMABLE)
 
 
 def train_ppo(config: PPOConfig) -> Path:

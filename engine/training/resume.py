@@ -11,13 +11,18 @@ from __future__ import annotations
 import pickle
 import random
 import re
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.errors import EngineError
 from ..core.files import atomic_write
+
+RESUME_FILE = "resume.pt"  # in a run's folder: what a trainer needs to go on exactly
 
 
 def save_torch(obj, path: Path) -> None:
@@ -107,6 +112,18 @@ def load_training_state(resume: dict, agent: torch.nn.Module, optimizer: torch.o
         raise EngineError(
             f"the resume state does not fit this run's configuration ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def resume_of(
+    run_dir: Path, load: Callable[[Path], dict | None], config: Any, may_change: frozenset[str]
+) -> dict | None:
+    """The resume state in ``run_dir`` (``load``: the trainer's reader of its ``resume.pt``; None: a new run),
+    refused where it was trained with other settings than the dataclass ``config`` beyond ``may_change``
+    (:func:`check_resume_settings`)."""
+    resume = load(run_dir / RESUME_FILE)
+    if resume is not None:
+        check_resume_settings(run_dir, resume["config"], asdict(config), may_change)
+    return resume
 
 
 def check_resume_settings(run_dir: Path, held: dict, wanted: dict, may_change: frozenset[str]) -> None:
