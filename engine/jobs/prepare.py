@@ -19,7 +19,7 @@ from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.files import sha256_of
 from ..core.policy import Policy
-from ..core.settings import validate_method_settings, validate_settings
+from ..core.settings import FRAME_SHAPE, validate_method_settings, validate_settings
 from ..env.pipelines import library_defaults, pipeline_observation_shape
 from ..env.rollout import make_env
 from ..policies.loading import load_policy
@@ -221,9 +221,6 @@ def check_agent_settings(prepared: PreparedJob) -> None:
         )
 
 
-ALE_SCREEN = (210, 160, 3)  # the RGB frame every Atari game shows, recorded beside the observations
-
-
 def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
     """Refuse a job without ``store.rollout``, whose stores are in memory, where they would not fit the memory
     available (as a store does when it is made, but for all of them together, before any is made): each of the
@@ -236,7 +233,7 @@ def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
     available = available_memory()
     if available is None:
         return
-    rollout = memory_bytes(rollout_layout(agent, ALE_SCREEN, agent.observation_shape), r.steps, st.chunk_steps)
+    rollout = memory_bytes(rollout_layout(agent, FRAME_SHAPE, agent.observation_shape), r.steps, st.chunk_steps)
     saliency = memory_bytes(saliency_layout(agent, config.saliency), r.steps, st.frames_per_chunk)
     at_once = games > 1 and (st.overlap if st.overlap is not None else torch.device(agent.device).type == "cuda")
     need = games * rollout + (games if at_once else 1) * saliency
