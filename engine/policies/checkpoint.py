@@ -127,15 +127,21 @@ def _check_torch_records(infos: Sequence[zipfile.ZipInfo], archive_size: int, na
     check_zip_entries(infos, archive_size, name)
 
 
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
 def _check_checksums(file: str | bytes, name: str, refuse: Callable[[str], NotACheckpoint]) -> None:
     """Each record of a ``torch.save`` zip against the CRC-32 the archive holds for it, which torch's reader does not
     check: a flipped bit in a weight record would otherwise load as another agent. (The records' declared sizes are
     checked first: this reads them all once.)"""
     try:
         with zipfile.ZipFile(io.BytesIO(file) if isinstance(file, bytes) else file) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            unknown = sorted({i.compress_type for i in archive.infolist()} - _ZIP_METHODS)
+            bad = None if unknown else archive.testzip()  # zipfile cannot read such records at all
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise refuse(f"a damaged zip archive ({exc})") from exc
+    if unknown:  # torch.save stores its records uncompressed
+        raise refuse(f"a zip archive whose records use compression method {unknown[0]}, which zip readers lack")
     if bad is not None:
         raise CheckpointError(
             f"{name} is damaged: its record {bad!r} does not match the checksum (CRC-32) the archive holds for it; "

@@ -416,3 +416,15 @@ def test_a_changed_weight_in_a_zip_checkpoint_fails_its_checksum(tmp_path):
     data[start + 1000] ^= 0x10
     path.write_bytes(bytes(data))
     _refused(path, f"record '{record.filename}' does not match the checksum \\(CRC-32\\)")
+
+
+def test_a_zip_record_of_an_unknown_compression_method_is_refused(tmp_path):
+    """zipfile cannot read a record of compression method 99: one line naming the method, not its own error."""
+    path = _save(tmp_path, _agent_state_dict(), name="agent.pt")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = archive.infolist()[0]
+    local, central = record.header_offset, data.find(b"PK\x01\x02")
+    data[local + 8 : local + 10] = data[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    _refused(path, "records use compression method 99")
