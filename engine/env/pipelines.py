@@ -127,9 +127,9 @@ def resolve_options(pipeline: str, **options) -> dict[str, Any]:
         )
     resolved = dict(known, **options)
     for name in ("full_action_space", "episodic_life", "fire_reset", "clip_rewards"):
-        if name in resolved and not isinstance(resolved[name], bool | np.bool_):
-            raise ValueError(f"{name} must be True or False, got {resolved[name]!r}")
         if name in resolved:
+            if not isinstance(resolved[name], bool | np.bool_):  # "no" would switch it on
+                raise ValueError(f"{name} must be True or False, got {resolved[name]!r}")
             resolved[name] = bool(resolved[name])
     rap = resolved["repeat_action_probability"]
     if rap is not None and not (isinstance(rap, (int, float)) and not isinstance(rap, bool) and 0 <= rap <= 1):

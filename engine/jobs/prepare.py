@@ -202,7 +202,7 @@ def check_agent_settings(prepared: PreparedJob) -> None:
         validate_method_settings(s, size)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
-    if str(config.saliency.compat) == "paper" and size != (80, 80):
+    if str(s.compat) == "paper" and size != (80, 80):
         raise EngineError(
             f"saliency.compat=paper reproduces the 2017 code's upsampling of 80x80 maps, but the observations of "
             f"agent.checkpoint {config.agent.checkpoint} are {size[0]}x{size[1]}: use saliency.compat=exact with this "
