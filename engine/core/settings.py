@@ -185,31 +185,48 @@ SCORES = tuple(Score)
 COMPATS = tuple(Compat)
 
 
-def validate_radius_density(radius: float, density: int, size: tuple[int, int] = (SIZE, SIZE)) -> None:
+def _in_range(value: object, side: int | None) -> bool:
+    """Whether ``value`` is a finite real number in (0, side] (no upper bound when ``side`` is None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return 0 < value <= (side if side is not None else value)
+
+
+def validate_radius_density(radius: float, density: int, size: tuple[int, int] | None = (SIZE, SIZE)) -> None:
     """Raise ``ValueError`` unless ``0 < radius <= max(H, W)`` and ``density`` is an integer in 1..max(H, W)
-    (80 for the 2017 observation), in observation pixels."""
-    side = max(size)
+    (80 for the 2017 observation), in observation pixels. With ``size=None`` the upper bounds wait for the agent's
+    observation: a config is checked before its agent is loaded, and an 84x84 agent takes a density of 84."""
+    side = max(size) if size else None
     if isinstance(density, bool) or not isinstance(density, int):
-        raise ValueError(f"density must be an integer grid step in 1..{side}, got {density!r}")
-    if not 1 <= density <= side:
-        raise ValueError(f"density must be in 1..{side} (pixels between mask centers; the paper uses 5), got {density}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= side:
-        raise ValueError(
-            f"radius must be a number in (0, {side:g}] (the mask blur sigma; the paper uses 5), got {radius!r}"
-        )
+        bound = f"in 1..{side}" if side is not None else ">= 1"
+        raise ValueError(f"density must be an integer grid step {bound}, got {density!r}")
+    if not 1 <= density <= (side if side is not None else density):
+        bound = f"in 1..{side}" if side is not None else "an integer >= 1"
+        raise ValueError(f"density must be {bound} (pixels between mask centers; the paper uses 5), got {density}")
+    if not _in_range(radius, side):
+        bound = f"a number in (0, {side:g}]" if side is not None else "a finite number > 0"
+        raise ValueError(f"radius must be {bound} (the mask blur sigma; the paper uses 5), got {radius!r}")
 
 
 def validate_settings(
-    radius: float, density: int, interp: str, blur_sigma: float, compat: str, size: tuple[int, int] = (SIZE, SIZE)
+    radius: float,
+    density: int,
+    interp: str,
+    blur_sigma: float,
+    compat: str,
+    size: tuple[int, int] | None = (SIZE, SIZE),
 ) -> None:
-    """Raise ``ValueError`` naming the bad setting and its allowed values (sizes in pixels of an (H, W) observation)."""
+    """Raise ``ValueError`` naming the bad setting and its allowed values (sizes in pixels of an (H, W) observation;
+    ``None``: the bounds that depend on it wait for the agent)."""
     validate_radius_density(radius, density, size)
     if interp not in INTERPS:
         raise ValueError(f"interp must be one of {tuple(str(i) for i in INTERPS)}, got {interp!r}")
     if compat not in COMPATS:
         raise ValueError(f"compat must be one of {tuple(str(c) for c in COMPATS)}, got {compat!r}")
-    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not 0 < blur_sigma <= max(size):
-        raise ValueError(f"blur_sigma must be a number in (0, {max(size)}] (the paper uses 3), got {blur_sigma!r}")
+    side = max(size) if size else None
+    if not _in_range(blur_sigma, side):
+        bound = f"a number in (0, {side:g}]" if side is not None else "a finite number > 0"
+        raise ValueError(f"blur_sigma must be {bound} (the paper uses 3), got {blur_sigma!r}")
 
 
 # --- the methods a config selects, their arrays and their settings ----------------------------------------------

@@ -377,7 +377,7 @@ def check_config(config: JobConfig) -> None:
 
     # saliency
     try:
-        validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat))
+        validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat), size=None)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     try:

@@ -294,3 +294,15 @@ def test_a_grid_larger_than_a_small_agents_observation_is_refused(tmp_path):
     config = tiny_job(tmp_path, saliency={"density": 60})
     with pytest.raises(EngineError, match=r"saliency.density must be in 1..40"):
         check_agent_settings(PreparedJob(config, Path("agent.pt"), agent))
+
+
+def test_the_grid_is_bounded_by_the_agents_own_observation_not_the_2017_one(tmp_path):
+    """An 84x84 agent takes a density or radius up to 84; the config's own check leaves that bound to the agent."""
+    pong_ppo = {"checkpoint": "builtin/pong_ppo"}
+    validate_job(tiny_job(tmp_path, agent=pong_ppo, saliency={"density": 84, "radius": 84.0, "blur_sigma": 84.0}))
+    with pytest.raises(EngineError, match=r"saliency.density must be in 1..84 .*got 85"):
+        validate_job(tiny_job(tmp_path, agent=pong_ppo, saliency={"density": 85}))
+    with pytest.raises(EngineError, match=r"saliency.density must be in 1..80 .*got 81"):
+        validate_job(tiny_job(tmp_path, saliency={"density": 81}))
+    with pytest.raises(EngineError, match=r"saliency.radius must be a finite number > 0 .*got inf"):
+        validate_job(tiny_job(tmp_path, agent=pong_ppo, saliency={"radius": float("inf")}))
