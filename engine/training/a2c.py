@@ -97,6 +97,15 @@ class TrainConfig:
         resolve_device(self.device)  # an unknown device, or cuda without CUDA, fails here
 
 
+def session_seeds(config: TrainConfig, frames: int) -> list[int]:
+    """The environments' seeds of a session that starts at ``frames``: a resumed run re-creates its emulators with
+    seeds of their own, ``seed + stride * k + i`` for the k-th checkpoint, with a stride of at least ``num_envs``
+    so that no two sessions share a seed."""
+    stride = max(1000, config.num_envs)
+    first = config.seed + stride * (frames // config.checkpoint_every)
+    return [first + i for i in range(config.num_envs)]
+
+
 def seed_all(seed: int) -> None:
     """The one place where randomness is seeded (python, numpy, torch); environments get ``seed + i``."""
     random.seed(seed)
@@ -240,9 +249,7 @@ def train(config: TrainConfig) -> Path:
         except BaseException:
             envs.close()
             raise
-    obs, _ = envs.reset(
-        seed=[config.seed + 1000 * (frames // config.checkpoint_every) + i for i in range(config.num_envs)]
-    )
+    obs, _ = envs.reset(seed=session_seeds(config, frames))
     state = agent.initial_state(config.num_envs)
     episode_return = np.zeros(config.num_envs)
     last_path = run_dir / "checkpoints" / f"step_{frames}.pt"

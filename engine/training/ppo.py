@@ -255,7 +255,7 @@ class EnvpoolEnvs:
             env_type="gymnasium",
             num_envs=num_envs,
             batch_size=num_envs,
-            seed=seed,
+            seed=envpool_seed(seed, num_envs),
             episodic_life=True,
             reward_clip=False,
             stack_num=1,
@@ -274,6 +274,12 @@ class EnvpoolEnvs:
 
     def close(self) -> None:
         self.env.close()
+
+
+def envpool_seed(seed: int, num_envs: int) -> int:
+    """``seed`` folded into the range envpool takes: its seed is a C++ ``int`` and environment i gets ``seed + i``,
+    while a run's seeds (``seed * 100_003 + update * num_envs``) grow past 2**31 for large seeds and long runs."""
+    return seed % (2**31 - num_envs)
 
 
 def make_envs(config: PPOConfig, seed: int):

@@ -208,3 +208,13 @@ def test_episodes_end_in_the_step_that_ends_them(tmp_path, monkeypatch):
     monkeypatch.setattr(a2c, "make_preprocessed_env", lambda env_id: Counted(gym.wrappers.TimeLimit(made(env_id), 3)))
     train(_tiny(tmp_path, total_frames=20, progress=False))
     assert steps[0] == 20  # 2 environments x 10 steps, 6 episodes ended
+
+
+@pytest.mark.parametrize("num_envs", [1, 16, 1500])
+def test_no_two_sessions_of_a_run_share_an_environment_seed(num_envs):
+    """A resumed run re-creates its emulators with seeds of their own: over a run's sessions every seed is new,
+    however many environments it steps."""
+    config = TrainConfig(num_envs=num_envs, checkpoint_every=100, seed=7)
+    seeds = [s for k in range(4) for s in a2c.session_seeds(config, frames=100 * k)]
+    assert len(set(seeds)) == len(seeds) == 4 * num_envs
+    assert a2c.session_seeds(config, 0)[0] == 7 and a2c.session_seeds(config, 99) == a2c.session_seeds(config, 0)

@@ -232,3 +232,13 @@ def test_envpool_back_end_trains_when_installed(tmp_path):
     path = train_ppo(_tiny(tmp_path / "run", envs="envpool", total_frames=64))
     assert load_policy(path).num_actions == 6
     assert np.isfinite(np.loadtxt(tmp_path / "run" / "progress.csv", delimiter=",", skiprows=1, usecols=7))
+
+
+def test_envpool_seeds_stay_in_its_int_range():
+    """envpool's seed is a C++ int and environment i gets seed + i: a run's seeds, which grow as seed * 100_003 +
+    update * num_envs, are folded into that range and stay distinct across environments."""
+    seed = 2**31 - 1
+    for num_envs in (1, 8, 64):
+        folded = ppo.envpool_seed(seed * 100_003 + 5 * num_envs, num_envs)
+        assert 0 <= folded and folded + num_envs - 1 < 2**31
+    assert ppo.envpool_seed(12_345, 8) == 12_345  # small seeds are unchanged
