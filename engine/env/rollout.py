@@ -302,9 +302,13 @@ class VectorPlayer:
             self.pipelines = PipelineBatch(pipelines)
         self.device, self.dtype = torch.device(agent.device), agent.dtype
         self.samplers = [torch.Generator().manual_seed(s) for s in self.seeds]  # CPU: same actions on every device
-        self.observations, self.frames = self.pipelines.reset(self.seeds)
+        try:  # a player that fails to start closes its emulators (and worker processes) itself: no one else can
+            self.observations, self.frames = self.pipelines.reset(self.seeds)
+            self.state: State = agent.initial_state(num_envs)  # the rows of the active environments, in order
+        except BaseException:
+            self.pipelines.close()
+            raise
         self.active: list[int] = list(range(num_envs))
-        self.state: State = agent.initial_state(num_envs)  # the rows of the active environments, in order
 
     @property
     def spec(self) -> PipelineSpec:

@@ -163,6 +163,20 @@ def test_no_process_outlives_garbage_collection_or_ctrl_c(agents, monkeypatch, s
     assert all(gone(pid) for pid in batch.pids) and no_workers_left()
 
 
+def test_a_player_that_fails_to_start_closes_its_workers(agents, monkeypatch, started):
+    """A failure after the workers start (here the agent's first state) closes them at once, not at garbage
+    collection: the traceback the caller holds keeps the half-made player alive."""
+    made, _ = started
+
+    def broken(num_envs):
+        raise RuntimeError("no state")
+
+    monkeypatch.setattr(agents["pong_ppo"], "initial_state", broken)
+    with pytest.raises(RuntimeError, match="no state") as failed:
+        VectorPlayer(agents["pong_ppo"], "PongNoFrameskip-v4", 2, workers=2)
+    assert failed.traceback and all(gone(pid) for pid in made[-1]) and no_workers_left()
+
+
 @pytest.mark.parametrize("bad", [-1, 4, 1.0, "2", True, None])
 def test_bad_workers_refused(pong_agent, bad):
     with pytest.raises(ValueError, match=r"workers must be an integer from 0 .* to num_envs \(3"):
