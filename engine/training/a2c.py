@@ -323,7 +323,6 @@ def train(config: TrainConfig) -> Path:
 def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, returns, wall_seconds: float) -> Path:
     """``<run>/checkpoints/step_<frames>.pt`` (the agent's state dict) and its ``.json`` metadata."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
-    save_torch(agent.state_dict(), path)
     meta = dict(
         game=config.env_id,
         frames=frames,
@@ -334,4 +333,5 @@ def save_checkpoint(run_dir: Path, agent, config: TrainConfig, frames: int, retu
     )
     with atomic_write(path.with_suffix(".json")) as tmp:  # read by registry.metadata_game: never half written
         tmp.write_text(json.dumps(meta, indent=2))
+    save_torch(agent.state_dict(), path)  # after its metadata: a checkpoint file is never without it
     return path

@@ -412,7 +412,6 @@ def save_checkpoint(run_dir: Path, agent, config: PPOConfig, frames: int, return
     CleanRL's ``Agent.load_state_dict`` read), and a ``.json`` with the game, frames and recent returns."""
     path = run_dir / "checkpoints" / f"step_{frames}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_torch(agent.state_dict(), path)
     meta = dict(
         game=config.env_id,
         agent="cleanrl ppo_atari_lstm",
@@ -424,6 +423,7 @@ def save_checkpoint(run_dir: Path, agent, config: PPOConfig, frames: int, return
     )
     with atomic_write(path.with_suffix(".json")) as tmp:  # read by registry.metadata_game: never half written
         tmp.write_text(json.dumps(meta, indent=2))
+    save_torch(agent.state_dict(), path)  # after its metadata: a checkpoint file is never without it
     return path
 
 

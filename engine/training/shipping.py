@@ -110,10 +110,10 @@ def _prepare(
 
 def _write(target: Path, half: dict[str, torch.Tensor], meta: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target.with_suffix(".json"), ".json") as tmp:  # first: a checkpoint is never without it
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     with atomic_write(target, ".pt") as tmp:
         torch.save(half, tmp)
-    with atomic_write(target.with_suffix(".json"), ".json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return target
 
 

@@ -218,3 +218,35 @@ def test_no_two_sessions_of_a_run_share_an_environment_seed(num_envs):
     seeds = [s for k in range(4) for s in a2c.session_seeds(config, frames=100 * k)]
     assert len(set(seeds)) == len(seeds) == 4 * num_envs
     assert a2c.session_seeds(config, 0)[0] == 7 and a2c.session_seeds(config, 99) == a2c.session_seeds(config, 0)
+
+
+@pytest.mark.parametrize("trainer", ["a2c", "ppo"])
+def test_a_checkpoint_interrupted_while_saved_is_never_left_without_its_metadata(tmp_path, monkeypatch, trainer):
+    """The metadata (.json: the game, read when the checkpoint is loaded or shipped) is written before the weights:
+    stopped in between, the run leaves no step_<frames>.pt without it."""
+    from contextlib import contextmanager
+
+    from engine.training import ppo
+
+    module = a2c if trainer == "a2c" else ppo
+    real = module.atomic_write
+
+    @contextmanager
+    def stopped_at_json(path, *args, **kwargs):
+        if Path(path).suffix == ".json":
+            raise KeyboardInterrupt("stopped while writing the metadata")
+        with real(path, *args, **kwargs) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(module, "atomic_write", stopped_at_json)
+    if trainer == "a2c":
+        agent, config = ActorCritic(6), TrainConfig(run_dir=str(tmp_path))
+    else:
+        agent, config = ppo.make_agent(6), ppo.PPOConfig(run_dir=str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        module.save_checkpoint(tmp_path, agent, config, 100, [1.0], 2.0)
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))
+    monkeypatch.setattr(module, "atomic_write", real)
+    path = module.save_checkpoint(tmp_path, agent, config, 100, [1.0], 2.0)
+    assert json.loads(path.with_suffix(".json").read_text())["frames"] == 100
