@@ -23,8 +23,8 @@ Cache: the files go to ``<cache>/huggingface`` (``<cache>`` is the registry's ch
 (``models--<owner>--<name>/snapshots/<commit>/...``), and beside them ``models--<owner>--<name>/atari-saliency.json``
 records, per commit, each file's sha256 as it was downloaded, and which commit each revision named. A later load
 asks the Hub for the revision's commit (one small request) and downloads only what is not cached; every file used,
-cached or just downloaded, is hashed again and must have its recorded sha256 (and the Hub's own sha256, for the
-files the Hub stores in LFS): a file whose bytes changed is refused, with the folder to delete to download it
+cached or just downloaded, is hashed again and must have its recorded sha256 (and, while the Hub answers, the
+id the Hub lists for it: the sha256 of a file kept in LFS, the git blob id of one kept in git): a file whose bytes changed is refused, with the folder to delete to download it
 afresh. Offline (``HF_HUB_OFFLINE=1``, downloads disabled, or the Hub unreachable) the cached commit the revision
 last named is used, checked the same way; with nothing cached, a :class:`CheckpointError` says so in one line, as
 it does for an unknown repository or revision (404), a repository without a model zip, and a missing
@@ -41,6 +41,7 @@ given as ``policy.hub.pipeline_options`` (and logged) for the caller's rollout, 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
@@ -325,6 +326,23 @@ def _sha256(path: Path) -> str:
         raise HubError(f"the cached file {path} cannot be read ({exc.strerror or exc})") from None
 
 
+def git_blob_id(path: Path) -> str:
+    """The id git (and so the Hub's listing) gives a file's contents: the sha1 of ``blob <size>\\0`` and the bytes.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     (Path(folder) / "empty").write_bytes(b"")
+    ...     git_blob_id(Path(folder) / "empty")  # git hash-object /dev/null
+    0
+    'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
+    """
+    try:
+        data = path.read_bytes()  # files kept in git are small: the Hub moves large ones to LFS
+    except OSError as exc:
+        raise HubError(f"the cached file {path} cannot be read ({exc.strerror or exc})") from None
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def _choose_files(name: str, repo_id: str, listing: list[str]) -> tuple[str, list[str]]:
     """The model zip and the files to download, from the repository's file list."""
     zips = sorted(f for f in listing if f.endswith(".zip") and "/" not in f and f not in NOT_MODELS)
@@ -370,6 +388,7 @@ def fetch_hub_agent(name: str, cache_dir: str | os.PathLike | None = None, allow
     endpoint = hf.constants.ENDPOINT
     offline = _offline_reason(hf, allow_download)
     hub_sha: dict[str, str] = {}
+    hub_blob: dict[str, str] = {}
     info = None
     if offline is None:
         try:
@@ -398,6 +417,8 @@ def fetch_hub_agent(name: str, cache_dir: str | os.PathLike | None = None, allow
         siblings = list(info.siblings or [])
         listing = [s.rfilename for s in siblings]
         hub_sha = {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs is not None and s.lfs.sha256}
+        # files kept in git itself (config.yml, env_kwargs.yml) are listed with their git blob id instead
+        hub_blob = {s.rfilename: s.blob_id for s in siblings if s.lfs is None and s.blob_id}
         model, wanted = _choose_files(shown, repo_id, listing)
         vec_normalize = VEC_NORMALIZE in listing
     else:
@@ -459,6 +480,12 @@ def fetch_hub_agent(name: str, cache_dir: str | os.PathLike | None = None, allow
             raise HubError(
                 f"{file} of {shown} ({path}) has sha256 {found}, but the Hub ({endpoint}) says {hub_sha[file]}: it is "
                 f"damaged or not the Hub's file, and is not used; delete {folder} and load {shown} again"
+            )
+        if file in hub_blob and git_blob_id(path) != hub_blob[file]:
+            raise HubError(
+                f"{file} of {shown} ({path}) has git blob id {git_blob_id(path)}, but the Hub ({endpoint}) says "
+                f"{hub_blob[file]}: it is damaged or not the Hub's file, and is not used; delete {folder} and load "
+                f"{shown} again"
             )
         files[file] = found
         return path

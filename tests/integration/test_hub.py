@@ -173,7 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         siblings = []
         for name, data in sorted(files.items()):
-            sibling: dict = {"rfilename": name, "size": len(data), "blobId": hashlib.sha1(data).hexdigest()}
+            blob_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id of the contents
+            sibling: dict = {"rfilename": name, "size": len(data), "blobId": blob_id}
             if name.endswith((".zip", ".pkl", ".mp4")):  # the Hub keeps binaries in LFS, with their sha256
                 sibling["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
             siblings.append(sibling)
@@ -374,6 +375,18 @@ def test_hash_mismatch(downloaded, server, tmp_path):
     for result in (online, offline):
         assert result["error"] == "HubError"
         one_line(result, "the cached config.yml of hf://sb3/ppo-BreakoutNoFrameskip-v4", "changed since", str(folder))
+
+
+def test_a_changed_file_kept_in_git_is_found_by_its_blob_id(downloaded, server, tmp_path):
+    """config.yml is not in LFS, so the Hub lists no sha256 for it, but its git blob id: with the engine's own
+    record gone, an edited cached copy is still found (and refused) while the Hub can be asked."""
+    cache = copy_cache(downloaded[1], tmp_path)
+    _edit(cache, "config.yml")
+    folder = cache / "huggingface" / "models--sb3--ppo-BreakoutNoFrameskip-v4"
+    (folder / hub.RECORD_NAME).unlink()
+    [result] = run([dict(name=NAME, cache=str(cache))], server.endpoint, tmp_path)
+    assert result.get("error") == "HubError", result
+    one_line(result, "config.yml of hf://sb3/ppo-BreakoutNoFrameskip-v4", "git blob id", "but the Hub", str(folder))
 
 
 def test_offline(downloaded, server, tmp_path):

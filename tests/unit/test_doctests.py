@@ -14,6 +14,7 @@ MODULES = [
     "engine.core.rise",
     "engine.core.lime",
     "engine.policies.loading",
+    "engine.policies.hub",
     "engine.env.rollout",
     "engine.metrics.faithfulness",
 ]
