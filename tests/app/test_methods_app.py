@@ -157,6 +157,35 @@ def test_the_viewer_has_a_toggle_per_map(several):
                 assert np.any(drawn[..., :3] != plain[..., :3]), kind
                 page.set_overlay(kind, False)
                 assert np.array_equal(page.pixels(), plain), kind
+            # signed maps (occlusion's, LIME's) show their positive part, as the movie does: the inside of a
+            # negative window or superpixel (constant 20x20 blocks here) is left as the frame, in both normalisations
+            frames = load_arrays(several["out"] / "rollout.npz")[0]["frames"]
+            checked = 0
+            for kind in ("occlusion_actor", "occlusion_critic", "lime_actor", "lime_critic"):
+                m = several["maps"][kind][0]
+                negative = [(i, j) for i in range(0, 80, 20) for j in range(0, 80, 20) if m[i, j] < 0]
+                positive = [(i, j) for i in range(0, 80, 20) for j in range(0, 80, 20) if m[i, j] > 0]
+                if not negative or not positive:
+                    continue
+                page.set_overlay(kind, True)
+                for normalise in ("frame", "run"):
+                    page.page.select_option("#normalise", normalise)
+                    page.page.evaluate("document.body.dataset.drawn = ''")
+                    page.page.evaluate("window.viewer.setFrame(0)")
+                    page.drawn(0)
+                    drawn = page.pixels()
+                    for i, j in negative:  # the block's middle, far from the bilinear edges
+                        y, x = 35 + 2 * (i + 10), 2 * (j + 10)
+                        assert np.array_equal(
+                            drawn[y - 8 : y + 8, x - 8 : x + 8, :3], frames[0][y - 8 : y + 8, x - 8 : x + 8]
+                        ), (kind, normalise, i, j)
+                    i, j = max(positive, key=lambda c: m[c])
+                    y, x = 35 + 2 * (i + 10), 2 * (j + 10)
+                    assert not np.array_equal(drawn[y, x, :3], frames[0][y, x]), (kind, normalise)
+                page.page.select_option("#normalise", "frame")
+                page.set_overlay(kind, False)
+                checked += 1
+            assert checked >= 2, "the test's run has no signed map with negative and positive blocks"
             assert page.clean(), page.errors
         finally:
             browser.close()

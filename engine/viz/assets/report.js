@@ -100,12 +100,14 @@ function mapSheet(p, kind, s) {
   }));
 }
 
-// the largest |value| of each kind over the run and every panel ("whole run" normalisation)
+// the largest value of each kind over the run and every panel ("whole run" normalisation). Like the movie, the
+// overlay shows where a map is positive: a signed map's (occlusion's, LIME's) negative cells, evidence against
+// the response, are left uncovered rather than drawn as strongly as the positive ones.
 const runMax = {};
 data.kinds.forEach(k => {
   let m = 0;
   data.panels.forEach(p => { const s = p.maps[k]; if (!s) return;
-    for (let t = 0; t < T; t++) m = Math.max(m, Math.abs(s.lo[t] || 0), Math.abs(s.hi[t] || 0)); });
+    for (let t = 0; t < T; t++) m = Math.max(m, s.hi[t] || 0); });
   runMax[k] = m;
 });
 
@@ -178,9 +180,13 @@ function overlay(ctx, p, kind, q, r, t) {
   let scale = 1 / 255, offset = 0, run = state.normalise === "run";
   const lo = m.lo[t] || 0, hi = m.hi[t] || 0, top = runMax[kind] || 1;
   const base = r * h * w;
+  // a signed frame's values measured from the quantised level of 0, so that its zero cells stay uncovered too
+  const span = hi - lo, signed = lo < 0, zero = signed ? Math.round(-lo / span * 255) : 0, peak = hi > 0 ? hi : 1;
+  const value = qi => signed ? Math.max(0, qi - zero) * span / 255 : lo + qi * span / 255;
   for (let i = 0; i < h * w; i++) {
     let v = q[base + i] * scale;
-    if (run) v = Math.min(1, Math.abs(lo + v * (hi - lo)) / top);
+    if (run) v = Math.min(1, value(q[base + i]) / top);
+    else if (signed) v = Math.min(1, value(q[base + i]) / peak);  // a signed frame: its positive part, 0..max
     px[4 * i] = col[0]; px[4 * i + 1] = col[1]; px[4 * i + 2] = col[2]; px[4 * i + 3] = Math.round(a * v);
   }
   g.putImageData(img, 0, 0);
