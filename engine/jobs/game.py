@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import torch
 from zarr.storage import MemoryStore
 
-from ..core.files import sha256_of
 from ..storage.keys import is_memory, store_exists, store_root
 from ..storage.store import RolloutStore, SaliencyStore
 from .config import JobConfig, engine_saliency
@@ -64,7 +63,7 @@ def run_game_job(
         log.warning("%s", warning)
     out_dir, st = Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
-    sha = sha256_of(prepared.checkpoint)
+    sha = prepared.checkpoint_sha256
     if st.rollout:  # a path or an fsspec URL (s3://...)
         rollout_root = store_root(st.rollout)
         saliency_root = store_root(st.saliency) if st.saliency else out_dir / "saliency_store"
@@ -90,7 +89,7 @@ def game_recording(config: JobConfig, prepared: PreparedJob, root, checkpoint_sh
     player, player_path, player_sha = prepared.agent, prepared.checkpoint, checkpoint_sha256
     if prepared.player is not None and prepared.player_checkpoint is not None and not is_memory(root):
         player, player_path = prepared.player, prepared.player_checkpoint
-        player_sha = sha256_of(player_path)
+        player_sha = prepared.player_sha256
     return open_recording(
         player,
         config.env.id,

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
 from ..core.errors import EngineError
-from ..core.files import atomic_write, sha256_of
+from ..core.files import atomic_write
 from ..env.rollout import check_num_envs
 from ..storage.games import games_manifest, open_games, root_manifest
 from ..storage.keys import is_url, store_exists, store_root
@@ -194,7 +194,7 @@ def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_c
     done = [store is not None and RolloutStore(store).complete for store in recorded]
     if all(done):
         return  # the recorded games are replayed, as one recorded game is by the single-game job
-    player, played_by = prepared.player or prepared.agent, prepared.player_checkpoint or prepared.checkpoint
+    player = prepared.player or prepared.agent
     for game, store, complete in zip(games, recorded, done):
         if store is not None and complete:  # recorded again with the others: it must be this job's game
             wanted = dict(
@@ -205,7 +205,7 @@ def check_games_stores(prepared: PreparedJob, output_known: bool = True, roots_c
                 greedy=config.rollout.greedy,
                 num_steps=config.rollout.steps,
                 chunk_steps=config.store.chunk_steps,
-                checkpoint_sha256=sha256_of(played_by),
+                checkpoint_sha256=prepared.played_by_sha256,
                 num_actions=player.num_actions,
                 dtype=str(player.dtype),
             )
@@ -237,9 +237,9 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
         rstores = [RolloutStore.open(root) for root in roots]
         log.info("replaying %d recorded games of %s in %s", n, config.env.id, st.rollout)
     else:
-        player, player_path = agent, prepared.checkpoint
+        player, player_path, player_sha256 = agent, prepared.checkpoint, prepared.checkpoint_sha256
         if prepared.player is not None and prepared.player_checkpoint is not None and st.rollout:
-            player, player_path = prepared.player, prepared.player_checkpoint
+            player, player_path, player_sha256 = prepared.player, prepared.player_checkpoint, prepared.player_sha256
         recording = open_games_recording(
             player,
             config.env.id,
@@ -248,7 +248,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             seed=r.seed,
             greedy=r.greedy,
             chunk_steps=st.chunk_steps,
-            checkpoint_sha256=sha256_of(player_path),
+            checkpoint_sha256=player_sha256,
             extras=[{"checkpoint": str(player_path), "config": asdict(g)} for g in games],
             progress=config.progress,
             max_episodes=r.max_episodes,
@@ -320,7 +320,7 @@ def _record_and_score_games(
     :func:`_score_games_in_turn` gives, bit for bit. Returns what each game's job wrote, and the recorder's
     seconds."""
     agent, st = prepared.agent, config.store
-    sha = sha256_of(prepared.checkpoint)
+    sha = prepared.checkpoint_sha256
     shard, num_shards = (st.shard, st.num_shards) if st.rollout else (0, 1)
     saliency_roots: list = (
         [_root(str(g.store.saliency)) for g in games] if st.rollout else [MemoryStore() for _ in games]
@@ -474,7 +474,7 @@ def _games_summary(
     return dict(
         config={**asdict(config), "agent": agent_settings(config, prepared.agent)},
         checkpoint=str(prepared.checkpoint),
-        checkpoint_sha256=sha256_of(prepared.checkpoint),
+        checkpoint_sha256=prepared.checkpoint_sha256,
         num_envs=len(games),
         games=games,
         frames=frames,

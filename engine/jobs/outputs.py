@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from ..core.files import atomic_write, sha256_of
+from ..core.files import atomic_write
 from ..core.policy import Policy, index_state
 from ..core.saliency import compute_saliency
 from ..core.settings import MAP_KINDS, map_names, selected_methods
@@ -205,7 +205,7 @@ def finish_job(
     agent, out_dir, st = prepared.agent, Path(config.output.dir), config.store
     out_dir.mkdir(parents=True, exist_ok=True)
     warnings = list(prepared.warnings)
-    sha = sha256_of(prepared.checkpoint)
+    sha = prepared.checkpoint_sha256
     saliency_s = timing["saliency_seconds"]
     log.info(
         "scored %d frames into %s in %.1f s (%.3f s per frame%s)",

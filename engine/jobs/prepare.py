@@ -53,6 +53,13 @@ class PreparedJob:
     player: Policy | None = None
     player_checkpoint: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    checkpoint_sha256: str = ""  # of the bytes ``agent`` was loaded from (:func:`load_job_agent`)
+    player_sha256: str = ""  # of ``player_checkpoint``'s, where there is one
+
+    @property
+    def played_by_sha256(self) -> str:
+        """The sha256 of the checkpoint that plays the game: ``store.player``'s, else the agent's."""
+        return self.player_sha256 if self.player_checkpoint is not None else self.checkpoint_sha256
 
 
 def pipeline_options(config: JobConfig, agent: Policy) -> dict:
@@ -69,14 +76,22 @@ def pipeline_options(config: JobConfig, agent: Policy) -> dict:
     return options
 
 
-def load_job_agent(config: JobConfig, path) -> Policy:
-    """The agent of ``path`` as the job's settings ask (kind, device, dtype; the core of a 2017 agent)."""
+def load_job_agent(config: JobConfig, path) -> tuple[Policy, str]:
+    """The agent of ``path`` as the job's settings ask (kind, device, dtype; the core of a 2017 agent), and the
+    sha256 of the file it was loaded from, hashed before and after loading: a file replaced meanwhile (a training
+    run writing it) is refused, so the stores never record one file's hash beside another file's maps."""
     device, dtype = resolve_device(str(config.device)), resolve_dtype(str(config.dtype))
+    sha256 = sha256_of(path)
     agent = load_policy(path, device=device, dtype=dtype, kind=str(config.agent.kind))
+    if sha256_of(path) != sha256:
+        raise CheckpointError(
+            f"{path} changed while it was being loaded (another program is writing it): run the job again once "
+            "the file is complete"
+        )
     core = getattr(agent, "core", None)
     if core is not None and config.agent.core not in ("auto", core):
         raise CheckpointError(f"agent.core is {str(config.agent.core)!r} but {path} holds a {core.upper()} agent")
-    return agent
+    return agent, sha256
 
 
 def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJob:
@@ -98,13 +113,13 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
     a, st = config.agent, config.store
     path = resolve_checkpoint(a.checkpoint, a.checkpoint_dirs, a.cache_dir, a.allow_download)
     warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
-    agent = load_job_agent(config, path)
+    agent, sha256 = load_job_agent(config, path)
     check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
-    player, player_path = None, None
+    player, player_path, player_sha256 = None, None, ""
     if st.player:
         player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
         warnings += checked_game("store.player", st.player, player_path, e.id)
-        player = agent if player_path == path else load_job_agent(config, player_path)
+        player, player_sha256 = (agent, sha256) if player_path == path else load_job_agent(config, player_path)
         check_actions("store.player", st.player, player_path, player, config, actions)
         if (player.pipeline, player.frame_stack) != (agent.pipeline, agent.frame_stack):
             raise EngineError(
@@ -113,7 +128,7 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
                 f"({agent.frame_stack}): the game it records would not fit the agent; choose a player of the agent's "
                 "kind, or unset store.player"
             )
-    prepared = PreparedJob(config, path, agent, player, player_path, warnings)
+    prepared = PreparedJob(config, path, agent, player, player_path, warnings, sha256, player_sha256)
     check_memory_fits(prepared)
     check_game_stores(prepared, output_known)
     return prepared
@@ -266,10 +281,9 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
         check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
     elif recorded is not None:
         player = prepared.player or prepared.agent
-        played_by = prepared.player_checkpoint or prepared.checkpoint
         r = config.rollout
         wanted = rollout_identity(
-            player, config.env.id, r.seed, r.greedy, r.steps, st.chunk_steps, sha256_of(played_by)
+            player, config.env.id, r.seed, r.greedy, r.steps, st.chunk_steps, prepared.played_by_sha256
         )
         check_identity(rollout_root, recorded.identity, wanted)
     if writing_needed(rollout_root, "rollout", None):
@@ -282,7 +296,7 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
         wanted = saliency_identity(
             prepared.agent,
             engine_saliency(config.saliency),
-            sha256_of(prepared.checkpoint),
+            prepared.checkpoint_sha256,
             st.frames_per_chunk,
             None if recorded is None else recorded.identity,
         )

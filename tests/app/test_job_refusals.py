@@ -306,3 +306,35 @@ def test_the_grid_is_bounded_by_the_agents_own_observation_not_the_2017_one(tmp_
         validate_job(tiny_job(tmp_path, saliency={"density": 81}))
     with pytest.raises(EngineError, match=r"saliency.radius must be a finite number > 0 .*got inf"):
         validate_job(tiny_job(tmp_path, agent=pong_ppo, saliency={"radius": float("inf")}))
+
+
+def test_a_checkpoint_replaced_while_it_loads_is_refused_and_the_stores_record_the_bytes_loaded(tmp_path, monkeypatch):
+    """The checkpoint is hashed before and after loading, once: a file replaced meanwhile (a training run writing
+    it) is refused, and one replaced after loading does not change the hash the job records for its maps."""
+    import hashlib
+
+    from engine.core.errors import CheckpointError
+    from engine.jobs import prepare
+
+    mine = user_copy(tmp_path, "builtin/pong", metadata=True)
+    original = hashlib.sha256(mine.read_bytes()).hexdigest()
+    other = resolve_checkpoint("builtin/pong@500160")
+    load_policy = prepare.load_policy
+
+    def replaced_while_loading(path, *args, **kwargs):
+        agent = load_policy(path, *args, **kwargs)
+        shutil.copyfile(other, mine)  # an atomic rename would do the same
+        return agent
+
+    config = tiny_job(tmp_path / "run", steps=2, movie=False, agent={"checkpoint": str(mine)})
+    monkeypatch.setattr(prepare, "load_policy", replaced_while_loading)
+    with pytest.raises(CheckpointError, match="changed while it was being loaded"):
+        validate_job(config)
+    monkeypatch.setattr(prepare, "load_policy", load_policy)
+
+    shutil.copyfile(resolve_checkpoint("builtin/pong"), mine)
+    prepared = validate_job(config)
+    shutil.copyfile(other, mine)  # replaced after the job loaded its agent: the maps are the loaded agent's
+    run_job(config, prepared)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["checkpoint_sha256"] == original != hashlib.sha256(mine.read_bytes()).hexdigest()
