@@ -379,6 +379,83 @@ def perturbation_table(results: Path) -> str:
     return "\n\n".join(text) + "\n"
 
 
+CPU_SPEED_AGENTS = [
+    ("baby-a3c_gru", "baby-a3c"),
+    ("cleanrl_ppo_atari", "CleanRL `ppo_atari`"),
+    ("builtin_pong_ppo", "`builtin/pong_ppo`"),
+    ("sb3_ppo", "SB3 PPO"),
+]
+
+
+def cpu_speed_table(results: Path) -> str:
+    """Frames/s of exact and fast mode, plain and incremental, per agent and density, with the share of each plan's
+    roofline and the larger map error of each mode (``benchmarks/gpu/speed.py`` run on the CPU)."""
+    src = Source(results / "speed_1000_cpu.json", "benchmarks/results/speed_1000_cpu.json")
+    d = src.json()
+    runs = get(d, "runs", src, dict)
+    rows, frames, overlaps = [], {}, []
+    for density in sorted(runs, key=lambda k: int(k.lstrip("d"))):
+        found = {(r["agent"], r["variant"], r["plan"]): r for r in get(runs, density, src, list)}
+        for agent, label in CPU_SPEED_AGENTS:
+            where = f" ({agent}, {density})"
+            cells, error = {}, {}
+            for variant in ("eager", "fast"):
+                for plan in ("plain", "incremental"):
+                    if (agent, variant, plan) not in found:
+                        raise src.fail(f"no {variant} {plan} run{where}")
+                    r = found[agent, variant, plan]
+                    cells[variant, plan] = (
+                        number(r, "frames_per_s", src, where),
+                        optional_number(r, "roofline_fraction", src, where),
+                    )
+                    error[variant] = max(
+                        error.get(variant, 0.0),
+                        number(r, "actor_rel_error", src, where),
+                        number(r, "critic_rel_error", src, where) if "critic_rel_error" in r else 0.0,
+                    )
+                    overlaps.append(
+                        (
+                            min(number(r, "actor_top5_overlap", src, where), r.get("critic_top5_overlap", 1.0)),
+                            label,
+                            density,
+                        )
+                    )
+                    frames[label] = int(number(r, "frames", src, where))
+            best = max(("plain", "incremental"), key=lambda plan: cells["eager", plan][0])
+
+            def cell(variant: str, plan: str) -> str:
+                rate_, fraction = cells[variant, plan]
+                text = f"**{rate(rate_)}**" if (variant, plan) == ("eager", best) else rate(rate_)
+                return f"{text} ({share(fraction)})"
+
+            rows.append(
+                [label, density.lstrip("d")]
+                + [cell(v, p) for v in ("eager", "fast") for p in ("plain", "incremental")]
+                + [f"{error['eager']:.1e} / {error['fast']:.1e}".replace("e-0", "e-")]
+            )
+    env = get(d, "environment", src, dict)
+    flags = ", ".join(get(env, "cpu_flags", src, list)) or "none of note"
+    lowest = min(overlaps)
+    counts = ", ".join(f"{n:,} for {label}" for label, n in frames.items())
+    text = [
+        banner([src]),
+        (
+            f"`{get(d, 'command', src)}`: frames per second of `perturbation_saliency` (r5, float32 without TF32, "
+            f"wall clock) on {get(env, 'machine', src)} (flags: {flags}), torch {get(env, 'torch', src)}; frames: "
+            f"{counts}. In brackets, the share of each plan's float32 roofline (peaks measured in the run: "
+            f"{number(d, 'peak_flops_per_s', src) / 1e9:,.0f} GFLOP/s, {number(d, 'peak_bytes_per_s', src) / 1e9:.0f} "
+            "GB/s); the faster exact plan in bold. Errors: max |error| / max |map| against float64 (the larger of the "
+            f"actor's and critic's, over both plans); the lowest top-5% overlap was {lowest[0]:.3f} ({lowest[1]}, "
+            f"d{lowest[2].lstrip('d')})."
+        ),
+        table(
+            ["agent", "d", "exact plain", "exact incremental", "fast plain", "fast incremental", "exact / fast error"],
+            rows,
+        ),
+    ]
+    return "\n\n".join(text) + "\n"
+
+
 SETTINGS_COLUMNS = [
     ("map_s_per_frame", "map s/frame"),
     ("metrics_s_per_frame", "metrics s/frame"),
@@ -807,6 +884,7 @@ def generate(results: Path = RESULTS, agents: Path = AGENTS) -> dict[str, str]:
         "headline.md": lambda: headline_table(results),
         "suite.md": lambda: suite_table(results),
         "perturbation.md": lambda: perturbation_table(results),
+        "cpu_speed.md": lambda: cpu_speed_table(results),
         "gpu.md": lambda: gpu_table(results),
         "agents.md": lambda: agents_table(results),
         "evaluation.md": lambda: evaluation_table(results),
