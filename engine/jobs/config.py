@@ -141,7 +141,7 @@ class AgentConfig:
     cache_dir: str | None = None  # download cache (default ~/.cache/atari-saliency/checkpoints)
     allow_download: bool = False
     kind: AgentKind = AgentKind.auto  # the file's format; auto recognises it
-    core: Core = Core.lstm  # 2017 agents: the core the checkpoint must hold; auto: whatever it holds
+    core: Core = Core.auto  # 2017 agents: the core the checkpoint must hold (lstm, gru); auto: whatever it holds
     preprocessing: Preprocessing = Preprocessing.greydanus2017
 
 

@@ -338,3 +338,15 @@ def test_a_checkpoint_replaced_while_it_loads_is_refused_and_the_stores_record_t
     run_job(config, prepared)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["checkpoint_sha256"] == original != hashlib.sha256(mine.read_bytes()).hexdigest()
+
+
+def test_any_2017_checkpoint_loads_with_the_default_agent_settings(tmp_path):
+    """agent.checkpoint alone names a baby-a3c (GRU) file: the default agent group does not insist on a core, and
+    agent.core=lstm still refuses it by name."""
+    from tests.conftest import checkpoint
+
+    gru = checkpoint("pong")
+    prepared = validate_job(tiny_job(tmp_path, agent={"checkpoint": str(gru)}))
+    assert prepared.agent.core == "gru"
+    with pytest.raises(EngineError, match="agent.core is 'lstm' but .* holds a GRU agent"):
+        validate_job(tiny_job(tmp_path, agent={"checkpoint": str(gru), "core": "lstm"}))
