@@ -152,6 +152,72 @@ def _agent_key(config: JobConfig) -> str:
 _PREPARED: dict[str, PreparedJob] = {}  # prepared jobs of the precheck, by _agent_key, reused by jobs of this process
 
 
+def _flat(prefix: str, value: object) -> dict[str, object]:
+    """A config section as ``{"rollout.seed": 0, ...}``."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(f"{prefix}.{key}", item).items()}
+    return {prefix: value}
+
+
+def _shared_store(seen: dict[str, tuple[int, dict]], key: str, path: str, job: int, wanted: dict, what: str) -> None:
+    """Refuse job ``job`` writing ``what`` into the store at ``path`` where an earlier job writes something else."""
+    earlier = seen.setdefault(path, (job, wanted))
+    if earlier[1] == wanted:
+        return
+    differ = [k for k in wanted if wanted[k] != earlier[1].get(k)]
+    shown = ", ".join(f"{k}: {earlier[1].get(k)!s} and {wanted[k]!s}" for k in differ[:3])
+    hint = ""
+    if "played by (store.player, else agent.checkpoint)" in differ and key == "store.rollout":
+        hint = "; to score one recorded game with every agent, set store.player to the checkpoint that plays it"
+    raise ConfigError(
+        f"jobs {earlier[0]} and {job} of this sweep share {key}={path} but {what} ({shown}): a store holds one "
+        f"{'game' if key == 'store.rollout' else 'set of maps'}, so the second job would be refused after the first "
+        f"ran; give each job its own {key} (e.g. one naming the swept value){hint}"
+    )
+
+
+def check_sweep_conflicts(configs: list[tuple[JobConfig, bool]]) -> None:
+    """Refuse a sweep whose jobs would write over each other: one ``output.dir`` for several jobs (each would remove
+    the others' files), or one ``store.rollout`` / ``store.saliency`` for jobs that record other games or score
+    other maps (shards of one job share their stores, as they should)."""
+    if len(configs) < 2:
+        return
+    outputs: dict[str, int] = {}
+    rollouts: dict[str, tuple[int, dict]] = {}
+    saliencies: dict[str, tuple[int, dict]] = {}
+    for job, (config, known) in enumerate(configs):
+        st = config.store
+        if known:
+            out = str(Path(config.output.dir).expanduser().absolute())
+            if out in outputs and st.num_shards == 1:
+                raise ConfigError(
+                    f"jobs {outputs[out]} and {job} of this sweep both write to output.dir={config.output.dir}: each "
+                    "would replace the other's outputs; leave output.dir unset (each job gets its own folder) or make "
+                    "it name the swept values, e.g. output.dir=runs/radius_${saliency.radius}"
+                )
+            outputs.setdefault(out, job)
+        if not st.rollout:
+            continue
+        data = dataclasses.asdict(config)
+        rollout = {k: v for k, v in data["rollout"].items() if k != "workers"}  # workers play the same games
+        game = {
+            **_flat("env", data["env"]),
+            **_flat("rollout", rollout),
+            "store.chunk_steps": st.chunk_steps,
+            "played by (store.player, else agent.checkpoint)": st.player or config.agent.checkpoint,
+            "dtype": str(config.dtype),
+        }
+        _shared_store(rollouts, "store.rollout", str(st.rollout), job, game, "record other games")
+        if st.saliency:
+            maps = {
+                **game,
+                **_flat("saliency", data["saliency"]),
+                "agent.checkpoint": config.agent.checkpoint,
+                "store.frames_per_chunk": st.frames_per_chunk,
+            }
+            _shared_store(saliencies, "store.saliency", str(st.saliency), job, maps, "score other maps")
+
+
 def precheck(argv: list[str]) -> None:
     """Check every job of a command line; raise :class:`ConfigError` with one line at the first bad one."""
     args = parse_args(argv)
@@ -170,6 +236,7 @@ def precheck(argv: list[str]) -> None:
         raise ConfigError(one_line(exc)) from None
     if args.cfg:
         return  # --cfg prints the configuration: nothing is loaded
+    check_sweep_conflicts(configs)
     from ..jobs.config import check_config
     from ..jobs.run import check_stores, validate_job
     from ..policies.registry import resolve_checkpoint

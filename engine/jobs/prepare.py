@@ -279,6 +279,7 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     recorded = existing_store(rollout_root, "rollout")
     if recorded is not None and RolloutStore(recorded).complete:
         check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
+        check_replayed(RolloutStore(recorded), rollout_root, config)
     elif recorded is not None:
         player = prepared.player or prepared.agent
         r = config.rollout
@@ -360,6 +361,24 @@ def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy)
             f"the rollout store {root} was recorded in the {recorded['name']} pipeline ({recorded['frame_stack']} "
             f"frames stacked), but this job plays the agent in the {played} pipeline ({agent.frame_stack}): replay a "
             "game recorded for agents of the same kind (or set env.pipeline to the store's)"
+        )
+
+
+def check_replayed(rstore: RolloutStore, root, config: JobConfig) -> None:
+    """Refuse to replay a complete rollout store of another seed, length or action choice than the job's: it is
+    replayed as it is, so the job's rollout settings (and the summary that records them) must describe it."""
+    r = config.rollout
+    asked = {"seed": r.seed, "steps": r.steps, "greedy": r.greedy}
+    held = {"seed": rstore.identity["seed"], "steps": rstore.identity["num_steps"], "greedy": rstore.identity["greedy"]}
+    differ = [k for k in asked if asked[k] != held[k]]
+    if differ:
+
+        def show(values: dict) -> str:
+            return ", ".join(f"rollout.{k}={str(values[k]).lower()}" for k in differ)
+
+        raise EngineError(
+            f"the rollout store {root} holds the game of {show(held)}, but this job asks for {show(asked)}: a "
+            "recorded game is replayed as it is; set those to the store's, or give another store.rollout"
         )
 
 

@@ -279,3 +279,55 @@ def test_paper_state_alignment_is_the_original_off_by_one(pong_agent, pong_rollo
 
     shifted = paper_shift(pong_rollout.states)
     assert torch.equal(shifted[0][1:], pong_rollout.states[0][:-1]) and torch.all(shifted[0][0] == 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["saliency.radius=3,5", "output.dir={tmp}/fixed"], r"jobs 0 and 1 of this sweep both write to output.dir="),
+        (
+            ["saliency.radius=3,5", "store.rollout={tmp}/r", "store.saliency={tmp}/s"],
+            r"jobs 0 and 1 of this sweep share store.saliency=.* but score other maps \(saliency.radius: 3.0 and 5.0\)",
+        ),
+        (
+            ["rollout.seed=0,1", "store.rollout={tmp}/r"],
+            r"share store.rollout=.* but record other games \(rollout.seed: 0 and 1\)",
+        ),
+        (
+            ["agent.checkpoint=builtin/pong_ppo,builtin/pong_ppo@1003520", "store.rollout={tmp}/r"],
+            r"played by .*: builtin/pong_ppo and builtin/pong_ppo@1003520\).*set store.player",
+        ),
+    ],
+    ids=["one output.dir", "one saliency store", "one rollout store, two seeds", "one rollout store, two players"],
+)
+def test_a_sweep_whose_jobs_would_write_over_each_other_is_refused_before_any_runs(tmp_path, overrides, match):
+    args = ["-m", "rollout.steps=2"] + [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    with pytest.raises(ConfigError, match=match) as refused:
+        precheck(args)
+    assert "\n" not in str(refused.value) and not list(tmp_path.iterdir())
+
+
+def test_sweeps_that_share_stores_as_intended_are_accepted(tmp_path):
+    """One recorded game scored with several settings (each job its own saliency store), shards of one store, and a
+    checkpoint sweep whose game one store.player records."""
+    precheck(["-m", "rollout.steps=2", "saliency.radius=3,5", f"store.rollout={tmp_path}/r"])
+    precheck(
+        [
+            "-m",
+            "rollout.steps=2",
+            "store.shard=0,1",
+            "store.num_shards=2",
+            f"store.rollout={tmp_path}/r",
+            f"store.saliency={tmp_path}/s",
+        ]
+    )
+    precheck(
+        [
+            "-m",
+            "rollout.steps=2",
+            "agent.checkpoint=builtin/pong_ppo,builtin/pong_ppo@1003520",
+            "store.player=builtin/pong_ppo",
+            f"store.rollout={tmp_path}/r",
+        ]
+    )
+    precheck(["-m", "rollout.steps=2", "saliency.radius=3,5", f"output.dir={tmp_path}/r" + "${saliency.radius}"])

@@ -350,3 +350,23 @@ def test_any_2017_checkpoint_loads_with_the_default_agent_settings(tmp_path):
     assert prepared.agent.core == "gru"
     with pytest.raises(EngineError, match="agent.core is 'lstm' but .* holds a GRU agent"):
         validate_job(tiny_job(tmp_path, agent={"checkpoint": str(gru), "core": "lstm"}))
+
+
+def test_a_recorded_game_of_other_rollout_settings_is_refused_not_replayed(tmp_path):
+    """A complete rollout store is replayed as it is: a job whose rollout.seed, steps or greedy differ from the
+    store's would score the store's game under its own settings' name, so it is refused before anything runs."""
+    store = {"rollout": str(tmp_path / "rollout"), "saliency": str(tmp_path / "saliency")}
+    run_job(tiny_job(tmp_path / "first", steps=3, movie=False, store=store))
+    for rollout, named in (
+        ({"seed": 1}, "rollout.seed=0, but this job asks for rollout.seed=1"),
+        ({"steps": 5}, "rollout.steps=3, but this job asks for rollout.steps=5"),
+        (
+            {"greedy": True, "seed": 2},
+            "rollout.seed=0, rollout.greedy=false, but this job asks for rollout.seed=2, rollout.greedy=true",
+        ),
+    ):
+        config = tiny_job(tmp_path / "other", steps=3, movie=False, store=store, rollout=rollout)
+        with pytest.raises(EngineError, match=named):
+            validate_job(config)
+        assert not (tmp_path / "other").exists()
+    validate_job(tiny_job(tmp_path / "again", steps=3, movie=False, store=store))  # the same settings: replayed
