@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..core.files import atomic_write
+from ..core.files import atomic_write, check_writable_directory
 from ..jobs.config import JobConfig, register_configs
 
 if TYPE_CHECKING:  # jobs.run imports torch (seconds): only once a command line is known to be good
@@ -46,13 +45,13 @@ from .scaffold import (  # noqa: F401  (the app's names for where the configs ar
     parse_args,
     plain,
     run_hydra,
+    sweep_jobs,
 )
 
 log = logging.getLogger(__name__)
 
 register_configs()
 
-MAX_PRECHECKED_JOBS = 256  # a larger sweep is checked one swept value at a time (each job checks itself again)
 MAX_PRECHECKED_AGENTS = 16  # distinct environment/agent pairs loaded by the precheck
 
 # settings whose checks need the environment or the agent (validate_job); jobs that agree on them share one check
@@ -91,41 +90,6 @@ def _renamed(overrides: list[str]) -> None:
             raise ConfigError(f"{key} was renamed: use {RENAMED[key]}")
 
 
-def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override lists of the jobs a command line runs (one without --multirun; every combination of the
-    discrete sweeps with it, or, beyond MAX_PRECHECKED_JOBS, every swept value once)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    if not multirun:
-        return [overrides]
-    own_sweeper = any(o.get_key_element() == "hydra/sweeper" for o in parsed)
-    lists = []
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            if not override.is_discrete_sweep():
-                if not own_sweeper:
-                    raise ConfigError(
-                        f"{key}: Hydra's basic sweeper takes lists (a,b) and range(); an interval needs "
-                        "a sweeper plugin (hydra/sweeper=...)"
-                    )
-                continue  # a sweeper's search space: left to the jobs' own checks
-            lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            lists.append([f"{key}={override.get_value_element_as_str()}"])
-    total = 1
-    for values in lists:
-        total *= len(values)
-    if total <= MAX_PRECHECKED_JOBS:
-        return [list(job) for job in itertools.product(*lists)]
-    first = [values[0] for values in lists]
-    jobs = [first]
-    for i, values in enumerate(lists):
-        jobs += [first[:i] + [value] + first[i + 1 :] for value in values[1:]]
-    return jobs
-
-
 def compose_job(config_name: str, overrides: list[str], multirun: bool = False) -> tuple[JobConfig, bool]:
     """Compose one job's configuration outside a Hydra run (so its run directory is not made), and say whether its
     ``output.dir`` is the job's: the run directory where the command line names it (``hydra.run.dir=...``); one
@@ -137,6 +101,15 @@ def compose_job(config_name: str, overrides: list[str], multirun: bool = False) 
         return job_config(cfg), True
     run = OmegaConf.to_container(cfg.hydra.run, resolve=False)
     run_dir = str(run.get("dir", "")) if isinstance(run, dict) else ""
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    made_by_hydra = str(sweep.get("dir", "")) if multirun and isinstance(sweep, dict) else run_dir
+    # the folder Hydra makes the job's directory in (its name is known once the job runs): it must be writable
+    static = made_by_hydra.split("${", 1)[0]
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        check_writable_directory(Path(static).parent if not static.endswith("/") else Path(static), key)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (the folder the job's output.dir is made in)") from None
     known = not multirun and out_dir == "${hydra:runtime.output_dir}" and bool(run_dir) and "${" not in run_dir
     cfg.output.dir = run_dir if known else "."
     return job_config(cfg), known

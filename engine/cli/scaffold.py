@@ -10,6 +10,7 @@ The configs ship inside the package (``engine/configs`` in a wheel); in a checko
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -91,8 +92,57 @@ def args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line as Hydra reads it; a malformed one exits with argparse's usage line and code 2."""
-    return args_parser().parse_args(argv)
+    """The command line as Hydra reads it; a malformed one exits with argparse's usage line and code 2, and one with
+    arguments Hydra would not take (options after the overrides, an override spelt as an option) raises
+    :class:`ConfigError` saying how to write it."""
+    args, unknown = args_parser().parse_known_args(argv)
+    if unknown:
+        first = unknown[0]
+        if first.startswith("--") and "=" in first and not first.startswith("--config"):
+            raise ConfigError(f"{first} is not an option: overrides take no dashes, write {first[2:]}")
+        raise ConfigError(
+            f"unrecognized arguments: {' '.join(unknown)}: options (-m, --cfg job, ...) go before the overrides, "
+            "as in -m key=a,b other.key=c"
+        )
+    return args
+
+
+MAX_PRECHECKED_JOBS = 256  # a larger sweep is checked one swept value at a time (each job checks itself again)
+
+
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists of the jobs a command line runs (one without --multirun; every combination of the
+    discrete sweeps with it, or, beyond MAX_PRECHECKED_JOBS, every swept value once)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    if not multirun:
+        return [overrides]
+    own_sweeper = any(o.get_key_element() == "hydra/sweeper" for o in parsed)
+    lists = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                if not own_sweeper:
+                    raise ConfigError(
+                        f"{key}: Hydra's basic sweeper takes lists (a,b) and range(); an interval needs "
+                        "a sweeper plugin (hydra/sweeper=...)"
+                    )
+                continue  # a sweeper's search space: left to the jobs' own checks
+            lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            lists.append([f"{key}={override.get_value_element_as_str()}"])
+    total = 1
+    for values in lists:
+        total *= len(values)
+    if total <= MAX_PRECHECKED_JOBS:
+        return [list(job) for job in itertools.product(*lists)]
+    first = [values[0] for values in lists]
+    jobs = [first]
+    for i, values in enumerate(lists):
+        jobs += [first[:i] + [value] + first[i + 1 :] for value in values[1:]]
+    return jobs
 
 
 def hydra_own_mode(args: argparse.Namespace) -> bool:

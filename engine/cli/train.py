@@ -26,8 +26,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..core.errors import EngineError
+from ..core.files import check_writable_directory
 from ..env.rollout import make_env
-from .scaffold import ConfigError, check_one_mode, compose, fail, hydra_own_mode, one_line, parse_args, plain, run_hydra
+from .scaffold import (
+    ConfigError,
+    check_one_mode,
+    compose,
+    fail,
+    hydra_own_mode,
+    one_line,
+    parse_args,
+    plain,
+    run_hydra,
+    sweep_jobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +84,40 @@ def checked(trainer: Trainer, cfg: DictConfig) -> Any:
 
 def precheck(argv: list[str], table: dict[str, Trainer]) -> Any:
     """The checked configuration of the command line (the environment id tried too, unless it only prints the
-    configuration); None where Hydra answers itself or the jobs check themselves (a sweep). Raises
-    :class:`ConfigError` with one line for a bad command line."""
+    configuration), and of every run of a sweep (``-m``: each checked the same way, and no two runs in one
+    ``run_dir``); None where Hydra answers itself, or for a sweep. Raises :class:`ConfigError` with one line for a
+    bad command line."""
     args = parse_args(argv)
-    if hydra_own_mode(args) or args.multirun:
+    if hydra_own_mode(args):
         return None
     check_one_mode(args)
+    runs: dict[str, int] = {}
+    tried: set[str] = set()
     try:
-        cfg = compose(args.config_name or ENTRY, args.overrides, return_hydra_config=True)
-        trainer = trainer_of(cfg.hydra.runtime.choices.get("algo"), table)
-        config = checked(trainer, cfg)
-        if not args.cfg:
-            make_env(config.env_id).close()  # an unknown id fails here
+        jobs = sweep_jobs(list(args.overrides), args.multirun)
+        for job, overrides in enumerate(jobs):
+            cfg = compose(args.config_name or ENTRY, overrides, return_hydra_config=True)
+            trainer = trainer_of(cfg.hydra.runtime.choices.get("algo"), table)
+            config = checked(trainer, cfg)
+            if args.cfg:
+                continue
+            if config.env_id not in tried:
+                make_env(config.env_id).close()  # an unknown id fails here
+                tried.add(config.env_id)
             trainer.check_resume(config)  # before Hydra rewrites the run's record in <run_dir>/hydra
+            check_writable_directory(config.run_dir, "run_dir")
+            run_dir = str(Path(config.run_dir).expanduser().absolute())
+            if run_dir in runs:
+                raise ConfigError(
+                    f"runs {runs[run_dir]} and {job} of this sweep train into one run_dir={config.run_dir}: the second "
+                    "would resume the first; make run_dir name the swept values, e.g. run_dir=runs/seed_${seed}"
+                )
+            runs[run_dir] = job
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's errors (syntax, unknown key, missing option), the schema's, ours
         raise ConfigError(one_line(exc)) from None
-    return config
+    return None if args.multirun else config
 
 
 def remove_unfinished(run_dir: Path) -> None:

@@ -63,3 +63,27 @@ def atomic_write(target: str | os.PathLike[str], suffix: str = "") -> Iterator[P
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable_directory(path: str | os.PathLike[str], name: str) -> None:
+    """Raise :class:`engine.core.errors.EngineError` in one line, before any work, unless ``path`` is or can be made
+    a writable directory: not a file, not inside a file, in a place this process may write (probed by creating a
+    temporary file in the nearest existing directory). ``name`` says what the path is (``output.dir``)."""
+    from .errors import EngineError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EngineError(f"{name} {path} is a file, not a directory: use another path")
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise EngineError(f"{name} {path} is inside a file ({place}): use another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EngineError(
+            f"{name} {path} is not writable ({place}: {exc.strerror or exc}): use a writable path"
+        ) from None

@@ -17,7 +17,7 @@ import torch
 
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
-from ..core.files import sha256_of
+from ..core.files import check_writable_directory, sha256_of
 from ..core.policy import Policy
 from ..core.settings import FRAME_SHAPE, validate_method_settings, validate_settings
 from ..env.pipelines import library_defaults, pipeline_observation_shape
@@ -269,10 +269,12 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     """Refuse what the job's settings (:func:`check_agent_settings`) and its stores would refuse once it runs, before
     anything is written or removed: a path holding something that is no store, a store of another kind, an old
     format or damaged, a store written with other settings, a recorded game of another environment or pipeline, a
-    place that is not writable. Reads manifests only. The default saliency store lies in ``output.dir``: checked
-    where ``output_known``."""
+    place that is not writable (``output.dir`` too). Reads manifests only. The default saliency store lies in
+    ``output.dir``: checked where ``output_known``."""
     check_agent_settings(prepared)
     config, st = prepared.config, prepared.config.store
+    if output_known:
+        check_writable_directory(config.output.dir, "output.dir")
     if not st.rollout:
         return
     rollout_root = store_root(st.rollout)

@@ -91,6 +91,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from ..core.batching import chunk_bounds
 from ..core.errors import EngineError
+from ..core.files import check_writable_directory
 from ..core.settings import identity_view
 from ..env.rollout import Rollout
 from .keys import (
@@ -825,22 +826,7 @@ def check_writable(root: StoreRoot, storage_options: dict[str, Any] | None = Non
         return
     if is_url(root):
         return  # object storage: credentials and permissions show at the first write
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise EngineError(f"the store path {root} is a file, not a directory: use another path")
-    place = root
-    while not place.exists():
-        place = place.parent
-    if not place.is_dir():
-        raise EngineError(f"the store path {root} is inside a file ({place}): use another path")
-    try:
-        fd, probe = tempfile.mkstemp(dir=place, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise EngineError(
-            f"the store path {root} is not writable ({place}: {exc.strerror or exc}): use a writable path"
-        ) from None
+    check_writable_directory(root, "the store path")
 
 
 def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] | None) -> bool:

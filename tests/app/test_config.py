@@ -331,3 +331,35 @@ def test_sweeps_that_share_stores_as_intended_are_accepted(tmp_path):
         ]
     )
     precheck(["-m", "rollout.steps=2", "saliency.radius=3,5", f"output.dir={tmp_path}/r" + "${saliency.radius}"])
+
+
+def test_an_output_place_that_cannot_be_written_is_refused_before_any_run(tmp_path):
+    """output.dir (or the folder Hydra makes a job's directory in) that is a file or lies inside one: one line
+    naming the key, before Hydra makes a directory or the game is played."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    cases = [
+        (["output.dir=" + str(afile)], f"output.dir {afile} is a file, not a directory"),
+        (["output.dir=" + str(afile / "run")], f"output.dir {afile / 'run'} is inside a file"),
+        (["saliency.radius=3,5", f"hydra.sweep.dir={afile}/sweep"], "hydra.sweep.dir"),
+        ([f"hydra.run.dir={afile}/" + "${now:%H-%M-%S}"], "hydra.run.dir"),
+    ]
+    for overrides, match in cases:
+        multirun = ["-m"] if any("sweep" in o for o in overrides) else []
+        with pytest.raises(ConfigError, match=match) as refused:
+            precheck([*multirun, "rollout.steps=2", *overrides])
+        assert "\n" not in str(refused.value) and afile.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["rollout.steps=4", "-m", "saliency.radius=3,5"], r"unrecognized arguments: saliency.radius=3,5: options \(-m"),
+        (["--rollout.steps=5"], "--rollout.steps=5 is not an option: overrides take no dashes, write rollout.steps=5"),
+    ],
+)
+def test_arguments_hydra_would_not_take_are_one_line_saying_how_to_write_them(argv, match):
+    with pytest.raises(ConfigError, match=match) as refused:
+        precheck(argv)
+    assert "\n" not in str(refused.value)

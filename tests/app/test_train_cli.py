@@ -126,3 +126,30 @@ def test_a_refusal_inside_the_run_removes_the_folder_it_made(tmp_path):
     result = train_cli("envs=envpool", f"run_dir={tmp_path / 'run'}", cwd=tmp_path, algo="ppo")
     assert result.returncode == 2 and "envs=envpool needs envpool" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["seed=2,-1", "run_dir=RUNS/run_${seed}"], "seed must be in 0..2**32-1, got -1"),
+        (["lrr=1,2"], "Key 'lrr' not in 'TrainConfig'"),
+        (["seed=1,2", "run_dir=RUNS/one"], "runs 0 and 1 of this sweep train into one run_dir="),
+        (["seed=1,2", "run_dir=AFILE/run_${seed}"], "run_dir AFILE/run_1 is inside a file"),
+    ],
+    ids=["a bad value in the second run", "an unknown key", "one run_dir", "a run_dir inside a file"],
+)
+def test_every_run_of_a_training_sweep_is_checked_before_the_first_trains(tmp_path, overrides, message):
+    from engine.cli.scaffold import ConfigError
+    from engine.cli.train import precheck, trainers
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+
+    def placed(text: str) -> str:
+        return text.replace("RUNS", str(tmp_path / "runs")).replace("AFILE", str(afile))
+
+    with pytest.raises(ConfigError) as refused:
+        precheck(["-m", "algo=a2c", *map(placed, overrides)], trainers())
+    assert placed(message) in str(refused.value) and "\n" not in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert precheck(["-m", "algo=a2c", "seed=1,2", f"run_dir={tmp_path}/runs/seed_${{seed}}"], trainers()) is None
