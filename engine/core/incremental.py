@@ -437,6 +437,21 @@ def worthwhile(plan: WindowPlan) -> bool:
     return plan.cost <= plan.profile.worthwhile * plan.plain
 
 
+class UnsupportedTrunk(ValueError):
+    """A trunk geometry the window planner cannot place windows for (a convolution padded by more than its kernel
+    reaches): its agent runs plain passes."""
+
+
+def reach(geometry: TrunkGeometry, axis: int) -> tuple[int, int]:
+    """The input rows (axis 0) or columns (axis 1) the trunk's output can depend on, ``[lo, hi]``: a trunk whose
+    strides do not divide its input (a Nature CNN on 210 rows) never reads the last ones, and a mask there changes
+    nothing."""
+    n = geometry.sizes(axis)
+    scale, shift, extra = _backward(geometry, axis, 1, len(geometry.convs))
+    lo, hi = -shift, -shift + scale * n[-1] + extra - 1
+    return max(lo, 0), min(hi, n[0] - 1)
+
+
 def _support(masks: torch.Tensor, axis: int) -> list[tuple[int, int]]:
     """Per mask, the first and last row (axis 0) or column (axis 1) where it is non-zero."""
     hit = (masks != 0).any(dim=2 - axis).cpu()
@@ -454,13 +469,20 @@ def window_plan(
     ``(segments, stop)`` forces one (tests); ``fast``: estimated for fast precision (:func:`cost_profile`). Cached
     per (geometry, mask set, fast)."""
     m = masks.shape[0]
+    if any(lo > hi for lo, hi in _support(masks, 0)):
+        raise ValueError("a perturbation mask is zero everywhere")
+    # what lies beyond the trunk's reach changes no output: the windows cover each mask's part within it
+    (row_lo, row_hi), (col_lo, col_hi) = reach(geometry, 0), reach(geometry, 1)
+    if (row_lo, row_hi, col_lo, col_hi) != (0, masks.shape[1] - 1, 0, masks.shape[2] - 1):
+        inside = torch.zeros_like(masks[:1])
+        inside[:, row_lo : row_hi + 1, col_lo : col_hi + 1] = 1
+        masks = masks * inside
     # along each axis a mask's windows depend only on its support there: place them once per distinct support
     supports: list[list[tuple[int, int]]] = []
     inverse: list[list[int]] = []
-    for axis in (0, 1):
-        support = _support(masks, axis)
-        if any(lo > hi for lo, hi in support):
-            raise ValueError("a perturbation mask is zero everywhere")
+    for axis, first_read in ((0, row_lo), (1, col_lo)):
+        # a mask wholly beyond the reach changes nothing: any window does (its patch is zero)
+        support = [(lo, hi) if lo <= hi else (first_read, first_read) for lo, hi in _support(masks, axis)]
         distinct = sorted(set(support))
         supports.append(distinct)
         inverse.append([distinct.index(s) for s in support])
@@ -518,7 +540,11 @@ def _build(
             bottom = max(max(a.origins[0]) + a.sides[0] - n, 0)
             pads.append((top, bottom))
             # the unfold index of each region is its last window's origin
-            assert all(o0 + top == steps[axis] * o for o0, o in zip(a.origins[0], a.origins[-1])), "region placement"
+            if not all(o0 + top == steps[axis] * o for o0, o in zip(a.origins[0], a.origins[-1])):
+                raise UnsupportedTrunk(
+                    "incremental windows cannot be placed on this trunk (a convolution padded by more than its "
+                    "kernel reaches): use incremental=False or 'auto'"
+                )
         valid = []
         for offset, layer in enumerate(range(first, last), start=1):
             parts = []

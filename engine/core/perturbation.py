@@ -28,6 +28,7 @@ from .compiled import CompiledPass, compile_mode
 from .delta import delta_scores, delta_unsupported
 from .device import float32_matmul_precision
 from .incremental import (
+    UnsupportedTrunk,
     WindowPlan,
     conv_trunk_of,
     perturbed_outputs,
@@ -123,7 +124,12 @@ def incremental_plan(
             f"engine.core.policy.IncrementalPolicy); this agent ({type(agent).__name__}) runs plain batched passes: "
             "use incremental='auto' or False"
         )
-    plan = window_plan(trunk_geometry(agent, trunk), masks, fast=fast) if trunk is not None else None
+    try:
+        plan = window_plan(trunk_geometry(agent, trunk), masks, fast=fast) if trunk is not None else None
+    except UnsupportedTrunk:
+        if incremental is True:
+            raise
+        plan = None  # "auto": the planner has no windows for this trunk, so plain passes are the choice
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
     return plan

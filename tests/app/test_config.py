@@ -355,7 +355,10 @@ def test_an_output_place_that_cannot_be_written_is_refused_before_any_run(tmp_pa
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["rollout.steps=4", "-m", "saliency.radius=3,5"], r"unrecognized arguments: saliency.radius=3,5: options \(-m"),
+        (
+            ["rollout.steps=4", "-m", "saliency.radius=3,5"],
+            r"unrecognized arguments: saliency.radius=3,5: options \(-m",
+        ),
         (["--rollout.steps=5"], "--rollout.steps=5 is not an option: overrides take no dashes, write rollout.steps=5"),
     ],
 )

@@ -297,3 +297,40 @@ def test_gpu_plans_have_one_segment(monkeypatch):
     plan = window_plan(geometry, masks)
     assert len(plan.segments) == 1 and worthwhile(plan)
     window_plan.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(1, 86, 90), (3, 105, 80)], ids=["86x90", "105x80"])
+def test_a_trunk_that_never_reads_the_last_rows_equals_the_plain_pass(shape):
+    """A Nature CNN (8x8/4) on observations whose size its strides do not divide never reads the last rows and
+    columns: a mask there changes nothing, and the windows cover each mask's part within the trunk's reach."""
+    from engine.core.incremental import reach
+    from engine.policies.sb3 import SB3ActorCritic
+
+    torch.manual_seed(0)
+    agent = SB3ActorCritic(shape, 4, features=32, separate_vf=False, shared=[], pi=[], vf=[], activation=None)
+    agent = agent.double().eval()
+    geometry = trunk_geometry(agent, agent.conv_trunk())
+    assert reach(geometry, 0)[1] < shape[1] - 1 or reach(geometry, 1)[1] < shape[2] - 1  # the case at hand
+    obs = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    options = dict(radius=5, density=9)
+    plain = perturbation_saliency(agent, obs, (), incremental=False, **options)
+    for incremental in (True, "auto"):
+        windows = perturbation_saliency(agent, obs, (), incremental=incremental, **options)
+        for key in ("actor_scores", "critic_scores"):
+            a, b = getattr(plain, key), getattr(windows, key)
+            assert torch.allclose(b, a, rtol=0, atol=1e-12 * float(a.abs().max())), (incremental, key)
+
+
+def test_a_trunk_padded_beyond_its_kernel_runs_plain_passes_with_auto(odd):
+    """A 1x1/2 first convolution padded by 1 reads padding only at some positions: the planner has no windows for it,
+    so "auto" runs plain passes and incremental=True says why."""
+    from engine.core.incremental import UnsupportedTrunk
+
+    agent, obs = odd
+    padded = copy.deepcopy(agent)
+    padded.convs[0] = nn.Conv2d(3, 8, 1, stride=2, padding=1).double()
+    padded.head = nn.Linear(6 * 4 * 3, 5).double()
+    plain = perturbation_saliency(padded, obs, (), density=6, incremental=False)
+    assert torch.equal(perturbation_saliency(padded, obs, (), density=6).actor_scores, plain.actor_scores)
+    with pytest.raises(UnsupportedTrunk, match=r"padded by more than its kernel reaches\): use incremental=False"):
+        perturbation_saliency(padded, obs, (), density=6, incremental=True)
