@@ -14,6 +14,7 @@ the memory budget) are split into passes; a pass boundary never changes a result
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -151,8 +152,10 @@ def resolve_perturbations_per_eval(
             )
         return min(perturbations_per_eval, total)
     budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
-    if not budget > 0:
-        raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
+        raise ValueError(
+            f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"
+        )
     fits = int(budget * 2**20) // bytes_per_input(agent, dtype)
     if memory_budget_mb is None and torch.device(agent.device).type == "cpu":
         fits = min(fits, DEFAULT_CPU_CHUNK)

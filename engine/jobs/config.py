@@ -398,6 +398,18 @@ def check_config(config: JobConfig) -> None:
         _is_int(s.frames_per_batch) and s.frames_per_batch >= 1,
         f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch!r}",
     )
+    # settings fast precision can never serve (an agent without a delta form is only known once loaded)
+    if s.precision == "fast":
+        _check(
+            not s.compile,
+            "saliency.precision=fast and saliency.compile=true cannot run together (compilation is for the exact "
+            "path): choose one",
+        )
+        _check(
+            s.score == "logit_l2",
+            f"saliency.precision=fast gives the logit_l2 score only, got saliency.score={s.score}: use "
+            "saliency.precision=exact for it",
+        )
 
     # rollout
     _check(_is_int(r.steps) and r.steps >= 1, f"rollout.steps must be >= 1, got {r.steps!r}")

@@ -366,3 +366,16 @@ def test_arguments_hydra_would_not_take_are_one_line_saying_how_to_write_them(ar
     with pytest.raises(ConfigError, match=match) as refused:
         precheck(argv)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["saliency.precision=fast", "saliency.compile=true"], "saliency.precision=fast and saliency.compile=true"),
+        (["saliency.precision=fast", "saliency.score=action_logprob"], "gives the logit_l2 score only"),
+    ],
+)
+def test_fast_precision_with_settings_it_cannot_serve_is_refused(overrides, match):
+    """Settings fast precision never serves are refused, not run on the exact path under the fast setting's name."""
+    with pytest.raises(ConfigError, match=match):
+        precheck(["rollout.steps=2", *overrides])

@@ -330,6 +330,18 @@ class WrongDeclaration(TrunkOnly):
         return self.agent.delta_network()._replace(actor=torch.nn.Linear(256, self.num_actions))
 
 
+class NearlyRight(TrunkOnly):
+    """Declares its own network but for an actor head whose weights are 3e-4 larger: outputs off by about 1e-4 of
+    the logits, ten thousand times a float32 rounding, and maps off by far more than fast mode's bound."""
+
+    def delta_network(self):
+        network = self.agent.delta_network()
+        actor = copy.deepcopy(network.actor)
+        with torch.no_grad():
+            actor.weight.mul_(1 + 3e-4)
+        return network._replace(actor=actor)
+
+
 class Declared(TrunkOnly):
     """Declares the given network as its own."""
 
@@ -355,8 +367,9 @@ def test_an_agent_that_declares_nothing_is_refused(cases):
             delta_scores(policy, x, state, masks, "occlude", SIGMA, 64)
         assert missing in str(refused.value)
         assert isinstance(policy(x, state), PolicyOutput)  # it is a policy all the same
-    with pytest.raises(ValueError, match="does not reproduce the agent's outputs"):
-        delta_scores(WrongDeclaration(agent), x, state, masks, "occlude", SIGMA, 64)
+    for wrong in (WrongDeclaration(agent), NearlyRight(agent)):
+        with pytest.raises(ValueError, match="does not reproduce the agent's outputs"):
+            delta_scores(wrong, x, state, masks, "occlude", SIGMA, 64)
     with pytest.raises(ValueError, match="arithmetic must be one of"):
         delta_scores(agent, x, state, masks, "occlude", SIGMA, 64, arithmetic="tf32")
     with pytest.raises(ValueError, match="core needs a state"):

@@ -198,7 +198,8 @@ def random_frames():
         (dict(compat="2017"), "compat must be one of"),
         (dict(blur_sigma=0), "blur_sigma"),
         (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
-        (dict(memory_budget_mb=0), "memory_budget_mb must be > 0"),
+        (dict(memory_budget_mb=0), "memory_budget_mb must be a finite number of megabytes > 0"),
+        (dict(memory_budget_mb=float("inf")), r"memory_budget_mb must be a finite number .*got inf"),
     ],
 )
 def test_bad_settings_fail_clearly(kwargs, match, random_agents, random_frames):
