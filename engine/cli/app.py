@@ -41,6 +41,7 @@ from .scaffold import (  # noqa: F401  (the app's names for where the configs ar
     config_dir,
     fail,
     hydra_own_mode,
+    interrupted,
     one_line,
     parse_args,
     plain,
@@ -286,6 +287,21 @@ def _prepared_job(config: JobConfig):
     return dataclasses.replace(cached, config=config)  # run_job checks this job's stores
 
 
+def resume_hint(config: JobConfig) -> str:
+    """What an interrupted job kept and the command line that goes on from it."""
+    st = config.store
+    if not st.rollout:
+        return "an in-memory job keeps nothing; set store.rollout to a path to make a long job resumable"
+    saliency = st.saliency or str((Path(config.output.dir) / "saliency_store").absolute())
+    kept = f"the complete chunks are kept in store.rollout={st.rollout} and {saliency}"
+    if st.saliency:
+        return f"{kept}; run the same command again to go on from them"
+    return (
+        f"{kept}; the saliency store lies in this run's folder, so go on with the same command and "
+        f"store.saliency={saliency} (or output.dir={Path(config.output.dir).absolute()})"
+    )
+
+
 def hydra_main(cfg: DictConfig) -> None:
     """The Hydra job: run the checked job (prepared by the precheck when it ran in this process)."""
     from ..core.errors import EngineError
@@ -303,6 +319,9 @@ def hydra_main(cfg: DictConfig) -> None:
     except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
         remove_empty_run_dir(run_dir)
         fail(str(exc))
+    except KeyboardInterrupt:
+        remove_empty_run_dir(run_dir)
+        interrupted(resume_hint(config))
     log.info("saliency of %s by %s written to %s:", config.env.id, prepared.checkpoint, config.output.dir)
     for name, path in written.items():
         log.info("  %12s: %s", name, path)

@@ -235,3 +235,9 @@ def fail(message: str) -> NoReturn:
     """``error: <message>`` on stderr, exit code 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def interrupted(message: str) -> NoReturn:
+    """``interrupted: <message>`` on stderr (what was kept and how to go on), exit code 130 as for Ctrl-C."""
+    print(f"interrupted: {message}", file=sys.stderr)
+    sys.exit(130)

@@ -28,12 +28,14 @@ from omegaconf.errors import OmegaConfBaseException
 from ..core.errors import EngineError
 from ..core.files import check_writable_directory
 from ..env.rollout import make_env
+from ..training.resume import RESUME_FILE
 from .scaffold import (
     ConfigError,
     check_one_mode,
     compose,
     fail,
     hydra_own_mode,
+    interrupted,
     one_line,
     parse_args,
     plain,
@@ -156,6 +158,16 @@ def main(argv: list[str] | None = None) -> None:
             if made is not None:
                 remove_unfinished(made)
             fail(one_line(exc))
+        except KeyboardInterrupt:
+            run_dir = Path(cfg.run_dir)
+            if (run_dir / RESUME_FILE).is_file():
+                interrupted(
+                    f"the run in {run_dir} goes on from its last checkpoint ({run_dir / RESUME_FILE}) when the same "
+                    "command is run again"
+                )
+            if made is not None:
+                remove_unfinished(made)
+            interrupted("stopped before the first checkpoint: nothing is kept")
         log.info("last checkpoint: %s", path)
 
     run_hydra(run, ENTRY, argv)
