@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -239,8 +240,17 @@ class JobConfig:
             config = cast("JobConfig", OmegaConf.to_object(merged))  # a structured config converts to its dataclass
         except OmegaConfBaseException as exc:
             raise EngineError(config_error(exc)) from None
+        # a quoted '~/runs' is the home folder, as a shell would read it unquoted (agent.checkpoint does the same)
+        config.output.dir = os.path.expanduser(config.output.dir)
+        config.store.rollout = _home(config.store.rollout)
+        config.store.saliency = _home(config.store.saliency)
         check_config(config)
         return config
+
+
+def _home(path: str | None) -> str | None:
+    """``path`` with a leading ``~`` expanded (not a URL: ``s3://...`` is left as it is)."""
+    return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
 
 
 def config_dir() -> Path:

@@ -13,6 +13,7 @@ holds anything else is refused. Seeding happens in one place, ``seed_all``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import deque
@@ -66,6 +67,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.run_dir, str):
             self.run_dir = self.run_dir.replace("${env_id}", str(self.env_id)).replace("${core}", str(self.core))
+            self.run_dir = os.path.expanduser(self.run_dir)  # a quoted '~/runs' is the home folder, as in a shell
 
     def check(self) -> None:
         """Raise :class:`EngineError` (one line, naming the option) at the first setting out of range."""

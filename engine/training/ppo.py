@@ -31,6 +31,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import random
 import time
 from collections import deque
@@ -98,7 +99,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.run_dir, str):
-            self.run_dir = self.run_dir.replace("${env_id}", str(self.env_id))
+            self.run_dir = os.path.expanduser(self.run_dir.replace("${env_id}", str(self.env_id)))  # '~/runs': home
 
     @property
     def batch_size(self) -> int:

@@ -379,3 +379,20 @@ def test_fast_precision_with_settings_it_cannot_serve_is_refused(overrides, matc
     """Settings fast precision never serves are refused, not run on the exact path under the fast setting's name."""
     with pytest.raises(ConfigError, match=match):
         precheck(["rollout.steps=2", *overrides])
+
+
+def test_a_quoted_home_folder_is_the_home_folder(tmp_path, monkeypatch):
+    """output.dir='~/x' (quoted, so no shell expands it) is the home folder's x, not a folder named ~ in the working
+    directory; likewise the store paths and a training run_dir. URLs are left as they are."""
+    from engine.jobs.config import JobConfig
+    from engine.training.a2c import TrainConfig
+    from engine.training.ppo import PPOConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = JobConfig.from_dict(
+        {"output": {"dir": "~/run"}, "store": {"rollout": "~/stores/r", "saliency": "s3://bucket/~maps"}}
+    )
+    assert config.output.dir == str(tmp_path / "run") and config.store.rollout == str(tmp_path / "stores" / "r")
+    assert config.store.saliency == "s3://bucket/~maps"
+    assert TrainConfig(run_dir="~/runs/a").run_dir == str(tmp_path / "runs" / "a")
+    assert PPOConfig(run_dir="~/runs/p").run_dir == str(tmp_path / "runs" / "p")
