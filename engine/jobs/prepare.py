@@ -31,7 +31,14 @@ from ..policies.registry import (
     trained_game,
 )
 from ..storage.keys import is_memory, is_url, store_exists, store_root
-from ..storage.layout import available_memory, memory_bytes, rollout_layout, saliency_layout, size_text
+from ..storage.layout import (
+    available_memory,
+    check_scoring_chunk,
+    memory_bytes,
+    rollout_layout,
+    saliency_layout,
+    size_text,
+)
 from ..storage.store import ChunkStore, RolloutStore, StoreMismatchError, check_writable, writing_needed
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .record import rollout_identity
@@ -273,6 +280,15 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     ``output.dir``: checked where ``output_known``."""
     check_agent_settings(prepared)
     config, st = prepared.config, prepared.config.store
+    player = prepared.player or prepared.agent
+    try:  # the chunk of frames scoring holds, with the recorded steps it reads: refused here, not after playing
+        check_scoring_chunk(
+            rollout_layout(player, FRAME_SHAPE, player.observation_shape),
+            saliency_layout(prepared.agent, config.saliency),
+            st.frames_per_chunk,
+        )
+    except EngineError as exc:
+        raise EngineError(f"store.{exc}") from None
     if output_known:
         check_writable_directory(config.output.dir, "output.dir")
     if not st.rollout:

@@ -413,3 +413,16 @@ def test_ctrl_c_is_one_line_saying_what_is_kept_and_how_to_go_on(tmp_path):
     assert job.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and lines[-1].startswith("interrupted: the complete chunks are kept"), stderr
     assert f"store.saliency={tmp_path / 'run' / 'saliency_store'}" in lines[-1]
+
+
+@pytest.mark.parametrize("on_disk", [True, False], ids=["store job", "in-memory job"])
+def test_a_saliency_chunk_too_large_to_hold_is_refused_before_the_game_is_played(tmp_path, on_disk):
+    store = {"frames_per_chunk": 10**9}
+    if on_disk:
+        store["rollout"] = str(tmp_path / "rollout")
+    config = tiny_job(tmp_path / "run", steps=2, movie=False, store=store)
+    with pytest.raises(
+        EngineError, match=r"store.frames_per_chunk=1000000000: scoring holds .* use frames_per_chunk <= \d+"
+    ):
+        validate_job(config)
+    assert not (tmp_path / "rollout").exists() and not (tmp_path / "run").exists()
