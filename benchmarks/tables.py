@@ -441,7 +441,8 @@ def cpu_speed_table(results: Path) -> str:
         banner([src]),
         (
             f"`{get(d, 'command', src)}`: frames per second of `perturbation_saliency` (r5, float32 without TF32, "
-            f"wall clock) on {get(env, 'machine', src)} (flags: {flags}), torch {get(env, 'torch', src)}; frames: "
+            f"wall clock). **Machine** (as recorded): {get(env, 'machine', src)} (flags: {flags}), torch "
+            f"{get(env, 'torch', src)}; frames: "
             f"{counts}. In brackets, the share of each plan's float32 roofline (peaks measured in the run: "
             f"{number(d, 'peak_flops_per_s', src) / 1e9:,.0f} GFLOP/s, {number(d, 'peak_bytes_per_s', src) / 1e9:.0f} "
             "GB/s); the faster exact plan in bold. Errors: max |error| / max |map| against float64 (the larger of the "

@@ -302,7 +302,7 @@ def test_games_job_refused_when_a_game_store_differs(tmp_path):
     agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
     record_rollout(agent, "Pong-v4", 3, tmp_path / "games" / "game_0001", seed=SEED + 1, chunk_steps=256)
     before = _files(tmp_path)
-    with pytest.raises(EngineError, match="num_steps: store has 3, this job 6"):
+    with pytest.raises(EngineError, match="holds the game of rollout.steps=3, but this job asks for rollout.steps=6"):
         run_job(config)
     assert _files(tmp_path) == before
 
