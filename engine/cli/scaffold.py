@@ -38,6 +38,18 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
+def config_groups(*names: str) -> str:
+    """``group: option, option, ...`` lines of the named config groups: ``--help`` of each command line lists the
+    groups it takes (both share one config folder, where Hydra's own list would show every group there)."""
+    return "\n".join(
+        f"{name}: {', '.join(sorted(p.stem for p in (CONFIG_DIR / name).glob('*.yaml')))}" for name in names
+    )
+
+
+if not OmegaConf.has_resolver("config_groups"):
+    OmegaConf.register_new_resolver("config_groups", config_groups)
+
+
 class ConfigError(Exception):
     """A bad command line or configuration: one line for the user, exit code 2."""
 

@@ -396,3 +396,26 @@ def test_a_quoted_home_folder_is_the_home_folder(tmp_path, monkeypatch):
     assert config.store.saliency == "s3://bucket/~maps"
     assert TrainConfig(run_dir="~/runs/a").run_dir == str(tmp_path / "runs" / "a")
     assert PPOConfig(run_dir="~/runs/p").run_dir == str(tmp_path / "runs" / "p")
+
+
+@pytest.mark.parametrize("module, entry", [("engine", "main.yaml"), ("engine.train", "train_entry.yaml")])
+def test_help_lists_the_groups_its_command_takes(tmp_path, module, entry):
+    """Both command lines share one config folder; each --help lists the groups of its own defaults list, with
+    every option of each, and no other command's groups."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    defaults = yaml.safe_load((CONFIG_DIR / entry).read_text())["defaults"]
+    groups = sorted(next(iter(d)) for d in defaults if isinstance(d, dict) and not next(iter(d)).startswith("override"))
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    lines = [line for line in listed.splitlines() if ": " in line and not line.startswith("Compose")]
+    assert [line.split(":")[0] for line in lines] == groups
+    for line in lines:
+        name, options = line.split(": ", 1)
+        assert options.split(", ") == sorted(p.stem for p in (CONFIG_DIR / name).glob("*.yaml")), line
