@@ -62,9 +62,11 @@ def compute_saliency(
             f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}"
         )
     n = frames.shape[0]
-    rows = (
-        sorted({int(part.shape[0]) for part in states}) if isinstance(states, (tuple, list)) else [int(states.shape[0])]
-    )
+    # the forms perturbation_saliency takes: None (a feed-forward agent's empty state), one tensor, a tuple
+    states = () if states is None else (states,) if isinstance(states, torch.Tensor) else states
+    if not isinstance(states, (tuple, list)):
+        raise TypeError(f"states must be a tuple of tensors (or None, or one tensor), got {type(states).__name__}")
+    rows = sorted({int(part.shape[0]) for part in states})
     if rows and rows != [n]:  # () is a feed-forward agent's state
         raise ValueError(
             f"state/frame count mismatch: {n} frames but state rows {rows}; pass the state the agent used on each "
@@ -73,7 +75,14 @@ def compute_saliency(
     indices = torch.arange(n) if frame_indices is None else torch.as_tensor(frame_indices)
     if indices.shape != (n,):
         raise ValueError(f"frame_indices must hold one index per frame ({n}), got shape {tuple(indices.shape)}")
-    incremental = s.incremental.setting if isinstance(s.incremental, Incremental) else s.incremental
+    # an Incremental member, or the value it stands for (its name as a plain string too: "auto", "true", "false")
+    incremental = (
+        s.incremental.setting
+        if isinstance(s.incremental, Incremental)
+        else Incremental(s.incremental).setting
+        if isinstance(s.incremental, str) and s.incremental in tuple(Incremental)
+        else s.incremental
+    )
     ppe, budget = s.perturbations_per_eval, s.memory_budget_mb
     batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
     parts: dict[str, list[torch.Tensor]] = {}

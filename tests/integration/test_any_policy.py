@@ -303,3 +303,18 @@ def test_incremental_windows_hold_every_changed_activation(case, radius, density
     assert chosen.mask_patches.shape[0] == masks.shape[0]
     for structure in _structures(3):  # the chosen windows and every other choice of windowed layers
         assert_changes_lie_in_windows(agent, window_plan(geometry, masks, structure), x, masks, "occlude")
+
+
+def test_compute_saliency_takes_the_state_forms_and_settings_perturbation_saliency_takes(
+    case, pong_agent, pong_rollout
+):
+    """states=None for a feed-forward agent, one tensor for a one-tensor state, and incremental named by a plain
+    string: the maps of the canonical forms."""
+    agent, _, obs, states, _ = case
+    settings = SaliencyConfig(method="perturbation", density=20, incremental="false")
+    want = perturbation_saliency(agent, obs, states, density=20, incremental=False)
+    got = compute_saliency(agent, obs, None if not states else states, settings)
+    assert torch.equal(got["actor_scores"], want.actor_scores)
+    frames, (hx,) = pong_rollout.frames[40:42], tuple(s[40:42] for s in pong_rollout.states)
+    one = compute_saliency(pong_agent, frames, hx, SaliencyConfig(method="perturbation", density=20))
+    assert torch.equal(one["critic"], perturbation_saliency(pong_agent, frames, (hx,), density=20).critic)
