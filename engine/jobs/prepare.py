@@ -318,7 +318,14 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
             prepared.checkpoint_sha256,
             st.frames_per_chunk,
             None if recorded is None else recorded.identity,
+            None if recorded is None else RolloutStore(recorded).recording,
         )
+        if recorded is None and "rollout_recording" in scored.identity:
+            raise StoreMismatchError(
+                f"the saliency store {saliency_root} scored a recording that {rollout_root} no longer holds (no rollout "
+                "store is there): a game recorded again may differ, so delete the saliency store to score it afresh, "
+                "or put the rollout store it scored back"
+            )
         check_identity(saliency_root, scored.identity, wanted)
     if writing_needed(saliency_root, "saliency", None):
         check_writable(saliency_root)

@@ -70,11 +70,18 @@ def score_store(
 
 
 def saliency_identity(
-    agent: Policy, saliency, checkpoint_sha256: str, frames_per_chunk: int, rollout: dict | None = None
+    agent: Policy,
+    saliency,
+    checkpoint_sha256: str,
+    frames_per_chunk: int,
+    rollout: dict | None = None,
+    recording: str | None = None,
 ) -> dict:
     """The identity a saliency store's manifest records (a store of other settings is refused on resume): the
-    scoring agent, the settings that change maps (``engine.storage.store.identity_settings``), the chunking and
-    the scored game's own identity (``rollout``; without it, the part checked before the game is known)."""
+    scoring agent, the settings that change maps (``engine.storage.store.identity_settings``), the chunking, the
+    scored game's own identity (``rollout``; without it, the part checked before the game is known) and the id of
+    its recording (``recording``, :attr:`engine.storage.store.RolloutStore.recording`; stores made before there
+    were ids have none, and their saliency stores record none)."""
     identity = dict(
         kind="saliency",
         format=FORMAT,
@@ -86,6 +93,8 @@ def saliency_identity(
     )
     if rollout is not None:
         identity["rollout"] = rollout
+    if recording is not None:
+        identity["rollout_recording"] = recording
     return identity
 
 
@@ -121,7 +130,9 @@ def open_scoring(
         raise EngineError(f"the rollout store {rollout_root} is incomplete: finish (resume) its recording first")
     layout = saliency_layout(agent, saliency)
     check_scoring_chunk(rstore.store.layout, layout, frames_per_chunk)
-    identity = saliency_identity(agent, saliency, checkpoint_sha256, frames_per_chunk, rstore.identity)
+    identity = saliency_identity(
+        agent, saliency, checkpoint_sha256, frames_per_chunk, rstore.identity, rstore.recording
+    )
     out = SaliencyStore(
         ChunkStore.open_or_create(
             root,

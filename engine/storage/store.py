@@ -38,7 +38,8 @@ Guarantees (local paths; see docs/stores.md for object storage):
   compares its identity with the winner's. Shard writers never rewrite it. A directory that is not empty but has
   no manifest is never adopted.
 - **Refusal to mix.** The manifest's identity (environment, seed, checkpoint sha256, settings, chunk sizes, engine
-  version, pipeline, state shapes, action names) must match exactly; a difference is named in the error.
+  version, pipeline, state shapes, action names; for a saliency store, the id of the recording it scored,
+  :attr:`RolloutStore.recording`) must match exactly; a difference is named in the error.
 - **Integrity.** At open: the manifest's structure, the chunk count and a chunk's bytes (at most
   :data:`~engine.storage.layout.MAX_CHUNKS` and :data:`~engine.storage.layout.MAX_CHUNK_BYTES`), and each array's metadata (shape, chunking, dtype with its byte
   order, codecs, fill value; in the group's consolidated copy too, which xarray reads) against what the manifest
@@ -840,6 +841,15 @@ def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] |
     return not store.completed().all()
 
 
+RECORDING = "recording"  # the key of a rollout store's manifest ``extra`` that holds its recording id
+
+
+def new_recording_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A rollout store's manifest ``extra`` with a fresh recording id (kept only where this creator makes the store:
+    one that exists keeps the id it was made with)."""
+    return {**(extra or {}), RECORDING: uuid.uuid4().hex}
+
+
 @dataclass
 class RolloutStore:
     """A recorded rollout on disk; :meth:`read` gives the same :class:`Rollout` an in-memory rollout gives."""
@@ -853,6 +863,13 @@ class RolloutStore:
     @property
     def identity(self) -> dict[str, Any]:
         return self.store.identity
+
+    @property
+    def recording(self) -> str | None:
+        """The id this recording was given when its store was made (None in stores made before there were ids): a
+        saliency store records it, so one scored from a recording that was deleted and made again is refused."""
+        value = self.store.manifest["extra"].get(RECORDING)
+        return value if isinstance(value, str) else None
 
     @property
     def num_steps(self) -> int:

@@ -426,3 +426,25 @@ def test_a_saliency_chunk_too_large_to_hold_is_refused_before_the_game_is_played
     ):
         validate_job(config)
     assert not (tmp_path / "rollout").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_saliency_store_of_a_recording_made_again_is_refused(tmp_path):
+    """A saliency store records the id of the recording it scored: with the rollout store deleted, the job is
+    refused before it records the game again (which, on another device or with sampling, may differ), and a
+    recording made again under the same settings is told apart from the one that was scored."""
+    from engine.core.errors import EngineError
+    from engine.storage.store import RolloutStore, StoreMismatchError
+
+    store = {"rollout": str(tmp_path / "rollout"), "saliency": str(tmp_path / "saliency"), "frames_per_chunk": 2}
+    config = tiny_job(tmp_path / "run", steps=3, movie=False, store=store)
+    run_job(config)
+    first = RolloutStore.open(tmp_path / "rollout").recording
+    assert first is not None and len(first) == 32
+    shutil.rmtree(tmp_path / "rollout")
+    with pytest.raises(StoreMismatchError, match=r"scored a recording that .* no longer holds"):
+        validate_job(config)
+    assert not (tmp_path / "rollout").exists()
+    run_job(dataclasses.replace(config, store=dataclasses.replace(config.store, saliency=None)))  # recorded again
+    assert RolloutStore.open(tmp_path / "rollout").recording not in (None, first)
+    with pytest.raises(EngineError, match="rollout_recording: store has"):
+        validate_job(config)
