@@ -727,9 +727,14 @@ def store_table(results: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+GPU_OTHER_RESULTS = ("_speed", "_roofline", "_incremental_choice", "_end_to_end")
+
+
 def gpu_files(results: Path) -> list[tuple[Source, dict, dict, dict[str, dict]]]:
-    """Each GPU check's result: (source, the whole record, its environment, its benchmarks by name)."""
-    files = sorted((results / "gpu").glob("*.json"))
+    """Each GPU check's result: (source, the whole record, its environment, its benchmarks by name). The check's
+    file is ``<device>_<date>.json``; the other results of the same call, committed beside it, are named
+    ``<device>_<date>_<result>.json`` (speed, roofline, incremental_choice, end_to_end) and are not checks."""
+    files = sorted(path for path in (results / "gpu").glob("*.json") if not path.stem.endswith(GPU_OTHER_RESULTS))
     if not files:
         raise TableError("benchmarks/results/gpu/*.json: missing (benchmarks/gpu/check.sh writes check.json)")
     out = []
@@ -776,8 +781,12 @@ def gpu_table(results: Path) -> str:
             ]
             for c in checks
         ]
-        brow = []
+        brow: list[list[str]] = []
+        failed: list[str] = []
         for b in d["benchmarks"]:
+            if "error" in b:  # a setting that failed on the device (out of memory, ...): noted below the table
+                failed.append(f"{b['name']}: {b['error']}")
+                continue
             src_b = f" ({b['name']})"
             extra = [
                 fmt.format(
@@ -814,6 +823,8 @@ def gpu_table(results: Path) -> str:
             table(["check", "value", "threshold", "passed", "what"], crow),
             table(["benchmark", "frames", "ms / frame", "frames / s", "notes"], brow),
         ]
+        if failed:
+            parts.append("Not measured (the error each gave): " + "; ".join(f"`{f}`" for f in failed) + ".")
     return "\n\n".join(parts) + "\n"
 
 

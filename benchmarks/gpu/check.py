@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -620,6 +621,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (automatic without CUDA)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # `timeout` stops a step with SIGTERM: as an exit, so the `finally` below still writes what was measured
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     quick = args.quick or not cuda

@@ -158,6 +158,8 @@ def main() -> None:
         print(f"ready: {out} (no wheels)")
         return
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    # only this run's wheels: one left from an earlier pin would make the device's install refuse both versions
+    shutil.rmtree(out / "wheels", ignore_errors=True)
     subprocess.run(
         [
             sys.executable,
@@ -183,7 +185,10 @@ def main() -> None:
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out / "wheels"), *SDIST_ONLY], check=True
     )
     carried = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
-    tracked = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    # what travels: tracked files and untracked ones git does not ignore, as the device tool counts them
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "-co", "--exclude-standard"], capture_output=True, check=True
+    ).stdout.split(b"\0")
     tree = sum(Path(name.decode()).stat().st_size for name in tracked if name and Path(name.decode()).is_file()) / 1e6
     print(f"ready: {out} ({carried:.1f} MB; with the tracked tree, {tree + carried:.1f} of {DEVICE_LIMIT_MB:.1f} MB)")
     if tree + carried > DEVICE_LIMIT_MB:

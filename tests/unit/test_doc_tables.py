@@ -166,3 +166,19 @@ def test_the_script_writes_into_out_and_leaves_readme_alone(results, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("*.md")) == sorted(p.name for p in COMMITTED.glob("*.md"))
     assert (ROOT / "README.md").read_text() == readme
+
+
+def test_the_gpu_table_reads_checks_only_and_notes_settings_that_failed(results):
+    """The other results of a device call, committed beside its check as <device>_<date>_<result>.json, are not
+    read as checks; a benchmark that failed on the device (out of memory) is named under the table, not a crash."""
+    from benchmarks.tables import gpu_table
+
+    gpu = results / "gpu"
+    (gpu / "h100_2026-12-07_speed.json").write_text(json.dumps({"rows": [], "skipped": []}))
+    (gpu / "h100_2026-12-07_end_to_end.json").write_text(json.dumps({"games": 50}))
+    check = json.loads((gpu / "h200_2026-11-27.json").read_text())
+    check["benchmarks"].append({"name": "per_eval_65536", "error": "CUDA out of memory"})
+    (gpu / "h100_2026-12-07.json").write_text(json.dumps(check))
+    text = gpu_table(results)
+    assert "h100_2026-12-07.json" in text and "_speed.json" not in text and "_end_to_end.json" not in text
+    assert "Not measured (the error each gave): `per_eval_65536: CUDA out of memory`." in text
