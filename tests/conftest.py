@@ -278,3 +278,27 @@ def saliency_rounding(saliency, policy, observations, states, keys, **options) -
         got = saliency(policy, observations, states, **options)
         want = saliency(exact, observations, tuple(s.double() for s in states), **options)
     return {key: float((getattr(got, key).double() - getattr(want, key).double()).abs().max()) for key in keys}
+
+
+def interrupted_command(argv: list[str], cwd: Path, started: Path, settle: float) -> tuple[int, str]:
+    """Run ``python <argv>`` in ``cwd``, send it SIGINT (Ctrl-C) ``settle`` seconds after ``started`` appears (the
+    command is then at work), and return its exit code and stderr."""
+    import signal
+    import subprocess
+    import time
+
+    job = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=cwd,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    return job.returncode, stderr

@@ -375,42 +375,17 @@ def test_a_recorded_game_of_other_rollout_settings_is_refused_not_replayed(tmp_p
 def test_ctrl_c_is_one_line_saying_what_is_kept_and_how_to_go_on(tmp_path):
     """SIGINT while a store job scores: exit code 130 and one line naming the stores and the command line that goes
     on from them (the default saliency store lies in the run's own folder, so it is named), no traceback."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.conftest import interrupted_command
 
     rollout = tmp_path / "rollout"
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "agent=builtin_pong",
-            "agent.allow_download=false",
-            "progress=false",
-            "rollout.steps=400",
-            "store.chunk_steps=8",
-            "store.frames_per_chunk=4",
-            "output.movie=false",
-            f"store.rollout={rollout}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (rollout / "zarr.json").exists() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
+    argv = [
+        *("-m", "engine", "agent=builtin_pong", "agent.allow_download=false", "progress=false", "rollout.steps=400"),
+        *("store.chunk_steps=8", "store.frames_per_chunk=4", "output.movie=false", f"store.rollout={rollout}"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    returncode, stderr = interrupted_command(argv, tmp_path, rollout / "zarr.json", settle=0.5)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert job.returncode == 130, stderr[-2000:]
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and lines[-1].startswith("interrupted: the complete chunks are kept"), stderr
     assert f"store.saliency={tmp_path / 'run' / 'saliency_store'}" in lines[-1]
 

@@ -156,37 +156,15 @@ def test_every_run_of_a_training_sweep_is_checked_before_the_first_trains(tmp_pa
 
 
 def test_ctrl_c_before_the_first_checkpoint_is_one_line_and_keeps_nothing(tmp_path):
-    import signal
-    import time
+    from tests.conftest import interrupted_command
 
     run = tmp_path / "run"
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.train",
-            "algo=a2c",
-            "num_envs=1",
-            "vector=sync",
-            "rollout_steps=5",
-            "total_frames=10000000",
-            "checkpoint_every=10000000",
-            "progress=false",
-            f"run_dir={run}",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (run / "hydra").exists() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(2.0)  # into the training loop
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 130, stderr[-2000:]
+    argv = [
+        *("-m", "engine.train", "algo=a2c", "num_envs=1", "vector=sync", "rollout_steps=5", "total_frames=10000000"),
+        *("checkpoint_every=10000000", "progress=false", f"run_dir={run}"),
+    ]
+    returncode, stderr = interrupted_command(argv, tmp_path, run / "hydra", settle=2.0)  # into the training loop
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: stopped before the first checkpoint: nothing is kept"
     assert not run.exists()
