@@ -116,6 +116,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"unrecognized arguments: {' '.join(unknown)}: options (-m, --cfg job, ...) go before the overrides, "
             "as in -m key=a,b other.key=c"
         )
+    keyless = [o for o in args.overrides if o.lstrip("+~").startswith("=")]
+    if keyless:
+        raise ConfigError(f"the override {keyless[0]!r} names no key: write key=value, e.g. rollout.steps=5")
     return args
 
 

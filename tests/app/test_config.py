@@ -360,6 +360,7 @@ def test_an_output_place_that_cannot_be_written_is_refused_before_any_run(tmp_pa
             r"unrecognized arguments: saliency.radius=3,5: options \(-m",
         ),
         (["--rollout.steps=5"], "--rollout.steps=5 is not an option: overrides take no dashes, write rollout.steps=5"),
+        (["=5"], "the override '=5' names no key: write key=value"),
     ],
 )
 def test_arguments_hydra_would_not_take_are_one_line_saying_how_to_write_them(argv, match):
