@@ -75,14 +75,9 @@ def compute_saliency(
     indices = torch.arange(n) if frame_indices is None else torch.as_tensor(frame_indices)
     if indices.shape != (n,):
         raise ValueError(f"frame_indices must hold one index per frame ({n}), got shape {tuple(indices.shape)}")
-    # an Incremental member, or the value it stands for (its name as a plain string too: "auto", "true", "false")
-    incremental = (
-        s.incremental.setting
-        if isinstance(s.incremental, Incremental)
-        else Incremental(s.incremental).setting
-        if isinstance(s.incremental, str) and s.incremental in tuple(Incremental)
-        else s.incremental
-    )
+    # an Incremental member or its name ("auto", "true", "false"); else the value itself (True, False)
+    named = isinstance(s.incremental, str) and s.incremental in tuple(Incremental)
+    incremental = Incremental(s.incremental).setting if named else s.incremental
     ppe, budget = s.perturbations_per_eval, s.memory_budget_mb
     batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
     parts: dict[str, list[torch.Tensor]] = {}

@@ -299,7 +299,6 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
         check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
         check_replayed(RolloutStore(recorded), rollout_root, config)
     elif recorded is not None:
-        player = prepared.player or prepared.agent
         r = config.rollout
         wanted = rollout_identity(
             player, config.env.id, r.seed, r.greedy, r.steps, st.chunk_steps, prepared.played_by_sha256

@@ -17,11 +17,9 @@ from ..env.rollout import Player, Step, VectorPlayer, check_num_envs, rollout_fr
 from ..storage.keys import is_memory, store_exists
 from ..storage.layout import FORMAT, ROLLOUT_FIELDS, check_chunk_count, rollout_layout
 from ..storage.store import (
-    ChunkStore,
     RolloutStore,
     check_writable,
     engine_version,
-    new_recording_extra,
     writing_needed,
 )
 
@@ -156,17 +154,9 @@ def open_recording(
     )
     try:
         layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))
-        store = ChunkStore.open_or_create(
-            root,
-            identity,
-            layout,
-            num_steps,
-            chunk_steps,
-            new_recording_extra(extra),
-            storage_options,
-            shortened=max_episodes is not None,
+        rstore = RolloutStore.open_or_create(
+            root, identity, layout, num_steps, chunk_steps, extra, storage_options, shortened=max_episodes is not None
         )
-        rstore = RolloutStore(store)
         first = rstore.completed_chunks()
     except BaseException:
         player.close()
@@ -351,17 +341,11 @@ def open_games_recording(
                 player.spec,
                 player.action_names,
             )
-            store = ChunkStore.open_or_create(
-                root,
-                identity,
-                layout,
-                num_steps,
-                chunk_steps,
-                new_recording_extra(extras[i]),
-                storage_options,
-                max_episodes is not None,
+            rstores.append(
+                RolloutStore.open_or_create(
+                    root, identity, layout, num_steps, chunk_steps, extras[i], storage_options, max_episodes is not None
+                )
             )
-            rstores.append(RolloutStore(store))
     except BaseException:
         player.close()
         raise

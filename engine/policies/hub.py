@@ -24,8 +24,8 @@ Cache: the files go to ``<cache>/huggingface`` (``<cache>`` is the registry's ch
 records, per commit, each file's sha256 as it was downloaded, and which commit each revision named. A later load
 asks the Hub for the revision's commit (one small request) and downloads only what is not cached; every file used,
 cached or just downloaded, is hashed again and must have its recorded sha256 (and, while the Hub answers, the
-id the Hub lists for it: the sha256 of a file kept in LFS, the git blob id of one kept in git): a file whose bytes changed is refused, with the folder to delete to download it
-afresh. Offline (``HF_HUB_OFFLINE=1``, downloads disabled, or the Hub unreachable) the cached commit the revision
+id the Hub lists for it: the sha256 of a file kept in LFS, the git blob id of one kept in git): a file whose bytes
+changed is refused, with the folder to delete to download it afresh. Offline (``HF_HUB_OFFLINE=1``, downloads disabled, or the Hub unreachable) the cached commit the revision
 last named is used, checked the same way; with nothing cached, a :class:`CheckpointError` says so in one line, as
 it does for an unknown repository or revision (404), a repository without a model zip, and a missing
 ``huggingface_hub`` (:class:`MissingDependencyError`).
@@ -481,9 +481,10 @@ def fetch_hub_agent(name: str, cache_dir: str | os.PathLike | None = None, allow
                 f"{file} of {shown} ({path}) has sha256 {found}, but the Hub ({endpoint}) says {hub_sha[file]}: it is "
                 f"damaged or not the Hub's file, and is not used; delete {folder} and load {shown} again"
             )
-        if file in hub_blob and git_blob_id(path) != hub_blob[file]:
+        blob = git_blob_id(path) if file in hub_blob else None
+        if blob is not None and blob != hub_blob[file]:
             raise HubError(
-                f"{file} of {shown} ({path}) has git blob id {git_blob_id(path)}, but the Hub ({endpoint}) says "
+                f"{file} of {shown} ({path}) has git blob id {blob}, but the Hub ({endpoint}) says "
                 f"{hub_blob[file]}: it is damaged or not the Hub's file, and is not used; delete {folder} and load "
                 f"{shown} again"
             )

@@ -844,12 +844,6 @@ def writing_needed(root: StoreRoot, kind: str, storage_options: dict[str, Any] |
 RECORDING = "recording"  # the key of a rollout store's manifest ``extra`` that holds its recording id
 
 
-def new_recording_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A rollout store's manifest ``extra`` with a fresh recording id (kept only where this creator makes the store:
-    one that exists keeps the id it was made with)."""
-    return {**(extra or {}), RECORDING: uuid.uuid4().hex}
-
-
 @dataclass
 class RolloutStore:
     """A recorded rollout on disk; :meth:`read` gives the same :class:`Rollout` an in-memory rollout gives."""
@@ -863,6 +857,23 @@ class RolloutStore:
     @property
     def identity(self) -> dict[str, Any]:
         return self.store.identity
+
+    @classmethod
+    def open_or_create(
+        cls,
+        root: StoreRoot,
+        identity: dict[str, Any],
+        layout: Mapping[str, Mapping[str, Any]],
+        length: int,
+        chunk: int,
+        extra: Mapping[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        shortened: bool = False,
+    ) -> RolloutStore:
+        """:meth:`ChunkStore.open_or_create` for a recording: a store made here gets a fresh recording id in its
+        manifest's ``extra`` (one that exists keeps the id it was made with)."""
+        extra = {**(extra or {}), RECORDING: uuid.uuid4().hex}
+        return cls(ChunkStore.open_or_create(root, identity, layout, length, chunk, extra, storage_options, shortened))
 
     @property
     def recording(self) -> str | None:
