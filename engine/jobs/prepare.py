@@ -24,6 +24,7 @@ from ..env.pipelines import library_defaults, pipeline_observation_shape
 from ..env.rollout import make_env
 from ..policies.loading import load_policy
 from ..policies.registry import (
+    HF_PREFIX,
     TrainedGame,
     ale_game,
     resolve_checkpoint,
@@ -122,6 +123,7 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
     warnings = checked_game("agent.checkpoint", a.checkpoint, path, e.id)
     agent, sha256 = load_job_agent(config, path)
     check_actions("agent.checkpoint", a.checkpoint, path, agent, config, actions)
+    warnings += three_channel_warning(a.checkpoint, agent)
     player, player_path, player_sha256 = None, None, ""
     if st.player:
         player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
@@ -178,6 +180,19 @@ def checked_game(key: str, name: str, path: Path, env_id: str) -> list[str]:
     ]
 
 
+def three_channel_warning(name: str, agent: Policy) -> list[str]:
+    """The warning (one, returned) for an agent of a frame-stacking pipeline that takes 3 channels: 3 stacked
+    grayscale frames, or RGB frames, which its file cannot tell apart (an ``hf://`` agent's config.yml can, and is
+    checked against the model by :mod:`engine.policies.hub`)."""
+    if agent.observation_shape[0] != 3 or agent.frame_stack != 3 or str(name).startswith(HF_PREFIX):
+        return []
+    return [
+        f"agent.checkpoint {name} takes 3 channels: it is played as 3 stacked grayscale frames ({agent.pipeline}); "
+        "an agent trained on RGB frames takes 3 channels too, and is not one the engine plays: its maps would "
+        "show nothing it looks at"
+    ]
+
+
 def check_actions(key: str, name: str, path: Path, agent: Policy, config: JobConfig, actions: int) -> None:
     """Refuse an agent whose action count is not the environment's, naming an environment that fits it."""
     if agent.num_actions == actions:
@@ -231,11 +246,18 @@ def check_agent_settings(prepared: PreparedJob) -> None:
             "agent"
         )
     options = pipeline_options(config, agent)
-    name = str(options.pop("pipeline", None) or agent.pipeline)
+    chosen = options.pop("pipeline", None)
+    name = str(chosen or agent.pipeline)
     try:
         shape = pipeline_observation_shape(name, agent.frame_stack, **options)
     except (TypeError, ValueError) as exc:
         raise EngineError(f"env.pipeline {name}: {exc}") from None
+    if shape != tuple(agent.observation_shape) and not chosen:
+        raise EngineError(
+            f"agent.checkpoint {config.agent.checkpoint} takes observations {tuple(agent.observation_shape)}, but "
+            f"its kind's pipeline ({name}) makes {shape} and the engine has no other for it: a {name} agent must "
+            f"take {shape}"
+        )
     if shape != tuple(agent.observation_shape):
         raise EngineError(
             f"env.pipeline={name} makes observations {shape} but agent.checkpoint {config.agent.checkpoint} takes "

@@ -22,6 +22,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
@@ -44,6 +45,9 @@ MAX_PICKLE_BYTES = 4 << 20
 # Deflate reaches about 1000:1 on a run of one byte; trained weights shrink by a few percent and SB3's data JSON
 # a few-fold, so a record inflating 100 times is no agent's. Records up to 1 MiB are spared: they cost little.
 MAX_INFLATION, SMALL_RECORD = 100, 1 << 20
+# All records together: an agent's archive is mostly weights (stored, or deflated by a few percent), so the sum of
+# its records is about its size; 10 times bounds what reading one costs, however its records are arranged.
+MAX_TOTAL_INFLATION = 10
 # A module's state dict uses every byte of its storages (cuDNN's flattened RNN weights may leave some alignment
 # padding): 1 MiB that no tensor reads is ample, where a small pickle can claim gigabytes for a few views.
 MAX_UNUSED_STORAGE = 1 << 20
@@ -98,8 +102,10 @@ def _describe_unknown(head: bytes) -> str:
 
 def check_zip_entries(infos: Sequence[zipfile.ZipInfo], archive_size: int, source: str) -> None:
     """Refuse, from the zip directory alone (nothing inflated), entries that claim bytes beyond the archive or that
-    would inflate more than :data:`MAX_INFLATION` times their compressed size. Python's zipfile and torch's reader
-    both stop at the directory's ``file_size``, so once these hold an entry costs at most that much to read."""
+    would inflate more than :data:`MAX_INFLATION` times their compressed size, a name listed twice, entries whose
+    compressed bytes overlap (a zip bomb's way of inflating one record many times), and records that together would
+    inflate to more than :data:`MAX_TOTAL_INFLATION` times the archive. Python's zipfile and torch's reader both stop
+    at the directory's ``file_size``, so once these hold the archive costs at most that much to read."""
     for info in infos:
         if info.header_offset + info.compress_size > archive_size:
             raise CheckpointError(
@@ -112,6 +118,28 @@ def check_zip_entries(infos: Sequence[zipfile.ZipInfo], archive_size: int, sourc
                 f"bytes ({info.file_size // max(info.compress_size, 1)}:1, where weights and SB3's data compress a "
                 f"few-fold at most): refused without inflating it; it is a zip bomb or no agent's file"
             )
+    names = Counter(info.filename for info in infos)
+    twice = next((name for name, count in names.items() if count > 1), None)
+    if twice is not None:
+        raise CheckpointError(
+            f"{source}: its zip directory lists the entry {twice!r} {names[twice]} times, which no zip writer does: "
+            "refused without inflating it; it is a zip bomb or a damaged archive"
+        )
+    ordered = sorted(infos, key=lambda info: info.header_offset)
+    for info, following in zip(ordered, ordered[1:], strict=False):
+        if info.header_offset + info.compress_size > following.header_offset:
+            raise CheckpointError(
+                f"{source}: its entries {info.filename!r} and {following.filename!r} share compressed bytes (from "
+                f"offsets {info.header_offset} and {following.header_offset}), which no zip writer does: refused "
+                "without inflating them; it is a zip bomb or a damaged archive"
+            )
+    total = sum(info.file_size for info in infos)
+    if total > SMALL_RECORD and total > MAX_TOTAL_INFLATION * archive_size:
+        raise CheckpointError(
+            f"{source}: its records would inflate to {total} bytes in all from a {archive_size}-byte archive (more "
+            f"than {MAX_TOTAL_INFLATION} times, where an agent's weights compress by a few percent): refused "
+            "without inflating them; it is a zip bomb or no agent's file"
+        )
 
 
 def _check_torch_records(infos: Sequence[zipfile.ZipInfo], archive_size: int, name: str) -> None:
@@ -213,7 +241,8 @@ def _torch_load(file: str | bytes, name: str, fix: str, map_location: str) -> ob
             )
     except Exception as exc:  # a damaged file fails in many ways inside torch (Unpickling/Runtime/Assertion...)
         reason = torch_reason(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+        # torch says "Unsupported global" of a class it does not allow, "unsupported GLOBAL" of a blocked module
+        if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{name} is not a torch checkpoint that loads safely: it holds Python objects other than tensors "
                 f"and plain containers ({reason}), refused because loading them could run code, or it is damaged"
@@ -300,13 +329,24 @@ def read_state_dict(path: str | os.PathLike, *, meta: bool = False) -> dict[str,
                 break
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(
-            f"{path!r} holds a {type(obj).__name__}, not a state dict of tensors (names to tensors): "
-            "save the agent with torch.save(model.state_dict(), path)"
+            f"{path!r} holds a {type(obj).__name__}{_what_it_holds(obj)}, not a state dict of tensors (names to "
+            "tensors): save the agent with torch.save(model.state_dict(), path)"
         )
     # checkpoints saved from nn.DataParallel prefix every key with "module."
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _what_it_holds(obj: object) -> str:
+    """A dict's keys and what each holds (a wrapper's, such as ``{"agent": {...}, "global_step": 5}``), for the
+    user to see where the weights are."""
+    if not isinstance(obj, dict) or not obj:
+        return ""
+    items = [
+        f"{k!r}: {'tensor' if isinstance(v, torch.Tensor) else type(v).__name__}" for k, v in list(obj.items())[:8]
+    ]
+    return f" of {{{', '.join(items)}{', ...' if len(obj) > 8 else ''}}}"
 
 
 def json_depth(raw: bytes) -> int:

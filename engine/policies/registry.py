@@ -19,14 +19,16 @@ fetches it into ``<cache>/huggingface`` (the cache below, or ``agent.cache_dir``
 and checked on every later load, and resolves to its model zip (offline: the cached copy; never without
 ``huggingface_hub``, the ``hub`` extra).
 
-The game a checkpoint was trained on is known for registry names (the entry's ``env_id``), built-in agents (their
-metadata's ``game``) and a user's file with the training's metadata beside it (``<file>.json``, as
+The game a checkpoint was trained on is known for registry names (the entry's ``env_id``), a registry checkpoint
+given by its path (its sha256 is the entry's), built-in agents (their metadata's ``game``) and a user's file with
+the training's metadata beside it (``<file>.json``, as
 ``python -m engine.training`` writes it): :func:`trained_game`. Games compare by their ALE name (:func:`ale_game`:
 ``Pong-v4``, ``PongNoFrameskip-v4`` and ``ALE/Pong-v5`` are all Pong).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -207,8 +209,35 @@ def trained_game(name_or_path: str, path: str | os.PathLike | None = None) -> Tr
         return TrainedGame(env_id, "hub") if env_id else None
     builtin = str(name_or_path).startswith(BUILTIN_PREFIX)
     file = path if path is not None else (resolve_builtin(str(name_or_path)) if builtin else name_or_path)
+    entry = None if builtin else known_by_contents(Path(file).expanduser())
+    if entry is not None:
+        return TrainedGame(entry.env_id, "registry")
     game = metadata_game(Path(file).expanduser())
     return TrainedGame(game, "builtin" if builtin else "metadata") if game else None
+
+
+MAX_KNOWN_BYTES = 64 << 20  # the registry's files are 3 MB; a larger file is none of them, and is not hashed
+
+
+def known_by_contents(path: Path) -> KnownCheckpoint | None:
+    """The registry entry whose file has the bytes of ``path`` (a registry checkpoint given by its path), or None."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or stat.st_size > MAX_KNOWN_BYTES:
+        return None
+    return _known_by_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _known_by_sha256(path: str, size: int, mtime_ns: int) -> KnownCheckpoint | None:
+    """Keyed by the file's size and time too: a file written anew is hashed anew."""
+    try:
+        digest = sha256_of(path)
+    except OSError:
+        return None
+    return next((entry for entry in KNOWN.values() if entry.sha256 == digest), None)
 
 
 def known_checkpoint(name: str) -> KnownCheckpoint | None:

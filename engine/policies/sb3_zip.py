@@ -119,7 +119,7 @@ def _read_zip(path: str, source: str) -> tuple[dict, dict[str, torch.Tensor], st
                         f"{source}: its {name!r} entry is {infos[name].file_size} bytes, beyond any SB3 Atari agent's "
                         f"({bound} at most): not read"
                     )
-            check_zip_entries([infos["data"], infos["policy.pth"]], os.path.getsize(path), source)
+            check_zip_entries(archive.infolist(), os.path.getsize(path), source)
             raw_data = archive.read("data")
             raw_policy = archive.read("policy.pth")
             version = None

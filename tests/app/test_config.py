@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from engine.cli import app as cli
@@ -155,6 +156,16 @@ def test_enums_match_the_engine_choices():
         ),
         (["saliency.method=[rise,gradcam]"], "got 'gradcam' in ['rise', 'gradcam']"),
         (["saliency.rise.num_masks=0"], "saliency.rise.num_masks must be an integer >= 1, got 0"),
+        # fills in the observations' 0..1 scale, not in bytes
+        (["saliency.occlusion.value=255"], "saliency.occlusion.value must be in 0..1, the observations' scale"),
+        (["saliency.rise.baseline=-40"], "saliency.rise.baseline must be in 0..1, the observations' scale"),
+        (["saliency.lime.hide_value=255"], "saliency.lime.hide_value must be in 0..1, the observations' scale"),
+        # the default agent's 84x84 in 10-pixel cells: 81 superpixels
+        (
+            ["saliency.lime.alpha=0", "saliency.lime.num_samples=50"],
+            "saliency.lime.alpha=0 (no ridge penalty) fits 81 superpixels and an intercept, which needs "
+            "lime.num_samples > 81, got 50",
+        ),
         # the default agent plays Pong: its game is named, and how to choose it
         (
             ["env=breakout"],
@@ -420,3 +431,16 @@ def test_help_lists_the_groups_its_command_takes(tmp_path, module, entry):
     for line in lines:
         name, options = line.split(": ", 1)
         assert options.split(", ") == sorted(p.stem for p in (CONFIG_DIR / name).glob("*.yaml")), line
+
+
+def test_an_agent_its_own_pipeline_cannot_feed_is_refused_without_a_fix_that_fails(tmp_path):
+    """A 2017 network over 4 stacked frames loads (the class takes any channel count), but the 2017 pipeline makes
+    one frame: unsetting env.pipeline, the fix for a pipeline chosen by hand, would not help."""
+    from engine.policies.greydanus2017 import ActorCritic
+
+    torch.save(ActorCritic(num_actions=6, channels=4).state_dict(), path := tmp_path / "four_frames.pt")
+    with pytest.raises(ConfigError) as info:
+        precheck([f"agent.checkpoint={path}", "rollout.steps=2"])
+    message = str(info.value)
+    assert "takes observations (4, 80, 80), but its kind's pipeline (greydanus2017) makes (1, 80, 80)" in message
+    assert "unset env.pipeline" not in message

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.core.errors import EngineError
 from engine.jobs.run import run_job, validate_job
@@ -423,3 +424,18 @@ def test_a_saliency_store_of_a_recording_made_again_is_refused(tmp_path):
     assert RolloutStore.open(tmp_path / "rollout").recording not in (None, first)
     with pytest.raises(EngineError, match="rollout_recording: store has"):
         validate_job(config)
+
+
+def test_a_three_channel_agent_is_played_as_three_frames_with_a_warning(tmp_path):
+    """A CleanRL or SB3 file cannot tell 3 stacked grayscale frames from one RGB frame: the job says which it plays;
+    the usual 4 frames say nothing."""
+    from tests import cleanrl_scripts
+
+    state_dict = cleanrl_scripts.make_agent("ppo_atari").state_dict()  # the script's first layer takes 4 channels
+    for channels, warned in ((3, True), (4, False)):
+        state_dict["network.0.weight"] = torch.randn(32, channels, 8, 8) * 0.05
+        torch.save(state_dict, path := tmp_path / f"ppo_{channels}.cleanrl_model")
+        warnings = validate_job(
+            tiny_job(".", env={"id": "PongNoFrameskip-v4"}, agent={"checkpoint": str(path)})
+        ).warnings
+        assert any("takes 3 channels: it is played as 3 stacked grayscale frames" in w for w in warnings) is warned

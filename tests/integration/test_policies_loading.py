@@ -96,6 +96,9 @@ def test_an_unknown_state_dict_points_to_wrap_policy(tmp_path, kind):
     )
     torch.save([torch.zeros(3)], listed := tmp_path / "list.pt")
     _refused(listed, kind, "holds a list, not a state dict")
+    # a wrapper under a key of its own: the keys and what each holds show where the weights are
+    torch.save({"agent": {"conv.weight": torch.zeros(3)}, "global_step": 5}, wrapped := tmp_path / "wrapped.pt")
+    _refused(wrapped, kind, "holds a dict of {'agent': dict, 'global_step': int}, not a state dict")
 
 
 def test_cleanrl_outputs_must_be_finite_in_the_dtype_asked_for(tmp_path):

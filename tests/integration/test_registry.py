@@ -250,3 +250,19 @@ def test_the_game_a_checkpoint_was_trained_on(tmp_path):
         assert registry.trained_game(str(mine)) is None
     mine.with_suffix(".json").write_text('{"game": "ALE/Breakout-v5", "frames": 100}')
     assert registry.trained_game(str(mine)) == registry.TrainedGame("ALE/Breakout-v5", "metadata")
+
+
+def test_a_registry_checkpoint_given_by_its_path_is_known_by_its_bytes(tmp_path):
+    """The README's own paths (``.../baby-a3c/pong-v4/model.40.tar``) and a renamed copy are the registry's Pong
+    agent: on SpaceInvaders, whose 6 actions the action count cannot tell from Pong's, the job refuses it."""
+    from engine.cli.app import ConfigError, precheck
+
+    pong = checkpoint("pong", 40)
+    copy = tmp_path / "my_agent.tar"
+    shutil.copyfile(pong, copy)
+    for path in (pong, copy):
+        assert registry.trained_game(str(path)) == registry.TrainedGame("Pong-v4", "registry")
+    with pytest.raises(ConfigError, match=r"my_agent.tar was trained on Pong \(Pong-v4\), but env.id is Space"):
+        precheck(["env=spaceinvaders", f"agent.checkpoint={copy}", "rollout.steps=2"])
+    copy.write_bytes(copy.read_bytes()[:-1] + b"\0")  # other bytes: hashed anew, no longer the registry's
+    assert registry.trained_game(str(copy)) is None

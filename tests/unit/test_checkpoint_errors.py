@@ -4,9 +4,11 @@ allocated, and weights must be finite floating-point numbers of plausible size w
 None of these tests needs a real checkpoint except the bit-flip test (baby-a3c pong@40, through the registry)."""
 
 import io
+import os
 import pickle
 import pickletools
 import random
+import struct
 import zipfile
 from pathlib import Path
 
@@ -94,6 +96,21 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
         path,
         r"holds Python objects other than tensors and plain containers \(UnpicklingError: Unsupported global: GLOBAL [^ ]*open",
     )
+    assert not marker.exists()
+
+
+def test_a_call_into_a_blocked_module_is_refused_as_code_not_as_damage(tmp_path):
+    """torch words the refusal of a blocked module ("unsupported GLOBAL posix.system ... is blocked") unlike that of
+    a class it does not know: both are a file that would run code, not a damaged one."""
+    marker = tmp_path / "code_ran"
+
+    class RunsShell:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = _save(tmp_path, {**_agent_state_dict(), "extra": RunsShell()})
+    message = _refused(path, r"holds Python objects other than tensors and plain containers .*GLOBAL .*system")
+    assert "damaged or truncated" not in message
     assert not marker.exists()
 
 
@@ -292,6 +309,62 @@ def test_records_that_inflate_or_outgrow_their_tensors_are_refused_unread(tmp_pa
         compression=zipfile.ZIP_DEFLATED,
     )
     assert isinstance(load_agent(honest, device="cpu"), ActorCritic)
+
+
+def _with_directory_records(path: Path, records: list[bytes]) -> None:
+    """Append ``records`` (raw central-directory records) to the zip directory of ``path``, as a zip bomb does."""
+    raw = path.read_bytes()
+    end = raw.rfind(b"PK\x05\x06")
+    fields = list(struct.unpack("<4s4H2LH", raw[end : end + 22]))
+    directory = raw[fields[6] : fields[6] + fields[5]] + b"".join(records)
+    fields[3] += len(records)
+    fields[4] += len(records)
+    fields[5] = len(directory)
+    path.write_bytes(raw[: fields[6]] + directory + struct.pack("<4s4H2LH", *fields))
+
+
+def _directory_records(path: Path) -> list[bytes]:
+    raw = path.read_bytes()
+    fields = struct.unpack("<4s4H2LH", raw[raw.rfind(b"PK\x05\x06") :][:22])
+    directory = raw[fields[6] : fields[6] + fields[5]]
+    return [b"PK\x01\x02" + r for r in directory.split(b"PK\x01\x02")[1:]]
+
+
+def test_a_directory_that_reads_one_record_many_times_is_refused_unread(tmp_path, torch_load_calls):
+    """A zip bomb without a large ratio: its directory lists one deflated record many times (each listing inflates
+    it once more), or entries that share compressed bytes; each record alone is under the inflation bound."""
+    good = _save(tmp_path, _agent_state_dict(), "good.pt")
+    weights = next(r for r in _directory_records(good) if b"/data/" in r)
+    twice = tmp_path / "listed_twice.pt"
+    twice.write_bytes(good.read_bytes())
+    _with_directory_records(twice, [weights] * 40)
+    _refused(twice, r"lists the entry '[^']*/data/\d+' 41 times.*refused without inflating it")
+    # the same record under another name: two entries whose compressed bytes are the same bytes
+    shared = tmp_path / "shared.pt"
+    shared.write_bytes(good.read_bytes())
+    length = struct.unpack("<H", weights[28:30])[0]
+    other = weights[46 : 46 + length] + b"_copy"
+    _with_directory_records(
+        shared, [weights[:28] + struct.pack("<H", len(other)) + weights[30:46] + other + weights[46 + length :]]
+    )
+    _refused(shared, r"entries '[^']*' and '[^']*' share compressed bytes.*refused without inflating them")
+    assert torch_load_calls == []
+
+
+def test_records_that_together_inflate_too_far_are_refused_unread(tmp_path, torch_load_calls):
+    """64 extra records of 1 MiB of zeros, each deflated to about 1 KB: the per-record bound spares each (a small
+    record costs little), but together they inflate to 64 MiB from a 3 MB file."""
+    good = _save(tmp_path, _agent_state_dict(), "good.pt")
+    path = tmp_path / "many_small_bombs.pt"
+    with zipfile.ZipFile(good) as archive, zipfile.ZipFile(path, "w") as out:
+        prefix = archive.namelist()[0].split("/")[0]
+        for info in archive.infolist():
+            out.writestr(info.filename, archive.read(info.filename))
+        for k in range(64):
+            _write_deflated_zeros(out, f"{prefix}/data/extra{k}", b"", 1 << 20)
+    assert path.stat().st_size < good.stat().st_size + 100_000
+    _refused(path, r"its records would inflate to \d+ bytes in all from a \d+-byte archive.*refused without")
+    assert torch_load_calls == []
 
 
 def test_overlapping_views_are_refused(tmp_path):
