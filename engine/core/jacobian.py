@@ -145,9 +145,14 @@ def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents: Cotan
     pairs = cotangents(out.logits.detach(), out.value.detach())
     per_pair: list[torch.Tensor] = []
     for k, pair in enumerate(pairs):
-        used = [(o, c) for o, c in zip((out.logits, out.value), pair) if c is not None]
-        (grad,) = torch.autograd.grad([o for o, _ in used], leaf, [c for _, c in used], retain_graph=k < len(pairs) - 1)
-        per_pair.append(grad)
+        # an output the input does not reach (a wrapped policy's constant value) has a zero gradient
+        used = [(o, c) for o, c in zip((out.logits, out.value), pair) if c is not None and o.requires_grad]
+        grad = None
+        if used:
+            (grad,) = torch.autograd.grad(
+                [o for o, _ in used], leaf, [c for _, c in used], retain_graph=k < len(pairs) - 1, allow_unused=True
+            )
+        per_pair.append(grad if grad is not None else torch.zeros_like(leaf))
     return torch.stack(per_pair)
 
 

@@ -102,13 +102,26 @@ def _check_settings(
         raise ValueError(f"cell must be an integer side in 1..{max(size)} pixels, got {cell!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, v, positive in (("hide_value", hide_value, False), ("kernel_width", kernel_width, True)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
-            raise ValueError(f"{name} must be a {'positive' if positive else 'finite'} number, got {v!r}")
+    if isinstance(hide_value, bool) or not isinstance(hide_value, (int, float)) or not 0 <= hide_value <= 1:
+        raise ValueError(f"hide_value must be in 0..1, the observations' scale (0 black, 1 white), got {hide_value!r}")
+    if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, float)) or not 0 < kernel_width < math.inf:
+        raise ValueError(f"kernel_width must be a positive number, got {kernel_width!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+    features = superpixels(size, cell)
+    if alpha == 0 and num_samples <= features:
+        raise ValueError(
+            f"alpha=0 (no ridge penalty) fits {features} superpixels ({cell}-pixel cells on {size[0]}x{size[1]}) and "
+            f"an intercept, which needs num_samples > {features}, got {num_samples}: draw more samples or set alpha > 0"
+        )
+
     if response not in RESPONSES:
         raise ValueError(f"response must be one of {RESPONSES}, got {response!r}")
+
+
+def superpixels(size: tuple[int, int], cell: int) -> int:
+    """How many square cells of side ``cell`` cover an observation of ``size`` (the last ones clipped)."""
+    return math.ceil(size[0] / cell) * math.ceil(size[1] / cell)
 
 
 def weighted_ridge(
@@ -122,7 +135,13 @@ def weighted_ridge(
     zc, yc = z - z_mean[:, None, :], y - y_mean[:, None]
     weighted = zc * weights[:, :, None]
     gram = weighted.transpose(1, 2) @ zc + alpha * torch.eye(z.shape[2], dtype=z.dtype, device=z.device)
-    coef = torch.linalg.solve(gram, (weighted.transpose(1, 2) @ yc[:, :, None]))[:, :, 0]
+    try:
+        coef = torch.linalg.solve(gram, (weighted.transpose(1, 2) @ yc[:, :, None]))[:, :, 0]
+    except torch.linalg.LinAlgError:  # alpha = 0 and a superpixel the samples never vary
+        raise ValueError(
+            "the LIME fit has no single solution: some superpixel is on (or off) in every sample; set alpha > 0 or "
+            "draw more samples"
+        ) from None
     return coef, y_mean - (z_mean * coef).sum(dim=1)
 
 
@@ -164,7 +183,8 @@ def lime_saliency(
         progress: show a progress bar over passes (where stderr is a terminal).
 
     Returns:
-        :class:`LimeResult` with maps (N, H, W), coefficients (N, F) and intercepts (N,).
+        :class:`LimeResult` with maps (N, H, W), coefficients (N, F) and intercepts (N,), in the agent's dtype (in
+        float32 for a half-precision agent, whose responses are fitted in float32).
 
     Example: a policy whose value is the top-left pixel ``x`` of a 20x20 observation, white there. With cells of
     10 pixels (4 superpixels) and black hidden superpixels, a sample's value is 1 where superpixel 0 is on, else
@@ -204,7 +224,7 @@ def lime_saliency(
             )
         taken = _check_actions(actions, n, agent.num_actions, device)
     segments = grid_segments(size, cell, device)
-    features = math.ceil(h / cell) * math.ceil(w / cell)
+    features = superpixels(size, cell)
     k = num_samples
     # the random draws, per frame on the CPU (a frame's samples never depend on the others), then on the device
     samples = torch.stack([lime_samples(k, features, seed, index) for index in indices]).to(device)  # (N, K, F)
@@ -231,7 +251,8 @@ def lime_saliency(
                 prefs = torch.softmax(out.logits, dim=-1) if response == "action_prob" else out.logits
                 actor[start:stop] = prefs.gather(1, chosen)[:, 0]
             critic[start:stop] = out.value
-        z = samples.to(dtype)
+        fit = torch.promote_types(dtype, torch.float32)  # a half-precision agent's responses fitted in float32
+        actor, critic, z = actor.to(fit), critic.to(fit), samples.to(fit)
         distance = 1 - torch.sqrt(z.sum(dim=2) / features)  # cosine distance to the all-on sample
         weights = torch.sqrt(torch.exp(-(distance**2) / kernel_width**2))
         # both fits at once: the actor's response and the value, over the same samples and weights

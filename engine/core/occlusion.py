@@ -78,8 +78,8 @@ def _check_settings(
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if response not in RESPONSES:
         raise ValueError(f"response must be one of {RESPONSES}, got {response!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"value must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"value must be in 0..1, the observations' scale (0 black, 1 white), got {value!r}")
 
 
 def _covers(length: int, starts: list[int], window: int, device: torch.device) -> torch.Tensor:

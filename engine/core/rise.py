@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
-from .perturbation import _check_actions, resolve_perturbations_per_eval
+from .perturbation import DEFAULT_MEMORY_BUDGET_MB, _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 
 RESPONSES = ("action_prob", "action_logit", "value")
@@ -149,8 +149,8 @@ def _check_settings(
         raise ValueError(f"cell must be an integer side in 1..{max(size)} pixels, got {cell!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
-        raise ValueError(f"baseline must be a finite number, got {baseline!r}")
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not 0 <= baseline <= 1:
+        raise ValueError(f"baseline must be in 0..1, the observations' scale (0 black, 1 white), got {baseline!r}")
     if response not in RESPONSES:
         raise ValueError(f"response must be one of {RESPONSES}, got {response!r}")
 
@@ -206,7 +206,8 @@ def rise_saliency(
 
     Returns:
         :class:`RiseResult`: maps ``sum_i f(M_i x) M_i / (N p)`` (N, H, W) and the responses (N, num_masks).
-        (xaitk-saliency's ``RISEScoring`` divides ``sum_i f_i M_i`` by its largest absolute value instead.)
+        (xaitk-saliency's ``RISEScoring`` divides ``sum_i f_i M_i`` by its largest absolute value instead.) The
+        maps are in the agent's dtype, in float32 for a half-precision agent (its sums are made in float32).
 
     Example: a policy whose value is the top-left pixel ``x`` of a 20x20 observation, white there. With ``p = 1``
     every mask keeps everything, so the map is ``N f(x) / N = 1`` everywhere; with ``p = 0.5`` the copy's value
@@ -276,16 +277,27 @@ def rise_saliency(
                 prefs = torch.softmax(out.logits, dim=-1) if response == "action_prob" else out.logits
                 actor[start:stop] = prefs.gather(1, chosen)[:, 0]
             critic[start:stop] = out.value
-        actor_responses, critic_responses = actor.view(n, m), critic.view(n, m)
-        # sum_i f_i M_i, in blocks of a fixed number of masks (the same sums whatever the chunks and frames)
-        actor_map, critic_map = x.new_zeros(n, h, w), x.new_zeros(n, h, w)
-        for first in range(0, m, MASK_BLOCK):
-            last = min(first + MASK_BLOCK, m)
-            block = build_masks(
-                grids[:, first:last].reshape(-1, sh, sw), offsets[:, first:last].reshape(-1, 2), cell, size, dtype
-            ).view(n, last - first, h, w)
-            actor_map += (actor_responses[:, first:last, None, None] * block).sum(dim=1)
-            critic_map += (critic_responses[:, first:last, None, None] * block).sum(dim=1)
+        # sum_i f_i M_i, in blocks of a fixed number of masks (the same sums whatever the chunks and frames), for
+        # as many frames at once as the memory budget holds; a half-precision agent's sums in float32
+        sums = torch.promote_types(dtype, torch.float32)
+        actor_responses, critic_responses = actor.view(n, m).to(sums), critic.view(n, m).to(sums)
+        actor_map, critic_map = x.new_zeros(n, h, w, dtype=sums), x.new_zeros(n, h, w, dtype=sums)
+        per_frame = 3 * MASK_BLOCK * h * w * torch.finfo(sums).bits // 8  # a block of masks and its two products
+        budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+        frames_at_once = max(1, int(budget * 2**20) // per_frame)
+        for a in range(0, n, frames_at_once):
+            b = min(a + frames_at_once, n)
+            for first in range(0, m, MASK_BLOCK):
+                last = min(first + MASK_BLOCK, m)
+                block = build_masks(
+                    grids[a:b, first:last].reshape(-1, sh, sw),
+                    offsets[a:b, first:last].reshape(-1, 2),
+                    cell,
+                    size,
+                    sums,
+                ).view(b - a, last - first, h, w)
+                actor_map[a:b] += (actor_responses[a:b, first:last, None, None] * block).sum(dim=1)
+                critic_map[a:b] += (critic_responses[a:b, first:last, None, None] * block).sum(dim=1)
         scale = 1 / (m * p)
         settings: dict[str, float | str] = dict(
             num_masks=num_masks, p=float(p), cell=cell, seed=seed, response=str(response), baseline=float(baseline)

@@ -87,9 +87,11 @@ def compute_saliency(
         for key in keys:
             parts.setdefault(prefix + key, []).append(getattr(result, key).detach().cpu())
 
-    # SARFA with the 2017 method's blur and masks reads its scores off that method's passes: no pass of its own
+    # SARFA with the 2017 method's blur and masks reads its scores off that method's passes: no pass of its own.
+    # Not off fast passes: their extra scores would put the 2017 maps back on the exact path.
     sarfa_shares = (
         "perturbation" in methods
+        and s.precision == "exact"
         and "sarfa" in methods
         and s.sarfa.perturbation == "blur"
         and sarfa_geometry(s) == (s.radius, s.density)

@@ -337,8 +337,11 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
             "have no attribution"
         )
     _choice("occlusion.baseline", o.baseline, OcclusionBaseline)
-    if not _finite(o.value):
-        raise ValueError(f"occlusion.value must be a finite number (the constant baseline), got {o.value!r}")
+    if not (_finite(o.value) and 0 <= o.value <= 1):
+        raise ValueError(
+            f"occlusion.value must be in 0..1, the observations' scale (the constant baseline: 0 black, 1 white), "
+            f"got {o.value!r}"
+        )
     _choice("occlusion.response", o.response, OcclusionResponse)
     # RISE
     if not _integer(r.num_masks, 1):
@@ -357,14 +360,25 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
             raise ValueError(f"{method}.seed must be an integer >= 0, got {seed!r}")
     _choice("rise.response", r.response, Response)
     _choice("lime.response", li.response, Response)
-    if not _finite(r.baseline):
-        raise ValueError(f"rise.baseline must be a finite number (a masked-out pixel's value), got {r.baseline!r}")
-    if not _finite(li.hide_value):
-        raise ValueError(f"lime.hide_value must be a finite number, got {li.hide_value!r}")
+    for name, fill in (("rise.baseline", r.baseline), ("lime.hide_value", li.hide_value)):
+        if not (_finite(fill) and 0 <= fill <= 1):
+            raise ValueError(
+                f"{name} must be in 0..1, the observations' scale (a hidden pixel's value: 0 black, 1 white), "
+                f"got {fill!r}"
+            )
     if not (_finite(li.kernel_width) and li.kernel_width > 0):
         raise ValueError(f"lime.kernel_width must be a finite number > 0, got {li.kernel_width!r}")
     if not (_finite(li.alpha) and li.alpha >= 0):
         raise ValueError(f"lime.alpha must be a finite number >= 0 (the ridge penalty), got {li.alpha!r}")
+    if (
+        li.alpha == 0
+        and size
+        and li.num_samples <= (cells := math.ceil(size[0] / li.cell) * math.ceil(size[1] / li.cell))
+    ):
+        raise ValueError(
+            f"lime.alpha=0 (no ridge penalty) fits {cells} superpixels and an intercept, which needs "
+            f"lime.num_samples > {cells}, got {li.num_samples}: raise lime.num_samples or set lime.alpha > 0"
+        )
     # SARFA
     _choice("sarfa.perturbation", sa.perturbation, SarfaPerturbation)
     if sa.radius is not None and not (_finite(sa.radius) and sa.radius > 0):

@@ -156,6 +156,20 @@ def test_a_tiny_policy_by_hand():
     torch.testing.assert_close(result.critic_weights[0], want, rtol=0, atol=1e-12)
     assert abs(float(result.critic_intercept[0])) < 1e-12
     torch.testing.assert_close(result.critic[0, :8, :8], torch.ones(8, 8, dtype=torch.float64), rtol=0, atol=1e-12)
+    # a bfloat16 agent (its responses 0 and 1 exact): fitted in float32, which a bfloat16 solve cannot do
+    half = type("HalfTopLeftPixel", (TopLeftPixel,), {"dtype": torch.bfloat16})()
+    fitted = lime_saliency(half, frames, (), num_samples=40, cell=8, response="value", alpha=0.0)
+    assert fitted.critic_weights.dtype == torch.float32
+    torch.testing.assert_close(fitted.critic_weights[0], want.float(), rtol=0, atol=1e-5)
+
+
+def test_a_fit_with_no_single_solution_says_so():
+    """alpha=0 with a superpixel on in every sample (5 samples, p=1/2 per cell: likely for some seed) has no single
+    ridge solution: one line that says what to change, not a linear-algebra traceback."""
+    frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    seed = next(s for s in range(1000) if bool(lime_samples(6, 4, s, 0)[1:].all(0).any()))
+    with pytest.raises(ValueError, match="no single solution: some superpixel is on .* set alpha > 0"):
+        lime_saliency(TopLeftPixel(), frames, (), num_samples=6, cell=8, seed=seed, response="value", alpha=0.0)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +179,10 @@ def test_a_tiny_policy_by_hand():
         (dict(num_samples=2.5), "num_samples must be an integer >= 2"),
         (dict(cell=0), "cell must be an integer side"),
         (dict(seed=-1), "seed must be a non-negative integer"),
-        (dict(hide_value=float("inf")), "hide_value must be a finite number"),
+        (dict(hide_value=float("inf")), r"hide_value must be in 0..1, the observations' scale"),
+        (dict(hide_value=255), r"hide_value must be in 0..1, the observations' scale \(0 black, 1 white\), got 255"),
+        # no ridge penalty: 4 cells of 8 pixels and an intercept are not determined by 4 samples
+        (dict(alpha=0), r"alpha=0 \(no ridge penalty\) fits 4 superpixels .* needs num_samples > 4, got 4"),
         (dict(kernel_width=0), "kernel_width must be a positive number"),
         (dict(alpha=-1), "alpha must be a non-negative number"),
         (dict(response="q"), "response must be one of"),

@@ -3,6 +3,8 @@ Policy whose outputs equal the network's own, batch-invariantly; wrong outputs a
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -126,6 +128,22 @@ def test_q_values_logits_only_and_named_outputs(cnn):
         )
         for policy in (named, mapped, policy_output):
             torch.testing.assert_close(policy(obs, ()).logits, q)
+
+
+def test_jacobian_of_a_logits_only_policy_has_a_zero_critic(cnn):
+    """A policy without a critic (outputs="logits": value 0, reached by no input) has zero critic maps, and the
+    actor's of the same logits with a critic, by either backend."""
+    from engine.core.jacobian import jacobian_saliency
+
+    obs, net = frames(2, 4, seed=4), copy.deepcopy(cnn).double()
+    actor_only = wrap_policy(lambda x: net(x)[0], (4, 84, 84), pipeline="sb3_atari", outputs="logits", dtype="float64")
+    with_critic = wrap_policy(net, (4, 84, 84), pipeline="sb3_atari", outputs=lambda out: (out[0], out[1][:, 0]))
+    reference = jacobian_saliency(with_critic, obs, ())
+    assert float(reference.critic.abs().max()) > 0
+    for backend in ("autograd", "func"):
+        maps = jacobian_saliency(actor_only, obs, (), backend=backend)
+        assert not maps.critic.any() and not maps.critic_grad.any(), backend
+        assert torch.allclose(maps.actor_grad, reference.actor_grad, rtol=1e-10, atol=1e-14), backend
 
 
 def test_recurrent_network_sequence_with_reset(lstm):

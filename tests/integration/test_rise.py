@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.core import rise
 from engine.core.preprocessing import preprocess_frames
 from engine.core.rise import build_masks, grid_cells, mask_draws, rise_masks, rise_saliency
 from tests.integration.conftest import TopLeftPixel
@@ -156,7 +157,9 @@ def test_a_tiny_policy_by_hand():
         (dict(cell=0), "cell must be an integer side"),
         (dict(cell=17), "cell must be an integer side"),
         (dict(seed=-1), "seed must be a non-negative integer"),
-        (dict(baseline=float("nan")), "baseline must be a finite number"),
+        (dict(baseline=float("nan")), r"baseline must be in 0..1, the observations' scale"),
+        (dict(baseline=255), r"baseline must be in 0..1, the observations' scale \(0 black, 1 white\), got 255"),
+        (dict(baseline=-0.1), r"baseline must be in 0..1"),
         (dict(response="q"), "response must be one of"),
         (dict(response="action_prob", actions=None), "needs the action taken"),
         (dict(response="action_prob", actions=[0, 1]), "actions must be 1 integer action indices"),
@@ -169,3 +172,41 @@ def test_bad_input_is_refused(kwargs, message):
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match=message):
         rise_saliency(TopLeftPixel(), frames, (), **{"num_masks": 4, "cell": 4, "response": "value", **kwargs})
+
+
+class HalfTopLeftPixel(TopLeftPixel):
+    dtype = torch.bfloat16
+
+
+def _map_from_responses(responses: torch.Tensor, cell: int, p: float, frame_index: int) -> torch.Tensor:
+    """The RISE map of one frame's responses to its masks, summed in float64 (the reference sum)."""
+    grids, offsets = mask_draws(responses.shape[0], p, cell, (16, 16), 0, frame_index)
+    masks = build_masks(grids, offsets, cell, (16, 16), torch.float64)
+    return (responses.double()[:, None, None] * masks).sum(0) / (responses.shape[0] * p)
+
+
+def test_a_half_precision_agents_map_is_summed_in_float32():
+    """bfloat16 sums of 256 weighted masks lose about 1% of the map; the map is summed in float32 instead."""
+    frames = torch.full((1, 1, 16, 16), 200, dtype=torch.uint8)
+    result = rise_saliency(HalfTopLeftPixel(), frames, (), num_masks=256, cell=4, response="value")
+    assert result.critic.dtype == torch.float32
+    want = _map_from_responses(result.critic_responses[0], 4, 0.5, 0)
+    assert float((result.critic[0].double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+def test_the_maps_are_summed_a_few_frames_at_a_time_within_the_memory_budget(monkeypatch):
+    """Summing the masks of many frames at once held N x 64 masks; the sums now take as many frames as the budget
+    holds, with the same maps bit for bit."""
+    frames = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    options = dict(num_masks=130, cell=4, response="value", perturbations_per_eval=1000)
+    whole = rise_saliency(TopLeftPixel(), frames, (), **options)
+    built: list[int] = []
+    real = rise.build_masks
+    monkeypatch.setattr(rise, "build_masks", lambda grids, *a: built.append(grids.shape[0]) or real(grids, *a))
+    per_frame_block = 3 * rise.MASK_BLOCK * 16 * 16 * 8  # a frame's block of float64 masks and its two products
+    small = rise_saliency(TopLeftPixel(), frames, (), memory_budget_mb=2.5 * per_frame_block / 2**20, **options)
+    assert max(built[1:]) <= 2 * rise.MASK_BLOCK  # the passes' masks (one call), then blocks of 2 frames
+    assert torch.equal(small.critic, whole.critic) and torch.equal(small.actor, whole.actor)
+    for k in range(6):
+        want = _map_from_responses(whole.critic_responses[k], 4, 0.5, k)
+        assert torch.allclose(whole.critic[k], want, rtol=1e-12, atol=1e-14)

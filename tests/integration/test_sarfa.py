@@ -284,3 +284,21 @@ def test_beside_the_2017_method_sarfa_adds_no_pass(pong_agent, inputs, monkeypat
     assert torch.equal(both["actor"], only_2017["actor"])
     assert torch.equal(both["sarfa_actor_scores"], alone.actor_scores) and torch.equal(both["sarfa_actor"], alone.actor)
     assert alone.actor_scores.max() > 1e-3
+
+
+def test_beside_the_fast_2017_method_sarfa_runs_its_own_passes(pong_agent, inputs):
+    """Fast precision computes the logits' score only: SARFA read off its passes would put them back on the exact
+    path, so the 2017 maps equal perturbation_saliency(precision="fast") and SARFA's equal SARFA alone."""
+    from engine.core.perturbation import perturbation_saliency
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import SaliencyConfig
+
+    frames, states = inputs
+    settings = SaliencyConfig(method=["perturbation", "sarfa"], density=DENSITY, precision="fast")
+    both = compute_saliency(pong_agent, frames, states, settings)
+    fast = perturbation_saliency(pong_agent, frames, states, density=DENSITY, precision="fast")
+    exact = perturbation_saliency(pong_agent, frames, states, density=DENSITY)
+    assert not torch.equal(fast.actor, exact.actor)  # the test can tell the two paths apart
+    assert torch.equal(both["actor"], fast.actor.cpu()) and torch.equal(both["critic"], fast.critic.cpu())
+    alone = sarfa_saliency(pong_agent, frames, states, radius=5, density=DENSITY)
+    assert torch.equal(both["sarfa_actor"], alone.actor.cpu())
