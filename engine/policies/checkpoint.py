@@ -3,13 +3,15 @@ the file and the problem, and nothing in a file ever runs.
 
 ``torch.load(weights_only=True)`` builds tensors and plain containers only (no code runs). The work it does is
 bounded before it starts: in a zip file every record is held to its size in the zip directory (no record may lie
-beyond the file or inflate more than :data:`MAX_INFLATION` times), the pickled structure (``data.pkl``) to
-:data:`MAX_PICKLE_BYTES`, and the storages to what the tensors' shapes use, read from a first pass that loads
-only the structure (``map_location="meta"``: shapes, no storage); torch then checks that each storage record holds
-exactly the bytes its storage claims, and a legacy file's storages are read from the file itself. The sizes an
-agent is built from are then checked against bounds and against each other before any module is allocated, the
-tensors' strides before any arithmetic on them, and the weights must be finite floating-point numbers of
-plausible size whose agent gives finite outputs. Every loader of :mod:`engine.policies` reads through these checks.
+beyond the file or inflate more than :data:`MAX_INFLATION` times, none is listed twice or shares another's
+bytes, and all together inflate at most :data:`MAX_TOTAL_INFLATION` times the file), the pickled structure
+(``data.pkl``) to :data:`MAX_PICKLE_BYTES`, and the storages to what the tensors' shapes use, read from a first
+pass that loads only the structure (``map_location="meta"``: shapes, no storage); torch then checks that each
+storage record holds exactly the bytes its storage claims, and a legacy file's storages are read from the file
+itself. The sizes an agent is built from are then checked against bounds and against each other before any module
+is allocated, the tensors' strides before any arithmetic on them, and the weights must be finite floating-point
+numbers of plausible size whose agent gives finite outputs. Every loader of :mod:`engine.policies` reads through
+these checks.
 """
 
 from __future__ import annotations
