@@ -65,9 +65,8 @@ def sarfa_scores(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     a = base_logits.argmax(dim=-1, keepdim=True)
     d_p = (torch.softmax(base_logits, dim=-1).gather(1, a) - torch.softmax(logits, dim=-1).gather(1, a))[:, 0]
     others = torch.ones_like(base_logits, dtype=torch.bool).scatter(1, a, False)
-    minus_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-    log_p = torch.log_softmax(torch.where(others, base_logits, minus_inf), dim=-1)  # P_rem(s), a left out
-    log_q = torch.log_softmax(torch.where(others, logits, minus_inf), dim=-1)  # P_rem(s')
+    log_p = torch.log_softmax(torch.where(others, base_logits, float("-inf")), dim=-1)  # P_rem(s), a left out
+    log_q = torch.log_softmax(torch.where(others, logits, float("-inf")), dim=-1)  # P_rem(s')
     zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
     kl = torch.where(others, log_p.exp() * (log_p - log_q), zero).sum(dim=-1)
     k = 1 / (1 + kl)
