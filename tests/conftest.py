@@ -90,10 +90,14 @@ def download_probe() -> str | None:
     return _probe_result[0]
 
 
-SKIP_REASON = f"needs the real baby-a3c checkpoints: set {registry.ENV_VAR}=/path/to/shared/checkpoints or go online"
+SKIP_REASON = (
+    f"needs the real baby-a3c checkpoints: set {registry.ENV_VAR}=/path/to/checkpoints, put them in the cache "
+    f"{registry.CHECKPOINT_CACHE} or go online"
+)
 HOW_TO = (
-    f"Set {registry.ENV_VAR}=/path/to/shared/checkpoints (a folder holding baby-a3c/<game>-v4/model.<N>.tar) or go "
-    f"online so that the registry downloads them into its cache; {REQUIRE_VAR}=1 turns these skips into failures."
+    f"Set {registry.ENV_VAR}=/path/to/checkpoints (a folder holding baby-a3c/<game>-v4/model.<N>.tar), copy them "
+    f"into the cache {registry.CHECKPOINT_CACHE} (as baby-a3c/<game>-v4/model.<N>.tar), or go online so that the "
+    f"registry downloads them there; {REQUIRE_VAR}=1 turns these skips into failures."
 )
 _why_unavailable: list[str] = []  # the details, printed once at the end of the run (pytest_terminal_summary)
 

@@ -10,7 +10,9 @@ The configs ship inside the package (``engine/configs`` in a wheel); in a checko
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -233,9 +235,13 @@ def one_line(exc: BaseException) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "bad override"
         return f"bad override: {first}"
     if isinstance(exc, MissingConfigException):
-        options = getattr(exc, "options", None)
-        line = " ".join(str(exc).split("\n")[0].split())
-        return f"{line} (available: {', '.join(options)})" if options else line
+        options = list(getattr(exc, "options", None) or [])
+        line = re.sub(r"^In '[^']*': ", "", " ".join(str(exc).split("\n")[0].split()))
+        if not options:
+            return line
+        group, _, name = str(getattr(exc, "missing_cfg_file", "") or "").rpartition("/")
+        close = difflib.get_close_matches(name, options, n=1) if group else []
+        return f"{line} (available: {', '.join(options)}){f'; did you mean {group}={close[0]}?' if close else ''}"
     cause = exc
     while cause.__cause__ is not None and not isinstance(cause, (EngineError, OmegaConfBaseException)):
         cause = cause.__cause__

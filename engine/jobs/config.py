@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +64,6 @@ __all__ = [
     "MetricsConfig",
     "OcclusionSettings",
     "OutputConfig",
-    "Preprocessing",
     "RENAMED",
     "RenderConfig",
     "RenderStyle",
@@ -85,6 +85,11 @@ __all__ = [
 RENAMED = {
     "saliency.chunk_size": "saliency.perturbations_per_eval",
 }
+# settings that did nothing and were removed: why, and what to set instead
+REMOVED = {
+    "agent.preprocessing": "every agent plays in its own kind's pipeline (a 2017 agent's: greydanus2017); "
+    "env.pipeline chooses another",
+}
 
 
 class Core(StrEnum):
@@ -98,10 +103,6 @@ class AgentKind(StrEnum):
     greydanus2017 = "greydanus2017"  # the 2017 paper's and baby-a3c's actor-critic state dicts
     sb3 = "sb3"  # a Stable-Baselines3 / sb3-contrib zip (PPO, A2C, DQN, QRDQN, RecurrentPPO)
     cleanrl = "cleanrl"  # a CleanRL ppo_atari / ppo_atari_lstm / dqn_atari state dict
-
-
-class Preprocessing(StrEnum):
-    greydanus2017 = "greydanus2017"  # the only preprocessing the published agents know
 
 
 class RenderStyle(StrEnum):
@@ -143,7 +144,6 @@ class AgentConfig:
     allow_download: bool = False
     kind: AgentKind = AgentKind.auto  # the file's format; auto recognises it
     core: Core = Core.auto  # 2017 agents: the core the checkpoint must hold (lstm, gru); auto: whatever it holds
-    preprocessing: Preprocessing = Preprocessing.greydanus2017
 
 
 @dataclass
@@ -288,6 +288,8 @@ def config_error(exc: BaseException) -> str:
     key = getattr(exc, "full_key", None)
     if key in RENAMED:
         return f"{key} was renamed: use {RENAMED[key]}"
+    if key in REMOVED:
+        return f"{key} was removed: {REMOVED[key]}"
     text = str(exc)
     for old, new in RENAMED.items():
         leaf, parent = old.rsplit(".", 1)[1], old.rsplit(".", 1)[0]
@@ -301,7 +303,21 @@ def config_error(exc: BaseException) -> str:
     text = " ".join(lines) if lines else type(exc).__name__
     if key and key not in text:
         text = f"{key}: {text}"
+    if key and re.search(r"Key '[^']*' not in '", text):
+        text += f" ({close_key(key, getattr(exc, 'object_type', None))}--cfg job prints every key)"
     return text
+
+
+def close_key(key: str, schema: object) -> str:
+    """``did you mean <key>? `` for the field of ``schema`` (the dataclass that lacks ``key``'s last part) whose name
+    is closest to a misspelled ``key``, or ``""``."""
+    import difflib
+
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return ""
+    *parents, leaf = key.split(".")
+    close = difflib.get_close_matches(leaf, [f.name for f in dataclasses.fields(schema)], n=1)
+    return f"did you mean {'.'.join([*parents, close[0]])}? " if close else ""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -377,10 +393,6 @@ def check_config(config: JobConfig) -> None:
     _check(
         rap is None or (_is_number(rap) and 0 <= rap <= 1),
         f"env.repeat_action_probability must be in [0, 1] (or null: the id's default), got {rap!r}",
-    )
-    _check(
-        config.agent.preprocessing in tuple(Preprocessing),
-        f"agent.preprocessing {config.agent.preprocessing!r} is unknown: use greydanus2017",
     )
     _check(bool(config.env.id), "env.id must name an ALE game, e.g. Pong-v4")
     _check(bool(config.agent.checkpoint), "agent.checkpoint must name a checkpoint file or a registry name")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from zarr.storage import MemoryStore
 
-from ..storage.keys import is_memory, store_exists, store_root
+from ..storage.keys import is_memory, place, store_exists, store_root
 from ..storage.store import RolloutStore, SaliencyStore
 from .config import JobConfig, engine_saliency
 from .outputs import finish_job
@@ -84,7 +84,9 @@ def game_recording(config: JobConfig, prepared: PreparedJob, root, checkpoint_sh
     ``store.player`` for a store on disk, else the job's agent), or None where that store is complete (replayed)."""
     if store_exists(root) and RolloutStore.open(root).complete:
         rstore = RolloutStore.open(root)
-        log.info("replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], root)
+        log.info(
+            "replaying the %d recorded steps of %s in %s", rstore.num_steps, rstore.identity["env_id"], place(root)
+        )
         return None
     player, player_path, player_sha = prepared.agent, prepared.checkpoint, checkpoint_sha256
     if prepared.player is not None and prepared.player_checkpoint is not None and not is_memory(root):

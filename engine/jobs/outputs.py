@@ -28,6 +28,7 @@ from ..policies.registry import (
     known_checkpoint,
 )
 from ..storage.arrays import save_arrays
+from ..storage.keys import place
 from ..storage.layout import ROLLOUT_FIELDS
 from ..storage.store import RolloutStore, SaliencyStore
 from .config import JobConfig, engine_saliency
@@ -210,7 +211,7 @@ def finish_job(
     log.info(
         "scored %d frames into %s in %.1f s (%.3f s per frame%s)",
         scored,
-        saliency_root,
+        place(saliency_root),
         saliency_s,
         saliency_s / scored if scored else 0.0,
         f"; {timing['waited_seconds']:.1f} s more waiting for the recording" if timing["overlapped"] else "",

@@ -289,10 +289,12 @@ def resolve_checkpoint(
     if entry is None:
         if path.is_file():
             return path.resolve()
-        known = ", ".join(sorted(ALIASES) + sorted(KNOWN) + builtin_names())
+        known = ", ".join(sorted(ALIASES) + [n for n in builtin_names() if "@" not in n])
+        missing = "no such file" if not path.exists() else "not a file"
         raise CheckpointError(
-            f"checkpoint {name_or_path!r} is neither an existing file nor a known name ({known}), nor an "
-            "hf://<owner>/<name> agent on the Hugging Face Hub"
+            f"checkpoint {name_or_path!r} is neither an existing file ({missing}) nor a known name ({known}; each "
+            "with @<frames> for an earlier checkpoint of its run), nor an hf://<owner>/<name> agent on the Hugging "
+            "Face Hub"
         )
     searched = checkpoint_dirs(dirs)
     for directory in searched:
@@ -331,7 +333,7 @@ def resolve_checkpoint(
     raise CheckpointError(
         f"checkpoint {entry.name} was not found in the local directories ({where}); {cache_part}; "
         f"and {reason}. Fix: put {entry.relative_path} under a directory named in agent.checkpoint_dirs or "
-        f"${ENV_VAR} (e.g. export {ENV_VAR}=../shared/checkpoints), or download {entry.url} to {cached}"
+        f"${ENV_VAR} (e.g. export {ENV_VAR}=/path/to/checkpoints), or download {entry.url} to {cached}"
     )
 
 

@@ -40,6 +40,11 @@ def is_local(root: StoreRoot) -> TypeGuard[str | os.PathLike[str]]:
     return not (is_url(root) or is_memory(root))
 
 
+def place(root: StoreRoot) -> str:
+    """Where a store lies, for the log: its path or URL, or ``memory`` (a memory store's own name is an object id)."""
+    return "memory" if is_memory(root) else str(root)
+
+
 def store_root(root: StoreRoot) -> Path | str | MemoryStore:
     """``root`` as the stores take it: a local path as a :class:`~pathlib.Path`; a URL or a memory store as it is."""
     if is_url(root) or is_memory(root):

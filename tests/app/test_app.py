@@ -154,7 +154,7 @@ def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     "override,message",
     [
         ("env.id=Pongg-v4", "unknown environment id 'Pongg-v4'"),
-        ("agent.checkpoint=/missing/model.tar", "neither an existing file nor a known name"),
+        ("agent.checkpoint=/missing/model.tar", "neither an existing file (no such file) nor a known name"),
         ("saliency.density=0", "density must be an integer >= 1"),
         ("saliency.chunk_size=0", "saliency.chunk_size was renamed: use saliency.perturbations_per_eval"),
         ("saliency.memory_budget_mb=nan", "saliency.memory_budget_mb must be a finite number"),

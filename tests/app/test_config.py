@@ -145,7 +145,7 @@ def test_enums_match_the_engine_choices():
     "overrides,match",
     [
         (["env.id=Pongg-v4"], "unknown environment id 'Pongg-v4'"),
-        (["agent.checkpoint=/nope/model.tar"], "neither an existing file nor a known name"),
+        (["agent.checkpoint=/nope/model.tar"], "neither an existing file (no such file) nor a known name"),
         (["saliency.density=0"], "density must be an integer >= 1"),
         (["saliency.radius=-1"], "radius must be a finite number > 0"),
         (["saliency.radius=nan"], "radius must be a finite number > 0"),
@@ -209,6 +209,20 @@ def test_enums_match_the_engine_choices():
         (["saliency.radus=3"], "saliency.radus: Key 'radus' not in 'SaliencyConfig'"),
         (["saliency.radius=["], "bad override"),
         (["env=nope"], "Could not find 'env/nope' (available: breakout, pong, spaceinvaders)"),
+        # a misspelling: the closest name, and where every key is listed
+        (
+            ["env=pongg"],
+            "Could not find 'env/pongg' (available: breakout, pong, spaceinvaders); did you mean env=pong?",
+        ),
+        (
+            ["saliency.occlusion.windw=3"],
+            "saliency.occlusion.windw: Key 'windw' not in 'OcclusionSettings' (did you mean saliency.occlusion.window? "
+            "--cfg job prints every key)",
+        ),
+        (
+            ["agent.preprocessing=greydanus2017"],
+            "agent.preprocessing was removed: every agent plays in its own kind's pipeline",
+        ),
         (["saliency.radius=3,5"], "Ambiguous value for argument"),  # a sweep without --multirun
     ],
 )
@@ -431,6 +445,18 @@ def test_help_lists_the_groups_its_command_takes(tmp_path, module, entry):
     for line in lines:
         name, options = line.split(": ", 1)
         assert options.split(", ") == sorted(p.stem for p in (CONFIG_DIR / name).glob("*.yaml")), line
+    # the header says what the command does; the footer's examples are command lines that compose
+    assert result.stdout.startswith(f"python -m {module}: ")
+    examples = [line.split("#")[0].split()[3:] for line in result.stdout.splitlines() if line.startswith("  python -m")]
+    assert len(examples) >= 3
+    from engine.cli.train import trainers
+
+    trainers()  # the trainer's schemas, into Hydra's ConfigStore
+    for args in examples:
+        # a sweep's first job
+        overrides = [a.split(",")[0] for a in args if a not in ("-m", "--cfg", "job")]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=entry.removesuffix(".yaml"), overrides=overrides)
 
 
 def test_an_agent_its_own_pipeline_cannot_feed_is_refused_without_a_fix_that_fails(tmp_path):

@@ -61,6 +61,17 @@ def test_dependency_ranges_cover_the_versions_run(name, version):
     assert version in SpecifierSet(spec[len(name) :])
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_cpu_torch_command_asks_for_the_declared_ranges(page):
+    """The front door's CPU-build command names pyproject's ranges, so a later torch is never installed first and
+    then replaced by the default (CUDA) wheel."""
+    text = (ROOT / page).read_text()
+    (command,) = [line for line in text.splitlines() if "download.pytorch.org/whl/cpu" in line]
+    for name in ("torch", "torchvision"):
+        (spec,) = [d for d in PYPROJECT["project"]["dependencies"] if d.split(">")[0] == name]
+        assert f'"{spec}"' in command, (page, spec)
+
+
 @pytest.mark.parametrize("layer", ["core", "env", "io"])
 def test_the_engine_layers_never_import_hydra(layer):
     offenders = []

@@ -43,7 +43,9 @@ def test_resolves_path_local_dir_and_env_var(monkeypatch):
 
 def test_unresolvable_names_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    with pytest.raises(CheckpointError, match=r"neither an existing file nor a known name \(baby-a3c/breakout"):
+    with pytest.raises(
+        CheckpointError, match=r"neither an existing file \(no such file\) nor a known name \(baby-a3c/breakout"
+    ):
         resolve_checkpoint("baby-a3c/tetris")
     with pytest.raises(
         CheckpointError, match=r"not found in the local directories .*export ATARI_SALIENCY_CHECKPOINTS="

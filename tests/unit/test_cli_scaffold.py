@@ -115,7 +115,7 @@ def test_errors_are_one_line():
     key.__dict__.update(full_key="hidden", msg="Key 'hidden' not in 'TrainConfig'")
     outer = ConfigCompositionException("Could not override 'hidden'.\nTo append to your config use +hidden=3")
     outer.__cause__ = key
-    assert one_line(outer) == "Key 'hidden' not in 'TrainConfig'"
+    assert one_line(outer) == "Key 'hidden' not in 'TrainConfig' (--cfg job prints every key)"
     assert one_line(RuntimeError("two\nlines")) == "two lines"
 
 
