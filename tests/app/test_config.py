@@ -197,6 +197,12 @@ def test_enums_match_the_engine_choices():
         (["rollout.seed=-1"], "rollout.seed must be in 0..2**32-1"),
         (["dtype=bfloat16"], "dtype: Invalid value 'bfloat16', expected one of [float32, float64]"),
         (["saliency.frames_per_batch=0"], "saliency.frames_per_batch must be >= 1"),
+        # settings no method of the job takes: they would run exact and uncompiled without a word
+        (
+            ["saliency.method=rise", "saliency.precision=fast"],
+            "saliency.precision=fast applies to the 2017 method's passes only, and saliency.method=rise makes none",
+        ),
+        (["saliency.method=[occlusion,lime]", "saliency.compile=true"], "saliency.method=occlusion,lime makes none"),
         (["output.fps=0"], "output.fps must be in 1..240"),
         (["output.scale=0"], "output.scale must be in 1..16"),
         (["render.actor_gain=nan"], "render.actor_gain must be a finite number > 0"),
