@@ -19,7 +19,14 @@ from .perturbation import perturbation_saliency
 from .policy import Policy, State, index_state
 from .rise import rise_saliency
 from .sarfa import check_sarfa_agent, sarfa_result, sarfa_saliency, sarfa_scores
-from .settings import Incremental, SaliencyConfig, map_prefix, sarfa_geometry, selected_methods
+from .settings import (
+    Incremental,
+    SaliencyConfig,
+    check_passes_settings,
+    map_prefix,
+    sarfa_geometry,
+    selected_methods,
+)
 
 __all__ = ["SaliencyConfig", "compute_saliency", "paper_shift"]
 
@@ -57,6 +64,7 @@ def compute_saliency(
     seeds its RISE masks and LIME samples (default ``0..N-1``), so that a rollout's frames scored in several
     calls get the maps of one call."""
     methods = selected_methods(s.method)
+    check_passes_settings(s)
     if isinstance(s.frames_per_batch, bool) or not isinstance(s.frames_per_batch, int) or s.frames_per_batch < 1:
         raise ValueError(
             f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}"

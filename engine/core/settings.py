@@ -319,6 +319,22 @@ def _choice(name: str, value: object, enum: type[StrEnum]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
+    """Refuse ``precision="fast"`` and ``compile=True`` where no method of ``s`` runs the 2017 method's passes, the
+    only ones they change: the other methods would run exact and uncompiled without a word. ``prefix`` goes before
+    each setting's name (``"saliency."`` in the app)."""
+    methods = selected_methods(s.method)
+    if "perturbation" in methods:
+        return
+    for key, value, default in (("precision", s.precision, "exact"), ("compile", s.compile, False)):
+        if value != default:
+            raise ValueError(
+                f"{prefix}{key}={str(value).lower()} applies to the 2017 method's passes only, and "
+                f"{prefix}method={','.join(methods)} makes none: add perturbation to {prefix}method, or leave "
+                f"{prefix}{key} at {str(default).lower()}"
+            )
+
+
 def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = None) -> None:
     """Raise ``ValueError`` naming the first bad per-method setting (``rise.num_masks must be ...``). Checks that
     depend on the observation's (H, W) ``size`` (a window larger than the observation, ...) need it; without it

@@ -42,6 +42,7 @@ from ..core.settings import (
     SarfaSettings,
     Score,
     StateAlignment,
+    check_passes_settings,
     map_names,
     selected_methods,
     validate_method_settings,
@@ -420,15 +421,10 @@ def check_config(config: JobConfig) -> None:
         _is_int(s.frames_per_batch) and s.frames_per_batch >= 1,
         f"saliency.frames_per_batch must be >= 1, got {s.frames_per_batch!r}",
     )
-    # settings only the 2017 method's passes take: another method alone would run exact and uncompiled, unsaid
-    if "perturbation" not in (methods := selected_methods(s.method)):
-        for key, value, default in (("precision", s.precision, "exact"), ("compile", s.compile, False)):
-            _check(
-                value == default,
-                f"saliency.{key}={str(value).lower()} applies to the 2017 method's passes only, and "
-                f"saliency.method={','.join(methods)} makes none: add perturbation to saliency.method, or leave "
-                f"saliency.{key} at {str(default).lower()}",
-            )
+    try:
+        check_passes_settings(s, prefix="saliency.")
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
     # settings fast precision can never serve (an agent without a delta form is only known once loaded)
     if s.precision == "fast":
         _check(

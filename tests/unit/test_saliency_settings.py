@@ -1,4 +1,4 @@
-"""compute_saliency refuses settings that would silently give no maps."""
+"""compute_saliency refuses settings that would silently give no maps, or be silently ignored."""
 
 import pytest
 
@@ -12,6 +12,8 @@ from engine.core.saliency import SaliencyConfig, compute_saliency
         (dict(frames_per_batch=-1), "frames_per_batch must be an integer >= 1"),
         (dict(frames_per_batch=0), "frames_per_batch must be an integer >= 1"),
         (dict(frames_per_batch=2.5), "frames_per_batch must be an integer >= 1"),
+        (dict(method="jacobian", precision="fast"), "precision=fast applies to the 2017 method's passes only"),
+        (dict(method=["rise", "sarfa"], compile=True), "compile=true applies .* method=rise,sarfa makes none"),
     ],
 )
 def test_settings_that_would_give_no_maps_are_refused(single_pixel_policy, single_pixel_frame, change, match):
