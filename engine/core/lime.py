@@ -114,7 +114,6 @@ def _check_settings(
             f"alpha=0 (no ridge penalty) fits {features} superpixels ({cell}-pixel cells on {size[0]}x{size[1]}) and "
             f"an intercept, which needs num_samples > {features}, got {num_samples}: draw more samples or set alpha > 0"
         )
-
     if response not in RESPONSES:
         raise ValueError(f"response must be one of {RESPONSES}, got {response!r}")
 

@@ -65,6 +65,7 @@ __all__ = [
     "MetricsConfig",
     "OcclusionSettings",
     "OutputConfig",
+    "REMOVED",
     "RENAMED",
     "RenderConfig",
     "RenderStyle",
