@@ -133,14 +133,16 @@ def weighted_ridge(
     y_mean = (weights * y).sum(dim=1) / total[:, 0]  # (N,)
     zc, yc = z - z_mean[:, None, :], y - y_mean[:, None]
     weighted = zc * weights[:, :, None]
+    if alpha == 0:  # no penalty: the samples alone must determine every coefficient
+        rank = int(torch.linalg.matrix_rank(zc * weights[:, :, None].sqrt()).min())
+        if rank < z.shape[2]:
+            raise ValueError(
+                f"the LIME fit has no single solution: its samples determine {rank} of the {z.shape[2]} superpixels' "
+                "coefficients (some superpixel is on in every sample, or some move together); draw more samples or "
+                "set alpha > 0"
+            )
     gram = weighted.transpose(1, 2) @ zc + alpha * torch.eye(z.shape[2], dtype=z.dtype, device=z.device)
-    try:
-        coef = torch.linalg.solve(gram, (weighted.transpose(1, 2) @ yc[:, :, None]))[:, :, 0]
-    except torch.linalg.LinAlgError:  # alpha = 0 and a superpixel the samples never vary
-        raise ValueError(
-            "the LIME fit has no single solution: some superpixel is on (or off) in every sample; set alpha > 0 or "
-            "draw more samples"
-        ) from None
+    coef = torch.linalg.solve(gram, (weighted.transpose(1, 2) @ yc[:, :, None]))[:, :, 0]
     return coef, y_mean - (z_mean * coef).sum(dim=1)
 
 

@@ -239,6 +239,9 @@ def rise_saliency(
     n, c, h, w = x.shape
     size = (h, w)
     _check_settings(num_masks, p, cell, seed, baseline, response, size)
+    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
+        raise ValueError(f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {budget!r}")
     device, dtype = agent_device_dtype(agent)
     indices = _frame_indices(frame_indices, n)
     taken = None
@@ -283,7 +286,6 @@ def rise_saliency(
         actor_responses, critic_responses = actor.view(n, m).to(sums), critic.view(n, m).to(sums)
         actor_map, critic_map = x.new_zeros(n, h, w, dtype=sums), x.new_zeros(n, h, w, dtype=sums)
         per_frame = 3 * MASK_BLOCK * h * w * torch.finfo(sums).bits // 8  # a block of masks and its two products
-        budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
         frames_at_once = max(1, int(budget * 2**20) // per_frame)
         for a in range(0, n, frames_at_once):
             b = min(a + frames_at_once, n)

@@ -323,6 +323,10 @@ def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
     """Refuse ``precision="fast"`` and ``compile=True`` where no method of ``s`` runs the 2017 method's passes, the
     only ones they change: the other methods would run exact and uncompiled without a word. ``prefix`` goes before
     each setting's name (``"saliency."`` in the app)."""
+    if s.precision not in tuple(Precision):
+        raise ValueError(f"{prefix}precision must be one of {', '.join(Precision)}, got {s.precision!r}")
+    if not isinstance(s.compile, bool):
+        raise ValueError(f"{prefix}compile must be true or false, got {s.compile!r}")
     methods = selected_methods(s.method)
     if "perturbation" in methods:
         return

@@ -250,13 +250,14 @@ def check_agent_settings(prepared: PreparedJob) -> None:
     name = str(chosen or agent.pipeline)
     try:
         shape = pipeline_observation_shape(name, agent.frame_stack, **options)
+        own = pipeline_observation_shape(agent.pipeline, agent.frame_stack, **options)
     except (TypeError, ValueError) as exc:
         raise EngineError(f"env.pipeline {name}: {exc}") from None
-    if shape != tuple(agent.observation_shape) and not chosen:
+    if own != tuple(agent.observation_shape):  # whatever env.pipeline says: unsetting it would not help
         raise EngineError(
             f"agent.checkpoint {config.agent.checkpoint} takes observations {tuple(agent.observation_shape)}, but "
-            f"its kind's pipeline ({name}) makes {shape} and the engine has no other for it: a {name} agent must "
-            f"take {shape}"
+            f"its kind's pipeline ({agent.pipeline}) makes {own} and the engine has no other for it: a "
+            f"{agent.pipeline} agent must take {own}"
         )
     if shape != tuple(agent.observation_shape):
         raise EngineError(

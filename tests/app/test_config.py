@@ -471,8 +471,9 @@ def test_an_agent_its_own_pipeline_cannot_feed_is_refused_without_a_fix_that_fai
     from engine.policies.greydanus2017 import ActorCritic
 
     torch.save(ActorCritic(num_actions=6, channels=4).state_dict(), path := tmp_path / "four_frames.pt")
-    with pytest.raises(ConfigError) as info:
-        precheck([f"agent.checkpoint={path}", "rollout.steps=2"])
-    message = str(info.value)
-    assert "takes observations (4, 80, 80), but its kind's pipeline (greydanus2017) makes (1, 80, 80)" in message
-    assert "unset env.pipeline" not in message
+    for pipeline in ([], ["env.pipeline=greydanus2017"], ["env.pipeline=gymnasium_atari"]):
+        with pytest.raises(ConfigError) as info:
+            precheck([f"agent.checkpoint={path}", "rollout.steps=2", *pipeline])
+        message = str(info.value)
+        assert "takes observations (4, 80, 80), but its kind's pipeline (greydanus2017) makes (1, 80, 80)" in message
+        assert "unset env.pipeline" not in message, pipeline

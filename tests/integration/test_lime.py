@@ -163,13 +163,25 @@ def test_a_tiny_policy_by_hand():
     torch.testing.assert_close(fitted.critic_weights[0], want.float(), rtol=0, atol=1e-5)
 
 
-def test_a_fit_with_no_single_solution_says_so():
-    """alpha=0 with a superpixel on in every sample (5 samples, p=1/2 per cell: likely for some seed) has no single
-    ridge solution: one line that says what to change, not a linear-algebra traceback."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fit_with_no_single_solution_says_so(dtype):
+    """alpha=0 with samples that do not determine every coefficient has no single ridge solution, whether the
+    rounding leaves an exact zero pivot or not: one line that says what to change, not a linear-algebra traceback
+    or arbitrary coefficients. Two cases among 6 samples of 4 superpixels: one on in every sample, and two that
+    always move together."""
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
-    seed = next(s for s in range(1000) if bool(lime_samples(6, 4, s, 0)[1:].all(0).any()))
-    with pytest.raises(ValueError, match="no single solution: some superpixel is on .* set alpha > 0"):
-        lime_saliency(TopLeftPixel(), frames, (), num_samples=6, cell=8, seed=seed, response="value", alpha=0.0)
+    policy = type("TopLeftPixelOf", (TopLeftPixel,), {"dtype": dtype})()
+
+    def constant(z):
+        return bool(z.all(0).any())
+
+    def together(z):
+        return any(torch.equal(z[:, i], z[:, j]) for i in range(4) for j in range(i + 1, 4))
+
+    for degenerate in (constant, together):
+        seed = next(s for s in range(1000) if degenerate(lime_samples(6, 4, s, 0)))
+        with pytest.raises(ValueError, match=r"no single solution: its samples determine [0-3] of the 4 .* alpha > 0"):
+            lime_saliency(policy, frames, (), num_samples=6, cell=8, seed=seed, response="value", alpha=0.0)
 
 
 @pytest.mark.parametrize(

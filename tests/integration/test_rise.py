@@ -166,6 +166,9 @@ def test_a_tiny_policy_by_hand():
         (dict(frame_indices=[0, 1]), "frame_indices must be 1 integer frame indices"),
         (dict(frame_indices=[-1]), "frame_indices must be non-negative"),
         (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
+        # the budget also sizes the map sums, with the passes' size given
+        (dict(perturbations_per_eval=4, memory_budget_mb=float("nan")), "memory_budget_mb must be a finite number"),
+        (dict(perturbations_per_eval=4, memory_budget_mb=0), "memory_budget_mb must be a finite number"),
     ],
 )
 def test_bad_input_is_refused(kwargs, message):

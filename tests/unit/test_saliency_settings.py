@@ -14,6 +14,8 @@ from engine.core.saliency import SaliencyConfig, compute_saliency
         (dict(frames_per_batch=2.5), "frames_per_batch must be an integer >= 1"),
         (dict(method="jacobian", precision="fast"), "precision=fast applies to the 2017 method's passes only"),
         (dict(method=["rise", "sarfa"], compile=True), "compile=true applies .* method=rise,sarfa makes none"),
+        (dict(method="rise", precision="exat"), "precision must be one of exact, fast, got 'exat'"),
+        (dict(method="rise", compile="yes"), "compile must be true or false, got 'yes'"),
     ],
 )
 def test_settings_that_would_give_no_maps_are_refused(single_pixel_policy, single_pixel_frame, change, match):
