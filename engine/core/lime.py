@@ -36,6 +36,7 @@ from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepa
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
+from .settings import grid_cells
 
 RESPONSES = ("action_prob", "action_logit", "value")
 
@@ -108,7 +109,7 @@ def _check_settings(
         raise ValueError(f"kernel_width must be a positive number, got {kernel_width!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
-    features = superpixels(size, cell)
+    features = math.prod(grid_cells(size, cell))
     if alpha == 0 and num_samples <= features:
         raise ValueError(
             f"alpha=0 (no ridge penalty) fits {features} superpixels ({cell}-pixel cells on {size[0]}x{size[1]}) and "
@@ -116,11 +117,6 @@ def _check_settings(
         )
     if response not in RESPONSES:
         raise ValueError(f"response must be one of {RESPONSES}, got {response!r}")
-
-
-def superpixels(size: tuple[int, int], cell: int) -> int:
-    """How many square cells of side ``cell`` cover an observation of ``size`` (the last ones clipped)."""
-    return math.ceil(size[0] / cell) * math.ceil(size[1] / cell)
 
 
 def weighted_ridge(
@@ -225,7 +221,7 @@ def lime_saliency(
             )
         taken = _check_actions(actions, n, agent.num_actions, device)
     segments = grid_segments(size, cell, device)
-    features = superpixels(size, cell)
+    features = math.prod(grid_cells(size, cell))
     k = num_samples
     # the random draws, per frame on the CPU (a frame's samples never depend on the others), then on the device
     samples = torch.stack([lime_samples(k, features, seed, index) for index in indices]).to(device)  # (N, K, F)

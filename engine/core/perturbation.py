@@ -136,6 +136,16 @@ def incremental_plan(
     return plan
 
 
+def memory_budget(memory_budget_mb: float | None) -> float:
+    """The memory budget in megabytes: ``memory_budget_mb``, checked, or :data:`DEFAULT_MEMORY_BUDGET_MB` for None."""
+    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
+        raise ValueError(
+            f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"
+        )
+    return float(budget)
+
+
 def resolve_perturbations_per_eval(
     agent: Policy, dtype: torch.dtype, total: int, perturbations_per_eval: int | None, memory_budget_mb: float | None
 ) -> int:
@@ -151,12 +161,7 @@ def resolve_perturbations_per_eval(
                 f"perturbations_per_eval must be a positive integer or None (use the memory budget), got {perturbations_per_eval!r}"
             )
         return min(perturbations_per_eval, total)
-    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
-        raise ValueError(
-            f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"
-        )
-    fits = int(budget * 2**20) // bytes_per_input(agent, dtype)
+    fits = int(memory_budget(memory_budget_mb) * 2**20) // bytes_per_input(agent, dtype)
     if memory_budget_mb is None and torch.device(agent.device).type == "cpu":
         fits = min(fits, DEFAULT_CPU_CHUNK)
     return max(1, min(total, fits))

@@ -18,7 +18,6 @@ same map up to that positive factor per frame.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,8 +29,9 @@ from tqdm.auto import tqdm
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
-from .perturbation import DEFAULT_MEMORY_BUDGET_MB, _check_actions, resolve_perturbations_per_eval
+from .perturbation import _check_actions, memory_budget, resolve_perturbations_per_eval
 from .policy import Policy, index_state
+from .settings import grid_cells
 
 RESPONSES = ("action_prob", "action_logit", "value")
 MASK_BLOCK = 64  # masks per frame weighed together when the map is summed (fixed: results never depend on chunks)
@@ -56,11 +56,6 @@ class RiseResult:
 
     def __len__(self) -> int:
         return self.actor.shape[0]
-
-
-def grid_cells(size: tuple[int, int], cell: int) -> tuple[int, int]:
-    """``(s_h, s_w)``: cells of side ``cell`` that cover an ``(H, W)`` observation, ``ceil(H / cell)`` and so on."""
-    return math.ceil(size[0] / cell), math.ceil(size[1] / cell)
 
 
 def frame_seed(seed: int, frame_index: int) -> int:
@@ -239,9 +234,7 @@ def rise_saliency(
     n, c, h, w = x.shape
     size = (h, w)
     _check_settings(num_masks, p, cell, seed, baseline, response, size)
-    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
-        raise ValueError(f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {budget!r}")
+    budget = memory_budget(memory_budget_mb)
     device, dtype = agent_device_dtype(agent)
     indices = _frame_indices(frame_indices, n)
     taken = None

@@ -319,6 +319,12 @@ def _choice(name: str, value: object, enum: type[StrEnum]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def grid_cells(size: tuple[int, int], cell: int) -> tuple[int, int]:
+    """``(s_h, s_w)``: cells of side ``cell`` that cover an ``(H, W)`` observation, ``ceil(H / cell)`` and so on
+    (RISE's grid, LIME's superpixels)."""
+    return math.ceil(size[0] / cell), math.ceil(size[1] / cell)
+
+
 def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
     """Refuse ``precision="fast"`` and ``compile=True`` where no method of ``s`` runs the 2017 method's passes, the
     only ones they change: the other methods would run exact and uncompiled without a word. ``prefix`` goes before
@@ -390,11 +396,7 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
         raise ValueError(f"lime.kernel_width must be a finite number > 0, got {li.kernel_width!r}")
     if not (_finite(li.alpha) and li.alpha >= 0):
         raise ValueError(f"lime.alpha must be a finite number >= 0 (the ridge penalty), got {li.alpha!r}")
-    if (
-        li.alpha == 0
-        and size
-        and li.num_samples <= (cells := math.ceil(size[0] / li.cell) * math.ceil(size[1] / li.cell))
-    ):
+    if li.alpha == 0 and size and li.num_samples <= (cells := math.prod(grid_cells(size, li.cell))):
         raise ValueError(
             f"lime.alpha=0 (no ridge penalty) fits {cells} superpixels and an intercept, which needs "
             f"lime.num_samples > {cells}, got {li.num_samples}: raise lime.num_samples or set lime.alpha > 0"
