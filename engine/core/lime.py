@@ -36,9 +36,10 @@ from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepa
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
-from .settings import grid_cells
+from .settings import check_draws_fit, grid_cells
 
 RESPONSES = ("action_prob", "action_logit", "value")
+DRAW_NAMES = {"count": "num_samples", "frames": "the frames per call", "budget": "memory_budget_mb"}
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,16 @@ def lime_saliency(
     segments = grid_segments(size, cell, device)
     features = math.prod(grid_cells(size, cell))
     k = num_samples
+    check_draws_fit(
+        "lime",
+        k,
+        n,
+        size,
+        cell,
+        memory_budget_mb,
+        DRAW_NAMES,
+        torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8,
+    )
     # the random draws, per frame on the CPU (a frame's samples never depend on the others), then on the device
     samples = torch.stack([lime_samples(k, features, seed, index) for index in indices]).to(device)  # (N, K, F)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * k, perturbations_per_eval, memory_budget_mb)

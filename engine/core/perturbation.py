@@ -14,7 +14,6 @@ the memory budget) are split into passes; a pass boundary never changes a result
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,7 +41,7 @@ from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepa
 from .masks import center_coords, grid_shape, perturb, perturbation_masks
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
-from .settings import SCORES, validate_settings
+from .settings import SCORES, memory_budget, validate_settings
 
 # a score of perturbed copies from the unperturbed logits of each copy's observation and the copy's own, (B, A) -> (B,)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,7 +53,6 @@ FAST_ARITHMETIC = "bfloat16x3"  # engine.core.delta: measured ~1e-5 of the map m
 _log = logging.getLogger(__name__)
 _fast_refusals_logged: set[str] = set()
 
-DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # On the CPU, passes whose activations stay in cache are fastest, so the memory budget alone would choose
 # passes far too large there (the README's benchmark tables show the sweep).
 DEFAULT_CPU_CHUNK = 64
@@ -134,16 +132,6 @@ def incremental_plan(
     if plan is not None and incremental == "auto" and not worthwhile(plan):
         plan = None
     return plan
-
-
-def memory_budget(memory_budget_mb: float | None) -> float:
-    """The memory budget in megabytes: ``memory_budget_mb``, checked, or :data:`DEFAULT_MEMORY_BUDGET_MB` for None."""
-    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
-        raise ValueError(
-            f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"
-        )
-    return float(budget)
 
 
 def resolve_perturbations_per_eval(

@@ -29,12 +29,14 @@ from tqdm.auto import tqdm
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
-from .perturbation import _check_actions, memory_budget, resolve_perturbations_per_eval
+from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
-from .settings import grid_cells
+from .settings import check_draws_fit, grid_cells, memory_budget
 
 RESPONSES = ("action_prob", "action_logit", "value")
+DRAW_NAMES = {"count": "num_masks", "frames": "the frames per call", "budget": "memory_budget_mb"}
 MASK_BLOCK = 64  # masks per frame weighed together when the map is summed (fixed: results never depend on chunks)
+SUM_COPIES = 7  # a block of masks, the gathers and lerps that build it, and its two products (peak memory, measured)
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,16 @@ def rise_saliency(
                 f"response={response!r} needs the action taken on each frame: pass actions=rollout.actions"
             )
         taken = _check_actions(actions, n, agent.num_actions, device)
+    check_draws_fit(
+        "rise",
+        num_masks,
+        n,
+        size,
+        cell,
+        memory_budget_mb,
+        DRAW_NAMES,
+        torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8,
+    )
     # the random draws, per frame on the CPU (a frame's masks never depend on the others), then on the device
     draws = [mask_draws(num_masks, p, cell, size, seed, index) for index in indices]
     grids = torch.stack([g for g, _ in draws]).to(device)  # (N, num_masks, s_h, s_w)
@@ -278,7 +290,7 @@ def rise_saliency(
         sums = torch.promote_types(dtype, torch.float32)
         actor_responses, critic_responses = actor.view(n, m).to(sums), critic.view(n, m).to(sums)
         actor_map, critic_map = x.new_zeros(n, h, w, dtype=sums), x.new_zeros(n, h, w, dtype=sums)
-        per_frame = 3 * MASK_BLOCK * h * w * torch.finfo(sums).bits // 8  # a block of masks and its two products
+        per_frame = SUM_COPIES * MASK_BLOCK * h * w * torch.finfo(sums).bits // 8
         frames_at_once = max(1, int(budget * 2**20) // per_frame)
         for a in range(0, n, frames_at_once):
             b = min(a + frames_at_once, n)

@@ -8,7 +8,10 @@ preferences, not the action it took), a perturbation that changes ``pi = softmax
     K  = 1 / (1 + KL(P_rem(s) || P_rem(s')))           (relevance: how little the other actions were disturbed)
     S  = 2 K dP / (K + dP)  where dP > 0, else 0       (their harmonic mean)
 
-``P_rem`` is the softmax over the other actions' preferences (``a`` left out). Only the actor gets a map.
+``P_rem`` is the softmax over the other actions' preferences (``a`` left out). Only the actor gets a map. The KL
+runs from the unperturbed to the perturbed state, as in the authors' code (nikaashpuri/sarfa-saliency:
+``entropy(p, new_p)`` in ``visualize_atari/saliency.py``, ``entropy(Q_q, Q_p)`` in ``sarfa_saliency.py``, scipy's
+``entropy(pk, qk)`` being ``KL(pk || qk)``); its printed formula does not say.
 
 Two perturbations: ``"blur"`` (Puri et al.'s code builds on the 2017 method's blur) perturbs exactly as
 :func:`engine.core.perturbation.perturbation_saliency` does, with the same masks and the same plain or incremental

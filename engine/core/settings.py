@@ -325,6 +325,64 @@ def grid_cells(size: tuple[int, int], cell: int) -> tuple[int, int]:
     return math.ceil(size[0] / cell), math.ceil(size[1] / cell)
 
 
+DEFAULT_MEMORY_BUDGET_MB = 1024.0
+
+
+def memory_budget(memory_budget_mb: float | None) -> float:
+    """The memory budget in megabytes: ``memory_budget_mb``, checked, or :data:`DEFAULT_MEMORY_BUDGET_MB` for None."""
+    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
+        raise ValueError(
+            f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"
+        )
+    return float(budget)
+
+
+def draws_bytes(method: str, count: int, frames: int, size: tuple[int, int], cell: int, itemsize: int = 4) -> int:
+    """Bytes that RISE's masks or LIME's samples hold beside the passes, for ``frames`` frames of ``count`` draws
+    each, their responses and sums or fits in floats of ``itemsize`` bytes: every frame's draws are made before the
+    first pass (so that they never depend on the passes' sizes), each draw's responses are kept, and LIME fits all
+    its samples at once (as floats, repeated for the actor's and the critic's fit, centred and weighted). While a
+    frame's draws are made, its raw float64 uniforms (RISE) or int64 integers (LIME) exist too.
+
+    >>> round(draws_bytes("rise", 1000, 32, (80, 80), 8) / 2**20, 1)  # the defaults: 10x10 cells
+    4.8
+    >>> round(draws_bytes("lime", 1000, 32, (80, 80), 10) / 2**20, 1)  # 8x8 superpixels
+    73.2
+    """
+    cells = math.prod(grid_cells(size, cell))
+    responses = 4 * itemsize  # the actor's and the critic's, and their copies for the sums or the fit
+    if method == "lime":
+        per_draw = cells * (1 + 9 * itemsize) + responses
+    else:  # a grid of bools and a crop offset (two int64)
+        per_draw = cells + 2 * 8 + responses
+    return frames * count * per_draw + count * cells * 8
+
+
+def check_draws_fit(
+    method: str,
+    count: int,
+    frames: int,
+    size: tuple[int, int],
+    cell: int,
+    memory_budget_mb: float | None,
+    names: Mapping[str, str],
+    itemsize: int = 4,
+) -> None:
+    """Refuse a RISE or LIME call whose draws (:func:`draws_bytes`) exceed the memory budget, before anything is
+    allocated. ``names`` gives the settings to name: ``count`` (num_masks or num_samples), ``frames`` (what sets
+    the frames scored together) and ``budget``."""
+    budget = memory_budget(memory_budget_mb)
+    needed = draws_bytes(method, count, frames, size, cell, itemsize)
+    if needed > budget * 2**20:
+        draws = "masks" if method == "rise" else "samples and their fit"
+        raise ValueError(
+            f"{names['count']}={count:,} on {frames} frame{'s' * (frames != 1)} at once needs about "
+            f"{needed / 2**20:,.0f} MB for the {draws}, more than the memory budget of {budget:,.0f} MB: lower "
+            f"{names['count']} or {names['frames']}, or raise {names['budget']}"
+        )
+
+
 def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
     """Refuse ``precision="fast"`` and ``compile=True`` where no method of ``s`` runs the 2017 method's passes, the
     only ones they change: the other methods would run exact and uncompiled without a word. ``prefix`` goes before
@@ -401,6 +459,22 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
             f"lime.alpha=0 (no ridge penalty) fits {cells} superpixels and an intercept, which needs "
             f"lime.num_samples > {cells}, got {li.num_samples}: raise lime.num_samples or set lime.alpha > 0"
         )
+    if size:
+        frames = s.frames_per_batch if _integer(s.frames_per_batch, 1) else 1
+        for method, count, name, cell in (
+            ("rise", r.num_masks, "num_masks", r.cell),
+            ("lime", li.num_samples, "num_samples", li.cell),
+        ):
+            if method in selected_methods(s.method):
+                check_draws_fit(
+                    method,
+                    count,
+                    frames,
+                    size,
+                    cell,
+                    s.memory_budget_mb,
+                    names={"count": f"{method}.{name}", "frames": "frames_per_batch", "budget": "memory_budget_mb"},
+                )
     # SARFA
     _choice("sarfa.perturbation", sa.perturbation, SarfaPerturbation)
     if sa.radius is not None and not (_finite(sa.radius) and sa.radius > 0):

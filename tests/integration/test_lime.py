@@ -207,3 +207,20 @@ def test_bad_input_is_refused(kwargs, message):
     frames = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match=message):
         lime_saliency(TopLeftPixel(), frames, (), **{"num_samples": 4, "cell": 8, "response": "value", **kwargs})
+
+
+def test_samples_that_cannot_fit_the_memory_budget_are_refused_before_they_are_drawn(monkeypatch):
+    """LIME draws every frame's samples of a call and fits them all at once; a count whose draws and fit exceed the
+    memory budget used to end in numpy's allocation error, and is now refused before anything is drawn."""
+    from engine.core import lime
+
+    frames = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
+    monkeypatch.setattr(lime, "lime_samples", lambda *a: pytest.fail("drew samples"))
+    with pytest.raises(
+        ValueError, match=r"num_samples=100,000,000 on 2 frames at once needs about .* MB for the samples"
+    ):
+        lime_saliency(TopLeftPixel(), frames, (), num_samples=10**8, cell=8, response="value")
+    with pytest.raises(ValueError, match="lower num_samples or the frames per call, or raise memory_budget_mb"):
+        lime_saliency(TopLeftPixel(), frames, (), num_samples=5_000, cell=8, response="value", memory_budget_mb=0.5)
+    monkeypatch.undo()
+    assert len(lime_saliency(TopLeftPixel(), frames, (), num_samples=5_000, cell=8, response="value")) == 2

@@ -206,10 +206,25 @@ def test_the_maps_are_summed_a_few_frames_at_a_time_within_the_memory_budget(mon
     built: list[int] = []
     real = rise.build_masks
     monkeypatch.setattr(rise, "build_masks", lambda grids, *a: built.append(grids.shape[0]) or real(grids, *a))
-    per_frame_block = 3 * rise.MASK_BLOCK * 16 * 16 * 8  # a frame's block of float64 masks and its two products
+    per_frame_block = rise.SUM_COPIES * rise.MASK_BLOCK * 16 * 16 * 8  # what a frame's block of float64 masks holds
     small = rise_saliency(TopLeftPixel(), frames, (), memory_budget_mb=2.5 * per_frame_block / 2**20, **options)
     assert max(built[1:]) <= 2 * rise.MASK_BLOCK  # the passes' masks (one call), then blocks of 2 frames
     assert torch.equal(small.critic, whole.critic) and torch.equal(small.actor, whole.actor)
     for k in range(6):
         want = _map_from_responses(whole.critic_responses[k], 4, 0.5, k)
         assert torch.allclose(whole.critic[k], want, rtol=1e-12, atol=1e-14)
+
+
+def test_masks_that_cannot_fit_the_memory_budget_are_refused_before_they_are_drawn(monkeypatch):
+    """10^9 masks of a frame used to end in the allocator's error after minutes of drawing; the draws of a call are
+    now weighed against the memory budget first, and a count that fits is still scored."""
+    frames = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
+    monkeypatch.setattr(rise, "mask_draws", lambda *a: pytest.fail("drew masks"))
+    with pytest.raises(
+        ValueError, match=r"num_masks=1,000,000,000 on 2 frames at once needs about .* MB for the masks"
+    ):
+        rise_saliency(TopLeftPixel(), frames, (), num_masks=10**9, cell=4, response="value")
+    with pytest.raises(ValueError, match="more than the memory budget of 1 MB"):
+        rise_saliency(TopLeftPixel(), frames, (), num_masks=20_000, cell=4, response="value", memory_budget_mb=1)
+    monkeypatch.undo()
+    assert len(rise_saliency(TopLeftPixel(), frames, (), num_masks=20_000, cell=4, response="value")) == 2

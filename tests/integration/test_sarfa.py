@@ -50,6 +50,7 @@ def inputs(pong_rollout):
 
 
 def test_the_formula_by_hand():
+    """KL(P_rem(s) || P_rem(s')) as the authors' code computes it; the other direction gives another score here."""
     # pi(s) = (.5, .3, .2): the explained action is 0; pi(s') = (.2, .6, .2): dP = .3, P_rem (.6, .4) -> (.75, .25)
     base = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64).log()
     perturbed = torch.tensor([[0.2, 0.6, 0.2]], dtype=torch.float64).log()
