@@ -298,11 +298,19 @@ def interrupted_command(argv: list[str], cwd: Path, started: Path, settle: float
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job ignores SIGINT, and a Python started so never sees Ctrl-C: the command gets the
+        # default disposition whoever started the tests
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    while not started.exists() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(settle)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle)
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=120)
+    finally:  # a command that did not stop is not left running after the test
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
     return job.returncode, stderr

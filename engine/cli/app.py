@@ -20,6 +20,7 @@ import logging
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,9 +196,9 @@ def check_sweep_conflicts(configs: list[tuple[JobConfig, bool]]) -> None:
 def precheck(argv: list[str]) -> None:
     """Check every job of a command line; raise :class:`ConfigError` with one line at the first bad one."""
     args = parse_args(argv)
+    check_one_mode(args)  # before Hydra's own modes: --info with -m is one of them
     if hydra_own_mode(args):
         return  # the jobs check themselves
-    check_one_mode(args)
     overrides = list(args.overrides)
     _renamed(overrides)
     multirun = args.multirun or any(o.replace(" ", "") in ("hydra.mode=MULTIRUN",) for o in overrides)
@@ -287,19 +288,54 @@ def _prepared_job(config: JobConfig):
     return dataclasses.replace(cached, config=config)  # run_job checks this job's stores
 
 
-def resume_hint(config: JobConfig) -> str:
-    """What an interrupted job kept and the command line that goes on from it."""
+def sweep_dir() -> Path | None:
+    """The directory of the multirun this job is part of; None for a single run (or no Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra = HydraConfig.get()
+        return Path(hydra.sweep.dir).absolute() if hydra.mode == RunMode.MULTIRUN else None
+    except Exception:  # no Hydra run
+        return None
+
+
+def resume_hint(config: JobConfig, sweep: Path | None = None) -> str:
+    """What an interrupted job kept and the command line that goes on from it; ``sweep``: the directory of the
+    multirun the job is part of, whose folders (one per job) a rerun with ``hydra.sweep.dir`` uses again."""
     st = config.store
     if not st.rollout:
-        return "an in-memory job keeps nothing; set store.rollout to a path to make a long job resumable"
+        kept = "an in-memory job keeps nothing; set store.rollout to a path to make a long job resumable"
+        return kept if sweep is None else f"the finished jobs are in {sweep}; {kept}"
     saliency = st.saliency or str((Path(config.output.dir) / "saliency_store").absolute())
     kept = f"the complete chunks are kept in store.rollout={st.rollout} and {saliency}"
+    if sweep is not None:  # each job's folder (and the saliency store in it) is the sweep's, numbered
+        return (
+            f"{kept}; go on with the same command and hydra.sweep.dir={sweep}: each job goes on from its stores "
+            "(a finished job replays them)"
+        )
     if st.saliency:
         return f"{kept}; run the same command again to go on from them"
     return (
         f"{kept}; the saliency store lies in this run's folder, so go on with the same command and "
         f"store.saliency={saliency} (or output.dir={Path(config.output.dir).absolute()})"
     )
+
+
+def keep_summary_in_job_folder(written: dict) -> None:
+    """A sweep's summary.csv is made from the job folders Hydra makes: a job whose ``output.dir`` lies elsewhere
+    leaves a copy of its summary.json in its folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = written.get("summary")
+    try:
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # no Hydra run
+        return
+    if summary is None or not job_dir.is_dir() or Path(summary).parent.resolve() == job_dir.resolve():
+        return
+    with atomic_write(job_dir / "summary.json") as tmp:
+        shutil.copyfile(summary, tmp)
 
 
 def hydra_main(cfg: DictConfig) -> None:
@@ -320,8 +356,15 @@ def hydra_main(cfg: DictConfig) -> None:
         remove_empty_run_dir(run_dir)
         fail(str(exc))
     except KeyboardInterrupt:
+        sweep = sweep_dir()
+        if sweep is not None and _sweep_started is not None:  # a sweep in this process: its finished jobs' summary
+            try:
+                write_sweep_summary(None, sweep, _sweep_started)
+            except Exception as exc:  # the hint below matters more than the summary
+                log.warning("summary of the finished jobs not written: %s", exc)
         remove_empty_run_dir(run_dir)
-        interrupted(resume_hint(config))
+        interrupted(resume_hint(config, sweep))
+    keep_summary_in_job_folder(written)
     log.info("saliency of %s by %s written to %s:", config.env.id, prepared.checkpoint, config.output.dir)
     for name, path in written.items():
         log.info("  %12s: %s", name, path)
@@ -364,14 +407,49 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_rows(sweep_dir: Path) -> list[dict]:
+# the summary's columns that show a setting of the job's config (the others are results)
+_SETTING_COLUMNS = {
+    "env.id": "env",
+    "agent.checkpoint": "checkpoint",
+    "saliency.method": "method",
+    "saliency.radius": "radius",
+    "saliency.density": "density",
+    "saliency.interp": "interp",
+    "saliency.compat": "compat",
+    "saliency.state_alignment": "state_alignment",
+    "store.shard": "shard",
+    "store.num_shards": "num_shards",
+    "output.dir": "output_dir",
+}
+
+
+def _cells(config: dict) -> dict[str, object]:
+    """A job's config as dotted keys, a list as one CSV cell (``perturbation+rise``)."""
+    flat = {k: v for key, value in config.items() for k, v in _flat(key, value).items()}
+    return {k: "+".join(map(str, v)) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def summary_rows(sweep_dir: Path, since: float | None = None) -> list[dict]:
     """One row per job of a sweep directory, from each job's summary.json: its checkpoint as the command line named
-    it (a registry name, a path as given), the file that resolved to in ``checkpoint_file``."""
+    it (a registry name, a path as given), the file that resolved to in ``checkpoint_file``, and a column for each
+    other setting whose value differs between the jobs (its dotted key: ``saliency.blur_sigma``). ``since``: leave
+    out the jobs whose summary was written before then (a sweep directory used again holds an earlier sweep's)."""
     from ..metrics.faithfulness import scalar_columns  # torch: not on the path of a command line that fails early
 
+    paths = sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name))
+    stale = [p for p in paths if since is not None and p.stat().st_mtime < since]
+    if stale:
+        log.warning(
+            "summary: left out %d job folder(s) that an earlier sweep left in %s (jobs %s)",
+            len(stale),
+            sweep_dir,
+            ", ".join(p.parent.name for p in stale),
+        )
+    summaries = [(p, json.loads(p.read_text())) for p in paths if p not in stale]
+    flats = [_cells(s["config"]) for _, s in summaries]
+    differ = [k for k in dict.fromkeys(k for f in flats for k in f) if len({repr(f.get(k)) for f in flats}) > 1]
     rows = []
-    for path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        s = json.loads(path.read_text())
+    for (path, s), flat in zip(summaries, flats):
         c = s["config"]
         rows.append(
             dict(
@@ -379,10 +457,7 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
                 env=c["env"]["id"],
                 checkpoint=c["agent"]["checkpoint"],  # as the user gave it
                 checkpoint_file=s["checkpoint"],
-                # one name, or a list written as CSV readers expect one cell: "perturbation+rise"
-                method=c["saliency"]["method"]
-                if isinstance(c["saliency"]["method"], str)
-                else "+".join(c["saliency"]["method"]),
+                method=flat["saliency.method"],
                 radius=c["saliency"]["radius"],
                 density=c["saliency"]["density"],
                 interp=c["saliency"]["interp"],
@@ -390,6 +465,7 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
                 state_alignment=c["saliency"]["state_alignment"],
                 shard=c["store"]["shard"],
                 num_shards=c["store"]["num_shards"],
+                **{key: flat.get(key) for key in differ if key not in _SETTING_COLUMNS},
                 frames=s["frames"],
                 frames_scored=s.get("frames_scored"),
                 seconds_per_frame=s.get("seconds_per_frame"),
@@ -398,7 +474,8 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
                 critic_mean=s.get("critic_mean"),
                 critic_max=s.get("critic_max"),
                 complete=s.get("complete", True),
-                output_dir=str(path.parent),
+                # the job's folder, or the output.dir it was given (relative to where the sweep ran, as the job read it)
+                output_dir=str(Path(c["output"]["dir"]).absolute()),
                 **scalar_columns(s.get("metrics") or {}),
             )
         )
@@ -406,30 +483,44 @@ def summary_rows(sweep_dir: Path) -> list[dict]:
 
 
 def summary_columns(rows: list[dict]) -> list[str]:
-    """SUMMARY_COLUMNS, then every metric column any job has (in first-seen order)."""
+    """SUMMARY_COLUMNS with the settings that differ between the jobs after ``num_shards``, then every metric column
+    any job has (in first-seen order)."""
     extra = dict.fromkeys(k for row in rows for k in row if k not in SUMMARY_COLUMNS)
-    return [*SUMMARY_COLUMNS, *extra]
+    settings = [k for k in extra if "." in k]
+    at = SUMMARY_COLUMNS.index("num_shards") + 1
+    return [*SUMMARY_COLUMNS[:at], *settings, *SUMMARY_COLUMNS[at:], *(k for k in extra if k not in settings)]
+
+
+_sweep_started: float | None = None  # when this process's multirun began (its summary leaves out older jobs)
+
+
+def write_sweep_summary(config: DictConfig | None, sweep_dir: Path, since: float | None) -> None:
+    """``summary.csv`` (one row per job of this sweep) and the sweep's ``report.html`` in ``sweep_dir``."""
+    rows = summary_rows(sweep_dir, since)
+    with atomic_write(sweep_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
+    if rows and (config is None or OmegaConf.select(config, "output.report", default=True)):
+        from ..core.errors import EngineError
+        from ..jobs.outputs import sweep_report
+
+        try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
+            log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))
+        except (EngineError, OSError) as exc:
+            log.warning("sweep report not written: %s", exc)
 
 
 class SweepSummary(Callback):
-    """After a multirun, write ``summary.csv`` (one row per job) into the sweep directory."""
+    """After a multirun, write ``summary.csv`` (one row per job of this multirun) into the sweep directory."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _sweep_started
+        _sweep_started = time.time() - 1  # file times have a second's resolution on some file systems
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = summary_rows(sweep_dir)
-        with atomic_write(sweep_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
-            writer.writeheader()
-            writer.writerows(rows)
-        log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
-        if rows and OmegaConf.select(config, "output.report", default=True):
-            from ..core.errors import EngineError
-            from ..jobs.outputs import sweep_report
-
-            try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
-                log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))
-            except (EngineError, OSError) as exc:
-                log.warning("sweep report not written: %s", exc)
+        write_sweep_summary(config, Path(config.hydra.sweep.dir), _sweep_started)
 
 
 if __name__ == "__main__":

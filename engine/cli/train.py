@@ -90,9 +90,9 @@ def precheck(argv: list[str], table: dict[str, Trainer]) -> Any:
     ``run_dir``); None where Hydra answers itself, or for a sweep. Raises :class:`ConfigError` with one line for a
     bad command line."""
     args = parse_args(argv)
+    check_one_mode(args)  # before Hydra's own modes: --info with -m is one of them
     if hydra_own_mode(args):
         return None
-    check_one_mode(args)
     runs: dict[str, int] = {}
     tried: set[str] = set()
     try:

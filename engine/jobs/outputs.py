@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -502,9 +503,8 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
     from ..viz.report import Panel, write_sweep_report
 
     sweep_dir = Path(sweep_dir)
-    links = {
-        row["job"]: f"{row['job']}/report.html" for row in rows if (sweep_dir / row["job"] / "report.html").is_file()
-    }
+    reports = {row["job"]: Path(row.get("output_dir") or sweep_dir / row["job"]) / "report.html" for row in rows}
+    links = {job: os.path.relpath(page, sweep_dir) for job, page in reports.items() if page.is_file()}
     summaries = {row["job"]: json.loads((sweep_dir / row["job"] / "summary.json").read_text()) for row in rows}
     games = {s.get("rollout_store") for s in summaries.values()}
     path = sweep_dir / "report.html"
@@ -512,7 +512,8 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
     if not shared:
         log.info("sweep report: the jobs did not all replay one complete recorded game; table and links only")
         return write_sweep_report(path, rows, columns, links=links, title=f"sweep {sweep_dir.name}: {len(rows)} jobs")
-    swept = [c for c in _SWEPT_COLUMNS if len({str(row.get(c)) for row in rows}) > 1]
+    settings = [*_SWEPT_COLUMNS, *(c for c in columns if "." in c)]  # summary_rows' columns of settings that differ
+    swept = [c for c in settings if len({str(row.get(c)) for row in rows}) > 1]
     rstore = RolloutStore.open(next(iter(games)))
     recorded = StoreSeries(rstore)
     panels: list[Panel] = []

@@ -321,6 +321,7 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
     if recorded is not None and RolloutStore(recorded).complete:
         check_recorded(RolloutStore(recorded), rollout_root, config, prepared.agent)
         check_replayed(RolloutStore(recorded), rollout_root, config)
+        check_recorded_by_player(RolloutStore(recorded), rollout_root, prepared)
     elif recorded is not None:
         r = config.rollout
         wanted = rollout_identity(
@@ -427,6 +428,21 @@ def check_replayed(rstore: RolloutStore, root, config: JobConfig) -> None:
             f"the rollout store {root} holds the game of {show(held)}, but this job asks for {show(asked)}: a "
             "recorded game is replayed as it is; set those to the store's, or give another store.rollout"
         )
+
+
+def check_recorded_by_player(rstore: RolloutStore, root, prepared: PreparedJob) -> None:
+    """Refuse ``store.player`` naming another agent than the one that recorded the complete store it replays: the
+    game is replayed as it was played, and the job's summary records ``store.player`` as the game's player."""
+    player = prepared.config.store.player
+    recorder = rstore.identity.get("checkpoint_sha256")
+    if not player or not recorder or recorder == prepared.player_sha256:
+        return
+    by = rstore.store.manifest.get("extra", {}).get("checkpoint") or f"the checkpoint of sha256 {recorder[:12]}"
+    raise EngineError(
+        f"store.player {player} did not play the game in the rollout store {root}: {by} did, and a complete store "
+        "is replayed as it was played; unset store.player (or name the agent that played), or give another "
+        "store.rollout to record a game of this player"
+    )
 
 
 def quiet_emulator() -> None:

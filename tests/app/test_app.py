@@ -107,6 +107,33 @@ def test_tiny_multirun_sweeps_radius(tmp_path):
     assert radii == [3, 5]
 
 
+def test_a_sweeps_summary_shows_what_it_swept_wherever_its_jobs_write(tmp_path):
+    """summary.csv has a column for every setting the jobs differ in (blur_sigma had none), finds the jobs that
+    write to an output.dir of their own (it found none), and leaves out the jobs an earlier sweep left in the same
+    sweep directory (it mixed them in)."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    common = ["rollout.steps=2", "saliency.density=20", "output.movie=false", f"hydra.sweep.dir={sweep}"]
+    own_dirs = f"output.dir={tmp_path}/runs/sigma_${{saliency.blur_sigma}}"
+    result = run_app("-m", "saliency.blur_sigma=1,3", own_dirs, *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["saliency.blur_sigma"], r["output_dir"]) for r in rows] == [
+        ("0", "1.0", str(tmp_path / "runs" / "sigma_1.0")),
+        ("1", "3.0", str(tmp_path / "runs" / "sigma_3.0")),
+    ]
+    assert (tmp_path / "runs" / "sigma_3.0" / "saliency.npz").is_file()
+    assert '"saliency.blur_sigma"' in (sweep / "report.html").read_text()  # the page's table: summary.csv's columns
+    again = run_app("-m", "saliency.blur_sigma=2", *common, cwd=tmp_path)  # one job, in the same sweep directory
+    assert again.returncode == 0, again.stderr
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["output_dir"]) for r in rows] == [("0", str(sweep / "0"))]
+    assert "left out 1 job folder(s) that an earlier sweep left" in again.stderr + again.stdout
+
+
 def test_builtin_agent_runs_offline_without_shared_checkpoints(tmp_path):
     """The default main job (agent=builtin_pong_ppo) needs no checkpoint directory and no download: the agent ships
     in the package."""

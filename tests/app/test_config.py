@@ -166,6 +166,16 @@ def test_enums_match_the_engine_choices():
             "saliency.lime.alpha=0 (no ridge penalty) fits 81 superpixels and an intercept, which needs "
             "lime.num_samples > 81, got 50",
         ),
+        # draws made for every frame of a call before its passes: a count that cannot fit is refused up front
+        (
+            ["saliency.method=rise", "saliency.rise.num_masks=100000000"],
+            "MB for the masks, more than the memory budget of 1,024 MB: lower rise.num_masks or frames_per_batch, or "
+            "raise memory_budget_mb",
+        ),
+        (
+            ["saliency.method=[perturbation,lime]", "saliency.lime.num_samples=1000000"],
+            "saliency.lime.num_samples=1,000,000 on 32 frames at once needs about 92,567 MB for the samples and",
+        ),
         # the default agent plays Pong: its game is named, and how to choose it
         (
             ["env=breakout"],
@@ -236,6 +246,17 @@ def test_bad_settings_are_refused_before_any_rollout(overrides, match):
     with pytest.raises(ConfigError) as info:
         precheck(quote_enum_bools(overrides))
     assert match in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flags", [["-m", "--info"], ["--cfg", "job", "--info"], ["-m", "--shell-completion"]])
+def test_two_modes_are_one_line_even_where_hydra_answers_one_of_them(flags):
+    """--info (Hydra's own) with -m ended in Hydra's traceback; both commands now say it in one line."""
+    from engine.cli import train
+
+    with pytest.raises(ConfigError, match="only one of --run, --multirun, --cfg, --info and --shell-completion"):
+        precheck(["saliency.radius=3,5", *flags])
+    with pytest.raises(ConfigError, match="only one of --run, --multirun"):
+        train.precheck([*flags], train.trainers())
 
 
 def test_a_multirun_is_checked_job_by_job():

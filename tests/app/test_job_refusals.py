@@ -391,6 +391,41 @@ def test_ctrl_c_is_one_line_saying_what_is_kept_and_how_to_go_on(tmp_path):
     assert f"store.saliency={tmp_path / 'run' / 'saliency_store'}" in lines[-1]
 
 
+def test_ctrl_c_in_a_sweep_keeps_the_summary_of_its_finished_jobs(tmp_path):
+    """SIGINT in the second job of a sweep: summary.csv lists the first (none was written), and the one line says
+    where the finished jobs are."""
+    import csv
+
+    from tests.conftest import interrupted_command
+
+    sweep = tmp_path / "sweep"
+    argv = [
+        *("-m", "engine", "-m", "agent=builtin_pong", "agent.allow_download=false", "progress=false"),
+        *("rollout.steps=3,400", "saliency.density=20", "output.movie=false", "output.report=false"),
+        f"hydra.sweep.dir={sweep}",
+    ]
+    returncode, stderr = interrupted_command(argv, tmp_path, sweep / "0" / "summary.json", settle=1.0)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 130, stderr[-2000:]
+    assert lines[-1].startswith(f"interrupted: the finished jobs are in {sweep}; an in-memory job keeps nothing")
+    with open(sweep / "summary.csv", newline="") as f:
+        assert [(r["job"], r["frames"]) for r in csv.DictReader(f)] == [("0", "3")]
+
+
+def test_the_resume_hint_of_a_sweep_names_its_directory(tmp_path):
+    """A sweep's jobs have their saliency stores in numbered folders of the sweep directory: the line that says how
+    to go on names that directory (store.saliency would make the sweep's jobs share one store, and be refused)."""
+    from engine.cli.app import resume_hint
+
+    config = tiny_job(tmp_path / "sweep" / "1", store={"rollout": str(tmp_path / "rollout")})
+    hint = resume_hint(config, tmp_path / "sweep")
+    assert hint.endswith(
+        f"go on with the same command and hydra.sweep.dir={tmp_path / 'sweep'}: each job goes on "
+        "from its stores (a finished job replays them)"
+    )
+    assert "store.saliency=" in resume_hint(config)  # a single run: its own folder's store
+
+
 @pytest.mark.parametrize("on_disk", [True, False], ids=["store job", "in-memory job"])
 def test_a_saliency_chunk_too_large_to_hold_is_refused_before_the_game_is_played(tmp_path, on_disk):
     store = {"frames_per_chunk": 10**9}
@@ -439,3 +474,23 @@ def test_a_three_channel_agent_is_played_as_three_frames_with_a_warning(tmp_path
             tiny_job(".", env={"id": "PongNoFrameskip-v4"}, agent={"checkpoint": str(path)})
         ).warnings
         assert any("takes 3 channels: it is played as 3 stacked grayscale frames" in w for w in warnings) is warned
+
+
+def test_a_store_player_that_did_not_record_the_complete_store_is_refused(tmp_path):
+    """A complete rollout store is replayed as it was played: store.player naming another agent used to be ignored
+    without a word, and the summary named it as the game's player."""
+    store = {"rollout": str(tmp_path / "rollout")}
+    agent = {"checkpoint": "builtin/pong_ppo"}
+    run_job(tiny_job(tmp_path / "first", steps=2, movie=False, agent=agent, store=store))
+    other = tiny_job(
+        tmp_path / "other", steps=2, movie=False, agent=agent, store={**store, "player": "builtin/pong_ppo@1003520"}
+    )
+    with pytest.raises(
+        EngineError,
+        match=r"store.player builtin/pong_ppo@1003520 did not play the game in the rollout "
+        r"store .*rollout: .*pong_ppo.* did, and a complete store is replayed as it was played",
+    ):
+        validate_job(other)
+    validate_job(
+        tiny_job(tmp_path / "same", steps=2, movie=False, agent=agent, store={**store, "player": "builtin/pong_ppo"})
+    )
