@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from ..core.policy import Policy, state_to
 from ..env.pipelines import PipelineSpec
 from ..env.rollout import Player, Step, VectorPlayer, check_num_envs, rollout_from_steps
-from ..storage.keys import is_memory, store_exists
+from ..storage.keys import RecordingLocks, is_memory, store_exists
 from ..storage.layout import FORMAT, ROLLOUT_FIELDS, check_chunk_count, rollout_layout
 from ..storage.store import (
     RolloutStore,
@@ -22,6 +23,8 @@ from ..storage.store import (
     engine_version,
     writing_needed,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _is_count(value: object) -> bool:
@@ -148,7 +151,13 @@ def open_recording(
         RolloutStore.open(root, storage_options)  # refuses a damaged, edited or foreign store before playing
     if writing_needed(root, "rollout", storage_options):
         check_writable(root, storage_options)
-    player = Player(agent, env_id, seed, greedy, **pipeline_options)
+    locks = RecordingLocks([root])
+    locks.acquire(_waiting)
+    try:
+        player = Player(agent, env_id, seed, greedy, **pipeline_options)
+    except BaseException:
+        locks.release()
+        raise
     identity = rollout_identity(
         agent, env_id, seed, greedy, num_steps, chunk_steps, checkpoint_sha256, player.spec, player.action_names
     )
@@ -160,8 +169,13 @@ def open_recording(
         first = rstore.completed_chunks()
     except BaseException:
         player.close()
+        locks.release()
         raise
-    return Recording(player, rstore, first, progress, max_episodes)
+    return Recording(player, rstore, first, progress, max_episodes, locks)
+
+
+def _waiting(store) -> None:
+    log.info("the rollout store %s is being recorded by another process: waiting for it to finish", store)
 
 
 PlayerT = TypeVar("PlayerT", Player, VectorPlayer)
@@ -172,12 +186,16 @@ class _PlayerRecording(Generic[PlayerT]):
     by ``close``)."""
 
     player: PlayerT
+    locks: RecordingLocks
     _closed = False
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.player.close()
+            try:
+                self.player.close()
+            finally:
+                self.locks.release()
 
 
 class Recording(_PlayerRecording[Player]):
@@ -185,10 +203,17 @@ class Recording(_PlayerRecording[Player]):
     (``first``; ``len(rstore.bounds)`` when the store is complete) and the environment that will play them."""
 
     def __init__(
-        self, player: Player, rstore: RolloutStore, first: int, progress: bool, max_episodes: int | None
+        self,
+        player: Player,
+        rstore: RolloutStore,
+        first: int,
+        progress: bool,
+        max_episodes: int | None,
+        locks: RecordingLocks | None = None,
     ) -> None:
         self.player, self.rstore, self.first = player, rstore, first
         self.progress, self.max_episodes = progress, max_episodes
+        self.locks = locks or RecordingLocks([])
 
     def run(
         self,
@@ -325,7 +350,13 @@ def open_games_recording(
             RolloutStore.open(root, storage_options)  # refuses a damaged, edited or foreign store before playing
         if writing_needed(root, "rollout", storage_options):
             check_writable(root, storage_options)
-    player = VectorPlayer(agent, env_id, num_envs, seed, greedy, workers=workers, **pipeline_options)
+    locks = RecordingLocks(list(roots))
+    locks.acquire(_waiting)
+    try:
+        player = VectorPlayer(agent, env_id, num_envs, seed, greedy, workers=workers, **pipeline_options)
+    except BaseException:
+        locks.release()
+        raise
     try:
         layout = rollout_layout(agent, np.shape(player.frames[0]), np.shape(player.observations[0]))
         rstores = []
@@ -348,8 +379,9 @@ def open_games_recording(
             )
     except BaseException:
         player.close()
+        locks.release()
         raise
-    return GamesRecording(player, rstores, max_episodes, progress)
+    return GamesRecording(player, rstores, max_episodes, progress, locks)
 
 
 class GamesRecording(_PlayerRecording[VectorPlayer]):
@@ -358,9 +390,15 @@ class GamesRecording(_PlayerRecording[VectorPlayer]):
     when every store is complete) and the player of all of them."""
 
     def __init__(
-        self, player: VectorPlayer, rstores: list[RolloutStore], max_episodes: int | None, progress: bool
+        self,
+        player: VectorPlayer,
+        rstores: list[RolloutStore],
+        max_episodes: int | None,
+        progress: bool,
+        locks: RecordingLocks | None = None,
     ) -> None:
         self.player, self.rstores, self.max_episodes, self.progress = player, rstores, max_episodes, progress
+        self.locks = locks or RecordingLocks([])
         # every game's, but a game that ended early (max_episodes) shortened its own: the longest store's
         self.bounds = max((list(r.bounds) for r in rstores), key=len)
         self.finished = [r.complete for r in rstores]  # recorded to their end (resumed: not played again)

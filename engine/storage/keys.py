@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeGuard, cast
@@ -50,6 +50,54 @@ def store_root(root: StoreRoot) -> Path | str | MemoryStore:
     if is_url(root) or is_memory(root):
         return root
     return Path(root)
+
+
+def _outermost_group(path: Path) -> Path:
+    """``path``, or the zarr group that holds it (a games job's stores are groups of one): a lock file beside a
+    store must not lie inside another store."""
+    while (path.parent / "zarr.json").is_file():
+        path = path.parent
+    return path
+
+
+class RecordingLocks:
+    """One recorder at a time for each local rollout store: an advisory lock (``flock``) on a file beside each store
+    (``.<name>.recording.lock``; beside the group that holds it, for a games job's stores), held from before the store is opened until its recording ends. Jobs of a parallel
+    sweep that share ``store.rollout`` would otherwise both record the game into it, chunk over chunk; the second
+    waits instead, then finds the store recorded (and replays it). The operating system releases a lock whose
+    process dies, so a killed recorder leaves none held. Memory stores and object storage take no lock; nor does a
+    system without ``fcntl``."""
+
+    def __init__(self, roots: list[StoreRoot]) -> None:
+        paths = {_outermost_group(Path(r).absolute()) for r in roots if is_local(r)}
+        self.paths = sorted(p.parent / f".{p.name}.recording.lock" for p in paths)  # one order: no deadlock
+        self._files: list[Any] = []
+
+    def acquire(self, waiting: Callable[[Path], None] | None = None) -> None:
+        """Take every lock, waiting for each one another process holds (``waiting(store)`` is called first)."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            return
+        try:
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a")
+                self._files.append(f)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if waiting is not None:
+                        waiting(path.parent / path.name[1 : -len(".recording.lock")])
+                    fcntl.flock(f, fcntl.LOCK_EX)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()  # closing the file releases its lock
+        self._files = []
 
 
 def sha256_digest(data: bytes) -> bytes:

@@ -670,3 +670,34 @@ def test_a_reader_in_another_thread_never_sees_a_store_being_truncated():
         stop.set()
         reader.join()
     assert not failures and seen and all(seen), (failures[:3], seen.count(False))
+
+
+def test_a_second_recorder_of_one_store_waits_for_the_first_and_then_finds_it_recorded(tmp_path, caplog):
+    """Jobs of a parallel sweep that share store.rollout both recorded the game into it, chunk over chunk; the
+    second now waits for the first one's lock, then finds every chunk written and plays nothing."""
+    import logging
+
+    from engine.jobs.record import open_recording
+    from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
+    from engine.storage.store import RolloutStore
+
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    root = tmp_path / "game"
+    first = open_recording(agent, "PongNoFrameskip-v4", 6, root, chunk_steps=4)  # holds the store's lock
+    opened: dict = {}
+
+    def second() -> None:
+        recording = open_recording(agent, "PongNoFrameskip-v4", 6, root, chunk_steps=4)
+        opened["first"] = recording.first
+        recording.run()
+
+    with caplog.at_level(logging.INFO, logger="engine.jobs.record"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and not opened  # waiting
+        assert "is being recorded by another process: waiting for it to finish" in caplog.text
+        first.run()  # records the game, then lets the lock go
+        thread.join(timeout=60)
+    assert not thread.is_alive() and opened["first"] == 2 and RolloutStore.open(root).complete
