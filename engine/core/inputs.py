@@ -211,3 +211,19 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{what} hold {bad} NaN or infinite value(s): saliency of them would be NaN")
+
+
+def check_finite_maps(method: str, *maps: torch.Tensor) -> None:
+    """Refuse maps (N, ...) that hold NaN or inf, naming their frames: the agent's outputs were finite on a black and
+    a white frame when it was loaded, but not on every copy a method made of these frames (one reduction per call).
+    """
+    bad = torch.zeros(maps[0].shape[0], dtype=torch.bool, device=maps[0].device)
+    for m in maps:
+        bad |= ~torch.isfinite(m).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        frames = bad.nonzero()[:, 0].tolist()
+        shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
+        raise ValueError(
+            f"{method}: the agent's outputs were NaN or inf on some of the copies it made of frame(s) {shown} (of "
+            f"this call), so those maps would be NaN: check the network's forward on such inputs"
+        )

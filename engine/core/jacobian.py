@@ -32,7 +32,7 @@ import torch
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .errors import EngineError
-from .inputs import Actions, Observations, StatesLike, check_policy, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, check_finite_maps, check_policy, prepare_inputs
 from .policy import Policy, PolicyOutput, State
 
 DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None
@@ -55,6 +55,9 @@ class JacobianResult:
     critic: torch.Tensor
     actor_grad: torch.Tensor
     critic_grad: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_finite_maps("jacobian", self.actor_grad, self.critic_grad)
 
     def __len__(self) -> int:
         return self.actor.shape[0]
@@ -116,6 +119,16 @@ def _check_backend(backend: str) -> None:
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def _check_differentiable(out: PolicyOutput) -> None:
+    """Refuse an agent whose outputs autograd cannot trace to its input: every gradient would be 0."""
+    if not (out.logits.requires_grad or out.value.requires_grad):
+        raise EngineError(
+            "the agent's outputs do not depend on its input through autograd (its forward runs under "
+            "torch.no_grad() or inference_mode, or detaches the input), so every Jacobian map would be 0: make the "
+            "forward differentiable"
+        )
+
+
 def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents: Cotangents, backend: str) -> torch.Tensor:
     """Gradients w.r.t. the input ``x`` (N, C, H, W) of ``sum(c_logits * logits) + sum(c_value * value)``
     for K cotangent pairs -> (K, N, C, H, W). ``cotangents(logits, value)`` gives the K pairs from the detached
@@ -123,6 +136,8 @@ def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents: Cotan
     Call inside :func:`_autograd_on`."""
     if backend == "func":
         from torch.func import vjp, vmap
+
+        _check_differentiable(_forward(agent, x[:1], tuple(s[:1] for s in state))[1])  # vjp would give zeros
 
         state = tuple(s.clone() for s in state)
 
@@ -142,6 +157,7 @@ def _input_grads(agent: Policy, x: torch.Tensor, state: State, cotangents: Cotan
         (grads,) = vmap(pullback)(stacked)
         return grads.detach()
     leaf, out = _forward(agent, x, state)
+    _check_differentiable(out)
     pairs = cotangents(out.logits.detach(), out.value.detach())
     per_pair: list[torch.Tensor] = []
     for k, pair in enumerate(pairs):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
@@ -61,6 +61,9 @@ class LimeResult:
     critic_intercept: torch.Tensor
     segments: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_finite_maps("LIME", self.actor_weights, self.critic_weights)
 
     def __len__(self) -> int:
         return self.actor.shape[0]

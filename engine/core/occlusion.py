@@ -23,7 +23,7 @@ import torch
 from .batching import pad_rows
 from .blur import gaussian_blur
 from .device import float32_matmul_precision
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .perturbation import _check_actions, incremental_plan, perturbation_scores, resolve_perturbations_per_eval
 from .policy import Policy, PolicyOutput
 
@@ -51,6 +51,9 @@ class OcclusionResult:
     row_starts: torch.Tensor
     col_starts: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_finite_maps("occlusion", self.actor_scores, self.critic_scores)
 
     def __len__(self) -> int:
         return self.actor.shape[0]

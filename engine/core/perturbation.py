@@ -37,7 +37,7 @@ from .incremental import (
     window_plan,
     worthwhile,
 )
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .masks import center_coords, grid_shape, perturb, perturbation_masks
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
@@ -78,6 +78,9 @@ class PerturbationResult:
     centers: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
     extra_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_finite_maps("perturbation", self.actor_scores, self.critic_scores)
 
     def __len__(self) -> int:
         return self.actor.shape[0]

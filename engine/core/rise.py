@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .settings import check_draws_fit, grid_cells, memory_budget
@@ -55,6 +55,9 @@ class RiseResult:
     actor_responses: torch.Tensor
     critic_responses: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_finite_maps("RISE", self.actor_responses, self.critic_responses)
 
     def __len__(self) -> int:
         return self.actor.shape[0]

@@ -30,7 +30,7 @@ from typing import cast
 import torch
 
 from .device import float32_matmul_precision
-from .inputs import Observations, StatesLike, agent_device_dtype, prepare_inputs
+from .inputs import Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .masks import center_coords, grid_shape, perturbation_masks
 from .perturbation import incremental_plan, perturbation_scores, resolve_perturbations_per_eval, upsample_exact
 from .policy import Policy
@@ -58,6 +58,9 @@ class SarfaResult:
     centers: torch.Tensor
     settings: dict[str, float | str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_finite_maps("SARFA", self.actor_scores)
+
     def __len__(self) -> int:
         return self.actor.shape[0]
 
@@ -74,7 +77,10 @@ def sarfa_scores(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     kl = torch.where(others, log_p.exp() * (log_p - log_q), zero).sum(dim=-1)
     k = 1 / (1 + kl)
     positive = d_p > 0
-    return torch.where(positive, 2 * k * d_p / torch.where(positive, k + d_p, 1), zero)
+    score = torch.where(positive, 2 * k * d_p / torch.where(positive, k + d_p, 1), zero)
+    # a NaN preference would read as "no effect" (its comparisons are false): it stays NaN, and the result says so
+    finite = torch.isfinite(base_logits).all(dim=-1) & torch.isfinite(logits).all(dim=-1)
+    return torch.where(finite, score, float("nan"))
 
 
 @lru_cache(maxsize=16)

@@ -140,6 +140,11 @@ class ModulePolicy:
         independently, as any network in eval mode does).
         """
         n = obs.shape[0]
+        if isinstance(self.fn, nn.Module) and any(m.training for m in self.fn.modules()):
+            raise EngineError(
+                "the wrapped network is in training mode (net.train() after wrap_policy): dropout or batch "
+                "statistics would make its maps random and its rows depend on each other; call net.eval() first"
+            )
         if tuple(obs.shape[1:]) != self.observation_shape:
             raise EngineError(
                 f"observations of shape {tuple(obs.shape)}, expected (N, *{self.observation_shape}) for this policy"
@@ -344,10 +349,35 @@ def wrap_policy(
     name = getattr(fn, "__name__", type(fn).__name__)
     # a Policy but for num_actions, which this first call infers when it was not given
     out = check_finite_outputs(cast(Policy, policy), f"wrap_policy({name})", error=EngineError)
+    check_deterministic(policy, out, f"wrap_policy({name})")
     if policy.recurrent:
         with torch.no_grad():
             policy.reset_state(out.state, torch.tensor([True, False]))
     return policy
+
+
+def check_deterministic(policy: ModulePolicy, out: PolicyOutput, source: str) -> None:
+    """Refuse a network whose outputs on the test observations (a black and a white frame, ``out``) change when it
+    is called again, or when the white frame is passed alone: a module in training mode inside a callable (dropout
+    draws anew, batch norm normalises by the batch) would make every map random."""
+    frames = torch.zeros(2, *policy.observation_shape, device=policy.device, dtype=policy.dtype)
+    frames[1] = 1.0
+    with torch.no_grad():
+        again = policy(frames, policy.initial_state(2), batch_invariant=False)
+        alone = policy(frames[1:], policy.initial_state(1))  # padded, as the engine calls it
+    scale = max(float(out.logits.abs().max()), float(out.value.abs().max()), 1.0)
+    if not (torch.equal(again.logits, out.logits) and torch.equal(again.value, out.value)):
+        problem = "gives other outputs when called again on the same observations"
+    elif max(float((alone.logits - out.logits[1:]).abs().max()), float((alone.value - out.value[1:]).abs().max())) > (
+        1e-3 * scale
+    ):
+        problem = "gives an observation other outputs alone than beside another one"
+    else:
+        return
+    raise EngineError(
+        f"{source}: the network {problem}; a module in training mode (dropout, batch norm) inside it would do "
+        "that, and would make its maps random: call .eval() on it, or make its rows independent"
+    )
 
 
 __all__ = ["OUTPUTS", "ModulePolicy", "wrap_policy"]

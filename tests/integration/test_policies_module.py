@@ -281,3 +281,116 @@ def test_wrapped_networks_run_through_the_engines_saliency(cnn, lstm):
         state = policy.initial_state(2)
         assert perturbation_saliency(policy, obs, state, density=10).actor.shape == (2, 84, 84)
         assert jacobian_saliency(policy, obs, state).critic.shape == (2, 84, 84)
+
+
+class DropoutCNN(MyCNN):
+    """MyCNN with dropout before its heads: random outputs in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, obs):
+        h = self.drop(self.body(obs))
+        return self.pi(h), self.v(h)
+
+
+class BatchNormCNN(MyCNN):
+    """MyCNN with batch norm on its features: each row normalised by the batch's statistics in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(64)
+
+    def forward(self, obs):
+        h = self.norm(self.body(obs))
+        return self.pi(h), self.v(h)
+
+
+def test_a_network_put_back_in_training_mode_is_refused_on_every_call():
+    """wrap_policy puts a module in eval mode once; net.train() after it made every map random without a word."""
+    torch.manual_seed(0)
+    net = DropoutCNN()
+    policy = wrap_policy(net, (4, 84, 84), pipeline="cleanrl_atari")
+    policy(frames(2, 4))
+    net.train()
+    with pytest.raises(EngineError, match=r"in training mode \(net.train\(\) after wrap_policy\).*call net.eval\(\)"):
+        policy(frames(2, 4))
+    net.drop.eval(), net.body.eval(), net.pi.eval(), net.v.eval()
+    with pytest.raises(EngineError, match="in training mode"):  # the top module's flag still set
+        policy(frames(2, 4))
+    net.eval()
+    policy(frames(2, 4))
+
+
+@pytest.mark.parametrize(
+    "network,problem",
+    [
+        (DropoutCNN, "gives other outputs when called again on the same observations"),
+        (BatchNormCNN, "gives an observation other outputs alone than beside another one"),
+    ],
+)
+def test_a_callable_around_a_network_in_training_mode_is_refused(network, problem):
+    """A lambda around a module hides the module from wrap_policy, which cannot put it in eval mode: its random or
+    batch-dependent outputs are found by calling it again, and alone."""
+    torch.manual_seed(0)
+    net = network().train()
+    with pytest.raises(EngineError, match=rf"wrap_policy\(<lambda>\): the network {problem}.*call .eval\(\)"):
+        wrap_policy(lambda obs: net(obs), (4, 84, 84), pipeline="cleanrl_atari")
+    net.eval()
+    wrap_policy(lambda obs: net(obs), (4, 84, 84), pipeline="cleanrl_atari")
+
+
+def test_a_forward_autograd_cannot_follow_is_refused_by_the_jacobian(cnn):
+    """A forward under torch.no_grad() (or one that detaches its input) gave Jacobian maps of exactly 0."""
+    from engine.core.jacobian import jacobian_saliency
+
+    def frozen(obs):
+        with torch.no_grad():
+            return cnn(obs)
+
+    policy = wrap_policy(frozen, (4, 84, 84), pipeline="cleanrl_atari")
+    for backend in ("autograd", "func"):
+        with pytest.raises(EngineError, match="do not depend on its input through autograd"):
+            jacobian_saliency(policy, frames(2, 4), (), backend=backend)
+    assert (
+        float(jacobian_saliency(wrap_policy(cnn, (4, 84, 84), pipeline="cleanrl_atari"), frames(2, 4), ()).actor.max())
+        > 0
+    )
+
+
+class NaNOnGreys(MyCNN):
+    """Finite on a black and a white frame, NaN where one pixel is grey: what the load-time check cannot see."""
+
+    def forward(self, obs):
+        logits, value = super().forward(obs)
+        grey = ((obs[:, 0, 40, 40] > 0.01) & (obs[:, 0, 40, 40] < 0.99))[:, None]
+        return torch.where(grey, float("nan"), logits), value
+
+
+def test_maps_of_outputs_that_turn_nan_on_some_copies_are_refused():
+    """NaN outputs on some perturbed copies spread NaN over the maps (perturbation, occlusion, RISE) or read as no
+    effect (SARFA), without a word; each method now names the frames."""
+    from engine.core.occlusion import occlusion_sensitivity
+    from engine.core.perturbation import perturbation_saliency
+    from engine.core.rise import rise_saliency
+    from engine.core.sarfa import sarfa_saliency
+
+    torch.manual_seed(0)
+    policy = wrap_policy(NaNOnGreys(), (4, 84, 84), pipeline="cleanrl_atari")
+    obs = torch.zeros(3, 4, 84, 84)
+    obs[1] = 1.0  # black, white: the blur and occlusion copies stay finite (RISE's soft masks grey the white frame)
+    obs[2, :, 30:50, 30:50] = 0.5
+    actions = torch.zeros(3, dtype=torch.long)
+    calls = {
+        "perturbation": lambda: perturbation_saliency(policy, obs, (), density=20),
+        "occlusion": lambda: occlusion_sensitivity(policy, obs, (), window=21, stride=21, actions=actions),
+        "RISE": lambda: rise_saliency(policy, obs, (), num_masks=8, actions=actions),
+        "SARFA": lambda: sarfa_saliency(policy, obs, (), density=20),
+    }
+    for method, call in calls.items():
+        with pytest.raises(
+            ValueError, match=rf"^{method}: the agent.s outputs were NaN or inf .* of frame\(s\) (1, )?2 \("
+        ):
+            call()
+    perturbation_saliency(policy, obs[:2], (), density=20)  # finite everywhere: no refusal
