@@ -39,7 +39,7 @@ def run_game_job(
 
     One path for every job: the game is recorded (or resumed, or reused) into a rollout store, scored chunk by chunk
     into a saliency store (this shard's chunks), and the statistics, metrics, overlays, report and summary are read
-    back from the stores, one chunk or window at a time (but the movie: :func:`engine.jobs.outputs.render_outputs`). With
+    back from the stores, one chunk or window at a time (the movie too: :func:`engine.jobs.outputs.render_outputs`). With
     ``store.rollout`` the stores are on disk or object storage: resumable, shardable, replayed by other jobs; the
     overlays and the report wait for the saliency store to be complete. Without it they are memory stores
     (:class:`zarr.storage.MemoryStore`) that live as long as the job, and ``output.arrays`` writes their arrays to

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -116,47 +116,78 @@ def streamed_statistics(sstore) -> dict[str, float]:
     return stats.result()
 
 
+RENDER_WINDOW = 256  # frames whose overlays are made at once for the movie and stills
+
+
 def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, recorded_states: bool) -> dict[str, Path]:
     """Overlays of every frame of complete stores -> movie and stills, and the Jacobian-vs-perturbation figure of
     one frame (where the 2017 method ran). Movie frames are labelled with the action taken, by name. The movie and
     stills show the first method's maps (in the order of ``engine.core.settings.METHODS``: the 2017 method's
-    ``actor`` and ``critic`` whenever it ran; SARFA's actor map alone where it is first), and hold every frame and
-    map in memory at once (set output.movie=false and no stills for very long rollouts); the figure reads its frame."""
+    ``actor`` and ``critic`` whenever it ran; SARFA's actor map alone where it is first), made :data:`RENDER_WINDOW`
+    frames at a time (the clean style's scales from passes over the maps), so memory does not grow with the
+    rollout; the figure reads its frame."""
     from ..viz import rendering
 
     r, o, written = config.render, config.output, {}
     n, names = rstore.num_steps, tuple(rstore.identity["action_names"])
     taken = [f"  {name_of(a, names)}" for a in rstore.store.read_range(0, n, ("actions",))["actions"].tolist()]
     methods = selected_methods(config.saliency.method)
-    if o.movie or o.stills:
-        frames = torch.from_numpy(rstore.store.read_range(0, n, ("frames",))["frames"])
+    stills = [t for t in o.stills if t < n]
+    for t in sorted(set(o.stills) - set(stills)):  # the rollout ended early (rollout.max_episodes)
+        log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
+    if o.movie or stills:
         shown = map_names(methods)[methods[0]]  # (actor,) or (actor, critic) of the first method
-        maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(0, n, shown).items()}
-        actor = maps[shown[0]]
-        critic = maps[shown[1]] if len(shown) > 1 else torch.zeros_like(actor)
-        if r.style == "paper":
+        every = [(a, min(a + RENDER_WINDOW, n)) for a in range(0, n, RENDER_WINDOW)]
+        windows = every if o.movie else [w for w in every if any(w[0] <= t < w[1] for t in stills)]
+
+        def maps_of(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+            maps = {k: torch.from_numpy(v) for k, v in sstore.store.read_range(a, b, shown).items()}
+            actor = maps[shown[0]]
+            return actor, maps[shown[1]] if len(shown) > 1 else torch.zeros_like(actor)
+
+        if r.style == "paper":  # each frame's overlay depends on that frame's maps alone
             actor_gain, critic_gain = r.actor_gain, r.critic_gain
             if actor_gain is None or critic_gain is None:
                 default_actor, default_critic = rendering.paper_gains(config.env.id)
                 actor_gain = default_actor if actor_gain is None else actor_gain
                 critic_gain = default_critic if critic_gain is None else critic_gain
-            overlays = rendering.paper_overlay_pair(
-                frames, actor, critic, actor_gain, critic_gain, blur_sigma=r.blur_sigma
-            )
-        else:
-            actor_scale = rendering.movie_scales(actor, percentile=r.percentile)
-            critic_scale = rendering.movie_scales(critic, percentile=r.percentile)
-            overlays = rendering.clean_overlay(frames, actor, critic, actor_scale, critic_scale, alpha=r.alpha)
+
+            def overlay(frames: torch.Tensor, actor: torch.Tensor, critic: torch.Tensor) -> torch.Tensor:
+                return rendering.paper_overlay_pair(frames, actor, critic, actor_gain, critic_gain, r.blur_sigma)
+        else:  # one scale per kind for the whole movie: a percentile of all its maps, streamed
+
+            def kind(i: int) -> Callable[[], Iterator[torch.Tensor]]:
+                return lambda: (maps_of(a, b)[i] for a, b in every)
+
+            scales = [rendering.streamed_movie_scale(kind(i), r.percentile) for i in (0, 1)]
+
+            def overlay(frames: torch.Tensor, actor: torch.Tensor, critic: torch.Tensor) -> torch.Tensor:
+                return rendering.clean_overlay(frames, actor, critic, scales[0], scales[1], alpha=r.alpha)
+
+        def overlays() -> Iterator[torch.Tensor]:
+            """The overlays of each window in turn (one window's frames and maps in memory), its stills saved."""
+            for a, b in windows:
+                frames = torch.from_numpy(rstore.store.read_range(a, b, ("frames",))["frames"])
+                images = overlay(frames, *maps_of(a, b))
+                for t in stills:
+                    if a <= t < b:
+                        written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", images[t - a])
+                yield images
+
         if o.movie:
             labels = [f"{config.env.id}  frame {t}{taken[t]}" for t in range(n)]
             written["movie"] = rendering.write_movie(
-                out_dir / "saliency.mp4", overlays, fps=o.fps, labels=labels, scale=o.scale, progress=config.progress
+                out_dir / "saliency.mp4",
+                overlays(),
+                fps=o.fps,
+                labels=labels,
+                scale=o.scale,
+                progress=config.progress,
+                num_frames=n,
             )
-        for t in o.stills:
-            if t >= n:  # the rollout ended early (rollout.max_episodes)
-                log.warning("output.stills: frame %d was not played (the rollout ended after %d frames)", t, n)
-                continue
-            written[f"still_{t}"] = rendering.save_png(out_dir / f"frame_{t:05d}.png", overlays[t])
+        else:
+            for _ in overlays():
+                pass
     t = o.comparison_frame if o.comparison_frame is not None else n // 2
     if t >= n:
         log.warning("output.comparison_frame: frame %d was not played (the rollout ended after %d frames)", t, n)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "paper_overlay",
     "paper_overlay_pair",
     "movie_scales",
+    "streamed_movie_scale",
     "clean_overlay",
     "write_movie",
     "save_png",
@@ -251,6 +253,60 @@ def movie_scales(maps, percentile: float = 99.5) -> float:
     return value if value > 0 else 1.0
 
 
+def streamed_movie_scale(
+    batches: Callable[[], Iterable], percentile: float = 99.5, hold: int = 2**22, bins: int = 4096
+) -> float:
+    """:func:`movie_scales` of maps too many to hold at once, exactly: ``batches()`` gives them afresh, in batches,
+    for each pass over them. A first pass counts them; each further pass narrows the nearest rank down to one bin
+    of a histogram, until at most ``hold`` values are left, which the last pass gathers (a few passes, one batch
+    and the histogram in memory).
+
+    >>> maps = torch.rand(9, 4, 4, generator=torch.Generator().manual_seed(0))
+    >>> streamed_movie_scale(lambda: maps.split(2), hold=10, bins=4) == movie_scales(maps)
+    True
+    """
+    percentile = _check_number(percentile, "percentile")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    levels: list[tuple[float, float, int]] = []  # the bins chosen so far: (low, high, bin) of each histogram
+
+    def values() -> Iterable[torch.Tensor]:
+        for batch in batches():
+            v = _as_tensor(batch, "maps").detach().flatten().double()
+            for low, high, b in levels:
+                v = v[((v - low) / (high - low) * bins).floor().clamp(0, bins - 1) == b]
+            yield v
+
+    total, low, high = 0, math.inf, -math.inf
+    for v in values():
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("maps holds NaN or infinite values: fix the saliency computation (or nan_to_num it)")
+        if v.numel():
+            total, low, high = total + v.numel(), min(low, float(v.min())), max(high, float(v.max()))
+    if total == 0:
+        raise ValueError("maps is empty: there are no saliency values to normalise")
+    rank = min(total, max(1, math.ceil(percentile / 100 * total)))  # within the values the bins chosen keep
+    count = total
+    while low < high and count > hold:
+        counts = torch.zeros(bins, dtype=torch.long)
+        lows = torch.full((bins,), math.inf, dtype=torch.float64)
+        highs = torch.full((bins,), -math.inf, dtype=torch.float64)
+        for v in values():
+            index = ((v - low) / (high - low) * bins).floor().clamp(0, bins - 1).long()
+            counts += torch.bincount(index, minlength=bins)
+            lows.scatter_reduce_(0, index, v, "amin")
+            highs.scatter_reduce_(0, index, v, "amax")
+        b = int(torch.searchsorted(counts.cumsum(0), rank))  # the first bin whose cumulative count reaches rank
+        rank -= int(counts[:b].sum())
+        levels.append((low, high, b))
+        count, low, high = int(counts[b]), float(lows[b]), float(highs[b])
+    if low == high:
+        value = low
+    else:
+        value = float(torch.kthvalue(torch.cat(list(values())), rank).values)
+    return value if value > 0 else 1.0
+
+
 # Each kind's 256-entry lookup table: the saturated dark-to-mid part of matplotlib's reversed ColorBrewer
 # sequential maps (lightness rises monotonically), so stronger saliency is more opaque and lighter (a glow)
 # while staying clearly blue or red over the games' colours (their light ends fade to white).
@@ -350,19 +406,35 @@ def _font(size: int):
 
 
 def write_movie(
-    path, frames, fps: int = 8, labels: list[str] | None = None, scale: int = 2, progress: bool = False
+    path,
+    frames,
+    fps: int = 8,
+    labels: list[str] | None = None,
+    scale: int = 2,
+    progress: bool = False,
+    num_frames: int | None = None,
 ) -> Path:
     """Encode uint8 ``(N, H, W, 3)`` frames as an H.264 mp4 (libx264, yuv420p, crf 18) at ``fps``.
 
-    Each frame is upscaled ``scale`` times (nearest neighbour), padded by one black row/column if needed
-    (yuv420p needs even sides) and captioned with ``labels[t]`` at its top left. ``progress`` shows a tqdm bar (where stderr is a terminal).
-    The movie is written to a temporary file beside ``path`` and renamed when complete, so an interrupted run
-    never leaves a truncated movie under ``path``. Returns ``path``.
+    ``frames`` is one tensor or array, or, for a movie too long to hold at once, an iterable of them (consecutive
+    batches of frames, made as they are encoded) with ``num_frames`` their total. Each frame is upscaled ``scale``
+    times (nearest neighbour), padded by one black row/column if needed (yuv420p needs even sides) and captioned
+    with ``labels[t]`` at its top left. ``progress`` shows a tqdm bar (where stderr is a terminal). The movie is
+    written to a temporary file beside ``path`` and renamed when complete, so an interrupted run never leaves a
+    truncated movie under ``path``. Returns ``path``.
     """
     import av
 
-    frames = _check_rgb(frames, "movie frames", 4)
-    n = frames.shape[0]
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        frames = _check_rgb(frames, "movie frames", 4)
+        batches: Iterable = [frames]
+        n = frames.shape[0]
+        if num_frames is not None and num_frames != n:
+            raise ValueError(f"num_frames={num_frames}, but {n} frames were given")
+    elif num_frames is None:
+        raise ValueError("frames given in batches need num_frames, their total")
+    else:
+        batches, n = frames, int(num_frames)
     if n == 0:
         raise ValueError("no frames to write: the movie needs at least one")
     if labels is not None and (len(labels) != n or not all(isinstance(label, str) for label in labels)):
@@ -370,32 +442,48 @@ def write_movie(
     for name, value in (("fps", fps), ("scale", scale)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    height, width = frames.shape[1] * scale, frames.shape[2] * scale
-    height, width = height + height % 2, width + width % 2
     font = _font(6 * scale)
-    frames = frames.numpy()
 
     def encode(tmp: Path) -> None:
+        t = 0
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=int(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": "18"}
-            canvas = np.zeros((height, width, 3), np.uint8)
-            for t in tqdm(range(n), desc="movie", unit="frame", disable=None if progress else True):
-                big = frames[t].repeat(scale, axis=0).repeat(scale, axis=1)
-                canvas[: big.shape[0], : big.shape[1]] = big
-                image = Image.fromarray(canvas)
-                if labels is not None:
-                    ImageDraw.Draw(image).text(
-                        (3 * scale, 2 * scale),
-                        labels[t],
-                        fill=(255, 255, 255),
-                        font=font,
-                        stroke_width=max(1, scale // 2),
-                        stroke_fill=(0, 0, 0),
+            stream = None
+            canvas = np.zeros((0, 0, 3), np.uint8)
+            bar = tqdm(total=n, desc="movie", unit="frame", disable=None if progress else True)
+            for batch in batches:
+                batch = _check_rgb(batch, "movie frames", 4).numpy()
+                if stream is None:  # the size of the first batch's frames sets the movie's
+                    height, width = batch.shape[1] * scale, batch.shape[2] * scale
+                    height, width = height + height % 2, width + width % 2
+                    stream = container.add_stream("libx264", rate=int(fps))
+                    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                    stream.options = {"crf": "18"}
+                    canvas, size = np.zeros((height, width, 3), np.uint8), batch.shape[1:]
+                if batch.shape[1:] != size or t + len(batch) > n:
+                    raise ValueError(
+                        f"movie frames of shape {batch.shape[1:]} at frame {t} (the first were {size}), or more than "
+                        f"num_frames={n}: every batch holds frames of one size, {n} in all"
                     )
-                for packet in stream.encode(av.VideoFrame.from_image(image)):
-                    container.mux(packet)
+                for frame in batch:
+                    big = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+                    canvas[: big.shape[0], : big.shape[1]] = big
+                    image = Image.fromarray(canvas)
+                    if labels is not None:
+                        ImageDraw.Draw(image).text(
+                            (3 * scale, 2 * scale),
+                            labels[t],
+                            fill=(255, 255, 255),
+                            font=font,
+                            stroke_width=max(1, scale // 2),
+                            stroke_fill=(0, 0, 0),
+                        )
+                    for packet in stream.encode(av.VideoFrame.from_image(image)):
+                        container.mux(packet)
+                    t += 1
+                    bar.update(1)
+            bar.close()
+            if t != n or stream is None:
+                raise ValueError(f"the batches held {t} movie frames, not num_frames={n}")
             for packet in stream.encode():
                 container.mux(packet)
 

@@ -297,3 +297,40 @@ def test_maps_of_the_standard_pipeline_cover_the_whole_frame(frames):
     assert (drawn[:, 35:, :, 2] == frames[:, 35:, :, 2].clip(1, 255)).all()
     with pytest.raises(ValueError, match="one shape"):
         clean_overlay(frames, maps, torch.zeros(8, 80, 80), 1.0, 1.0)
+
+
+def test_a_movie_written_in_batches_is_the_movie_written_at_once(tmp_path, frames, monkeypatch):
+    """A long rollout's movie is encoded window by window: the encoder gets the images of the one-tensor call (what
+    libx264 makes of them is its own: its threads make it vary in the last bits)."""
+    import av
+
+    actor = torch.rand(7, 80, 80, generator=torch.Generator().manual_seed(0))
+    overlays = paper_overlay_pair(frames[:7], actor, actor.flip(1), 500, 600)
+    labels = [f"frame {t}" for t in range(7)]
+    encoded: list[np.ndarray] = []
+    real = av.VideoFrame.from_image
+    monkeypatch.setattr(av.VideoFrame, "from_image", lambda image: encoded.append(np.asarray(image)) or real(image))
+    write_movie(tmp_path / "whole.mp4", overlays, labels=labels)
+    whole, encoded[:] = list(encoded), []
+    write_movie(tmp_path / "parts.mp4", iter(overlays.split(3)), labels=labels, num_frames=7)
+    assert len(encoded) == len(whole) == 7 and all(np.array_equal(a, b) for a, b in zip(whole, encoded))
+    with pytest.raises(ValueError, match="frames given in batches need num_frames"):
+        write_movie(tmp_path / "x.mp4", iter(overlays.split(3)))
+    with pytest.raises(ValueError, match="held 6 movie frames, not num_frames=7"):
+        write_movie(tmp_path / "x.mp4", iter(overlays[:6].split(3)), num_frames=7)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50])
+def test_the_streamed_movie_scale_is_the_percentile_of_all_maps(batch):
+    """The clean style's scale of a long movie, from passes over its maps in batches, equals movie_scales of all of
+    them at once: nearest rank, ties and zeros included, however few values a pass may gather."""
+    generator = torch.Generator().manual_seed(batch)
+    maps = torch.rand(50, 9, 9, generator=generator) ** 3
+    maps[maps < 0.2] = 0
+    maps[::5] = maps[::5].round(decimals=1)  # ties
+    for percentile in (0.1, 50, 99.5, 100):
+        for hold in (1, 100, 10**6):
+            got = rendering.streamed_movie_scale(lambda: maps.split(batch), percentile, hold=hold, bins=8)
+            assert got == movie_scales(maps, percentile), (percentile, hold)
+    assert rendering.streamed_movie_scale(lambda: torch.zeros(3, 2, 2).split(1)) == 1.0  # nothing to show
