@@ -546,10 +546,11 @@ class ChunkStore:
         return store
 
     # chunks -------------------------------------------------------------------------------------------------
-    def completed(self) -> np.ndarray:
-        """(num_chunks,) bool: which logical chunks are marked complete under this store's manifest."""
+    def completed(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - start,) bool: which logical chunks ``start..stop-1`` (all by default) are marked complete under
+        this store's manifest (reading their markers only)."""
         with self._lock:
-            return self._ours(self._marker_rows(0, self.num_chunks))
+            return self._ours(self._marker_rows(start, self.num_chunks if stop is None else stop))
 
     def has(self, index: int) -> bool:
         with self._lock:
@@ -904,9 +905,9 @@ class RolloutStore:
         stop = self.num_steps if stop is None else stop
         if not 0 <= start < stop <= self.num_steps:
             raise ValueError(f"steps {start}..{stop} are outside the store's 0..{self.num_steps}")
-        done = self.store.completed()
         needed = [k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start]
-        missing = [k for k in needed if not done[k]]
+        done = self.store.completed(needed[0], needed[-1] + 1)  # the markers of these chunks only
+        missing = [k for k, held in zip(needed, done) if not held]
         if missing:
             raise EngineError(
                 f"the rollout store {self.store.root} is incomplete (chunk {missing[0]} missing): resume recording first"
@@ -974,8 +975,9 @@ class SaliencyStore:
         """Frames ``start..stop-1`` of every map and score grid (all by default), loading only their chunks; the
         chunks must be complete."""
         stop = self.store.length if stop is None else stop
-        needed = {k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start}
-        missing = [k for k in self.missing() if k in needed]
+        needed = [k for k, (a, b) in enumerate(self.bounds) if a < stop and b > start]
+        done = self.store.completed(needed[0], needed[-1] + 1) if needed else np.ones(0, dtype=bool)
+        missing = [k for k, held in zip(needed, done) if not held]
         if missing:
             raise EngineError(
                 f"the saliency store {self.store.root} lacks chunks {missing[:10]}: run the missing shards"

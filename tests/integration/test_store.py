@@ -457,3 +457,24 @@ def test_a_full_disk_stops_recording_with_what_to_do_and_the_rerun_resumes(recor
     for k in range(3):
         a, b = chunk_arrays(resumed, k), chunk_arrays(store, k)
         assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in b), k
+
+
+def test_a_read_checks_the_markers_of_its_own_chunks_only(recorded, pong_agent, tmp_path, monkeypatch):
+    """Reading a window of a store read every chunk's marker, on every read: quadratic in the rollout's length over a
+    long job's chunk-by-chunk reads (scoring, report, metrics). A read now checks the chunks it loads."""
+    from engine.storage.store import ChunkStore
+
+    store, sha = recorded
+    sstore = score_store(
+        pong_agent, store.store.root, tmp_path / "maps", SaliencyConfig(density=20), sha, frames_per_chunk=16
+    )
+    rows: list[tuple[int, int]] = []
+    real = ChunkStore._marker_rows
+    monkeypatch.setattr(ChunkStore, "_marker_rows", lambda self, a, b: rows.append((a, b)) or real(self, a, b))
+    rstore = RolloutStore.open(store.store.root)
+    assert len(rstore.bounds) > 2 and len(sstore.bounds) > 2
+    rows.clear()
+    rstore.read(*rstore.bounds[1])
+    sstore.read(*sstore.bounds[2])
+    assert set(rows) == {(1, 2), (2, 3)}  # (each array of the chunk checks its marker too)
+    assert torch.equal(rstore.read(*rstore.bounds[1]).frames, rstore.read().frames[slice(*rstore.bounds[1])])
