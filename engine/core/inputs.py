@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .device import to_device
-from .policy import Policy, State
+from .policy import Policy, PolicyOutput, State
 from .preprocessing import FRAME_SHAPE, preprocess_frames
 
 RAW_FRAMES_PIPELINE = "greydanus2017"  # the one pipeline whose observation is computed from a single raw frame
@@ -227,3 +227,28 @@ def check_finite_maps(method: str, *maps: torch.Tensor) -> None:
             f"{method}: the agent's outputs were NaN or inf on some of the copies it made of frame(s) {shown} (of "
             f"this call), so those maps would be NaN: check the network's forward on such inputs"
         )
+
+
+def check_outputs(agent: Policy, out: object, rows: int) -> PolicyOutput:
+    """``out``, the agent's outputs on ``rows`` observations, if it is a :class:`PolicyOutput` of ``value`` (rows,)
+    and ``logits`` (rows, num_actions); else an error saying what the protocol wants (shapes only: no sync)."""
+    if not isinstance(out, PolicyOutput):
+        raise TypeError(
+            f"the agent returned a {type(out).__name__}: a Policy returns engine.core.policy.PolicyOutput(value, "
+            "logits, state), in that order (wrap_policy adapts a network that returns something else)"
+        )
+    value, logits = out.value, out.logits
+    if not (isinstance(value, torch.Tensor) and isinstance(logits, torch.Tensor)):
+        raise TypeError(
+            f"the agent returned a PolicyOutput of a {type(value).__name__} value and {type(logits).__name__} logits: "
+            "both are tensors"
+        )
+    want = (rows, agent.num_actions)
+    if tuple(value.shape) != (rows,) or tuple(logits.shape) != want:
+        swapped = tuple(value.shape) == want and tuple(logits.shape) == (rows,)
+        raise ValueError(
+            f"the agent returned a value of shape {tuple(value.shape)} and logits of shape {tuple(logits.shape)} for "
+            f"{rows} observations: a Policy returns PolicyOutput(value ({rows},), logits {want}, state), in that "
+            "order" + (" (these two look swapped)" if swapped else f" (num_actions is {agent.num_actions})")
+        )
+    return out

@@ -32,7 +32,7 @@ import torch
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
 from .errors import EngineError
-from .inputs import Actions, Observations, StatesLike, check_finite_maps, check_policy, prepare_inputs
+from .inputs import Actions, Observations, StatesLike, check_finite_maps, check_outputs, check_policy, prepare_inputs
 from .policy import Policy, PolicyOutput, State
 
 DEFAULT_FRAMES_PER_EVAL = 64  # frames per forward/backward pass when frames_per_eval is None
@@ -105,7 +105,7 @@ def _forward(agent: Policy, x: torch.Tensor, state: State) -> tuple[torch.Tensor
     and keep the caller's tensors out of the graph. Call inside :func:`_autograd_on`.
     """
     leaf = x.clone().requires_grad_(True)
-    return leaf, agent(leaf, tuple(s.clone() for s in state))
+    return leaf, check_outputs(agent, agent(leaf, tuple(s.clone() for s in state)), x.shape[0])
 
 
 def _input_grad(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tensor, retain: bool) -> torch.Tensor:

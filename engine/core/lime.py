@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
+from .inputs import (
+    Actions,
+    Observations,
+    StatesLike,
+    agent_device_dtype,
+    check_finite_maps,
+    check_outputs,
+    prepare_inputs,
+)
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
@@ -254,7 +262,9 @@ def lime_saliency(
             flat = torch.arange(start, stop, device=device)
             frame = flat // k
             kept = flat_samples.index_select(0, flat).index_select(1, pixel_segments).view(-1, 1, h, w)
-            out = agent(torch.where(kept, x.index_select(0, frame), hide), index_state(state, frame))
+            out = check_outputs(
+                agent, agent(torch.where(kept, x.index_select(0, frame), hide), index_state(state, frame)), stop - start
+            )
             if taken is None:
                 actor[start:stop] = out.value
             else:

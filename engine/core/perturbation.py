@@ -37,7 +37,15 @@ from .incremental import (
     window_plan,
     worthwhile,
 )
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
+from .inputs import (
+    Actions,
+    Observations,
+    StatesLike,
+    agent_device_dtype,
+    check_finite_maps,
+    check_outputs,
+    prepare_inputs,
+)
 from .masks import center_coords, grid_shape, perturb, perturbation_masks
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
@@ -200,7 +208,7 @@ def perturbation_scores(
     if extra and extra_out is None:
         raise ValueError("extra_scores needs extra_out, the dict their scores are put into")
     n, m = x.shape[0], masks.shape[0]
-    base = agent(x, state)  # the unperturbed outputs, once per observation
+    base = check_outputs(agent, agent(x, state), n)  # the unperturbed outputs, once per observation
     # once per observation (autocast may lower the conv)
     blurred = gaussian_blur(x, blur_sigma).to(x.dtype) if fill is None else fill
     if plan is None:

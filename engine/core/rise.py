@@ -28,7 +28,15 @@ from tqdm.auto import tqdm
 
 from .batching import chunk_bounds
 from .device import float32_matmul_precision
-from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
+from .inputs import (
+    Actions,
+    Observations,
+    StatesLike,
+    agent_device_dtype,
+    check_finite_maps,
+    check_outputs,
+    prepare_inputs,
+)
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .settings import check_draws_fit, grid_cells, memory_budget
@@ -280,7 +288,7 @@ def rise_saliency(
             frame = flat // m
             masks = build_masks(flat_grids.index_select(0, flat), flat_offsets.index_select(0, flat), cell, size, dtype)
             masked = torch.lerp(fill.expand(stop - start, c, h, w), x.index_select(0, frame), masks[:, None])
-            out = agent(masked, index_state(state, frame))
+            out = check_outputs(agent, agent(masked, index_state(state, frame)), stop - start)
             if taken is None:
                 actor[start:stop] = out.value
             else:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.inputs import check_policy
+from ..core.inputs import check_outputs, check_policy
 from ..core.policy import PIPELINES, Policy, State, index_state, stack_states, state_to
 from ..core.preprocessing import preprocess_bytes
 from .pipelines import (  # noqa: F401  (make_env: re-exported)
@@ -206,7 +206,7 @@ class Player:
         with torch.inference_mode():
             observation, frame, state = self.observation, self.frame, self.state
             x = torch.from_numpy(observation)[None].to(self.device).to(self.dtype) / 255
-            out = self.agent(x, state)
+            out = check_outputs(self.agent, self.agent(x, state), 1)
             logits = out.logits[0].cpu()
             action = _choose(logits, self.greedy, self.sampler)
             result = self.pipeline.step(action)
@@ -328,7 +328,7 @@ class VectorPlayer:
             state = self.state
             observations = np.stack([self.observations[i] for i in active])
             x = torch.from_numpy(observations).to(self.device).to(self.dtype) / 255
-            out = self.agent(x, state)
+            out = check_outputs(self.agent, self.agent(x, state), len(active))
             if self.device.type == "cpu":
                 logits, values = out.logits, out.value
             else:  # one copy to the host per step, for all the environments

@@ -394,3 +394,53 @@ def test_maps_of_outputs_that_turn_nan_on_some_copies_are_refused():
         ):
             call()
     perturbation_saliency(policy, obs[:2], (), density=20)  # finite everywhere: no refusal
+
+
+class _HandWritten:
+    """A Policy written by hand (no wrap_policy), whose forward returns what ``give`` makes of (logits, value)."""
+
+    observation_shape, num_actions, pipeline, frame_stack = (1, 84, 84), 4, "gymnasium_atari", 1
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, give):
+        self.give = give
+
+    def __call__(self, obs, state):
+        x = obs[:, 0, :5, :5].mean(dim=(1, 2))
+        return self.give(torch.stack([x, -x, 2 * x, 3 * x], dim=1), x)
+
+    def initial_state(self, batch=1):
+        return ()
+
+    def reset_state(self, state, done):
+        return state
+
+
+@pytest.mark.parametrize(
+    "give,error,message",
+    [
+        (lambda logits, value: PolicyOutput(logits, value, ()), ValueError, r"these two look swapped"),
+        (lambda logits, value: (value, logits, ()), TypeError, r"returned a tuple: a Policy returns .*PolicyOutput"),
+        (lambda logits, value: PolicyOutput(value, logits[:, :3], ()), ValueError, r"\(num_actions is 4\)"),
+        (lambda logits, value: PolicyOutput(value[:, None], logits, ()), ValueError, r"a value of shape \(\d+, 1\)"),
+    ],
+    ids=["swapped", "tuple", "too few logits", "value (N, 1)"],
+)
+def test_a_hand_written_policy_that_breaks_the_protocol_is_named_by_every_method(give, error, message):
+    """The Jacobian swapped the actor and critic maps of a PolicyOutput built (logits, value, state) without a word,
+    the 2017 method failed deep inside with an IndexError, and a tuple gave an AttributeError."""
+    from engine.core.jacobian import jacobian_saliency
+    from engine.core.perturbation import perturbation_saliency
+    from engine.core.rise import rise_saliency
+    from engine.env.rollout import rollout
+
+    agent = _HandWritten(give)
+    obs = torch.rand(2, 1, 84, 84)
+    for call in (
+        lambda: jacobian_saliency(agent, obs, ()),
+        lambda: perturbation_saliency(agent, obs, (), density=20),
+        lambda: rise_saliency(agent, obs, (), num_masks=4, cell=21, response="value"),
+        lambda: rollout(agent, "BreakoutNoFrameskip-v4", 2),
+    ):
+        with pytest.raises(error, match=message):
+            call()
