@@ -133,6 +133,12 @@ def prepare_states(agent: Policy, states: StatesLike, n: int) -> State:
         states = ()
     if not isinstance(states, (tuple, list)):
         raise TypeError(f"states must be a tuple of tensors, got {type(states).__name__}")
+    if any(isinstance(s, (tuple, list)) for s in states):
+        raise ValueError(
+            f"states holds {type(states[0]).__name__}s: it is one batched tensor per part of the agent's state (e.g. "
+            "(h, c), each (N, hidden)), not one state per frame; stack per-frame states with "
+            "engine.core.policy.stack_states"
+        )
     if len(states) != len(template):
         shapes = ", ".join(f"(N, {', '.join(map(str, s.shape[1:]))})" for s in template)
         kind = (

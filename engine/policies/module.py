@@ -348,7 +348,23 @@ def wrap_policy(
     # inside a run: shapes, and finite values (a NaN weight would make every map NaN)
     name = getattr(fn, "__name__", type(fn).__name__)
     # a Policy but for num_actions, which this first call infers when it was not given
-    out = check_finite_outputs(cast(Policy, policy), f"wrap_policy({name})", error=EngineError)
+    try:
+        out = check_finite_outputs(cast(Policy, policy), f"wrap_policy({name})", error=EngineError)
+    except EngineError:
+        raise
+    except Exception as exc:  # the network's own error: say which call failed and which arguments shape it
+        state = ""
+        if policy.recurrent:
+            try:
+                state = f", state of shapes {[tuple(t.shape) for t in policy._to_network(policy.initial_state(2))]}"
+            except Exception:  # the initial state itself failed
+                state = ", its initial state"
+        raise EngineError(
+            f"wrap_policy({name}): the test call fn(obs of shape (2, {', '.join(map(str, shape))}){state}) failed: "
+            f"{type(exc).__name__}: {exc}; check observation_shape (C, H, W)"
+            + (", initial_state and state_batch_dim" if policy.recurrent else "")
+            + " against what the network takes"
+        ) from exc
     check_deterministic(policy, out, f"wrap_policy({name})")
     if policy.recurrent:
         with torch.no_grad():

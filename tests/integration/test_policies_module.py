@@ -444,3 +444,35 @@ def test_a_hand_written_policy_that_breaks_the_protocol_is_named_by_every_method
     ):
         with pytest.raises(error, match=message):
             call()
+
+
+def test_the_networks_own_error_on_the_test_call_names_the_arguments_that_shape_it(lstm):
+    """Forgetting state_batch_dim=1 for nn.LSTM, or giving (H, W, C), surfaced PyTorch's error alone."""
+    zeros = (torch.zeros(1, 1, 16), torch.zeros(1, 1, 16))
+    with pytest.raises(
+        EngineError,
+        match=r"wrap_policy\(MyLSTM\): the test call fn\(obs of shape \(2, 1, 84, 84\), state of shapes "
+        r"\[\(2, 1, 16\), \(2, 1, 16\)\]\) failed: RuntimeError: .*; check observation_shape \(C, H, W\), "
+        r"initial_state and state_batch_dim against what the network takes",
+    ):
+        wrap_policy(lstm, (1, 84, 84), pipeline="cleanrl_atari", initial_state=zeros)  # state_batch_dim=1 forgotten
+    with pytest.raises(
+        EngineError, match=r"fn\(obs of shape \(2, 84, 84, 4\)\) failed: RuntimeError: .*check observation_shape"
+    ):
+        wrap_policy(MyCNN().eval(), (84, 84, 4), pipeline="cleanrl_atari")
+
+
+def test_states_given_one_per_frame_are_named():
+    """A list of per-frame (h, c) tuples ended in torch's 'only one element tensors can be converted'."""
+    from engine.core.inputs import prepare_states
+
+    class Recurrent:
+        observation_shape, num_actions, pipeline, frame_stack = (1, 84, 84), 4, "gymnasium_atari", 1
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def initial_state(self, batch=1):
+            return torch.zeros(batch, 16), torch.zeros(batch, 16)
+
+    per_frame = [(torch.zeros(1, 16), torch.zeros(1, 16)) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"states holds tuples: .*not one state per frame; .*stack_states"):
+        prepare_states(Recurrent(), per_frame, 2)
