@@ -20,7 +20,6 @@ import logging
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -359,9 +358,9 @@ def hydra_main(cfg: DictConfig) -> None:
         sweep = sweep_dir()
         if sweep is not None and _sweep_started is not None:  # a sweep in this process: its finished jobs' summary
             try:
-                write_sweep_summary(None, sweep, _sweep_started)
-            except Exception as exc:  # the hint below matters more than the summary
-                log.warning("summary of the finished jobs not written: %s", exc)
+                write_sweep_summary(cfg, sweep, _sweep_started)
+            except (Exception, KeyboardInterrupt) as exc:  # the hint below matters more than the summary
+                log.warning("summary of the finished jobs not written: %s", exc or type(exc).__name__)
         remove_empty_run_dir(run_dir)
         interrupted(resume_hint(config, sweep))
     keep_summary_in_job_folder(written)
@@ -494,15 +493,16 @@ def summary_columns(rows: list[dict]) -> list[str]:
 _sweep_started: float | None = None  # when this process's multirun began (its summary leaves out older jobs)
 
 
-def write_sweep_summary(config: DictConfig | None, sweep_dir: Path, since: float | None) -> None:
-    """``summary.csv`` (one row per job of this sweep) and the sweep's ``report.html`` in ``sweep_dir``."""
+def write_sweep_summary(config: DictConfig, sweep_dir: Path, since: float | None) -> None:
+    """``summary.csv`` (one row per job of this sweep) and, unless ``output.report`` is off, the sweep's
+    ``report.html`` in ``sweep_dir``."""
     rows = summary_rows(sweep_dir, since)
     with atomic_write(sweep_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=summary_columns(rows))
         writer.writeheader()
         writer.writerows(rows)
     log.info("summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
-    if rows and (config is None or OmegaConf.select(config, "output.report", default=True)):
+    if rows and OmegaConf.select(config, "output.report", default=True):
         from ..core.errors import EngineError
         from ..jobs.outputs import sweep_report
 
@@ -516,8 +516,14 @@ class SweepSummary(Callback):
     """After a multirun, write ``summary.csv`` (one row per job of this multirun) into the sweep directory."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Mark the sweep's start in its directory: the jobs' summaries are dated by the same file system's clock
+        (a launcher's clock may differ from a shared file system's)."""
         global _sweep_started
-        _sweep_started = time.time() - 1  # file times have a second's resolution on some file systems
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        marker = sweep_dir / ".sweep_started"
+        marker.touch()
+        _sweep_started = marker.stat().st_mtime - 1  # file times have a second's resolution on some file systems
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         write_sweep_summary(config, Path(config.hydra.sweep.dir), _sweep_started)

@@ -44,10 +44,10 @@ from .inputs import (
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
-from .settings import check_draws_fit, grid_cells
+from .settings import draw_group, grid_cells
 
 RESPONSES = ("action_prob", "action_logit", "value")
-DRAW_NAMES = {"count": "num_samples", "frames": "the frames per call", "budget": "memory_budget_mb"}
+DRAW_NAMES = {"count": "num_samples", "budget": "memory_budget_mb"}
 
 
 @dataclass(frozen=True)
@@ -235,16 +235,43 @@ def lime_saliency(
     segments = grid_segments(size, cell, device)
     features = math.prod(grid_cells(size, cell))
     k = num_samples
-    check_draws_fit(
-        "lime",
-        k,
-        n,
-        size,
-        cell,
-        memory_budget_mb,
-        DRAW_NAMES,
-        torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8,
-    )
+    itemsize = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8
+    group = draw_group("lime", k, n, size, cell, memory_budget_mb, DRAW_NAMES, itemsize)
+    if group < n:  # the frames' samples and fits do not fit at once: groups of frames, the same maps
+        parts = [
+            lime_saliency(
+                agent,
+                x[a:b],
+                index_state(state, slice(a, b)),
+                num_samples,
+                cell,
+                seed,
+                response,
+                None if taken is None else taken[a:b],
+                hide_value,
+                kernel_width,
+                alpha,
+                indices[a:b],
+                perturbations_per_eval,
+                memory_budget_mb,
+                progress,
+            )
+            for a, b in chunk_bounds(n, group)
+        ]
+
+        def joined(name: str) -> torch.Tensor:
+            return torch.cat([getattr(part, name) for part in parts])
+
+        return LimeResult(
+            actor=joined("actor"),
+            critic=joined("critic"),
+            actor_weights=joined("actor_weights"),
+            critic_weights=joined("critic_weights"),
+            actor_intercept=joined("actor_intercept"),
+            critic_intercept=joined("critic_intercept"),
+            segments=parts[0].segments,
+            settings=parts[0].settings,
+        )
     # the random draws, per frame on the CPU (a frame's samples never depend on the others), then on the device
     samples = torch.stack([lime_samples(k, features, seed, index) for index in indices]).to(device)  # (N, K, F)
     chunk = resolve_perturbations_per_eval(agent, dtype, n * k, perturbations_per_eval, memory_budget_mb)

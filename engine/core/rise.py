@@ -39,10 +39,10 @@ from .inputs import (
 )
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
-from .settings import check_draws_fit, grid_cells, memory_budget
+from .settings import draw_group, grid_cells, memory_budget
 
 RESPONSES = ("action_prob", "action_logit", "value")
-DRAW_NAMES = {"count": "num_masks", "frames": "the frames per call", "budget": "memory_budget_mb"}
+DRAW_NAMES = {"count": "num_masks", "budget": "memory_budget_mb"}
 MASK_BLOCK = 64  # masks per frame weighed together when the map is summed (fixed: results never depend on chunks)
 SUM_COPIES = 7  # a block of masks, the gathers and lerps that build it, and its two products (peak memory, measured)
 
@@ -257,16 +257,39 @@ def rise_saliency(
                 f"response={response!r} needs the action taken on each frame: pass actions=rollout.actions"
             )
         taken = _check_actions(actions, n, agent.num_actions, device)
-    check_draws_fit(
-        "rise",
-        num_masks,
-        n,
-        size,
-        cell,
-        memory_budget_mb,
-        DRAW_NAMES,
-        torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8,
-    )
+    itemsize = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8
+    group = draw_group("rise", num_masks, n, size, cell, memory_budget_mb, DRAW_NAMES, itemsize)
+    if group < n:  # the frames' draws do not fit at once: groups of frames, the same maps (each frame's own draws)
+        parts = [
+            rise_saliency(
+                agent,
+                x[a:b],
+                index_state(state, slice(a, b)),
+                num_masks,
+                p,
+                cell,
+                seed,
+                response,
+                None if taken is None else taken[a:b],
+                baseline,
+                indices[a:b],
+                perturbations_per_eval,
+                memory_budget_mb,
+                progress,
+            )
+            for a, b in chunk_bounds(n, group)
+        ]
+
+        def joined(name: str) -> torch.Tensor:
+            return torch.cat([getattr(part, name) for part in parts])
+
+        return RiseResult(
+            actor=joined("actor"),
+            critic=joined("critic"),
+            actor_responses=joined("actor_responses"),
+            critic_responses=joined("critic_responses"),
+            settings=parts[0].settings,
+        )
     # the random draws, per frame on the CPU (a frame's masks never depend on the others), then on the device
     draws = [mask_draws(num_masks, p, cell, size, seed, index) for index in indices]
     grids = torch.stack([g for g, _ in draws]).to(device)  # (N, num_masks, s_h, s_w)

@@ -359,7 +359,7 @@ def draws_bytes(method: str, count: int, frames: int, size: tuple[int, int], cel
     return frames * count * per_draw + count * cells * 8
 
 
-def check_draws_fit(
+def draw_group(
     method: str,
     count: int,
     frames: int,
@@ -368,19 +368,21 @@ def check_draws_fit(
     memory_budget_mb: float | None,
     names: Mapping[str, str],
     itemsize: int = 4,
-) -> None:
-    """Refuse a RISE or LIME call whose draws (:func:`draws_bytes`) exceed the memory budget, before anything is
-    allocated. ``names`` gives the settings to name: ``count`` (num_masks or num_samples), ``frames`` (what sets
-    the frames scored together) and ``budget``."""
-    budget = memory_budget(memory_budget_mb)
-    needed = draws_bytes(method, count, frames, size, cell, itemsize)
-    if needed > budget * 2**20:
+) -> int:
+    """How many of ``frames`` frames a RISE or LIME call draws (and LIME fits) at once within the memory budget
+    (:func:`draws_bytes`): all of them, or fewer, scored a group at a time with the same maps (each frame's draws
+    depend on its index alone). Refuses, before anything is allocated, a count whose draws for one frame exceed the
+    budget. ``names`` gives the settings to name: ``count`` (num_masks or num_samples) and ``budget``."""
+    budget = memory_budget(memory_budget_mb) * 2**20
+    one = draws_bytes(method, count, 1, size, cell, itemsize)
+    if one > budget:
         draws = "masks" if method == "rise" else "samples and their fit"
         raise ValueError(
-            f"{names['count']}={count:,} on {frames} frame{'s' * (frames != 1)} at once needs about "
-            f"{needed / 2**20:,.0f} MB for the {draws}, more than the memory budget of {budget:,.0f} MB: lower "
-            f"{names['count']} or {names['frames']}, or raise {names['budget']}"
+            f"{names['count']}={count:,} needs about {one / 2**20:,.0f} MB per frame for the {draws}, more than the "
+            f"memory budget of {budget / 2**20:,.0f} MB: lower {names['count']}, or raise {names['budget']}"
         )
+    more = draws_bytes(method, count, 2, size, cell, itemsize) - one  # each further frame
+    return max(1, min(frames, 1 + int((budget - one) // more)))
 
 
 def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
@@ -403,10 +405,11 @@ def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
             )
 
 
-def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = None) -> None:
+def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = None, itemsize: int = 4) -> None:
     """Raise ``ValueError`` naming the first bad per-method setting (``rise.num_masks must be ...``). Checks that
     depend on the observation's (H, W) ``size`` (a window larger than the observation, ...) need it; without it
-    they wait for the agent (:func:`engine.jobs.run.validate_job`) or the engine function."""
+    they wait for the agent (:func:`engine.jobs.run.validate_job`) or the engine function; ``itemsize``: the bytes
+    of the floats RISE's sums and LIME's fit use (the agent's, at least float32's)."""
     o, r, li, sa = s.occlusion, s.rise, s.lime, s.sarfa
     side = max(size) if size else None
     # occlusion
@@ -459,22 +462,14 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
             f"lime.alpha=0 (no ridge penalty) fits {cells} superpixels and an intercept, which needs "
             f"lime.num_samples > {cells}, got {li.num_samples}: raise lime.num_samples or set lime.alpha > 0"
         )
-    if size:
-        frames = s.frames_per_batch if _integer(s.frames_per_batch, 1) else 1
+    if size:  # a frame's draws must fit the budget (the frames of a call are drawn in groups that fit)
         for method, count, name, cell in (
             ("rise", r.num_masks, "num_masks", r.cell),
             ("lime", li.num_samples, "num_samples", li.cell),
         ):
             if method in selected_methods(s.method):
-                check_draws_fit(
-                    method,
-                    count,
-                    frames,
-                    size,
-                    cell,
-                    s.memory_budget_mb,
-                    names={"count": f"{method}.{name}", "frames": "frames_per_batch", "budget": "memory_budget_mb"},
-                )
+                names = {"count": f"{method}.{name}", "budget": "memory_budget_mb"}
+                draw_group(method, count, 1, size, cell, s.memory_budget_mb, names, itemsize)
     # SARFA
     _choice("sarfa.perturbation", sa.perturbation, SarfaPerturbation)
     if sa.radius is not None and not (_finite(sa.radius) and sa.radius > 0):

@@ -145,6 +145,10 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
             actor = maps[shown[0]]
             return actor, maps[shown[1]] if len(shown) > 1 else torch.zeros_like(actor)
 
+        def kind(name: str) -> Callable[[], Iterator[torch.Tensor]]:
+            """One kind of map, window by window (a pass of the clean style's scale)."""
+            return lambda: (torch.from_numpy(sstore.store.read_range(a, b, (name,))[name]) for a, b in every)
+
         if r.style == "paper":  # each frame's overlay depends on that frame's maps alone
             actor_gain, critic_gain = r.actor_gain, r.critic_gain
             if actor_gain is None or critic_gain is None:
@@ -155,11 +159,8 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
             def overlay(frames: torch.Tensor, actor: torch.Tensor, critic: torch.Tensor) -> torch.Tensor:
                 return rendering.paper_overlay_pair(frames, actor, critic, actor_gain, critic_gain, r.blur_sigma)
         else:  # one scale per kind for the whole movie: a percentile of all its maps, streamed
-
-            def kind(i: int) -> Callable[[], Iterator[torch.Tensor]]:
-                return lambda: (maps_of(a, b)[i] for a, b in every)
-
-            scales = [rendering.streamed_movie_scale(kind(i), r.percentile) for i in (0, 1)]
+            # no critic map (SARFA's actor alone): a scale of 1, as movie_scales gives all-zero maps
+            scales = [rendering.streamed_movie_scale(kind(name), r.percentile) for name in shown] + [1.0]
 
             def overlay(frames: torch.Tensor, actor: torch.Tensor, critic: torch.Tensor) -> torch.Tensor:
                 return rendering.clean_overlay(frames, actor, critic, scales[0], scales[1], alpha=r.alpha)

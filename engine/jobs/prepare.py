@@ -236,7 +236,8 @@ def check_agent_settings(prepared: PreparedJob) -> None:
     s = config.saliency
     try:
         validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat), size)
-        validate_method_settings(s, size)
+        itemsize = torch.finfo(torch.promote_types(agent.dtype, torch.float32)).bits // 8
+        validate_method_settings(s, size, itemsize)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     if str(s.compat) == "paper" and size != (80, 80):

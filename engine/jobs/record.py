@@ -158,10 +158,10 @@ def open_recording(
     except BaseException:
         locks.release()
         raise
-    identity = rollout_identity(
-        agent, env_id, seed, greedy, num_steps, chunk_steps, checkpoint_sha256, player.spec, player.action_names
-    )
     try:
+        identity = rollout_identity(
+            agent, env_id, seed, greedy, num_steps, chunk_steps, checkpoint_sha256, player.spec, player.action_names
+        )
         layout = rollout_layout(agent, np.shape(player.frame), np.shape(player.observation))
         rstore = RolloutStore.open_or_create(
             root, identity, layout, num_steps, chunk_steps, extra, storage_options, shortened=max_episodes is not None

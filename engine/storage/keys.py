@@ -6,6 +6,7 @@ every chunk's stored bytes as it is read or written). :mod:`engine.storage.store
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 # what a store's ``root`` may be: a local path, an fsspec URL, or a memory store (module docstring)
 StoreRoot: TypeAlias = str | os.PathLike[str] | MemoryStore
+log = logging.getLogger(__name__)
 
 
 def is_url(root: object) -> TypeGuard[str]:
@@ -60,18 +62,23 @@ def _outermost_group(path: Path) -> Path:
     return path
 
 
+_held_here: set[Path] = set()  # the recording locks this process holds (a second flock of one would wait forever)
+
+
 class RecordingLocks:
     """One recorder at a time for each local rollout store: an advisory lock (``flock``) on a file beside each store
-    (``.<name>.recording.lock``; beside the group that holds it, for a games job's stores), held from before the store is opened until its recording ends. Jobs of a parallel
-    sweep that share ``store.rollout`` would otherwise both record the game into it, chunk over chunk; the second
-    waits instead, then finds the store recorded (and replays it). The operating system releases a lock whose
-    process dies, so a killed recorder leaves none held. Memory stores and object storage take no lock; nor does a
-    system without ``fcntl``."""
+    (``.<name>.recording.lock``; beside the group that holds it, for a games job's stores), held from before the
+    store is opened until its recording ends. Jobs of a parallel sweep that share ``store.rollout`` would otherwise
+    both record the game into it, chunk over chunk; the second waits instead, then finds the store recorded (and
+    replays it). The operating system releases a lock whose process dies, so a killed recorder leaves none held.
+    Memory stores and object storage take no lock; nor does a system without ``fcntl``, nor a file system that
+    refuses the lock file or ``flock`` (a warning says so: concurrent jobs must then not record one store)."""
 
     def __init__(self, roots: list[StoreRoot]) -> None:
         paths = {_outermost_group(Path(r).absolute()) for r in roots if is_local(r)}
         self.paths = sorted(p.parent / f".{p.name}.recording.lock" for p in paths)  # one order: no deadlock
         self._files: list[Any] = []
+        self._held: list[Path] = []
 
     def acquire(self, waiting: Callable[[Path], None] | None = None) -> None:
         """Take every lock, waiting for each one another process holds (``waiting(store)`` is called first)."""
@@ -81,23 +88,40 @@ class RecordingLocks:
             return
         try:
             for path in self.paths:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                f = open(path, "a")
+                store = path.parent / path.name[1 : -len(".recording.lock")]
+                if path in _held_here:
+                    raise EngineError(
+                        f"this process is already recording into {store} (a recording opened and not yet run or "
+                        "closed): run or close it before recording there again"
+                    )
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    f = open(path, "a")
+                except OSError as exc:
+                    log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
+                    continue
                 self._files.append(f)
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if waiting is not None:
-                        waiting(path.parent / path.name[1 : -len(".recording.lock")])
+                        waiting(store)
                     fcntl.flock(f, fcntl.LOCK_EX)
+                except OSError as exc:  # a file system without flock (some NFS, Lustre or FUSE mounts)
+                    log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
+                    continue
+                _held_here.add(path)
+                self._held.append(path)
         except BaseException:
             self.release()
             raise
 
     def release(self) -> None:
+        for path in self._held:
+            _held_here.discard(path)
         for f in self._files:
             f.close()  # closing the file releases its lock
-        self._files = []
+        self._files, self._held = [], []
 
 
 def sha256_digest(data: bytes) -> bytes:

@@ -285,6 +285,8 @@ def streamed_movie_scale(
             total, low, high = total + v.numel(), min(low, float(v.min())), max(high, float(v.max()))
     if total == 0:
         raise ValueError("maps is empty: there are no saliency values to normalise")
+    if not math.isfinite(high - low):
+        raise ValueError(f"maps span {low:g}..{high:g}, beyond float64's range: fix the saliency computation")
     rank = min(total, max(1, math.ceil(percentile / 100 * total)))  # within the values the bins chosen keep
     count = total
     while low < high and count > hold:

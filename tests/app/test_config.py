@@ -166,15 +166,15 @@ def test_enums_match_the_engine_choices():
             "saliency.lime.alpha=0 (no ridge penalty) fits 81 superpixels and an intercept, which needs "
             "lime.num_samples > 81, got 50",
         ),
-        # draws made for every frame of a call before its passes: a count that cannot fit is refused up front
+        # draws made for a frame before its passes: a count whose draws for one frame cannot fit is refused up front
         (
             ["saliency.method=rise", "saliency.rise.num_masks=100000000"],
-            "MB for the masks, more than the memory budget of 1,024 MB: lower rise.num_masks or frames_per_batch, or "
-            "raise memory_budget_mb",
+            "MB per frame for the masks, more than the memory budget of 1,024 MB: lower rise.num_masks, or raise "
+            "memory_budget_mb",
         ),
         (
             ["saliency.method=[perturbation,lime]", "saliency.lime.num_samples=1000000"],
-            "saliency.lime.num_samples=1,000,000 on 32 frames at once needs about 92,567 MB for the samples and",
+            "saliency.lime.num_samples=1,000,000 needs about 3,491 MB per frame for the samples and their fit",
         ),
         # the default agent plays Pong: its game is named, and how to choose it
         (

@@ -210,17 +210,32 @@ def test_bad_input_is_refused(kwargs, message):
 
 
 def test_samples_that_cannot_fit_the_memory_budget_are_refused_before_they_are_drawn(monkeypatch):
-    """LIME draws every frame's samples of a call and fits them all at once; a count whose draws and fit exceed the
+    """LIME draws a frame's samples and fits them at once; a count whose draws and fit for one frame exceed the
     memory budget used to end in numpy's allocation error, and is now refused before anything is drawn."""
     from engine.core import lime
 
     frames = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
     monkeypatch.setattr(lime, "lime_samples", lambda *a: pytest.fail("drew samples"))
-    with pytest.raises(
-        ValueError, match=r"num_samples=100,000,000 on 2 frames at once needs about .* MB for the samples"
-    ):
+    with pytest.raises(ValueError, match=r"num_samples=100,000,000 needs about .* MB per frame for the samples"):
         lime_saliency(TopLeftPixel(), frames, (), num_samples=10**8, cell=8, response="value")
-    with pytest.raises(ValueError, match="lower num_samples or the frames per call, or raise memory_budget_mb"):
-        lime_saliency(TopLeftPixel(), frames, (), num_samples=5_000, cell=8, response="value", memory_budget_mb=0.5)
-    monkeypatch.undo()
-    assert len(lime_saliency(TopLeftPixel(), frames, (), num_samples=5_000, cell=8, response="value")) == 2
+    with pytest.raises(ValueError, match="lower num_samples, or raise memory_budget_mb"):
+        lime_saliency(TopLeftPixel(), frames, (), num_samples=50_000, cell=8, response="value", memory_budget_mb=0.5)
+
+
+def test_frames_whose_samples_do_not_fit_at_once_are_fitted_in_groups_with_the_same_maps(monkeypatch):
+    """A budget that holds one frame's samples and fit but not a call's scores the frames a group at a time, with
+    the same maps (each frame's samples depend on its index alone, and each fit on its frame's)."""
+    from engine.core import lime
+    from engine.core.settings import draws_bytes
+
+    frames = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    options = dict(num_samples=400, cell=4, response="value", frame_indices=[7, 3, 0, 11, 2])
+    whole = lime_saliency(TopLeftPixel(), frames, (), **options)
+    drawn: list[int] = []
+    real = lime.lime_samples
+    monkeypatch.setattr(lime, "lime_samples", lambda *a: drawn.append(a[-1]) or real(*a))
+    one_frame = draws_bytes("lime", 400, 1, (16, 16), 4, 8) / 2**20
+    grouped = lime_saliency(TopLeftPixel(), frames, (), memory_budget_mb=2.5 * one_frame, **options)
+    assert drawn == [7, 3, 0, 11, 2]
+    for name in ("actor", "critic", "actor_weights", "critic_weights", "actor_intercept", "critic_intercept"):
+        assert torch.equal(getattr(grouped, name), getattr(whole, name)), name

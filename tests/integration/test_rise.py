@@ -216,15 +216,31 @@ def test_the_maps_are_summed_a_few_frames_at_a_time_within_the_memory_budget(mon
 
 
 def test_masks_that_cannot_fit_the_memory_budget_are_refused_before_they_are_drawn(monkeypatch):
-    """10^9 masks of a frame used to end in the allocator's error after minutes of drawing; the draws of a call are
-    now weighed against the memory budget first, and a count that fits is still scored."""
+    """10^9 masks of a frame used to end in the allocator's error after minutes of drawing; a frame's draws are now
+    weighed against the memory budget first."""
     frames = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
     monkeypatch.setattr(rise, "mask_draws", lambda *a: pytest.fail("drew masks"))
-    with pytest.raises(
-        ValueError, match=r"num_masks=1,000,000,000 on 2 frames at once needs about .* MB for the masks"
-    ):
+    with pytest.raises(ValueError, match=r"num_masks=1,000,000,000 needs about .* MB per frame for the masks"):
         rise_saliency(TopLeftPixel(), frames, (), num_masks=10**9, cell=4, response="value")
-    with pytest.raises(ValueError, match="more than the memory budget of 1 MB"):
+    with pytest.raises(
+        ValueError, match="more than the memory budget of 1 MB: lower num_masks, or raise memory_budget"
+    ):
         rise_saliency(TopLeftPixel(), frames, (), num_masks=20_000, cell=4, response="value", memory_budget_mb=1)
-    monkeypatch.undo()
-    assert len(rise_saliency(TopLeftPixel(), frames, (), num_masks=20_000, cell=4, response="value")) == 2
+
+
+def test_frames_whose_masks_do_not_fit_at_once_are_scored_in_groups_with_the_same_maps(monkeypatch):
+    """A budget that holds one frame's draws but not a call's (the defaults with a small memory_budget_mb) scores
+    the frames a group at a time: each frame's masks depend on its index alone, so the maps are the same."""
+    frames = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    options = dict(num_masks=3000, cell=4, response="value", frame_indices=[7, 3, 0, 11, 2])
+    whole = rise_saliency(TopLeftPixel(), frames, (), **options)
+    drawn: list[int] = []
+    real = rise.mask_draws
+    monkeypatch.setattr(rise, "mask_draws", lambda *a: drawn.append(a[-1]) or real(*a))
+    from engine.core.settings import draws_bytes
+
+    one_frame = draws_bytes("rise", 3000, 1, (16, 16), 4, 8) / 2**20
+    grouped = rise_saliency(TopLeftPixel(), frames, (), memory_budget_mb=2.5 * one_frame, **options)
+    assert drawn == [7, 3, 0, 11, 2]  # in groups of 2, 2, 1: each frame's draws once
+    for name in ("actor", "critic", "actor_responses", "critic_responses"):
+        assert torch.equal(getattr(grouped, name), getattr(whole, name)), name

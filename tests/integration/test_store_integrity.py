@@ -673,8 +673,8 @@ def test_a_reader_in_another_thread_never_sees_a_store_being_truncated():
 
 
 def test_a_second_recorder_of_one_store_waits_for_the_first_and_then_finds_it_recorded(tmp_path, caplog):
-    """Jobs of a parallel sweep that share store.rollout both recorded the game into it, chunk over chunk; the
-    second now waits for the first one's lock, then finds every chunk written and plays nothing."""
+    """Jobs of a parallel sweep that share store.rollout both recorded the game into it, chunk over chunk; a job now
+    waits while another process records it, then finds every chunk written and plays nothing."""
     import logging
 
     from engine.jobs.record import open_recording
@@ -682,22 +682,85 @@ def test_a_second_recorder_of_one_store_waits_for_the_first_and_then_finds_it_re
     from engine.policies.registry import resolve_checkpoint
     from engine.storage.store import RolloutStore
 
-    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
     root = tmp_path / "game"
-    first = open_recording(agent, "PongNoFrameskip-v4", 6, root, chunk_steps=4)  # holds the store's lock
-    opened: dict = {}
+    other = subprocess.Popen(  # another process records the game, once told to
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from engine.jobs.record import open_recording\n"
+            "from engine.policies.loading import load_policy\n"
+            "from engine.policies.registry import resolve_checkpoint\n"
+            "agent = load_policy(resolve_checkpoint('builtin/pong'), device='cpu')\n"
+            f"recording = open_recording(agent, 'PongNoFrameskip-v4', 6, {str(root)!r}, chunk_steps=4)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "recording.run()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+        opened: dict = {}
 
-    def second() -> None:
-        recording = open_recording(agent, "PongNoFrameskip-v4", 6, root, chunk_steps=4)
-        opened["first"] = recording.first
-        recording.run()
+        def second() -> None:
+            recording = open_recording(agent, "PongNoFrameskip-v4", 6, root, chunk_steps=4)
+            opened["first"] = recording.first
+            recording.run()
 
-    with caplog.at_level(logging.INFO, logger="engine.jobs.record"):
-        thread = threading.Thread(target=second)
-        thread.start()
-        thread.join(timeout=1.0)
-        assert thread.is_alive() and not opened  # waiting
-        assert "is being recorded by another process: waiting for it to finish" in caplog.text
-        first.run()  # records the game, then lets the lock go
-        thread.join(timeout=60)
-    assert not thread.is_alive() and opened["first"] == 2 and RolloutStore.open(root).complete
+        with caplog.at_level(logging.INFO, logger="engine.jobs.record"):
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join(timeout=1.0)
+            assert thread.is_alive() and not opened  # waiting
+            assert "is being recorded by another process: waiting for it to finish" in caplog.text
+            other.communicate("go\n", timeout=120)  # it records the game, then lets the lock go
+            thread.join(timeout=60)
+    finally:
+        if other.poll() is None:
+            other.kill()
+    assert other.returncode == 0 and not thread.is_alive() and opened["first"] == 2 and RolloutStore.open(root).complete
+
+
+def test_a_recording_this_process_holds_is_named_not_waited_for(tmp_path):
+    """A second lock in the process that holds the first would wait for itself forever (a notebook that opened a
+    recording and records the store again)."""
+    from engine.core.errors import EngineError
+    from engine.jobs.record import open_recording
+    from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
+
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    first = open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4)
+    with pytest.raises(EngineError, match=r"this process is already recording into .*game.*: run or close it"):
+        open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4)
+    first.close()
+    open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4).run()
+
+
+@pytest.mark.parametrize("failure", ["flock", "lock file"])
+def test_a_file_system_that_refuses_the_lock_records_without_one_and_says_so(tmp_path, monkeypatch, caplog, failure):
+    """flock is missing on some NFS, Lustre and FUSE mounts, and the lock file needs a writable parent: both used to
+    end the recording in a raw OSError."""
+    import errno
+    import fcntl
+    import logging
+
+    from engine.jobs.record import open_recording
+    from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
+    from engine.storage import keys
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(
+        fcntl if failure == "flock" else keys, "flock" if failure == "flock" else "open", refuse, raising=False
+    )
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    with caplog.at_level(logging.WARNING, logger="engine.storage.keys"):
+        open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4).run()
+    assert "no recording lock for" in caplog.text and "concurrent jobs must not record it" in caplog.text
