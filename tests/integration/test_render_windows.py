@@ -57,3 +57,24 @@ def test_windows_make_the_images_of_one_window(tmp_path, monkeypatch, style):
     # figure one saliency chunk)
     wide = [(a, b, keys) for a, b, keys in read if b - a > 3 and keys in (("frames",), ("actor", "critic"))]
     assert read and not wide, wide
+
+
+def test_own_agents_movie_as_the_docs_show_it(tmp_path):
+    """docs/own-agent.md's "A movie of its maps", run as written on the built-in agent's rollout and maps."""
+    import re
+    from pathlib import Path
+
+    import engine
+    from engine.policies.registry import resolve_checkpoint
+
+    text = (Path(__file__).parents[2] / "docs" / "own-agent.md").read_text()
+    snippet = re.search(r"### A movie of its maps.*?```python\n(.*?)```", text, re.S).group(1)
+    policy = engine.load_policy(resolve_checkpoint("builtin/pong_ppo"))
+    played = engine.rollout(policy, "PongNoFrameskip-v4", 101, progress=False)
+    maps = engine.perturbation_saliency(policy, played.observations, played.states, density=42)
+    snippet = snippet.replace('"saliency.mp4"', repr(str(tmp_path / "saliency.mp4")))
+    snippet = snippet.replace('"frame_00100.png"', repr(str(tmp_path / "frame_00100.png")))
+    exec(snippet, {"played": played, "maps": maps})
+    with av.open(str(tmp_path / "saliency.mp4")) as container:
+        assert len(list(container.decode(video=0))) == 101
+    assert (tmp_path / "frame_00100.png").stat().st_size > 0
