@@ -13,6 +13,9 @@ size, so there chunking changes results only by float rounding (the GPU check me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
 import torch
 
 ROW_QUANTUM, MIN_ROWS = 8, 16
@@ -35,3 +38,13 @@ def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, got {size}")
     return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+Result = TypeVar("Result")
+
+
+def concatenated(parts: Sequence[Result], fields: Sequence[str], **shared: Any) -> Result:
+    """One result of the type of ``parts`` (results of consecutive groups of frames): its per-frame ``fields``
+    concatenated along the frames, the others as ``shared`` gives them."""
+    joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in fields}
+    return type(parts[0])(**joined, **shared)

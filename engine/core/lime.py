@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import chunk_bounds
+from .batching import chunk_bounds, concatenated
 from .device import float32_matmul_precision
 from .inputs import (
     Actions,
@@ -259,16 +259,9 @@ def lime_saliency(
             for a, b in chunk_bounds(n, group)
         ]
 
-        def joined(name: str) -> torch.Tensor:
-            return torch.cat([getattr(part, name) for part in parts])
-
-        return LimeResult(
-            actor=joined("actor"),
-            critic=joined("critic"),
-            actor_weights=joined("actor_weights"),
-            critic_weights=joined("critic_weights"),
-            actor_intercept=joined("actor_intercept"),
-            critic_intercept=joined("critic_intercept"),
+        return concatenated(
+            parts,
+            ("actor", "critic", "actor_weights", "critic_weights", "actor_intercept", "critic_intercept"),
             segments=parts[0].segments,
             settings=parts[0].settings,
         )

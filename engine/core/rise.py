@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import chunk_bounds
+from .batching import chunk_bounds, concatenated
 from .device import float32_matmul_precision
 from .inputs import (
     Actions,
@@ -280,15 +280,8 @@ def rise_saliency(
             for a, b in chunk_bounds(n, group)
         ]
 
-        def joined(name: str) -> torch.Tensor:
-            return torch.cat([getattr(part, name) for part in parts])
-
-        return RiseResult(
-            actor=joined("actor"),
-            critic=joined("critic"),
-            actor_responses=joined("actor_responses"),
-            critic_responses=joined("critic_responses"),
-            settings=parts[0].settings,
+        return concatenated(
+            parts, ("actor", "critic", "actor_responses", "critic_responses"), settings=parts[0].settings
         )
     # the random draws, per frame on the CPU (a frame's masks never depend on the others), then on the device
     draws = [mask_draws(num_masks, p, cell, size, seed, index) for index in indices]
