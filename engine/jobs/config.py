@@ -209,6 +209,7 @@ class MetricsConfig:
     deletion_insertion: bool = False  # deletion/insertion curves and AUCs (policy probability, KL, value)
     random_baseline: bool = True  # with deletion_insertion: the same curves for random-order maps (reference)
     steps: int = 32  # deletion/insertion steps K
+    curve_every: int = 1  # deletion/insertion on every n-th frame only (2 K passes a frame: long rollouts)
     objects: bool = False  # share of saliency on the game's objects, pointing game (Pong, Breakout, SpaceInvaders)
     distance: float = 4.0  # object cells: within this many frame pixels of an object
     stability: bool = False  # Spearman of consecutive frames' maps
@@ -498,6 +499,10 @@ def check_config(config: JobConfig) -> None:
     _check(
         _is_int(m.steps) and 1 <= m.steps <= 4096,
         f"metrics.steps must be in 1..4096 (deletion/insertion steps), got {m.steps!r}",
+    )
+    _check(
+        _is_int(m.curve_every) and m.curve_every >= 1,
+        f"metrics.curve_every must be an integer >= 1 (1: the curves of every frame), got {m.curve_every!r}",
     )
     _check(
         _is_int(m.sanity_frames) and m.sanity_frames >= 1,

@@ -459,6 +459,7 @@ def metrics_summary(config: JobConfig, agent: Policy):
         rows=CROP_ROWS if (config.env.pipeline or agent.pipeline) == "greydanus2017" else None,
         distance=m.distance,
         seed=m.seed,
+        curve_every=m.curve_every,
     )
 
 
@@ -493,7 +494,8 @@ def job_metrics(config: JobConfig, agent: Policy, rstore, sstore, recorded_state
             agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, done
         ):
             maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
-            summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones)
+            first = sstore.bounds[k][0]
+            summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones, first)
         out.update(summary.result())
     if config.metrics.sanity:
         recorded = rstore.read(0, min(rstore.num_steps, config.metrics.sanity_window))

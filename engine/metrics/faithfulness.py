@@ -714,6 +714,8 @@ class MetricsSummary:
         steps: deletion/insertion steps K; ``deletion_insertion``, ``random_baseline``, ``objects``, ``stability``
             switch each metric; ``objects`` needs ``game`` (a key of ``engine.metrics.regions.GAME_OBJECTS``) and raw
             frames; ``rows``: the frame rows a map covers (the 2017 crop) or None (the whole frame).
+        curve_every: the deletion/insertion curves (2 K forward passes a frame, the costly metric) on the frames
+            whose index is a multiple of it only (1: every frame); the other metrics on every frame.
     """
 
     def __init__(
@@ -728,7 +730,11 @@ class MetricsSummary:
         rows: tuple[int, int] | None = None,
         distance: float = 4.0,
         seed: int = 0,
+        curve_every: int = 1,
     ):
+        if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 1:
+            raise ValueError(f"curve_every must be an integer >= 1, got {curve_every!r}")
+        self.curve_every = curve_every
         self.kinds, self.steps = tuple(kinds), _check_steps(steps)
         self.use_curves, self.use_random, self.use_objects, self.use_stability = (
             deletion_insertion,
@@ -763,9 +769,11 @@ class MetricsSummary:
         actions=None,
         frames=None,
         dones=None,
+        first: int = 0,
     ) -> None:
         """One chunk: observations (n, C, H, W), the states used on them, maps ``{kind: (n, H, W)}``, actions (n,),
-        raw frames (n, 210, 160, 3) for the objects, dones (n,) for the temporal stability."""
+        raw frames (n, 210, 160, 3) for the objects, dones (n,) for the temporal stability; ``first``: the index
+        of the chunk's first frame (which frames ``curve_every`` picks)."""
         import time
 
         from .regions import game_object_cells
@@ -777,8 +785,15 @@ class MetricsSummary:
                 continue
             m = torch.as_tensor(maps[kind]).float()
             n = m.shape[0]
-            if self.use_curves:
-                result = deletion_insertion(agent, observations, states, m, actions, steps=self.steps)
+            picked = [i for i in range(n) if (first + i) % self.curve_every == 0]
+            if self.use_curves and picked:
+                obs, curved, on, acts = observations, m, states, actions
+                if len(picked) < n:  # every curve_every-th frame of the rollout
+                    rows = torch.tensor(picked)
+                    obs, curved = torch.as_tensor(observations)[rows], m[rows]
+                    on = index_state(tuple(torch.as_tensor(t) for t in states), rows)
+                    acts = None if actions is None else torch.as_tensor(actions)[rows]
+                result = deletion_insertion(agent, obs, on, curved, acts, steps=self.steps)
                 for key, values in result.aucs().items():
                     self._add(kind, f"{key}_auc", values)
                 for name in ("deletion", "insertion"):
@@ -786,10 +801,10 @@ class MetricsSummary:
                         self._add(kind, f"{name}_{key}_curve", getattr(getattr(result, name), key))
                 if self.use_random and kind == self.kinds[0]:
                     # one seeded random order for every frame, so chunking cannot change the reference
-                    rand = random_maps(1, cast(tuple[int, int], tuple(m.shape[1:])), seed=self.seed).expand(n, -1, -1)
-                    for key, values in (
-                        deletion_insertion(agent, observations, states, rand, actions, steps=self.steps).aucs().items()
-                    ):
+                    rand = random_maps(1, cast(tuple[int, int], tuple(m.shape[1:])), seed=self.seed).expand(
+                        len(picked), -1, -1
+                    )
+                    for key, values in deletion_insertion(agent, obs, on, rand, acts, steps=self.steps).aucs().items():
                         self._add("random", f"{key}_auc", values)
             if self.use_objects and self.game is not None and frames is not None:
                 map_size = cast(tuple[int, int], tuple(m.shape[1:]))  # maps are (n, H, W)

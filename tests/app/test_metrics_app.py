@@ -136,3 +136,36 @@ def test_metrics_are_off_by_default_and_checked(tmp_path):
         job(tmp_path, metrics={"steps": 0})
     with pytest.raises(EngineError, match="metrics.kinds must name maps"):
         job(tmp_path, metrics={"kinds": ["policy"]})
+
+
+def test_curves_of_every_nth_frame_are_those_frames_curves(in_memory, tmp_path):
+    """metrics.curve_every=3 on a store job scored 4 frames a chunk: the deletion/insertion AUCs are the means over
+    frames 0, 3, 6 and 9 of the rollout (whatever chunk holds them), the other metrics still over every frame."""
+    run_job(
+        job(
+            tmp_path / "run",
+            store={"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4},
+            metrics={"curve_every": 3, "sanity": False},
+        )
+    )
+    metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
+    arrays, _ = load_arrays(in_memory[0] / "rollout.npz")
+    maps, _ = load_arrays(in_memory[0] / "saliency.npz")
+    agent = load_policy(resolve_checkpoint("builtin/pong", [], allow_download=False), device="cpu")
+    rows = [0, 3, 6, 9]
+    states = tuple(torch.from_numpy(arrays[f"state_{i}"])[rows] for i in range(2))
+    direct = deletion_insertion(
+        agent,
+        torch.from_numpy(arrays["observations"])[rows],
+        states,
+        torch.from_numpy(maps["actor"])[rows],
+        torch.from_numpy(arrays["actions"])[rows],
+        steps=4,
+    )
+    for key, values in direct.aucs().items():
+        assert metrics["actor"][f"{key}_auc"] == pytest.approx(float(values.double().mean()), rel=1e-6), key
+    every = in_memory[1]["metrics"]
+    assert metrics["critic"]["stability_temporal"] == pytest.approx(every["critic"]["stability_temporal"], rel=1e-6)
+    assert metrics["frames"] == 10
+    with pytest.raises(Exception, match="metrics.curve_every must be an integer >= 1"):
+        job(tmp_path / "bad", metrics={"curve_every": 0})
