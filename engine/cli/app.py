@@ -360,7 +360,7 @@ def hydra_main(cfg: DictConfig) -> None:
             try:
                 write_sweep_summary(cfg, sweep, _sweep_started)
             except (Exception, KeyboardInterrupt) as exc:  # the hint below matters more than the summary
-                log.warning("summary of the finished jobs not written: %s", exc or type(exc).__name__)
+                log.warning("summary of the finished jobs not written: %s", str(exc) or type(exc).__name__)
         remove_empty_run_dir(run_dir)
         interrupted(resume_hint(config, sweep))
     keep_summary_in_job_folder(written)

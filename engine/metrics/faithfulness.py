@@ -791,7 +791,8 @@ class MetricsSummary:
                 if len(picked) < n:  # every curve_every-th frame of the rollout
                     rows = torch.tensor(picked)
                     obs, curved = torch.as_tensor(observations)[rows], m[rows]
-                    on = index_state(tuple(torch.as_tensor(t) for t in states), rows)
+                    parts = () if states is None else (states,) if hasattr(states, "shape") else tuple(states)
+                    on = index_state(tuple(torch.as_tensor(t) for t in parts), rows)
                     acts = None if actions is None else torch.as_tensor(actions)[rows]
                 result = deletion_insertion(agent, obs, on, curved, acts, steps=self.steps)
                 for key, values in result.aucs().items():

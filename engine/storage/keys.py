@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +63,9 @@ def _outermost_group(path: Path) -> Path:
     return path
 
 
-_held_here: set[Path] = set()  # the recording locks this process holds (a second flock of one would wait forever)
+# the recording locks this process holds, each with its holder (a second flock of one would wait forever); a holder
+# dropped unreleased closes its files, which frees their locks, and its entry with it
+_held_here: dict[Path, weakref.ref[RecordingLocks]] = {}
 
 
 class RecordingLocks:
@@ -89,7 +92,8 @@ class RecordingLocks:
         try:
             for path in self.paths:
                 store = path.parent / path.name[1 : -len(".recording.lock")]
-                if path in _held_here:
+                holder = _held_here.get(path)
+                if holder is not None and holder() is not None:
                     raise EngineError(
                         f"this process is already recording into {store} (a recording opened and not yet run or "
                         "closed): run or close it before recording there again"
@@ -110,7 +114,7 @@ class RecordingLocks:
                 except OSError as exc:  # a file system without flock (some NFS, Lustre or FUSE mounts)
                     log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
                     continue
-                _held_here.add(path)
+                _held_here[path] = weakref.ref(self)
                 self._held.append(path)
         except BaseException:
             self.release()
@@ -118,7 +122,7 @@ class RecordingLocks:
 
     def release(self) -> None:
         for path in self._held:
-            _held_here.discard(path)
+            _held_here.pop(path, None)
         for f in self._files:
             f.close()  # closing the file releases its lock
         self._files, self._held = [], []

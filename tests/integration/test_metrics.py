@@ -369,3 +369,39 @@ def test_sanity_check_of_a_wrapped_network():
             obs,
             jacobian,
         )
+
+
+@pytest.mark.parametrize("form", ["none", "bare tensor"])
+def test_every_nth_frames_curves_take_the_state_forms_deletion_insertion_takes(form):
+    """metrics' curve_every sliced states as a tuple of tensors: None (a feed-forward agent) or a bare state tensor,
+    which deletion_insertion takes, crashed with curve_every > 1."""
+    from engine.metrics.faithfulness import MetricsSummary
+
+    torch.manual_seed(0)
+    recurrent = form == "bare tensor"
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 4))
+
+    def fn(obs, state=None):
+        out = net(obs)
+        return (out[:, :3], out[:, 3], state) if recurrent else (out[:, :3], out[:, 3])
+
+    agent = wrap_policy(
+        fn, (1, 16, 16), pipeline="gymnasium_atari", initial_state=torch.zeros(1, 2) if recurrent else None
+    )
+    obs = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    maps = {"actor": torch.rand(5, 16, 16, generator=torch.Generator().manual_seed(2))}
+    states = None if form == "none" else torch.zeros(5, 2)
+    every, picked = (
+        MetricsSummary(("actor",), 4, objects=False, stability=False, curve_every=2),
+        MetricsSummary(("actor",), 4, objects=False, stability=False),
+    )
+    every.update(agent, obs, states, maps, torch.zeros(5, dtype=torch.long), first=1)  # frames 2 and 4 of the rollout
+    rows = [1, 3]
+    picked.update(
+        agent,
+        obs[rows],
+        None if states is None else states[rows],
+        {"actor": maps["actor"][rows]},
+        torch.zeros(2, dtype=torch.long),
+    )
+    assert every.result()["actor"] == picked.result()["actor"]

@@ -764,3 +764,22 @@ def test_a_file_system_that_refuses_the_lock_records_without_one_and_says_so(tmp
     with caplog.at_level(logging.WARNING, logger="engine.storage.keys"):
         open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4).run()
     assert "no recording lock for" in caplog.text and "concurrent jobs must not record it" in caplog.text
+
+
+def test_a_recording_lock_dropped_unreleased_frees_its_store(tmp_path):
+    """A holder dropped without run() or close() (an exception in a notebook) closes its file, which frees the
+    flock; the process's own record of it must not refuse the store for the rest of the session."""
+    import gc
+
+    from engine.core.errors import EngineError
+    from engine.storage.keys import RecordingLocks
+
+    held = RecordingLocks([tmp_path / "store"])
+    held.acquire()
+    with pytest.raises(EngineError, match="this process is already recording into"):
+        RecordingLocks([tmp_path / "store"]).acquire()
+    del held
+    gc.collect()
+    again = RecordingLocks([tmp_path / "store"])
+    again.acquire(waiting=lambda store: pytest.fail("waited for a lock nobody holds"))
+    again.release()
