@@ -258,3 +258,8 @@ def check_outputs(agent: Policy, out: object, rows: int) -> PolicyOutput:
             "order" + (" (these two look swapped)" if swapped else f" (num_actions is {agent.num_actions})")
         )
     return out
+
+
+def float_bytes(dtype: torch.dtype) -> int:
+    """Bytes of the floats RISE's sums and LIME's fits use for an agent of ``dtype``: its own, at least float32's."""
+    return torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8

@@ -39,6 +39,7 @@ from .inputs import (
     agent_device_dtype,
     check_finite_maps,
     check_outputs,
+    float_bytes,
     prepare_inputs,
 )
 from .perturbation import _check_actions, resolve_perturbations_per_eval
@@ -235,7 +236,7 @@ def lime_saliency(
     segments = grid_segments(size, cell, device)
     features = math.prod(grid_cells(size, cell))
     k = num_samples
-    itemsize = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8
+    itemsize = float_bytes(dtype)
     group = draw_group("lime", k, n, size, cell, memory_budget_mb, DRAW_NAMES, itemsize)
     if group < n:  # the frames' samples and fits do not fit at once: groups of frames, the same maps
         parts = [

@@ -35,6 +35,7 @@ from .inputs import (
     agent_device_dtype,
     check_finite_maps,
     check_outputs,
+    float_bytes,
     prepare_inputs,
 )
 from .perturbation import _check_actions, resolve_perturbations_per_eval
@@ -257,7 +258,7 @@ def rise_saliency(
                 f"response={response!r} needs the action taken on each frame: pass actions=rollout.actions"
             )
         taken = _check_actions(actions, n, agent.num_actions, device)
-    itemsize = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8
+    itemsize = float_bytes(dtype)
     group = draw_group("rise", num_masks, n, size, cell, memory_budget_mb, DRAW_NAMES, itemsize)
     if group < n:  # the frames' draws do not fit at once: groups of frames, the same maps (each frame's own draws)
         parts = [

@@ -340,10 +340,11 @@ def memory_budget(memory_budget_mb: float | None) -> float:
 
 def draws_bytes(method: str, count: int, frames: int, size: tuple[int, int], cell: int, itemsize: int = 4) -> int:
     """Bytes that RISE's masks or LIME's samples hold beside the passes, for ``frames`` frames of ``count`` draws
-    each, their responses and sums or fits in floats of ``itemsize`` bytes: every frame's draws are made before the
-    first pass (so that they never depend on the passes' sizes), each draw's responses are kept, and LIME fits all
-    its samples at once (as floats, repeated for the actor's and the critic's fit, centred and weighted). While a
-    frame's draws are made, its raw float64 uniforms (RISE) or int64 integers (LIME) exist too.
+    each, their responses and sums or fits in floats of ``itemsize`` bytes: the draws of the frames scored together
+    are made before their first pass (so that they never depend on the passes' sizes), each draw's responses are
+    kept, and LIME fits those frames' samples at once (as floats, repeated for the actor's and the critic's fit,
+    centred and weighted). While a frame's draws are made, its raw float64 uniforms (RISE) or int64 integers (LIME)
+    exist too.
 
     >>> round(draws_bytes("rise", 1000, 32, (80, 80), 8) / 2**20, 1)  # the defaults: 10x10 cells
     4.8

@@ -18,6 +18,7 @@ import torch
 from ..core.device import resolve_device, resolve_dtype
 from ..core.errors import CheckpointError, EngineError
 from ..core.files import check_writable_directory, sha256_of
+from ..core.inputs import float_bytes
 from ..core.policy import Policy
 from ..core.settings import FRAME_SHAPE, validate_method_settings, validate_settings
 from ..env.pipelines import library_defaults, pipeline_observation_shape
@@ -236,7 +237,7 @@ def check_agent_settings(prepared: PreparedJob) -> None:
     s = config.saliency
     try:
         validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat), size)
-        itemsize = torch.finfo(torch.promote_types(agent.dtype, torch.float32)).bits // 8
+        itemsize = float_bytes(agent.dtype)
         validate_method_settings(s, size, itemsize)
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
