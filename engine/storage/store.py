@@ -76,7 +76,6 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, cast
 
@@ -90,6 +89,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore, MemoryStore
 
+from .. import __version__
 from ..core.batching import chunk_bounds
 from ..core.errors import EngineError
 from ..core.files import check_writable_directory
@@ -139,10 +139,9 @@ class StoreIntegrityError(EngineError):
 
 
 def engine_version() -> str:
-    try:
-        return version("atari-saliency-engine")
-    except PackageNotFoundError:
-        return "unknown"
+    """The engine's version, as a store's identity records it: the package's own (``engine.__version__``, which
+    the distribution's metadata is built from), so a run from a source tree and an installed run agree."""
+    return __version__
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -136,3 +136,18 @@ def test_an_object_store_url_without_its_package_names_what_to_install(monkeypat
         message = str(caught.value)
         assert "\n" not in message and "s3://bucket/game" in message and "pip install s3fs" in message, message
         assert "[store]" in message
+
+
+def test_stores_record_the_packages_own_version_whether_installed_or_not(monkeypatch):
+    """A store's identity names the engine's version from the package itself, so a run from a source tree (no
+    distribution metadata found) and an installed run resume each other's stores."""
+    import importlib.metadata
+
+    import engine
+    from engine.storage.store import engine_version
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata.Distribution, "from_name", staticmethod(not_installed))
+    assert engine_version() == engine.__version__
