@@ -2,8 +2,6 @@
 
 import os
 
-__version__ = "0.1.0"
-
 # Intel MKL picks GEMM kernels by row count, so a row's result would change with the batch it is in. Its
 # strict reproducibility mode makes every row independent of the batch (its cost is measured in docs/method.md,
 # "How it is fast"). MKL reads this on its first call, so it must be set before any matrix product runs; a value the user
@@ -14,6 +12,9 @@ from .core.errors import CheckpointError as CheckpointError
 from .core.errors import EngineError as EngineError
 from .core.errors import UnknownEnvironmentError as UnknownEnvironmentError
 from .core.settings import SaliencyConfig as SaliencyConfig
+from .core.version import VERSION
+
+__version__ = VERSION
 
 # The rest is imported on first use: importing torch takes seconds, and the app checks its settings before that.
 _LAZY = {

@@ -507,7 +507,9 @@ def write_sweep_summary(config: DictConfig, sweep_dir: Path, since: float | None
         from ..jobs.outputs import sweep_report
 
         try:  # summary.csv is written: a page that cannot be built is reported, not fatal to the sweep
-            log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows)))
+            steps = OmegaConf.select(config, "output.report_steps", default=None)
+            steps = None if steps is None else list(steps)
+            log.info("sweep report: %s", sweep_report(sweep_dir, rows, summary_columns(rows), steps))
         except (EngineError, OSError) as exc:
             log.warning("sweep report not written: %s", exc)
 

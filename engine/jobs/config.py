@@ -181,6 +181,9 @@ class OutputConfig:
     comparison_frame: int | None = None  # frame of the "Jacobian vs perturbation" figure (None: the middle one)
     arrays: bool = True  # rollout.npz and saliency.npz, with the settings that produced them
     report: bool = True  # report.html: a self-contained viewer of the run (engine.viz.report); a sweep's too
+    # [start, stop]: the steps report.html shows (a page holds 3-11 kB a frame, a sweep's that per job). Default: the
+    # whole run up to engine.jobs.outputs.REPORT_MAX_STEPS steps (shared by a sweep's jobs); its first ones beyond
+    report_steps: list[int] | None = None
 
 
 @dataclass
@@ -487,6 +490,13 @@ def check_config(config: JobConfig) -> None:
     for index in o.stills:
         _check(
             _is_int(index) and 0 <= index <= last, f"output.stills: frame {index!r} is outside the rollout's 0..{last}"
+        )
+    if o.report_steps is not None:
+        steps = list(o.report_steps)
+        _check(
+            len(steps) == 2 and all(_is_int(v) for v in steps) and 0 <= steps[0] < steps[1] <= r.steps,
+            f"output.report_steps must be [start, stop] with 0 <= start < stop <= rollout.steps ({r.steps}), got "
+            f"{o.report_steps!r}",
         )
     if o.comparison_frame is not None:
         _check(

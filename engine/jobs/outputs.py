@@ -117,6 +117,9 @@ def streamed_statistics(sstore) -> dict[str, float]:
 
 
 RENDER_WINDOW = 256  # frames whose overlays are made at once for the movie and stills
+# frames (times panels, on a sweep's page) a report shows unless output.report_steps says which: a page holds 3-11 kB
+# a frame and panel, and a browser does not open a page of many hundreds of MB
+REPORT_MAX_STEPS = 10_000
 
 
 def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, recorded_states: bool) -> dict[str, Path]:
@@ -293,7 +296,11 @@ def finish_job(
     if sstore.complete:
         written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
         if config.output.report:  # streamed from the stores, one window of frames at a time
-            written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore)
+            steps, warning = report_steps(config.output.report_steps, rstore.num_steps)
+            if warning:
+                log.warning("%s", warning)
+                warnings.append(warning)
+            written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore, steps)
     elif config.output.report or config.output.movie or config.output.stills:
         log.info(
             "the movie, stills and report.html wait for the saliency store to be complete (the other shards' chunks)"
@@ -358,9 +365,39 @@ def checkpoint_label(name: str) -> str:
     return name if name.startswith(BUILTIN_PREFIX) or known_checkpoint(name) else Path(name).name
 
 
-def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) -> Path:
-    """``report.html`` of a job (:func:`engine.viz.report.write_report`), streamed from its complete stores one
-    window of frames at a time."""
+def report_steps(requested, num_steps: int, panels: int = 1) -> tuple[tuple[int, int], str | None]:
+    """The steps ``(start, stop)`` a report of a run of ``num_steps`` shows (with ``panels`` sets of maps), and what
+    to warn of: the run's first ``REPORT_MAX_STEPS // panels`` where ``requested`` (``output.report_steps``) is
+    None; ``requested`` where the run has them, its last steps as many as asked where it ended sooner.
+
+    >>> report_steps(None, 500), report_steps([10, 20], 500)
+    (((0, 500), None), ((10, 20), None))
+    >>> report_steps(None, 25_000, panels=2)[0], report_steps([400, 600], 500)[0]
+    ((0, 5000), (300, 500))
+    """
+    if requested is None:
+        limit = max(1, REPORT_MAX_STEPS // max(1, panels))
+        if num_steps <= limit:
+            return (0, num_steps), None
+        return (0, limit), (
+            f"report.html shows the first {limit} of the run's {num_steps} steps (a longer page would not open in a "
+            "browser): output.report_steps=[start,stop] shows others"
+        )
+    start, stop = (int(v) for v in requested)
+    if stop <= num_steps:
+        return (start, stop), None
+    shown = (max(0, num_steps - (stop - start)), num_steps)
+    return shown, (
+        f"output.report_steps={[start, stop]}: the run ended after {num_steps} steps, so report.html shows steps "
+        f"{shown[0]}..{shown[1] - 1}"
+    )
+
+
+def job_report(
+    path: Path, config: JobConfig, settings: dict, rstore, sstore, steps: tuple[int, int] | None = None
+) -> Path:
+    """``report.html`` of a job (:func:`engine.viz.report.write_report`) showing ``steps`` (all by default),
+    streamed from its complete stores one window of frames at a time."""
     from ..viz.report import write_report
 
     series = StoreSeries(rstore)
@@ -377,6 +414,7 @@ def job_report(path: Path, config: JobConfig, settings: dict, rstore, sstore) ->
         title=f"{config.env.id}: {Path(str(settings['checkpoint'])).name}, {method_title(config)} saliency",
         settings=shown,
         checkpoint=str(settings["checkpoint"]),
+        steps=steps,
     )
 
 
@@ -528,8 +566,9 @@ def _write_summary(out_dir: Path, settings: dict, written: dict[str, Path | str]
 _SWEPT_COLUMNS = ("checkpoint", "method", "radius", "density", "interp", "compat", "state_alignment")
 
 
-def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
-    """``report.html`` of a multirun in ``sweep_dir`` (``rows``: summary.csv's rows, ``columns`` its header).
+def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | None = None) -> Path:
+    """``report.html`` of a multirun in ``sweep_dir`` (``rows``: summary.csv's rows, ``columns`` its header;
+    ``steps``: ``output.report_steps``, the steps shown as in :func:`report_steps`).
 
     Jobs that replayed one recorded game (the same ``store.rollout``, each saliency store complete) are shown side
     by side on the same frame, one panel per saliency store (shards of one store are one panel), labelled by the
@@ -565,6 +604,9 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
             row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label, link=links.get(row["job"])
         )
         panels.append(seen[store])
+    shown, warning = report_steps(steps, rstore.num_steps, len(panels))
+    if warning:
+        log.warning("sweep %s", warning)
     return write_sweep_report(
         path,
         rows,
@@ -579,4 +621,5 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns) -> Path:
         links=links,
         title=f"sweep {sweep_dir.name}: {len(panels)} jobs on one recorded game of {rstore.identity['env_id']}",
         settings={"rollout_store": next(iter(games)), "swept": swept},
+        steps=shown,
     )

@@ -89,11 +89,11 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore, MemoryStore
 
-from .. import __version__
 from ..core.batching import chunk_bounds
 from ..core.errors import EngineError
 from ..core.files import check_writable_directory
 from ..core.settings import identity_view
+from ..core.version import VERSION
 from ..env.rollout import Rollout
 from .keys import (
     Keys,
@@ -139,9 +139,9 @@ class StoreIntegrityError(EngineError):
 
 
 def engine_version() -> str:
-    """The engine's version, as a store's identity records it: the package's own (``engine.__version__``, which
-    the distribution's metadata is built from), so a run from a source tree and an installed run agree."""
-    return __version__
+    """The engine's version, as a store's identity records it: the package's own (:data:`engine.core.version.VERSION`),
+    never the installed distribution's metadata, so a run from a source tree and an installed run agree."""
+    return VERSION
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

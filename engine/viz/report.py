@@ -220,6 +220,28 @@ def _length(x, name: str) -> int:
     return int(shape[0])
 
 
+def check_steps(steps, total: int) -> tuple[int, int]:
+    """``steps`` as ``(start, stop)`` of a run of ``total`` steps: ``None`` is all of them; otherwise two integers
+    with ``0 <= start < stop <= total``.
+
+    >>> check_steps(None, 10), check_steps([2, 5], 10)
+    ((0, 10), (2, 5))
+    """
+    if steps is None:
+        return 0, total
+    pair = list(steps) if isinstance(steps, (list, tuple)) else None
+    if not (
+        pair is not None
+        and len(pair) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
+        and 0 <= pair[0] < pair[1] <= total
+    ):
+        raise EngineError(
+            f"steps must be [start, stop] with 0 <= start < stop <= {total} (the run's steps), got {steps!r}"
+        )
+    return int(pair[0]), int(pair[1])
+
+
 def _check_inputs(frames, panels: list[Panel], series: dict) -> int:
     n = _length(frames, "frames")
     if n < 1:
@@ -389,8 +411,10 @@ def _write_page(
     table: dict | None,
     frames_per_sheet: int,
     max_bytes_per_frame: float,
+    steps: tuple[int, int] | None = None,
 ) -> Path:
-    """Stream the page to ``path`` (atomically). ``frames`` None: a page with the table and links only."""
+    """Stream the page to ``path`` (atomically). ``frames`` None: a page with the table and links only. ``steps``:
+    the rows ``start..stop-1`` of every array make the page (default: all of them)."""
     if not (isinstance(frames_per_sheet, int) and 1 <= frames_per_sheet <= _WEBP_MAX // FRAME_SHAPE[0]):
         raise EngineError(
             f"frames_per_sheet must be in 1..{_WEBP_MAX // FRAME_SHAPE[0]} (WebP's size limit), "
@@ -399,7 +423,9 @@ def _write_page(
     if not (isinstance(max_bytes_per_frame, (int, float)) and max_bytes_per_frame > 0):
         raise EngineError(f"max_bytes_per_frame must be a number > 0, got {max_bytes_per_frame!r}")
     path = Path(path)
-    n = 0 if frames is None else _check_inputs(frames, panels, series)
+    total = 0 if frames is None else _check_inputs(frames, panels, series)
+    first, end = check_steps(steps, total)
+    n = end - first
     kinds = [k for k in MAP_KINDS if any(k in p.maps for p in panels)]
     # the overlays on when the page opens: the first method's (the 2017 method's actor and critic whenever they
     # are there); the other methods' toggles start off
@@ -411,6 +437,8 @@ def _write_page(
     data: dict = dict(
         meta,
         frames=n,
+        first_step=first,
+        total_steps=total,
         frames_per_sheet=frames_per_sheet,
         frame_shape=list(FRAME_SHAPE),
         panels=[],
@@ -428,8 +456,8 @@ def _write_page(
     with atomic_write(path, ".html") as tmp:
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(_page_head(meta.get("title", "report")))
-            for sheet, start in enumerate(range(0, n, frames_per_sheet)):
-                stop = min(n, start + frames_per_sheet)
+            for sheet, start in enumerate(range(first, end, frames_per_sheet)):
+                stop = min(end, start + frames_per_sheet)
                 window = _numpy(frames[start:stop])
                 if window.shape != (stop - start, *FRAME_SHAPE) or window.dtype != np.uint8:
                     raise EngineError(
@@ -519,6 +547,7 @@ def write_report(
     checkpoint: str = "",
     frames_per_sheet: int = FRAMES_PER_SHEET,
     max_bytes_per_frame: float = MAX_BYTES_PER_FRAME,
+    steps: Sequence[int] | None = None,
 ) -> Path:
     """Write the viewer of one run to ``path`` (``report.html``) and return the path.
 
@@ -531,6 +560,8 @@ def write_report(
         action_names: the game's action meanings, indexed by action.
         settings: JSON-able settings shown on the page (the job's configuration); checkpoint: path or name.
         max_bytes_per_frame: sheets above this (frames and maps together, before base64) are stored lossy.
+        steps: ``[start, stop]``: the page shows steps ``start..stop-1`` of the arrays, numbered as in the run (a
+            page holds about 3-11 kB a frame: a long run's whole page would not open in a browser); default: all.
     """
     panel = Panel("run", dict(maps), label=title or "run")
     meta = dict(
@@ -541,7 +572,7 @@ def write_report(
         checkpoint=str(checkpoint),
     )
     series = dict(values=values, actions=actions, rewards=rewards, dones=dones)
-    return _write_page(path, frames, [panel], series, meta, None, frames_per_sheet, max_bytes_per_frame)
+    return _write_page(path, frames, [panel], series, meta, None, frames_per_sheet, max_bytes_per_frame, steps)
 
 
 def write_sweep_report(
@@ -561,13 +592,14 @@ def write_sweep_report(
     links: dict[str, str] | None = None,
     frames_per_sheet: int = FRAMES_PER_SHEET,
     max_bytes_per_frame: float = MAX_BYTES_PER_FRAME,
+    steps: Sequence[int] | None = None,
 ) -> Path:
     """Write a sweep's page to ``path``: ``rows`` (summary.csv's rows, ``columns`` its header) as a sortable
     table, with a link per job (``links``: job -> the path of its report relative to ``path``'s directory, e.g.
     ``"<job>/report.html"``, not URL-encoded: :func:`relative_link` encodes it, and drops one that leaves that
     directory); given the ``frames`` of the one game all jobs replayed, also every ``panels`` entry (one per job,
-    its maps) side by side on the same frame, with the recorded series (``values``... as in :func:`write_report`).
-    Every string (job names, columns, cells, labels, settings) is shown as text."""
+    its maps) side by side on the same frame, with the recorded series (``values``..., ``steps`` as in
+    :func:`write_report`). Every string (job names, columns, cells, labels, settings) is shown as text."""
     columns = list(columns)
     table = dict(columns=columns, rows=[[row.get(c) for c in columns] for row in rows], links=dict(links or {}))
     meta = dict(
@@ -582,7 +614,7 @@ def write_sweep_report(
             raise EngineError("panels need the frames they are drawn over: pass frames= (the shared rollout)")
         return _write_page(path, None, [], {}, meta, table, frames_per_sheet, max_bytes_per_frame)
     series = dict(values=values, actions=actions, rewards=rewards, dones=dones)
-    return _write_page(path, frames, list(panels), series, meta, table, frames_per_sheet, max_bytes_per_frame)
+    return _write_page(path, frames, list(panels), series, meta, table, frames_per_sheet, max_bytes_per_frame, steps)
 
 
 def read_report_data(path) -> tuple[dict, dict]:

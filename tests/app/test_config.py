@@ -203,6 +203,12 @@ def test_enums_match_the_engine_choices():
             "output.comparison_frame 500 is outside the rollout's 0..199",
         ),
         (["output.stills=[3,250]"], "output.stills: frame 250 is outside the rollout's 0..199"),
+        (
+            ["output.report_steps=[5,300]", "rollout.steps=200"],
+            "output.report_steps must be [start, stop] with 0 <= start < stop <= rollout.steps (200), got [5, 300]",
+        ),
+        (["output.report_steps=[7,7]"], "output.report_steps must be [start, stop]"),
+        (["output.report_steps=[1,2,3]"], "output.report_steps must be [start, stop]"),
         (["rollout.max_episodes=0"], "rollout.max_episodes must be >= 1"),
         (["rollout.seed=-1"], "rollout.seed must be in 0..2**32-1"),
         (["dtype=bfloat16"], "dtype: Invalid value 'bfloat16', expected one of [float32, float64]"),

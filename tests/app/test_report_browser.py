@@ -205,6 +205,23 @@ def test_viewer_slider_overlays_plots_and_play(browser, run):
     assert page.clean(), (page.errors, page.dialogs, page.requests)
 
 
+def test_a_page_of_some_steps_numbers_them_as_in_the_run(browser, run, tmp_path):
+    """steps=[3, 7] of the 8-step run: the slider's frames are steps 3..6, labelled so, each drawn with its own
+    recorded pixels; the header says which steps of how many."""
+    from engine.viz.report import write_report
+
+    path = write_report(
+        tmp_path / "report.html", run["frames"], {"actor": run["maps"]["actor"]}, actions=run["actions"], steps=[3, 7]
+    )
+    page = Page(browser, path)
+    page.drawn(0)
+    assert page.text("#frame-label") == "frame 3 / 6" and "4 (steps 3-6 of 8)" in page.text("header .meta")
+    page.set_overlay("actor", False)
+    page.slide_to(2)
+    assert page.text("#frame-label") == "frame 5 / 6"
+    assert np.array_equal(page.pixels()[..., :3], run["frames"][5]) and page.clean(), page.errors
+
+
 def test_sweep_page_shows_jobs_side_by_side_and_sorts_its_table(browser, tmp_path):
     """Two store jobs (radius 3 and 5) over one recorded game, the multirun callback's page: both panels show the
     same frame, their overlays differ, the table sorts by a clicked column, and links open each job's page."""

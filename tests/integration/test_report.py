@@ -162,6 +162,31 @@ def test_the_page_is_built_one_window_at_a_time(tmp_path):
     assert reads == [(name, a, b) for a, b in windows for name in ("frames", "actor", "critic")]
 
 
+def test_steps_make_a_page_of_those_steps_numbered_as_in_the_run(tmp_path):
+    """steps=[20, 55] of a 70-frame run: the same sheets and series as a page of the arrays sliced there, the
+    steps' numbers kept (first_step, total_steps), and no frame or map outside them read."""
+    n, reads = 70, []
+    frames, maps, series = synthetic_run(n)
+    spied = WindowedArray(lambda a, b: (reads.append((a, b)), pong_like_frames(a, b))[1], (n, 210, 160, 3))
+    window = write_report(tmp_path / "window.html", spied, maps, action_names=NAMES, steps=[20, 55], **series)
+    sliced = write_report(
+        tmp_path / "sliced.html",
+        pong_like_frames(20, 55),
+        {k: np.concatenate([v[20:52], v[52:55]]) for k, v in maps.items()},  # as the windows read them (noise)
+        action_names=NAMES,
+        **{name: values[20:55] for name, values in series.items()},
+    )
+    (data, sheets), (want, want_sheets) = read_report_data(window), read_report_data(sliced)
+    assert sheets == want_sheets and reads == [(20, 52), (52, 55)]
+    assert (data["first_step"], data["frames"], data["total_steps"]) == (20, 35, n)
+    assert {k: v for k, v in data.items() if k not in ("first_step", "total_steps")} == {
+        k: v for k, v in want.items() if k not in ("first_step", "total_steps")
+    }
+    for steps in ([20, 71], [30, 30], [-1, 5], [1.0, 5], 7):
+        with pytest.raises(EngineError, match=r"steps must be \[start, stop\] with 0 <= start < stop <= 70"):
+            write_report(tmp_path / "bad.html", frames, maps, steps=steps)
+
+
 def test_quantise_keeps_each_maps_own_range():
     maps = np.stack([np.linspace(0, 1, 16).reshape(4, 4), np.full((4, 4), 3.0), np.linspace(-2, 6, 16).reshape(4, 4)])
     q, lo, hi = quantise(maps)
@@ -528,6 +553,33 @@ def test_the_main_job_writes_a_report_of_its_arrays(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["written"]["report"] == str(written["report"])
 
 
+def test_a_long_run_shows_its_first_steps_unless_told_which(tmp_path, monkeypatch):
+    """Over REPORT_MAX_STEPS steps the page holds the first ones, and the log and summary.json's warnings say so;
+    output.report_steps picks others (a window the run ended before shows its last steps, with a warning)."""
+    from engine.jobs import outputs
+    from engine.jobs.run import run_job
+    from engine.storage.arrays import load_arrays
+
+    monkeypatch.setattr(outputs, "REPORT_MAX_STEPS", 4)
+    run_job(tiny_job(tmp_path))
+    played, _ = load_arrays(tmp_path / "rollout.npz")
+    data, sheets = read_report_data(tmp_path / "report.html")
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert (data["first_step"], data["frames"], data["total_steps"]) == (0, 4, 6)
+    assert np.array_equal(shown, played["frames"][:4]) and data["series"]["actions"] == played["actions"][:4].tolist()
+    warnings = json.loads((tmp_path / "summary.json").read_text())["warnings"]
+    assert any("report.html shows the first 4 of the run's 6 steps" in w for w in warnings)
+    run_job(tiny_job(tmp_path, output={"report_steps": [1, 6]}))  # told: more than the cap
+    data, sheets = read_report_data(tmp_path / "report.html")
+    shown = np.concatenate([decode_sheet(uri).reshape(-1, 210, 160, 3) for uri in sheets["frames"]])
+    assert (data["first_step"], data["frames"]) == (1, 5) and np.array_equal(shown, played["frames"][1:])
+    assert json.loads((tmp_path / "summary.json").read_text())["warnings"] == []
+    assert outputs.report_steps([4, 9], 6) == (
+        (1, 6),
+        "output.report_steps=[4, 9]: the run ended after 6 steps, so report.html shows steps 1..5",
+    )
+
+
 def test_output_report_false_writes_no_page_and_a_rerun_removes_the_old_one(tmp_path):
     from engine.jobs.run import run_job
 
@@ -537,12 +589,13 @@ def test_output_report_false_writes_no_page_and_a_rerun_removes_the_old_one(tmp_
     assert "report" not in written and not (tmp_path / "report.html").exists()
 
 
-def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path):
+def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path, monkeypatch):
     """Two store jobs replay one recorded game; each job's page equals the stores' contents, and the multirun
     callback writes the sweep page with both jobs as panels over the same frames, and summary.csv as its table."""
     from omegaconf import OmegaConf
 
     from engine.cli.app import SUMMARY_COLUMNS, SweepSummary
+    from engine.jobs import outputs
     from engine.jobs.run import run_job
     from engine.storage.store import RolloutStore, SaliencyStore
 
@@ -581,3 +634,16 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path):
     assert not np.allclose(radius_3, dequantised(data, sheets, 1, "actor"))  # each job's own maps
     own, own_sheets = read_report_data(sweep / "0" / "report.html")
     assert np.array_equal(radius_3, dequantised(own, own_sheets, 0, "actor"))
+    # the sweep's steps: output.report_steps, or REPORT_MAX_STEPS shared by its panels (here 9 // 2)
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True, "report_steps": [3, 7]}})
+    )
+    data, sheets = read_report_data(sweep / "report.html")
+    assert (data["first_step"], data["frames"]) == (3, 4)
+    assert np.array_equal(dequantised(data, sheets, 0, "actor"), radius_3[3:7])
+    monkeypatch.setattr(outputs, "REPORT_MAX_STEPS", 9)
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}})
+    )
+    data, _ = read_report_data(sweep / "report.html")
+    assert (data["first_step"], data["frames"], data["total_steps"]) == (0, 4, 10)

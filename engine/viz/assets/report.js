@@ -9,6 +9,8 @@ document.querySelectorAll('script[type="application/json"].report-sheet').forEac
   sheets.frames.push(block.frames);
   block.maps.forEach((m, p) => Object.entries(m).forEach(([k, uri]) => sheets.maps[p][k].push(uri)));
 });
+// the page's frames are steps F..F+T-1 of the run's total (a window of a long run, or all of it)
+const F = data.first_step || 0, TOTAL = data.total_steps || data.frames;
 const T = data.frames, S = data.frames_per_sheet, FH = data.frame_shape[0], FW = data.frame_shape[1];
 // each kind of map's colour (report.py's MAP_LABELS lists the kinds): actors cool, critics warm
 const COLORS = {actor: [40, 110, 255], critic: [255, 45, 30], jacobian_actor: [0, 220, 110],
@@ -59,12 +61,13 @@ function fmt(v) {
 const header = el("header", {}, el("h1", {text: data.title}));
 const metaLine = el("div", {class: "meta"});
 if (data.checkpoint) metaLine.append(el("b", {text: "checkpoint "}), data.checkpoint + "  ");
-if (T) metaLine.append(el("b", {text: "frames "}), String(T) + "  ");
+if (T) metaLine.append(el("b", {text: "frames "}), String(T) + (T < TOTAL ? " (steps " + F + "-" + (F + T - 1) +
+  " of " + TOTAL + ")" : "") + "  ");
 if (names.length) metaLine.append(el("b", {text: "actions "}), names.map((n, i) => i + " " + n).join(", "));
 header.append(metaLine);
 if ((data.lossy_sheets || []).length) {
-  header.append(el("div", {class: "note", text: "frames " + data.lossy_sheets.map(s => (s * S) + "-" +
-    Math.min(T - 1, s * S + S - 1)).join(", ") + " are stored lossy (over the size budget): pixels are approximate there"}));
+  header.append(el("div", {class: "note", text: "frames " + data.lossy_sheets.map(s => (F + s * S) + "-" +
+    (F + Math.min(T - 1, s * S + S - 1))).join(", ") + " are stored lossy (over the size budget): pixels are approximate there"}));
 }
 document.body.append(header);
 
@@ -217,7 +220,7 @@ function setFrame(t) {
   t = Math.max(0, Math.min(T - 1, Math.round(t)));
   state.frame = t;
   slider.value = t;
-  frameLabel.textContent = "frame " + t + " / " + (T - 1);
+  frameLabel.textContent = "frame " + (F + t) + " / " + (F + T - 1);
   actionLabel.textContent = series.actions ? actionName(series.actions[t]) : "";
   valueLabel.textContent = series.values && series.values[t] !== null ? "value " + fmt(series.values[t]) : "";
   drawCursors();
