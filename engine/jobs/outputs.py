@@ -296,10 +296,10 @@ def finish_job(
     if sstore.complete:
         written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
         if config.output.report:  # streamed from the stores, one window of frames at a time
-            steps, warning = report_steps(config.output.report_steps, rstore.num_steps)
-            if warning:
-                log.warning("%s", warning)
-                warnings.append(warning)
+            steps, too_long = report_steps(config.output.report_steps, rstore.num_steps)
+            if too_long:
+                log.warning("%s", too_long)
+                warnings.append(too_long)
             written["report"] = job_report(out_dir / "report.html", config, settings, rstore, sstore, steps)
     elif config.output.report or config.output.movie or config.output.stills:
         log.info(

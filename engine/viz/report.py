@@ -411,7 +411,7 @@ def _write_page(
     table: dict | None,
     frames_per_sheet: int,
     max_bytes_per_frame: float,
-    steps: tuple[int, int] | None = None,
+    steps: Sequence[int] | None = None,
 ) -> Path:
     """Stream the page to ``path`` (atomically). ``frames`` None: a page with the table and links only. ``steps``:
     the rows ``start..stop-1`` of every array make the page (default: all of them)."""
