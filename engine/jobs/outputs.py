@@ -253,7 +253,10 @@ def finish_job(
         f"; {timing['waited_seconds']:.1f} s more waiting for the recording" if timing["overlapped"] else "",
     )
     recorded_states = uses_recorded_states(agent, rstore, sha)
-    metrics = job_metrics(config, agent, rstore, sstore, recorded_states)
+    metrics = job_metrics(config, agent, rstore, sstore, recorded_states) if sstore.complete else {}
+    m = config.metrics
+    if not sstore.complete and (m.deletion_insertion or m.objects or m.stability or m.sanity):
+        log.info("the metrics wait for the saliency store to be complete (the other shards' chunks)")
     series = rstore.store.read_range(0, rstore.num_steps, ("actions", "rewards", "dones"))
     names = rstore.identity["action_names"]
     stores = {"rollout_store": str(rollout_root), "saliency_store": str(saliency_root)} if st.rollout else {}
@@ -520,20 +523,27 @@ def sanity_metrics(config: JobConfig, agent: Policy, observations, dones, action
 
 
 def job_metrics(config: JobConfig, agent: Policy, rstore, sstore, recorded_states: bool) -> dict:
-    """The metrics of a job (``metrics=...``), streamed chunk by chunk from the rollout and saliency stores (every
-    scored chunk), on the states the maps were scored with (:func:`engine.jobs.score.scored_states`: the recorded
-    ones, or the agent's replayed through the recorded game, carried across chunks)."""
+    """The metrics of a job (``metrics=...``) over its complete saliency store, streamed chunk by chunk from the
+    rollout and saliency stores, on the states the maps were scored with (:func:`engine.jobs.score.scored_states`:
+    the recorded ones, or the agent's replayed through the recorded game, carried across chunks). Kept after each
+    chunk beside a store on disk (:mod:`engine.jobs.metrics_state`): an interrupted job goes on after them."""
+    from .metrics_state import MetricsProgress
+
     out: dict = {}
     summary = metrics_summary(config, agent)
     if summary is not None:
         kinds = tuple(k for k in config.metrics.kinds if k in sstore.store.layout)
-        done = [k for k in range(len(sstore.bounds)) if sstore.store.has(k)] if kinds else []
+        chunks = list(range(len(sstore.bounds))) if kinds else []
+        settings = {k: v for k, v in asdict(config.metrics).items() if not k.startswith("sanity")}
+        progress = MetricsProgress(sstore, dict(metrics=settings, kinds=kinds, recorded_states=recorded_states))
+        first = progress.resume(summary) if chunks else 0
         for k, part, states in scored_states(
-            agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, done
+            agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, chunks[first:]
         ):
             maps = {key: torch.from_numpy(v) for key, v in sstore.store.read(k, kinds).items()}
-            first = sstore.bounds[k][0]
-            summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones, first)
+            start = sstore.bounds[k][0]
+            summary.update(agent, part.observations, states, maps, part.actions, part.frames, part.dones, start)
+            progress.added(k, summary)
         out.update(summary.result())
     if config.metrics.sanity:
         recorded = rstore.read(0, min(rstore.num_steps, config.metrics.sanity_window))

@@ -830,6 +830,25 @@ class MetricsSummary:
         self.frames += n or 0
         self.seconds += time.perf_counter() - started
 
+    def state_dict(self) -> dict:
+        """What the chunks so far added (sums, counts, the last map of each kind, frames and seconds): plain dicts of
+        tensors and numbers, which ``torch.load(..., weights_only=True)`` reads back."""
+        return dict(
+            sums={kind: dict(sums) for kind, sums in self.sums.items()},
+            counts={kind: dict(counts) for kind, counts in self.counts.items()},
+            last={kind: [m, ended] for kind, (m, ended) in self.last.items()},
+            frames=self.frames,
+            seconds=self.seconds,
+        )
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Go on from :meth:`state_dict`'s ``state``: the next :meth:`update` gives what it would have given after
+        the chunks that made it."""
+        self.sums = {kind: dict(sums) for kind, sums in state["sums"].items()}
+        self.counts = {kind: {key: int(c) for key, c in counts.items()} for kind, counts in state["counts"].items()}
+        self.last = {kind: (m, bool(ended)) for kind, (m, ended) in state["last"].items()}
+        self.frames, self.seconds = int(state["frames"]), float(state["seconds"])
+
     def result(self) -> dict:
         """``{kind: {metric: mean over frames, <curve>: [K+1 means]}, "frames": n, "seconds_per_frame": s}``."""
         out: dict = {}

@@ -63,6 +63,21 @@ def _outermost_group(path: Path) -> Path:
     return path
 
 
+def sidecar_path(root: StoreRoot, suffix: str) -> Path | None:
+    """A file of a local store's own (``.<name>.<suffix>``) beside it, or beside the outermost zarr group that
+    holds it (named after the store's path inside the group): never inside a store. None for a memory store or
+    object storage.
+
+    >>> str(sidecar_path("/data/pong/saliency", "metrics.pt"))
+    '/data/pong/.saliency.metrics.pt'
+    """
+    if not is_local(root):
+        return None
+    path = Path(root).absolute()
+    outer = _outermost_group(path)
+    return outer.parent / ".".join(["", outer.name, *path.relative_to(outer).parts, suffix])
+
+
 # the recording locks this process holds, each with its holder (a second flock of one would wait forever); a holder
 # dropped unreleased closes its files, which frees their locks, and its entry with it
 _held_here: dict[Path, weakref.ref[RecordingLocks]] = {}

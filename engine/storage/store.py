@@ -551,6 +551,13 @@ class ChunkStore:
         with self._lock:
             return self._ours(self._marker_rows(start, self.num_chunks if stop is None else stop))
 
+    def markers(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The markers of chunks ``start..stop-1`` (all by default) as ``(n, width)`` uint8 rows, as stored: each
+        binds every array's stored bytes of its chunk to the chunk's place and this store's manifest, so a row is
+        the same only while its chunk holds the same bytes in a store of the same identity (zeros: not complete)."""
+        with self._lock:
+            return self._marker_rows(start, self.num_chunks if stop is None else stop)
+
     def has(self, index: int) -> bool:
         with self._lock:
             return bool(self._ours(self._marker_rows(index, index + 1))[0])

@@ -169,3 +169,73 @@ def test_curves_of_every_nth_frame_are_those_frames_curves(in_memory, tmp_path):
     assert metrics["frames"] == 10
     with pytest.raises(Exception, match="metrics.curve_every must be an integer >= 1"):
         job(tmp_path / "bad", metrics={"curve_every": 0})
+
+
+def test_interrupted_metrics_go_on_after_the_chunks_they_had_added(tmp_path, monkeypatch, caplog):
+    """A store job stopped (Ctrl-C) while its metrics add chunk 1 of 3: run again, it adds chunks 1 and 2 only and
+    its metrics equal an uninterrupted job's to the bit; run once more, it adds none. Other metrics settings, or a
+    damaged file of them, start from the first chunk."""
+    from engine.metrics.faithfulness import MetricsSummary
+
+    game = {"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}
+    metrics = {"sanity": False}
+
+    def without_timing(summary_path):
+        result = json.loads(summary_path.read_text())["metrics"]
+        return {k: v for k, v in result.items() if k != "seconds_per_frame"}
+
+    run_job(job(tmp_path / "whole", store=game, metrics=metrics))
+    whole = without_timing(tmp_path / "whole" / "summary.json")
+
+    added, update = [], MetricsSummary.update
+
+    def counted(self, *args, first=0, **kwargs):
+        added.append(args[-1] if len(args) >= 7 else first)
+        if stop_at is not None and len(added) == stop_at:
+            raise KeyboardInterrupt
+        return update(self, *args, **kwargs) if len(args) >= 7 else update(self, *args, first=first, **kwargs)
+
+    monkeypatch.setattr(MetricsSummary, "update", counted)
+    stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job(tmp_path / "cut", store=game, metrics=metrics))
+    assert added == [0, 4] and (tmp_path / "cut" / ".saliency_store.metrics.pt").is_file()
+    stop_at, added[:] = None, []
+    run_job(job(tmp_path / "cut", store=game, metrics=metrics))
+    assert added == [4, 8] and without_timing(tmp_path / "cut" / "summary.json") == whole
+    added.clear()
+    run_job(job(tmp_path / "cut", store=game, metrics=metrics))
+    assert added == [] and without_timing(tmp_path / "cut" / "summary.json") == whole
+    # other settings: from the first chunk (and the file is theirs from then on)
+    run_job(job(tmp_path / "cut", store=game, metrics={**metrics, "steps": 3}))
+    assert added == [0, 4, 8]
+    (tmp_path / "cut" / ".saliency_store.metrics.pt").write_bytes(b"not a torch file")
+    added.clear()
+    with caplog.at_level("WARNING"):
+        run_job(job(tmp_path / "cut", store=game, metrics=metrics))
+    assert added == [0, 4, 8] and without_timing(tmp_path / "cut" / "summary.json") == whole
+    assert "is unreadable" in caplog.text
+
+
+def test_shards_leave_the_metrics_to_the_job_that_completes_the_store(tmp_path):
+    """Shard 0 of 2 (its chunks only: the store incomplete) writes no metrics; shard 1 completes the store, and its
+    metrics are those of the whole store."""
+    game = {"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}
+    metrics = {"sanity": False}
+    run_job(job(tmp_path / "whole", store=game, metrics=metrics))
+    shared = str(tmp_path / "shared_saliency")
+    for shard in (0, 1):
+        run_job(
+            job(
+                tmp_path / f"shard{shard}",
+                store={**game, "saliency": shared, "shard": shard, "num_shards": 2},
+                metrics=metrics,
+            )
+        )
+    first = json.loads((tmp_path / "shard0" / "summary.json").read_text())
+    last = json.loads((tmp_path / "shard1" / "summary.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["metrics"]
+    assert "metrics" not in first and not first["complete"]
+    assert {k: v for k, v in last["metrics"].items() if k != "seconds_per_frame"} == {
+        k: v for k, v in whole.items() if k != "seconds_per_frame"
+    }
