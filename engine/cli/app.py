@@ -349,6 +349,9 @@ def hydra_main(cfg: DictConfig) -> None:
     except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
         remove_empty_run_dir(run_dir)
         fail(one_line(exc))
+    except KeyboardInterrupt:  # while the agent loads (a download, a large file)
+        remove_empty_run_dir(run_dir)
+        interrupted(BEFORE_THE_JOB)
     try:
         written = run_job(config, prepared)
     except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
@@ -369,14 +372,31 @@ def hydra_main(cfg: DictConfig) -> None:
         log.info("  %12s: %s", name, path)
 
 
+BEFORE_THE_JOB = "stopped before the job began: nothing was written"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The command line: checked first (one line and exit code 2 for a bad one), then run by Hydra."""
+    """The command line: checked first (one line and exit code 2 for a bad one), then run by Hydra. Ctrl-C is one
+    line and exit code 130 wherever it comes: in the checks, in Hydra's own start (or between a sweep's jobs), or in
+    the job (:func:`hydra_main`)."""
     argv = quote_enum_bools(list(sys.argv[1:] if argv is None else argv))
     try:
         precheck(argv)
+        run_hydra(hydra_main, "main", argv)
     except ConfigError as exc:
         fail(str(exc))
-    run_hydra(hydra_main, "main", argv)
+    except KeyboardInterrupt:
+        if _sweep is None:
+            interrupted(BEFORE_THE_JOB)
+        config, sweep = _sweep
+        try:
+            write_sweep_summary(config, sweep, _sweep_started)
+        except (Exception, KeyboardInterrupt) as exc:  # the line below matters more than the summary
+            log.warning("summary of the finished jobs not written: %s", str(exc) or type(exc).__name__)
+        interrupted(
+            f"stopped between the sweep's jobs: the finished ones are in {sweep}; the same command with "
+            f"hydra.sweep.dir={sweep} runs the sweep into it again"
+        )
 
 
 # --- sweeps -------------------------------------------------------------------------------------------------
@@ -491,6 +511,7 @@ def summary_columns(rows: list[dict]) -> list[str]:
 
 
 _sweep_started: float | None = None  # when this process's multirun began (its summary leaves out older jobs)
+_sweep: tuple[DictConfig, Path] | None = None  # this process's multirun: its configuration and directory
 
 
 def write_sweep_summary(config: DictConfig, sweep_dir: Path, since: float | None) -> None:
@@ -520,8 +541,9 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """Mark the sweep's start in its directory: the jobs' summaries are dated by the same file system's clock
         (a launcher's clock may differ from a shared file system's)."""
-        global _sweep_started
+        global _sweep_started, _sweep
         sweep_dir = Path(config.hydra.sweep.dir)
+        _sweep = (config, sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         marker = sweep_dir / ".sweep_started"
         marker.touch()

@@ -170,4 +170,9 @@ def main(argv: list[str] | None = None) -> None:
             interrupted("stopped before the first checkpoint: nothing is kept")
         log.info("last checkpoint: %s", path)
 
-    run_hydra(run, ENTRY, argv)
+    try:
+        run_hydra(run, ENTRY, argv)
+    except KeyboardInterrupt:  # in Hydra's own start, before the run above began: nothing trained yet
+        if made is not None:
+            remove_unfinished(made)
+        interrupted("stopped before the first checkpoint: nothing is kept")

@@ -494,3 +494,47 @@ def test_a_store_player_that_did_not_record_the_complete_store_is_refused(tmp_pa
     validate_job(
         tiny_job(tmp_path / "same", steps=2, movie=False, agent=agent, store={**store, "player": "builtin/pong_ppo"})
     )
+
+
+@pytest.mark.parametrize("where", ["hydra's start", "loading the agent"])
+def test_ctrl_c_before_the_job_begins_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys, where):
+    """Ctrl-C while Hydra starts the run (outside the job's own handler) or while the agent loads (a download):
+    exit code 130 and one line, no traceback, no run folder; in Hydra's start between a sweep's jobs, the finished
+    jobs' summary and the line naming the sweep's directory."""
+    from engine.cli import app
+
+    run = tmp_path / "run"
+    argv = ["agent=builtin_pong", "agent.allow_download=false", "progress=false", f"hydra.run.dir={run}"]
+    if where == "hydra's start":
+        monkeypatch.setattr(app, "run_hydra", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    else:
+        monkeypatch.setattr(app, "_prepared_job", lambda config: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as exited:
+        app.main(argv)
+    assert exited.value.code == 130 and not run.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted: " + app.BEFORE_THE_JOB
+
+
+def test_ctrl_c_between_a_sweeps_jobs_writes_their_summary_and_names_the_sweep(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    from engine.cli import app
+
+    sweep = tmp_path / "sweep"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": False}})
+    summaries = []
+
+    def interrupted_sweep(*args):
+        app.SweepSummary().on_multirun_start(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run_hydra", interrupted_sweep)
+    monkeypatch.setattr(app, "write_sweep_summary", lambda *args: summaries.append(args[1:]))
+    monkeypatch.setattr(app, "_sweep", None)
+    with pytest.raises(SystemExit) as exited:
+        app.main(["agent=builtin_pong", "agent.allow_download=false", "rollout.steps=2,3", "-m"])
+    assert exited.value.code == 130 and summaries == [(sweep, app._sweep_started)]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: stopped between the sweep's jobs: the finished ones are in {sweep}; the same command with "
+        f"hydra.sweep.dir={sweep} runs the sweep into it again"
+    )

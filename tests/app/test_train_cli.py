@@ -168,3 +168,23 @@ def test_ctrl_c_before_the_first_checkpoint_is_one_line_and_keeps_nothing(tmp_pa
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: stopped before the first checkpoint: nothing is kept"
     assert not run.exists()
+
+
+def test_ctrl_c_in_hydras_start_is_one_line_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after Hydra made the run folder but before the training began (outside its handler): exit code 130,
+    the one line, and the folder removed."""
+    from engine.cli import train
+
+    run = tmp_path / "run"
+
+    def started_then_interrupted(*args):
+        (run / "hydra" / ".hydra").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run_hydra", started_then_interrupted)
+    with pytest.raises(SystemExit) as exited:
+        train.main(["algo=a2c", "num_envs=1", "progress=false", f"run_dir={run}"])
+    assert exited.value.code == 130 and not run.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted: stopped before the first checkpoint: nothing is kept"
+    )
