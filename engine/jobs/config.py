@@ -181,8 +181,8 @@ class OutputConfig:
     comparison_frame: int | None = None  # frame of the "Jacobian vs perturbation" figure (None: the middle one)
     arrays: bool = True  # rollout.npz and saliency.npz, with the settings that produced them
     report: bool = True  # report.html: a self-contained viewer of the run (engine.viz.report); a sweep's too
-    # [start, stop]: the steps report.html shows (a page holds 3-11 kB a frame, a sweep's that per job). Default: the
-    # whole run up to engine.jobs.outputs.REPORT_MAX_STEPS steps (shared by a sweep's jobs); its first ones beyond
+    # [start, stop]: the steps report.html shows (a page holds 0.5-3.3 kB a frame per map shown). Default: the whole
+    # run up to engine.jobs.outputs.REPORT_MAX_MAPS maps (10,000 frames of 4 kinds of maps); its first steps beyond
     report_steps: list[int] | None = None
 
 

@@ -117,9 +117,10 @@ def streamed_statistics(sstore) -> dict[str, float]:
 
 
 RENDER_WINDOW = 256  # frames whose overlays are made at once for the movie and stills
-# frames (times panels, on a sweep's page) a report shows unless output.report_steps says which: a page holds 3-11 kB
-# a frame and panel, and a browser does not open a page of many hundreds of MB
-REPORT_MAX_STEPS = 10_000
+# maps (frames times the kinds of maps of every panel) a report shows unless output.report_steps says which frames: a
+# map takes 0.5-3.3 kB of the page, and 10,000 frames of four kinds measured 135 MB (docs/viewer.md), where a browser
+# still opens a page quickly
+REPORT_MAX_MAPS = 40_000
 
 
 def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, recorded_states: bool) -> dict[str, Path]:
@@ -299,7 +300,8 @@ def finish_job(
     if sstore.complete:
         written.update(render_outputs(config, out_dir, agent, rstore, sstore, recorded_states))
         if config.output.report:  # streamed from the stores, one window of frames at a time
-            steps, too_long = report_steps(config.output.report_steps, rstore.num_steps)
+            kinds = sum(kind in sstore.store.layout for kind in MAP_KINDS)
+            steps, too_long = report_steps(config.output.report_steps, rstore.num_steps, kinds)
             if too_long:
                 log.warning("%s", too_long)
                 warnings.append(too_long)
@@ -368,23 +370,26 @@ def checkpoint_label(name: str) -> str:
     return name if name.startswith(BUILTIN_PREFIX) or known_checkpoint(name) else Path(name).name
 
 
-def report_steps(requested, num_steps: int, panels: int = 1) -> tuple[tuple[int, int], str | None]:
-    """The steps ``(start, stop)`` a report of a run of ``num_steps`` shows (with ``panels`` sets of maps), and what
-    to warn of: the run's first ``REPORT_MAX_STEPS // panels`` where ``requested`` (``output.report_steps``) is
-    None; ``requested`` where the run has them, its last steps as many as asked where it ended sooner.
+def report_steps(
+    requested, num_steps: int, maps: int = 2, page: str = "report.html"
+) -> tuple[tuple[int, int], str | None]:
+    """The steps ``(start, stop)`` a report of a run of ``num_steps`` shows (``maps`` maps a frame: the kinds of
+    maps of every panel), and what to warn of: the run's first ``REPORT_MAX_MAPS // maps`` where ``requested``
+    (``output.report_steps``) is None; ``requested`` where the run has them, its last steps as many as asked where
+    it ended sooner. ``page``: the page's name in the warning.
 
     >>> report_steps(None, 500), report_steps([10, 20], 500)
     (((0, 500), None), ((10, 20), None))
-    >>> report_steps(None, 25_000, panels=2)[0], report_steps([400, 600], 500)[0]
-    ((0, 5000), (300, 500))
+    >>> report_steps(None, 25_000, maps=4)[0], report_steps([400, 600], 500)[0]
+    ((0, 10000), (300, 500))
     """
     if requested is None:
-        limit = max(1, REPORT_MAX_STEPS // max(1, panels))
+        limit = max(1, REPORT_MAX_MAPS // max(1, maps))
         if num_steps <= limit:
             return (0, num_steps), None
         return (0, limit), (
-            f"report.html shows the first {limit} of the run's {num_steps} steps (a longer page would not open in a "
-            "browser): output.report_steps=[start,stop] shows others"
+            f"{page} shows the first {limit} of the run's {num_steps} steps ({maps} maps a frame: a longer page would "
+            "not open in a browser): output.report_steps=[start,stop] shows others"
         )
     start, stop = (int(v) for v in requested)
     if stop <= num_steps:
@@ -535,7 +540,9 @@ def job_metrics(config: JobConfig, agent: Policy, rstore, sstore, recorded_state
         kinds = tuple(k for k in config.metrics.kinds if k in sstore.store.layout)
         chunks = list(range(len(sstore.bounds))) if kinds else []
         settings = {k: v for k, v in asdict(config.metrics).items() if not k.startswith("sanity")}
-        progress = MetricsProgress(sstore, dict(metrics=settings, kinds=kinds, recorded_states=recorded_states))
+        progress = MetricsProgress(  # the device too: its rounding differs, and a resumed job's sums must not mix
+            sstore, dict(metrics=settings, kinds=kinds, recorded_states=recorded_states, device=str(agent.device))
+        )
         first = progress.resume(summary) if chunks else 0
         for k, part, states in scored_states(
             agent, rstore, sstore.bounds, config.saliency.state_alignment, recorded_states, chunks[first:]
@@ -614,9 +621,10 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | 
             row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label, link=links.get(row["job"])
         )
         panels.append(seen[store])
-    shown, warning = report_steps(steps, rstore.num_steps, len(panels))
+    maps = sum(len(panel.maps) for panel in panels)
+    shown, warning = report_steps(steps, rstore.num_steps, maps, "the sweep's report.html")
     if warning:
-        log.warning("sweep %s", warning)
+        log.warning("%s (set once for the whole sweep: a swept value sets each job's own page)", warning)
     return write_sweep_report(
         path,
         rows,

@@ -56,11 +56,14 @@ def store_root(root: StoreRoot) -> Path | str | MemoryStore:
 
 
 def _outermost_group(path: Path) -> Path:
-    """``path``, or the zarr group that holds it (a games job's stores are groups of one): a lock file beside a
-    store must not lie inside another store."""
-    while (path.parent / "zarr.json").is_file():
-        path = path.parent
-    return path
+    """``path``, or the outermost zarr group or store among the folders that hold it (a games job's stores are
+    groups of one; a store may also lie in a plain folder inside another): a file beside a store must not lie inside
+    another store."""
+    outer = path
+    for folder in path.parents:
+        if (folder / "zarr.json").is_file():
+            outer = folder
+    return outer
 
 
 def sidecar_path(root: StoreRoot, suffix: str) -> Path | None:

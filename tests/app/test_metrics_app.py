@@ -239,3 +239,24 @@ def test_shards_leave_the_metrics_to_the_job_that_completes_the_store(tmp_path):
     assert {k: v for k, v in last["metrics"].items() if k != "seconds_per_frame"} == {
         k: v for k, v in whole.items() if k != "seconds_per_frame"
     }
+
+
+def test_metrics_that_cannot_be_kept_are_computed_all_the_same(tmp_path, monkeypatch, caplog):
+    """A write of their progress that fails (torch.save raises RuntimeError on a full disk): one warning, and the
+    job ends with its metrics, those of a job that kept them."""
+    from engine.jobs import metrics_state
+
+    game = {"rollout": str(tmp_path / "rollout_store"), "frames_per_chunk": 4}
+    run_job(job(tmp_path / "kept", store=game, metrics={"sanity": False}))
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4864 vs 4792")
+
+    monkeypatch.setattr(metrics_state.torch, "save", full_disk)
+    with caplog.at_level("WARNING"):
+        run_job(job(tmp_path / "full", store=game, metrics={"sanity": False}))
+    assert "metrics: cannot keep their progress" in caplog.text and caplog.text.count("cannot keep") == 1
+    kept, full = (json.loads((tmp_path / d / "summary.json").read_text())["metrics"] for d in ("kept", "full"))
+    assert {k: v for k, v in full.items() if k != "seconds_per_frame"} == {
+        k: v for k, v in kept.items() if k != "seconds_per_frame"
+    }

@@ -554,13 +554,13 @@ def test_the_main_job_writes_a_report_of_its_arrays(tmp_path):
 
 
 def test_a_long_run_shows_its_first_steps_unless_told_which(tmp_path, monkeypatch):
-    """Over REPORT_MAX_STEPS steps the page holds the first ones, and the log and summary.json's warnings say so;
+    """Over REPORT_MAX_MAPS maps (frames times kinds) the page holds the first frames, and the log and summary.json's warnings say so;
     output.report_steps picks others (a window the run ended before shows its last steps, with a warning)."""
     from engine.jobs import outputs
     from engine.jobs.run import run_job
     from engine.storage.arrays import load_arrays
 
-    monkeypatch.setattr(outputs, "REPORT_MAX_STEPS", 4)
+    monkeypatch.setattr(outputs, "REPORT_MAX_MAPS", 9)  # actor and critic maps: 4 frames
     run_job(tiny_job(tmp_path))
     played, _ = load_arrays(tmp_path / "rollout.npz")
     data, sheets = read_report_data(tmp_path / "report.html")
@@ -634,14 +634,14 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path, 
     assert not np.allclose(radius_3, dequantised(data, sheets, 1, "actor"))  # each job's own maps
     own, own_sheets = read_report_data(sweep / "0" / "report.html")
     assert np.array_equal(radius_3, dequantised(own, own_sheets, 0, "actor"))
-    # the sweep's steps: output.report_steps, or REPORT_MAX_STEPS shared by its panels (here 9 // 2)
+    # the sweep's steps: output.report_steps, or REPORT_MAX_MAPS over its panels' maps (here 18 // (2 x 2))
     SweepSummary().on_multirun_end(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True, "report_steps": [3, 7]}})
     )
     data, sheets = read_report_data(sweep / "report.html")
     assert (data["first_step"], data["frames"]) == (3, 4)
     assert np.array_equal(dequantised(data, sheets, 0, "actor"), radius_3[3:7])
-    monkeypatch.setattr(outputs, "REPORT_MAX_STEPS", 9)
+    monkeypatch.setattr(outputs, "REPORT_MAX_MAPS", 18)
     SweepSummary().on_multirun_end(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}})
     )

@@ -151,3 +151,17 @@ def test_stores_record_the_packages_own_version_whether_installed_or_not(monkeyp
 
     monkeypatch.setattr(importlib.metadata.Distribution, "from_name", staticmethod(not_installed))
     assert engine_version() == engine.__version__
+
+
+def test_a_file_beside_a_store_never_lies_inside_another_store(tmp_path):
+    """sidecar_path: beside the store; beside the outermost store or group holding it, even through a plain folder
+    inside that store; none for a memory store or object storage."""
+    from engine.storage.keys import sidecar_path
+
+    outer = tmp_path / "rollout"
+    (outer / "plain").mkdir(parents=True)
+    (outer / "zarr.json").write_text("{}")
+    assert sidecar_path(tmp_path / "saliency", "metrics.pt") == tmp_path / ".saliency.metrics.pt"
+    assert sidecar_path(outer / "game_0001", "metrics.pt") == tmp_path / ".rollout.game_0001.metrics.pt"
+    assert sidecar_path(outer / "plain" / "sal", "metrics.pt") == tmp_path / ".rollout.plain.sal.metrics.pt"
+    assert sidecar_path("s3://bucket/sal", "metrics.pt") is None
