@@ -7,10 +7,10 @@ over chunks ``0..n-1``) is saved atomically beside the store (``.<store>.metrics
 scored on recorded or replayed states, the store's manifest hash (its identity: agent, game, saliency settings) and
 a hash chained over those chunks' markers (each binds its chunk's stored bytes). A job of the same settings on the
 same chunks reads it back and adds only the chunks after them, in the same order, so its metrics equal an
-uninterrupted job's to the bit. Anything else (other settings, another device) starts from the first chunk, saying
-why, and its file then replaces the earlier one: one file a store, for the settings last run on it. A job of a complete store
-whose metrics were all added reads them back without a forward pass. A memory store or object storage keeps
-none; a place that cannot be written gives one warning, and the metrics are computed as before.
+uninterrupted job's to the bit; a job of a complete store whose metrics were all added reads them back without a
+forward pass. Anything else (other settings, another device) starts from the first chunk, saying why, and its file
+then replaces the earlier one: one file a store, for the settings last run on it. A memory store or object storage
+keeps none; a place that cannot be written gives one warning, and the metrics are computed as before.
 """
 
 from __future__ import annotations
