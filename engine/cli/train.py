@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     of the 2017 agent."""
     from hydra.core.hydra_config import HydraConfig
 
-    from ..jobs.prepare import quiet_emulator
+    from ..env.pipelines import quiet_emulator
 
     quiet_emulator()
     argv = list(sys.argv[1:] if argv is None else argv)

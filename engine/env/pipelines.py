@@ -86,6 +86,17 @@ _LIBRARY_CHANGES: dict[str, dict[str, Any]] = {
 _STACK_PADDING = {"sb3_atari": "zero", "cleanrl_atari": "reset"}  # fixed by the library
 
 
+def quiet_emulator() -> None:
+    """Keep the Arcade Learning Environment's banner off stderr (its warnings and errors still show): in the main
+    process and in each environment worker, so that a refusal or Ctrl-C stays one line."""
+    try:
+        import ale_py
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    except (ImportError, AttributeError):
+        pass
+
+
 def library_defaults(pipeline: str) -> dict[str, Any]:
     """The options that give ``pipeline`` exactly as its library trains with it (e.g. ``episodic_life=True,
     clip_rewards=True`` for ``sb3_atari`` and ``cleanrl_atari``)."""

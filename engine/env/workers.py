@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..core.settings import FRAME_SHAPE
-from .pipelines import AtariPipeline, BatchStep, PipelineSpec, make_pipeline
+from .pipelines import AtariPipeline, BatchStep, PipelineSpec, make_pipeline, quiet_emulator
 
 START_METHOD = "forkserver"
 _STOP_WAIT_S = 5.0  # how long close() waits for a worker to stop before terminating it
@@ -140,6 +140,7 @@ def _worker(
     which costs more than that pipeline's emulator step (about 0.75 ms a frame on one core); that pipeline's workers
     import torch for it (one thread each), the others do not."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it closes the workers
+    quiet_emulator()
     memory = SharedMemory(name=memory_name)
     buffers = _Buffers(memory, num_envs, obs_shape)
     envs: dict[int, AtariPipeline] = {}

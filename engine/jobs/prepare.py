@@ -21,7 +21,7 @@ from ..core.files import check_writable_directory, sha256_of
 from ..core.inputs import float_bytes
 from ..core.policy import Policy
 from ..core.settings import FRAME_SHAPE, validate_method_settings, validate_settings
-from ..env.pipelines import library_defaults, pipeline_observation_shape
+from ..env.pipelines import library_defaults, pipeline_observation_shape, quiet_emulator
 from ..env.rollout import make_env
 from ..policies.loading import load_policy
 from ..policies.registry import (
@@ -445,13 +445,3 @@ def check_recorded_by_player(rstore: RolloutStore, root, prepared: PreparedJob) 
         "is replayed as it was played; unset store.player (or name the agent that played), or give another "
         "store.rollout to record a game of this player"
     )
-
-
-def quiet_emulator() -> None:
-    """Keep the Arcade Learning Environment's banner off stderr (its warnings and errors still show)."""
-    try:
-        import ale_py
-
-        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
-    except (ImportError, AttributeError):
-        pass

@@ -319,6 +319,7 @@ def test_command_line_writes_a_folder_per_game_and_a_root_summary(tmp_path):
     result = run_app(
         "agent=builtin_pong",
         "rollout.num_envs=2",
+        "rollout.workers=2",
         "rollout.steps=3",
         "saliency.density=20",
         "output.movie=false",
@@ -327,6 +328,7 @@ def test_command_line_writes_a_folder_per_game_and_a_root_summary(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    assert "A.L.E" not in result.stderr  # the emulator's banner, from the worker processes too
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_envs"] == 2 and summary["frames"] == 6
     for i, game in enumerate(summary["games"]):
