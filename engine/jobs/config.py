@@ -555,6 +555,11 @@ def check_config(config: JobConfig) -> None:
         not (st.rollout and r.max_episodes is not None),
         "rollout.max_episodes does not apply to a rollout store (it records rollout.steps steps): unset it",
     )
+    _check(  # an in-memory job plays its own game: another process cannot score the other shards of its stores
+        bool(st.rollout) or st.num_shards == 1,
+        f"store.num_shards={st.num_shards} needs store.rollout (shards fill one saliency store of one recorded game): "
+        "set store.rollout to a path, or leave store.shard and store.num_shards unset",
+    )
 
 
 def engine_saliency(s: SaliencyConfig) -> SaliencyConfig:

@@ -225,6 +225,7 @@ def test_enums_match_the_engine_choices():
         (["render.alpha=2"], "render.alpha must be in 0..1"),
         (["store.shard=2", "store.num_shards=2"], "store.shard must be in 0..store.num_shards-1"),
         (["store.frames_per_chunk=0"], "store.frames_per_chunk must be >= 1"),
+        (["store.shard=1", "store.num_shards=2"], "store.num_shards=2 needs store.rollout"),
         (["store.rollout=/tmp/x", "rollout.max_episodes=1"], "rollout.max_episodes does not apply to a rollout store"),
         (["device=tpu"], "Could not find 'device/tpu'"),
         # Hydra's own errors, in one line
