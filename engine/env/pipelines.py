@@ -183,10 +183,13 @@ def make_env(env_id: str, seed: int | None = None, first_seed: int | None = None
             kwargs = dict(kwargs, first_seed=first_seed)
         env = gym.make(made, **kwargs)
     except (gym.error.Error, ValueError, TypeError) as exc:
-        known = sorted(k for k in gym.registry if "Pong" in k)[:6]
+        import difflib
+
+        close = difflib.get_close_matches(env_id, [k for k in gym.registry if isinstance(k, str)], n=3, cutoff=0.75)
         raise UnknownEnvironmentError(
-            f"unknown environment id {env_id!r} ({type(exc).__name__}: {exc}). Use a gymnasium ALE id such as "
-            f"'Pong-v4', 'Breakout-v4', 'BreakoutNoFrameskip-v4', 'ALE/SpaceInvaders-v5' (e.g. {known})"
+            f"unknown environment id {env_id!r} ({type(exc).__name__}: {exc}). "
+            + (f"Did you mean {', '.join(map(repr, close))}? " if close else "")
+            + "Use a gymnasium ALE id such as 'Pong-v4', 'BreakoutNoFrameskip-v4' or 'ALE/SpaceInvaders-v5'"
         ) from exc
     if env.observation_space.shape != FRAME_SHAPE:
         env.close()

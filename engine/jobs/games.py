@@ -140,7 +140,7 @@ def check_games_roots(config: JobConfig, output_known: bool = True) -> None:
             if found.get("num_envs") != n:
                 have = found.get("num_envs")
                 raise EngineError(
-                    f"the {kind} store {root} holds {have} games (rollout.num_envs={have}), but rollout.num_envs={n}: "
+                    f"the {kind} store {root} holds {have} game{'' if have == 1 else 's'} (rollout.num_envs={have}), but rollout.num_envs={n}: "
                     f"set rollout.num_envs={have} to use it, or set {setting} to another directory"
                 )
             wanted = _wanted_manifest(config, kind)
@@ -235,7 +235,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
     at_once = False  # recorded and scored at once (store.overlap)
     if all(store_exists(root) and RolloutStore.open(root).complete for root in roots):
         rstores = [RolloutStore.open(root) for root in roots]
-        log.info("replaying %d recorded games of %s in %s", n, config.env.id, st.rollout)
+        log.info("replaying %d recorded game%s of %s in %s", n, "" if n == 1 else "s", config.env.id, st.rollout)
     else:
         player, player_path, player_sha256 = agent, prepared.checkpoint, prepared.checkpoint_sha256
         if prepared.player is not None and prepared.player_checkpoint is not None and st.rollout:
@@ -265,8 +265,9 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             rstores = recording.run()
             played = sum(s.num_steps for s in rstores)
             log.info(
-                "played %d games of %s, %d steps in all, in %.1f s",
+                "played %d game%s of %s, %d steps in all, in %.1f s",
                 n,
+                "" if n == 1 else "s",
                 config.env.id,
                 played,
                 time.perf_counter() - started,
@@ -432,9 +433,10 @@ def _record_and_score_games(
         bar.close()
         finisher.shutdown(wait=True, cancel_futures=True)
     log.info(
-        "played %d games of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder was "
+        "played %d game%s of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder was "
         "up to %d chunks ahead); their outputs were written as each game was scored",
         len(games),
+        "" if len(games) == 1 else "s",
         config.env.id,
         wall_s,
         rollout_s,

@@ -78,7 +78,7 @@ def test_play_episodes_returns_the_rollouts_episode_returns(breakout_episodes):
 def test_bad_environment_and_arguments():
     torch.manual_seed(0)
     pong_agent = ActorCritic(num_actions=6, core="gru").eval()  # checks of the arguments need no trained agent
-    with pytest.raises(UnknownEnvironmentError, match="unknown environment id 'Pongg-v4'"):
+    with pytest.raises(UnknownEnvironmentError, match="unknown environment id 'Pongg-v4'.*Did you mean 'Pong-v4'"):
         rollout(pong_agent, "Pongg-v4", 5, progress=False)
     with pytest.raises(ValueError, match="4 actions but the agent has 6"):
         rollout(pong_agent, "Breakout-v4", 5, progress=False)
