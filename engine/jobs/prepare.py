@@ -389,14 +389,35 @@ def check_identity(root, found: dict, wanted: dict) -> None:
         )
 
 
+# what sets each field of a store's identity (engine.jobs.record.rollout_identity, engine.jobs.score.saliency_identity)
+SETTING_OF_FIELD = {
+    "env_id": "env.id",
+    "seed": "rollout.seed",
+    "greedy": "rollout.greedy",
+    "num_steps": "rollout.steps",
+    "chunk_steps": "store.chunk_steps",
+    "frames_per_chunk": "store.frames_per_chunk",
+    "checkpoint_sha256": "another checkpoint's bytes: agent.checkpoint, or store.player",
+    "num_actions": "the agent's actions: agent.checkpoint",
+    "state_shapes": "the agent's recurrent state: agent.checkpoint",
+    "dtype": "dtype",
+    "pipeline": "env.pipeline and the agent's kind",
+    "engine": "the engine's version",
+}
+
+
 def identity_differences(found: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Each field in which a store's identity (``found``) differs from this job's (``wanted``), with the setting
+    that sets it (:data:`SETTING_OF_FIELD`) where it is not the field's own name."""
     differences = []
     for key, value in wanted.items():
         have = found.get(key)
         if isinstance(value, dict) and isinstance(have, dict):
             differences += identity_differences(have, value, f"{prefix}{key}.")
         elif have != value:
-            differences.append(f"{prefix}{key}: store has {have!r}, this job {value!r}")
+            setting = SETTING_OF_FIELD.get(key) if not prefix else None
+            label = f"{key} ({setting})" if setting and setting != key else f"{prefix}{key}"
+            differences.append(f"{label}: store has {have!r}, this job {value!r}")
     return differences
 
 

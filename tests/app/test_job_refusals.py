@@ -538,3 +538,17 @@ def test_ctrl_c_between_a_sweeps_jobs_writes_their_summary_and_names_the_sweep(t
         f"interrupted: stopped between the sweep's jobs: the finished ones are in {sweep}; the same command with "
         f"hydra.sweep.dir={sweep} runs the sweep into it again"
     )
+
+
+def test_a_store_of_other_settings_is_refused_naming_the_settings_to_change():
+    """The fields of a store's identity that differ are named with the settings that set them."""
+    from engine.jobs.prepare import identity_differences
+
+    found = {"num_steps": 600, "seed": 1, "chunk_steps": 64, "greedy": False, "saliency": {"radius": 5}}
+    wanted = {"num_steps": 300, "seed": 1, "chunk_steps": 128, "greedy": True, "saliency": {"radius": 3}}
+    assert identity_differences(found, wanted) == [
+        "num_steps (rollout.steps): store has 600, this job 300",
+        "chunk_steps (store.chunk_steps): store has 64, this job 128",
+        "greedy (rollout.greedy): store has False, this job True",
+        "saliency.radius: store has 5, this job 3",
+    ]
