@@ -436,19 +436,24 @@ def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy)
 
 
 def check_replayed(rstore: RolloutStore, root, config: JobConfig) -> None:
-    """Refuse to replay a complete rollout store of another seed, length or action choice than the job's: it is
-    replayed as it is, so the job's rollout settings (and the summary that records them) must describe it."""
-    r = config.rollout
-    asked = {"seed": r.seed, "steps": r.steps, "greedy": r.greedy}
-    held = {"seed": rstore.identity["seed"], "steps": rstore.identity["num_steps"], "greedy": rstore.identity["greedy"]}
+    """Refuse to replay a complete rollout store of another seed, length, action choice or chunking than the job's:
+    it is replayed as it is, so the job's rollout settings (and the summary that records them) must describe it."""
+    r, identity = config.rollout, rstore.identity
+    asked = {"rollout.seed": r.seed, "rollout.steps": r.steps, "rollout.greedy": r.greedy}
+    held = {
+        "rollout.seed": identity["seed"],
+        "rollout.steps": identity["num_steps"],
+        "rollout.greedy": identity["greedy"],
+    }
+    asked["store.chunk_steps"], held["store.chunk_steps"] = config.store.chunk_steps, identity.get("chunk_steps")
     differ = [k for k in asked if asked[k] != held[k]]
     if differ:
 
         def show(values: dict) -> str:
-            return ", ".join(f"rollout.{k}={str(values[k]).lower()}" for k in differ)
+            return ", ".join(f"{k}={str(values[k]).lower()}" for k in differ)
 
         raise EngineError(
-            f"the rollout store {root} holds the game of {show(held)}, but this job asks for {show(asked)}: a "
+            f"the rollout store {root} holds a game recorded with {show(held)}, but this job asks for {show(asked)}: a "
             "recorded game is replayed as it is; set those to the store's, or give another store.rollout"
         )
 

@@ -309,9 +309,21 @@ def test_games_job_refused_when_a_game_store_differs(tmp_path):
     agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
     record_rollout(agent, "Pong-v4", 3, tmp_path / "games" / "game_0001", seed=SEED + 1, chunk_steps=256)
     before = _files(tmp_path)
-    with pytest.raises(EngineError, match="holds the game of rollout.steps=3, but this job asks for rollout.steps=6"):
+    with pytest.raises(EngineError, match="recorded with rollout.steps=3, but this job asks for rollout.steps=6"):
         run_job(config)
     assert _files(tmp_path) == before
+
+
+def test_a_complete_store_is_replayed_only_with_the_chunking_it_was_recorded_with(tmp_path):
+    """store.chunk_steps other than a complete store's was accepted, and the summary then recorded the job's."""
+    config = job(tmp_path / "out", store={"rollout": str(tmp_path / "game"), "chunk_steps": 2})
+    run_job(config)
+    other = job(tmp_path / "other", store={"rollout": str(tmp_path / "game"), "chunk_steps": 4})
+    with pytest.raises(
+        EngineError, match="recorded with store.chunk_steps=2, but this job asks for store.chunk_steps=4"
+    ):
+        run_job(other)
+    assert not (tmp_path / "other").exists()
 
 
 def test_command_line_writes_a_folder_per_game_and_a_root_summary(tmp_path):
