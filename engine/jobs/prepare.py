@@ -40,6 +40,7 @@ from ..storage.layout import (
     rollout_layout,
     saliency_layout,
     size_text,
+    step_bytes,
 )
 from ..storage.store import ChunkStore, RolloutStore, StoreMismatchError, check_writable, writing_needed
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
@@ -272,15 +273,27 @@ def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
     """Refuse a job without ``store.rollout``, whose stores are in memory, where they would not fit the memory
     available (as a store does when it is made, but for all of them together, before any is made): each of the
     ``games`` games' rollout store, and the saliency stores alive at once (one game's, or every game's where the
-    games are scored as they are recorded, ``store.overlap``)."""
+    games are scored as they are recorded, ``store.overlap``). With ``store.rollout``, where the chunk of
+    ``store.chunk_steps`` steps each of the games holds while it is recorded would not fit."""
     config, agent = prepared.config, prepared.agent
     st, r = config.store, config.rollout
-    if st.rollout:
-        return
     available = available_memory()
     if available is None:
         return
-    rollout = memory_bytes(rollout_layout(agent, FRAME_SHAPE, agent.observation_shape), r.steps, st.chunk_steps)
+    layout = rollout_layout(agent, FRAME_SHAPE, agent.observation_shape)
+    if st.rollout:
+        per_step = games * step_bytes(layout)  # a step of every game
+        if per_step * min(st.chunk_steps, r.steps) > available:
+            fit = available // per_step
+            raise EngineError(
+                f"{games} game{'s' if games > 1 else ''} recorded into a store hold a chunk of store.chunk_steps="
+                f"{st.chunk_steps} steps each in memory, {size_text(per_step * min(st.chunk_steps, r.steps))}, more "
+                f"than the {size_text(available)} of memory available: "
+                + (f"use store.chunk_steps={fit} or less, or fewer" if fit else "use fewer")
+                + " rollout.num_envs"
+            )
+        return
+    rollout = memory_bytes(layout, r.steps, st.chunk_steps)
     saliency = memory_bytes(saliency_layout(agent, config.saliency), r.steps, st.frames_per_chunk)
     at_once = games > 1 and (st.overlap if st.overlap is not None else torch.device(agent.device).type == "cuda")
     need = games * rollout + (games if at_once else 1) * saliency

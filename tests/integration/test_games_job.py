@@ -435,3 +435,27 @@ def test_recordings_with_max_episodes_resume_and_rerun_to_the_uninterrupted_stor
         resumed = record_games(agent, "Pong-v4", 40, stores, max_episodes=2, **kwargs)
         for a, b in zip(resumed, wholes):
             assert_same_store(a.store, b.store)
+
+
+def test_games_whose_recording_chunks_do_not_fit_in_memory_are_refused_before_playing(tmp_path, monkeypatch):
+    """Recorded into a store, each game holds a chunk of store.chunk_steps steps in memory: where the games' chunks
+    exceed the memory available, one line says which chunking fits, before anything is played or written."""
+    from engine.jobs import prepare
+    from engine.storage.layout import rollout_layout, step_bytes
+
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    per_step = step_bytes(rollout_layout(agent, (210, 160, 3), agent.observation_shape))
+    monkeypatch.setattr(prepare, "available_memory", lambda: 4 * 3 * per_step)  # 3 steps of 4 games
+    config = job(
+        tmp_path / "out", rollout={"num_envs": 4}, store={"rollout": str(tmp_path / "games"), "chunk_steps": 5}
+    )
+    with pytest.raises(
+        EngineError,
+        match=r"4 games recorded into a store hold a chunk of store.chunk_steps=5 steps .* "
+        r"use store.chunk_steps=3 or less, or fewer rollout.num_envs",
+    ):
+        run_job(config)
+    assert not (tmp_path / "games").exists() and not (tmp_path / "out").exists()
+    run_job(
+        job(tmp_path / "out", rollout={"num_envs": 4}, store={"rollout": str(tmp_path / "games"), "chunk_steps": 3})
+    )
