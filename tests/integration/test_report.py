@@ -647,3 +647,19 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path, 
     )
     data, _ = read_report_data(sweep / "report.html")
     assert (data["first_step"], data["frames"], data["total_steps"]) == (0, 4, 10)
+
+
+def test_a_sweep_of_many_games_jobs_says_so_and_writes_its_table(tmp_path, caplog):
+    """Jobs of rollout.num_envs games keep each game's page in their folders: the sweep page is the table, and
+    the log says why (it said they did not all replay one recorded game, though they did)."""
+    from engine.jobs.outputs import sweep_report
+
+    rows = [{"job": str(j), "radius": r} for j, r in enumerate((3, 8))]
+    for row in rows:
+        (tmp_path / row["job"]).mkdir()
+        summary = {"games": [{"summary": "game_0000/summary.json"}], "complete": True, "stores": {"rollout": "/x"}}
+        (tmp_path / row["job"] / "summary.json").write_text(json.dumps(summary))
+    with caplog.at_level(logging.INFO):
+        data, _ = read_report_data(sweep_report(tmp_path, rows, ["job", "radius"]))
+    assert data["frames"] == 0 and len(data["table"]["rows"]) == 2
+    assert "the jobs played many games each (rollout.num_envs" in caplog.text
