@@ -170,8 +170,16 @@ def record_and_score(
     if recording is None:
         rstore = RolloutStore.open(rollout_root)
     else:
+        bounds = recording.rstore.bounds
+        before = bounds[recording.first][0] if recording.first < len(bounds) else recording.rstore.num_steps
         rstore = recording.run()
-        log.info("played %d steps of %s in %.1f s", rstore.num_steps, config.env.id, time.perf_counter() - started)
+        log.info(
+            "played %d steps of %s in %.1f s%s",
+            rstore.num_steps - before,
+            config.env.id,
+            time.perf_counter() - started,
+            f" (the {before} before them were recorded by an earlier run)" if before else "",
+        )
     rollout_s = time.perf_counter() - started
     check_recorded(rstore, rollout_root, config, agent)
     sstore = scoring(recording=False).run()

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..core.policy import Policy, state_to
 from ..env.pipelines import PipelineSpec
 from ..env.rollout import Player, Step, VectorPlayer, check_num_envs, rollout_from_steps
-from ..storage.keys import RecordingLocks, is_memory, store_exists
+from ..storage.keys import RecordingLocks, is_memory, place, store_exists
 from ..storage.layout import FORMAT, ROLLOUT_FIELDS, check_chunk_count, rollout_layout
 from ..storage.store import (
     RolloutStore,
@@ -232,6 +232,13 @@ class Recording(_PlayerRecording[Player]):
             if self.first == len(rstore.bounds):
                 return rstore
             if self.first > 0:
+                log.info(
+                    "resuming the recording in %s at chunk %d of %d (step %d): its recorded actions are replayed first",
+                    place(rstore.store.root),
+                    self.first,
+                    len(rstore.bounds),
+                    rstore.bounds[self.first][0],
+                )
                 _resume_player(player, rstore, self.first)
             bar = tqdm(
                 total=rstore.num_steps,

@@ -56,7 +56,7 @@ def chunk_arrays(store, k):
     return store.store.read(k)
 
 
-def test_recording_resumes_to_the_same_arrays(recorded, pong_agent, tmp_path):
+def test_recording_resumes_to_the_same_arrays(recorded, pong_agent, tmp_path, caplog):
     store, sha = recorded
     copy = tmp_path / "copy"
     record_rollout(pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False)
@@ -65,10 +65,11 @@ def test_recording_resumes_to_the_same_arrays(recorded, pong_agent, tmp_path):
     half = copy / "observations" / "c" / "1" / "0" / "0" / ".0.killed.partial"
     half.write_bytes(b"half a chunk")
     assert RolloutStore.open(copy).completed_chunks() == 1
-    resumed = record_rollout(
-        pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
-    )
-    assert resumed.complete
+    with caplog.at_level("INFO"):
+        resumed = record_rollout(
+            pong_agent, "Pong-v4", STEPS, copy, seed=3, chunk_steps=CHUNK, checkpoint_sha256=sha, progress=False
+        )
+    assert resumed.complete and f"resuming the recording in {copy} at chunk 1 of 3 (step {CHUNK})" in caplog.text
     for k in range(3):
         a, b = chunk_arrays(resumed, k), chunk_arrays(store, k)
         assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in b), k
