@@ -262,15 +262,17 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             at_once = True
             written, rollout_s = _record_and_score_games(config, prepared, games, recording, roots)
         else:
+            first, chunks = recording.first, len(recording.bounds)
             rstores = recording.run()
             played = sum(s.num_steps for s in rstores)
             log.info(
-                "played %d game%s of %s, %d steps in all, in %.1f s",
+                "played %d game%s of %s, %d steps in all, in %.1f s%s",
                 n,
                 "" if n == 1 else "s",
                 config.env.id,
                 played,
                 time.perf_counter() - started,
+                f" (resumed at chunk {first} of {chunks}: the steps before it were replayed)" if first else "",
             )
     if not at_once:
         rollout_s = time.perf_counter() - started
