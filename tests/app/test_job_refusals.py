@@ -496,22 +496,24 @@ def test_a_store_player_that_did_not_record_the_complete_store_is_refused(tmp_pa
     )
 
 
-@pytest.mark.parametrize("where", ["hydra's start", "loading the agent"])
-def test_ctrl_c_before_the_job_begins_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys, where):
-    """Ctrl-C while Hydra starts the run (outside the job's own handler) or while the agent loads (a download):
-    exit code 130 and one line, no traceback, no run folder; in Hydra's start between a sweep's jobs, the finished
-    jobs' summary and the line naming the sweep's directory."""
+def test_ctrl_c_before_the_job_begins_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while Hydra starts the run (outside the job's own handler), or while the job loads its agent (a
+    download): exit code 130 and one line, no traceback, no run folder. The job is called without Hydra: a Hydra run
+    in this process would leave its logging (a file in the removed folder) to the tests after it."""
     from engine.cli import app
+    from engine.cli.scaffold import compose
 
     run = tmp_path / "run"
     argv = ["agent=builtin_pong", "agent.allow_download=false", "progress=false", f"hydra.run.dir={run}"]
-    if where == "hydra's start":
-        monkeypatch.setattr(app, "run_hydra", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
-    else:
-        monkeypatch.setattr(app, "_prepared_job", lambda config: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(app, "run_hydra", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(SystemExit) as exited:
         app.main(argv)
     assert exited.value.code == 130 and not run.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted: " + app.BEFORE_THE_JOB
+    monkeypatch.setattr(app, "_prepared_job", lambda config: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as exited:
+        app.hydra_main(compose("main", [*argv[:-1], f"output.dir={run}"]))
+    assert exited.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted: " + app.BEFORE_THE_JOB
 
 
