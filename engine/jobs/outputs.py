@@ -267,7 +267,12 @@ def finish_job(
         log.warning("%s", warning)
         warnings.append(warning)
     settings = dict(
-        config={**asdict(config), "agent": agent_settings(config, agent)},
+        config={
+            **asdict(config),
+            "agent": agent_settings(config, agent),
+            # the chunking the game was recorded with (a complete store is replayed in its own)
+            "store": {**asdict(config.store), "chunk_steps": rstore.identity.get("chunk_steps", st.chunk_steps)},
+        },
         checkpoint=str(prepared.checkpoint),
         checkpoint_sha256=sha,
         **stores,

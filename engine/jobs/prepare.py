@@ -36,6 +36,7 @@ from ..storage.keys import is_memory, is_url, store_exists, store_root
 from ..storage.layout import (
     available_memory,
     check_scoring_chunk,
+    game_root,
     memory_bytes,
     rollout_layout,
     saliency_layout,
@@ -283,7 +284,7 @@ def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
     layout = rollout_layout(agent, FRAME_SHAPE, agent.observation_shape)
     if st.rollout:
         per_step = games * step_bytes(layout)  # a step of every game
-        if per_step * min(st.chunk_steps, r.steps) > available:
+        if per_step * min(st.chunk_steps, r.steps) > available and not all_recorded(store_root(st.rollout), games):
             fit = available // per_step
             raise EngineError(
                 f"{games} game{'s' if games > 1 else ''} recorded into a store hold a chunk of store.chunk_steps="
@@ -308,6 +309,17 @@ def check_memory_fits(prepared: PreparedJob, games: int = 1) -> None:
         + (" or rollout.num_envs" if games > 1 else "")
         + ", or set store.rollout to a path to keep the stores on disk"
     )
+
+
+def all_recorded(root, games: int) -> bool:
+    """Whether the rollout store at ``root`` (a games root where ``games > 1``: each game's) is complete: a job
+    then replays it, recording nothing."""
+    roots = [root] if games == 1 else [game_root(root, i) for i in range(games)]
+    try:
+        found = [existing_store(r, "rollout") for r in roots]
+    except EngineError:  # refused as the job's own checks refuse it, with their message
+        return False
+    return all(f is not None and RolloutStore(f).complete for f in found)
 
 
 def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
@@ -449,8 +461,9 @@ def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy)
 
 
 def check_replayed(rstore: RolloutStore, root, config: JobConfig) -> None:
-    """Refuse to replay a complete rollout store of another seed, length, action choice or chunking than the job's:
-    it is replayed as it is, so the job's rollout settings (and the summary that records them) must describe it."""
+    """Refuse to replay a complete rollout store of another seed, length or action choice than the job's: it is
+    replayed as it is, so the job's rollout settings (and the summary that records them) must describe it. Its
+    chunking is the store's own (the summary records the store's ``store.chunk_steps``)."""
     r, identity = config.rollout, rstore.identity
     asked = {"rollout.seed": r.seed, "rollout.steps": r.steps, "rollout.greedy": r.greedy}
     held = {
@@ -458,7 +471,6 @@ def check_replayed(rstore: RolloutStore, root, config: JobConfig) -> None:
         "rollout.steps": identity["num_steps"],
         "rollout.greedy": identity["greedy"],
     }
-    asked["store.chunk_steps"], held["store.chunk_steps"] = config.store.chunk_steps, identity.get("chunk_steps")
     differ = [k for k in asked if asked[k] != held[k]]
     if differ:
 

@@ -314,16 +314,13 @@ def test_games_job_refused_when_a_game_store_differs(tmp_path):
     assert _files(tmp_path) == before
 
 
-def test_a_complete_store_is_replayed_only_with_the_chunking_it_was_recorded_with(tmp_path):
-    """store.chunk_steps other than a complete store's was accepted, and the summary then recorded the job's."""
-    config = job(tmp_path / "out", store={"rollout": str(tmp_path / "game"), "chunk_steps": 2})
-    run_job(config)
-    other = job(tmp_path / "other", store={"rollout": str(tmp_path / "game"), "chunk_steps": 4})
-    with pytest.raises(
-        EngineError, match="recorded with store.chunk_steps=2, but this job asks for store.chunk_steps=4"
-    ):
-        run_job(other)
-    assert not (tmp_path / "other").exists()
+def test_a_complete_store_is_replayed_in_its_own_chunking_and_the_summary_says_which(tmp_path):
+    """Another store.chunk_steps than a complete store's replays it as it is (a store of the Python API's chunking,
+    or a game shorter than a chunk, stays usable); the summary records the store's chunking, not the job's."""
+    run_job(job(tmp_path / "out", store={"rollout": str(tmp_path / "game"), "chunk_steps": 2}))
+    run_job(job(tmp_path / "other", store={"rollout": str(tmp_path / "game"), "chunk_steps": 4}))
+    summary = json.loads((tmp_path / "other" / "summary.json").read_text())
+    assert summary["config"]["store"]["chunk_steps"] == 2 and summary["complete"]
 
 
 def test_command_line_writes_a_folder_per_game_and_a_root_summary(tmp_path):
@@ -458,4 +455,9 @@ def test_games_whose_recording_chunks_do_not_fit_in_memory_are_refused_before_pl
     assert not (tmp_path / "games").exists() and not (tmp_path / "out").exists()
     run_job(
         job(tmp_path / "out", rollout={"num_envs": 4}, store={"rollout": str(tmp_path / "games"), "chunk_steps": 3})
+    )
+    # recorded, the games are replayed whatever the memory: a replay records nothing
+    monkeypatch.setattr(prepare, "available_memory", lambda: per_step)
+    run_job(
+        job(tmp_path / "again", rollout={"num_envs": 4}, store={"rollout": str(tmp_path / "games"), "chunk_steps": 5})
     )
