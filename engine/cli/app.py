@@ -343,21 +343,21 @@ def hydra_main(cfg: DictConfig) -> None:
     from ..jobs.run import run_job
 
     run_dir = new_run_dir()
+    config: JobConfig | None = None
+    started = False  # whether run_job began: before, a single run has written nothing
     try:
-        config = job_config(cfg)
-        prepared = _prepared_job(config)
-    except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
-        remove_empty_run_dir(run_dir)
-        fail(one_line(exc))
-    except KeyboardInterrupt:  # while the agent loads (a download, a large file)
-        remove_empty_run_dir(run_dir)
-        interrupted(BEFORE_THE_JOB)
-    try:
+        try:
+            config = job_config(cfg)
+            prepared = _prepared_job(config)
+        except (ValueError, OmegaConfBaseException) as exc:  # EngineError and the engine's argument checks
+            remove_empty_run_dir(run_dir)
+            fail(one_line(exc))
+        started = True
         written = run_job(config, prepared)
     except EngineError as exc:  # settings that conflict with what is on disk (a store of other settings, ...)
         remove_empty_run_dir(run_dir)
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # in the job, or while it loads its agent (a download, a large file)
         sweep = sweep_dir()
         if sweep is not None and _sweep_started is not None:  # a sweep in this process: its finished jobs' summary
             try:
@@ -365,6 +365,8 @@ def hydra_main(cfg: DictConfig) -> None:
             except (Exception, KeyboardInterrupt) as exc:  # the hint below matters more than the summary
                 log.warning("summary of the finished jobs not written: %s", str(exc) or type(exc).__name__)
         remove_empty_run_dir(run_dir)
+        if config is None or (sweep is None and not started):
+            interrupted(BEFORE_THE_JOB if sweep is None else f"{BEFORE_THE_JOB}; the finished jobs are in {sweep}")
         interrupted(resume_hint(config, sweep))
     keep_summary_in_job_folder(written)
     log.info("saliency of %s by %s written to %s:", config.env.id, prepared.checkpoint, config.output.dir)
@@ -379,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     """The command line: checked first (one line and exit code 2 for a bad one), then run by Hydra. Ctrl-C is one
     line and exit code 130 wherever it comes: in the checks, in Hydra's own start (or between a sweep's jobs), or in
     the job (:func:`hydra_main`)."""
+    global _sweep, _sweep_started
+    _sweep = _sweep_started = None  # an earlier call's multirun in this process (a notebook) is not this one's
     argv = quote_enum_bools(list(sys.argv[1:] if argv is None else argv))
     try:
         precheck(argv)

@@ -185,7 +185,8 @@ def make_env(env_id: str, seed: int | None = None, first_seed: int | None = None
     except (gym.error.Error, ValueError, TypeError) as exc:
         import difflib
 
-        close = difflib.get_close_matches(env_id, [k for k in gym.registry if isinstance(k, str)], n=3, cutoff=0.75)
+        ids = {k.lower(): k for k in gym.registry if isinstance(k, str)}  # "pong-v4" is close to "Pong-v4"
+        close = [ids[k] for k in difflib.get_close_matches(env_id.lower(), list(ids), n=3, cutoff=0.75)]
         raise UnknownEnvironmentError(
             f"unknown environment id {env_id!r} ({type(exc).__name__}: {exc}). "
             + (f"Did you mean {', '.join(map(repr, close))}? " if close else "")

@@ -148,11 +148,13 @@ def record_and_score(
         except BaseException:
             recording.close()
             raise
+        bounds = recording.rstore.bounds
+        before = bounds[recording.first][0] if recording.first < len(bounds) else recording.rstore.num_steps
         done = run_overlapped(recording, scorer)
         log.info(
             "played %d steps of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder "
-            "was up to %d chunks ahead)",
-            done.rstore.num_steps,
+            "was up to %d chunk(s) ahead)",
+            done.rstore.num_steps - before,
             config.env.id,
             done.wall_s,
             done.rollout_s,

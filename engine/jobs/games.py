@@ -262,9 +262,12 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             at_once = True
             written, rollout_s = _record_and_score_games(config, prepared, games, recording, roots)
         else:
-            first, chunks = recording.first, len(recording.bounds)
+            before = [
+                s.bounds[recording.first][0] if recording.first < len(s.bounds) else s.num_steps
+                for s in recording.rstores
+            ]
             rstores = recording.run()
-            played = sum(s.num_steps for s in rstores)
+            played = sum(s.num_steps - b for s, b in zip(rstores, before))
             log.info(
                 "played %d game%s of %s, %d steps in all, in %.1f s%s",
                 n,
@@ -272,7 +275,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
                 config.env.id,
                 played,
                 time.perf_counter() - started,
-                f" (resumed at chunk {first} of {chunks}: the steps before it were replayed)" if first else "",
+                f" (the {sum(before)} steps before them were recorded by an earlier run)" if any(before) else "",
             )
     if not at_once:
         rollout_s = time.perf_counter() - started
@@ -436,7 +439,7 @@ def _record_and_score_games(
         finisher.shutdown(wait=True, cancel_futures=True)
     log.info(
         "played %d game%s of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder was "
-        "up to %d chunks ahead); their outputs were written as each game was scored",
+        "up to %d chunk(s) ahead); their outputs were written as each game was scored",
         len(games),
         "" if len(games) == 1 else "s",
         config.env.id,

@@ -422,7 +422,7 @@ SETTING_OF_FIELD = {
     "num_steps": "rollout.steps",
     "chunk_steps": "store.chunk_steps",
     "frames_per_chunk": "store.frames_per_chunk",
-    "checkpoint_sha256": "another checkpoint's bytes: agent.checkpoint, or store.player",
+    "checkpoint_sha256": "another checkpoint's bytes: agent.checkpoint; a recorded game's, store.player",
     "num_actions": "the agent's actions: agent.checkpoint",
     "state_shapes": "the agent's recurrent state: agent.checkpoint",
     "dtype": "dtype",

@@ -428,6 +428,15 @@ class GamesRecording(_PlayerRecording[VectorPlayer]):
             if self._closed:
                 raise RuntimeError("these games' environments are closed")
             if self.first < len(self.bounds):
+                if self.first > 0:
+                    log.info(
+                        "resuming the recording of %d games at chunk %d of %d (step %d): their recorded actions are "
+                        "replayed first",
+                        len(self.rstores),
+                        self.first,
+                        len(self.bounds),
+                        self.bounds[self.first][0],
+                    )
                 episodes = []
                 for i, rstore in enumerate(self.rstores):
                     if self.finished[i]:

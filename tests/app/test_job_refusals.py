@@ -515,6 +515,15 @@ def test_ctrl_c_before_the_job_begins_is_one_line_and_leaves_no_run_folder(tmp_p
         app.hydra_main(compose("main", [*argv[:-1], f"output.dir={run}"]))
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted: " + app.BEFORE_THE_JOB
+    # a later job of a sweep (past the agents the precheck loads): the finished jobs' summary, and where they are
+    sweep, summaries = tmp_path / "sweep", []
+    monkeypatch.setattr(app, "sweep_dir", lambda: sweep)
+    monkeypatch.setattr(app, "_sweep_started", 0.0)
+    monkeypatch.setattr(app, "write_sweep_summary", lambda *args: summaries.append(args[1]))
+    with pytest.raises(SystemExit) as exited:
+        app.hydra_main(compose("main", [*argv[:-1], f"output.dir={sweep / '1'}"]))
+    assert exited.value.code == 130 and summaries == [sweep]
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"interrupted: the finished jobs are in {sweep}")
 
 
 def test_ctrl_c_between_a_sweeps_jobs_writes_their_summary_and_names_the_sweep(tmp_path, monkeypatch, capsys):
