@@ -175,4 +175,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # in Hydra's own start, before the run above began: nothing trained yet
         if made is not None:
             remove_unfinished(made)
-        interrupted("stopped before the first checkpoint: nothing is kept")
+            interrupted("stopped before the first checkpoint: nothing is kept")
+        # a folder that was there before, or a multirun's next run: what the earlier runs wrote stays
+        interrupted("stopped before the run began: what was written before it is kept")
