@@ -604,11 +604,12 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | 
     games = {s.get("rollout_store") for s in summaries.values()}
     path = sweep_dir / "report.html"
     shared = len(games) == 1 and None not in games and rows and all(s.get("complete") for s in summaries.values())
-    if any("games" in s for s in summaries.values()) or not shared:
+    many = any("games" in s for s in summaries.values())  # rollout.num_envs: each game's page in its job's folder
+    if many or not shared:
         log.info(
             "sweep report: %s; table and links only",
             "the jobs played many games each (rollout.num_envs: each game's page is in its job's folder)"
-            if any("games" in s for s in summaries.values())
+            if many
             else "the jobs did not all replay one complete recorded game",
         )
         return write_sweep_report(path, rows, columns, links=links, title=f"sweep {sweep_dir.name}: {len(rows)} jobs")
