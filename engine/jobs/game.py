@@ -22,7 +22,7 @@ from .config import JobConfig, engine_saliency
 from .outputs import finish_job
 from .overlap import run_overlapped
 from .prepare import PreparedJob, check_game_stores, check_recorded, pipeline_options, validate_game_job
-from .record import Recording, open_recording
+from .record import Recording, open_recording, steps_recorded
 from .score import Scoring, open_scoring
 
 if TYPE_CHECKING:
@@ -148,8 +148,7 @@ def record_and_score(
         except BaseException:
             recording.close()
             raise
-        bounds = recording.rstore.bounds
-        before = bounds[recording.first][0] if recording.first < len(bounds) else recording.rstore.num_steps
+        before = steps_recorded(recording.rstore, recording.first)
         done = run_overlapped(recording, scorer)
         log.info(
             "played %d steps of %s and scored them at once in %.1f s (recording %.1f s, scoring %.1f s; the recorder "
@@ -172,8 +171,7 @@ def record_and_score(
     if recording is None:
         rstore = RolloutStore.open(rollout_root)
     else:
-        bounds = recording.rstore.bounds
-        before = bounds[recording.first][0] if recording.first < len(bounds) else recording.rstore.num_steps
+        before = steps_recorded(recording.rstore, recording.first)
         rstore = recording.run()
         log.info(
             "played %d steps of %s in %.1f s%s",

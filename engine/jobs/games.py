@@ -63,7 +63,7 @@ from .prepare import (
     pipeline_options,
     validate_game_job,
 )
-from .record import GamesRecording, open_games_recording
+from .record import GamesRecording, open_games_recording, steps_recorded
 from .score import Scoring, open_scoring
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,7 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
             at_once = True
             written, rollout_s = _record_and_score_games(config, prepared, games, recording, roots)
         else:
-            before = [
-                s.bounds[recording.first][0] if recording.first < len(s.bounds) else s.num_steps
-                for s in recording.rstores
-            ]
+            before = [steps_recorded(s, recording.first) for s in recording.rstores]
             rstores = recording.run()
             played = sum(s.num_steps - b for s, b in zip(rstores, before))
             log.info(

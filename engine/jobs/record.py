@@ -181,6 +181,12 @@ def _waiting(store) -> None:
 PlayerT = TypeVar("PlayerT", Player, VectorPlayer)
 
 
+def steps_recorded(rstore: RolloutStore, first: int) -> int:
+    """The steps of ``rstore`` an earlier run recorded, where a recording goes on at chunk ``first`` (all of them
+    where ``first`` is past its last chunk)."""
+    return rstore.bounds[first][0] if first < len(rstore.bounds) else rstore.num_steps
+
+
 class _PlayerRecording(Generic[PlayerT]):
     """What both recordings share: the player whose environments they own, closed once (by ``run`` when it ends, or
     by ``close``)."""
