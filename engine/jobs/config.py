@@ -178,7 +178,8 @@ class OutputConfig:
     fps: int = 8
     scale: int = 2  # integer upscaling of movie frames
     stills: list[int] = field(default_factory=list)  # frame indices written as PNG
-    comparison_frame: int | None = None  # frame of the "Jacobian vs perturbation" figure (None: the middle one)
+    comparison: bool = True  # the "Jacobian vs perturbation" figure of one frame (a Jacobian pass of its own)
+    comparison_frame: int | None = None  # the figure's frame (None: the middle one)
     arrays: bool = True  # rollout.npz and saliency.npz, with the settings that produced them
     report: bool = True  # report.html: a self-contained viewer of the run (engine.viz.report); a sweep's too
     # [start, stop]: the steps report.html shows (a page holds 0.5-3.3 kB a frame per map shown). Default: the whole
@@ -499,6 +500,11 @@ def check_config(config: JobConfig) -> None:
             f"{o.report_steps!r}",
         )
     if o.comparison_frame is not None:
+        _check(
+            o.comparison,
+            f"output.comparison_frame={o.comparison_frame} asks for the figure that output.comparison=false turns off: "
+            "drop one of them",
+        )
         _check(
             _is_int(o.comparison_frame) and 0 <= o.comparison_frame <= last,
             f"output.comparison_frame {o.comparison_frame!r} is outside the rollout's 0..{last}",

@@ -194,9 +194,9 @@ def render_outputs(config: JobConfig, out_dir: Path, agent, rstore, sstore, reco
             for _ in overlays():
                 pass
     t = o.comparison_frame if o.comparison_frame is not None else n // 2
-    if t >= n:
+    if o.comparison and t >= n:
         log.warning("output.comparison_frame: frame %d was not played (the rollout ended after %d frames)", t, n)
-    elif "perturbation" in methods:
+    elif o.comparison and "perturbation" in methods:
         maps = {k: torch.from_numpy(v[0]) for k, v in sstore.read(t, t + 1).items()}
         jac = maps.get("jacobian_actor"), maps.get("jacobian_critic")
         if jac[0] is None:  # no Jacobian maps stored: this frame's, on the states its maps were scored with

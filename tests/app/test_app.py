@@ -290,6 +290,10 @@ def test_a_rerun_into_the_same_directory_leaves_no_mix(tmp_path):
         "report",
     }
     assert json.loads((tmp_path / "summary.json").read_text())["warnings"] == []
+    # the figure is a Jacobian pass of its own, one per game: a long many-games job may leave it out
+    third = run_job(tiny_job(tmp_path, output={"movie": False, "comparison": False, "report": False}))
+    assert set(third) == {"rollout", "saliency", "summary"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "rollout.npz", "saliency.npz", "summary.json"]
 
 
 def test_all_zero_maps_are_said(tmp_path, caplog):

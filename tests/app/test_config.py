@@ -202,6 +202,10 @@ def test_enums_match_the_engine_choices():
             ["output.comparison_frame=500", "rollout.steps=200"],
             "output.comparison_frame 500 is outside the rollout's 0..199",
         ),
+        (
+            ["output.comparison=false", "output.comparison_frame=3"],
+            "output.comparison_frame=3 asks for the figure that output.comparison=false turns off: drop one of them",
+        ),
         (["output.stills=[3,250]"], "output.stills: frame 250 is outside the rollout's 0..199"),
         (
             ["output.report_steps=[5,300]", "rollout.steps=200"],
