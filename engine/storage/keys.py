@@ -10,7 +10,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeGuard, cast
 
@@ -116,31 +116,58 @@ class RecordingLocks:
                         f"this process is already recording into {store} (a recording opened and not yet run or "
                         "closed): run or close it before recording there again"
                     )
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    f = open(path, "a")
-                except OSError as exc:
-                    log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
+                f = self._lock(fcntl, path, store, waiting)
+                if f is None:
                     continue
                 self._files.append(f)
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if waiting is not None:
-                        waiting(store)
-                    fcntl.flock(f, fcntl.LOCK_EX)
-                except OSError as exc:  # a file system without flock (some NFS, Lustre or FUSE mounts)
-                    log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
-                    continue
                 _held_here[path] = weakref.ref(self)
                 self._held.append(path)
         except BaseException:
             self.release()
             raise
 
+    @staticmethod
+    def _lock(fcntl: Any, path: Path, store: Path, waiting: Callable[[Path], None] | None) -> Any:
+        """The lock file ``path``, open and locked; None (with a warning) where the file system refuses either. Its
+        holder removes the file while it still holds the lock, so a lock taken on a file that is no longer at
+        ``path`` is let go and taken again on the file there now."""
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a")
+            except OSError as exc:
+                log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
+                return None
+            try:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if waiting is not None:
+                        waiting(store)
+                        waiting = None  # said once, however often the file is replaced
+                    fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError as exc:  # a file system without flock (some NFS, Lustre or FUSE mounts)
+                f.close()
+                with suppress(OSError):
+                    path.unlink()
+                log.warning("no recording lock for %s (%s): concurrent jobs must not record it", store, exc)
+                return None
+            except BaseException:
+                f.close()
+                raise
+            try:
+                if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                    return f
+            except FileNotFoundError:
+                pass
+            f.close()  # the holder before removed it: lock the file at the path now
+
     def release(self) -> None:
+        """Let every lock go, removing its file first (while still held: see :meth:`_lock`)."""
         for path in self._held:
             _held_here.pop(path, None)
+            with suppress(OSError):  # kept where it cannot go: a later holder locks it as it is
+                path.unlink()
         for f in self._files:
             f.close()  # closing the file releases its lock
         self._files, self._held = [], []

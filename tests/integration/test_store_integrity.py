@@ -783,3 +783,60 @@ def test_a_recording_lock_dropped_unreleased_frees_its_store(tmp_path):
     again = RecordingLocks([tmp_path / "store"])
     again.acquire(waiting=lambda store: pytest.fail("waited for a lock nobody holds"))
     again.release()
+
+
+def test_recording_leaves_no_lock_file_and_a_refused_one_leaves_nothing(tmp_path):
+    """The lock file went on lying beside a store after its recording, and beside the store a refused job never
+    wrote (a chunk too large for memory is refused once the player knows its bytes a step, under the lock)."""
+    from engine.jobs.record import open_recording
+    from engine.policies.loading import load_policy
+    from engine.policies.registry import resolve_checkpoint
+
+    agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
+    with pytest.raises(EngineError, match="more than the 1 GiB a chunk may take"):
+        open_recording(agent, "PongNoFrameskip-v4", 10**6, tmp_path / "refused", chunk_steps=10**6)
+    assert list(tmp_path.iterdir()) == []
+    open_recording(agent, "PongNoFrameskip-v4", 6, tmp_path / "game", chunk_steps=4).run()
+    assert [p.name for p in tmp_path.iterdir()] == ["game"]
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_new_one(tmp_path):
+    """A holder removes the lock file before it lets the lock go; a process that was waiting on that file then
+    holds a lock nobody else can see, so it must lock the file at the path instead (or two would record)."""
+    from engine.storage.keys import RecordingLocks
+
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from engine.storage.keys import RecordingLocks\n"
+            f"locks = RecordingLocks([{str(store)!r}])\n"
+            "locks.acquire()\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "locks.release()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waited: list = []
+        locks = RecordingLocks([store])
+        thread = threading.Thread(target=locks.acquire, kwargs={"waiting": waited.append})
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and waited == [store]
+        holder.communicate("go\n", timeout=60)
+        thread.join(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0 and not thread.is_alive() and waited == [store]
+    (path,), (held,) = locks._held, locks._files
+    assert os.stat(path).st_ino == os.fstat(held.fileno()).st_ino  # the file at the path, not the removed one
+    locks.release()
+    assert list(tmp_path.iterdir()) == []
