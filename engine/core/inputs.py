@@ -37,10 +37,10 @@ def check_policy(agent: object) -> None:
                 "reset_state",
             )
             if not hasattr(agent, name)
-        ]
+        ] + ([] if callable(agent) else ["__call__ (outputs = agent(obs, state))"])
         raise TypeError(
             f"agent must implement engine.core.policy.Policy, got {type(agent).__name__} (missing: {', '.join(missing)}): "
-            "load one with engine.load_agent(path), an adapter of engine.policies, or wrap your own network with "
+            "load one with engine.load_policy(path), an adapter of engine.policies, or wrap your own network with "
             "engine.policies.module.wrap_policy"
         )
 

@@ -306,9 +306,23 @@ def test_bad_inputs_raise_clear_errors(jac_gru_agent, jac_pong_frames):
             TypeError,
             r"agent must implement engine\.core\.policy\.Policy, got Linear \(missing: observation_shape",
         ),
+        (  # every member but the call itself (a method named `policy` instead)
+            lambda: jacobian_saliency(_NotCallable(agent), frames, states),
+            TypeError,
+            r"got _NotCallable \(missing: __call__ \(outputs = agent\(obs, state\)\)\)",
+        ),
     ]
     for call, exc, message in cases:
         with pytest.raises(exc, match=message):
             call()
     # a valid numpy integer chunk size is accepted
     assert jacobian_saliency(agent, frames, states, frames_per_eval=np.int64(2)).actor.shape == (3, 80, 80)
+
+
+class _NotCallable:
+    """An agent's members, its forward under another name."""
+
+    def __init__(self, agent):
+        for name in ("observation_shape", "num_actions", "pipeline", "frame_stack", "device", "dtype"):
+            setattr(self, name, getattr(agent, name))
+        self.initial_state, self.reset_state, self.policy = agent.initial_state, agent.reset_state, agent
