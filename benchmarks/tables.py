@@ -474,7 +474,7 @@ def settings_label(r: dict) -> str:
 
 
 def settings_table(src: Source) -> str:
-    rows_in = src.jsonl()
+    """One row per setting: its latest run (a setting run again replaces its row, where it first appeared)."""
     needed = ["method", "frames", "sanity_frames", "machine", "agent", "env", "date"]
     numbers = [k for k, _ in SETTINGS_COLUMNS] + [
         "random_deletion_kl_auc",
@@ -486,7 +486,7 @@ def settings_table(src: Source) -> str:
         "pointing",
         "stability_temporal",
     ]
-    for i, r in enumerate(rows_in, 1):
+    for i, r in enumerate(src.jsonl(), 1):
         for k in needed:
             get(r, k, src, where=f" (line {i})")
         for k in numbers:
@@ -495,6 +495,10 @@ def settings_table(src: Source) -> str:
         if r["method"] == "perturbation":
             for k in ("interp", "score", "radius", "density"):
                 get(r, k, src, where=f" (line {i})")
+    latest: dict[str, dict] = {}
+    for r in src.jsonl():
+        latest[settings_label(r)] = r
+    rows_in = list(latest.values())
 
     def one(key: str) -> str:
         return ", ".join(sorted({str(r[key]) for r in rows_in}))

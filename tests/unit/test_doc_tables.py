@@ -125,6 +125,18 @@ def test_a_missing_or_malformed_result_file_fails_naming_it(results, case):
         tables.generate(results)
 
 
+def test_a_setting_run_again_shows_its_latest_run_in_its_first_place(results):
+    """Rows of a setting rerun (after a metric changed) stood in the table beside the old ones."""
+    path = results / "settings_pong_ppo_lstm.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rerun = {**rows[0], "objects_share": 0.123456, "date": "2099-01-01 00:00"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rerun]))
+    table = tables.generate(results)["settings_pong_ppo_lstm.md"]
+    body = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(body) == len(rows) and body[0].startswith(f"| {tables.settings_label(rows[0])} |")
+    assert "| 0.123 |" in body[0] and "to 2099-01-01 00:00" in table
+
+
 def test_no_settings_tables_at_all_fails(results):
     for path in results.glob("settings_*.jsonl"):
         path.unlink()
