@@ -43,7 +43,14 @@ from ..storage.layout import (
     size_text,
     step_bytes,
 )
-from ..storage.store import ChunkStore, RolloutStore, StoreMismatchError, check_writable, writing_needed
+from ..storage.store import (
+    IDENTITY_DEFAULTS,
+    ChunkStore,
+    RolloutStore,
+    StoreMismatchError,
+    check_writable,
+    writing_needed,
+)
 from .config import JobConfig, bundled_envs, check_config, engine_saliency
 from .record import rollout_identity
 from .score import saliency_identity
@@ -435,8 +442,11 @@ def identity_differences(found: dict, wanted: dict, prefix: str = "") -> list[st
     """Each field in which a store's identity (``found``) differs from this job's (``wanted``), with the setting
     that sets it (:data:`SETTING_OF_FIELD`) where it is not the field's own name."""
     differences = []
-    for key, value in wanted.items():
-        have = found.get(key)
+    # a setting left out at its default (saliency.precision 'exact') compares, and is named, as that default
+    left_out = [k for k in found if k not in wanted and f"{prefix}{k}" in IDENTITY_DEFAULTS]
+    for key in [*wanted, *left_out]:
+        have = found.get(key, IDENTITY_DEFAULTS.get(f"{prefix}{key}"))
+        value = wanted.get(key, IDENTITY_DEFAULTS.get(f"{prefix}{key}"))
         if isinstance(value, dict) and isinstance(have, dict):
             differences += identity_differences(have, value, f"{prefix}{key}.")
         elif have != value:

@@ -156,8 +156,12 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def difference(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     a, b = _flat(existing), _flat(wanted)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return "; ".join(f"{k}: store has {a.get(k)!r}, this job {b.get(k)!r}" for k in keys)
+
+    def value(d: dict[str, Any], k: str) -> Any:
+        return d.get(k, IDENTITY_DEFAULTS.get(k))
+
+    keys = sorted(k for k in set(a) | set(b) if value(a, k) != value(b, k))
+    return "; ".join(f"{k}: store has {value(a, k)!r}, this job {value(b, k)!r}" for k in keys)
 
 
 def _metadata_difference(found: Mapping[str, Any], wanted: Mapping[str, Any], source: str) -> str:
@@ -941,6 +945,10 @@ class RolloutStore:
 
 # settings that do not change a single bit of the maps (tested) and so may differ between resumed runs
 RESULT_NEUTRAL = ("perturbations_per_eval", "memory_budget_mb", "frames_per_batch")
+# settings a saliency store's identity records only where they are not these defaults (identity_settings), and
+# the same by their place in an identity, where a refusal names the value left out
+SALIENCY_IDENTITY_DEFAULTS = {"compile": False, "precision": "exact"}
+IDENTITY_DEFAULTS = {f"saliency.{k}": v for k, v in SALIENCY_IDENTITY_DEFAULTS.items()}
 
 
 def identity_settings(saliency: dict[str, Any]) -> dict[str, Any]:
@@ -948,7 +956,7 @@ def identity_settings(saliency: dict[str, Any]) -> dict[str, Any]:
     and ``precision`` only where they are not the default (they change maps by rounding, so a resumed run must
     use them too; left out at their defaults, a store written before they existed still resumes); ``method`` in its
     canonical form, with the settings of the selected methods only (:func:`engine.core.settings.identity_view`)."""
-    defaults = {"compile": False, "precision": "exact"}
+    defaults = SALIENCY_IDENTITY_DEFAULTS
     return {
         k: v
         for k, v in identity_view(saliency).items()

@@ -563,3 +563,27 @@ def test_a_store_of_other_settings_is_refused_naming_the_settings_to_change():
         "greedy (rollout.greedy): store has False, this job True",
         "saliency.radius: store has 5, this job 3",
     ]
+
+
+def test_a_setting_a_store_leaves_out_at_its_default_is_named_by_its_default(tmp_path):
+    """A store records saliency.precision and compile only away from their defaults; the refusal printed None
+    for the side that left them out (the user had typed precision=exact)."""
+    from engine.jobs.prepare import identity_differences
+    from engine.storage.store import difference
+
+    fast = {"saliency": {"radius": 5, "precision": "fast"}}
+    exact = {"saliency": {"radius": 5}}
+    compiled = {"saliency": {"radius": 5, "compile": True}}
+    assert identity_differences(fast, exact) == ["saliency.precision: store has 'fast', this job 'exact'"]
+    assert identity_differences(exact, fast) == ["saliency.precision: store has 'exact', this job 'fast'"]
+    assert identity_differences(exact, compiled) == ["saliency.compile: store has False, this job True"]
+    assert identity_differences(exact, exact) == []
+    assert difference(fast, exact) == "saliency.precision: store has 'fast', this job 'exact'"
+    assert difference(exact, compiled) == "saliency.compile: store has False, this job True"
+    # through the job: a store scored fast, then the same job at the default precision
+    from engine.jobs.run import run_job
+
+    store = {"rollout": str(tmp_path / "rollout"), "saliency": str(tmp_path / "maps"), "chunk_steps": 4}
+    run_job(tiny_job(tmp_path / "run", movie=False, store=store, saliency={"precision": "fast"}))
+    with pytest.raises(EngineError, match=r"saliency\.precision: store has 'fast', this job 'exact'\)"):
+        run_job(tiny_job(tmp_path / "run", movie=False, store=store))
