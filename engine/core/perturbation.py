@@ -49,7 +49,14 @@ from .inputs import (
 from .masks import center_coords, grid_shape, perturb, perturbation_masks
 from .policy import ConvTrunk, IncrementalPolicy, Policy, PolicyOutput, State, index_state
 from .preprocessing import SIZE, byte_scale, resize_uint8
-from .settings import SCORES, memory_budget, validate_settings
+from .settings import (
+    SCORES,
+    check_incremental,
+    check_perturbations_per_eval,
+    memory_budget,
+    plain_number,
+    validate_settings,
+)
 
 # a score of perturbed copies from the unperturbed logits of each copy's observation and the copy's own, (B, A) -> (B,)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,6 +116,8 @@ def _fast_path(agent: Policy, score: str, extra: Mapping[str, ScoreFn] | None, m
     """Whether ``precision="fast"`` can run delta propagation here; if not, say why once per reason (the exact path
     runs instead)."""
     reason = delta_unsupported(agent)
+    if reason is None and agent.dtype not in (torch.float32, torch.float64):
+        reason = f"the agent computes in {agent.dtype} (the deltas are exact in float32 or float64 agents only)"
     if reason is None and score != "logit_l2":
         reason = f"score={score!r} (delta propagation gives the logit_l2 score only)"
     if reason is None and extra:
@@ -150,15 +159,8 @@ def resolve_perturbations_per_eval(
 ) -> int:
     """``perturbations_per_eval`` if given, else as many inputs as fit the memory budget (at least 1, at most ``total``),
     and on the CPU at most ``DEFAULT_CPU_CHUNK`` unless a budget was given."""
+    perturbations_per_eval = check_perturbations_per_eval(perturbations_per_eval)
     if perturbations_per_eval is not None:
-        if (
-            isinstance(perturbations_per_eval, bool)
-            or not isinstance(perturbations_per_eval, int)
-            or perturbations_per_eval < 1
-        ):
-            raise ValueError(
-                f"perturbations_per_eval must be a positive integer or None (use the memory budget), got {perturbations_per_eval!r}"
-            )
         return min(perturbations_per_eval, total)
     fits = int(memory_budget(memory_budget_mb) * 2**20) // bytes_per_input(agent, dtype)
     if memory_budget_mb is None and torch.device(agent.device).type == "cpu":
@@ -423,8 +425,8 @@ def perturbation_saliency(
     >>> int(result.critic[0].argmax())  # the map peaks on the pixel the policy reads
     0
     """
-    if incremental not in (True, False, "auto"):
-        raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
+    incremental = check_incremental(incremental)
+    radius, density, blur_sigma = plain_number(radius), plain_number(density), plain_number(blur_sigma)
     if score not in SCORES:
         raise ValueError(f"score must be one of {tuple(str(s) for s in SCORES)}, got {score!r}")
     if precision not in PRECISIONS:

@@ -22,8 +22,12 @@ from .sarfa import check_sarfa_agent, sarfa_result, sarfa_saliency, sarfa_scores
 from .settings import (
     Incremental,
     SaliencyConfig,
+    check_incremental,
     check_passes_settings,
+    check_perturbations_per_eval,
     map_prefix,
+    memory_budget,
+    plain_numbers,
     sarfa_geometry,
     selected_methods,
 )
@@ -63,12 +67,16 @@ def compute_saliency(
     the action taken (occlusion, RISE, LIME). ``frame_indices`` (N,): each frame's index in its rollout, which
     seeds its RISE masks and LIME samples (default ``0..N-1``), so that a rollout's frames scored in several
     calls get the maps of one call."""
+    s = plain_numbers(s)  # numpy scalars (a sweep over np.arange) as the numbers they hold
     methods = selected_methods(s.method)
     check_passes_settings(s)
     if isinstance(s.frames_per_batch, bool) or not isinstance(s.frames_per_batch, int) or s.frames_per_batch < 1:
         raise ValueError(
             f"frames_per_batch must be an integer >= 1 (frames scored together), got {s.frames_per_batch!r}"
         )
+    # checked whichever methods run, as the app checks them
+    check_perturbations_per_eval(s.perturbations_per_eval)
+    memory_budget(s.memory_budget_mb)
     n = frames.shape[0]
     # the forms perturbation_saliency takes: None (a feed-forward agent's empty state), one tensor, a tuple
     states = () if states is None else (states,) if isinstance(states, torch.Tensor) else states
@@ -85,7 +93,7 @@ def compute_saliency(
         raise ValueError(f"frame_indices must hold one index per frame ({n}), got shape {tuple(indices.shape)}")
     # an Incremental member or its name ("auto", "true", "false"); else the value itself (True, False)
     named = isinstance(s.incremental, str) and s.incremental in tuple(Incremental)
-    incremental = Incremental(s.incremental).setting if named else s.incremental
+    incremental = check_incremental(Incremental(s.incremental).setting if named else s.incremental)
     ppe, budget = s.perturbations_per_eval, s.memory_budget_mb
     batches = [(a, min(a + s.frames_per_batch, n)) for a in range(0, n, s.frames_per_batch)]
     parts: dict[str, list[torch.Tensor]] = {}

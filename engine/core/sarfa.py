@@ -34,7 +34,7 @@ from .inputs import Observations, StatesLike, agent_device_dtype, check_finite_m
 from .masks import center_coords, grid_shape, perturbation_masks
 from .perturbation import incremental_plan, perturbation_scores, resolve_perturbations_per_eval, upsample_exact
 from .policy import Policy
-from .settings import validate_settings
+from .settings import check_incremental, validate_settings
 
 PERTURBATIONS = ("blur", "disc")
 # (radius, density) when none is given: the 2017 method's for the blur, Huber et al.'s for the disc
@@ -161,8 +161,7 @@ def sarfa_saliency(
     """
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-    if incremental not in (True, False, "auto"):
-        raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
+    incremental = check_incremental(incremental)
     default_radius, default_density = DEFAULT_GEOMETRY[perturbation]
     radius = default_radius if radius is None else radius
     density = default_density if density is None else density

@@ -6,8 +6,9 @@ Choices are string enums, so plain strings compare equal to them and Hydra's str
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -173,7 +174,7 @@ class SaliencyConfig:
     jacobian_backend: JacobianBackend = JacobianBackend.autograd
     tf32: bool = False  # CUDA only: TF32 convolutions and products (faster, ~6e-4 relative error)
     compile: bool = False  # torch.compile each perturbed forward pass (inductor; a C++ compiler on the CPU)
-    precision: Precision = Precision.exact  # fast: delta propagation in split bfloat16 (~1e-5 of the map max)
+    precision: Precision = Precision.exact  # fast: delta propagation in split bfloat16 (1e-5 to 6e-5 of the map max)
     occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
     rise: RiseSettings = field(default_factory=RiseSettings)
     lime: LimeSettings = field(default_factory=LimeSettings)
@@ -185,8 +186,55 @@ SCORES = tuple(Score)
 COMPATS = tuple(Compat)
 
 
+def plain_number(value: Any) -> Any:
+    """A numpy scalar (``np.int64(5)``, ``np.float32(5)``: what a sweep over ``np.arange`` gives) as the Python number
+    it holds; anything else as it is, so the checks below refuse it (a bool, numpy's too, is no number here).
+
+    >>> import numpy as np
+    >>> plain_number(np.int64(5)), plain_number(np.float32(0.5)), plain_number(np.True_), plain_number("5")
+    (5, 0.5, np.True_, '5')
+    """
+    if isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float)) and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def plain_numbers(settings: Any) -> Any:
+    """A settings dataclass (:class:`SaliencyConfig`, its methods' settings) with every numpy scalar in it, nested
+    settings included, made the Python number it holds (:func:`plain_number`)."""
+    changes = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        plain = plain_numbers(value) if is_dataclass(value) and not isinstance(value, type) else plain_number(value)
+        if plain is not value:
+            changes[f.name] = plain
+    return replace(settings, **changes) if changes else settings
+
+
+def check_incremental(incremental: object) -> bool | str:
+    """``True``, ``False`` or ``"auto"`` (numpy's bools as the bools they hold); anything else, ``0`` and ``"false"``
+    included, is refused: ``0 == False`` would otherwise pass as a request for windows."""
+    if isinstance(incremental, bool) or getattr(getattr(incremental, "dtype", None), "kind", None) == "b":
+        return bool(incremental)  # a bool, or numpy's scalar bool (kind "b")
+    if isinstance(incremental, str) and incremental == "auto":
+        return "auto"
+    raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")
+
+
+def check_perturbations_per_eval(perturbations_per_eval: object) -> int | None:
+    """A positive integer (a numpy one too) or None (the memory budget decides), as a Python int or None."""
+    value = plain_number(perturbations_per_eval)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(
+            f"perturbations_per_eval must be a positive integer or None (use the memory budget), got "
+            f"{perturbations_per_eval!r}"
+        )
+    return value
+
+
 def _in_range(value: object, side: int | None) -> bool:
     """Whether ``value`` is a finite real number in (0, side] (no upper bound when ``side`` is None)."""
+    value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     return 0 < value <= (side if side is not None else value)
@@ -197,6 +245,7 @@ def validate_radius_density(radius: float, density: int, size: tuple[int, int] |
     (80 for the 2017 observation), in observation pixels. With ``size=None`` the upper bounds wait for the agent's
     observation: a config is checked before its agent is loaded, and an 84x84 agent takes a density of 84."""
     side = max(size) if size else None
+    density = plain_number(density)
     if isinstance(density, bool) or not isinstance(density, int):
         bound = f"in 1..{side}" if side is not None else ">= 1"
         raise ValueError(f"density must be an integer grid step {bound}, got {density!r}")
@@ -306,10 +355,12 @@ def sarfa_geometry(s: SaliencyConfig) -> tuple[float, int]:
 
 
 def _integer(value: object, low: int) -> bool:
+    value = plain_number(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _finite(value: object) -> bool:
+    value = plain_number(value)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -330,7 +381,7 @@ DEFAULT_MEMORY_BUDGET_MB = 1024.0
 
 def memory_budget(memory_budget_mb: float | None) -> float:
     """The memory budget in megabytes: ``memory_budget_mb``, checked, or :data:`DEFAULT_MEMORY_BUDGET_MB` for None."""
-    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+    budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else plain_number(memory_budget_mb)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
         raise ValueError(
             f"memory_budget_mb must be a finite number of megabytes > 0 (or None), got {memory_budget_mb!r}"

@@ -412,6 +412,25 @@ def test_fast_precision_without_a_delta_form_runs_the_exact_path_and_says_why_on
         perturbation_saliency(agent, obs, states, precision="bfloat16")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fast_precision_on_a_low_precision_agent_runs_the_exact_path_and_says_why(cases, caplog, dtype):
+    """The deltas run in float32 and were checked against the agent's own bfloat16 outputs at float32's tolerance:
+    the refusal blamed the agent's delta_network(), which is right."""
+    from engine.core import perturbation
+
+    agent, _, obs, states = cases["gru"]
+    low = copy.deepcopy(agent).to(dtype)
+    low_states = tuple(s.to(dtype) for s in states)
+    perturbation._fast_refusals_logged.clear()
+    settings = dict(radius=RADIUS, density=DENSITY)
+    want = perturbation_saliency(low, obs, low_states, **settings)
+    with caplog.at_level("WARNING", logger="engine.core.perturbation"):
+        got = perturbation_saliency(low, obs, low_states, precision="fast", **settings)
+    assert torch.equal(got.actor_scores, want.actor_scores) and torch.equal(got.critic_scores, want.critic_scores)
+    lines = [r.getMessage() for r in caplog.records if "precision='fast' runs the exact path" in r.getMessage()]
+    assert len(lines) == 1 and f"the agent computes in {dtype}" in lines[0], lines
+
+
 # --- SB3: a configuration without a delta form, and the zips SB3 itself writes ---------------------------------
 
 

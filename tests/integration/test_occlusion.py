@@ -189,6 +189,10 @@ def test_the_restored_state_matters(agent, inputs):
         (dict(response="action_prob"), "needs the action taken"),
         (dict(response="action_prob", actions=[0, 1, 2]), "actions must be 2 integer action indices"),
         (dict(response="action_prob", actions=[0, 6]), "actions must lie in 0..5"),
+        # any of these ran windows: incremental was not checked
+        (dict(incremental="false"), "incremental must be True, False or 'auto', got 'false'"),
+        (dict(incremental=0), "incremental must be True, False or 'auto', got 0"),
+        (dict(incremental=None), "incremental must be True, False or 'auto', got None"),
     ],
 )
 def test_bad_input_is_refused(agent, inputs, kwargs, message):

@@ -200,12 +200,64 @@ def random_frames():
         (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
         (dict(memory_budget_mb=0), "memory_budget_mb must be a finite number of megabytes > 0"),
         (dict(memory_budget_mb=float("inf")), r"memory_budget_mb must be a finite number .*got inf"),
+        # 0 == False, np.False_ == False: they passed as a request for windows
+        (dict(incremental=0), "incremental must be True, False or 'auto', got 0"),
+        (dict(incremental="false"), "incremental must be True, False or 'auto', got 'false'"),
+        (dict(incremental=None), "incremental must be True, False or 'auto', got None"),
+        (dict(perturbations_per_eval=np.True_), "perturbations_per_eval must be a positive integer"),
+        (dict(density=np.float64(2.5)), "density must be an integer"),
     ],
 )
 def test_bad_settings_fail_clearly(kwargs, match, random_agents, random_frames):
     gru, _ = random_agents
     with pytest.raises(ValueError, match=match):
         perturbation_saliency(gru, random_frames[:1], (torch.randn(1, 256),), **kwargs)
+
+
+def test_numpy_numbers_are_the_numbers_they_hold(random_agents, random_frames, monkeypatch):
+    """A sweep over np.arange gives numpy scalars: they were refused as "not an integer"; numpy's bools are
+    bools (np.False_ ran windows)."""
+    from engine.core import perturbation
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import SaliencyConfig
+
+    gru, _ = random_agents
+    frames, states = random_frames[:2], (torch.randn(2, 256),)
+    plain = perturbation_saliency(gru, frames, states, radius=5, density=10, perturbations_per_eval=64)
+    numpy = perturbation_saliency(
+        gru,
+        frames,
+        states,
+        radius=np.float32(5),
+        density=np.int64(10),
+        perturbations_per_eval=np.int64(64),
+        memory_budget_mb=np.float64(512),
+        blur_sigma=np.int32(3),
+    )
+    assert torch.equal(plain.actor, numpy.actor) and torch.equal(plain.critic_scores, numpy.critic_scores)
+    config = SaliencyConfig(radius=np.float32(5), density=np.int64(10), frames_per_batch=np.int64(1))
+    assert torch.equal(compute_saliency(gru, frames, states, config)["actor"], plain.actor)
+    plans = []
+    monkeypatch.setattr(perturbation, "incremental_plan", lambda *a, **k: plans.append(a[2]) or None)
+    perturbation_saliency(gru, frames, states, radius=5, density=10, incremental=np.False_)
+    compute_saliency(gru, frames, states, SaliencyConfig(radius=5, density=10, incremental=np.False_))
+    assert plans == [False, False] and all(type(p) is bool for p in plans)
+
+
+def test_compute_saliency_checks_the_pass_settings_whichever_methods_run(random_agents, random_frames):
+    """The app refuses these whatever the method; compute_saliency let them through where no method used them."""
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import SaliencyConfig
+
+    gru, _ = random_agents
+    frames, states = random_frames[:1], (torch.randn(1, 256),)
+    for settings, match in (
+        (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
+        (dict(memory_budget_mb=0), "memory_budget_mb must be a finite number of megabytes > 0"),
+        (dict(incremental=0), "incremental must be True, False or 'auto', got 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            compute_saliency(gru, frames, states, SaliencyConfig(method="jacobian", **settings))
 
 
 def test_bad_inputs_fail_clearly(random_agents, random_frames):

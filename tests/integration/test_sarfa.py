@@ -252,6 +252,7 @@ class _OneAction(_TopLeftPixel):
         (dict(interp="inside"), "interp must be one of"),
         (dict(blur_sigma=-1), "blur_sigma must be a number"),
         (dict(incremental="maybe"), "incremental must be True, False or 'auto'"),
+        (dict(incremental=0), "incremental must be True, False or 'auto', got 0"),
         (dict(incremental=True), "incremental inference needs a policy that declares its conv trunk"),
         (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
     ],
