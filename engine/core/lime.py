@@ -45,7 +45,7 @@ from .inputs import (
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
 from .rise import _frame_indices
-from .settings import draw_group, grid_cells
+from .settings import draw_group, grid_cells, plain_number
 
 RESPONSES = ("action_prob", "action_logit", "value")
 DRAW_NAMES = {"count": "num_samples", "budget": "memory_budget_mb"}
@@ -220,6 +220,8 @@ def lime_saliency(
     >>> torch.allclose(result.critic_weights[0], torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
     True
     """
+    numbers = (num_samples, cell, seed, hide_value, kernel_width, alpha)
+    num_samples, cell, seed, hide_value, kernel_width, alpha = (plain_number(v) for v in numbers)
     x, state = prepare_inputs(agent, frames, states)
     n, c, h, w = x.shape
     size = (h, w)

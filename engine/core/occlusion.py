@@ -26,7 +26,7 @@ from .device import float32_matmul_precision
 from .inputs import Actions, Observations, StatesLike, agent_device_dtype, check_finite_maps, prepare_inputs
 from .perturbation import _check_actions, incremental_plan, perturbation_scores, resolve_perturbations_per_eval
 from .policy import Policy, PolicyOutput
-from .settings import check_incremental
+from .settings import check_incremental, plain_number
 
 BASELINES = ("constant", "mean", "blur")
 RESPONSES = ("action_prob", "logits", "value")
@@ -171,6 +171,7 @@ def occlusion_sensitivity(
     (1.0, 0.25, 0.0)
     """
     incremental = check_incremental(incremental)
+    window, stride, value = plain_number(window), plain_number(stride), plain_number(value)
     x, state = prepare_inputs(agent, frames, states)
     n, c, h, w = x.shape
     _check_settings(window, stride, baseline, value, response, (h, w))

@@ -40,7 +40,7 @@ from .inputs import (
 )
 from .perturbation import _check_actions, resolve_perturbations_per_eval
 from .policy import Policy, index_state
-from .settings import draw_group, grid_cells, memory_budget
+from .settings import draw_group, grid_cells, memory_budget, plain_number
 
 RESPONSES = ("action_prob", "action_logit", "value")
 DRAW_NAMES = {"count": "num_masks", "budget": "memory_budget_mb"}
@@ -141,6 +141,7 @@ def rise_masks(
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """The masks (num_masks, H, W) :func:`rise_saliency` uses on the frame of index ``frame_index``."""
+    num_masks, p, cell, seed = (plain_number(v) for v in (num_masks, p, cell, seed))
     _check_settings(num_masks, p, cell, seed, 0.0, "value", size)
     grids, offsets = mask_draws(num_masks, p, cell, size, seed, frame_index)
     device = torch.device(device)
@@ -167,7 +168,12 @@ def _check_settings(
 def _frame_indices(frame_indices: Sequence[int] | torch.Tensor | np.ndarray | None, n: int) -> list[int]:
     if frame_indices is None:
         return list(range(n))
-    indices = torch.as_tensor(frame_indices)
+    try:
+        indices = torch.as_tensor(frame_indices)
+    except (OverflowError, RuntimeError, TypeError, ValueError) as exc:  # 2**64, strings, ragged lists
+        raise ValueError(
+            f"frame_indices must be {n} integer frame indices in 0..2**63-1, got {frame_indices!r} ({exc})"
+        ) from None
     if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.shape != (n,):
         raise ValueError(
             f"frame_indices must be {n} integer frame indices (one per frame), got {indices.dtype} {tuple(indices.shape)}"
@@ -244,6 +250,7 @@ def rise_saliency(
     >>> torch.allclose(result.critic[0], (masks[:, :1, :1] * masks).sum(0) / 25)
     True
     """
+    num_masks, p, cell, seed, baseline = (plain_number(v) for v in (num_masks, p, cell, seed, baseline))
     x, state = prepare_inputs(agent, frames, states)
     n, c, h, w = x.shape
     size = (h, w)

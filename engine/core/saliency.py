@@ -15,13 +15,18 @@ from tqdm.auto import tqdm
 from .jacobian import jacobian_saliency
 from .lime import lime_saliency
 from .occlusion import occlusion_sensitivity
-from .perturbation import perturbation_saliency
+from .perturbation import _check_actions, perturbation_saliency
 from .policy import Policy, State, index_state
 from .rise import rise_saliency
 from .sarfa import check_sarfa_agent, sarfa_result, sarfa_saliency, sarfa_scores
 from .settings import (
     Incremental,
+    JacobianBackend,
+    LimeSettings,
+    OcclusionSettings,
+    RiseSettings,
     SaliencyConfig,
+    SarfaSettings,
     check_incremental,
     check_passes_settings,
     check_perturbations_per_eval,
@@ -42,6 +47,19 @@ def paper_shift(states: State, previous: State | None = None) -> State:
     if previous is None:
         previous = tuple(torch.zeros_like(s[:1]) for s in states)
     return tuple(torch.cat([p.to(s.device, s.dtype), s[:-1]]) for p, s in zip(previous, states))
+
+
+def actions_needed(s: SaliencyConfig, methods: tuple[str, ...]) -> list[str]:
+    """The settings of ``s``'s selected ``methods`` that score the action taken (so need ``actions``)."""
+    needing = []
+    if "perturbation" in methods and s.score == "action_logprob":
+        needing.append("score='action_logprob'")
+    if "occlusion" in methods and s.occlusion.response == "action_prob":
+        needing.append("occlusion.response='action_prob'")
+    for name in ("rise", "lime"):  # their responses of the action taken: its probability or its logit
+        if name in methods and getattr(s, name).response != "value":
+            needing.append(f"{name}.response={str(getattr(s, name).response)!r}")
+    return needing
 
 
 def compute_saliency(
@@ -67,6 +85,17 @@ def compute_saliency(
     the action taken (occlusion, RISE, LIME). ``frame_indices`` (N,): each frame's index in its rollout, which
     seeds its RISE masks and LIME samples (default ``0..N-1``), so that a rollout's frames scored in several
     calls get the maps of one call."""
+    for name, kind in (
+        ("occlusion", OcclusionSettings),
+        ("rise", RiseSettings),
+        ("lime", LimeSettings),
+        ("sarfa", SarfaSettings),
+    ):
+        if not isinstance(getattr(s, name), kind):
+            raise TypeError(
+                f"{name} must be an engine.core.settings.{kind.__name__} (e.g. {name}={kind.__name__}(...)), got "
+                f"{type(getattr(s, name)).__name__}"
+            )
     s = plain_numbers(s)  # numpy scalars (a sweep over np.arange) as the numbers they hold
     methods = selected_methods(s.method)
     check_passes_settings(s)
@@ -91,6 +120,14 @@ def compute_saliency(
     indices = torch.arange(n) if frame_indices is None else torch.as_tensor(frame_indices)
     if indices.shape != (n,):
         raise ValueError(f"frame_indices must hold one index per frame ({n}), got shape {tuple(indices.shape)}")
+    # checked once for the whole call, before any work (each batch checks its slice again)
+    needing = actions_needed(s, methods)
+    if needing and actions is None:
+        raise ValueError(f"{' and '.join(needing)} need the action taken on each frame: pass actions=rollout.actions")
+    if actions is not None:
+        actions = _check_actions(actions, n, agent.num_actions, agent.device)
+    if "jacobian" in methods and s.jacobian_backend not in tuple(JacobianBackend):
+        raise ValueError(f"jacobian_backend must be one of {', '.join(JacobianBackend)}, got {s.jacobian_backend!r}")
     # an Incremental member or its name ("auto", "true", "false"); else the value itself (True, False)
     named = isinstance(s.incremental, str) and s.incremental in tuple(Incremental)
     incremental = check_incremental(Incremental(s.incremental).setting if named else s.incremental)

@@ -34,7 +34,7 @@ from .inputs import Observations, StatesLike, agent_device_dtype, check_finite_m
 from .masks import center_coords, grid_shape, perturbation_masks
 from .perturbation import incremental_plan, perturbation_scores, resolve_perturbations_per_eval, upsample_exact
 from .policy import Policy
-from .settings import check_incremental, validate_settings
+from .settings import SARFA_RADIUS_IS, check_incremental, validate_settings
 
 PERTURBATIONS = ("blur", "disc")
 # (radius, density) when none is given: the 2017 method's for the blur, Huber et al.'s for the disc
@@ -167,7 +167,7 @@ def sarfa_saliency(
     density = default_density if density is None else density
     x, state = prepare_inputs(agent, frames, states)
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))
-    validate_settings(radius, density, interp, blur_sigma, "exact", size)
+    validate_settings(radius, density, interp, blur_sigma, "exact", size, SARFA_RADIUS_IS[perturbation])
     check_sarfa_agent(agent)
     device, dtype = agent_device_dtype(agent)
     if perturbation == "blur":

@@ -240,7 +240,12 @@ def _in_range(value: object, side: int | None) -> bool:
     return 0 < value <= (side if side is not None else value)
 
 
-def validate_radius_density(radius: float, density: int, size: tuple[int, int] | None = (SIZE, SIZE)) -> None:
+def validate_radius_density(
+    radius: float,
+    density: int,
+    size: tuple[int, int] | None = (SIZE, SIZE),
+    radius_is: str = "the mask blur sigma; the paper uses 5",
+) -> None:
     """Raise ``ValueError`` unless ``0 < radius <= max(H, W)`` and ``density`` is an integer in 1..max(H, W)
     (80 for the 2017 observation), in observation pixels. With ``size=None`` the upper bounds wait for the agent's
     observation: a config is checked before its agent is loaded, and an 84x84 agent takes a density of 84."""
@@ -254,7 +259,7 @@ def validate_radius_density(radius: float, density: int, size: tuple[int, int] |
         raise ValueError(f"density must be {bound} (pixels between mask centers; the paper uses 5), got {density}")
     if not _in_range(radius, side):
         bound = f"a number in (0, {side:g}]" if side is not None else "a finite number > 0"
-        raise ValueError(f"radius must be {bound} (the mask blur sigma; the paper uses 5), got {radius!r}")
+        raise ValueError(f"radius must be {bound} ({radius_is}), got {radius!r}")
 
 
 def validate_settings(
@@ -264,10 +269,11 @@ def validate_settings(
     blur_sigma: float,
     compat: str,
     size: tuple[int, int] | None = (SIZE, SIZE),
+    radius_is: str = "the mask blur sigma; the paper uses 5",
 ) -> None:
     """Raise ``ValueError`` naming the bad setting and its allowed values (sizes in pixels of an (H, W) observation;
-    ``None``: the bounds that depend on it wait for the agent)."""
-    validate_radius_density(radius, density, size)
+    ``None``: the bounds that depend on it wait for the agent; ``radius_is``: what the radius is, in a refusal)."""
+    validate_radius_density(radius, density, size, radius_is)
     if interp not in INTERPS:
         raise ValueError(f"interp must be one of {tuple(str(i) for i in INTERPS)}, got {interp!r}")
     if compat not in COMPATS:
@@ -411,6 +417,12 @@ def draws_bytes(method: str, count: int, frames: int, size: tuple[int, int], cel
     return frames * count * per_draw + count * cells * 8
 
 
+def _megabytes(size: float) -> str:
+    """``size`` bytes in megabytes, with the digits that tell small sizes apart (``0.05 MB``, ``1,024 MB``)."""
+    mb = size / 2**20
+    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
+
+
 def draw_group(
     method: str,
     count: int,
@@ -430,8 +442,8 @@ def draw_group(
     if one > budget:
         draws = "masks" if method == "rise" else "samples and their fit"
         raise ValueError(
-            f"{names['count']}={count:,} needs about {one / 2**20:,.0f} MB per frame for the {draws}, more than the "
-            f"memory budget of {budget / 2**20:,.0f} MB: lower {names['count']}, or raise {names['budget']}"
+            f"{names['count']}={count:,} needs about {_megabytes(one)} per frame for the {draws}, more than the "
+            f"memory budget of {_megabytes(budget)}: lower it, or raise {names['budget']}"
         )
     more = draws_bytes(method, count, 2, size, cell, itemsize) - one  # each further frame
     return max(1, min(frames, 1 + int((budget - one) // more)))
@@ -457,11 +469,14 @@ def check_passes_settings(s: SaliencyConfig, prefix: str = "") -> None:
             )
 
 
-def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = None, itemsize: int = 4) -> None:
+def validate_method_settings(
+    s: SaliencyConfig, size: tuple[int, int] | None = None, itemsize: int = 4, budget_name: str = "memory_budget_mb"
+) -> None:
     """Raise ``ValueError`` naming the first bad per-method setting (``rise.num_masks must be ...``). Checks that
     depend on the observation's (H, W) ``size`` (a window larger than the observation, ...) need it; without it
     they wait for the agent (:func:`engine.jobs.run.validate_job`) or the engine function; ``itemsize``: the bytes
-    of the floats RISE's sums and LIME's fit use (the agent's, at least float32's)."""
+    of the floats RISE's sums and LIME's fit use (the agent's, at least float32's); ``budget_name``: the memory
+    budget's name in a refusal (``saliency.memory_budget_mb`` in the app)."""
     o, r, li, sa = s.occlusion, s.rise, s.lime, s.sarfa
     side = max(size) if size else None
     # occlusion
@@ -520,7 +535,7 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
             ("lime", li.num_samples, "num_samples", li.cell),
         ):
             if method in selected_methods(s.method):
-                names = {"count": f"{method}.{name}", "budget": "memory_budget_mb"}
+                names = {"count": f"{method}.{name}", "budget": budget_name}
                 draw_group(method, count, 1, size, cell, s.memory_budget_mb, names, itemsize)
     # SARFA
     _choice("sarfa.perturbation", sa.perturbation, SarfaPerturbation)
@@ -531,9 +546,16 @@ def validate_method_settings(s: SaliencyConfig, size: tuple[int, int] | None = N
     if size:
         radius, density = sarfa_geometry(s)
         try:
-            validate_radius_density(radius, density, size)
+            validate_radius_density(radius, density, size, radius_is=SARFA_RADIUS_IS[str(sa.perturbation)])
         except ValueError as exc:
             raise ValueError(f"sarfa.{exc}") from None
+
+
+# what SARFA's radius is, by its perturbation, where a refusal says it
+SARFA_RADIUS_IS = {
+    "blur": "the mask blur sigma; the paper uses 5",
+    "disc": "the black disc's radius in pixels; Huber et al. use 2",
+}
 
 
 def identity_view(settings: Mapping[str, Any]) -> dict[str, Any]:

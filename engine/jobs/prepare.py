@@ -247,7 +247,7 @@ def check_agent_settings(prepared: PreparedJob) -> None:
     try:
         validate_settings(s.radius, s.density, str(s.interp), s.blur_sigma, str(s.compat), size)
         itemsize = float_bytes(agent.dtype)
-        validate_method_settings(s, size, itemsize)
+        validate_method_settings(s, size, itemsize, budget_name="saliency.memory_budget_mb")
     except ValueError as exc:
         raise EngineError(f"saliency.{exc}") from None
     if str(s.compat) == "paper" and size != (80, 80):

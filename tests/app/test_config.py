@@ -169,8 +169,8 @@ def test_enums_match_the_engine_choices():
         # draws made for a frame before its passes: a count whose draws for one frame cannot fit is refused up front
         (
             ["saliency.method=rise", "saliency.rise.num_masks=100000000"],
-            "MB per frame for the masks, more than the memory budget of 1,024 MB: lower rise.num_masks, or raise "
-            "memory_budget_mb",
+            "MB per frame for the masks, more than the memory budget of 1,024 MB: lower it, or raise "
+            "saliency.memory_budget_mb",
         ),
         (
             ["saliency.method=[perturbation,lime]", "saliency.lime.num_samples=1000000"],

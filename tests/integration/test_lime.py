@@ -218,7 +218,7 @@ def test_samples_that_cannot_fit_the_memory_budget_are_refused_before_they_are_d
     monkeypatch.setattr(lime, "lime_samples", lambda *a: pytest.fail("drew samples"))
     with pytest.raises(ValueError, match=r"num_samples=100,000,000 needs about .* MB per frame for the samples"):
         lime_saliency(TopLeftPixel(), frames, (), num_samples=10**8, cell=8, response="value")
-    with pytest.raises(ValueError, match="lower num_samples, or raise memory_budget_mb"):
+    with pytest.raises(ValueError, match="num_samples=50,000 needs .*: lower it, or raise memory_budget_mb"):
         lime_saliency(TopLeftPixel(), frames, (), num_samples=50_000, cell=8, response="value", memory_budget_mb=0.5)
 
 

@@ -165,6 +165,8 @@ def test_a_tiny_policy_by_hand():
         (dict(response="action_prob", actions=[0, 1]), "actions must be 1 integer action indices"),
         (dict(frame_indices=[0, 1]), "frame_indices must be 1 integer frame indices"),
         (dict(frame_indices=[-1]), "frame_indices must be non-negative"),
+        (dict(frame_indices=[2**64]), r"frame_indices must be 1 integer frame indices in 0..2\*\*63-1"),
+        (dict(num_masks=np.True_), "num_masks must be a positive integer"),
         (dict(perturbations_per_eval=0), "perturbations_per_eval must be a positive integer"),
         # the budget also sizes the map sums, with the passes' size given
         (dict(perturbations_per_eval=4, memory_budget_mb=float("nan")), "memory_budget_mb must be a finite number"),
@@ -222,10 +224,11 @@ def test_masks_that_cannot_fit_the_memory_budget_are_refused_before_they_are_dra
     monkeypatch.setattr(rise, "mask_draws", lambda *a: pytest.fail("drew masks"))
     with pytest.raises(ValueError, match=r"num_masks=1,000,000,000 needs about .* MB per frame for the masks"):
         rise_saliency(TopLeftPixel(), frames, (), num_masks=10**9, cell=4, response="value")
-    with pytest.raises(
-        ValueError, match="more than the memory budget of 1 MB: lower num_masks, or raise memory_budget"
-    ):
+    with pytest.raises(ValueError, match="more than the memory budget of 1 MB: lower it, or raise memory_budget_mb"):
         rise_saliency(TopLeftPixel(), frames, (), num_masks=20_000, cell=4, response="value", memory_budget_mb=1)
+    # a small budget and count: both sizes were "0 MB"
+    with pytest.raises(ValueError, match=r"num_masks=64 needs about 0\.\d+ MB .* memory budget of 0\.001 MB"):
+        rise_saliency(TopLeftPixel(), frames, (), num_masks=64, cell=4, response="value", memory_budget_mb=0.001)
 
 
 def test_frames_whose_masks_do_not_fit_at_once_are_scored_in_groups_with_the_same_maps(monkeypatch):
@@ -244,3 +247,49 @@ def test_frames_whose_masks_do_not_fit_at_once_are_scored_in_groups_with_the_sam
     assert drawn == [7, 3, 0, 11, 2]  # in groups of 2, 2, 1: each frame's draws once
     for name in ("actor", "critic", "actor_responses", "critic_responses"):
         assert torch.equal(getattr(grouped, name), getattr(whole, name)), name
+
+
+def test_the_methods_take_numpy_numbers_and_compute_saliency_checks_its_whole_call_first():
+    """A sweep over np.arange gives numpy scalars: RISE, LIME and occlusion refused them ("num_masks must be a
+    positive integer, got np.int64(8)"). compute_saliency dropped actions beyond its frames without a word, refused
+    too few only at the batch that ran out, and ran the 2017 passes before RISE found no actions."""
+    from engine.core.lime import lime_saliency
+    from engine.core.occlusion import occlusion_sensitivity
+    from engine.core.saliency import compute_saliency
+    from engine.core.settings import RiseSettings, SaliencyConfig
+
+    agent, frames = TopLeftPixel(), torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
+    taken = torch.tensor([0, 1, 0])
+    rise_options = dict(num_masks=8, p=0.5, cell=4, seed=3, baseline=0.5, actions=taken)
+    as_numpy = {
+        k: np.int64(v) if isinstance(v, int) else np.float32(v) for k, v in rise_options.items() if k != "actions"
+    }
+    want = rise_saliency(agent, frames, (), **rise_options)
+    got = rise_saliency(agent, frames, (), **as_numpy, actions=taken)
+    assert torch.equal(want.actor, got.actor) and torch.equal(want.critic, got.critic)
+    want = lime_saliency(agent, frames, (), num_samples=20, cell=8, alpha=1.0, actions=taken)
+    got = lime_saliency(
+        agent, frames, (), num_samples=np.int64(20), cell=np.int64(8), alpha=np.float32(1), actions=taken
+    )
+    assert torch.equal(want.actor, got.actor)
+    want = occlusion_sensitivity(agent, frames, (), window=4, stride=4, value=0.5, actions=taken)
+    got = occlusion_sensitivity(
+        agent, frames, (), window=np.int64(4), stride=np.int64(4), value=np.float32(0.5), actions=taken
+    )
+    assert torch.equal(want.actor, got.actor)
+
+    config = SaliencyConfig(
+        method=["perturbation", "rise"], density=8, radius=2, rise=RiseSettings(num_masks=8, cell=4)
+    )
+    one_batch = SaliencyConfig(**{**config.__dict__, "frames_per_batch": 2})
+    for settings, actions, message in (
+        (config, torch.tensor([0, 1, 0, 1]), r"actions must be 3 integer action indices .*got torch.int64 \(4,\)"),
+        (one_batch, torch.tensor([0, 1]), r"actions must be 3 integer action indices .*got torch.int64 \(2,\)"),
+        (config, None, "rise.response='action_prob' need the action taken on each frame: pass actions="),
+    ):
+        with pytest.raises(ValueError, match=message):
+            compute_saliency(agent, frames, (), settings, actions=actions)
+    with pytest.raises(TypeError, match=r"rise must be an engine\.core\.settings\.RiseSettings .*got dict"):
+        compute_saliency(agent, frames, (), SaliencyConfig(method="rise", rise={"num_masks": 8}), actions=taken)
+    with pytest.raises(ValueError, match="jacobian_backend must be one of autograd, func, got 'jax'"):
+        compute_saliency(agent, frames, (), SaliencyConfig(method="jacobian", jacobian_backend="jax"))

@@ -247,6 +247,8 @@ class _OneAction(_TopLeftPixel):
     [
         (dict(perturbation="noise"), "perturbation must be one of"),
         (dict(radius=0), "radius must be a number"),
+        (dict(radius=100.0, perturbation="disc"), r"radius must be .* \(the black disc's radius in pixels; Huber"),
+        (dict(radius=100.0), r"radius must be .* \(the mask blur sigma; the paper uses 5\)"),
         (dict(density=0), "density must be in"),
         (dict(density=2.5), "density must be an integer"),
         (dict(interp="inside"), "interp must be one of"),
