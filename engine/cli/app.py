@@ -150,6 +150,31 @@ def _shared_store(seen: dict[str, tuple[int, dict]], key: str, path: str, job: i
     )
 
 
+def check_shards_share_their_store(configs: list[tuple[JobConfig, bool]]) -> None:
+    """Refuse shards (``store.num_shards`` > 1) whose saliency store would be their own: without ``store.saliency``
+    it is in the job's folder, which Hydra names by the clock or by the job's number, so each shard fills a store of
+    its own that never completes."""
+    for config, output_known in configs:
+        st = config.store
+        if st.num_shards > 1 and not st.saliency and not output_known:
+            raise ConfigError(
+                f"store.num_shards={st.num_shards} splits one saliency store between jobs, but without store.saliency "
+                "each job's store is in its own run folder, where the other shards never write: set "
+                "store.saliency=<dir> (the same for every shard)"
+            )
+
+
+def _recorded_game(root: str) -> bool:
+    """Whether ``root`` holds a complete rollout store (which every job replays, whoever it names as player)."""
+    from ..storage.keys import store_exists
+    from ..storage.store import RolloutStore
+
+    try:
+        return store_exists(root) and RolloutStore.open(root).complete
+    except Exception:  # not a store, or a damaged one: each job's own checks say so
+        return False
+
+
 def check_sweep_conflicts(configs: list[tuple[JobConfig, bool]]) -> None:
     """Refuse a sweep whose jobs would write over each other: one ``output.dir`` for several jobs (each would remove
     the others' files), or one ``store.rollout`` / ``store.saliency`` for jobs that record other games or score
@@ -159,6 +184,7 @@ def check_sweep_conflicts(configs: list[tuple[JobConfig, bool]]) -> None:
     outputs: dict[str, int] = {}
     rollouts: dict[str, tuple[int, dict]] = {}
     saliencies: dict[str, tuple[int, dict]] = {}
+    recorded_games: set[str] = set()
     for job, (config, known) in enumerate(configs):
         st = config.store
         if known:
@@ -181,6 +207,10 @@ def check_sweep_conflicts(configs: list[tuple[JobConfig, bool]]) -> None:
             "played by (store.player, else agent.checkpoint)": st.player or config.agent.checkpoint,
             "dtype": str(config.dtype),
         }
+        if str(st.rollout) not in rollouts and _recorded_game(str(st.rollout)):
+            recorded_games.add(str(st.rollout))
+        if str(st.rollout) in recorded_games:  # recorded already: every job replays it in its own chunking
+            del game["played by (store.player, else agent.checkpoint)"], game["store.chunk_steps"]
         _shared_store(rollouts, "store.rollout", str(st.rollout), job, game, "record other games")
         if st.saliency:
             maps = {
@@ -210,6 +240,7 @@ def precheck(argv: list[str]) -> None:
         raise ConfigError(one_line(exc)) from None
     if args.cfg:
         return  # --cfg prints the configuration: nothing is loaded
+    check_shards_share_their_store(configs)
     check_sweep_conflicts(configs)
     from ..jobs.config import check_config
     from ..jobs.run import check_stores, validate_job

@@ -566,6 +566,11 @@ def check_config(config: JobConfig) -> None:
         f"store.num_shards={st.num_shards} needs store.rollout (shards fill one saliency store of one recorded game): "
         "set store.rollout to a path, or leave store.shard and store.num_shards unset",
     )
+    _check(  # without a store each job plays its own game with its own agent: the player would be ignored
+        bool(st.rollout) or not st.player,
+        f"store.player={st.player} records the game into store.rollout, which is not set: set store.rollout=<dir> "
+        "(every job of a sweep then replays that one game), or leave store.player unset",
+    )
 
 
 def engine_saliency(s: SaliencyConfig) -> SaliencyConfig:

@@ -360,8 +360,25 @@ def test_paper_state_alignment_is_the_original_off_by_one(pong_agent, pong_rollo
             ["agent.checkpoint=builtin/pong_ppo,builtin/pong_ppo@1003520", "store.rollout={tmp}/r"],
             r"played by .*: builtin/pong_ppo and builtin/pong_ppo@1003520\).*set store.player",
         ),
+        # each shard's store was its job's own (never complete), and the player was ignored (each job its own game)
+        (
+            ["store.shard=0,1", "store.num_shards=2", "store.rollout={tmp}/r"],
+            r"store.num_shards=2 splits one saliency store between jobs, but without store.saliency .*: set "
+            r"store.saliency=<dir>",
+        ),
+        (
+            ["agent.checkpoint=builtin/pong_ppo,builtin/pong_ppo@1003520", "store.player=builtin/pong_ppo"],
+            r"store.player=builtin/pong_ppo records the game into store.rollout, which is not set",
+        ),
     ],
-    ids=["one output.dir", "one saliency store", "one rollout store, two seeds", "one rollout store, two players"],
+    ids=[
+        "one output.dir",
+        "one saliency store",
+        "one rollout store, two seeds",
+        "one rollout store, two players",
+        "shards without a shared store",
+        "a player without a store",
+    ],
 )
 def test_a_sweep_whose_jobs_would_write_over_each_other_is_refused_before_any_runs(tmp_path, overrides, match):
     args = ["-m", "rollout.steps=2"] + [o.replace("{tmp}", str(tmp_path)) for o in overrides]
@@ -394,6 +411,21 @@ def test_sweeps_that_share_stores_as_intended_are_accepted(tmp_path):
         ]
     )
     precheck(["-m", "rollout.steps=2", "saliency.radius=3,5", f"output.dir={tmp_path}/r" + "${saliency.radius}"])
+
+
+def test_a_checkpoint_sweep_over_a_recorded_game_needs_no_player(tmp_path):
+    """Every job replays a complete rollout store, whoever recorded it: the sweep was refused as recording other
+    games, with the advice to name a player that is not needed."""
+    from engine.jobs.run import run_job
+    from tests.conftest import tiny_job
+
+    sweep = ["-m", "rollout.steps=2", "agent.checkpoint=builtin/pong_ppo,builtin/pong_ppo@1003520"]
+    store = f"store.rollout={tmp_path}/r"
+    with pytest.raises(ConfigError, match="record other games"):
+        precheck([*sweep, store])  # nothing recorded yet: the two jobs would record two games into it
+    played = {"checkpoint": "builtin/pong_ppo"}
+    run_job(tiny_job(tmp_path / "run", steps=2, movie=False, agent=played, store={"rollout": f"{tmp_path}/r"}))
+    precheck([*sweep, store])
 
 
 def test_an_output_place_that_cannot_be_written_is_refused_before_any_run(tmp_path):
