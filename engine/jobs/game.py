@@ -178,7 +178,9 @@ def record_and_score(
             rstore.num_steps - before,
             config.env.id,
             time.perf_counter() - started,
-            f" (the {before} before them were recorded by an earlier run)" if before else "",
+            f" (the {before} before them were recorded by another run: an earlier one, or one this job waited for)"
+            if before
+            else "",
         )
     rollout_s = time.perf_counter() - started
     check_recorded(rstore, rollout_root, config, agent)

@@ -272,7 +272,9 @@ def run_games_job(config: JobConfig, prepared: PreparedJob | None = None) -> dic
                 config.env.id,
                 played,
                 time.perf_counter() - started,
-                f" (the {sum(before)} steps before them were recorded by an earlier run)" if any(before) else "",
+                f" (the {sum(before)} steps before them were recorded by another run: an earlier one, or one this job waited for)"
+                if any(before)
+                else "",
             )
     if not at_once:
         rollout_s = time.perf_counter() - started

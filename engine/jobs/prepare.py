@@ -136,7 +136,10 @@ def validate_game_job(config: JobConfig, output_known: bool = True) -> PreparedJ
     warnings += three_channel_warning(a.checkpoint, agent)
     player, player_path, player_sha256 = None, None, ""
     if st.player:
-        player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+        try:
+            player_path = resolve_checkpoint(st.player, a.checkpoint_dirs, a.cache_dir, a.allow_download)
+        except CheckpointError as exc:  # the same words as agent.checkpoint's: say which setting named it
+            raise CheckpointError(f"store.player: {exc}") from None
         warnings += checked_game("store.player", st.player, player_path, e.id)
         player, player_sha256 = (agent, sha256) if player_path == path else load_job_agent(config, player_path)
         check_actions("store.player", st.player, player_path, player, config, actions)
@@ -460,7 +463,10 @@ def check_recorded(rstore: RolloutStore, root, config: JobConfig, agent: Policy)
     """Refuse a recorded game of another environment than the job's, or recorded in another pipeline than the
     agent's."""
     if rstore.identity["env_id"] != config.env.id:
-        raise EngineError(f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}")
+        raise EngineError(
+            f"the rollout store {root} holds {rstore.identity['env_id']}, not {config.env.id}: use another "
+            f"store.rollout for {config.env.id} (or env.id={rstore.identity['env_id']} to replay it)"
+        )
     recorded, played = rstore.identity["pipeline"], config.env.pipeline or agent.pipeline
     if (recorded["name"], recorded["frame_stack"]) != (played, agent.frame_stack):
         raise EngineError(

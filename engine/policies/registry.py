@@ -289,6 +289,13 @@ def resolve_checkpoint(
     if entry is None:
         if path.is_file():
             return path.resolve()
+        run = str(name_or_path).split("@")[0]
+        if "@" in str(name_or_path) and run in ALIASES:  # a known run, at frames it has no checkpoint of
+            frames = sorted((n for n in KNOWN if n.split("@")[0] == run), key=lambda n: int(n.split("@")[1]))
+            raise CheckpointError(
+                f"checkpoint {name_or_path!r}: {run} has no checkpoint at those frames; its checkpoints are "
+                f"{', '.join(frames)}"
+            )
         known = ", ".join(sorted(ALIASES) + [n for n in builtin_names() if "@" not in n])
         missing = "no such file" if not path.exists() else "not a file"
         raise CheckpointError(

@@ -185,6 +185,10 @@ def test_enums_match_the_engine_choices():
             ["store.rollout=/nonexistent/store", "store.player=builtin/breakout_ppo"],
             "store.player builtin/breakout_ppo was trained on Breakout",
         ),
+        (
+            ["agent=baby_a3c_pong", "agent.checkpoint=baby-a3c/pong@60"],
+            "baby-a3c/pong has no checkpoint at those frames; its checkpoints are baby-a3c/pong@40, baby-a3c/pong@80",
+        ),
         (["render.style=fancy"], "render.style: Invalid value 'fancy'"),
         (["rollout.steps=0"], "rollout.steps must be >= 1"),
         (["env.id=ALE/Tetris-v5", "render.style=paper"], "Tetris"),

@@ -60,6 +60,14 @@ def refusals(root: Path) -> dict[str, tuple[dict, str]]:
             "recorded in the greydanus2017 pipeline",
         ),
         "agent not an agent": ({"agent": {"checkpoint": str(root / "notes.txt")}}, "not an agent file"),
+        "recorded for another game": (
+            {"store": {"rollout": rollout}, "env": {"id": "Breakout-v4"}, "agent": {"checkpoint": "baby-a3c/breakout"}},
+            r"holds Pong-v4, not Breakout-v4: use another store.rollout for Breakout-v4 \(or env.id=Pong-v4 to replay it\)",
+        ),
+        "player not found": (
+            {"store": {"rollout": new, "player": str(root / "nope.pt")}},
+            "store.player: checkpoint '.*nope.pt' is neither an existing file",
+        ),
     }
 
 
