@@ -415,6 +415,8 @@ def job_report(
 
     series = StoreSeries(rstore)
     shown = {k: v for k, v in settings.items() if k not in ("action_counts",)}
+    # the values are those recorded with the game: its player's, where another checkpoint played it (store.player)
+    played_by_agent = rstore.identity.get("checkpoint_sha256") == settings.get("checkpoint_sha256")
     return write_report(
         path,
         series.frames,
@@ -428,6 +430,7 @@ def job_report(
         settings=shown,
         checkpoint=str(settings["checkpoint"]),
         steps=steps,
+        value_label="value" if played_by_agent else "value of the game's player (store.player)",
     )
 
 

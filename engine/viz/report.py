@@ -548,6 +548,7 @@ def write_report(
     frames_per_sheet: int = FRAMES_PER_SHEET,
     max_bytes_per_frame: float = MAX_BYTES_PER_FRAME,
     steps: Sequence[int] | None = None,
+    value_label: str = "value",
 ) -> Path:
     """Write the viewer of one run to ``path`` (``report.html``) and return the path.
 
@@ -562,10 +563,12 @@ def write_report(
         max_bytes_per_frame: sheets above this (frames and maps together, before base64) are stored lossy.
         steps: ``[start, stop]``: the page shows steps ``start..stop-1`` of the arrays, numbered as in the run (a
             page holds about 3-11 kB a frame: a long run's whole page would not open in a browser); default: all.
+        value_label: what ``values`` are, on the page (a game another agent played: that agent's values).
     """
     panel = Panel("run", dict(maps), label=title or "run")
     meta = dict(
         kind="run",
+        value_label=value_label,
         title=title or "saliency report",
         action_names=list(action_names),
         settings=settings or {},

@@ -553,6 +553,21 @@ def test_the_main_job_writes_a_report_of_its_arrays(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["written"]["report"] == str(written["report"])
 
 
+def test_a_game_another_checkpoint_played_shows_its_values_as_the_players(tmp_path):
+    """The values are recorded with the game: a job that replays another checkpoint's game showed them as "value",
+    as if they were its own agent's."""
+    from engine.jobs.run import run_job
+
+    store = {"rollout": str(tmp_path / "game"), "player": "builtin/pong"}
+    own = run_job(tiny_job(tmp_path / "player", store=store))
+    other = {"checkpoint": "builtin/pong@500160"}
+    replayed = run_job(tiny_job(tmp_path / "other", store=store, agent=other))
+    assert read_report_data(own["report"])[0]["value_label"] == "value"
+    data = read_report_data(replayed["report"])[0]
+    assert data["value_label"] == "value of the game's player (store.player)"
+    assert data["series"]["values"] == read_report_data(own["report"])[0]["series"]["values"]
+
+
 def test_a_long_run_shows_its_first_steps_unless_told_which(tmp_path, monkeypatch):
     """Over REPORT_MAX_MAPS maps (frames times kinds) the page holds the first frames, and the log and summary.json's warnings say so;
     output.report_steps picks others (a window the run ended before shows its last steps, with a warning)."""

@@ -222,7 +222,7 @@ function setFrame(t) {
   slider.value = t;
   frameLabel.textContent = "frame " + (F + t) + " / " + (F + T - 1);
   actionLabel.textContent = series.actions ? actionName(series.actions[t]) : "";
-  valueLabel.textContent = series.values && series.values[t] !== null ? "value " + fmt(series.values[t]) : "";
+  valueLabel.textContent = series.values && series.values[t] !== null ? (data.value_label || "value") + " " + fmt(series.values[t]) : "";
   drawCursors();
   return draw(t);
 }
@@ -314,7 +314,7 @@ class Plot {
 function drawCursors() { plots.forEach(p => p.cursor()); }
 
 if (T > 0) {
-  if (series.values) new Plot("value", "value" + (data.kind === "sweep" ? " (recorded game)" : ""),
+  if (series.values) new Plot("value", data.value_label || "value" + (data.kind === "sweep" ? " (recorded game)" : ""),
     () => [{color: "#2f6fdb", values: series.values}]);
   if (series.actions) {
     const p = new Plot("action", "action taken", () => [{color: "#5f3dc4", values: series.actions, style: "points"}]);
