@@ -533,7 +533,22 @@ def summary_rows(sweep_dir: Path, since: float | None = None) -> list[dict]:
                 **scalar_columns(s.get("metrics") or {}),
             )
         )
+    # shards of one saliency store: each summary holds the store as its shard left it; the shard that completed it
+    # has the statistics and metrics of the whole store, which are every shard's row's
+    stores = [s.get("saliency_store") for _, s in summaries]
+    for store in {st for st in stores if st}:
+        group = [row for row, st in zip(rows, stores, strict=True) if st == store]
+        done = next((row for row in reversed(group) if row["complete"]), None)
+        if done is None or len(group) < 2:
+            continue
+        whole = {k: v for k, v in done.items() if k in _STORE_COLUMNS or k.startswith("metrics_")}
+        for row in group:
+            row.update(whole)
     return rows
+
+
+# summary.csv's columns that describe a saliency store as a whole, not the job that wrote part of it
+_STORE_COLUMNS = ("frames", "actor_mean", "actor_max", "critic_mean", "critic_max", "complete")
 
 
 def summary_columns(rows: list[dict]) -> list[str]:

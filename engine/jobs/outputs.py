@@ -606,7 +606,8 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | 
     summaries = {row["job"]: json.loads((sweep_dir / row["job"] / "summary.json").read_text()) for row in rows}
     games = {s.get("rollout_store") for s in summaries.values()}
     path = sweep_dir / "report.html"
-    shared = len(games) == 1 and None not in games and rows and all(s.get("complete") for s in summaries.values())
+    # complete as summary.csv says (a shard finished before its store was complete has its row from the one after)
+    shared = len(games) == 1 and None not in games and rows and all(row.get("complete") for row in rows)
     many = any("games" in s for s in summaries.values())  # rollout.num_envs: each game's page in its job's folder
     if many or not shared:
         log.info(

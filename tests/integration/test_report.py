@@ -664,6 +664,33 @@ def test_store_jobs_and_their_sweep_stream_the_report_from_the_stores(tmp_path, 
     assert (data["first_step"], data["frames"], data["total_steps"]) == (0, 4, 10)
 
 
+def test_a_sweep_of_shards_of_one_store_shows_it_as_one_panel_with_the_whole_stores_numbers(tmp_path):
+    """The shard that finished first recorded its store incomplete: the sweep page fell back to the table alone, and
+    that shard's row in summary.csv kept the statistics of half the store."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from engine.cli.app import SweepSummary
+    from engine.jobs.run import run_job
+    from engine.storage.store import SaliencyStore
+
+    sweep, maps = tmp_path / "sweep", str(tmp_path / "maps")
+    for shard in (0, 1):
+        store = {"rollout": str(tmp_path / "game"), "saliency": maps, "frames_per_chunk": 4}
+        run_job(tiny_job(sweep / str(shard), rollout={"steps": 10}, store={**store, "shard": shard, "num_shards": 2}))
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": True}})
+    )
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    whole = SaliencyStore.open(maps).read()["actor"]
+    assert [row["complete"] for row in rows] == ["True", "True"]
+    assert [float(row["actor_mean"]) for row in rows] == [pytest.approx(float(whole.mean()), rel=1e-5)] * 2
+    data, sheets = read_report_data(sweep / "report.html")
+    assert [p["name"] for p in data["panels"]] == ["0"] and data["panels"][0]["label"].endswith(", 1")
+    assert data["frames"] == 10
+
+
 def test_a_sweep_of_many_games_jobs_says_so_and_writes_its_table(tmp_path, caplog):
     """Jobs of rollout.num_envs games keep each game's page in their folders: the sweep page is the table, and
     the log says why (it said they did not all replay one recorded game, though they did)."""
