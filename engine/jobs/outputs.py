@@ -375,6 +375,22 @@ def checkpoint_label(name: str) -> str:
     return name if name.startswith(BUILTIN_PREFIX) or known_checkpoint(name) else Path(name).name
 
 
+def checkpoint_labels(names: set[str]) -> dict[str, str]:
+    """Each checkpoint's :func:`checkpoint_label`; files of one name in several folders (``runA/step_1000.pt``,
+    ``runB/step_1000.pt``) by their paths below the folder they share.
+
+    >>> sorted(checkpoint_labels({"/ck/runA/step_1.pt", "/ck/runB/step_1.pt", "/ck/runB/step_2.pt"}).values())
+    ['runA/step_1.pt', 'runB/step_1.pt', 'step_2.pt']
+    """
+    labels = {name: checkpoint_label(name) for name in names}
+    for label in {label for label in labels.values() if list(labels.values()).count(label) > 1}:
+        same = [name for name in names if labels[name] == label]
+        common = os.path.commonpath([os.path.abspath(name) for name in same])
+        for name in same:
+            labels[name] = os.path.relpath(os.path.abspath(name), common)
+    return labels
+
+
 def report_steps(
     requested, num_steps: int, maps: int = 2, page: str = "report.html"
 ) -> tuple[tuple[int, int], str | None]:
@@ -619,6 +635,7 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | 
         return write_sweep_report(path, rows, columns, links=links, title=f"sweep {sweep_dir.name}: {len(rows)} jobs")
     settings = [*_SWEPT_COLUMNS, *(c for c in columns if "." in c)]  # summary_rows' columns of settings that differ
     swept = [c for c in settings if len({str(row.get(c)) for row in rows}) > 1]
+    labels = checkpoint_labels({str(row["checkpoint"]) for row in rows})
     rstore = RolloutStore.open(next(iter(games)))
     recorded = StoreSeries(rstore)
     panels: list[Panel] = []
@@ -629,8 +646,7 @@ def sweep_report(sweep_dir: Path, rows: list[dict], columns, steps: list[int] | 
             seen[store].label += f", {row['job']}"
             continue
         label = f"job {row['job']}: " + (
-            ", ".join(f"{c}={checkpoint_label(str(row[c])) if c == 'checkpoint' else row[c]}" for c in swept)
-            or "same settings"
+            ", ".join(f"{c}={labels[str(row[c])] if c == 'checkpoint' else row[c]}" for c in swept) or "same settings"
         )
         seen[store] = Panel(
             row["job"], store_maps(SaliencyStore.open(store), rstore.num_steps), label=label, link=links.get(row["job"])

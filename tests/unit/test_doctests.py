@@ -17,6 +17,8 @@ MODULES = [
     "engine.policies.hub",
     "engine.env.rollout",
     "engine.metrics.faithfulness",
+    "engine.core.settings",
+    "engine.jobs.outputs",
 ]
 
 
