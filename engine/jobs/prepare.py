@@ -386,7 +386,13 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
                 "store is there): a game recorded again may differ, so delete the saliency store to score it afresh, "
                 "or put the rollout store it scored back"
             )
-        check_identity(saliency_root, scored.identity, wanted)
+        in_job_folder = (
+            " (it is in the job's folder: a sweep's jobs are numbered in its order, so a sweep reordered or extended "
+            "goes into another hydra.sweep.dir)"
+            if not st.saliency
+            else ""
+        )
+        check_identity(saliency_root, scored.identity, wanted, in_job_folder)
     if writing_needed(saliency_root, "saliency", None):
         check_writable(saliency_root)
 
@@ -412,15 +418,15 @@ def existing_store(root, kind: str) -> ChunkStore | None:
     return None
 
 
-def check_identity(root, found: dict, wanted: dict) -> None:
+def check_identity(root, found: dict, wanted: dict, where: str = "") -> None:
     """Refuse a store whose manifest differs from this job's settings in any of ``wanted`` (nested dicts compared
-    key by key)."""
+    key by key); ``where``: what else to say of the place (a store in the job's own folder)."""
     wanted = json.loads(json.dumps(wanted, default=str))  # as a manifest reads back
     differences = identity_differences(found, wanted)
     if differences:
         raise StoreMismatchError(
             f"the store {root} was written with other settings ({'; '.join(differences)}): refusing to mix them; use "
-            "another directory, or delete this one to start over"
+            f"another directory, or delete this one to start over{where}"
         )
 
 

@@ -595,3 +595,19 @@ def test_a_setting_a_store_leaves_out_at_its_default_is_named_by_its_default(tmp
     run_job(tiny_job(tmp_path / "run", movie=False, store=store, saliency={"precision": "fast"}))
     with pytest.raises(EngineError, match=r"saliency\.precision: store has 'fast', this job 'exact'\)"):
         run_job(tiny_job(tmp_path / "run", movie=False, store=store))
+
+
+def test_a_store_of_other_settings_in_the_job_folder_says_how_a_sweep_numbers_its_jobs(tmp_path):
+    """A sweep reordered into its own hydra.sweep.dir met the maps of another checkpoint in job 0's folder, and was
+    told to delete them: the folder is the job's number, not its settings."""
+    from engine.jobs.run import run_job
+
+    store = {"rollout": str(tmp_path / "game")}
+    run_job(tiny_job(tmp_path / "0", steps=2, movie=False, store=store))
+    with pytest.raises(
+        EngineError, match=r"a sweep's jobs are numbered in its order, so a sweep reordered or extended"
+    ):
+        run_job(tiny_job(tmp_path / "0", steps=2, movie=False, store=store, saliency={"radius": 3}))
+    named = {**store, "saliency": str(tmp_path / "0" / "saliency_store")}
+    with pytest.raises(EngineError, match=r"delete this one to start over$"):
+        run_job(tiny_job(tmp_path / "0", steps=2, movie=False, store=named, saliency={"radius": 3}))
