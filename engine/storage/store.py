@@ -499,9 +499,16 @@ class ChunkStore:
                     raise EngineError(f"cannot create the store {root}: {exc.strerror or exc}") from exc
         store = cls(root, storage_options)
         if store.identity != manifest["identity"]:
+            recorded_by = store.manifest.get("extra", {}).get("checkpoint")
+            by = (  # a bare sha256 says little: the store names the file it was written with
+                f"; the store's was written with {recorded_by}"
+                if recorded_by
+                and store.identity.get("checkpoint_sha256") != manifest["identity"].get("checkpoint_sha256")
+                else ""
+            )
             raise StoreMismatchError(
-                f"the store {root} was written with other settings ({difference(store.identity, manifest['identity'])}): "
-                "refusing to mix them; use another directory, or delete this one to start over"
+                f"the store {root} was written with other settings ({difference(store.identity, manifest['identity'])}"
+                f"{by}): refusing to mix them; use another directory, or delete this one to start over"
             )
         length_fits = store.length == length or (shortened and is_memory(root) and store.length < length)
         if (store.layout, store.chunk) != (manifest["layout"], manifest["chunk"]) or not length_fits:

@@ -192,6 +192,17 @@ def test_mismatched_stores_are_refused(recorded, pong_agent, tmp_path):
         score_store(pong_agent, store.store.root, tmp_path / "t", SETTINGS, sha, shard=2, num_shards=2, progress=False)
 
 
+def test_a_store_of_another_checkpoint_names_the_file_it_was_written_with(pong_agent, tmp_path):
+    """Two sweeps racing for one store meet here, past their prechecks: the refusal gave two bare sha256s."""
+    root = tmp_path / "game"
+    first = dict(chunk_steps=4, progress=False)
+    record_rollout(
+        pong_agent, "Pong-v4", 4, root, checkpoint_sha256="a" * 64, extra={"checkpoint": "/ck/x.pt"}, **first
+    )
+    with pytest.raises(StoreMismatchError, match=r"this job 'b{64}'; the store's was written with /ck/x.pt\)"):
+        record_rollout(pong_agent, "Pong-v4", 4, root, checkpoint_sha256="b" * 64, **first)
+
+
 KILLED_JOB = """
 import sys, time
 
