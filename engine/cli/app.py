@@ -165,12 +165,20 @@ def check_shards_share_their_store(configs: list[tuple[JobConfig, bool]]) -> Non
 
 
 def _recorded_game(root: str) -> bool:
-    """Whether ``root`` holds a complete rollout store (which every job replays, whoever it names as player)."""
+    """Whether ``root`` holds a complete rollout store, or a games root (``rollout.num_envs``) whose every game's store
+    is complete: every job replays it, whoever it names as player."""
+    from ..storage.games import root_manifest
     from ..storage.keys import store_exists
+    from ..storage.layout import GAMES, game_root
     from ..storage.store import RolloutStore
 
     try:
-        return store_exists(root) and RolloutStore.open(root).complete
+        if not store_exists(root):
+            return False
+        manifest = root_manifest(root) or {}
+        if manifest.get("kind") == GAMES:
+            return all(RolloutStore.open(game_root(root, i)).complete for i in range(int(manifest["num_envs"])))
+        return RolloutStore.open(root).complete
     except Exception:  # not a store, or a damaged one: each job's own checks say so
         return False
 
@@ -535,7 +543,7 @@ def summary_rows(sweep_dir: Path, since: float | None = None) -> list[dict]:
         )
     # shards of one saliency store: each summary holds the store as its shard left it; the shard that completed it
     # has the statistics and metrics of the whole store, which are every shard's row's
-    stores = [s.get("saliency_store") for _, s in summaries]
+    stores = [s.get("saliency_store") if s["config"]["store"]["num_shards"] > 1 else None for _, s in summaries]
     for store in {st for st in stores if st}:
         group = [row for row, st in zip(rows, stores, strict=True) if st == store]
         done = next((row for row in reversed(group) if row["complete"]), None)

@@ -214,8 +214,11 @@ def plain_numbers(settings: Any) -> Any:
 def check_incremental(incremental: object) -> bool | str:
     """``True``, ``False`` or ``"auto"`` (numpy's bools as the bools they hold); anything else, ``0`` and ``"false"``
     included, is refused: ``0 == False`` would otherwise pass as a request for windows."""
-    if isinstance(incremental, bool) or getattr(getattr(incremental, "dtype", None), "kind", None) == "b":
-        return bool(incremental)  # a bool, or numpy's scalar bool (kind "b")
+    numpy_bool = getattr(getattr(incremental, "dtype", None), "kind", None) == "b" and not getattr(
+        incremental, "ndim", 1
+    )
+    if isinstance(incremental, bool) or numpy_bool:
+        return bool(incremental)  # a bool, or numpy's scalar bool (kind "b", no dimensions)
     if isinstance(incremental, str) and incremental == "auto":
         return "auto"
     raise ValueError(f"incremental must be True, False or 'auto', got {incremental!r}")

@@ -446,7 +446,7 @@ def job_report(
         settings=shown,
         checkpoint=str(settings["checkpoint"]),
         steps=steps,
-        value_label="value" if played_by_agent else "value of the game's player (store.player)",
+        value_label="value" if played_by_agent else "value of the checkpoint that played the recorded game",
     )
 
 

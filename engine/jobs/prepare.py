@@ -387,8 +387,8 @@ def check_game_stores(prepared: PreparedJob, output_known: bool = True) -> None:
                 "or put the rollout store it scored back"
             )
         in_job_folder = (
-            " (it is in the job's folder: a sweep's jobs are numbered in its order, so a sweep reordered or extended "
-            "goes into another hydra.sweep.dir)"
+            " (it is in the job's own folder; in a sweep, job folders are numbered in its order, so a sweep "
+            "reordered or extended goes into another hydra.sweep.dir)"
             if not st.saliency
             else ""
         )

@@ -430,6 +430,21 @@ def test_a_checkpoint_sweep_over_a_recorded_game_needs_no_player(tmp_path):
     played = {"checkpoint": "builtin/pong_ppo"}
     run_job(tiny_job(tmp_path / "run", steps=2, movie=False, agent=played, store={"rollout": f"{tmp_path}/r"}))
     precheck([*sweep, store])
+    # a games root (rollout.num_envs): every game's store complete
+    games = [*sweep, "rollout.num_envs=2", f"store.rollout={tmp_path}/g"]
+    with pytest.raises(ConfigError, match="record other games"):
+        precheck(games)
+    run_job(
+        tiny_job(
+            tmp_path / "games",
+            steps=2,
+            movie=False,
+            agent=played,
+            rollout={"num_envs": 2},
+            store={"rollout": f"{tmp_path}/g"},
+        )
+    )
+    precheck(games)
 
 
 def test_an_output_place_that_cannot_be_written_is_refused_before_any_run(tmp_path):

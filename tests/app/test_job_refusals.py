@@ -605,7 +605,7 @@ def test_a_store_of_other_settings_in_the_job_folder_says_how_a_sweep_numbers_it
     store = {"rollout": str(tmp_path / "game")}
     run_job(tiny_job(tmp_path / "0", steps=2, movie=False, store=store))
     with pytest.raises(
-        EngineError, match=r"a sweep's jobs are numbered in its order, so a sweep reordered or extended"
+        EngineError, match=r"in a sweep, job folders are numbered in its order, so a sweep reordered or extended"
     ):
         run_job(tiny_job(tmp_path / "0", steps=2, movie=False, store=store, saliency={"radius": 3}))
     named = {**store, "saliency": str(tmp_path / "0" / "saliency_store")}

@@ -204,6 +204,7 @@ def random_frames():
         (dict(incremental=0), "incremental must be True, False or 'auto', got 0"),
         (dict(incremental="false"), "incremental must be True, False or 'auto', got 'false'"),
         (dict(incremental=None), "incremental must be True, False or 'auto', got None"),
+        (dict(incremental=np.array([True, False])), "incremental must be True, False or 'auto', got array"),
         (dict(perturbations_per_eval=np.True_), "perturbations_per_eval must be a positive integer"),
         (dict(density=np.float64(2.5)), "density must be an integer"),
     ],

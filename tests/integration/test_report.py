@@ -564,7 +564,7 @@ def test_a_game_another_checkpoint_played_shows_its_values_as_the_players(tmp_pa
     replayed = run_job(tiny_job(tmp_path / "other", store=store, agent=other))
     assert read_report_data(own["report"])[0]["value_label"] == "value"
     data = read_report_data(replayed["report"])[0]
-    assert data["value_label"] == "value of the game's player (store.player)"
+    assert data["value_label"] == "value of the checkpoint that played the recorded game"
     assert data["series"]["values"] == read_report_data(own["report"])[0]["series"]["values"]
 
 
@@ -689,6 +689,17 @@ def test_a_sweep_of_shards_of_one_store_shows_it_as_one_panel_with_the_whole_sto
     data, sheets = read_report_data(sweep / "report.html")
     assert [p["name"] for p in data["panels"]] == ["0"] and data["panels"][0]["label"].endswith(", 1")
     assert data["frames"] == 10
+    # jobs that are no shards keep their own rows, though they share a store (only metrics settings differ)
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        summary["config"]["store"]["num_shards"], summary["complete"] = 1, True
+        summary["actor_mean"] = {"0": 0.25, "1": 0.75}[job]
+        (sweep / job / "summary.json").write_text(json.dumps(summary))
+    SweepSummary().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "output": {"report": False}})
+    )
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [float(row["actor_mean"]) for row in rows] == [0.25, 0.75]
 
 
 def test_a_sweep_of_many_games_jobs_says_so_and_writes_its_table(tmp_path, caplog):
