@@ -34,7 +34,7 @@ from .inputs import Observations, StatesLike, agent_device_dtype, check_finite_m
 from .masks import center_coords, grid_shape, perturbation_masks
 from .perturbation import incremental_plan, perturbation_scores, resolve_perturbations_per_eval, upsample_exact
 from .policy import Policy
-from .settings import SARFA_RADIUS_IS, check_incremental, validate_settings
+from .settings import SARFA_RADIUS_IS, check_incremental, plain_number, validate_settings
 
 PERTURBATIONS = ("blur", "disc")
 # (radius, density) when none is given: the 2017 method's for the blur, Huber et al.'s for the disc
@@ -163,8 +163,9 @@ def sarfa_saliency(
         raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
     incremental = check_incremental(incremental)
     default_radius, default_density = DEFAULT_GEOMETRY[perturbation]
-    radius = default_radius if radius is None else radius
-    density = default_density if density is None else density
+    radius = plain_number(default_radius if radius is None else radius)
+    density = plain_number(default_density if density is None else density)
+    blur_sigma = plain_number(blur_sigma)
     x, state = prepare_inputs(agent, frames, states)
     n, size = x.shape[0], cast(tuple[int, int], tuple(x.shape[2:]))
     validate_settings(radius, density, interp, blur_sigma, "exact", size, SARFA_RADIUS_IS[perturbation])

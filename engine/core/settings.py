@@ -237,7 +237,6 @@ def check_perturbations_per_eval(perturbations_per_eval: object) -> int | None:
 
 def _in_range(value: object, side: int | None) -> bool:
     """Whether ``value`` is a finite real number in (0, side] (no upper bound when ``side`` is None)."""
-    value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     return 0 < value <= (side if side is not None else value)
@@ -253,7 +252,6 @@ def validate_radius_density(
     (80 for the 2017 observation), in observation pixels. With ``size=None`` the upper bounds wait for the agent's
     observation: a config is checked before its agent is loaded, and an 84x84 agent takes a density of 84."""
     side = max(size) if size else None
-    density = plain_number(density)
     if isinstance(density, bool) or not isinstance(density, int):
         bound = f"in 1..{side}" if side is not None else ">= 1"
         raise ValueError(f"density must be an integer grid step {bound}, got {density!r}")
@@ -364,12 +362,10 @@ def sarfa_geometry(s: SaliencyConfig) -> tuple[float, int]:
 
 
 def _integer(value: object, low: int) -> bool:
-    value = plain_number(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _finite(value: object) -> bool:
-    value = plain_number(value)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -416,34 +416,17 @@ def test_fast_precision_without_a_delta_form_runs_the_exact_path_and_says_why_on
 def test_fast_precision_on_a_low_precision_agent_runs_the_exact_path_and_says_why(cases, caplog, dtype):
     """The deltas run in float32 and were checked against the agent's own bfloat16 outputs at float32's tolerance:
     the refusal blamed the agent's delta_network(), which is right."""
-    from engine.core import perturbation
-
     agent, _, obs, states = cases["gru"]
     low = copy.deepcopy(agent).to(dtype)
-    low_states = tuple(s.to(dtype) for s in states)
-    perturbation._fast_refusals_logged.clear()
-    settings = dict(radius=RADIUS, density=DENSITY)
-    want = perturbation_saliency(low, obs, low_states, **settings)
-    with caplog.at_level("WARNING", logger="engine.core.perturbation"):
-        got = perturbation_saliency(low, obs, low_states, precision="fast", **settings)
-    assert torch.equal(got.actor_scores, want.actor_scores) and torch.equal(got.critic_scores, want.critic_scores)
-    lines = [r.getMessage() for r in caplog.records if "precision='fast' runs the exact path" in r.getMessage()]
-    assert len(lines) == 1 and f"the agent computes in {dtype}" in lines[0], lines
+    _assert_fast_runs_the_exact_path_saying(
+        low, obs, tuple(s.to(dtype) for s in states), f"the agent computes in {dtype}", caplog
+    )
 
 
-# --- SB3: a configuration without a delta form, and the zips SB3 itself writes ---------------------------------
-
-
-def test_an_sb3_agent_without_a_delta_form_runs_the_exact_path_and_says_why(cases, caplog):
+def _assert_fast_runs_the_exact_path_saying(agent, obs, states, why: str, caplog) -> None:
+    """precision="fast" gives the exact path's scores, bit for bit, with one log line that says ``why``."""
     from engine.core import perturbation
 
-    why = "separate extractors with a shared LSTM"
-    agent, _, obs, states = cases["sb3_rppo_separate_shared"]
-    reason = delta_unsupported(agent)
-    assert reason is not None and why in reason
-    x, state, masks = _inputs(agent, obs, states)
-    with pytest.raises(ValueError, match=why):
-        delta_scores(agent, x, state, masks, "occlude", SIGMA, 64)
     perturbation._fast_refusals_logged.clear()
     settings = dict(radius=RADIUS, density=DENSITY)
     want = perturbation_saliency(agent, obs, states, **settings)
@@ -452,6 +435,20 @@ def test_an_sb3_agent_without_a_delta_form_runs_the_exact_path_and_says_why(case
     assert torch.equal(got.actor_scores, want.actor_scores) and torch.equal(got.critic_scores, want.critic_scores)
     lines = [r.getMessage() for r in caplog.records if "precision='fast' runs the exact path" in r.getMessage()]
     assert len(lines) == 1 and why in lines[0], lines
+
+
+# --- SB3: a configuration without a delta form, and the zips SB3 itself writes ---------------------------------
+
+
+def test_an_sb3_agent_without_a_delta_form_runs_the_exact_path_and_says_why(cases, caplog):
+    why = "separate extractors with a shared LSTM"
+    agent, _, obs, states = cases["sb3_rppo_separate_shared"]
+    reason = delta_unsupported(agent)
+    assert reason is not None and why in reason
+    x, state, masks = _inputs(agent, obs, states)
+    with pytest.raises(ValueError, match=why):
+        delta_scores(agent, x, state, masks, "occlude", SIGMA, 64)
+    _assert_fast_runs_the_exact_path_saying(agent, obs, states, why, caplog)
 
 
 def test_multi_layer_lstm_cores_read_each_layer_s_state_and_refuse_what_has_no_form(cases):

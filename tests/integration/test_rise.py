@@ -278,6 +278,13 @@ def test_the_methods_take_numpy_numbers_and_compute_saliency_checks_its_whole_ca
     )
     assert torch.equal(want.actor, got.actor)
 
+    from engine.core.sarfa import sarfa_saliency
+
+    disc = dict(radius=2.0, density=4, perturbation="disc")
+    want = sarfa_saliency(agent, frames, (), **disc)
+    got = sarfa_saliency(agent, frames, (), radius=np.float32(2), density=np.int64(4), perturbation="disc")
+    assert torch.equal(want.actor, got.actor)
+
     config = SaliencyConfig(
         method=["perturbation", "rise"], density=8, radius=2, rise=RiseSettings(num_masks=8, cell=4)
     )

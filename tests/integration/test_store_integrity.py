@@ -672,6 +672,22 @@ def test_a_reader_in_another_thread_never_sees_a_store_being_truncated():
     assert not failures and seen and all(seen), (failures[:3], seen.count(False))
 
 
+def _holding_process(take: str, let_go: str) -> subprocess.Popen:
+    """A Python process that runs ``take`` (taking a recording lock), then waits for a line on its stdin before it
+    runs ``let_go``; returned once it holds the lock."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"import sys\n{take}print('held', flush=True)\nsys.stdin.readline()\n{let_go}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "held":
+        process.kill()
+        pytest.fail("the process did not take the lock")
+    return process
+
+
 def test_a_second_recorder_of_one_store_waits_for_the_first_and_then_finds_it_recorded(tmp_path, caplog):
     """Jobs of a parallel sweep that share store.rollout both recorded the game into it, chunk over chunk; a job now
     waits while another process records it, then finds every chunk written and plays nothing."""
@@ -683,26 +699,15 @@ def test_a_second_recorder_of_one_store_waits_for_the_first_and_then_finds_it_re
     from engine.storage.store import RolloutStore
 
     root = tmp_path / "game"
-    other = subprocess.Popen(  # another process records the game, once told to
-        [
-            sys.executable,
-            "-c",
-            "import sys\n"
-            "from engine.jobs.record import open_recording\n"
-            "from engine.policies.loading import load_policy\n"
-            "from engine.policies.registry import resolve_checkpoint\n"
-            "agent = load_policy(resolve_checkpoint('builtin/pong'), device='cpu')\n"
-            f"recording = open_recording(agent, 'PongNoFrameskip-v4', 6, {str(root)!r}, chunk_steps=4)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "recording.run()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    other = _holding_process(  # another process records the game, once told to
+        "from engine.jobs.record import open_recording\n"
+        "from engine.policies.loading import load_policy\n"
+        "from engine.policies.registry import resolve_checkpoint\n"
+        "agent = load_policy(resolve_checkpoint('builtin/pong'), device='cpu')\n"
+        f"recording = open_recording(agent, 'PongNoFrameskip-v4', 6, {str(root)!r}, chunk_steps=4)\n",
+        "recording.run()\n",
     )
     try:
-        assert other.stdout.readline().strip() == "held"
         agent = load_policy(resolve_checkpoint("builtin/pong"), device="cpu")
         opened: dict = {}
 
@@ -806,24 +811,11 @@ def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_new_one(tmp_p
     from engine.storage.keys import RecordingLocks
 
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys\n"
-            "from engine.storage.keys import RecordingLocks\n"
-            f"locks = RecordingLocks([{str(store)!r}])\n"
-            "locks.acquire()\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "locks.release()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    holder = _holding_process(
+        f"from engine.storage.keys import RecordingLocks\nlocks = RecordingLocks([{str(store)!r}])\nlocks.acquire()\n",
+        "locks.release()\n",
     )
     try:
-        assert holder.stdout.readline().strip() == "held"
         waited: list = []
         locks = RecordingLocks([store])
         thread = threading.Thread(target=locks.acquire, kwargs={"waiting": waited.append})
